@@ -1,0 +1,296 @@
+//! The command line: parses arguments, loads configuration, runs a subcommand, and turns
+//! errors into a message with its chain of causes and an exit code.
+//!
+//! Exit codes: 0 success; 1 failure (including an audit that finds discrepancies);
+//! 2 bad usage (from clap).
+
+use crate::bench;
+use crate::domain::{CardUid, Cents, ProductId};
+use crate::ledger::admin;
+use crate::ledger::config::{LedgerConfig, Overrides};
+use crate::ledger::model::{StaffRole, TerminalKind};
+use crate::ledger::server;
+use crate::ledger::store::LedgerStore;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// cashless: offline-first payments for cashless festivals.
+#[derive(Debug, Parser)]
+#[command(name = "cashless", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The central ledger: HTTP API and admin commands.
+    Ledger(LedgerArgs),
+    /// Load generators and reference measurements.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct LedgerArgs {
+    /// Configuration file (TOML); see config/ledger.example.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database: sqlite:PATH (or a bare path) or postgres://... [env: CASHLESS_DATABASE]
+    #[arg(long, global = true, value_name = "URL")]
+    database: Option<String>,
+    #[command(subcommand)]
+    command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Serve the HTTP API (migrates the database first).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port) [env: CASHLESS_LISTEN]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Terminals.
+    #[command(subcommand)]
+    Terminal(TerminalCommand),
+    /// Staff members.
+    #[command(subcommand)]
+    Staff(StaffCommand),
+    /// Products.
+    #[command(subcommand)]
+    Product(ProductCommand),
+    /// The catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Cards.
+    #[command(subcommand)]
+    Card(CardCommand),
+    /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
+    Audit,
+}
+
+#[derive(Debug, Subcommand)]
+enum TerminalCommand {
+    /// Register a terminal; prints its bearer token alone on the last line.
+    Add {
+        /// Unique name, e.g. bar-1.
+        #[arg(long)]
+        name: String,
+        /// bar or checkpoint.
+        #[arg(long, value_enum)]
+        kind: TerminalKind,
+        /// Point of sale; selects the catalog, e.g. "Main Bar".
+        #[arg(long)]
+        point_of_sale: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StaffCommand {
+    /// Register a staff member.
+    Add {
+        /// Staff id, e.g. s-17.
+        #[arg(long)]
+        id: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// bar, cashier or supervisor.
+        #[arg(long, value_enum)]
+        role: StaffRole,
+        /// PIN, 4 to 12 digits (stored as an argon2 hash).
+        #[arg(long)]
+        pin: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProductCommand {
+    /// Create a product, or update it if it exists at that point of sale.
+    Add {
+        /// Product id, e.g. beer-05.
+        #[arg(long)]
+        id: String,
+        /// Name on the screen.
+        #[arg(long)]
+        name: String,
+        /// Price in cents.
+        #[arg(long)]
+        price_cents: i64,
+        /// Point of sale.
+        #[arg(long)]
+        point_of_sale: String,
+        /// Category.
+        #[arg(long)]
+        category: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Create or update many products from a TOML file (see config/catalog.example.toml).
+    Import {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CardCommand {
+    /// Block a lost or stolen card.
+    Block {
+        /// Card UID (uppercase hex).
+        #[arg(long)]
+        uid: String,
+    },
+    /// Lift a lost-card block (a debt block stays until the card is topped up).
+    Unblock {
+        /// Card UID (uppercase hex).
+        #[arg(long)]
+        uid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Online orders from many concurrent clients against a running ledger.
+    Ledger(bench::LedgerBenchArgs),
+    /// The raw SQLite commit rate with the ledger's pragmas (the disk's reference).
+    SqliteCommit(bench::SqliteCommitBenchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
+        Command::Bench(BenchCommand::Ledger(args)) => {
+            runtime()?.block_on(bench::run_ledger(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::SqliteCommit(args)) => {
+            bench::run_sqlite_commit(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
+    let listen = match &args.command {
+        LedgerCommand::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let overrides = Overrides::from_env_and_flags(args.database.clone(), listen);
+    let config = LedgerConfig::load(args.config.as_deref(), &overrides)?;
+    let store = admin::open_store(&config)?;
+    match args.command {
+        LedgerCommand::Serve { .. } => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            server::serve(&config, store, listener, server::shutdown_signal()).await?;
+        }
+        LedgerCommand::Migrate => {
+            println!("database {} is at the current schema", config.database);
+        }
+        LedgerCommand::Terminal(TerminalCommand::Add {
+            name,
+            kind,
+            point_of_sale,
+        }) => {
+            let (id, token) = admin::terminal_add(&store, &name, kind, &point_of_sale).await?;
+            println!("terminal_id: {id}");
+            println!("{token}");
+        }
+        LedgerCommand::Staff(StaffCommand::Add {
+            id,
+            name,
+            role,
+            pin,
+        }) => {
+            admin::staff_add(&store, &id, &name, role, &pin).await?;
+            println!("staff member {id} added");
+        }
+        LedgerCommand::Product(ProductCommand::Add {
+            id,
+            name,
+            price_cents,
+            point_of_sale,
+            category,
+        }) => {
+            let entry = admin::CatalogEntry {
+                id,
+                name,
+                price_cents,
+                point_of_sale,
+                category,
+            };
+            let product = admin::check_product(&entry)?;
+            store.upsert_products(vec![product]).await?;
+            println!(
+                "product {} at {} costs {} cents",
+                entry.id,
+                entry.point_of_sale,
+                Cents::new(entry.price_cents).get()
+            );
+        }
+        LedgerCommand::Catalog(CatalogCommand::Import { file }) => {
+            let products = admin::read_catalog(&file)?;
+            let n = products.len();
+            store.upsert_products(products).await?;
+            println!("{n} products imported from {}", file.display());
+        }
+        LedgerCommand::Card(CardCommand::Block { uid }) => {
+            let uid = CardUid::parse(&uid).context("--uid")?;
+            store.set_card_lost(uid.clone(), true).await?;
+            println!("card {uid} blocked");
+        }
+        LedgerCommand::Card(CardCommand::Unblock { uid }) => {
+            let uid = CardUid::parse(&uid).context("--uid")?;
+            store.set_card_lost(uid.clone(), false).await?;
+            println!("card {uid} unblocked");
+        }
+        LedgerCommand::Audit => {
+            let report = store.audit().await?;
+            print!("{}", admin::format_audit(&report));
+            if !report.discrepancies.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let _ = ProductId::parse;
+    Ok(ExitCode::SUCCESS)
+}

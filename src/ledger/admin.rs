@@ -1,0 +1,251 @@
+//! The admin commands: terminals, staff, products, cards and the audit. They talk to the
+//! database through the same [`LedgerStore`] as the server, so they work while it runs.
+
+use super::config::{DatabaseUrl, LedgerConfig};
+use super::model::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
+use super::rules::Limits;
+use super::store::sqlite::{SqliteOptions, SqliteStore};
+use super::store::{AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert};
+use crate::domain::{Cents, ProductId, StaffId};
+use anyhow::{Context, bail};
+use argon2::password_hash::{PasswordHasher, SaltString};
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use uuid::Uuid;
+
+/// Products in one catalog file, at most.
+pub const CATALOG_PRODUCTS_MAX: usize = 10_000;
+/// Longest name of a terminal, point of sale, product or staff member.
+pub const NAME_LEN_MAX: usize = 100;
+
+/// Opens the configured database, migrating it if needed.
+pub fn open_store(config: &LedgerConfig) -> anyhow::Result<SqliteStore> {
+    match &config.database {
+        DatabaseUrl::Sqlite(path) => SqliteStore::open(SqliteOptions {
+            path: path.clone(),
+            limits: Limits {
+                recharge_max: config.recharge_max,
+                balance_max: config.balance_max,
+            },
+            retention_days: config.retention_days,
+        })
+        .with_context(|| format!("cannot open the ledger database {}", config.database)),
+        DatabaseUrl::Postgres(_) => bail!(
+            "database {}: PostgreSQL support is not built yet; use sqlite:PATH",
+            config.database
+        ),
+    }
+}
+
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    if name.trim().is_empty()
+        || name.chars().count() > NAME_LEN_MAX
+        || name.chars().any(char::is_control)
+    {
+        bail!("{what} must be 1 to {NAME_LEN_MAX} printable characters, got {name:?}");
+    }
+    Ok(())
+}
+
+/// A new bearer token: 32 random bytes as hex, with a recognisable prefix.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("clt_{}", hex::encode(bytes))
+}
+
+/// The stored form of a token.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Registers a terminal; returns its id and its bearer token (shown once, stored hashed).
+pub async fn terminal_add(
+    store: &impl LedgerStore,
+    name: &str,
+    kind: TerminalKind,
+    point_of_sale: &str,
+) -> anyhow::Result<(Uuid, String)> {
+    check_name("--name", name)?;
+    check_name("--point-of-sale", point_of_sale)?;
+    let token = new_token();
+    let id = store
+        .add_terminal(NewTerminal {
+            name: name.to_owned(),
+            kind,
+            point_of_sale: point_of_sale.to_owned(),
+            token_sha256: token_sha256(&token),
+        })
+        .await?;
+    Ok((id, token))
+}
+
+/// Hashes a PIN with argon2 (PHC string), after checking it is 4 to 12 digits.
+pub fn hash_pin(pin: &str) -> anyhow::Result<String> {
+    if !(4..=12).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("--pin must be 4 to 12 digits");
+    }
+    let mut salt_bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt_bytes);
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(pin.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("cannot hash the PIN: {e}"))?;
+    Ok(hash.to_string())
+}
+
+/// Registers a staff member.
+pub async fn staff_add(
+    store: &impl LedgerStore,
+    id: &str,
+    name: &str,
+    role: StaffRole,
+    pin: &str,
+) -> anyhow::Result<()> {
+    let staff_id = StaffId::parse(id).context("--id")?;
+    check_name("--name", name)?;
+    let pin_hash = hash_pin(pin)?;
+    store
+        .add_staff(NewStaff {
+            staff_id,
+            name: name.to_owned(),
+            role,
+            pin_hash,
+        })
+        .await?;
+    Ok(())
+}
+
+/// One product line of a catalog file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// Product id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Price in cents.
+    pub price_cents: i64,
+    /// Where it is sold.
+    pub point_of_sale: String,
+    /// Grouping.
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    product: Vec<CatalogEntry>,
+}
+
+/// Checks one catalog entry into an upsert.
+pub fn check_product(entry: &CatalogEntry) -> anyhow::Result<ProductUpsert> {
+    let product_id = ProductId::parse(&entry.id).context("id")?;
+    check_name("name", &entry.name)?;
+    check_name("point_of_sale", &entry.point_of_sale)?;
+    if let Some(c) = &entry.category {
+        check_name("category", c)?;
+    }
+    if !(0..=UNIT_PRICE_CENTS_MAX).contains(&entry.price_cents) {
+        bail!(
+            "price_cents must be between 0 and {UNIT_PRICE_CENTS_MAX}, got {}",
+            entry.price_cents
+        );
+    }
+    Ok(ProductUpsert {
+        point_of_sale: entry.point_of_sale.clone(),
+        product: Product {
+            product_id,
+            name: entry.name.clone(),
+            price_cents: Cents::new(entry.price_cents),
+            category: entry.category.clone(),
+        },
+    })
+}
+
+/// Reads and checks a catalog file; every error names the file, the product and the key.
+pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let file: CatalogFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if file.product.is_empty() || file.product.len() > CATALOG_PRODUCTS_MAX {
+        bail!(
+            "{}: expected 1 to {CATALOG_PRODUCTS_MAX} [[product]] entries",
+            path.display()
+        );
+    }
+    file.product
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            check_product(p).with_context(|| {
+                format!(
+                    "{}: [[product]] number {} ({:?})",
+                    path.display(),
+                    i + 1,
+                    p.id
+                )
+            })
+        })
+        .collect()
+}
+
+/// Prints the audit and says whether the books balance.
+pub fn format_audit(report: &AuditReport) -> String {
+    let mut out = String::new();
+    for d in &report.discrepancies {
+        out.push_str(&format!("DISCREPANCY: {d}\n"));
+    }
+    let verdict = if report.discrepancies.is_empty() {
+        "the books balance".to_owned()
+    } else {
+        format!("{} discrepancies", report.discrepancies.len())
+    };
+    out.push_str(&format!(
+        "audit: {} cards, {} postings in {} transactions, card balances total {} cents: {verdict}\n",
+        report.cards, report.postings, report.transactions, report.card_balance_total_cents
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 64);
+        assert_eq!(token_sha256(&a).len(), 64);
+        assert_ne!(token_sha256(&a), token_sha256(&b));
+    }
+
+    #[test]
+    fn pins_are_digits_and_hashed_with_argon2() {
+        assert!(hash_pin("12a4").is_err());
+        assert!(hash_pin("123").is_err());
+        assert!(hash_pin(&"1".repeat(13)).is_err());
+        let h = hash_pin("1234").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+    }
+
+    #[test]
+    fn catalog_errors_name_the_product() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[[product]]\nid = \"beer\"\nname = \"Beer\"\nprice_cents = 450\npoint_of_sale = \"Bar\"\n\n[[product]]\nid = \"bad id\"\nname = \"X\"\nprice_cents = 1\npoint_of_sale = \"Bar\"\n").unwrap();
+        let err = format!("{:#}", read_catalog(&path).unwrap_err());
+        assert!(err.contains("number 2") && err.contains("bad id"), "{err}");
+        std::fs::write(&path, "[[product]]\nid = \"beer\"\nname = \"Beer\"\nprice_cents = -1\npoint_of_sale = \"Bar\"\n").unwrap();
+        assert!(format!("{:#}", read_catalog(&path).unwrap_err()).contains("price_cents"));
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.example.toml");
+        assert!(read_catalog(&example).unwrap().len() >= 5);
+    }
+}

@@ -1,0 +1,812 @@
+//! The HTTP API (axum): parsing, authentication, error shapes, request ids.
+//!
+//! Architecture invariant: only this module knows HTTP and parses request JSON. Handlers
+//! turn raw bytes into validated [`Operation`]s and hand them to the store; they decide no
+//! business rule themselves beyond the terminal-kind check that must come before parsing.
+
+use super::model::{
+    ApiError, BATCH_OPERATIONS_MAX, ErrorCode, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError,
+    Operation, OrderRequest, Outcome, RechargeRequest, SCANS_MAX, Scan, Terminal, VoidRequest,
+    format_time,
+};
+use super::rules::{self, Action};
+use super::store::{LedgerStore, StoreError};
+use crate::domain::{CardUid, ClientRequestId};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body, except batches and scan uploads.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+/// Largest batch or scan upload body.
+pub const BATCH_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// Longest caller-supplied `X-Request-Id` that is echoed.
+pub const REQUEST_ID_LEN_MAX: usize = 128;
+/// Longest bearer token looked up at all.
+pub const TOKEN_LEN_MAX: usize = 256;
+
+/// The OpenAPI document, served at `/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// What every handler shares.
+pub struct AppState<S> {
+    /// The database.
+    pub store: S,
+    /// The festival's currency, for the catalog.
+    pub currency: Arc<str>,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState {
+            store: self.store.clone(),
+            currency: Arc::clone(&self.currency),
+        }
+    }
+}
+
+/// This request's id: the caller's `X-Request-Id`, or a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// A short word for the log line: what became of the request.
+#[derive(Debug, Clone, Copy)]
+struct OutcomeTag(&'static str);
+
+/// Builds the router with every route of the contract.
+pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
+    let large = DefaultBodyLimit::max(BATCH_BODY_LIMIT_BYTES);
+    Router::new()
+        .route("/v1/orders", post(post_order::<S>))
+        .route("/v1/recharges", post(post_recharge::<S>))
+        .route("/v1/voids", post(post_void::<S>))
+        .route("/v1/batch", post(post_batch::<S>).layer(large))
+        .route("/v1/scans", post(post_scans::<S>).layer(large))
+        .route("/v1/cards", get(get_card_feed::<S>))
+        .route("/v1/cards/{uid}", get(get_card::<S>))
+        .route("/v1/catalog", get(get_catalog::<S>))
+        .route("/v1/staff", get(get_staff::<S>))
+        .route("/v1/terminals/me", get(get_me::<S>))
+        .route("/v1/openapi.json", get(get_openapi))
+        .route("/health", get(get_health))
+        .route("/ready", get(get_ready::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Gives every request an id, echoes it, and logs one line per request.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id: Arc<str> = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string().into(), Arc::from);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    req.extensions_mut().insert(RequestId(Arc::clone(&id)));
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let outcome = response
+        .extensions()
+        .get::<OutcomeTag>()
+        .map_or("", |t| t.0);
+    let status = response.status().as_u16();
+    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "cashless::ledger::request",
+        request_id = %id, %method, route, status, outcome, duration_us,
+        "request"
+    );
+    response
+}
+
+fn error_response(err: &ApiError, request_id: &RequestId) -> Response {
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, axum::Json(err.body(&request_id.0))).into_response();
+    r.extensions_mut().insert(OutcomeTag(err.code.as_str()));
+    r
+}
+
+fn respond(request_id: &RequestId, result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| error_response(&e, request_id))
+}
+
+fn json_text_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn outcome_response(o: Outcome) -> Response {
+    let tag = match (o.replayed, o.status) {
+        (true, _) => "replayed",
+        (false, 200..=299) => "applied",
+        (false, _) => "declined",
+    };
+    let replayed = o.replayed;
+    let mut r = json_text_response(o.status, o.body);
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r.extensions_mut().insert(OutcomeTag(tag));
+    r
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "storage failure");
+    match e {
+        StoreError::Unavailable(_) => ApiError::new(
+            ErrorCode::DatabaseError,
+            "the database is unavailable; retry later",
+        ),
+        _ => ApiError::new(ErrorCode::ServerError, "internal error; retry later"),
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, message)
+}
+
+async fn authenticate<S: LedgerStore>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+) -> Result<Terminal, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <terminal token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= TOKEN_LEN_MAX)
+        .ok_or_else(|| {
+            unauthorized("malformed Authorization header; expected Bearer <terminal token>")
+        })?;
+    state
+        .store
+        .authenticate(token)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| unauthorized("unknown or revoked terminal token"))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::with_details(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {limit} bytes"),
+                json!({ "limit_bytes": limit }),
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+fn backticked<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let start = message.find(prefix)? + prefix.len();
+    let rest = &message[start..];
+    rest.find('`').map(|end| &rest[..end])
+}
+
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = e.inner();
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("malformed JSON: {inner}"),
+        );
+    }
+    let path = e.path().to_string();
+    let base = if path == "." { String::new() } else { path };
+    let message = inner.to_string();
+    let named =
+        backticked(&message, "missing field `").or_else(|| backticked(&message, "unknown field `"));
+    let field = match named {
+        Some(name) if !base.ends_with(name) => {
+            if base.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{base}.{name}")
+            }
+        }
+        _ => base,
+    };
+    if field.is_empty() {
+        return ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid request: {message}"),
+        );
+    }
+    ApiError::invalid_field(FieldError { field, message })
+}
+
+/// Parses a whole body into `T`, naming the offending field on failure.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+/// Which money operation an endpoint or batch entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Order,
+    Recharge,
+    Void,
+}
+
+impl OpKind {
+    fn action(self) -> Action {
+        match self {
+            OpKind::Order => Action::Order,
+            OpKind::Recharge => Action::Recharge,
+            OpKind::Void => Action::Void,
+        }
+    }
+}
+
+fn validated(kind: OpKind, value: Value) -> Result<Operation, ApiError> {
+    let op = match kind {
+        OpKind::Order => {
+            let r: OrderRequest = parse_value(value)?;
+            r.validate().map_err(ApiError::invalid_field)?;
+            Operation::Order(r)
+        }
+        OpKind::Recharge => {
+            let r: RechargeRequest = parse_value(value)?;
+            r.validate().map_err(ApiError::invalid_field)?;
+            Operation::Recharge(r)
+        }
+        OpKind::Void => {
+            let r: VoidRequest = parse_value(value)?;
+            r.validate().map_err(ApiError::invalid_field)?;
+            Operation::Void(r)
+        }
+    };
+    Ok(op)
+}
+
+fn check_idempotency_header(headers: &HeaderMap, crid: ClientRequestId) -> Result<(), ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(());
+    };
+    let matches = value
+        .to_str()
+        .ok()
+        .and_then(|v| ClientRequestId::parse(v.trim()).ok())
+        == Some(crid);
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(FieldError {
+            field: "Idempotency-Key".into(),
+            message: "must equal the body's client_request_id".into(),
+        }))
+    }
+}
+
+async fn post_operation<S: LedgerStore>(
+    state: &AppState<S>,
+    request_id: &RequestId,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: OpKind,
+) -> Result<Response, ApiError> {
+    let terminal = authenticate(state, headers).await?;
+    rules::check_terminal_kind(terminal.kind, kind.action())?;
+    let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
+    let value: Value = parse_json(&bytes)?;
+    let op = validated(kind, value)?;
+    check_idempotency_header(headers, op.client_request_id())?;
+    let outcome = state
+        .store
+        .apply(terminal, request_id.0.to_string(), vec![op])
+        .await
+        .map_err(store_error)?
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::ServerError, "no outcome"))?;
+    Ok(outcome_response(outcome))
+}
+
+async fn post_order<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        &rid,
+        post_operation(&state, &rid, &headers, body, OpKind::Order).await,
+    )
+}
+
+async fn post_recharge<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        &rid,
+        post_operation(&state, &rid, &headers, body, OpKind::Recharge).await,
+    )
+}
+
+async fn post_void<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        &rid,
+        post_operation(&state, &rid, &headers, body, OpKind::Void).await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchEnvelope {
+    operations: Vec<Value>,
+}
+
+/// Splits a batch entry into its kind and body, or the 400 it deserves.
+fn batch_entry(value: Value) -> Result<Operation, ApiError> {
+    let Value::Object(mut map) = value else {
+        return Err(ApiError::invalid_field(FieldError {
+            field: "type".into(),
+            message: "an operation is a JSON object".into(),
+        }));
+    };
+    let kind = match map.remove("type") {
+        Some(Value::String(t)) if t == "order" => OpKind::Order,
+        Some(Value::String(t)) if t == "recharge" => OpKind::Recharge,
+        Some(Value::String(t)) if t == "void" => OpKind::Void,
+        _ => {
+            return Err(ApiError::invalid_field(FieldError {
+                field: "type".into(),
+                message: "must be order, recharge or void".into(),
+            }));
+        }
+    };
+    validated(kind, Value::Object(map))
+}
+
+async fn batch<S: LedgerStore>(
+    state: &AppState<S>,
+    request_id: &RequestId,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let terminal = authenticate(state, headers).await?;
+    let bytes = body_bytes(body, BATCH_BODY_LIMIT_BYTES)?;
+    let envelope: BatchEnvelope = parse_json(&bytes)?;
+    if envelope.operations.is_empty() || envelope.operations.len() > BATCH_OPERATIONS_MAX {
+        return Err(ApiError::invalid_field(FieldError {
+            field: "operations".into(),
+            message: format!("must hold 1 to {BATCH_OPERATIONS_MAX} operations"),
+        }));
+    }
+    // Entries that do not parse get their 400 in place; the others go to the store together.
+    let mut slots: Vec<(Option<String>, Result<usize, ApiError>)> =
+        Vec::with_capacity(envelope.operations.len());
+    let mut valid = Vec::new();
+    for value in envelope.operations {
+        let crid = value
+            .get("client_request_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match batch_entry(value) {
+            Ok(op) => {
+                slots.push((crid, Ok(valid.len())));
+                valid.push(op);
+            }
+            Err(e) => slots.push((crid, Err(e))),
+        }
+    }
+    let mut outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .apply(terminal, request_id.0.to_string(), valid)
+            .await
+            .map_err(store_error)?
+    };
+    let mut results = Vec::with_capacity(slots.len());
+    for (crid, slot) in slots {
+        let (status, body) = match slot {
+            Ok(i) => {
+                let o = std::mem::replace(
+                    &mut outcomes[i],
+                    Outcome {
+                        status: 500,
+                        body: String::new(),
+                        replayed: false,
+                    },
+                );
+                let body: Value = serde_json::from_str(&o.body).map_err(|_| {
+                    ApiError::new(ErrorCode::ServerError, "stored answer is not JSON")
+                })?;
+                (o.status, body)
+            }
+            Err(e) => (e.code.http_status(), e.body(&request_id.0)),
+        };
+        results.push(json!({ "client_request_id": crid, "status": status, "body": body }));
+    }
+    let mut r = (StatusCode::OK, axum::Json(json!({ "results": results }))).into_response();
+    r.extensions_mut().insert(OutcomeTag("batch"));
+    Ok(r)
+}
+
+async fn post_batch<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(&rid, batch(&state, &rid, &headers, body).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScansEnvelope {
+    scans: Vec<Scan>,
+}
+
+async fn post_scans<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let terminal = authenticate(&state, &headers).await?;
+        let bytes = body_bytes(body, BATCH_BODY_LIMIT_BYTES)?;
+        let envelope: ScansEnvelope = parse_json(&bytes)?;
+        if envelope.scans.is_empty() || envelope.scans.len() > SCANS_MAX {
+            return Err(ApiError::invalid_field(FieldError {
+                field: "scans".into(),
+                message: format!("must hold 1 to {SCANS_MAX} scans"),
+            }));
+        }
+        for (i, s) in envelope.scans.iter().enumerate() {
+            s.validate(i).map_err(ApiError::invalid_field)?;
+        }
+        let receipt = state
+            .store
+            .record_scans(terminal, envelope.scans)
+            .await
+            .map_err(store_error)?;
+        Ok(axum::Json(receipt).into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+async fn get_card<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> Response {
+    let result = async {
+        authenticate(&state, &headers).await?;
+        let uid = CardUid::parse(&uid).map_err(|e| {
+            ApiError::invalid_field(FieldError {
+                field: "uid".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let card = state
+            .store
+            .card(uid)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::CardNotFound,
+                    "the ledger has never seen this card",
+                )
+            })?;
+        Ok(axum::Json(json!({
+            "card_uid": card.card_uid,
+            "balance_cents": card.balance_cents,
+            "status": card.status,
+            "updated_at": card.updated_at,
+        }))
+        .into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+/// Parses the card feed's query: `since` (a cursor this ledger issued, or empty) and `limit`.
+fn feed_query(raw: Option<&str>) -> Result<(i64, u32), ApiError> {
+    let mut since = 0i64;
+    let mut limit = FEED_LIMIT_DEFAULT;
+    let bad = |field: &str, message: &str| {
+        ApiError::invalid_field(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => {
+                since = if value.is_empty() {
+                    0
+                } else {
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|v| *v >= 0)
+                        .ok_or_else(|| bad("since", "a cursor returned as next_cursor, or empty"))?
+                };
+            }
+            "limit" => {
+                limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| (1..=FEED_LIMIT_MAX).contains(v))
+                    .ok_or_else(|| bad("limit", "a number from 1 to 10000"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok((since, limit))
+}
+
+async fn get_card_feed<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result = async {
+        authenticate(&state, &headers).await?;
+        let (since, limit) = feed_query(query.as_deref())?;
+        let page = state.store.card_feed(since, limit).await.map_err(store_error)?;
+        let cards: Vec<Value> = page
+            .cards
+            .iter()
+            .map(|c| {
+                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version })
+            })
+            .collect();
+        Ok(axum::Json(json!({ "cards": cards, "next_cursor": page.next_version.to_string() })).into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+async fn get_catalog<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let terminal = authenticate(&state, &headers).await?;
+        let products = state
+            .store
+            .catalog(terminal.point_of_sale.clone())
+            .await
+            .map_err(store_error)?;
+        let body = json!({
+            "point_of_sale": terminal.point_of_sale,
+            "currency": &*state.currency,
+            "products": products,
+        })
+        .to_string();
+        let digest = Sha256::digest(body.as_bytes());
+        let etag = format!("\"{}\"", hex::encode(&digest[..12]));
+        let etag_value = HeaderValue::from_str(&etag)
+            .map_err(|_| ApiError::new(ErrorCode::ServerError, "bad etag"))?;
+        if etag_matches(&headers, &etag) {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+        }
+        let mut r = json_text_response(200, body);
+        r.headers_mut().insert(header::ETAG, etag_value);
+        Ok(r)
+    }
+    .await;
+    respond(&rid, result)
+}
+
+async fn get_staff<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authenticate(&state, &headers).await?;
+        let staff = state.store.staff().await.map_err(store_error)?;
+        Ok(axum::Json(json!({ "staff": staff })).into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+async fn get_me<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let t = authenticate(&state, &headers).await?;
+        Ok(axum::Json(json!({
+            "terminal_id": t.terminal_id,
+            "name": t.name,
+            "kind": t.kind,
+            "point_of_sale": t.point_of_sale,
+            "server_time": format_time(chrono::Utc::now()),
+        }))
+        .into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+async fn get_openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn get_health() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn get_ready<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+) -> Response {
+    match state.store.ping().await {
+        Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => error_response(&store_error(e), &rid),
+    }
+}
+
+async fn not_found(Extension(rid): Extension<RequestId>) -> Response {
+    error_response(&ApiError::new(ErrorCode::NotFound, "no such route"), &rid)
+}
+
+async fn method_not_allowed(Extension(rid): Extension<RequestId>) -> Response {
+    error_response(
+        &ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
+        &rid,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"items": [{"quantity": "x"}]}"#,
+                Some("items[0].quantity"),
+            ),
+            (r#"{"total_cents": 4.5}"#, Some("total_cents")),
+            (
+                r#"{"client_request_id": "nope"}"#,
+                Some("client_request_id"),
+            ),
+            (r#"{"bogus": 1}"#, Some("bogus")),
+            (r#"{}"#, Some("client_request_id")),
+            (r#"{"#, None),
+        ];
+        for (text, field) in cases {
+            let err = parse_json::<OrderRequest>(text.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+            let got = err
+                .details
+                .as_ref()
+                .and_then(|d| d["field"].as_str().map(str::to_owned));
+            assert_eq!(got.as_deref(), *field, "{text}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        assert!(parse_json::<Value>(b"{} x").is_err());
+        assert!(parse_json::<Value>(b" {} ").is_ok());
+    }
+
+    #[test]
+    fn feed_query_bounds() {
+        assert_eq!(feed_query(None).unwrap(), (0, FEED_LIMIT_DEFAULT));
+        assert_eq!(feed_query(Some("since=&limit=5")).unwrap(), (0, 5));
+        assert_eq!(
+            feed_query(Some("since=42")).unwrap(),
+            (42, FEED_LIMIT_DEFAULT)
+        );
+        for bad in ["since=-1", "since=abc", "limit=0", "limit=10001", "limit=x"] {
+            assert!(feed_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_bounded_visible_ascii() {
+        assert!(valid_request_id("abc-123"));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn the_openapi_document_is_json() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for path in [
+            "/v1/orders",
+            "/v1/recharges",
+            "/v1/voids",
+            "/v1/batch",
+            "/v1/cards",
+            "/v1/cards/{uid}",
+            "/v1/catalog",
+            "/v1/staff",
+            "/v1/scans",
+            "/v1/terminals/me",
+            "/health",
+            "/ready",
+        ] {
+            assert!(
+                doc["paths"].get(path).is_some(),
+                "{path} missing from openapi.json"
+            );
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The ledger's configuration: a TOML file, overridden by environment variables, overridden
+//! by command-line flags. Parsed first into raw values, then checked into [`LedgerConfig`];
+//! every error names the file, the key and what was expected.
+
+use crate::domain::Cents;
+use crate::ledger::model::RECHARGE_AMOUNT_CENTS_MAX;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the ledger keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite:PATH`, a bare path, or `postgres://...`.
+    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("an empty database URL".into());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(text.to_owned()));
+        }
+        let path = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+            .unwrap_or(text);
+        if path.is_empty() {
+            return Err(
+                "sqlite: needs a file path, e.g. sqlite:/var/lib/cashless/ledger.db".into(),
+            );
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    /// Never shows a PostgreSQL password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            DatabaseUrl::Postgres(url) => {
+                let redacted = match (url.find("://"), url.rfind('@')) {
+                    (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+                    _ => url.clone(),
+                };
+                f.write_str(&redacted)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    festival: RawFestival,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+    #[serde(default)]
+    stripe: RawStripe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    database: Option<String>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFestival {
+    currency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    recharge_max_cents: Option<i64>,
+    balance_max_cents: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    retention_days: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStripe {
+    webhook_secrets: Option<Vec<String>>,
+    tolerance_s: Option<i64>,
+}
+
+/// The checked configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The database.
+    pub database: DatabaseUrl,
+    /// The festival's one currency (ISO 4217, `EUR`).
+    pub currency: String,
+    /// One top-up, at most.
+    pub recharge_max: Cents,
+    /// A card's balance after an online top-up, at most.
+    pub balance_max: Cents,
+    /// Days an idempotency key is kept.
+    pub retention_days: i64,
+    /// Stripe webhook signing secrets (several during a rotation). Never logged.
+    pub stripe_webhook_secrets: Vec<String>,
+    /// Oldest accepted Stripe signature timestamp, in seconds.
+    pub stripe_tolerance_s: i64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("listen", &self.listen)
+            .field("database", &self.database.to_string())
+            .field("currency", &self.currency)
+            .field("recharge_max", &self.recharge_max)
+            .field("balance_max", &self.balance_max)
+            .field("retention_days", &self.retention_days)
+            .field(
+                "stripe_webhook_secrets",
+                &format!("<{} secrets>", self.stripe_webhook_secrets.len()),
+            )
+            .field("stripe_tolerance_s", &self.stripe_tolerance_s)
+            .finish()
+    }
+}
+
+/// Values from outside the file: environment variables and command-line flags.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--database` or `CASHLESS_DATABASE`.
+    pub database: Option<String>,
+    /// `--listen` or `CASHLESS_LISTEN`.
+    pub listen: Option<String>,
+    /// `CASHLESS_STRIPE_WEBHOOK_SECRETS`, comma-separated.
+    pub stripe_webhook_secrets: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the environment variables, then lets the flags win over them.
+    pub fn from_env_and_flags(database: Option<String>, listen: Option<String>) -> Overrides {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Overrides {
+            database: database.or_else(|| env("CASHLESS_DATABASE")),
+            listen: listen.or_else(|| env("CASHLESS_LISTEN")),
+            stripe_webhook_secrets: env("CASHLESS_STRIPE_WEBHOOK_SECRETS"),
+        }
+    }
+}
+
+/// A configuration error, naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or an unknown key or wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key with a value out of range.
+    #[error("{source_name}: {key}: {expected}")]
+    Value {
+        /// The file, or the environment variable or flag.
+        source_name: String,
+        /// `[section] key`.
+        key: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+fn value_err(source_name: &str, key: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        source_name: source_name.into(),
+        key: key.into(),
+        expected: expected.into(),
+    }
+}
+
+impl LedgerConfig {
+    /// Loads the file (if any), applies the overrides and checks every value.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<LedgerConfig, ConfigError> {
+        let (raw, file_name) = match file {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
+                let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    file: name.clone(),
+                    message: e.to_string(),
+                })?;
+                (raw, name)
+            }
+            None => (RawConfig::default(), "(no configuration file)".to_owned()),
+        };
+        let f = file_name.as_str();
+
+        let (listen_text, listen_src) = match &overrides.listen {
+            Some(l) => (l.clone(), "--listen / CASHLESS_LISTEN"),
+            None => (
+                raw.server
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:8080".into()),
+                f,
+            ),
+        };
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            value_err(
+                listen_src,
+                "[server] listen",
+                format!("an address like 127.0.0.1:8080, got {listen_text:?}"),
+            )
+        })?;
+
+        let (db_text, db_src) = match &overrides.database {
+            Some(d) => (d.clone(), "--database / CASHLESS_DATABASE"),
+            None => (
+                raw.server
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| "sqlite:cashless-ledger.db".into()),
+                f,
+            ),
+        };
+        let database =
+            DatabaseUrl::parse(&db_text).map_err(|e| value_err(db_src, "[server] database", e))?;
+
+        let currency = raw.festival.currency.unwrap_or_else(|| "EUR".into());
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(value_err(
+                f,
+                "[festival] currency",
+                format!("a three-letter ISO 4217 code like EUR, got {currency:?}"),
+            ));
+        }
+
+        let recharge_max = raw.limits.recharge_max_cents.unwrap_or(50_000);
+        if !(1..=RECHARGE_AMOUNT_CENTS_MAX).contains(&recharge_max) {
+            return Err(value_err(
+                f,
+                "[limits] recharge_max_cents",
+                format!("cents between 1 and {RECHARGE_AMOUNT_CENTS_MAX}, got {recharge_max}"),
+            ));
+        }
+        let balance_max = raw.limits.balance_max_cents.unwrap_or(100_000);
+        if !(1..=i64::MAX / 4).contains(&balance_max) {
+            return Err(value_err(
+                f,
+                "[limits] balance_max_cents",
+                format!("a positive number of cents, got {balance_max}"),
+            ));
+        }
+
+        let retention_days = raw.idempotency.retention_days.unwrap_or(30);
+        if !(1..=3650).contains(&retention_days) {
+            return Err(value_err(
+                f,
+                "[idempotency] retention_days",
+                format!("days between 1 and 3650, got {retention_days}"),
+            ));
+        }
+
+        let stripe_webhook_secrets = match &overrides.stripe_webhook_secrets {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => raw.stripe.webhook_secrets.unwrap_or_default(),
+        };
+        if stripe_webhook_secrets.iter().any(|s| s.trim().is_empty()) {
+            return Err(value_err(
+                f,
+                "[stripe] webhook_secrets",
+                "non-empty secrets (whsec_...)",
+            ));
+        }
+        let stripe_tolerance_s = raw.stripe.tolerance_s.unwrap_or(300);
+        if !(1..=86_400).contains(&stripe_tolerance_s) {
+            return Err(value_err(
+                f,
+                "[stripe] tolerance_s",
+                format!("seconds between 1 and 86400, got {stripe_tolerance_s}"),
+            ));
+        }
+        let shutdown_grace_ms = raw.server.shutdown_grace_ms.unwrap_or(10_000);
+        if !(1..=600_000).contains(&shutdown_grace_ms) {
+            return Err(value_err(
+                f,
+                "[server] shutdown_grace_ms",
+                format!("milliseconds between 1 and 600000, got {shutdown_grace_ms}"),
+            ));
+        }
+
+        Ok(LedgerConfig {
+            listen,
+            database,
+            currency,
+            recharge_max: Cents::new(recharge_max),
+            balance_max: Cents::new(balance_max),
+            retention_days,
+            stripe_webhook_secrets,
+            stripe_tolerance_s,
+            shutdown_grace_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str, overrides: Overrides) -> Result<LedgerConfig, String> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        LedgerConfig::load(Some(file.path()), &overrides).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ledger.example.toml");
+        let config = LedgerConfig::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.recharge_max, Cents::new(50_000));
+        assert_eq!(config.balance_max, Cents::new(100_000));
+        assert_eq!(config.currency, "EUR");
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let config = LedgerConfig::load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.database,
+            DatabaseUrl::Sqlite("cashless-ledger.db".into())
+        );
+        assert_eq!(config.retention_days, 30);
+    }
+
+    #[test]
+    fn errors_name_the_file_key_and_expectation() {
+        let cases = [
+            (
+                "[limits]\nrecharge_max_cents = 0\n",
+                "[limits] recharge_max_cents: cents between 1",
+            ),
+            (
+                "[limits]\nrecharge_max_cents = \"x\"\n",
+                "recharge_max_cents",
+            ),
+            (
+                "[server]\nlisten = \"nowhere\"\n",
+                "[server] listen: an address",
+            ),
+            (
+                "[server]\nlisen = \"127.0.0.1:1\"\n",
+                "unknown field `lisen`",
+            ),
+            ("[festival]\ncurrency = \"euro\"\n", "[festival] currency"),
+            (
+                "[idempotency]\nretention_days = -1\n",
+                "[idempotency] retention_days",
+            ),
+            ("[stripe]\ntolerance_s = 0\n", "[stripe] tolerance_s"),
+            ("not toml", "TOML parse error"),
+        ];
+        for (text, expected) in cases {
+            let err = load(text, Overrides::default()).unwrap_err();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+            assert!(
+                err.contains(".tmp") || err.contains("tmp"),
+                "{err:?} does not name the file"
+            );
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let overrides = Overrides {
+            database: Some("sqlite:/tmp/x.db".into()),
+            listen: Some("127.0.0.1:0".into()),
+            stripe_webhook_secrets: Some("whsec_a, whsec_b".into()),
+        };
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:9\"\ndatabase = \"/var/y.db\"\n",
+            overrides,
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(config.database, DatabaseUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(config.stripe_webhook_secrets, vec!["whsec_a", "whsec_b"]);
+        assert!(
+            !format!("{config:?}").contains("whsec_a"),
+            "secrets must not be printed"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:a.db"),
+            Ok(DatabaseUrl::Sqlite("a.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("/x/a.db"),
+            Ok(DatabaseUrl::Sqlite("/x/a.db".into()))
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u@h/db"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert!(DatabaseUrl::parse("sqlite:").is_err());
+        let shown = DatabaseUrl::Postgres("postgres://u:secret@h/db".into()).to_string();
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The central ledger: the truth about every card's money.
+//!
+//! - [`model`]: validated requests, answers and error codes.
+//! - [`rules`]: the business rules as pure functions (no IO, no clock).
+//! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
+//! - [`api`]: the HTTP API (axum).
+//! - [`config`]: the configuration file and its overrides.
+//! - [`server`]: serving with graceful shutdown.
+//! - [`admin`]: the admin commands (terminals, staff, products, cards, audit).
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod model;
+pub mod rules;
+pub mod server;
+pub mod store;

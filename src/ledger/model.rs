@@ -1,0 +1,842 @@
+//! The ledger's vocabulary: validated requests, answers, error codes.
+//!
+//! Requests are deserialized from raw JSON into these types and then checked by
+//! `validate()`; after that every field is known to be in range. Only `api` turns them into
+//! HTTP, only `store` into SQL.
+
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Lines in one order, at most.
+pub const ORDER_ITEMS_MAX: usize = 50;
+/// Units of one product in one line, at most.
+pub const QUANTITY_MAX: i64 = 99;
+/// The highest price of one unit (10,000.00).
+pub const UNIT_PRICE_CENTS_MAX: i64 = 1_000_000;
+/// The highest order total (1,000,000.00): a sanity bound far above any bar order.
+pub const ORDER_TOTAL_CENTS_MAX: i64 = 100_000_000;
+/// The highest top-up amount accepted at all; the configured limits are lower.
+pub const RECHARGE_AMOUNT_CENTS_MAX: i64 = 10_000_000;
+/// Operations in one batch, at most.
+pub const BATCH_OPERATIONS_MAX: usize = 500;
+/// Scans in one upload, at most.
+pub const SCANS_MAX: usize = 1000;
+/// Cards in one feed page: default and maximum.
+pub const FEED_LIMIT_DEFAULT: u32 = 1000;
+/// See [`FEED_LIMIT_DEFAULT`].
+pub const FEED_LIMIT_MAX: u32 = 10_000;
+
+/// Formats a time the one way the ledger writes times: RFC 3339, UTC, milliseconds.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Online: the terminal waits for the decision. Offline: the sale already happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The ledger decides.
+    Online,
+    /// The terminal decided; the ledger records.
+    Offline,
+}
+
+impl Mode {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+        }
+    }
+}
+
+/// How a top-up was paid at the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentMethod {
+    /// Cash into the drawer.
+    Cash,
+    /// A bank card on a separate payment terminal.
+    Card,
+}
+
+impl PaymentMethod {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::Cash => "cash",
+            PaymentMethod::Card => "card",
+        }
+    }
+}
+
+/// Why an operation is voided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoidReason {
+    /// The terminal never got an answer and cancels the attempt.
+    InDoubt,
+    /// Money given back to the attendee.
+    CustomerRefund,
+    /// Staff charged the wrong thing.
+    StaffError,
+}
+
+impl VoidReason {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoidReason::InDoubt => "in_doubt",
+            VoidReason::CustomerRefund => "customer_refund",
+            VoidReason::StaffError => "staff_error",
+        }
+    }
+}
+
+/// What a terminal is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TerminalKind {
+    /// Sells at a bar.
+    Bar,
+    /// Tops up cards.
+    Checkpoint,
+}
+
+impl TerminalKind {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalKind::Bar => "bar",
+            TerminalKind::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(text: &str) -> Option<TerminalKind> {
+        match text {
+            "bar" => Some(TerminalKind::Bar),
+            "checkpoint" => Some(TerminalKind::Checkpoint),
+            _ => None,
+        }
+    }
+}
+
+/// A staff member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StaffRole {
+    /// Sells at a bar.
+    Bar,
+    /// Tops up at a checkpoint.
+    Cashier,
+    /// May do everything.
+    Supervisor,
+}
+
+impl StaffRole {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffRole::Bar => "bar",
+            StaffRole::Cashier => "cashier",
+            StaffRole::Supervisor => "supervisor",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(text: &str) -> Option<StaffRole> {
+        match text {
+            "bar" => Some(StaffRole::Bar),
+            "cashier" => Some(StaffRole::Cashier),
+            "supervisor" => Some(StaffRole::Supervisor),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a card may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CardStatus {
+    /// Usable.
+    Active,
+    /// Refused online; see [`BlockReason`].
+    Blocked,
+}
+
+impl CardStatus {
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardStatus::Active => "active",
+            CardStatus::Blocked => "blocked",
+        }
+    }
+}
+
+/// Why a card is blocked: debt clears itself with a top-up, a lost card only by an admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The balance went below zero after offline sales or a reversed top-up.
+    Debt,
+    /// Reported lost or stolen.
+    Lost,
+}
+
+impl BlockReason {
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::Debt => "debt",
+            BlockReason::Lost => "lost",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(text: &str) -> Option<BlockReason> {
+        match text {
+            "debt" => Some(BlockReason::Debt),
+            "lost" => Some(BlockReason::Lost),
+            _ => None,
+        }
+    }
+}
+
+/// Remarks attached to an applied operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Flag {
+    /// The card's balance is below zero after this operation.
+    NegativeBalance,
+    /// An offline order used prices that differ from the current catalog.
+    PriceDiffersFromCatalog,
+    /// The card was unknown and has been created.
+    CardCreated,
+    /// An offline top-up went past a configured limit.
+    LimitExceeded,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItem {
+    /// The catalog's product id.
+    pub product_id: ProductId,
+    /// 1 to [`QUANTITY_MAX`].
+    pub quantity: i64,
+    /// The unit price the terminal charged, 0 to [`UNIT_PRICE_CENTS_MAX`].
+    pub unit_price_cents: Cents,
+}
+
+/// `POST /v1/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// The terminal's gapless sequence number.
+    pub terminal_seq: TerminalSeq,
+    /// The paying card.
+    pub card_uid: CardUid,
+    /// 1 to [`ORDER_ITEMS_MAX`] lines.
+    pub items: Vec<OrderItem>,
+    /// Must equal the sum of the lines.
+    pub total_cents: Cents,
+    /// Who sold.
+    pub staff_id: StaffId,
+    /// When the terminal recorded it.
+    pub created_at: DateTime<Utc>,
+    /// Online or offline.
+    pub mode: Mode,
+}
+
+/// `POST /v1/recharges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RechargeRequest {
+    /// Idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// The terminal's gapless sequence number.
+    pub terminal_seq: TerminalSeq,
+    /// The card receiving the money.
+    pub card_uid: CardUid,
+    /// 1 to [`RECHARGE_AMOUNT_CENTS_MAX`].
+    pub amount_cents: Cents,
+    /// Cash or card.
+    pub payment_method: PaymentMethod,
+    /// Who took the money.
+    pub staff_id: StaffId,
+    /// When the terminal recorded it.
+    pub created_at: DateTime<Utc>,
+    /// Online or offline.
+    pub mode: Mode,
+}
+
+/// `POST /v1/voids`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequest {
+    /// Idempotency key of the void itself.
+    pub client_request_id: ClientRequestId,
+    /// The terminal's gapless sequence number.
+    pub terminal_seq: TerminalSeq,
+    /// The order or top-up to cancel.
+    pub target_client_request_id: ClientRequestId,
+    /// Who voids.
+    pub staff_id: StaffId,
+    /// Why.
+    pub reason: VoidReason,
+    /// When the terminal recorded it.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A money-changing operation, alone or inside a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Operation {
+    /// A bar order.
+    Order(OrderRequest),
+    /// A checkpoint top-up.
+    Recharge(RechargeRequest),
+    /// A void or refund.
+    Void(VoidRequest),
+}
+
+impl Operation {
+    /// The idempotency key.
+    pub fn client_request_id(&self) -> ClientRequestId {
+        match self {
+            Operation::Order(r) => r.client_request_id,
+            Operation::Recharge(r) => r.client_request_id,
+            Operation::Void(r) => r.client_request_id,
+        }
+    }
+
+    /// The sequence number.
+    pub fn terminal_seq(&self) -> TerminalSeq {
+        match self {
+            Operation::Order(r) => r.terminal_seq,
+            Operation::Recharge(r) => r.terminal_seq,
+            Operation::Void(r) => r.terminal_seq,
+        }
+    }
+
+    /// The acting staff member.
+    pub fn staff_id(&self) -> &StaffId {
+        match self {
+            Operation::Order(r) => &r.staff_id,
+            Operation::Recharge(r) => &r.staff_id,
+            Operation::Void(r) => &r.staff_id,
+        }
+    }
+
+    /// `order`, `recharge` or `void`.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Operation::Order(_) => "order",
+            Operation::Recharge(_) => "recharge",
+            Operation::Void(_) => "void",
+        }
+    }
+
+    /// Online or offline; a void is always applied, like an offline operation.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Operation::Order(r) => r.mode,
+            Operation::Recharge(r) => r.mode,
+            Operation::Void(_) => Mode::Offline,
+        }
+    }
+}
+
+/// A request field that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field (`items[0].quantity`).
+    pub field: String,
+    /// What was expected.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), FieldError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+impl OrderRequest {
+    /// Checks what the types cannot: counts, ranges, and that the total is the sum of lines.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.items.is_empty() || self.items.len() > ORDER_ITEMS_MAX {
+            return Err(FieldError::new(
+                "items",
+                format!("must hold 1 to {ORDER_ITEMS_MAX} lines"),
+            ));
+        }
+        let mut sum = Cents::ZERO;
+        for (i, item) in self.items.iter().enumerate() {
+            check_range(
+                &format!("items[{i}].quantity"),
+                item.quantity,
+                1,
+                QUANTITY_MAX,
+            )?;
+            check_range(
+                &format!("items[{i}].unit_price_cents"),
+                item.unit_price_cents.get(),
+                0,
+                UNIT_PRICE_CENTS_MAX,
+            )?;
+            let line = item
+                .unit_price_cents
+                .checked_mul(item.quantity)
+                .and_then(|l| sum.checked_add(l))
+                .map_err(|_| FieldError::new("total_cents", "the sum of the lines overflows"))?;
+            sum = line;
+        }
+        check_range(
+            "total_cents",
+            self.total_cents.get(),
+            1,
+            ORDER_TOTAL_CENTS_MAX,
+        )?;
+        if sum != self.total_cents {
+            return Err(FieldError::new(
+                "total_cents",
+                format!("must equal the sum of the lines ({})", sum.get()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RechargeRequest {
+    /// Checks the amount's absolute range (the configured limits are business rules).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_range(
+            "amount_cents",
+            self.amount_cents.get(),
+            1,
+            RECHARGE_AMOUNT_CENTS_MAX,
+        )
+    }
+}
+
+impl VoidRequest {
+    /// A void cannot target itself.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.target_client_request_id == self.client_request_id {
+            return Err(FieldError::new(
+                "target_client_request_id",
+                "a void cannot void itself",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every error code of the API, with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// 400.
+    InvalidRequest,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 404, an unknown card.
+    CardNotFound,
+    /// 404, an unknown route.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 402.
+    InsufficientFunds,
+    /// 423.
+    CardBlocked,
+    /// 422.
+    LimitExceeded,
+    /// 422.
+    UnknownProduct,
+    /// 422.
+    PriceMismatch,
+    /// 422.
+    IdempotencyKeyReused,
+    /// 409.
+    DuplicateRequest,
+    /// 409.
+    AlreadyVoided,
+    /// 409.
+    OperationVoided,
+    /// 413.
+    PayloadTooLarge,
+    /// 503.
+    DatabaseError,
+    /// 500.
+    ServerError,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::InsufficientFunds => 402,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::CardNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::DuplicateRequest | ErrorCode::AlreadyVoided | ErrorCode::OperationVoided => {
+                409
+            }
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::LimitExceeded
+            | ErrorCode::UnknownProduct
+            | ErrorCode::PriceMismatch
+            | ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::CardBlocked => 423,
+            ErrorCode::ServerError => 500,
+            ErrorCode::DatabaseError => 503,
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::CardNotFound => "CARD_NOT_FOUND",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            ErrorCode::CardBlocked => "CARD_BLOCKED",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::UnknownProduct => "UNKNOWN_PRODUCT",
+            ErrorCode::PriceMismatch => "PRICE_MISMATCH",
+            ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ErrorCode::DuplicateRequest => "DUPLICATE_REQUEST",
+            ErrorCode::AlreadyVoided => "ALREADY_VOIDED",
+            ErrorCode::OperationVoided => "OPERATION_VOIDED",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::DatabaseError => "DATABASE_ERROR",
+            ErrorCode::ServerError => "SERVER_ERROR",
+        }
+    }
+
+    /// Business declines: the outcome is stored with the idempotency key, like an approval.
+    pub fn is_stored_decline(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InsufficientFunds
+                | ErrorCode::CardNotFound
+                | ErrorCode::CardBlocked
+                | ErrorCode::LimitExceeded
+                | ErrorCode::UnknownProduct
+                | ErrorCode::PriceMismatch
+        )
+    }
+}
+
+/// An error answer before it gets its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The code.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+    /// Machine-readable specifics (`field`, `balance_cents`, ...).
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// An error without details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// An error with details.
+    pub fn with_details(code: ErrorCode, message: impl Into<String>, details: Value) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
+    /// 400 naming the field.
+    pub fn invalid_field(err: FieldError) -> ApiError {
+        ApiError::with_details(
+            ErrorCode::InvalidRequest,
+            format!("{}: {}", err.field, err.message),
+            json!({ "field": err.field }),
+        )
+    }
+
+    /// The error body of the contract.
+    pub fn body(&self, request_id: &str) -> Value {
+        let mut error = json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+            "request_id": request_id,
+        });
+        if let (Some(details), Some(map)) = (&self.details, error.as_object_mut()) {
+            map.insert("details".into(), details.clone());
+        }
+        json!({ "error": error })
+    }
+}
+
+/// The answer to one operation, as sent and as stored with its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON text, returned byte for byte on replays.
+    pub body: String,
+    /// True when this is a stored answer returned again.
+    pub replayed: bool,
+}
+
+impl Outcome {
+    /// An error outcome.
+    pub fn error(err: &ApiError, request_id: &str) -> Outcome {
+        Outcome {
+            status: err.code.http_status(),
+            body: err.body(request_id).to_string(),
+            replayed: false,
+        }
+    }
+}
+
+/// The 201 answer to an applied order or top-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    /// The ledger's id for the operation.
+    pub transaction_id: Uuid,
+    /// The idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// Always `approved`.
+    pub status: &'static str,
+    /// The card.
+    pub card_uid: CardUid,
+    /// Orders: the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_cents: Option<Cents>,
+    /// Top-ups: the amount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<Cents>,
+    /// Before.
+    pub previous_balance_cents: Cents,
+    /// After.
+    pub new_balance_cents: Cents,
+    /// After.
+    pub card_status: CardStatus,
+    /// When the ledger applied it.
+    pub processed_at: String,
+    /// Remarks.
+    pub flags: Vec<Flag>,
+}
+
+/// The 201 answer to a void.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoidOutcome {
+    /// The ledger's id for the void.
+    pub transaction_id: Uuid,
+    /// The void's idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// `voided` (the target was reversed) or `tombstoned` (it was never applied and never will be).
+    pub status: &'static str,
+    /// The target.
+    pub target_client_request_id: ClientRequestId,
+    /// The target's card, when it was applied.
+    pub card_uid: Option<CardUid>,
+    /// Money back to the card: positive for an order, negative for a reversed top-up.
+    pub refunded_cents: Option<Cents>,
+    /// Before.
+    pub previous_balance_cents: Option<Cents>,
+    /// After.
+    pub new_balance_cents: Option<Cents>,
+    /// After.
+    pub card_status: Option<CardStatus>,
+    /// When the ledger applied it.
+    pub processed_at: String,
+    /// Remarks.
+    pub flags: Vec<Flag>,
+}
+
+/// `POST /v1/scans` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scan {
+    /// The card presented.
+    pub card_uid: CardUid,
+    /// What happened (`ok`, `read_error`, ...): 1 to 32 of `a-z` and `_`.
+    pub result: String,
+    /// The reader's name.
+    pub reader: String,
+    /// When.
+    pub scanned_at: DateTime<Utc>,
+    /// The terminal operation it led to, if any.
+    #[serde(default)]
+    pub terminal_seq: Option<TerminalSeq>,
+}
+
+impl Scan {
+    /// Field checks beyond the types.
+    pub fn validate(&self, index: usize) -> Result<(), FieldError> {
+        let result_ok = !self.result.is_empty()
+            && self.result.len() <= 32
+            && self
+                .result
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !result_ok {
+            return Err(FieldError::new(
+                format!("scans[{index}].result"),
+                "1 to 32 of a-z and _",
+            ));
+        }
+        let reader_ok = !self.reader.is_empty()
+            && self.reader.len() <= 128
+            && !self.reader.chars().any(char::is_control);
+        if !reader_ok {
+            return Err(FieldError::new(
+                format!("scans[{index}].reader"),
+                "1 to 128 printable characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminal {
+    /// Id.
+    pub terminal_id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Bar or checkpoint.
+    pub kind: TerminalKind,
+    /// Where it stands; selects the catalog.
+    pub point_of_sale: String,
+}
+
+/// A staff member as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffMember {
+    /// Role.
+    pub role: StaffRole,
+    /// Deactivated staff cannot act online.
+    pub active: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(items: Vec<(i64, i64)>, total: i64) -> OrderRequest {
+        OrderRequest {
+            client_request_id: ClientRequestId::new_random(),
+            terminal_seq: TerminalSeq::new(1).unwrap(),
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            items: items
+                .into_iter()
+                .map(|(q, p)| OrderItem {
+                    product_id: ProductId::parse("beer").unwrap(),
+                    quantity: q,
+                    unit_price_cents: Cents::new(p),
+                })
+                .collect(),
+            total_cents: Cents::new(total),
+            staff_id: StaffId::parse("s-1").unwrap(),
+            created_at: Utc::now(),
+            mode: Mode::Online,
+        }
+    }
+
+    #[test]
+    fn order_validation_names_the_field() {
+        let cases: Vec<(OrderRequest, Option<&str>)> = vec![
+            (order(vec![(2, 450)], 900), None),
+            (order(vec![(2, 450)], 901), Some("total_cents")),
+            (order(vec![], 0), Some("items")),
+            (order(vec![(1, 1); 51], 51), Some("items")),
+            (order(vec![(0, 450)], 0), Some("items[0].quantity")),
+            (
+                order(vec![(1, 1), (100, 1)], 101),
+                Some("items[1].quantity"),
+            ),
+            (order(vec![(1, -1)], 1), Some("items[0].unit_price_cents")),
+            (
+                order(vec![(1, 1_000_001)], 1_000_001),
+                Some("items[0].unit_price_cents"),
+            ),
+            (order(vec![(1, 0)], 0), Some("total_cents")),
+            (
+                order(vec![(99, 1_000_000); 50], 4_950_000_000),
+                Some("total_cents"),
+            ),
+        ];
+        for (req, field) in cases {
+            assert_eq!(
+                req.validate().err().map(|e| e.field),
+                field.map(String::from)
+            );
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_distinct_spelling() {
+        let codes = [
+            ErrorCode::InvalidRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::CardNotFound,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::InsufficientFunds,
+            ErrorCode::CardBlocked,
+            ErrorCode::LimitExceeded,
+            ErrorCode::UnknownProduct,
+            ErrorCode::PriceMismatch,
+            ErrorCode::IdempotencyKeyReused,
+            ErrorCode::DuplicateRequest,
+            ErrorCode::AlreadyVoided,
+            ErrorCode::OperationVoided,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::DatabaseError,
+            ErrorCode::ServerError,
+        ];
+        let spelled: std::collections::HashSet<_> = codes.iter().map(|c| c.as_str()).collect();
+        assert_eq!(spelled.len(), codes.len());
+        for c in codes {
+            assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
+        }
+    }
+}

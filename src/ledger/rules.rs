@@ -1,0 +1,628 @@
+//! The ledger's business rules, as pure functions.
+//!
+//! Architecture invariant: nothing here does IO or reads a clock. The store loads the state
+//! (card, staff, catalog prices, stored idempotency record), calls these functions, and
+//! writes what they decide. The SQLite and PostgreSQL backends share these rules, so they
+//! decide the same way.
+
+use super::model::{
+    ApiError, BlockReason, CardStatus, ErrorCode, Flag, Mode, OrderRequest, RechargeRequest,
+    StaffMember, StaffRole, TerminalKind,
+};
+use crate::domain::{Cents, ProductId};
+use serde_json::json;
+
+/// A card as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardState {
+    /// Current balance; may be negative after offline sales.
+    pub balance: Cents,
+    /// Active or blocked.
+    pub status: CardStatus,
+    /// Set when blocked.
+    pub block_reason: Option<BlockReason>,
+}
+
+impl CardState {
+    /// A card that was never seen: created with nothing on it.
+    pub const NEW: CardState = CardState {
+        balance: Cents::ZERO,
+        status: CardStatus::Active,
+        block_reason: None,
+    };
+}
+
+/// The configured top-up limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// One top-up, at most.
+    pub recharge_max: Cents,
+    /// A card's balance after an online top-up, at most.
+    pub balance_max: Cents,
+}
+
+/// What an accepted balance change does to the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceChange {
+    /// True when the card did not exist.
+    pub create_card: bool,
+    /// Before.
+    pub previous: CardState,
+    /// After.
+    pub next: CardState,
+    /// Remarks for the answer.
+    pub flags: Vec<Flag>,
+}
+
+/// What the API asks of a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Sell.
+    Order,
+    /// Top up.
+    Recharge,
+    /// Void or refund.
+    Void,
+}
+
+/// Only bar terminals sell and only checkpoints top up; both may void their own operations.
+pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), ApiError> {
+    match (kind, action) {
+        (TerminalKind::Bar, Action::Recharge) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a bar terminal cannot top up cards",
+        )),
+        (TerminalKind::Checkpoint, Action::Order) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a checkpoint terminal cannot sell",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The staff member must exist and hold a role that allows the action. Online operations
+/// also need an active staff member; an offline one already happened under a login that the
+/// terminal checked, so a deactivation since then does not erase it.
+pub fn check_staff(
+    staff: Option<&StaffMember>,
+    action: Action,
+    mode: Mode,
+) -> Result<(), ApiError> {
+    let Some(staff) = staff else {
+        return Err(ApiError::new(ErrorCode::Forbidden, "unknown staff member"));
+    };
+    if mode == Mode::Online && !staff.active {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "staff member is not active",
+        ));
+    }
+    let allowed = match action {
+        Action::Order => matches!(staff.role, StaffRole::Bar | StaffRole::Supervisor),
+        Action::Recharge => matches!(staff.role, StaffRole::Cashier | StaffRole::Supervisor),
+        Action::Void => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "a staff member with role {} may not do this",
+                staff.role.as_str()
+            ),
+        ))
+    }
+}
+
+/// A card's status after its balance changed: below zero blocks it for debt; back at zero
+/// or above lifts a debt block (never a lost-card block).
+pub fn status_after(card: CardState, balance: Cents) -> CardState {
+    if balance.is_negative() {
+        let reason = match card.block_reason {
+            Some(BlockReason::Lost) => BlockReason::Lost,
+            _ => BlockReason::Debt,
+        };
+        return CardState {
+            balance,
+            status: CardStatus::Blocked,
+            block_reason: Some(reason),
+        };
+    }
+    match card.block_reason {
+        Some(BlockReason::Debt) | None => CardState {
+            balance,
+            status: CardStatus::Active,
+            block_reason: None,
+        },
+        Some(BlockReason::Lost) => CardState { balance, ..card },
+    }
+}
+
+fn overflow(field: &str) -> ApiError {
+    ApiError::with_details(
+        ErrorCode::InvalidRequest,
+        "the resulting balance is out of range",
+        json!({ "field": field }),
+    )
+}
+
+fn blocked(card: &CardState) -> ApiError {
+    ApiError::with_details(
+        ErrorCode::CardBlocked,
+        "the card is blocked",
+        json!({ "balance_cents": card.balance.get(), "status": card.status.as_str() }),
+    )
+}
+
+/// Decides an order. `catalog_price` gives the current catalog price of a product at the
+/// terminal's point of sale, or `None` when the product is not on sale there.
+pub fn decide_order(
+    req: &OrderRequest,
+    card: Option<CardState>,
+    catalog_price: impl Fn(&ProductId) -> Option<Cents>,
+) -> Result<BalanceChange, ApiError> {
+    let mut flags = Vec::new();
+    let previous = match (req.mode, card) {
+        (_, Some(card)) => card,
+        (Mode::Online, None) => {
+            return Err(ApiError::new(
+                ErrorCode::CardNotFound,
+                "the ledger has never seen this card",
+            ));
+        }
+        (Mode::Offline, None) => {
+            flags.push(Flag::CardCreated);
+            CardState::NEW
+        }
+    };
+    if req.mode == Mode::Online && previous.status == CardStatus::Blocked {
+        return Err(blocked(&previous));
+    }
+    let mut price_differs = false;
+    for item in &req.items {
+        match catalog_price(&item.product_id) {
+            Some(price) if price == item.unit_price_cents => {}
+            found => {
+                if req.mode == Mode::Offline {
+                    price_differs = true;
+                    continue;
+                }
+                return Err(match found {
+                    None => ApiError::with_details(
+                        ErrorCode::UnknownProduct,
+                        format!("product {} is not on sale here", item.product_id),
+                        json!({ "product_id": item.product_id.as_str() }),
+                    ),
+                    Some(price) => ApiError::with_details(
+                        ErrorCode::PriceMismatch,
+                        format!("product {} costs {} now", item.product_id, price.get()),
+                        json!({
+                            "product_id": item.product_id.as_str(),
+                            "catalog_price_cents": price.get(),
+                            "unit_price_cents": item.unit_price_cents.get(),
+                        }),
+                    ),
+                });
+            }
+        }
+    }
+    if price_differs {
+        flags.push(Flag::PriceDiffersFromCatalog);
+    }
+    if req.mode == Mode::Online && previous.balance < req.total_cents {
+        return Err(ApiError::with_details(
+            ErrorCode::InsufficientFunds,
+            "the card's balance is too low",
+            json!({ "balance_cents": previous.balance.get() }),
+        ));
+    }
+    let balance = previous
+        .balance
+        .checked_sub(req.total_cents)
+        .map_err(|_| overflow("total_cents"))?;
+    let next = status_after(previous, balance);
+    if balance.is_negative() {
+        flags.push(Flag::NegativeBalance);
+    }
+    Ok(BalanceChange {
+        create_card: card.is_none(),
+        previous,
+        next,
+        flags,
+    })
+}
+
+/// Decides a top-up. Unknown cards are created; a lost card is refused online; an offline
+/// top-up (cash already taken) is applied past the limits and flagged.
+pub fn decide_recharge(
+    req: &RechargeRequest,
+    card: Option<CardState>,
+    limits: Limits,
+) -> Result<BalanceChange, ApiError> {
+    let mut flags = Vec::new();
+    let previous = card.unwrap_or_else(|| {
+        flags.push(Flag::CardCreated);
+        CardState::NEW
+    });
+    let balance = previous
+        .balance
+        .checked_add(req.amount_cents)
+        .map_err(|_| overflow("amount_cents"))?;
+    let over_recharge = req.amount_cents > limits.recharge_max;
+    let over_balance = balance > limits.balance_max;
+    match req.mode {
+        Mode::Online => {
+            if previous.block_reason == Some(BlockReason::Lost) {
+                return Err(blocked(&previous));
+            }
+            if over_recharge {
+                return Err(ApiError::with_details(
+                    ErrorCode::LimitExceeded,
+                    "the top-up is larger than allowed",
+                    json!({ "limit": "recharge_max_cents", "limit_cents": limits.recharge_max.get(),
+                            "amount_cents": req.amount_cents.get() }),
+                ));
+            }
+            if over_balance {
+                return Err(ApiError::with_details(
+                    ErrorCode::LimitExceeded,
+                    "the card's balance would exceed the maximum",
+                    json!({ "limit": "balance_max_cents", "limit_cents": limits.balance_max.get(),
+                            "balance_cents": previous.balance.get() }),
+                ));
+            }
+        }
+        Mode::Offline => {
+            if over_recharge || over_balance {
+                flags.push(Flag::LimitExceeded);
+            }
+        }
+    }
+    let next = status_after(previous, balance);
+    if balance.is_negative() {
+        flags.push(Flag::NegativeBalance);
+    }
+    Ok(BalanceChange {
+        create_card: card.is_none(),
+        previous,
+        next,
+        flags,
+    })
+}
+
+/// Reverses an applied operation: `delta` is what goes back to the card (positive for an
+/// order, negative for a top-up). A reversal may drive the card below zero (the top-up's
+/// money was spent): the card is then blocked for debt like after offline sales.
+pub fn decide_reversal(card: CardState, delta: Cents) -> Result<BalanceChange, ApiError> {
+    let balance = card
+        .balance
+        .checked_add(delta)
+        .map_err(|_| overflow("target_client_request_id"))?;
+    let next = status_after(card, balance);
+    let flags = if balance.is_negative() {
+        vec![Flag::NegativeBalance]
+    } else {
+        Vec::new()
+    };
+    Ok(BalanceChange {
+        create_card: false,
+        previous: card,
+        next,
+        flags,
+    })
+}
+
+/// What is known of an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Never seen: process the request.
+    Fresh,
+    /// Seen with this very request: return the stored answer.
+    Replay,
+    /// Seen with another request: refuse.
+    Reused,
+}
+
+/// Compares a stored request fingerprint with the incoming one.
+pub fn check_key(stored_request_sha256: Option<&str>, request_sha256: &str) -> KeyCheck {
+    match stored_request_sha256 {
+        None => KeyCheck::Fresh,
+        Some(stored) if stored == request_sha256 => KeyCheck::Replay,
+        Some(_) => KeyCheck::Reused,
+    }
+}
+
+/// The error for a reused key.
+pub fn key_reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this client_request_id was used before for a different request",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CardUid, ClientRequestId, StaffId, TerminalSeq};
+    use crate::ledger::model::{OrderItem, PaymentMethod};
+    use chrono::Utc;
+
+    const LIMITS: Limits = Limits {
+        recharge_max: Cents::new(50_000),
+        balance_max: Cents::new(100_000),
+    };
+
+    fn card(balance: i64, reason: Option<BlockReason>) -> CardState {
+        let status = if reason.is_some() {
+            CardStatus::Blocked
+        } else {
+            CardStatus::Active
+        };
+        CardState {
+            balance: Cents::new(balance),
+            status,
+            block_reason: reason,
+        }
+    }
+
+    fn order(total: i64, price: i64, mode: Mode) -> OrderRequest {
+        OrderRequest {
+            client_request_id: ClientRequestId::new_random(),
+            terminal_seq: TerminalSeq::new(1).unwrap(),
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            items: vec![OrderItem {
+                product_id: ProductId::parse("beer").unwrap(),
+                quantity: total / price,
+                unit_price_cents: Cents::new(price),
+            }],
+            total_cents: Cents::new(total),
+            staff_id: StaffId::parse("s").unwrap(),
+            created_at: Utc::now(),
+            mode,
+        }
+    }
+
+    fn recharge(amount: i64, mode: Mode) -> RechargeRequest {
+        RechargeRequest {
+            client_request_id: ClientRequestId::new_random(),
+            terminal_seq: TerminalSeq::new(1).unwrap(),
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            amount_cents: Cents::new(amount),
+            payment_method: PaymentMethod::Cash,
+            staff_id: StaffId::parse("s").unwrap(),
+            created_at: Utc::now(),
+            mode,
+        }
+    }
+
+    fn beer_at(price: i64) -> impl Fn(&ProductId) -> Option<Cents> {
+        move |p: &ProductId| (p.as_str() == "beer").then_some(Cents::new(price))
+    }
+
+    fn code<T>(r: Result<T, ApiError>) -> Option<ErrorCode> {
+        r.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn online_orders_decline_in_the_documented_order() {
+        let cases: Vec<(Option<CardState>, i64, Option<ErrorCode>)> = vec![
+            (Some(card(900, None)), 450, None),
+            (
+                Some(card(899, None)),
+                450,
+                Some(ErrorCode::InsufficientFunds),
+            ),
+            (None, 450, Some(ErrorCode::CardNotFound)),
+            (
+                Some(card(9000, Some(BlockReason::Lost))),
+                450,
+                Some(ErrorCode::CardBlocked),
+            ),
+            (
+                Some(card(-5, Some(BlockReason::Debt))),
+                450,
+                Some(ErrorCode::CardBlocked),
+            ),
+            (Some(card(9000, None)), 500, Some(ErrorCode::PriceMismatch)),
+        ];
+        for (c, catalog, expected) in cases {
+            assert_eq!(
+                code(decide_order(
+                    &order(900, 450, Mode::Online),
+                    c,
+                    beer_at(catalog)
+                )),
+                expected
+            );
+        }
+        let unknown = decide_order(
+            &order(900, 450, Mode::Online),
+            Some(card(9000, None)),
+            |_| None,
+        );
+        assert_eq!(code(unknown), Some(ErrorCode::UnknownProduct));
+    }
+
+    #[test]
+    fn exact_balance_is_enough_and_leaves_zero() {
+        let change = decide_order(
+            &order(900, 450, Mode::Online),
+            Some(card(900, None)),
+            beer_at(450),
+        )
+        .unwrap();
+        assert_eq!(change.next, card(0, None));
+        assert!(change.flags.is_empty());
+    }
+
+    #[test]
+    fn offline_orders_always_apply_and_block_on_debt() {
+        let change = decide_order(&order(900, 450, Mode::Offline), None, |_| None).unwrap();
+        assert!(change.create_card);
+        assert_eq!(change.next, card(-900, Some(BlockReason::Debt)));
+        assert_eq!(
+            change.flags,
+            vec![
+                Flag::CardCreated,
+                Flag::PriceDiffersFromCatalog,
+                Flag::NegativeBalance
+            ]
+        );
+        let lost = decide_order(
+            &order(900, 450, Mode::Offline),
+            Some(card(100, Some(BlockReason::Lost))),
+            beer_at(450),
+        )
+        .unwrap();
+        assert_eq!(lost.next, card(-800, Some(BlockReason::Lost)));
+    }
+
+    #[test]
+    fn recharges_respect_limits_online_and_flag_them_offline() {
+        let cases: Vec<(Option<CardState>, i64, Mode, Option<ErrorCode>)> = vec![
+            (None, 50_000, Mode::Online, None),
+            (None, 50_001, Mode::Online, Some(ErrorCode::LimitExceeded)),
+            (Some(card(60_000, None)), 40_000, Mode::Online, None),
+            (
+                Some(card(60_001, None)),
+                40_000,
+                Mode::Online,
+                Some(ErrorCode::LimitExceeded),
+            ),
+            (
+                Some(card(0, Some(BlockReason::Lost))),
+                100,
+                Mode::Online,
+                Some(ErrorCode::CardBlocked),
+            ),
+            (
+                Some(card(-100, Some(BlockReason::Debt))),
+                100,
+                Mode::Online,
+                None,
+            ),
+            (Some(card(99_000, None)), 50_001, Mode::Offline, None),
+        ];
+        for (c, amount, mode, expected) in cases {
+            assert_eq!(
+                code(decide_recharge(&recharge(amount, mode), c, LIMITS)),
+                expected,
+                "{c:?} {amount}"
+            );
+        }
+        let flagged = decide_recharge(&recharge(50_001, Mode::Offline), None, LIMITS).unwrap();
+        assert_eq!(flagged.flags, vec![Flag::CardCreated, Flag::LimitExceeded]);
+    }
+
+    #[test]
+    fn a_top_up_to_zero_lifts_a_debt_block_but_not_a_lost_block() {
+        let debt = decide_recharge(
+            &recharge(100, Mode::Online),
+            Some(card(-100, Some(BlockReason::Debt))),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(debt.next, card(0, None));
+        let still = decide_recharge(
+            &recharge(50, Mode::Online),
+            Some(card(-100, Some(BlockReason::Debt))),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(still.next, card(-50, Some(BlockReason::Debt)));
+        let lost = decide_recharge(
+            &recharge(50, Mode::Offline),
+            Some(card(0, Some(BlockReason::Lost))),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(lost.next, card(50, Some(BlockReason::Lost)));
+    }
+
+    #[test]
+    fn reversals_can_create_debt() {
+        let r = decide_reversal(card(300, None), Cents::new(-500)).unwrap();
+        assert_eq!(r.next, card(-200, Some(BlockReason::Debt)));
+        assert_eq!(r.flags, vec![Flag::NegativeBalance]);
+        let refund = decide_reversal(card(-200, Some(BlockReason::Debt)), Cents::new(900)).unwrap();
+        assert_eq!(refund.next, card(700, None));
+        assert_eq!(
+            code(decide_reversal(card(i64::MAX, None), Cents::new(1))),
+            Some(ErrorCode::InvalidRequest)
+        );
+    }
+
+    #[test]
+    fn staff_and_terminal_permissions() {
+        let member = |role, active| StaffMember { role, active };
+        let cases = [
+            (
+                Some(member(StaffRole::Bar, true)),
+                Action::Order,
+                Mode::Online,
+                true,
+            ),
+            (
+                Some(member(StaffRole::Cashier, true)),
+                Action::Order,
+                Mode::Online,
+                false,
+            ),
+            (
+                Some(member(StaffRole::Cashier, true)),
+                Action::Recharge,
+                Mode::Online,
+                true,
+            ),
+            (
+                Some(member(StaffRole::Bar, true)),
+                Action::Recharge,
+                Mode::Offline,
+                false,
+            ),
+            (
+                Some(member(StaffRole::Supervisor, true)),
+                Action::Recharge,
+                Mode::Online,
+                true,
+            ),
+            (
+                Some(member(StaffRole::Bar, false)),
+                Action::Order,
+                Mode::Online,
+                false,
+            ),
+            (
+                Some(member(StaffRole::Bar, false)),
+                Action::Order,
+                Mode::Offline,
+                true,
+            ),
+            (
+                Some(member(StaffRole::Cashier, true)),
+                Action::Void,
+                Mode::Offline,
+                true,
+            ),
+            (None, Action::Void, Mode::Offline, false),
+        ];
+        for (staff, action, mode, ok) in cases {
+            assert_eq!(
+                check_staff(staff.as_ref(), action, mode).is_ok(),
+                ok,
+                "{staff:?} {action:?} {mode:?}"
+            );
+        }
+        assert!(check_terminal_kind(TerminalKind::Bar, Action::Recharge).is_err());
+        assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::Order).is_err());
+        assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::Void).is_ok());
+    }
+
+    #[test]
+    fn keys_replay_only_the_same_request() {
+        assert_eq!(check_key(None, "a"), KeyCheck::Fresh);
+        assert_eq!(check_key(Some("a"), "a"), KeyCheck::Replay);
+        assert_eq!(check_key(Some("a"), "b"), KeyCheck::Reused);
+    }
+}

@@ -1,0 +1,218 @@
+//! Storage behind a narrow interface.
+//!
+//! [`LedgerStore`] is everything the HTTP layer and the admin commands need from a
+//! database. The SQLite backend ([`sqlite::SqliteStore`]) is the default; a PostgreSQL
+//! backend provides the same trait and passes the same black-box tests. Every backend
+//! applies an operation atomically: card, order or top-up rows, postings, audit log,
+//! idempotency record and sequence tracking are written in one transaction or not at all.
+
+pub mod sqlite;
+
+use super::model::{Operation, Outcome, Scan, StaffRole, Terminal, TerminalKind};
+use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use std::future::Future;
+use uuid::Uuid;
+
+/// A storage failure. Business outcomes (declines) are not errors: they are [`Outcome`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is busy, full or read-only: retry later (503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted data (500).
+    #[error("internal storage error: {0}")]
+    Internal(String),
+    /// An admin request that conflicts with what is stored (a duplicate name, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// An admin request for something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A card as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CardView {
+    /// The card.
+    pub card_uid: CardUid,
+    /// Balance.
+    pub balance_cents: Cents,
+    /// `active` or `blocked`.
+    pub status: String,
+    /// Position in the card feed.
+    pub version: i64,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// One page of the card feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardFeedPage {
+    /// Changed cards, oldest change first.
+    pub cards: Vec<CardView>,
+    /// Where the next page starts.
+    pub next_version: i64,
+}
+
+/// A product on sale.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Product {
+    /// Id.
+    pub product_id: ProductId,
+    /// Name on the screen.
+    pub name: String,
+    /// Price.
+    pub price_cents: Cents,
+    /// Grouping on the screen.
+    pub category: Option<String>,
+}
+
+/// A staff member as the staff feed shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StaffRecord {
+    /// Id.
+    pub staff_id: StaffId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: StaffRole,
+    /// Inactive staff cannot log in.
+    pub active: bool,
+    /// argon2 PHC string.
+    pub pin_hash: String,
+}
+
+/// What an upload of scans did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ScanReceipt {
+    /// Newly stored.
+    pub accepted: usize,
+    /// Already stored before.
+    pub duplicates: usize,
+}
+
+/// A new terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTerminal {
+    /// Unique name.
+    pub name: String,
+    /// Bar or checkpoint.
+    pub kind: TerminalKind,
+    /// Point of sale.
+    pub point_of_sale: String,
+    /// SHA-256 (hex) of the bearer token; the token itself is never stored.
+    pub token_sha256: String,
+}
+
+/// A new staff member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStaff {
+    /// Id.
+    pub staff_id: StaffId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: StaffRole,
+    /// argon2 PHC string of the PIN.
+    pub pin_hash: String,
+}
+
+/// A product to create or update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductUpsert {
+    /// Point of sale.
+    pub point_of_sale: String,
+    /// The product.
+    pub product: Product,
+}
+
+/// What `audit` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Cards checked.
+    pub cards: i64,
+    /// Postings checked.
+    pub postings: i64,
+    /// Distinct transactions among the postings.
+    pub transactions: i64,
+    /// Sum of all card balances.
+    pub card_balance_total_cents: i64,
+    /// Every discrepancy, one sentence each. Empty: the books balance.
+    pub discrepancies: Vec<String>,
+}
+
+/// Everything the ledger needs from a database.
+pub trait LedgerStore: Clone + Send + Sync + 'static {
+    /// The active terminal holding this bearer token, if any.
+    fn authenticate(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
+
+    /// Applies operations one after another, each atomically and idempotently, and returns
+    /// one outcome per operation in order. An answer is returned only after it is durable.
+    fn apply(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        operations: Vec<Operation>,
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// One card.
+    fn card(
+        &self,
+        uid: CardUid,
+    ) -> impl Future<Output = Result<Option<CardView>, StoreError>> + Send;
+
+    /// Cards changed after `since_version`, oldest first, at most `limit`.
+    fn card_feed(
+        &self,
+        since_version: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<CardFeedPage, StoreError>> + Send;
+
+    /// Active products at a point of sale.
+    fn catalog(
+        &self,
+        point_of_sale: String,
+    ) -> impl Future<Output = Result<Vec<Product>, StoreError>> + Send;
+
+    /// All staff, for offline login.
+    fn staff(&self) -> impl Future<Output = Result<Vec<StaffRecord>, StoreError>> + Send;
+
+    /// Stores scans, ignoring ones already stored.
+    fn record_scans(
+        &self,
+        terminal: Terminal,
+        scans: Vec<Scan>,
+    ) -> impl Future<Output = Result<ScanReceipt, StoreError>> + Send;
+
+    /// Answers when the database does.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes idempotency keys past their retention; returns how many.
+    fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Registers a terminal.
+    fn add_terminal(&self, t: NewTerminal)
+    -> impl Future<Output = Result<Uuid, StoreError>> + Send;
+
+    /// Registers a staff member.
+    fn add_staff(&self, s: NewStaff) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates or updates a product.
+    fn upsert_products(
+        &self,
+        products: Vec<ProductUpsert>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Blocks a card as lost (`true`) or lifts that block (`false`).
+    fn set_card_lost(
+        &self,
+        uid: CardUid,
+        lost: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Proves the books balance, or lists every discrepancy.
+    fn audit(&self) -> impl Future<Output = Result<AuditReport, StoreError>> + Send;
+}

@@ -1,0 +1,15 @@
+//! # cashless: offline-first payments for cashless festivals
+//!
+//! One crate, one binary (`cashless`) with subcommands. See `ARCHITECTURE.md` for the
+//! bird's-eye view.
+//!
+//! # Layout
+//! - [`domain`]: money ([`domain::Cents`]), card UIDs, ids. No IO.
+//! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
+//! - [`bench`]: load generators operators can run.
+//! - [`cli`]: the command line; the only place that prints errors for people.
+
+pub mod bench;
+pub mod cli;
+pub mod domain;
+pub mod ledger;

@@ -14,7 +14,7 @@ use super::store::{LedgerStore, StoreError};
 use crate::domain::{CardUid, ClientRequestId};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -39,12 +39,60 @@ pub const TOKEN_LEN_MAX: usize = 256;
 /// The OpenAPI document, served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
+/// How long an authenticated token is trusted without asking the database again. A revoked
+/// terminal is refused at most this long after the revocation.
+pub const AUTH_CACHE_TTL_MS: u64 = 5_000;
+/// Tokens remembered at most; the cache is emptied when full.
+pub const AUTH_CACHE_ENTRIES_MAX: usize = 4096;
+
+/// Recently authenticated tokens, keyed by their SHA-256, so that a busy terminal costs one
+/// database read per [`AUTH_CACHE_TTL_MS`] instead of one per request.
+#[derive(Default)]
+pub struct AuthCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Terminal, Instant)>>,
+}
+
+impl AuthCache {
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, token: &str, now: Instant) -> Option<Terminal> {
+        let entries = self.entries.lock().ok()?;
+        let (terminal, at) = entries.get(&Self::key(token))?;
+        (now.duration_since(*at).as_millis() < u128::from(AUTH_CACHE_TTL_MS))
+            .then(|| terminal.clone())
+    }
+
+    fn put(&self, token: &str, terminal: Terminal, now: Instant) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= AUTH_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(Self::key(token), (terminal, now));
+        }
+    }
+}
+
 /// What every handler shares.
 pub struct AppState<S> {
     /// The database.
     pub store: S,
     /// The festival's currency, for the catalog.
     pub currency: Arc<str>,
+    /// Recently seen terminal tokens.
+    pub auth_cache: Arc<AuthCache>,
+}
+
+impl<S: LedgerStore> AppState<S> {
+    /// State over a store.
+    pub fn new(store: S, currency: &str) -> AppState<S> {
+        AppState {
+            store,
+            currency: Arc::from(currency),
+            auth_cache: Arc::default(),
+        }
+    }
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -52,6 +100,7 @@ impl<S: Clone> Clone for AppState<S> {
         AppState {
             store: self.store.clone(),
             currency: Arc::clone(&self.currency),
+            auth_cache: Arc::clone(&self.auth_cache),
         }
     }
 }
@@ -189,12 +238,18 @@ async fn authenticate<S: LedgerStore>(
         .ok_or_else(|| {
             unauthorized("malformed Authorization header; expected Bearer <terminal token>")
         })?;
-    state
+    let now = Instant::now();
+    if let Some(terminal) = state.auth_cache.get(token, now) {
+        return Ok(terminal);
+    }
+    let terminal = state
         .store
         .authenticate(token)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| unauthorized("unknown or revoked terminal token"))
+        .ok_or_else(|| unauthorized("unknown or revoked terminal token"))?;
+    state.auth_cache.put(token, terminal.clone(), now);
+    Ok(terminal)
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
@@ -231,8 +286,9 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
     let base = if path == "." { String::new() } else { path };
     let message = inner.to_string();
-    let named =
-        backticked(&message, "missing field `").or_else(|| backticked(&message, "unknown field `"));
+    let named = backticked(&message, "missing field `")
+        .or_else(|| backticked(&message, "unknown field `"))
+        .or_else(|| backticked(&message, "duplicate field `"));
     let field = match named {
         Some(name) if !base.ends_with(name) => {
             if base.is_empty() {
@@ -252,8 +308,67 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::invalid_field(FieldError { field, message })
 }
 
+/// Walks a JSON document and fails on the first object that repeats a key. A body that two
+/// parsers could read differently (first value or last value wins) is refused, not guessed.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate field `{key}`"
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+}
+
 /// Parses a whole body into `T`, naming the offending field on failure.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut check = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, NoDuplicateKeys>(&mut check).map_err(path_error)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     de.end()
@@ -385,7 +500,8 @@ async fn post_void<S: LedgerStore>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchEnvelope {
-    operations: Vec<Value>,
+    /// Kept raw so that each operation is checked (duplicate keys included) on its own.
+    operations: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// Splits a batch entry into its kind and body, or the 400 it deserves.
@@ -418,7 +534,12 @@ async fn batch<S: LedgerStore>(
 ) -> Result<Response, ApiError> {
     let terminal = authenticate(state, headers).await?;
     let bytes = body_bytes(body, BATCH_BODY_LIMIT_BYTES)?;
-    let envelope: BatchEnvelope = parse_json(&bytes)?;
+    // The envelope's own keys are checked by its derived Deserialize; each operation's by
+    // `parse_json` below, so that one bad operation gets its own 400.
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let envelope: BatchEnvelope = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
     if envelope.operations.is_empty() || envelope.operations.len() > BATCH_OPERATIONS_MAX {
         return Err(ApiError::invalid_field(FieldError {
             field: "operations".into(),
@@ -429,12 +550,11 @@ async fn batch<S: LedgerStore>(
     let mut slots: Vec<(Option<String>, Result<usize, ApiError>)> =
         Vec::with_capacity(envelope.operations.len());
     let mut valid = Vec::new();
-    for value in envelope.operations {
-        let crid = value
-            .get("client_request_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        match batch_entry(value) {
+    for raw in envelope.operations {
+        let crid = serde_json::from_str::<Value>(raw.get())
+            .ok()
+            .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned));
+        match parse_json::<Value>(raw.get().as_bytes()).and_then(batch_entry) {
             Ok(op) => {
                 slots.push((crid, Ok(valid.len())));
                 valid.push(op);
@@ -526,10 +646,16 @@ async fn get_card<S: LedgerStore>(
     State(state): State<AppState<S>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path(uid): Path<String>,
+    uid: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = async {
         authenticate(&state, &headers).await?;
+        let Path(uid) = uid.map_err(|e| {
+            ApiError::invalid_field(FieldError {
+                field: "uid".into(),
+                message: e.body_text(),
+            })
+        })?;
         let uid = CardUid::parse(&uid).map_err(|e| {
             ApiError::invalid_field(FieldError {
                 field: "uid".into(),
@@ -569,24 +695,24 @@ fn feed_query(raw: Option<&str>) -> Result<(i64, u32), ApiError> {
             message: message.into(),
         })
     };
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    let digits = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let value = value.as_ref();
+        match key.as_ref() {
             "since" => {
                 since = if value.is_empty() {
                     0
                 } else {
-                    value
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|v| *v >= 0)
+                    Some(value)
+                        .filter(|v| digits(v))
+                        .and_then(|v| v.parse::<i64>().ok())
                         .ok_or_else(|| bad("since", "a cursor returned as next_cursor, or empty"))?
                 };
             }
             "limit" => {
-                limit = value
-                    .parse::<u32>()
-                    .ok()
+                limit = Some(value)
+                    .filter(|v| digits(v))
+                    .and_then(|v| v.parse::<u32>().ok())
                     .filter(|v| (1..=FEED_LIMIT_MAX).contains(v))
                     .ok_or_else(|| bad("limit", "a number from 1 to 10000"))?;
             }
@@ -746,6 +872,11 @@ mod tests {
             ),
             (r#"{"bogus": 1}"#, Some("bogus")),
             (r#"{}"#, Some("client_request_id")),
+            (r#"{"mode": "online", "mode": "offline"}"#, Some("mode")),
+            (
+                r#"{"items": [{"quantity": 1, "quantity": 2}]}"#,
+                Some("items[0].quantity"),
+            ),
             (r#"{"#, None),
         ];
         for (text, field) in cases {
@@ -773,7 +904,16 @@ mod tests {
             feed_query(Some("since=42")).unwrap(),
             (42, FEED_LIMIT_DEFAULT)
         );
-        for bad in ["since=-1", "since=abc", "limit=0", "limit=10001", "limit=x"] {
+        assert_eq!(feed_query(Some("since=&limit=%31%30")).unwrap(), (0, 10));
+        for bad in [
+            "since=-1",
+            "since=abc",
+            "limit=0",
+            "limit=10001",
+            "limit=x",
+            "limit=+5",
+            "%6Cimit=0",
+        ] {
             assert!(feed_query(Some(bad)).is_err(), "{bad}");
         }
     }

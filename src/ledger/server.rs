@@ -5,7 +5,6 @@ use super::api::{AppState, router};
 use super::config::LedgerConfig;
 use super::store::LedgerStore;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -63,10 +62,7 @@ pub async fn serve<S: LedgerStore>(
         })
     };
 
-    let state = AppState {
-        store,
-        currency: Arc::from(config.currency.as_str()),
-    };
+    let state = AppState::new(store, &config.currency);
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

@@ -309,6 +309,12 @@ struct Applied {
 
 type Decided = Result<Applied, ApiError>;
 
+/// A new transaction id. Time-ordered (UUIDv7), so the indexes on transaction ids grow at
+/// their right edge instead of dirtying a random page for every insert.
+fn new_transaction_id() -> Uuid {
+    Uuid::now_v7()
+}
+
 fn request_sha256(terminal: &Terminal, op: &Operation) -> Result<String, StoreError> {
     let canonical = serde_json::to_vec(op).map_err(internal)?;
     let mut h = Sha256::new();
@@ -557,7 +563,7 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
         Err(e) => return Ok(Err(e)),
     };
     let now = format_time(ctx.now);
-    let transaction_id = Uuid::new_v4();
+    let transaction_id = new_transaction_id();
     write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
     let body = approval_body(
         transaction_id,
@@ -655,7 +661,7 @@ fn apply_recharge(
     };
     let pos = &ctx.terminal.point_of_sale;
     let now = format_time(ctx.now);
-    let transaction_id = Uuid::new_v4();
+    let transaction_id = new_transaction_id();
     write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
     let body = approval_body(
         transaction_id,
@@ -811,7 +817,7 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
         )));
     }
     let now = format_time(ctx.now);
-    let transaction_id = Uuid::new_v4();
+    let transaction_id = new_transaction_id();
     let target = find_target(conn, &target_crid)?;
     let my_terminal = ctx.terminal.terminal_id.to_string();
     let (status, outcome_body, card_uid, change, refunded, kind) = match &target {

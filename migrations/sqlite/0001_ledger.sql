@@ -63,9 +63,12 @@ CREATE TABLE feed_counter (
 );
 INSERT INTO feed_counter (id, last_version) VALUES (1, 0);
 
+-- Operation tables are keyed by time-ordered transaction ids (UUIDv7) and stored WITHOUT
+-- ROWID, so an insert touches the right edge of one b-tree. The client_request_id of each
+-- applied operation is unique through idempotency_keys, which keeps those rows forever.
 CREATE TABLE bar_orders (
     transaction_id         TEXT PRIMARY KEY,
-    client_request_id      TEXT NOT NULL UNIQUE,
+    client_request_id      TEXT NOT NULL,
     terminal_id            TEXT NOT NULL REFERENCES terminals (terminal_id),
     terminal_seq           INTEGER NOT NULL,
     point_of_sale          TEXT NOT NULL,
@@ -78,10 +81,8 @@ CREATE TABLE bar_orders (
     new_balance_cents      INTEGER NOT NULL,
     created_at             TEXT NOT NULL,
     processed_at           TEXT NOT NULL,
-    -- The 201 answer, returned again for a replay after the idempotency key was purged.
-    response_body          TEXT NOT NULL,
     voided_by              TEXT
-);
+) WITHOUT ROWID;
 CREATE INDEX bar_orders_processed_at ON bar_orders (processed_at);
 
 CREATE TABLE bar_order_items (
@@ -94,11 +95,11 @@ CREATE TABLE bar_order_items (
     catalog_price_cents INTEGER,
     line_total_cents    INTEGER NOT NULL,
     PRIMARY KEY (transaction_id, line_no)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE recharges (
     transaction_id         TEXT PRIMARY KEY,
-    client_request_id      TEXT NOT NULL UNIQUE,
+    client_request_id      TEXT NOT NULL,
     terminal_id            TEXT NOT NULL REFERENCES terminals (terminal_id),
     terminal_seq           INTEGER NOT NULL,
     point_of_sale          TEXT NOT NULL,
@@ -112,19 +113,17 @@ CREATE TABLE recharges (
     new_balance_cents      INTEGER NOT NULL,
     created_at             TEXT NOT NULL,
     processed_at           TEXT NOT NULL,
-    -- The 201 answer, returned again for a replay after the idempotency key was purged.
-    response_body          TEXT NOT NULL,
     voided_by              TEXT
-);
+) WITHOUT ROWID;
 CREATE INDEX recharges_processed_at ON recharges (processed_at);
 
--- Voids and tombstones. target_client_request_id is UNIQUE: an operation is voided once.
+-- Voids and tombstones.
 CREATE TABLE voids (
     transaction_id           TEXT PRIMARY KEY,
-    client_request_id        TEXT NOT NULL UNIQUE,
+    client_request_id        TEXT NOT NULL,
     terminal_id              TEXT NOT NULL REFERENCES terminals (terminal_id),
     terminal_seq             INTEGER NOT NULL,
-    target_client_request_id TEXT NOT NULL UNIQUE,
+    target_client_request_id TEXT NOT NULL,
     target_kind              TEXT CHECK (target_kind IN ('order', 'recharge')),
     staff_id                 TEXT NOT NULL,
     reason                   TEXT NOT NULL CHECK (reason IN ('in_doubt', 'customer_refund', 'staff_error')),
@@ -136,8 +135,9 @@ CREATE TABLE voids (
     flags                    TEXT NOT NULL,
     created_at               TEXT NOT NULL,
     processed_at             TEXT NOT NULL,
-    response_body            TEXT NOT NULL
-);
+    -- A terminal voids an operation once; tombstones only bind the terminal that wrote them.
+    UNIQUE (terminal_id, target_client_request_id)
+) WITHOUT ROWID;
 
 -- Double entry: every balance change is a set of postings that sums to zero.
 -- Accounts: card:<UID>, revenue:<point of sale>, cash:<point of sale>,
@@ -149,18 +149,24 @@ CREATE TABLE postings (
     amount_cents   INTEGER NOT NULL,
     created_at     TEXT NOT NULL
 );
-CREATE INDEX postings_account ON postings (account);
+-- No index on account: it would dirty a random page per posting; the audit and reports
+-- aggregate postings by scanning them.
 CREATE INDEX postings_transaction ON postings (transaction_id);
 
+-- One row per client_request_id that got a stored answer. A decline's row expires after the
+-- retention; an applied operation's row (transaction_id set) is kept forever, so a replay
+-- years later still finds it and is never applied twice.
 CREATE TABLE idempotency_keys (
     client_request_id TEXT PRIMARY KEY,
     terminal_id       TEXT NOT NULL,
-    operation         TEXT NOT NULL,
+    operation         TEXT NOT NULL CHECK (operation IN ('order', 'recharge', 'void')),
     request_sha256    TEXT NOT NULL,
     status_code       INTEGER NOT NULL,
     response_body     TEXT NOT NULL,
+    transaction_id    TEXT,
     created_at        TEXT NOT NULL,
-    expires_at        TEXT NOT NULL
+    expires_at        TEXT,
+    CHECK ((transaction_id IS NULL) = (expires_at IS NOT NULL))
 );
 CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at);
 

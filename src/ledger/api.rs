@@ -229,11 +229,13 @@ async fn authenticate<S: LedgerStore>(
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <terminal token>"))?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1); the token is not.
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty() && t.len() <= TOKEN_LEN_MAX)
         .ok_or_else(|| {
             unauthorized("malformed Authorization header; expected Bearer <terminal token>")

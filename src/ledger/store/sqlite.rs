@@ -39,6 +39,10 @@ pub const WRITE_QUEUE_MAX: usize = 4096;
 pub const READERS: usize = 4;
 /// How long a connection waits for a lock held by another process (an admin command).
 pub const BUSY_TIMEOUT_MS: u64 = 5000;
+/// How often the checkpointer copies the write-ahead log into the database file.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// WAL size (pages) at which the writer checkpoints by itself, should the checkpointer lag.
+pub const WRITER_AUTOCHECKPOINT_PAGES: i64 = 20_000;
 
 /// The schema migrations, in order. `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_ledger.sql")];
@@ -60,6 +64,9 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping it stops the checkpointer.
+    checkpointer_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    checkpointer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     limits: Limits,
@@ -74,6 +81,14 @@ impl Drop for Inner {
             w.take();
         }
         if let Ok(mut t) = self.writer_thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
+        }
+        if let Ok(mut s) = self.checkpointer_stop.lock() {
+            s.take();
+        }
+        if let Ok(mut t) = self.checkpointer_thread.lock()
             && let Some(handle) = t.take()
         {
             let _ = handle.join();
@@ -129,6 +144,8 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoints journal the pages they change; in memory that costs a copy, on disk a write.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -164,6 +181,15 @@ impl SqliteStore {
     pub fn open(options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let mut write_conn = open_connection(&options.path)?;
         migrate(&mut write_conn)?;
+        // Checkpoints run on their own thread, so that the writer does not copy the log
+        // into the database (and fsync it) while callers wait for their commit.
+        write_conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+        let checkpoint_conn = open_connection(&options.path)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stop_rx))
+            .map_err(internal)?;
         let readers = (0..READERS)
             .map(|_| open_connection(&options.path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -176,6 +202,8 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
+                checkpointer_stop: Mutex::new(Some(stop_tx)),
+                checkpointer_thread: Mutex::new(Some(checkpointer)),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 limits: options.limits,
@@ -213,7 +241,7 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         reply_rx
             .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+            .map_err(|_| StoreError::Unavailable("the write was not carried out; retry".into()))?
     }
 
     /// Runs `f` on one of the read connections, off the async runtime.
@@ -233,6 +261,16 @@ impl SqliteStore {
     }
 }
 
+fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    let interval = std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        // PASSIVE never blocks the writer or readers; it copies what it can.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
+}
+
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut group: Vec<Job> = Vec::with_capacity(GROUP_JOBS_MAX);
     while let Some(first) = rx.blocking_recv() {
@@ -247,34 +285,37 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Runs one statement through the statement cache (savepoints run thousands of times a second).
+fn exec_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 fn run_group(conn: &Connection, group: &mut Vec<Job>) {
-    let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = classify(e);
-        for job in group.drain(..) {
-            // The job never ran: answer it with the failure without running it.
-            drop(job);
-            let _ = &err;
-        }
-        tracing::error!(error = %err, "cannot begin a write transaction");
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+        // Dropping the jobs unanswered tells each caller the write was not carried out.
+        tracing::error!(error = %e, jobs = group.len(), "cannot begin a write transaction");
+        group.clear();
         return;
     }
+    let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
     for job in group.drain(..) {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-            tracing::error!(error = %e, "cannot open a savepoint");
+        if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
+            tracing::error!(error = %e, "cannot open a savepoint; the job is not run");
+            continue;
         }
         let (ok, finish) = job(conn);
-        let end = if ok {
-            "RELEASE job"
+        let closed = if ok {
+            exec_cached(conn, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = closed {
             tracing::error!(error = %e, "cannot close a savepoint");
         }
         finishers.push(finish);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(classify);
+    let committed = exec_cached(conn, "COMMIT");
     if let Err(e) = &committed {
         tracing::error!(error = %e, "commit failed; the whole group is rolled back");
         let _ = conn.execute_batch("ROLLBACK");
@@ -359,16 +400,8 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
         KeyCheck::Reused => return refuse(rules::key_reused()),
         KeyCheck::Fresh => {}
     }
-    // The key may have been purged after its retention; the operation itself is kept
-    // forever, so it is found here and never applied twice.
-    if let Some(body) = applied_response(conn, &crid)? {
-        return Ok(Outcome {
-            status: 201,
-            body,
-            replayed: true,
-        });
-    }
-    if is_tombstoned(conn, &crid)? {
+    let my_terminal = ctx.terminal.terminal_id.to_string();
+    if is_tombstoned(conn, &crid, &my_terminal)? {
         return refuse(ApiError::new(
             ErrorCode::OperationVoided,
             "this operation was voided before it arrived",
@@ -383,26 +416,32 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
         Operation::Recharge(r) => apply_recharge(conn, ctx, r)?,
         Operation::Void(r) => apply_void(conn, ctx, r)?,
     };
-    let outcome = match decided {
+    // An applied operation's key is kept forever (no expiry); a decline's for the retention.
+    let (outcome, transaction_id, expires_at) = match decided {
         Ok(applied) => {
             log_operation(conn, ctx, op, Some(&applied), None)?;
-            Outcome {
+            let outcome = Outcome {
                 status: 201,
                 body: applied.body,
                 replayed: false,
-            }
+            };
+            (outcome, Some(applied.transaction_id.to_string()), None)
         }
         Err(e) if e.code.is_stored_decline() => {
             log_operation(conn, ctx, op, None, Some(&e))?;
-            Outcome::error(&e, ctx.request_id)
+            let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
+            (
+                Outcome::error(&e, ctx.request_id),
+                None,
+                Some(format_time(expires)),
+            )
         }
         Err(e) => return refuse(e),
     };
-    let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
     conn.prepare_cached(
         "INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
-             status_code, response_body, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             status_code, response_body, transaction_id, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         crid,
@@ -411,31 +450,22 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
         hash,
         outcome.status,
         outcome.body,
+        transaction_id,
         format_time(ctx.now),
-        format_time(expires)
+        expires_at
     ])?;
     record_seq(conn, ctx, op.terminal_seq().get())?;
     Ok(outcome)
 }
 
-fn applied_response(conn: &Connection, crid: &str) -> Result<Option<String>, StoreError> {
-    for table in ["bar_orders", "recharges", "voids"] {
-        let sql = format!("SELECT response_body FROM {table} WHERE client_request_id = ?1");
-        if let Some(body) = conn
-            .prepare_cached(&sql)?
-            .query_row([crid], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            return Ok(Some(body));
-        }
-    }
-    Ok(None)
-}
-
-fn is_tombstoned(conn: &Connection, crid: &str) -> Result<bool, StoreError> {
+/// True when this terminal voided `crid` before it arrived. Another terminal's void does
+/// not count: a terminal may only void its own operations.
+fn is_tombstoned(conn: &Connection, crid: &str, terminal_id: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM voids WHERE target_client_request_id = ?1")?
-        .query_row([crid], |_| Ok(()))
+        .prepare_cached(
+            "SELECT 1 FROM voids WHERE target_client_request_id = ?1 AND terminal_id = ?2",
+        )?
+        .query_row([crid, terminal_id], |_| Ok(()))
         .optional()?
         .is_some())
 }
@@ -577,8 +607,8 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
     conn.prepare_cached(
         "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
              card_uid, staff_id, total_cents, mode, flags, previous_balance_cents, new_balance_cents,
-             created_at, processed_at, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             created_at, processed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         transaction_id.to_string(),
@@ -594,8 +624,7 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
         change.previous.balance.get(),
         change.next.balance.get(),
         format_time(r.created_at),
-        now,
-        body
+        now
     ])?;
     {
         let mut stmt = conn.prepare_cached(
@@ -675,8 +704,8 @@ fn apply_recharge(
     conn.prepare_cached(
         "INSERT INTO recharges (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
              card_uid, staff_id, amount_cents, payment_method, mode, flags, previous_balance_cents,
-             new_balance_cents, created_at, processed_at, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             new_balance_cents, created_at, processed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         transaction_id.to_string(),
@@ -693,8 +722,7 @@ fn apply_recharge(
         change.previous.balance.get(),
         change.next.balance.get(),
         format_time(r.created_at),
-        now,
-        body
+        now
     ])?;
     post(
         conn,
@@ -743,8 +771,8 @@ fn approval_body(
 struct Target {
     kind: &'static str,
     table: &'static str,
+    transaction_id: String,
     terminal_id: String,
-    point_of_sale: String,
     card_uid: String,
     /// Money that goes back to the card: + for an order, - for a top-up.
     delta: Cents,
@@ -752,81 +780,103 @@ struct Target {
     other_account: String,
 }
 
-fn find_target(conn: &Connection, crid: &str) -> Result<Option<Target>, StoreError> {
-    let order: Option<(String, String, String, i64)> = conn
+/// What a void's target is.
+enum TargetLookup {
+    /// Never applied (unknown, or declined): the void becomes a tombstone.
+    NotApplied,
+    /// The target is itself a void.
+    AVoid,
+    /// An applied order or top-up.
+    Applied(Target),
+}
+
+fn find_target(conn: &Connection, crid: &str) -> Result<TargetLookup, StoreError> {
+    let key: Option<(String, String)> = conn
         .prepare_cached(
-            "SELECT terminal_id, point_of_sale, card_uid, total_cents FROM bar_orders WHERE client_request_id = ?1",
+            "SELECT operation, transaction_id FROM idempotency_keys
+             WHERE client_request_id = ?1 AND transaction_id IS NOT NULL",
         )?
-        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if let Some((terminal_id, pos, card_uid, total)) = order {
-        return Ok(Some(Target {
-            kind: "order",
-            table: "bar_orders",
-            terminal_id,
-            other_account: format!("revenue:{pos}"),
-            point_of_sale: pos,
-            card_uid,
-            delta: Cents::new(total),
-        }));
-    }
-    let recharge: Option<(String, String, String, i64, String)> = conn
-        .prepare_cached(
-            "SELECT terminal_id, point_of_sale, card_uid, amount_cents, payment_method FROM recharges
-             WHERE client_request_id = ?1",
-        )?
-        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .optional()?;
-    if let Some((terminal_id, pos, card_uid, amount, method)) = recharge {
-        let method = if method == "card" {
-            PaymentMethod::Card
+    let Some((operation, transaction_id)) = key else {
+        return Ok(TargetLookup::NotApplied);
+    };
+    let (table, sql) = match operation.as_str() {
+        "order" => (
+            "bar_orders",
+            "SELECT terminal_id, point_of_sale, card_uid, total_cents, 'revenue' FROM bar_orders
+             WHERE transaction_id = ?1",
+        ),
+        "recharge" => (
+            "recharges",
+            "SELECT terminal_id, point_of_sale, card_uid, -amount_cents, payment_method FROM recharges
+             WHERE transaction_id = ?1",
+        ),
+        _ => return Ok(TargetLookup::AVoid),
+    };
+    let (terminal_id, pos, card_uid, delta, source): (String, String, String, i64, String) = conn
+        .prepare_cached(sql)?
+        .query_row([&transaction_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?
+        .ok_or_else(|| {
+            internal(format!(
+                "key {crid} names transaction {transaction_id}, which is missing"
+            ))
+        })?;
+    let other_account = match source.as_str() {
+        "revenue" => format!("revenue:{pos}"),
+        "card" => funding_account(PaymentMethod::Card, &pos),
+        _ => funding_account(PaymentMethod::Cash, &pos),
+    };
+    Ok(TargetLookup::Applied(Target {
+        kind: if table == "bar_orders" {
+            "order"
         } else {
-            PaymentMethod::Cash
-        };
-        return Ok(Some(Target {
-            kind: "recharge",
-            table: "recharges",
-            terminal_id,
-            other_account: funding_account(method, &pos),
-            point_of_sale: pos,
-            card_uid,
-            delta: neg(Cents::new(amount))?,
-        }));
-    }
-    Ok(None)
+            "recharge"
+        },
+        table,
+        transaction_id,
+        terminal_id,
+        other_account,
+        card_uid,
+        delta: Cents::new(delta),
+    }))
 }
 
 fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decided, StoreError> {
     let target_crid = r.target_client_request_id.to_string();
-    if is_tombstoned(conn, &target_crid)? {
+    let my_terminal = ctx.terminal.terminal_id.to_string();
+    let target = match find_target(conn, &target_crid)? {
+        TargetLookup::AVoid => {
+            return Ok(Err(ApiError::with_details(
+                ErrorCode::InvalidRequest,
+                "a void cannot be voided",
+                json!({ "field": "target_client_request_id" }),
+            )));
+        }
+        TargetLookup::NotApplied => None,
+        TargetLookup::Applied(t) => Some(t),
+    };
+    if target
+        .as_ref()
+        .is_some_and(|t| t.terminal_id != my_terminal)
+    {
+        return Ok(Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a terminal may only void its own operations",
+        )));
+    }
+    if is_tombstoned(conn, &target_crid, &my_terminal)? {
         return Ok(Err(ApiError::new(
             ErrorCode::AlreadyVoided,
             "this operation is already voided",
         )));
     }
-    let target_is_void = conn
-        .prepare_cached("SELECT 1 FROM voids WHERE client_request_id = ?1")?
-        .query_row([&target_crid], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if target_is_void {
-        return Ok(Err(ApiError::with_details(
-            ErrorCode::InvalidRequest,
-            "a void cannot be voided",
-            json!({ "field": "target_client_request_id" }),
-        )));
-    }
     let now = format_time(ctx.now);
     let transaction_id = new_transaction_id();
-    let target = find_target(conn, &target_crid)?;
-    let my_terminal = ctx.terminal.terminal_id.to_string();
-    let (status, outcome_body, card_uid, change, refunded, kind) = match &target {
-        Some(t) if t.terminal_id != my_terminal => {
-            return Ok(Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "a terminal may only void its own operations",
-            )));
-        }
+    let (status, card_uid, change, refunded, kind) = match &target {
         Some(t) => {
             let uid = CardUid::parse(&t.card_uid).map_err(internal)?;
             let card =
@@ -846,24 +896,21 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
                 &now,
             )?;
             let sql = format!(
-                "UPDATE {} SET voided_by = ?2 WHERE client_request_id = ?1",
+                "UPDATE {} SET voided_by = ?2 WHERE transaction_id = ?1",
                 t.table
             );
             conn.prepare_cached(&sql)?
-                .execute(params![target_crid, r.client_request_id.to_string()])?;
-            let _ = &t.point_of_sale;
+                .execute(params![t.transaction_id, r.client_request_id.to_string()])?;
             (
                 "voided",
-                None::<()>,
                 Some(uid),
                 Some(change),
                 Some(t.delta),
                 Some(t.kind),
             )
         }
-        None => ("tombstoned", None, None, None, None, None),
+        None => ("tombstoned", None, None, None, None),
     };
-    let _ = outcome_body;
     let body = serde_json::to_string(&VoidOutcome {
         transaction_id,
         client_request_id: r.client_request_id,
@@ -881,8 +928,8 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
     conn.prepare_cached(
         "INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq, target_client_request_id,
              target_kind, staff_id, reason, status, card_uid, refunded_cents, previous_balance_cents,
-             new_balance_cents, flags, created_at, processed_at, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             new_balance_cents, flags, created_at, processed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         transaction_id.to_string(),
@@ -900,8 +947,7 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
         change.as_ref().map(|c| c.next.balance.get()),
         flags_json(&change.as_ref().map(|c| c.flags.clone()).unwrap_or_default())?,
         format_time(r.created_at),
-        now,
-        body
+        now
     ])?;
     Ok(Ok(Applied {
         transaction_id,
@@ -1093,17 +1139,22 @@ impl LedgerStore for SqliteStore {
         let retention_days = self.inner.retention_days;
         self.write(move |conn| {
             let ctx = Ctx { terminal: &terminal, request_id: &request_id, now: Utc::now(), limits, retention_days };
+            if let [op] = operations.as_slice() {
+                // Alone, the operation is the job: the job's savepoint makes it all-or-nothing.
+                return Ok(vec![process(conn, &ctx, op)?]);
+            }
             let mut outcomes = Vec::with_capacity(operations.len());
             for op in &operations {
                 // Each operation of a batch is all-or-nothing on its own.
-                conn.execute_batch("SAVEPOINT op")?;
+                exec_cached(conn, "SAVEPOINT op")?;
                 match process(conn, &ctx, op) {
                     Ok(outcome) => {
-                        conn.execute_batch("RELEASE op")?;
+                        exec_cached(conn, "RELEASE op")?;
                         outcomes.push(outcome);
                     }
                     Err(e) => {
-                        conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+                        exec_cached(conn, "ROLLBACK TO op")?;
+                        exec_cached(conn, "RELEASE op")?;
                         tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
                         let code = match e {
                             StoreError::Unavailable(_) => ErrorCode::DatabaseError,
@@ -1243,7 +1294,9 @@ impl LedgerStore for SqliteStore {
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
         self.write(|conn| {
             let n = conn
-                .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at < ?1")?
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE transaction_id IS NULL AND expires_at < ?1",
+                )?
                 .execute([format_time(Utc::now())])?;
             Ok(n as u64)
         })
@@ -1370,9 +1423,13 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
     {
         let d = &mut report.discrepancies;
         let mut stmt = tx.prepare(
-            "SELECT c.card_uid, c.balance_cents, COALESCE(SUM(p.amount_cents), 0) FROM cards c
-             LEFT JOIN postings p ON p.account = 'card:' || c.card_uid
-             GROUP BY c.card_uid HAVING c.balance_cents != COALESCE(SUM(p.amount_cents), 0)",
+            "WITH sums AS (
+                 SELECT substr(account, 6) AS card_uid, SUM(amount_cents) AS total FROM postings
+                 WHERE account LIKE 'card:%' GROUP BY account)
+             SELECT c.card_uid, c.balance_cents, COALESCE(s.total, 0) FROM cards c
+             LEFT JOIN sums s ON s.card_uid = c.card_uid
+             WHERE c.balance_cents != COALESCE(s.total, 0)
+             ORDER BY c.card_uid",
         )?;
         for row in stmt.query_map([], |r| {
             Ok((
@@ -1427,6 +1484,19 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
             d.push(format!(
                 "order {tx_id}: total_cents {total} but its lines sum to {lines}"
             ));
+        }
+        for table in ["bar_orders", "recharges", "voids"] {
+            let sql = format!(
+                "SELECT t.transaction_id FROM {table} t WHERE t.transaction_id NOT IN
+                 (SELECT transaction_id FROM idempotency_keys WHERE transaction_id IS NOT NULL)"
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                d.push(format!(
+                    "{table} {}: applied without its idempotency key, so a replay could apply it again",
+                    row?
+                ));
+            }
         }
         for table in ["bar_orders", "recharges"] {
             let sql = format!(

@@ -3339,3 +3339,74 @@ async fn a_reused_key_is_refused_even_after_the_keys_expired() {
         assert_eq!(money(&l), before, "{name}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Sequence tracking
+// ---------------------------------------------------------------------------------------
+
+/// `(highest_contiguous_seq, highest_seen_seq, seqs received above the contiguous mark)` of
+/// the terminal named `name`.
+fn seq_state(l: &Ledger, name: &str) -> (i64, i64, Vec<i64>) {
+    let conn = l.open_db();
+    let (id, contiguous, seen): (String, i64, i64) = conn
+        .query_row(
+            "SELECT terminal_id, highest_contiguous_seq, highest_seen_seq FROM terminals WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT terminal_seq FROM terminal_seqs WHERE terminal_id = ?1 ORDER BY terminal_seq",
+        )
+        .unwrap();
+    let above = stmt
+        .query_map([id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<Vec<i64>, _>>()
+        .unwrap();
+    (contiguous, seen, above)
+}
+
+#[tokio::test]
+async fn terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arrive() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 10_000).await;
+    let send = |seq: i64, card: String| {
+        let body = order_body(&card, seq, &[BEER], "online");
+        let l = &l;
+        async move { l.post("/v1/orders", &l.bar_token, &body).await }
+    };
+    // Declines consume a sequence number too: the terminal journaled them.
+    let cases: &[(i64, &str, u16, (i64, i64, &[i64]))] = &[
+        (1, "funded", 201, (1, 1, &[])),
+        (2, "unknown", 404, (2, 2, &[])),
+        (4, "funded", 201, (2, 4, &[4])),
+        (5, "funded", 201, (2, 5, &[4, 5])),
+        (7, "funded", 201, (2, 7, &[4, 5, 7])),
+        (3, "funded", 201, (5, 7, &[7])),
+        (6, "funded", 201, (7, 7, &[])),
+    ];
+    for &(seq, which, status, (contiguous, seen, above)) in cases {
+        let target = if which == "funded" {
+            card.clone()
+        } else {
+            uid(99)
+        };
+        let resp = send(seq, target).await;
+        assert_eq!(resp.status, status, "seq {seq}: {}", resp.body);
+        assert_eq!(
+            seq_state(&l, "bar-1"),
+            (contiguous, seen, above.to_vec()),
+            "after seq {seq}"
+        );
+    }
+    // Refusals that change nothing do not count, and another terminal has its own sequence.
+    let resp = l
+        .post("/v1/orders", &l.bar_token, &json!({"bogus": true}))
+        .await;
+    resp.assert_status(400);
+    assert_eq!(seq_state(&l, "bar-1"), (7, 7, vec![]));
+    assert_eq!(seq_state(&l, "bar-2"), (0, 0, vec![]));
+}

@@ -1042,7 +1042,10 @@ fn record_seq(conn: &Connection, ctx: &Ctx<'_>, seq: i64) -> Result<(), StoreErr
         )?
         .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut mark = contiguous;
-    if seq == contiguous + 1 {
+    if seq == contiguous + 1 && seen <= seq {
+        // The usual case, a terminal in step: nothing was received above, nothing to merge.
+        mark = seq;
+    } else if seq == contiguous + 1 {
         let above: Vec<i64> = conn
             .prepare_cached(
                 "SELECT terminal_seq FROM terminal_seqs WHERE terminal_id = ?1 AND terminal_seq > ?2

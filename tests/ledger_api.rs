@@ -3379,7 +3379,8 @@ async fn terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arr
         async move { l.post("/v1/orders", &l.bar_token, &body).await }
     };
     // Declines consume a sequence number too: the terminal journaled them.
-    let cases: &[(i64, &str, u16, (i64, i64, &[i64]))] = &[
+    type Expected = (i64, i64, &'static [i64]);
+    let cases: &[(i64, &str, u16, Expected)] = &[
         (1, "funded", 201, (1, 1, &[])),
         (2, "unknown", 404, (2, 2, &[])),
         (4, "funded", 201, (2, 4, &[4])),

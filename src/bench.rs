@@ -306,11 +306,25 @@ fn new_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("creating the latency histogram")
 }
 
-fn sample(status: Option<u16>, body: &[u8]) -> String {
+/// A short description of an error answer: `HTTP 403 FORBIDDEN: unknown staff member` for
+/// the API's error shape (without the request id, so equal errors read the same), else the
+/// start of the body.
+pub fn sample(status: Option<u16>, body: &[u8]) -> String {
+    let prefix = status.map_or_else(String::new, |s| format!("HTTP {s} "));
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(code) = v["error"]["code"].as_str()
+    {
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        return format!("{prefix}{code}: {message}");
+    }
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX_SAMPLE_BYTES)]);
-    match status {
-        Some(s) => format!("HTTP {s}: {text}"),
-        None => text.into_owned(),
+    format!("{prefix}{text}").trim_end().to_string()
+}
+
+/// Keeps `e` unless it is already there or enough samples are kept.
+fn keep_sample(samples: &mut Vec<String>, e: String) {
+    if samples.len() < MAX_ERROR_SAMPLES && !samples.contains(&e) {
+        samples.push(e);
     }
 }
 
@@ -402,19 +416,18 @@ async fn run_client(
                     *stats.by_status.entry(status).or_insert(0) += 1;
                     stats.last_answer = Some(finished);
                 }
-                if status != 201 && status != 402 && stats.error_samples.len() < MAX_ERROR_SAMPLES {
-                    stats.error_samples.push(sample(Some(status), &bytes));
+                if status != 201 && status != 402 {
+                    keep_sample(&mut stats.error_samples, sample(Some(status), &bytes));
                 }
             }
             Err(e) => {
                 if measured {
                     stats.transport_errors += 1;
                 }
-                if stats.error_samples.len() < MAX_ERROR_SAMPLES {
-                    stats
-                        .error_samples
-                        .push(format!("transport: {}", error_chain(&e)));
-                }
+                keep_sample(
+                    &mut stats.error_samples,
+                    format!("transport: {}", error_chain(&e)),
+                );
                 tokio::time::sleep(ERROR_BACKOFF).await;
             }
         }
@@ -449,6 +462,44 @@ pub fn parse_proc_stat_cpu_seconds(stat: &str) -> Option<f64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) as f64 / CLOCK_TICKS_PER_S)
+}
+
+/// Checks, before any load, that the ledger answers at `base` and that `token` belongs to a
+/// terminal of kind `kind` (`GET /v1/terminals/me`), so a wrong URL or token fails at once
+/// with a clear message instead of as thousands of errors.
+async fn preflight(base: &str, token: &str, kind: &str, flag: &str) -> Result<()> {
+    let url = endpoint(base, "/v1/terminals/me");
+    let resp = http_client()?
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("the ledger does not answer at {url}: {}", error_chain(&e)))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {url}: {}", error_chain(&e)))?;
+    check_terminal_me(status, &bytes, kind, flag)
+}
+
+/// The verdict of [`preflight`] on the answer of `GET /v1/terminals/me`.
+pub fn check_terminal_me(status: u16, body: &[u8], kind: &str, flag: &str) -> Result<()> {
+    match status {
+        200 => {}
+        401 => bail!("{flag} is refused by the ledger (401): unknown token"),
+        _ => bail!(
+            "GET /v1/terminals/me with {flag} failed: {}",
+            sample(Some(status), body)
+        ),
+    }
+    let me: serde_json::Value =
+        serde_json::from_slice(body).context("GET /v1/terminals/me: the answer is not JSON")?;
+    let actual = me.get("kind").and_then(|k| k.as_str()).unwrap_or("?");
+    if actual != kind {
+        bail!("{flag} belongs to a {actual} terminal; a {kind} terminal's token is needed");
+    }
+    Ok(())
 }
 
 /// Tops up every card once with `fund_cents` through the checkpoint terminal `token`.
@@ -550,12 +601,14 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
             args.url
         );
     }
+    preflight(&args.url, &args.token, "bar", "--token").await?;
     if args.fund {
         let token = args
             .funding_token
             .as_deref()
             .filter(|t| !t.trim().is_empty())
             .context("--fund needs --funding-token (a checkpoint terminal's token)")?;
+        preflight(&args.url, token, "checkpoint", "--funding-token").await?;
         fund_cards(&args, token).await?;
     }
 
@@ -603,9 +656,7 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
         transport_errors += stats.transport_errors;
         last_answer = last_answer.max(stats.last_answer);
         for e in stats.error_samples {
-            if error_samples.len() < MAX_ERROR_SAMPLES && !error_samples.contains(&e) {
-                error_samples.push(e);
-            }
+            keep_sample(&mut error_samples, e);
         }
     }
     let end = Instant::now();
@@ -648,6 +699,9 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
     print!("{}", format_ledger_summary(&summary));
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    }
+    if summary.responses > 0 && summary.approved == 0 {
+        bail!("no order was approved (see the error samples above)");
     }
     Ok(())
 }
@@ -998,6 +1052,41 @@ mod tests {
                 .expect("json")
                 .contains('\n')
         );
+    }
+
+    #[test]
+    fn error_samples_name_the_code_without_the_request_id() {
+        let body = br#"{"error":{"code":"FORBIDDEN","message":"unknown staff member","request_id":"abc"}}"#;
+        assert_eq!(
+            sample(Some(403), body),
+            "HTTP 403 FORBIDDEN: unknown staff member"
+        );
+        assert_eq!(sample(Some(502), b"Bad Gateway\n"), "HTTP 502 Bad Gateway");
+        let long = vec![b'x'; 10_000];
+        assert!(sample(None, &long).len() <= MAX_SAMPLE_BYTES);
+        let mut kept = Vec::new();
+        for i in 0..20 {
+            keep_sample(&mut kept, format!("e{}", i % 2));
+        }
+        assert_eq!(kept, ["e0", "e1"]);
+        for i in 0..20 {
+            keep_sample(&mut kept, format!("f{i}"));
+        }
+        assert_eq!(kept.len(), MAX_ERROR_SAMPLES);
+    }
+
+    #[test]
+    fn preflight_verdicts() {
+        let bar =
+            br#"{"terminal_id":"x","name":"b","kind":"bar","point_of_sale":"P","server_time":"t"}"#;
+        assert!(check_terminal_me(200, bar, "bar", "--token").is_ok());
+        let e = check_terminal_me(200, bar, "checkpoint", "--funding-token").expect_err("kind");
+        assert!(e.to_string().contains("belongs to a bar terminal"), "{e}");
+        let e = check_terminal_me(401, b"{}", "bar", "--token").expect_err("401");
+        assert!(e.to_string().contains("--token is refused"), "{e}");
+        let e = check_terminal_me(404, b"nope", "bar", "--token").expect_err("404");
+        assert!(e.to_string().contains("HTTP 404 nope"), "{e}");
+        assert!(check_terminal_me(200, b"not json", "bar", "--token").is_err());
     }
 
     #[test]

@@ -64,7 +64,8 @@ CREATE TABLE feed_counter (
 INSERT INTO feed_counter (id, last_version) VALUES (1, 0);
 
 -- Operation tables are keyed by time-ordered transaction ids (UUIDv7) and stored WITHOUT
--- ROWID, so an insert touches the right edge of one b-tree. The client_request_id of each
+-- ROWID, so an insert touches the right edge of one b-tree, and a time range is a key range
+-- (no separate index on processed_at). The client_request_id of each
 -- applied operation is unique through idempotency_keys, which keeps those rows forever.
 CREATE TABLE bar_orders (
     transaction_id         TEXT PRIMARY KEY,
@@ -83,7 +84,6 @@ CREATE TABLE bar_orders (
     processed_at           TEXT NOT NULL,
     voided_by              TEXT
 ) WITHOUT ROWID;
-CREATE INDEX bar_orders_processed_at ON bar_orders (processed_at);
 
 CREATE TABLE bar_order_items (
     transaction_id      TEXT NOT NULL REFERENCES bar_orders (transaction_id),
@@ -115,7 +115,6 @@ CREATE TABLE recharges (
     processed_at           TEXT NOT NULL,
     voided_by              TEXT
 ) WITHOUT ROWID;
-CREATE INDEX recharges_processed_at ON recharges (processed_at);
 
 -- Voids and tombstones.
 CREATE TABLE voids (
@@ -168,7 +167,8 @@ CREATE TABLE idempotency_keys (
     expires_at        TEXT,
     CHECK ((transaction_id IS NULL) = (expires_at IS NOT NULL))
 );
-CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at);
+-- Only declines expire; applied operations' keys are not in this index at all.
+CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at) WHERE expires_at IS NOT NULL;
 
 -- The audit trail: one row per applied or declined operation and per admin action.
 CREATE TABLE app_transaction_log (
@@ -186,7 +186,7 @@ CREATE TABLE app_transaction_log (
     error_code        TEXT,
     details           TEXT
 );
-CREATE INDEX app_transaction_log_occurred_at ON app_transaction_log (occurred_at);
+-- log_id grows with occurred_at: the rowid order is the time order, no index needed.
 
 CREATE TABLE nfc_scan_log (
     scan_id      INTEGER PRIMARY KEY,

@@ -6,8 +6,7 @@
 
 use super::model::{
     ApiError, BATCH_OPERATIONS_MAX, ErrorCode, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError,
-    Operation, OrderRequest, Outcome, RechargeRequest, SCANS_MAX, Scan, Terminal, VoidRequest,
-    format_time,
+    Operation, Outcome, SCANS_MAX, Scan, Terminal, format_time,
 };
 use super::rules::{self, Action};
 use super::store::{LedgerStore, StoreError};
@@ -400,24 +399,42 @@ impl OpKind {
     }
 }
 
+/// Parses a body straight into its request type: one pass. The derived `Deserialize` of
+/// every request struct refuses unknown and repeated fields itself.
+fn parse_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+fn parse_operation(kind: OpKind, bytes: &[u8]) -> Result<Operation, ApiError> {
+    let op = match kind {
+        OpKind::Order => Operation::Order(parse_typed(bytes)?),
+        OpKind::Recharge => Operation::Recharge(parse_typed(bytes)?),
+        OpKind::Void => Operation::Void(parse_typed(bytes)?),
+    };
+    check_ranges(&op)?;
+    Ok(op)
+}
+
+fn check_ranges(op: &Operation) -> Result<(), ApiError> {
+    match op {
+        Operation::Order(r) => r.validate(),
+        Operation::Recharge(r) => r.validate(),
+        Operation::Void(r) => r.validate(),
+    }
+    .map_err(ApiError::invalid_field)
+}
+
 fn validated(kind: OpKind, value: Value) -> Result<Operation, ApiError> {
     let op = match kind {
-        OpKind::Order => {
-            let r: OrderRequest = parse_value(value)?;
-            r.validate().map_err(ApiError::invalid_field)?;
-            Operation::Order(r)
-        }
-        OpKind::Recharge => {
-            let r: RechargeRequest = parse_value(value)?;
-            r.validate().map_err(ApiError::invalid_field)?;
-            Operation::Recharge(r)
-        }
-        OpKind::Void => {
-            let r: VoidRequest = parse_value(value)?;
-            r.validate().map_err(ApiError::invalid_field)?;
-            Operation::Void(r)
-        }
+        OpKind::Order => Operation::Order(parse_value(value)?),
+        OpKind::Recharge => Operation::Recharge(parse_value(value)?),
+        OpKind::Void => Operation::Void(parse_value(value)?),
     };
+    check_ranges(&op)?;
     Ok(op)
 }
 
@@ -450,8 +467,7 @@ async fn post_operation<S: LedgerStore>(
     let terminal = authenticate(state, headers).await?;
     rules::check_terminal_kind(terminal.kind, kind.action())?;
     let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
-    let value: Value = parse_json(&bytes)?;
-    let op = validated(kind, value)?;
+    let op = parse_operation(kind, &bytes)?;
     check_idempotency_header(headers, op.client_request_id())?;
     let outcome = state
         .store
@@ -859,6 +875,7 @@ async fn method_not_allowed(Extension(rid): Extension<RequestId>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::model::OrderRequest;
 
     #[test]
     fn parse_errors_name_the_field() {
@@ -875,6 +892,8 @@ mod tests {
             (r#"{"bogus": 1}"#, Some("bogus")),
             (r#"{}"#, Some("client_request_id")),
             (r#"{"mode": "online", "mode": "offline"}"#, Some("mode")),
+            (r#"{"mode": null}"#, Some("mode")),
+            (r#"{"mode": "sideways"}"#, Some("mode")),
             (
                 r#"{"items": [{"quantity": 1, "quantity": 2}]}"#,
                 Some("items[0].quantity"),

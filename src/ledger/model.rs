@@ -34,9 +34,32 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Wire enums are read from a string first, so that a wrong JSON type (null, a number) is a
+/// type error naming the field, not a syntax error of the whole body.
+macro_rules! from_wire_string {
+    ($name:ident, $($text:literal => $variant:ident),+) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                match text.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown variant `{other}`, expected one of {}",
+                        [$(concat!("`", $text, "`")),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+from_wire_string!(Mode, "online" => Online, "offline" => Offline);
+from_wire_string!(PaymentMethod, "cash" => Cash, "card" => Card);
+from_wire_string!(VoidReason, "in_doubt" => InDoubt, "customer_refund" => CustomerRefund, "staff_error" => StaffError);
+
 /// Online: the terminal waits for the decision. Offline: the sale already happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Mode {
     /// The ledger decides.
     Online,
@@ -56,7 +79,7 @@ impl Mode {
 
 /// How a top-up was paid at the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum PaymentMethod {
     /// Cash into the drawer.
     Cash,
@@ -76,7 +99,7 @@ impl PaymentMethod {
 
 /// Why an operation is voided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum VoidReason {
     /// The terminal never got an answer and cancels the attempt.
     InDoubt,

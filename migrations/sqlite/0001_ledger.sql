@@ -50,18 +50,13 @@ CREATE TABLE cards (
     balance_cents INTEGER NOT NULL,
     status        TEXT NOT NULL CHECK (status IN ('active', 'blocked')),
     block_reason  TEXT CHECK (block_reason IN ('debt', 'lost')),
-    -- Position in the card feed: every change takes the next value of feed_counter.
+    -- Position in the card feed: every change takes the largest version plus one.
     version       INTEGER NOT NULL UNIQUE,
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
     CHECK ((status = 'blocked') = (block_reason IS NOT NULL))
 );
 
-CREATE TABLE feed_counter (
-    id           INTEGER PRIMARY KEY CHECK (id = 1),
-    last_version INTEGER NOT NULL
-);
-INSERT INTO feed_counter (id, last_version) VALUES (1, 0);
 
 -- Operation tables are keyed by time-ordered transaction ids (UUIDv7) and stored WITHOUT
 -- ROWID, so an insert touches the right edge of one b-tree, and a time range is a key range

@@ -518,22 +518,28 @@ fn write_card(
     next: &CardState,
     now: &str,
 ) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .prepare_cached("UPDATE feed_counter SET last_version = last_version + 1 WHERE id = 1 RETURNING last_version")?
-        .query_row([], |r| r.get(0))?;
+    // Every change takes the next feed version. Versions only grow and cards are never
+    // deleted, so the largest version in use (found through its unique index) is the last.
     let reason = next.block_reason.map(BlockReason::as_str);
     if create {
         conn.prepare_cached(
             "INSERT INTO cards (card_uid, balance_cents, status, block_reason, version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(version), 0) + 1 FROM cards), ?5, ?5)",
         )?
-        .execute(params![uid.as_str(), next.balance.get(), next.status.as_str(), reason, version, now])?;
+        .execute(params![uid.as_str(), next.balance.get(), next.status.as_str(), reason, now])?;
     } else {
         conn.prepare_cached(
-            "UPDATE cards SET balance_cents = ?2, status = ?3, block_reason = ?4, version = ?5, updated_at = ?6
+            "UPDATE cards SET balance_cents = ?2, status = ?3, block_reason = ?4,
+                 version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?5
              WHERE card_uid = ?1",
         )?
-        .execute(params![uid.as_str(), next.balance.get(), next.status.as_str(), reason, version, now])?;
+        .execute(params![
+            uid.as_str(),
+            next.balance.get(),
+            next.status.as_str(),
+            reason,
+            now
+        ])?;
     }
     Ok(())
 }
@@ -1036,16 +1042,24 @@ pub fn advance_contiguous(contiguous: i64, seq: i64, above: &[i64]) -> i64 {
 
 fn record_seq(conn: &Connection, ctx: &Ctx<'_>, seq: i64) -> Result<(), StoreError> {
     let id = ctx.terminal.terminal_id.to_string();
+    // The usual case in one statement: a terminal in step sends the next number, and
+    // nothing was received above it.
+    let in_step = conn
+        .prepare_cached(
+            "UPDATE terminals SET highest_contiguous_seq = ?2, highest_seen_seq = ?2, last_seen_at = ?3
+             WHERE terminal_id = ?1 AND highest_contiguous_seq = ?2 - 1 AND highest_seen_seq < ?2",
+        )?
+        .execute(params![id, seq, format_time(ctx.now)])?;
+    if in_step == 1 {
+        return Ok(());
+    }
     let (contiguous, seen): (i64, i64) = conn
         .prepare_cached(
             "SELECT highest_contiguous_seq, highest_seen_seq FROM terminals WHERE terminal_id = ?1",
         )?
         .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut mark = contiguous;
-    if seq == contiguous + 1 && seen <= seq {
-        // The usual case, a terminal in step: nothing was received above, nothing to merge.
-        mark = seq;
-    } else if seq == contiguous + 1 {
+    if seq == contiguous + 1 {
         let above: Vec<i64> = conn
             .prepare_cached(
                 "SELECT terminal_seq FROM terminal_seqs WHERE terminal_id = ?1 AND terminal_seq > ?2
@@ -1286,9 +1300,7 @@ impl LedgerStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| {
-            conn.query_row("SELECT count(*) FROM feed_counter", [], |r| {
-                r.get::<_, i64>(0)
-            })?;
+            conn.query_row("SELECT count(*) FROM terminals", [], |r| r.get::<_, i64>(0))?;
             Ok(())
         })
         .await

@@ -72,6 +72,12 @@ enum LedgerCommand {
     Card(CardCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
+    /// Apply a terminal's journal export (cashless terminal export), idempotently: exit 0 if
+    /// every operation is applied, declined or was already there; exit 1 listing each refused one.
+    Import {
+        /// The export file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +288,13 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), false).await?;
             println!("card {uid} unblocked");
+        }
+        LedgerCommand::Import { file } => {
+            let summary = admin::import(&store, &file).await?;
+            print!("{}", admin::format_import(&summary));
+            if !summary.refused.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         LedgerCommand::Audit => {
             let report = store.audit().await?;

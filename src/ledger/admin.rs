@@ -195,6 +195,162 @@ pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
         .collect()
 }
 
+/// The `format` field of a terminal's journal export.
+pub const EXPORT_FORMAT: &str = "cashless-journal-export";
+/// The export version this program reads and writes.
+pub const EXPORT_VERSION: u32 = 1;
+/// The largest export file `import` reads.
+pub const IMPORT_FILE_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
+/// A terminal's journal export (`cashless terminal export`): the operations the ledger has
+/// not acknowledged, in `terminal_seq` order, each exactly as the terminal would have sent
+/// it in a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportFile {
+    format: String,
+    version: u32,
+    terminal: String,
+    exported_at: String,
+    operations: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// What an import did, operation by operation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Applied now.
+    pub applied: usize,
+    /// Already applied or declined before (a replay): nothing changed.
+    pub replayed: usize,
+    /// Declined now for a business reason (stored like any decline).
+    pub declined: usize,
+    /// Refused: `(position in the file, client_request_id if readable, status, code)`.
+    pub refused: Vec<(usize, Option<String>, u16, String)>,
+}
+
+/// Applies a terminal's journal export as that terminal, in order and idempotently: every
+/// operation goes through exactly the path of `POST /v1/batch`, so importing the same file
+/// twice, or a file whose operations the terminal also replayed itself, changes nothing.
+pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<ImportSummary> {
+    use super::api::parse_batch_entry;
+    use super::model::BATCH_OPERATIONS_MAX;
+    let file = path.display();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{file}: cannot read"))?
+        .len();
+    if size > IMPORT_FILE_BYTES_MAX {
+        bail!("{file}: {size} bytes, more than the {IMPORT_FILE_BYTES_MAX} an import reads");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{file}: cannot read"))?;
+    let export: ExportFile = serde_json::from_str(&text).with_context(|| {
+        format!("{file}: not a journal export (cashless terminal export writes them)")
+    })?;
+    if export.format != EXPORT_FORMAT || export.version != EXPORT_VERSION {
+        bail!(
+            "{file}: format {:?} version {}, expected {EXPORT_FORMAT:?} version {EXPORT_VERSION}",
+            export.format,
+            export.version
+        );
+    }
+    let terminal = store
+        .terminal_by_name(export.terminal.clone())
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{file}: terminal {:?} is not registered (or not active) in this ledger",
+                export.terminal
+            )
+        })?;
+    let request_id = format!("import:{}:{}", export.terminal, export.exported_at);
+    let mut summary = ImportSummary::default();
+    let mut chunk = Vec::with_capacity(BATCH_OPERATIONS_MAX);
+    let mut positions = Vec::with_capacity(BATCH_OPERATIONS_MAX);
+    let total = export.operations.len();
+    for (index, raw) in export.operations.into_iter().enumerate() {
+        match parse_batch_entry(raw.get()) {
+            Ok(op) => {
+                positions.push((index, op.client_request_id().to_string()));
+                chunk.push(op);
+            }
+            Err(e) => {
+                let crid = serde_json::from_str::<serde_json::Value>(raw.get())
+                    .ok()
+                    .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned));
+                summary.refused.push((
+                    index,
+                    crid,
+                    e.code.http_status(),
+                    e.code.as_str().to_owned(),
+                ));
+            }
+        }
+        if chunk.len() == BATCH_OPERATIONS_MAX || index + 1 == total {
+            let ops = std::mem::take(&mut chunk);
+            if ops.is_empty() {
+                continue;
+            }
+            let outcomes = store
+                .apply(terminal.clone(), request_id.clone(), ops)
+                .await?;
+            for ((position, crid), outcome) in positions.drain(..).zip(outcomes) {
+                match (outcome.replayed, outcome.status) {
+                    (true, _) => summary.replayed += 1,
+                    (false, 201) => summary.applied += 1,
+                    (false, 402 | 404 | 422 | 423) if stored_decline(&outcome.body) => {
+                        summary.declined += 1
+                    }
+                    (false, status) => {
+                        let code = serde_json::from_str::<serde_json::Value>(&outcome.body)
+                            .ok()
+                            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        summary.refused.push((position, Some(crid), status, code));
+                    }
+                }
+            }
+        }
+    }
+    summary.refused.sort();
+    Ok(summary)
+}
+
+fn stored_decline(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .is_some_and(|code| {
+            matches!(
+                code.as_str(),
+                "INSUFFICIENT_FUNDS"
+                    | "CARD_NOT_FOUND"
+                    | "CARD_BLOCKED"
+                    | "LIMIT_EXCEEDED"
+                    | "UNKNOWN_PRODUCT"
+                    | "PRICE_MISMATCH"
+            )
+        })
+}
+
+/// Prints an import's summary, one line per refused operation.
+pub fn format_import(summary: &ImportSummary) -> String {
+    let mut out = String::new();
+    for (position, crid, status, code) in &summary.refused {
+        out.push_str(&format!(
+            "REFUSED: operation {} ({}): {status} {code}\n",
+            position + 1,
+            crid.as_deref().unwrap_or("no readable client_request_id")
+        ));
+    }
+    out.push_str(&format!(
+        "import: {} applied, {} already applied before, {} declined, {} refused\n",
+        summary.applied,
+        summary.replayed,
+        summary.declined,
+        summary.refused.len()
+    ));
+    out
+}
+
 /// Prints the audit and says whether the books balance.
 pub fn format_audit(report: &AuditReport) -> String {
     let mut out = String::new();

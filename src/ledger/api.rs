@@ -526,6 +526,13 @@ struct BatchEnvelope {
     operations: Vec<Box<serde_json::value::RawValue>>,
 }
 
+/// Parses one operation of a batch (or of a terminal's journal export) from its JSON text:
+/// `{"type": "order" | "recharge" | "void", ...the operation's body...}`. Repeated keys,
+/// unknown fields and out-of-range values get the 400 they deserve.
+pub fn parse_batch_entry(raw: &str) -> Result<Operation, ApiError> {
+    parse_json::<Value>(raw.as_bytes()).and_then(batch_entry)
+}
+
 /// Splits a batch entry into its kind and body, or the 400 it deserves.
 fn batch_entry(value: Value) -> Result<Operation, ApiError> {
     let Value::Object(mut map) = value else {
@@ -576,7 +583,7 @@ async fn batch<S: LedgerStore>(
         let crid = serde_json::from_str::<Value>(raw.get())
             .ok()
             .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned));
-        match parse_json::<Value>(raw.get().as_bytes()).and_then(batch_entry) {
+        match parse_batch_entry(raw.get()) {
             Ok(op) => {
                 slots.push((crid, Ok(valid.len())));
                 valid.push(op);

@@ -149,6 +149,12 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
 
+    /// The active terminal with this name, if any (for imports of a terminal's journal).
+    fn terminal_by_name(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
+
     /// Applies operations one after another, each atomically and idempotently, and returns
     /// one outcome per operation in order. An answer is returned only after it is durable.
     fn apply(

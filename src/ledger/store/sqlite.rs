@@ -1105,6 +1105,23 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
+fn find_terminal(conn: &Connection, sql: &str, key: &str) -> Result<Option<Terminal>, StoreError> {
+    let row: Option<(String, String, String, String)> = conn
+        .prepare_cached(sql)?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    row.map(|(id, name, kind, point_of_sale)| {
+        Ok(Terminal {
+            terminal_id: Uuid::parse_str(&id).map_err(internal)?,
+            name,
+            kind: TerminalKind::parse(&kind)
+                .ok_or_else(|| internal(format!("bad terminal kind {kind}")))?,
+            point_of_sale,
+        })
+    })
+    .transpose()
+}
+
 fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, String, i64, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
@@ -1123,25 +1140,24 @@ impl LedgerStore for SqliteStore {
     async fn authenticate(&self, token: &str) -> Result<Option<Terminal>, StoreError> {
         let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
         self.read(move |conn| {
-            let row: Option<(String, String, String, String)> = conn
-                .prepare_cached(
-                    "SELECT terminal_id, name, kind, point_of_sale FROM terminals
-                     WHERE token_sha256 = ?1 AND active = 1",
-                )?
-                .query_row([token_sha256], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()?;
-            row.map(|(id, name, kind, point_of_sale)| {
-                Ok(Terminal {
-                    terminal_id: Uuid::parse_str(&id).map_err(internal)?,
-                    name,
-                    kind: TerminalKind::parse(&kind)
-                        .ok_or_else(|| internal(format!("bad kind {kind}")))?,
-                    point_of_sale,
-                })
-            })
-            .transpose()
+            find_terminal(
+                conn,
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
+                 WHERE token_sha256 = ?1 AND active = 1",
+                &token_sha256,
+            )
+        })
+        .await
+    }
+
+    async fn terminal_by_name(&self, name: String) -> Result<Option<Terminal>, StoreError> {
+        self.read(move |conn| {
+            find_terminal(
+                conn,
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
+                 WHERE name = ?1 AND active = 1",
+                &name,
+            )
         })
         .await
     }

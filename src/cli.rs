@@ -11,6 +11,8 @@ use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::model::{StaffRole, TerminalKind};
 use crate::ledger::server;
 use crate::ledger::store::LedgerStore;
+use crate::terminal::config::{TerminalConfig, TerminalOverrides};
+use crate::terminal::journal::{Counts, Journal};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,9 +30,31 @@ pub struct Cli {
 enum Command {
     /// The central ledger: HTTP API and admin commands.
     Ledger(LedgerArgs),
+    /// The terminal: journal state (the daemon itself is being built).
+    Terminal(TerminalArgs),
     /// Load generators and reference measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct TerminalArgs {
+    /// Configuration file (TOML); see config/terminal.example.toml.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "/etc/cashless/terminal.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: TerminalCommandLine,
+}
+
+#[derive(Debug, Subcommand)]
+enum TerminalCommandLine {
+    /// The journal's state: pending, in doubt, rejected, last sync, replica age.
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +194,38 @@ enum BenchCommand {
     SqliteCommit(bench::SqliteCommitBenchArgs),
 }
 
+fn age(at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> String {
+    match at {
+        None => "never".to_owned(),
+        Some(t) => format!(
+            "{} ({} s ago)",
+            crate::ledger::model::format_time(t),
+            (now - t).num_seconds().max(0)
+        ),
+    }
+}
+
+/// `cashless terminal status`, for people and scripts (one `key: value` per line).
+fn format_status(
+    config: &TerminalConfig,
+    c: &Counts,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    format!(
+        "terminal: {}\nkind: {}\njournal: {}\npending: {}\nin_doubt: {}\nrejected: {}\nsynced: {}\nlast_seq: {}\nlast_sync: {}\nreplica: {}\n",
+        config.name,
+        config.kind.as_str(),
+        config.journal.display(),
+        c.pending,
+        c.in_doubt,
+        c.rejected,
+        c.synced,
+        c.last_seq.map_or(0, |s| s.get()),
+        age(c.last_sync_at, now),
+        age(c.last_feed_at, now),
+    )
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -203,6 +259,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
+        Command::Terminal(args) => match args.command {
+            TerminalCommandLine::Status => {
+                let config =
+                    TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;
+                let journal = Journal::open_read_only(&config.journal).with_context(|| {
+                    format!("cannot read the journal {}", config.journal.display())
+                })?;
+                let counts = journal.counts()?;
+                print!("{}", format_status(&config, &counts, chrono::Utc::now()));
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Bench(BenchCommand::Ledger(args)) => {
             runtime()?.block_on(bench::run_ledger(args))?;
             Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`domain`]: money ([`domain::Cents`]), card UIDs, ids. No IO.
 //! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
+//! - [`terminal`]: the terminal daemon (in progress): journal, offline policy, replay.
 //! - [`bench`]: load generators operators can run.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
@@ -13,3 +14,4 @@ pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod ledger;
+pub mod terminal;

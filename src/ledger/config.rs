@@ -169,7 +169,7 @@ impl Overrides {
     }
 }
 
-/// A configuration error, naming where it is.
+/// A configuration error, naming where it is (ledger and terminal configurations alike).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
@@ -200,7 +200,8 @@ pub enum ConfigError {
     },
 }
 
-fn value_err(source_name: &str, key: &str, expected: impl Into<String>) -> ConfigError {
+/// A value out of range, naming its source (file or variable), key and expectation.
+pub(crate) fn value_err(source_name: &str, key: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError::Value {
         source_name: source_name.into(),
         key: key.into(),

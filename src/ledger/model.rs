@@ -520,6 +520,58 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, so that a wire spelling maps back to the enum (and its status and rules).
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::CardNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::InsufficientFunds,
+        ErrorCode::CardBlocked,
+        ErrorCode::LimitExceeded,
+        ErrorCode::UnknownProduct,
+        ErrorCode::PriceMismatch,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::DuplicateRequest,
+        ErrorCode::AlreadyVoided,
+        ErrorCode::OperationVoided,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::DatabaseError,
+        ErrorCode::ServerError,
+    ];
+
+    /// The code with this wire spelling.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
+    /// Does not compile when a code is added, so that [`ErrorCode::ALL`] is revisited.
+    #[allow(dead_code)]
+    fn all_is_complete(self) {
+        match self {
+            ErrorCode::InvalidRequest
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
+            | ErrorCode::CardNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::InsufficientFunds
+            | ErrorCode::CardBlocked
+            | ErrorCode::LimitExceeded
+            | ErrorCode::UnknownProduct
+            | ErrorCode::PriceMismatch
+            | ErrorCode::IdempotencyKeyReused
+            | ErrorCode::DuplicateRequest
+            | ErrorCode::AlreadyVoided
+            | ErrorCode::OperationVoided
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::DatabaseError
+            | ErrorCode::ServerError => {}
+        }
+    }
+
     /// The HTTP status that goes with the code.
     pub fn http_status(self) -> u16 {
         match self {
@@ -836,30 +888,13 @@ mod tests {
 
     #[test]
     fn every_code_has_a_distinct_spelling() {
-        let codes = [
-            ErrorCode::InvalidRequest,
-            ErrorCode::Unauthorized,
-            ErrorCode::Forbidden,
-            ErrorCode::CardNotFound,
-            ErrorCode::NotFound,
-            ErrorCode::MethodNotAllowed,
-            ErrorCode::InsufficientFunds,
-            ErrorCode::CardBlocked,
-            ErrorCode::LimitExceeded,
-            ErrorCode::UnknownProduct,
-            ErrorCode::PriceMismatch,
-            ErrorCode::IdempotencyKeyReused,
-            ErrorCode::DuplicateRequest,
-            ErrorCode::AlreadyVoided,
-            ErrorCode::OperationVoided,
-            ErrorCode::PayloadTooLarge,
-            ErrorCode::DatabaseError,
-            ErrorCode::ServerError,
-        ];
+        let codes = ErrorCode::ALL;
         let spelled: std::collections::HashSet<_> = codes.iter().map(|c| c.as_str()).collect();
         assert_eq!(spelled.len(), codes.len());
         for c in codes {
             assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
     }
 }

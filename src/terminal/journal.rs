@@ -1,0 +1,1683 @@
+//! The terminal's journal: the durable record of every money-changing operation, the card
+//! replica, and the caches that let a terminal work after a restart without network.
+//!
+//! The journal is the terminal's source of truth. Two rules follow from it:
+//! - **Nothing is shown as approved unless it is durably in the journal.** Every writing
+//!   method is one `BEGIN IMMEDIATE ... COMMIT` on a database in WAL mode with
+//!   `synchronous=FULL`: when it returns `Ok`, the change is on disk (fsync), and when it
+//!   returns an error, nothing of it is visible. (One case no database rules out: if the
+//!   commit's own fsync fails, the frames may still reach the disk and reappear after a
+//!   restart. The call reports [`JournalError::Io`]; the daemon declines and should treat the
+//!   journal as failing.)
+//! - **Nothing is deleted before the ledger acknowledged it.** In fact this module never deletes
+//!   a journal entry at all; an entry only moves between states ([`EntryState`]).
+//!
+//! `terminal_seq` is gapless: [`Journal::append`] takes `MAX(terminal_seq) + 1` inside its
+//! write transaction, so the number is taken only by a committed row. A failed append takes no
+//! number (the next append gets the same one, and the caller never saw an [`Entry`] to send),
+//! and a committed number is never handed out again because entries are never deleted.
+//!
+//! # Errors
+//!
+//! [`JournalError::Io`] means the file cannot be written (or read): read-only file or
+//! directory, permission denied, disk full (`SQLITE_FULL`), an I/O error, or a lock held by
+//! another process. The daemon declines the sale with that reason. [`JournalError::Corrupt`]
+//! means the file holds something this program does not write (an unknown state spelling, a
+//! bad card UID, a damaged page, a newer schema). [`JournalError::Invalid`] is a call the
+//! journal refuses (a duplicate `client_request_id`, a forbidden state change, a request body
+//! that does not carry the entry's ids): a bug in the caller, and nothing was written. No
+//! method panics on what it reads from the file.
+//!
+//! # Bounds
+//!
+//! Every list is capped: [`Journal::pending`], [`Journal::in_doubt`],
+//! [`Journal::unacknowledged`] (paged by `terminal_seq`) and [`Journal::unuploaded_scans`]
+//! take a limit, clamped to [`LIST_LIMIT_MAX`]; the feeds written into the caches are refused
+//! above [`FEED_CARDS_MAX`], [`CATALOG_PRODUCTS_MAX`] and [`STAFF_MAX`] rows, so reading a
+//! cache back is bounded too. The batch calls ([`Journal::set_states`],
+//! [`Journal::record_attempt_failures`]) take at most one ledger batch
+//! ([`BATCH_OPERATIONS_MAX`]) and commit it with one fsync.
+//!
+//! Architecture invariant: this is the only module of the terminal that knows SQL.
+
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::ledger::model::{
+    BATCH_OPERATIONS_MAX, FEED_LIMIT_MAX, Mode, SCANS_MAX, Scan, StaffRole, format_time,
+};
+use crate::terminal::core::policy::ReplicaCard;
+use chrono::{DateTime, SubsecRound, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a call waits for a lock held by another process (`cashless terminal status`
+/// reading while the daemon writes) before it fails with [`JournalError::Io`].
+pub const BUSY_TIMEOUT_MS: u64 = 5000;
+/// The most rows one list call returns; larger limits are clamped to it.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+/// The most cards one [`Journal::apply_card_feed`] call takes: one page of the ledger's feed.
+pub const FEED_CARDS_MAX: usize = FEED_LIMIT_MAX as usize;
+/// The most products a cached catalog holds.
+pub const CATALOG_PRODUCTS_MAX: usize = 10_000;
+/// The most staff members the staff cache holds.
+pub const STAFF_MAX: usize = 10_000;
+/// The longest `last_error` or `decline_reason` kept, in bytes; longer text is cut.
+pub const TEXT_BYTES_MAX: usize = 1024;
+/// The longest card-feed cursor accepted, in bytes.
+pub const CURSOR_BYTES_MAX: usize = 1024;
+
+/// The schema migrations, in order. `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/terminal/0001_journal.sql")];
+
+const META_FEED_CURSOR: &str = "feed_cursor";
+const META_LAST_FEED_AT: &str = "last_feed_at";
+const META_LAST_SYNC_AT: &str = "last_sync_at";
+const META_CATALOG_POINT_OF_SALE: &str = "catalog_point_of_sale";
+const META_CATALOG_CURRENCY: &str = "catalog_currency";
+const META_CATALOG_ETAG: &str = "catalog_etag";
+const META_CATALOG_FETCHED_AT: &str = "catalog_fetched_at";
+const META_STAFF_FETCHED_AT: &str = "staff_fetched_at";
+
+/// Why a journal call failed. Nothing of a failed write is on disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// The journal file cannot be written or read: read-only file or directory, permission
+    /// denied, disk full (`SQLITE_FULL`), an I/O error, a lock another process holds too long.
+    /// The message starts with which of these it is. Decline the sale: it is not on disk.
+    #[error("the journal cannot be written: {0}")]
+    Io(String),
+    /// The file holds data this program does not write: a damaged page, an unknown spelling,
+    /// an invalid card UID, a schema newer than this program.
+    #[error("the journal holds unexpected data: {0}")]
+    Corrupt(String),
+    /// The journal refused the call (duplicate `client_request_id`, unknown `terminal_seq`,
+    /// a forbidden state change, a request body without the entry's ids, a feed too large).
+    /// A bug in the caller; nothing was written.
+    #[error("the journal refused the call: {0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> JournalError {
+        classify(e)
+    }
+}
+
+/// Sorts SQLite's failures into what the daemon can do about them.
+fn classify(e: rusqlite::Error) -> JournalError {
+    use rusqlite::ErrorCode as C;
+    let rusqlite::Error::SqliteFailure(failure, _) = &e else {
+        // Type mismatches and failed conversions: a column holds what this program never writes.
+        return JournalError::Corrupt(e.to_string());
+    };
+    let what = match failure.code {
+        C::DiskFull => "disk full",
+        C::ReadOnly => "read-only",
+        C::PermissionDenied => "permission denied",
+        C::CannotOpen => "cannot open the file",
+        C::SystemIoFailure => "I/O error",
+        C::DatabaseBusy | C::DatabaseLocked => "locked by another process",
+        C::OutOfMemory => "out of memory",
+        C::NoLargeFileSupport => "file too large",
+        C::ConstraintViolation | C::TooBig => {
+            return JournalError::Invalid(format!("refused by the schema: {e}"));
+        }
+        _ => return JournalError::Corrupt(e.to_string()),
+    };
+    JournalError::Io(format!("{what}: {e}"))
+}
+
+fn corrupt(what: impl fmt::Display) -> JournalError {
+    JournalError::Corrupt(what.to_string())
+}
+
+fn invalid(what: impl fmt::Display) -> JournalError {
+    JournalError::Invalid(what.to_string())
+}
+
+/// Enums stored as text: their spelling in the database (and on the jsonl interface).
+macro_rules! db_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The database spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses the database spelling.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+db_enum!(
+    /// What a journal entry asks the ledger to do.
+    OperationKind {
+        /// A bar order (`POST /v1/orders`).
+        Order => "order",
+        /// A checkpoint top-up (`POST /v1/recharges`).
+        Recharge => "recharge",
+        /// A void or refund of an earlier operation (`POST /v1/voids`).
+        Void => "void",
+    }
+);
+
+db_enum!(
+    /// Where a journal entry stands with the ledger.
+    EntryState {
+        /// To send (online) or to replay (offline); the sync worker takes these.
+        Pending => "pending",
+        /// Sent online, no answer: the ledger may or may not have applied it.
+        InDoubt => "in_doubt",
+        /// The ledger acknowledged it (an approval or a stored decline). Final.
+        Synced => "synced",
+        /// Refused for good by the ledger; kept and shown, never dropped.
+        Rejected => "rejected",
+    }
+);
+
+db_enum!(
+    /// What the terminal showed (or will show) for an entry.
+    Decision {
+        /// The ledger approved it.
+        ApprovedOnline => "approved_online",
+        /// The terminal approved it on its own (offline policy).
+        ApprovedOffline => "approved_offline",
+        /// Declined, online or offline; `decline_reason` says why.
+        Declined => "declined",
+    }
+);
+
+impl Decision {
+    /// True for both approvals.
+    pub fn is_approved(self) -> bool {
+        matches!(self, Decision::ApprovedOnline | Decision::ApprovedOffline)
+    }
+}
+
+impl EntryState {
+    /// Whether an entry in this state may be set to `next` by [`Journal::set_state`]:
+    ///
+    /// | from       | to                                       |
+    /// |------------|------------------------------------------|
+    /// | `pending`  | `pending`, `in_doubt`, `synced`, `rejected` |
+    /// | `in_doubt` | `pending`, `in_doubt`, `synced`, `rejected` |
+    /// | `rejected` | `pending` (re-queued), `rejected`        |
+    /// | `synced`   | nothing: the ledger's acknowledgement is final |
+    ///
+    /// Setting the same state again (except `synced`) updates the details only.
+    pub fn can_become(self, next: EntryState) -> bool {
+        use EntryState::*;
+        match self {
+            Pending | InDoubt => true,
+            Rejected => matches!(next, Pending | Rejected),
+            Synced => false,
+        }
+    }
+}
+
+/// A new journal entry, as the daemon decides it before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// The idempotency key, generated before anything is written.
+    pub client_request_id: ClientRequestId,
+    /// Order, top-up or void.
+    pub operation: OperationKind,
+    /// Online (the ledger decides) or offline (the terminal decided).
+    pub mode: Mode,
+    /// The card, when known.
+    pub card_uid: Option<CardUid>,
+    /// Signed effect on the card as this terminal sees it: an order `-total` (never positive),
+    /// a top-up `+amount` (never negative), a void `+refund` (or `-amount` for a reversed
+    /// top-up), 0 when unknown. [`Journal::local_charges`] sums it.
+    pub amount_cents: Cents,
+    /// The decision, when already taken (offline); `None` while the ledger is being asked.
+    pub decision: Option<Decision>,
+    /// Why declined, if declined (`INSUFFICIENT_FUNDS`, ...).
+    pub decline_reason: Option<String>,
+    /// The state it starts in; usually `pending`.
+    pub state: EntryState,
+}
+
+/// One settlement for [`Journal::set_states`]: the arguments of [`Journal::set_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateChange<'a> {
+    /// The entry.
+    pub seq: TerminalSeq,
+    /// Its new state.
+    pub state: EntryState,
+    /// Replaces the decision when `Some`.
+    pub decision: Option<Decision>,
+    /// Replaces the decline reason when `Some`.
+    pub reason: Option<&'a str>,
+    /// The ledger's answer (HTTP status, body); replaces the stored one when `Some`.
+    pub ledger: Option<(u16, &'a str)>,
+}
+
+/// A journal entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1, 2, 3, ... with no gaps.
+    pub terminal_seq: TerminalSeq,
+    /// The idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// Order, top-up or void.
+    pub operation: OperationKind,
+    /// Online or offline.
+    pub mode: Mode,
+    /// The exact ledger request body (JSON text), which embeds `client_request_id` and
+    /// `terminal_seq`; replay sends these bytes.
+    pub request_json: String,
+    /// The card, when known.
+    pub card_uid: Option<CardUid>,
+    /// Signed effect on the card as this terminal sees it (see [`NewEntry::amount_cents`]).
+    pub amount_cents: Cents,
+    /// Where it stands with the ledger.
+    pub state: EntryState,
+    /// What was shown, once decided.
+    pub decision: Option<Decision>,
+    /// Why declined.
+    pub decline_reason: Option<String>,
+    /// Sends so far: failed ones ([`Journal::record_attempt_failure`]) and answered ones
+    /// ([`Journal::set_state`] with the ledger's answer).
+    pub attempts: u32,
+    /// The last failed send, for status and export.
+    pub last_error: Option<String>,
+    /// The HTTP status of the ledger's answer that settled it.
+    pub ledger_status: Option<u16>,
+    /// The body of that answer.
+    pub ledger_body: Option<String>,
+    /// When journaled.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it became `synced`; set exactly for synced entries.
+    pub synced_at: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    /// The request body parsed, for a batch.
+    pub fn request(&self) -> Result<Value, JournalError> {
+        serde_json::from_str(&self.request_json).map_err(|e| {
+            corrupt(format!(
+                "entry {}: request_json: {e}",
+                self.terminal_seq.get()
+            ))
+        })
+    }
+}
+
+/// The journal's state at a glance, for `cashless terminal status` and the status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Entries waiting to be sent or replayed.
+    pub pending: u64,
+    /// Online attempts without an answer.
+    pub in_doubt: u64,
+    /// Entries the ledger refused for good.
+    pub rejected: u64,
+    /// Entries the ledger acknowledged.
+    pub synced: u64,
+    /// The highest `terminal_seq` journaled.
+    pub last_seq: Option<TerminalSeq>,
+    /// The last successful contact with the ledger's write side: an entry became synced, or
+    /// [`Journal::record_sync`].
+    pub last_sync_at: Option<DateTime<Utc>>,
+    /// The last card-feed page applied: the replica's age.
+    pub last_feed_at: Option<DateTime<Utc>>,
+}
+
+/// One product of the cached catalog; deserializes from `GET /v1/catalog`'s `products`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogProduct {
+    /// The catalog's product id.
+    pub product_id: ProductId,
+    /// Name on the screen.
+    pub name: String,
+    /// Unit price.
+    pub price_cents: Cents,
+    /// Grouping on the screen.
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+/// The catalog of this terminal's point of sale; deserializes from `GET /v1/catalog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// The point of sale it belongs to.
+    pub point_of_sale: String,
+    /// The festival's currency, for display.
+    pub currency: String,
+    /// The products, in the ledger's (menu) order.
+    pub products: Vec<CatalogProduct>,
+}
+
+/// A staff member for offline login; deserializes from `GET /v1/staff`'s `staff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedStaff {
+    /// Id.
+    pub staff_id: StaffId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: StaffRole,
+    /// Inactive staff cannot log in.
+    pub active: bool,
+    /// argon2 PHC string of the PIN.
+    pub pin_hash: String,
+}
+
+/// A scan from the scan log, with its local id for [`Journal::mark_scans_uploaded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedScan {
+    /// Local id, increasing.
+    pub id: i64,
+    /// The scan as uploaded to `POST /v1/scans`.
+    pub scan: Scan,
+}
+
+/// The journal database. Owns one connection; not `Sync` (the daemon wraps it).
+pub struct Journal {
+    /// The one connection; every method is one statement or one transaction on it.
+    conn: Connection,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+/// The columns [`entry_from_row`] reads, in its order.
+const ENTRY_COLUMNS: &str = "terminal_seq, client_request_id, operation, mode, request_json, \
+     card_uid, amount_cents, state, decision, decline_reason, attempts, last_error, \
+     ledger_status, ledger_body, created_at, updated_at, synced_at";
+
+impl Journal {
+    /// Opens the journal for reading and writing, creating and migrating it if needed.
+    ///
+    /// A write-protected file (`chmod 0444`, a read-only mount) is opened as by
+    /// [`Journal::open_read_only`]: reads work, and every write fails with
+    /// [`JournalError::Io`] (`read-only`), so a daemon on an unwritable journal still starts,
+    /// shows its status and declines every sale with that reason.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_read_write(path, None)
+    }
+
+    /// Test hook: [`Journal::open`], then `PRAGMA max_page_count = max_pages` on this
+    /// connection, so that a write that needs the file to grow beyond `max_pages` pages fails
+    /// with `SQLITE_FULL`, exactly as on a full disk ([`JournalError::Io`], `disk full`). The
+    /// limit is never below the file's current size and lasts as long as this `Journal`.
+    /// Not for production use.
+    pub fn open_with_max_pages(path: &Path, max_pages: u32) -> Result<Journal, JournalError> {
+        Journal::open_read_write(path, Some(max_pages))
+    }
+
+    /// Opens an existing journal read-only (`SQLITE_OPEN_READONLY` and `PRAGMA query_only`),
+    /// for `cashless terminal status` and `export`, which must change nothing, and for tests
+    /// of an unwritable journal where `chmod` cannot stop the writer (root). Every write
+    /// fails with [`JournalError::Io`]. The schema must be this program's: it is not migrated.
+    ///
+    /// SQLite reads a WAL database through its `-shm` file, which it cannot create in a
+    /// read-only directory. When that file is missing and the write-ahead log is absent or
+    /// empty (the last writer closed cleanly, so the database file holds everything), the
+    /// file is read as `immutable`; with a non-empty log and no way to index it, the open
+    /// fails with [`JournalError::Io`] rather than show a journal without its last entries.
+    pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
+        let conn = match connect_read_only(path, false) {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_READONLY_CANTINIT
+                        | rusqlite::ffi::SQLITE_READONLY_DIRECTORY
+                ) =>
+            {
+                if wal_may_hold_data(path) {
+                    return Err(JournalError::Io(format!(
+                        "read-only: {}-wal holds entries that cannot be read without write \
+                         access to the directory",
+                        path.display()
+                    )));
+                }
+                connect_read_only(path, true)?
+            }
+            other => other?,
+        };
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = i64::try_from(MIGRATIONS.len()).map_err(corrupt)?;
+        if version != known {
+            return Err(corrupt(format!(
+                "the journal has schema version {version}, this program reads version {known} \
+                 (open it read-write once to migrate it)"
+            )));
+        }
+        Ok(Journal { conn })
+    }
+
+    fn open_read_write(path: &Path, max_pages: Option<u32>) -> Result<Journal, JournalError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            // SQLite opens a write-protected file read-only rather than fail; keep it
+            // readable, and let every write fail.
+            drop(conn);
+            return Journal::open_read_only(path);
+        }
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        if let Some(pages) = max_pages {
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        Ok(Journal { conn })
+    }
+
+    /// Journals a new operation and returns it once it is on disk.
+    ///
+    /// Inside one `IMMEDIATE` transaction: takes the next `terminal_seq` (`MAX + 1`), asks
+    /// `request` for the ledger request body (which must embed that `terminal_seq` and the
+    /// entry's `client_request_id` as top-level fields), writes the row, commits (fsync). An
+    /// error leaves nothing written and takes no number; the caller must then send nothing and
+    /// show no approval. `now` is stored with millisecond precision, as returned.
+    ///
+    /// Refused ([`JournalError::Invalid`]): a `client_request_id` already journaled, a body
+    /// that does not carry the entry's ids, an order with a positive `amount_cents` or a
+    /// top-up with a negative one.
+    pub fn append(
+        &mut self,
+        entry: NewEntry,
+        request: impl FnOnce(TerminalSeq) -> Value,
+        now: DateTime<Utc>,
+    ) -> Result<Entry, JournalError> {
+        check_amount(entry.operation, entry.amount_cents)?;
+        let now = now.trunc_subsecs(3);
+        let now_text = format_time(now);
+        let decline_reason = entry
+            .decline_reason
+            .map(|reason| bounded(reason, TEXT_BYTES_MAX));
+        let synced_at = (entry.state == EntryState::Synced).then_some(now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: i64 = tx
+            .prepare_cached("SELECT COALESCE(MAX(terminal_seq), 0) FROM journal")?
+            .query_row([], |r| r.get(0))?;
+        let terminal_seq = last
+            .checked_add(1)
+            .and_then(|next| TerminalSeq::new(next).ok())
+            .ok_or_else(|| corrupt(format!("the highest terminal_seq is {last}")))?;
+        let body = request(terminal_seq);
+        check_body(&body, entry.client_request_id, terminal_seq)?;
+        let request_json = serde_json::to_string(&body).map_err(invalid)?;
+        tx.prepare_cached(
+            "INSERT INTO journal (terminal_seq, client_request_id, operation, mode, request_json,
+                 card_uid, amount_cents, state, decision, decline_reason, attempts, created_at,
+                 updated_at, synced_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?11, ?12)",
+        )?
+        .execute(params![
+            terminal_seq.get(),
+            entry.client_request_id.to_string(),
+            entry.operation.as_str(),
+            entry.mode.as_str(),
+            request_json,
+            entry.card_uid.as_ref().map(CardUid::as_str),
+            entry.amount_cents.get(),
+            entry.state.as_str(),
+            entry.decision.map(Decision::as_str),
+            decline_reason,
+            now_text,
+            synced_at.map(format_time),
+        ])?;
+        if entry.state == EntryState::Synced {
+            set_meta(&tx, META_LAST_SYNC_AT, &now_text)?;
+        }
+        tx.commit()?;
+        Ok(Entry {
+            terminal_seq,
+            client_request_id: entry.client_request_id,
+            operation: entry.operation,
+            mode: entry.mode,
+            request_json,
+            card_uid: entry.card_uid,
+            amount_cents: entry.amount_cents,
+            state: entry.state,
+            decision: entry.decision,
+            decline_reason,
+            attempts: 0,
+            last_error: None,
+            ledger_status: None,
+            ledger_body: None,
+            created_at: now,
+            updated_at: now,
+            synced_at,
+        })
+    }
+
+    /// Moves an entry to `state` (allowed moves: [`EntryState::can_become`]), durably.
+    ///
+    /// `decision`, `reason` and `ledger` (the answer's HTTP status and body) replace the stored
+    /// values when `Some` and keep them when `None`. A ledger answer counts as one attempt.
+    /// Becoming `synced` stamps `synced_at` and the journal's `last_sync_at` with `now`.
+    /// Refused ([`JournalError::Invalid`]): an unknown `seq`, a forbidden move, a status
+    /// outside 100..=599.
+    pub fn set_state(
+        &mut self,
+        seq: TerminalSeq,
+        state: EntryState,
+        decision: Option<Decision>,
+        reason: Option<&str>,
+        ledger: Option<(u16, &str)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        let change = StateChange {
+            seq,
+            state,
+            decision,
+            reason,
+            ledger,
+        };
+        self.set_states(std::slice::from_ref(&change), now)
+    }
+
+    /// [`Journal::set_state`] for the results of one batch, in one transaction (one fsync
+    /// instead of one per entry, which is what lets a long backlog drain quickly): all of them
+    /// or, if any is refused, none. At most [`BATCH_OPERATIONS_MAX`] changes.
+    pub fn set_states(
+        &mut self,
+        changes: &[StateChange<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        check_batch_len(changes.len())?;
+        for change in changes {
+            if let Some((status, _)) = change.ledger
+                && !(100..=599).contains(&status)
+            {
+                return Err(invalid(format!("HTTP status {status} out of range")));
+            }
+        }
+        let now_text = format_time(now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut synced = false;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE journal SET
+                     state = ?2,
+                     decision = COALESCE(?3, decision),
+                     decline_reason = COALESCE(?4, decline_reason),
+                     ledger_status = COALESCE(?5, ledger_status),
+                     ledger_body = COALESCE(?6, ledger_body),
+                     attempts = attempts + ?7,
+                     updated_at = ?8,
+                     synced_at = CASE WHEN ?2 = 'synced' THEN ?8 END
+                 WHERE terminal_seq = ?1",
+            )?;
+            for change in changes {
+                // Read inside the transaction, so a change earlier in the same batch counts.
+                let current = state_of(&tx, change.seq)?;
+                if !current.can_become(change.state) {
+                    return Err(invalid(format!(
+                        "entry {} is {current}; it cannot become {}",
+                        change.seq.get(),
+                        change.state
+                    )));
+                }
+                update.execute(params![
+                    change.seq.get(),
+                    change.state.as_str(),
+                    change.decision.map(Decision::as_str),
+                    change.reason.map(|r| bounded(r.to_owned(), TEXT_BYTES_MAX)),
+                    change.ledger.map(|(status, _)| status),
+                    change.ledger.map(|(_, body)| body),
+                    i64::from(change.ledger.is_some()),
+                    now_text,
+                ])?;
+                synced |= change.state == EntryState::Synced;
+            }
+        }
+        if synced {
+            set_meta(&tx, META_LAST_SYNC_AT, &now_text)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a send of a `pending` or `in_doubt` entry that got no usable answer: one more
+    /// attempt, and `error` (cut to [`TEXT_BYTES_MAX`] bytes) as `last_error`. The state does
+    /// not change. Refused for an unknown `seq` or a `synced`/`rejected` entry.
+    pub fn record_attempt_failure(
+        &mut self,
+        seq: TerminalSeq,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        self.record_attempt_failures(&[seq], error, now)
+    }
+
+    /// [`Journal::record_attempt_failure`] for every entry of a batch that failed as a whole
+    /// (network down), in one transaction: all of them or none. At most
+    /// [`BATCH_OPERATIONS_MAX`] entries.
+    pub fn record_attempt_failures(
+        &mut self,
+        seqs: &[TerminalSeq],
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        check_batch_len(seqs.len())?;
+        let error = bounded(error.to_owned(), TEXT_BYTES_MAX);
+        let now_text = format_time(now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE journal SET attempts = attempts + 1, last_error = ?2, updated_at = ?3
+                 WHERE terminal_seq = ?1",
+            )?;
+            for &seq in seqs {
+                let current = state_of(&tx, seq)?;
+                if !matches!(current, EntryState::Pending | EntryState::InDoubt) {
+                    return Err(invalid(format!(
+                        "entry {} is {current}; it is not sent any more",
+                        seq.get()
+                    )));
+                }
+                update.execute(params![seq.get(), error, now_text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a successful round with the ledger that settled nothing (nothing was pending),
+    /// so the status line's "last sync" stays fresh while the terminal is idle and online.
+    pub fn record_sync(&mut self, now: DateTime<Utc>) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        set_meta(&tx, META_LAST_SYNC_AT, &format_time(now))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One entry.
+    pub fn entry(&self, seq: TerminalSeq) -> Result<Option<Entry>, JournalError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE terminal_seq = ?1");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([seq.get()])?;
+        match rows.next()? {
+            Some(row) => entry_from_row(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The `pending` entries in `terminal_seq` order, at most `limit` (clamped to
+    /// [`LIST_LIMIT_MAX`]): the next ones to send or replay.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        self.entries_in_state(EntryState::Pending, limit)
+    }
+
+    /// The `in_doubt` entries in `terminal_seq` order, at most `limit` (clamped).
+    pub fn in_doubt(&self, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        self.entries_in_state(EntryState::InDoubt, limit)
+    }
+
+    /// Every entry the ledger has not acknowledged (`pending`, `in_doubt`, `rejected`) with a
+    /// `terminal_seq` above `after`, in `terminal_seq` order, at most `limit` (clamped): one
+    /// page of an export. The next page starts after the last entry returned; a page shorter
+    /// than the limit is the last.
+    pub fn unacknowledged(
+        &self,
+        after: Option<TerminalSeq>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, JournalError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM journal
+             WHERE terminal_seq > ?1 AND state <> 'synced'
+             ORDER BY terminal_seq LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query(params![after.map_or(0, TerminalSeq::get), sql_limit(limit)])?;
+        collect_entries(rows)
+    }
+
+    fn entries_in_state(
+        &self,
+        state: EntryState,
+        limit: usize,
+    ) -> Result<Vec<Entry>, JournalError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM journal WHERE state = ?1
+             ORDER BY terminal_seq LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query(params![state.as_str(), sql_limit(limit)])?;
+        collect_entries(rows)
+    }
+
+    /// Entries per state, the highest `terminal_seq`, the last sync and the last feed, read
+    /// in one statement (one snapshot).
+    pub fn counts(&self) -> Result<Counts, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT
+                 (SELECT COUNT(*) FROM journal WHERE state = 'pending'),
+                 (SELECT COUNT(*) FROM journal WHERE state = 'in_doubt'),
+                 (SELECT COUNT(*) FROM journal WHERE state = 'rejected'),
+                 (SELECT COUNT(*) FROM journal WHERE state = 'synced'),
+                 (SELECT MAX(terminal_seq) FROM journal),
+                 (SELECT value FROM replica_meta WHERE key = ?1),
+                 (SELECT value FROM replica_meta WHERE key = ?2)",
+        )?;
+        let mut rows = stmt.query(params![META_LAST_SYNC_AT, META_LAST_FEED_AT])?;
+        let row = rows
+            .next()?
+            .ok_or_else(|| corrupt("counts returned no row"))?;
+        let count = |i: usize| -> Result<u64, JournalError> {
+            let n: i64 = row.get(i)?;
+            u64::try_from(n).map_err(|_| corrupt(format!("a count of {n}")))
+        };
+        let last_seq = match row.get::<_, Option<i64>>(4)? {
+            Some(seq) => {
+                Some(TerminalSeq::new(seq).map_err(|_| corrupt(format!("terminal_seq {seq}")))?)
+            }
+            None => None,
+        };
+        Ok(Counts {
+            pending: count(0)?,
+            in_doubt: count(1)?,
+            rejected: count(2)?,
+            synced: count(3)?,
+            last_seq,
+            last_sync_at: opt_time(META_LAST_SYNC_AT, row.get(5)?)?,
+            last_feed_at: opt_time(META_LAST_FEED_AT, row.get(6)?)?,
+        })
+    }
+
+    /// What this terminal charged `uid` that the replica's balance does not reflect yet:
+    /// the value the offline policy takes as `local_charges` (positive = charged; negative when
+    /// this terminal's own top-ups and refunds outweigh its sales).
+    ///
+    /// Precisely: minus the sum of `amount_cents` over this card's entries whose `decision` is
+    /// `approved_online` or `approved_offline`, and which are either
+    /// - not `synced` (`pending`, `in_doubt`, or `rejected`: a rejected approval was served but
+    ///   will never reach the ledger's balance, so it keeps counting), or
+    /// - `synced` at or after the replica row's `fetched_at`, or `synced` while the card has
+    ///   no replica row at all.
+    ///
+    /// An entry synced strictly before `fetched_at` is taken as reflected in the replica's
+    /// balance. Entries without a decision (an online attempt in flight or in doubt) and
+    /// declined entries never count; so a void of an in-doubt attempt should carry 0 (or no
+    /// decision), since the attempt it cancels never counted either. Ties count (`>=`): when
+    /// in doubt, the rule counts a charge twice rather than not at all, so it errs toward
+    /// declining. This relies on [`Journal::apply_card_feed`]'s `now` being taken before the
+    /// feed request was sent, and on a clock that does not step backwards between a feed pull
+    /// and a later acknowledgement.
+    pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.terminal_seq, j.amount_cents FROM journal AS j
+             WHERE j.card_uid = ?1
+               AND j.decision IN ('approved_online', 'approved_offline')
+               AND (j.state <> 'synced'
+                    OR NOT EXISTS (SELECT 1 FROM replica_cards AS r
+                                   WHERE r.card_uid = ?1 AND r.fetched_at > j.synced_at))",
+        )?;
+        let mut rows = stmt.query([uid.as_str()])?;
+        let mut effect = Cents::ZERO;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let amount = Cents::new(row.get(1)?);
+            effect = effect
+                .checked_add(amount)
+                .map_err(|_| corrupt(format!("amounts of {uid} overflow at entry {seq}")))?;
+        }
+        effect
+            .checked_neg()
+            .map_err(|_| corrupt(format!("amounts of {uid} overflow")))
+    }
+
+    /// Applies one page of the card feed and its `next_cursor`, in one transaction.
+    ///
+    /// Each card row takes the feed's balance, status (`blocked`) and version and
+    /// `fetched_at = now`, unless the replica already holds a newer version of it (a page
+    /// applied twice or out of order never moves a card backwards). `now` must be the time the
+    /// feed request was *sent*: every acknowledgement after it is counted by
+    /// [`Journal::local_charges`]. Refused above [`FEED_CARDS_MAX`] cards or a cursor longer
+    /// than [`CURSOR_BYTES_MAX`] bytes.
+    pub fn apply_card_feed(
+        &mut self,
+        cards: &[(CardUid, Cents, bool, i64)],
+        next_cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if cards.len() > FEED_CARDS_MAX {
+            return Err(invalid(format!(
+                "{} cards in one feed page, at most {FEED_CARDS_MAX}",
+                cards.len()
+            )));
+        }
+        if next_cursor.len() > CURSOR_BYTES_MAX {
+            return Err(invalid(format!(
+                "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
+                next_cursor.len()
+            )));
+        }
+        let now_text = format_time(now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (card_uid) DO UPDATE SET
+                     balance_cents = excluded.balance_cents,
+                     status = excluded.status,
+                     version = excluded.version,
+                     fetched_at = excluded.fetched_at
+                 WHERE excluded.version >= replica_cards.version",
+            )?;
+            for (uid, balance, blocked, version) in cards {
+                let status = if *blocked { "blocked" } else { "active" };
+                upsert.execute(params![
+                    uid.as_str(),
+                    balance.get(),
+                    status,
+                    version,
+                    now_text
+                ])?;
+            }
+        }
+        set_meta(&tx, META_FEED_CURSOR, next_cursor)?;
+        set_meta(&tx, META_LAST_FEED_AT, &now_text)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The replica's view of a card and when it was fetched (the `as_of` of an offline
+    /// balance); `None` for a card the feed never carried.
+    pub fn replica_card(
+        &self,
+        uid: &CardUid,
+    ) -> Result<Option<(ReplicaCard, DateTime<Utc>)>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT balance_cents, status, fetched_at FROM replica_cards WHERE card_uid = ?1",
+        )?;
+        let mut rows = stmt.query([uid.as_str()])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let balance = Cents::new(row.get(0)?);
+        let status: String = row.get(1)?;
+        let blocked = match status.as_str() {
+            "active" => false,
+            "blocked" => true,
+            other => return Err(corrupt(format!("card {uid}: status {other:?}"))),
+        };
+        let fetched_at: String = row.get(2)?;
+        let fetched_at = parse_time(&fetched_at)
+            .ok_or_else(|| corrupt(format!("card {uid}: fetched_at {fetched_at:?}")))?;
+        Ok(Some((ReplicaCard { balance, blocked }, fetched_at)))
+    }
+
+    /// Where the next card-feed request starts: the last applied `next_cursor`, or `""` (the
+    /// beginning) before the first page.
+    pub fn feed_cursor(&self) -> Result<String, JournalError> {
+        Ok(get_meta(&self.conn, META_FEED_CURSOR)?.unwrap_or_default())
+    }
+
+    /// Replaces the cached catalog (and its `ETag`, `None` to forget it) in one transaction.
+    /// Refused above [`CATALOG_PRODUCTS_MAX`] products or with a product id twice; then the
+    /// previous catalog stays.
+    pub fn replace_catalog(
+        &mut self,
+        catalog: &Catalog,
+        etag: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if catalog.products.len() > CATALOG_PRODUCTS_MAX {
+            return Err(invalid(format!(
+                "{} products, at most {CATALOG_PRODUCTS_MAX}",
+                catalog.products.len()
+            )));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("DELETE FROM catalog_cache")?
+            .execute([])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO catalog_cache (product_id, position, name, price_cents, category)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (position, p) in catalog.products.iter().enumerate() {
+                insert.execute(params![
+                    p.product_id.as_str(),
+                    i64::try_from(position).map_err(invalid)?,
+                    p.name,
+                    p.price_cents.get(),
+                    p.category,
+                ])?;
+            }
+        }
+        set_meta(&tx, META_CATALOG_POINT_OF_SALE, &catalog.point_of_sale)?;
+        set_meta(&tx, META_CATALOG_CURRENCY, &catalog.currency)?;
+        match etag {
+            Some(etag) => set_meta(&tx, META_CATALOG_ETAG, etag)?,
+            None => delete_meta(&tx, META_CATALOG_ETAG)?,
+        }
+        set_meta(&tx, META_CATALOG_FETCHED_AT, &format_time(now))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The cached catalog and when it was fetched; `None` before the first
+    /// [`Journal::replace_catalog`].
+    pub fn catalog(&self) -> Result<Option<(Catalog, DateTime<Utc>)>, JournalError> {
+        let Some(fetched_at) = get_meta(&self.conn, META_CATALOG_FETCHED_AT)? else {
+            return Ok(None);
+        };
+        let fetched_at = parse_time(&fetched_at)
+            .ok_or_else(|| corrupt(format!("catalog fetched_at {fetched_at:?}")))?;
+        let point_of_sale = get_meta(&self.conn, META_CATALOG_POINT_OF_SALE)?.unwrap_or_default();
+        let currency = get_meta(&self.conn, META_CATALOG_CURRENCY)?.unwrap_or_default();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT product_id, name, price_cents, category FROM catalog_cache
+             ORDER BY position LIMIT ?1",
+        )?;
+        let mut rows = stmt.query([sql_limit(CATALOG_PRODUCTS_MAX)])?;
+        let mut products = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            products.push(CatalogProduct {
+                product_id: ProductId::parse(&id)
+                    .map_err(|e| corrupt(format!("catalog product id {id:?}: {e}")))?,
+                name: row.get(1)?,
+                price_cents: Cents::new(row.get(2)?),
+                category: row.get(3)?,
+            });
+        }
+        let catalog = Catalog {
+            point_of_sale,
+            currency,
+            products,
+        };
+        Ok(Some((catalog, fetched_at)))
+    }
+
+    /// The `ETag` of the cached catalog, for `If-None-Match`.
+    pub fn catalog_etag(&self) -> Result<Option<String>, JournalError> {
+        get_meta(&self.conn, META_CATALOG_ETAG)
+    }
+
+    /// Replaces the cached staff list in one transaction. Refused above [`STAFF_MAX`]
+    /// members or with a staff id twice; then the previous list stays.
+    pub fn replace_staff(
+        &mut self,
+        staff: &[CachedStaff],
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if staff.len() > STAFF_MAX {
+            return Err(invalid(format!(
+                "{} staff members, at most {STAFF_MAX}",
+                staff.len()
+            )));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("DELETE FROM staff_cache")?.execute([])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO staff_cache (staff_id, name, role, active, pin_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in staff {
+                insert.execute(params![
+                    s.staff_id.as_str(),
+                    s.name,
+                    s.role.as_str(),
+                    s.active,
+                    s.pin_hash,
+                ])?;
+            }
+        }
+        set_meta(&tx, META_STAFF_FETCHED_AT, &format_time(now))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The cached staff list, by staff id.
+    pub fn staff(&self) -> Result<Vec<CachedStaff>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT staff_id, name, role, active, pin_hash FROM staff_cache
+             ORDER BY staff_id LIMIT ?1",
+        )?;
+        let mut rows = stmt.query([sql_limit(STAFF_MAX)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(staff_from_row(row)?);
+        }
+        Ok(out)
+    }
+
+    /// One cached staff member, for login.
+    pub fn staff_member(&self, id: &StaffId) -> Result<Option<CachedStaff>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT staff_id, name, role, active, pin_hash FROM staff_cache WHERE staff_id = ?1",
+        )?;
+        let mut rows = stmt.query([id.as_str()])?;
+        match rows.next()? {
+            Some(row) => staff_from_row(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends a card presentation to the scan log; returns its local id. Refused
+    /// ([`JournalError::Invalid`]) when the ledger would refuse it (`Scan::validate`), so that
+    /// one bad scan cannot block every later upload.
+    pub fn record_scan(&mut self, scan: &Scan) -> Result<i64, JournalError> {
+        scan.validate(0)
+            .map_err(|e| invalid(format!("scan {}: {}", e.field, e.message)))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "INSERT INTO scan_log (card_uid, result, reader, scanned_at, terminal_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            scan.card_uid.as_str(),
+            scan.result,
+            scan.reader,
+            format_time(scan.scanned_at),
+            scan.terminal_seq.map(TerminalSeq::get),
+        ])?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The oldest scans not yet uploaded, at most `limit` (clamped to [`SCANS_MAX`], one
+    /// upload).
+    pub fn unuploaded_scans(&self, limit: usize) -> Result<Vec<LoggedScan>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, card_uid, result, reader, scanned_at, terminal_seq FROM scan_log
+             WHERE uploaded = 0 ORDER BY id LIMIT ?1",
+        )?;
+        let mut rows = stmt.query([sql_limit(limit.min(SCANS_MAX))])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let uid: String = row.get(1)?;
+            let scanned_at: String = row.get(4)?;
+            let terminal_seq = match row.get::<_, Option<i64>>(5)? {
+                Some(seq) => Some(
+                    TerminalSeq::new(seq)
+                        .map_err(|_| corrupt(format!("scan {id}: terminal_seq {seq}")))?,
+                ),
+                None => None,
+            };
+            out.push(LoggedScan {
+                id,
+                scan: Scan {
+                    card_uid: CardUid::parse(&uid)
+                        .map_err(|e| corrupt(format!("scan {id}: card_uid {uid:?}: {e}")))?,
+                    result: row.get(2)?,
+                    reader: row.get(3)?,
+                    scanned_at: parse_time(&scanned_at)
+                        .ok_or_else(|| corrupt(format!("scan {id}: scanned_at {scanned_at:?}")))?,
+                    terminal_seq,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks scans uploaded (at most [`SCANS_MAX`] ids, one upload); returns how many were
+    /// not marked before. Unknown ids are ignored.
+    pub fn mark_scans_uploaded(&mut self, ids: &[i64]) -> Result<usize, JournalError> {
+        if ids.len() > SCANS_MAX {
+            return Err(invalid(format!(
+                "{} scan ids, at most {SCANS_MAX}",
+                ids.len()
+            )));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut marked = 0;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE scan_log SET uploaded = 1 WHERE id = ?1 AND uploaded = 0",
+            )?;
+            for id in ids {
+                marked += update.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(marked)
+    }
+
+    /// Copies the write-ahead log into the database file without waiting for anyone
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`). SQLite also does it by itself every 1000 pages
+    /// during a commit; the daemon may call this while idle so that a sale's commit seldom
+    /// pays for the copy.
+    pub fn checkpoint(&self) -> Result<(), JournalError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// A read-only connection; reads the schema version so that an unreadable file fails here.
+/// `immutable` reads the database file alone, without locks, `-shm` or `-wal`.
+fn connect_read_only(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let uri = format!("file:{}?immutable=1", uri_path(path));
+        Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?
+    } else {
+        Connection::open_with_flags(path, flags)?
+    };
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
+}
+
+/// Whether `<path>-wal` may hold committed entries: it exists and is not empty, or it cannot
+/// be examined.
+fn wal_may_hold_data(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::metadata(&wal) {
+        Ok(meta) => meta.len() > 0,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// A path as the path part of an SQLite `file:` URI: every byte outside `A-Z a-z 0-9 / . _ -`
+/// percent-encoded, so that `?`, `#` and `%` in a file name stay part of the name.
+fn uri_path(path: &Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Applies the migrations that are not applied yet; returns the schema version.
+fn migrate(conn: &mut Connection) -> Result<i64, JournalError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = i64::try_from(MIGRATIONS.len()).map_err(corrupt)?;
+    if current > known {
+        return Err(corrupt(format!(
+            "the journal has schema version {current}, newer than this program's {known}"
+        )));
+    }
+    let applied = usize::try_from(current)
+        .map_err(|_| corrupt(format!("the journal has schema version {current}")))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).map_err(corrupt)?,
+        )?;
+        tx.commit()?;
+    }
+    Ok(known)
+}
+
+/// One batch of the ledger at most, so that one transaction stays small.
+fn check_batch_len(len: usize) -> Result<(), JournalError> {
+    if len > BATCH_OPERATIONS_MAX {
+        return Err(invalid(format!(
+            "{len} entries in one call, at most {BATCH_OPERATIONS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// An order never credits the card and a top-up never debits it; `local_charges` relies on it.
+fn check_amount(operation: OperationKind, amount: Cents) -> Result<(), JournalError> {
+    let ok = match operation {
+        OperationKind::Order => amount <= Cents::ZERO,
+        OperationKind::Recharge => amount >= Cents::ZERO,
+        OperationKind::Void => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "an {operation} with amount_cents {}",
+            amount.get()
+        )))
+    }
+}
+
+/// The request body must carry the entry's ids: replay sends it as is, and the ledger keys
+/// idempotency and sequence tracking on them.
+fn check_body(
+    body: &Value,
+    client_request_id: ClientRequestId,
+    seq: TerminalSeq,
+) -> Result<(), JournalError> {
+    let crid_ok = body.get("client_request_id").and_then(Value::as_str)
+        == Some(client_request_id.to_string().as_str());
+    let seq_ok = body.get("terminal_seq").and_then(Value::as_i64) == Some(seq.get());
+    if crid_ok && seq_ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "the request body must be an object with \"client_request_id\": \"{client_request_id}\" \
+             and \"terminal_seq\": {}",
+            seq.get()
+        )))
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// A list limit as SQL wants it, clamped to [`LIST_LIMIT_MAX`].
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit.min(LIST_LIMIT_MAX)).unwrap_or(0)
+}
+
+fn state_of(conn: &Connection, seq: TerminalSeq) -> Result<EntryState, JournalError> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT state FROM journal WHERE terminal_seq = ?1")?
+        .query_row([seq.get()], |r| r.get(0))
+        .optional()?;
+    let text =
+        text.ok_or_else(|| invalid(format!("no journal entry with terminal_seq {}", seq.get())))?;
+    EntryState::parse(&text).ok_or_else(|| corrupt(format!("entry {}: state {text:?}", seq.get())))
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), JournalError> {
+    conn.prepare_cached(
+        "INSERT INTO replica_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+fn delete_meta(conn: &Connection, key: &str) -> Result<(), JournalError> {
+    conn.prepare_cached("DELETE FROM replica_meta WHERE key = ?1")?
+        .execute([key])?;
+    Ok(())
+}
+
+fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, JournalError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM replica_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn opt_time(what: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, JournalError> {
+    match text {
+        Some(text) => parse_time(&text)
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("{what} {text:?}"))),
+        None => Ok(None),
+    }
+}
+
+fn collect_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Entry>, JournalError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(entry_from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// Reads one entry ([`ENTRY_COLUMNS`]) and checks every value again: what comes back from the
+/// file is data, not a promise.
+fn entry_from_row(row: &Row<'_>) -> Result<Entry, JournalError> {
+    let seq: i64 = row.get(0)?;
+    let bad =
+        |column: &str, value: &dyn fmt::Debug| corrupt(format!("entry {seq}: {column} {value:?}"));
+    let terminal_seq = TerminalSeq::new(seq).map_err(|_| bad("terminal_seq", &seq))?;
+    let crid: String = row.get(1)?;
+    let client_request_id =
+        ClientRequestId::parse(&crid).map_err(|_| bad("client_request_id", &crid))?;
+    let operation: String = row.get(2)?;
+    let operation = OperationKind::parse(&operation).ok_or_else(|| bad("operation", &operation))?;
+    let mode: String = row.get(3)?;
+    let mode = Mode::try_from(mode.clone()).map_err(|_| bad("mode", &mode))?;
+    let request_json: String = row.get(4)?;
+    if serde_json::from_str::<serde::de::IgnoredAny>(&request_json).is_err() {
+        return Err(bad("request_json", &request_json));
+    }
+    let card_uid = match row.get::<_, Option<String>>(5)? {
+        Some(uid) => Some(CardUid::parse(&uid).map_err(|_| bad("card_uid", &uid))?),
+        None => None,
+    };
+    let amount_cents = Cents::new(row.get(6)?);
+    let state: String = row.get(7)?;
+    let state = EntryState::parse(&state).ok_or_else(|| bad("state", &state))?;
+    let decision = match row.get::<_, Option<String>>(8)? {
+        Some(d) => Some(Decision::parse(&d).ok_or_else(|| bad("decision", &d))?),
+        None => None,
+    };
+    let attempts: i64 = row.get(10)?;
+    let attempts = u32::try_from(attempts).map_err(|_| bad("attempts", &attempts))?;
+    let ledger_status = match row.get::<_, Option<i64>>(12)? {
+        Some(s) => Some(u16::try_from(s).map_err(|_| bad("ledger_status", &s))?),
+        None => None,
+    };
+    let time = |i: usize, column: &str| -> Result<Option<DateTime<Utc>>, JournalError> {
+        match row.get::<_, Option<String>>(i)? {
+            Some(text) => parse_time(&text)
+                .map(Some)
+                .ok_or_else(|| bad(column, &text)),
+            None => Ok(None),
+        }
+    };
+    let created_at = time(14, "created_at")?.ok_or_else(|| bad("created_at", &"NULL"))?;
+    let updated_at = time(15, "updated_at")?.ok_or_else(|| bad("updated_at", &"NULL"))?;
+    let synced_at = time(16, "synced_at")?;
+    if (state == EntryState::Synced) != synced_at.is_some() {
+        return Err(bad("synced_at with state", &(state.as_str(), synced_at)));
+    }
+    Ok(Entry {
+        terminal_seq,
+        client_request_id,
+        operation,
+        mode,
+        request_json,
+        card_uid,
+        amount_cents,
+        state,
+        decision,
+        decline_reason: row.get(9)?,
+        attempts,
+        last_error: row.get(11)?,
+        ledger_status,
+        ledger_body: row.get(13)?,
+        created_at,
+        updated_at,
+        synced_at,
+    })
+}
+
+fn staff_from_row(row: &Row<'_>) -> Result<CachedStaff, JournalError> {
+    let id: String = row.get(0)?;
+    let role: String = row.get(2)?;
+    Ok(CachedStaff {
+        staff_id: StaffId::parse(&id).map_err(|e| corrupt(format!("staff id {id:?}: {e}")))?,
+        name: row.get(1)?,
+        role: StaffRole::parse(&role)
+            .ok_or_else(|| corrupt(format!("staff {id}: role {role:?}")))?,
+        active: row.get(3)?,
+        pin_hash: row.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for k in OperationKind::ALL {
+            assert_eq!(OperationKind::parse(k.as_str()), Some(*k));
+        }
+        for s in EntryState::ALL {
+            assert_eq!(EntryState::parse(s.as_str()), Some(*s));
+        }
+        for d in Decision::ALL {
+            assert_eq!(Decision::parse(d.as_str()), Some(*d));
+        }
+        for bad in ["", "Pending", "PENDING", "synced ", "approved", "refund"] {
+            assert_eq!(EntryState::parse(bad), None, "{bad:?}");
+            assert_eq!(Decision::parse(bad), None, "{bad:?}");
+            assert_eq!(OperationKind::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            serde_json::to_value(EntryState::InDoubt).ok(),
+            Some(Value::from("in_doubt"))
+        );
+    }
+
+    #[test]
+    fn state_moves() {
+        use EntryState::*;
+        // (from, to, allowed)
+        let cases = [
+            (Pending, Pending, true),
+            (Pending, InDoubt, true),
+            (Pending, Synced, true),
+            (Pending, Rejected, true),
+            (InDoubt, Pending, true),
+            (InDoubt, InDoubt, true),
+            (InDoubt, Synced, true),
+            (InDoubt, Rejected, true),
+            (Rejected, Pending, true),
+            (Rejected, Rejected, true),
+            (Rejected, InDoubt, false),
+            (Rejected, Synced, false),
+            (Synced, Pending, false),
+            (Synced, InDoubt, false),
+            (Synced, Synced, false),
+            (Synced, Rejected, false),
+        ];
+        assert_eq!(cases.len(), EntryState::ALL.len() * EntryState::ALL.len());
+        for (from, to, allowed) in cases {
+            assert_eq!(from.can_become(to), allowed, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn sqlite_failures_are_classified() {
+        use rusqlite::ffi;
+        let cases = [
+            (ffi::SQLITE_FULL, "io"),
+            (ffi::SQLITE_READONLY, "io"),
+            (ffi::SQLITE_PERM, "io"),
+            (ffi::SQLITE_IOERR, "io"),
+            (ffi::SQLITE_IOERR_FSYNC, "io"),
+            (ffi::SQLITE_CANTOPEN, "io"),
+            (ffi::SQLITE_BUSY, "io"),
+            (ffi::SQLITE_CORRUPT, "corrupt"),
+            (ffi::SQLITE_NOTADB, "corrupt"),
+            (ffi::SQLITE_ERROR, "corrupt"),
+            (ffi::SQLITE_CONSTRAINT_UNIQUE, "invalid"),
+        ];
+        for (code, kind) in cases {
+            let e = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+            let got = match classify(e) {
+                JournalError::Io(_) => "io",
+                JournalError::Corrupt(_) => "corrupt",
+                JournalError::Invalid(_) => "invalid",
+            };
+            assert_eq!(got, kind, "code {code}");
+        }
+        let full = classify(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_FULL),
+            None,
+        ));
+        assert!(full.to_string().contains("disk full"), "{full}");
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_character_boundary() {
+        let cases = [
+            ("", 4, ""),
+            ("abc", 4, "abc"),
+            ("abcd", 4, "abcd"),
+            ("abcde", 4, "abcd"),
+            ("ab€", 4, "ab"),
+            ("€€", 3, "€"),
+        ];
+        for (text, max, expected) in cases {
+            assert_eq!(bounded(text.to_owned(), max), expected, "{text:?} {max}");
+        }
+    }
+
+    #[test]
+    fn amounts_must_have_the_operation_sign() {
+        use OperationKind::*;
+        let cases = [
+            (Order, -500, true),
+            (Order, 0, true),
+            (Order, 1, false),
+            (Recharge, 500, true),
+            (Recharge, 0, true),
+            (Recharge, -1, false),
+            (Void, 500, true),
+            (Void, -500, true),
+        ];
+        for (op, amount, ok) in cases {
+            assert_eq!(
+                check_amount(op, Cents::new(amount)).is_ok(),
+                ok,
+                "{op} {amount}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_bodies_must_carry_the_ids() {
+        let crid = ClientRequestId::new_random();
+        let seq = TerminalSeq::new(7).unwrap();
+        let other = ClientRequestId::new_random();
+        let cases = [
+            (
+                serde_json::json!({"client_request_id": crid, "terminal_seq": 7}),
+                true,
+            ),
+            (
+                serde_json::json!({"type": "order", "client_request_id": crid, "terminal_seq": 7, "x": 1}),
+                true,
+            ),
+            (
+                serde_json::json!({"client_request_id": crid, "terminal_seq": 8}),
+                false,
+            ),
+            (
+                serde_json::json!({"client_request_id": crid, "terminal_seq": "7"}),
+                false,
+            ),
+            (
+                serde_json::json!({"client_request_id": other, "terminal_seq": 7}),
+                false,
+            ),
+            (serde_json::json!({"terminal_seq": 7}), false),
+            (serde_json::json!([crid, 7]), false),
+            (Value::Null, false),
+        ];
+        for (body, ok) in cases {
+            assert_eq!(check_body(&body, crid, seq).is_ok(), ok, "{body}");
+        }
+    }
+
+    #[test]
+    fn odd_file_names_survive_the_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["j.db", "a b?c=1#d%20e.db", "ü.db"] {
+            let path = dir.path().join(name);
+            drop(Journal::open(&path).unwrap());
+            // Read as `immutable` (what a read-only directory forces): the same file.
+            let conn = connect_read_only(&path, true).unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 1, "{name}");
+        }
+        assert_eq!(uri_path(Path::new("/t/a b?#%.db")), "/t/a%20b%3F%23%25.db");
+    }
+
+    #[test]
+    fn a_wal_with_content_is_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let wal = dir.path().join("j.db-wal");
+        assert!(!wal_may_hold_data(&path));
+        std::fs::write(&wal, b"").unwrap();
+        assert!(!wal_may_hold_data(&path));
+        std::fs::write(&wal, b"frames").unwrap();
+        assert!(wal_may_hold_data(&path));
+    }
+
+    #[test]
+    fn migrations_apply_once_and_refuse_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        drop(Journal::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            Journal::open(&path),
+            Err(JournalError::Corrupt(_))
+        ));
+        assert!(matches!(
+            Journal::open_read_only(&path),
+            Err(JournalError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,12 @@
+//! The terminal daemon: journal first, then the network; online or offline within limits;
+//! replay until the ledger acknowledged everything.
+//!
+//! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
+//! - [`config`]: the terminal's configuration file.
+//! - [`core`]: pure decisions (offline policy, replay rules).
+//! - [`journal`]: the durable SQLite journal, card replica and feed caches.
+
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod journal;

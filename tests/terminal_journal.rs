@@ -835,6 +835,16 @@ fn local_charges_count_what_the_replica_does_not_reflect() {
         ),
         ("another card's sale", &[(1, OtherCard(500))], 0),
         (
+            "a rejected sale keeps counting, a rejected top-up gives no room",
+            &[
+                (1, Append(Order, -500, Some(Off), Pending)),
+                (2, Settle(Rejected)),
+                (3, Append(Recharge, 1000, Some(Off), Pending)),
+                (4, Settle(Rejected)),
+            ],
+            500,
+        ),
+        (
             "synced, but the card has no replica row",
             &[
                 (1, Append(Order, -500, Some(Off), Pending)),

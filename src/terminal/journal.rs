@@ -834,8 +834,10 @@ impl Journal {
     ///
     /// Precisely: minus the sum of `amount_cents` over this card's entries whose `decision` is
     /// `approved_online` or `approved_offline`, and which are either
-    /// - not `synced` (`pending`, `in_doubt`, or `rejected`: a rejected approval was served but
-    ///   will never reach the ledger's balance, so it keeps counting), or
+    /// - not `synced` (`pending`, `in_doubt`, or `rejected`: a rejected sale was served but
+    ///   will never reach the ledger's balance, so it keeps counting; a rejected credit, a
+    ///   top-up or refund the ledger refused, never counts, since counting it would give the
+    ///   card spending room that exists nowhere), or
     /// - `synced` at or after the replica row's `fetched_at`, or `synced` while the card has
     ///   no replica row at all.
     ///
@@ -852,6 +854,7 @@ impl Journal {
             "SELECT j.terminal_seq, j.amount_cents FROM journal AS j
              WHERE j.card_uid = ?1
                AND j.decision IN ('approved_online', 'approved_offline')
+               AND (j.state <> 'rejected' OR j.amount_cents < 0)
                AND (j.state <> 'synced'
                     OR NOT EXISTS (SELECT 1 FROM replica_cards AS r
                                    WHERE r.card_uid = ?1 AND r.fetched_at > j.synced_at))",

@@ -5,8 +5,10 @@
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (offline policy, replay rules).
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
+//! - [`sync`]: replaying the journal to the ledger and pulling the card feed.
 
 pub mod client;
 pub mod config;
 pub mod core;
 pub mod journal;
+pub mod sync;

@@ -11,7 +11,8 @@ use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::model::{StaffRole, TerminalKind};
 use crate::ledger::server;
 use crate::ledger::store::LedgerStore;
-use crate::terminal::config::{TerminalConfig, TerminalOverrides};
+use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
+use crate::terminal::daemon::{Daemon, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -47,8 +48,20 @@ struct TerminalArgs {
         default_value = "/etc/cashless/terminal.toml"
     )]
     config: PathBuf,
+    /// The front end: jsonl (commands on stdin, events on stdout). The TUI comes later.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    ui: TerminalUi,
+    /// The card reader; overrides [reader] backend. Only `simulated` is built so far.
+    #[arg(long, value_enum)]
+    reader: Option<ReaderBackend>,
     #[command(subcommand)]
-    command: TerminalCommandLine,
+    command: Option<TerminalCommandLine>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TerminalUi {
+    /// JSON lines on stdin and stdout.
+    Jsonl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,7 +273,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
         Command::Terminal(args) => match args.command {
-            TerminalCommandLine::Status => {
+            None => {
+                let config =
+                    TerminalConfig::load(&args.config, &TerminalOverrides::from_env(args.reader))?;
+                if config.reader_backend != ReaderBackend::Simulated {
+                    anyhow::bail!("--reader pcsc is not built yet; run with --reader simulated");
+                }
+                let TerminalUi::Jsonl = args.ui;
+                let daemon = Daemon::open(config)?;
+                runtime()?.block_on(async {
+                    let input = tokio::io::BufReader::new(tokio::io::stdin());
+                    run_jsonl(
+                        daemon,
+                        input,
+                        tokio::io::stdout(),
+                        server::shutdown_signal(),
+                    )
+                    .await
+                })?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(TerminalCommandLine::Status) => {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;
                 let journal = Journal::open_read_only(&config.journal).with_context(|| {

@@ -17,7 +17,7 @@ CREATE TABLE journal (
     -- void +refund (or -amount for a reversed top-up), 0 when unknown.
     amount_cents      INTEGER NOT NULL,
     state             TEXT NOT NULL
-                      CHECK (state IN ('pending', 'in_doubt', 'synced', 'rejected')),
+                      CHECK (state IN ('sending', 'pending', 'in_doubt', 'synced', 'rejected')),
     decision          TEXT
                       CHECK (decision IN ('approved_online', 'approved_offline', 'declined')),
     decline_reason    TEXT,

@@ -276,6 +276,15 @@ impl LedgerClient {
             .await
     }
 
+    /// `GET /v1/cards/{uid}`: the answer as it is (200 with the card, 404 unknown card).
+    pub async fn card(&self, uid: &CardUid) -> Result<Answer, ClientError> {
+        self.send(
+            self.http.get(self.url(&format!("/v1/cards/{uid}"))),
+            self.timeout,
+        )
+        .await
+    }
+
     /// Who this token belongs to, and the ledger's clock.
     pub async fn me(&self) -> Result<TerminalMe, ClientError> {
         self.get_json("/v1/terminals/me").await

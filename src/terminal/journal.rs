@@ -190,6 +190,9 @@ db_enum!(
 db_enum!(
     /// Where a journal entry stands with the ledger.
     EntryState {
+        /// An online attempt being sent right now; the sync worker leaves it alone. Found at
+        /// startup, it was cut off by a crash: it is in doubt.
+        Sending => "sending",
         /// To send (online) or to replay (offline); the sync worker takes these.
         Pending => "pending",
         /// Sent online, no answer: the ledger may or may not have applied it.
@@ -225,6 +228,7 @@ impl EntryState {
     ///
     /// | from       | to                                       |
     /// |------------|------------------------------------------|
+    /// | `sending`  | any                                      |
     /// | `pending`  | `pending`, `in_doubt`, `synced`, `rejected` |
     /// | `in_doubt` | `pending`, `in_doubt`, `synced`, `rejected` |
     /// | `rejected` | `pending` (re-queued), `rejected`        |
@@ -234,7 +238,7 @@ impl EntryState {
     pub fn can_become(self, next: EntryState) -> bool {
         use EntryState::*;
         match self {
-            Pending | InDoubt => true,
+            Sending | Pending | InDoubt => true,
             Rejected => matches!(next, Pending | Rejected),
             Synced => false,
         }
@@ -796,7 +800,7 @@ impl Journal {
         let mut stmt = self.conn.prepare_cached(
             "SELECT
                  (SELECT COUNT(*) FROM journal WHERE state = 'pending'),
-                 (SELECT COUNT(*) FROM journal WHERE state = 'in_doubt'),
+                 (SELECT COUNT(*) FROM journal WHERE state IN ('in_doubt', 'sending')),
                  (SELECT COUNT(*) FROM journal WHERE state = 'rejected'),
                  (SELECT COUNT(*) FROM journal WHERE state = 'synced'),
                  (SELECT MAX(terminal_seq) FROM journal),
@@ -1510,6 +1514,15 @@ mod tests {
         use EntryState::*;
         // (from, to, allowed)
         let cases = [
+            (Sending, Sending, true),
+            (Sending, Pending, true),
+            (Sending, InDoubt, true),
+            (Sending, Synced, true),
+            (Sending, Rejected, true),
+            (Pending, Sending, true),
+            (InDoubt, Sending, true),
+            (Rejected, Sending, false),
+            (Synced, Sending, false),
             (Pending, Pending, true),
             (Pending, InDoubt, true),
             (Pending, Synced, true),

@@ -4,11 +4,13 @@
 //! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (offline policy, replay rules).
+//! - [`daemon`]: the main loop on the JSON-lines interface: tap, journal, online or offline.
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
 //! - [`sync`]: replaying the journal to the ledger and pulling the card feed.
 
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod daemon;
 pub mod journal;
 pub mod sync;

@@ -1,0 +1,850 @@
+//! The terminal daemon's main loop, driven through the JSON-lines interface
+//! (spec/interfaces.md): commands on stdin, events on stdout.
+//!
+//! The order of effects for a tap is the product's contract (spec/product.md, bar order):
+//! 1. the operation is written to the journal (fsync) before any network call;
+//! 2. online: the ledger is asked with the configured timeout; its answer is journaled,
+//!    then shown;
+//! 3. no definitive answer: the attempt is marked in doubt and a void of it is journaled;
+//! 4. offline (or after 3): the offline policy decides; an approval is journaled as a new
+//!    operation before it is shown.
+//!
+//! A background task replays pending entries and refreshes the card replica, catalog and
+//! staff caches; it reports through a channel, and the main loop writes every event.
+
+use super::client::LedgerClient;
+use super::config::TerminalConfig;
+use super::core::login::LoginGuard;
+use super::core::online::{self, OnlineOutcome};
+use super::core::policy::{OfflineLimits, decide_offline_order};
+use super::core::replay::Backoff;
+use super::journal::{
+    CachedStaff, Catalog, Decision, EntryState, Journal, NewEntry, OperationKind,
+};
+use super::sync::{SharedJournal, pull_card_feed, replay_round};
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::ledger::model::{
+    Mode, ORDER_ITEMS_MAX, Operation, OrderItem, OrderRequest, PaymentMethod, QUANTITY_MAX,
+    RECHARGE_AMOUNT_CENTS_MAX, RechargeRequest, TerminalKind, VoidReason, VoidRequest, format_time,
+};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Longest command line read; a longer one is refused and skipped.
+pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+/// Events the sync task may queue for the main loop.
+pub const SYNC_EVENTS_MAX: usize = 64;
+
+/// What a command armed: the next card pays for it, receives it, or shows its balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Armed {
+    Pay(Payment),
+    Balance,
+}
+
+/// A money operation waiting for its card, with the staff member who armed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Payment {
+    staff: StaffId,
+    kind: PaymentKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PaymentKind {
+    Order {
+        items: Vec<OrderItem>,
+        total: Cents,
+    },
+    Topup {
+        amount: Cents,
+        method: PaymentMethod,
+    },
+}
+
+impl Payment {
+    /// `order` or `topup`, as events name them.
+    fn operation(&self) -> &'static str {
+        match self.kind {
+            PaymentKind::Order { .. } => "order",
+            PaymentKind::Topup { .. } => "topup",
+        }
+    }
+
+    /// The money moved.
+    fn total(&self) -> Cents {
+        match self.kind {
+            PaymentKind::Order { total, .. } => total,
+            PaymentKind::Topup { amount, .. } => amount,
+        }
+    }
+
+    /// The ledger request, numbered `seq`.
+    fn request(
+        &self,
+        uid: &CardUid,
+        crid: ClientRequestId,
+        seq: TerminalSeq,
+        mode: Mode,
+    ) -> Operation {
+        match &self.kind {
+            PaymentKind::Order { items, total } => Operation::Order(OrderRequest {
+                client_request_id: crid,
+                terminal_seq: seq,
+                card_uid: uid.clone(),
+                items: items.clone(),
+                total_cents: *total,
+                staff_id: self.staff.clone(),
+                created_at: Utc::now(),
+                mode,
+            }),
+            PaymentKind::Topup { amount, method } => Operation::Recharge(RechargeRequest {
+                client_request_id: crid,
+                terminal_seq: seq,
+                card_uid: uid.clone(),
+                amount_cents: *amount,
+                payment_method: *method,
+                staff_id: self.staff.clone(),
+                created_at: Utc::now(),
+                mode,
+            }),
+        }
+    }
+
+    /// The journal's view: kind and signed effect on the card.
+    fn journal_kind(&self) -> (OperationKind, Cents) {
+        match &self.kind {
+            PaymentKind::Order { total, .. } => (
+                OperationKind::Order,
+                Cents::ZERO.checked_sub(*total).unwrap_or(Cents::ZERO),
+            ),
+            PaymentKind::Topup { amount, .. } => (OperationKind::Recharge, *amount),
+        }
+    }
+}
+
+/// A command on stdin.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum Command {
+    Login {
+        staff_id: String,
+        pin: String,
+    },
+    Order {
+        items: Vec<CommandItem>,
+    },
+    Topup {
+        amount_cents: i64,
+        payment_method: PaymentMethod,
+    },
+    Tap {
+        uid: String,
+    },
+    Balance,
+    Cancel,
+    Status,
+    Quit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandItem {
+    product_id: String,
+    quantity: i64,
+}
+
+fn error_event(code: &str, message: impl Into<String>) -> Value {
+    json!({ "event": "error", "code": code, "message": message.into() })
+}
+
+/// The daemon's state between commands.
+pub struct Daemon {
+    config: TerminalConfig,
+    journal: SharedJournal,
+    client: LedgerClient,
+    online: Arc<AtomicBool>,
+    staff: Option<StaffId>,
+    armed: Option<Armed>,
+    guard: LoginGuard,
+    started: Instant,
+}
+
+type JournalResult<T> = Result<T, super::journal::JournalError>;
+
+impl Daemon {
+    /// Opens the journal and recovers from a crash: every online attempt that was being
+    /// sent when the daemon stopped is in doubt, and gets a void.
+    pub fn open(config: TerminalConfig) -> anyhow::Result<Daemon> {
+        let mut journal = Journal::open(&config.journal).map_err(|e| {
+            anyhow::anyhow!("cannot open the journal {}: {e}", config.journal.display())
+        })?;
+        recover(&mut journal)?;
+        let client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
+        Ok(Daemon {
+            config,
+            journal: Arc::new(Mutex::new(journal)),
+            client,
+            online: Arc::new(AtomicBool::new(true)),
+            staff: None,
+            armed: None,
+            guard: LoginGuard::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn with_journal<T>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> JournalResult<T>,
+    ) -> JournalResult<T> {
+        let mut j = self
+            .journal
+            .lock()
+            .map_err(|e| super::journal::JournalError::Invalid(e.to_string()))?;
+        f(&mut j)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn status_event(&self) -> Value {
+        match self.with_journal(|j| j.counts()) {
+            Ok(c) => json!({
+                "event": "status", "online": self.online.load(Ordering::Relaxed),
+                "pending": c.pending, "in_doubt": c.in_doubt, "rejected": c.rejected,
+                "last_sync_at": c.last_sync_at.map(format_time), "reader": "simulated",
+                "staff": self.staff.as_ref().map(StaffId::as_str),
+            }),
+            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
+    }
+
+    /// Handles one command line; returns the events to write and whether to stop.
+    pub async fn handle_line(&mut self, line: &str) -> (Vec<Value>, bool) {
+        let command: Command = match serde_json::from_str(line) {
+            Ok(c) => c,
+            Err(e) => return (vec![error_event("INVALID_COMMAND", e.to_string())], false),
+        };
+        match command {
+            Command::Quit => (vec![], true),
+            Command::Status => (vec![self.status_event()], false),
+            Command::Cancel => {
+                self.armed = None;
+                (vec![json!({ "event": "cancelled" })], false)
+            }
+            Command::Login { staff_id, pin } => (vec![self.login(&staff_id, &pin)], false),
+            Command::Order { items } => (vec![self.arm_order(&items)], false),
+            Command::Topup {
+                amount_cents,
+                payment_method,
+            } => (vec![self.arm_topup(amount_cents, payment_method)], false),
+            Command::Balance => {
+                self.armed = Some(Armed::Balance);
+                (
+                    vec![json!({ "event": "armed", "operation": "balance" })],
+                    false,
+                )
+            }
+            Command::Tap { uid } => match CardUid::parse(&uid) {
+                Ok(uid) => (self.tap(uid).await, false),
+                Err(e) => (vec![error_event("INVALID_UID", e.to_string())], false),
+            },
+        }
+    }
+
+    fn login(&mut self, staff_id: &str, pin: &str) -> Value {
+        let refuse = |message: &str| json!({ "event": "login", "ok": false, "message": message });
+        let Ok(id) = StaffId::parse(staff_id) else {
+            return refuse("unknown staff id");
+        };
+        let now = self.now_ms();
+        if let Err(locked) = self.guard.check(&id, now) {
+            let seconds = locked.until_ms.saturating_sub(now).div_ceil(1000);
+            return refuse(&format!("too many wrong PINs; try again in {seconds} s"));
+        }
+        let member: Option<CachedStaff> = match self.with_journal(|j| j.staff_member(&id)) {
+            Ok(m) => m,
+            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        };
+        let Some(member) = member.filter(|m| m.active) else {
+            return refuse("unknown staff id");
+        };
+        let matched = argon2::PasswordHash::new(&member.pin_hash)
+            .map(|hash| {
+                use argon2::PasswordVerifier;
+                argon2::Argon2::default()
+                    .verify_password(pin.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if let Some(locked) = self.guard.record(&id, matched, now) {
+            let seconds = locked.until_ms.saturating_sub(now).div_ceil(1000);
+            return refuse(&format!("wrong PIN; locked for {seconds} s"));
+        }
+        if !matched {
+            return refuse("wrong PIN");
+        }
+        self.staff = Some(id.clone());
+        json!({ "event": "login", "ok": true, "staff_id": id.as_str(), "name": member.name, "role": member.role.as_str() })
+    }
+
+    fn arm_order(&mut self, items: &[CommandItem]) -> Value {
+        let Some(staff) = self.staff.clone() else {
+            return error_event("NOT_LOGGED_IN", "log in first");
+        };
+        if self.config.kind != TerminalKind::Bar {
+            return error_event("WRONG_TERMINAL_KIND", "a checkpoint terminal does not sell");
+        }
+        if items.is_empty() || items.len() > ORDER_ITEMS_MAX {
+            return error_event(
+                "INVALID_COMMAND",
+                format!("an order has 1 to {ORDER_ITEMS_MAX} lines"),
+            );
+        }
+        let catalog: Option<(Catalog, _)> = match self.with_journal(|j| j.catalog()) {
+            Ok(c) => c,
+            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        };
+        let Some((catalog, _)) = catalog else {
+            return error_event(
+                "NO_CATALOG",
+                "the catalog has not been received from the ledger yet",
+            );
+        };
+        let mut lines = Vec::with_capacity(items.len());
+        let mut total = Cents::ZERO;
+        for item in items {
+            if !(1..=QUANTITY_MAX).contains(&item.quantity) {
+                return error_event(
+                    "INVALID_COMMAND",
+                    format!("quantity is 1 to {QUANTITY_MAX}"),
+                );
+            }
+            let Some(product) = ProductId::parse(&item.product_id)
+                .ok()
+                .and_then(|id| catalog.products.iter().find(|p| p.product_id == id))
+            else {
+                return error_event(
+                    "UNKNOWN_PRODUCT",
+                    format!("{} is not on the menu", item.product_id),
+                );
+            };
+            let Ok(line_total) = product
+                .price_cents
+                .checked_mul(item.quantity)
+                .and_then(|l| total.checked_add(l))
+            else {
+                return error_event("INVALID_COMMAND", "the total is out of range");
+            };
+            total = line_total;
+            lines.push(OrderItem {
+                product_id: product.product_id.clone(),
+                quantity: item.quantity,
+                unit_price_cents: product.price_cents,
+            });
+        }
+        if total < Cents::new(1) {
+            return error_event("INVALID_COMMAND", "an order costs at least one cent");
+        }
+        self.armed = Some(Armed::Pay(Payment {
+            staff,
+            kind: PaymentKind::Order {
+                items: lines,
+                total,
+            },
+        }));
+        json!({ "event": "armed", "operation": "order", "total_cents": total })
+    }
+
+    fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Value {
+        let Some(staff) = self.staff.clone() else {
+            return error_event("NOT_LOGGED_IN", "log in first");
+        };
+        if self.config.kind != TerminalKind::Checkpoint {
+            return error_event("WRONG_TERMINAL_KIND", "a bar terminal does not top up");
+        }
+        if !(1..=RECHARGE_AMOUNT_CENTS_MAX).contains(&amount_cents) {
+            return error_event(
+                "INVALID_COMMAND",
+                format!("amount_cents is 1 to {RECHARGE_AMOUNT_CENTS_MAX}"),
+            );
+        }
+        self.armed = Some(Armed::Pay(Payment {
+            staff,
+            kind: PaymentKind::Topup {
+                amount: Cents::new(amount_cents),
+                method,
+            },
+        }));
+        json!({ "event": "armed", "operation": "topup", "amount_cents": amount_cents })
+    }
+
+    async fn tap(&mut self, uid: CardUid) -> Vec<Value> {
+        let mut events = vec![json!({ "event": "card", "uid": uid, "reader": "simulated" })];
+        match self.armed.take() {
+            None | Some(Armed::Balance) => events.push(self.balance(&uid).await),
+            Some(Armed::Pay(payment)) => events.push(self.pay(uid, payment).await),
+        }
+        events
+    }
+
+    async fn balance(&self, uid: &CardUid) -> Value {
+        if self.online.load(Ordering::Relaxed)
+            && let Ok(answer) = self.client.card(uid).await
+        {
+            if answer.status == 200 {
+                return json!({ "event": "balance", "card_uid": uid, "balance_cents": answer.body["balance_cents"],
+                               "status": answer.body["status"], "source": "ledger", "as_of": answer.body["updated_at"] });
+            }
+            if answer.status == 404 {
+                return json!({ "event": "balance", "card_uid": uid, "balance_cents": null, "source": "ledger", "as_of": null });
+            }
+        }
+        match self.with_journal(|j| Ok((j.replica_card(uid)?, j.local_charges(uid)?))) {
+            Ok((Some((card, at)), local)) => json!({
+                "event": "balance", "card_uid": uid,
+                "balance_cents": card.balance.checked_sub(local).map(Cents::get).ok(),
+                "status": if card.blocked { "blocked" } else { "active" },
+                "source": "replica", "as_of": format_time(at),
+            }),
+            Ok((None, _)) => {
+                json!({ "event": "balance", "card_uid": uid, "balance_cents": null, "source": "replica", "as_of": null })
+            }
+            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
+    }
+
+    /// Journals `payment` for `uid` (durably) and returns its key and request.
+    fn journal_payment(
+        &self,
+        payment: &Payment,
+        uid: &CardUid,
+        mode: Mode,
+        state: EntryState,
+        decision: Option<Decision>,
+    ) -> JournalResult<(ClientRequestId, Operation)> {
+        let crid = ClientRequestId::new_random();
+        let (operation, amount_cents) = payment.journal_kind();
+        let entry = NewEntry {
+            client_request_id: crid,
+            operation,
+            mode,
+            card_uid: Some(uid.clone()),
+            amount_cents,
+            decision,
+            decline_reason: None,
+            state,
+        };
+        let mut built = None;
+        self.with_journal(|j| {
+            j.append(
+                entry,
+                |seq| {
+                    let op = payment.request(uid, crid, seq, mode);
+                    let body = operation_body(&op);
+                    built = Some(op);
+                    body
+                },
+                Utc::now(),
+            )
+        })?;
+        built
+            .map(|op| (crid, op))
+            .ok_or_else(|| super::journal::JournalError::Invalid("no request was built".into()))
+    }
+
+    async fn pay(&mut self, uid: CardUid, payment: Payment) -> Value {
+        let shown = Shown {
+            operation: payment.operation(),
+            uid: uid.clone(),
+            total: payment.total(),
+        };
+        let decision =
+            |crid, status, reason, balance| shown.decision(crid, status, reason, balance);
+        if self.online.load(Ordering::Relaxed) {
+            // 1. Journal the attempt before the network is used.
+            let (crid, op) =
+                match self.journal_payment(&payment, &uid, Mode::Online, EntryState::Sending, None)
+                {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal write failed; declining");
+                        return decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None);
+                    }
+                };
+            let seq = op.terminal_seq();
+            // 2. Ask the ledger.
+            let answer = self.client.post_operation(&op).await;
+            let outcome = match &answer {
+                Ok(a) => online::classify(Some((
+                    a.status,
+                    a.error_code(),
+                    a.body["new_balance_cents"].as_i64().map(Cents::new),
+                ))),
+                Err(_) => online::classify(None),
+            };
+            let ledger = answer.as_ref().ok().map(|a| (a.status, a.body.to_string()));
+            let ledger_ref = ledger.as_ref().map(|(s, b)| (*s, b.as_str()));
+            match outcome {
+                OnlineOutcome::Approved { balance } => {
+                    return match self.with_journal(|j| {
+                        j.set_state(
+                            seq,
+                            EntryState::Synced,
+                            Some(Decision::ApprovedOnline),
+                            None,
+                            ledger_ref,
+                            Utc::now(),
+                        )
+                    }) {
+                        Ok(()) => {
+                            decision(Some(crid), "approved_online", None, balance.map(Cents::get))
+                        }
+                        // Applied at the ledger but not recorded here: never shown as approved
+                        // without the journal; the entry stays `sending`, which the next start
+                        // voids (refunding the card).
+                        Err(e) => {
+                            tracing::error!(error = %e, "journal write failed after approval");
+                            decision(Some(crid), "declined", Some("JOURNAL_UNAVAILABLE"), None)
+                        }
+                    };
+                }
+                OnlineOutcome::Declined { reason, stored } => {
+                    let state = if stored {
+                        EntryState::Synced
+                    } else {
+                        EntryState::Rejected
+                    };
+                    if let Err(e) = self.with_journal(|j| {
+                        j.set_state(
+                            seq,
+                            state,
+                            Some(Decision::Declined),
+                            Some(&reason),
+                            ledger_ref,
+                            Utc::now(),
+                        )
+                    }) {
+                        tracing::error!(error = %e, "journal write failed after a decline");
+                    }
+                    let balance = answer
+                        .as_ref()
+                        .ok()
+                        .and_then(|a| a.body["error"]["details"]["balance_cents"].as_i64());
+                    return decision(Some(crid), "declined", Some(&reason), balance);
+                }
+                OnlineOutcome::InDoubt => {
+                    // 3. Never guess: void the attempt, journaled before anything else.
+                    self.online.store(false, Ordering::Relaxed);
+                    if let Err(e) = self.void_in_doubt(seq, crid, &payment.staff) {
+                        tracing::error!(error = %e, "cannot journal the void of an in-doubt attempt");
+                        return decision(Some(crid), "declined", Some("JOURNAL_UNAVAILABLE"), None);
+                    }
+                }
+            }
+        }
+        // 4. Offline: the policy decides; an approval is journaled before it is shown.
+        self.decide_offline(&uid, &payment, &shown)
+    }
+
+    fn void_in_doubt(
+        &self,
+        seq: TerminalSeq,
+        target: ClientRequestId,
+        staff: &StaffId,
+    ) -> JournalResult<()> {
+        self.with_journal(|j| void_in_doubt(j, seq, target, staff))
+    }
+
+    fn decide_offline(&self, uid: &CardUid, payment: &Payment, shown: &Shown) -> Value {
+        let decision =
+            |crid, status, reason, balance| shown.decision(crid, status, reason, balance);
+        let total = payment.total();
+        let limits = OfflineLimits {
+            max_order: self.config.offline_max_order,
+            max_card_exposure: self.config.offline_max_card_exposure,
+            unknown_card: self.config.offline_unknown_card_limit,
+        };
+        let state = self
+            .with_journal(|j| Ok((j.replica_card(uid)?.map(|(c, _)| c), j.local_charges(uid)?)));
+        let (card, local) = match state {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "journal read failed; declining");
+                return decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None);
+            }
+        };
+        let verdict = match payment.kind {
+            PaymentKind::Order { .. } => {
+                decide_offline_order(total, card, local, &limits).map_err(|d| d.reason())
+            }
+            // Money received at the checkpoint is always recorded.
+            PaymentKind::Topup { .. } => Ok(()),
+        };
+        if let Err(reason) = verdict {
+            tracing::info!(card = %uid, reason, "offline decline");
+            return decision(None, "declined", Some(reason), None);
+        }
+        match self.journal_payment(
+            payment,
+            uid,
+            Mode::Offline,
+            EntryState::Pending,
+            Some(Decision::ApprovedOffline),
+        ) {
+            Ok((crid, _)) => {
+                let after = self.with_journal(|j| j.local_charges(uid)).ok();
+                let balance = card
+                    .zip(after)
+                    .and_then(|(c, l)| c.balance.checked_sub(l).ok())
+                    .map(Cents::get);
+                decision(Some(crid), "approved_offline", None, balance)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write failed; declining");
+                decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None)
+            }
+        }
+    }
+}
+
+/// What a `decision` event reports besides the outcome.
+struct Shown {
+    operation: &'static str,
+    uid: CardUid,
+    total: Cents,
+}
+
+impl Shown {
+    fn decision(
+        &self,
+        crid: Option<ClientRequestId>,
+        status: &str,
+        reason: Option<&str>,
+        balance: Option<i64>,
+    ) -> Value {
+        json!({ "event": "decision", "client_request_id": crid, "operation": self.operation,
+                "card_uid": self.uid, "status": status, "reason": reason,
+                "total_cents": self.total, "balance_cents": balance })
+    }
+}
+
+/// The JSON body the ledger receives for an operation.
+fn operation_body(op: &Operation) -> Value {
+    let body = match op {
+        Operation::Order(r) => serde_json::to_value(r),
+        Operation::Recharge(r) => serde_json::to_value(r),
+        Operation::Void(r) => serde_json::to_value(r),
+    };
+    body.unwrap_or(Value::Null)
+}
+
+/// Marks an online attempt in doubt and journals its void, so that replay sends the void
+/// before anything journaled after it.
+fn void_in_doubt(
+    j: &mut Journal,
+    seq: TerminalSeq,
+    target: ClientRequestId,
+    staff: &StaffId,
+) -> JournalResult<()> {
+    j.set_state(seq, EntryState::InDoubt, None, None, None, Utc::now())?;
+    let crid = ClientRequestId::new_random();
+    let entry = NewEntry {
+        client_request_id: crid,
+        operation: OperationKind::Void,
+        mode: Mode::Offline,
+        card_uid: None,
+        amount_cents: Cents::ZERO,
+        decision: None,
+        decline_reason: None,
+        state: EntryState::Pending,
+    };
+    j.append(
+        entry,
+        |seq| {
+            operation_body(&Operation::Void(VoidRequest {
+                client_request_id: crid,
+                terminal_seq: seq,
+                target_client_request_id: target,
+                staff_id: staff.clone(),
+                reason: VoidReason::InDoubt,
+                created_at: Utc::now(),
+            }))
+        },
+        Utc::now(),
+    )?;
+    Ok(())
+}
+
+/// Startup after a crash: an online attempt still `sending` never got its answer recorded;
+/// it is in doubt and gets a void (its card may have been charged while the screen showed
+/// nothing, so the charge is cancelled).
+fn recover(j: &mut Journal) -> anyhow::Result<usize> {
+    let stuck: Vec<_> = j
+        .unacknowledged(None, super::journal::LIST_LIMIT_MAX)?
+        .into_iter()
+        .filter(|e| e.state == EntryState::Sending)
+        .collect();
+    for entry in &stuck {
+        let staff = entry
+            .request()?
+            .get("staff_id")
+            .and_then(Value::as_str)
+            .and_then(|s| StaffId::parse(s).ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("journal entry {} has no staff_id", entry.terminal_seq.get())
+            })?;
+        void_in_doubt(j, entry.terminal_seq, entry.client_request_id, &staff)?;
+        tracing::warn!(seq = entry.terminal_seq.get(), client_request_id = %entry.client_request_id, "in-doubt attempt voided after restart");
+    }
+    Ok(stuck.len())
+}
+
+/// Refreshes the caches and replays the journal, forever; reports through `events`.
+async fn sync_loop(
+    journal: SharedJournal,
+    client: LedgerClient,
+    online: Arc<AtomicBool>,
+    config: TerminalConfig,
+    events: mpsc::Sender<Value>,
+) {
+    let backoff = Backoff {
+        base_ms: config.sync_backoff_base_ms,
+        cap_ms: config.sync_backoff_cap_ms,
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let round = sync_round(&journal, &client, &config).await;
+        let delay_ms = match round {
+            Ok(synced) => {
+                failures = 0;
+                online.store(true, Ordering::Relaxed);
+                if synced > 0 {
+                    let pending = journal
+                        .lock()
+                        .ok()
+                        .and_then(|j| j.counts().ok())
+                        .map(|c| c.pending);
+                    let _ = events.try_send(
+                        json!({ "event": "synced", "count": synced, "pending": pending }),
+                    );
+                }
+                config.sync_interval_ms
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sync round failed");
+                online.store(false, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                let jitter = rand::random_range(0..=1000);
+                backoff.delay_ms(failures - 1, jitter).max(100)
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+}
+
+/// One round: replay until nothing is pending (bounded), then the feeds. Returns entries settled.
+async fn sync_round(
+    journal: &SharedJournal,
+    client: &LedgerClient,
+    config: &TerminalConfig,
+) -> Result<usize, anyhow::Error> {
+    let mut settled = 0;
+    for _ in 0..ROUND_BATCHES_MAX {
+        let report = replay_round(journal, client, config.sync_batch_max, Utc::now).await?;
+        settled += report.acknowledged + report.rejected;
+        if report.sent < config.sync_batch_max || report.retry > 0 {
+            break;
+        }
+    }
+    pull_card_feed(journal, client, Utc::now).await?;
+    let etag = journal
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .catalog_etag()?;
+    if let Some((body, etag)) = client.catalog(etag.as_deref()).await? {
+        let catalog: Catalog = serde_json::from_value(body)?;
+        journal
+            .lock()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .replace_catalog(&catalog, Some(&etag), Utc::now())?;
+    }
+    let staff = client.staff().await?;
+    let staff: Vec<CachedStaff> = serde_json::from_value(staff["staff"].clone())?;
+    journal
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .replace_staff(&staff, Utc::now())?;
+    Ok(settled)
+}
+
+/// Batches replayed per round at most, before the feeds get their turn.
+pub const ROUND_BATCHES_MAX: usize = 20;
+
+/// Runs the daemon on the JSON-lines interface until `quit`, end of input, or `shutdown`.
+pub async fn run_jsonl<R, W>(
+    mut daemon: Daemon,
+    input: R,
+    mut output: W,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (events_tx, mut events_rx) = mpsc::channel::<Value>(SYNC_EVENTS_MAX);
+    let sync = tokio::spawn(sync_loop(
+        Arc::clone(&daemon.journal),
+        daemon.client.clone(),
+        Arc::clone(&daemon.online),
+        daemon.config.clone(),
+        events_tx,
+    ));
+    // A first round before `ready`, so that a terminal with network starts with fresh caches.
+    if let Err(e) = sync_round(&daemon.journal, &daemon.client, &daemon.config).await {
+        tracing::warn!(error = %e, "first sync failed; starting offline");
+        daemon.online.store(false, Ordering::Relaxed);
+    }
+    write_event(&mut output, &json!({ "event": "ready", "terminal": daemon.config.name, "kind": daemon.config.kind.as_str(),
+        "online": daemon.online.load(Ordering::Relaxed) })).await?;
+    let mut lines = input.lines();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                if line.trim().is_empty() { continue; }
+                let (events, stop) = if line.len() > COMMAND_BYTES_MAX {
+                    (vec![error_event("INVALID_COMMAND", format!("a command is at most {COMMAND_BYTES_MAX} bytes"))], false)
+                } else {
+                    daemon.handle_line(&line).await
+                };
+                for event in &events {
+                    write_event(&mut output, event).await?;
+                }
+                if stop { break; }
+            }
+            Some(event) = events_rx.recv() => write_event(&mut output, &event).await?,
+            () = &mut shutdown => break,
+        }
+    }
+    sync.abort();
+    // The journal is consistent after every call; closing it is all that is left.
+    if let Ok(j) = daemon.journal.lock() {
+        let _ = j.checkpoint();
+    }
+    Ok(())
+}
+
+async fn write_event<W: AsyncWrite + Unpin>(output: &mut W, event: &Value) -> std::io::Result<()> {
+    let mut line = event.to_string();
+    line.push('\n');
+    output.write_all(line.as_bytes()).await?;
+    output.flush().await
+}

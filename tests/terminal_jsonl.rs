@@ -1,0 +1,274 @@
+//! The terminal daemon end to end through its JSON-lines interface: the real terminal
+//! binary, the real ledger binary, real SQLite files, and a TCP proxy written here that
+//! takes the network down and brings it back.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, Command};
+
+/// A proxy between terminal and ledger: forwards to `target`, or refuses while `down`.
+struct Proxy {
+    addr: String,
+    target: Arc<Mutex<String>>,
+    down: Arc<AtomicBool>,
+    /// Connections being forwarded right now.
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = Arc::new(Mutex::new(target.trim_start_matches("http://").to_owned()));
+        let down = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (t, d, a) = (Arc::clone(&target), Arc::clone(&down), Arc::clone(&active));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let to = t.lock().unwrap().clone();
+                let d = Arc::clone(&d);
+                let a = Arc::clone(&a);
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&to).await else {
+                        a.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    };
+                    // Cut established connections too when the network goes down.
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = async { while !d.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+                    }
+                    a.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            target,
+            down,
+            active,
+        }
+    }
+}
+
+struct Terminal {
+    child: Child,
+    stdin: ChildStdin,
+    events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+impl Terminal {
+    async fn start(dir: &std::path::Path, url: &str, token: &str) -> Terminal {
+        let config = dir.join("terminal.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[terminal]\nname = \"bar-1\"\nkind = \"bar\"\njournal = {:?}\n\n[ledger]\nurl = \"http://{url}\"\ntoken = \"{token}\"\ntimeout_ms = 1000\n\n[sync]\ninterval_ms = 200\nbackoff_base_ms = 100\nbackoff_cap_ms = 400\n\n[reader]\nbackend = \"simulated\"\n",
+                dir.join("journal.db").display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["terminal", "--config", config.to_str().unwrap()])
+            .env_remove("CASHLESS_LEDGER_URL")
+            .env_remove("CASHLESS_LEDGER_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            events,
+        }
+    }
+
+    async fn send(&mut self, command: Value) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn send_raw(&mut self, line: &[u8]) {
+        self.stdin.write_all(line).await.unwrap();
+        self.stdin.write_all(b"\n").await.unwrap();
+    }
+
+    /// The next event named `name`, skipping others (sync reports arrive at any time).
+    async fn expect(&mut self, name: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {name} event within 20 s"))
+                .unwrap_or_else(|| panic!("the terminal exited before a {name} event"));
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    let ready = t.expect("ready").await;
+    assert_eq!(ready["online"], true, "{ready}");
+
+    // Bad input gets an error event and the daemon keeps running.
+    t.send_raw(b"{not json").await;
+    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
+    t.send(json!({"cmd": "dance"})).await;
+    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
+        .await;
+    assert_eq!(t.expect("error").await["code"], "NOT_LOGGED_IN");
+
+    t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "0000"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], false);
+    t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], true);
+
+    for bad in [
+        json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": -1}]}),
+        json!({"cmd": "order", "items": [{"product_id": "nope", "quantity": 1}]}),
+        json!({"cmd": "order", "items": "beer"}),
+        json!({"cmd": "tap", "uid": "04a1"}),
+    ] {
+        t.send(bad.clone()).await;
+        let e = t.expect("error").await;
+        assert!(e["code"].is_string(), "{bad}: {e}");
+    }
+
+    // Online: approved by the ledger.
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 2}]}))
+        .await;
+    assert_eq!(t.expect("armed").await["total_cents"], 900);
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["balance_cents"].as_i64()),
+        (Some("approved_online"), Some(2100)),
+        "{d}"
+    );
+    assert_eq!(l.balance(&card).await, 2100);
+
+    // Online decline: an unknown card.
+    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": uid(9)})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["reason"].as_str()),
+        (Some("declined"), Some("CARD_NOT_FOUND")),
+        "{d}"
+    );
+
+    // Let the replica learn the card's balance, then the network goes down.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.down.store(true, Ordering::SeqCst);
+    wait_for(
+        "the proxy to cut every connection",
+        Duration::from_secs(5),
+        || proxy.active.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "cocktail", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(d["status"], "approved_offline", "{d}");
+    let offline_crid = d["client_request_id"].as_str().unwrap().to_owned();
+    // An unknown card is declined offline (limit 0).
+    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": uid(8)})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["reason"].as_str()),
+        (Some("declined"), Some("UNKNOWN_CARD_OFFLINE")),
+        "{d}"
+    );
+    assert_eq!(
+        l.balance(&card).await,
+        2100,
+        "nothing reached the ledger during the outage"
+    );
+
+    // The network comes back: the offline sale is replayed, once.
+    proxy.down.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        t.send(json!({"cmd": "status"})).await;
+        let s = t.expect("status").await;
+        if s["pending"] == 0 && s["online"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(l.balance(&card).await, 1200);
+    // The offline sale is at the ledger under the key the terminal showed, exactly once.
+    let conn = l.open_db();
+    let count: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM idempotency_keys WHERE client_request_id = ?1 AND status_code = 201",
+            [&offline_crid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 1);
+    assert_eq!(
+        proxy.target.lock().unwrap().as_str(),
+        l.base_url.trim_start_matches("http://")
+    );
+
+    t.send(json!({"cmd": "quit"})).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    l.assert_audit_ok();
+}

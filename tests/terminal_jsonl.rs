@@ -22,16 +22,57 @@ struct Proxy {
     down: Arc<AtomicBool>,
     /// Connections being forwarded right now.
     active: Arc<std::sync::atomic::AtomicUsize>,
+    /// How new connections are treated: see [`FORWARD`], [`SWALLOW`], [`HOLD`].
+    mode: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// Forward both ways.
+const FORWARD: u8 = 0;
+/// Deliver the request to the ledger, read its answer, and cut the connection without
+/// delivering it: the ledger committed, the terminal never hears it.
+const SWALLOW: u8 = 1;
+/// Deliver the request, read the answer, and keep the terminal waiting forever.
+const HOLD: u8 = 2;
+
+/// One request to the ledger and its answer read back, for SWALLOW and HOLD.
+async fn deliver_and_read(client: &mut TcpStream, to: &str) -> Option<TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let mut server = TcpStream::connect(to).await.ok()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = client.read(&mut buf).await.ok()?;
+    server.write_all(&buf[..n]).await.ok()?;
+    let _ = server.read(&mut buf).await;
+    Some(server)
 }
 
 impl Proxy {
+    /// Changes how new connections are treated, and cuts the ones being forwarded so the
+    /// terminal's next request opens a new connection.
+    async fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+        self.down.store(true, Ordering::SeqCst);
+        wait_for(
+            "the proxy to cut every connection",
+            Duration::from_secs(5),
+            || self.active.load(Ordering::SeqCst) == 0,
+        )
+        .await;
+        self.down.store(false, Ordering::SeqCst);
+    }
+
     async fn start(target: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let target = Arc::new(Mutex::new(target.trim_start_matches("http://").to_owned()));
         let down = Arc::new(AtomicBool::new(false));
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (t, d, a) = (Arc::clone(&target), Arc::clone(&down), Arc::clone(&active));
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(FORWARD));
+        let (t, d, a, m) = (
+            Arc::clone(&target),
+            Arc::clone(&down),
+            Arc::clone(&active),
+            Arc::clone(&mode),
+        );
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
@@ -39,6 +80,22 @@ impl Proxy {
                     continue;
                 }
                 let to = t.lock().unwrap().clone();
+                match m.load(Ordering::SeqCst) {
+                    SWALLOW => {
+                        tokio::spawn(async move {
+                            let _ = deliver_and_read(&mut client, &to).await;
+                        });
+                        continue;
+                    }
+                    HOLD => {
+                        tokio::spawn(async move {
+                            let _server = deliver_and_read(&mut client, &to).await;
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        });
+                        continue;
+                    }
+                    _ => {}
+                }
                 let d = Arc::clone(&d);
                 let a = Arc::clone(&a);
                 a.fetch_add(1, Ordering::SeqCst);
@@ -62,6 +119,7 @@ impl Proxy {
             target,
             down,
             active,
+            mode,
         }
     }
 }
@@ -270,5 +328,135 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    l.assert_audit_ok();
+}
+
+/// Logs in as s-bar and waits until the sync task has seen `card` in the feed.
+async fn ready_to_sell(t: &mut Terminal) {
+    t.expect("ready").await;
+    t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], true);
+}
+
+async fn wait_until_synced(t: &mut Terminal) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        t.send(json!({"cmd": "status"})).await;
+        let s = t.expect("status").await;
+        if s["pending"] == 0 && s["in_doubt"] == 0 && s["online"] == true {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not synced: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_lost_after_the_ledger_committed_is_charged_exactly_once() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+
+    proxy.set_mode(SWALLOW).await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    // The ledger applied the first attempt, but the terminal never heard it: in doubt, so it
+    // voided that attempt and sold offline as a new operation.
+    assert_eq!(d["status"], "approved_offline", "{d}");
+    assert_eq!(
+        l.balance(&card).await,
+        2550,
+        "the lost attempt was applied at the ledger"
+    );
+
+    proxy.set_mode(FORWARD).await;
+    wait_until_synced(&mut t).await;
+    assert_eq!(
+        l.balance(&card).await,
+        2550,
+        "charged exactly once: the void refunded the lost attempt"
+    );
+    let voids: i64 = l
+        .open_db()
+        .query_row(
+            "SELECT COUNT(*) FROM voids WHERE status = 'voided'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(voids, 1);
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn a_terminal_killed_while_waiting_for_the_ledger_voids_the_attempt_on_restart() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+
+    proxy.set_mode(HOLD).await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "cocktail", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    // The ledger commits; the terminal is killed before any answer reaches it.
+    wait_for(
+        "the ledger to apply the attempt",
+        Duration::from_secs(10),
+        || {
+            let conn = l.open_db();
+            conn.query_row(
+                "SELECT balance_cents FROM cards WHERE card_uid = ?1",
+                [&card],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 2100
+        },
+    )
+    .await;
+    t.child.start_kill().unwrap();
+    t.child.wait().await.unwrap();
+    while let Ok(event) = t.events.try_recv() {
+        assert_ne!(
+            event["event"], "decision",
+            "nothing may be shown for the killed attempt: {event}"
+        );
+    }
+
+    // Restarted on the same journal: the attempt is in doubt and voided, refunding the card.
+    proxy.set_mode(FORWARD).await;
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    t.expect("ready").await;
+    wait_until_synced(&mut t).await;
+    assert_eq!(l.balance(&card).await, 3000);
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
     l.assert_audit_ok();
 }

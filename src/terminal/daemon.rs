@@ -798,6 +798,12 @@ where
     R: tokio::io::AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // A first round before `ready`, so that a terminal with network starts with fresh
+    // caches; the background task starts after it, so two rounds never run at once.
+    if let Err(e) = sync_round(&daemon.journal, &daemon.client, &daemon.config).await {
+        tracing::warn!(error = %e, "first sync failed; starting offline");
+        daemon.online.store(false, Ordering::Relaxed);
+    }
     let (events_tx, mut events_rx) = mpsc::channel::<Value>(SYNC_EVENTS_MAX);
     let sync = tokio::spawn(sync_loop(
         Arc::clone(&daemon.journal),
@@ -806,11 +812,6 @@ where
         daemon.config.clone(),
         events_tx,
     ));
-    // A first round before `ready`, so that a terminal with network starts with fresh caches.
-    if let Err(e) = sync_round(&daemon.journal, &daemon.client, &daemon.config).await {
-        tracing::warn!(error = %e, "first sync failed; starting offline");
-        daemon.online.store(false, Ordering::Relaxed);
-    }
     write_event(&mut output, &json!({ "event": "ready", "terminal": daemon.config.name, "kind": daemon.config.kind.as_str(),
         "online": daemon.online.load(Ordering::Relaxed) })).await?;
     let mut lines = input.lines();

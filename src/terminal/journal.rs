@@ -756,6 +756,17 @@ impl Journal {
         self.entries_in_state(EntryState::Pending, limit)
     }
 
+    /// The entry with this `client_request_id`, if any.
+    pub fn entry_by_request_id(
+        &self,
+        crid: ClientRequestId,
+    ) -> Result<Option<Entry>, JournalError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE client_request_id = ?1");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query([crid.to_string()])?;
+        Ok(collect_entries(rows)?.into_iter().next())
+    }
+
     /// The `in_doubt` entries in `terminal_seq` order, at most `limit` (clamped).
     pub fn in_doubt(&self, limit: usize) -> Result<Vec<Entry>, JournalError> {
         self.entries_in_state(EntryState::InDoubt, limit)

@@ -12,7 +12,7 @@
 
 use super::client::{ClientError, LedgerClient};
 use super::core::replay::{self, Settlement};
-use super::journal::{Entry, EntryState, Journal, JournalError, StateChange};
+use super::journal::{Entry, EntryState, Journal, JournalError, OperationKind, StateChange};
 use crate::domain::{CardUid, TerminalSeq};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -144,7 +144,33 @@ pub async fn replay_round(
             }
         }
     }
+    let in_doubt_targets: Vec<(String, u16, String)> = entries
+        .iter()
+        .zip(&answers)
+        .filter(|(e, a)| {
+            e.operation == OperationKind::Void
+                && replay::settle(a.status, a.error_code()) == Settlement::Acknowledged
+        })
+        .filter_map(|(e, a)| {
+            let request = e.request().ok()?;
+            (request["reason"] == "in_doubt").then(|| {
+                (
+                    request["target_client_request_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a.status,
+                    a.body.to_string(),
+                )
+            })
+        })
+        .collect();
     with_journal(journal, move |j| {
+        // Another round (or the daemon) may have settled an entry meanwhile: settle only
+        // what is still pending, so a resend never fails on an entry that is already final.
+        changes.retain(
+            |(seq, ..)| matches!(j.entry(*seq), Ok(Some(e)) if e.state == EntryState::Pending),
+        );
         let state_changes: Vec<StateChange<'_>> = changes
             .iter()
             .map(|(seq, state, status, body)| StateChange {
@@ -160,6 +186,25 @@ pub async fn replay_round(
         }
         for (seq, error) in &retry_seqs {
             j.record_attempt_failure(*seq, error, now())?;
+        }
+        // A void of an in-doubt attempt, acknowledged: the attempt is settled for good
+        // (refunded if it had been applied, tombstoned if not).
+        for (target, status, body) in &in_doubt_targets {
+            let Ok(crid) = crate::domain::ClientRequestId::parse(target) else {
+                continue;
+            };
+            if let Some(entry) = j.entry_by_request_id(crid)?
+                && entry.state == EntryState::InDoubt
+            {
+                j.set_state(
+                    entry.terminal_seq,
+                    EntryState::Synced,
+                    None,
+                    None,
+                    Some((*status, body)),
+                    now(),
+                )?;
+            }
         }
         Ok(())
     })

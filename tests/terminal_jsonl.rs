@@ -132,11 +132,21 @@ struct Terminal {
 
 impl Terminal {
     async fn start(dir: &std::path::Path, url: &str, token: &str) -> Terminal {
+        Terminal::start_as(dir, url, token, "bar-1", "bar").await
+    }
+
+    async fn start_as(
+        dir: &std::path::Path,
+        url: &str,
+        token: &str,
+        name: &str,
+        kind: &str,
+    ) -> Terminal {
         let config = dir.join("terminal.toml");
         std::fs::write(
             &config,
             format!(
-                "[terminal]\nname = \"bar-1\"\nkind = \"bar\"\njournal = {:?}\n\n[ledger]\nurl = \"http://{url}\"\ntoken = \"{token}\"\ntimeout_ms = 1000\n\n[sync]\ninterval_ms = 200\nbackoff_base_ms = 100\nbackoff_cap_ms = 400\n\n[reader]\nbackend = \"simulated\"\n",
+                "[terminal]\nname = \"{name}\"\nkind = \"{kind}\"\njournal = {:?}\n\n[ledger]\nurl = \"http://{url}\"\ntoken = \"{token}\"\ntimeout_ms = 1000\n\n[sync]\ninterval_ms = 200\nbackoff_base_ms = 100\nbackoff_cap_ms = 400\n\n[reader]\nbackend = \"simulated\"\n",
                 dir.join("journal.db").display().to_string()
             ),
         )
@@ -450,6 +460,92 @@ async fn a_terminal_killed_while_waiting_for_the_ledger_voids_the_attempt_on_res
     t.expect("ready").await;
     wait_until_synced(&mut t).await;
     assert_eq!(l.balance(&card).await, 3000);
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
+    let l = Ledger::start().await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start_as(
+        dir.path(),
+        &proxy.addr,
+        &l.checkpoint_token,
+        "cp-1",
+        "checkpoint",
+    )
+    .await;
+    t.expect("ready").await;
+    t.send(json!({"cmd": "login", "staff_id": "s-cash", "pin": "2345"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], true);
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
+        .await;
+    assert_eq!(t.expect("error").await["code"], "WRONG_TERMINAL_KIND");
+    t.send(json!({"cmd": "topup", "amount_cents": 0, "payment_method": "cash"}))
+        .await;
+    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
+    t.send(json!({"cmd": "topup", "amount_cents": 5000, "payment_method": "bitcoin"}))
+        .await;
+    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
+    t.send(json!({"cmd": "void_last"})).await;
+    assert_eq!(t.expect("error").await["code"], "NOTHING_TO_VOID");
+
+    let card = uid(5);
+    t.send(json!({"cmd": "topup", "amount_cents": 5000, "payment_method": "cash"}))
+        .await;
+    assert_eq!(t.expect("armed").await["amount_cents"], 5000);
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["balance_cents"].as_i64()),
+        (Some("approved_online"), Some(5000)),
+        "{d}"
+    );
+
+    t.send(json!({"cmd": "balance"})).await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let b = t.expect("balance").await;
+    assert_eq!(
+        (b["balance_cents"].as_i64(), b["source"].as_str()),
+        (Some(5000), Some("ledger")),
+        "{b}"
+    );
+
+    // The cashier took the wrong amount: the top-up is voided, replayed, and the card is back at 0.
+    t.send(json!({"cmd": "void_last"})).await;
+    let v = t.expect("decision").await;
+    assert_eq!(
+        (v["operation"].as_str(), v["total_cents"].as_i64()),
+        (Some("void"), Some(-5000)),
+        "{v}"
+    );
+    t.send(json!({"cmd": "void_last"})).await;
+    assert_eq!(
+        t.expect("error").await["code"],
+        "NOTHING_TO_VOID",
+        "a top-up is voided once"
+    );
+    wait_until_synced(&mut t).await;
+    assert_eq!(l.balance(&card).await, 0);
+
+    // A tap at the idle screen shows the balance, from the replica when the ledger is away.
+    proxy.set_mode(FORWARD).await;
+    proxy.down.store(true, Ordering::SeqCst);
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let b = t.expect("balance").await;
+    assert_eq!(b["balance_cents"].as_i64(), Some(0), "{b}");
+    proxy.down.store(false, Ordering::SeqCst);
     t.send(json!({"cmd": "quit"})).await;
     assert!(
         tokio::time::timeout(Duration::from_secs(10), t.child.wait())

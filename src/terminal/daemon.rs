@@ -48,6 +48,15 @@ enum Armed {
     Balance,
 }
 
+/// What `void_last` needs of the last approved operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LastApproved {
+    client_request_id: ClientRequestId,
+    card: CardUid,
+    /// Its signed effect on the card, as journaled (an order negative, a top-up positive).
+    effect: Cents,
+}
+
 /// A money operation waiting for its card, with the staff member who armed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Payment {
@@ -147,6 +156,7 @@ enum Command {
         uid: String,
     },
     Balance,
+    VoidLast,
     Cancel,
     Status,
     Quit,
@@ -171,6 +181,8 @@ pub struct Daemon {
     online: Arc<AtomicBool>,
     staff: Option<StaffId>,
     armed: Option<Armed>,
+    /// The last approved operation of this session, which `void_last` refunds.
+    last_approved: Option<LastApproved>,
     guard: LoginGuard,
     started: Instant,
 }
@@ -193,6 +205,7 @@ impl Daemon {
             online: Arc::new(AtomicBool::new(true)),
             staff: None,
             armed: None,
+            last_approved: None,
             guard: LoginGuard::default(),
             started: Instant::now(),
         })
@@ -244,6 +257,7 @@ impl Daemon {
                 amount_cents,
                 payment_method,
             } => (vec![self.arm_topup(amount_cents, payment_method)], false),
+            Command::VoidLast => (vec![self.void_last()], false),
             Command::Balance => {
                 self.armed = Some(Armed::Balance);
                 (
@@ -504,6 +518,11 @@ impl Daemon {
                         )
                     }) {
                         Ok(()) => {
+                            self.last_approved = Some(LastApproved {
+                                client_request_id: crid,
+                                card: uid.clone(),
+                                effect: payment.journal_kind().1,
+                            });
                             decision(Some(crid), "approved_online", None, balance.map(Cents::get))
                         }
                         // Applied at the ledger but not recorded here: never shown as approved
@@ -553,6 +572,60 @@ impl Daemon {
         self.decide_offline(&uid, &payment, &shown)
     }
 
+    /// Refunds the last approved operation: a void with its own key, pointing to it,
+    /// journaled and replayed like any operation.
+    fn void_last(&mut self) -> Value {
+        let Some(staff) = self.staff.clone() else {
+            return error_event("NOT_LOGGED_IN", "log in first");
+        };
+        let Some(last) = self.last_approved.clone() else {
+            return error_event(
+                "NOTHING_TO_VOID",
+                "no approved operation to void in this session",
+            );
+        };
+        let Ok(refund) = last.effect.checked_neg() else {
+            return error_event("INVALID_COMMAND", "the amount is out of range");
+        };
+        let crid = ClientRequestId::new_random();
+        let entry = NewEntry {
+            client_request_id: crid,
+            operation: OperationKind::Void,
+            mode: Mode::Offline,
+            card_uid: Some(last.card.clone()),
+            amount_cents: refund,
+            decision: Some(Decision::ApprovedOffline),
+            decline_reason: None,
+            state: EntryState::Pending,
+        };
+        let appended = self.with_journal(|j| {
+            j.append(
+                entry,
+                |seq| {
+                    operation_body(&Operation::Void(VoidRequest {
+                        client_request_id: crid,
+                        terminal_seq: seq,
+                        target_client_request_id: last.client_request_id,
+                        staff_id: staff.clone(),
+                        reason: VoidReason::CustomerRefund,
+                        created_at: Utc::now(),
+                    }))
+                },
+                Utc::now(),
+            )
+        });
+        match appended {
+            Ok(_) => {
+                self.last_approved = None;
+                json!({ "event": "decision", "client_request_id": crid, "operation": "void",
+                        "card_uid": last.card, "status": "approved_offline", "reason": null,
+                        "total_cents": refund, "balance_cents": null,
+                        "target_client_request_id": last.client_request_id })
+            }
+            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
+    }
+
     fn void_in_doubt(
         &self,
         seq: TerminalSeq,
@@ -562,7 +635,7 @@ impl Daemon {
         self.with_journal(|j| void_in_doubt(j, seq, target, staff))
     }
 
-    fn decide_offline(&self, uid: &CardUid, payment: &Payment, shown: &Shown) -> Value {
+    fn decide_offline(&mut self, uid: &CardUid, payment: &Payment, shown: &Shown) -> Value {
         let decision =
             |crid, status, reason, balance| shown.decision(crid, status, reason, balance);
         let total = payment.total();
@@ -604,6 +677,11 @@ impl Daemon {
                     .zip(after)
                     .and_then(|(c, l)| c.balance.checked_sub(l).ok())
                     .map(Cents::get);
+                self.last_approved = Some(LastApproved {
+                    client_request_id: crid,
+                    card: uid.clone(),
+                    effect: payment.journal_kind().1,
+                });
                 decision(Some(crid), "approved_offline", None, balance)
             }
             Err(e) => {

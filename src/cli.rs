@@ -68,6 +68,13 @@ enum TerminalUi {
 enum TerminalCommandLine {
     /// The journal's state: pending, in doubt, rejected, last sync, replica age.
     Status,
+    /// Write the operations the ledger has not acknowledged to a file that
+    /// `cashless ledger import` applies (for a terminal that never comes back online).
+    Export {
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +298,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                     .await
                 })?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(TerminalCommandLine::Export { out }) => {
+                let config =
+                    TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;
+                let count = crate::terminal::daemon::export(&config.journal, &config.name, &out)?;
+                println!("{count} operations exported to {}", out.display());
                 Ok(ExitCode::SUCCESS)
             }
             Some(TerminalCommandLine::Status) => {

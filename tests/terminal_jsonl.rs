@@ -556,3 +556,79 @@ async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
     );
     l.assert_audit_ok();
 }
+
+#[tokio::test]
+async fn a_terminal_that_never_comes_back_is_exported_and_imported_exactly_once() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    // The replica must know the card before the outage.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.set_mode(FORWARD).await;
+    proxy.down.store(true, Ordering::SeqCst);
+    let mut approved = Vec::new();
+    for product in ["beer-05", "water", "beer-05"] {
+        t.send(json!({"cmd": "order", "items": [{"product_id": product, "quantity": 1}]}))
+            .await;
+        t.expect("armed").await;
+        t.send(json!({"cmd": "tap", "uid": card})).await;
+        let d = t.expect("decision").await;
+        assert_eq!(d["status"], "approved_offline", "{d}");
+        approved.push(d["client_request_id"].as_str().unwrap().to_owned());
+    }
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+
+    // The terminal never comes back: its journal is exported and imported at headquarters.
+    let export = dir.path().join("bar-1.export.json");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "terminal",
+            "--config",
+            dir.path().join("terminal.toml").to_str().unwrap(),
+            "export",
+            "--out",
+            export.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    let ops = doc["operations"].as_array().unwrap();
+    for crid in &approved {
+        assert!(
+            ops.iter().any(|o| o["client_request_id"] == crid.as_str()),
+            "{crid} missing from the export"
+        );
+    }
+    let import = l.admin(&["import", export.to_str().unwrap()]);
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stdout)
+    );
+    assert_eq!(l.balance(&card).await, 3000 - 450 - 200 - 450);
+    let before = l.db_fingerprint();
+    let again = l.admin(&["import", export.to_str().unwrap()]);
+    assert!(again.status.success());
+    assert_eq!(
+        l.db_fingerprint(),
+        before,
+        "a second import changed nothing"
+    );
+    l.assert_audit_ok();
+}

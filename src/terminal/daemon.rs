@@ -760,14 +760,44 @@ fn void_in_doubt(
     Ok(())
 }
 
-/// Startup after a crash: an online attempt still `sending` never got its answer recorded;
-/// it is in doubt and gets a void (its card may have been charged while the screen showed
-/// nothing, so the charge is cancelled).
-fn recover(j: &mut Journal) -> anyhow::Result<usize> {
-    let stuck: Vec<_> = j
-        .unacknowledged(None, super::journal::LIST_LIMIT_MAX)?
+/// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).
+fn all_unacknowledged(j: &Journal) -> anyhow::Result<Vec<super::journal::Entry>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = j.unacknowledged(after, super::journal::LIST_LIMIT_MAX)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.terminal_seq);
+        all.extend(page);
+    }
+    Ok(all)
+}
+
+/// Startup after a crash (and before an export): an online attempt still `sending` never
+/// got its answer recorded, and one marked `in_doubt` may lack its void if the daemon died
+/// between the two writes. Both get a void (the card may have been charged while the screen
+/// showed nothing, so the charge is cancelled). A second void of the same attempt is
+/// harmless: the ledger answers `ALREADY_VOIDED`, which settles it.
+pub fn recover(j: &mut Journal) -> anyhow::Result<usize> {
+    let unacknowledged = all_unacknowledged(j)?;
+    let voided: std::collections::HashSet<String> = unacknowledged
+        .iter()
+        .filter(|e| e.operation == OperationKind::Void)
+        .filter_map(|e| {
+            e.request()
+                .ok()?
+                .get("target_client_request_id")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let stuck: Vec<_> = unacknowledged
         .into_iter()
-        .filter(|e| e.state == EntryState::Sending)
+        .filter(|e| match e.state {
+            EntryState::Sending => true,
+            EntryState::InDoubt => !voided.contains(&e.client_request_id.to_string()),
+            _ => false,
+        })
         .collect();
     for entry in &stuck {
         let staff = entry
@@ -782,6 +812,52 @@ fn recover(j: &mut Journal) -> anyhow::Result<usize> {
         tracing::warn!(seq = entry.terminal_seq.get(), client_request_id = %entry.client_request_id, "in-doubt attempt voided after restart");
     }
     Ok(stuck.len())
+}
+
+/// Writes the journal's unacknowledged operations as a file `cashless ledger import`
+/// applies, for a terminal that never comes back online. In-doubt attempts are left out:
+/// their voids are in the file (recovery adds any that are missing first).
+pub fn export(
+    journal_path: &std::path::Path,
+    terminal: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let mut j = Journal::open(journal_path)
+        .map_err(|e| anyhow::anyhow!("cannot open the journal {}: {e}", journal_path.display()))?;
+    recover(&mut j)?;
+    let operations: Vec<Value> = all_unacknowledged(&j)?
+        .into_iter()
+        .filter(|e| matches!(e.state, EntryState::Pending | EntryState::Rejected))
+        .map(|e| {
+            let mut body = e.request()?;
+            if let Some(map) = body.as_object_mut() {
+                map.insert(
+                    "type".into(),
+                    Value::String(e.operation.as_str().to_owned()),
+                );
+            }
+            Ok(body)
+        })
+        .collect::<Result<_, super::journal::JournalError>>()?;
+    let count = operations.len();
+    let document = json!({
+        "format": crate::ledger::admin::EXPORT_FORMAT,
+        "version": crate::ledger::admin::EXPORT_VERSION,
+        "terminal": terminal,
+        "exported_at": format_time(Utc::now()),
+        "operations": operations,
+    });
+    // Written next to the target and renamed, so a half-written export never exists.
+    let tmp = out.with_extension("partial");
+    let mut file = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    serde_json::to_writer(&mut file, &document)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, out)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    Ok(count)
 }
 
 /// Refreshes the caches and replays the journal, forever; reports through `events`.

@@ -177,7 +177,11 @@ fn error_event(code: &str, message: impl Into<String>) -> Value {
 pub struct Daemon {
     config: TerminalConfig,
     journal: SharedJournal,
+    /// For online decisions: its own connection pool, so a tap never waits behind a
+    /// replay batch or a feed page on a shared connection.
     client: LedgerClient,
+    /// For replay and feeds.
+    sync_client: LedgerClient,
     online: Arc<AtomicBool>,
     staff: Option<StaffId>,
     armed: Option<Armed>,
@@ -198,10 +202,12 @@ impl Daemon {
         })?;
         recover(&mut journal)?;
         let client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
+        let sync_client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
         Ok(Daemon {
             config,
             journal: Arc::new(Mutex::new(journal)),
             client,
+            sync_client,
             online: Arc::new(AtomicBool::new(true)),
             staff: None,
             armed: None,
@@ -954,14 +960,14 @@ where
 {
     // A first round before `ready`, so that a terminal with network starts with fresh
     // caches; the background task starts after it, so two rounds never run at once.
-    if let Err(e) = sync_round(&daemon.journal, &daemon.client, &daemon.config).await {
+    if let Err(e) = sync_round(&daemon.journal, &daemon.sync_client, &daemon.config).await {
         tracing::warn!(error = %e, "first sync failed; starting offline");
         daemon.online.store(false, Ordering::Relaxed);
     }
     let (events_tx, mut events_rx) = mpsc::channel::<Value>(SYNC_EVENTS_MAX);
     let sync = tokio::spawn(sync_loop(
         Arc::clone(&daemon.journal),
-        daemon.client.clone(),
+        daemon.sync_client.clone(),
         Arc::clone(&daemon.online),
         daemon.config.clone(),
         events_tx,

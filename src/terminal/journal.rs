@@ -853,12 +853,16 @@ impl Journal {
     ///   will never reach the ledger's balance, so it keeps counting; a rejected credit, a
     ///   top-up or refund the ledger refused, never counts, since counting it would give the
     ///   card spending room that exists nowhere), or
-    /// - `synced` at or after the replica row's `fetched_at`, or `synced` while the card has
-    ///   no replica row at all.
+    /// - `synced` at or after the last completed card-feed pull (the time its request was
+    ///   sent), or `synced` before any pull.
     ///
-    /// An entry synced strictly before `fetched_at` is taken as reflected in the replica's
-    /// balance. Entries without a decision (an online attempt in flight or in doubt) and
-    /// declined entries never count; so a void of an in-doubt attempt should carry 0 (or no
+    /// An entry synced strictly before the last pull is taken as reflected in the replica's
+    /// balance: a pull returns every card changed since the cursor, so a card it did not
+    /// return has not changed since. (Comparing with the card row's own fetch time would
+    /// count a tie forever, as the row is only refreshed when the card changes again.)
+    ///
+    /// Entries without a decision (an online attempt in flight or in doubt) and declined
+    /// entries never count; so a void of an in-doubt attempt should carry 0 (or no
     /// decision), since the attempt it cancels never counted either. Ties count (`>=`): when
     /// in doubt, the rule counts a charge twice rather than not at all, so it errs toward
     /// declining. This relies on [`Journal::apply_card_feed`]'s `now` being taken before the
@@ -871,10 +875,10 @@ impl Journal {
                AND j.decision IN ('approved_online', 'approved_offline')
                AND (j.state <> 'rejected' OR j.amount_cents < 0)
                AND (j.state <> 'synced'
-                    OR NOT EXISTS (SELECT 1 FROM replica_cards AS r
-                                   WHERE r.card_uid = ?1 AND r.fetched_at > j.synced_at))",
+                    OR NOT EXISTS (SELECT 1 FROM replica_meta AS m
+                                   WHERE m.key = ?2 AND m.value > j.synced_at))",
         )?;
-        let mut rows = stmt.query([uid.as_str()])?;
+        let mut rows = stmt.query(params![uid.as_str(), META_LAST_FEED_AT])?;
         let mut effect = Cents::ZERO;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;

@@ -288,7 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let TerminalUi::Jsonl = args.ui;
                 let daemon = Daemon::open(config)?;
-                runtime()?.block_on(async {
+                let rt = runtime()?;
+                let result = rt.block_on(async {
                     let input = tokio::io::BufReader::new(tokio::io::stdin());
                     run_jsonl(
                         daemon,
@@ -297,7 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         server::shutdown_signal(),
                     )
                     .await
-                })?;
+                });
+                // Reading stdin blocks a thread that no signal wakes: do not wait for it.
+                rt.shutdown_background();
+                result?;
                 Ok(ExitCode::SUCCESS)
             }
             Some(TerminalCommandLine::Export { out }) => {

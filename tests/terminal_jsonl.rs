@@ -33,6 +33,8 @@ const FORWARD: u8 = 0;
 const SWALLOW: u8 = 1;
 /// Deliver the request, read the answer, and keep the terminal waiting forever.
 const HOLD: u8 = 2;
+/// Deliver the online order to the ledger twice, and hand the second answer back.
+const TWICE: u8 = 3;
 
 /// SWALLOW and HOLD: an online order (`POST /v1/orders`, the first request on a new
 /// connection) is delivered and answered by the ledger, and the answer is dropped (the
@@ -48,6 +50,22 @@ async fn misbehave(mode: u8, client: &mut TcpStream, to: &str) {
         return;
     };
     if server.write_all(&buf[..n]).await.is_err() {
+        return;
+    }
+    if buf[..n].starts_with(b"POST /v1/orders ") && mode == TWICE {
+        let request = buf[..n].to_vec();
+        let _ = server.read(&mut buf).await;
+        let Ok(mut again) = TcpStream::connect(to).await else {
+            return;
+        };
+        if again.write_all(&request).await.is_err() {
+            return;
+        }
+        let Ok(m) = again.read(&mut buf).await else {
+            return;
+        };
+        let _ = client.write_all(&buf[..m]).await;
+        let _ = tokio::io::copy_bidirectional(client, &mut again).await;
         return;
     }
     if buf[..n].starts_with(b"POST /v1/orders ") {
@@ -830,5 +848,122 @@ async fn three_terminals_sell_through_an_outage_on_shared_cards_and_everything_s
                 .success()
         );
     }
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn a_request_delivered_twice_is_charged_once() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+
+    // Delivered twice: the ledger applies it once and both answers say so.
+    proxy.set_mode(TWICE).await;
+    wait_until_synced(&mut t).await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["balance_cents"].as_i64()),
+        (Some("approved_online"), Some(2550)),
+        "{d}"
+    );
+    assert_eq!(l.balance(&card).await, 2550);
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn an_answer_later_than_the_timeout_is_voided_and_the_sale_made_offline() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 2550).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+
+    // The answer comes later than the timeout (1 s): in doubt, voided, sold offline anew.
+    proxy.set_mode(HOLD).await;
+    wait_until_synced(&mut t).await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(d["status"], "approved_offline", "{d}");
+    proxy.set_mode(FORWARD).await;
+    wait_until_synced(&mut t).await;
+    assert_eq!(
+        l.balance(&card).await,
+        2350,
+        "the late attempt refunded, the offline sale charged once"
+    );
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_terminal_cleanly_and_nothing_is_lost() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 3000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.go_down().await;
+    t.send(json!({"cmd": "order", "items": [{"product_id": "cocktail", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    assert_eq!(t.expect("decision").await["status"], "approved_offline");
+    let pid = t.child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+
+    // Restarted with the network back, the journal still holds the sale and replays it.
+    proxy.down.store(false, Ordering::SeqCst);
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    t.expect("ready").await;
+    wait_until_synced(&mut t).await;
+    assert_eq!(l.balance(&card).await, 2100);
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
     l.assert_audit_ok();
 }

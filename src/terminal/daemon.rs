@@ -197,9 +197,18 @@ impl Daemon {
     /// Opens the journal and recovers from a crash: every online attempt that was being
     /// sent when the daemon stopped is in doubt, and gets a void.
     pub fn open(config: TerminalConfig) -> anyhow::Result<Daemon> {
-        let mut journal = Journal::open(&config.journal).map_err(|e| {
+        let journal = Journal::open(&config.journal).map_err(|e| {
             anyhow::anyhow!("cannot open the journal {}: {e}", config.journal.display())
         })?;
+        Daemon::with_journal_handle(config, journal)
+    }
+
+    /// A daemon over an already opened journal (tests open one with a size limit to see
+    /// what a full disk does); runs the same recovery as [`Daemon::open`].
+    pub fn with_journal_handle(
+        config: TerminalConfig,
+        mut journal: Journal,
+    ) -> anyhow::Result<Daemon> {
         recover(&mut journal)?;
         let client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
         let sync_client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;

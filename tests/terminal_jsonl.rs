@@ -967,3 +967,116 @@ async fn sigterm_stops_the_terminal_cleanly_and_nothing_is_lost() {
     );
     l.assert_audit_ok();
 }
+
+#[tokio::test]
+async fn kill_9_at_twenty_points_loses_no_approved_sale_and_charges_none_twice() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, 50_000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shown: Vec<String> = Vec::new();
+    // Seeded, so a failure can be replayed: delays before the kill and network states.
+    let mut seed: u64 = std::env::var("CASHLESS_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_125);
+    eprintln!("CASHLESS_KILL_SEED={seed}");
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for round in 0..20 {
+        // Even rounds sell with the network up, odd rounds during an outage; a kill lands
+        // after the tap at a random moment: before, during or after the journal writes, the
+        // send, the answer, or the replay of earlier offline sales.
+        if round % 2 == 1 {
+            proxy.down.store(true, Ordering::SeqCst);
+        } else {
+            proxy.down.store(false, Ordering::SeqCst);
+        }
+        let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+        ready_to_sell(&mut t).await;
+        t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
+            .await;
+        t.expect("armed").await;
+        t.send(json!({"cmd": "tap", "uid": card})).await;
+        tokio::time::sleep(Duration::from_millis(next(40))).await;
+        t.child.start_kill().unwrap();
+        t.child.wait().await.unwrap();
+        while let Ok(event) = t.events.try_recv() {
+            if event["event"] == "decision"
+                && event["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("approved"))
+            {
+                shown.push(event["client_request_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    // The network is back for good: a last start replays everything.
+    proxy.down.store(false, Ordering::SeqCst);
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    t.expect("ready").await;
+    wait_until_synced(&mut t).await;
+    t.send(json!({"cmd": "quit"})).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+
+    // The journal is the truth about what was approved; the ledger must hold exactly that.
+    let journal =
+        cashless::terminal::journal::Journal::open(&dir.path().join("journal.db")).unwrap();
+    let entries = journal.unacknowledged(None, 10_000).unwrap();
+    assert!(entries.is_empty(), "still unacknowledged: {entries:?}");
+    let conn = l.open_db();
+    for crid in &shown {
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM idempotency_keys k JOIN bar_orders o ON o.transaction_id = k.transaction_id
+                 WHERE k.client_request_id = ?1 AND o.voided_by IS NULL",
+                [crid],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            n, 1,
+            "approval {crid} was shown but is not charged exactly once"
+        );
+    }
+    let standing: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM bar_orders WHERE voided_by IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(l.balance(&card).await, 50_000 - 200 * standing);
+    let approved_in_journal = {
+        let mut n = 0;
+        for seq in 1..=10_000 {
+            let Ok(Some(e)) = journal.entry(cashless::domain::TerminalSeq::new(seq).unwrap())
+            else {
+                break;
+            };
+            if e.operation == cashless::terminal::journal::OperationKind::Order
+                && e.decision.is_some_and(|d| d.is_approved())
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(
+        standing, approved_in_journal,
+        "every approved sale in the journal is charged once, nothing else"
+    );
+    assert!(shown.len() <= approved_in_journal as usize);
+    l.assert_audit_ok();
+}

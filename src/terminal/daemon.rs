@@ -602,35 +602,18 @@ impl Daemon {
         let Ok(refund) = last.effect.checked_neg() else {
             return error_event("INVALID_COMMAND", "the amount is out of range");
         };
-        let crid = ClientRequestId::new_random();
-        let entry = NewEntry {
-            client_request_id: crid,
-            operation: OperationKind::Void,
-            mode: Mode::Offline,
-            card_uid: Some(last.card.clone()),
-            amount_cents: refund,
-            decision: Some(Decision::ApprovedOffline),
-            decline_reason: None,
-            state: EntryState::Pending,
-        };
+        let effect = Some((last.card.clone(), refund));
         let appended = self.with_journal(|j| {
-            j.append(
-                entry,
-                |seq| {
-                    operation_body(&Operation::Void(VoidRequest {
-                        client_request_id: crid,
-                        terminal_seq: seq,
-                        target_client_request_id: last.client_request_id,
-                        staff_id: staff.clone(),
-                        reason: VoidReason::CustomerRefund,
-                        created_at: Utc::now(),
-                    }))
-                },
-                Utc::now(),
+            append_void(
+                j,
+                last.client_request_id,
+                &staff,
+                VoidReason::CustomerRefund,
+                effect,
             )
         });
         match appended {
-            Ok(_) => {
+            Ok(crid) => {
                 self.last_approved = None;
                 json!({ "event": "decision", "client_request_id": crid, "operation": "void",
                         "card_uid": last.card, "status": "approved_offline", "reason": null,
@@ -747,14 +730,29 @@ fn void_in_doubt(
     staff: &StaffId,
 ) -> JournalResult<()> {
     j.set_state(seq, EntryState::InDoubt, None, None, None, Utc::now())?;
+    // The attempt never counted as a local charge, so its void carries no amount.
+    append_void(j, target, staff, VoidReason::InDoubt, None)?;
+    Ok(())
+}
+
+/// Journals a void of `target` (pending, replayed like any operation) and returns its key.
+/// `effect` is the card and the signed amount this terminal counts for it, when it refunds
+/// an approved operation; a void of an in-doubt attempt has none.
+fn append_void(
+    j: &mut Journal,
+    target: ClientRequestId,
+    staff: &StaffId,
+    reason: VoidReason,
+    effect: Option<(CardUid, Cents)>,
+) -> JournalResult<ClientRequestId> {
     let crid = ClientRequestId::new_random();
     let entry = NewEntry {
         client_request_id: crid,
         operation: OperationKind::Void,
         mode: Mode::Offline,
-        card_uid: None,
-        amount_cents: Cents::ZERO,
-        decision: None,
+        decision: effect.as_ref().map(|_| Decision::ApprovedOffline),
+        card_uid: effect.as_ref().map(|(card, _)| card.clone()),
+        amount_cents: effect.map_or(Cents::ZERO, |(_, amount)| amount),
         decline_reason: None,
         state: EntryState::Pending,
     };
@@ -766,13 +764,13 @@ fn void_in_doubt(
                 terminal_seq: seq,
                 target_client_request_id: target,
                 staff_id: staff.clone(),
-                reason: VoidReason::InDoubt,
+                reason,
                 created_at: Utc::now(),
             }))
         },
         Utc::now(),
     )?;
-    Ok(())
+    Ok(crid)
 }
 
 /// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).

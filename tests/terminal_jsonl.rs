@@ -225,6 +225,27 @@ impl Terminal {
         }
     }
 
+    /// Arms an order of `quantity` × `product`, taps `card`, and returns the decision.
+    async fn sell(&mut self, product: &str, quantity: i64, card: &str) -> Value {
+        self.send(
+            json!({"cmd": "order", "items": [{"product_id": product, "quantity": quantity}]}),
+        )
+        .await;
+        self.expect("armed").await;
+        self.send(json!({"cmd": "tap", "uid": card})).await;
+        self.expect("decision").await
+    }
+
+    /// `quit`, and the process exits 0.
+    async fn quit(mut self) {
+        self.send(json!({"cmd": "quit"})).await;
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
     async fn send(&mut self, command: Value) {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
@@ -305,11 +326,7 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
     assert_eq!(l.balance(&card).await, 2100);
 
     // Online decline: an unknown card.
-    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": uid(9)})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("water", 1, &uid(9)).await;
     assert_eq!(
         (d["status"].as_str(), d["reason"].as_str()),
         (Some("declined"), Some("CARD_NOT_FOUND")),
@@ -325,19 +342,11 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
         || proxy.active.load(Ordering::SeqCst) == 0,
     )
     .await;
-    t.send(json!({"cmd": "order", "items": [{"product_id": "cocktail", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("cocktail", 1, &card).await;
     assert_eq!(d["status"], "approved_offline", "{d}");
     let offline_crid = d["client_request_id"].as_str().unwrap().to_owned();
     // An unknown card is declined offline (limit 0).
-    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": uid(8)})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("water", 1, &uid(8)).await;
     assert_eq!(
         (d["status"].as_str(), d["reason"].as_str()),
         (Some("declined"), Some("UNKNOWN_CARD_OFFLINE")),
@@ -377,12 +386,7 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
         l.base_url.trim_start_matches("http://")
     );
 
-    t.send(json!({"cmd": "quit"})).await;
-    let status = tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -419,11 +423,7 @@ async fn an_answer_lost_after_the_ledger_committed_is_charged_exactly_once() {
 
     proxy.set_mode(SWALLOW).await;
     wait_until_synced(&mut t).await;
-    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("beer-05", 1, &card).await;
     // The ledger applied the first attempt, but the terminal never heard it: in doubt, so it
     // voided that attempt and sold offline as a new operation.
     assert_eq!(d["status"], "approved_offline", "{d}");
@@ -446,14 +446,7 @@ async fn an_answer_lost_after_the_ledger_committed_is_charged_exactly_once() {
         )
         .unwrap();
     assert_eq!(voids, 1);
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -513,14 +506,7 @@ async fn a_terminal_killed_while_waiting_for_the_ledger_voids_the_attempt_on_res
     t.expect("ready").await;
     wait_until_synced(&mut t).await;
     assert_eq!(l.balance(&card).await, 3000);
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -599,14 +585,7 @@ async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
     let b = t.expect("balance").await;
     assert_eq!(b["balance_cents"].as_i64(), Some(0), "{b}");
     proxy.down.store(false, Ordering::SeqCst);
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -625,22 +604,11 @@ async fn a_terminal_that_never_comes_back_is_exported_and_imported_exactly_once(
     proxy.down.store(true, Ordering::SeqCst);
     let mut approved = Vec::new();
     for product in ["beer-05", "water", "beer-05"] {
-        t.send(json!({"cmd": "order", "items": [{"product_id": product, "quantity": 1}]}))
-            .await;
-        t.expect("armed").await;
-        t.send(json!({"cmd": "tap", "uid": card})).await;
-        let d = t.expect("decision").await;
+        let d = t.sell(product, 1, &card).await;
         assert_eq!(d["status"], "approved_offline", "{d}");
         approved.push(d["client_request_id"].as_str().unwrap().to_owned());
     }
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
 
     // The terminal never comes back: its journal is exported and imported at headquarters.
     let export = dir.path().join("bar-1.export.json");
@@ -735,11 +703,7 @@ async fn three_terminals_sell_through_an_outage_on_shared_cards_and_everything_s
     for n in 0..200 {
         let t = &mut terminals[n % 3];
         let card = &cards[(n / 3) % cards.len()];
-        t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
-            .await;
-        t.expect("armed").await;
-        t.send(json!({"cmd": "tap", "uid": card})).await;
-        let d = t.expect("decision").await;
+        let d = t.sell("water", 1, card).await;
         match d["status"].as_str() {
             Some("approved_offline") => approved.push((
                 d["client_request_id"].as_str().unwrap().to_owned(),
@@ -826,11 +790,7 @@ async fn three_terminals_sell_through_an_outage_on_shared_cards_and_everything_s
                 "{b}"
             );
         }
-        t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
-            .await;
-        t.expect("armed").await;
-        t.send(json!({"cmd": "tap", "uid": in_debt[0]})).await;
-        let d = t.expect("decision").await;
+        let d = t.sell("water", 1, &in_debt[0]).await;
         assert_eq!(
             (d["status"].as_str(), d["reason"].as_str()),
             (Some("declined"), Some("CARD_BLOCKED")),
@@ -838,15 +798,8 @@ async fn three_terminals_sell_through_an_outage_on_shared_cards_and_everything_s
         );
     }
     proxy.down.store(false, Ordering::SeqCst);
-    for mut t in terminals {
-        t.send(json!({"cmd": "quit"})).await;
-        assert!(
-            tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-                .await
-                .unwrap()
-                .unwrap()
-                .success()
-        );
+    for t in terminals {
+        t.quit().await;
     }
     l.assert_audit_ok();
 }
@@ -864,25 +817,14 @@ async fn a_request_delivered_twice_is_charged_once() {
     // Delivered twice: the ledger applies it once and both answers say so.
     proxy.set_mode(TWICE).await;
     wait_until_synced(&mut t).await;
-    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("beer-05", 1, &card).await;
     assert_eq!(
         (d["status"].as_str(), d["balance_cents"].as_i64()),
         (Some("approved_online"), Some(2550)),
         "{d}"
     );
     assert_eq!(l.balance(&card).await, 2550);
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -899,11 +841,7 @@ async fn an_answer_later_than_the_timeout_is_voided_and_the_sale_made_offline() 
     // The answer comes later than the timeout (1 s): in doubt, voided, sold offline anew.
     proxy.set_mode(HOLD).await;
     wait_until_synced(&mut t).await;
-    t.send(json!({"cmd": "order", "items": [{"product_id": "water", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.sell("water", 1, &card).await;
     assert_eq!(d["status"], "approved_offline", "{d}");
     proxy.set_mode(FORWARD).await;
     wait_until_synced(&mut t).await;
@@ -912,14 +850,7 @@ async fn an_answer_later_than_the_timeout_is_voided_and_the_sale_made_offline() 
         2350,
         "the late attempt refunded, the offline sale charged once"
     );
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -957,14 +888,7 @@ async fn sigterm_stops_the_terminal_cleanly_and_nothing_is_lost() {
     t.expect("ready").await;
     wait_until_synced(&mut t).await;
     assert_eq!(l.balance(&card).await, 2100);
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
     l.assert_audit_ok();
 }
 
@@ -1021,14 +945,7 @@ async fn kill_9_at_twenty_points_loses_no_approved_sale_and_charges_none_twice()
     let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
     t.expect("ready").await;
     wait_until_synced(&mut t).await;
-    t.send(json!({"cmd": "quit"})).await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), t.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
-    );
+    t.quit().await;
 
     // The journal is the truth about what was approved; the ledger must hold exactly that.
     let journal =

@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use rand::RngCore;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use uuid::Uuid;
 
@@ -56,10 +55,8 @@ pub fn new_token() -> String {
     format!("clt_{}", hex::encode(bytes))
 }
 
-/// The stored form of a token.
-pub fn token_sha256(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+/// The stored form of a token (defined with the store, which looks tokens up by it).
+pub use super::store::token_sha256;
 
 /// Registers a terminal; returns its id and its bearer token (shown once, stored hashed).
 pub async fn terminal_add(

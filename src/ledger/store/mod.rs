@@ -13,6 +13,13 @@ use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use std::future::Future;
 use uuid::Uuid;
 
+/// The stored form of a bearer token (hex SHA-256): tokens are long and random, so a fast
+/// hash is enough, and the token itself is never stored.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
 /// A storage failure. Business outcomes (declines) are not errors: they are [`Outcome`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

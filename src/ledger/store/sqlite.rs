@@ -1138,7 +1138,7 @@ fn to_card_view(row: (String, i64, String, i64, String)) -> Result<CardView, Sto
 
 impl LedgerStore for SqliteStore {
     async fn authenticate(&self, token: &str) -> Result<Option<Terminal>, StoreError> {
-        let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
+        let token_sha256 = super::token_sha256(token);
         self.read(move |conn| {
             find_terminal(
                 conn,

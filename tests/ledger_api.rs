@@ -654,6 +654,11 @@ async fn the_bearer_scheme_is_case_insensitive() {
             resp.body
         );
         assert_eq!(resp.body["name"], "bar-1");
+        // The top-up limits, which checkpoints check offline too.
+        assert_eq!(
+            resp.body["limits"],
+            json!({"recharge_max_cents": RECHARGE_MAX_CENTS, "balance_max_cents": BALANCE_MAX_CENTS})
+        );
     }
 }
 

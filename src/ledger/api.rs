@@ -81,15 +81,18 @@ pub struct AppState<S> {
     pub currency: Arc<str>,
     /// Recently seen terminal tokens.
     pub auth_cache: Arc<AuthCache>,
+    /// The top-up limits, which checkpoints also check offline (`GET /v1/terminals/me`).
+    pub limits: crate::ledger::rules::Limits,
 }
 
 impl<S: LedgerStore> AppState<S> {
     /// State over a store.
-    pub fn new(store: S, currency: &str) -> AppState<S> {
+    pub fn new(store: S, currency: &str, limits: crate::ledger::rules::Limits) -> AppState<S> {
         AppState {
             store,
             currency: Arc::from(currency),
             auth_cache: Arc::default(),
+            limits,
         }
     }
 }
@@ -100,6 +103,7 @@ impl<S: Clone> Clone for AppState<S> {
             store: self.store.clone(),
             currency: Arc::clone(&self.currency),
             auth_cache: Arc::clone(&self.auth_cache),
+            limits: self.limits,
         }
     }
 }
@@ -844,6 +848,10 @@ async fn get_me<S: LedgerStore>(
             "kind": t.kind,
             "point_of_sale": t.point_of_sale,
             "server_time": format_time(chrono::Utc::now()),
+            "limits": {
+                "recharge_max_cents": state.limits.recharge_max,
+                "balance_max_cents": state.limits.balance_max,
+            },
         }))
         .into_response())
     }

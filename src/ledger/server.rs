@@ -62,7 +62,11 @@ pub async fn serve<S: LedgerStore>(
         })
     };
 
-    let state = AppState::new(store, &config.currency);
+    let limits = crate::ledger::rules::Limits {
+        recharge_max: config.recharge_max,
+        balance_max: config.balance_max,
+    };
+    let state = AppState::new(store, &config.currency, limits);
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

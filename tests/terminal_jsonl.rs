@@ -589,6 +589,111 @@ async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
     l.assert_audit_ok();
 }
 
+/// The replica's balance of `card` in the terminal's journal, once it equals `expected`.
+async fn wait_for_replica_balance(journal: &std::path::Path, card: &str, expected: i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let read = || -> Option<i64> {
+        conn.query_row(
+            "SELECT balance_cents FROM replica_cards WHERE card_uid = ?1",
+            [card],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    wait_for(
+        "the card feed to reach the replica",
+        Duration::from_secs(20),
+        || read() == Some(expected),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
+    let l = Ledger::start().await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start_as(
+        dir.path(),
+        &proxy.addr,
+        &l.checkpoint_token,
+        "cp-1",
+        "checkpoint",
+    )
+    .await;
+    t.expect("ready").await;
+    t.send(json!({"cmd": "login", "staff_id": "s-cash", "pin": "2345"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], true);
+
+    // Above the per-top-up limit the ledger reported: refused before any card is tapped.
+    t.send(
+        json!({"cmd": "topup", "amount_cents": RECHARGE_MAX_CENTS + 1, "payment_method": "cash"}),
+    )
+    .await;
+    let e = t.expect("error").await;
+    assert_eq!(e["code"], "LIMIT_EXCEEDED", "{e}");
+
+    // Online, the ledger checks the balance limit.
+    let card = uid(7);
+    let topup =
+        |amount: i64| json!({"cmd": "topup", "amount_cents": amount, "payment_method": "cash"});
+    for _ in 0..2 {
+        t.send(topup(RECHARGE_MAX_CENTS)).await;
+        t.expect("armed").await;
+        t.send(json!({"cmd": "tap", "uid": card})).await;
+        assert_eq!(t.expect("decision").await["status"], "approved_online");
+    }
+    assert_eq!(l.balance(&card).await, BALANCE_MAX_CENTS);
+    t.send(topup(100)).await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (d["status"].as_str(), d["reason"].as_str()),
+        (Some("declined"), Some("LIMIT_EXCEEDED")),
+        "{d}"
+    );
+
+    // Offline, the terminal checks it against the replica, and keeps a record of the decline.
+    wait_for_replica_balance(&dir.path().join("journal.db"), &card, BALANCE_MAX_CENTS).await;
+    proxy.go_down().await;
+    t.send(topup(100)).await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": card})).await;
+    let d = t.expect("decision").await;
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["reason"].as_str(),
+            d["client_request_id"].as_str()
+        ),
+        (Some("declined"), Some("LIMIT_EXCEEDED"), None),
+        "{d}"
+    );
+    t.send(json!({"cmd": "status"})).await;
+    let s = t.expect("status").await;
+    assert_eq!(
+        (s["online"].as_bool(), s["declined_offline"].as_u64()),
+        (Some(false), Some(1)),
+        "{s}"
+    );
+    // A top-up that fits is taken offline, and replayed when the network is back.
+    let other = uid(8);
+    t.send(topup(RECHARGE_MAX_CENTS)).await;
+    t.expect("armed").await;
+    t.send(json!({"cmd": "tap", "uid": other})).await;
+    assert_eq!(t.expect("decision").await["status"], "approved_offline");
+    proxy.down.store(false, Ordering::SeqCst);
+    wait_until_synced(&mut t).await;
+    assert_eq!(l.balance(&other).await, RECHARGE_MAX_CENTS);
+    assert_eq!(l.balance(&card).await, BALANCE_MAX_CENTS);
+    t.quit().await;
+    l.assert_audit_ok();
+}
+
 #[tokio::test]
 async fn a_terminal_that_never_comes_back_is_exported_and_imported_exactly_once() {
     let l = Ledger::start().await;

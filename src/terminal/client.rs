@@ -103,6 +103,9 @@ pub struct TerminalMe {
     pub point_of_sale: String,
     /// The ledger's clock.
     pub server_time: String,
+    /// The festival's top-up limits (absent from ledgers older than this terminal).
+    #[serde(default)]
+    pub limits: Option<super::journal::TopupLimits>,
 }
 
 /// A client bound to one ledger and one terminal token.
@@ -324,5 +327,43 @@ impl LedgerClient {
             Duration::from_millis(BULK_TIMEOUT_MS),
         )
         .await
+    }
+}
+
+/// What the tap flow and the sync worker need of the ledger: the seam between them and the
+/// network. [`LedgerClient`] is the real one; tests put simulated faults (answers lost after
+/// the ledger committed, timeouts, requests delivered twice) behind it.
+pub trait Transport: Sync {
+    /// Sends one operation online; see [`LedgerClient::post_operation`].
+    fn post_operation(
+        &self,
+        op: &Operation,
+    ) -> impl std::future::Future<Output = Result<Answer, ClientError>> + Send;
+
+    /// Replays operations; see [`LedgerClient::post_batch`].
+    fn post_batch(
+        &self,
+        operations: &[Value],
+    ) -> impl std::future::Future<Output = Result<Vec<Answer>, ClientError>> + Send;
+
+    /// One page of the card feed; see [`LedgerClient::card_feed`].
+    fn card_feed(
+        &self,
+        cursor: &str,
+        limit: u32,
+    ) -> impl std::future::Future<Output = Result<FeedPage, ClientError>> + Send;
+}
+
+impl Transport for LedgerClient {
+    async fn post_operation(&self, op: &Operation) -> Result<Answer, ClientError> {
+        LedgerClient::post_operation(self, op).await
+    }
+
+    async fn post_batch(&self, operations: &[Value]) -> Result<Vec<Answer>, ClientError> {
+        LedgerClient::post_batch(self, operations).await
+    }
+
+    async fn card_feed(&self, cursor: &str, limit: u32) -> Result<FeedPage, ClientError> {
+        LedgerClient::card_feed(self, cursor, limit).await
     }
 }

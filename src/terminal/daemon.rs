@@ -1,13 +1,9 @@
 //! The terminal daemon's main loop, driven through the JSON-lines interface
 //! (spec/interfaces.md): commands on stdin, events on stdout.
 //!
-//! The order of effects for a tap is the product's contract (spec/product.md, bar order):
-//! 1. the operation is written to the journal (fsync) before any network call;
-//! 2. online: the ledger is asked with the configured timeout; its answer is journaled,
-//!    then shown;
-//! 3. no definitive answer: the attempt is marked in doubt and a void of it is journaled;
-//! 4. offline (or after 3): the offline policy decides; an approval is journaled as a new
-//!    operation before it is shown.
+//! A tap on an armed order or top-up runs the tap flow ([`super::core::tap`], performed by
+//! [`super::tap`]): journal first, then the ledger, then the offline policy; an approval is
+//! shown only once it is on disk.
 //!
 //! A background task replays pending entries and refreshes the card replica, catalog and
 //! staff caches; it reports through a channel, and the main loop writes every event.
@@ -15,17 +11,16 @@
 use super::client::LedgerClient;
 use super::config::TerminalConfig;
 use super::core::login::LoginGuard;
-use super::core::online::{self, OnlineOutcome};
-use super::core::policy::{OfflineLimits, decide_offline_order};
+use super::core::policy::OfflineLimits;
 use super::core::replay::Backoff;
-use super::journal::{
-    CachedStaff, Catalog, Decision, EntryState, Journal, NewEntry, OperationKind,
-};
+use super::core::tap::{FlowLimits, Outcome, TapFlow};
+use super::journal::{CachedStaff, Catalog, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use super::tap::{self, Payment, PaymentKind, Tap, all_unacknowledged, append_void, recover};
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId};
 use crate::ledger::model::{
-    Mode, ORDER_ITEMS_MAX, Operation, OrderItem, OrderRequest, PaymentMethod, QUANTITY_MAX,
-    RECHARGE_AMOUNT_CENTS_MAX, RechargeRequest, TerminalKind, VoidReason, VoidRequest, format_time,
+    ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
+    TerminalKind, VoidReason, format_time,
 };
 use chrono::Utc;
 use serde::Deserialize;
@@ -55,86 +50,6 @@ struct LastApproved {
     card: CardUid,
     /// Its signed effect on the card, as journaled (an order negative, a top-up positive).
     effect: Cents,
-}
-
-/// A money operation waiting for its card, with the staff member who armed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Payment {
-    staff: StaffId,
-    kind: PaymentKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PaymentKind {
-    Order {
-        items: Vec<OrderItem>,
-        total: Cents,
-    },
-    Topup {
-        amount: Cents,
-        method: PaymentMethod,
-    },
-}
-
-impl Payment {
-    /// `order` or `topup`, as events name them.
-    fn operation(&self) -> &'static str {
-        match self.kind {
-            PaymentKind::Order { .. } => "order",
-            PaymentKind::Topup { .. } => "topup",
-        }
-    }
-
-    /// The money moved.
-    fn total(&self) -> Cents {
-        match self.kind {
-            PaymentKind::Order { total, .. } => total,
-            PaymentKind::Topup { amount, .. } => amount,
-        }
-    }
-
-    /// The ledger request, numbered `seq`.
-    fn request(
-        &self,
-        uid: &CardUid,
-        crid: ClientRequestId,
-        seq: TerminalSeq,
-        mode: Mode,
-    ) -> Operation {
-        match &self.kind {
-            PaymentKind::Order { items, total } => Operation::Order(OrderRequest {
-                client_request_id: crid,
-                terminal_seq: seq,
-                card_uid: uid.clone(),
-                items: items.clone(),
-                total_cents: *total,
-                staff_id: self.staff.clone(),
-                created_at: Utc::now(),
-                mode,
-            }),
-            PaymentKind::Topup { amount, method } => Operation::Recharge(RechargeRequest {
-                client_request_id: crid,
-                terminal_seq: seq,
-                card_uid: uid.clone(),
-                amount_cents: *amount,
-                payment_method: *method,
-                staff_id: self.staff.clone(),
-                created_at: Utc::now(),
-                mode,
-            }),
-        }
-    }
-
-    /// The journal's view: kind and signed effect on the card.
-    fn journal_kind(&self) -> (OperationKind, Cents) {
-        match &self.kind {
-            PaymentKind::Order { total, .. } => (
-                OperationKind::Order,
-                Cents::ZERO.checked_sub(*total).unwrap_or(Cents::ZERO),
-            ),
-            PaymentKind::Topup { amount, .. } => (OperationKind::Recharge, *amount),
-        }
-    }
 }
 
 /// A command on stdin.
@@ -246,6 +161,7 @@ impl Daemon {
             Ok(c) => json!({
                 "event": "status", "online": self.online.load(Ordering::Relaxed),
                 "pending": c.pending, "in_doubt": c.in_doubt, "rejected": c.rejected,
+                "declined_offline": c.declined_offline,
                 "last_sync_at": c.last_sync_at.map(format_time), "reader": "simulated",
                 "staff": self.staff.as_ref().map(StaffId::as_str),
             }),
@@ -404,6 +320,21 @@ impl Daemon {
                 format!("amount_cents is 1 to {RECHARGE_AMOUNT_CENTS_MAX}"),
             );
         }
+        // The festival's per-top-up limit, as the ledger last reported it; checked here too,
+        // so that an offline checkpoint does not take money the ledger would refuse.
+        match self.with_journal(|j| j.topup_limits()) {
+            Ok(Some(limits)) if Cents::new(amount_cents) > limits.recharge_max_cents => {
+                return error_event(
+                    "LIMIT_EXCEEDED",
+                    format!(
+                        "a top-up is at most {} cents",
+                        limits.recharge_max_cents.get()
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
         self.armed = Some(Armed::Pay(Payment {
             staff,
             kind: PaymentKind::Topup {
@@ -449,142 +380,47 @@ impl Daemon {
         }
     }
 
-    /// Journals `payment` for `uid` (durably) and returns its key and request.
-    fn journal_payment(
-        &self,
-        payment: &Payment,
-        uid: &CardUid,
-        mode: Mode,
-        state: EntryState,
-        decision: Option<Decision>,
-    ) -> JournalResult<(ClientRequestId, Operation)> {
-        let crid = ClientRequestId::new_random();
-        let (operation, amount_cents) = payment.journal_kind();
-        let entry = NewEntry {
-            client_request_id: crid,
-            operation,
-            mode,
-            card_uid: Some(uid.clone()),
-            amount_cents,
-            decision,
-            decline_reason: None,
-            state,
-        };
-        let mut built = None;
-        self.with_journal(|j| {
-            j.append(
-                entry,
-                |seq| {
-                    let op = payment.request(uid, crid, seq, mode);
-                    let body = operation_body(&op);
-                    built = Some(op);
-                    body
-                },
-                Utc::now(),
-            )
-        })?;
-        built
-            .map(|op| (crid, op))
-            .ok_or_else(|| super::journal::JournalError::Invalid("no request was built".into()))
+    /// Runs the tap flow for `payment` to its verdict: journal, ledger, offline policy.
+    async fn pay(&mut self, uid: CardUid, payment: Payment) -> Value {
+        let (flow, first) = TapFlow::start(
+            payment.movement(),
+            payment.total(),
+            self.online.load(Ordering::Relaxed),
+            self.flow_limits(),
+        );
+        let online = Arc::clone(&self.online);
+        let mut tap = Tap::new(&self.journal, &uid, &payment);
+        let verdict = tap::run(flow, first, &mut tap, &self.client, || {
+            online.store(false, Ordering::Relaxed);
+        })
+        .await;
+        let crid = tap.client_request_id(verdict.operation);
+        if verdict.outcome != Outcome::Declined
+            && let Some(crid) = crid
+        {
+            self.last_approved = Some(LastApproved {
+                client_request_id: crid,
+                card: uid.clone(),
+                effect: payment.journal_kind().1,
+            });
+        }
+        json!({ "event": "decision", "client_request_id": crid, "operation": payment.operation(),
+                "card_uid": uid, "status": verdict.outcome.as_str(), "reason": verdict.reason,
+                "total_cents": payment.total(), "balance_cents": verdict.balance })
     }
 
-    async fn pay(&mut self, uid: CardUid, payment: Payment) -> Value {
-        let shown = Shown {
-            operation: payment.operation(),
-            uid: uid.clone(),
-            total: payment.total(),
-        };
-        let decision =
-            |crid, status, reason, balance| shown.decision(crid, status, reason, balance);
-        if self.online.load(Ordering::Relaxed) {
-            // 1. Journal the attempt before the network is used.
-            let (crid, op) =
-                match self.journal_payment(&payment, &uid, Mode::Online, EntryState::Sending, None)
-                {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!(error = %e, "journal write failed; declining");
-                        return decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None);
-                    }
-                };
-            let seq = op.terminal_seq();
-            // 2. Ask the ledger.
-            let answer = self.client.post_operation(&op).await;
-            let outcome = match &answer {
-                Ok(a) => online::classify(Some((
-                    a.status,
-                    a.error_code(),
-                    a.body["new_balance_cents"].as_i64().map(Cents::new),
-                ))),
-                Err(_) => online::classify(None),
-            };
-            let ledger = answer.as_ref().ok().map(|a| (a.status, a.body.to_string()));
-            let ledger_ref = ledger.as_ref().map(|(s, b)| (*s, b.as_str()));
-            match outcome {
-                OnlineOutcome::Approved { balance } => {
-                    return match self.with_journal(|j| {
-                        j.set_state(
-                            seq,
-                            EntryState::Synced,
-                            Some(Decision::ApprovedOnline),
-                            None,
-                            ledger_ref,
-                            Utc::now(),
-                        )
-                    }) {
-                        Ok(()) => {
-                            self.last_approved = Some(LastApproved {
-                                client_request_id: crid,
-                                card: uid.clone(),
-                                effect: payment.journal_kind().1,
-                            });
-                            decision(Some(crid), "approved_online", None, balance.map(Cents::get))
-                        }
-                        // Applied at the ledger but not recorded here: never shown as approved
-                        // without the journal; the entry stays `sending`, which the next start
-                        // voids (refunding the card).
-                        Err(e) => {
-                            tracing::error!(error = %e, "journal write failed after approval");
-                            decision(Some(crid), "declined", Some("JOURNAL_UNAVAILABLE"), None)
-                        }
-                    };
-                }
-                OnlineOutcome::Declined { reason, stored } => {
-                    let state = if stored {
-                        EntryState::Synced
-                    } else {
-                        EntryState::Rejected
-                    };
-                    if let Err(e) = self.with_journal(|j| {
-                        j.set_state(
-                            seq,
-                            state,
-                            Some(Decision::Declined),
-                            Some(&reason),
-                            ledger_ref,
-                            Utc::now(),
-                        )
-                    }) {
-                        tracing::error!(error = %e, "journal write failed after a decline");
-                    }
-                    let balance = answer
-                        .as_ref()
-                        .ok()
-                        .and_then(|a| a.body["error"]["details"]["balance_cents"].as_i64());
-                    return decision(Some(crid), "declined", Some(&reason), balance);
-                }
-                OnlineOutcome::InDoubt => {
-                    // 3. Never guess: void the attempt, journaled before anything else.
-                    self.online.store(false, Ordering::Relaxed);
-                    if let Err(e) = self.void_in_doubt(seq, crid, &payment.staff) {
-                        tracing::error!(error = %e, "cannot journal the void of an in-doubt attempt");
-                        return decision(Some(crid), "declined", Some("JOURNAL_UNAVAILABLE"), None);
-                    }
-                }
-            }
+    /// The limits the tap flow decides offline with: the configuration's offline limits and
+    /// the ledger's balance limit as last received.
+    fn flow_limits(&self) -> FlowLimits {
+        let topup = self.with_journal(|j| j.topup_limits()).ok().flatten();
+        FlowLimits {
+            offline: OfflineLimits {
+                max_order: self.config.offline_max_order,
+                max_card_exposure: self.config.offline_max_card_exposure,
+                unknown_card: self.config.offline_unknown_card_limit,
+            },
+            balance_max: topup.map(|l| l.balance_max_cents),
         }
-        // 4. Offline: the policy decides; an approval is journaled before it is shown.
-        self.decide_offline(&uid, &payment, &shown)
     }
 
     /// Refunds the last approved operation: a void with its own key, pointing to it,
@@ -623,208 +459,6 @@ impl Daemon {
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
         }
     }
-
-    fn void_in_doubt(
-        &self,
-        seq: TerminalSeq,
-        target: ClientRequestId,
-        staff: &StaffId,
-    ) -> JournalResult<()> {
-        self.with_journal(|j| void_in_doubt(j, seq, target, staff))
-    }
-
-    fn decide_offline(&mut self, uid: &CardUid, payment: &Payment, shown: &Shown) -> Value {
-        let decision =
-            |crid, status, reason, balance| shown.decision(crid, status, reason, balance);
-        let total = payment.total();
-        let limits = OfflineLimits {
-            max_order: self.config.offline_max_order,
-            max_card_exposure: self.config.offline_max_card_exposure,
-            unknown_card: self.config.offline_unknown_card_limit,
-        };
-        let state = self
-            .with_journal(|j| Ok((j.replica_card(uid)?.map(|(c, _)| c), j.local_charges(uid)?)));
-        let (card, local) = match state {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "journal read failed; declining");
-                return decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None);
-            }
-        };
-        let verdict = match payment.kind {
-            PaymentKind::Order { .. } => {
-                decide_offline_order(total, card, local, &limits).map_err(|d| d.reason())
-            }
-            // Money received at the checkpoint is always recorded.
-            PaymentKind::Topup { .. } => Ok(()),
-        };
-        if let Err(reason) = verdict {
-            tracing::info!(card = %uid, reason, "offline decline");
-            return decision(None, "declined", Some(reason), None);
-        }
-        match self.journal_payment(
-            payment,
-            uid,
-            Mode::Offline,
-            EntryState::Pending,
-            Some(Decision::ApprovedOffline),
-        ) {
-            Ok((crid, _)) => {
-                let after = self.with_journal(|j| j.local_charges(uid)).ok();
-                let balance = card
-                    .zip(after)
-                    .and_then(|(c, l)| c.balance.checked_sub(l).ok())
-                    .map(Cents::get);
-                self.last_approved = Some(LastApproved {
-                    client_request_id: crid,
-                    card: uid.clone(),
-                    effect: payment.journal_kind().1,
-                });
-                decision(Some(crid), "approved_offline", None, balance)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "journal write failed; declining");
-                decision(None, "declined", Some("JOURNAL_UNAVAILABLE"), None)
-            }
-        }
-    }
-}
-
-/// What a `decision` event reports besides the outcome.
-struct Shown {
-    operation: &'static str,
-    uid: CardUid,
-    total: Cents,
-}
-
-impl Shown {
-    fn decision(
-        &self,
-        crid: Option<ClientRequestId>,
-        status: &str,
-        reason: Option<&str>,
-        balance: Option<i64>,
-    ) -> Value {
-        json!({ "event": "decision", "client_request_id": crid, "operation": self.operation,
-                "card_uid": self.uid, "status": status, "reason": reason,
-                "total_cents": self.total, "balance_cents": balance })
-    }
-}
-
-/// The JSON body the ledger receives for an operation.
-fn operation_body(op: &Operation) -> Value {
-    let body = match op {
-        Operation::Order(r) => serde_json::to_value(r),
-        Operation::Recharge(r) => serde_json::to_value(r),
-        Operation::Void(r) => serde_json::to_value(r),
-    };
-    body.unwrap_or(Value::Null)
-}
-
-/// Marks an online attempt in doubt and journals its void, so that replay sends the void
-/// before anything journaled after it.
-fn void_in_doubt(
-    j: &mut Journal,
-    seq: TerminalSeq,
-    target: ClientRequestId,
-    staff: &StaffId,
-) -> JournalResult<()> {
-    j.set_state(seq, EntryState::InDoubt, None, None, None, Utc::now())?;
-    // The attempt never counted as a local charge, so its void carries no amount.
-    append_void(j, target, staff, VoidReason::InDoubt, None)?;
-    Ok(())
-}
-
-/// Journals a void of `target` (pending, replayed like any operation) and returns its key.
-/// `effect` is the card and the signed amount this terminal counts for it, when it refunds
-/// an approved operation; a void of an in-doubt attempt has none.
-fn append_void(
-    j: &mut Journal,
-    target: ClientRequestId,
-    staff: &StaffId,
-    reason: VoidReason,
-    effect: Option<(CardUid, Cents)>,
-) -> JournalResult<ClientRequestId> {
-    let crid = ClientRequestId::new_random();
-    let entry = NewEntry {
-        client_request_id: crid,
-        operation: OperationKind::Void,
-        mode: Mode::Offline,
-        decision: effect.as_ref().map(|_| Decision::ApprovedOffline),
-        card_uid: effect.as_ref().map(|(card, _)| card.clone()),
-        amount_cents: effect.map_or(Cents::ZERO, |(_, amount)| amount),
-        decline_reason: None,
-        state: EntryState::Pending,
-    };
-    j.append(
-        entry,
-        |seq| {
-            operation_body(&Operation::Void(VoidRequest {
-                client_request_id: crid,
-                terminal_seq: seq,
-                target_client_request_id: target,
-                staff_id: staff.clone(),
-                reason,
-                created_at: Utc::now(),
-            }))
-        },
-        Utc::now(),
-    )?;
-    Ok(crid)
-}
-
-/// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).
-fn all_unacknowledged(j: &Journal) -> anyhow::Result<Vec<super::journal::Entry>> {
-    let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let page = j.unacknowledged(after, super::journal::LIST_LIMIT_MAX)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.terminal_seq);
-        all.extend(page);
-    }
-    Ok(all)
-}
-
-/// Startup after a crash (and before an export): an online attempt still `sending` never
-/// got its answer recorded, and one marked `in_doubt` may lack its void if the daemon died
-/// between the two writes. Both get a void (the card may have been charged while the screen
-/// showed nothing, so the charge is cancelled). A second void of the same attempt is
-/// harmless: the ledger answers `ALREADY_VOIDED`, which settles it.
-pub fn recover(j: &mut Journal) -> anyhow::Result<usize> {
-    let unacknowledged = all_unacknowledged(j)?;
-    let voided: std::collections::HashSet<String> = unacknowledged
-        .iter()
-        .filter(|e| e.operation == OperationKind::Void)
-        .filter_map(|e| {
-            e.request()
-                .ok()?
-                .get("target_client_request_id")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    let stuck: Vec<_> = unacknowledged
-        .into_iter()
-        .filter(|e| match e.state {
-            EntryState::Sending => true,
-            EntryState::InDoubt => !voided.contains(&e.client_request_id.to_string()),
-            _ => false,
-        })
-        .collect();
-    for entry in &stuck {
-        let staff = entry
-            .request()?
-            .get("staff_id")
-            .and_then(Value::as_str)
-            .and_then(|s| StaffId::parse(s).ok())
-            .ok_or_else(|| {
-                anyhow::anyhow!("journal entry {} has no staff_id", entry.terminal_seq.get())
-            })?;
-        void_in_doubt(j, entry.terminal_seq, entry.client_request_id, &staff)?;
-        tracing::warn!(seq = entry.terminal_seq.get(), client_request_id = %entry.client_request_id, "in-doubt attempt voided after restart");
-    }
-    Ok(stuck.len())
 }
 
 /// Writes the journal's unacknowledged operations as a file `cashless ledger import`
@@ -948,6 +582,12 @@ async fn sync_round(
         .lock()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .replace_staff(&staff, Utc::now())?;
+    if let Some(limits) = client.me().await?.limits {
+        journal
+            .lock()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .set_topup_limits(limits, Utc::now())?;
+    }
     Ok(settled)
 }
 

@@ -70,7 +70,10 @@ pub const TEXT_BYTES_MAX: usize = 1024;
 pub const CURSOR_BYTES_MAX: usize = 1024;
 
 /// The schema migrations, in order. `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/terminal/0001_journal.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/terminal/0001_journal.sql"),
+    include_str!("../../migrations/terminal/0002_declines_and_limits.sql"),
+];
 
 const META_FEED_CURSOR: &str = "feed_cursor";
 const META_LAST_FEED_AT: &str = "last_feed_at";
@@ -354,6 +357,34 @@ pub struct Counts {
     pub last_sync_at: Option<DateTime<Utc>>,
     /// The last card-feed page applied: the replica's age.
     pub last_feed_at: Option<DateTime<Utc>>,
+    /// Operations this terminal declined on its own while offline (never sent).
+    pub declined_offline: u64,
+}
+
+/// An operation declined offline, for [`Journal::record_decline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclineRecord {
+    /// Its own key, so that the record can be named (it is never sent).
+    pub client_request_id: ClientRequestId,
+    /// Order or top-up.
+    pub operation: OperationKind,
+    /// The card.
+    pub card_uid: CardUid,
+    /// The signed effect it would have had (order `-total`, top-up `+amount`).
+    pub amount_cents: Cents,
+    /// Why (`INSUFFICIENT_FUNDS`, `OFFLINE_LIMIT`, ...).
+    pub reason: String,
+    /// Who armed it.
+    pub staff_id: StaffId,
+}
+
+/// The ledger's top-up limits, as `GET /v1/terminals/me` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopupLimits {
+    /// The largest single top-up.
+    pub recharge_max_cents: Cents,
+    /// The largest balance a top-up may lead to.
+    pub balance_max_cents: Cents,
 }
 
 /// One product of the cached catalog; deserializes from `GET /v1/catalog`'s `products`.
@@ -816,7 +847,8 @@ impl Journal {
                  (SELECT COUNT(*) FROM journal WHERE state = 'synced'),
                  (SELECT MAX(terminal_seq) FROM journal),
                  (SELECT value FROM replica_meta WHERE key = ?1),
-                 (SELECT value FROM replica_meta WHERE key = ?2)",
+                 (SELECT value FROM replica_meta WHERE key = ?2),
+                 (SELECT COUNT(*) FROM offline_declines)",
         )?;
         let mut rows = stmt.query(params![META_LAST_SYNC_AT, META_LAST_FEED_AT])?;
         let row = rows
@@ -840,7 +872,21 @@ impl Journal {
             last_seq,
             last_sync_at: opt_time(META_LAST_SYNC_AT, row.get(5)?)?,
             last_feed_at: opt_time(META_LAST_FEED_AT, row.get(6)?)?,
+            declined_offline: count(7)?,
         })
+    }
+
+    /// True when this terminal has operations on `uid` that the ledger has not acknowledged
+    /// (`pending`, `sending` or `in_doubt`): the ledger's balance of the card does not include
+    /// them yet, so the tap flow decides such a card offline.
+    pub fn has_unacknowledged(&self, uid: &CardUid) -> Result<bool, JournalError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM journal
+                                WHERE card_uid = ?1 AND state IN ('pending', 'sending', 'in_doubt'))",
+            )?
+            .query_row(params![uid.as_str()], |r| r.get(0))
+            .map_err(JournalError::from)
     }
 
     /// What this terminal charged `uid` that the replica's balance does not reflect yet:
@@ -1214,6 +1260,103 @@ impl Journal {
         }
         tx.commit()?;
         Ok(marked)
+    }
+
+    /// Records an operation declined offline (durably); it is never sent to the ledger.
+    pub fn record_decline(
+        &mut self,
+        record: &DeclineRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if !matches!(
+            record.operation,
+            OperationKind::Order | OperationKind::Recharge
+        ) {
+            return Err(invalid("only orders and top-ups are declined offline"));
+        }
+        check_amount(record.operation, record.amount_cents)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO offline_declines (client_request_id, operation, card_uid,
+                     amount_cents, reason, staff_id, declined_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                record.client_request_id.to_string(),
+                record.operation.as_str(),
+                record.card_uid.as_str(),
+                record.amount_cents.get(),
+                bounded(record.reason.clone(), TEXT_BYTES_MAX),
+                record.staff_id.as_str(),
+                format_time(now.trunc_subsecs(3)),
+            ])?;
+        Ok(())
+    }
+
+    /// The offline declines recorded, oldest first, at most `limit`.
+    pub fn declines(&self, limit: usize) -> Result<Vec<DeclineRecord>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT client_request_id, operation, card_uid, amount_cents, reason, staff_id
+             FROM offline_declines ORDER BY id LIMIT ?1",
+        )?;
+        let mut rows = stmt.query(params![sql_limit(limit)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let crid: String = row.get(0)?;
+            let operation: String = row.get(1)?;
+            let card: String = row.get(2)?;
+            let staff: String = row.get(5)?;
+            out.push(DeclineRecord {
+                client_request_id: ClientRequestId::parse(&crid).map_err(corrupt)?,
+                operation: OperationKind::parse(&operation)
+                    .ok_or_else(|| corrupt(format!("operation {operation}")))?,
+                card_uid: CardUid::parse(&card).map_err(corrupt)?,
+                amount_cents: Cents::new(row.get(3)?),
+                reason: row.get(4)?,
+                staff_id: StaffId::parse(&staff).map_err(corrupt)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores the ledger's top-up limits, replacing the previous ones.
+    pub fn set_topup_limits(
+        &mut self,
+        limits: TopupLimits,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if limits.recharge_max_cents < Cents::new(1) || limits.balance_max_cents < Cents::new(1) {
+            return Err(invalid(format!(
+                "top-up limits must be positive: {limits:?}"
+            )));
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ledger_limits (id, recharge_max_cents, balance_max_cents, fetched_at)
+                 VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET recharge_max_cents = excluded.recharge_max_cents,
+                     balance_max_cents = excluded.balance_max_cents, fetched_at = excluded.fetched_at",
+            )?
+            .execute(params![
+                limits.recharge_max_cents.get(),
+                limits.balance_max_cents.get(),
+                format_time(now.trunc_subsecs(3)),
+            ])?;
+        Ok(())
+    }
+
+    /// The ledger's top-up limits as last received, if ever.
+    pub fn topup_limits(&self) -> Result<Option<TopupLimits>, JournalError> {
+        self.conn
+            .prepare_cached("SELECT recharge_max_cents, balance_max_cents FROM ledger_limits")?
+            .query_row([], |r| {
+                Ok(TopupLimits {
+                    recharge_max_cents: Cents::new(r.get(0)?),
+                    balance_max_cents: Cents::new(r.get(1)?),
+                })
+            })
+            .optional()
+            .map_err(JournalError::from)
     }
 
     /// Copies the write-ahead log into the database file without waiting for anyone
@@ -1676,7 +1819,7 @@ mod tests {
             let version: i64 = conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 1, "{name}");
+            assert_eq!(version, MIGRATIONS.len() as i64, "{name}");
         }
         assert_eq!(uri_path(Path::new("/t/a b?#%.db")), "/t/a%20b%3F%23%25.db");
     }
@@ -1699,7 +1842,7 @@ mod tests {
         let path = dir.path().join("j.db");
         drop(Journal::open(&path).unwrap());
         let mut conn = Connection::open(&path).unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() as i64);
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(
@@ -1710,5 +1853,65 @@ mod tests {
             Journal::open_read_only(&path),
             Err(JournalError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn offline_declines_are_kept_and_counted_without_a_terminal_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let record = DeclineRecord {
+            client_request_id: ClientRequestId::new_random(),
+            operation: OperationKind::Order,
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            amount_cents: Cents::new(-450),
+            reason: "INSUFFICIENT_FUNDS".into(),
+            staff_id: StaffId::parse("s-1").unwrap(),
+        };
+        j.record_decline(&record, Utc::now()).unwrap();
+        assert_eq!(j.declines(10).unwrap(), vec![record.clone()]);
+        let counts = j.counts().unwrap();
+        assert_eq!(counts.declined_offline, 1);
+        assert_eq!(counts.last_seq, None, "a decline takes no terminal_seq");
+        // The same key twice, a void, or an order that credits: refused, nothing written.
+        assert!(j.record_decline(&record, Utc::now()).is_err());
+        let void = DeclineRecord {
+            client_request_id: ClientRequestId::new_random(),
+            operation: OperationKind::Void,
+            ..record.clone()
+        };
+        assert!(matches!(
+            j.record_decline(&void, Utc::now()),
+            Err(JournalError::Invalid(_))
+        ));
+        let credit = DeclineRecord {
+            client_request_id: ClientRequestId::new_random(),
+            amount_cents: Cents::new(450),
+            ..record
+        };
+        assert!(matches!(
+            j.record_decline(&credit, Utc::now()),
+            Err(JournalError::Invalid(_))
+        ));
+        assert_eq!(j.counts().unwrap().declined_offline, 1);
+    }
+
+    #[test]
+    fn topup_limits_are_replaced_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.topup_limits().unwrap(), None);
+        let limits = |r, b| TopupLimits {
+            recharge_max_cents: Cents::new(r),
+            balance_max_cents: Cents::new(b),
+        };
+        j.set_topup_limits(limits(5000, 10_000), Utc::now())
+            .unwrap();
+        j.set_topup_limits(limits(7000, 20_000), Utc::now())
+            .unwrap();
+        assert!(j.set_topup_limits(limits(0, 20_000), Utc::now()).is_err());
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.topup_limits().unwrap(), Some(limits(7000, 20_000)));
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
 //! - [`config`]: the terminal's configuration file.
-//! - [`core`]: pure decisions (offline policy, replay rules).
+//! - [`core`]: pure decisions (tap flow, offline policy, replay rules, login lockout).
 //! - [`daemon`]: the main loop on the JSON-lines interface: tap, journal, online or offline.
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
 //! - [`sync`]: replaying the journal to the ledger and pulling the card feed.
+//! - [`tap`]: performs the tap flow's steps on the journal and the ledger; crash recovery.
 
 pub mod client;
 pub mod config;
@@ -14,3 +15,4 @@ pub mod core;
 pub mod daemon;
 pub mod journal;
 pub mod sync;
+pub mod tap;

@@ -10,7 +10,7 @@
 //!
 //! The journal is a blocking SQLite handle: every call here runs on the blocking pool.
 
-use super::client::{ClientError, LedgerClient};
+use super::client::{ClientError, Transport};
 use super::core::replay::{self, Settlement};
 use super::journal::{Entry, EntryState, Journal, JournalError, OperationKind, StateChange};
 use crate::domain::{CardUid, TerminalSeq};
@@ -85,7 +85,7 @@ fn batch_operation(entry: &Entry) -> Result<Value, JournalError> {
 /// Replays at most `batch_max` pending entries; `now` stamps the journal.
 pub async fn replay_round(
     journal: &SharedJournal,
-    client: &LedgerClient,
+    client: &impl Transport,
     batch_max: usize,
     now: fn() -> DateTime<Utc>,
 ) -> Result<ReplayReport, SyncError> {
@@ -217,7 +217,7 @@ pub async fn replay_round(
 /// while the page was in flight still counts as a local charge.
 pub async fn pull_card_feed(
     journal: &SharedJournal,
-    client: &LedgerClient,
+    client: &impl Transport,
     now: fn() -> DateTime<Utc>,
 ) -> Result<usize, SyncError> {
     let mut updated = 0;

@@ -9,3 +9,4 @@ pub mod login;
 pub mod online;
 pub mod policy;
 pub mod replay;
+pub mod tap;

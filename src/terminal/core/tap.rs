@@ -1,0 +1,690 @@
+//! The tap flow as a state machine: what happens, in which order, when a card pays for an
+//! armed order or top-up (spec/product.md, bar order steps 2 to 5).
+//!
+//! The flow does no IO. It says what to do next as a [`Step`]; the adapter
+//! (`terminal::tap`) performs it on the journal or the ledger and feeds the result back as an
+//! [`Input`], until the flow says [`Step::Show`]. Because every effect is a step, a crash
+//! between any two of them is simply a flow that was never resumed, and tests drive the
+//! flow with simulated answers, losses and crashes.
+//!
+//! ```text
+//!  ReadCard ─online, and nothing of this card unacknowledged→ JournalAttempt
+//!           └otherwise→ (offline)
+//!  JournalAttempt ─ok→ Send ─approved→ RecordAnswer ─ok→ Show(approved_online)
+//!                          │                        └failed→ VoidAttempt → Show(declined)
+//!                          ├declined→ RecordAnswer → Show(declined, the ledger's reason)
+//!                          └in doubt→ VoidAttempt ─ok→ ReadCard → (offline)
+//!  (offline): policy approves→ JournalOffline ─ok→ Show(approved_offline)
+//!             policy declines→ RecordDecline → Show(declined, the policy's reason)
+//!  any journal write that fails before an approval → Show(declined, JOURNAL_UNAVAILABLE)
+//! ```
+//!
+//! The rules it enforces:
+//! - a card on which this terminal has operations the ledger has not acknowledged yet
+//!   (offline sales waiting for replay, an attempt in doubt) is decided offline, even when
+//!   the ledger is reachable: the ledger's balance does not include them, so it would
+//!   approve money the card no longer has (found by the model test: an offline sale, then
+//!   the network back, then an online sale before the replay, left the card in debt);
+//! - the operation is in the journal before the ledger is asked (`JournalAttempt` first);
+//! - an approval is shown only after the write that records it succeeded;
+//! - an attempt without a definitive answer is voided before anything else is journaled,
+//!   and an offline sale after it is a new operation;
+//! - an online approval that cannot be recorded is voided (best effort; otherwise the entry
+//!   stays `sending`, which the next start voids), and shown as declined.
+
+use super::online::{self, OnlineOutcome};
+use super::policy::{OfflineLimits, ReplicaCard, decide_offline_order};
+use crate::domain::Cents;
+use crate::terminal::journal::{Decision, EntryState};
+
+/// The reason shown when the journal cannot record a decision.
+pub const JOURNAL_UNAVAILABLE: &str = "JOURNAL_UNAVAILABLE";
+/// The reason shown when an offline top-up would take the card past the balance limit.
+pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+/// The reason shown if the flow is fed an input it did not ask for (a bug in an adapter).
+pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+
+/// What the card pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movement {
+    /// A sale of `total`: the card is charged.
+    Order,
+    /// A top-up of `total`: the card is credited.
+    Topup,
+}
+
+/// What the flow needs to decide offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// The offline policy's limits for orders.
+    pub offline: OfflineLimits,
+    /// The ledger's maximum card balance, when known: an offline top-up that would pass it
+    /// on a card whose balance the replica knows is declined.
+    pub balance_max: Option<Cents>,
+}
+
+/// The ledger's answer to the online attempt, as far as the flow needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `error.code` of an error answer.
+    pub code: Option<String>,
+    /// `new_balance_cents` of an approval, `error.details.balance_cents` of a decline.
+    pub balance: Option<Cents>,
+}
+
+/// The next thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Append the online attempt to the journal, state `sending` (durably).
+    JournalAttempt,
+    /// Send the attempt to the ledger; answer with [`Input::Answer`].
+    Send,
+    /// Record the ledger's definitive answer on the attempt.
+    RecordAnswer {
+        /// The attempt's new state.
+        state: EntryState,
+        /// Its decision.
+        decision: Decision,
+        /// The ledger's reason for a decline.
+        reason: Option<String>,
+    },
+    /// Mark the attempt in doubt and journal a void of it. The terminal is offline from
+    /// here until the ledger answers again.
+    VoidAttempt,
+    /// Read the card's replica entry, this terminal's local charges on it, and whether it
+    /// has operations on it the ledger has not acknowledged; answer with [`Input::Card`].
+    ReadCard,
+    /// Append the offline approval to the journal as a new operation (state `pending`).
+    JournalOffline,
+    /// Keep a local record of an offline decline (no `terminal_seq`: the ledger never sees
+    /// it).
+    RecordDecline {
+        /// The policy's reason.
+        reason: &'static str,
+    },
+    /// Show the decision. The flow is over.
+    Show(Verdict),
+}
+
+/// The result of performing a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The journal write (or read) succeeded.
+    Done,
+    /// The journal write (or read) failed.
+    JournalFailed,
+    /// The ledger's answer to [`Step::Send`]; `None` when none arrived (timeout, connection
+    /// cut, unreadable answer), or the request may have reached the ledger.
+    Answer(Option<Reply>),
+    /// The answer to [`Step::ReadCard`].
+    Card {
+        /// The replica's view of the card; `None` if the card feed never mentioned it.
+        card: Option<ReplicaCard>,
+        /// This terminal's charges on the card since that view (signed, net of credits).
+        local_charges: Cents,
+        /// This terminal has operations on the card that the ledger has not acknowledged
+        /// (pending, being sent, or in doubt).
+        unacknowledged: bool,
+    },
+}
+
+/// How a tap ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The ledger approved it, and the approval is journaled.
+    ApprovedOnline,
+    /// The terminal approved it alone, and the approval is journaled.
+    ApprovedOffline,
+    /// Declined.
+    Declined,
+}
+
+impl Outcome {
+    /// As the `decision` event spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::ApprovedOnline => "approved_online",
+            Outcome::ApprovedOffline => "approved_offline",
+            Outcome::Declined => "declined",
+        }
+    }
+}
+
+/// What the screen shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Approved or declined.
+    pub outcome: Outcome,
+    /// Why it was declined.
+    pub reason: Option<String>,
+    /// The card's balance after the operation, when known.
+    pub balance: Option<Cents>,
+    /// Which journaled operation the verdict is about: the online attempt or the offline
+    /// operation. `None` when nothing of this tap is in the journal.
+    pub operation: Option<Journaled>,
+}
+
+/// Which of the tap's journal entries a verdict refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaled {
+    /// The online attempt.
+    Attempt,
+    /// The offline operation.
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Reading the card; `online`: the ledger may be asked.
+    Checking {
+        online: bool,
+    },
+    JournalingAttempt,
+    Sending,
+    RecordingApproval {
+        balance: Option<Cents>,
+    },
+    RecordingDecline {
+        reason: String,
+        balance: Option<Cents>,
+    },
+    VoidingUnrecorded,
+    VoidingInDoubt,
+    ReadingCard,
+    JournalingOffline {
+        balance: Option<Cents>,
+    },
+    RecordingOfflineDecline {
+        reason: &'static str,
+    },
+    Over,
+}
+
+/// One tap of a card on an armed order or top-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapFlow {
+    movement: Movement,
+    total: Cents,
+    limits: FlowLimits,
+    state: State,
+}
+
+fn declined(reason: &str, operation: Option<Journaled>) -> Step {
+    Step::Show(Verdict {
+        outcome: Outcome::Declined,
+        reason: Some(reason.to_owned()),
+        balance: None,
+        operation,
+    })
+}
+
+impl TapFlow {
+    /// Starts a tap for `total`, with the ledger reachable (`online`: it is asked first,
+    /// unless the card has unacknowledged operations) or not; returns the flow and its first
+    /// step, which is always [`Step::ReadCard`].
+    pub fn start(
+        movement: Movement,
+        total: Cents,
+        online: bool,
+        limits: FlowLimits,
+    ) -> (TapFlow, Step) {
+        (
+            TapFlow {
+                movement,
+                total,
+                limits,
+                state: State::Checking { online },
+            },
+            Step::ReadCard,
+        )
+    }
+
+    /// Feeds the result of the last step; returns the next one.
+    pub fn advance(&mut self, input: Input) -> Step {
+        let state = std::mem::replace(&mut self.state, State::Over);
+        let (next, step) = self.transition(state, input);
+        self.state = next;
+        step
+    }
+
+    fn transition(&self, state: State, input: Input) -> (State, Step) {
+        use Journaled::{Attempt, Offline};
+        match (state, input) {
+            (
+                State::Checking { online: true },
+                Input::Card {
+                    unacknowledged: false,
+                    ..
+                },
+            ) => (State::JournalingAttempt, Step::JournalAttempt),
+            (
+                State::Checking { .. } | State::ReadingCard,
+                Input::Card {
+                    card,
+                    local_charges,
+                    ..
+                },
+            ) => match self.decide_offline(card, local_charges) {
+                Ok(balance) => (State::JournalingOffline { balance }, Step::JournalOffline),
+                Err(reason) => (
+                    State::RecordingOfflineDecline { reason },
+                    Step::RecordDecline { reason },
+                ),
+            },
+            (State::Checking { .. } | State::ReadingCard, Input::JournalFailed) => {
+                (State::Over, declined(JOURNAL_UNAVAILABLE, None))
+            }
+            (State::JournalingAttempt, Input::Done) => (State::Sending, Step::Send),
+            (State::JournalingAttempt, Input::JournalFailed) => {
+                (State::Over, declined(JOURNAL_UNAVAILABLE, None))
+            }
+            (State::Sending, Input::Answer(reply)) => {
+                let outcome = online::classify(
+                    reply
+                        .as_ref()
+                        .map(|r| (r.status, r.code.as_deref(), r.balance)),
+                );
+                let balance = reply.and_then(|r| r.balance);
+                match outcome {
+                    OnlineOutcome::Approved { .. } => (
+                        State::RecordingApproval { balance },
+                        Step::RecordAnswer {
+                            state: EntryState::Synced,
+                            decision: Decision::ApprovedOnline,
+                            reason: None,
+                        },
+                    ),
+                    OnlineOutcome::Declined { reason, stored } => (
+                        State::RecordingDecline {
+                            reason: reason.clone(),
+                            balance,
+                        },
+                        Step::RecordAnswer {
+                            // A refusal of the request itself is kept for operators.
+                            state: if stored {
+                                EntryState::Synced
+                            } else {
+                                EntryState::Rejected
+                            },
+                            decision: Decision::Declined,
+                            reason: Some(reason),
+                        },
+                    ),
+                    OnlineOutcome::InDoubt => (State::VoidingInDoubt, Step::VoidAttempt),
+                }
+            }
+            (State::RecordingApproval { balance }, Input::Done) => (
+                State::Over,
+                Step::Show(Verdict {
+                    outcome: Outcome::ApprovedOnline,
+                    reason: None,
+                    balance,
+                    operation: Some(Attempt),
+                }),
+            ),
+            // Charged at the ledger, but not recorded here: never shown as approved. Void it
+            // now if the journal lets us; if not, the entry stays `sending` and the next
+            // start voids it.
+            (State::RecordingApproval { .. }, Input::JournalFailed) => {
+                (State::VoidingUnrecorded, Step::VoidAttempt)
+            }
+            (State::VoidingUnrecorded, _) => {
+                (State::Over, declined(JOURNAL_UNAVAILABLE, Some(Attempt)))
+            }
+            // A decline is shown even if recording it failed: nothing was charged.
+            (State::RecordingDecline { reason, balance }, Input::Done | Input::JournalFailed) => (
+                State::Over,
+                Step::Show(Verdict {
+                    outcome: Outcome::Declined,
+                    reason: Some(reason),
+                    balance,
+                    operation: Some(Attempt),
+                }),
+            ),
+            (State::VoidingInDoubt, Input::Done) => (State::ReadingCard, Step::ReadCard),
+            (State::VoidingInDoubt, Input::JournalFailed) => {
+                (State::Over, declined(JOURNAL_UNAVAILABLE, Some(Attempt)))
+            }
+            (State::JournalingOffline { balance }, Input::Done) => (
+                State::Over,
+                Step::Show(Verdict {
+                    outcome: Outcome::ApprovedOffline,
+                    reason: None,
+                    balance,
+                    operation: Some(Offline),
+                }),
+            ),
+            (State::JournalingOffline { .. }, Input::JournalFailed) => {
+                (State::Over, declined(JOURNAL_UNAVAILABLE, None))
+            }
+            // The record of a decline is for the shift's books; the decline stands either way.
+            (State::RecordingOfflineDecline { reason }, Input::Done | Input::JournalFailed) => {
+                (State::Over, declined(reason, None))
+            }
+            // An input the flow did not ask for: an adapter bug. Declining is always safe.
+            (_, _) => (State::Over, declined(INTERNAL_ERROR, None)),
+        }
+    }
+
+    /// The offline decision; `Ok` carries the card's balance after the operation, when known.
+    fn decide_offline(
+        &self,
+        card: Option<ReplicaCard>,
+        local_charges: Cents,
+    ) -> Result<Option<Cents>, &'static str> {
+        let signed = match self.movement {
+            Movement::Order => {
+                decide_offline_order(self.total, card, local_charges, &self.limits.offline)
+                    .map_err(|d| d.reason())?;
+                Cents::ZERO
+                    .checked_sub(self.total)
+                    .map_err(|_| LIMIT_EXCEEDED)?
+            }
+            // Money received at the checkpoint is recorded, unless it takes a card whose
+            // balance is known past the festival's maximum.
+            Movement::Topup => self.total,
+        };
+        let after = card.and_then(|c| {
+            c.balance
+                .checked_sub(local_charges)
+                .and_then(|b| b.checked_add(signed))
+                .ok()
+        });
+        if self.movement == Movement::Topup
+            && let (Some(after), Some(max)) = (after, self.limits.balance_max)
+            && after > max
+        {
+            return Err(LIMIT_EXCEEDED);
+        }
+        Ok(after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> FlowLimits {
+        FlowLimits {
+            offline: OfflineLimits {
+                max_order: Cents::new(5000),
+                max_card_exposure: Cents::new(10_000),
+                unknown_card: Cents::ZERO,
+            },
+            balance_max: Some(Cents::new(20_000)),
+        }
+    }
+
+    fn known(balance: i64) -> Input {
+        Input::Card {
+            card: Some(ReplicaCard {
+                balance: Cents::new(balance),
+                blocked: false,
+            }),
+            local_charges: Cents::new(100),
+            unacknowledged: false,
+        }
+    }
+
+    /// A card with operations of this terminal the ledger has not acknowledged.
+    fn busy(balance: i64) -> Input {
+        match known(balance) {
+            Input::Card {
+                card,
+                local_charges,
+                ..
+            } => Input::Card {
+                card,
+                local_charges,
+                unacknowledged: true,
+            },
+            other => other,
+        }
+    }
+
+    fn reply(status: u16, code: Option<&str>, balance: Option<i64>) -> Input {
+        Input::Answer(Some(Reply {
+            status,
+            code: code.map(str::to_owned),
+            balance: balance.map(Cents::new),
+        }))
+    }
+
+    /// Runs a flow, answering each step from `inputs` in turn; returns the steps taken.
+    fn run(movement: Movement, total: i64, online: bool, inputs: Vec<Input>) -> Vec<Step> {
+        let (mut flow, mut step) = TapFlow::start(movement, Cents::new(total), online, limits());
+        let mut steps = vec![step.clone()];
+        for input in inputs {
+            assert!(
+                !matches!(step, Step::Show(_)),
+                "fed {input:?} after {steps:?}"
+            );
+            step = flow.advance(input);
+            steps.push(step.clone());
+        }
+        steps
+    }
+
+    fn shown(steps: &[Step]) -> &Verdict {
+        match steps.last() {
+            Some(Step::Show(v)) => v,
+            other => panic!("the flow did not end: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn online_approval_is_journaled_before_the_ledger_is_asked_and_recorded_before_it_is_shown() {
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![
+                known(1000),
+                Input::Done,
+                reply(201, None, Some(550)),
+                Input::Done,
+            ],
+        );
+        assert_eq!(steps[0], Step::ReadCard);
+        assert_eq!(steps[1], Step::JournalAttempt);
+        assert_eq!(steps[2], Step::Send);
+        assert!(matches!(
+            steps[3],
+            Step::RecordAnswer {
+                state: EntryState::Synced,
+                decision: Decision::ApprovedOnline,
+                ..
+            }
+        ));
+        let v = shown(&steps);
+        assert_eq!(v.outcome, Outcome::ApprovedOnline);
+        assert_eq!(v.balance, Some(Cents::new(550)));
+        assert_eq!(v.operation, Some(Journaled::Attempt));
+    }
+
+    #[test]
+    fn an_unwritable_journal_before_sending_declines_without_asking_the_ledger() {
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![known(1000), Input::JournalFailed],
+        );
+        assert_eq!(steps.len(), 3);
+        assert_eq!(shown(&steps).reason.as_deref(), Some(JOURNAL_UNAVAILABLE));
+        assert_eq!(shown(&steps).operation, None);
+    }
+
+    #[test]
+    fn an_approval_that_cannot_be_recorded_is_voided_and_shown_declined() {
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![
+                known(1000),
+                Input::Done,
+                reply(201, None, Some(550)),
+                Input::JournalFailed,
+                Input::JournalFailed,
+            ],
+        );
+        assert_eq!(steps[4], Step::VoidAttempt);
+        assert_eq!(shown(&steps).outcome, Outcome::Declined);
+        assert_eq!(shown(&steps).reason.as_deref(), Some(JOURNAL_UNAVAILABLE));
+    }
+
+    #[test]
+    fn a_ledger_decline_is_recorded_and_shown_with_its_reason_even_if_recording_failed() {
+        for record in [Input::Done, Input::JournalFailed] {
+            let steps = run(
+                Movement::Order,
+                450,
+                true,
+                vec![
+                    known(1000),
+                    Input::Done,
+                    reply(402, Some("INSUFFICIENT_FUNDS"), Some(100)),
+                    record,
+                ],
+            );
+            assert!(matches!(
+                &steps[3],
+                Step::RecordAnswer { state: EntryState::Synced, decision: Decision::Declined, reason: Some(r) } if r == "INSUFFICIENT_FUNDS"
+            ));
+            let v = shown(&steps);
+            assert_eq!(v.outcome, Outcome::Declined);
+            assert_eq!(v.balance, Some(Cents::new(100)));
+        }
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![
+                known(1000),
+                Input::Done,
+                reply(401, Some("UNAUTHORIZED"), None),
+                Input::Done,
+            ],
+        );
+        assert!(matches!(
+            &steps[3],
+            Step::RecordAnswer {
+                state: EntryState::Rejected,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn no_answer_voids_the_attempt_then_decides_offline_as_a_new_operation() {
+        for answer in [
+            Input::Answer(None),
+            reply(503, Some("DATABASE_ERROR"), None),
+            reply(409, Some("DUPLICATE_REQUEST"), None),
+        ] {
+            let steps = run(
+                Movement::Order,
+                450,
+                true,
+                vec![
+                    known(1000),
+                    Input::Done,
+                    answer,
+                    Input::Done,
+                    known(1000),
+                    Input::Done,
+                ],
+            );
+            assert_eq!(steps[3], Step::VoidAttempt);
+            assert_eq!(steps[4], Step::ReadCard);
+            assert_eq!(steps[5], Step::JournalOffline);
+            let v = shown(&steps);
+            assert_eq!(v.outcome, Outcome::ApprovedOffline);
+            assert_eq!(v.operation, Some(Journaled::Offline));
+            assert_eq!(v.balance, Some(Cents::new(1000 - 100 - 450)));
+        }
+    }
+
+    #[test]
+    fn a_void_that_cannot_be_journaled_stops_the_sale() {
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![
+                known(1000),
+                Input::Done,
+                Input::Answer(None),
+                Input::JournalFailed,
+            ],
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(JOURNAL_UNAVAILABLE));
+    }
+
+    #[test]
+    fn offline_declines_are_recorded_and_approvals_journaled_before_shown() {
+        let steps = run(Movement::Order, 450, false, vec![known(400), Input::Done]);
+        assert_eq!(steps[0], Step::ReadCard);
+        assert_eq!(
+            steps[1],
+            Step::RecordDecline {
+                reason: "INSUFFICIENT_FUNDS"
+            }
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some("INSUFFICIENT_FUNDS"));
+
+        let steps = run(
+            Movement::Order,
+            450,
+            false,
+            vec![known(1000), Input::JournalFailed],
+        );
+        assert_eq!(steps[1], Step::JournalOffline);
+        assert_eq!(shown(&steps).outcome, Outcome::Declined);
+        assert_eq!(shown(&steps).reason.as_deref(), Some(JOURNAL_UNAVAILABLE));
+    }
+
+    #[test]
+    fn offline_topups_are_accepted_up_to_the_balance_limit() {
+        let steps = run(Movement::Topup, 5000, false, vec![known(1000), Input::Done]);
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        assert_eq!(shown(&steps).balance, Some(Cents::new(1000 - 100 + 5000)));
+        // 19,000 - 100 + 5,000 > 20,000.
+        let steps = run(
+            Movement::Topup,
+            5000,
+            false,
+            vec![known(19_000), Input::Done],
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(LIMIT_EXCEEDED));
+        // Unknown card: the balance is unknown, the money was received.
+        let unknown = Input::Card {
+            card: None,
+            local_charges: Cents::ZERO,
+            unacknowledged: false,
+        };
+        let steps = run(Movement::Topup, 5000, false, vec![unknown, Input::Done]);
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        assert_eq!(shown(&steps).balance, None);
+    }
+
+    #[test]
+    fn a_card_with_unacknowledged_operations_is_decided_offline_even_online() {
+        // The ledger's balance lacks this terminal's pending sales on the card: asking it
+        // would approve money the card may no longer have.
+        let steps = run(Movement::Order, 450, true, vec![busy(1000), Input::Done]);
+        assert_eq!(steps[1], Step::JournalOffline);
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        let steps = run(Movement::Order, 450, true, vec![busy(500), Input::Done]);
+        assert_eq!(shown(&steps).reason.as_deref(), Some("INSUFFICIENT_FUNDS"));
+    }
+
+    #[test]
+    fn an_unexpected_input_declines() {
+        let steps = run(Movement::Order, 450, true, vec![Input::Done]);
+        assert_eq!(shown(&steps).reason.as_deref(), Some(INTERNAL_ERROR));
+    }
+}

@@ -302,7 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 // Reading stdin blocks a thread that no signal wakes: do not wait for it.
                 rt.shutdown_background();
-                result?;
+                result.with_context(|| format!("terminal {}", args.config.display()))?;
                 Ok(ExitCode::SUCCESS)
             }
             Some(TerminalCommandLine::Export { out }) => {

@@ -589,6 +589,45 @@ async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
     l.assert_audit_ok();
 }
 
+#[tokio::test]
+async fn a_terminal_configured_as_another_kind_than_registered_refuses_to_start() {
+    let l = Ledger::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("terminal.toml");
+    // bar-1's token, configured as a checkpoint.
+    std::fs::write(
+        &config,
+        format!(
+            "[terminal]\nname = \"bar-1\"\nkind = \"checkpoint\"\njournal = {:?}\n\n[ledger]\nurl = \"{}\"\ntoken = \"{}\"\n\n[reader]\nbackend = \"simulated\"\n",
+            dir.path().join("journal.db").display().to_string(),
+            l.base_url,
+            l.bar_token
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(BIN)
+            .args(["terminal", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout} {stderr}");
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert!(
+        stderr.contains("bar-1 (checkpoint)")
+            && stderr.contains("bar-1 (bar)")
+            && stderr.contains("[terminal] name and kind")
+            && stderr.contains("terminal.toml"),
+        "{stderr}"
+    );
+}
+
 /// The replica's balance of `card` in the terminal's journal, once it equals `expected`.
 async fn wait_for_replica_balance(journal: &std::path::Path, card: &str, expected: i64) {
     let conn =

@@ -556,6 +556,16 @@ async fn sync_round(
     client: &LedgerClient,
     config: &TerminalConfig,
 ) -> Result<usize, anyhow::Error> {
+    // Who the ledger says this token is: checked before anything is replayed, so that a
+    // terminal configured as the wrong kind or name never sends its journal.
+    let me = client.me().await?;
+    if me.kind != config.kind.as_str() || me.name != config.name {
+        return Err(RegistrationMismatch {
+            configured: format!("{} ({})", config.name, config.kind.as_str()),
+            registered: format!("{} ({})", me.name, me.kind),
+        }
+        .into());
+    }
     let mut settled = 0;
     for _ in 0..ROUND_BATCHES_MAX {
         let report = replay_round(journal, client, config.sync_batch_max, Utc::now).await?;
@@ -577,18 +587,33 @@ async fn sync_round(
             .replace_catalog(&catalog, Some(&etag), Utc::now())?;
     }
     let staff = client.staff().await?;
-    let staff: Vec<CachedStaff> = serde_json::from_value(staff["staff"].clone())?;
-    journal
-        .lock()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .replace_staff(&staff, Utc::now())?;
-    if let Some(limits) = client.me().await?.limits {
-        journal
-            .lock()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .set_topup_limits(limits, Utc::now())?;
+    let mut staff: Vec<CachedStaff> = serde_json::from_value(staff["staff"].clone())?;
+    staff.sort_by(|a, b| a.staff_id.cmp(&b.staff_id));
+    let limits = me.limits;
+    // Written only when changed: each write is an fsync, and a tap waits for the journal
+    // while one runs.
+    let mut j = journal.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if j.staff()? != staff {
+        j.replace_staff(&staff, Utc::now())?;
+    }
+    if let Some(limits) = limits
+        && j.topup_limits()? != Some(limits)
+    {
+        j.set_topup_limits(limits, Utc::now())?;
     }
     Ok(settled)
+}
+
+/// The ledger registered this terminal's token under another name or kind than its
+/// configuration says: selling would only produce operations the ledger refuses.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the configuration says this terminal is {configured}, but the ledger registered its token as \
+     {registered}: fix [terminal] name and kind, or the token"
+)]
+pub struct RegistrationMismatch {
+    configured: String,
+    registered: String,
 }
 
 /// Batches replayed per round at most, before the feeds get their turn.
@@ -608,6 +633,9 @@ where
     // A first round before `ready`, so that a terminal with network starts with fresh
     // caches; the background task starts after it, so two rounds never run at once.
     if let Err(e) = sync_round(&daemon.journal, &daemon.sync_client, &daemon.config).await {
+        if e.is::<RegistrationMismatch>() {
+            return Err(e);
+        }
         tracing::warn!(error = %e, "first sync failed; starting offline");
         daemon.online.store(false, Ordering::Relaxed);
     }

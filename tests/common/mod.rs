@@ -12,6 +12,8 @@
 //! deadline ([`wait_for`]).
 #![allow(dead_code)]
 
+pub mod terminal;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

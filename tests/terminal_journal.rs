@@ -1267,3 +1267,96 @@ fn entries_serialize_their_spellings() {
         assert_eq!(value, json!(text));
     }
 }
+
+/// The void of an in-doubt attempt, with its request body.
+fn void_of(target: ClientRequestId) -> (NewEntry, impl FnOnce(TerminalSeq) -> Value) {
+    let entry = new_entry(OperationKind::Void, None, 0, None, EntryState::Pending);
+    let crid = entry.client_request_id;
+    (entry, move |seq: TerminalSeq| {
+        json!({"client_request_id": crid.to_string(), "terminal_seq": seq.get(),
+               "target_client_request_id": target.to_string(), "reason": "in_doubt"})
+    })
+}
+
+#[test]
+fn an_attempt_and_its_void_are_journaled_together_or_not_at_all() {
+    let f = Fixture::new();
+    let mut j = f.open();
+    let attempt = append(
+        &mut j,
+        new_entry(
+            OperationKind::Order,
+            Some(CARD),
+            -450,
+            None,
+            EntryState::Sending,
+        ),
+        t(0),
+    );
+    let (void, request) = void_of(attempt.client_request_id);
+    let written = j
+        .void_in_doubt(attempt.terminal_seq, void, request, t(1))
+        .unwrap();
+    assert_eq!(written.terminal_seq, seq(2));
+    assert_eq!(
+        j.entry(attempt.terminal_seq).unwrap().unwrap().state,
+        EntryState::InDoubt
+    );
+
+    // Refused for an entry that is not an attempt being sent: nothing written at all.
+    let sale = append(&mut j, offline_sale(200), t(2));
+    let (void, request) = void_of(sale.client_request_id);
+    assert!(matches!(
+        j.void_in_doubt(sale.terminal_seq, void, request, t(3)),
+        Err(JournalError::Invalid(_))
+    ));
+    assert_eq!(
+        j.entry(sale.terminal_seq).unwrap().unwrap().state,
+        EntryState::Pending
+    );
+    assert_eq!(j.counts().unwrap().last_seq, Some(seq(3)));
+
+    // A void whose body is refused (it lacks its own ids) leaves the attempt as it was.
+    let second = append(
+        &mut j,
+        new_entry(
+            OperationKind::Order,
+            Some(CARD),
+            -200,
+            None,
+            EntryState::Sending,
+        ),
+        t(4),
+    );
+    let bad = new_entry(OperationKind::Void, None, 0, None, EntryState::Pending);
+    assert!(
+        j.void_in_doubt(second.terminal_seq, bad, |_| json!({}), t(5))
+            .is_err()
+    );
+    assert_eq!(
+        j.entry(second.terminal_seq).unwrap().unwrap().state,
+        EntryState::Sending,
+        "the attempt is not in doubt without its void"
+    );
+    assert_eq!(j.counts().unwrap().last_seq, Some(seq(4)));
+    assert!(j.has_sending().unwrap());
+}
+
+#[test]
+fn a_journal_reopened_after_its_file_became_writable_writes_again() {
+    let f = Fixture::new();
+    drop(f.open());
+    let restore = make_read_only(&f.path, f.dir.path());
+    let mut j = Journal::open_read_only(&f.path).unwrap();
+    assert!(j.is_read_only());
+    drop(restore);
+    j.reopen(&f.path).unwrap();
+    assert!(!j.is_read_only());
+    append(&mut j, offline_sale(200), t(0));
+    assert_eq!(j.counts().unwrap().pending, 1);
+    // A reopen that fails leaves a handle that says it cannot write, so it is retried.
+    let missing = f.dir.path().join("no-such-dir").join("journal.db");
+    assert!(j.reopen(&missing).is_err());
+    assert!(j.is_read_only());
+    assert!(j.counts().is_err());
+}

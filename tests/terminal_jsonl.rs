@@ -323,9 +323,9 @@ async fn a_terminal_configured_as_another_kind_than_registered_refuses_to_start(
     .unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        Command::new(BIN)
+        tokio::process::Command::new(BIN)
             .args(["terminal", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
+            .stdin(std::process::Stdio::null())
             .output(),
     )
     .await

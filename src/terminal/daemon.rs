@@ -33,6 +33,8 @@ use tokio::sync::mpsc;
 
 /// Longest command line read; a longer one is refused and skipped.
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+/// 10 ms waits at shutdown for the sync task's last journal call, at most.
+const SHUTDOWN_JOURNAL_WAITS_MAX: u32 = 300;
 /// Events the sync task may queue for the main loop.
 pub const SYNC_EVENTS_MAX: usize = 64;
 
@@ -98,6 +100,9 @@ pub struct Daemon {
     /// For replay and feeds.
     sync_client: LedgerClient,
     online: Arc<AtomicBool>,
+    /// True while a tap runs: its online attempt may be `sending`, which the sync task must
+    /// then leave alone (it voids `sending` attempts only when no tap runs).
+    tap_in_flight: Arc<AtomicBool>,
     staff: Option<StaffId>,
     armed: Option<Armed>,
     /// The last approved operation of this session, which `void_last` refunds.
@@ -133,6 +138,7 @@ impl Daemon {
             client,
             sync_client,
             online: Arc::new(AtomicBool::new(true)),
+            tap_in_flight: Arc::new(AtomicBool::new(false)),
             staff: None,
             armed: None,
             last_approved: None,
@@ -162,6 +168,7 @@ impl Daemon {
                 "event": "status", "online": self.online.load(Ordering::Relaxed),
                 "pending": c.pending, "in_doubt": c.in_doubt, "rejected": c.rejected,
                 "declined_offline": c.declined_offline,
+                "journal_writable": self.with_journal(|j| Ok(!j.is_read_only())).unwrap_or(false),
                 "last_sync_at": c.last_sync_at.map(format_time), "reader": "simulated",
                 "staff": self.staff.as_ref().map(StaffId::as_str),
             }),
@@ -390,10 +397,12 @@ impl Daemon {
         );
         let online = Arc::clone(&self.online);
         let mut tap = Tap::new(&self.journal, &uid, &payment);
+        self.tap_in_flight.store(true, Ordering::SeqCst);
         let verdict = tap::run(flow, first, &mut tap, &self.client, || {
             online.store(false, Ordering::Relaxed);
         })
         .await;
+        self.tap_in_flight.store(false, Ordering::SeqCst);
         let crid = tap.client_request_id(verdict.operation);
         if verdict.outcome != Outcome::Declined
             && let Some(crid) = crid
@@ -512,6 +521,7 @@ async fn sync_loop(
     journal: SharedJournal,
     client: LedgerClient,
     online: Arc<AtomicBool>,
+    tap_in_flight: Arc<AtomicBool>,
     config: TerminalConfig,
     events: mpsc::Sender<Value>,
 ) {
@@ -521,7 +531,7 @@ async fn sync_loop(
     };
     let mut failures: u32 = 0;
     loop {
-        let round = sync_round(&journal, &client, &config).await;
+        let round = sync_round(&journal, &client, &config, &tap_in_flight).await;
         let delay_ms = match round {
             Ok(synced) => {
                 failures = 0;
@@ -555,7 +565,9 @@ async fn sync_round(
     journal: &SharedJournal,
     client: &LedgerClient,
     config: &TerminalConfig,
+    tap_in_flight: &AtomicBool,
 ) -> Result<usize, anyhow::Error> {
+    heal_journal(journal, config, tap_in_flight)?;
     // Who the ledger says this token is: checked before anything is replayed, so that a
     // terminal configured as the wrong kind or name never sends its journal.
     let me = client.me().await?;
@@ -604,6 +616,43 @@ async fn sync_round(
     Ok(settled)
 }
 
+/// Repairs what a journal failure left behind while the daemon runs, before each sync round:
+/// a journal opened read-only (its mount was read-only) is opened again once it can be
+/// written, and an online attempt left `sending` by a tap whose answer could not be
+/// recorded is voided (as a restart would), unless a tap is running right now.
+fn heal_journal(
+    journal: &SharedJournal,
+    config: &TerminalConfig,
+    tap_in_flight: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut j = journal.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A cheap probe first: reopening closes the journal, which is only worth it once the
+    // file can be written again.
+    if j.is_read_only()
+        && std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config.journal)
+            .is_ok()
+    {
+        match j.reopen(&config.journal) {
+            Ok(()) if !j.is_read_only() => {
+                tracing::info!(journal = %config.journal.display(), "the journal is writable again");
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "cannot open the journal again"),
+        }
+    }
+    // Checked under the journal lock: a tap sets the flag before its first journal write.
+    if !tap_in_flight.load(Ordering::SeqCst) && j.has_sending()? {
+        let voided = recover(&mut j)?;
+        tracing::warn!(
+            voided,
+            "online attempts whose answer was never recorded voided"
+        );
+    }
+    Ok(())
+}
+
 /// The ledger registered this terminal's token under another name or kind than its
 /// configuration says: selling would only produce operations the ledger refuses.
 #[derive(Debug, thiserror::Error)]
@@ -632,7 +681,14 @@ where
 {
     // A first round before `ready`, so that a terminal with network starts with fresh
     // caches; the background task starts after it, so two rounds never run at once.
-    if let Err(e) = sync_round(&daemon.journal, &daemon.sync_client, &daemon.config).await {
+    if let Err(e) = sync_round(
+        &daemon.journal,
+        &daemon.sync_client,
+        &daemon.config,
+        &daemon.tap_in_flight,
+    )
+    .await
+    {
         if e.is::<RegistrationMismatch>() {
             return Err(e);
         }
@@ -644,6 +700,7 @@ where
         Arc::clone(&daemon.journal),
         daemon.sync_client.clone(),
         Arc::clone(&daemon.online),
+        Arc::clone(&daemon.tap_in_flight),
         daemon.config.clone(),
         events_tx,
     ));
@@ -671,6 +728,16 @@ where
         }
     }
     sync.abort();
+    // Wait until the sync task is gone, and any journal call it started on the blocking
+    // pool (bounded: they are single transactions), so that dropping the daemon closes the
+    // journal cleanly.
+    let _ = sync.await;
+    for _ in 0..SHUTDOWN_JOURNAL_WAITS_MAX {
+        if Arc::strong_count(&daemon.journal) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The journal is consistent after every call; closing it is all that is left.
     if let Ok(j) = daemon.journal.lock() {
         let _ = j.checkpoint();

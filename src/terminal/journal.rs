@@ -487,12 +487,15 @@ impl Journal {
     /// fails with [`JournalError::Io`] rather than show a journal without its last entries.
     pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
         let conn = match connect_read_only(path, false) {
+            // Without write access to the directory SQLite cannot create `-shm` (and on a
+            // read-only mount, where creating `-wal` fails with EROFS, the open itself fails
+            // with CANTOPEN even though the database file is there).
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(
                     f.extended_code,
                     rusqlite::ffi::SQLITE_READONLY_CANTINIT
                         | rusqlite::ffi::SQLITE_READONLY_DIRECTORY
-                ) =>
+                ) || (f.code == rusqlite::ErrorCode::CannotOpen && path.is_file()) =>
             {
                 if wal_may_hold_data(path) {
                     return Err(JournalError::Io(format!(
@@ -540,6 +543,35 @@ impl Journal {
         Ok(Journal { conn })
     }
 
+    /// True when this handle cannot write (the file or its mount was read-only when it was
+    /// opened); [`Journal::open`] again once it may be writable.
+    pub fn is_read_only(&self) -> bool {
+        self.conn.path().is_none_or(str::is_empty)
+            || self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)
+    }
+
+    /// Opens `path` again in place of this handle, to write again after the journal's
+    /// mount became writable. The old connection is closed first: SQLite shares one
+    /// write-ahead-log index per file within a process, and the read-only one would keep
+    /// every new connection read-only. Until the new open succeeds, this handle is an
+    /// unusable placeholder on which every call fails (and [`Journal::is_read_only`] is
+    /// true), so a failed reopen is retried later.
+    pub fn reopen(&mut self, path: &Path) -> Result<(), JournalError> {
+        let placeholder = Connection::open_in_memory()?;
+        drop(std::mem::replace(&mut self.conn, placeholder));
+        *self = Journal::open(path)?;
+        Ok(())
+    }
+
+    /// True when an online attempt is `sending`: being sent right now, or left behind by a
+    /// tap whose answer could not be recorded (then [`crate::terminal::tap::recover`] voids it).
+    pub fn has_sending(&self) -> Result<bool, JournalError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM journal WHERE state = 'sending')")?
+            .query_row([], |r| r.get(0))
+            .map_err(JournalError::from)
+    }
+
     /// Journals a new operation and returns it once it is on disk.
     ///
     /// Inside one `IMMEDIATE` transaction: takes the next `terminal_seq` (`MAX + 1`), asks
@@ -557,69 +589,44 @@ impl Journal {
         request: impl FnOnce(TerminalSeq) -> Value,
         now: DateTime<Utc>,
     ) -> Result<Entry, JournalError> {
-        check_amount(entry.operation, entry.amount_cents)?;
-        let now = now.trunc_subsecs(3);
-        let now_text = format_time(now);
-        let decline_reason = entry
-            .decline_reason
-            .map(|reason| bounded(reason, TEXT_BYTES_MAX));
-        let synced_at = (entry.state == EntryState::Synced).then_some(now);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last: i64 = tx
-            .prepare_cached("SELECT COALESCE(MAX(terminal_seq), 0) FROM journal")?
-            .query_row([], |r| r.get(0))?;
-        let terminal_seq = last
-            .checked_add(1)
-            .and_then(|next| TerminalSeq::new(next).ok())
-            .ok_or_else(|| corrupt(format!("the highest terminal_seq is {last}")))?;
-        let body = request(terminal_seq);
-        check_body(&body, entry.client_request_id, terminal_seq)?;
-        let request_json = serde_json::to_string(&body).map_err(invalid)?;
-        tx.prepare_cached(
-            "INSERT INTO journal (terminal_seq, client_request_id, operation, mode, request_json,
-                 card_uid, amount_cents, state, decision, decline_reason, attempts, created_at,
-                 updated_at, synced_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?11, ?12)",
-        )?
-        .execute(params![
-            terminal_seq.get(),
-            entry.client_request_id.to_string(),
-            entry.operation.as_str(),
-            entry.mode.as_str(),
-            request_json,
-            entry.card_uid.as_ref().map(CardUid::as_str),
-            entry.amount_cents.get(),
-            entry.state.as_str(),
-            entry.decision.map(Decision::as_str),
-            decline_reason,
-            now_text,
-            synced_at.map(format_time),
-        ])?;
-        if entry.state == EntryState::Synced {
-            set_meta(&tx, META_LAST_SYNC_AT, &now_text)?;
-        }
+        let written = insert_entry(&tx, entry, request, now)?;
         tx.commit()?;
-        Ok(Entry {
-            terminal_seq,
-            client_request_id: entry.client_request_id,
-            operation: entry.operation,
-            mode: entry.mode,
-            request_json,
-            card_uid: entry.card_uid,
-            amount_cents: entry.amount_cents,
-            state: entry.state,
-            decision: entry.decision,
-            decline_reason,
-            attempts: 0,
-            last_error: None,
-            ledger_status: None,
-            ledger_body: None,
-            created_at: now,
-            updated_at: now,
-            synced_at,
-        })
+        Ok(written)
+    }
+
+    /// Marks the online attempt `attempt` in doubt and journals `void` (its void) in one
+    /// transaction: a crash or a full disk leaves either both or neither, so an attempt is
+    /// never in doubt without its void. The attempt must be `sending` or already `in_doubt`.
+    pub fn void_in_doubt(
+        &mut self,
+        attempt: TerminalSeq,
+        void: NewEntry,
+        request: impl FnOnce(TerminalSeq) -> Value,
+        now: DateTime<Utc>,
+    ) -> Result<Entry, JournalError> {
+        if void.operation != OperationKind::Void {
+            return Err(invalid("the void of an attempt must be a void"));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = state_of(&tx, attempt)?;
+        if !matches!(current, EntryState::Sending | EntryState::InDoubt) {
+            return Err(invalid(format!(
+                "entry {} is {current}; only an attempt being sent can be in doubt",
+                attempt.get()
+            )));
+        }
+        tx.prepare_cached(
+            "UPDATE journal SET state = 'in_doubt', updated_at = ?2 WHERE terminal_seq = ?1",
+        )?
+        .execute(params![attempt.get(), format_time(now.trunc_subsecs(3))])?;
+        let written = insert_entry(&tx, void, request, now)?;
+        tx.commit()?;
+        Ok(written)
     }
 
     /// Moves an entry to `state` (allowed moves: [`EntryState::can_become`]), durably.
@@ -1412,6 +1419,75 @@ fn uri_path(path: &Path) -> String {
         }
     }
     out
+}
+
+/// Inserts a new entry inside `tx` (see [`Journal::append`]): the next `terminal_seq`, the
+/// request body built for it, the row.
+fn insert_entry(
+    tx: &rusqlite::Transaction<'_>,
+    entry: NewEntry,
+    request: impl FnOnce(TerminalSeq) -> Value,
+    now: DateTime<Utc>,
+) -> Result<Entry, JournalError> {
+    check_amount(entry.operation, entry.amount_cents)?;
+    let now = now.trunc_subsecs(3);
+    let now_text = format_time(now);
+    let decline_reason = entry
+        .decline_reason
+        .map(|reason| bounded(reason, TEXT_BYTES_MAX));
+    let synced_at = (entry.state == EntryState::Synced).then_some(now);
+    let last: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(terminal_seq), 0) FROM journal")?
+        .query_row([], |r| r.get(0))?;
+    let terminal_seq = last
+        .checked_add(1)
+        .and_then(|next| TerminalSeq::new(next).ok())
+        .ok_or_else(|| corrupt(format!("the highest terminal_seq is {last}")))?;
+    let body = request(terminal_seq);
+    check_body(&body, entry.client_request_id, terminal_seq)?;
+    let request_json = serde_json::to_string(&body).map_err(invalid)?;
+    tx.prepare_cached(
+        "INSERT INTO journal (terminal_seq, client_request_id, operation, mode, request_json,
+             card_uid, amount_cents, state, decision, decline_reason, attempts, created_at,
+             updated_at, synced_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?11, ?12)",
+    )?
+    .execute(params![
+        terminal_seq.get(),
+        entry.client_request_id.to_string(),
+        entry.operation.as_str(),
+        entry.mode.as_str(),
+        request_json,
+        entry.card_uid.as_ref().map(CardUid::as_str),
+        entry.amount_cents.get(),
+        entry.state.as_str(),
+        entry.decision.map(Decision::as_str),
+        decline_reason,
+        now_text,
+        synced_at.map(format_time),
+    ])?;
+    if entry.state == EntryState::Synced {
+        set_meta(tx, META_LAST_SYNC_AT, &now_text)?;
+    }
+    Ok(Entry {
+        terminal_seq,
+        client_request_id: entry.client_request_id,
+        operation: entry.operation,
+        mode: entry.mode,
+        request_json,
+        card_uid: entry.card_uid,
+        amount_cents: entry.amount_cents,
+        state: entry.state,
+        decision: entry.decision,
+        decline_reason,
+        attempts: 0,
+        last_error: None,
+        ledger_status: None,
+        ledger_body: None,
+        created_at: now,
+        updated_at: now,
+        synced_at,
+    })
 }
 
 /// Applies the migrations that are not applied yet; returns the schema version.

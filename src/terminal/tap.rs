@@ -348,17 +348,18 @@ pub async fn run(
     }
 }
 
-/// Marks an online attempt in doubt and journals its void, so that replay sends the void
-/// before anything journaled after it.
+/// Marks an online attempt in doubt and journals its void, in one transaction, so that
+/// replay sends the void before anything journaled after it and no attempt is ever in doubt
+/// without its void.
 pub fn void_in_doubt(
     j: &mut Journal,
     seq: TerminalSeq,
     target: ClientRequestId,
     staff: &StaffId,
 ) -> Result<(), JournalError> {
-    j.set_state(seq, EntryState::InDoubt, None, None, None, Utc::now())?;
     // The attempt never counted as a local charge, so its void carries no amount.
-    append_void(j, target, staff, VoidReason::InDoubt, None)?;
+    let (entry, request) = void_entry(target, staff, VoidReason::InDoubt, None);
+    j.void_in_doubt(seq, entry, request, Utc::now())?;
     Ok(())
 }
 
@@ -372,6 +373,19 @@ pub fn append_void(
     reason: VoidReason,
     effect: Option<(CardUid, Cents)>,
 ) -> Result<ClientRequestId, JournalError> {
+    let (entry, request) = void_entry(target, staff, reason, effect);
+    let crid = entry.client_request_id;
+    j.append(entry, request, Utc::now())?;
+    Ok(crid)
+}
+
+/// A void of `target`: the journal entry, and the request body for its `terminal_seq`.
+fn void_entry<'a>(
+    target: ClientRequestId,
+    staff: &'a StaffId,
+    reason: VoidReason,
+    effect: Option<(CardUid, Cents)>,
+) -> (NewEntry, impl FnOnce(TerminalSeq) -> Value + 'a) {
     let crid = ClientRequestId::new_random();
     let entry = NewEntry {
         client_request_id: crid,
@@ -383,21 +397,17 @@ pub fn append_void(
         decline_reason: None,
         state: EntryState::Pending,
     };
-    j.append(
-        entry,
-        |seq| {
-            operation_body(&Operation::Void(VoidRequest {
-                client_request_id: crid,
-                terminal_seq: seq,
-                target_client_request_id: target,
-                staff_id: staff.clone(),
-                reason,
-                created_at: Utc::now(),
-            }))
-        },
-        Utc::now(),
-    )?;
-    Ok(crid)
+    let request = move |seq| {
+        operation_body(&Operation::Void(VoidRequest {
+            client_request_id: crid,
+            terminal_seq: seq,
+            target_client_request_id: target,
+            staff_id: staff.clone(),
+            reason,
+            created_at: Utc::now(),
+        }))
+    };
+    (entry, request)
 }
 
 /// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).

@@ -1360,3 +1360,51 @@ fn a_journal_reopened_after_its_file_became_writable_writes_again() {
     assert!(j.is_read_only());
     assert!(j.counts().is_err());
 }
+
+#[test]
+fn recovery_finds_attempts_being_sent_and_in_doubt_attempts_without_their_void() {
+    let f = Fixture::new();
+    let mut j = f.open();
+    let attempt = || {
+        new_entry(
+            OperationKind::Order,
+            Some(CARD),
+            -450,
+            None,
+            EntryState::Sending,
+        )
+    };
+    let sending = append(&mut j, attempt(), t(0));
+    // An in-doubt attempt with its void (written together), and one without (an older
+    // journal, or a crash between two separate writes).
+    let voided = append(&mut j, attempt(), t(1));
+    let (void, request) = void_of(voided.client_request_id);
+    j.void_in_doubt(voided.terminal_seq, void, request, t(2))
+        .unwrap();
+    let orphan = append(&mut j, attempt(), t(3));
+    j.set_state(
+        orphan.terminal_seq,
+        EntryState::InDoubt,
+        None,
+        None,
+        None,
+        t(4),
+    )
+    .unwrap();
+    for _ in 0..50 {
+        append(&mut j, offline_sale(100), t(5));
+    }
+    assert_eq!(
+        seqs(&j.sending(100).unwrap()),
+        vec![sending.terminal_seq.get()]
+    );
+    assert_eq!(
+        seqs(&j.in_doubt_without_void(100).unwrap()),
+        vec![orphan.terminal_seq.get()]
+    );
+    // The in-doubt attempt once its void is journaled: nothing left to recover.
+    let (void, request) = void_of(orphan.client_request_id);
+    j.void_in_doubt(orphan.terminal_seq, void, request, t(6))
+        .unwrap();
+    assert!(j.in_doubt_without_void(100).unwrap().is_empty());
+}

@@ -23,3 +23,9 @@ CREATE TABLE ledger_limits (
     balance_max_cents  INTEGER NOT NULL CHECK (balance_max_cents >= 1),
     fetched_at         TEXT NOT NULL
 );
+
+-- Recovery looks for in-doubt attempts without their void; a void names its target only in
+-- its request body.
+CREATE INDEX journal_void_target
+    ON journal (json_extract(request_json, '$.target_client_request_id'))
+    WHERE operation = 'void';

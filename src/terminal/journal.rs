@@ -810,6 +810,30 @@ impl Journal {
         self.entries_in_state(EntryState::InDoubt, limit)
     }
 
+    /// Online attempts being sent (or left so by a crash), in `terminal_seq` order, at most
+    /// `limit` (clamped).
+    pub fn sending(&self, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        self.entries_in_state(EntryState::Sending, limit)
+    }
+
+    /// `in_doubt` attempts that no journaled void targets (a journal written before the two
+    /// were one transaction, and a crash between them), at most `limit` (clamped).
+    pub fn in_doubt_without_void(&self, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM journal AS a WHERE a.state = 'in_doubt'
+               AND NOT EXISTS (SELECT 1 FROM journal AS v
+                               WHERE v.operation = 'void'
+                                 -- `+` drops the column's affinity, so that the
+                                 -- expression index journal_void_target is searched.
+                                 AND json_extract(v.request_json, '$.target_client_request_id')
+                                     = +a.client_request_id)
+             ORDER BY a.terminal_seq LIMIT ?1"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query(params![sql_limit(limit)])?;
+        collect_entries(rows)
+    }
+
     /// Every entry the ledger has not acknowledged (`pending`, `in_doubt`, `rejected`) with a
     /// `terminal_seq` above `after`, in `terminal_seq` order, at most `limit` (clamped): one
     /// page of an export. The next page starts after the last entry returned; a page shorter

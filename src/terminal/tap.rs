@@ -430,26 +430,10 @@ pub fn all_unacknowledged(j: &Journal) -> Result<Vec<Entry>, JournalError> {
 /// harmless: the ledger answers `ALREADY_VOIDED`, which settles it. Returns the attempts
 /// voided.
 pub fn recover(j: &mut Journal) -> anyhow::Result<usize> {
-    let unacknowledged = all_unacknowledged(j)?;
-    let voided: std::collections::HashSet<String> = unacknowledged
-        .iter()
-        .filter(|e| e.operation == OperationKind::Void)
-        .filter_map(|e| {
-            e.request()
-                .ok()?
-                .get("target_client_request_id")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    let stuck: Vec<_> = unacknowledged
-        .into_iter()
-        .filter(|e| match e.state {
-            EntryState::Sending => true,
-            EntryState::InDoubt => !voided.contains(&e.client_request_id.to_string()),
-            _ => false,
-        })
-        .collect();
+    // Both lists are short (one attempt is sent at a time); reading only them keeps a
+    // restart with a long backlog cheap.
+    let mut stuck = j.sending(LIST_LIMIT_MAX)?;
+    stuck.extend(j.in_doubt_without_void(LIST_LIMIT_MAX)?);
     for entry in &stuck {
         let staff = entry
             .request()?

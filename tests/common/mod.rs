@@ -12,6 +12,7 @@
 //! deadline ([`wait_for`]).
 #![allow(dead_code)]
 
+pub mod pcsc;
 pub mod terminal;
 
 use std::collections::HashMap;

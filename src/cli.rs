@@ -11,13 +11,19 @@ use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::model::{StaffRole, TerminalKind};
 use crate::ledger::server;
 use crate::ledger::store::LedgerStore;
+use crate::reader::ReaderOptions;
+use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
-use crate::terminal::daemon::{Daemon, run_jsonl};
+use crate::terminal::daemon::{Daemon, ReaderLink, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Reader events waiting for the daemon, at most (the reader thread waits beyond that).
+const READER_EVENTS_MAX: usize = 64;
 
 /// cashless: offline-first payments for cashless festivals.
 #[derive(Debug, Parser)]
@@ -284,12 +290,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(args.reader))?;
-                if config.reader_backend != ReaderBackend::Simulated {
-                    anyhow::bail!("--reader pcsc is not built yet; run with --reader simulated");
-                }
                 let TerminalUi::Jsonl = args.ui;
+                let options = ReaderOptions {
+                    name_filter: config.reader_name_filter.clone(),
+                    debounce_ms: config.reader_debounce_ms,
+                    feedback: config.reader_feedback,
+                };
+                let backend = config.reader_backend;
                 let daemon = Daemon::open(config)?;
                 let rt = runtime()?;
+                // The PC/SC reader runs on threads of its own and reports through a channel.
+                let (pcsc, link) = match backend {
+                    ReaderBackend::Simulated => (None, None),
+                    ReaderBackend::Pcsc => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(READER_EVENTS_MAX);
+                        let reader = Arc::new(
+                            PcscReader::start(options, tx)
+                                .context("cannot start the PC/SC reader threads")?,
+                        );
+                        let feedback = Arc::clone(&reader);
+                        let link = ReaderLink {
+                            events: rx,
+                            feedback: Box::new(move |name: &str, f| feedback.feedback(name, f)),
+                        };
+                        (Some(reader), Some(link))
+                    }
+                };
                 let result = rt.block_on(async {
                     let input = tokio::io::BufReader::new(tokio::io::stdin());
                     run_jsonl(
@@ -297,9 +323,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         input,
                         tokio::io::stdout(),
                         server::shutdown_signal(),
+                        link,
                     )
                     .await
                 });
+                // The link (and its handle on the reader) went with run_jsonl: this is the
+                // last one, and stopping it cancels the PC/SC wait and joins the threads.
+                if let Some(reader) = pcsc.and_then(Arc::into_inner) {
+                    reader.stop();
+                }
                 // Reading stdin blocks a thread that no signal wakes: do not wait for it.
                 rt.shutdown_background();
                 result.with_context(|| format!("terminal {}", args.config.display()))?;

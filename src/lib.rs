@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`domain`]: money ([`domain::Cents`]), card UIDs, ids. No IO.
 //! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
-//! - [`terminal`]: the terminal daemon (in progress): journal, offline policy, replay.
+//! - [`terminal`]: the terminal daemon: journal, tap flow, offline policy, replay.
+//! - [`reader`]: card readers through PC/SC: one clean event per presentation.
 //! - [`bench`]: load generators operators can run.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
@@ -14,4 +15,5 @@ pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod ledger;
+pub mod reader;
 pub mod terminal;

@@ -41,6 +41,7 @@ async fn a_full_journal_declines_and_never_shows_an_approval_that_is_not_on_disk
             tokio::io::BufReader::new(tokio::io::empty()),
             output,
             std::future::pending(),
+            None,
         )
         .await
         .unwrap();

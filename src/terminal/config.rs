@@ -69,6 +69,8 @@ struct RawSync {
 struct RawReader {
     backend: Option<String>,
     name_filter: Option<String>,
+    debounce_ms: Option<u64>,
+    feedback: Option<bool>,
 }
 
 /// The checked configuration.
@@ -104,6 +106,10 @@ pub struct TerminalConfig {
     pub reader_backend: ReaderBackend,
     /// Substring of the reader's name; empty: the first contactless reader.
     pub reader_name_filter: String,
+    /// The same card presented again within this long of leaving the reader is the same tap.
+    pub reader_debounce_ms: u64,
+    /// LED and buzzer feedback on ACR122U-compatible readers.
+    pub reader_feedback: bool,
 }
 
 impl std::fmt::Debug for TerminalConfig {
@@ -125,6 +131,8 @@ impl std::fmt::Debug for TerminalConfig {
             .field("sync_batch_max", &self.sync_batch_max)
             .field("reader_backend", &self.reader_backend)
             .field("reader_name_filter", &self.reader_name_filter)
+            .field("reader_debounce_ms", &self.reader_debounce_ms)
+            .field("reader_feedback", &self.reader_feedback)
             .finish()
     }
 }
@@ -380,6 +388,14 @@ impl TerminalConfig {
                 "at most 128 printable characters",
             ));
         }
+        let reader_debounce_ms = ms_in(
+            f,
+            "[reader] debounce_ms",
+            raw.reader.debounce_ms,
+            800,
+            0,
+            10_000,
+        )?;
 
         Ok(TerminalConfig {
             name,
@@ -397,6 +413,8 @@ impl TerminalConfig {
             sync_backoff_cap_ms,
             reader_backend,
             reader_name_filter,
+            reader_debounce_ms,
+            reader_feedback: raw.reader.feedback.unwrap_or(true),
         })
     }
 }

@@ -9,7 +9,7 @@
 //! staff caches; it reports through a channel, and the main loop writes every event.
 
 use super::client::LedgerClient;
-use super::config::TerminalConfig;
+use super::config::{ReaderBackend, TerminalConfig};
 use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
 use super::core::replay::Backoff;
@@ -17,11 +17,13 @@ use super::core::tap::{FlowLimits, Outcome, TapFlow};
 use super::journal::{CachedStaff, Catalog, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
 use super::tap::{self, Payment, PaymentKind, Tap, all_unacknowledged, append_void, recover};
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId};
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::model::{
-    ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
+    ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX, Scan,
     TerminalKind, VoidReason, format_time,
 };
+use crate::reader::ReaderEvent;
+use crate::reader::core::{CardType, Feedback};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,6 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+/// The reader name of cards presented with the `tap` command.
+pub const SIMULATED_READER: &str = "simulated";
+/// Characters of a reader name kept in the scan log.
+const SCAN_READER_CHARS_MAX: usize = 128;
+/// Scans uploaded per sync round, at most (one `POST /v1/scans`).
+const SCANS_PER_ROUND_MAX: usize = 1000;
 
 /// Longest command line read; a longer one is refused and skipped.
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
@@ -109,6 +118,8 @@ pub struct Daemon {
     last_approved: Option<LastApproved>,
     guard: LoginGuard,
     started: Instant,
+    /// The reader in use (its name), or `simulated`, `waiting`, `disconnected`.
+    reader_state: String,
 }
 
 type JournalResult<T> = Result<T, super::journal::JournalError>;
@@ -132,6 +143,10 @@ impl Daemon {
         recover(&mut journal)?;
         let client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
         let sync_client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
+        let reader_state = match config.reader_backend {
+            ReaderBackend::Simulated => SIMULATED_READER.to_owned(),
+            ReaderBackend::Pcsc => "waiting".to_owned(),
+        };
         Ok(Daemon {
             config,
             journal: Arc::new(Mutex::new(journal)),
@@ -144,6 +159,7 @@ impl Daemon {
             last_approved: None,
             guard: LoginGuard::default(),
             started: Instant::now(),
+            reader_state,
         })
     }
 
@@ -169,7 +185,7 @@ impl Daemon {
                 "pending": c.pending, "in_doubt": c.in_doubt, "rejected": c.rejected,
                 "declined_offline": c.declined_offline,
                 "journal_writable": self.with_journal(|j| Ok(!j.is_read_only())).unwrap_or(false),
-                "last_sync_at": c.last_sync_at.map(format_time), "reader": "simulated",
+                "last_sync_at": c.last_sync_at.map(format_time), "reader": self.reader_state,
                 "staff": self.staff.as_ref().map(StaffId::as_str),
             }),
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
@@ -203,8 +219,15 @@ impl Daemon {
                     false,
                 )
             }
+            Command::Tap { .. } if self.config.reader_backend == ReaderBackend::Pcsc => (
+                vec![error_event(
+                    "INVALID_COMMAND",
+                    "cards come from the PC/SC reader; tap is for --reader simulated",
+                )],
+                false,
+            ),
             Command::Tap { uid } => match CardUid::parse(&uid) {
-                Ok(uid) => (self.tap(uid).await, false),
+                Ok(uid) => (self.present(uid, SIMULATED_READER, None).await, false),
                 Err(e) => (vec![error_event("INVALID_UID", e.to_string())], false),
             },
         }
@@ -352,13 +375,123 @@ impl Daemon {
         json!({ "event": "armed", "operation": "topup", "amount_cents": amount_cents })
     }
 
-    async fn tap(&mut self, uid: CardUid) -> Vec<Value> {
-        let mut events = vec![json!({ "event": "card", "uid": uid, "reader": "simulated" })];
-        match self.armed.take() {
-            None | Some(Armed::Balance) => events.push(self.balance(&uid).await),
-            Some(Armed::Pay(payment)) => events.push(self.pay(uid, payment).await),
+    /// A card presented on `reader`: pays for what is armed, or shows its balance. The
+    /// presentation goes to the scan log with what it led to.
+    async fn present(
+        &mut self,
+        uid: CardUid,
+        reader: &str,
+        card_type: Option<CardType>,
+    ) -> Vec<Value> {
+        let mut card = json!({ "event": "card", "uid": uid, "reader": reader });
+        if let Some(t) = card_type {
+            card["card_type"] = json!(t.as_str());
         }
-        events
+        let outcome = match self.armed.take() {
+            None | Some(Armed::Balance) => self.balance(&uid).await,
+            Some(Armed::Pay(payment)) => self.pay(uid.clone(), payment).await,
+        };
+        let result = match outcome["event"].as_str() {
+            Some("decision") => outcome["status"].as_str().unwrap_or("declined"),
+            Some("balance") => "balance",
+            _ => "error",
+        };
+        let seq = outcome["client_request_id"]
+            .as_str()
+            .and_then(|c| ClientRequestId::parse(c).ok())
+            .and_then(|crid| {
+                self.with_journal(|j| j.entry_by_request_id(crid))
+                    .ok()
+                    .flatten()
+            })
+            .map(|e| e.terminal_seq);
+        self.log_scan(&uid, result, reader, seq);
+        vec![card, outcome]
+    }
+
+    /// Records a presentation in the scan log (best effort: the log is for the organiser's
+    /// statistics, and a full disk must not stop a sale that was already decided).
+    fn log_scan(&self, uid: &CardUid, result: &str, reader: &str, seq: Option<TerminalSeq>) {
+        let scan = Scan {
+            card_uid: uid.clone(),
+            result: result.to_owned(),
+            reader: reader.chars().take(SCAN_READER_CHARS_MAX).collect(),
+            scanned_at: Utc::now(),
+            terminal_seq: seq,
+        };
+        if let Err(e) = self.with_journal(|j| j.record_scan(&scan)) {
+            tracing::warn!(error = %e, "scan not logged");
+        }
+    }
+
+    /// What the reader layer reported: events for the front end, and the feedback to give.
+    pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Value>, Option<Feedback>) {
+        match event {
+            ReaderEvent::Connected { name } => {
+                self.reader_state = name.clone();
+                (
+                    vec![json!({ "event": "reader", "state": "connected", "name": name })],
+                    None,
+                )
+            }
+            ReaderEvent::Waiting { filter } => {
+                self.reader_state = "waiting".into();
+                (
+                    vec![json!({ "event": "reader", "state": "waiting", "name": null,
+                                 "message": if filter.is_empty() { "plug in a contactless reader".to_owned() }
+                                            else { format!("plug in a reader whose name contains {filter:?}") } })],
+                    None,
+                )
+            }
+            ReaderEvent::Disconnected { name, reason } => {
+                self.reader_state = "disconnected".into();
+                (
+                    vec![
+                        json!({ "event": "reader", "state": "disconnected", "name": name, "message": reason }),
+                    ],
+                    None,
+                )
+            }
+            ReaderEvent::Card {
+                reader,
+                uid,
+                repeat: true,
+                ..
+            } => {
+                tracing::debug!(%uid, reader, "same presentation again: not a tap");
+                self.log_scan(&uid, "repeat", &reader, None);
+                (Vec::new(), None)
+            }
+            ReaderEvent::Card {
+                reader,
+                uid,
+                card_type,
+                ..
+            } => {
+                let events = self.present(uid, &reader, Some(card_type)).await;
+                let feedback = match events.last().and_then(|e| e["status"].as_str()) {
+                    Some("approved_online" | "approved_offline") => Some(Feedback::Approved),
+                    Some(_) => Some(Feedback::Declined),
+                    None if events.last().is_some_and(|e| e["event"] == "balance") => {
+                        Some(Feedback::Approved)
+                    }
+                    None => Some(Feedback::Declined),
+                };
+                (events, feedback)
+            }
+            ReaderEvent::Failed { reader, error, .. } => {
+                if let Some(uid) = error.uid() {
+                    self.log_scan(&uid, error.code(), &reader, None);
+                }
+                (
+                    vec![
+                        json!({ "event": "card_error", "reader": reader, "code": error.code(),
+                                 "message": error.to_string() }),
+                    ],
+                    Some(Feedback::Declined),
+                )
+            }
+        }
     }
 
     async fn balance(&self, uid: &CardUid) -> Value {
@@ -604,15 +737,19 @@ async fn sync_round(
     let limits = me.limits;
     // Written only when changed: each write is an fsync, and a tap waits for the journal
     // while one runs.
-    let mut j = journal.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if j.staff()? != staff {
-        j.replace_staff(&staff, Utc::now())?;
-    }
-    if let Some(limits) = limits
-        && j.topup_limits()? != Some(limits)
-    {
-        j.set_topup_limits(limits, Utc::now())?;
-    }
+    let scans = {
+        let mut j = journal.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if j.staff()? != staff {
+            j.replace_staff(&staff, Utc::now())?;
+        }
+        if let Some(limits) = limits
+            && j.topup_limits()? != Some(limits)
+        {
+            j.set_topup_limits(limits, Utc::now())?;
+        }
+        j.unuploaded_scans(SCANS_PER_ROUND_MAX)?
+    };
+    upload_scans(journal, client, scans).await?;
     Ok(settled)
 }
 
@@ -653,6 +790,36 @@ fn heal_journal(
     Ok(())
 }
 
+/// Uploads scans to the ledger's `nfc_scan_log` and marks them uploaded (the ledger ignores
+/// a scan it already has, so a lost answer only means a resend).
+async fn upload_scans(
+    journal: &SharedJournal,
+    client: &LedgerClient,
+    scans: Vec<super::journal::LoggedScan>,
+) -> anyhow::Result<()> {
+    if scans.is_empty() {
+        return Ok(());
+    }
+    let bodies = scans
+        .iter()
+        .map(|s| serde_json::to_value(&s.scan))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answer = client.upload_scans(&bodies).await?;
+    if answer.status != 200 {
+        anyhow::bail!(
+            "the ledger refused the scan log: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let ids: Vec<i64> = scans.iter().map(|s| s.id).collect();
+    journal
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .mark_scans_uploaded(&ids)?;
+    Ok(())
+}
+
 /// The ledger registered this terminal's token under another name or kind than its
 /// configuration says: selling would only produce operations the ledger refuses.
 #[derive(Debug, thiserror::Error)]
@@ -668,12 +835,37 @@ pub struct RegistrationMismatch {
 /// Batches replayed per round at most, before the feeds get their turn.
 pub const ROUND_BATCHES_MAX: usize = 20;
 
+/// The reader layer as the main loop sees it: what it reports, and where feedback goes.
+pub struct ReaderLink {
+    /// Events from the reader thread.
+    pub events: mpsc::Receiver<ReaderEvent>,
+    /// Asks the reader for LED and buzzer feedback; must not block.
+    pub feedback: FeedbackFn,
+}
+
+/// Gives feedback on the named reader.
+pub type FeedbackFn = Box<dyn Fn(&str, Feedback) + Send>;
+
+/// The next reader event; never, once the reader is gone (or with no reader at all).
+async fn next_reader_event(link: &mut Option<ReaderLink>) -> ReaderEvent {
+    if let Some(l) = link {
+        if let Some(event) = l.events.recv().await {
+            return event;
+        }
+        tracing::error!("the reader layer stopped");
+        *link = None;
+    }
+    std::future::pending().await
+}
+
 /// Runs the daemon on the JSON-lines interface until `quit`, end of input, or `shutdown`.
+/// With `reader`, cards come from it (PC/SC); without, from `tap` commands.
 pub async fn run_jsonl<R, W>(
     mut daemon: Daemon,
     input: R,
     mut output: W,
     shutdown: impl std::future::Future<Output = ()>,
+    mut reader: Option<ReaderLink>,
 ) -> anyhow::Result<()>
 where
     R: tokio::io::AsyncBufRead + Unpin,
@@ -724,6 +916,20 @@ where
                 if stop { break; }
             }
             Some(event) = events_rx.recv() => write_event(&mut output, &event).await?,
+            event = next_reader_event(&mut reader) => {
+                let name = match &event {
+                    ReaderEvent::Card { reader, .. } | ReaderEvent::Failed { reader, .. } => reader.clone(),
+                    _ => String::new(),
+                };
+                let (events, feedback) = daemon.on_reader(event).await;
+                // Feedback first: the light should not wait for the screen.
+                if let (Some(feedback), Some(link)) = (feedback, &reader) {
+                    (link.feedback)(&name, feedback);
+                }
+                for event in &events {
+                    write_event(&mut output, event).await?;
+                }
+            }
             () = &mut shutdown => break,
         }
     }

@@ -1,0 +1,466 @@
+//! The PC/SC backend: a thread with its own PC/SC context that watches the reader through
+//! pcscd and turns presentations into [`ReaderEvent`]s; a second thread, with a context of
+//! its own, sends LED and buzzer feedback (PC/SC calls on one context are serialized, and the
+//! watcher's context is always blocked waiting for a change).
+//!
+//! What it survives, without a busy loop (every wait blocks in pcscd or sleeps with backoff):
+//! no reader at startup, a reader unplugged and plugged back (pcscd's plug-and-play
+//! notification), pcscd stopped, restarted or exited on idle (the old context fails with
+//! `NoService`, `CommError` or `SecurityViolation`; a new one is established with backoff),
+//! two readers (the name filter picks one). [`PcscReader::stop`] cancels the blocking call and
+//! joins the threads.
+
+use super::core::{
+    BUZZER_ON_DETECT_OFF, Debouncer, Feedback, GET_DATA_UID, ReadError, card_type, choose_reader,
+    parse_uid,
+};
+use super::{ReaderEvent, ReaderOptions};
+use chrono::Utc;
+use pcsc::{Context, Disposition, Protocols, ReaderState, Scope, ShareMode, State};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// First wait before establishing a new context after pcscd went away.
+const BACKOFF_START_MS: u64 = 100;
+/// Longest wait between two attempts to reach pcscd.
+const BACKOFF_CAP_MS: u64 = 5_000;
+/// Feedback requests waiting for the feedback thread, at most (older ones are dropped).
+const FEEDBACK_QUEUE_MAX: usize = 8;
+/// IOCTL_CCID_ESCAPE: how libccid passes a reader command without a card.
+const IOCTL_CCID_ESCAPE: pcsc::ffi::DWORD = 3500;
+
+/// The running PC/SC reader layer.
+pub struct PcscReader {
+    stop: Arc<AtomicBool>,
+    /// The watcher's current context, so that `stop` can cancel its blocking wait.
+    current: Arc<Mutex<Option<Context>>>,
+    watcher: Option<JoinHandle<()>>,
+    feedback: Option<std::sync::mpsc::SyncSender<(String, Feedback)>>,
+    feedback_thread: Option<JoinHandle<()>>,
+    feedback_enabled: bool,
+}
+
+impl PcscReader {
+    /// Starts the threads; events go to `events`.
+    pub fn start(
+        options: ReaderOptions,
+        events: mpsc::Sender<ReaderEvent>,
+    ) -> std::io::Result<PcscReader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
+        let (feedback_tx, feedback_rx) = std::sync::mpsc::sync_channel(FEEDBACK_QUEUE_MAX);
+        let feedback_thread = std::thread::Builder::new()
+            .name("pcsc-feedback".into())
+            .spawn(move || feedback_loop(&feedback_rx))?;
+        let feedback_enabled = options.feedback;
+        let watcher = {
+            let stop = Arc::clone(&stop);
+            let current = Arc::clone(&current);
+            std::thread::Builder::new()
+                .name("pcsc-watch".into())
+                .spawn(move || watch(&options, &events, &stop, &current))?
+        };
+        Ok(PcscReader {
+            stop,
+            current,
+            watcher: Some(watcher),
+            feedback: Some(feedback_tx),
+            feedback_thread: Some(feedback_thread),
+            feedback_enabled,
+        })
+    }
+
+    /// Asks for LED and buzzer feedback on `reader`; never blocks, never fails a sale.
+    pub fn feedback(&self, reader: &str, feedback: Feedback) {
+        if !self.feedback_enabled {
+            return;
+        }
+        if let Some(tx) = &self.feedback {
+            let _ = tx.try_send((reader.to_owned(), feedback));
+        }
+    }
+
+    /// Stops the threads: cancels the blocking wait and joins.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(current) = self.current.lock()
+            && let Some(ctx) = current.as_ref()
+        {
+            // A wait that has not started yet sees `stop` first; one in progress ends with
+            // `Cancelled`. An invalid-handle error here (a context being replaced) is harmless.
+            let _ = ctx.cancel();
+        }
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        self.feedback = None;
+        if let Some(thread) = self.feedback_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PcscReader {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Errors after which the context is dead: pcscd stopped or restarted.
+fn service_lost(e: pcsc::Error) -> bool {
+    matches!(
+        e,
+        pcsc::Error::NoService
+            | pcsc::Error::ServiceStopped
+            | pcsc::Error::CommError
+            | pcsc::Error::SecurityViolation
+            | pcsc::Error::InvalidHandle
+            | pcsc::Error::UnknownError
+            | pcsc::Error::InternalError
+    )
+}
+
+/// Sleeps `ms`, waking early when `stop` is set.
+fn sleep_unless_stopped(ms: u64, stop: &AtomicBool) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while !stop.load(Ordering::SeqCst) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn send(events: &mpsc::Sender<ReaderEvent>, event: ReaderEvent) {
+    // The daemon reads events as they come; if it is gone, there is nobody to tell.
+    let _ = events.blocking_send(event);
+}
+
+/// The watcher: one context after another (a new one each time pcscd goes away).
+fn watch(
+    options: &ReaderOptions,
+    events: &mpsc::Sender<ReaderEvent>,
+    stop: &AtomicBool,
+    current: &Mutex<Option<Context>>,
+) {
+    let started = Instant::now();
+    let mut watcher = Watcher {
+        options,
+        events,
+        debouncer: Debouncer::new(options.debounce_ms),
+        connected: None,
+        service_down_told: false,
+        started,
+    };
+    let mut backoff_ms = BACKOFF_START_MS;
+    while !stop.load(Ordering::SeqCst) {
+        let ctx = match Context::establish(Scope::User) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                watcher.service_down(&format!("pcscd is not available: {e}"));
+                sleep_unless_stopped(backoff_ms, stop);
+                backoff_ms = (backoff_ms * 2).min(BACKOFF_CAP_MS);
+                continue;
+            }
+        };
+        if let Ok(mut slot) = current.lock() {
+            *slot = Some(ctx.clone());
+        }
+        // `stop` may have been set before the context was published: check after.
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match watcher.run(&ctx, stop) {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "PC/SC context lost; establishing a new one");
+                watcher.service_down(&format!("pcscd went away: {e}"));
+                // A context that worked: the first retry comes quickly.
+                backoff_ms = BACKOFF_START_MS;
+                sleep_unless_stopped(backoff_ms, stop);
+            }
+        }
+        if let Ok(mut slot) = current.lock() {
+            *slot = None;
+        }
+    }
+    if let Ok(mut slot) = current.lock() {
+        *slot = None;
+    }
+}
+
+struct Watcher<'a> {
+    options: &'a ReaderOptions,
+    events: &'a mpsc::Sender<ReaderEvent>,
+    debouncer: Debouncer,
+    /// The reader in use, as announced to the daemon.
+    connected: Option<String>,
+    /// `Disconnected` was sent for pcscd being away (so it is said once per outage).
+    service_down_told: bool,
+    started: Instant,
+}
+
+/// What the watcher remembers of the reader between two waits.
+struct Seen {
+    present: bool,
+    event_count: u32,
+    /// When the card was last seen on the reader.
+    seen_at_ms: u64,
+}
+
+impl Watcher<'_> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn service_down(&mut self, reason: &str) {
+        if let Some(name) = self.connected.take() {
+            self.debouncer.forget(&name);
+            send(
+                self.events,
+                ReaderEvent::Disconnected {
+                    name,
+                    reason: reason.to_owned(),
+                },
+            );
+            self.service_down_told = true;
+        } else if !self.service_down_told {
+            send(
+                self.events,
+                ReaderEvent::Disconnected {
+                    name: String::new(),
+                    reason: reason.to_owned(),
+                },
+            );
+            self.service_down_told = true;
+        }
+    }
+
+    /// Watches on one context until `stop` (`Ok`) or the context dies (`Err`).
+    fn run(&mut self, ctx: &Context, stop: &AtomicBool) -> Result<(), pcsc::Error> {
+        let mut states = vec![ReaderState::new(pcsc::PNP_NOTIFICATION(), State::UNAWARE)];
+        let mut seen: Option<Seen> = None;
+        let mut waiting_told = false;
+        loop {
+            // Which reader to use, each time the set of readers may have changed.
+            let names: Vec<String> = match ctx.list_readers_owned() {
+                Ok(names) => names
+                    .into_iter()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect(),
+                Err(pcsc::Error::NoReadersAvailable) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            let chosen = choose_reader(&names, &self.options.name_filter).map(str::to_owned);
+            if chosen != self.connected {
+                if let Some(old) = self.connected.take() {
+                    self.debouncer.forget(&old);
+                    send(
+                        self.events,
+                        ReaderEvent::Disconnected {
+                            name: old,
+                            reason: "the reader was unplugged".into(),
+                        },
+                    );
+                }
+                states.truncate(1);
+                seen = None;
+                if let Some(name) = &chosen {
+                    let c_name =
+                        CString::new(name.as_str()).map_err(|_| pcsc::Error::UnknownReader)?;
+                    states.push(ReaderState::new(c_name, State::UNAWARE));
+                    send(self.events, ReaderEvent::Connected { name: name.clone() });
+                    if self.options.feedback {
+                        detect_beep_off(name);
+                    }
+                    waiting_told = false;
+                }
+                self.connected = chosen;
+                self.service_down_told = false;
+            }
+            if self.connected.is_none() && !waiting_told {
+                send(
+                    self.events,
+                    ReaderEvent::Waiting {
+                        filter: self.options.name_filter.clone(),
+                    },
+                );
+                waiting_told = true;
+                self.service_down_told = false;
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match ctx.get_status_change(None, &mut states) {
+                Ok(()) => {}
+                Err(pcsc::Error::Cancelled) if stop.load(Ordering::SeqCst) => return Ok(()),
+                Err(pcsc::Error::Cancelled | pcsc::Error::Timeout) => continue,
+                // The reader went away between the listing and the wait: list again.
+                Err(pcsc::Error::UnknownReader | pcsc::Error::ReaderUnavailable) => {
+                    states.truncate(1);
+                    self.connected = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            states[0].sync_current_state();
+            if let Some(state) = states.get_mut(1) {
+                let event = state.event_state();
+                let atr = state.atr().to_vec();
+                let count = state.event_count();
+                state.sync_current_state();
+                if event.intersects(State::UNKNOWN | State::IGNORE) {
+                    // Unplugged: the next listing says so.
+                    continue;
+                }
+                let now = self.now_ms();
+                let Some(name) = self.connected.clone() else {
+                    continue;
+                };
+                if event.contains(State::PRESENT) && !event.contains(State::MUTE) {
+                    let fresh = match &seen {
+                        None => true,
+                        Some(s) if !s.present => true,
+                        // Removed and presented again between two looks.
+                        Some(s) if s.event_count != count => {
+                            self.debouncer.reinserted(&name, s.seen_at_ms);
+                            true
+                        }
+                        Some(_) => false,
+                    };
+                    seen = Some(Seen {
+                        present: true,
+                        event_count: count,
+                        seen_at_ms: now,
+                    });
+                    if fresh {
+                        self.read(ctx, &name, &atr, now);
+                    }
+                } else if event.contains(State::EMPTY) || event.contains(State::MUTE) {
+                    if seen.as_ref().is_some_and(|s| s.present) {
+                        self.debouncer.removed(&name, now);
+                    }
+                    seen = Some(Seen {
+                        present: false,
+                        event_count: count,
+                        seen_at_ms: now,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads the card on `reader` and reports the tap, a repeat, or the failed read.
+    fn read(&mut self, ctx: &Context, reader: &str, atr: &[u8], now_ms: u64) {
+        let at = Utc::now();
+        match read_uid(ctx, reader) {
+            Ok(uid) => {
+                let tap = self.debouncer.presented(reader, &uid, now_ms);
+                send(
+                    self.events,
+                    ReaderEvent::Card {
+                        reader: reader.to_owned(),
+                        uid,
+                        card_type: card_type(atr),
+                        repeat: !tap,
+                        at,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::info!(reader, %error, "failed read");
+                send(
+                    self.events,
+                    ReaderEvent::Failed {
+                        reader: reader.to_owned(),
+                        error,
+                        at,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Turns the reader's own beep on card detection off (the terminal beeps for decisions);
+/// best effort, on a context of its own.
+fn detect_beep_off(reader: &str) {
+    {
+        tracing::debug!(reader, "turning the card-detect beep off (best effort)");
+        if let Ok(ctx) = Context::establish(Scope::User)
+            && let Ok(name) = CString::new(reader)
+            && let Ok(card) = ctx.connect(&name, ShareMode::Direct, Protocols::UNDEFINED)
+        {
+            let mut buf = [0u8; 64];
+            let _ = card.control(
+                pcsc::ctl_code(IOCTL_CCID_ESCAPE),
+                &BUZZER_ON_DETECT_OFF,
+                &mut buf,
+            );
+        }
+    }
+}
+
+/// Connects to the card on `reader` and reads its UID with GET DATA.
+fn read_uid(ctx: &Context, reader: &str) -> Result<crate::domain::CardUid, ReadError> {
+    let name = CString::new(reader).map_err(|e| ReadError::Reader(e.to_string()))?;
+    let card = ctx
+        .connect(&name, ShareMode::Shared, Protocols::ANY)
+        .map_err(|e| ReadError::Reader(e.to_string()))?;
+    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+    let answer = card
+        .transmit(&GET_DATA_UID, &mut buf)
+        .map_err(|e| ReadError::Reader(e.to_string()));
+    let uid = answer.and_then(parse_uid);
+    let _ = card.disconnect(Disposition::LeaveCard);
+    uid
+}
+
+/// The feedback thread: one request at a time, on a context of its own; every failure is
+/// logged and forgotten (feedback never fails a sale).
+fn feedback_loop(requests: &std::sync::mpsc::Receiver<(String, Feedback)>) {
+    let mut ctx: Option<Context> = None;
+    while let Ok((reader, feedback)) = requests.recv() {
+        if ctx.is_none() {
+            ctx = Context::establish(Scope::User).ok();
+        }
+        let Some(c) = &ctx else { continue };
+        match send_feedback(c, &reader, feedback) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(reader, error = %e, "reader feedback failed (ignored)");
+                if service_lost(e) {
+                    ctx = None;
+                }
+            }
+        }
+    }
+}
+
+/// LED and buzzer through the card (shared), or, with no card, as a reader escape command.
+fn send_feedback(ctx: &Context, reader: &str, feedback: Feedback) -> Result<(), pcsc::Error> {
+    let name = CString::new(reader).map_err(|_| pcsc::Error::UnknownReader)?;
+    let apdu = feedback.apdu();
+    let mut buf = [0u8; 64];
+    match ctx.connect(&name, ShareMode::Shared, Protocols::ANY) {
+        Ok(card) => {
+            let result = card.transmit(&apdu, &mut buf).map(|_| ());
+            let _ = card.disconnect(Disposition::LeaveCard);
+            result
+        }
+        Err(_) => {
+            let card = ctx.connect(&name, ShareMode::Direct, Protocols::UNDEFINED)?;
+            card.control(pcsc::ctl_code(IOCTL_CCID_ESCAPE), &apdu, &mut buf)
+                .map(|_| ())
+        }
+    }
+}

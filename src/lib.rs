@@ -8,9 +8,11 @@
 //! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
 //! - [`terminal`]: the terminal daemon (in progress): journal, offline policy, replay.
 //! - [`bench`]: load generators operators can run.
+//! - [`bench_terminal`]: the terminal daemon's tap-to-decision benchmark.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
 pub mod bench;
+pub mod bench_terminal;
 pub mod cli;
 pub mod domain;
 pub mod ledger;

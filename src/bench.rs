@@ -206,7 +206,7 @@ pub fn endpoint(base: &str, path: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), path)
 }
 
-fn fmt_ms(v: f64) -> String {
+pub(crate) fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
@@ -302,7 +302,8 @@ fn http_client() -> Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-fn new_histogram() -> Result<Histogram<u64>> {
+/// An empty latency histogram in microseconds (1 us .. 60 s, 3 significant digits).
+pub(crate) fn new_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("creating the latency histogram")
 }
 

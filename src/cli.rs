@@ -5,6 +5,7 @@
 //! 2 bad usage (from clap).
 
 use crate::bench;
+use crate::bench_terminal;
 use crate::domain::{CardUid, Cents, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
@@ -218,6 +219,8 @@ enum BenchCommand {
     Ledger(bench::LedgerBenchArgs),
     /// The raw SQLite commit rate with the ledger's pragmas (the disk's reference).
     SqliteCommit(bench::SqliteCommitBenchArgs),
+    /// Tap-to-decision latency of the terminal daemon, through its JSON-lines interface.
+    TerminalTap(bench_terminal::TerminalTapBenchArgs),
 }
 
 fn age(at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> String {
@@ -361,6 +364,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::SqliteCommit(args)) => {
             bench::run_sqlite_commit(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::TerminalTap(args)) => {
+            bench_terminal::run_terminal_tap(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

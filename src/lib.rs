@@ -9,9 +9,11 @@
 //! - [`terminal`]: the terminal daemon: journal, tap flow, offline policy, replay.
 //! - [`reader`]: card readers through PC/SC: one clean event per presentation.
 //! - [`bench`]: load generators operators can run.
+//! - [`bench_terminal`]: the terminal daemon's tap-to-decision benchmark.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
 pub mod bench;
+pub mod bench_terminal;
 pub mod cli;
 pub mod domain;
 pub mod ledger;

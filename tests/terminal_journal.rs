@@ -1408,3 +1408,36 @@ fn recovery_finds_attempts_being_sent_and_in_doubt_attempts_without_their_void()
         .unwrap();
     assert!(j.in_doubt_without_void(100).unwrap().is_empty());
 }
+
+#[test]
+fn an_idle_feed_is_recorded_once_a_minute_unless_something_was_synced_since() {
+    let f = Fixture::new();
+    let mut j = f.open();
+    j.apply_card_feed(&[(uid(CARD), Cents::new(500), false, 1)], "1", t(0))
+        .unwrap();
+    // Empty pages that move nothing: not written again within a minute.
+    j.apply_card_feed(&[], "1", t(10)).unwrap();
+    assert_eq!(j.counts().unwrap().last_feed_at, Some(t(0)));
+    // A minute later, it is (the replica's age stays honest).
+    j.apply_card_feed(&[], "1", t(61)).unwrap();
+    assert_eq!(j.counts().unwrap().last_feed_at, Some(t(61)));
+    // An entry synced at the very time of the last pull still counts as a local charge; the
+    // next empty page is recorded at once, so that it stops counting.
+    let sale = append(&mut j, offline_sale(200), t(61));
+    j.set_state(
+        sale.terminal_seq,
+        EntryState::Synced,
+        None,
+        None,
+        Some((201, "{}")),
+        t(61),
+    )
+    .unwrap();
+    assert_eq!(j.local_charges(&uid(CARD)).unwrap(), Cents::new(200));
+    j.apply_card_feed(&[], "1", t(62)).unwrap();
+    assert_eq!(j.counts().unwrap().last_feed_at, Some(t(62)));
+    assert_eq!(j.local_charges(&uid(CARD)).unwrap(), Cents::ZERO);
+    // A moved cursor is always recorded.
+    j.apply_card_feed(&[], "2", t(63)).unwrap();
+    assert_eq!(j.feed_cursor().unwrap(), "2");
+}

@@ -16,7 +16,7 @@ use super::core::replay::Backoff;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
 use super::journal::{CachedStaff, Catalog, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
-use super::tap::{self, Payment, PaymentKind, Tap, all_unacknowledged, append_void, recover};
+use super::tap::{self, Payment, PaymentKind, Tap, append_void, recover};
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::model::{
     ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX, Scan,
@@ -615,10 +615,32 @@ pub fn export(
     let mut j = Journal::open(journal_path)
         .map_err(|e| anyhow::anyhow!("cannot open the journal {}: {e}", journal_path.display()))?;
     recover(&mut j)?;
-    let operations: Vec<Value> = all_unacknowledged(&j)?
-        .into_iter()
-        .filter(|e| matches!(e.state, EntryState::Pending | EntryState::Rejected))
-        .map(|e| {
+    // Written next to the target and renamed, so a half-written export never exists; and
+    // streamed page by page, so a terminal with a long backlog does not hold it in memory.
+    let tmp = out.with_extension("partial");
+    let file = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let head = json!({
+        "format": crate::ledger::admin::EXPORT_FORMAT,
+        "version": crate::ledger::admin::EXPORT_VERSION,
+        "terminal": terminal,
+        "exported_at": format_time(Utc::now()),
+    })
+    .to_string();
+    // `{...}` without its closing brace, then the operations, last.
+    w.write_all(head.trim_end_matches('}').as_bytes())?;
+    w.write_all(b",\"operations\":[")?;
+    let mut count = 0usize;
+    let mut after = None;
+    loop {
+        let page = j.unacknowledged(after, super::journal::LIST_LIMIT_MAX)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.terminal_seq);
+        for e in page
+            .iter()
+            .filter(|e| matches!(e.state, EntryState::Pending | EntryState::Rejected))
+        {
             let mut body = e.request()?;
             if let Some(map) = body.as_object_mut() {
                 map.insert(
@@ -626,23 +648,17 @@ pub fn export(
                     Value::String(e.operation.as_str().to_owned()),
                 );
             }
-            Ok(body)
-        })
-        .collect::<Result<_, super::journal::JournalError>>()?;
-    let count = operations.len();
-    let document = json!({
-        "format": crate::ledger::admin::EXPORT_FORMAT,
-        "version": crate::ledger::admin::EXPORT_VERSION,
-        "terminal": terminal,
-        "exported_at": format_time(Utc::now()),
-        "operations": operations,
-    });
-    // Written next to the target and renamed, so a half-written export never exists.
-    let tmp = out.with_extension("partial");
-    let mut file = std::fs::File::create(&tmp)
+            if count > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut w, &body)?;
+            count += 1;
+        }
+    }
+    w.write_all(b"]}\n")?;
+    let file = w
+        .into_inner()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    serde_json::to_writer(&mut file, &document)?;
-    file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(&tmp, out)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
@@ -666,7 +682,10 @@ async fn sync_loop(
     loop {
         let round = sync_round(&journal, &client, &config, &tap_in_flight).await;
         let delay_ms = match round {
-            Ok(synced) => {
+            Ok(Round {
+                settled: synced,
+                more,
+            }) => {
                 failures = 0;
                 online.store(true, Ordering::Relaxed);
                 if synced > 0 {
@@ -679,7 +698,8 @@ async fn sync_loop(
                         json!({ "event": "synced", "count": synced, "pending": pending }),
                     );
                 }
-                config.sync_interval_ms
+                // A backlog left after a full round: go on at once (the feeds had their turn).
+                if more { 0 } else { config.sync_interval_ms }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sync round failed");
@@ -699,7 +719,7 @@ async fn sync_round(
     client: &LedgerClient,
     config: &TerminalConfig,
     tap_in_flight: &AtomicBool,
-) -> Result<usize, anyhow::Error> {
+) -> Result<Round, anyhow::Error> {
     heal_journal(journal, config, tap_in_flight)?;
     // Who the ledger says this token is: checked before anything is replayed, so that a
     // terminal configured as the wrong kind or name never sends its journal.
@@ -712,10 +732,12 @@ async fn sync_round(
         .into());
     }
     let mut settled = 0;
+    let mut more = true;
     for _ in 0..ROUND_BATCHES_MAX {
         let report = replay_round(journal, client, config.sync_batch_max, Utc::now).await?;
         settled += report.acknowledged + report.rejected;
         if report.sent < config.sync_batch_max || report.retry > 0 {
+            more = false;
             break;
         }
     }
@@ -750,7 +772,15 @@ async fn sync_round(
         j.unuploaded_scans(SCANS_PER_ROUND_MAX)?
     };
     upload_scans(journal, client, scans).await?;
-    Ok(settled)
+    Ok(Round { settled, more })
+}
+
+/// What a sync round did.
+struct Round {
+    /// Entries settled (acknowledged or rejected).
+    settled: usize,
+    /// The round stopped at its batch limit with entries still pending.
+    more: bool,
 }
 
 /// Repairs what a journal failure left behind while the daemon runs, before each sync round:

@@ -58,6 +58,8 @@ use std::time::Duration;
 pub const BUSY_TIMEOUT_MS: u64 = 5000;
 /// The most rows one list call returns; larger limits are clamped to it.
 pub const LIST_LIMIT_MAX: usize = 10_000;
+/// How often an empty card-feed page is recorded (the replica's age), at most.
+const EMPTY_FEED_RECORD_MS: i64 = 60_000;
 /// The most cards one [`Journal::apply_card_feed`] call takes: one page of the ledger's feed.
 pub const FEED_CARDS_MAX: usize = FEED_LIMIT_MAX as usize;
 /// The most products a cached catalog holds.
@@ -994,6 +996,22 @@ impl Journal {
                 "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
                 next_cursor.len()
             )));
+        }
+        // An empty page that moves nothing (an idle terminal, every sync round) is recorded
+        // at most once a minute, each write being an fsync, unless an entry became synced
+        // since (or at) the last recorded pull: `local_charges` counts such an entry until
+        // a later pull is recorded.
+        let meta_time = |key| -> Result<Option<DateTime<Utc>>, JournalError> {
+            Ok(get_meta(&self.conn, key)?.as_deref().and_then(parse_time))
+        };
+        if cards.is_empty()
+            && get_meta(&self.conn, META_FEED_CURSOR)?.as_deref() == Some(next_cursor)
+            && let Some(last_feed) = meta_time(META_LAST_FEED_AT)?
+            && last_feed <= now
+            && now - last_feed < chrono::Duration::milliseconds(EMPTY_FEED_RECORD_MS)
+            && meta_time(META_LAST_SYNC_AT)?.is_none_or(|synced| synced < last_feed)
+        {
+            return Ok(());
         }
         let now_text = format_time(now);
         let tx = self

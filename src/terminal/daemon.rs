@@ -14,6 +14,7 @@ use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
 use super::core::replay::Backoff;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
+use super::events::{Decision, Event, Status};
 use super::journal::{CachedStaff, Catalog, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
 use super::tap::{self, Payment, PaymentKind, Tap, append_void, recover};
@@ -95,8 +96,8 @@ struct CommandItem {
     quantity: i64,
 }
 
-fn error_event(code: &str, message: impl Into<String>) -> Value {
-    json!({ "event": "error", "code": code, "message": message.into() })
+fn error_event(code: &'static str, message: impl Into<String>) -> Event {
+    Event::error(code, message)
 }
 
 /// The daemon's state between commands.
@@ -178,22 +179,27 @@ impl Daemon {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn status_event(&self) -> Value {
+    fn status_event(&self) -> Event {
         match self.with_journal(|j| j.counts()) {
-            Ok(c) => json!({
-                "event": "status", "online": self.online.load(Ordering::Relaxed),
-                "pending": c.pending, "in_doubt": c.in_doubt, "rejected": c.rejected,
-                "declined_offline": c.declined_offline,
-                "journal_writable": self.with_journal(|j| Ok(!j.is_read_only())).unwrap_or(false),
-                "last_sync_at": c.last_sync_at.map(format_time), "reader": self.reader_state,
-                "staff": self.staff.as_ref().map(StaffId::as_str),
+            Ok(c) => Event::Status(Status {
+                online: self.online.load(Ordering::Relaxed),
+                pending: c.pending,
+                in_doubt: c.in_doubt,
+                rejected: c.rejected,
+                declined_offline: c.declined_offline,
+                journal_writable: self
+                    .with_journal(|j| Ok(!j.is_read_only()))
+                    .unwrap_or(false),
+                last_sync_at: c.last_sync_at.map(format_time),
+                reader: self.reader_state.clone(),
+                staff: self.staff.as_ref().map(|s| s.as_str().to_owned()),
             }),
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
         }
     }
 
     /// Handles one command line; returns the events to write and whether to stop.
-    pub async fn handle_line(&mut self, line: &str) -> (Vec<Value>, bool) {
+    pub async fn handle_line(&mut self, line: &str) -> (Vec<Event>, bool) {
         let command: Command = match serde_json::from_str(line) {
             Ok(c) => c,
             Err(e) => return (vec![error_event("INVALID_COMMAND", e.to_string())], false),
@@ -203,7 +209,7 @@ impl Daemon {
             Command::Status => (vec![self.status_event()], false),
             Command::Cancel => {
                 self.armed = None;
-                (vec![json!({ "event": "cancelled" })], false)
+                (vec![Event::Cancelled], false)
             }
             Command::Login { staff_id, pin } => (vec![self.login(&staff_id, &pin)], false),
             Command::Order { items } => (vec![self.arm_order(&items)], false),
@@ -215,7 +221,11 @@ impl Daemon {
             Command::Balance => {
                 self.armed = Some(Armed::Balance);
                 (
-                    vec![json!({ "event": "armed", "operation": "balance" })],
+                    vec![Event::Armed {
+                        operation: "balance",
+                        total_cents: None,
+                        amount_cents: None,
+                    }],
                     false,
                 )
             }
@@ -233,8 +243,14 @@ impl Daemon {
         }
     }
 
-    fn login(&mut self, staff_id: &str, pin: &str) -> Value {
-        let refuse = |message: &str| json!({ "event": "login", "ok": false, "message": message });
+    fn login(&mut self, staff_id: &str, pin: &str) -> Event {
+        let refuse = |message: &str| Event::Login {
+            ok: false,
+            staff_id: None,
+            name: None,
+            role: None,
+            message: Some(message.to_owned()),
+        };
         let Ok(id) = StaffId::parse(staff_id) else {
             return refuse("unknown staff id");
         };
@@ -266,10 +282,16 @@ impl Daemon {
             return refuse("wrong PIN");
         }
         self.staff = Some(id.clone());
-        json!({ "event": "login", "ok": true, "staff_id": id.as_str(), "name": member.name, "role": member.role.as_str() })
+        Event::Login {
+            ok: true,
+            staff_id: Some(id.as_str().to_owned()),
+            name: Some(member.name),
+            role: Some(member.role.as_str()),
+            message: None,
+        }
     }
 
-    fn arm_order(&mut self, items: &[CommandItem]) -> Value {
+    fn arm_order(&mut self, items: &[CommandItem]) -> Event {
         let Some(staff) = self.staff.clone() else {
             return error_event("NOT_LOGGED_IN", "log in first");
         };
@@ -334,10 +356,14 @@ impl Daemon {
                 total,
             },
         }));
-        json!({ "event": "armed", "operation": "order", "total_cents": total })
+        Event::Armed {
+            operation: "order",
+            total_cents: Some(total),
+            amount_cents: None,
+        }
     }
 
-    fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Value {
+    fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Event {
         let Some(staff) = self.staff.clone() else {
             return error_event("NOT_LOGGED_IN", "log in first");
         };
@@ -372,7 +398,11 @@ impl Daemon {
                 method,
             },
         }));
-        json!({ "event": "armed", "operation": "topup", "amount_cents": amount_cents })
+        Event::Armed {
+            operation: "topup",
+            total_cents: None,
+            amount_cents: Some(Cents::new(amount_cents)),
+        }
     }
 
     /// A card presented on `reader`: pays for what is armed, or shows its balance. The
@@ -382,23 +412,22 @@ impl Daemon {
         uid: CardUid,
         reader: &str,
         card_type: Option<CardType>,
-    ) -> Vec<Value> {
-        let mut card = json!({ "event": "card", "uid": uid, "reader": reader });
-        if let Some(t) = card_type {
-            card["card_type"] = json!(t.as_str());
-        }
+    ) -> Vec<Event> {
+        let card = Event::Card {
+            uid: uid.clone(),
+            reader: reader.to_owned(),
+            card_type: card_type.map(CardType::as_str),
+        };
         let outcome = match self.armed.take() {
             None | Some(Armed::Balance) => self.balance(&uid).await,
             Some(Armed::Pay(payment)) => self.pay(uid.clone(), payment).await,
         };
-        let result = match outcome["event"].as_str() {
-            Some("decision") => outcome["status"].as_str().unwrap_or("declined"),
-            Some("balance") => "balance",
-            _ => "error",
+        let (result, crid) = match &outcome {
+            Event::Decision(d) => (d.status, d.client_request_id),
+            Event::Balance { .. } => ("balance", None),
+            _ => ("error", None),
         };
-        let seq = outcome["client_request_id"]
-            .as_str()
-            .and_then(|c| ClientRequestId::parse(c).ok())
+        let seq = crid
             .and_then(|crid| {
                 self.with_journal(|j| j.entry_by_request_id(crid))
                     .ok()
@@ -425,30 +454,42 @@ impl Daemon {
     }
 
     /// What the reader layer reported: events for the front end, and the feedback to give.
-    pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Value>, Option<Feedback>) {
+    pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Event>, Option<Feedback>) {
         match event {
             ReaderEvent::Connected { name } => {
                 self.reader_state = name.clone();
                 (
-                    vec![json!({ "event": "reader", "state": "connected", "name": name })],
+                    vec![Event::Reader {
+                        state: "connected",
+                        name: Some(name),
+                        message: None,
+                    }],
                     None,
                 )
             }
             ReaderEvent::Waiting { filter } => {
                 self.reader_state = "waiting".into();
                 (
-                    vec![json!({ "event": "reader", "state": "waiting", "name": null,
-                                 "message": if filter.is_empty() { "plug in a contactless reader".to_owned() }
-                                            else { format!("plug in a reader whose name contains {filter:?}") } })],
+                    vec![Event::Reader {
+                        state: "waiting",
+                        name: None,
+                        message: Some(if filter.is_empty() {
+                            "plug in a contactless reader".to_owned()
+                        } else {
+                            format!("plug in a reader whose name contains {filter:?}")
+                        }),
+                    }],
                     None,
                 )
             }
             ReaderEvent::Disconnected { name, reason } => {
                 self.reader_state = "disconnected".into();
                 (
-                    vec![
-                        json!({ "event": "reader", "state": "disconnected", "name": name, "message": reason }),
-                    ],
+                    vec![Event::Reader {
+                        state: "disconnected",
+                        name: Some(name),
+                        message: Some(reason),
+                    }],
                     None,
                 )
             }
@@ -469,14 +510,12 @@ impl Daemon {
                 ..
             } => {
                 let events = self.present(uid, &reader, Some(card_type)).await;
-                let feedback = match events.last().and_then(|e| e["status"].as_str()) {
-                    Some("approved_online" | "approved_offline") => Some(Feedback::Approved),
-                    Some(_) => Some(Feedback::Declined),
-                    None if events.last().is_some_and(|e| e["event"] == "balance") => {
-                        Some(Feedback::Approved)
-                    }
-                    None => Some(Feedback::Declined),
+                let feedback = match events.last() {
+                    Some(Event::Decision(d)) if d.approved() => Feedback::Approved,
+                    Some(Event::Balance { .. }) => Feedback::Approved,
+                    _ => Feedback::Declined,
                 };
+                let feedback = Some(feedback);
                 (events, feedback)
             }
             ReaderEvent::Failed { reader, error, .. } => {
@@ -484,44 +523,55 @@ impl Daemon {
                     self.log_scan(&uid, error.code(), &reader, None);
                 }
                 (
-                    vec![
-                        json!({ "event": "card_error", "reader": reader, "code": error.code(),
-                                 "message": error.to_string() }),
-                    ],
+                    vec![Event::CardError {
+                        reader,
+                        code: error.code(),
+                        message: error.to_string(),
+                    }],
                     Some(Feedback::Declined),
                 )
             }
         }
     }
 
-    async fn balance(&self, uid: &CardUid) -> Value {
+    async fn balance(&self, uid: &CardUid) -> Event {
+        let balance = |balance_cents, status, source, as_of| Event::Balance {
+            card_uid: uid.clone(),
+            balance_cents,
+            status,
+            source,
+            as_of,
+        };
         if self.online.load(Ordering::Relaxed)
             && let Ok(answer) = self.client.card(uid).await
         {
             if answer.status == 200 {
-                return json!({ "event": "balance", "card_uid": uid, "balance_cents": answer.body["balance_cents"],
-                               "status": answer.body["status"], "source": "ledger", "as_of": answer.body["updated_at"] });
+                let text = |key: &str| answer.body[key].as_str().map(str::to_owned);
+                return balance(
+                    answer.body["balance_cents"].as_i64().map(Cents::new),
+                    text("status"),
+                    "ledger",
+                    text("updated_at"),
+                );
             }
             if answer.status == 404 {
-                return json!({ "event": "balance", "card_uid": uid, "balance_cents": null, "source": "ledger", "as_of": null });
+                return balance(None, None, "ledger", None);
             }
         }
         match self.with_journal(|j| Ok((j.replica_card(uid)?, j.local_charges(uid)?))) {
-            Ok((Some((card, at)), local)) => json!({
-                "event": "balance", "card_uid": uid,
-                "balance_cents": card.balance.checked_sub(local).map(Cents::get).ok(),
-                "status": if card.blocked { "blocked" } else { "active" },
-                "source": "replica", "as_of": format_time(at),
-            }),
-            Ok((None, _)) => {
-                json!({ "event": "balance", "card_uid": uid, "balance_cents": null, "source": "replica", "as_of": null })
-            }
+            Ok((Some((card, at)), local)) => balance(
+                card.balance.checked_sub(local).ok(),
+                Some(if card.blocked { "blocked" } else { "active" }.to_owned()),
+                "replica",
+                Some(format_time(at)),
+            ),
+            Ok((None, _)) => balance(None, None, "replica", None),
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
         }
     }
 
     /// Runs the tap flow for `payment` to its verdict: journal, ledger, offline policy.
-    async fn pay(&mut self, uid: CardUid, payment: Payment) -> Value {
+    async fn pay(&mut self, uid: CardUid, payment: Payment) -> Event {
         let (flow, first) = TapFlow::start(
             payment.movement(),
             payment.total(),
@@ -546,9 +596,16 @@ impl Daemon {
                 effect: payment.journal_kind().1,
             });
         }
-        json!({ "event": "decision", "client_request_id": crid, "operation": payment.operation(),
-                "card_uid": uid, "status": verdict.outcome.as_str(), "reason": verdict.reason,
-                "total_cents": payment.total(), "balance_cents": verdict.balance })
+        Event::Decision(Decision {
+            client_request_id: crid,
+            operation: payment.operation(),
+            card_uid: uid,
+            status: verdict.outcome.as_str(),
+            reason: verdict.reason,
+            total_cents: payment.total(),
+            balance_cents: verdict.balance,
+            target_client_request_id: None,
+        })
     }
 
     /// The limits the tap flow decides offline with: the configuration's offline limits and
@@ -567,7 +624,7 @@ impl Daemon {
 
     /// Refunds the last approved operation: a void with its own key, pointing to it,
     /// journaled and replayed like any operation.
-    fn void_last(&mut self) -> Value {
+    fn void_last(&mut self) -> Event {
         let Some(staff) = self.staff.clone() else {
             return error_event("NOT_LOGGED_IN", "log in first");
         };
@@ -593,10 +650,16 @@ impl Daemon {
         match appended {
             Ok(crid) => {
                 self.last_approved = None;
-                json!({ "event": "decision", "client_request_id": crid, "operation": "void",
-                        "card_uid": last.card, "status": "approved_offline", "reason": null,
-                        "total_cents": refund, "balance_cents": null,
-                        "target_client_request_id": last.client_request_id })
+                Event::Decision(Decision {
+                    client_request_id: Some(crid),
+                    operation: "void",
+                    card_uid: last.card,
+                    status: "approved_offline",
+                    reason: None,
+                    total_cents: refund,
+                    balance_cents: None,
+                    target_client_request_id: Some(last.client_request_id),
+                })
             }
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
         }
@@ -672,7 +735,7 @@ async fn sync_loop(
     online: Arc<AtomicBool>,
     tap_in_flight: Arc<AtomicBool>,
     config: TerminalConfig,
-    events: mpsc::Sender<Value>,
+    events: mpsc::Sender<Event>,
 ) {
     let backoff = Backoff {
         base_ms: config.sync_backoff_base_ms,
@@ -694,9 +757,10 @@ async fn sync_loop(
                         .ok()
                         .and_then(|j| j.counts().ok())
                         .map(|c| c.pending);
-                    let _ = events.try_send(
-                        json!({ "event": "synced", "count": synced, "pending": pending }),
-                    );
+                    let _ = events.try_send(Event::Synced {
+                        count: synced,
+                        pending,
+                    });
                 }
                 // A backlog left after a full round: go on at once (the feeds had their turn).
                 if more { 0 } else { config.sync_interval_ms }
@@ -917,7 +981,7 @@ where
         tracing::warn!(error = %e, "first sync failed; starting offline");
         daemon.online.store(false, Ordering::Relaxed);
     }
-    let (events_tx, mut events_rx) = mpsc::channel::<Value>(SYNC_EVENTS_MAX);
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(SYNC_EVENTS_MAX);
     let sync = tokio::spawn(sync_loop(
         Arc::clone(&daemon.journal),
         daemon.sync_client.clone(),
@@ -926,8 +990,12 @@ where
         daemon.config.clone(),
         events_tx,
     ));
-    write_event(&mut output, &json!({ "event": "ready", "terminal": daemon.config.name, "kind": daemon.config.kind.as_str(),
-        "online": daemon.online.load(Ordering::Relaxed) })).await?;
+    let ready = Event::Ready {
+        terminal: daemon.config.name.clone(),
+        kind: daemon.config.kind.as_str(),
+        online: daemon.online.load(Ordering::Relaxed),
+    };
+    write_event(&mut output, &ready).await?;
     let mut lines = input.lines();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -981,8 +1049,8 @@ where
     Ok(())
 }
 
-async fn write_event<W: AsyncWrite + Unpin>(output: &mut W, event: &Value) -> std::io::Result<()> {
-    let mut line = event.to_string();
+async fn write_event<W: AsyncWrite + Unpin>(output: &mut W, event: &Event) -> std::io::Result<()> {
+    let mut line = event.to_json_line();
     line.push('\n');
     output.write_all(line.as_bytes()).await?;
     output.flush().await

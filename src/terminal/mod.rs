@@ -4,6 +4,7 @@
 //! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (tap flow, offline policy, replay rules, login lockout).
+//! - [`events`]: what the daemon tells its front end, as types (the JSON-lines events).
 //! - [`daemon`]: the main loop on the JSON-lines interface: tap, journal, online or offline.
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
 //! - [`sync`]: replaying the journal to the ledger and pulling the card feed.
@@ -13,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod events;
 pub mod journal;
 pub mod sync;
 pub mod tap;

@@ -8,6 +8,7 @@
 //! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
 //! - [`terminal`]: the terminal daemon: journal, tap flow, offline policy, replay.
 //! - [`reader`]: card readers through PC/SC: one clean event per presentation.
+//! - [`tui`]: the staff-facing terminal UI (model and view).
 //! - [`bench`]: load generators operators can run.
 //! - [`bench_terminal`]: the terminal daemon's tap-to-decision benchmark.
 //! - [`cli`]: the command line; the only place that prints errors for people.
@@ -19,3 +20,4 @@ pub mod domain;
 pub mod ledger;
 pub mod reader;
 pub mod terminal;
+pub mod tui;

@@ -64,36 +64,55 @@ struct LastApproved {
     effect: Cents,
 }
 
-/// A command on stdin.
-#[derive(Debug, Deserialize)]
+/// A command from the front end (spec/interfaces.md): a JSON line on stdin, or a key the TUI
+/// translated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-enum Command {
+pub enum Command {
+    /// Staff login.
     Login {
+        /// Staff id.
         staff_id: String,
+        /// PIN.
         pin: String,
     },
+    /// Arms an order.
     Order {
+        /// Its lines.
         items: Vec<CommandItem>,
     },
+    /// Arms a top-up.
     Topup {
+        /// The amount.
         amount_cents: i64,
+        /// Cash or card.
         payment_method: PaymentMethod,
     },
+    /// A card presented by hand (`--reader simulated`).
     Tap {
+        /// Its UID.
         uid: String,
     },
+    /// Arms a balance check.
     Balance,
+    /// Refunds the last approved operation.
     VoidLast,
+    /// Disarms.
     Cancel,
+    /// Asks for a `status` event.
     Status,
+    /// Stops the daemon.
     Quit,
 }
 
-#[derive(Debug, Deserialize)]
+/// One line of an `order` command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommandItem {
-    product_id: String,
-    quantity: i64,
+pub struct CommandItem {
+    /// The catalog's product id.
+    pub product_id: String,
+    /// 1 to 99.
+    pub quantity: i64,
 }
 
 fn error_event(code: &'static str, message: impl Into<String>) -> Event {
@@ -200,10 +219,14 @@ impl Daemon {
 
     /// Handles one command line; returns the events to write and whether to stop.
     pub async fn handle_line(&mut self, line: &str) -> (Vec<Event>, bool) {
-        let command: Command = match serde_json::from_str(line) {
-            Ok(c) => c,
-            Err(e) => return (vec![error_event("INVALID_COMMAND", e.to_string())], false),
-        };
+        match serde_json::from_str(line) {
+            Ok(command) => self.handle(command).await,
+            Err(e) => (vec![error_event("INVALID_COMMAND", e.to_string())], false),
+        }
+    }
+
+    /// Handles one command; returns the events for the front end and whether to stop.
+    pub async fn handle(&mut self, command: Command) -> (Vec<Event>, bool) {
         match command {
             Command::Quit => (vec![], true),
             Command::Status => (vec![self.status_event()], false),

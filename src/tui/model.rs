@@ -1,0 +1,823 @@
+//! The TUI's state and its update rules, without a terminal: keys and daemon events in,
+//! commands for the daemon out. Everything here is a unit test away.
+//!
+//! Keys are chosen for a numeric keypad plus Enter, Esc and Backspace: digits pick staff,
+//! products and amounts, `+`/`-` change quantities, `*` checks a balance, `/` voids the last
+//! sale, `.` switches the payment method, Enter confirms, Esc goes back, `?` shows the help.
+
+use crate::domain::Cents;
+use crate::ledger::model::{PaymentMethod, TerminalKind};
+use crate::terminal::daemon::{Command, CommandItem};
+use crate::terminal::events::{Decision, Event, Status};
+
+/// How long the "present card" screen waits for a card before it gives up.
+pub const PRESENT_TIMEOUT_MS: u64 = 30_000;
+/// How long a result stays on screen before the terminal is ready again.
+pub const RESULT_SHOWN_MS: u64 = 4_000;
+/// Digits of an amount typed at a checkpoint (999999.99 at most).
+const AMOUNT_DIGITS_MAX: usize = 8;
+/// Digits of a PIN, at most.
+const PIN_DIGITS_MAX: usize = 12;
+/// The quantity of one line, at most (the ledger's limit).
+const QUANTITY_MAX: u32 = 99;
+/// Lines of an order, at most (the ledger's limit).
+const LINES_MAX: usize = 50;
+/// Checkpoint presets, in cents, on keys 1 to 4.
+pub const TOPUP_PRESETS_CENTS: [i64; 4] = [1_000, 2_000, 5_000, 10_000];
+
+/// A key, as the terminal reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// A digit 0-9.
+    Digit(u8),
+    /// Enter.
+    Enter,
+    /// Escape.
+    Esc,
+    /// Backspace.
+    Backspace,
+    /// `+`.
+    Plus,
+    /// `-`.
+    Minus,
+    /// `*`.
+    Star,
+    /// `/`.
+    Slash,
+    /// `.` or `,`.
+    Dot,
+    /// `?`.
+    Help,
+    /// Up arrow.
+    Up,
+    /// Down arrow.
+    Down,
+    /// Any other printable character.
+    Char(char),
+}
+
+/// A product on the menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MenuItem {
+    /// The catalog's id.
+    pub product_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its price.
+    pub price: Cents,
+}
+
+/// A staff member who may log in here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffItem {
+    /// Id.
+    pub staff_id: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What the screen shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screen {
+    /// Pick a staff member by number, then type the PIN.
+    Login {
+        /// The staff member picked (an index into the staff list).
+        picked: Option<usize>,
+        /// The PIN typed so far (shown masked).
+        pin: String,
+        /// Why the last attempt failed.
+        message: Option<String>,
+    },
+    /// Bar: build an order.
+    Order {
+        /// Quantity per menu item.
+        quantities: Vec<u32>,
+        /// The item `+`/`-` act on.
+        cursor: usize,
+    },
+    /// Checkpoint: type an amount (in cents, as digits) or pick a preset.
+    Amount {
+        /// Digits typed, as cents.
+        digits: String,
+        /// Cash or card.
+        method: PaymentMethod,
+    },
+    /// Waiting for a card.
+    Present {
+        /// What the card pays or checks.
+        what: Presenting,
+        /// When the wait started.
+        since_ms: u64,
+    },
+    /// Waiting for the daemon's decision after a card was read.
+    Deciding,
+    /// The outcome, until a key or the timeout.
+    Result {
+        /// The decision.
+        decision: Decision,
+        /// When it was shown.
+        since_ms: u64,
+    },
+    /// A card's balance.
+    Balance {
+        /// The event.
+        balance: Option<Cents>,
+        /// `ledger` or `replica`.
+        source: String,
+        /// Its age, when from the replica.
+        as_of: Option<String>,
+        /// The card.
+        card: String,
+        /// When it was shown.
+        since_ms: u64,
+    },
+    /// "Void the last sale?" Enter confirms, Esc does not.
+    ConfirmVoid,
+}
+
+/// What a "present card" screen is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presenting {
+    /// An order of this total.
+    Order(Cents),
+    /// A top-up of this amount.
+    Topup(Cents, PaymentMethod),
+    /// A balance check.
+    Balance,
+}
+
+/// What the model asks of the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this command to the daemon.
+    Send(Command),
+    /// Leave the TUI.
+    Quit,
+}
+
+/// The whole TUI state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// Terminal name and point of sale, for the status bar.
+    pub terminal: String,
+    /// Bar or checkpoint.
+    pub kind: TerminalKind,
+    /// The menu (bar).
+    pub menu: Vec<MenuItem>,
+    /// Who may log in.
+    pub staff: Vec<StaffItem>,
+    /// Who is logged in.
+    pub logged_in: Option<StaffItem>,
+    /// The current screen.
+    pub screen: Screen,
+    /// The last status the daemon reported.
+    pub status: Option<Status>,
+    /// The help overlay is shown.
+    pub help: bool,
+    /// A one-line notice (an error from the daemon, a hint).
+    pub notice: Option<String>,
+}
+
+impl Model {
+    /// A model at the login screen.
+    pub fn new(
+        terminal: String,
+        kind: TerminalKind,
+        menu: Vec<MenuItem>,
+        staff: Vec<StaffItem>,
+    ) -> Model {
+        Model {
+            terminal,
+            kind,
+            menu,
+            staff,
+            logged_in: None,
+            screen: Screen::Login {
+                picked: None,
+                pin: String::new(),
+                message: None,
+            },
+            status: None,
+            help: false,
+            notice: None,
+        }
+    }
+
+    /// The screen to go back to when an operation is over.
+    fn home(&self) -> Screen {
+        match self.kind {
+            TerminalKind::Bar => Screen::Order {
+                quantities: vec![0; self.menu.len()],
+                cursor: 0,
+            },
+            TerminalKind::Checkpoint => Screen::Amount {
+                digits: String::new(),
+                method: PaymentMethod::Cash,
+            },
+        }
+    }
+
+    /// The order's total and its lines.
+    pub fn order_lines(&self, quantities: &[u32]) -> (Cents, Vec<(usize, u32)>) {
+        let mut total = Cents::ZERO;
+        let mut lines = Vec::new();
+        for (i, q) in quantities.iter().enumerate() {
+            if *q == 0 {
+                continue;
+            }
+            if let Some(item) = self.menu.get(i) {
+                total = item
+                    .price
+                    .checked_mul(i64::from(*q))
+                    .and_then(|l| total.checked_add(l))
+                    .unwrap_or(total);
+                lines.push((i, *q));
+            }
+        }
+        (total, lines)
+    }
+
+    /// A key was pressed at `now_ms`.
+    pub fn on_key(&mut self, key: Key, now_ms: u64) -> Vec<Action> {
+        if self.help {
+            // Any key closes the help.
+            self.help = false;
+            return Vec::new();
+        }
+        if key == Key::Help {
+            self.help = true;
+            return Vec::new();
+        }
+        self.notice = None;
+        let screen = std::mem::replace(&mut self.screen, Screen::Deciding);
+        let (screen, actions) = self.key_on(screen, key, now_ms);
+        self.screen = screen;
+        actions
+    }
+
+    fn key_on(&mut self, screen: Screen, key: Key, now_ms: u64) -> (Screen, Vec<Action>) {
+        match screen {
+            Screen::Login {
+                picked,
+                mut pin,
+                message,
+            } => match (picked, key) {
+                (None, Key::Digit(d)) => {
+                    let index = usize::from(d).wrapping_sub(1);
+                    if d >= 1 && index < self.staff.len() {
+                        (
+                            Screen::Login {
+                                picked: Some(index),
+                                pin,
+                                message: None,
+                            },
+                            Vec::new(),
+                        )
+                    } else {
+                        (
+                            Screen::Login {
+                                picked,
+                                pin,
+                                message,
+                            },
+                            Vec::new(),
+                        )
+                    }
+                }
+                (None, Key::Esc) => (
+                    Screen::Login {
+                        picked,
+                        pin,
+                        message: None,
+                    },
+                    vec![Action::Quit],
+                ),
+                (Some(_), Key::Digit(d)) => {
+                    if pin.len() < PIN_DIGITS_MAX {
+                        pin.push(char::from(b'0' + d));
+                    }
+                    (
+                        Screen::Login {
+                            picked,
+                            pin,
+                            message,
+                        },
+                        Vec::new(),
+                    )
+                }
+                (Some(_), Key::Backspace) => {
+                    pin.pop();
+                    (
+                        Screen::Login {
+                            picked,
+                            pin,
+                            message,
+                        },
+                        Vec::new(),
+                    )
+                }
+                (Some(_), Key::Esc) => (
+                    Screen::Login {
+                        picked: None,
+                        pin: String::new(),
+                        message: None,
+                    },
+                    Vec::new(),
+                ),
+                (Some(index), Key::Enter) if !pin.is_empty() => {
+                    let staff_id = self.staff[index].staff_id.clone();
+                    (
+                        Screen::Login {
+                            picked,
+                            pin: String::new(),
+                            message: None,
+                        },
+                        vec![Action::Send(Command::Login { staff_id, pin })],
+                    )
+                }
+                (picked, _) => (
+                    Screen::Login {
+                        picked,
+                        pin,
+                        message,
+                    },
+                    Vec::new(),
+                ),
+            },
+            Screen::Order {
+                mut quantities,
+                mut cursor,
+            } => {
+                let mut actions = Vec::new();
+                match key {
+                    Key::Digit(d) => {
+                        // 1-9 pick the item and add one; 0 is the tenth.
+                        let index = if d == 0 { 9 } else { usize::from(d) - 1 };
+                        if index < self.menu.len() {
+                            cursor = index;
+                            add(&mut quantities, index, 1);
+                        }
+                    }
+                    Key::Plus => add(&mut quantities, cursor, 1),
+                    Key::Minus => add(&mut quantities, cursor, -1),
+                    Key::Up => cursor = cursor.saturating_sub(1),
+                    Key::Down if cursor + 1 < self.menu.len() => cursor += 1,
+                    Key::Backspace => {
+                        if let Some(q) = quantities.get_mut(cursor) {
+                            *q = 0;
+                        }
+                    }
+                    Key::Esc => quantities.iter_mut().for_each(|q| *q = 0),
+                    Key::Star => {
+                        return (
+                            Screen::Present {
+                                what: Presenting::Balance,
+                                since_ms: now_ms,
+                            },
+                            vec![Action::Send(Command::Balance)],
+                        );
+                    }
+                    Key::Slash => return (Screen::ConfirmVoid, Vec::new()),
+                    Key::Enter => {
+                        let (total, lines) = self.order_lines(&quantities);
+                        if lines.is_empty() {
+                            self.notice = Some("pick a product first (its number)".into());
+                        } else if lines.len() > LINES_MAX {
+                            self.notice = Some(format!("an order has at most {LINES_MAX} lines"));
+                        } else {
+                            let items = lines
+                                .iter()
+                                .map(|(i, q)| CommandItem {
+                                    product_id: self.menu[*i].product_id.clone(),
+                                    quantity: i64::from(*q),
+                                })
+                                .collect();
+                            actions.push(Action::Send(Command::Order { items }));
+                            return (
+                                Screen::Present {
+                                    what: Presenting::Order(total),
+                                    since_ms: now_ms,
+                                },
+                                actions,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                (Screen::Order { quantities, cursor }, actions)
+            }
+            Screen::Amount {
+                mut digits,
+                mut method,
+            } => match key {
+                Key::Digit(d) if digits.is_empty() && (1..=4).contains(&d) => {
+                    // A preset on an empty amount.
+                    digits = TOPUP_PRESETS_CENTS[usize::from(d) - 1].to_string();
+                    (Screen::Amount { digits, method }, Vec::new())
+                }
+                Key::Digit(d) => {
+                    if digits.len() < AMOUNT_DIGITS_MAX && !(digits.is_empty() && d == 0) {
+                        digits.push(char::from(b'0' + d));
+                    }
+                    (Screen::Amount { digits, method }, Vec::new())
+                }
+                Key::Backspace => {
+                    digits.pop();
+                    (Screen::Amount { digits, method }, Vec::new())
+                }
+                Key::Esc => (
+                    Screen::Amount {
+                        digits: String::new(),
+                        method,
+                    },
+                    Vec::new(),
+                ),
+                Key::Dot => {
+                    method = match method {
+                        PaymentMethod::Cash => PaymentMethod::Card,
+                        PaymentMethod::Card => PaymentMethod::Cash,
+                    };
+                    (Screen::Amount { digits, method }, Vec::new())
+                }
+                Key::Star => (
+                    Screen::Present {
+                        what: Presenting::Balance,
+                        since_ms: now_ms,
+                    },
+                    vec![Action::Send(Command::Balance)],
+                ),
+                Key::Slash => (Screen::ConfirmVoid, Vec::new()),
+                Key::Enter => match digits.parse::<i64>() {
+                    Ok(cents) if cents > 0 => (
+                        Screen::Present {
+                            what: Presenting::Topup(Cents::new(cents), method),
+                            since_ms: now_ms,
+                        },
+                        vec![Action::Send(Command::Topup {
+                            amount_cents: cents,
+                            payment_method: method,
+                        })],
+                    ),
+                    _ => {
+                        self.notice = Some("type an amount, or 1-4 for a preset".into());
+                        (Screen::Amount { digits, method }, Vec::new())
+                    }
+                },
+                _ => (Screen::Amount { digits, method }, Vec::new()),
+            },
+            Screen::Present { what, since_ms } => match key {
+                Key::Esc => (self.home(), vec![Action::Send(Command::Cancel)]),
+                _ => (Screen::Present { what, since_ms }, Vec::new()),
+            },
+            Screen::Deciding => (Screen::Deciding, Vec::new()),
+            Screen::Result { .. } | Screen::Balance { .. } => (self.home(), Vec::new()),
+            Screen::ConfirmVoid => match key {
+                Key::Enter => (Screen::Deciding, vec![Action::Send(Command::VoidLast)]),
+                _ => (self.home(), Vec::new()),
+            },
+        }
+    }
+
+    /// The daemon reported `event` at `now_ms`.
+    pub fn on_event(&mut self, event: &Event, now_ms: u64) {
+        match event {
+            Event::Status(status) => self.status = Some(status.clone()),
+            Event::Login {
+                ok: true,
+                staff_id: Some(id),
+                name,
+                ..
+            } => {
+                self.logged_in = Some(StaffItem {
+                    staff_id: id.clone(),
+                    name: name.clone().unwrap_or_default(),
+                });
+                self.screen = self.home();
+            }
+            Event::Login {
+                ok: false, message, ..
+            } => {
+                if let Screen::Login { message: m, .. } = &mut self.screen {
+                    *m = message.clone();
+                }
+            }
+            Event::Card { .. } => {
+                if matches!(self.screen, Screen::Present { .. }) {
+                    self.screen = Screen::Deciding;
+                }
+            }
+            Event::Decision(decision) => {
+                self.screen = Screen::Result {
+                    decision: decision.clone(),
+                    since_ms: now_ms,
+                };
+            }
+            Event::Balance {
+                card_uid,
+                balance_cents,
+                source,
+                as_of,
+                ..
+            } => {
+                self.screen = Screen::Balance {
+                    balance: *balance_cents,
+                    source: (*source).to_owned(),
+                    as_of: as_of.clone(),
+                    card: card_uid.to_string(),
+                    since_ms: now_ms,
+                };
+            }
+            Event::Error { message, .. } => {
+                self.notice = Some(message.clone());
+                // An armed operation the daemon refused: back home.
+                if matches!(self.screen, Screen::Present { .. } | Screen::Deciding) {
+                    self.screen = self.home();
+                }
+            }
+            Event::CardError { message, .. } => self.notice = Some(message.clone()),
+            Event::Synced { pending, .. } => {
+                if let (Some(status), Some(p)) = (&mut self.status, pending) {
+                    status.pending = *p;
+                }
+            }
+            Event::Reader { state, name, .. } => {
+                if let Some(status) = &mut self.status {
+                    status.reader = name
+                        .clone()
+                        .filter(|_| *state == "connected")
+                        .unwrap_or_else(|| (*state).to_owned());
+                }
+            }
+            Event::Ready { .. } | Event::Armed { .. } | Event::Cancelled | Event::Login { .. } => {}
+        }
+    }
+
+    /// Time passed: a result leaves the screen, a card that never came is given up.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        match &self.screen {
+            Screen::Present { since_ms, .. }
+                if now_ms.saturating_sub(*since_ms) >= PRESENT_TIMEOUT_MS =>
+            {
+                self.notice = Some("no card: cancelled".into());
+                self.screen = self.home();
+                vec![Action::Send(Command::Cancel)]
+            }
+            Screen::Result { since_ms, .. } | Screen::Balance { since_ms, .. }
+                if now_ms.saturating_sub(*since_ms) >= RESULT_SHOWN_MS =>
+            {
+                self.screen = self.home();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Adds `delta` to the quantity of `index`, within 0 to [`QUANTITY_MAX`].
+fn add(quantities: &mut [u32], index: usize, delta: i32) {
+    if let Some(q) = quantities.get_mut(index) {
+        *q = q.saturating_add_signed(delta).min(QUANTITY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CardUid;
+
+    fn bar() -> Model {
+        Model::new(
+            "bar-1".into(),
+            TerminalKind::Bar,
+            vec![
+                MenuItem {
+                    product_id: "beer-05".into(),
+                    name: "Beer 0.5 l".into(),
+                    price: Cents::new(450),
+                },
+                MenuItem {
+                    product_id: "water".into(),
+                    name: "Water".into(),
+                    price: Cents::new(200),
+                },
+            ],
+            vec![StaffItem {
+                staff_id: "s-bar".into(),
+                name: "Sam".into(),
+            }],
+        )
+    }
+
+    fn keys(m: &mut Model, keys: &[Key]) -> Vec<Action> {
+        keys.iter().flat_map(|k| m.on_key(*k, 0)).collect()
+    }
+
+    fn logged_in(mut m: Model) -> Model {
+        m.on_event(
+            &Event::Login {
+                ok: true,
+                staff_id: Some("s-bar".into()),
+                name: Some("Sam".into()),
+                role: Some("bar"),
+                message: None,
+            },
+            0,
+        );
+        m
+    }
+
+    fn decision(status: &'static str) -> Decision {
+        Decision {
+            client_request_id: None,
+            operation: "order",
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            status,
+            reason: None,
+            total_cents: Cents::new(1100),
+            balance_cents: Some(Cents::new(900)),
+            target_client_request_id: None,
+        }
+    }
+
+    #[test]
+    fn login_picks_staff_by_number_and_sends_the_pin() {
+        let mut m = bar();
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Digit(7),
+                Key::Digit(1),
+                Key::Digit(1),
+                Key::Digit(2),
+                Key::Backspace,
+                Key::Digit(3),
+                Key::Enter,
+            ],
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Login {
+                staff_id: "s-bar".into(),
+                pin: "13".into()
+            })]
+        );
+        m.on_event(
+            &Event::Login {
+                ok: false,
+                staff_id: None,
+                name: None,
+                role: None,
+                message: Some("wrong PIN".into()),
+            },
+            0,
+        );
+        assert!(
+            matches!(&m.screen, Screen::Login { message: Some(msg), .. } if msg == "wrong PIN")
+        );
+        let m = logged_in(m);
+        assert!(matches!(m.screen, Screen::Order { .. }));
+    }
+
+    #[test]
+    fn an_order_is_built_with_digits_and_quantities_and_charged_with_enter() {
+        let mut m = logged_in(bar());
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Digit(1),
+                Key::Plus,
+                Key::Digit(2),
+                Key::Plus,
+                Key::Minus,
+                Key::Digit(9),
+            ],
+        );
+        assert!(actions.is_empty());
+        let Screen::Order { quantities, cursor } = &m.screen else {
+            panic!("{:?}", m.screen)
+        };
+        assert_eq!((quantities.clone(), *cursor), (vec![2, 1], 1));
+        assert_eq!(m.order_lines(quantities).0, Cents::new(1100));
+        let actions = keys(&mut m, &[Key::Enter]);
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Order {
+                items: vec![
+                    CommandItem {
+                        product_id: "beer-05".into(),
+                        quantity: 2
+                    },
+                    CommandItem {
+                        product_id: "water".into(),
+                        quantity: 1
+                    },
+                ]
+            })]
+        );
+        assert_eq!(
+            m.screen,
+            Screen::Present {
+                what: Presenting::Order(Cents::new(1100)),
+                since_ms: 0
+            }
+        );
+        // The card, the decision, then back to an empty order after the result.
+        m.on_event(
+            &Event::Card {
+                uid: CardUid::parse("04A1B2C3").unwrap(),
+                reader: "simulated".into(),
+                card_type: None,
+            },
+            10,
+        );
+        assert_eq!(m.screen, Screen::Deciding);
+        m.on_event(&Event::Decision(decision("approved_offline")), 20);
+        assert!(matches!(m.screen, Screen::Result { .. }));
+        assert!(m.on_tick(20 + RESULT_SHOWN_MS - 1).is_empty());
+        assert!(matches!(m.screen, Screen::Result { .. }));
+        m.on_tick(20 + RESULT_SHOWN_MS);
+        assert_eq!(
+            m.screen,
+            Screen::Order {
+                quantities: vec![0, 0],
+                cursor: 0
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_order_is_not_charged_and_a_card_that_never_comes_is_given_up() {
+        let mut m = logged_in(bar());
+        assert!(keys(&mut m, &[Key::Enter]).is_empty());
+        assert!(m.notice.is_some());
+        keys(&mut m, &[Key::Digit(1), Key::Enter]);
+        assert_eq!(
+            m.on_tick(PRESENT_TIMEOUT_MS),
+            vec![Action::Send(Command::Cancel)]
+        );
+        assert!(matches!(m.screen, Screen::Order { .. }));
+        // Esc while waiting cancels too.
+        keys(&mut m, &[Key::Digit(1), Key::Enter]);
+        assert_eq!(
+            keys(&mut m, &[Key::Esc]),
+            vec![Action::Send(Command::Cancel)]
+        );
+    }
+
+    #[test]
+    fn void_last_asks_first() {
+        let mut m = logged_in(bar());
+        assert!(keys(&mut m, &[Key::Slash, Key::Esc]).is_empty());
+        assert!(matches!(m.screen, Screen::Order { .. }));
+        assert_eq!(
+            keys(&mut m, &[Key::Slash, Key::Enter]),
+            vec![Action::Send(Command::VoidLast)]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_takes_presets_typed_amounts_and_the_method() {
+        let mut m = logged_in(Model::new(
+            "cp-1".into(),
+            TerminalKind::Checkpoint,
+            vec![],
+            bar().staff,
+        ));
+        let actions = keys(&mut m, &[Key::Digit(3), Key::Dot, Key::Enter]);
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Topup {
+                amount_cents: 5000,
+                payment_method: PaymentMethod::Card
+            })]
+        );
+        keys(&mut m, &[Key::Esc]);
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Digit(0),
+                Key::Digit(7),
+                Key::Digit(5),
+                Key::Digit(0),
+                Key::Enter,
+            ],
+        );
+        assert_eq!(
+            actions,
+            // Back at the amount screen, the method is cash again.
+            vec![Action::Send(Command::Topup {
+                amount_cents: 750,
+                payment_method: PaymentMethod::Cash
+            })]
+        );
+    }
+
+    #[test]
+    fn help_opens_and_any_key_closes_it_without_acting() {
+        let mut m = logged_in(bar());
+        keys(&mut m, &[Key::Help]);
+        assert!(m.help);
+        assert!(keys(&mut m, &[Key::Enter]).is_empty());
+        assert!(!m.help);
+    }
+}

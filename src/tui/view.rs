@@ -1,0 +1,398 @@
+//! Draws the [`Model`]: a status bar always at the top, the screen, a line of key hints,
+//! and the help overlay. Pure: the same model, size and clock always draw the same cells.
+
+use super::model::{Model, Presenting, Screen, TOPUP_PRESETS_CENTS};
+use crate::domain::Cents;
+use crate::ledger::model::{PaymentMethod, TerminalKind};
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+
+/// The smallest window the screens are drawn in.
+pub const MIN_WIDTH: u16 = 40;
+/// The smallest window the screens are drawn in.
+pub const MIN_HEIGHT: u16 = 12;
+
+/// Money as the screen shows it: `12.50`.
+pub fn money(c: Cents) -> String {
+    let v = c.get();
+    let sign = if v < 0 { "-" } else { "" };
+    let abs = v.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// Draws the whole screen; `clock` is the time shown in the status bar (`HH:MM`).
+pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let text = Paragraph::new(format!(
+            "Window too small: enlarge it to at least {MIN_WIDTH}x{MIN_HEIGHT}."
+        ))
+        .wrap(Wrap { trim: true });
+        frame.render_widget(text, area);
+        return;
+    }
+    let [status, body, notice, hints] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(5),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    // The clock keeps its place at the right end, whatever the width of the rest.
+    let [left, right] =
+        Layout::horizontal([Constraint::Min(0), Constraint::Length(7)]).areas(status);
+    frame.render_widget(status_bar(model), left);
+    frame.render_widget(
+        Paragraph::new(format!(" {clock} "))
+            .alignment(Alignment::Right)
+            .style(Style::new().bg(Color::Black).fg(Color::White)),
+        right,
+    );
+    draw_screen(frame, model, body);
+    if let Some(n) = &model.notice {
+        frame.render_widget(
+            Paragraph::new(n.as_str()).style(Style::new().fg(Color::Yellow)),
+            notice,
+        );
+    }
+    frame.render_widget(
+        Paragraph::new(hint_line(model)).style(Style::new().fg(Color::DarkGray)),
+        hints,
+    );
+    if model.help {
+        draw_help(frame, model, body);
+    }
+}
+
+/// Characters of the reader's name shown in the status bar.
+const READER_NAME_CHARS: usize = 18;
+
+fn status_bar(model: &Model) -> Paragraph<'static> {
+    let mut spans = vec![Span::styled(
+        format!(" {} ", model.terminal),
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    let staff = model
+        .logged_in
+        .as_ref()
+        .map_or("not logged in".to_owned(), |s| s.name.clone());
+    spans.push(Span::raw(format!("│ {staff} ")));
+    match &model.status {
+        Some(s) => {
+            let (text, color) = if s.online {
+                ("ONLINE", Color::Green)
+            } else {
+                ("OFFLINE", Color::Red)
+            };
+            spans.push(Span::raw("│ "));
+            spans.push(Span::styled(
+                text,
+                Style::new().fg(color).add_modifier(Modifier::BOLD),
+            ));
+            spans.push(Span::raw(format!(" │ {} waiting ", s.pending)));
+            if s.in_doubt > 0 || s.rejected > 0 {
+                spans.push(Span::styled(
+                    format!("│ {} in doubt, {} refused ", s.in_doubt, s.rejected),
+                    Style::new().fg(Color::Yellow),
+                ));
+            }
+            let sync = s
+                .last_sync_at
+                .as_deref()
+                .and_then(|t| t.get(11..16))
+                .unwrap_or("never");
+            let reader: String = s.reader.chars().take(READER_NAME_CHARS).collect();
+            spans.push(Span::raw(format!("│ sync {sync} │ {reader} ")));
+            if !s.journal_writable {
+                spans.push(Span::styled(
+                    "│ JOURNAL READ-ONLY ",
+                    Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+                ));
+            }
+        }
+        None => spans.push(Span::raw("│ starting… ")),
+    }
+    Paragraph::new(Line::from(spans)).style(Style::new().bg(Color::Black).fg(Color::White))
+}
+
+fn hint_line(model: &Model) -> String {
+    match &model.screen {
+        Screen::Login { picked: None, .. } => "number: who you are  Esc: quit  ?: help".into(),
+        Screen::Login { .. } => "PIN, then Enter  Esc: back  ?: help".into(),
+        Screen::Order { .. } => {
+            "1-9 add  +/- qty  Enter charge  * balance  / void last  Esc clear  ? help".into()
+        }
+        Screen::Amount { .. } => {
+            "digits cents  1-4 preset  . cash/card  Enter top up  * balance  ? help".into()
+        }
+        Screen::Present { .. } => "present the card   Esc: cancel".into(),
+        Screen::Deciding => "deciding…".into(),
+        Screen::Result { .. } | Screen::Balance { .. } => "any key: next".into(),
+        Screen::ConfirmVoid => "Enter: void the last sale   Esc: keep it".into(),
+    }
+}
+
+fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
+    match &model.screen {
+        Screen::Login {
+            picked,
+            pin,
+            message,
+        } => {
+            let mut lines = vec![
+                Line::from("Who are you? Press your number.").bold(),
+                Line::from(""),
+            ];
+            for (i, s) in model.staff.iter().enumerate().take(9) {
+                let mark = if *picked == Some(i) { "▶" } else { " " };
+                lines.push(Line::from(format!("{mark} {}  {}", i + 1, s.name)));
+            }
+            if picked.is_some() {
+                lines.push(Line::from(""));
+                lines.push(Line::from(format!(
+                    "PIN: {}",
+                    "•".repeat(pin.chars().count())
+                )));
+            }
+            if let Some(m) = message {
+                lines.push(Line::from(""));
+                lines.push(Line::styled(m.clone(), Style::new().fg(Color::Red)));
+            }
+            frame.render_widget(
+                Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Login ")),
+                area,
+            );
+        }
+        Screen::Order { quantities, cursor } => {
+            let [menu, order] =
+                Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+                    .areas(area);
+            let lines: Vec<Line<'_>> = model
+                .menu
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let key = if i < 9 {
+                        format!("{}", i + 1)
+                    } else if i == 9 {
+                        "0".into()
+                    } else {
+                        " ".into()
+                    };
+                    let text = format!("{key}  {:<18} {:>8}", item.name, money(item.price));
+                    if i == *cursor {
+                        Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
+                    } else {
+                        Line::from(text)
+                    }
+                })
+                .collect();
+            frame.render_widget(
+                Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Menu ")),
+                menu,
+            );
+            let (total, order_lines) = model.order_lines(quantities);
+            let mut lines: Vec<Line<'_>> = order_lines
+                .iter()
+                .map(|(i, q)| {
+                    let item = &model.menu[*i];
+                    let line_total = item.price.checked_mul(i64::from(*q)).unwrap_or(Cents::ZERO);
+                    Line::from(format!(
+                        "{q:>2} × {:<14} {:>8}",
+                        item.name,
+                        money(line_total)
+                    ))
+                })
+                .collect();
+            lines.push(Line::from(""));
+            lines.push(Line::from(format!("TOTAL {:>21}", money(total))).bold());
+            frame.render_widget(
+                Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Order ")),
+                order,
+            );
+        }
+        Screen::Amount { digits, method } => {
+            let cents = Cents::new(digits.parse().unwrap_or(0));
+            let method = match method {
+                PaymentMethod::Cash => "CASH",
+                PaymentMethod::Card => "CARD",
+            };
+            let presets = TOPUP_PRESETS_CENTS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{}: {}", i + 1, money(Cents::new(*c))))
+                .collect::<Vec<_>>()
+                .join("   ");
+            let lines = vec![
+                Line::from(format!("Amount: {}", money(cents))).bold(),
+                Line::from(format!("Paid by: {method}   (. to switch)")),
+                Line::from(""),
+                Line::from(format!("Presets: {presets}")),
+            ];
+            frame.render_widget(
+                Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Top-up ")),
+                area,
+            );
+        }
+        Screen::Present { what, .. } => {
+            let text = match what {
+                Presenting::Order(total) => format!("{}\n\nPRESENT CARD", money(*total)),
+                Presenting::Topup(amount, _) => format!("+{}\n\nPRESENT CARD", money(*amount)),
+                Presenting::Balance => "BALANCE\n\nPRESENT CARD".into(),
+            };
+            big(frame, area, &text, Color::Cyan, false);
+        }
+        Screen::Deciding => big(frame, area, "…", Color::Cyan, false),
+        Screen::Result { decision, .. } => {
+            let (word, color) = if decision.approved() {
+                ("APPROVED", Color::Green)
+            } else {
+                ("DECLINED", Color::Red)
+            };
+            let mut text = word.to_owned();
+            if decision.status == "approved_offline" {
+                text.push_str("\n(OFFLINE)");
+            }
+            if let Some(reason) = &decision.reason {
+                text.push_str(&format!("\n\n{}", reason_text(reason)));
+            }
+            text.push_str(&format!(
+                "\n\n{} {}",
+                decision.operation,
+                money(decision.total_cents)
+            ));
+            if let Some(b) = decision.balance_cents {
+                text.push_str(&format!("\nbalance {}", money(b)));
+            }
+            // The whole area in green or red: readable from across the bar.
+            big(frame, area, &text, color, true);
+        }
+        Screen::Balance {
+            balance,
+            source,
+            as_of,
+            card,
+            ..
+        } => {
+            let amount = balance.map_or("unknown card".to_owned(), money);
+            let mut text = format!("BALANCE\n\n{amount}\n\ncard {card}");
+            if source == "replica" {
+                let age = as_of.as_deref().and_then(|t| t.get(11..16)).unwrap_or("?");
+                text.push_str(&format!("\n(offline: as of {age})"));
+            }
+            big(frame, area, &text, Color::Cyan, false);
+        }
+        Screen::ConfirmVoid => big(
+            frame,
+            area,
+            "VOID THE LAST SALE?\n\nEnter: yes   Esc: no",
+            Color::Yellow,
+            false,
+        ),
+    }
+}
+
+/// A decline reason in words staff can say to the customer.
+pub fn reason_text(code: &str) -> String {
+    match code {
+        "INSUFFICIENT_FUNDS" => "not enough money on the card".into(),
+        "CARD_BLOCKED" => "card blocked: send to the top-up desk".into(),
+        "OFFLINE_LIMIT" => "over the offline limit".into(),
+        "UNKNOWN_CARD_OFFLINE" => "unknown card while offline".into(),
+        "JOURNAL_UNAVAILABLE" => "terminal storage failure: call a supervisor".into(),
+        "LIMIT_EXCEEDED" => "over the top-up limit".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// Centred bold text in `color`, or, with `fill`, black on a `color` background.
+fn big(frame: &mut Frame<'_>, area: Rect, text: &str, color: Color, fill: bool) {
+    let style = if fill {
+        Style::new().bg(color).fg(Color::Black)
+    } else {
+        Style::new().fg(color)
+    };
+    if fill {
+        frame.render_widget(Block::new().style(style), area);
+    }
+    let lines: Vec<Line<'_>> = text.lines().map(Line::from).collect();
+    let height = u16::try_from(lines.len()).unwrap_or(u16::MAX);
+    let top = area.height.saturating_sub(height) / 2;
+    let [_, middle] = Layout::vertical([Constraint::Length(top), Constraint::Min(1)]).areas(area);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .alignment(Alignment::Center)
+            .style(style.add_modifier(Modifier::BOLD)),
+        middle,
+    );
+}
+
+fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
+    let mut lines = vec![
+        "Keys (a numeric keypad is enough)".to_owned(),
+        String::new(),
+    ];
+    match model.kind {
+        TerminalKind::Bar => lines.extend(
+            [
+                "1-9, 0   add one of product 1-9, 10",
+                "+ / -    one more / one less of the selected product",
+                "↑ / ↓    select a product",
+                "Bksp     remove the selected product",
+                "Enter    charge the order: then present the card",
+            ]
+            .map(str::to_owned),
+        ),
+        TerminalKind::Checkpoint => lines.extend(
+            [
+                "digits   the amount, in cents",
+                "1-4      a preset (on an empty amount)",
+                ".        cash or card",
+                "Enter    top up: then present the card",
+            ]
+            .map(str::to_owned),
+        ),
+    }
+    lines.extend(
+        [
+            "*        check a card's balance",
+            "/        void the last sale (asks first)",
+            "Esc      back, cancel, clear",
+            "?        this help; any key closes it",
+        ]
+        .map(str::to_owned),
+    );
+    let width = area.width.min(60);
+    let height = area
+        .height
+        .min(u16::try_from(lines.len() + 2).unwrap_or(u16::MAX));
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>())
+            .block(Block::new().borders(Borders::ALL).title(" Help ")),
+        popup,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_shown_with_two_decimals() {
+        assert_eq!(money(Cents::new(0)), "0.00");
+        assert_eq!(money(Cents::new(5)), "0.05");
+        assert_eq!(money(Cents::new(1250)), "12.50");
+        assert_eq!(money(Cents::new(-450)), "-4.50");
+        assert_eq!(money(Cents::new(i64::MIN)), "-92233720368547758.08");
+    }
+}

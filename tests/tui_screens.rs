@@ -1,0 +1,178 @@
+//! Every TUI screen at 80x24 (and a too-small window), drawn by the real view on ratatui's
+//! `TestBackend`, against snapshots committed in `tests/snapshots/`. A change to a screen
+//! shows up as a diff to review (`cargo insta review`, or INSTA_UPDATE=always).
+#![allow(clippy::unwrap_used)]
+
+use cashless::domain::{CardUid, Cents};
+use cashless::ledger::model::TerminalKind;
+use cashless::terminal::events::{Decision, Event, Status};
+use cashless::tui::model::{Key, MenuItem, Model, StaffItem};
+use cashless::tui::view::draw;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+fn staff() -> Vec<StaffItem> {
+    [
+        ("s-bar", "Sam Bar"),
+        ("s-cash", "Cass Cashier"),
+        ("s-super", "Sue Super"),
+    ]
+    .map(|(id, name)| StaffItem {
+        staff_id: id.into(),
+        name: name.into(),
+    })
+    .to_vec()
+}
+
+fn menu() -> Vec<MenuItem> {
+    [
+        ("beer-05", "Beer 0.5 l", 450),
+        ("water", "Water", 200),
+        ("cocktail", "Cocktail", 900),
+        ("cola", "Cola", 300),
+    ]
+    .map(|(id, name, price)| MenuItem {
+        product_id: id.into(),
+        name: name.into(),
+        price: Cents::new(price),
+    })
+    .to_vec()
+}
+
+fn status(online: bool, pending: u64) -> Event {
+    Event::Status(Status {
+        online,
+        pending,
+        in_doubt: 0,
+        rejected: 0,
+        declined_offline: 0,
+        journal_writable: true,
+        last_sync_at: Some("2026-07-01T21:13:58.120Z".into()),
+        reader: "ACS ACR122U PICC Interface 00 00".into(),
+        staff: Some("s-bar".into()),
+    })
+}
+
+fn bar() -> Model {
+    let mut m = Model::new("bar-1".into(), TerminalKind::Bar, menu(), staff());
+    m.on_event(&status(true, 0), 0);
+    m
+}
+
+fn login(m: &mut Model) {
+    m.on_event(
+        &Event::Login {
+            ok: true,
+            staff_id: Some("s-bar".into()),
+            name: Some("Sam Bar".into()),
+            role: Some("bar"),
+            message: None,
+        },
+        0,
+    );
+}
+
+fn press(m: &mut Model, keys: &[Key]) {
+    for k in keys {
+        m.on_key(*k, 0);
+    }
+}
+
+fn screen(m: &Model, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| draw(f, m, "21:14")).unwrap();
+    format!("{}", terminal.backend())
+}
+
+fn decision(status: &'static str, reason: Option<&str>, balance: Option<i64>) -> Event {
+    Event::Decision(Decision {
+        client_request_id: None,
+        operation: "order",
+        card_uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
+        status,
+        reason: reason.map(str::to_owned),
+        total_cents: Cents::new(1100),
+        balance_cents: balance.map(Cents::new),
+        target_client_request_id: None,
+    })
+}
+
+#[test]
+fn login_screens() {
+    let mut m = bar();
+    insta::assert_snapshot!("login_pick", screen(&m, 80, 24));
+    press(&mut m, &[Key::Digit(1), Key::Digit(1), Key::Digit(2)]);
+    m.on_event(
+        &Event::Login {
+            ok: false,
+            staff_id: None,
+            name: None,
+            role: None,
+            message: Some("wrong PIN".into()),
+        },
+        0,
+    );
+    insta::assert_snapshot!("login_pin_refused", screen(&m, 80, 24));
+}
+
+#[test]
+fn bar_screens() {
+    let mut m = bar();
+    login(&mut m);
+    press(&mut m, &[Key::Digit(1), Key::Plus, Key::Digit(2)]);
+    insta::assert_snapshot!("bar_order", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter]);
+    insta::assert_snapshot!("bar_present_card", screen(&m, 80, 24));
+    m.on_event(&decision("approved_online", None, Some(900)), 0);
+    insta::assert_snapshot!("bar_approved", screen(&m, 80, 24));
+    m.on_event(&status(false, 3), 0);
+    m.on_event(&decision("approved_offline", None, Some(900)), 0);
+    insta::assert_snapshot!("bar_approved_offline", screen(&m, 80, 24));
+    m.on_event(
+        &decision("declined", Some("INSUFFICIENT_FUNDS"), Some(300)),
+        0,
+    );
+    insta::assert_snapshot!("bar_declined", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter, Key::Slash]);
+    insta::assert_snapshot!("bar_confirm_void", screen(&m, 80, 24));
+    press(&mut m, &[Key::Esc, Key::Help]);
+    insta::assert_snapshot!("bar_help", screen(&m, 80, 24));
+}
+
+#[test]
+fn balance_screen_from_the_replica() {
+    let mut m = bar();
+    login(&mut m);
+    m.on_event(
+        &Event::Balance {
+            card_uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
+            balance_cents: Some(Cents::new(1250)),
+            status: Some("active".into()),
+            source: "replica",
+            as_of: Some("2026-07-01T21:02:11.000Z".into()),
+        },
+        0,
+    );
+    insta::assert_snapshot!("balance_replica", screen(&m, 80, 24));
+}
+
+#[test]
+fn checkpoint_screens() {
+    let mut m = Model::new("cp-1".into(), TerminalKind::Checkpoint, Vec::new(), staff());
+    m.on_event(&status(true, 0), 0);
+    login(&mut m);
+    press(&mut m, &[Key::Digit(3), Key::Dot]);
+    insta::assert_snapshot!("checkpoint_amount", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter]);
+    insta::assert_snapshot!("checkpoint_present_card", screen(&m, 80, 24));
+}
+
+#[test]
+fn a_tiny_window_asks_to_be_enlarged_and_never_panics() {
+    let mut m = bar();
+    login(&mut m);
+    insta::assert_snapshot!("too_small", screen(&m, 30, 8));
+    for (w, h) in [(1, 1), (39, 24), (80, 11), (200, 60)] {
+        screen(&m, w, h);
+    }
+}

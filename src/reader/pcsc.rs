@@ -30,6 +30,9 @@ const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_CAP_MS: u64 = 5_000;
 /// Feedback requests waiting for the feedback thread, at most (older ones are dropped).
 const FEEDBACK_QUEUE_MAX: usize = 8;
+/// Cancels sent to the watcher at exit, at most, and how far apart.
+const STOP_CANCELS_MAX: u32 = 300;
+const STOP_CANCEL_INTERVAL_MS: u64 = 10;
 /// IOCTL_CCID_ESCAPE: how libccid passes a reader command without a card.
 const IOCTL_CCID_ESCAPE: pcsc::ffi::DWORD = 3500;
 
@@ -91,15 +94,27 @@ impl PcscReader {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Ok(current) = self.current.lock()
-            && let Some(ctx) = current.as_ref()
-        {
-            // A wait that has not started yet sees `stop` first; one in progress ends with
-            // `Cancelled`. An invalid-handle error here (a context being replaced) is harmless.
-            let _ = ctx.cancel();
-        }
         if let Some(watcher) = self.watcher.take() {
-            let _ = watcher.join();
+            // libpcsclite drops a cancel that arrives while the wait is not inside pcscd yet
+            // (before it registered, or between its 60 s slices), and still reports success:
+            // cancel again until the watcher is gone (bounded). An invalid-handle error (a
+            // context being replaced) is harmless.
+            for _ in 0..STOP_CANCELS_MAX {
+                if watcher.is_finished() {
+                    break;
+                }
+                if let Ok(current) = self.current.lock()
+                    && let Some(ctx) = current.as_ref()
+                {
+                    let _ = ctx.cancel();
+                }
+                std::thread::sleep(Duration::from_millis(STOP_CANCEL_INTERVAL_MS));
+            }
+            if watcher.is_finished() {
+                let _ = watcher.join();
+            } else {
+                tracing::warn!("the PC/SC watcher did not stop; leaving it behind");
+            }
         }
         self.feedback = None;
         if let Some(thread) = self.feedback_thread.take() {

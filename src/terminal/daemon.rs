@@ -34,6 +34,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// The `card` event of a presentation.
+pub fn card_event(uid: &CardUid, reader: &str, card_type: Option<CardType>) -> Event {
+    Event::Card {
+        uid: uid.clone(),
+        reader: reader.to_owned(),
+        card_type: card_type.map(CardType::as_str),
+    }
+}
+
 /// The reader name of cards presented with the `tap` command.
 pub const SIMULATED_READER: &str = "simulated";
 /// Characters of a reader name kept in the scan log.
@@ -436,11 +445,12 @@ impl Daemon {
         reader: &str,
         card_type: Option<CardType>,
     ) -> Vec<Event> {
-        let card = Event::Card {
-            uid: uid.clone(),
-            reader: reader.to_owned(),
-            card_type: card_type.map(CardType::as_str),
-        };
+        let card = card_event(&uid, reader, card_type);
+        vec![card, self.outcome(uid, reader).await]
+    }
+
+    /// What a presented card leads to (the `card` event aside), logged in the scan log.
+    async fn outcome(&mut self, uid: CardUid, reader: &str) -> Event {
         let outcome = match self.armed.take() {
             None | Some(Armed::Balance) => self.balance(&uid).await,
             Some(Armed::Pay(payment)) => self.pay(uid.clone(), payment).await,
@@ -458,7 +468,7 @@ impl Daemon {
             })
             .map(|e| e.terminal_seq);
         self.log_scan(&uid, result, reader, seq);
-        vec![card, outcome]
+        outcome
     }
 
     /// Records a presentation in the scan log (best effort: the log is for the organiser's
@@ -477,6 +487,8 @@ impl Daemon {
     }
 
     /// What the reader layer reported: events for the front end, and the feedback to give.
+    /// For a card, the `card` event is not among them: the caller shows it at once with
+    /// [`card_event`], before the ledger is asked.
     pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Event>, Option<Feedback>) {
         match event {
             ReaderEvent::Connected { name } => {
@@ -526,20 +538,14 @@ impl Daemon {
                 self.log_scan(&uid, "repeat", &reader, None);
                 (Vec::new(), None)
             }
-            ReaderEvent::Card {
-                reader,
-                uid,
-                card_type,
-                ..
-            } => {
-                let events = self.present(uid, &reader, Some(card_type)).await;
-                let feedback = match events.last() {
-                    Some(Event::Decision(d)) if d.approved() => Feedback::Approved,
-                    Some(Event::Balance { .. }) => Feedback::Approved,
+            ReaderEvent::Card { reader, uid, .. } => {
+                let outcome = self.outcome(uid, &reader).await;
+                let feedback = match &outcome {
+                    Event::Decision(d) if d.approved() => Feedback::Approved,
+                    Event::Balance { .. } => Feedback::Approved,
                     _ => Feedback::Declined,
                 };
-                let feedback = Some(feedback);
-                (events, feedback)
+                (vec![outcome], Some(feedback))
             }
             ReaderEvent::Failed { reader, error, .. } => {
                 if let Some(uid) = error.uid() {
@@ -1042,6 +1048,10 @@ where
                     ReaderEvent::Card { reader, .. } | ReaderEvent::Failed { reader, .. } => reader.clone(),
                     _ => String::new(),
                 };
+                // The card is shown as soon as it is read, before the ledger is asked.
+                if let ReaderEvent::Card { uid, reader: r, card_type, repeat: false, .. } = &event {
+                    write_event(&mut output, &card_event(uid, r, Some(*card_type))).await?;
+                }
                 let (events, feedback) = daemon.on_reader(event).await;
                 // Feedback first: the light should not wait for the screen.
                 if let (Some(feedback), Some(link)) = (feedback, &reader) {

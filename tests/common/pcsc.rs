@@ -19,6 +19,8 @@
 //! plays the cards and uses the `pcsc` crate directly; processes it starts (`cashless
 //! terminal`) inherit the variable. The parent waits for the child with a deadline, kills its
 //! process group if it hangs, and fails with the child's whole output.
+//! A program without libtest (the reader benchmark, `benches/reader.rs`) does the same with
+//! [`main_in_own_process`], and starts its pcscd with [`Pcscd::start_quiet`] (no debug log).
 //!
 //! Timing: nothing sleeps a fixed time as synchronisation. Waits are `get_status_change` with
 //! a deadline, a condition variable, or a poll with a deadline.
@@ -264,6 +266,44 @@ pub fn in_own_processes(test: &str, count: usize, body: impl FnOnce(Role)) {
     );
 }
 
+/// For a program without libtest (the reader benchmark, `benches/reader.rs`): runs `body` in
+/// a copy of this executable (same arguments) whose `PCSCLITE_CSOCK_NAME` names a fresh
+/// socket for the [`Pcscd`] the body starts, and exits with the copy's status. Its output is
+/// passed through, and it stays in this process group, so that Ctrl-C stops it with its pcscd
+/// and everything else it started. In the copy, this runs `body`.
+pub fn main_in_own_process(name: &str, body: impl FnOnce()) {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
+        return body();
+    }
+    require_installed();
+    let dir = tempfile::Builder::new()
+        .prefix("cashless-pcsc-")
+        .tempdir()
+        .unwrap();
+    let shared = dir.path().join("shared");
+    let child_dir = dir.path().join("p0");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::create_dir(&child_dir).unwrap();
+    let socket = child_dir.join("pcscd.comm");
+    assert!(
+        socket.as_os_str().len() < 100,
+        "socket path {} is too long for a Unix socket: set TMPDIR to a shorter directory",
+        socket.display()
+    );
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, name)
+        .env(ROLE_ENV, "0")
+        .env(CHILD_DIR_ENV, &child_dir)
+        .env(SHARED_DIR_ENV, &shared)
+        .env(SOCKET_ENV, &socket)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot re-run {} for {name}: {e}", exe.display()));
+    drop(dir);
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 /// Whether process `pid` (our child) has exited, without reaping it: `/proc/PID/stat` shows a
 /// zombie. The `Child` handle reaps it afterwards.
 fn exited(pid: u32) -> bool {
@@ -340,12 +380,24 @@ pub struct Pcscd {
     starts: u32,
     /// `pcscd --disable-polkit`, where the daemon has polkit (pcsc-lite 2.x).
     disable_polkit: bool,
+    /// `--debug --apdu`: every poll and APDU in the log (tests); off for measurements.
+    debug: bool,
 }
 
 impl Pcscd {
-    /// Starts pcscd and waits until a client of this process sees both readers. Must run
-    /// inside [`in_own_process`].
+    /// Starts pcscd (logging every poll and APDU: `--debug --apdu`) and waits until a client
+    /// of this process sees both readers. Must run inside [`in_own_process`].
     pub fn start() -> Pcscd {
+        Pcscd::start_with(true)
+    }
+
+    /// Like [`Pcscd::start`], but pcscd logs only errors, as a system pcscd does: for
+    /// measurements (debug logging costs pcscd CPU at every poll).
+    pub fn start_quiet() -> Pcscd {
+        Pcscd::start_with(false)
+    }
+
+    fn start_with(debug: bool) -> Pcscd {
         require_installed();
         let socket: PathBuf = std::env::var_os(SOCKET_ENV)
             .filter(|_| std::env::var_os(CHILD_ENV).is_some())
@@ -381,6 +433,7 @@ impl Pcscd {
             child: None,
             starts: 0,
             disable_polkit: help.contains("--disable-polkit"),
+            debug,
         };
         // Free ports are checked before pcscd binds them, so another process can take them
         // in between: then vpcd fails to bind ("Address already in use"), the reader is
@@ -451,6 +504,11 @@ impl Pcscd {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The current pcscd process's id (`sh` execs pcscd, so it is pcscd's own), if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs pcscd and waits for it to be gone. Its socket file stays, without a listener
     /// (as after a crash): clients get `NoService`. Cards see their connection closed.
     pub fn kill9(&mut self) {
@@ -510,8 +568,11 @@ impl Pcscd {
             .arg(r#"exec 3<&0 0</dev/null; LISTEN_PID=$$; LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@""#)
             .arg("sh")
             .arg(pcscd_path().unwrap())
-            .args(["--foreground", "--debug", "--apdu", "--config"])
-            .arg(&self.config);
+            .arg("--foreground");
+        if self.debug {
+            cmd.args(["--debug", "--apdu"]);
+        }
+        cmd.arg("--config").arg(&self.config);
         if self.disable_polkit {
             cmd.arg("--disable-polkit");
         }
@@ -752,6 +813,8 @@ impl CardSpec {
 pub struct CardLog {
     /// APDUs received, in order (controls excluded).
     pub apdus: Vec<Vec<u8>>,
+    /// When each of [`CardLog::apdus`] was received (read in full from the connection).
+    pub apdu_at: Vec<Instant>,
     pub power_on: usize,
     pub power_off: usize,
     pub resets: usize,
@@ -995,7 +1058,11 @@ fn serve(s: &CardShared, mut stream: TcpStream) -> std::io::Result<Ended> {
                 None
             }
             apdu => {
-                s.update(|l| l.apdus.push(apdu.to_vec()));
+                let at = Instant::now();
+                s.update(|l| {
+                    l.apdus.push(apdu.to_vec());
+                    l.apdu_at.push(at);
+                });
                 let answer = s.spec.answer(apdu);
                 match s.spec.vanish {
                     Some(Vanish::BeforeAnswer) => {

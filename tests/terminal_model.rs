@@ -600,10 +600,46 @@ async fn run(events: Vec<Event>) {
             r.get(0)
         })
         .unwrap();
-    assert!(
-        lowest.unwrap_or(0) >= 0,
-        "an order took a card to {lowest:?}"
-    );
+    if lowest.unwrap_or(0) < 0 {
+        let mut st = ledger_db.prepare("SELECT card_uid, total_cents, mode, previous_balance_cents, new_balance_cents, terminal_seq, client_request_id FROM bar_orders ORDER BY terminal_seq").unwrap();
+        let rows: Vec<String> = st
+            .query_map([], |r| {
+                Ok(format!(
+                    "{} {} {} {} {} seq={} {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut st = journal_db.prepare("SELECT terminal_seq, operation, card_uid, amount_cents, mode, state, decision, client_request_id, synced_at, updated_at FROM journal ORDER BY terminal_seq").unwrap();
+        let j: Vec<String> = st
+            .query_map([], |r| {
+                Ok(format!(
+                    "{} {} {:?} {} {} {} {:?} {} {:?} {}",
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, String>(9)?
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        panic!("an order took a card to {lowest:?}\n{rows:#?}\n{j:#?}");
+    }
 
     // Invariant 4: balances and the books.
     for (uid, expected) in &expected_balance {
@@ -721,4 +757,103 @@ async fn named_cases() {
         eprintln!("case: {name}");
         run(events).await;
     }
+}
+
+/// Found by the property test: a refund synced in the same millisecond as a card-feed pull
+/// was counted as a local credit although the replica already held it, so the card was sold
+/// below zero offline (about one run in two, depending on the clock).
+#[tokio::test]
+async fn a_refund_synced_at_the_time_of_a_feed_pull_is_not_counted_twice() {
+    use Event::*;
+    run(vec![
+        NextPost(Fault::Twice),
+        Tap {
+            card: 2,
+            price: 1,
+            crash_after_steps: Some(5),
+        },
+        Sync,
+        NextPost(Fault::ServerError),
+        Tap {
+            card: 1,
+            price: 2,
+            crash_after_steps: None,
+        },
+        Tap {
+            card: 2,
+            price: 2,
+            crash_after_steps: Some(1),
+        },
+        Tap {
+            card: 0,
+            price: 1,
+            crash_after_steps: None,
+        },
+        NextPost(Fault::Twice),
+        Tap {
+            card: 1,
+            price: 0,
+            crash_after_steps: None,
+        },
+        NextPost(Fault::LostAfterCommit),
+        VoidLast,
+        Sync,
+        Tap {
+            card: 0,
+            price: 1,
+            crash_after_steps: None,
+        },
+        Tap {
+            card: 1,
+            price: 0,
+            crash_after_steps: Some(6),
+        },
+        NextPost(Fault::LostAfterCommit),
+        Tap {
+            card: 1,
+            price: 1,
+            crash_after_steps: None,
+        },
+        NextPost(Fault::Twice),
+        LoseNextBatchAnswer,
+        Tap {
+            card: 1,
+            price: 2,
+            crash_after_steps: None,
+        },
+        NetworkUp,
+        NextPost(Fault::TimeoutBeforeDelivery),
+        Tap {
+            card: 2,
+            price: 2,
+            crash_after_steps: None,
+        },
+        NetworkUp,
+        NetworkUp,
+        Tap {
+            card: 3,
+            price: 1,
+            crash_after_steps: None,
+        },
+        NetworkDown,
+        Tap {
+            card: 3,
+            price: 1,
+            crash_after_steps: None,
+        },
+        NetworkDown,
+        Tap {
+            card: 0,
+            price: 2,
+            crash_after_steps: None,
+        },
+        Tap {
+            card: 2,
+            price: 1,
+            crash_after_steps: None,
+        },
+        NextPost(Fault::TimeoutBeforeDelivery),
+        VoidLast,
+    ])
+    .await;
 }

@@ -932,8 +932,11 @@ impl Journal {
     ///   will never reach the ledger's balance, so it keeps counting; a rejected credit, a
     ///   top-up or refund the ledger refused, never counts, since counting it would give the
     ///   card spending room that exists nowhere), or
-    /// - `synced` at or after the last completed card-feed pull (the time its request was
-    ///   sent), or `synced` before any pull.
+    /// - a charge `synced` at or after the last completed card-feed pull (the time its
+    ///   request was sent), or `synced` before any pull. A synced credit (a top-up, a refund)
+    ///   never counts: at a tie the replica may already hold it, and counting it twice would
+    ///   give the card money it does not have (the model test found a card sold below zero
+    ///   that way); not counting it only makes the card look poorer until the next pull.
     ///
     /// An entry synced strictly before the last pull is taken as reflected in the replica's
     /// balance: a pull returns every card changed since the cursor, so a card it did not
@@ -953,9 +956,13 @@ impl Journal {
              WHERE j.card_uid = ?1
                AND j.decision IN ('approved_online', 'approved_offline')
                AND (j.state <> 'rejected' OR j.amount_cents < 0)
+               -- A synced charge counts until a pull strictly after it; a synced credit
+               -- never does (counting it while the replica may already hold it would give
+               -- the card money twice).
                AND (j.state <> 'synced'
-                    OR NOT EXISTS (SELECT 1 FROM replica_meta AS m
-                                   WHERE m.key = ?2 AND m.value > j.synced_at))",
+                    OR (j.amount_cents < 0
+                        AND NOT EXISTS (SELECT 1 FROM replica_meta AS m
+                                        WHERE m.key = ?2 AND m.value > j.synced_at)))",
         )?;
         let mut rows = stmt.query(params![uid.as_str(), META_LAST_FEED_AT])?;
         let mut effect = Cents::ZERO;

@@ -107,6 +107,19 @@ pub struct LatencyMs {
 }
 
 impl LatencyMs {
+    /// `p50 …, p90 …, p99 …, p99.9 …, max … (mean …)`, for the reports.
+    pub fn percentiles(&self) -> String {
+        format!(
+            "p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {})",
+            fmt_ms(self.p50),
+            fmt_ms(self.p90),
+            fmt_ms(self.p99),
+            fmt_ms(self.p999),
+            fmt_ms(self.max),
+            fmt_ms(self.mean)
+        )
+    }
+
     /// Percentiles of a histogram recorded in microseconds.
     pub fn from_histogram_us(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
@@ -222,15 +235,7 @@ pub fn format_ledger_summary(s: &LedgerBenchSummary) -> String {
         s.orders_per_s, s.approvals_per_s, s.requests, s.responses
     ));
     let l = &s.latency_ms;
-    out.push_str(&format!(
-        "latency: p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {})\n",
-        fmt_ms(l.p50),
-        fmt_ms(l.p90),
-        fmt_ms(l.p99),
-        fmt_ms(l.p999),
-        fmt_ms(l.max),
-        fmt_ms(l.mean)
-    ));
+    out.push_str(&format!("latency: {}\n", l.percentiles()));
     let other = if s.other_status.is_empty() {
         "none".to_string()
     } else {

@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::bench::{
-    LatencyMs, card_uid, fmt_ms, new_histogram, parse_proc_stat_cpu_seconds, validate_card_scheme,
+    LatencyMs, card_uid, new_histogram, parse_proc_stat_cpu_seconds, validate_card_scheme,
 };
 
 /// How long the terminal may take to exit after `quit` before it is killed.
@@ -257,13 +257,8 @@ pub fn format_tap_summary(s: &TapBenchSummary) -> String {
     ));
     let l = &s.latency_ms;
     out.push_str(&format!(
-        "tap to decision (pipe round trip included): p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {})\n",
-        fmt_ms(l.p50),
-        fmt_ms(l.p90),
-        fmt_ms(l.p99),
-        fmt_ms(l.p999),
-        fmt_ms(l.max),
-        fmt_ms(l.mean)
+        "tap to decision (pipe round trip included): {}\n",
+        l.percentiles()
     ));
     let statuses = if s.statuses.is_empty() {
         "none".to_owned()

@@ -234,13 +234,6 @@ impl Debouncer {
         }
     }
 
-    /// The card left and came back between two looks (pcscd's event counter moved): the
-    /// removal is taken to be at `removed_at_ms`, when the card was last seen on the reader,
-    /// so that a re-presentation is merged only if it came back within the window.
-    pub fn reinserted(&mut self, reader: &str, removed_at_ms: u64) {
-        self.removed(reader, removed_at_ms);
-    }
-
     /// A reader disappeared: forget it.
     pub fn forget(&mut self, reader: &str) {
         self.last.remove(reader);
@@ -366,9 +359,9 @@ mod tests {
         // The same card on another reader: a new tap.
         assert!(d.presented("other", &uid("04FFFFFF"), 3002));
         // A reinsert between two looks (event counter) well after the removal window.
-        d.reinserted("r", 3500);
+        d.removed("r", 3500); // a reinsert between two looks: removed when last seen
         assert!(!d.presented("r", &uid("04FFFFFF"), 3900));
-        d.reinserted("r", 5000);
+        d.removed("r", 5000);
         assert!(d.presented("r", &uid("04FFFFFF"), 5600));
         d.forget("r");
         assert!(d.presented("r", &uid("04FFFFFF"), 5601));

@@ -346,8 +346,9 @@ impl Watcher<'_> {
                         None => true,
                         Some(s) if !s.present => true,
                         // Removed and presented again between two looks.
+                        // The removal is taken to be when it was last seen.
                         Some(s) if s.event_count != count => {
-                            self.debouncer.reinserted(&name, s.seen_at_ms);
+                            self.debouncer.removed(&name, s.seen_at_ms);
                             true
                         }
                         Some(_) => false,

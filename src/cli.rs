@@ -15,13 +15,14 @@ use crate::ledger::store::LedgerStore;
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
-use crate::terminal::daemon::{Daemon, ReaderLink, run_jsonl};
+use crate::terminal::daemon::{self, Daemon, ReaderLink, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// Reader events waiting for the daemon, at most (the reader thread waits beyond that).
 const READER_EVENTS_MAX: usize = 64;
@@ -38,8 +39,10 @@ pub struct Cli {
 enum Command {
     /// The central ledger: HTTP API and admin commands.
     Ledger(LedgerArgs),
-    /// The terminal: journal state (the daemon itself is being built).
+    /// The terminal daemon, and its journal's state.
     Terminal(TerminalArgs),
+    /// A ledger and a bar terminal in one command, with simulated cards and a network switch.
+    Demo(crate::demo::DemoArgs),
     /// Load generators and reference measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -55,18 +58,21 @@ struct TerminalArgs {
         default_value = "/etc/cashless/terminal.toml"
     )]
     config: PathBuf,
-    /// The front end: jsonl (commands on stdin, events on stdout). The TUI comes later.
-    #[arg(long, value_enum, default_value = "jsonl")]
+    /// The front end: tui (staff screens on this terminal) or jsonl (commands on stdin,
+    /// events on stdout, for scripts and tests).
+    #[arg(long, value_enum, default_value = "tui")]
     ui: TerminalUi,
-    /// The card reader; overrides [reader] backend. Only `simulated` is built so far.
+    /// The card reader; overrides [reader] backend.
     #[arg(long, value_enum)]
     reader: Option<ReaderBackend>,
     #[command(subcommand)]
     command: Option<TerminalCommandLine>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TerminalUi {
+    /// The staff screens (ratatui), on this terminal.
+    Tui,
     /// JSON lines on stdin and stdout.
     Jsonl,
 }
@@ -256,20 +262,37 @@ fn format_status(
     )
 }
 
-fn init_tracing() {
+/// Logs to stderr, or to `file` (appended) where stderr is the screen a TUI draws on.
+pub fn init_tracing(file: Option<&Path>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    match file {
+        Some(path) => {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(Mutex::new(log))
+                .try_init();
+        }
+        None => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+    Ok(())
 }
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -286,60 +309,103 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `cashless terminal`: the daemon with its front end, until quit or a signal.
+fn run_terminal(
+    config_path: &Path,
+    ui: TerminalUi,
+    reader: Option<ReaderBackend>,
+) -> anyhow::Result<ExitCode> {
+    let config = TerminalConfig::load(config_path, &TerminalOverrides::from_env(reader))?;
+    // The TUI draws on the terminal: logs go next to the journal instead.
+    let log_file = (ui == TerminalUi::Tui).then(|| config.journal.with_extension("log"));
+    init_tracing(log_file.as_deref())?;
+    let options = ReaderOptions {
+        name_filter: config.reader_name_filter.clone(),
+        debounce_ms: config.reader_debounce_ms,
+        feedback: config.reader_feedback,
+    };
+    let backend = config.reader_backend;
+    let daemon = Daemon::open(config)?;
+    let rt = runtime()?;
+    let (pcsc, link) = start_reader(backend, options)?;
+    let result = match ui {
+        TerminalUi::Jsonl => rt.block_on(async {
+            let input = tokio::io::BufReader::new(tokio::io::stdin());
+            run_jsonl(
+                daemon,
+                input,
+                tokio::io::stdout(),
+                server::shutdown_signal(),
+                link,
+            )
+            .await
+        }),
+        TerminalUi::Tui => {
+            let screen = crate::tui::run::enter()?;
+            let result = rt.block_on(async {
+                let keys = crate::tui::run::spawn_terminal_reader()
+                    .context("cannot start reading the keyboard")?;
+                let model = crate::tui::model::Model::from_info(&daemon.info());
+                let mut tui = crate::tui::run::Tui::new(
+                    screen,
+                    keys,
+                    model,
+                    Box::new(crate::tui::run::local_clock),
+                );
+                daemon::run(daemon, &mut tui, server::shutdown_signal(), link).await
+            });
+            crate::tui::run::restore();
+            result.map(|_| ())
+        }
+    };
+    // The link (and its handle on the reader) went with the loop: this is the last one,
+    // and stopping it cancels the PC/SC wait and joins the threads.
+    if let Some(reader) = pcsc.and_then(Arc::into_inner) {
+        reader.stop();
+    }
+    // Reading stdin blocks a thread that no signal wakes: do not wait for it.
+    rt.shutdown_background();
+    result.with_context(|| format!("terminal {}", config_path.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the PC/SC reader threads for `backend` (none for `simulated`); returns the
+/// reader (to stop at exit) and the loop's link to it.
+fn start_reader(
+    backend: ReaderBackend,
+    options: ReaderOptions,
+) -> anyhow::Result<(Option<Arc<PcscReader>>, Option<ReaderLink>)> {
+    match backend {
+        ReaderBackend::Simulated => Ok((None, None)),
+        ReaderBackend::Pcsc => {
+            let (tx, rx) = tokio::sync::mpsc::channel(READER_EVENTS_MAX);
+            let reader = Arc::new(
+                PcscReader::start(options, tx).context("cannot start the PC/SC reader threads")?,
+            );
+            let feedback = Arc::clone(&reader);
+            let link = ReaderLink {
+                events: rx,
+                feedback: Box::new(move |name: &str, f| feedback.feedback(name, f)),
+            };
+            Ok((Some(reader), Some(link)))
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The terminal daemon and the demo choose where logs go (a TUI draws on stderr's tty).
+    let logs_chosen_later = matches!(
+        &cli.command,
+        Command::Terminal(TerminalArgs { command: None, .. }) | Command::Demo(_)
+    );
+    if !logs_chosen_later {
+        init_tracing(None)?;
+    }
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
+        Command::Demo(args) => crate::demo::run(&args),
         Command::Terminal(args) => match args.command {
-            None => {
-                let config =
-                    TerminalConfig::load(&args.config, &TerminalOverrides::from_env(args.reader))?;
-                let TerminalUi::Jsonl = args.ui;
-                let options = ReaderOptions {
-                    name_filter: config.reader_name_filter.clone(),
-                    debounce_ms: config.reader_debounce_ms,
-                    feedback: config.reader_feedback,
-                };
-                let backend = config.reader_backend;
-                let daemon = Daemon::open(config)?;
-                let rt = runtime()?;
-                // The PC/SC reader runs on threads of its own and reports through a channel.
-                let (pcsc, link) = match backend {
-                    ReaderBackend::Simulated => (None, None),
-                    ReaderBackend::Pcsc => {
-                        let (tx, rx) = tokio::sync::mpsc::channel(READER_EVENTS_MAX);
-                        let reader = Arc::new(
-                            PcscReader::start(options, tx)
-                                .context("cannot start the PC/SC reader threads")?,
-                        );
-                        let feedback = Arc::clone(&reader);
-                        let link = ReaderLink {
-                            events: rx,
-                            feedback: Box::new(move |name: &str, f| feedback.feedback(name, f)),
-                        };
-                        (Some(reader), Some(link))
-                    }
-                };
-                let result = rt.block_on(async {
-                    let input = tokio::io::BufReader::new(tokio::io::stdin());
-                    run_jsonl(
-                        daemon,
-                        input,
-                        tokio::io::stdout(),
-                        server::shutdown_signal(),
-                        link,
-                    )
-                    .await
-                });
-                // The link (and its handle on the reader) went with run_jsonl: this is the
-                // last one, and stopping it cancels the PC/SC wait and joins the threads.
-                if let Some(reader) = pcsc.and_then(Arc::into_inner) {
-                    reader.stop();
-                }
-                // Reading stdin blocks a thread that no signal wakes: do not wait for it.
-                rt.shutdown_background();
-                result.with_context(|| format!("terminal {}", args.config.display()))?;
-                Ok(ExitCode::SUCCESS)
-            }
+            None => run_terminal(&args.config, args.ui, args.reader),
             Some(TerminalCommandLine::Export { out }) => {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod bench_terminal;
 pub mod cli;
+pub mod demo;
 pub mod domain;
 pub mod ledger;
 pub mod reader;

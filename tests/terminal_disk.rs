@@ -565,7 +565,13 @@ async fn a_journal_that_cannot_be_created_stops_the_terminal_naming_it_before_re
         1000,
     );
     let run = tokio::process::Command::new(BIN)
-        .args(["terminal", "--config", config.to_str().unwrap()])
+        .args([
+            "terminal",
+            "--config",
+            config.to_str().unwrap(),
+            "--ui",
+            "jsonl",
+        ])
         .env_remove("CASHLESS_LEDGER_URL")
         .env_remove("CASHLESS_LEDGER_TOKEN")
         .stdin(std::process::Stdio::null())

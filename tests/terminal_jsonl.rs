@@ -324,7 +324,13 @@ async fn a_terminal_configured_as_another_kind_than_registered_refuses_to_start(
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(BIN)
-            .args(["terminal", "--config", config.to_str().unwrap()])
+            .args([
+                "terminal",
+                "--config",
+                config.to_str().unwrap(),
+                "--ui",
+                "jsonl",
+            ])
             .stdin(std::process::Stdio::null())
             .output(),
     )

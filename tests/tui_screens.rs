@@ -48,6 +48,7 @@ fn status(online: bool, pending: u64) -> Event {
         declined_offline: 0,
         journal_writable: true,
         last_sync_at: Some("2026-07-01T21:13:58.120Z".into()),
+        last_feed_at: None,
         reader: "ACS ACR122U PICC Interface 00 00".into(),
         staff: Some("s-bar".into()),
     })
@@ -56,7 +57,13 @@ fn status(online: bool, pending: u64) -> Event {
 fn bar() -> Model {
     let mut m = Model::new("bar-1".into(), TerminalKind::Bar, menu(), staff());
     m.on_event(&status(true, 0), 0);
+    m.minute = Some(minute());
     m
+}
+
+/// Two minutes after the last sync in [`status`].
+fn minute() -> chrono::DateTime<chrono::Utc> {
+    "2026-07-01T21:16:00Z".parse().unwrap()
 }
 
 fn login(m: &mut Model) {
@@ -159,6 +166,7 @@ fn balance_screen_from_the_replica() {
 #[test]
 fn checkpoint_screens() {
     let mut m = Model::new("cp-1".into(), TerminalKind::Checkpoint, Vec::new(), staff());
+    m.minute = Some(minute());
     m.on_event(&status(true, 0), 0);
     login(&mut m);
     press(&mut m, &[Key::Digit(3), Key::Dot]);
@@ -175,4 +183,27 @@ fn a_tiny_window_asks_to_be_enlarged_and_never_panics() {
     for (w, h) in [(1, 1), (39, 24), (80, 11), (200, 60)] {
         screen(&m, w, h);
     }
+}
+
+#[test]
+fn the_status_bar_shows_the_age_of_the_last_contact_with_the_ledger() {
+    use cashless::tui::view::sync_age;
+    let now = Some(minute());
+    assert_eq!(sync_age(None, now), "never");
+    assert_eq!(sync_age(Some("2026-07-01T21:15:30Z"), now), "<1 min");
+    assert_eq!(sync_age(Some("2026-07-01T21:14:00Z"), now), "2 min");
+    assert_eq!(sync_age(Some("2026-07-01T18:10:00Z"), now), "3 h");
+    // A clock that went back: not a negative age.
+    assert_eq!(sync_age(Some("2026-07-01T21:20:00Z"), now), "<1 min");
+    assert_eq!(sync_age(Some("garbage"), now), "?");
+    // Without the time, the time of day it happened.
+    assert_eq!(sync_age(Some("2026-07-01T21:14:00Z"), None), "21:14 UTC");
+    // The later of the two contacts counts.
+    let mut m = bar();
+    let Event::Status(mut s) = status(true, 0) else {
+        unreachable!()
+    };
+    s.last_feed_at = Some("2026-07-01T21:15:59Z".into());
+    m.on_event(&Event::Status(s), 0);
+    assert!(screen(&m, 100, 24).contains("synced <1 min"));
 }

@@ -171,6 +171,18 @@ impl StaffRole {
         }
     }
 
+    /// Whether this role sells or tops up at a terminal of `kind` (bar staff at bars,
+    /// cashiers at checkpoints, supervisors at both): the rule the ledger applies to
+    /// orders and top-ups, used by the TUI to list who may log in.
+    pub fn may_work_at(self, kind: TerminalKind) -> bool {
+        matches!(
+            (self, kind),
+            (StaffRole::Supervisor, _)
+                | (StaffRole::Bar, TerminalKind::Bar)
+                | (StaffRole::Cashier, TerminalKind::Checkpoint)
+        )
+    }
+
     /// Parses the database spelling.
     pub fn parse(text: &str) -> Option<StaffRole> {
         match text {

@@ -7,7 +7,7 @@
 
 use super::model::{
     ApiError, BlockReason, CardStatus, ErrorCode, Flag, Mode, OrderRequest, RechargeRequest,
-    StaffMember, StaffRole, TerminalKind,
+    StaffMember, TerminalKind,
 };
 use crate::domain::{Cents, ProductId};
 use serde_json::json;
@@ -98,8 +98,8 @@ pub fn check_staff(
         ));
     }
     let allowed = match action {
-        Action::Order => matches!(staff.role, StaffRole::Bar | StaffRole::Supervisor),
-        Action::Recharge => matches!(staff.role, StaffRole::Cashier | StaffRole::Supervisor),
+        Action::Order => staff.role.may_work_at(TerminalKind::Bar),
+        Action::Recharge => staff.role.may_work_at(TerminalKind::Checkpoint),
         Action::Void => true,
     };
     if allowed {
@@ -345,6 +345,7 @@ pub fn key_reused() -> ApiError {
 mod tests {
     use super::*;
     use crate::domain::{CardUid, ClientRequestId, StaffId, TerminalSeq};
+    use crate::ledger::model::StaffRole;
     use crate::ledger::model::{OrderItem, PaymentMethod};
     use chrono::Utc;
 

@@ -45,6 +45,17 @@ pub async fn serve<S: LedgerStore>(
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
+    serve_quietly(config, store, listener, shutdown).await
+}
+
+/// [`serve`] without the line on stdout (the demo's screen belongs to its TUI).
+pub async fn serve_quietly<S: LedgerStore>(
+    config: &LedgerConfig,
+    store: S,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %config.database, "ledger serving");
 
     let purger = {

@@ -15,6 +15,7 @@ use super::core::policy::OfflineLimits;
 use super::core::replay::Backoff;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
 use super::events::{Decision, Event, Status};
+use super::frontend::{Front, Input, JsonlFrontend, Leave, TerminalInfo};
 use super::journal::{CachedStaff, Catalog, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
 use super::tap::{self, Payment, PaymentKind, Tap, append_void, recover};
@@ -31,7 +32,7 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
 /// The `card` event of a presentation.
@@ -85,6 +86,9 @@ pub enum Command {
         /// PIN.
         pin: String,
     },
+    /// Ends the staff member's session: disarms, and nothing can be sold until the next
+    /// login.
+    Logout,
     /// Arms an order.
     Order {
         /// Its lines.
@@ -219,10 +223,45 @@ impl Daemon {
                     .with_journal(|j| Ok(!j.is_read_only()))
                     .unwrap_or(false),
                 last_sync_at: c.last_sync_at.map(format_time),
+                last_feed_at: c.last_feed_at.map(format_time),
                 reader: self.reader_state.clone(),
                 staff: self.staff.as_ref().map(|s| s.as_str().to_owned()),
             }),
             Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
+    }
+
+    /// Who this terminal is and what it sells, from the journal's caches (empty lists when
+    /// the journal cannot be read: the front end then shows what it had).
+    pub fn info(&self) -> TerminalInfo {
+        let (point_of_sale, menu) = match self.with_journal(|j| j.catalog()) {
+            Ok(Some((catalog, _))) => (
+                catalog.point_of_sale,
+                catalog
+                    .products
+                    .into_iter()
+                    .map(|p| (p.product_id.as_str().to_owned(), p.name, p.price_cents))
+                    .collect(),
+            ),
+            Ok(None) => (String::new(), Vec::new()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cached catalog");
+                (String::new(), Vec::new())
+            }
+        };
+        let staff = self
+            .with_journal(|j| j.staff())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.active && m.role.may_work_at(self.config.kind))
+            .map(|m| (m.staff_id.as_str().to_owned(), m.name))
+            .collect();
+        TerminalInfo {
+            terminal: self.config.name.clone(),
+            point_of_sale,
+            kind: self.config.kind,
+            menu,
+            staff,
         }
     }
 
@@ -244,6 +283,12 @@ impl Daemon {
                 (vec![Event::Cancelled], false)
             }
             Command::Login { staff_id, pin } => (vec![self.login(&staff_id, &pin)], false),
+            Command::Logout => {
+                self.staff = None;
+                self.armed = None;
+                self.last_approved = None;
+                (vec![Event::LoggedOut], false)
+            }
             Command::Order { items } => (vec![self.arm_order(&items)], false),
             Command::Topup {
                 amount_cents,
@@ -984,16 +1029,28 @@ async fn next_reader_event(link: &mut Option<ReaderLink>) -> ReaderEvent {
 /// Runs the daemon on the JSON-lines interface until `quit`, end of input, or `shutdown`.
 /// With `reader`, cards come from it (PC/SC); without, from `tap` commands.
 pub async fn run_jsonl<R, W>(
-    mut daemon: Daemon,
+    daemon: Daemon,
     input: R,
-    mut output: W,
+    output: W,
     shutdown: impl std::future::Future<Output = ()>,
-    mut reader: Option<ReaderLink>,
+    reader: Option<ReaderLink>,
 ) -> anyhow::Result<()>
 where
     R: tokio::io::AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut front = JsonlFrontend::new(input, output);
+    run(daemon, &mut front, shutdown, reader).await.map(|_| ())
+}
+
+/// Runs the daemon with front end `front` until it leaves, `quit`, or `shutdown`; says why
+/// it stopped. With `reader`, cards come from it (PC/SC); without, from `tap` commands.
+pub async fn run<F: Front>(
+    mut daemon: Daemon,
+    front: &mut F,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut reader: Option<ReaderLink>,
+) -> anyhow::Result<Leave> {
     // A first round before `ready`, so that a terminal with network starts with fresh
     // caches; the background task starts after it, so two rounds never run at once.
     if let Err(e) = sync_round(
@@ -1024,25 +1081,37 @@ where
         kind: daemon.config.kind.as_str(),
         online: daemon.online.load(Ordering::Relaxed),
     };
-    write_event(&mut output, &ready).await?;
-    let mut lines = input.lines();
+    if front.wants_description() {
+        front.describe(daemon.info());
+    }
+    front.show(&ready).await?;
+    let mut status_tick = front.status_every().map(|every| {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
+    let mut last_status: Option<Event> = None;
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let leave = loop {
         tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line? else { break };
-                if line.trim().is_empty() { continue; }
-                let (events, stop) = if line.len() > COMMAND_BYTES_MAX {
-                    (vec![error_event("INVALID_COMMAND", format!("a command is at most {COMMAND_BYTES_MAX} bytes"))], false)
-                } else {
-                    daemon.handle_line(&line).await
+            input = front.next_input() => {
+                let command = match input? {
+                    Input::Command(command) => command,
+                    Input::Refused(event) => { front.show(&event).await?; continue; }
+                    Input::Leave(leave) => break leave,
                 };
+                let (events, stop) = daemon.handle(command).await;
                 for event in &events {
-                    write_event(&mut output, event).await?;
+                    front.show(event).await?;
                 }
-                if stop { break; }
+                if stop { break Leave::Quit; }
             }
-            Some(event) = events_rx.recv() => write_event(&mut output, &event).await?,
+            Some(event) = events_rx.recv() => {
+                if front.wants_description() {
+                    front.describe(daemon.info());
+                }
+                front.show(&event).await?;
+            }
             event = next_reader_event(&mut reader) => {
                 let name = match &event {
                     ReaderEvent::Card { reader, .. } | ReaderEvent::Failed { reader, .. } => reader.clone(),
@@ -1050,7 +1119,7 @@ where
                 };
                 // The card is shown as soon as it is read, before the ledger is asked.
                 if let ReaderEvent::Card { uid, reader: r, card_type, repeat: false, .. } = &event {
-                    write_event(&mut output, &card_event(uid, r, Some(*card_type))).await?;
+                    front.show(&card_event(uid, r, Some(*card_type))).await?;
                 }
                 let (events, feedback) = daemon.on_reader(event).await;
                 // Feedback first: the light should not wait for the screen.
@@ -1058,12 +1127,27 @@ where
                     (link.feedback)(&name, feedback);
                 }
                 for event in &events {
-                    write_event(&mut output, event).await?;
+                    front.show(event).await?;
                 }
             }
-            () = &mut shutdown => break,
+            _ = next_tick(&mut status_tick) => {
+                let status = daemon.status_event();
+                if last_status.as_ref() != Some(&status) {
+                    // The caches may have changed with the last round that reached the ledger.
+                    let synced_again = match (&last_status, &status) {
+                        (Some(Event::Status(a)), Event::Status(b)) => a.last_sync_at != b.last_sync_at,
+                        _ => true,
+                    };
+                    if synced_again && front.wants_description() {
+                        front.describe(daemon.info());
+                    }
+                    front.show(&status).await?;
+                    last_status = Some(status);
+                }
+            }
+            () = &mut shutdown => break Leave::Signal,
         }
-    }
+    };
     sync.abort();
     // Wait until the sync task is gone, and any journal call it started on the blocking
     // pool (bounded: they are single transactions), so that dropping the daemon closes the
@@ -1079,12 +1163,15 @@ where
     if let Ok(j) = daemon.journal.lock() {
         let _ = j.checkpoint();
     }
-    Ok(())
+    Ok(leave)
 }
 
-async fn write_event<W: AsyncWrite + Unpin>(output: &mut W, event: &Event) -> std::io::Result<()> {
-    let mut line = event.to_json_line();
-    line.push('\n');
-    output.write_all(line.as_bytes()).await?;
-    output.flush().await
+/// The next tick of `tick`; never, without one.
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

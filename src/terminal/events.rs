@@ -38,6 +38,8 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// The answer to `logout`.
+    LoggedOut,
     /// An operation is armed: the next card pays for it, receives it, or shows its balance.
     Armed {
         /// `order`, `topup` or `balance`.
@@ -160,6 +162,9 @@ pub struct Status {
     pub journal_writable: bool,
     /// The last contact with the ledger's write side.
     pub last_sync_at: Option<String>,
+    /// The last card-feed page from the ledger: its read side answered then (recorded at
+    /// least once a minute while online, even when nothing changed).
+    pub last_feed_at: Option<String>,
     /// The reader's name, or `simulated`, `waiting`, `disconnected`.
     pub reader: String,
     /// Who is logged in.

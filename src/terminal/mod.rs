@@ -5,7 +5,8 @@
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (tap flow, offline policy, replay rules, login lockout).
 //! - [`events`]: what the daemon tells its front end, as types (the JSON-lines events).
-//! - [`daemon`]: the main loop on the JSON-lines interface: tap, journal, online or offline.
+//! - [`daemon`]: the main loop: commands, reader and sync events; tap, journal, online or offline.
+//! - [`frontend`]: what the loop needs of a front end; the JSON-lines front end.
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
 //! - [`sync`]: replaying the journal to the ledger and pulling the card feed.
 //! - [`tap`]: performs the tap flow's steps on the journal and the ledger; crash recovery.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod events;
+pub mod frontend;
 pub mod journal;
 pub mod sync;
 pub mod tap;

@@ -9,6 +9,7 @@ use crate::domain::Cents;
 use crate::ledger::model::{PaymentMethod, TerminalKind};
 use crate::terminal::daemon::{Command, CommandItem};
 use crate::terminal::events::{Decision, Event, Status};
+use crate::terminal::frontend::TerminalInfo;
 
 /// How long the "present card" screen waits for a card before it gives up.
 pub const PRESENT_TIMEOUT_MS: u64 = 30_000;
@@ -176,6 +177,13 @@ pub struct Model {
     pub help: bool,
     /// A one-line notice (an error from the daemon, a hint).
     pub notice: Option<String>,
+    /// The current minute, for the age of the last sync (set by the run loop; `None` in
+    /// tests that show the time of the last sync instead).
+    pub minute: Option<chrono::DateTime<chrono::Utc>>,
+    /// Lines shown above the key hints, always (the demo's keys); empty for staff.
+    pub banner: Vec<String>,
+    /// Lines added to the help overlay (the demo's keys).
+    pub help_extra: Vec<String>,
 }
 
 impl Model {
@@ -200,6 +208,65 @@ impl Model {
             status: None,
             help: false,
             notice: None,
+            minute: None,
+            banner: Vec::new(),
+            help_extra: Vec::new(),
+        }
+    }
+
+    /// A model for the terminal `info` describes, at the login screen.
+    pub fn from_info(info: &TerminalInfo) -> Model {
+        let mut model = Model::new(String::new(), info.kind, Vec::new(), Vec::new());
+        model.describe(info);
+        model
+    }
+
+    /// Takes the terminal's name, menu and staff list as the daemon's caches have them now.
+    /// An order being built when the menu changes is cleared (its lines would point at other
+    /// products), with a notice.
+    pub fn describe(&mut self, info: &TerminalInfo) {
+        self.terminal = if info.point_of_sale.is_empty() {
+            info.terminal.clone()
+        } else {
+            format!("{} · {}", info.terminal, info.point_of_sale)
+        };
+        self.kind = info.kind;
+        let menu: Vec<MenuItem> = info
+            .menu
+            .iter()
+            .map(|(id, name, price)| MenuItem {
+                product_id: id.clone(),
+                name: name.clone(),
+                price: *price,
+            })
+            .collect();
+        if menu != self.menu {
+            self.menu = menu;
+            if let Screen::Order { quantities, .. } = &self.screen {
+                if quantities.iter().any(|q| *q > 0) {
+                    self.notice = Some("the menu changed: order cleared".into());
+                }
+                self.screen = self.home();
+            }
+        }
+        self.staff = info
+            .staff
+            .iter()
+            .map(|(id, name)| StaffItem {
+                staff_id: id.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        if let Screen::Login {
+            picked: Some(i), ..
+        } = &self.screen
+            && *i >= self.staff.len()
+        {
+            self.screen = Screen::Login {
+                picked: None,
+                pin: String::new(),
+                message: None,
+            };
         }
     }
 
@@ -367,6 +434,13 @@ impl Model {
                             *q = 0;
                         }
                     }
+                    // Esc clears the order; on an empty order it logs out.
+                    Key::Esc if quantities.iter().all(|q| *q == 0) => {
+                        return (
+                            Screen::Order { quantities, cursor },
+                            vec![Action::Send(Command::Logout)],
+                        );
+                    }
                     Key::Esc => quantities.iter_mut().for_each(|q| *q = 0),
                     Key::Star => {
                         return (
@@ -425,6 +499,11 @@ impl Model {
                     digits.pop();
                     (Screen::Amount { digits, method }, Vec::new())
                 }
+                // Esc clears the amount; on an empty amount it logs out.
+                Key::Esc if digits.is_empty() => (
+                    Screen::Amount { digits, method },
+                    vec![Action::Send(Command::Logout)],
+                ),
                 Key::Esc => (
                     Screen::Amount {
                         digits: String::new(),
@@ -547,6 +626,14 @@ impl Model {
                         .filter(|_| *state == "connected")
                         .unwrap_or_else(|| (*state).to_owned());
                 }
+            }
+            Event::LoggedOut => {
+                self.logged_in = None;
+                self.screen = Screen::Login {
+                    picked: None,
+                    pin: String::new(),
+                    message: None,
+                };
             }
             Event::Ready { .. } | Event::Armed { .. } | Event::Cancelled | Event::Login { .. } => {}
         }

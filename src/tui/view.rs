@@ -4,6 +4,7 @@
 use super::model::{Model, Presenting, Screen, TOPUP_PRESETS_CENTS};
 use crate::domain::Cents;
 use crate::ledger::model::{PaymentMethod, TerminalKind};
+use chrono::{DateTime, Utc};
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -34,10 +35,12 @@ pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
         frame.render_widget(text, area);
         return;
     }
-    let [status, body, notice, hints] = Layout::vertical([
+    let banner_height = u16::try_from(model.banner.len().min(BANNER_LINES_MAX)).unwrap_or(0);
+    let [status, body, notice, banner, hints] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
         Constraint::Length(1),
+        Constraint::Length(banner_height),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -58,6 +61,18 @@ pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
             notice,
         );
     }
+    if banner_height > 0 {
+        let lines: Vec<Line<'_>> = model
+            .banner
+            .iter()
+            .take(BANNER_LINES_MAX)
+            .map(|l| Line::from(l.as_str()))
+            .collect();
+        frame.render_widget(
+            Paragraph::new(lines).style(Style::new().fg(Color::Black).bg(Color::Cyan)),
+            banner,
+        );
+    }
     frame.render_widget(
         Paragraph::new(hint_line(model)).style(Style::new().fg(Color::DarkGray)),
         hints,
@@ -66,6 +81,9 @@ pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
         draw_help(frame, model, body);
     }
 }
+
+/// Lines of the banner (the demo's keys) shown above the hints, at most.
+const BANNER_LINES_MAX: usize = 2;
 
 /// Characters of the reader's name shown in the status bar.
 const READER_NAME_CHARS: usize = 18;
@@ -99,13 +117,11 @@ fn status_bar(model: &Model) -> Paragraph<'static> {
                     Style::new().fg(Color::Yellow),
                 ));
             }
-            let sync = s
-                .last_sync_at
-                .as_deref()
-                .and_then(|t| t.get(11..16))
-                .unwrap_or("never");
+            // The last contact with the ledger, either side (RFC 3339 UTC sorts as text).
+            let last = s.last_sync_at.as_deref().max(s.last_feed_at.as_deref());
+            let sync = sync_age(last, model.minute);
             let reader: String = s.reader.chars().take(READER_NAME_CHARS).collect();
-            spans.push(Span::raw(format!("│ sync {sync} │ {reader} ")));
+            spans.push(Span::raw(format!("│ synced {sync} │ {reader} ")));
             if !s.journal_writable {
                 spans.push(Span::styled(
                     "│ JOURNAL READ-ONLY ",
@@ -116,6 +132,28 @@ fn status_bar(model: &Model) -> Paragraph<'static> {
         None => spans.push(Span::raw("│ starting… ")),
     }
     Paragraph::new(Line::from(spans)).style(Style::new().bg(Color::Black).fg(Color::White))
+}
+
+/// How long ago `last` (RFC 3339) was, to the minute, as of `now`: `<1 min`, `7 min`,
+/// `3 h`; `never`. Without `now`, the time of day (UTC) of `last`.
+pub fn sync_age(last: Option<&str>, now: Option<DateTime<Utc>>) -> String {
+    let Some(last) = last else {
+        return "never".into();
+    };
+    let Some(now) = now else {
+        return last
+            .get(11..16)
+            .map_or_else(|| "?".into(), |t| format!("{t} UTC"));
+    };
+    let Ok(at) = DateTime::parse_from_rfc3339(last) else {
+        return "?".into();
+    };
+    let minutes = (now - at.with_timezone(&Utc)).num_minutes();
+    match minutes {
+        ..1 => "<1 min".into(),
+        1..60 => format!("{minutes} min"),
+        _ => format!("{} h", minutes / 60),
+    }
 }
 
 fn hint_line(model: &Model) -> String {
@@ -360,11 +398,12 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         [
             "*        check a card's balance",
             "/        void the last sale (asks first)",
-            "Esc      back, cancel, clear",
+            "Esc      back, cancel, clear; on an empty screen: log out",
             "?        this help; any key closes it",
         ]
         .map(str::to_owned),
     );
+    lines.extend(model.help_extra.iter().cloned());
     let width = area.width.min(60);
     let height = area
         .height

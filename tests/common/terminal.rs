@@ -233,7 +233,13 @@ impl Terminal {
     /// Runs `cashless terminal --config CONFIG`; stderr (the logs) goes to the test's.
     pub fn spawn(config: &Path) -> Terminal {
         let mut child = Command::new(BIN)
-            .args(["terminal", "--config", config.to_str().unwrap()])
+            .args([
+                "terminal",
+                "--config",
+                config.to_str().unwrap(),
+                "--ui",
+                "jsonl",
+            ])
             .env_remove("CASHLESS_LEDGER_URL")
             .env_remove("CASHLESS_LEDGER_TOKEN")
             .stdin(Stdio::piped())

@@ -127,6 +127,9 @@ enum LedgerCommand {
     /// Cards.
     #[command(subcommand)]
     Card(CardCommand),
+    /// Shift close-outs sent by terminals (POST /v1/shifts).
+    #[command(subcommand)]
+    Shift(ShiftCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
     /// Apply a terminal's journal export (cashless terminal export), idempotently: exit 0 if
@@ -216,6 +219,18 @@ enum CardCommand {
         /// Card UID (uppercase hex).
         #[arg(long)]
         uid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShiftCommand {
+    /// Every close-out, oldest close first: the terminal's count and totals, the cash
+    /// counted and its difference, and the ledger's own top-ups of that terminal during the
+    /// shift (lower while offline top-ups are still being replayed).
+    List {
+        /// Only this terminal's close-outs, e.g. cp-1.
+        #[arg(long, value_name = "NAME")]
+        terminal: Option<String>,
     },
 }
 
@@ -513,6 +528,10 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), false).await?;
             println!("card {uid} unblocked");
+        }
+        LedgerCommand::Shift(ShiftCommand::List { terminal }) => {
+            let reports = store.shift_reports(terminal).await?;
+            print!("{}", admin::format_shifts(&reports));
         }
         LedgerCommand::Import { file } => {
             let summary = admin::import(&store, &file).await?;

@@ -2826,6 +2826,7 @@ async fn health_ready_and_openapi() {
         "/v1/orders",
         "/v1/recharges",
         "/v1/voids",
+        "/v1/shifts",
         "/v1/batch",
         "/v1/cards",
         "/v1/cards/{}",

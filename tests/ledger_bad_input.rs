@@ -1,5 +1,5 @@
-//! Bad input against the real ledger: every field of orders, top-ups, voids, batches, scans,
-//! the card lookup and the card feed gets the wrong type, a missing value, null, zero,
+//! Bad input against the real ledger: every field of orders, top-ups, voids, shift close-outs,
+//! batches, scans, the card lookup and the card feed gets the wrong type, a missing value, null, zero,
 //! negative, numbers past `i64`, floats for cents, huge and non-UTF-8 strings, SQL fragments,
 //! unknown fields, bodies over the limits and bad credentials.
 //!
@@ -740,6 +740,19 @@ fn valid_void() -> Value {
         "staff_id": "s-bar",
         "reason": "customer_refund",
         "created_at": now_rfc3339(),
+    })
+}
+
+fn valid_shift() -> Value {
+    json!({
+        "client_request_id": new_id(),
+        "staff_id": "s-cash",
+        "opened_at": "2026-07-01T18:00:00Z",
+        "closed_at": "2026-07-02T02:00:00Z",
+        "cash_cents": 42_000,
+        "card_cents": 15_000,
+        "count": 37,
+        "counted_cash_cents": 41_500,
     })
 }
 
@@ -1792,6 +1805,141 @@ async fn voids_refuse_bad_input_and_change_nothing() {
     run_table(&ledger, "voids", cases).await;
 }
 
+/// The sanity bounds of a shift close-out (`SHIFT_TOTAL_CENTS_MAX`, `SHIFT_COUNT_MAX`).
+const SHIFT_CENTS_MAX: i64 = 1_000_000_000;
+const SHIFT_COUNT_MAX: i64 = 1_000_000;
+
+const SHIFT_FIELDS: &[(&str, Kind, bool)] = &[
+    ("client_request_id", Kind::Uuid, true),
+    ("staff_id", Kind::Ident, true),
+    ("opened_at", Kind::Time, true),
+    ("closed_at", Kind::Time, true),
+    (
+        "cash_cents",
+        Kind::Int {
+            min: 0,
+            max: SHIFT_CENTS_MAX,
+        },
+        true,
+    ),
+    (
+        "card_cents",
+        Kind::Int {
+            min: 0,
+            max: SHIFT_CENTS_MAX,
+        },
+        true,
+    ),
+    (
+        "count",
+        Kind::Int {
+            min: 0,
+            max: SHIFT_COUNT_MAX,
+        },
+        true,
+    ),
+    (
+        "counted_cash_cents",
+        Kind::Int {
+            min: 0,
+            max: SHIFT_CENTS_MAX,
+        },
+        true,
+    ),
+];
+
+fn shift_endpoint(ledger: &Ledger) -> Endpoint<'static> {
+    Endpoint {
+        name: "shift",
+        path: "/v1/shifts",
+        auth: bearer(&ledger.checkpoint_token),
+        valid: &valid_shift,
+    }
+}
+
+#[tokio::test]
+async fn shifts_refuse_bad_input_and_change_nothing() {
+    let ledger = ledger().await;
+    let ep = shift_endpoint(&ledger);
+    let mut cases = ep.field_cases(SHIFT_FIELDS);
+    cases.extend(ep.shape_cases());
+    cases.extend(ep.unknown_field_cases(None));
+    cases.extend(ep.idempotency_header_cases());
+    cases.extend(ep.auth_cases(&ledger, None));
+    cases.extend(ep.size_cases(BODY_LIMIT));
+    for (label, opened, closed) in [
+        (
+            "closed a second before it opened",
+            "2026-07-02T02:00:00Z",
+            "2026-07-02T01:59:59Z",
+        ),
+        (
+            "closed a millisecond before it opened",
+            "2026-07-01T18:00:00.001Z",
+            "2026-07-01T18:00:00Z",
+        ),
+        (
+            "closed before it opened, other offsets",
+            "2026-07-01T20:00:00+02:00",
+            "2026-07-01T17:59:59Z",
+        ),
+    ] {
+        let mut body = valid_shift();
+        body["opened_at"] = json!(opened);
+        body["closed_at"] = json!(closed);
+        cases.push(Case::post(
+            format!("shift: {label}"),
+            ep.path,
+            ep.auth.clone(),
+            serde_json::to_vec(&body).unwrap(),
+            invalid_at("closed_at"),
+        ));
+    }
+    for (label, field) in [
+        ("terminal_seq (orders only)", "terminal_seq"),
+        (
+            "difference_cents (the ledger computes it)",
+            "difference_cents",
+        ),
+        ("mode (orders only)", "mode"),
+    ] {
+        cases.push(ep.case(
+            &format!("unknown field {label}"),
+            field,
+            Mutation::Set(json!(1)),
+            invalid_at(field),
+        ));
+    }
+    let mut unknown_staff = valid_shift();
+    unknown_staff["staff_id"] = json!("nobody");
+    cases.push(Case::post(
+        "shift: unknown staff",
+        ep.path,
+        ep.auth.clone(),
+        serde_json::to_vec(&unknown_staff).unwrap(),
+        forbidden(),
+    ));
+    // A close-out is not a batch operation.
+    let mut in_batch = valid_shift();
+    in_batch["type"] = json!("shift");
+    let in_batch_crid = in_batch["client_request_id"].clone();
+    cases.push(Case::post(
+        "shift: inside a batch",
+        "/v1/batch",
+        ep.auth.clone(),
+        serde_json::to_vec(&json!({ "operations": [in_batch] })).unwrap(),
+        Expect::BatchItem {
+            count: 1,
+            index: 0,
+            status: 400,
+            code: "INVALID_REQUEST",
+            field: Field::OneOf(vec!["type".into(), "operations[0].type".into()]),
+            client_request_id: Some(in_batch_crid),
+        },
+    ));
+    run_table(&ledger, "shifts", cases).await;
+}
+
 #[tokio::test]
 async fn batches_refuse_bad_input_and_change_nothing() {
     let ledger = ledger().await;
@@ -2358,6 +2506,29 @@ async fn the_valid_baselines_are_accepted() {
     if resp.body["results"][0]["status"] != json!(201) {
         failures.borrow_mut().push(format!(
             "batch: the operation was not approved: {}",
+            resp.body
+        ));
+    }
+    expect(
+        "shift close-out",
+        201,
+        &ledger.post("/v1/shifts", cp, &valid_shift()).await,
+    );
+    let mut bounds = valid_shift();
+    bounds["cash_cents"] = json!(SHIFT_CENTS_MAX);
+    bounds["card_cents"] = json!(SHIFT_CENTS_MAX);
+    bounds["count"] = json!(SHIFT_COUNT_MAX);
+    bounds["counted_cash_cents"] = json!(0);
+    bounds["closed_at"] = bounds["opened_at"].clone();
+    let resp = ledger.post("/v1/shifts", bar, &bounds).await;
+    expect(
+        "shift close-out at the bounds, opened = closed, from a bar",
+        201,
+        &resp,
+    );
+    if resp.body["difference_cents"] != json!(-SHIFT_CENTS_MAX) {
+        failures.borrow_mut().push(format!(
+            "shift close-out at the bounds: difference_cents: {}",
             resp.body
         ));
     }

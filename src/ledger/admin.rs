@@ -5,7 +5,9 @@ use super::config::{DatabaseUrl, LedgerConfig};
 use super::model::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
 use super::rules::Limits;
 use super::store::sqlite::{SqliteOptions, SqliteStore};
-use super::store::{AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert};
+use super::store::{
+    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport,
+};
 use crate::domain::{Cents, ProductId, StaffId};
 use anyhow::{Context, bail};
 use argon2::password_hash::{PasswordHasher, SaltString};
@@ -366,6 +368,80 @@ pub fn format_audit(report: &AuditReport) -> String {
     out
 }
 
+/// The columns of `cashless ledger shift list`: the terminal's close-out, then the ledger's
+/// own top-ups of that terminal during the shift.
+const SHIFT_COLUMNS: [&str; 12] = [
+    "TERMINAL",
+    "STAFF",
+    "OPENED",
+    "CLOSED",
+    "COUNT",
+    "CASH EXPECTED",
+    "COUNTED",
+    "DIFFERENCE",
+    "CARD",
+    "LEDGER COUNT",
+    "LEDGER CASH",
+    "LEDGER CARD",
+];
+/// Spaces between two columns of a text table.
+const COLUMN_GAP: &str = "  ";
+
+/// Prints shift close-outs as an aligned text table (text left, numbers right, money as
+/// units with two decimals), or a sentence when there are none.
+pub fn format_shifts(reports: &[ShiftReport]) -> String {
+    if reports.is_empty() {
+        return "no shift close-outs\n".to_owned();
+    }
+    let rows: Vec<[String; 12]> = reports
+        .iter()
+        .map(|r| {
+            [
+                r.terminal.clone(),
+                r.staff_id.clone(),
+                r.opened_at.clone(),
+                r.closed_at.clone(),
+                r.count.to_string(),
+                r.cash_cents.to_string(),
+                r.counted_cash_cents.to_string(),
+                r.difference_cents.to_string(),
+                r.card_cents.to_string(),
+                r.ledger_count.to_string(),
+                r.ledger_cash_cents.to_string(),
+                r.ledger_card_cents.to_string(),
+            ]
+        })
+        .collect();
+    // The first four columns are text; the others are numbers.
+    const TEXT_COLUMNS: usize = 4;
+    let mut widths = SHIFT_COLUMNS.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 12]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, width))| {
+                if i < TEXT_COLUMNS {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        format!("{}\n", padded.join(COLUMN_GAP).trim_end())
+    };
+    let mut out = line(SHIFT_COLUMNS);
+    for row in &rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +463,48 @@ mod tests {
         assert!(hash_pin(&"1".repeat(13)).is_err());
         let h = hash_pin("1234").unwrap();
         assert!(h.starts_with("$argon2id$"), "{h}");
+    }
+
+    #[test]
+    fn shift_tables_align_and_format_money() {
+        assert_eq!(format_shifts(&[]), "no shift close-outs\n");
+        let report = |terminal: &str, cash: i64, counted: i64, ledger_cash: i64| ShiftReport {
+            shift_id: Uuid::nil(),
+            terminal: terminal.to_owned(),
+            staff_id: "s-17".to_owned(),
+            opened_at: "2026-07-01T18:00:00.000Z".to_owned(),
+            closed_at: "2026-07-02T02:00:00.000Z".to_owned(),
+            count: 37,
+            cash_cents: Cents::new(cash),
+            card_cents: Cents::new(15_000),
+            counted_cash_cents: Cents::new(counted),
+            difference_cents: Cents::new(counted - cash),
+            recorded_at: "2026-07-02T02:00:01.000Z".to_owned(),
+            ledger_count: 36,
+            ledger_cash_cents: Cents::new(ledger_cash),
+            ledger_card_cents: Cents::new(15_000),
+        };
+        let text = format_shifts(&[
+            report("cp-1", 42_000, 41_500, 40_000),
+            report("checkpoint-north", 5, 1_000_005, 5),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("TERMINAL          STAFF"), "{text}");
+        assert!(
+            lines[1].contains("420.00") && lines[1].contains("415.00"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("-5.00") && lines[1].contains("400.00"),
+            "{text}"
+        );
+        assert!(lines[2].contains("10000.00"), "{text}");
+        // Numbers are right-aligned: every row ends at the same column.
+        let ends: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(ends.iter().all(|&e| e == ends[0]), "{text}");
+        let at = |line: &str, needle: &str| line.find(needle).map(|i| i + needle.len());
+        assert_eq!(at(lines[1], "-5.00"), at(lines[2], "10000.00"), "{text}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::model::{
     ApiError, BATCH_OPERATIONS_MAX, ErrorCode, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError,
-    Operation, Outcome, SCANS_MAX, Scan, Terminal, format_time,
+    Operation, Outcome, SCANS_MAX, Scan, ShiftCloseout, Terminal, format_time,
 };
 use super::rules::{self, Action};
 use super::store::{LedgerStore, StoreError};
@@ -123,6 +123,7 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/v1/orders", post(post_order::<S>))
         .route("/v1/recharges", post(post_recharge::<S>))
         .route("/v1/voids", post(post_void::<S>))
+        .route("/v1/shifts", post(post_shift::<S>))
         .route("/v1/batch", post(post_batch::<S>).layer(large))
         .route("/v1/scans", post(post_scans::<S>).layer(large))
         .route("/v1/cards", get(get_card_feed::<S>))
@@ -521,6 +522,35 @@ async fn post_void<S: LedgerStore>(
         &rid,
         post_operation(&state, &rid, &headers, body, OpKind::Void).await,
     )
+}
+
+/// `POST /v1/shifts`: any terminal kind; the staff check and idempotency are the store's.
+async fn shift<S: LedgerStore>(
+    state: &AppState<S>,
+    request_id: &RequestId,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let terminal = authenticate(state, headers).await?;
+    let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
+    let closeout: ShiftCloseout = parse_typed(&bytes)?;
+    closeout.validate().map_err(ApiError::invalid_field)?;
+    check_idempotency_header(headers, closeout.client_request_id)?;
+    let outcome = state
+        .store
+        .record_shift(terminal, request_id.0.to_string(), closeout)
+        .await
+        .map_err(store_error)?;
+    Ok(outcome_response(outcome))
+}
+
+async fn post_shift<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(&rid, shift(&state, &rid, &headers, body).await)
 }
 
 #[derive(Deserialize)]
@@ -973,6 +1003,7 @@ mod tests {
             "/v1/orders",
             "/v1/recharges",
             "/v1/voids",
+            "/v1/shifts",
             "/v1/batch",
             "/v1/cards",
             "/v1/cards/{uid}",

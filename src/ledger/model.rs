@@ -4,7 +4,9 @@
 //! `validate()`; after that every field is known to be in range. Only `api` turns them into
 //! HTTP, only `store` into SQL.
 
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::domain::{
+    CardUid, Cents, ClientRequestId, MoneyOverflow, ProductId, StaffId, TerminalSeq,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -24,6 +26,11 @@ pub const RECHARGE_AMOUNT_CENTS_MAX: i64 = 10_000_000;
 pub const BATCH_OPERATIONS_MAX: usize = 500;
 /// Scans in one upload, at most.
 pub const SCANS_MAX: usize = 1000;
+/// The highest cash or card total of one shift, and the highest counted cash
+/// (10,000,000.00): a sanity bound far above any drawer or any shift's top-ups.
+pub const SHIFT_TOTAL_CENTS_MAX: i64 = 1_000_000_000;
+/// Top-ups in one shift, at most: a sanity bound far above what one checkpoint can take.
+pub const SHIFT_COUNT_MAX: i64 = 1_000_000;
 /// Cards in one feed page: default and maximum.
 pub const FEED_LIMIT_DEFAULT: u32 = 1000;
 /// See [`FEED_LIMIT_DEFAULT`].
@@ -330,6 +337,30 @@ pub struct VoidRequest {
     pub created_at: DateTime<Utc>,
 }
 
+/// `POST /v1/shifts`: a terminal's close-out of one staff member's shift. The terminal
+/// counts its own top-ups of the shift; staff count the cash drawer. Recorded as it comes:
+/// it changes no card balance and writes no postings (cash in a drawer is not a card's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftCloseout {
+    /// Idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// Whose shift.
+    pub staff_id: StaffId,
+    /// When the shift began.
+    pub opened_at: DateTime<Utc>,
+    /// When it was closed; not before `opened_at`.
+    pub closed_at: DateTime<Utc>,
+    /// The terminal's cash top-ups of the shift, net of voids: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    pub cash_cents: Cents,
+    /// The terminal's card top-ups of the shift, net of voids: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    pub card_cents: Cents,
+    /// How many top-ups: 0 to [`SHIFT_COUNT_MAX`].
+    pub count: i64,
+    /// The cash staff counted in the drawer: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    pub counted_cash_cents: Cents,
+}
+
 /// A money-changing operation, alone or inside a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -486,6 +517,29 @@ impl VoidRequest {
             ));
         }
         Ok(())
+    }
+}
+
+impl ShiftCloseout {
+    /// Checks the ranges and that the shift does not close before it opened.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        for (field, cents) in [
+            ("cash_cents", self.cash_cents),
+            ("card_cents", self.card_cents),
+            ("counted_cash_cents", self.counted_cash_cents),
+        ] {
+            check_range(field, cents.get(), 0, SHIFT_TOTAL_CENTS_MAX)?;
+        }
+        check_range("count", self.count, 0, SHIFT_COUNT_MAX)?;
+        if self.closed_at < self.opened_at {
+            return Err(FieldError::new("closed_at", "must not be before opened_at"));
+        }
+        Ok(())
+    }
+
+    /// Counted cash minus the cash the terminal expected: negative when the drawer is short.
+    pub fn difference(&self) -> Result<Cents, MoneyOverflow> {
+        self.counted_cash_cents.checked_sub(self.cash_cents)
     }
 }
 
@@ -776,6 +830,31 @@ pub struct VoidOutcome {
     pub flags: Vec<Flag>,
 }
 
+/// The 201 answer to a recorded shift close-out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftRecorded {
+    /// The ledger's id for the close-out.
+    pub shift_id: Uuid,
+    /// The idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// The name of the terminal that sent it.
+    pub terminal: String,
+    /// Whose shift.
+    pub staff_id: StaffId,
+    /// The terminal's cash top-ups of the shift.
+    pub cash_cents: Cents,
+    /// The terminal's card top-ups of the shift.
+    pub card_cents: Cents,
+    /// How many top-ups.
+    pub count: i64,
+    /// The cash counted in the drawer.
+    pub counted_cash_cents: Cents,
+    /// `counted_cash_cents - cash_cents`, computed by the ledger: negative when short.
+    pub difference_cents: Cents,
+    /// When the ledger recorded it.
+    pub recorded_at: String,
+}
+
 /// `POST /v1/scans` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -896,6 +975,51 @@ mod tests {
                 field.map(String::from)
             );
         }
+    }
+
+    fn shift(cash: i64, card: i64, count: i64, counted: i64, hours: i64) -> ShiftCloseout {
+        let opened_at = Utc::now();
+        ShiftCloseout {
+            client_request_id: ClientRequestId::new_random(),
+            staff_id: StaffId::parse("s-1").unwrap(),
+            opened_at,
+            closed_at: opened_at + chrono::Duration::hours(hours),
+            cash_cents: Cents::new(cash),
+            card_cents: Cents::new(card),
+            count,
+            counted_cash_cents: Cents::new(counted),
+        }
+    }
+
+    #[test]
+    fn shift_validation_names_the_field() {
+        let max = SHIFT_TOTAL_CENTS_MAX;
+        let cases: Vec<(ShiftCloseout, Option<&str>)> = vec![
+            (shift(42_000, 15_000, 37, 41_500, 8), None),
+            (shift(0, 0, 0, 0, 0), None),
+            (shift(max, max, SHIFT_COUNT_MAX, max, 8), None),
+            (shift(-1, 0, 0, 0, 8), Some("cash_cents")),
+            (shift(max + 1, 0, 0, 0, 8), Some("cash_cents")),
+            (shift(0, -1, 0, 0, 8), Some("card_cents")),
+            (shift(0, max + 1, 0, 0, 8), Some("card_cents")),
+            (shift(0, 0, -1, 0, 8), Some("count")),
+            (shift(0, 0, SHIFT_COUNT_MAX + 1, 0, 8), Some("count")),
+            (shift(0, 0, 0, -1, 8), Some("counted_cash_cents")),
+            (shift(0, 0, 0, max + 1, 8), Some("counted_cash_cents")),
+            (shift(0, 0, 0, 0, -1), Some("closed_at")),
+        ];
+        for (req, field) in cases {
+            assert_eq!(
+                req.validate().err().map(|e| e.field),
+                field.map(String::from),
+                "{req:?}"
+            );
+        }
+        assert_eq!(
+            shift(42_000, 0, 1, 41_500, 1).difference(),
+            Ok(Cents::new(-500))
+        );
+        assert_eq!(shift(0, 0, 0, max, 1).difference(), Ok(Cents::new(max)));
     }
 
     #[test]

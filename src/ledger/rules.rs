@@ -63,9 +63,12 @@ pub enum Action {
     Recharge,
     /// Void or refund.
     Void,
+    /// Close out a shift (`POST /v1/shifts`): any terminal, any staff member who exists.
+    CloseShift,
 }
 
-/// Only bar terminals sell and only checkpoints top up; both may void their own operations.
+/// Only bar terminals sell and only checkpoints top up; both may void their own operations
+/// and close out shifts.
 pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), ApiError> {
     match (kind, action) {
         (TerminalKind::Bar, Action::Recharge) => Err(ApiError::new(
@@ -82,7 +85,8 @@ pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), Api
 
 /// The staff member must exist and hold a role that allows the action. Online operations
 /// also need an active staff member; an offline one already happened under a login that the
-/// terminal checked, so a deactivation since then does not erase it.
+/// terminal checked, so a deactivation since then does not erase it. A shift close-out is
+/// such a record of what happened (pass [`Mode::Offline`]): any role may close a shift.
 pub fn check_staff(
     staff: Option<&StaffMember>,
     action: Action,
@@ -100,7 +104,7 @@ pub fn check_staff(
     let allowed = match action {
         Action::Order => staff.role.may_work_at(TerminalKind::Bar),
         Action::Recharge => staff.role.may_work_at(TerminalKind::Checkpoint),
-        Action::Void => true,
+        Action::Void | Action::CloseShift => true,
     };
     if allowed {
         Ok(())
@@ -607,6 +611,19 @@ mod tests {
                 true,
             ),
             (None, Action::Void, Mode::Offline, false),
+            (
+                Some(member(StaffRole::Bar, false)),
+                Action::CloseShift,
+                Mode::Offline,
+                true,
+            ),
+            (
+                Some(member(StaffRole::Cashier, true)),
+                Action::CloseShift,
+                Mode::Offline,
+                true,
+            ),
+            (None, Action::CloseShift, Mode::Offline, false),
         ];
         for (staff, action, mode, ok) in cases {
             assert_eq!(
@@ -618,6 +635,8 @@ mod tests {
         assert!(check_terminal_kind(TerminalKind::Bar, Action::Recharge).is_err());
         assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::Order).is_err());
         assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::Void).is_ok());
+        assert!(check_terminal_kind(TerminalKind::Bar, Action::CloseShift).is_ok());
+        assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::CloseShift).is_ok());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! must void it by its `client_request_id` before deciding again. A connection that could
 //! not be opened never carried the request.
 
+use super::core::replay::{Settlement, settle};
 use crate::domain::{CardUid, Cents};
-use crate::ledger::model::Operation;
+use crate::ledger::model::{Operation, ShiftCloseout, ShiftRecorded};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -66,6 +67,48 @@ impl Answer {
     pub fn error_code(&self) -> Option<&str> {
         self.body["error"]["code"].as_str()
     }
+}
+
+/// What the ledger's answer to a shift close-out means. A close-out has no business
+/// declines: it is recorded, refused for good, or to be sent again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShiftAnswer {
+    /// 201: recorded, now or before (`replayed`: the ledger's stored answer to this very
+    /// close-out). Final.
+    Recorded {
+        /// The ledger's record, with the difference it computed.
+        shift: ShiftRecorded,
+        /// `Idempotent-Replayed: true`.
+        replayed: bool,
+    },
+    /// Refused for good and not recorded (400, 401, 403 unknown staff, 413, 422
+    /// `IDEMPOTENCY_KEY_REUSED`, or an answer we do not understand): a person looks at it;
+    /// sending it again unchanged gets the same refusal.
+    Rejected(Answer),
+    /// Not recorded and not stored (5xx, 408, 429, 409 `DUPLICATE_REQUEST`): send the same
+    /// close-out again later; the ledger records it once.
+    Retry(Answer),
+}
+
+/// Classifies the ledger's answer to `POST /v1/shifts` by the rules of
+/// [`settle`](super::core::replay::settle) for everything but a 201, whose body must be a
+/// [`ShiftRecorded`] (else [`ClientError::BadAnswer`]: the ledger may have recorded it, and
+/// sending the same close-out again is safe).
+pub fn classify_shift_answer(answer: Answer) -> Result<ShiftAnswer, ClientError> {
+    if answer.status == 201 {
+        let shift = serde_json::from_value(answer.body)
+            .map_err(|e| ClientError::BadAnswer(format!("POST /v1/shifts: {e}")))?;
+        return Ok(ShiftAnswer::Recorded {
+            shift,
+            replayed: answer.replayed,
+        });
+    }
+    Ok(match settle(answer.status, answer.error_code()) {
+        Settlement::Retry => ShiftAnswer::Retry(answer),
+        // Acknowledged covers 2xx and stored business declines of money operations; a
+        // close-out gets neither, so such an answer is not understood.
+        Settlement::Acknowledged | Settlement::Rejected => ShiftAnswer::Rejected(answer),
+    })
 }
 
 /// One entry of the card feed.
@@ -219,6 +262,20 @@ impl LedgerClient {
             .await
     }
 
+    /// Sends a shift close-out (`POST /v1/shifts`), with the online timeout like
+    /// [`LedgerClient::post_operation`], and says what the answer means. A network failure is
+    /// an `Err` ([`ClientError::is_in_doubt`] tells whether the ledger may have recorded it);
+    /// either way the same close-out may be sent again: the ledger records it once.
+    pub async fn post_shift(&self, body: &ShiftCloseout) -> Result<ShiftAnswer, ClientError> {
+        let answer = self
+            .send(
+                self.http.post(self.url("/v1/shifts")).json(body),
+                self.timeout,
+            )
+            .await?;
+        classify_shift_answer(answer)
+    }
+
     /// Replays operations through `POST /v1/batch`; each entry is a batch operation
     /// (`{"type": ..., ...}`). Returns one answer per operation, in order.
     pub async fn post_batch(&self, operations: &[Value]) -> Result<Vec<Answer>, ClientError> {
@@ -365,5 +422,83 @@ impl Transport for LedgerClient {
 
     async fn card_feed(&self, cursor: &str, limit: u32) -> Result<FeedPage, ClientError> {
         LedgerClient::card_feed(self, cursor, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(status: u16, body: Value, replayed: bool) -> Answer {
+        Answer {
+            status,
+            body,
+            replayed,
+            etag: None,
+        }
+    }
+
+    fn error(status: u16, code: &str) -> Answer {
+        answer(
+            status,
+            json!({ "error": { "code": code, "message": "m" } }),
+            false,
+        )
+    }
+
+    fn kind(a: &Result<ShiftAnswer, ClientError>) -> &'static str {
+        match a {
+            Ok(ShiftAnswer::Recorded {
+                replayed: false, ..
+            }) => "recorded",
+            Ok(ShiftAnswer::Recorded { replayed: true, .. }) => "replayed",
+            Ok(ShiftAnswer::Rejected(_)) => "rejected",
+            Ok(ShiftAnswer::Retry(_)) => "retry",
+            Err(e) if e.is_in_doubt() => "in doubt",
+            Err(_) => "error",
+        }
+    }
+
+    #[test]
+    fn shift_answers_are_recorded_rejected_or_retried() {
+        let recorded = json!({
+            "shift_id": "01890a5d-ac96-774b-bcce-b302099a8057",
+            "client_request_id": "5f0c6f7e-1d1a-4a39-9d7e-3b1f1c2d0001",
+            "terminal": "cp-1", "staff_id": "s-3",
+            "cash_cents": 42000, "card_cents": 15000, "count": 37,
+            "counted_cash_cents": 41500, "difference_cents": -500,
+            "recorded_at": "2026-07-02T02:00:01.000Z",
+        });
+        let cases = [
+            (answer(201, recorded.clone(), false), "recorded"),
+            (answer(201, recorded.clone(), true), "replayed"),
+            (answer(201, json!({ "shift_id": 1 }), false), "in doubt"),
+            (answer(200, recorded.clone(), false), "rejected"),
+            (error(400, "INVALID_REQUEST"), "rejected"),
+            (error(401, "UNAUTHORIZED"), "rejected"),
+            (error(403, "FORBIDDEN"), "rejected"),
+            (error(413, "PAYLOAD_TOO_LARGE"), "rejected"),
+            (error(422, "IDEMPOTENCY_KEY_REUSED"), "rejected"),
+            (error(404, "NOT_FOUND"), "rejected"),
+            (error(402, "INSUFFICIENT_FUNDS"), "rejected"),
+            (error(409, "OPERATION_VOIDED"), "rejected"),
+            (error(409, "DUPLICATE_REQUEST"), "retry"),
+            (error(500, "SERVER_ERROR"), "retry"),
+            (error(503, "DATABASE_ERROR"), "retry"),
+            (answer(502, Value::Null, false), "retry"),
+            (answer(429, Value::Null, false), "retry"),
+        ];
+        for (a, expected) in cases {
+            let what = format!("{} {}", a.status, a.body);
+            assert_eq!(kind(&classify_shift_answer(a)), expected, "{what}");
+        }
+        let Ok(ShiftAnswer::Recorded { shift, .. }) =
+            classify_shift_answer(answer(201, recorded.clone(), false))
+        else {
+            panic!("a 201 is recorded");
+        };
+        assert_eq!(shift.difference_cents, Cents::new(-500));
+        assert_eq!(shift.terminal, "cp-1");
     }
 }

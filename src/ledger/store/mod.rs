@@ -8,7 +8,7 @@
 
 pub mod sqlite;
 
-use super::model::{Operation, Outcome, Scan, StaffRole, Terminal, TerminalKind};
+use super::model::{Operation, Outcome, Scan, ShiftCloseout, StaffRole, Terminal, TerminalKind};
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use std::future::Future;
 use uuid::Uuid;
@@ -148,6 +148,42 @@ pub struct AuditReport {
     pub discrepancies: Vec<String>,
 }
 
+/// One shift close-out as headquarters sees it: the terminal's totals and count, and the
+/// ledger's own totals of that terminal's top-ups between `opened_at` and `closed_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShiftReport {
+    /// The ledger's id for the close-out.
+    pub shift_id: Uuid,
+    /// The terminal's name.
+    pub terminal: String,
+    /// Whose shift.
+    pub staff_id: String,
+    /// When the shift began (RFC 3339, as stored).
+    pub opened_at: String,
+    /// When it was closed.
+    pub closed_at: String,
+    /// The terminal's count of top-ups.
+    pub count: i64,
+    /// The terminal's cash top-ups: the cash expected in the drawer.
+    pub cash_cents: Cents,
+    /// The terminal's card top-ups.
+    pub card_cents: Cents,
+    /// The cash counted in the drawer.
+    pub counted_cash_cents: Cents,
+    /// Counted minus expected.
+    pub difference_cents: Cents,
+    /// When the ledger recorded the close-out.
+    pub recorded_at: String,
+    /// Top-ups of this terminal the ledger holds for the shift (by the terminal's
+    /// `created_at`, voided ones left out), computed now: offline top-ups still being
+    /// replayed are missing until they arrive.
+    pub ledger_count: i64,
+    /// Their cash total.
+    pub ledger_cash_cents: Cents,
+    /// Their card total.
+    pub ledger_card_cents: Cents,
+}
+
 /// Everything the ledger needs from a database.
 pub trait LedgerStore: Clone + Send + Sync + 'static {
     /// The active terminal holding this bearer token, if any.
@@ -170,6 +206,24 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         request_id: String,
         operations: Vec<Operation>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// Records a shift close-out atomically and idempotently (close-out row, audit log row
+    /// and idempotency record in one transaction): 201 with its answer, the stored answer
+    /// again for the same request, or a refusal that wrote nothing (403 unknown staff, 422
+    /// key reused). An answer is returned only after it is durable.
+    fn record_shift(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        shift: ShiftCloseout,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+
+    /// Every shift close-out (of the terminal with this name, if given), oldest close first,
+    /// with the ledger's own top-up totals for each.
+    fn shift_reports(
+        &self,
+        terminal_name: Option<String>,
+    ) -> impl Future<Output = Result<Vec<ShiftReport>, StoreError>> + Send;
 
     /// One card.
     fn card(

@@ -10,13 +10,13 @@
 
 use super::{
     AuditReport, CardFeedPage, CardView, LedgerStore, NewStaff, NewTerminal, Product,
-    ProductUpsert, ScanReceipt, StaffRecord, StoreError,
+    ProductUpsert, ScanReceipt, ShiftReport, StaffRecord, StoreError,
 };
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId};
 use crate::ledger::model::{
-    ApiError, Approval, BlockReason, CardStatus, ErrorCode, Flag, Operation, OrderRequest, Outcome,
-    PaymentMethod, RechargeRequest, Scan, StaffMember, StaffRole, Terminal, TerminalKind,
-    VoidOutcome, VoidRequest, format_time,
+    ApiError, Approval, BlockReason, CardStatus, ErrorCode, Flag, Mode, Operation, OrderRequest,
+    Outcome, PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffMember,
+    StaffRole, Terminal, TerminalKind, VoidOutcome, VoidRequest, format_time,
 };
 use crate::ledger::rules::{self, Action, BalanceChange, CardState, KeyCheck, Limits};
 use chrono::{DateTime, Utc};
@@ -45,7 +45,10 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 pub const WRITER_AUTOCHECKPOINT_PAGES: i64 = 20_000;
 
 /// The schema migrations, in order. `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_ledger.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_ledger.sql"),
+    include_str!("../../../migrations/sqlite/0002_shifts.sql"),
+];
 
 /// Settings the SQLite store needs.
 #[derive(Debug, Clone)]
@@ -356,8 +359,14 @@ fn new_transaction_id() -> Uuid {
     Uuid::now_v7()
 }
 
-fn request_sha256(terminal: &Terminal, op: &Operation) -> Result<String, StoreError> {
-    let canonical = serde_json::to_vec(op).map_err(internal)?;
+/// The fingerprint of a request for its idempotency key: the terminal and the canonical JSON
+/// of the parsed request. An [`Operation`] serializes with its `type` first, so it never
+/// spells the same JSON as a [`ShiftCloseout`].
+fn request_sha256(
+    terminal: &Terminal,
+    request: &impl serde::Serialize,
+) -> Result<String, StoreError> {
+    let canonical = serde_json::to_vec(request).map_err(internal)?;
     let mut h = Sha256::new();
     h.update(terminal.terminal_id.as_bytes());
     h.update([0u8]);
@@ -381,24 +390,8 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
     }
     let crid = op.client_request_id().to_string();
     let hash = request_sha256(ctx.terminal, op)?;
-    let stored: Option<(String, u16, String)> = conn
-        .prepare_cached(
-            "SELECT request_sha256, status_code, response_body FROM idempotency_keys
-             WHERE client_request_id = ?1",
-        )?
-        .query_row([&crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    match rules::check_key(stored.as_ref().map(|s| s.0.as_str()), &hash) {
-        KeyCheck::Replay => {
-            let (_, status, body) = stored.ok_or_else(|| internal("replay without a key"))?;
-            return Ok(Outcome {
-                status,
-                body,
-                replayed: true,
-            });
-        }
-        KeyCheck::Reused => return refuse(rules::key_reused()),
-        KeyCheck::Fresh => {}
+    if let Some(known) = known_key(conn, ctx, &crid, &hash)? {
+        return Ok(known);
     }
     let my_terminal = ctx.terminal.terminal_id.to_string();
     if is_tombstoned(conn, &crid, &my_terminal)? {
@@ -438,23 +431,175 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
         }
         Err(e) => return refuse(e),
     };
+    let key = NewKey {
+        client_request_id: &crid,
+        operation: op.kind_str(),
+        request_sha256: &hash,
+        transaction_id,
+        expires_at,
+    };
+    insert_key(conn, ctx, &key, &outcome)?;
+    record_seq(conn, ctx, op.terminal_seq().get())?;
+    Ok(outcome)
+}
+
+/// What the idempotency record already says of a key: the stored answer for the same
+/// request (a replay), 422 for another request, or `None` for a key never seen.
+fn known_key(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    crid: &str,
+    request_sha256: &str,
+) -> Result<Option<Outcome>, StoreError> {
+    let stored: Option<(String, u16, String)> = conn
+        .prepare_cached(
+            "SELECT request_sha256, status_code, response_body FROM idempotency_keys
+             WHERE client_request_id = ?1",
+        )?
+        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match rules::check_key(stored.as_ref().map(|s| s.0.as_str()), request_sha256) {
+        KeyCheck::Replay => {
+            let (_, status, body) = stored.ok_or_else(|| internal("replay without a key"))?;
+            Ok(Some(Outcome {
+                status,
+                body,
+                replayed: true,
+            }))
+        }
+        KeyCheck::Reused => Ok(Some(Outcome::error(&rules::key_reused(), ctx.request_id))),
+        KeyCheck::Fresh => Ok(None),
+    }
+}
+
+/// An idempotency record to write with its outcome.
+struct NewKey<'a> {
+    client_request_id: &'a str,
+    /// `order`, `recharge`, `void` or `shift`.
+    operation: &'static str,
+    request_sha256: &'a str,
+    /// Set for an applied operation or a recorded close-out, whose key is kept forever.
+    transaction_id: Option<String>,
+    /// Set for a decline, whose key expires.
+    expires_at: Option<String>,
+}
+
+fn insert_key(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    key: &NewKey<'_>,
+    outcome: &Outcome,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
              status_code, response_body, transaction_id, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        crid,
+        key.client_request_id,
         ctx.terminal.terminal_id.to_string(),
-        op.kind_str(),
-        hash,
+        key.operation,
+        key.request_sha256,
         outcome.status,
         outcome.body,
-        transaction_id,
+        key.transaction_id,
         format_time(ctx.now),
-        expires_at
+        key.expires_at
     ])?;
-    record_seq(conn, ctx, op.terminal_seq().get())?;
+    Ok(())
+}
+
+/// Records a shift close-out inside the writer's savepoint: the close-out row, its audit log
+/// row and its idempotency record, or (for a replay or a refusal) nothing at all.
+fn record_shift(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    shift: &ShiftCloseout,
+) -> Result<Outcome, StoreError> {
+    let crid = shift.client_request_id.to_string();
+    let hash = request_sha256(ctx.terminal, shift)?;
+    if let Some(known) = known_key(conn, ctx, &crid, &hash)? {
+        return Ok(known);
+    }
+    let staff = load_staff(conn, &shift.staff_id)?;
+    // A close-out records what happened, like an offline operation: the staff member must
+    // exist, whatever their role and even if deactivated since.
+    if let Err(e) = rules::check_staff(staff.as_ref(), Action::CloseShift, Mode::Offline) {
+        return Ok(Outcome::error(&e, ctx.request_id));
+    }
+    let difference = shift.difference().map_err(internal)?;
+    let shift_id = new_transaction_id();
+    let now = format_time(ctx.now);
+    let (opened_at, closed_at) = (format_time(shift.opened_at), format_time(shift.closed_at));
+    conn.prepare_cached(
+        "INSERT INTO shift_closeouts (shift_id, client_request_id, terminal_id, staff_id, opened_at,
+             closed_at, cash_cents, card_cents, count, counted_cash_cents, difference_cents, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        shift_id.to_string(),
+        crid,
+        ctx.terminal.terminal_id.to_string(),
+        shift.staff_id.as_str(),
+        opened_at,
+        closed_at,
+        shift.cash_cents.get(),
+        shift.card_cents.get(),
+        shift.count,
+        shift.counted_cash_cents.get(),
+        difference.get(),
+        now
+    ])?;
+    let body = serde_json::to_string(&ShiftRecorded {
+        shift_id,
+        client_request_id: shift.client_request_id,
+        terminal: ctx.terminal.name.clone(),
+        staff_id: shift.staff_id.clone(),
+        cash_cents: shift.cash_cents,
+        card_cents: shift.card_cents,
+        count: shift.count,
+        counted_cash_cents: shift.counted_cash_cents,
+        difference_cents: difference,
+        recorded_at: now,
+    })
+    .map_err(internal)?;
+    let details = json!({
+        "opened_at": opened_at,
+        "closed_at": closed_at,
+        "cash_cents": shift.cash_cents.get(),
+        "card_cents": shift.card_cents.get(),
+        "count": shift.count,
+        "counted_cash_cents": shift.counted_cash_cents.get(),
+        "difference_cents": difference.get(),
+    });
+    insert_log(
+        conn,
+        ctx,
+        &LogRow {
+            staff_id: shift.staff_id.as_str(),
+            operation: "shift",
+            client_request_id: &crid,
+            transaction_id: Some(shift_id.to_string()),
+            card_uid: None,
+            amount_cents: None,
+            outcome: "recorded",
+            error_code: None,
+            details: Some(details),
+        },
+    )?;
+    let outcome = Outcome {
+        status: 201,
+        body,
+        replayed: false,
+    };
+    let key = NewKey {
+        client_request_id: &crid,
+        operation: "shift",
+        request_sha256: &hash,
+        transaction_id: Some(shift_id.to_string()),
+        expires_at: None,
+    };
+    insert_key(conn, ctx, &key, &outcome)?;
     Ok(outcome)
 }
 
@@ -792,6 +937,8 @@ enum TargetLookup {
     NotApplied,
     /// The target is itself a void.
     AVoid,
+    /// The target is a shift close-out, which moved no money.
+    AShift,
     /// An applied order or top-up.
     Applied(Target),
 }
@@ -818,6 +965,7 @@ fn find_target(conn: &Connection, crid: &str) -> Result<TargetLookup, StoreError
             "SELECT terminal_id, point_of_sale, card_uid, -amount_cents, payment_method FROM recharges
              WHERE transaction_id = ?1",
         ),
+        "shift" => return Ok(TargetLookup::AShift),
         _ => return Ok(TargetLookup::AVoid),
     };
     let (terminal_id, pos, card_uid, delta, source): (String, String, String, i64, String) = conn
@@ -859,6 +1007,13 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
             return Ok(Err(ApiError::with_details(
                 ErrorCode::InvalidRequest,
                 "a void cannot be voided",
+                json!({ "field": "target_client_request_id" }),
+            )));
+        }
+        TargetLookup::AShift => {
+            return Ok(Err(ApiError::with_details(
+                ErrorCode::InvalidRequest,
+                "a shift close-out cannot be voided",
                 json!({ "field": "target_client_request_id" }),
             )));
         }
@@ -1001,6 +1156,39 @@ fn log_operation(
         }
         (d, _) => d,
     };
+    insert_log(
+        conn,
+        ctx,
+        &LogRow {
+            staff_id: op.staff_id().as_str(),
+            operation: op.kind_str(),
+            client_request_id: &op.client_request_id().to_string(),
+            transaction_id: applied.map(|a| a.transaction_id.to_string()),
+            card_uid: card_uid.as_ref().map(CardUid::as_str),
+            amount_cents: amount,
+            outcome: applied.map_or("declined", |a| a.outcome),
+            error_code: declined.map(|d| d.code.as_str()),
+            details,
+        },
+    )
+}
+
+/// One row of the audit trail written by a terminal's request.
+struct LogRow<'a> {
+    staff_id: &'a str,
+    /// `order`, `recharge`, `void` or `shift`.
+    operation: &'static str,
+    client_request_id: &'a str,
+    transaction_id: Option<String>,
+    card_uid: Option<&'a str>,
+    amount_cents: Option<Cents>,
+    /// `approved`, `declined`, `voided`, `tombstoned`, `recorded`.
+    outcome: &'static str,
+    error_code: Option<&'static str>,
+    details: Option<serde_json::Value>,
+}
+
+fn insert_log(conn: &Connection, ctx: &Ctx<'_>, row: &LogRow<'_>) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO app_transaction_log (occurred_at, request_id, actor, staff_id, operation, client_request_id,
              transaction_id, card_uid, amount_cents, outcome, error_code, details)
@@ -1010,15 +1198,15 @@ fn log_operation(
         format_time(ctx.now),
         ctx.request_id,
         format!("terminal:{}", ctx.terminal.name),
-        op.staff_id().as_str(),
-        op.kind_str(),
-        op.client_request_id().to_string(),
-        applied.map(|a| a.transaction_id.to_string()),
-        card_uid.as_ref().map(CardUid::as_str),
-        amount.map(Cents::get),
-        applied.map_or("declined", |a| a.outcome),
-        declined.map(|d| d.code.as_str()),
-        details.map(|d| d.to_string())
+        row.staff_id,
+        row.operation,
+        row.client_request_id,
+        row.transaction_id,
+        row.card_uid,
+        row.amount_cents.map(Cents::get),
+        row.outcome,
+        row.error_code,
+        row.details.as_ref().map(ToString::to_string)
     ])?;
     Ok(())
 }
@@ -1198,6 +1386,85 @@ impl LedgerStore for SqliteStore {
                 }
             }
             Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn record_shift(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        shift: ShiftCloseout,
+    ) -> Result<Outcome, StoreError> {
+        let limits = self.inner.limits;
+        let retention_days = self.inner.retention_days;
+        self.write(move |conn| {
+            let ctx = Ctx {
+                terminal: &terminal,
+                request_id: &request_id,
+                now: Utc::now(),
+                limits,
+                retention_days,
+            };
+            record_shift(conn, &ctx, &shift)
+        })
+        .await
+    }
+
+    async fn shift_reports(
+        &self,
+        terminal_name: Option<String>,
+    ) -> Result<Vec<ShiftReport>, StoreError> {
+        self.read(move |conn| {
+            // The ledger's top-ups of the terminal during the shift, by the terminal's own
+            // time of each (an offline top-up replayed after the close still belongs to the
+            // shift), voided ones left out like the terminal's totals. Without an index on
+            // recharges (terminal_id, created_at), which every top-up would pay for, this
+            // scans the top-ups once per close-out: about a second for 300 close-outs over
+            // 20,000 top-ups, acceptable for an admin report.
+            let mut stmt = conn.prepare(
+                "SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
+                        s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
+                        s.recorded_at, COUNT(r.transaction_id),
+                        COALESCE(SUM(CASE WHEN r.payment_method = 'cash' THEN r.amount_cents END), 0),
+                        COALESCE(SUM(CASE WHEN r.payment_method = 'card' THEN r.amount_cents END), 0)
+                 FROM shift_closeouts s
+                 JOIN terminals t ON t.terminal_id = s.terminal_id
+                 LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
+                      AND r.created_at >= s.opened_at AND r.created_at <= s.closed_at
+                 WHERE ?1 IS NULL OR t.name = ?1
+                 GROUP BY s.shift_id
+                 ORDER BY s.closed_at, t.name, s.shift_id",
+            )?;
+            let rows = stmt.query_map([terminal_name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ShiftReport {
+                        shift_id: Uuid::nil(),
+                        terminal: r.get(1)?,
+                        staff_id: r.get(2)?,
+                        opened_at: r.get(3)?,
+                        closed_at: r.get(4)?,
+                        count: r.get(5)?,
+                        cash_cents: Cents::new(r.get(6)?),
+                        card_cents: Cents::new(r.get(7)?),
+                        counted_cash_cents: Cents::new(r.get(8)?),
+                        difference_cents: Cents::new(r.get(9)?),
+                        recorded_at: r.get(10)?,
+                        ledger_count: r.get(11)?,
+                        ledger_cash_cents: Cents::new(r.get(12)?),
+                        ledger_card_cents: Cents::new(r.get(13)?),
+                    },
+                ))
+            })?;
+            rows.map(|row| {
+                let (id, report) = row?;
+                Ok(ShiftReport {
+                    shift_id: Uuid::parse_str(&id).map_err(internal)?,
+                    ..report
+                })
+            })
+            .collect()
         })
         .await
     }
@@ -1520,9 +1787,14 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 "order {tx_id}: total_cents {total} but its lines sum to {lines}"
             ));
         }
-        for table in ["bar_orders", "recharges", "voids"] {
+        for (table, id) in [
+            ("bar_orders", "transaction_id"),
+            ("recharges", "transaction_id"),
+            ("voids", "transaction_id"),
+            ("shift_closeouts", "shift_id"),
+        ] {
             let sql = format!(
-                "SELECT t.transaction_id FROM {table} t WHERE t.transaction_id NOT IN
+                "SELECT t.{id} FROM {table} t WHERE t.{id} NOT IN
                  (SELECT transaction_id FROM idempotency_keys WHERE transaction_id IS NOT NULL)"
             );
             let mut stmt = tx.prepare(&sql)?;
@@ -1591,9 +1863,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
         let mut conn = open_connection(&path).unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), 1);
-        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        let latest = i64::try_from(MIGRATIONS.len()).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), latest);
+        assert_eq!(migrate(&mut conn).unwrap(), latest);
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(migrate(&mut conn).is_err());
+    }
+
+    #[test]
+    fn the_shifts_migration_keeps_every_idempotency_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let mut conn = open_connection(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let key = |crid: &str, operation: &str, tx: Option<&str>, expires: Option<&str>| {
+            format!(
+                "INSERT INTO idempotency_keys VALUES ('{crid}', 't', '{operation}', 'h', 201, '{{}}', {}, 'now', {})",
+                tx.map_or("NULL".into(), |t| format!("'{t}'")),
+                expires.map_or("NULL".into(), |e| format!("'{e}'")),
+            )
+        };
+        conn.execute_batch(&key("a", "order", Some("tx-a"), None))
+            .unwrap();
+        conn.execute_batch(&key("b", "recharge", None, Some("2000-01-01")))
+            .unwrap();
+        assert!(
+            conn.execute_batch(&key("c", "shift", Some("tx-c"), None))
+                .is_err()
+        );
+        let dump = |conn: &Connection| -> Vec<(String, String, Option<String>)> {
+            conn.prepare(
+                "SELECT client_request_id, operation, expires_at FROM idempotency_keys ORDER BY 1",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let before = dump(&conn);
+        assert_eq!(migrate(&mut conn).unwrap(), 2);
+        assert_eq!(dump(&conn), before);
+        conn.execute_batch(&key("c", "shift", Some("tx-c"), None))
+            .unwrap();
+        assert!(
+            conn.execute_batch(&key("d", "bogus", Some("tx-d"), None))
+                .is_err()
+        );
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'idempotency_keys_expires_at'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1, "the partial index on expires_at is rebuilt");
+        assert!(
+            conn.query_row("SELECT count(*) FROM idempotency_keys_v1", [], |r| r
+                .get::<_, i64>(0))
+                .is_err(),
+            "the old table is gone"
+        );
     }
 }

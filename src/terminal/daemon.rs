@@ -8,7 +8,7 @@
 //! A background task replays pending entries and refreshes the card replica, catalog and
 //! staff caches; it reports through a channel, and the main loop writes every event.
 
-use super::client::LedgerClient;
+use super::client::{LedgerClient, ShiftAnswer};
 use super::config::{ReaderBackend, TerminalConfig};
 use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
@@ -16,13 +16,13 @@ use super::core::replay::Backoff;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
 use super::events::{Decision, Event, Status};
 use super::frontend::{Front, Input, JsonlFrontend, Leave, TerminalInfo};
-use super::journal::{CachedStaff, Catalog, EntryState, Journal};
+use super::journal::{CachedStaff, Catalog, CloseoutState, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
 use super::tap::{self, Payment, PaymentKind, Tap, append_void, recover};
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::model::{
-    ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX, Scan,
-    TerminalKind, VoidReason, format_time,
+    ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
+    SHIFT_TOTAL_CENTS_MAX, Scan, TerminalKind, VoidReason, format_time,
 };
 use crate::reader::ReaderEvent;
 use crate::reader::core::{CardType, Feedback};
@@ -114,6 +114,13 @@ pub enum Command {
     Cancel,
     /// Asks for a `status` event.
     Status,
+    /// Asks for a `shift` event: the current shift's totals (checkpoints).
+    Shift,
+    /// Closes the shift with the cash counted in the drawer (checkpoints).
+    CloseShift {
+        /// The cash counted.
+        counted_cash_cents: i64,
+    },
     /// Stops the daemon.
     Quit,
 }
@@ -295,6 +302,10 @@ impl Daemon {
                 payment_method,
             } => (vec![self.arm_topup(amount_cents, payment_method)], false),
             Command::VoidLast => (vec![self.void_last()], false),
+            Command::Shift => (vec![self.shift()], false),
+            Command::CloseShift { counted_cash_cents } => {
+                (vec![self.close_shift(counted_cash_cents)], false)
+            }
             Command::Balance => {
                 self.armed = Some(Armed::Balance);
                 (
@@ -437,6 +448,60 @@ impl Daemon {
             operation: "order",
             total_cents: Some(total),
             amount_cents: None,
+        }
+    }
+
+    fn shift(&self) -> Event {
+        if self.config.kind != TerminalKind::Checkpoint {
+            return error_event("WRONG_TERMINAL_KIND", "shifts are kept at checkpoints");
+        }
+        match self.with_journal(|j| j.shift_summary()) {
+            Ok(s) => Event::Shift {
+                opened_at: s.opened_at.map(format_time),
+                cash_cents: s.cash,
+                card_cents: s.card,
+                count: s.count,
+                voids: s.voids,
+            },
+            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+        }
+    }
+
+    fn close_shift(&mut self, counted_cash_cents: i64) -> Event {
+        let Some(staff) = self.staff.clone() else {
+            return error_event("NOT_LOGGED_IN", "log in first");
+        };
+        if self.config.kind != TerminalKind::Checkpoint {
+            return error_event("WRONG_TERMINAL_KIND", "shifts are kept at checkpoints");
+        }
+        if !(0..=SHIFT_TOTAL_CENTS_MAX).contains(&counted_cash_cents) {
+            return error_event(
+                "INVALID_COMMAND",
+                format!("counted_cash_cents is 0 to {SHIFT_TOTAL_CENTS_MAX}"),
+            );
+        }
+        let crid = ClientRequestId::new_random();
+        match self.with_journal(|j| {
+            j.close_shift(crid, &staff, Cents::new(counted_cash_cents), Utc::now())
+        }) {
+            Ok(closed) => {
+                // The last top-up belongs to a closed shift now: it is not voided from here.
+                self.last_approved = None;
+                let c = closed.closeout;
+                Event::ShiftClosed {
+                    client_request_id: c.client_request_id,
+                    staff_id: c.staff_id.as_str().to_owned(),
+                    opened_at: format_time(c.opened_at),
+                    closed_at: format_time(c.closed_at),
+                    cash_cents: c.cash_cents,
+                    card_cents: c.card_cents,
+                    count: c.count,
+                    voids: closed.voids,
+                    counted_cash_cents: c.counted_cash_cents,
+                    difference_cents: closed.difference,
+                }
+            }
+            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
         }
     }
 
@@ -910,6 +975,7 @@ async fn sync_round(
         j.unuploaded_scans(SCANS_PER_ROUND_MAX)?
     };
     upload_scans(journal, client, scans).await?;
+    send_closeouts(journal, client).await?;
     Ok(Round { settled, more })
 }
 
@@ -985,6 +1051,40 @@ async fn upload_scans(
         .lock()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .mark_scans_uploaded(&ids)?;
+    Ok(())
+}
+
+/// Close-outs sent per sync round, at most.
+const CLOSEOUTS_PER_ROUND_MAX: usize = 16;
+
+/// Sends the close-outs the ledger has not recorded (each with its own idempotency key, so a
+/// lost answer only means a resend), and records its final answers.
+async fn send_closeouts(journal: &SharedJournal, client: &LedgerClient) -> anyhow::Result<()> {
+    let pending = journal
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .pending_closeouts(CLOSEOUTS_PER_ROUND_MAX)?;
+    for closed in pending {
+        let crid = closed.closeout.client_request_id;
+        let (state, answer) = match client.post_shift(&closed.closeout).await? {
+            ShiftAnswer::Recorded { shift, .. } => (
+                CloseoutState::Recorded,
+                (201, serde_json::to_string(&shift)?),
+            ),
+            ShiftAnswer::Rejected(a) => {
+                tracing::error!(client_request_id = %crid, status = a.status, body = %a.body,
+                    "the ledger refused a shift close-out");
+                (CloseoutState::Rejected, (a.status, a.body.to_string()))
+            }
+            ShiftAnswer::Retry(a) => {
+                anyhow::bail!("the ledger could not record a close-out now: {}", a.status)
+            }
+        };
+        journal
+            .lock()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .settle_closeout(crid, state, answer.0, &answer.1)?;
+    }
     Ok(())
 }
 

@@ -90,6 +90,42 @@ pub enum Event {
     },
     /// The answer to `status`.
     Status(Status),
+    /// The answer to `shift`: the current shift's top-ups.
+    Shift {
+        /// Since when (RFC 3339); `null` for a first shift without a top-up yet.
+        opened_at: Option<String>,
+        /// Cash taken, net of voids.
+        cash_cents: Cents,
+        /// Card payments taken, net of voids.
+        card_cents: Cents,
+        /// Top-ups approved.
+        count: u64,
+        /// Of those, voided.
+        voids: u64,
+    },
+    /// The answer to `close_shift`: the close-out is in the journal, and goes to the ledger.
+    ShiftClosed {
+        /// The close-out's id (its idempotency key at the ledger).
+        client_request_id: ClientRequestId,
+        /// Who closed it.
+        staff_id: String,
+        /// Since when (RFC 3339).
+        opened_at: String,
+        /// Until when (RFC 3339).
+        closed_at: String,
+        /// Cash that should be in the drawer.
+        cash_cents: Cents,
+        /// Card payments taken.
+        card_cents: Cents,
+        /// Top-ups approved.
+        count: i64,
+        /// Of those, voided.
+        voids: u64,
+        /// Cash counted.
+        counted_cash_cents: Cents,
+        /// Counted minus expected: negative when the drawer is short.
+        difference_cents: Cents,
+    },
     /// The sync worker settled entries.
     Synced {
         /// How many.

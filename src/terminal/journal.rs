@@ -40,6 +40,9 @@
 //!
 //! Architecture invariant: this is the only module of the terminal that knows SQL.
 
+mod shifts;
+pub use shifts::{ClosedShift, CloseoutState, ShiftSummary};
+
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::model::{
     BATCH_OPERATIONS_MAX, FEED_LIMIT_MAX, Mode, SCANS_MAX, Scan, StaffRole, format_time,
@@ -75,6 +78,7 @@ pub const CURSOR_BYTES_MAX: usize = 1024;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/terminal/0001_journal.sql"),
     include_str!("../../migrations/terminal/0002_declines_and_limits.sql"),
+    include_str!("../../migrations/terminal/0003_shift_closeouts.sql"),
 ];
 
 const META_FEED_CURSOR: &str = "feed_cursor";

@@ -134,6 +134,43 @@ pub enum Screen {
     },
     /// "Void the last sale?" Enter confirms, Esc does not.
     ConfirmVoid,
+    /// Checkpoint: the current shift's totals (`None` until the daemon answered). Enter
+    /// starts the close-out.
+    Shift {
+        /// The totals.
+        summary: Option<ShiftView>,
+    },
+    /// Checkpoint: type the cash counted in the drawer (cents, as digits); Enter closes.
+    CloseOut {
+        /// Digits typed, as cents.
+        digits: String,
+        /// The totals it closes.
+        summary: ShiftView,
+    },
+    /// Checkpoint: the closed shift and the drawer's difference, until a key.
+    ShiftClosed {
+        /// The totals closed.
+        summary: ShiftView,
+        /// Cash counted.
+        counted: Cents,
+        /// Counted minus expected.
+        difference: Cents,
+    },
+}
+
+/// A shift's totals, as shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShiftView {
+    /// Since when (RFC 3339), if anything happened.
+    pub opened_at: Option<String>,
+    /// Cash taken, net of voids.
+    pub cash: Cents,
+    /// Card payments taken, net of voids.
+    pub card: Cents,
+    /// Top-ups.
+    pub count: u64,
+    /// Of those, voided.
+    pub voids: u64,
 }
 
 /// What a "present card" screen is for.
@@ -526,6 +563,10 @@ impl Model {
                     vec![Action::Send(Command::Balance)],
                 ),
                 Key::Slash => (Screen::ConfirmVoid, Vec::new()),
+                Key::Plus => (
+                    Screen::Shift { summary: None },
+                    vec![Action::Send(Command::Shift)],
+                ),
                 Key::Enter => match digits.parse::<i64>() {
                     Ok(cents) if cents > 0 => (
                         Screen::Present {
@@ -554,6 +595,50 @@ impl Model {
                 Key::Enter => (Screen::Deciding, vec![Action::Send(Command::VoidLast)]),
                 _ => (self.home(), Vec::new()),
             },
+            Screen::Shift { summary } => match (key, summary) {
+                (Key::Enter, Some(summary)) => (
+                    Screen::CloseOut {
+                        digits: String::new(),
+                        summary,
+                    },
+                    Vec::new(),
+                ),
+                (Key::Esc, _) => (self.home(), Vec::new()),
+                (_, summary) => (Screen::Shift { summary }, Vec::new()),
+            },
+            Screen::CloseOut {
+                mut digits,
+                summary,
+            } => match key {
+                Key::Digit(d) => {
+                    if digits.len() < AMOUNT_DIGITS_MAX && digits != "0" {
+                        digits.push(char::from(b'0' + d));
+                    }
+                    (Screen::CloseOut { digits, summary }, Vec::new())
+                }
+                Key::Backspace => {
+                    digits.pop();
+                    (Screen::CloseOut { digits, summary }, Vec::new())
+                }
+                Key::Esc => (
+                    Screen::Shift {
+                        summary: Some(summary),
+                    },
+                    Vec::new(),
+                ),
+                Key::Enter => match digits.parse::<i64>() {
+                    Ok(counted_cash_cents) => (
+                        Screen::Deciding,
+                        vec![Action::Send(Command::CloseShift { counted_cash_cents })],
+                    ),
+                    Err(_) => {
+                        self.notice = Some("type the cash counted in the drawer".into());
+                        (Screen::CloseOut { digits, summary }, Vec::new())
+                    }
+                },
+                _ => (Screen::CloseOut { digits, summary }, Vec::new()),
+            },
+            Screen::ShiftClosed { .. } => (self.home(), Vec::new()),
         }
     }
 
@@ -609,7 +694,10 @@ impl Model {
             Event::Error { message, .. } => {
                 self.notice = Some(message.clone());
                 // An armed operation the daemon refused: back home.
-                if matches!(self.screen, Screen::Present { .. } | Screen::Deciding) {
+                if matches!(
+                    self.screen,
+                    Screen::Present { .. } | Screen::Deciding | Screen::Shift { .. }
+                ) {
                     self.screen = self.home();
                 }
             }
@@ -626,6 +714,45 @@ impl Model {
                         .filter(|_| *state == "connected")
                         .unwrap_or_else(|| (*state).to_owned());
                 }
+            }
+            Event::Shift {
+                opened_at,
+                cash_cents,
+                card_cents,
+                count,
+                voids,
+            } => {
+                if let Screen::Shift { summary } = &mut self.screen {
+                    *summary = Some(ShiftView {
+                        opened_at: opened_at.clone(),
+                        cash: *cash_cents,
+                        card: *card_cents,
+                        count: *count,
+                        voids: *voids,
+                    });
+                }
+            }
+            Event::ShiftClosed {
+                opened_at,
+                cash_cents,
+                card_cents,
+                count,
+                voids,
+                counted_cash_cents,
+                difference_cents,
+                ..
+            } => {
+                self.screen = Screen::ShiftClosed {
+                    summary: ShiftView {
+                        opened_at: Some(opened_at.clone()),
+                        cash: *cash_cents,
+                        card: *card_cents,
+                        count: u64::try_from(*count).unwrap_or(0),
+                        voids: *voids,
+                    },
+                    counted: *counted_cash_cents,
+                    difference: *difference_cents,
+                };
             }
             Event::LoggedOut => {
                 self.logged_in = None;

@@ -1,7 +1,7 @@
 //! Draws the [`Model`]: a status bar always at the top, the screen, a line of key hints,
 //! and the help overlay. Pure: the same model, size and clock always draw the same cells.
 
-use super::model::{Model, Presenting, Screen, TOPUP_PRESETS_CENTS};
+use super::model::{Model, Presenting, Screen, ShiftView, TOPUP_PRESETS_CENTS};
 use crate::domain::Cents;
 use crate::ledger::model::{PaymentMethod, TerminalKind};
 use chrono::{DateTime, Utc};
@@ -164,12 +164,17 @@ fn hint_line(model: &Model) -> String {
             "1-9 add  +/- qty  Enter charge  * balance  / void last  Esc clear  ? help".into()
         }
         Screen::Amount { .. } => {
-            "digits cents  1-4 preset  . cash/card  Enter top up  * balance  ? help".into()
+            "digits cents  1-4 preset  . cash/card  Enter top up  + shift  * balance  ? help".into()
         }
         Screen::Present { .. } => "present the card   Esc: cancel".into(),
         Screen::Deciding => "deciding…".into(),
         Screen::Result { .. } | Screen::Balance { .. } => "any key: next".into(),
         Screen::ConfirmVoid => "Enter: void the last sale   Esc: keep it".into(),
+        Screen::Shift { .. } => "Enter: close the shift (count the drawer)   Esc: back".into(),
+        Screen::CloseOut { .. } => {
+            "digits: cash counted, in cents   Enter: close   Esc: back".into()
+        }
+        Screen::ShiftClosed { .. } => "any key: next".into(),
     }
 }
 
@@ -330,7 +335,75 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             Color::Yellow,
             false,
         ),
+        Screen::Shift { summary: None } => big(frame, area, "SHIFT\n\n…", Color::Cyan, false),
+        Screen::Shift {
+            summary: Some(summary),
+        } => {
+            let lines = shift_lines(summary);
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::new().borders(Borders::ALL).title(" This shift ")),
+                area,
+            );
+        }
+        Screen::CloseOut { digits, summary } => {
+            let counted = Cents::new(digits.parse().unwrap_or(0));
+            let mut lines = shift_lines(summary);
+            lines.push(Line::from(""));
+            lines.push(Line::from(format!("Cash counted: {:>12}", money(counted))).bold());
+            frame.render_widget(
+                Paragraph::new(lines).block(
+                    Block::new()
+                        .borders(Borders::ALL)
+                        .title(" Close the shift "),
+                ),
+                area,
+            );
+        }
+        Screen::ShiftClosed {
+            summary,
+            counted,
+            difference,
+        } => {
+            let (word, color) = match difference.get() {
+                0 => ("DRAWER MATCHES".to_owned(), Color::Green),
+                d if d < 0 => (
+                    format!("DRAWER SHORT {}", money(Cents::new(-d))),
+                    Color::Red,
+                ),
+                _ => (format!("DRAWER OVER {}", money(*difference)), Color::Yellow),
+            };
+            let text = format!(
+                "SHIFT CLOSED\n\n{word}\n\nexpected cash {}\ncounted {}\n{} top-ups, card {}\n\nrecorded: goes to headquarters",
+                money(summary.cash),
+                money(*counted),
+                summary.count,
+                money(summary.card),
+            );
+            big(frame, area, &text, color, true);
+        }
     }
+}
+
+/// A shift's totals, one per line.
+fn shift_lines(summary: &ShiftView) -> Vec<Line<'static>> {
+    let since = summary
+        .opened_at
+        .as_deref()
+        .and_then(|t| t.get(0..16))
+        .map_or("no top-up yet".to_owned(), |t| {
+            format!("{} UTC", t.replace('T', " "))
+        });
+    vec![
+        Line::from(format!("Since:        {since}")),
+        Line::from(""),
+        Line::from(format!("Cash:         {:>12}", money(summary.cash))).bold(),
+        Line::from(format!("Card:         {:>12}", money(summary.card))),
+        Line::from(format!(
+            "Top-ups:      {:>12}   ({} voided)",
+            summary.count, summary.voids
+        )),
+    ]
 }
 
 /// A decline reason in words staff can say to the customer.
@@ -390,6 +463,7 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 "1-4      a preset (on an empty amount)",
                 ".        cash or card",
                 "Enter    top up: then present the card",
+                "+        this shift's totals; Enter there closes it",
             ]
             .map(str::to_owned),
         ),

@@ -367,7 +367,9 @@ fn run_terminal(
                     model,
                     Box::new(crate::tui::run::local_clock),
                 );
-                daemon::run(daemon, &mut tui, server::shutdown_signal(), link).await
+                let leave = daemon::run(daemon, &mut tui, server::shutdown_signal(), link).await;
+                tracing::info!(frames = tui.draws(), "the screen closed");
+                leave
             });
             crate::tui::run::restore();
             result.map(|_| ())

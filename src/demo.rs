@@ -390,6 +390,7 @@ async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
                 Leave::Quit | Leave::EndOfInput | Leave::Signal => break,
             }
         }
+        tracing::info!(frames = tui.draws(), "the screen closed");
         anyhow::Ok(())
     }
     .await;

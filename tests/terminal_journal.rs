@@ -1,14 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! The terminal journal on real SQLite files in temporary directories: sequence numbers,
 //! durability across reopen, state changes, an unwritable and a full journal, the card
-//! replica and `local_charges`, the catalog and staff caches, the scan log.
+//! replica and `local_charges`, the catalog and staff caches, the scan log, shift totals and
+//! close-outs.
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use cashless::ledger::model::{Mode, Scan, StaffRole};
+use cashless::ledger::model::{Mode, SHIFT_TOTAL_CENTS_MAX, Scan, StaffRole};
 use cashless::terminal::core::policy::ReplicaCard;
 use cashless::terminal::journal::{
-    CachedStaff, Catalog, CatalogProduct, Decision, Entry, EntryState, Journal, JournalError,
-    NewEntry, OperationKind, StateChange,
+    CachedStaff, Catalog, CatalogProduct, CloseoutState, Decision, Entry, EntryState, Journal,
+    JournalError, NewEntry, OperationKind, ShiftSummary, StateChange,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -1440,4 +1441,448 @@ fn an_idle_feed_is_recorded_once_a_minute_unless_something_was_synced_since() {
     // A moved cursor is always recorded.
     j.apply_card_feed(&[], "2", t(63)).unwrap();
     assert_eq!(j.feed_cursor().unwrap(), "2");
+}
+
+// Shifts at a checkpoint: the totals since the last close-out, and the close-outs.
+
+const CASHIER: &str = "s-cash";
+
+fn cashier() -> StaffId {
+    StaffId::parse(CASHIER).unwrap()
+}
+
+/// Journals a top-up of `amount` paid by `method` on `card` as the daemon does: its body
+/// carries the payment method.
+fn append_topup(
+    j: &mut Journal,
+    card: &str,
+    amount: i64,
+    method: &str,
+    decision: Option<Decision>,
+    state: EntryState,
+    now: DateTime<Utc>,
+) -> Entry {
+    let entry = new_entry(OperationKind::Recharge, Some(card), amount, decision, state);
+    let crid = entry.client_request_id;
+    let (card, method) = (card.to_owned(), method.to_owned());
+    j.append(
+        entry,
+        move |seq| {
+            json!({"type": "recharge", "client_request_id": crid, "terminal_seq": seq,
+                   "card_uid": card, "amount_cents": amount, "payment_method": method,
+                   "staff_id": CASHIER, "mode": "online"})
+        },
+        now,
+    )
+    .unwrap()
+}
+
+/// An approved top-up (online, settled).
+fn topup(j: &mut Journal, amount: i64, method: &str, now: DateTime<Utc>) -> Entry {
+    append_topup(
+        j,
+        CARD,
+        amount,
+        method,
+        Some(Decision::ApprovedOnline),
+        EntryState::Synced,
+        now,
+    )
+}
+
+/// `void_last` of `target` as the daemon journals it: approved, undoing its effect.
+fn refund(j: &mut Journal, target: &Entry, now: DateTime<Utc>) -> Entry {
+    let mut entry = new_entry(
+        OperationKind::Void,
+        Some(CARD),
+        -target.amount_cents.get(),
+        Some(Decision::ApprovedOffline),
+        EntryState::Pending,
+    );
+    entry.card_uid = target.card_uid.clone();
+    let crid = entry.client_request_id;
+    let target = target.client_request_id;
+    j.append(
+        entry,
+        move |seq| {
+            json!({"client_request_id": crid, "terminal_seq": seq,
+                   "target_client_request_id": target, "staff_id": CASHIER,
+                   "reason": "customer_refund"})
+        },
+        now,
+    )
+    .unwrap()
+}
+
+fn summary(opened_at: Option<i64>, cash: i64, card: i64, count: u64, voids: u64) -> ShiftSummary {
+    ShiftSummary {
+        opened_at: opened_at.map(t),
+        cash: Cents::new(cash),
+        card: Cents::new(card),
+        count,
+        voids,
+    }
+}
+
+#[test]
+fn a_shift_counts_approved_top_ups_by_method_net_of_refunds_and_nothing_else() {
+    let f = Fixture::new();
+    let mut j = f.open();
+    assert_eq!(j.shift_summary().unwrap(), summary(None, 0, 0, 0, 0));
+
+    // Before the first approved top-up: a declined one, a sale, an in-doubt top-up attempt
+    // with its automatic void. None of them opens the shift or counts.
+    append_topup(
+        &mut j,
+        CARD,
+        700,
+        "cash",
+        Some(Decision::Declined),
+        EntryState::Rejected,
+        t(1),
+    );
+    append(&mut j, offline_sale(450), t(2));
+    let attempt = append_topup(
+        &mut j,
+        OTHER_CARD,
+        1100,
+        "cash",
+        None,
+        EntryState::Sending,
+        t(3),
+    );
+    let (void, request) = void_of(attempt.client_request_id);
+    j.void_in_doubt(attempt.terminal_seq, void, request, t(4))
+        .unwrap();
+    assert_eq!(j.shift_summary().unwrap(), summary(None, 0, 0, 0, 0));
+
+    // Cash online and offline, card online.
+    topup(&mut j, 5000, "cash", t(10));
+    let offline_cash = append_topup(
+        &mut j,
+        OTHER_CARD,
+        3000,
+        "cash",
+        Some(Decision::ApprovedOffline),
+        EntryState::Pending,
+        t(20),
+    );
+    topup(&mut j, 2000, "card", t(30));
+    assert_eq!(
+        j.shift_summary().unwrap(),
+        summary(Some(10), 8000, 2000, 3, 0)
+    );
+
+    // A sale refunded on the same journal: neither is a top-up.
+    let sale = append(&mut j, offline_sale(900), t(40));
+    refund(&mut j, &sale, t(41));
+    // Another in-doubt top-up attempt, by card, voided automatically: not counted.
+    let attempt = append_topup(&mut j, CARD, 2500, "card", None, EntryState::Sending, t(42));
+    let (void, request) = void_of(attempt.client_request_id);
+    j.void_in_doubt(attempt.terminal_seq, void, request, t(43))
+        .unwrap();
+    // An offline-declined top-up: not counted either.
+    append_topup(
+        &mut j,
+        CARD,
+        400,
+        "card",
+        Some(Decision::Declined),
+        EntryState::Pending,
+        t(44),
+    );
+    assert_eq!(
+        j.shift_summary().unwrap(),
+        summary(Some(10), 8000, 2000, 3, 0)
+    );
+
+    // The cash top-up refunded: its money went back out of the drawer.
+    refund(&mut j, &offline_cash, t(50));
+    let expected = summary(Some(10), 5000, 2000, 2, 1);
+    assert_eq!(j.shift_summary().unwrap(), expected);
+    // The ledger's answer does not change what staff were shown.
+    j.set_state(
+        offline_cash.terminal_seq,
+        EntryState::Synced,
+        None,
+        None,
+        Some((201, "{}")),
+        t(60),
+    )
+    .unwrap();
+    drop(j);
+    assert_eq!(f.open().shift_summary().unwrap(), expected);
+}
+
+#[test]
+fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
+    let f = Fixture::new();
+    let mut j = f.open();
+    topup(&mut j, 5000, "cash", t(10));
+    let refunded = topup(&mut j, 1000, "cash", t(20));
+    topup(&mut j, 2000, "card", t(30));
+    refund(&mut j, &refunded, t(40));
+    let before = j.shift_summary().unwrap();
+    assert_eq!(before, summary(Some(10), 5000, 2000, 2, 1));
+
+    // A counted amount out of range is refused and writes nothing.
+    for counted in [-1, -5000, SHIFT_TOTAL_CENTS_MAX + 1, i64::MAX] {
+        let r = j.close_shift(
+            ClientRequestId::new_random(),
+            &cashier(),
+            Cents::new(counted),
+            t(90),
+        );
+        assert!(
+            matches!(r, Err(JournalError::Invalid(_))),
+            "{counted}: {r:?}"
+        );
+    }
+    assert_eq!(j.last_closeout().unwrap(), None);
+    assert!(j.pending_closeouts(10).unwrap().is_empty());
+    assert_eq!(j.shift_summary().unwrap(), before);
+
+    // 1.50 short.
+    let crid = ClientRequestId::new_random();
+    let closed = j
+        .close_shift(crid, &cashier(), Cents::new(4850), t(100))
+        .unwrap();
+    assert_eq!(closed.closeout.client_request_id, crid);
+    assert_eq!(closed.closeout.staff_id, cashier());
+    assert_eq!(
+        (closed.closeout.opened_at, closed.closeout.closed_at),
+        (t(10), t(100))
+    );
+    assert_eq!(
+        (
+            closed.closeout.cash_cents,
+            closed.closeout.card_cents,
+            closed.closeout.count,
+            closed.voids
+        ),
+        (Cents::new(5000), Cents::new(2000), 2, 1)
+    );
+    assert_eq!(closed.closeout.counted_cash_cents, Cents::new(4850));
+    assert_eq!(closed.difference, Cents::new(-150));
+    // Kept durably until the ledger records it.
+    drop(j);
+    let mut j = f.open();
+    assert_eq!(j.pending_closeouts(10).unwrap(), vec![closed.clone()]);
+    assert_eq!(
+        j.last_closeout().unwrap(),
+        Some((closed.clone(), CloseoutState::Pending))
+    );
+
+    // The next shift opens at the close, empty; what comes after counts there only.
+    assert_eq!(j.shift_summary().unwrap(), summary(Some(100), 0, 0, 0, 0));
+    topup(&mut j, 700, "cash", t(150));
+    topup(&mut j, 300, "card", t(160));
+    assert_eq!(
+        j.shift_summary().unwrap(),
+        summary(Some(100), 700, 300, 2, 0)
+    );
+    assert_eq!(
+        j.pending_closeouts(10).unwrap(),
+        vec![closed.clone()],
+        "a closed shift's figures do not move"
+    );
+
+    // The ledger recorded it: no longer pending; settled once.
+    j.settle_closeout(crid, CloseoutState::Recorded, 201, "{\"shift_id\":\"x\"}")
+        .unwrap();
+    assert!(j.pending_closeouts(10).unwrap().is_empty());
+    assert_eq!(
+        j.last_closeout().unwrap(),
+        Some((closed.clone(), CloseoutState::Recorded))
+    );
+    for state in [CloseoutState::Recorded, CloseoutState::Rejected] {
+        assert!(matches!(
+            j.settle_closeout(crid, state, 201, "{}"),
+            Err(JournalError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        j.settle_closeout(
+            ClientRequestId::new_random(),
+            CloseoutState::Recorded,
+            201,
+            "{}"
+        ),
+        Err(JournalError::Invalid(_))
+    ));
+
+    // Exact: the second shift.
+    let second = j
+        .close_shift(
+            ClientRequestId::new_random(),
+            &cashier(),
+            Cents::new(700),
+            t(200),
+        )
+        .unwrap();
+    assert_eq!(
+        (second.closeout.opened_at, second.closeout.closed_at),
+        (t(100), t(200))
+    );
+    assert_eq!(
+        (
+            second.closeout.cash_cents,
+            second.closeout.card_cents,
+            second.closeout.count,
+            second.voids,
+            second.difference
+        ),
+        (Cents::new(700), Cents::new(300), 2, 0, Cents::ZERO)
+    );
+    // Over: the third, with a top-up in the very millisecond of its close (it belongs to
+    // the shift it was taken in, not the next).
+    topup(&mut j, 1000, "cash", t(300));
+    let third = j
+        .close_shift(
+            ClientRequestId::new_random(),
+            &cashier(),
+            Cents::new(1200),
+            t(300),
+        )
+        .unwrap();
+    assert_eq!(third.closeout.opened_at, t(200));
+    assert_eq!(
+        (
+            third.closeout.cash_cents,
+            third.closeout.count,
+            third.difference
+        ),
+        (Cents::new(1000), 1, Cents::new(200))
+    );
+    // Pending, oldest first, capped; a pending close-out cannot be "settled" as pending.
+    assert_eq!(
+        j.pending_closeouts(10).unwrap(),
+        vec![second.clone(), third.clone()]
+    );
+    assert_eq!(j.pending_closeouts(1).unwrap(), vec![second.clone()]);
+    assert!(matches!(
+        j.settle_closeout(
+            second.closeout.client_request_id,
+            CloseoutState::Pending,
+            201,
+            "{}"
+        ),
+        Err(JournalError::Invalid(_))
+    ));
+    // Refused for good by the ledger: no longer pending either.
+    j.settle_closeout(
+        third.closeout.client_request_id,
+        CloseoutState::Rejected,
+        422,
+        "{\"error\":{}}",
+    )
+    .unwrap();
+    assert_eq!(
+        j.last_closeout().unwrap(),
+        Some((third.clone(), CloseoutState::Rejected))
+    );
+    assert_eq!(j.pending_closeouts(10).unwrap(), vec![second]);
+
+    // An empty shift closes with zeros; the largest count is accepted.
+    let empty = j
+        .close_shift(
+            ClientRequestId::new_random(),
+            &cashier(),
+            Cents::new(SHIFT_TOTAL_CENTS_MAX),
+            t(400),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            empty.closeout.opened_at,
+            empty.closeout.cash_cents,
+            empty.closeout.card_cents,
+            empty.closeout.count,
+            empty.difference
+        ),
+        (
+            t(300),
+            Cents::ZERO,
+            Cents::ZERO,
+            0,
+            Cents::new(SHIFT_TOTAL_CENTS_MAX)
+        )
+    );
+    // A terminal's first close-out without any top-up: the shift is empty, from the close.
+    let g = Fixture::new();
+    let mut fresh = g.open();
+    let closed = fresh
+        .close_shift(ClientRequestId::new_random(), &cashier(), Cents::ZERO, t(5))
+        .unwrap();
+    assert_eq!(
+        (closed.closeout.opened_at, closed.closeout.closed_at),
+        (t(5), t(5))
+    );
+    assert_eq!(closed.difference, Cents::ZERO);
+    // The same key twice is refused: one close-out per key.
+    assert!(
+        fresh
+            .close_shift(
+                closed.closeout.client_request_id,
+                &cashier(),
+                Cents::ZERO,
+                t(6)
+            )
+            .is_err()
+    );
+    assert_eq!(fresh.pending_closeouts(10).unwrap(), vec![closed]);
+}
+
+#[test]
+fn a_journal_of_schema_version_2_is_migrated_and_its_top_ups_open_the_first_shift() {
+    let f = Fixture::new();
+    {
+        // The previous version's schema, exactly as it shipped, with a top-up in it.
+        let conn = rusqlite::Connection::open(&f.path).unwrap();
+        conn.execute_batch(include_str!("../migrations/terminal/0001_journal.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!(
+            "../migrations/terminal/0002_declines_and_limits.sql"
+        ))
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let crid = ClientRequestId::new_random().to_string();
+        let body = json!({"client_request_id": crid, "terminal_seq": 1,
+                          "payment_method": "cash", "amount_cents": 2500});
+        conn.execute(
+            "INSERT INTO journal (terminal_seq, client_request_id, operation, mode,
+                 request_json, card_uid, amount_cents, state, decision, created_at, updated_at)
+             VALUES (1, ?1, 'recharge', 'offline', ?2, ?3, 2500, 'pending',
+                     'approved_offline', ?4, ?4)",
+            rusqlite::params![crid, body.to_string(), CARD, "2025-06-15T15:06:40.000Z"],
+        )
+        .unwrap();
+    }
+    let mut j = f.open();
+    let version: i64 = rusqlite::Connection::open(&f.path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(j.counts().unwrap().pending, 1, "the old entry is kept");
+    assert_eq!(j.shift_summary().unwrap(), summary(Some(0), 2500, 0, 1, 0));
+    topup(&mut j, 500, "card", t(10));
+    let closed = j
+        .close_shift(
+            ClientRequestId::new_random(),
+            &cashier(),
+            Cents::new(2500),
+            t(20),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            closed.closeout.opened_at,
+            closed.closeout.cash_cents,
+            closed.closeout.card_cents
+        ),
+        (t(0), Cents::new(2500), Cents::new(500))
+    );
+    drop(j);
+    assert_eq!(f.open().last_closeout().unwrap().unwrap().0, closed);
 }

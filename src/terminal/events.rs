@@ -98,9 +98,9 @@ pub enum Event {
         cash_cents: Cents,
         /// Card payments taken, net of voids.
         card_cents: Cents,
-        /// Top-ups approved.
+        /// Top-ups approved and not voided.
         count: u64,
-        /// Of those, voided.
+        /// Top-ups voided in the shift (not in `count`).
         voids: u64,
     },
     /// The answer to `close_shift`: the close-out is in the journal, and goes to the ledger.
@@ -117,9 +117,9 @@ pub enum Event {
         cash_cents: Cents,
         /// Card payments taken.
         card_cents: Cents,
-        /// Top-ups approved.
+        /// Top-ups approved and not voided.
         count: i64,
-        /// Of those, voided.
+        /// Top-ups voided in the shift (not in `count`).
         voids: u64,
         /// Cash counted.
         counted_cash_cents: Cents,

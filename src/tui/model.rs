@@ -169,7 +169,7 @@ pub struct ShiftView {
     pub card: Cents,
     /// Top-ups.
     pub count: u64,
-    /// Of those, voided.
+    /// Top-ups voided in the shift (not in `count`).
     pub voids: u64,
 }
 

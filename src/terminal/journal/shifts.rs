@@ -22,9 +22,9 @@ pub struct ShiftSummary {
     pub cash: Cents,
     /// Card payments taken, net of voids.
     pub card: Cents,
-    /// Top-ups approved.
+    /// Top-ups approved and not voided.
     pub count: u64,
-    /// Of those, voided since.
+    /// Top-ups voided in the shift (not in `count`).
     pub voids: u64,
 }
 
@@ -110,7 +110,9 @@ fn summary_since(
         opened_at,
         cash: Cents::new(cash - void_cash),
         card: Cents::new(card - void_card),
-        count: non_negative(count, "count")?,
+        // Net of voids like the totals: the ledger's own count of the shift leaves voided
+        // top-ups out, and headquarters compares the two.
+        count: non_negative(count - voids, "count")?,
         voids: non_negative(voids, "voids")?,
     })
 }

@@ -43,7 +43,8 @@ struct DemoCard {
     uid: &'static str,
     topup_cents: i64,
     blocked: bool,
-    about: &'static str,
+    /// For the help overlay.
+    short: &'static str,
 }
 
 const CARDS: [DemoCard; 4] = [
@@ -52,28 +53,28 @@ const CARDS: [DemoCard; 4] = [
         uid: "04A1B2C3D4E5F6",
         topup_cents: 5_000,
         blocked: false,
-        about: "50.00 on it",
+        short: "50.00",
     },
     DemoCard {
         key: 'b',
         uid: "04B2C3D4E5F607",
         topup_cents: 800,
         blocked: false,
-        about: "8.00: too little for two beers",
+        short: "8.00",
     },
     DemoCard {
         key: 'c',
         uid: "04C3D4E5F60718",
         topup_cents: 0,
         blocked: false,
-        about: "new: the ledger has never seen it",
+        short: "new",
     },
     DemoCard {
         key: 'd',
         uid: "04D4E5F6071829",
         topup_cents: 2_000,
         blocked: true,
-        about: "reported lost: blocked",
+        short: "lost",
     },
 ];
 
@@ -256,19 +257,16 @@ fn banner(kind: TerminalKind, network_up: bool, db: &Path) -> Vec<String> {
 }
 
 fn help_extra() -> Vec<String> {
-    let mut lines = vec![String::new(), "Demo".to_owned()];
-    for card in &CARDS {
-        lines.push(format!(
-            "{}        card {} ({})",
-            card.key,
-            card.key.to_ascii_uppercase(),
-            card.about
-        ));
-    }
-    lines.push("n        cut or restore the network to the ledger".into());
-    lines.push("m        switch between bar and checkpoint".into());
-    lines.push("Esc      (logged out) leave the demo".into());
-    lines
+    let cards = CARDS
+        .iter()
+        .map(|c| format!("{} ({})", c.key.to_ascii_uppercase(), c.short))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        String::new(),
+        format!("a b c d  card {cards}"),
+        "n / m    cut or restore the network / bar or checkpoint".into(),
+    ]
 }
 
 /// The demo's own keys: cards, network, mode. Other keys go to the model.
@@ -429,6 +427,12 @@ mod tests {
                 Some(Key::Char(_))
             ));
         }
+    }
+
+    #[test]
+    fn the_help_lines_fit_the_help_overlay() {
+        // The overlay is 60 columns wide with its border.
+        assert!(help_extra().iter().all(|l| l.chars().count() <= 58));
     }
 
     #[test]

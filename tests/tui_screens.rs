@@ -176,6 +176,82 @@ fn checkpoint_screens() {
 }
 
 #[test]
+fn checkpoint_shift_screens() {
+    let mut m = Model::new("cp-1".into(), TerminalKind::Checkpoint, Vec::new(), staff());
+    m.minute = Some(minute());
+    m.on_event(&status(true, 0), 0);
+    login(&mut m);
+    // `+` on the amount screen asks the daemon for the shift.
+    press(&mut m, &[Key::Plus]);
+    insta::assert_snapshot!("checkpoint_shift_waiting", screen(&m, 80, 24));
+    m.on_event(
+        &Event::Shift {
+            opened_at: Some("2026-07-01T18:02:11.000Z".into()),
+            cash_cents: Cents::new(42_000),
+            card_cents: Cents::new(15_050),
+            count: 37,
+            voids: 1,
+        },
+        0,
+    );
+    insta::assert_snapshot!("checkpoint_shift", screen(&m, 80, 24));
+    press(
+        &mut m,
+        &[
+            Key::Enter,
+            Key::Digit(4),
+            Key::Digit(1),
+            Key::Digit(8),
+            Key::Digit(5),
+            Key::Digit(0),
+            Key::Digit(0),
+        ],
+    );
+    insta::assert_snapshot!("checkpoint_close_out", screen(&m, 80, 24));
+    let closed = |counted: i64| Event::ShiftClosed {
+        client_request_id: cashless::domain::ClientRequestId::parse(
+            "5f0c6f7e-1d1a-4a39-9d7e-3b1f1c2d0009",
+        )
+        .unwrap(),
+        staff_id: "s-cash".into(),
+        opened_at: "2026-07-01T18:02:11.000Z".into(),
+        closed_at: "2026-07-02T02:00:00.000Z".into(),
+        cash_cents: Cents::new(42_000),
+        card_cents: Cents::new(15_050),
+        count: 37,
+        voids: 1,
+        counted_cash_cents: Cents::new(counted),
+        difference_cents: Cents::new(counted - 42_000),
+    };
+    for (name, counted) in [
+        ("checkpoint_shift_closed_short", 41_850),
+        ("checkpoint_shift_closed_match", 42_000),
+        ("checkpoint_shift_closed_over", 42_500),
+    ] {
+        m.on_event(&closed(counted), 0);
+        insta::assert_snapshot!(name, screen(&m, 80, 24));
+    }
+}
+
+#[test]
+fn the_demo_banner_and_its_help() {
+    let mut m = bar();
+    m.banner = vec![
+        " DEMO │ a b c d: present card A-D │ n: cut the network │ m: to the checkpoint".into(),
+        " PINs: Sam 1111, Cleo 2222, Max 9999 │ ledger: /tmp/cashless-demo/ledger.db".into(),
+    ];
+    m.help_extra = vec![
+        "".into(),
+        "a b c d  card A (50.00), B (8.00), C (new), D (lost)".into(),
+        "n / m    cut or restore the network / bar or checkpoint".into(),
+    ];
+    insta::assert_snapshot!("demo_login", screen(&m, 80, 24));
+    login(&mut m);
+    press(&mut m, &[Key::Help]);
+    insta::assert_snapshot!("demo_help", screen(&m, 80, 24));
+}
+
+#[test]
 fn a_tiny_window_asks_to_be_enlarged_and_never_panics() {
     let mut m = bar();
     login(&mut m);

@@ -1027,6 +1027,72 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_closes_its_shift_with_the_counted_cash() {
+        let mut m = logged_in(Model::new(
+            "cp-1".into(),
+            TerminalKind::Checkpoint,
+            vec![],
+            bar().staff,
+        ));
+        assert_eq!(
+            keys(&mut m, &[Key::Plus]),
+            vec![Action::Send(Command::Shift)]
+        );
+        // Nothing to close before the totals are known.
+        assert!(keys(&mut m, &[Key::Enter]).is_empty());
+        assert_eq!(m.screen, Screen::Shift { summary: None });
+        m.on_event(
+            &Event::Shift {
+                opened_at: None,
+                cash_cents: Cents::new(7_500),
+                card_cents: Cents::ZERO,
+                count: 2,
+                voids: 1,
+            },
+            0,
+        );
+        // Enter, then "0", "0" stays "0" (no leading zeros), Esc goes back to the totals.
+        keys(&mut m, &[Key::Enter, Key::Digit(0), Key::Digit(0)]);
+        assert!(matches!(&m.screen, Screen::CloseOut { digits, .. } if digits == "0"));
+        keys(&mut m, &[Key::Esc]);
+        assert!(matches!(m.screen, Screen::Shift { summary: Some(_) }));
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Enter,
+                Key::Digit(7),
+                Key::Digit(3),
+                Key::Digit(5),
+                Key::Digit(0),
+                Key::Enter,
+            ],
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::CloseShift {
+                counted_cash_cents: 7_350
+            })]
+        );
+        // A refusal from the daemon goes back home with its message.
+        m.on_event(&Event::error("JOURNAL_UNAVAILABLE", "disk full"), 0);
+        assert_eq!(m.notice.as_deref(), Some("disk full"));
+        assert!(matches!(m.screen, Screen::Amount { .. }));
+    }
+
+    #[test]
+    fn esc_on_an_empty_screen_logs_out_and_the_login_screen_comes_back() {
+        let mut m = logged_in(bar());
+        assert!(keys(&mut m, &[Key::Digit(1), Key::Esc]).is_empty());
+        assert_eq!(
+            keys(&mut m, &[Key::Esc]),
+            vec![Action::Send(Command::Logout)]
+        );
+        m.on_event(&Event::LoggedOut, 0);
+        assert!(m.logged_in.is_none());
+        assert!(matches!(m.screen, Screen::Login { picked: None, .. }));
+    }
+
+    #[test]
     fn help_opens_and_any_key_closes_it_without_acting() {
         let mut m = logged_in(bar());
         keys(&mut m, &[Key::Help]);

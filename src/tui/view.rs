@@ -400,7 +400,7 @@ fn shift_lines(summary: &ShiftView) -> Vec<Line<'static>> {
         Line::from(format!("Cash:         {:>12}", money(summary.cash))).bold(),
         Line::from(format!("Card:         {:>12}", money(summary.card))),
         Line::from(format!(
-            "Top-ups:      {:>12}   ({} voided)",
+            "Top-ups:      {:>12}   (and {} voided)",
             summary.count, summary.voids
         )),
     ]

@@ -15,8 +15,9 @@ use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyM
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How often time is looked at: timeouts on screen and the clock (a redraw follows only
 /// when one of them changed what is shown).
@@ -88,6 +89,12 @@ impl<B: Backend> Tui<B> {
             hook: None,
             draws: 0,
         }
+    }
+
+    /// Takes the current minute from `minute` instead of the wall clock (tests).
+    pub fn with_minute(mut self, minute: fn() -> Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        self.minute = minute;
+        self
     }
 
     /// Lets `hook` see every key before the model does.
@@ -302,6 +309,123 @@ pub fn restore() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{CardUid, Cents};
+    use crate::ledger::model::TerminalKind;
+    use crate::terminal::events::Decision;
+    use crate::tui::model::{MenuItem, Screen, StaffItem};
+    use ratatui::backend::TestBackend;
+
+    fn tui() -> (Tui<TestBackend>, mpsc::Sender<TermEvent>) {
+        let model = Model::new(
+            "bar-1".into(),
+            TerminalKind::Bar,
+            vec![MenuItem {
+                product_id: "beer-05".into(),
+                name: "Beer".into(),
+                price: Cents::new(450),
+            }],
+            vec![StaffItem {
+                staff_id: "s-1".into(),
+                name: "Sam".into(),
+            }],
+        );
+        let (tx, rx) = mpsc::channel(8);
+        let terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let tui = Tui::new(terminal, rx, model, Box::new(|| "21:14".into())).with_minute(|| None);
+        (tui, tx)
+    }
+
+    fn key(c: char) -> TermEvent {
+        TermEvent::Key(press(KeyCode::Char(c)))
+    }
+
+    /// Runs the front end for `seconds` of (paused, auto-advancing) time; returns what it
+    /// gave the loop, if anything.
+    async fn run_for(tui: &mut Tui<TestBackend>, seconds: u64) -> Option<Input> {
+        tokio::time::timeout(Duration::from_secs(seconds), tui.next_input())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_screen_is_drawn_once_and_each_key_is_drawn_at_once() {
+        let (mut tui, keys) = tui();
+        // Ten idle minutes: thousands of ticks, one frame.
+        assert_eq!(run_for(&mut tui, 600).await, None);
+        assert_eq!(tui.draws(), 1);
+        // A key that changes the screen is drawn before the loop waits again.
+        keys.send(key('1')).await.unwrap();
+        assert_eq!(run_for(&mut tui, 1).await, None);
+        assert_eq!(tui.draws(), 2);
+        assert!(matches!(
+            tui.model().screen,
+            Screen::Login {
+                picked: Some(0),
+                ..
+            }
+        ));
+        // A resize redraws; nothing else does.
+        keys.send(TermEvent::Resize(80, 24)).await.unwrap();
+        assert_eq!(run_for(&mut tui, 60).await, None);
+        assert_eq!(tui.draws(), 3);
+        // The PIN and Enter become the daemon's login command.
+        for c in ['1', '2', '3', '4'] {
+            keys.send(key(c)).await.unwrap();
+        }
+        keys.send(TermEvent::Key(press(KeyCode::Enter)))
+            .await
+            .unwrap();
+        assert_eq!(
+            run_for(&mut tui, 1).await,
+            Some(Input::Command(Command::Login {
+                staff_id: "s-1".into(),
+                pin: "1234".into()
+            }))
+        );
+        // Ctrl-C leaves, even in raw mode.
+        keys.send(TermEvent::Key(KeyEvent::new(
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL,
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            run_for(&mut tui, 1).await,
+            Some(Input::Command(Command::Quit))
+        );
+        // The keyboard gone: the front end says so instead of waiting forever.
+        drop(keys);
+        assert_eq!(
+            run_for(&mut tui, 1).await,
+            Some(Input::Leave(Leave::EndOfInput))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_is_drawn_when_it_arrives_and_leaves_by_itself() {
+        let (mut tui, _keys) = tui();
+        run_for(&mut tui, 1).await;
+        let drawn = tui.draws();
+        let decision = Event::Decision(Decision {
+            client_request_id: None,
+            operation: "order",
+            card_uid: CardUid::parse("04A1B2C3").unwrap(),
+            status: "approved_online",
+            reason: None,
+            total_cents: Cents::new(450),
+            balance_cents: Some(Cents::new(550)),
+            target_client_request_id: None,
+        });
+        tui.show(&decision).await.unwrap();
+        assert_eq!(tui.draws(), drawn + 1);
+        let screen = format!("{}", tui.terminal().backend());
+        assert!(screen.contains("APPROVED"), "{screen}");
+        // The result goes after its time, by a tick alone, and that is drawn too.
+        run_for(&mut tui, 10).await;
+        assert_eq!(tui.draws(), drawn + 2);
+        assert!(!matches!(tui.model().screen, Screen::Result { .. }));
+    }
 
     fn press(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)

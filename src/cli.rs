@@ -331,8 +331,11 @@ fn run_terminal(
     reader: Option<ReaderBackend>,
 ) -> anyhow::Result<ExitCode> {
     let config = TerminalConfig::load(config_path, &TerminalOverrides::from_env(reader))?;
-    // The TUI draws on the terminal: logs go next to the journal instead.
-    let log_file = (ui == TerminalUi::Tui).then(|| config.journal.with_extension("log"));
+    // The TUI draws on the terminal: when stderr is that terminal too, logs go next to the
+    // journal instead (under systemd, stderr is the journal and stays so).
+    let stderr_is_screen = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_file =
+        (ui == TerminalUi::Tui && stderr_is_screen).then(|| config.journal.with_extension("log"));
     init_tracing(log_file.as_deref())?;
     let options = ReaderOptions {
         name_filter: config.reader_name_filter.clone(),

@@ -111,6 +111,7 @@ fn status() -> Event {
         declined_offline: 0,
         journal_writable: true,
         last_sync_at: Some("2026-07-01T21:13:58.120Z".into()),
+        last_feed_at: None,
         reader: "ACS ACR122U PICC Interface 00 00".into(),
         staff: Some("s-bar".into()),
     })
@@ -378,7 +379,7 @@ fn run(
     let checkpoint: Vec<Vec<Step>> = (0..4).map(checkpoint_steps).collect();
     for cycle in 0..cycles {
         for (s, (bar_screen, cp_screen, bare)) in series.iter_mut().zip(screens.iter_mut()) {
-            // Back to logged out: not timed (the model has no logout yet).
+            // Back to logged out: not timed (a reset of the model, not a key).
             bar_screen.model.clone_from(&bar_logged_out);
             for (steps, screen, is_bar) in [
                 (&bar[cycle % 4], &mut *bar_screen, true),

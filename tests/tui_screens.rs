@@ -164,6 +164,36 @@ fn balance_screen_from_the_replica() {
 }
 
 #[test]
+fn balance_screens_online_and_for_an_unknown_card() {
+    let mut m = bar();
+    login(&mut m);
+    press(&mut m, &[Key::Star]);
+    insta::assert_snapshot!("balance_present_card", screen(&m, 80, 24));
+    m.on_event(
+        &Event::Balance {
+            card_uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
+            balance_cents: Some(Cents::new(1250)),
+            status: Some("active".into()),
+            source: "ledger",
+            as_of: None,
+        },
+        0,
+    );
+    insta::assert_snapshot!("balance_ledger", screen(&m, 80, 24));
+    m.on_event(
+        &Event::Balance {
+            card_uid: CardUid::parse("04C3D4E5F60718").unwrap(),
+            balance_cents: None,
+            status: None,
+            source: "replica",
+            as_of: None,
+        },
+        0,
+    );
+    insta::assert_snapshot!("balance_unknown_card", screen(&m, 80, 24));
+}
+
+#[test]
 fn checkpoint_screens() {
     let mut m = Model::new("cp-1".into(), TerminalKind::Checkpoint, Vec::new(), staff());
     m.minute = Some(minute());
@@ -173,6 +203,24 @@ fn checkpoint_screens() {
     insta::assert_snapshot!("checkpoint_amount", screen(&m, 80, 24));
     press(&mut m, &[Key::Enter]);
     insta::assert_snapshot!("checkpoint_present_card", screen(&m, 80, 24));
+    m.on_event(
+        &Event::Card {
+            uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
+            reader: "ACS ACR122U PICC Interface 00 00".into(),
+            card_type: Some("mifare_ultralight"),
+        },
+        0,
+    );
+    insta::assert_snapshot!("checkpoint_deciding", screen(&m, 80, 24));
+    let Event::Decision(mut topup) = decision("approved_online", None, Some(7_250)) else {
+        unreachable!()
+    };
+    topup.operation = "topup";
+    topup.total_cents = Cents::new(5_000);
+    m.on_event(&Event::Decision(topup), 0);
+    insta::assert_snapshot!("checkpoint_approved", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter, Key::Help]);
+    insta::assert_snapshot!("checkpoint_help", screen(&m, 80, 24));
 }
 
 #[test]

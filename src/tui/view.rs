@@ -323,8 +323,18 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             let amount = balance.map_or("unknown card".to_owned(), money);
             let mut text = format!("BALANCE\n\n{amount}\n\ncard {card}");
             if source == "replica" {
-                let age = as_of.as_deref().and_then(|t| t.get(11..16)).unwrap_or("?");
-                text.push_str(&format!("\n(offline: as of {age})"));
+                // The replica's value: say how old it is, when known.
+                match as_of.as_deref() {
+                    Some(t) if model.minute.is_some() => text.push_str(&format!(
+                        "\n(offline: {} old)",
+                        sync_age(Some(t), model.minute)
+                    )),
+                    Some(t) => text.push_str(&format!(
+                        "\n(offline: as of {})",
+                        sync_age(Some(t), None)
+                    )),
+                    None => text.push_str("\n(offline)"),
+                }
             }
             big(frame, area, &text, Color::Cyan, false);
         }

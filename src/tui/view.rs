@@ -329,10 +329,9 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                         "\n(offline: {} old)",
                         sync_age(Some(t), model.minute)
                     )),
-                    Some(t) => text.push_str(&format!(
-                        "\n(offline: as of {})",
-                        sync_age(Some(t), None)
-                    )),
+                    Some(t) => {
+                        text.push_str(&format!("\n(offline: as of {})", sync_age(Some(t), None)))
+                    }
                     None => text.push_str("\n(offline)"),
                 }
             }

@@ -83,16 +83,42 @@ pub struct AppState<S> {
     pub auth_cache: Arc<AuthCache>,
     /// The top-up limits, which checkpoints also check offline (`GET /v1/terminals/me`).
     pub limits: crate::ledger::rules::Limits,
+    /// Stripe's webhook secrets and timestamp tolerance.
+    pub stripe: Arc<StripeSettings>,
+}
+
+/// How Stripe's webhook deliveries are verified.
+#[derive(Clone, Default)]
+pub struct StripeSettings {
+    /// The endpoint's signing secrets (several during a rotation). Never logged.
+    pub secrets: Vec<String>,
+    /// Oldest (and furthest in the future) accepted signature timestamp, in seconds.
+    pub tolerance_s: i64,
+}
+
+impl std::fmt::Debug for StripeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeSettings")
+            .field("secrets", &format!("<{} secrets>", self.secrets.len()))
+            .field("tolerance_s", &self.tolerance_s)
+            .finish()
+    }
 }
 
 impl<S: LedgerStore> AppState<S> {
     /// State over a store.
-    pub fn new(store: S, currency: &str, limits: crate::ledger::rules::Limits) -> AppState<S> {
+    pub fn new(
+        store: S,
+        currency: &str,
+        limits: crate::ledger::rules::Limits,
+        stripe: StripeSettings,
+    ) -> AppState<S> {
         AppState {
             store,
             currency: Arc::from(currency),
             auth_cache: Arc::default(),
             limits,
+            stripe: Arc::new(stripe),
         }
     }
 }
@@ -104,6 +130,7 @@ impl<S: Clone> Clone for AppState<S> {
             currency: Arc::clone(&self.currency),
             auth_cache: Arc::clone(&self.auth_cache),
             limits: self.limits,
+            stripe: Arc::clone(&self.stripe),
         }
     }
 }
@@ -124,6 +151,7 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/v1/recharges", post(post_recharge::<S>))
         .route("/v1/voids", post(post_void::<S>))
         .route("/v1/shifts", post(post_shift::<S>))
+        .route("/v1/webhooks/stripe", post(post_stripe_webhook::<S>))
         .route("/v1/batch", post(post_batch::<S>).layer(large))
         .route("/v1/scans", post(post_scans::<S>).layer(large))
         .route("/v1/cards", get(get_card_feed::<S>))
@@ -551,6 +579,88 @@ async fn post_shift<S: LedgerStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     respond(&rid, shift(&state, &rid, &headers, body).await)
+}
+
+/// `POST /v1/webhooks/stripe`: the raw body is verified before anything reads it; then the
+/// event is applied by the store (once per event id, and per checkout session). 200 only
+/// after the transaction committed; 400 for a bad signature or something that is not an
+/// event (nothing written); 5xx on database trouble, so that Stripe retries.
+async fn stripe_webhook<S: LedgerStore>(
+    state: &AppState<S>,
+    request_id: &RequestId,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    use crate::ledger::stripe::{SignatureError, parse_event, verify_signature};
+    let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
+    if state.stripe.secrets.is_empty() {
+        // A configuration problem: 500 makes Stripe retry until the secret is set.
+        tracing::error!(
+            "a Stripe webhook arrived but no secret is configured ([stripe] webhook_secrets or CASHLESS_STRIPE_WEBHOOK_SECRETS)"
+        );
+        return Err(ApiError::new(
+            ErrorCode::ServerError,
+            "the webhook secret is not configured",
+        ));
+    }
+    let header = match headers.get("stripe-signature").map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => {
+            return Err(signature_refused(&SignatureError::Malformed(
+                "not visible ASCII",
+            )));
+        }
+    };
+    let now_unix = chrono::Utc::now().timestamp();
+    verify_signature(
+        header,
+        &bytes,
+        &state.stripe.secrets,
+        now_unix,
+        state.stripe.tolerance_s,
+    )
+    .map_err(|e| signature_refused(&e))?;
+    let event = parse_event(&bytes, &state.currency).map_err(|e| {
+        ApiError::invalid_field(FieldError {
+            field: "body".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let outcome = state
+        .store
+        .apply_stripe(request_id.0.to_string(), event)
+        .await
+        .map_err(store_error)?;
+    let mut body = serde_json::to_value(&outcome).map_err(|e| {
+        tracing::error!(error = %e, "cannot write a webhook answer");
+        ApiError::new(ErrorCode::ServerError, "internal error; retry later")
+    })?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert("received".into(), Value::Bool(true));
+    }
+    let mut response = json_text_response(200, body.to_string());
+    response
+        .extensions_mut()
+        .insert(OutcomeTag(outcome.outcome));
+    Ok(response)
+}
+
+fn signature_refused(e: &crate::ledger::stripe::SignatureError) -> ApiError {
+    tracing::warn!(reason = %e, "a Stripe webhook with a bad signature was refused");
+    ApiError::invalid_field(FieldError {
+        field: "Stripe-Signature".into(),
+        message: e.to_string(),
+    })
+}
+
+async fn post_stripe_webhook<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(&rid, stripe_webhook(&state, &rid, &headers, body).await)
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 //! - [`rules`]: the business rules as pure functions (no IO, no clock).
 //! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
 //! - [`api`]: the HTTP API (axum).
+//! - [`stripe`]: Stripe webhooks, the pure part: signature check and event reading.
 //! - [`config`]: the configuration file and its overrides.
 //! - [`server`]: serving with graceful shutdown.
 //! - [`admin`]: the admin commands (terminals, staff, products, cards, audit).
@@ -15,3 +16,4 @@ pub mod model;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod stripe;

@@ -295,6 +295,38 @@ pub fn decide_recharge(
     })
 }
 
+/// Decides an online top-up paid through Stripe: the attendee has paid, so it is always
+/// credited (an unknown card is created, a lost card keeps its block, a debt block lifts when
+/// the balance is back at zero or above); going past the checkpoint limits is flagged, not
+/// refused, since refusing would not give the money back.
+pub fn decide_stripe_credit(
+    card: Option<CardState>,
+    amount: Cents,
+    limits: Limits,
+) -> Result<BalanceChange, ApiError> {
+    let mut flags = Vec::new();
+    let previous = card.unwrap_or_else(|| {
+        flags.push(Flag::CardCreated);
+        CardState::NEW
+    });
+    let balance = previous
+        .balance
+        .checked_add(amount)
+        .map_err(|_| overflow("amount_total"))?;
+    if amount > limits.recharge_max || balance > limits.balance_max {
+        flags.push(Flag::LimitExceeded);
+    }
+    if balance.is_negative() {
+        flags.push(Flag::NegativeBalance);
+    }
+    Ok(BalanceChange {
+        create_card: card.is_none(),
+        previous,
+        next: status_after(previous, balance),
+        flags,
+    })
+}
+
 /// Reverses an applied operation: `delta` is what goes back to the card (positive for an
 /// order, negative for a top-up). A reversal may drive the card below zero (the top-up's
 /// money was spent): the card is then blocked for debt like after offline sales.

@@ -77,7 +77,11 @@ pub async fn serve_quietly<S: LedgerStore>(
         recharge_max: config.recharge_max,
         balance_max: config.balance_max,
     };
-    let state = AppState::new(store, &config.currency, limits);
+    let stripe = super::api::StripeSettings {
+        secrets: config.stripe_webhook_secrets.clone(),
+        tolerance_s: config.stripe_tolerance_s,
+    };
+    let state = AppState::new(store, &config.currency, limits, stripe);
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

@@ -20,6 +20,25 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// What the ledger did with a Stripe event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StripeOutcome {
+    /// The event.
+    pub event_id: String,
+    /// `credited`, `duplicate_event`, `duplicate_session`, `refused`, `refunded`,
+    /// `refund_nothing_new`, `refund_waiting`, `ignored`.
+    pub outcome: &'static str,
+    /// The card concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_uid: Option<CardUid>,
+    /// Money moved by this event (credited, or reversed), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<Cents>,
+    /// The card's balance after it, if money moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance_cents: Option<Cents>,
+}
+
 /// A storage failure. Business outcomes (declines) are not errors: they are [`Outcome`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -206,6 +225,17 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         request_id: String,
         operations: Vec<Operation>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// Applies a verified Stripe event atomically and idempotently: a paid session is
+    /// credited once per session and per event (card, `stripe_recharges`, postings against
+    /// `stripe_clearing`, audit log and `stripe_events` in one transaction); a refund
+    /// reverses what its cumulative `amount_refunded` adds, once per event; a refused session
+    /// is recorded for an operator. Returns what was done; durable when it returns.
+    fn apply_stripe(
+        &self,
+        request_id: String,
+        event: crate::ledger::stripe::StripeEvent,
+    ) -> impl Future<Output = Result<StripeOutcome, StoreError>> + Send;
 
     /// Records a shift close-out atomically and idempotently (close-out row, audit log row
     /// and idempotency record in one transaction): 201 with its answer, the stored answer

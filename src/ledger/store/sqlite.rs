@@ -8,6 +8,8 @@
 //! operation is durable. Readers use their own connections (WAL lets them read while the
 //! writer writes).
 
+mod stripe;
+
 use super::{
     AuditReport, CardFeedPage, CardView, LedgerStore, NewStaff, NewTerminal, Product,
     ProductUpsert, ScanReceipt, ShiftReport, StaffRecord, StoreError,
@@ -48,6 +50,7 @@ pub const WRITER_AUTOCHECKPOINT_PAGES: i64 = 20_000;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_ledger.sql"),
     include_str!("../../../migrations/sqlite/0002_shifts.sql"),
+    include_str!("../../../migrations/sqlite/0003_stripe.sql"),
 ];
 
 /// Settings the SQLite store needs.
@@ -1411,6 +1414,16 @@ impl LedgerStore for SqliteStore {
         .await
     }
 
+    async fn apply_stripe(
+        &self,
+        request_id: String,
+        event: crate::ledger::stripe::StripeEvent,
+    ) -> Result<super::StripeOutcome, StoreError> {
+        let limits = self.inner.limits;
+        self.write(move |conn| stripe::apply(conn, &request_id, &event, limits, Utc::now()))
+            .await
+    }
+
     async fn shift_reports(
         &self,
         terminal_name: Option<String>,
@@ -1805,7 +1818,12 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 ));
             }
         }
-        for table in ["bar_orders", "recharges"] {
+        for table in [
+            "bar_orders",
+            "recharges",
+            "stripe_recharges",
+            "stripe_refunds",
+        ] {
             let sql = format!(
                 "SELECT t.transaction_id FROM {table} t WHERE NOT EXISTS
                  (SELECT 1 FROM postings p WHERE p.transaction_id = t.transaction_id)"
@@ -1814,6 +1832,26 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
             for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
                 d.push(format!("{table} {}: applied without postings", row?));
             }
+        }
+        // A Stripe credit's refunds add up to what it says was reversed.
+        let mut stmt = tx.prepare(
+            "SELECT r.checkout_session_id, r.refunded_cents, COALESCE(SUM(f.amount_cents), 0)
+             FROM stripe_recharges r LEFT JOIN stripe_refunds f
+               ON f.checkout_session_id = r.checkout_session_id
+             GROUP BY r.checkout_session_id
+             HAVING r.refunded_cents != COALESCE(SUM(f.amount_cents), 0)",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (session, said, refunds) = row?;
+            d.push(format!(
+                "Stripe session {session}: refunded_cents {said} but its refunds sum to {refunds}"
+            ));
         }
         let mut stmt = tx.prepare(
             "SELECT card_uid, balance_cents, status FROM cards WHERE balance_cents < 0 AND status != 'blocked'",

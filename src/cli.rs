@@ -130,6 +130,9 @@ enum LedgerCommand {
     /// Shift close-outs sent by terminals (POST /v1/shifts).
     #[command(subcommand)]
     Shift(ShiftCommand),
+    /// Online top-ups through Stripe.
+    #[command(subcommand)]
+    Stripe(StripeCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
     /// Apply a terminal's journal export (cashless terminal export), idempotently: exit 0 if
@@ -219,6 +222,20 @@ enum CardCommand {
         /// Card UID (uppercase hex).
         #[arg(long)]
         uid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StripeCommand {
+    /// Stripe events, newest first: what each did (credited, refunded, refused, ...).
+    Events {
+        /// Only those an operator must act on: paid sessions that could not be credited
+        /// (refused: wrong currency, bad card UID) and refunds whose payment was never credited.
+        #[arg(long)]
+        attention: bool,
+        /// How many, at most.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
     },
 }
 
@@ -533,6 +550,10 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), false).await?;
             println!("card {uid} unblocked");
+        }
+        LedgerCommand::Stripe(StripeCommand::Events { attention, limit }) => {
+            let events = store.stripe_events(attention, limit).await?;
+            print!("{}", admin::format_stripe_events(&events));
         }
         LedgerCommand::Shift(ShiftCommand::List { terminal }) => {
             let reports = store.shift_reports(terminal).await?;

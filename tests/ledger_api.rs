@@ -2834,6 +2834,7 @@ async fn health_ready_and_openapi() {
         "/v1/staff",
         "/v1/scans",
         "/v1/terminals/me",
+        "/v1/webhooks/stripe",
         "/v1/openapi.json",
         "/health",
         "/ready",

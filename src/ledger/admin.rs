@@ -7,6 +7,7 @@ use super::rules::Limits;
 use super::store::sqlite::{SqliteOptions, SqliteStore};
 use super::store::{
     AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport,
+    StripeEventRecord,
 };
 use crate::domain::{Cents, ProductId, StaffId};
 use anyhow::{Context, bail};
@@ -413,20 +414,24 @@ pub fn format_shifts(reports: &[ShiftReport]) -> String {
         })
         .collect();
     // The first four columns are text; the others are numbers.
-    const TEXT_COLUMNS: usize = 4;
-    let mut widths = SHIFT_COLUMNS.map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+    table(&SHIFT_COLUMNS, 4, &rows)
+}
+
+/// An aligned text table: `headers`, then `rows`; the first `text_columns` columns are
+/// aligned left, the others (numbers) right.
+fn table<R: AsRef<[String]>>(headers: &[&str], text_columns: usize, rows: &[R]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 12]| {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
         let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
+            .zip(&widths)
             .enumerate()
             .map(|(i, (cell, width))| {
-                if i < TEXT_COLUMNS {
+                if i < text_columns {
                     format!("{cell:<width$}")
                 } else {
                     format!("{cell:>width$}")
@@ -435,11 +440,40 @@ pub fn format_shifts(reports: &[ShiftReport]) -> String {
             .collect();
         format!("{}\n", padded.join(COLUMN_GAP).trim_end())
     };
-    let mut out = line(SHIFT_COLUMNS);
-    for row in &rows {
-        out.push_str(&line(row.each_ref().map(String::as_str)));
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.as_ref().iter().map(String::as_str)));
     }
     out
+}
+
+/// The headers of `stripe events`.
+const STRIPE_COLUMNS: [&str; 8] = [
+    "RECEIVED", "EVENT", "TYPE", "OUTCOME", "SESSION", "CARD", "AMOUNT", "REASON",
+];
+
+/// Stripe events as a table, for `cashless ledger stripe events`.
+pub fn format_stripe_events(events: &[StripeEventRecord]) -> String {
+    if events.is_empty() {
+        return "no Stripe events\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.received_at.clone(),
+                e.event_id.clone(),
+                e.event_type.clone(),
+                e.outcome.clone(),
+                e.checkout_session_id.clone().unwrap_or_default(),
+                e.card_uid.clone().unwrap_or_default(),
+                e.amount_cents.map(|c| c.to_string()).unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    // Aligned left, all of them: the amount sits between two text columns.
+    table(&STRIPE_COLUMNS, STRIPE_COLUMNS.len(), &rows)
 }
 
 #[cfg(test)]

@@ -20,6 +20,27 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A Stripe event as `stripe_events` keeps it, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeEventRecord {
+    /// When it arrived.
+    pub received_at: String,
+    /// `evt_...`.
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// What was done (`credited`, `refused`, `refund_waiting`, ...).
+    pub outcome: String,
+    /// The checkout session.
+    pub checkout_session_id: Option<String>,
+    /// The card credited or debited, when known.
+    pub card_uid: Option<String>,
+    /// The credit, or a refund's cumulative `amount_refunded`.
+    pub amount_cents: Option<Cents>,
+    /// Why it was refused.
+    pub reason: Option<String>,
+}
+
 /// What the ledger did with a Stripe event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StripeOutcome {
@@ -236,6 +257,15 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         request_id: String,
         event: crate::ledger::stripe::StripeEvent,
     ) -> impl Future<Output = Result<StripeOutcome, StoreError>> + Send;
+
+    /// Stripe events, newest first, at most `limit`; with `attention`, only those an
+    /// operator must act on (`refused`: paid but not credited; `refund_waiting`: a refund
+    /// without its credit).
+    fn stripe_events(
+        &self,
+        attention: bool,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StripeEventRecord>, StoreError>> + Send;
 
     /// Records a shift close-out atomically and idempotently (close-out row, audit log row
     /// and idempotency record in one transaction): 201 with its answer, the stored answer

@@ -1424,6 +1424,15 @@ impl LedgerStore for SqliteStore {
             .await
     }
 
+    async fn stripe_events(
+        &self,
+        attention: bool,
+        limit: u32,
+    ) -> Result<Vec<super::StripeEventRecord>, StoreError> {
+        self.read(move |conn| stripe::events(conn, attention, limit))
+            .await
+    }
+
     async fn shift_reports(
         &self,
         terminal_name: Option<String>,

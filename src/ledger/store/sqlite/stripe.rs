@@ -8,7 +8,7 @@ use super::{
 use crate::domain::{CardUid, Cents};
 use crate::ledger::model::format_time;
 use crate::ledger::rules::{self, Limits};
-use crate::ledger::store::{StoreError, StripeOutcome};
+use crate::ledger::store::{StoreError, StripeEventRecord, StripeOutcome};
 use crate::ledger::stripe::{PaidSession, RefundedCharge, StripeEvent, refund_delta};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -444,4 +444,34 @@ fn refund(
         amount_cents: reversed.map(|(delta, _)| delta),
         balance_cents: reversed.map(|(_, balance)| balance),
     })
+}
+
+/// Stripe events, newest first; with `attention`, only refused ones and waiting refunds.
+pub(super) fn events(
+    conn: &Connection,
+    attention: bool,
+    limit: u32,
+) -> Result<Vec<StripeEventRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.received_at, e.event_id, e.event_type, e.outcome, e.checkout_session_id,
+                r.card_uid, e.amount_cents, e.reason
+         FROM stripe_events e
+         LEFT JOIN stripe_recharges r ON r.checkout_session_id = e.checkout_session_id
+         WHERE ?1 = 0 OR e.outcome IN ('refused', 'refund_waiting')
+         ORDER BY e.received_at DESC, e.event_id
+         LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![attention, limit], |r| {
+        Ok(StripeEventRecord {
+            received_at: r.get(0)?,
+            event_id: r.get(1)?,
+            event_type: r.get(2)?,
+            outcome: r.get(3)?,
+            checkout_session_id: r.get(4)?,
+            card_uid: r.get(5)?,
+            amount_cents: r.get::<_, Option<i64>>(6)?.map(Cents::new),
+            reason: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -300,6 +300,8 @@ fn hook(network: Arc<Mutex<Option<Network>>>, db: PathBuf) -> KeyHook {
 
 /// Runs the demo until staff leave it (Esc when logged out) or a signal.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is created: without a terminal there is no demo to show.
+    crate::tui::run::check_terminal()?;
     let dir = make_dir(args.dir.as_deref())?;
     let log = dir.join("demo.log");
     crate::cli::init_tracing(Some(&log))?;

@@ -288,16 +288,22 @@ pub fn spawn_terminal_reader() -> std::io::Result<mpsc::Receiver<TermEvent>> {
     Ok(rx)
 }
 
+/// Refused when stdin or stdout is not a terminal (the screens would have nowhere to go).
+pub fn check_terminal() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "the staff screens need a terminal on stdin and stdout (scripts and services without one: cashless terminal --ui jsonl)"
+        );
+    }
+    Ok(())
+}
+
 /// Puts the real terminal in raw mode on the alternate screen, with a panic hook that
 /// restores it first (ratatui's); [`restore`] undoes it. Refused when stdout is not a
 /// terminal.
 pub fn enter() -> anyhow::Result<ratatui::DefaultTerminal> {
-    use std::io::IsTerminal;
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "--ui tui needs a terminal on stdin and stdout; scripts and services without one use --ui jsonl"
-        );
-    }
+    check_terminal()?;
     ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot set up the terminal: {e}"))
 }
 

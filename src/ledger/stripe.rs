@@ -352,7 +352,10 @@ mod tests {
         let good = sign(SECRET, NOW, body);
         let secrets = vec![SECRET.to_owned()];
         let check = |h: Option<&str>, b: &[u8]| verify_signature(h, b, &secrets, NOW, 300);
-        assert_eq!(check(Some(&header(NOW, std::slice::from_ref(&good))), body), Ok(()));
+        assert_eq!(
+            check(Some(&header(NOW, std::slice::from_ref(&good))), body),
+            Ok(())
+        );
         // Within the tolerance, either side.
         assert_eq!(
             verify_signature(
@@ -366,7 +369,10 @@ mod tests {
         );
         assert_eq!(check(None, body), Err(SignatureError::Missing));
         assert_eq!(
-            check(Some(&header(NOW, std::slice::from_ref(&good))), br#"{"id":"evt_2"}"#),
+            check(
+                Some(&header(NOW, std::slice::from_ref(&good))),
+                br#"{"id":"evt_2"}"#
+            ),
             Err(SignatureError::Mismatch)
         );
         let old = NOW - 301;

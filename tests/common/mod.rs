@@ -82,6 +82,8 @@ pub struct Ledger {
     pub checkpoint_token: String,
     /// The config file passed with `--config`, if the ledger was started with one.
     pub config_path: Option<PathBuf>,
+    /// Environment variables set for `serve` (besides `RUST_LOG`).
+    pub server_env: Vec<(String, String)>,
     /// HTTP client shared by all requests of this ledger.
     pub client: reqwest::Client,
     /// The running `cashless ledger serve` process, if any.
@@ -178,6 +180,7 @@ fn run_admin(db_path: &Path, config_path: Option<&Path>, args: &[&str]) -> Outpu
     }
     cmd.env_remove("CASHLESS_DATABASE")
         .env_remove("CASHLESS_LISTEN")
+        .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
         .stdin(Stdio::null());
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {BIN} ledger {args:?}: {e}"))
@@ -215,16 +218,22 @@ fn token_from(out: &Output) -> String {
 impl Ledger {
     /// A fresh, seeded ledger with the default configuration, serving on a free port.
     pub async fn start() -> Ledger {
-        Self::start_inner(None).await
+        Self::start_inner(None, &[]).await
     }
 
     /// Like [`Ledger::start`], with `toml` written to a config file passed with `--config`
     /// to `serve` and to every admin command.
     pub async fn start_with_config(toml: &str) -> Ledger {
-        Self::start_inner(Some(toml)).await
+        Self::start_inner(Some(toml), &[]).await
     }
 
-    async fn start_inner(config: Option<&str>) -> Ledger {
+    /// Like [`Ledger::start_with_config`], with environment variables for `serve` (e.g.
+    /// `CASHLESS_STRIPE_WEBHOOK_SECRETS`).
+    pub async fn start_with_config_and_env(toml: &str, env: &[(&str, &str)]) -> Ledger {
+        Self::start_inner(Some(toml), env).await
+    }
+
+    async fn start_inner(config: Option<&str>, env: &[(&str, &str)]) -> Ledger {
         let dir = tempfile::Builder::new()
             .prefix("cashless-test-")
             .tempdir()
@@ -253,6 +262,10 @@ impl Ledger {
             bar2_token,
             checkpoint_token,
             config_path,
+            server_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             client,
             child: None,
             starts: 0,
@@ -278,6 +291,8 @@ impl Ledger {
         }
         cmd.env_remove("CASHLESS_DATABASE")
             .env_remove("CASHLESS_LISTEN")
+            .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -1149,3 +1149,23 @@ async fn a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks
     assert_eq!(l.balance(&card).await, debt);
     l.assert_audit_ok();
 }
+
+#[tokio::test]
+async fn a_payment_intent_named_by_two_sessions_credits_both_and_refunds_the_first() {
+    let l = ledger().await;
+    let uid = "04A1B2C3D4E5F6";
+    let first = session("evt_pi_a", "cs_pi_a", "pi_shared", uid, 2000);
+    let second = session("evt_pi_b", "cs_pi_b", "pi_shared", uid, 500);
+    assert_outcome(&send(&l, &first).await, &first, "credited");
+    // Not a 500 that Stripe would retry for days: the attendee paid, the card is credited.
+    assert_outcome(&send(&l, &second).await, &second, "credited");
+    assert_eq!(l.balance(uid).await, 2500);
+    let linked = recharge_row(&l, "cs_pi_b").unwrap();
+    assert_eq!(linked["payment_intent_id"], Value::Null, "{linked}");
+    // A refund through the payment intent finds the session that holds it.
+    let r = refund("evt_pi_r", "ch_pi", "pi_shared", 2000, 2000);
+    assert_outcome(&send(&l, &r).await, &r, "refunded");
+    assert_eq!(l.balance(uid).await, 500);
+    assert_eq!(refunded_cents(&l, "cs_pi_a"), 2000);
+    l.assert_audit_ok();
+}

@@ -196,6 +196,23 @@ fn credit(
             balance_cents: None,
         });
     }
+    // A payment intent belongs to one session; should another session name it too, the
+    // credit still happens (the attendee paid), without the link refunds use.
+    let mut payment_intent = s.payment_intent.as_deref();
+    if let Some(pi) = payment_intent {
+        let taken: Option<String> = conn
+            .prepare_cached(
+                "SELECT checkout_session_id FROM stripe_recharges WHERE payment_intent_id = ?1",
+            )?
+            .query_row([pi], |r| r.get(0))
+            .optional()?;
+        if let Some(other) = taken {
+            tracing::warn!(event_id = %s.event_id, session = %s.session_id, payment_intent = pi,
+                other_session = %other,
+                "a payment intent already credited through another session: credited without it");
+            payment_intent = None;
+        }
+    }
     let card = load_card(conn, &s.card_uid)?;
     let change = rules::decide_stripe_credit(card, s.amount, limits)
         .map_err(|e| internal(format!("a Stripe credit: {}", e.message)))?;
@@ -210,7 +227,7 @@ fn credit(
     .execute(params![
         transaction_id.to_string(),
         s.session_id,
-        s.payment_intent,
+        payment_intent,
         s.event_id,
         s.card_uid.as_str(),
         s.amount.get(),
@@ -257,7 +274,7 @@ fn credit(
     )?;
     let mut balance = change.next.balance;
     // Refunds of this payment that arrived before it: applied now, in the same transaction.
-    if let Some(pi) = &s.payment_intent {
+    if let Some(pi) = payment_intent {
         let waiting: Vec<(String, i64)> = conn
             .prepare_cached(
                 "SELECT event_id, amount_cents FROM stripe_events

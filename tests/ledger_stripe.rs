@@ -517,6 +517,11 @@ async fn bad_signatures_are_refused_with_400_and_write_nothing() {
     assert_outcome(&resp, &event, "credited");
     assert_eq!(l.balance(&card).await, 3000);
     l.assert_audit_ok();
+    // Refusals are logged, and neither the secret nor a signature is in the log.
+    let log = l.server_log();
+    assert!(log.contains("bad signature"), "{log}");
+    assert!(!log.contains(SECRET), "the secret is in the log");
+    assert!(!log.contains(&good), "a signature is in the log");
 }
 
 /// Delivers a fresh session for `card`, signed `offset_s` seconds from now, and returns the

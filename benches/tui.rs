@@ -233,7 +233,7 @@ fn bar_steps(cycle: usize) -> Vec<Step> {
 fn checkpoint_steps(cycle: usize) -> Vec<Step> {
     let d = Key::Digit;
     vec![
-        key("cp: amount, preset", d(3)),
+        key("cp: amount, preset", Key::Minus),
         key("cp: amount, cash/card", Key::Dot),
         key("cp: amount, Enter (top up)", Key::Enter),
         event("cp: card (event)", card()),

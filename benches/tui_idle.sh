@@ -100,9 +100,9 @@ screen | grep -q " Menu " || die "the TUI did not reach the order screen: $(scre
 TUI_PID=$(tmux -L "$SOCKET" list-panes -F '#{pane_pid}')
 TUI_CPU=$(sample "$TUI_PID")
 T_END=$(date +%s)
-# Leave: Esc on the empty order logs out, Esc at the login screen quits; the frame count is
+# Leave with Ctrl-C (staff have no quit key); the frame count is
 # logged at exit and covers the whole run (start, login, idle).
-tmux -L "$SOCKET" send-keys Escape; sleep 0.3; tmux -L "$SOCKET" send-keys Escape
+tmux -L "$SOCKET" send-keys C-c
 for _ in $(seq 100); do grep -q "the screen closed" "$TMP/bar-1.journal.log" 2>/dev/null && break; sleep 0.1; done
 FRAMES=$(sed -n 's/.*frames=\([0-9]*\).*/\1/p' "$TMP/bar-1.journal.log" | tail -1)
 [ -n "$FRAMES" ] || die "no frame count in $TMP/bar-1.journal.log"

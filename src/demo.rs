@@ -16,7 +16,7 @@ use crate::ledger::store::LedgerStore;
 use crate::terminal::config::{TerminalConfig, TerminalOverrides};
 use crate::terminal::daemon::{self, Command, Daemon};
 use crate::terminal::frontend::{Input, Leave};
-use crate::tui::model::Model;
+use crate::tui::model::{Model, Screen};
 use crate::tui::run::{KeyHook, Tui, enter, local_clock, restore, spawn_terminal_reader};
 use anyhow::Context;
 use crossterm::event::KeyCode;
@@ -251,7 +251,7 @@ fn banner(kind: TerminalKind, network_up: bool, db: &Path) -> Vec<String> {
         .collect::<Vec<_>>()
         .join(", ");
     vec![
-        format!(" DEMO │ a b c d: present card A-D │ {net} │ m: to the {other} │ ?: help"),
+        format!(" DEMO │ a b c d: present card A-D │ {net} │ m: to the {other} │ Esc: leave"),
         format!(" PINs: {pins} │ ledger: {}", db.display()),
     ]
 }
@@ -266,12 +266,20 @@ fn help_extra() -> Vec<String> {
         String::new(),
         format!("a b c d  card {cards}"),
         "n / m    cut or restore the network / bar or checkpoint".into(),
+        "Esc      (logged out, at the login screen) leave the demo".into(),
     ]
 }
 
 /// The demo's own keys: cards, network, mode. Other keys go to the model.
 fn hook(network: Arc<Mutex<Option<Network>>>, db: PathBuf) -> KeyHook {
     Box::new(move |key, model: &mut Model| {
+        // Esc at the login screen, nothing typed: the demo ends (a real terminal has no
+        // quit key for staff).
+        if key.code == KeyCode::Esc
+            && matches!(&model.screen, Screen::Login { number, picked: None, .. } if number.is_empty())
+        {
+            return Some(vec![Input::Leave(Leave::Quit)]);
+        }
         let KeyCode::Char(c) = key.code else {
             return None;
         };

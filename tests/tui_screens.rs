@@ -199,7 +199,7 @@ fn checkpoint_screens() {
     m.minute = Some(minute());
     m.on_event(&status(true, 0), 0);
     login(&mut m);
-    press(&mut m, &[Key::Digit(3), Key::Dot]);
+    press(&mut m, &[Key::Minus, Key::Minus, Key::Minus, Key::Dot]);
     insta::assert_snapshot!("checkpoint_amount", screen(&m, 80, 24));
     press(&mut m, &[Key::Enter]);
     insta::assert_snapshot!("checkpoint_present_card", screen(&m, 80, 24));
@@ -256,6 +256,8 @@ fn checkpoint_shift_screens() {
         ],
     );
     insta::assert_snapshot!("checkpoint_close_out", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter]);
+    insta::assert_snapshot!("checkpoint_confirm_close", screen(&m, 80, 24));
     let closed = |counted: i64| Event::ShiftClosed {
         client_request_id: cashless::domain::ClientRequestId::parse(
             "5f0c6f7e-1d1a-4a39-9d7e-3b1f1c2d0009",
@@ -330,4 +332,21 @@ fn the_status_bar_shows_the_age_of_the_last_contact_with_the_ledger() {
     s.last_feed_at = Some("2026-07-01T21:15:59Z".into());
     m.on_event(&Event::Status(s), 0);
     assert!(screen(&m, 100, 24).contains("synced <1 min"));
+}
+
+#[test]
+fn a_login_screen_with_more_staff_than_keys() {
+    let staff: Vec<StaffItem> = (1..=23)
+        .map(|i| StaffItem {
+            staff_id: format!("s-{i:02}"),
+            name: format!("Bartender {i}"),
+        })
+        .collect();
+    let mut m = Model::new("bar-1".into(), TerminalKind::Bar, menu(), staff);
+    m.minute = Some(minute());
+    m.on_event(&status(true, 0), 0);
+    press(&mut m, &[Key::Digit(1), Key::Digit(7)]);
+    insta::assert_snapshot!("login_many_staff", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter, Key::Digit(1)]);
+    insta::assert_snapshot!("login_many_staff_pin", screen(&m, 80, 24));
 }

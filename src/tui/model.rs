@@ -17,6 +17,8 @@ pub const PRESENT_TIMEOUT_MS: u64 = 30_000;
 pub const RESULT_SHOWN_MS: u64 = 4_000;
 /// Digits of an amount typed at a checkpoint (999999.99 at most).
 const AMOUNT_DIGITS_MAX: usize = 8;
+/// Digits of a staff member's number at the login screen, at most.
+const STAFF_NUMBER_DIGITS_MAX: usize = 3;
 /// Digits of a PIN, at most.
 const PIN_DIGITS_MAX: usize = 12;
 /// The quantity of one line, at most (the ledger's limit).
@@ -82,6 +84,8 @@ pub struct StaffItem {
 pub enum Screen {
     /// Pick a staff member by number, then type the PIN.
     Login {
+        /// The staff member's number typed so far (more than nine staff: digits, Enter).
+        number: String,
         /// The staff member picked (an index into the staff list).
         picked: Option<usize>,
         /// The PIN typed so far (shown masked).
@@ -146,6 +150,14 @@ pub enum Screen {
         digits: String,
         /// The totals it closes.
         summary: ShiftView,
+    },
+    /// Checkpoint: "close the shift with this much counted?" Enter closes it for good, Esc
+    /// goes back to the count.
+    ConfirmClose {
+        /// The totals it closes.
+        summary: ShiftView,
+        /// Cash counted.
+        counted: Cents,
     },
     /// Checkpoint: the closed shift and the drawer's difference, until a key.
     ShiftClosed {
@@ -214,6 +226,8 @@ pub struct Model {
     pub help: bool,
     /// A one-line notice (an error from the daemon, a hint).
     pub notice: Option<String>,
+    /// Checkpoint: the payment method chosen last.
+    pub method: PaymentMethod,
     /// The current minute, for the age of the last sync (set by the run loop; `None` in
     /// tests that show the time of the last sync instead).
     pub minute: Option<chrono::DateTime<chrono::Utc>>,
@@ -238,6 +252,7 @@ impl Model {
             staff,
             logged_in: None,
             screen: Screen::Login {
+                number: String::new(),
                 picked: None,
                 pin: String::new(),
                 message: None,
@@ -245,6 +260,7 @@ impl Model {
             status: None,
             help: false,
             notice: None,
+            method: PaymentMethod::Cash,
             minute: None,
             banner: Vec::new(),
             help_extra: Vec::new(),
@@ -286,7 +302,7 @@ impl Model {
                 self.screen = self.home();
             }
         }
-        self.staff = info
+        let staff: Vec<StaffItem> = info
             .staff
             .iter()
             .map(|(id, name)| StaffItem {
@@ -294,29 +310,42 @@ impl Model {
                 name: name.clone(),
             })
             .collect();
-        if let Screen::Login {
-            picked: Some(i), ..
-        } = &self.screen
-            && *i >= self.staff.len()
-        {
-            self.screen = Screen::Login {
-                picked: None,
-                pin: String::new(),
-                message: None,
-            };
+        if staff != self.staff {
+            self.staff = staff;
+            // A number picked or typed may now mean someone else: start the login again
+            // rather than send a PIN against another member's lockout.
+            if matches!(&self.screen, Screen::Login { number, picked, .. }
+                if picked.is_some() || !number.is_empty())
+            {
+                self.screen = Screen::Login {
+                    number: String::new(),
+                    picked: None,
+                    pin: String::new(),
+                    message: Some("the staff list changed: pick again".into()),
+                };
+            }
         }
     }
 
     /// The screen to go back to when an operation is over.
     fn home(&self) -> Screen {
+        if self.logged_in.is_none() {
+            return Screen::Login {
+                number: String::new(),
+                picked: None,
+                pin: String::new(),
+                message: None,
+            };
+        }
         match self.kind {
             TerminalKind::Bar => Screen::Order {
                 quantities: vec![0; self.menu.len()],
                 cursor: 0,
             },
+            // The method chosen last stays: a queue of card payers is not rebooked as cash.
             TerminalKind::Checkpoint => Screen::Amount {
                 digits: String::new(),
-                method: PaymentMethod::Cash,
+                method: self.method,
             },
         }
     }
@@ -362,92 +391,11 @@ impl Model {
     fn key_on(&mut self, screen: Screen, key: Key, now_ms: u64) -> (Screen, Vec<Action>) {
         match screen {
             Screen::Login {
+                number,
                 picked,
-                mut pin,
+                pin,
                 message,
-            } => match (picked, key) {
-                (None, Key::Digit(d)) => {
-                    let index = usize::from(d).wrapping_sub(1);
-                    if d >= 1 && index < self.staff.len() {
-                        (
-                            Screen::Login {
-                                picked: Some(index),
-                                pin,
-                                message: None,
-                            },
-                            Vec::new(),
-                        )
-                    } else {
-                        (
-                            Screen::Login {
-                                picked,
-                                pin,
-                                message,
-                            },
-                            Vec::new(),
-                        )
-                    }
-                }
-                (None, Key::Esc) => (
-                    Screen::Login {
-                        picked,
-                        pin,
-                        message: None,
-                    },
-                    vec![Action::Quit],
-                ),
-                (Some(_), Key::Digit(d)) => {
-                    if pin.len() < PIN_DIGITS_MAX {
-                        pin.push(char::from(b'0' + d));
-                    }
-                    (
-                        Screen::Login {
-                            picked,
-                            pin,
-                            message,
-                        },
-                        Vec::new(),
-                    )
-                }
-                (Some(_), Key::Backspace) => {
-                    pin.pop();
-                    (
-                        Screen::Login {
-                            picked,
-                            pin,
-                            message,
-                        },
-                        Vec::new(),
-                    )
-                }
-                (Some(_), Key::Esc) => (
-                    Screen::Login {
-                        picked: None,
-                        pin: String::new(),
-                        message: None,
-                    },
-                    Vec::new(),
-                ),
-                (Some(index), Key::Enter) if !pin.is_empty() => {
-                    let staff_id = self.staff[index].staff_id.clone();
-                    (
-                        Screen::Login {
-                            picked,
-                            pin: String::new(),
-                            message: None,
-                        },
-                        vec![Action::Send(Command::Login { staff_id, pin })],
-                    )
-                }
-                (picked, _) => (
-                    Screen::Login {
-                        picked,
-                        pin,
-                        message,
-                    },
-                    Vec::new(),
-                ),
-            },
+            } => self.login_key(number, picked, pin, message, key),
             Screen::Order {
                 mut quantities,
                 mut cursor,
@@ -521,9 +469,14 @@ impl Model {
                 mut digits,
                 mut method,
             } => match key {
-                Key::Digit(d) if digits.is_empty() && (1..=4).contains(&d) => {
-                    // A preset on an empty amount.
-                    digits = TOPUP_PRESETS_CENTS[usize::from(d) - 1].to_string();
+                Key::Minus => {
+                    // The presets, in turn: digits always type the amount itself.
+                    let current = digits.parse::<i64>().ok();
+                    let next = TOPUP_PRESETS_CENTS
+                        .iter()
+                        .position(|p| Some(*p) == current)
+                        .map_or(0, |i| (i + 1) % TOPUP_PRESETS_CENTS.len());
+                    digits = TOPUP_PRESETS_CENTS[next].to_string();
                     (Screen::Amount { digits, method }, Vec::new())
                 }
                 Key::Digit(d) => {
@@ -553,6 +506,7 @@ impl Model {
                         PaymentMethod::Cash => PaymentMethod::Card,
                         PaymentMethod::Card => PaymentMethod::Cash,
                     };
+                    self.method = method;
                     (Screen::Amount { digits, method }, Vec::new())
                 }
                 Key::Star => (
@@ -579,7 +533,7 @@ impl Model {
                         })],
                     ),
                     _ => {
-                        self.notice = Some("type an amount, or 1-4 for a preset".into());
+                        self.notice = Some("type an amount in cents, or - for a preset".into());
                         (Screen::Amount { digits, method }, Vec::new())
                     }
                 },
@@ -627,9 +581,12 @@ impl Model {
                     Vec::new(),
                 ),
                 Key::Enter => match digits.parse::<i64>() {
-                    Ok(counted_cash_cents) => (
-                        Screen::Deciding,
-                        vec![Action::Send(Command::CloseShift { counted_cash_cents })],
+                    Ok(counted) => (
+                        Screen::ConfirmClose {
+                            summary,
+                            counted: Cents::new(counted),
+                        },
+                        Vec::new(),
                     ),
                     Err(_) => {
                         self.notice = Some("type the cash counted in the drawer".into());
@@ -638,7 +595,99 @@ impl Model {
                 },
                 _ => (Screen::CloseOut { digits, summary }, Vec::new()),
             },
+            Screen::ConfirmClose { summary, counted } => match key {
+                Key::Enter => (
+                    Screen::Deciding,
+                    vec![Action::Send(Command::CloseShift {
+                        counted_cash_cents: counted.get(),
+                    })],
+                ),
+                Key::Esc => (
+                    Screen::CloseOut {
+                        digits: counted.get().to_string(),
+                        summary,
+                    },
+                    Vec::new(),
+                ),
+                _ => (Screen::ConfirmClose { summary, counted }, Vec::new()),
+            },
             Screen::ShiftClosed { .. } => (self.home(), Vec::new()),
+        }
+    }
+
+    /// A key at the login screen: the staff member's number (one digit picks at once while
+    /// there are at most nine; with more, digits and Enter), then the PIN and Enter.
+    fn login_key(
+        &mut self,
+        mut number: String,
+        picked: Option<usize>,
+        mut pin: String,
+        message: Option<String>,
+        key: Key,
+    ) -> (Screen, Vec<Action>) {
+        let login = |number, picked, pin, message| Screen::Login {
+            number,
+            picked,
+            pin,
+            message,
+        };
+        let one_digit = self.staff.len() <= 9;
+        match (picked, key) {
+            (None, Key::Digit(d)) if one_digit => {
+                let index = usize::from(d).wrapping_sub(1);
+                if d >= 1 && index < self.staff.len() {
+                    (login(String::new(), Some(index), pin, None), Vec::new())
+                } else {
+                    (login(number, picked, pin, message), Vec::new())
+                }
+            }
+            (None, Key::Digit(d)) => {
+                if number.len() < STAFF_NUMBER_DIGITS_MAX && !(number.is_empty() && d == 0) {
+                    number.push(char::from(b'0' + d));
+                }
+                (login(number, picked, pin, None), Vec::new())
+            }
+            (None, Key::Backspace) => {
+                number.pop();
+                (login(number, picked, pin, message), Vec::new())
+            }
+            (None, Key::Enter) => match number.parse::<usize>() {
+                Ok(n) if n >= 1 && n <= self.staff.len() => {
+                    (login(String::new(), Some(n - 1), pin, None), Vec::new())
+                }
+                _ if number.is_empty() => (login(number, picked, pin, message), Vec::new()),
+                _ => (
+                    login(
+                        String::new(),
+                        None,
+                        pin,
+                        Some(format!("no staff member number {number}")),
+                    ),
+                    Vec::new(),
+                ),
+            },
+            // Nothing quits from here: a terminal at a bar stays up (Ctrl-C or the service
+            // manager stop it; the demo maps its own key).
+            (None, Key::Esc) => (login(String::new(), None, pin, None), Vec::new()),
+            (Some(_), Key::Digit(d)) => {
+                if pin.len() < PIN_DIGITS_MAX {
+                    pin.push(char::from(b'0' + d));
+                }
+                (login(number, picked, pin, message), Vec::new())
+            }
+            (Some(_), Key::Backspace) => {
+                pin.pop();
+                (login(number, picked, pin, message), Vec::new())
+            }
+            (Some(_), Key::Esc) => (login(String::new(), None, String::new(), None), Vec::new()),
+            (Some(index), Key::Enter) if !pin.is_empty() => {
+                let staff_id = self.staff[index].staff_id.clone();
+                (
+                    login(String::new(), picked, String::new(), None),
+                    vec![Action::Send(Command::Login { staff_id, pin })],
+                )
+            }
+            (picked, _) => (login(number, picked, pin, message), Vec::new()),
         }
     }
 
@@ -675,6 +724,26 @@ impl Model {
                     decision: decision.clone(),
                     since_ms: now_ms,
                 };
+            }
+            Event::Balance {
+                card_uid,
+                balance_cents,
+                ..
+            } if matches!(
+                self.screen,
+                Screen::Shift { .. }
+                    | Screen::CloseOut { .. }
+                    | Screen::ConfirmClose { .. }
+                    | Screen::ConfirmVoid
+                    | Screen::Login { .. }
+            ) =>
+            {
+                // A card tapped while the drawer is counted (or at login) does not wipe
+                // what was typed: its balance goes on the notice line.
+                self.notice = Some(format!(
+                    "card {card_uid}: {}",
+                    balance_cents.map_or("unknown card".to_owned(), |b| format!("balance {b}"))
+                ));
             }
             Event::Balance {
                 card_uid,
@@ -757,6 +826,7 @@ impl Model {
             Event::LoggedOut => {
                 self.logged_in = None;
                 self.screen = Screen::Login {
+                    number: String::new(),
                     picked: None,
                     pin: String::new(),
                     message: None,
@@ -997,15 +1067,42 @@ mod tests {
             vec![],
             bar().staff,
         ));
-        let actions = keys(&mut m, &[Key::Digit(3), Key::Dot, Key::Enter]);
+        // `-` steps through the presets; `.` switches to card.
+        let actions = keys(
+            &mut m,
+            &[Key::Minus, Key::Minus, Key::Minus, Key::Dot, Key::Enter],
+        );
         assert_eq!(
             actions,
             vec![Action::Send(Command::Topup {
-                amount_cents: 5000,
+                amount_cents: TOPUP_PRESETS_CENTS[2],
                 payment_method: PaymentMethod::Card
             })]
         );
+        let Screen::Present { .. } = m.screen else {
+            panic!("{:?}", m.screen)
+        };
         keys(&mut m, &[Key::Esc]);
+        // Typed amounts are cents, whatever their first digit (a 2 once became a preset, and
+        // "20" became 200.00), and the card method stays for the next top-up.
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Digit(2),
+                Key::Digit(0),
+                Key::Digit(0),
+                Key::Digit(0),
+                Key::Enter,
+            ],
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Topup {
+                amount_cents: 2_000,
+                payment_method: PaymentMethod::Card
+            })]
+        );
+        keys(&mut m, &[Key::Esc, Key::Dot]);
         let actions = keys(
             &mut m,
             &[
@@ -1018,12 +1115,78 @@ mod tests {
         );
         assert_eq!(
             actions,
-            // Back at the amount screen, the method is cash again.
             vec![Action::Send(Command::Topup {
                 amount_cents: 750,
                 payment_method: PaymentMethod::Cash
             })]
         );
+    }
+
+    #[test]
+    fn more_than_nine_staff_log_in_by_number_and_enter() {
+        let staff: Vec<StaffItem> = (1..=12)
+            .map(|i| StaffItem {
+                staff_id: format!("s-{i}"),
+                name: format!("Staff {i}"),
+            })
+            .collect();
+        let mut m = Model::new("bar-1".into(), TerminalKind::Bar, vec![], staff);
+        // "1" alone picks nobody yet; "1", "2", Enter picks the twelfth.
+        keys(&mut m, &[Key::Digit(1)]);
+        assert!(matches!(&m.screen, Screen::Login { picked: None, number, .. } if number == "1"));
+        keys(&mut m, &[Key::Digit(2), Key::Enter]);
+        assert!(matches!(
+            m.screen,
+            Screen::Login {
+                picked: Some(11),
+                ..
+            }
+        ));
+        let actions = keys(&mut m, &[Key::Digit(5), Key::Digit(5), Key::Enter]);
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Login {
+                staff_id: "s-12".into(),
+                pin: "55".into()
+            })]
+        );
+        // A number nobody has is said so; Esc at the login screen never quits.
+        let mut m2 = m.clone();
+        m2.screen = Screen::Login {
+            number: String::new(),
+            picked: None,
+            pin: String::new(),
+            message: None,
+        };
+        keys(&mut m2, &[Key::Digit(4), Key::Digit(0), Key::Enter]);
+        assert!(
+            matches!(&m2.screen, Screen::Login { message: Some(msg), picked: None, .. } if msg.contains("40"))
+        );
+        assert!(keys(&mut m2, &[Key::Esc, Key::Esc]).is_empty());
+    }
+
+    #[test]
+    fn a_result_after_a_logout_goes_back_to_the_login_screen() {
+        let mut m = bar();
+        // A card tapped at the login screen shows its balance; then the login, not an order.
+        m.on_event(
+            &Event::Balance {
+                card_uid: CardUid::parse("04A1B2C3").unwrap(),
+                balance_cents: Some(Cents::new(500)),
+                status: None,
+                source: "ledger",
+                as_of: None,
+            },
+            0,
+        );
+        assert!(m.notice.is_some());
+        assert!(matches!(m.screen, Screen::Login { .. }));
+        m.screen = Screen::Result {
+            decision: decision("declined"),
+            since_ms: 0,
+        };
+        m.on_tick(RESULT_SHOWN_MS);
+        assert!(matches!(m.screen, Screen::Login { .. }));
     }
 
     #[test]
@@ -1067,6 +1230,24 @@ mod tests {
                 Key::Enter,
             ],
         );
+        // Asked first; Esc goes back to the count with the digits kept.
+        assert!(actions.is_empty());
+        assert!(matches!(m.screen, Screen::ConfirmClose { .. }));
+        keys(&mut m, &[Key::Esc]);
+        assert!(matches!(&m.screen, Screen::CloseOut { digits, .. } if digits == "7350"));
+        // A card tapped while counting does not lose the count.
+        m.on_event(
+            &Event::Balance {
+                card_uid: CardUid::parse("04A1B2C3").unwrap(),
+                balance_cents: None,
+                status: None,
+                source: "replica",
+                as_of: None,
+            },
+            0,
+        );
+        assert!(matches!(&m.screen, Screen::CloseOut { digits, .. } if digits == "7350"));
+        let actions = keys(&mut m, &[Key::Enter, Key::Enter]);
         assert_eq!(
             actions,
             vec![Action::Send(Command::CloseShift {

@@ -82,6 +82,11 @@ pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
     }
 }
 
+/// Rows of the login box that are not the staff list (borders, title line, PIN, message).
+const LOGIN_CHROME_ROWS: usize = 9;
+/// Characters of a staff member's name on the login screen.
+const STAFF_NAME_CHARS: usize = 18;
+
 /// Lines of the banner (the demo's keys) shown above the hints, at most.
 const BANNER_LINES_MAX: usize = 2;
 
@@ -158,13 +163,16 @@ pub fn sync_age(last: Option<&str>, now: Option<DateTime<Utc>>) -> String {
 
 fn hint_line(model: &Model) -> String {
     match &model.screen {
-        Screen::Login { picked: None, .. } => "number: who you are  Esc: quit  ?: help".into(),
+        Screen::Login { picked: None, .. } if model.staff.len() <= 9 => {
+            "number: who you are  ?: help".into()
+        }
+        Screen::Login { picked: None, .. } => "number, Enter: who you are  ?: help".into(),
         Screen::Login { .. } => "PIN, then Enter  Esc: back  ?: help".into(),
         Screen::Order { .. } => {
             "1-9 add  +/- qty  Enter charge  * balance  / void last  Esc clear  ? help".into()
         }
         Screen::Amount { .. } => {
-            "digits cents  1-4 preset  . cash/card  Enter top up  + shift  * balance  ? help".into()
+            "digits cents  - preset  . cash/card  Enter top up  + shift  * balance  ? help".into()
         }
         Screen::Present { .. } => "present the card   Esc: cancel".into(),
         Screen::Deciding => "deciding…".into(),
@@ -174,6 +182,7 @@ fn hint_line(model: &Model) -> String {
         Screen::CloseOut { .. } => {
             "digits: cash counted, in cents   Enter: close   Esc: back".into()
         }
+        Screen::ConfirmClose { .. } => "Enter: close the shift for good   Esc: count again".into(),
         Screen::ShiftClosed { .. } => "any key: next".into(),
     }
 }
@@ -181,17 +190,36 @@ fn hint_line(model: &Model) -> String {
 fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
     match &model.screen {
         Screen::Login {
+            number,
             picked,
             pin,
             message,
         } => {
             let mut lines = vec![
-                Line::from("Who are you? Press your number.").bold(),
+                Line::from(if model.staff.len() <= 9 {
+                    "Who are you? Press your number."
+                } else {
+                    "Who are you? Type your number, then Enter."
+                })
+                .bold(),
                 Line::from(""),
             ];
-            for (i, s) in model.staff.iter().enumerate().take(9) {
-                let mark = if *picked == Some(i) { "▶" } else { " " };
-                lines.push(Line::from(format!("{mark} {}  {}", i + 1, s.name)));
+            // Staff in columns, top to bottom: as many rows as the screen leaves room for.
+            let rows = usize::from(area.height)
+                .saturating_sub(LOGIN_CHROME_ROWS)
+                .max(1);
+            for row in 0..rows.min(model.staff.len()) {
+                let mut text = String::new();
+                for (i, s) in model.staff.iter().enumerate().skip(row).step_by(rows) {
+                    let mark = if *picked == Some(i) { "▶" } else { " " };
+                    let name: String = s.name.chars().take(STAFF_NAME_CHARS).collect();
+                    text.push_str(&format!("{mark}{:>3}  {name:<STAFF_NAME_CHARS$}  ", i + 1));
+                }
+                lines.push(Line::from(text.trim_end().to_owned()));
+            }
+            if !number.is_empty() {
+                lines.push(Line::from(""));
+                lines.push(Line::from(format!("Number: {number}")).bold());
             }
             if picked.is_some() {
                 lines.push(Line::from(""));
@@ -265,15 +293,14 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             };
             let presets = TOPUP_PRESETS_CENTS
                 .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{}: {}", i + 1, money(Cents::new(*c))))
+                .map(|c| money(Cents::new(*c)))
                 .collect::<Vec<_>>()
                 .join("   ");
             let lines = vec![
                 Line::from(format!("Amount: {}", money(cents))).bold(),
                 Line::from(format!("Paid by: {method}   (. to switch)")),
                 Line::from(""),
-                Line::from(format!("Presets: {presets}")),
+                Line::from(format!("Presets (-): {presets}")),
             ];
             frame.render_widget(
                 Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Top-up ")),
@@ -283,7 +310,14 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         Screen::Present { what, .. } => {
             let text = match what {
                 Presenting::Order(total) => format!("{}\n\nPRESENT CARD", money(*total)),
-                Presenting::Topup(amount, _) => format!("+{}\n\nPRESENT CARD", money(*amount)),
+                Presenting::Topup(amount, method) => format!(
+                    "+{}  {}\n\nPRESENT CARD",
+                    money(*amount),
+                    match method {
+                        PaymentMethod::Cash => "CASH",
+                        PaymentMethod::Card => "CARD",
+                    }
+                ),
                 Presenting::Balance => "BALANCE\n\nPRESENT CARD".into(),
             };
             big(frame, area, &text, Color::Cyan, false);
@@ -368,6 +402,14 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 ),
                 area,
             );
+        }
+        Screen::ConfirmClose { summary, counted } => {
+            let text = format!(
+                "CLOSE THE SHIFT?\n\ncash counted {}\nexpected {}\n\nEnter: close   Esc: count again",
+                money(*counted),
+                money(summary.cash)
+            );
+            big(frame, area, &text, Color::Yellow, false);
         }
         Screen::ShiftClosed {
             summary,
@@ -468,8 +510,8 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         ),
         TerminalKind::Checkpoint => lines.extend(
             [
-                "digits   the amount, in cents",
-                "1-4      a preset (on an empty amount)",
+                "digits   the amount, in cents (2000 is 20.00)",
+                "-        the presets, in turn",
                 ".        cash or card",
                 "Enter    top up: then present the card",
                 "+        this shift's totals; Enter there closes it",

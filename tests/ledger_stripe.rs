@@ -411,7 +411,6 @@ async fn bad_signatures_are_refused_with_400_and_write_nothing() {
     assert_eq!(tampered.len(), body.len());
     assert_ne!(tampered, body);
     let stale = t - (TOLERANCE_S + 1);
-    let future = t + TOLERANCE_S + 30;
     let sig = "Stripe-Signature";
     let cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
         (
@@ -430,11 +429,6 @@ async fn bad_signatures_are_refused_with_400_and_write_nothing() {
             "timestamp older than the tolerance",
             body.clone(),
             Some(header(SECRET, stale, &body)),
-        ),
-        (
-            "timestamp in the future beyond the tolerance",
-            body.clone(),
-            Some(header(SECRET, future, &body)),
         ),
         ("v0 only", body.clone(), Some(format!("t={t},v0={good}"))),
         ("no header", body.clone(), None),
@@ -560,15 +554,17 @@ async fn deliver_exactly(
 }
 
 #[tokio::test]
-async fn the_tolerance_is_exact_on_both_sides() {
+async fn the_tolerance_bounds_the_past_to_the_second_and_not_the_future() {
     let l = ledger().await;
     let card = uid(0x5715);
-    for offset in [-TOLERANCE_S, TOLERANCE_S] {
+    // The past is bounded; the future is not (as in Stripe's libraries: the timestamp is
+    // signed, and a ledger clock running slow must not stop the webhook).
+    for offset in [-TOLERANCE_S, TOLERANCE_S, TOLERANCE_S + 1, 3_600] {
         let (event, resp, _) = deliver_exactly(&l, &card, offset, &format!("in{offset}")).await;
         assert_eq!(resp.status, 200, "{offset} s: {}", resp.body);
         assert_outcome(&resp, &event, "credited");
     }
-    for offset in [-TOLERANCE_S - 1, TOLERANCE_S + 1] {
+    for offset in [-TOLERANCE_S - 1, -3_600] {
         let (_, resp, before) = deliver_exactly(&l, &card, offset, &format!("out{offset}")).await;
         assert_eq!(resp.status, 400, "{offset} s: {}", resp.body);
         let details = resp.assert_error(400, "INVALID_REQUEST");

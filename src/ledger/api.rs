@@ -92,7 +92,7 @@ pub struct AppState<S> {
 pub struct StripeSettings {
     /// The endpoint's signing secrets (several during a rotation). Never logged.
     pub secrets: Vec<String>,
-    /// Oldest (and furthest in the future) accepted signature timestamp, in seconds.
+    /// Oldest accepted signature timestamp, in seconds.
     pub tolerance_s: i64,
 }
 

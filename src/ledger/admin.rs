@@ -449,7 +449,7 @@ fn table<R: AsRef<[String]>>(headers: &[&str], text_columns: usize, rows: &[R]) 
 
 /// The headers of `stripe events`.
 const STRIPE_COLUMNS: [&str; 8] = [
-    "RECEIVED", "EVENT", "TYPE", "OUTCOME", "SESSION", "CARD", "AMOUNT", "REASON",
+    "RECEIVED", "EVENT", "TYPE", "OUTCOME", "SESSION", "CARD", "MOVED", "REASON",
 ];
 
 /// Stripe events as a table, for `cashless ledger stripe events`.

@@ -35,7 +35,8 @@ pub struct StripeEventRecord {
     pub checkout_session_id: Option<String>,
     /// The card credited or debited, when known.
     pub card_uid: Option<String>,
-    /// The credit, or a refund's cumulative `amount_refunded`.
+    /// The money this event moved on the card: a credit, or a reversal (negative); `None`
+    /// when it moved none.
     pub amount_cents: Option<Cents>,
     /// Why it was refused.
     pub reason: Option<String>,

@@ -295,9 +295,10 @@ fn credit(
                 balance = after;
             }
             conn.prepare_cached(
-                "UPDATE stripe_events SET outcome = 'refund_applied_late' WHERE event_id = ?1",
+                "UPDATE stripe_events SET outcome = 'refund_applied_late', checkout_session_id = ?2
+                 WHERE event_id = ?1",
             )?
-            .execute([&event_id])?;
+            .execute([&event_id, &s.session_id])?;
         }
     }
     Ok(StripeOutcome {
@@ -471,9 +472,13 @@ pub(super) fn events(
 ) -> Result<Vec<StripeEventRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.received_at, e.event_id, e.event_type, e.outcome, e.checkout_session_id,
-                r.card_uid, e.amount_cents, e.reason
+                r.card_uid,
+                CASE WHEN e.outcome = 'credited' THEN e.amount_cents
+                     WHEN f.amount_cents IS NOT NULL THEN -f.amount_cents END,
+                e.reason
          FROM stripe_events e
          LEFT JOIN stripe_recharges r ON r.checkout_session_id = e.checkout_session_id
+         LEFT JOIN stripe_refunds f ON f.event_id = e.event_id
          WHERE ?1 = 0 OR e.outcome IN ('refused', 'refund_waiting')
          ORDER BY e.received_at DESC, e.event_id
          LIMIT ?2",

@@ -1,13 +1,23 @@
 //! Shifts at a checkpoint: what the drawer should hold, and its close-out.
 //!
-//! A shift runs from the previous close-out (or, on a terminal that never closed one, from
-//! its first top-up) to now. Its totals are the top-ups shown as approved in that time, by
-//! payment method, minus the top-ups voided in it (their money went back to the attendee).
-//! A close-out computes them and records them with the counted cash in one transaction, so
-//! the figures sent to the ledger are exactly the ones staff saw when they closed.
+//! A shift is a stretch of the journal, not of time: the entries whose `terminal_seq` is above
+//! the `last_seq` recorded by the previous close-out (0 on a terminal that never closed one),
+//! up to the highest `terminal_seq` now. Its totals are the top-ups shown as approved in it, by
+//! payment method, minus the approved voids made in it of approved top-ups (their money went
+//! back to the attendee). A close-out computes them and records them, with the counted cash
+//! and its `last_seq`, in one transaction, so the figures sent to the ledger are exactly the
+//! ones staff saw when they closed, and the next shift starts right after them.
+//!
+//! Why not by time: `terminal_seq` is gapless and only grows, while the clock can step back
+//! (a Raspberry Pi without a real-time clock booting offline, an NTP correction). Bounded by
+//! time, a top-up stamped before the last close-out would fall out of every shift (the drawer
+//! reads over, and the cash can leave unnoticed), one stamped in the future would count in two,
+//! and a void could land in a shift without its top-up. Times are only shown: `opened_at` is
+//! the previous close-out's `closed_at`, else the shift's first approved top-up's
+//! `created_at`, and `closed_at` is never before `opened_at`.
 
 use super::{Journal, JournalError, corrupt, invalid, parse_time, sql_limit};
-use crate::domain::{Cents, ClientRequestId, StaffId};
+use crate::domain::{Cents, ClientRequestId, StaffId, TerminalSeq};
 use crate::ledger::model::{SHIFT_TOTAL_CENTS_MAX, ShiftCloseout, format_time};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -15,14 +25,15 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 /// The current shift's totals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShiftSummary {
-    /// Since when: the previous close-out, else the first top-up; `None` for an empty first
-    /// shift.
+    /// Since when: the previous close-out, else the shift's first approved top-up; `None` for
+    /// an empty first shift.
     pub opened_at: Option<DateTime<Utc>>,
-    /// Cash taken, net of voids.
+    /// Cash taken, net of voids. Negative only if the shift voided more top-ups of an earlier
+    /// shift than it took (which the terminal's screens do not allow).
     pub cash: Cents,
-    /// Card payments taken, net of voids.
+    /// Card payments taken, net of voids (negative as rarely as `cash`).
     pub card: Cents,
-    /// Top-ups approved and not voided.
+    /// Top-ups approved in the shift and not voided.
     pub count: u64,
     /// Top-ups voided in the shift (not in `count`).
     pub voids: u64,
@@ -37,6 +48,9 @@ pub struct ClosedShift {
     pub voids: u64,
     /// Counted minus expected cash: negative when the drawer is short.
     pub difference: Cents,
+    /// The highest `terminal_seq` in the journal when it was closed: the shift's last entry
+    /// (`None` for an empty journal). The next shift starts after it.
+    pub last_seq: Option<TerminalSeq>,
 }
 
 /// Where a close-out stands with the ledger.
@@ -63,11 +77,35 @@ impl CloseoutState {
 /// The approved decisions: what staff were shown as done.
 const APPROVED: &str = "('approved_online', 'approved_offline')";
 
-fn summary_since(
+/// The previous close-out: where the current shift starts.
+struct PreviousClose {
+    closed_at: String,
+    /// The highest `terminal_seq` it covered (0 for an empty journal).
+    last_seq: i64,
+}
+
+/// The current shift: its totals, and the highest `terminal_seq` they cover (0 for an empty
+/// journal).
+struct Shift {
+    summary: ShiftSummary,
+    last_seq: i64,
+}
+
+fn current_shift(
     conn: &Connection,
-    previous_close: Option<&str>,
-) -> Result<ShiftSummary, JournalError> {
-    let since = previous_close.unwrap_or("");
+    previous: Option<&PreviousClose>,
+) -> Result<Shift, JournalError> {
+    let after = previous.map_or(0, |p| p.last_seq);
+    let last_seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(terminal_seq), 0) FROM journal")?
+        .query_row([], |r| r.get(0))?;
+    if last_seq < after {
+        return Err(corrupt(format!(
+            "a close-out up to terminal_seq {after} in a journal that ends at {last_seq}"
+        )));
+    }
+    // The shift's approved top-ups, and the time of its first one (by terminal_seq, not by
+    // time: the clock may have stepped back since).
     let (cash, card, count, first): (i64, i64, i64, Option<String>) = conn
         .prepare_cached(&format!(
             "SELECT
@@ -76,51 +114,75 @@ fn summary_since(
                  COALESCE(SUM(CASE WHEN json_extract(request_json, '$.payment_method') = 'card'
                                    THEN amount_cents END), 0),
                  COUNT(*),
-                 MIN(created_at)
+                 (SELECT created_at FROM journal
+                  WHERE operation = 'recharge' AND decision IN {APPROVED}
+                    AND terminal_seq > ?1 AND terminal_seq <= ?2
+                  ORDER BY terminal_seq LIMIT 1)
              FROM journal
-             WHERE operation = 'recharge' AND decision IN {APPROVED} AND created_at > ?1"
+             WHERE operation = 'recharge' AND decision IN {APPROVED}
+               AND terminal_seq > ?1 AND terminal_seq <= ?2"
         ))?
-        .query_row([since], |r| {
+        .query_row([after, last_seq], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
-    // Voids made in this shift of approved top-ups: the money went back.
-    let (void_cash, void_card, voids): (i64, i64, i64) = conn
+    // The shift's approved voids of approved top-ups: that money went back during the shift,
+    // wherever the top-up was taken. The top-ups of this shift they void leave its count.
+    let (void_cash, void_card, voids, voided_here): (i64, i64, i64, i64) = conn
         .prepare_cached(&format!(
             "SELECT
                  COALESCE(SUM(CASE WHEN json_extract(t.request_json, '$.payment_method') = 'cash'
                                    THEN t.amount_cents END), 0),
                  COALESCE(SUM(CASE WHEN json_extract(t.request_json, '$.payment_method') = 'card'
                                    THEN t.amount_cents END), 0),
-                 COUNT(*)
+                 COUNT(*),
+                 COUNT(DISTINCT CASE WHEN t.terminal_seq > ?1 THEN t.terminal_seq END)
              FROM journal v
              JOIN journal t
                ON t.client_request_id = json_extract(v.request_json, '$.target_client_request_id')
-             WHERE v.operation = 'void' AND v.decision IN {APPROVED} AND v.created_at > ?1
+             WHERE v.operation = 'void' AND v.decision IN {APPROVED}
+               AND v.terminal_seq > ?1 AND v.terminal_seq <= ?2
                AND t.operation = 'recharge' AND t.decision IN {APPROVED}"
         ))?
-        .query_row([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        .query_row([after, last_seq], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    // Neither can be negative: `voided_here` counts distinct top-ups of the shift.
     let non_negative = |n: i64, what: &str| {
         u64::try_from(n).map_err(|_| corrupt(format!("a shift's {what} of {n}")))
     };
-    let opened_at = match previous_close.or(first.as_deref()) {
+    let opened_at = match previous.map(|p| p.closed_at.as_str()).or(first.as_deref()) {
         Some(t) => Some(parse_time(t).ok_or_else(|| corrupt(format!("a time of {t:?}")))?),
         None => None,
     };
-    Ok(ShiftSummary {
-        opened_at,
-        cash: Cents::new(cash - void_cash),
-        card: Cents::new(card - void_card),
-        // Net of voids like the totals: the ledger's own count of the shift leaves voided
-        // top-ups out, and headquarters compares the two.
-        count: non_negative(count - voids, "count")?,
-        voids: non_negative(voids, "voids")?,
+    let money = |taken: i64, returned: i64| {
+        taken
+            .checked_sub(returned)
+            .map(Cents::new)
+            .ok_or_else(|| corrupt(format!("a shift of {taken} minus {returned} cents")))
+    };
+    Ok(Shift {
+        summary: ShiftSummary {
+            opened_at,
+            cash: money(cash, void_cash)?,
+            card: money(card, void_card)?,
+            // Net of voids like the totals: the ledger's own count of the shift leaves voided
+            // top-ups out, and headquarters compares the two.
+            count: non_negative(count - voided_here, "count")?,
+            voids: non_negative(voids, "voids")?,
+        },
+        last_seq,
     })
 }
 
-fn previous_close(conn: &Connection) -> Result<Option<String>, JournalError> {
+fn previous_close(conn: &Connection) -> Result<Option<PreviousClose>, JournalError> {
     Ok(conn
-        .prepare_cached("SELECT closed_at FROM shift_closeouts ORDER BY id DESC LIMIT 1")?
-        .query_row([], |r| r.get(0))
+        .prepare_cached("SELECT closed_at, last_seq FROM shift_closeouts ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| {
+            Ok(PreviousClose {
+                closed_at: r.get(0)?,
+                last_seq: r.get(1)?,
+            })
+        })
         .optional()?)
 }
 
@@ -148,22 +210,38 @@ fn closed_shift(row: &rusqlite::Row<'_>) -> Result<ClosedShift, JournalError> {
         },
         voids: u64::try_from(voids).map_err(|_| corrupt(format!("voids {voids}")))?,
         difference: Cents::new(row.get(9)?),
+        last_seq: last_seq(row.get(10)?)?,
     })
 }
 
+/// A close-out's `last_seq` as the API shows it: 0 (an empty journal) is `None`.
+fn last_seq(n: i64) -> Result<Option<TerminalSeq>, JournalError> {
+    match n {
+        0 => Ok(None),
+        n => Ok(Some(
+            TerminalSeq::new(n).map_err(|_| corrupt(format!("last_seq {n}")))?,
+        )),
+    }
+}
+
 const CLOSEOUT_COLUMNS: &str = "client_request_id, staff_id, opened_at, closed_at, cash_cents,
-     card_cents, count, counted_cash_cents, voids, difference_cents";
+     card_cents, count, counted_cash_cents, voids, difference_cents, last_seq";
 
 impl Journal {
     /// The current shift's totals, as of now.
     pub fn shift_summary(&self) -> Result<ShiftSummary, JournalError> {
         let previous = previous_close(&self.conn)?;
-        summary_since(&self.conn, previous.as_deref())
+        Ok(current_shift(&self.conn, previous.as_ref())?.summary)
     }
 
     /// Closes the current shift: computes its totals and records them with the cash
     /// `counted` by `staff`, durably, in one transaction. The close-out waits in the journal
     /// until the ledger recorded it.
+    ///
+    /// `closed_at` is `now`, or the shift's `opened_at` if the clock is behind it (it stepped
+    /// back): a close-out never ends before it began. Refused ([`JournalError::Invalid`]):
+    /// a counted amount out of range, and a shift whose cash or card total is negative
+    /// (voids of an earlier shift's top-ups; the ledger refuses negative totals).
     pub fn close_shift(
         &mut self,
         client_request_id: ClientRequestId,
@@ -180,13 +258,16 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let previous = previous_close(&tx)?;
-        let summary = summary_since(&tx, previous.as_deref())?;
-        let closed_at = now.trunc_subsecs(3);
-        // A clock set back since the last close-out: the shift ends where it began.
-        let opened_at = summary.opened_at.unwrap_or(closed_at).min(closed_at);
+        let Shift { summary, last_seq } = current_shift(&tx, previous.as_ref())?;
+        let now = now.trunc_subsecs(3);
+        let opened_at = summary.opened_at.unwrap_or(now);
+        // A clock set back since the shift opened: the shift ends where it began.
+        let closed_at = now.max(opened_at);
         if summary.cash.is_negative() || summary.card.is_negative() {
-            return Err(corrupt(format!(
-                "a shift with {} cash and {} card: voids of top-ups it does not hold",
+            return Err(invalid(format!(
+                "this shift returned more than it took ({} cash, {} card), by voiding top-ups \
+                 of an earlier shift, and the ledger refuses a negative total: close it once \
+                 further top-ups cover the refunds, or ask a supervisor",
                 summary.cash, summary.card
             )));
         }
@@ -197,7 +278,7 @@ impl Journal {
         let voids = i64::try_from(summary.voids).map_err(corrupt)?;
         tx.prepare_cached(&format!(
             "INSERT INTO shift_closeouts ({CLOSEOUT_COLUMNS}, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')"
         ))?
         .execute(params![
             client_request_id.to_string(),
@@ -210,6 +291,7 @@ impl Journal {
             counted.get(),
             voids,
             difference.get(),
+            last_seq,
         ])?;
         tx.commit()?;
         Ok(ClosedShift {
@@ -225,6 +307,7 @@ impl Journal {
             },
             voids: summary.voids,
             difference,
+            last_seq: self::last_seq(last_seq)?,
         })
     }
 
@@ -251,7 +334,7 @@ impl Journal {
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        let state: String = row.get(10)?;
+        let state: String = row.get(11)?;
         let state = match state.as_str() {
             "pending" => CloseoutState::Pending,
             "recorded" => CloseoutState::Recorded,

@@ -350,3 +350,13 @@ fn a_login_screen_with_more_staff_than_keys() {
     press(&mut m, &[Key::Enter, Key::Digit(1)]);
     insta::assert_snapshot!("login_many_staff_pin", screen(&m, 80, 24));
 }
+
+#[test]
+fn times_are_shown_in_local_time_once_the_offset_is_known() {
+    use cashless::tui::view::local_time;
+    let t = "2026-07-01T21:13:58.120Z";
+    assert_eq!(local_time(t, None), "2026-07-01 21:13 UTC");
+    assert_eq!(local_time(t, Some(2 * 3600)), "2026-07-01 23:13");
+    assert_eq!(local_time(t, Some(-5 * 3600)), "2026-07-01 16:13");
+    assert_eq!(local_time("not a time", Some(0)), "not a time");
+}

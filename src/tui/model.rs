@@ -231,6 +231,9 @@ pub struct Model {
     /// The current minute, for the age of the last sync (set by the run loop; `None` in
     /// tests that show the time of the last sync instead).
     pub minute: Option<chrono::DateTime<chrono::Utc>>,
+    /// The local time's offset from UTC, in seconds, for times shown to staff (set by the
+    /// run loop; `None` in tests, which then show UTC).
+    pub utc_offset_s: Option<i32>,
     /// Lines shown above the key hints, always (the demo's keys); empty for staff.
     pub banner: Vec<String>,
     /// Lines added to the help overlay (the demo's keys).
@@ -262,6 +265,7 @@ impl Model {
             notice: None,
             method: PaymentMethod::Cash,
             minute: None,
+            utc_offset_s: None,
             banner: Vec::new(),
             help_extra: Vec::new(),
         }

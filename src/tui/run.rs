@@ -59,6 +59,11 @@ fn this_minute() -> Option<chrono::DateTime<chrono::Utc>> {
         .ok()
 }
 
+/// The local time's offset from UTC, in seconds.
+pub fn local_offset_s() -> i32 {
+    chrono::Local::now().offset().local_minus_utc()
+}
+
 /// The wall clock as the status bar shows it: local `HH:MM`.
 pub fn local_clock() -> String {
     chrono::Local::now().format("%H:%M").to_string()
@@ -70,9 +75,10 @@ impl<B: Backend> Tui<B> {
     pub fn new(
         terminal: Terminal<B>,
         events: mpsc::Receiver<TermEvent>,
-        model: Model,
+        mut model: Model,
         clock: Box<dyn Fn() -> String>,
     ) -> Self {
+        model.utc_offset_s = Some(local_offset_s());
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Tui {
@@ -188,8 +194,11 @@ impl<B: Backend> Tui<B> {
 
     fn on_tick(&mut self) {
         let minute = (self.minute)();
-        if self.model.minute != minute {
+        if self.model.minute != minute || self.model.utc_offset_s.is_none() {
             self.model.minute = minute;
+            // The offset changes with daylight saving time: looked at once a minute (and
+            // for a model just put in place).
+            self.model.utc_offset_s = Some(local_offset_s());
             self.dirty = true;
         }
         let before = (self.model.screen.clone(), self.model.notice.clone());

@@ -382,7 +382,7 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         Screen::Shift {
             summary: Some(summary),
         } => {
-            let lines = shift_lines(summary);
+            let lines = shift_lines(summary, model.utc_offset_s);
             frame.render_widget(
                 Paragraph::new(lines)
                     .block(Block::new().borders(Borders::ALL).title(" This shift ")),
@@ -391,7 +391,7 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         }
         Screen::CloseOut { digits, summary } => {
             let counted = Cents::new(digits.parse().unwrap_or(0));
-            let mut lines = shift_lines(summary);
+            let mut lines = shift_lines(summary, model.utc_offset_s);
             lines.push(Line::from(""));
             lines.push(Line::from(format!("Cash counted: {:>12}", money(counted))).bold());
             frame.render_widget(
@@ -436,15 +436,30 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
     }
 }
 
+/// An RFC 3339 time as staff read it: `YYYY-MM-DD HH:MM` in local time, or with `UTC` when
+/// the offset is not known.
+pub fn local_time(rfc3339: &str, utc_offset_s: Option<i32>) -> String {
+    let Ok(at) = DateTime::parse_from_rfc3339(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    match utc_offset_s.and_then(chrono::FixedOffset::east_opt) {
+        Some(offset) => at
+            .with_timezone(&offset)
+            .format("%Y-%m-%d %H:%M")
+            .to_string(),
+        None => at
+            .with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M UTC")
+            .to_string(),
+    }
+}
+
 /// A shift's totals, one per line.
-fn shift_lines(summary: &ShiftView) -> Vec<Line<'static>> {
+fn shift_lines(summary: &ShiftView, utc_offset_s: Option<i32>) -> Vec<Line<'static>> {
     let since = summary
         .opened_at
         .as_deref()
-        .and_then(|t| t.get(0..16))
-        .map_or("no top-up yet".to_owned(), |t| {
-            format!("{} UTC", t.replace('T', " "))
-        });
+        .map_or("no top-up yet".to_owned(), |t| local_time(t, utc_offset_s));
     vec![
         Line::from(format!("Since:        {since}")),
         Line::from(""),

@@ -279,7 +279,7 @@ fn format_status(
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     format!(
-        "terminal: {}\nkind: {}\njournal: {}\npending: {}\nin_doubt: {}\nrejected: {}\nsynced: {}\ndeclined_offline: {}\nlast_seq: {}\nlast_sync: {}\nreplica: {}\n",
+        "terminal: {}\nkind: {}\njournal: {}\npending: {}\nin_doubt: {}\nrejected: {}\nsynced: {}\ndeclined_offline: {}\ncloseouts_pending: {}\nlast_seq: {}\nlast_sync: {}\nreplica: {}\n",
         config.name,
         config.kind.as_str(),
         config.journal.display(),
@@ -288,6 +288,7 @@ fn format_status(
         c.rejected,
         c.synced,
         c.declined_offline,
+        c.closeouts_pending,
         c.last_seq.map_or(0, |s| s.get()),
         age(c.last_sync_at, now),
         age(c.last_feed_at, now),

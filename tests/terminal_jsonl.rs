@@ -863,3 +863,34 @@ async fn kill_9_at_twenty_points_loses_no_approved_sale_and_charges_none_twice()
     assert!(shown.len() <= approved_in_journal as usize);
     l.assert_audit_ok();
 }
+
+#[tokio::test]
+async fn sigterm_during_a_first_sync_that_hangs_stops_the_terminal_cleanly() {
+    // A "ledger" that takes connections and never answers: the first sync round waits for
+    // its bulk timeout (30 s).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &addr, "clt_silent").await;
+    let held = tokio::time::timeout(Duration::from_secs(10), silent.accept())
+        .await
+        .expect("the first sync round connects")
+        .unwrap();
+    let pid = t.child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), t.child.wait())
+        .await
+        .expect("SIGTERM ends the first sync round")
+        .unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    drop(held);
+    // Nothing was shown: the loop never started.
+    while let Ok(event) = t.events.try_recv() {
+        assert_ne!(event["event"], "ready", "{event}");
+    }
+    cashless::terminal::journal::Journal::open_read_only(&dir.path().join("journal.db")).unwrap();
+}

@@ -393,3 +393,95 @@ async fn a_checkpoint_killed_after_closing_offline_sends_the_close_out_once_afte
     t.quit().await;
     l.assert_audit_ok();
 }
+
+/// `cashless terminal status` of the checkpoint in `dir` (read while it runs).
+fn terminal_status(dir: &Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "terminal",
+            "--config",
+            dir.join("terminal.toml").to_str().unwrap(),
+            "status",
+        ])
+        .env_remove("CASHLESS_LEDGER_URL")
+        .env_remove("CASHLESS_LEDGER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `status` event's `online` and `closeouts_pending`.
+async fn online_and_closeouts_pending(t: &mut Terminal) -> (Value, Value) {
+    t.send(json!({"cmd": "status"})).await;
+    let s = t.expect("status").await;
+    (s["online"].clone(), s["closeouts_pending"].clone())
+}
+
+#[tokio::test]
+async fn a_close_out_the_ledger_cannot_take_waits_in_sight_and_the_checkpoint_stays_online() {
+    let l = Ledger::start().await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = checkpoint(dir.path(), &proxy.addr, &l).await;
+    login_cashier(&mut t).await;
+    topup(&mut t, &uid(1), 2000, "cash").await;
+    wait_until_synced(&mut t).await;
+    assert_eq!(
+        online_and_closeouts_pending(&mut t).await,
+        (json!(true), json!(0))
+    );
+
+    // The ledger answers 503 to every close-out, and everything else as usual.
+    proxy.set_mode(SHIFTS_UNAVAILABLE).await;
+    t.send(json!({"cmd": "close_shift", "counted_cash_cents": 2000}))
+        .await;
+    let crid = t.expect("shift_closed").await["client_request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Sync rounds (200 ms apart) fail to send it: it stays pending and in sight, and the
+    // checkpoint stays online: a top-up is still decided by the ledger.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        online_and_closeouts_pending(&mut t).await,
+        (json!(true), json!(1))
+    );
+    topup(&mut t, &uid(2), 1000, "card").await;
+    assert!(
+        terminal_status(dir.path())
+            .lines()
+            .any(|line| line == "closeouts_pending: 1"),
+        "{}",
+        terminal_status(dir.path())
+    );
+    let (pending, _) = journal_closeouts(dir.path());
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| p.closeout.client_request_id.to_string())
+            .collect::<Vec<_>>(),
+        vec![crid.clone()]
+    );
+    assert_eq!(l.count("shift_closeouts"), 0);
+
+    // The ledger takes close-outs again: recorded once, out of sight.
+    proxy.set_mode(FORWARD).await;
+    wait_for_closeout_state(dir.path(), CloseoutState::Recorded).await;
+    assert_eq!(
+        online_and_closeouts_pending(&mut t).await,
+        (json!(true), json!(0))
+    );
+    assert!(
+        terminal_status(dir.path())
+            .lines()
+            .any(|line| line == "closeouts_pending: 0")
+    );
+    assert_eq!(ledger_closeout_keys(&l), (vec![crid], 1));
+    t.quit().await;
+    l.assert_audit_ok();
+}

@@ -46,6 +46,7 @@ fn status(online: bool, pending: u64) -> Event {
         in_doubt: 0,
         rejected: 0,
         declined_offline: 0,
+        closeouts_pending: 0,
         journal_writable: true,
         last_sync_at: Some("2026-07-01T21:13:58.120Z".into()),
         last_feed_at: None,

@@ -81,27 +81,38 @@ pub enum ShiftAnswer {
         /// `Idempotent-Replayed: true`.
         replayed: bool,
     },
-    /// Refused for good and not recorded (400, 401, 403 unknown staff, 413, 422
+    /// Refused for good and not recorded (400, 403 unknown staff, 413, 422
     /// `IDEMPOTENCY_KEY_REUSED`, or an answer we do not understand): a person looks at it;
     /// sending it again unchanged gets the same refusal.
     Rejected(Answer),
-    /// Not recorded and not stored (5xx, 408, 429, 409 `DUPLICATE_REQUEST`): send the same
-    /// close-out again later; the ledger records it once.
+    /// Not recorded and not stored (5xx, 408, 429, 409 `DUPLICATE_REQUEST`, 401, 404): send
+    /// the same close-out again later; the ledger records it once. 401 and 404 say nothing
+    /// about the close-out: a 401 is this terminal's token (rotated at the ledger, not yet
+    /// in the terminal's configuration), a 404 a ledger not yet upgraded to `/v1/shifts`
+    /// (which itself never answers 404). Both pass once the operator fixes the token or
+    /// upgrades the ledger; a close-out rejected for good would never be sent again.
     Retry(Answer),
 }
 
 /// Classifies the ledger's answer to `POST /v1/shifts` by the rules of
 /// [`settle`](super::core::replay::settle) for everything but a 201, whose body must be a
 /// [`ShiftRecorded`] (else [`ClientError::BadAnswer`]: the ledger may have recorded it, and
-/// sending the same close-out again is safe).
+/// sending the same close-out again is safe), and 401 and 404, which are
+/// [`ShiftAnswer::Retry`] (see there why).
 pub fn classify_shift_answer(answer: Answer) -> Result<ShiftAnswer, ClientError> {
-    if answer.status == 201 {
-        let shift = serde_json::from_value(answer.body)
-            .map_err(|e| ClientError::BadAnswer(format!("POST /v1/shifts: {e}")))?;
-        return Ok(ShiftAnswer::Recorded {
-            shift,
-            replayed: answer.replayed,
-        });
+    match answer.status {
+        201 => {
+            let shift = serde_json::from_value(answer.body)
+                .map_err(|e| ClientError::BadAnswer(format!("POST /v1/shifts: {e}")))?;
+            return Ok(ShiftAnswer::Recorded {
+                shift,
+                replayed: answer.replayed,
+            });
+        }
+        // Transient for a close-out, whatever the body says (a ledger without the route
+        // answers a bare 404).
+        401 | 404 => return Ok(ShiftAnswer::Retry(answer)),
+        _ => {}
     }
     Ok(match settle(answer.status, answer.error_code()) {
         Settlement::Retry => ShiftAnswer::Retry(answer),
@@ -476,11 +487,18 @@ mod tests {
             (answer(201, json!({ "shift_id": 1 }), false), "in doubt"),
             (answer(200, recorded.clone(), false), "rejected"),
             (error(400, "INVALID_REQUEST"), "rejected"),
-            (error(401, "UNAUTHORIZED"), "rejected"),
             (error(403, "FORBIDDEN"), "rejected"),
             (error(413, "PAYLOAD_TOO_LARGE"), "rejected"),
             (error(422, "IDEMPOTENCY_KEY_REUSED"), "rejected"),
-            (error(404, "NOT_FOUND"), "rejected"),
+            (error(422, "INVALID_REQUEST"), "rejected"),
+            // The token was rotated at the ledger: passes once the terminal has the new one.
+            (error(401, "UNAUTHORIZED"), "retry"),
+            (answer(401, Value::Null, false), "retry"),
+            // A ledger not yet upgraded to /v1/shifts (axum's bare 404), or any other 404:
+            // the close-out endpoint has no 404 of its own.
+            (answer(404, Value::Null, false), "retry"),
+            (error(404, "NOT_FOUND"), "retry"),
+            (error(404, "CARD_NOT_FOUND"), "retry"),
             (error(402, "INSUFFICIENT_FUNDS"), "rejected"),
             (error(409, "OPERATION_VOIDED"), "rejected"),
             (error(409, "DUPLICATE_REQUEST"), "retry"),

@@ -218,14 +218,17 @@ impl Daemon {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The `status` event. A front end may ask for it every second, and taps wait for the
+    /// journal while it is read: [`Journal::status_counts`] reads no synced entry.
     fn status_event(&self) -> Event {
-        match self.with_journal(|j| j.counts()) {
+        match self.with_journal(|j| j.status_counts()) {
             Ok(c) => Event::Status(Status {
                 online: self.online.load(Ordering::Relaxed),
                 pending: c.pending,
                 in_doubt: c.in_doubt,
                 rejected: c.rejected,
                 declined_offline: c.declined_offline,
+                closeouts_pending: c.closeouts_pending,
                 journal_writable: self
                     .with_journal(|j| Ok(!j.is_read_only()))
                     .unwrap_or(false),
@@ -894,7 +897,7 @@ async fn sync_loop(
                     let pending = journal
                         .lock()
                         .ok()
-                        .and_then(|j| j.counts().ok())
+                        .and_then(|j| j.status_counts().ok())
                         .map(|c| c.pending);
                     let _ = events.try_send(Event::Synced {
                         count: synced,
@@ -1059,6 +1062,12 @@ const CLOSEOUTS_PER_ROUND_MAX: usize = 16;
 
 /// Sends the close-outs the ledger has not recorded (each with its own idempotency key, so a
 /// lost answer only means a resend), and records its final answers.
+///
+/// A close-out the ledger did not take now (no answer, 5xx, 409, 401, 404, ...) is logged and
+/// stays pending for the next round: it never fails the round, since a failed round takes
+/// the terminal offline and every tap would then be decided offline for a close-out's sake.
+/// The rest of the round's close-outs wait too (the next would most likely fail the same
+/// way, each after a timeout). Only journal failures are errors.
 async fn send_closeouts(journal: &SharedJournal, client: &LedgerClient) -> anyhow::Result<()> {
     let pending = journal
         .lock()
@@ -1066,18 +1075,25 @@ async fn send_closeouts(journal: &SharedJournal, client: &LedgerClient) -> anyho
         .pending_closeouts(CLOSEOUTS_PER_ROUND_MAX)?;
     for closed in pending {
         let crid = closed.closeout.client_request_id;
-        let (state, answer) = match client.post_shift(&closed.closeout).await? {
-            ShiftAnswer::Recorded { shift, .. } => (
+        let (state, answer) = match client.post_shift(&closed.closeout).await {
+            Ok(ShiftAnswer::Recorded { shift, .. }) => (
                 CloseoutState::Recorded,
                 (201, serde_json::to_string(&shift)?),
             ),
-            ShiftAnswer::Rejected(a) => {
+            Ok(ShiftAnswer::Rejected(a)) => {
                 tracing::error!(client_request_id = %crid, status = a.status, body = %a.body,
                     "the ledger refused a shift close-out");
                 (CloseoutState::Rejected, (a.status, a.body.to_string()))
             }
-            ShiftAnswer::Retry(a) => {
-                anyhow::bail!("the ledger could not record a close-out now: {}", a.status)
+            Ok(ShiftAnswer::Retry(a)) => {
+                tracing::warn!(client_request_id = %crid, status = a.status, body = %a.body,
+                    "the ledger could not record a shift close-out now; sent again next round");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(client_request_id = %crid, error = %e,
+                    "a shift close-out got no answer; sent again next round");
+                break;
             }
         };
         journal
@@ -1151,16 +1167,29 @@ pub async fn run<F: Front>(
     shutdown: impl std::future::Future<Output = ()>,
     mut reader: Option<ReaderLink>,
 ) -> anyhow::Result<Leave> {
+    // Pinned before the first round, so that a signal during it is heard too.
+    let mut shutdown = std::pin::pin!(shutdown);
+    front.starting().await?;
     // A first round before `ready`, so that a terminal with network starts with fresh
-    // caches; the background task starts after it, so two rounds never run at once.
-    if let Err(e) = sync_round(
-        &daemon.journal,
-        &daemon.sync_client,
-        &daemon.config,
-        &daemon.tap_in_flight,
-    )
-    .await
-    {
+    // caches; the background task starts after it, so two rounds never run at once. It may
+    // take long (a backlog to replay, a slow ledger): a signal drops it at its next await (a
+    // journal call already on the blocking pool finishes, as one transaction; an unanswered
+    // batch stays pending and is sent again).
+    let first = tokio::select! {
+        // The signal first: polled (its handler installed) before the round sends anything.
+        biased;
+        () = &mut shutdown => {
+            close_journal(&daemon.journal).await;
+            return Ok(Leave::Signal);
+        }
+        round = sync_round(
+            &daemon.journal,
+            &daemon.sync_client,
+            &daemon.config,
+            &daemon.tap_in_flight,
+        ) => round,
+    };
+    if let Err(e) = first {
         if e.is::<RegistrationMismatch>() {
             return Err(e);
         }
@@ -1191,9 +1220,14 @@ pub async fn run<F: Front>(
         tick
     });
     let mut last_status: Option<Event> = None;
-    let mut shutdown = std::pin::pin!(shutdown);
     let leave = loop {
         tokio::select! {
+            // Polled in this order, not at random: staff's input first, so that a Cancel (Esc,
+            // or the front end's timeout) ready at the same time as a card disarms before the
+            // card is read, and the card never pays for an order staff just cancelled; then
+            // the reader, before the sync task's reports and the status line, which can wait.
+            // A front end is ready only with input, so the others are not starved.
+            biased;
             input = front.next_input() => {
                 let command = match input? {
                     Input::Command(command) => command,
@@ -1205,12 +1239,6 @@ pub async fn run<F: Front>(
                     front.show(event).await?;
                 }
                 if stop { break Leave::Quit; }
-            }
-            Some(event) = events_rx.recv() => {
-                if front.wants_description() {
-                    front.describe(daemon.info());
-                }
-                front.show(&event).await?;
             }
             event = next_reader_event(&mut reader) => {
                 let name = match &event {
@@ -1229,6 +1257,12 @@ pub async fn run<F: Front>(
                 for event in &events {
                     front.show(event).await?;
                 }
+            }
+            Some(event) = events_rx.recv() => {
+                if front.wants_description() {
+                    front.describe(daemon.info());
+                }
+                front.show(&event).await?;
             }
             _ = next_tick(&mut status_tick) => {
                 let status = daemon.status_event();
@@ -1249,21 +1283,26 @@ pub async fn run<F: Front>(
         }
     };
     sync.abort();
-    // Wait until the sync task is gone, and any journal call it started on the blocking
-    // pool (bounded: they are single transactions), so that dropping the daemon closes the
-    // journal cleanly.
+    // Wait until the sync task is gone before the journal is closed.
     let _ = sync.await;
+    close_journal(&daemon.journal).await;
+    Ok(leave)
+}
+
+/// Waits until no one else holds the journal (journal calls a sync round started on the
+/// blocking pool finish after the round is dropped; bounded: they are single transactions),
+/// then checkpoints it, so that dropping the daemon closes it cleanly.
+async fn close_journal(journal: &SharedJournal) {
     for _ in 0..SHUTDOWN_JOURNAL_WAITS_MAX {
-        if Arc::strong_count(&daemon.journal) == 1 {
+        if Arc::strong_count(journal) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The journal is consistent after every call; closing it is all that is left.
-    if let Ok(j) = daemon.journal.lock() {
+    if let Ok(j) = journal.lock() {
         let _ = j.checkpoint();
     }
-    Ok(leave)
 }
 
 /// The next tick of `tick`; never, without one.

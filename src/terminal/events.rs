@@ -194,6 +194,8 @@ pub struct Status {
     pub rejected: u64,
     /// Sales and top-ups declined without the ledger.
     pub declined_offline: u64,
+    /// Shift close-outs the ledger has not recorded yet (an extension of spec/).
+    pub closeouts_pending: u64,
     /// The journal can be written.
     pub journal_writable: bool,
     /// The last contact with the ledger's write side.

@@ -59,6 +59,14 @@ pub trait Front {
     /// Shows one event.
     fn show(&mut self, event: &Event) -> impl Future<Output = anyhow::Result<()>>;
 
+    /// Called once, before the first sync round, which may take a while (a backlog to
+    /// replay, a slow or unreachable ledger): the place to show that the terminal is
+    /// starting. Nothing is read from the front end until `ready` is shown after that round;
+    /// a signal during it ends the loop with [`Leave::Signal`]. The default does nothing.
+    fn starting(&mut self) -> impl Future<Output = anyhow::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
     /// How often the loop should send a fresh `status` (only when it changed); `None`: only
     /// when asked with the `status` command.
     fn status_every(&self) -> Option<Duration> {

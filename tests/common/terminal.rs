@@ -26,7 +26,8 @@ pub struct Proxy {
     pub down: Arc<AtomicBool>,
     /// Connections being forwarded right now.
     pub active: Arc<AtomicUsize>,
-    /// How new connections are treated: see [`FORWARD`], [`SWALLOW`], [`HOLD`], [`TWICE`].
+    /// How new connections are treated: see [`FORWARD`], [`SWALLOW`], [`HOLD`], [`TWICE`],
+    /// [`SHIFTS_UNAVAILABLE`].
     pub mode: Arc<AtomicU8>,
 }
 
@@ -39,6 +40,49 @@ pub const SWALLOW: u8 = 1;
 pub const HOLD: u8 = 2;
 /// Deliver the online order to the ledger twice, and hand the second answer back.
 pub const TWICE: u8 = 3;
+/// Answer `POST /v1/shifts` with 503 `DATABASE_ERROR` without delivering it, and forward
+/// every other request, one per connection (so that each is seen here first).
+pub const SHIFTS_UNAVAILABLE: u8 = 4;
+
+/// SHIFTS_UNAVAILABLE on one connection, whose first bytes (`first`) were read.
+async fn refuse_shifts(first: &[u8], client: &mut TcpStream, to: &str) {
+    use tokio::io::AsyncReadExt;
+    if first.starts_with(b"POST /v1/shifts ") {
+        let body =
+            br#"{"error":{"code":"DATABASE_ERROR","message":"the database is unavailable"}}"#;
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = client.write_all(head.as_bytes()).await;
+        let _ = client.write_all(body).await;
+        let _ = client.shutdown().await;
+        // Read what is left of the request until the terminal closes: closing with unread
+        // bytes would reset the connection before the answer is read.
+        let mut rest = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        return;
+    }
+    let Some(eol) = first.windows(2).position(|w| w == b"\r\n") else {
+        return;
+    };
+    let Ok(mut server) = TcpStream::connect(to).await else {
+        return;
+    };
+    // `connection: close`: the ledger closes after its answer, so the terminal opens a new
+    // connection (seen here first) for its next request.
+    let mut request = first[..eol + 2].to_vec();
+    request.extend_from_slice(b"connection: close\r\n");
+    request.extend_from_slice(&first[eol + 2..]);
+    if server.write_all(&request).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(client, &mut server).await;
+}
 
 /// SWALLOW and HOLD: an online order (`POST /v1/orders`, the first request on a new
 /// connection) is delivered and answered by the ledger, and the answer is dropped (the
@@ -46,10 +90,16 @@ pub const TWICE: u8 = 3;
 /// replay and feeds keep working.
 async fn misbehave(mode: u8, client: &mut TcpStream, to: &str) {
     use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    if mode == SHIFTS_UNAVAILABLE {
+        if let Ok(n) = client.read(&mut buf).await {
+            refuse_shifts(&buf[..n], client, to).await;
+        }
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(to).await else {
         return;
     };
-    let mut buf = vec![0u8; 256 * 1024];
     let Ok(n) = client.read(&mut buf).await else {
         return;
     };

@@ -1169,6 +1169,10 @@ pub async fn run<F: Front>(
 ) -> anyhow::Result<Leave> {
     // Pinned before the first round, so that a signal during it is heard too.
     let mut shutdown = std::pin::pin!(shutdown);
+    // What the journal's caches already know (name, menu, staff) is shown while starting.
+    if front.wants_description() {
+        front.describe(daemon.info());
+    }
     front.starting().await?;
     // A first round before `ready`, so that a terminal with network starts with fresh
     // caches; the background task starts after it, so two rounds never run at once. It may

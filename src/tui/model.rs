@@ -836,7 +836,12 @@ impl Model {
                     message: None,
                 };
             }
-            Event::Ready { .. } | Event::Armed { .. } | Event::Cancelled | Event::Login { .. } => {}
+            Event::Ready { online, .. } => {
+                // The "starting" notice goes; an offline start is said once.
+                self.notice =
+                    (!online).then(|| "the ledger cannot be reached: selling offline".into());
+            }
+            Event::Armed { .. } | Event::Cancelled | Event::Login { .. } => {}
         }
     }
 

@@ -258,6 +258,14 @@ impl<B: Backend> Front for Tui<B> {
         self.draw_if_needed()
     }
 
+    async fn starting(&mut self) -> anyhow::Result<()> {
+        // The first sync may take a while (a backlog, a slow ledger): the screen says the
+        // terminal is starting instead of staying black.
+        self.model.notice = Some("starting: reaching the ledger…".into());
+        self.dirty = true;
+        self.draw_if_needed()
+    }
+
     fn status_every(&self) -> Option<Duration> {
         Some(Duration::from_millis(STATUS_EVERY_MS))
     }

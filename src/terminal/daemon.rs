@@ -1201,7 +1201,7 @@ pub async fn run<F: Front>(
         daemon.online.store(false, Ordering::Relaxed);
     }
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(SYNC_EVENTS_MAX);
-    let sync = tokio::spawn(sync_loop(
+    let mut sync = tokio::spawn(sync_loop(
         Arc::clone(&daemon.journal),
         daemon.sync_client.clone(),
         Arc::clone(&daemon.online),
@@ -1224,7 +1224,10 @@ pub async fn run<F: Front>(
         tick
     });
     let mut last_status: Option<Event> = None;
-    let leave = loop {
+    let mut sync_ended = false;
+    // Every way out of the loop, errors included, goes through the cleanup below.
+    let outcome: anyhow::Result<Leave> = async {
+    Ok(loop {
         tokio::select! {
             // Polled in this order, not at random: staff's input first, so that a Cancel (Esc,
             // or the front end's timeout) ready at the same time as a card disarms before the
@@ -1284,13 +1287,23 @@ pub async fn run<F: Front>(
                 }
             }
             () = &mut shutdown => break Leave::Signal,
+            // The sync task never ends by itself: if it did (a panic), nothing would reach
+            // the ledger any more. Stop, so that the service manager starts a whole terminal.
+            joined = &mut sync, if !sync_ended => {
+                sync_ended = true;
+                return Err(anyhow::anyhow!("the sync task stopped: {joined:?}"));
+            }
         }
-    };
-    sync.abort();
-    // Wait until the sync task is gone before the journal is closed.
-    let _ = sync.await;
+    })
+    }
+    .await;
+    if !sync_ended {
+        sync.abort();
+        // Wait until the sync task is gone before the journal is closed.
+        let _ = sync.await;
+    }
     close_journal(&daemon.journal).await;
-    Ok(leave)
+    outcome
 }
 
 /// Waits until no one else holds the journal (journal calls a sync round started on the

@@ -242,8 +242,14 @@ enum StripeCommand {
 #[derive(Debug, Subcommand)]
 enum ShiftCommand {
     /// Every close-out, oldest close first: the terminal's count and totals, the cash
-    /// counted and its difference, and the ledger's own top-ups of that terminal during the
-    /// shift (lower while offline top-ups are still being replayed).
+    /// counted and its difference, and the ledger's own top-ups of that terminal in the
+    /// shift.
+    ///
+    /// The ledger's top-ups are those with the terminal's sequence numbers of the shift
+    /// (first_seq to last_seq), not those of its times, so a terminal clock step does not
+    /// create a false difference; the ledger's figures stay lower while offline top-ups of
+    /// that range are still being replayed. A close-out without them (an empty shift) is
+    /// compared by time, opened_at to closed_at.
     List {
         /// Only this terminal's close-outs, e.g. cp-1.
         #[arg(long, value_name = "NAME")]

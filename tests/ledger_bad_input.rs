@@ -753,6 +753,8 @@ fn valid_shift() -> Value {
         "card_cents": 15_000,
         "count": 37,
         "counted_cash_cents": 41_500,
+        "first_seq": 1204,
+        "last_seq": 1262,
     })
 }
 
@@ -1846,6 +1848,23 @@ const SHIFT_FIELDS: &[(&str, Kind, bool)] = &[
         },
         true,
     ),
+    // Optional, but only together (cases in `shifts_refuse_bad_input_and_change_nothing`).
+    (
+        "first_seq",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        false,
+    ),
+    (
+        "last_seq",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        false,
+    ),
 ];
 
 fn shift_endpoint(ledger: &Ledger) -> Endpoint<'static> {
@@ -1909,6 +1928,48 @@ async fn shifts_refuse_bad_input_and_change_nothing() {
             Mutation::Set(json!(1)),
             invalid_at(field),
         ));
+    }
+    // first_seq and last_seq: both or neither, in order.
+    for (label, path, mutation, field) in [
+        (
+            "without first_seq",
+            "first_seq",
+            Mutation::Remove,
+            "first_seq",
+        ),
+        (
+            "first_seq null",
+            "first_seq",
+            Mutation::Set(Value::Null),
+            "first_seq",
+        ),
+        ("without last_seq", "last_seq", Mutation::Remove, "last_seq"),
+        (
+            "last_seq null",
+            "last_seq",
+            Mutation::Set(Value::Null),
+            "last_seq",
+        ),
+        (
+            "above last_seq",
+            "first_seq",
+            Mutation::Set(json!(1263)),
+            "last_seq",
+        ),
+        (
+            "below first_seq",
+            "last_seq",
+            Mutation::Set(json!(1203)),
+            "last_seq",
+        ),
+        (
+            "i64::MAX above last_seq",
+            "first_seq",
+            Mutation::Set(json!(i64::MAX)),
+            "last_seq",
+        ),
+    ] {
+        cases.push(ep.case(label, path, mutation, invalid_at(field)));
     }
     let mut unknown_staff = valid_shift();
     unknown_staff["staff_id"] = json!("nobody");
@@ -2520,6 +2581,8 @@ async fn the_valid_baselines_are_accepted() {
     bounds["count"] = json!(SHIFT_COUNT_MAX);
     bounds["counted_cash_cents"] = json!(0);
     bounds["closed_at"] = bounds["opened_at"].clone();
+    bounds["first_seq"] = json!(1);
+    bounds["last_seq"] = json!(i64::MAX);
     let resp = ledger.post("/v1/shifts", bar, &bounds).await;
     expect(
         "shift close-out at the bounds, opened = closed, from a bar",
@@ -2532,6 +2595,24 @@ async fn the_valid_baselines_are_accepted() {
             resp.body
         ));
     }
+    // An empty shift sends no range; a one-entry shift, first_seq = last_seq.
+    let mut empty = valid_shift();
+    for key in ["first_seq", "last_seq"] {
+        empty.as_object_mut().unwrap().remove(key);
+    }
+    expect(
+        "shift close-out without first_seq and last_seq",
+        201,
+        &ledger.post("/v1/shifts", cp, &empty).await,
+    );
+    let mut one_entry = valid_shift();
+    one_entry["first_seq"] = json!(7);
+    one_entry["last_seq"] = json!(7);
+    expect(
+        "shift close-out with first_seq = last_seq",
+        201,
+        &ledger.post("/v1/shifts", cp, &one_entry).await,
+    );
     expect(
         "scans",
         200,

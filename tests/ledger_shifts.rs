@@ -26,7 +26,8 @@ const MONEY_TABLES: &[&str] = &[
 const OPENED_AT: &str = "2026-07-01T18:00:00Z";
 const CLOSED_AT: &str = "2026-07-02T02:00:00Z";
 
-/// A close-out of a shift of s-cash from [`OPENED_AT`] to [`CLOSED_AT`], fresh key.
+/// A close-out of a shift of s-cash from [`OPENED_AT`] to [`CLOSED_AT`], fresh key, without
+/// a `terminal_seq` range (the ledger then compares by time).
 fn shift_body(cash_cents: i64, card_cents: i64, count: i64, counted_cash_cents: i64) -> Value {
     json!({
         "client_request_id": new_id(),
@@ -38,6 +39,13 @@ fn shift_body(cash_cents: i64, card_cents: i64, count: i64, counted_cash_cents: 
         "count": count,
         "counted_cash_cents": counted_cash_cents,
     })
+}
+
+/// `body` with the shift's range of the terminal's sequence numbers.
+fn with_seqs(mut body: Value, first_seq: i64, last_seq: i64) -> Value {
+    body["first_seq"] = json!(first_seq);
+    body["last_seq"] = json!(last_seq);
+    body
 }
 
 /// `SELECT COUNT(*) FROM table WHERE condition`.
@@ -57,7 +65,7 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
     l.fund(&uid(1), 4200).await;
     let money = l.db_fingerprint_of(MONEY_TABLES);
 
-    let body = shift_body(42_000, 15_000, 37, 41_500);
+    let body = with_seqs(shift_body(42_000, 15_000, 37, 41_500), 1204, 1262);
     let resp = l.post("/v1/shifts", &l.checkpoint_token, &body).await;
     resp.assert_status(201);
     assert!(!resp.replayed());
@@ -86,7 +94,7 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
             .starts_with("application/json")
     );
 
-    // Stored with the terminal, the ledger's difference, one audit row and its key.
+    // Stored with the terminal, its range, the ledger's difference, one audit row and its key.
     let row: (String, String, String, String, i64, i64) = l
         .open_db()
         .query_row(
@@ -105,6 +113,16 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
             },
         )
         .unwrap();
+    let range = |shift_id: &str| -> (Option<i64>, Option<i64>) {
+        l.open_db()
+            .query_row(
+                "SELECT first_seq, last_seq FROM shift_closeouts WHERE shift_id = ?1",
+                [shift_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(range(shift_id), (Some(1204), Some(1262)));
     assert_eq!(
         row,
         (
@@ -124,7 +142,9 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
             "operation = 'shift' AND outcome = 'recorded' AND client_request_id = '{crid}'
              AND transaction_id = '{shift_id}' AND actor = 'terminal:cp-1'
              AND staff_id = '{CASH_STAFF}' AND card_uid IS NULL
-             AND json_extract(details, '$.difference_cents') = -500"
+             AND json_extract(details, '$.difference_cents') = -500
+             AND json_extract(details, '$.first_seq') = 1204
+             AND json_extract(details, '$.last_seq') = 1262"
         ),
     );
     assert_eq!(audit_rows, 1);
@@ -150,6 +170,11 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
     resp.assert_status(201);
     assert_eq!(resp.body["terminal"], "bar-1");
     assert_eq!(resp.body["difference_cents"], 0);
+    assert_eq!(
+        range(resp.body["shift_id"].as_str().unwrap()),
+        (None, None),
+        "an empty shift sends no range"
+    );
     // More cash than expected is a positive difference.
     let resp = l
         .post(
@@ -168,7 +193,7 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
 #[tokio::test]
 async fn replays_return_the_stored_answer_and_write_nothing() {
     let l = Ledger::start().await;
-    let body = shift_body(42_000, 15_000, 37, 41_500);
+    let body = with_seqs(shift_body(42_000, 15_000, 37, 41_500), 1204, 1262);
     let first = l.post("/v1/shifts", &l.checkpoint_token, &body).await;
     first.assert_status(201);
     let before = l.db_fingerprint();
@@ -224,7 +249,7 @@ async fn replays_return_the_stored_answer_and_write_nothing() {
 async fn a_reused_key_is_refused_and_changes_nothing() {
     let l = Ledger::start().await;
     let card = uid(1);
-    let shift = shift_body(42_000, 15_000, 37, 41_500);
+    let shift = with_seqs(shift_body(42_000, 15_000, 37, 41_500), 1204, 1262);
     l.post("/v1/shifts", &l.checkpoint_token, &shift)
         .await
         .assert_status(201);
@@ -262,6 +287,19 @@ async fn a_reused_key_is_refused_and_changes_nothing() {
             &l.checkpoint_token,
             changed("closed_at", json!("2026-07-02T02:00:01Z")),
         ),
+        (
+            "another range",
+            "/v1/shifts",
+            &l.checkpoint_token,
+            with_seqs(shift.clone(), 1204, 1263),
+        ),
+        ("without the range", "/v1/shifts", &l.checkpoint_token, {
+            let mut b = shift.clone();
+            let fields = b.as_object_mut().unwrap();
+            fields.remove("first_seq");
+            fields.remove("last_seq");
+            b
+        }),
         (
             "another staff member",
             "/v1/shifts",
@@ -435,6 +473,8 @@ fn shift_list(l: &Ledger, args: &[&str]) -> (String, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// Close-outs without a `terminal_seq` range: the ledger's top-ups of the terminal between
+/// `opened_at` and `closed_at`.
 #[tokio::test]
 async fn shift_list_shows_the_ledgers_totals_next_to_the_terminals() {
     let l = Ledger::start().await;
@@ -530,6 +570,101 @@ async fn shift_list_shows_the_ledgers_totals_next_to_the_terminals() {
     );
     let (empty, _) = shift_list(&l, &["--terminal", "bar-2"]);
     assert_eq!(empty, "no shift close-outs");
+    l.assert_audit_ok();
+}
+
+/// A close-out of cp-1 from `opened_at` to `closed_at` covering `first_seq..=last_seq`.
+fn ranged_shift(
+    (opened_at, closed_at): (&str, &str),
+    (first_seq, last_seq): (i64, i64),
+    (cash_cents, card_cents, count): (i64, i64, i64),
+) -> Value {
+    let mut body = with_seqs(
+        shift_body(cash_cents, card_cents, count, cash_cents),
+        first_seq,
+        last_seq,
+    );
+    body["opened_at"] = json!(opened_at);
+    body["closed_at"] = json!(closed_at);
+    body
+}
+
+#[tokio::test]
+async fn shift_list_compares_by_the_terminals_sequence_numbers_through_a_clock_step() {
+    let l = Ledger::start().await;
+    let cp = &l.checkpoint_token;
+    // The first shift, 18:00 to 20:00: seqs 1 and 2.
+    topup_at(&l, &uid(1), 5000, "cash", "online", "2026-07-01T18:00:00Z").await;
+    topup_at(&l, &uid(2), 2000, "card", "online", "2026-07-01T19:30:00Z").await;
+    l.post(
+        "/v1/shifts",
+        cp,
+        &ranged_shift(
+            ("2026-07-01T18:00:00Z", "2026-07-01T20:00:00Z"),
+            (1, 2),
+            (5000, 2000, 2),
+        ),
+    )
+    .await
+    .assert_status(201);
+    // The terminal's clock steps back an hour: the second shift's top-ups (seqs 3 to 6, a
+    // refund at 7) are stamped before the first one's close, and it closes while the clock
+    // is still behind, so at its own opening: its time window is empty, the first one's
+    // holds them. Seq 5, 15.00 cash taken offline, reaches the ledger after the close.
+    topup_at(&l, &uid(3), 1000, "cash", "online", "2026-07-01T19:00:00Z").await;
+    topup_at(&l, &uid(4), 300, "card", "online", "2026-07-01T19:01:00Z").await;
+    let mut offline = recharge_body(&uid(5), l.seq(cp), 1500, "cash", "offline");
+    offline["created_at"] = json!("2026-07-01T19:02:00Z");
+    let refunded = topup_at(&l, &uid(6), 700, "cash", "online", "2026-07-01T19:03:00Z").await;
+    let void = void_body(&crid(&refunded), l.seq(cp), "customer_refund", CASH_STAFF);
+    l.post("/v1/voids", cp, &void).await.assert_status(201);
+    l.post(
+        "/v1/shifts",
+        cp,
+        &ranged_shift(
+            ("2026-07-01T20:00:00Z", "2026-07-01T20:00:00Z"),
+            (3, 7),
+            (2500, 300, 3),
+        ),
+    )
+    .await
+    .assert_status(201);
+    // The next shift, still open (seq 8), inside the first shift's time window.
+    topup_at(&l, &uid(7), 400, "cash", "online", "2026-07-01T19:45:00Z").await;
+
+    let row = |opened: &str, closed: &str, terminal: [&str; 5], ledger: [&str; 3]| {
+        let mut row = vec!["cp-1", CASH_STAFF, opened, closed];
+        row.extend(terminal);
+        row.extend(ledger);
+        row.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let first = row(
+        "2026-07-01T18:00:00.000Z",
+        "2026-07-01T20:00:00.000Z",
+        ["2", "50.00", "50.00", "0.00", "20.00"],
+        ["2", "50.00", "20.00"],
+    );
+    let second = |ledger| {
+        row(
+            "2026-07-01T20:00:00.000Z",
+            "2026-07-01T20:00:00.000Z",
+            ["3", "25.00", "25.00", "0.00", "3.00"],
+            ledger,
+        )
+    };
+    // Each top-up is counted in its own shift only; the offline one is still missing.
+    let (_, rows) = shift_list(&l, &["--terminal", "cp-1"]);
+    assert_eq!(
+        rows,
+        vec![first.clone(), second(["2", "10.00", "3.00"])],
+        "COUNT CASH COUNTED DIFFERENCE CARD, then the ledger's COUNT CASH CARD"
+    );
+    // Replayed: the ledger's totals of the second shift now equal the terminal's.
+    l.post("/v1/recharges", cp, &offline)
+        .await
+        .assert_status(201);
+    let (_, rows) = shift_list(&l, &["--terminal", "cp-1"]);
+    assert_eq!(rows, vec![first, second(["3", "25.00", "3.00"])]);
     l.assert_audit_ok();
 }
 

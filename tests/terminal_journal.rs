@@ -1565,6 +1565,14 @@ type Figures = (
     Option<TerminalSeq>,
 );
 
+/// The `first_seq` and `last_seq` a close-out sends to the ledger.
+fn sent_range(c: &ClosedShift) -> (Option<i64>, Option<i64>) {
+    (
+        c.closeout.first_seq.map(TerminalSeq::get),
+        c.closeout.last_seq.map(TerminalSeq::get),
+    )
+}
+
 fn figures(c: &ClosedShift) -> Figures {
     (
         c.closeout.opened_at,
@@ -1723,6 +1731,7 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
         Some(seq(4)),
         "the shift ends at the last entry"
     );
+    assert_eq!(sent_range(&closed), (Some(1), Some(4)));
     // Kept durably until the ledger records it.
     drop(j);
     let mut j = f.open();
@@ -1793,6 +1802,7 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
         ),
         (Cents::new(700), Cents::new(300), 2, 0, Cents::ZERO)
     );
+    assert_eq!(sent_range(&second), (Some(5), Some(6)), "after the first");
     // Over: the third, with a top-up in the very millisecond of its close (it belongs to
     // the shift it was taken in, not the next).
     topup(&mut j, 1000, "cash", t(300));
@@ -1813,6 +1823,7 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
         ),
         (Cents::new(1000), 1, Cents::new(200))
     );
+    assert_eq!(sent_range(&third), (Some(7), Some(7)));
     // Pending, oldest first, capped; a pending close-out cannot be "settled" as pending.
     assert_eq!(
         j.pending_closeouts(10).unwrap(),
@@ -1840,7 +1851,7 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
         j.last_closeout().unwrap(),
         Some((third.clone(), CloseoutState::Rejected))
     );
-    assert_eq!(j.pending_closeouts(10).unwrap(), vec![second]);
+    assert_eq!(j.pending_closeouts(10).unwrap(), vec![second.clone()]);
 
     // An empty shift closes with zeros; the largest count is accepted.
     let empty = j
@@ -1867,6 +1878,19 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
             Cents::new(SHIFT_TOTAL_CENTS_MAX)
         )
     );
+    // It has no entry: no range is sent, and the next shift still starts after seq 7.
+    assert_eq!(
+        (sent_range(&empty), empty.last_seq),
+        ((None, None), Some(seq(7)))
+    );
+    topup(&mut j, 100, "cash", t(500));
+    let after_empty = close(&mut j, 100, t(600));
+    assert_eq!(sent_range(&after_empty), (Some(8), Some(8)));
+    assert_eq!(
+        j.pending_closeouts(10).unwrap(),
+        vec![second, empty, after_empty],
+        "the range is kept as it was sent"
+    );
     // A terminal's first close-out without any top-up: the shift is empty, from the close.
     let g = Fixture::new();
     let mut fresh = g.open();
@@ -1878,6 +1902,7 @@ fn closing_a_shift_records_its_totals_once_and_the_next_shift_starts_empty() {
         (t(5), t(5))
     );
     assert_eq!((closed.difference, closed.last_seq), (Cents::ZERO, None));
+    assert_eq!(sent_range(&closed), (None, None));
     // The same key twice is refused: one close-out per key.
     assert!(
         fresh
@@ -1925,6 +1950,11 @@ fn a_clock_stepped_back_after_a_close_loses_no_top_up_and_counts_none_twice() {
     assert_eq!(
         figures(&second),
         (at(20, 0), at(20, 0), 1000, 300, 2, 1, 0, Some(seq(6)))
+    );
+    // The ledger compares this range, not the times (which the step made empty).
+    assert_eq!(
+        (sent_range(&first), sent_range(&second)),
+        ((Some(1), Some(2)), (Some(3), Some(6)))
     );
     // Each top-up counted once: the next shift is empty, the closed ones do not move.
     assert_eq!(

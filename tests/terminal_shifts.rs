@@ -135,6 +135,18 @@ fn ledger_closeout_keys(l: &Ledger) -> (Vec<String>, i64) {
     (ids, keys)
 }
 
+/// The `terminal_seq` range of each close-out the ledger holds (`first_seq`, `last_seq`),
+/// oldest close first.
+fn ledger_ranges(l: &Ledger) -> Vec<(Option<i64>, Option<i64>)> {
+    l.open_db()
+        .prepare("SELECT first_seq, last_seq FROM shift_closeouts ORDER BY closed_at")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledgers_totals() {
     let l = Ledger::start().await;
@@ -202,6 +214,15 @@ async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledg
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].closeout.client_request_id.to_string(), crid);
     assert_eq!(pending[0].difference.get(), -150);
+    // Three top-ups and the void: the journal's first four entries.
+    let sent = &pending[0].closeout;
+    assert_eq!(
+        (
+            sent.first_seq.map(|s| s.get()),
+            sent.last_seq.map(|s| s.get())
+        ),
+        (Some(1), Some(4))
+    );
     assert!(matches!(last, Some((_, CloseoutState::Pending))));
     assert_eq!(l.count("shift_closeouts"), 0);
 
@@ -230,8 +251,32 @@ async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledg
         "TERMINAL STAFF OPENED CLOSED COUNT CASH COUNTED DIFFERENCE CARD, then the ledger's \
          COUNT CASH CARD"
     );
-    assert_eq!(ledger_closeout_keys(&l), (vec![crid], 1));
+    assert_eq!(ledger_closeout_keys(&l), (vec![crid.clone()], 1));
+    assert_eq!(ledger_ranges(&l), vec![(Some(1), Some(4))]);
     assert!(journal_closeouts(dir.path()).0.is_empty());
+
+    // The next shift starts right after: its one top-up is seq 5, and the ledger's totals
+    // of it agree too.
+    topup(&mut t, &uid(4), 1200, "cash").await;
+    t.send(json!({"cmd": "close_shift", "counted_cash_cents": 1200}))
+        .await;
+    let second = t.expect("shift_closed").await;
+    assert_eq!(second["opened_at"], json!(closed_at), "{second}");
+    wait_for(
+        "the ledger to show the second close-out",
+        SYNC_DEADLINE,
+        || ledger_shifts(&l).len() == 2,
+    )
+    .await;
+    wait_for_closeout_state(dir.path(), CloseoutState::Recorded).await;
+    assert_eq!(
+        ledger_shifts(&l)[1][4..],
+        ["1", "12.00", "12.00", "0.00", "0.00", "1", "12.00", "0.00"]
+    );
+    assert_eq!(
+        ledger_ranges(&l),
+        vec![(Some(1), Some(4)), (Some(5), Some(5))]
+    );
     t.quit().await;
     l.assert_audit_ok();
 }
@@ -385,6 +430,7 @@ async fn a_checkpoint_killed_after_closing_offline_sends_the_close_out_once_afte
         ]
     );
     assert_eq!(ledger_closeout_keys(&l), (vec![crid], 1));
+    assert_eq!(ledger_ranges(&l), vec![(Some(1), Some(2))]);
     // The new process starts a new shift at the close.
     t.send(json!({"cmd": "login", "staff_id": CASH_STAFF, "pin": "2345"}))
         .await;

@@ -4,6 +4,11 @@
 -- staff counted, and the difference the ledger computed. No card balance and no posting
 -- changes with a close-out. Keyed by time-ordered ids (UUIDv7) like the operation tables;
 -- the client_request_id is unique through idempotency_keys, which keeps its row forever.
+--
+-- first_seq and last_seq are the terminal_seq range of the shift's journal entries on the
+-- terminal (both NULL for a shift without any entry): `cashless ledger shift list` compares
+-- the terminal's totals with the ledger's own top-ups of that terminal in that range, not
+-- between opened_at and closed_at, which a terminal clock step makes wrong or empty.
 CREATE TABLE shift_closeouts (
     shift_id           TEXT PRIMARY KEY,
     client_request_id  TEXT NOT NULL,
@@ -11,6 +16,8 @@ CREATE TABLE shift_closeouts (
     staff_id           TEXT NOT NULL,
     opened_at          TEXT NOT NULL,
     closed_at          TEXT NOT NULL,
+    first_seq          INTEGER CHECK (first_seq >= 1),
+    last_seq           INTEGER CHECK (last_seq >= first_seq),
     cash_cents         INTEGER NOT NULL CHECK (cash_cents >= 0),
     card_cents         INTEGER NOT NULL CHECK (card_cents >= 0),
     count              INTEGER NOT NULL CHECK (count >= 0),
@@ -18,6 +25,7 @@ CREATE TABLE shift_closeouts (
     difference_cents   INTEGER NOT NULL,
     recorded_at        TEXT NOT NULL,
     CHECK (opened_at <= closed_at),
+    CHECK ((first_seq IS NULL) = (last_seq IS NULL)),
     CHECK (difference_cents = counted_cash_cents - cash_cents)
 ) WITHOUT ROWID;
 

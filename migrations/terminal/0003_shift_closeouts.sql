@@ -16,6 +16,10 @@ CREATE TABLE shift_closeouts (
     -- The highest terminal_seq in the journal when the shift was closed (0 for an empty
     -- journal): the next shift is the entries above it.
     last_seq           INTEGER NOT NULL CHECK (last_seq >= 0),
+    -- The shift's first terminal_seq, the previous close-out's last_seq + 1; NULL for a
+    -- shift without any entry. The ledger gets first_seq..last_seq (neither for a shift
+    -- without any entry) and compares its own top-ups of that range with the totals.
+    first_seq          INTEGER CHECK (first_seq BETWEEN 1 AND last_seq),
     -- Shown, not used to bound the shift: the previous close-out's closed_at, or the
     -- shift's first approved top-up's created_at, or closed_at.
     opened_at          TEXT NOT NULL,

@@ -370,7 +370,7 @@ pub fn format_audit(report: &AuditReport) -> String {
 }
 
 /// The columns of `cashless ledger shift list`: the terminal's close-out, then the ledger's
-/// own top-ups of that terminal during the shift.
+/// own top-ups of that terminal in the shift (by the terminal's sequence numbers).
 const SHIFT_COLUMNS: [&str; 12] = [
     "TERMINAL",
     "STAFF",

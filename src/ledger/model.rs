@@ -359,6 +359,14 @@ pub struct ShiftCloseout {
     pub count: i64,
     /// The cash staff counted in the drawer: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
     pub counted_cash_cents: Cents,
+    /// The shift's first journal entry on the terminal: its `terminal_seq`. With `last_seq`
+    /// or without it, and absent for a shift without any entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<TerminalSeq>,
+    /// The shift's last journal entry on the terminal: not below `first_seq`. The ledger
+    /// compares its own top-ups of the terminal in `first_seq..=last_seq` with the totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<TerminalSeq>,
 }
 
 /// A money-changing operation, alone or inside a batch.
@@ -521,7 +529,8 @@ impl VoidRequest {
 }
 
 impl ShiftCloseout {
-    /// Checks the ranges and that the shift does not close before it opened.
+    /// Checks the ranges, that the shift does not close before it opened, and that
+    /// `first_seq` and `last_seq` come together, in order.
     pub fn validate(&self) -> Result<(), FieldError> {
         for (field, cents) in [
             ("cash_cents", self.cash_cents),
@@ -534,7 +543,20 @@ impl ShiftCloseout {
         if self.closed_at < self.opened_at {
             return Err(FieldError::new("closed_at", "must not be before opened_at"));
         }
-        Ok(())
+        match (self.first_seq, self.last_seq) {
+            (Some(first), Some(last)) if last < first => {
+                Err(FieldError::new("last_seq", "must not be below first_seq"))
+            }
+            (Some(_), Some(_)) | (None, None) => Ok(()),
+            (Some(_), None) => Err(FieldError::new(
+                "last_seq",
+                "must be sent with first_seq (both, or neither for an empty shift)",
+            )),
+            (None, Some(_)) => Err(FieldError::new(
+                "first_seq",
+                "must be sent with last_seq (both, or neither for an empty shift)",
+            )),
+        }
     }
 
     /// Counted cash minus the cash the terminal expected: negative when the drawer is short.
@@ -988,7 +1010,15 @@ mod tests {
             card_cents: Cents::new(card),
             count,
             counted_cash_cents: Cents::new(counted),
+            first_seq: TerminalSeq::new(1).ok(),
+            last_seq: TerminalSeq::new(40).ok(),
         }
+    }
+
+    fn seqs(mut shift: ShiftCloseout, first: Option<i64>, last: Option<i64>) -> ShiftCloseout {
+        shift.first_seq = first.map(|n| TerminalSeq::new(n).unwrap());
+        shift.last_seq = last.map(|n| TerminalSeq::new(n).unwrap());
+        shift
     }
 
     #[test]
@@ -1007,6 +1037,14 @@ mod tests {
             (shift(0, 0, 0, -1, 8), Some("counted_cash_cents")),
             (shift(0, 0, 0, max + 1, 8), Some("counted_cash_cents")),
             (shift(0, 0, 0, 0, -1), Some("closed_at")),
+            (seqs(shift(0, 0, 0, 0, 8), None, None), None),
+            (seqs(shift(0, 0, 0, 0, 8), Some(7), Some(7)), None),
+            (
+                seqs(shift(0, 0, 0, 0, 8), Some(8), Some(7)),
+                Some("last_seq"),
+            ),
+            (seqs(shift(0, 0, 0, 0, 8), Some(7), None), Some("last_seq")),
+            (seqs(shift(0, 0, 0, 0, 8), None, Some(7)), Some("first_seq")),
         ];
         for (req, field) in cases {
             assert_eq!(

@@ -190,7 +190,9 @@ pub struct AuditReport {
 }
 
 /// One shift close-out as headquarters sees it: the terminal's totals and count, and the
-/// ledger's own totals of that terminal's top-ups between `opened_at` and `closed_at`.
+/// ledger's own totals of that terminal's top-ups in the shift: those with the close-out's
+/// `first_seq..=last_seq` of the terminal's sequence numbers, or (a close-out without them)
+/// those between `opened_at` and `closed_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShiftReport {
     /// The ledger's id for the close-out.
@@ -216,8 +218,8 @@ pub struct ShiftReport {
     /// When the ledger recorded the close-out.
     pub recorded_at: String,
     /// Top-ups of this terminal the ledger holds for the shift (by the terminal's
-    /// `created_at`, voided ones left out), computed now: offline top-ups still being
-    /// replayed are missing until they arrive.
+    /// `terminal_seq`, else its `created_at`; voided ones left out), computed now: offline
+    /// top-ups still being replayed are missing until they arrive.
     pub ledger_count: i64,
     /// Their cash total.
     pub ledger_cash_cents: Cents,

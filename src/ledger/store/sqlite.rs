@@ -14,7 +14,7 @@ use super::{
     AuditReport, CardFeedPage, CardView, LedgerStore, NewStaff, NewTerminal, Product,
     ProductUpsert, ScanReceipt, ShiftReport, StaffRecord, StoreError,
 };
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId};
+use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::model::{
     ApiError, Approval, BlockReason, CardStatus, ErrorCode, Flag, Mode, Operation, OrderRequest,
     Outcome, PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffMember,
@@ -534,10 +534,15 @@ fn record_shift(
     let shift_id = new_transaction_id();
     let now = format_time(ctx.now);
     let (opened_at, closed_at) = (format_time(shift.opened_at), format_time(shift.closed_at));
+    let (first_seq, last_seq) = (
+        shift.first_seq.map(TerminalSeq::get),
+        shift.last_seq.map(TerminalSeq::get),
+    );
     conn.prepare_cached(
         "INSERT INTO shift_closeouts (shift_id, client_request_id, terminal_id, staff_id, opened_at,
-             closed_at, cash_cents, card_cents, count, counted_cash_cents, difference_cents, recorded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             closed_at, first_seq, last_seq, cash_cents, card_cents, count, counted_cash_cents,
+             difference_cents, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         shift_id.to_string(),
@@ -546,6 +551,8 @@ fn record_shift(
         shift.staff_id.as_str(),
         opened_at,
         closed_at,
+        first_seq,
+        last_seq,
         shift.cash_cents.get(),
         shift.card_cents.get(),
         shift.count,
@@ -569,6 +576,8 @@ fn record_shift(
     let details = json!({
         "opened_at": opened_at,
         "closed_at": closed_at,
+        "first_seq": first_seq,
+        "last_seq": last_seq,
         "cash_cents": shift.cash_cents.get(),
         "card_cents": shift.card_cents.get(),
         "count": shift.count,
@@ -1438,12 +1447,15 @@ impl LedgerStore for SqliteStore {
         terminal_name: Option<String>,
     ) -> Result<Vec<ShiftReport>, StoreError> {
         self.read(move |conn| {
-            // The ledger's top-ups of the terminal during the shift, by the terminal's own
-            // time of each (an offline top-up replayed after the close still belongs to the
-            // shift), voided ones left out like the terminal's totals. Without an index on
-            // recharges (terminal_id, created_at), which every top-up would pay for, this
-            // scans the top-ups once per close-out: about a second for 300 close-outs over
-            // 20,000 top-ups, acceptable for an admin report.
+            // The ledger's top-ups of the terminal in the shift, voided ones left out like
+            // the terminal's totals. The shift is the close-out's range of the terminal's own
+            // sequence numbers (an offline top-up replayed after the close still belongs to
+            // it, and a terminal clock step moves nothing out of it); a close-out without
+            // one (an empty shift) falls back to the terminal's times between `opened_at`
+            // and `closed_at`. Without an index on recharges (terminal_id, terminal_seq),
+            // which every top-up would pay for, this scans the top-ups once per close-out:
+            // about a second for 300 close-outs over 20,000 top-ups, acceptable for an admin
+            // report.
             let mut stmt = conn.prepare(
                 "SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
                         s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
@@ -1453,7 +1465,10 @@ impl LedgerStore for SqliteStore {
                  FROM shift_closeouts s
                  JOIN terminals t ON t.terminal_id = s.terminal_id
                  LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
-                      AND r.created_at >= s.opened_at AND r.created_at <= s.closed_at
+                      AND CASE WHEN s.first_seq IS NOT NULL
+                               THEN r.terminal_seq BETWEEN s.first_seq AND s.last_seq
+                               ELSE r.created_at >= s.opened_at AND r.created_at <= s.closed_at
+                          END
                  WHERE ?1 IS NULL OR t.name = ?1
                  GROUP BY s.shift_id
                  ORDER BY s.closed_at, t.name, s.shift_id",

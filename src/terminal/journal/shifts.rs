@@ -6,7 +6,9 @@
 //! payment method, minus the approved voids made in it of approved top-ups (their money went
 //! back to the attendee). A close-out computes them and records them, with the counted cash
 //! and its `last_seq`, in one transaction, so the figures sent to the ledger are exactly the
-//! ones staff saw when they closed, and the next shift starts right after them.
+//! ones staff saw when they closed, and the next shift starts right after them. The ledger
+//! also gets the shift's range of `terminal_seq` (`first_seq`, `last_seq`; neither for a
+//! shift without any entry), and compares its own top-ups of that range with the totals.
 //!
 //! Why not by time: `terminal_seq` is gapless and only grows, while the clock can step back
 //! (a Raspberry Pi without a real-time clock booting offline, an NTP correction). Bounded by
@@ -48,8 +50,9 @@ pub struct ClosedShift {
     pub voids: u64,
     /// Counted minus expected cash: negative when the drawer is short.
     pub difference: Cents,
-    /// The highest `terminal_seq` in the journal when it was closed: the shift's last entry
-    /// (`None` for an empty journal). The next shift starts after it.
+    /// The highest `terminal_seq` in the journal when it was closed: the shift's last entry,
+    /// or the previous shift's for a shift without any (`None` for an empty journal). The
+    /// next shift starts after it. The range sent to the ledger is in `closeout`.
     pub last_seq: Option<TerminalSeq>,
 }
 
@@ -88,6 +91,8 @@ struct PreviousClose {
 /// journal).
 struct Shift {
     summary: ShiftSummary,
+    /// The shift's first `terminal_seq`; `None` when it has no entry.
+    first_seq: Option<i64>,
     last_seq: i64,
 }
 
@@ -170,6 +175,7 @@ fn current_shift(
             count: non_negative(count - voided_here, "count")?,
             voids: non_negative(voids, "voids")?,
         },
+        first_seq: (last_seq > after).then_some(after + 1),
         last_seq,
     })
 }
@@ -197,6 +203,8 @@ fn closed_shift(row: &rusqlite::Row<'_>) -> Result<ClosedShift, JournalError> {
         parse_time(&t).ok_or_else(|| corrupt(format!("a time of {t:?}")))
     };
     let voids: i64 = row.get(8)?;
+    let last: i64 = row.get(10)?;
+    let (first_seq, last_seq_sent) = sent_range(row.get(11)?, last)?;
     Ok(ClosedShift {
         closeout: ShiftCloseout {
             client_request_id: crid,
@@ -207,25 +215,45 @@ fn closed_shift(row: &rusqlite::Row<'_>) -> Result<ClosedShift, JournalError> {
             card_cents: Cents::new(row.get(5)?),
             count: row.get(6)?,
             counted_cash_cents: Cents::new(row.get(7)?),
+            first_seq,
+            last_seq: last_seq_sent,
         },
         voids: u64::try_from(voids).map_err(|_| corrupt(format!("voids {voids}")))?,
         difference: Cents::new(row.get(9)?),
-        last_seq: last_seq(row.get(10)?)?,
+        last_seq: last_seq(last)?,
     })
+}
+
+/// A stored `terminal_seq`, at least 1.
+fn seq(n: i64, what: &str) -> Result<TerminalSeq, JournalError> {
+    TerminalSeq::new(n).map_err(|_| corrupt(format!("{what} {n}")))
+}
+
+/// The `first_seq` and `last_seq` sent to the ledger.
+type SentRange = (Option<TerminalSeq>, Option<TerminalSeq>);
+
+/// The shift's range as sent to the ledger, or neither for a shift without any entry
+/// (`first` is `None`; `last` is then the previous shift's end).
+fn sent_range(first: Option<i64>, last: i64) -> Result<SentRange, JournalError> {
+    match first {
+        Some(first) if first <= last => {
+            Ok((Some(seq(first, "first_seq")?), Some(seq(last, "last_seq")?)))
+        }
+        Some(first) => Err(corrupt(format!("a shift from {first} to {last}"))),
+        None => Ok((None, None)),
+    }
 }
 
 /// A close-out's `last_seq` as the API shows it: 0 (an empty journal) is `None`.
 fn last_seq(n: i64) -> Result<Option<TerminalSeq>, JournalError> {
     match n {
         0 => Ok(None),
-        n => Ok(Some(
-            TerminalSeq::new(n).map_err(|_| corrupt(format!("last_seq {n}")))?,
-        )),
+        n => Ok(Some(seq(n, "last_seq")?)),
     }
 }
 
 const CLOSEOUT_COLUMNS: &str = "client_request_id, staff_id, opened_at, closed_at, cash_cents,
-     card_cents, count, counted_cash_cents, voids, difference_cents, last_seq";
+     card_cents, count, counted_cash_cents, voids, difference_cents, last_seq, first_seq";
 
 impl Journal {
     /// The current shift's totals, as of now.
@@ -258,7 +286,12 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let previous = previous_close(&tx)?;
-        let Shift { summary, last_seq } = current_shift(&tx, previous.as_ref())?;
+        let Shift {
+            summary,
+            first_seq,
+            last_seq,
+        } = current_shift(&tx, previous.as_ref())?;
+        let (first_sent, last_sent) = sent_range(first_seq, last_seq)?;
         let now = now.trunc_subsecs(3);
         let opened_at = summary.opened_at.unwrap_or(now);
         // A clock set back since the shift opened: the shift ends where it began.
@@ -278,7 +311,7 @@ impl Journal {
         let voids = i64::try_from(summary.voids).map_err(corrupt)?;
         tx.prepare_cached(&format!(
             "INSERT INTO shift_closeouts ({CLOSEOUT_COLUMNS}, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')"
         ))?
         .execute(params![
             client_request_id.to_string(),
@@ -292,6 +325,7 @@ impl Journal {
             voids,
             difference.get(),
             last_seq,
+            first_seq,
         ])?;
         tx.commit()?;
         Ok(ClosedShift {
@@ -304,6 +338,8 @@ impl Journal {
                 card_cents: summary.card,
                 count,
                 counted_cash_cents: counted,
+                first_seq: first_sent,
+                last_seq: last_sent,
             },
             voids: summary.voids,
             difference,
@@ -334,7 +370,7 @@ impl Journal {
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        let state: String = row.get(11)?;
+        let state: String = row.get(12)?;
         let state = match state.as_str() {
             "pending" => CloseoutState::Pending,
             "recorded" => CloseoutState::Recorded,

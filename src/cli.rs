@@ -453,8 +453,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(TerminalCommandLine::Export { out }) => {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;
-                let count = crate::terminal::daemon::export(&config.journal, &config.name, &out)?;
-                println!("{count} operations exported to {}", out.display());
+                let (operations, closeouts) =
+                    crate::terminal::daemon::export(&config.journal, &config.name, &out)?;
+                println!(
+                    "{operations} operations and {closeouts} close-outs exported to {}",
+                    out.display()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Some(TerminalCommandLine::Status) => {
@@ -569,7 +573,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         LedgerCommand::Import { file } => {
             let summary = admin::import(&store, &file).await?;
             print!("{}", admin::format_import(&summary));
-            if !summary.refused.is_empty() {
+            if !summary.is_clean() {
                 return Ok(ExitCode::FAILURE);
             }
         }

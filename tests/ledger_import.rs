@@ -79,6 +79,12 @@ async fn an_export_is_applied_once_however_often_it_is_imported() {
         "{}",
         stdout(&first)
     );
+    // An export from before close-outs were exported (no `closeouts`) imports as it did.
+    assert!(
+        stdout(&first).contains("close-outs: 0 recorded, 0 already recorded before, 0 refused"),
+        "{}",
+        stdout(&first)
+    );
     // 1000 - 450 (sent before) - 400 (water) + 400 (voided) = 550; the unknown card owes 900.
     assert_eq!(l.balance(&funded).await, 550);
     assert_eq!(l.balance(&uid(2)).await, -900);
@@ -169,4 +175,122 @@ async fn a_file_that_is_not_an_export_changes_nothing() {
     let missing = l.admin(&["import", "/nonexistent/export.json"]);
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(l.db_fingerprint(), before);
+}
+
+/// A close-out of a shift of `staff_id` as `POST /v1/shifts` takes it, fresh key.
+fn closeout_body(staff_id: &str) -> Value {
+    json!({
+        "client_request_id": new_id(),
+        "staff_id": staff_id,
+        "opened_at": "2026-07-01T18:00:00Z",
+        "closed_at": "2026-07-02T02:00:00Z",
+        "cash_cents": 0,
+        "card_cents": 0,
+        "count": 0,
+        "counted_cash_cents": 0,
+    })
+}
+
+/// The rows of `cashless ledger shift list` (without its header).
+fn shift_rows(l: &Ledger) -> Vec<String> {
+    let out = l.admin(&["shift", "list"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    stdout(&out).lines().skip(1).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_checkpoints_pending_closeout_is_exported_and_recorded_once() {
+    use cashless::domain::{Cents, ClientRequestId, StaffId};
+    use cashless::terminal::journal::Journal;
+    let l = Ledger::start().await;
+    // A checkpoint closed a shift offline and never came back to send it.
+    let journal = l.dir.path().join("cp-1.journal");
+    let crid = ClientRequestId::new_random();
+    {
+        let mut j = Journal::open(&journal).unwrap();
+        j.close_shift(
+            crid,
+            &StaffId::parse(CASH_STAFF).unwrap(),
+            Cents::new(0),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    }
+    let path = l.dir.path().join("cp-1.json");
+    let counts = cashless::terminal::daemon::export(&journal, "cp-1", &path).unwrap();
+    assert_eq!(counts, (0, 1));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(doc["closeouts"][0]["client_request_id"], crid.to_string());
+    let file = path.to_str().unwrap();
+
+    let first = l.admin(&["import", file]);
+    assert!(first.status.success(), "{}", stdout(&first));
+    assert!(
+        stdout(&first).contains("close-outs: 1 recorded, 0 already recorded before, 0 refused"),
+        "{}",
+        stdout(&first)
+    );
+    let rows = shift_rows(&l);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].contains("cp-1") && rows[0].contains(CASH_STAFF),
+        "{rows:?}"
+    );
+    let before = l.db_fingerprint();
+
+    let again = l.admin(&["import", file]);
+    assert!(again.status.success(), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("close-outs: 0 recorded, 1 already recorded before, 0 refused"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(
+        l.db_fingerprint(),
+        before,
+        "a second import changed the books"
+    );
+    assert_eq!(shift_rows(&l).len(), 1);
+    l.assert_audit_ok();
+}
+
+#[tokio::test]
+async fn refused_closeouts_are_listed_and_the_rest_recorded() {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    let good = closeout_body(CASH_STAFF);
+    let unknown_staff = closeout_body("nobody");
+    let mut backwards = closeout_body(CASH_STAFF);
+    backwards["closed_at"] = json!("2026-07-01T17:00:00Z");
+    let mut doc = export(
+        "cp-1",
+        vec![tagged(
+            "recharge",
+            &recharge_body(&card, 1, 500, "cash", "offline"),
+        )],
+    );
+    doc["closeouts"] = json!([unknown_staff, good, backwards]);
+    let path = write(&l, "cp-1.json", &doc);
+    let out = l.admin(&["import", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "REFUSED: close-out 1 ({}): 403",
+            unknown_staff["client_request_id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("REFUSED: close-out 3") && text.contains("400 INVALID_REQUEST"),
+        "{text}"
+    );
+    assert!(text.contains("import: 1 applied"), "{text}");
+    assert!(
+        text.contains("close-outs: 1 recorded, 0 already recorded before, 2 refused"),
+        "{text}"
+    );
+    assert_eq!(l.balance(&card).await, 500);
+    assert_eq!(l.count("shift_closeouts"), 1);
+    l.assert_audit_ok();
 }

@@ -496,6 +496,16 @@ async fn a_terminal_that_never_comes_back_is_exported_and_imported_exactly_once(
     );
     let doc: Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     let ops = doc["operations"].as_array().unwrap();
+    assert_eq!(doc["closeouts"], json!([]), "{doc}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "{} operations and 0 close-outs exported to {}",
+            ops.len(),
+            export.display()
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     for crid in &approved {
         assert!(
             ops.iter().any(|o| o["client_request_id"] == crid.as_str()),

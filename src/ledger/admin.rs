@@ -199,12 +199,16 @@ pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
 pub const EXPORT_FORMAT: &str = "cashless-journal-export";
 /// The export version this program reads and writes.
 pub const EXPORT_VERSION: u32 = 1;
+/// Shift close-outs an export holds at most (`cashless terminal export` refuses to write
+/// more, `import` to read more).
+pub const EXPORT_CLOSEOUTS_MAX: usize = 1_000;
 /// The largest export file `import` reads.
 pub const IMPORT_FILE_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
 /// A terminal's journal export (`cashless terminal export`): the operations the ledger has
 /// not acknowledged, in `terminal_seq` order, each exactly as the terminal would have sent
-/// it in a batch.
+/// it in a batch; then the shift close-outs it has not recorded, each as `POST /v1/shifts`
+/// takes it (absent from older exports).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExportFile {
@@ -213,6 +217,8 @@ struct ExportFile {
     terminal: String,
     exported_at: String,
     operations: Vec<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    closeouts: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// What an import did, operation by operation.
@@ -226,6 +232,19 @@ pub struct ImportSummary {
     pub declined: usize,
     /// Refused: `(position in the file, client_request_id if readable, status, code)`.
     pub refused: Vec<(usize, Option<String>, u16, String)>,
+    /// Shift close-outs recorded now.
+    pub closeouts_recorded: usize,
+    /// Shift close-outs recorded before (a replay): nothing changed.
+    pub closeouts_replayed: usize,
+    /// Shift close-outs refused, like `refused` (position among the close-outs).
+    pub closeouts_refused: Vec<(usize, Option<String>, u16, String)>,
+}
+
+impl ImportSummary {
+    /// Nothing in the file was refused.
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_empty() && self.closeouts_refused.is_empty()
+    }
 }
 
 /// Applies a terminal's journal export as that terminal, in order and idempotently: every
@@ -252,6 +271,12 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
             export.version
         );
     }
+    if export.closeouts.len() > EXPORT_CLOSEOUTS_MAX {
+        bail!(
+            "{file}: {} shift close-outs, more than the {EXPORT_CLOSEOUTS_MAX} an import reads",
+            export.closeouts.len()
+        );
+    }
     let terminal = store
         .terminal_by_name(export.terminal.clone())
         .await?
@@ -273,12 +298,9 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                 chunk.push(op);
             }
             Err(e) => {
-                let crid = serde_json::from_str::<serde_json::Value>(raw.get())
-                    .ok()
-                    .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned));
                 summary.refused.push((
                     index,
-                    crid,
+                    readable_crid(raw.get()),
                     e.code.http_status(),
                     e.code.as_str().to_owned(),
                 ));
@@ -299,19 +321,62 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                     (false, 402 | 404 | 422 | 423) if stored_decline(&outcome.body) => {
                         summary.declined += 1
                     }
-                    (false, status) => {
-                        let code = serde_json::from_str::<serde_json::Value>(&outcome.body)
-                            .ok()
-                            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        summary.refused.push((position, Some(crid), status, code));
-                    }
+                    (false, status) => summary.refused.push((
+                        position,
+                        Some(crid),
+                        status,
+                        error_code(&outcome.body),
+                    )),
                 }
             }
         }
     }
     summary.refused.sort();
+    // Then the close-outs, each exactly as `POST /v1/shifts` takes it from that terminal.
+    for (index, raw) in export.closeouts.into_iter().enumerate() {
+        let closeout = match super::api::parse_shift_closeout(raw.get().as_bytes()) {
+            Ok(closeout) => closeout,
+            Err(e) => {
+                summary.closeouts_refused.push((
+                    index,
+                    readable_crid(raw.get()),
+                    e.code.http_status(),
+                    e.code.as_str().to_owned(),
+                ));
+                continue;
+            }
+        };
+        let crid = closeout.client_request_id.to_string();
+        let outcome = store
+            .record_shift(terminal.clone(), request_id.clone(), closeout)
+            .await?;
+        match (outcome.replayed, outcome.status) {
+            (true, _) => summary.closeouts_replayed += 1,
+            (false, 201) => summary.closeouts_recorded += 1,
+            (false, status) => summary.closeouts_refused.push((
+                index,
+                Some(crid),
+                status,
+                error_code(&outcome.body),
+            )),
+        }
+    }
     Ok(summary)
+}
+
+/// The `client_request_id` of an entry the import could not parse, if it has a readable one.
+fn readable_crid(raw: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned))
+}
+
+/// The `error.code` of an answer's body, or nothing.
+fn error_code(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn stored_decline(body: &str) -> bool {
@@ -341,12 +406,25 @@ pub fn format_import(summary: &ImportSummary) -> String {
             crid.as_deref().unwrap_or("no readable client_request_id")
         ));
     }
+    for (position, crid, status, code) in &summary.closeouts_refused {
+        out.push_str(&format!(
+            "REFUSED: close-out {} ({}): {status} {code}\n",
+            position + 1,
+            crid.as_deref().unwrap_or("no readable client_request_id")
+        ));
+    }
     out.push_str(&format!(
         "import: {} applied, {} already applied before, {} declined, {} refused\n",
         summary.applied,
         summary.replayed,
         summary.declined,
         summary.refused.len()
+    ));
+    out.push_str(&format!(
+        "close-outs: {} recorded, {} already recorded before, {} refused\n",
+        summary.closeouts_recorded,
+        summary.closeouts_replayed,
+        summary.closeouts_refused.len()
     ));
     out
 }

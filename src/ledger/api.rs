@@ -552,6 +552,14 @@ async fn post_void<S: LedgerStore>(
     )
 }
 
+/// A shift close-out's body, parsed and checked as `POST /v1/shifts` does (also for the
+/// close-outs of a journal export), or the 400 it deserves.
+pub fn parse_shift_closeout(bytes: &[u8]) -> Result<ShiftCloseout, ApiError> {
+    let closeout: ShiftCloseout = parse_typed(bytes)?;
+    closeout.validate().map_err(ApiError::invalid_field)?;
+    Ok(closeout)
+}
+
 /// `POST /v1/shifts`: any terminal kind; the staff check and idempotency are the store's.
 async fn shift<S: LedgerStore>(
     state: &AppState<S>,
@@ -561,8 +569,7 @@ async fn shift<S: LedgerStore>(
 ) -> Result<Response, ApiError> {
     let terminal = authenticate(state, headers).await?;
     let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
-    let closeout: ShiftCloseout = parse_typed(&bytes)?;
-    closeout.validate().map_err(ApiError::invalid_field)?;
+    let closeout = parse_shift_closeout(&bytes)?;
     check_idempotency_header(headers, closeout.client_request_id)?;
     let outcome = state
         .store

@@ -808,18 +808,30 @@ impl Daemon {
     }
 }
 
-/// Writes the journal's unacknowledged operations as a file `cashless ledger import`
-/// applies, for a terminal that never comes back online. In-doubt attempts are left out:
-/// their voids are in the file (recovery adds any that are missing first).
+/// Writes the journal's unacknowledged operations, then its pending shift close-outs, as a
+/// file `cashless ledger import` applies, for a terminal that never comes back online.
+/// In-doubt attempts are left out: their voids are in the file (recovery adds any that are
+/// missing first). Returns how many operations and close-outs it wrote.
 pub fn export(
     journal_path: &std::path::Path,
     terminal: &str,
     out: &std::path::Path,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, usize)> {
     use std::io::Write;
     let mut j = Journal::open(journal_path)
         .map_err(|e| anyhow::anyhow!("cannot open the journal {}: {e}", journal_path.display()))?;
     recover(&mut j)?;
+    // Read first, so that too many of them fail the export before anything is written.
+    // A terminal closes a few shifts a day: more than the bound means something else is
+    // wrong, and the export says so rather than leave some out.
+    use crate::ledger::admin::EXPORT_CLOSEOUTS_MAX;
+    let closeouts = j.pending_closeouts(EXPORT_CLOSEOUTS_MAX + 1)?;
+    if closeouts.len() > EXPORT_CLOSEOUTS_MAX {
+        anyhow::bail!(
+            "the journal holds more than {EXPORT_CLOSEOUTS_MAX} shift close-outs the ledger has \
+             not recorded; nothing exported"
+        );
+    }
     // Written next to the target and renamed, so a half-written export never exists; and
     // streamed page by page, so a terminal with a long backlog does not hold it in memory.
     let tmp = out.with_extension("partial");
@@ -833,7 +845,7 @@ pub fn export(
         "exported_at": format_time(Utc::now()),
     })
     .to_string();
-    // `{...}` without its closing brace, then the operations, last.
+    // `{...}` without its closing brace, then the operations, then the close-outs, last.
     w.write_all(head.trim_end_matches('}').as_bytes())?;
     w.write_all(b",\"operations\":[")?;
     let mut count = 0usize;
@@ -860,14 +872,17 @@ pub fn export(
             count += 1;
         }
     }
-    w.write_all(b"]}\n")?;
+    w.write_all(b"],\"closeouts\":")?;
+    let closeouts: Vec<_> = closeouts.into_iter().map(|c| c.closeout).collect();
+    serde_json::to_writer(&mut w, &closeouts)?;
+    w.write_all(b"}\n")?;
     let file = w
         .into_inner()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     file.sync_all()?;
     std::fs::rename(&tmp, out)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-    Ok(count)
+    Ok((count, closeouts.len()))
 }
 
 /// Refreshes the caches and replays the journal, forever; reports through `events`.

@@ -664,7 +664,23 @@ async fn shift_list_compares_by_the_terminals_sequence_numbers_through_a_clock_s
         .await
         .assert_status(201);
     let (_, rows) = shift_list(&l, &["--terminal", "cp-1"]);
-    assert_eq!(rows, vec![first, second(["3", "25.00", "3.00"])]);
+    assert_eq!(rows, vec![first.clone(), second(["3", "25.00", "3.00"])]);
+    // An empty shift (no range, nothing taken) whose clock window covers other shifts'
+    // top-ups: the ledger counts none either.
+    let mut empty = shift_body(0, 0, 0, 0);
+    empty["opened_at"] = json!("2026-07-01T18:00:00Z");
+    empty["closed_at"] = json!("2026-07-01T20:30:00Z");
+    l.post("/v1/shifts", cp, &empty).await.assert_status(201);
+    let (_, rows) = shift_list(&l, &["--terminal", "cp-1"]);
+    assert_eq!(
+        rows.last(),
+        Some(&row(
+            "2026-07-01T18:00:00.000Z",
+            "2026-07-01T20:30:00.000Z",
+            ["0", "0.00", "0.00", "0.00", "0.00"],
+            ["0", "0.00", "0.00"],
+        ))
+    );
     l.assert_audit_ok();
 }
 

@@ -1467,6 +1467,10 @@ impl LedgerStore for SqliteStore {
                  LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
                       AND CASE WHEN s.first_seq IS NOT NULL
                                THEN r.terminal_seq BETWEEN s.first_seq AND s.last_seq
+                               -- A terminal's empty shift (no range, nothing taken) holds no
+                               -- top-up, whatever its clock says.
+                               WHEN s.count = 0 AND s.cash_cents = 0 AND s.card_cents = 0
+                               THEN 0
                                ELSE r.created_at >= s.opened_at AND r.created_at <= s.closed_at
                           END
                  WHERE ?1 IS NULL OR t.name = ?1

@@ -44,8 +44,9 @@ SWEEP_DURATION=${SWEEP_DURATION:-10}
 PERF_CALLGRAPH=${PERF_CALLGRAPH:-}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'benches/ledger.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=ledger.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 [ "$PERF" != 1 ] || command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install linux-perf)"
 for tool in taskset awk sed lscpu; do
@@ -59,16 +60,7 @@ if [ "$SKIP_PG" != 1 ] && ! { command -v pgbench && command -v psql; } >/dev/nul
     command -v pgbench >/dev/null || die "pgbench is missing: apt-get install postgresql-client (or SKIP_PG=1)"
 fi
 
-if [ -n "${CASHLESS_BIN:-}" ]; then
-    BIN=$CASHLESS_BIN
-else
-    if [ "$SKIP_BUILD" != 1 ]; then
-        say "cargo build --release"
-        (cd "$ROOT" && cargo build --release --quiet)
-    fi
-    BIN="$ROOT/target/release/cashless"
-fi
-[ -x "$BIN" ] || die "$BIN not found"
+find_bin
 
 TMP=$(mktemp -d "$BENCH_DIR/cashless-bench.XXXXXX")
 SERVER_PID=""
@@ -92,38 +84,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Value of a numeric JSON key in the bench's one-line JSON summary ("p99" only matches p99).
-jnum() { sed -n "s/.*\"$1\":\([-0-9.eE+]*\).*/\1/p" "$2" | tail -n1; }
-isnum() { [[ "${1:-}" =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
-fmt0() { if isnum "${1:-}"; then printf '%.0f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-fmt2() { if isnum "${1:-}"; then printf '%.2f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-# CPU seconds (user + system) of a process so far, from /proc (USER_HZ = 100).
-cpu_s() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat"; }
-# CPU seconds all processes of the machine have used so far (user, nice, system, irq, softirq, steal).
-sys_busy_s() { awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
-# Bytes written (wchar) and write syscalls (syscw) of a process so far.
-io_w() { awk '/^wchar:/ {w = $2} /^syscw:/ {c = $2} END {print w, c}' "/proc/$1/io"; }
-# % of one core used between two samples taken t0..t1 seconds.
-pct() { awk -v a="$1" -v b="$2" -v s="$3" -v e="$4" 'BEGIN { printf "%.0f", (b - a) / (e - s) * 100 }'; }
-
 # --- machine -----------------------------------------------------------------------------
-CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
-MACHINE="$(nproc) cores ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(df -T "$TMP" | awk 'NR==2 {print $2}') at $TMP"
-say "machine: $MACHINE"
-# Other load on the machine (2 s sample); with QUIET_WAIT=S, wait up to S seconds for it to
-# stay under 10% for three samples in a row (on a shared machine).
-other_load() { local b0 b1 q0 q1; b0=$(sys_busy_s); q0=$(date +%s.%N); sleep 2; b1=$(sys_busy_s); q1=$(date +%s.%N); pct "$b0" "$b1" "$q0" "$q1"; }
-IDLE_LOAD=$(other_load)
-if [ "${QUIET_WAIT:-0}" -gt 0 ]; then
-    quiet=0
-    deadline=$(($(date +%s) + QUIET_WAIT))
-    while [ "$quiet" -lt 3 ] && [ "$(date +%s)" -lt "$deadline" ]; do
-        if [ "$IDLE_LOAD" -lt 10 ]; then quiet=$((quiet + 1)); else quiet=0; fi
-        [ "$quiet" -ge 3 ] || IDLE_LOAD=$(other_load)
-    done
-fi
-say "other load before the run: $IDLE_LOAD% of $(($(nproc) * 100))% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-[ "$IDLE_LOAD" -lt 10 ] || say "WARNING: the machine is busy: the numbers will be low and noisy"
+describe_machine "$TMP"
+measure_idle_load low
 
 # --- (a) raw SQLite commit rate ----------------------------------------------------------
 say "(a) raw SQLite commit rate, ${SQLITE_DURATION} s, core $SERVER_CPU"
@@ -133,38 +96,11 @@ RAW_COMMITS=$(jnum commits_per_s "$TMP/a.out")
 RAW_P99=$(jnum p99 "$TMP/a.out")
 
 # --- ledger ------------------------------------------------------------------------------
-cat >"$TMP/ledger.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-database = "sqlite:$TMP/ledger.db"
-
-[festival]
-currency = "EUR"
-
-[limits]
-recharge_max_cents = 10000000
-balance_max_cents = 1000000000
-EOF
-ledger() { "$BIN" ledger --config "$TMP/ledger.toml" "$@"; }
-
-POS="Bench Bar"
-ledger migrate >&2
-ledger staff add --id s-bench --name "Bench" --role supervisor --pin 1234 >&2
-ledger product add --id bench-1c --name "Bench 1 cent" --price-cents 1 --point-of-sale "$POS" >&2
-new_token() { ledger terminal add --name "$1" --kind "$2" --point-of-sale "$POS" | tail -n1; }
+setup_bench_ledger
 
 say "starting the ledger on core $SERVER_CPU"
-taskset -c "$SERVER_CPU" "$BIN" ledger --config "$TMP/ledger.toml" serve --listen 127.0.0.1:0 \
-    >"$TMP/serve.out" 2>"$TMP/serve.err" &
-SERVER_PID=$!
-ADDR=""
-for _ in $(seq 300); do
-    ADDR=$(sed -n 's/^listening on //p' "$TMP/serve.out" | head -n1)
-    [ -n "$ADDR" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.err" >&2; die "the ledger exited"; }
-    sleep 0.1
-done
-[ -n "$ADDR" ] || die "the ledger did not print 'listening on' within 30 s"
+start_ledger "$SERVER_CPU" 127.0.0.1:0
+SERVER_PID=$LEDGER_PID
 URL="http://$ADDR"
 say "ledger at $URL (pid $SERVER_PID)"
 
@@ -198,8 +134,8 @@ scenario() { # name cards card-prefix fund-cents [clients] [duration]
     cpu1=$(cpu_s "$SERVER_PID"); sys1=$(sys_busy_s); io1=$(io_w "$SERVER_PID"); t1=$(date +%s.%N)
     wait "$gen" || die "bench ledger failed (see above)"
     cat "$TMP/$name.out" >&2
-    pct "$cpu0" "$cpu1" "$t0" "$t1" >"$TMP/$name.server-cpu"
-    pct "$sys0" "$sys1" "$t0" "$t1" >"$TMP/$name.machine-cpu"
+    fmt0 "$(pct "$cpu0" "$cpu1" "$t0" "$t1")" >"$TMP/$name.server-cpu"
+    fmt0 "$(pct "$sys0" "$sys1" "$t0" "$t1")" >"$TMP/$name.machine-cpu"
     # Per order: server CPU, bytes written and write syscalls (the window is the bench's
     # measured window give or take a few ms).
     awk -v c0="$cpu0" -v c1="$cpu1" -v io0="$io0" -v io1="$io1" -v s="$t0" -v e="$t1" \
@@ -240,7 +176,7 @@ pg_run() { # label [taskset prefix...] -> tps
         || { cat "$TMP/pg-$label.out" >&2; die "pgbench failed"; }
     s1=$(sys_busy_s); t1=$(date +%s.%N)
     grep -E '^(number of transactions actually processed|latency average|tps)' "$TMP/pg-$label.out" >&2
-    say "whole machine during pgbench: $(pct "$s0" "$s1" "$t0" "$t1")% of $(($(nproc) * 100))% (PostgreSQL and pgbench included)"
+    say "whole machine during pgbench: $(fmt0 "$(pct "$s0" "$s1" "$t0" "$t1")")% of $(($(nproc) * 100))% (PostgreSQL and pgbench included)"
     sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/pg-$label.out"
 }
 if [ "$SKIP_PG" != 1 ]; then

@@ -48,24 +48,16 @@ SKIP_DRAIN=${SKIP_DRAIN:-0}
 SKIP_IDLE=${SKIP_IDLE:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'benches/terminal.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=terminal.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 for tool in taskset awk sed lscpu mkfifo; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install util-linux coreutils)"
 done
 command -v sqlite3 >/dev/null || die "sqlite3 is missing (apt-get install sqlite3): it counts the replica and the ledger's orders"
 
-if [ -n "${CASHLESS_BIN:-}" ]; then
-    BIN=$CASHLESS_BIN
-else
-    if [ "$SKIP_BUILD" != 1 ]; then
-        say "cargo build --release"
-        (cd "$ROOT" && cargo build --release --quiet)
-    fi
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cashless"
-fi
-[ -x "$BIN" ] || die "$BIN not found"
+find_bin
 
 TMP=$(mktemp -d "$BENCH_DIR/cashless-terminal-bench.XXXXXX")
 LEDGER_PID=""
@@ -94,45 +86,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Value of a numeric JSON key in a bench's one-line JSON summary ("p99" only matches p99).
-jnum() { sed -n "s/.*\"$1\":\([-0-9.eE+]*\).*/\1/p" "$2" | tail -n1; }
-isnum() { [[ "${1:-}" =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
-fmt0() { if isnum "${1:-}"; then printf '%.0f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-fmt1() { if isnum "${1:-}"; then printf '%.1f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-fmt2() { if isnum "${1:-}"; then printf '%.2f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-fmt3() { if isnum "${1:-}"; then printf '%.3f' "$1"; else printf '%s' "${1:-n/a}"; fi; }
-# CPU seconds (user + system, all threads) of a process so far, from /proc (USER_HZ = 100).
-cpu_s() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat"; }
-# CPU seconds all processes of the machine have used so far (user, nice, system, irq, softirq, steal).
-sys_busy_s() { awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
-# Bytes written (wchar) and write syscalls (syscw) of a process so far.
-io_w() { awk '/^wchar:/ {w = $2} /^syscw:/ {c = $2} END {print w, c}' "/proc/$1/io"; }
-# Context switches (voluntary + involuntary) of all threads of a process so far: its wake-ups.
-ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {s += $2} END {print s + 0}'; }
-# VmRSS and VmHWM of a process, KiB.
-mem_kib() { awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END {print r + 0, h + 0}' "/proc/$1/status"; }
-kib_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-# % of one core used between two samples taken t0..t1 seconds.
-pct() { awk -v a="$1" -v b="$2" -v s="$3" -v e="$4" 'BEGIN { printf "%.1f", (b - a) / (e - s) * 100 }'; }
-now() { date +%s.%N; }
-secs() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.2f", e - s }'; }
-
 # --- machine -----------------------------------------------------------------------------
-CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
-MACHINE="$(nproc) cores ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(df -T "$TMP" | awk 'NR==2 {print $2}') at $TMP"
-say "machine: $MACHINE"
-other_load() { local b0 b1 q0 q1; b0=$(sys_busy_s); q0=$(now); sleep 2; b1=$(sys_busy_s); q1=$(now); pct "$b0" "$b1" "$q0" "$q1" | cut -d. -f1; }
-IDLE_LOAD=$(other_load)
-if [ "${QUIET_WAIT:-0}" -gt 0 ]; then
-    quiet=0
-    deadline=$(($(date +%s) + QUIET_WAIT))
-    while [ "$quiet" -lt 3 ] && [ "$(date +%s)" -lt "$deadline" ]; do
-        if [ "$IDLE_LOAD" -lt 10 ]; then quiet=$((quiet + 1)); else quiet=0; fi
-        [ "$quiet" -ge 3 ] || IDLE_LOAD=$(other_load)
-    done
-fi
-say "other load before the run: $IDLE_LOAD% of $(($(nproc) * 100))% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-[ "$IDLE_LOAD" -lt 10 ] || say "WARNING: the machine is busy: the numbers will be high and noisy"
+describe_machine "$TMP"
+measure_idle_load high
 
 # --- (a) raw SQLite commit rate ----------------------------------------------------------
 say "(a) raw SQLite commit rate, ${SQLITE_DURATION} s, core $TERM_CPU (the terminals' core and disk)"
@@ -143,44 +99,11 @@ RAW_P50=$(jnum p50 "$TMP/a.out")
 RAW_P99=$(jnum p99 "$TMP/a.out")
 
 # --- ledger ------------------------------------------------------------------------------
-cat >"$TMP/ledger.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-database = "sqlite:$TMP/ledger.db"
-
-[festival]
-currency = "EUR"
-
-[limits]
-recharge_max_cents = 10000000
-balance_max_cents = 1000000000
-EOF
-ledger() { "$BIN" ledger --config "$TMP/ledger.toml" "$@"; }
-
-POS="Bench Bar"
-ledger migrate >&2
-ledger staff add --id s-bench --name "Bench" --role supervisor --pin 1234 >&2
-ledger product add --id bench-1c --name "Bench 1 cent" --price-cents 1 --point-of-sale "$POS" >&2
-new_token() { ledger terminal add --name "$1" --kind "$2" --point-of-sale "$POS" | tail -n1; }
-
-start_ledger() { # listen address
-    : >"$TMP/serve.out"
-    taskset -c "$LEDGER_CPU" "$BIN" ledger --config "$TMP/ledger.toml" serve --listen "$1" \
-        >"$TMP/serve.out" 2>>"$TMP/serve.err" &
-    LEDGER_PID=$!
-    ADDR=""
-    for _ in $(seq 600); do
-        ADDR=$(sed -n 's/^listening on //p' "$TMP/serve.out" | head -n1)
-        [ -n "$ADDR" ] && break
-        kill -0 "$LEDGER_PID" 2>/dev/null || { tail -n 20 "$TMP/serve.err" >&2; die "the ledger exited"; }
-        sleep 0.05
-    done
-    [ -n "$ADDR" ] || die "the ledger did not print 'listening on' within 30 s"
-}
+setup_bench_ledger
 stop_ledger() { stop_pid "$LEDGER_PID"; LEDGER_PID=""; }
 
 say "starting the ledger on core $LEDGER_CPU"
-start_ledger 127.0.0.1:0
+start_ledger "$LEDGER_CPU" 127.0.0.1:0
 URL="http://$ADDR"
 say "ledger at $URL (pid $LEDGER_PID)"
 
@@ -300,7 +223,7 @@ if [ "$SKIP_DRAIN" != 1 ]; then
     read -r DRAIN_START_RSS DRAIN_START_HWM < <(mem_kib "$DRAIN_PID")
     say "(d) terminal up with $PENDING pending (VmRSS $(kib_mib "$DRAIN_START_RSS") MiB, VmHWM $(kib_mib "$DRAIN_START_HWM") MiB); starting the ledger again on port $LEDGER_PORT"
     sleep 1
-    start_ledger "127.0.0.1:$LEDGER_PORT"
+    start_ledger "$LEDGER_CPU" "127.0.0.1:$LEDGER_PORT"
     D_T0=$(now); D_C0=$(cpu_s "$DRAIN_PID"); D_L0=$(cpu_s "$LEDGER_PID"); D_S0=$(sys_busy_s)
     D_T1=""
     deadline=$(($(date +%s) + DRAIN_TIMEOUT))
@@ -336,7 +259,7 @@ if [ "$SKIP_DRAIN" != 1 ]; then
     fi
     say "(d) $DRAIN_VERIFY"
 else
-    start_ledger "127.0.0.1:$LEDGER_PORT"
+    start_ledger "$LEDGER_CPU" "127.0.0.1:$LEDGER_PORT"
 fi
 
 # The books balance after (b)-(d) (checked before (e), which only adds plain top-ups).

@@ -20,21 +20,13 @@ IDLE_SETTLE=${IDLE_SETTLE:-5}
 LEDGER_CPU=${LEDGER_CPU:-0}
 TERM_CPU=${TERM_CPU:-1}
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'benches/tui_idle.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=tui_idle.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 for tool in tmux taskset awk getconf; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install tmux util-linux)"
 done
-
-if [ -n "${CASHLESS_BIN:-}" ]; then
-    BIN=$CASHLESS_BIN
-else
-    if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        say "building the release binary"
-        (cd "$ROOT" && cargo build --release --locked --quiet)
-    fi
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cashless"
-fi
+find_bin
 
 TMP=$(mktemp -d)
 SOCKET="cashless-tui-idle-$$"

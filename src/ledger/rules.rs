@@ -244,6 +244,19 @@ pub fn decide_recharge(
     card: Option<CardState>,
     limits: Limits,
 ) -> Result<BalanceChange, ApiError> {
+    credit(card, req.amount_cents, limits, req.mode, "amount_cents")
+}
+
+/// Credits `amount` to `card` (created if unknown). Online, a lost card and amounts past
+/// the limits are refused; otherwise (the money was already taken) it is applied past the
+/// limits and flagged. An overflow is a 400 on `field`.
+fn credit(
+    card: Option<CardState>,
+    amount: Cents,
+    limits: Limits,
+    mode: Mode,
+    field: &str,
+) -> Result<BalanceChange, ApiError> {
     let mut flags = Vec::new();
     let previous = card.unwrap_or_else(|| {
         flags.push(Flag::CardCreated);
@@ -251,11 +264,11 @@ pub fn decide_recharge(
     });
     let balance = previous
         .balance
-        .checked_add(req.amount_cents)
-        .map_err(|_| overflow("amount_cents"))?;
-    let over_recharge = req.amount_cents > limits.recharge_max;
+        .checked_add(amount)
+        .map_err(|_| overflow(field))?;
+    let over_recharge = amount > limits.recharge_max;
     let over_balance = balance > limits.balance_max;
-    match req.mode {
+    match mode {
         Mode::Online => {
             if previous.block_reason == Some(BlockReason::Lost) {
                 return Err(blocked(&previous));
@@ -265,7 +278,7 @@ pub fn decide_recharge(
                     ErrorCode::LimitExceeded,
                     "the top-up is larger than allowed",
                     json!({ "limit": "recharge_max_cents", "limit_cents": limits.recharge_max.get(),
-                            "amount_cents": req.amount_cents.get() }),
+                            "amount_cents": amount.get() }),
                 ));
             }
             if over_balance {
@@ -304,27 +317,8 @@ pub fn decide_stripe_credit(
     amount: Cents,
     limits: Limits,
 ) -> Result<BalanceChange, ApiError> {
-    let mut flags = Vec::new();
-    let previous = card.unwrap_or_else(|| {
-        flags.push(Flag::CardCreated);
-        CardState::NEW
-    });
-    let balance = previous
-        .balance
-        .checked_add(amount)
-        .map_err(|_| overflow("amount_total"))?;
-    if amount > limits.recharge_max || balance > limits.balance_max {
-        flags.push(Flag::LimitExceeded);
-    }
-    if balance.is_negative() {
-        flags.push(Flag::NegativeBalance);
-    }
-    Ok(BalanceChange {
-        create_card: card.is_none(),
-        previous,
-        next: status_after(previous, balance),
-        flags,
-    })
+    // The rules of a top-up whose money was already taken: an offline one.
+    credit(card, amount, limits, Mode::Offline, "amount_total")
 }
 
 /// Reverses an applied operation: `delta` is what goes back to the card (positive for an

@@ -100,33 +100,38 @@ pub fn verify_signature(
     if age_s > tolerance_s {
         return Err(SignatureError::Stale { age_s, tolerance_s });
     }
-    for secret in secrets {
-        for signature in &v1 {
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-                continue;
-            };
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            if mac.verify_slice(signature).is_ok() {
-                return Ok(());
-            }
+    // One MAC per secret, checked against every v1 (a clone per comparison: `verify_slice`
+    // consumes it).
+    for mac in secrets
+        .iter()
+        .filter_map(|secret| signed_payload(secret, t, body))
+    {
+        if v1
+            .iter()
+            .any(|signature| mac.clone().verify_slice(signature).is_ok())
+        {
+            return Ok(());
         }
     }
     Err(SignatureError::Mismatch)
 }
 
-/// The hex `v1` signature of `body` at `t` with `secret` (what Stripe sends; for tests and
-/// tools that replay events).
-pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        // HMAC takes keys of any length: this cannot happen.
-        return String::new();
-    };
+/// The HMAC-SHA256 of Stripe's signed payload `"<t>.<body>"` with `secret`, not yet finalized.
+/// `None` cannot happen (HMAC takes keys of any length).
+fn signed_payload(secret: &str, t: i64, body: &[u8]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    Some(mac)
+}
+
+/// The hex `v1` signature of `body` at `t` with `secret` (what Stripe sends; for tests and
+/// tools that replay events).
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    signed_payload(secret, t, body)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default()
 }
 
 /// An event's envelope: every Stripe event has these.

@@ -1743,6 +1743,22 @@ impl LedgerStore for SqliteStore {
     }
 }
 
+/// Adds `message(name, a, b)` to `d` for every row of `sql`, a query of discrepancies with
+/// three columns: what it is about and the two amounts that should agree.
+fn mismatches(
+    conn: &Connection,
+    d: &mut Vec<String>,
+    sql: &str,
+    message: impl Fn(String, i64, i64) -> String,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+        let (name, a, b) = row?;
+        d.push(message(name, a, b));
+    }
+    Ok(())
+}
+
 fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport::default();
     // One consistent snapshot for every check.
@@ -1761,10 +1777,12 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
     )?;
     {
         let d = &mut report.discrepancies;
-        let mut stmt = tx.prepare(
-            // One pass over cards and card postings, grouped once (a join of the cards with
-            // per-account sums ran as a scan of the sums per card: quadratic in cards).
-            // Postings of a card that has no row show up with a balance of 0.
+        // One pass over cards and card postings, grouped once (a join of the cards with
+        // per-account sums ran as a scan of the sums per card: quadratic in cards). Postings
+        // of a card that has no row show up with a balance of 0.
+        mismatches(
+            &tx,
+            d,
             "SELECT card_uid, SUM(balance), SUM(posted) FROM (
                  SELECT card_uid, balance_cents AS balance, 0 AS posted FROM cards
                  UNION ALL
@@ -1773,19 +1791,10 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
              GROUP BY card_uid
              HAVING SUM(balance) != SUM(posted)
              ORDER BY card_uid",
+            |uid, balance, postings| {
+                format!("card {uid}: balance_cents {balance} but its postings sum to {postings}")
+            },
         )?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })? {
-            let (uid, balance, postings) = row?;
-            d.push(format!(
-                "card {uid}: balance_cents {balance} but its postings sum to {postings}"
-            ));
-        }
         let total: i64 = tx.query_row(
             "SELECT COALESCE(SUM(amount_cents), 0) FROM postings",
             [],
@@ -1811,23 +1820,17 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 row?
             ));
         }
-        let mut stmt = tx.prepare(
-            "SELECT o.transaction_id, o.total_cents, COALESCE(SUM(i.line_total_cents), 0) FROM bar_orders o
+        mismatches(
+            &tx,
+            d,
+            "SELECT o.transaction_id, o.total_cents, COALESCE(SUM(i.line_total_cents), 0)
+             FROM bar_orders o
              LEFT JOIN bar_order_items i ON i.transaction_id = o.transaction_id
              GROUP BY o.transaction_id HAVING o.total_cents != COALESCE(SUM(i.line_total_cents), 0)",
+            |tx_id, total, lines| {
+                format!("order {tx_id}: total_cents {total} but its lines sum to {lines}")
+            },
         )?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })? {
-            let (tx_id, total, lines) = row?;
-            d.push(format!(
-                "order {tx_id}: total_cents {total} but its lines sum to {lines}"
-            ));
-        }
         for (table, id) in [
             ("bar_orders", "transaction_id"),
             ("recharges", "transaction_id"),
@@ -1862,25 +1865,20 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
             }
         }
         // A Stripe credit's refunds add up to what it says was reversed.
-        let mut stmt = tx.prepare(
+        mismatches(
+            &tx,
+            d,
             "SELECT r.checkout_session_id, r.refunded_cents, COALESCE(SUM(f.amount_cents), 0)
              FROM stripe_recharges r LEFT JOIN stripe_refunds f
                ON f.checkout_session_id = r.checkout_session_id
              GROUP BY r.checkout_session_id
              HAVING r.refunded_cents != COALESCE(SUM(f.amount_cents), 0)",
+            |session, said, refunds| {
+                format!(
+                    "Stripe session {session}: refunded_cents {said} but its refunds sum to {refunds}"
+                )
+            },
         )?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })? {
-            let (session, said, refunds) = row?;
-            d.push(format!(
-                "Stripe session {session}: refunded_cents {said} but its refunds sum to {refunds}"
-            ));
-        }
         let mut stmt = tx.prepare(
             "SELECT card_uid, balance_cents, status FROM cards WHERE balance_cents < 0 AND status != 'blocked'",
         )?;

@@ -284,7 +284,7 @@ fn credit(
             .query_map([pi], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (event_id, amount_refunded) in waiting {
-            if let Some((_, after)) = reverse(
+            if let Some(Reversal { balance: after, .. }) = reverse(
                 conn,
                 request_id,
                 &s.session_id,
@@ -310,8 +310,17 @@ fn credit(
     })
 }
 
-/// Reverses what `amount_refunded` (cumulative) adds to the session's refunds so far; returns
-/// what was reversed and the card's balance after it, or `None` when there was nothing new.
+/// What a refund reversed.
+struct Reversal {
+    transaction_id: uuid::Uuid,
+    /// Taken back from the card.
+    delta: Cents,
+    /// The card's balance after it.
+    balance: Cents,
+}
+
+/// Reverses what `amount_refunded` (cumulative) adds to the session's refunds so far, or
+/// `None` when there was nothing new.
 fn reverse(
     conn: &Connection,
     request_id: &str,
@@ -319,7 +328,7 @@ fn reverse(
     event_id: &str,
     amount_refunded: Cents,
     now: &str,
-) -> Result<Option<(Cents, Cents)>, StoreError> {
+) -> Result<Option<Reversal>, StoreError> {
     let (card_text, credited, reversed): (String, i64, i64) = conn
         .prepare_cached(
             "SELECT card_uid, amount_cents, refunded_cents FROM stripe_recharges
@@ -382,7 +391,11 @@ fn reverse(
         tracing::warn!(card = %card_uid, balance = %change.next.balance,
             "a Stripe refund took a card below zero: it is blocked for debt");
     }
-    Ok(Some((delta, change.next.balance)))
+    Ok(Some(Reversal {
+        transaction_id,
+        delta,
+        balance: change.next.balance,
+    }))
 }
 
 fn refund_row<'a>(
@@ -441,10 +454,7 @@ fn refund(
         r.amount_refunded,
         now,
     )?;
-    let transaction_id: Option<String> = conn
-        .prepare_cached("SELECT transaction_id FROM stripe_refunds WHERE event_id = ?1")?
-        .query_row([&r.event_id], |row| row.get(0))
-        .optional()?;
+    let transaction_id = reversed.as_ref().map(|x| x.transaction_id.to_string());
     let outcome = if reversed.is_some() {
         "refunded"
     } else {
@@ -459,8 +469,8 @@ fn refund(
         event_id: r.event_id.clone(),
         outcome,
         card_uid: Some(card_uid),
-        amount_cents: reversed.map(|(delta, _)| delta),
-        balance_cents: reversed.map(|(_, balance)| balance),
+        amount_cents: reversed.as_ref().map(|x| x.delta),
+        balance_cents: reversed.as_ref().map(|x| x.balance),
     })
 }
 

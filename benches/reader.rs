@@ -43,11 +43,13 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod machine;
 
 use common::Ledger;
 use common::pcsc::{
     CardSpec, EVENT_DEADLINE, GET_UID, Pcscd, READERS, VirtualCard, main_in_own_process,
 };
+use machine::{clk_tck, cores, knob, machine_busy_ticks, machine_load};
 use pcsc::{Context, ReaderState, State};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -79,15 +81,6 @@ fn main() {
     main_in_own_process(NAME, run);
 }
 
-fn knob(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
-
 fn say(text: &str) {
     eprintln!("==> {text}");
 }
@@ -95,17 +88,6 @@ fn say(text: &str) {
 // ---------------------------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------------------------
-
-/// Clock ticks per second of `/proc/*/stat` (USER_HZ).
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 /// utime + stime (ticks) from a `/proc/.../stat` file: of all threads for a process, of one
 /// thread for a task.
@@ -148,32 +130,6 @@ fn threads(pid: u32) -> Threads {
 
 fn switches(pid: u32) -> u64 {
     threads(pid).values().map(|(_, s)| s).sum()
-}
-
-/// Busy ticks of the whole machine so far (user, nice, system, irq, softirq, steal).
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap())
-        .collect();
-    cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// The whole machine's CPU over 2 s, in % of one core (`cores() * 100` at most).
-fn other_load(tck: f64) -> f64 {
-    let (b0, t0) = (machine_busy_ticks(), Instant::now());
-    std::thread::sleep(Duration::from_secs(2));
-    let (b1, t1) = (machine_busy_ticks(), Instant::now());
-    (b1 - b0) as f64 / tck / (t1 - t0).as_secs_f64() * 100.0
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -728,14 +684,14 @@ fn run() {
     let machine = machine_line(dir.path());
     say(&format!("machine: {machine}"));
 
-    let mut load = other_load(tck);
+    let mut load = machine_load(tck);
     if quiet_wait > 0 {
         let until = Instant::now() + Duration::from_secs(quiet_wait);
         let mut quiet = 0;
         while quiet < 3 && Instant::now() < until {
             quiet = if load < 10.0 { quiet + 1 } else { 0 };
             if quiet < 3 {
-                load = other_load(tck);
+                load = machine_load(tck);
             }
         }
     }

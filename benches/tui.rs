@@ -32,6 +32,8 @@
 //! load on the machine to stay under 10%).
 #![allow(clippy::unwrap_used)]
 
+mod machine;
+
 use cashless::bench::LatencyMs;
 use cashless::domain::{CardUid, Cents};
 use cashless::ledger::admin::read_catalog;
@@ -40,6 +42,7 @@ use cashless::terminal::events::{Decision, Event, Status};
 use cashless::tui::model::{Key, MenuItem, Model, StaffItem};
 use cashless::tui::view;
 use hdrhistogram::Histogram;
+use machine::{clk_tck, cores, knob, machine_busy_ticks, machine_load};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::widgets::Paragraph;
@@ -59,15 +62,6 @@ const CLOCK: &str = "21:14";
 const POINT_OF_SALE: &str = "Main Bar";
 /// The model's clock advances this much per step (keys a few hundred ms apart).
 const STEP_MS: u64 = 300;
-
-fn knob(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The models and the steps
@@ -413,49 +407,12 @@ fn run(
 // The machine and its load
 // ---------------------------------------------------------------------------------------------
 
-/// Clock ticks per second of `/proc/*/stat` (USER_HZ).
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// Busy ticks of the whole machine so far (user, nice, system, irq, softirq, steal).
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap())
-        .collect();
-    cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
-}
-
 /// utime + stime of this process, in ticks.
 fn own_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let (_, rest) = stat.rsplit_once(") ").unwrap();
     let fields: Vec<&str> = rest.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// The whole machine's CPU over 2 s, in % of one core (`cores() * 100` at most).
-fn machine_load(tck: f64) -> f64 {
-    let (b0, t0) = (machine_busy_ticks(), Instant::now());
-    std::thread::sleep(Duration::from_secs(2));
-    let (b1, t1) = (machine_busy_ticks(), Instant::now());
-    (b1 - b0) as f64 / tck / (t1 - t0).as_secs_f64() * 100.0
 }
 
 fn loadavg() -> String {

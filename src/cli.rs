@@ -9,9 +9,9 @@ use crate::bench_terminal;
 use crate::domain::{CardUid, Cents, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
-use crate::ledger::model::{StaffRole, TerminalKind};
 use crate::ledger::server;
 use crate::ledger::store::LedgerStore;
+use crate::protocol::api::{StaffRole, TerminalKind};
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
@@ -22,7 +22,6 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 /// Reader events waiting for the daemon, at most (the reader thread waits beyond that).
 const READER_EVENTS_MAX: usize = 64;
@@ -272,7 +271,7 @@ fn age(at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::
         None => "never".to_owned(),
         Some(t) => format!(
             "{} ({} s ago)",
-            crate::ledger::model::format_time(t),
+            crate::protocol::api::format_time(t),
             (now - t).num_seconds().max(0)
         ),
     }
@@ -299,34 +298,6 @@ fn format_status(
         age(c.last_sync_at, now),
         age(c.last_feed_at, now),
     )
-}
-
-/// Logs to stderr, or to `file` (appended) where stderr is the screen a TUI draws on.
-pub fn init_tracing(file: Option<&Path>) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match file {
-        Some(path) => {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open the log file {}", path.display()))?;
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(Mutex::new(log))
-                .try_init();
-        }
-        None => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .try_init();
-        }
-    }
-    Ok(())
 }
 
 /// The binary's entry point.
@@ -360,7 +331,7 @@ fn run_terminal(
     let stderr_is_screen = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_file =
         (ui == TerminalUi::Tui && stderr_is_screen).then(|| config.journal.with_extension("log"));
-    init_tracing(log_file.as_deref())?;
+    crate::logging::init_tracing(log_file.as_deref())?;
     let options = ReaderOptions {
         name_filter: config.reader_name_filter.clone(),
         debounce_ms: config.reader_debounce_ms,
@@ -443,7 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Terminal(TerminalArgs { command: None, .. }) | Command::Demo(_)
     );
     if !logs_chosen_later {
-        init_tracing(None)?;
+        crate::logging::init_tracing(None)?;
     }
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),

@@ -10,11 +10,12 @@
 use crate::domain::CardUid;
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
-use crate::ledger::model::{StaffRole, TerminalKind};
 use crate::ledger::server;
 use crate::ledger::store::LedgerStore;
+use crate::protocol::api::{StaffRole, TerminalKind};
+use crate::protocol::commands::Command;
 use crate::terminal::config::{TerminalConfig, TerminalOverrides};
-use crate::terminal::daemon::{self, Command, Daemon};
+use crate::terminal::daemon::{self, Daemon};
 use crate::terminal::frontend::{Input, Leave};
 use crate::tui::model::{Model, Screen};
 use crate::tui::run::{KeyHook, Tui, enter, local_clock, restore, spawn_terminal_reader};
@@ -189,7 +190,7 @@ async fn top_up_cards(
                 "amount_cents": card.topup_cents,
                 "payment_method": "cash",
                 "staff_id": "s-cleo",
-                "created_at": crate::ledger::model::format_time(chrono::Utc::now()),
+                "created_at": crate::protocol::api::format_time(chrono::Utc::now()),
                 "mode": "online",
             }))
             .send()
@@ -312,7 +313,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     crate::tui::run::check_terminal()?;
     let dir = make_dir(args.dir.as_deref())?;
     let log = dir.join("demo.log");
-    crate::cli::init_tracing(Some(&log))?;
+    crate::logging::init_tracing(Some(&log))?;
     let db = dir.join("ledger.db");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

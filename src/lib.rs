@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`domain`]: money ([`domain::Cents`]), card UIDs, ids. No IO.
+//! - [`protocol`]: the wire vocabulary both sides speak: API requests and answers, codes,
+//!   the terminal's JSON-lines commands and events, the journal export.
 //! - [`ledger`]: the central ledger: rules (pure), storage (SQLite), HTTP API, admin.
 //! - [`terminal`]: the terminal daemon: journal, tap flow, offline policy, replay.
 //! - [`reader`]: card readers through PC/SC: one clean event per presentation.
@@ -16,9 +18,12 @@
 pub mod bench;
 pub mod bench_terminal;
 pub mod cli;
+pub mod config_error;
 pub mod demo;
 pub mod domain;
 pub mod ledger;
+pub mod logging;
+pub mod protocol;
 pub mod reader;
 pub mod terminal;
 pub mod tui;

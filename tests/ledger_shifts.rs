@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use cashless::ledger::model::ShiftCloseout;
+use cashless::protocol::api::ShiftCloseout;
 use cashless::terminal::client::{ClientError, LedgerClient, ShiftAnswer};
 use common::*;
 use serde_json::{Value, json};

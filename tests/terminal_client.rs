@@ -4,7 +4,7 @@
 
 mod common;
 
-use cashless::ledger::model::Operation;
+use cashless::protocol::api::Operation;
 use cashless::terminal::client::{ClientError, LedgerClient};
 use common::*;
 use serde_json::Value;

@@ -5,7 +5,7 @@
 //! close-outs.
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use cashless::ledger::model::{Mode, SHIFT_TOTAL_CENTS_MAX, Scan, StaffRole};
+use cashless::protocol::api::{Mode, SHIFT_TOTAL_CENTS_MAX, Scan, StaffRole};
 use cashless::terminal::core::policy::ReplicaCard;
 use cashless::terminal::journal::{
     CachedStaff, Catalog, CatalogProduct, ClosedShift, CloseoutState, Decision, Entry, EntryState,

@@ -13,7 +13,7 @@ use common::*;
 use serde_json::json;
 
 /// The events as their JSON lines say them.
-fn as_json(events: &[cashless::terminal::events::Event]) -> Vec<serde_json::Value> {
+fn as_json(events: &[cashless::protocol::events::Event]) -> Vec<serde_json::Value> {
     events
         .iter()
         .map(|e| serde_json::from_str(&e.to_json_line()).unwrap())

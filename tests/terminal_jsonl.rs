@@ -27,6 +27,22 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
     assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
     t.send(json!({"cmd": "dance"})).await;
     assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
+    // Every command refuses a field it does not take, those without arguments included.
+    for cmd in [
+        json!({"cmd": "shift", "x": 1}),
+        json!({"cmd": "status", "verbose": true}),
+        json!({"cmd": "logout", "staff_id": "s-bar"}),
+        json!({"cmd": "balance", "uid": "04A1B2C3"}),
+        json!({"cmd": "void_last", "client_request_id": "x"}),
+        json!({"cmd": "cancel", "all": true}),
+        json!({"cmd": "quit", "now": true}),
+        json!({"cmd": "close_shift", "counted_cash_cents": 0, "x": 1}),
+        json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234", "x": 1}),
+    ] {
+        t.send(cmd.clone()).await;
+        let event = t.expect("error").await;
+        assert_eq!(event["code"], "INVALID_COMMAND", "{cmd}: {event}");
+    }
     t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
         .await;
     assert_eq!(t.expect("error").await["code"], "NOT_LOGGED_IN");

@@ -24,13 +24,13 @@
 #![allow(clippy::unwrap_used)]
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use cashless::ledger::model::{
-    Mode, Operation, OrderItem, PaymentMethod, RechargeRequest, StaffRole, Terminal, TerminalKind,
-    VoidReason,
-};
+use cashless::ledger::caller::Terminal;
 use cashless::ledger::rules::Limits;
 use cashless::ledger::store::sqlite::{SqliteOptions, SqliteStore};
 use cashless::ledger::store::{LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert};
+use cashless::protocol::api::{
+    Mode, Operation, OrderItem, PaymentMethod, RechargeRequest, StaffRole, TerminalKind, VoidReason,
+};
 use cashless::terminal::client::{Answer, ClientError, FeedCard, FeedPage, Transport};
 use cashless::terminal::core::policy::OfflineLimits;
 use cashless::terminal::core::tap::{FlowLimits, Outcome, Step, TapFlow};
@@ -124,7 +124,7 @@ struct SimLedger {
     network: Mutex<Network>,
 }
 
-fn answer(outcome: &cashless::ledger::model::Outcome) -> Answer {
+fn answer(outcome: &cashless::protocol::api::Outcome) -> Answer {
     Answer {
         status: outcome.status,
         body: serde_json::from_str(&outcome.body).unwrap(),

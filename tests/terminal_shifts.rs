@@ -177,7 +177,7 @@ async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledg
         .unwrap();
     assert_eq!(
         opened_at,
-        json!(cashless::ledger::model::format_time(first.created_at))
+        json!(cashless::protocol::api::format_time(first.created_at))
     );
 
     // The network goes down; the drawer is 1.50 short.

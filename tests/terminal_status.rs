@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use cashless::domain::{CardUid, Cents, ClientRequestId};
-use cashless::ledger::model::Mode;
+use cashless::protocol::api::Mode;
 use cashless::terminal::journal::{Decision, EntryState, Journal, NewEntry, OperationKind};
 use chrono::{Duration, Utc};
 use serde_json::json;

@@ -6,7 +6,7 @@
 mod common;
 
 use cashless::domain::{CardUid, Cents, ClientRequestId};
-use cashless::ledger::model::Mode;
+use cashless::protocol::api::Mode;
 use cashless::terminal::client::LedgerClient;
 use cashless::terminal::journal::{Decision, EntryState, Journal, NewEntry, OperationKind};
 use cashless::terminal::sync::{ReplayReport, SharedJournal, pull_card_feed, replay_round};

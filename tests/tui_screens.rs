@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use cashless::domain::{CardUid, Cents};
-use cashless::ledger::model::TerminalKind;
-use cashless::terminal::events::{Decision, Event, Status};
+use cashless::protocol::api::TerminalKind;
+use cashless::protocol::events::{Decision, Event, Status};
 use cashless::tui::model::{Key, MenuItem, Model, StaffItem};
 use cashless::tui::view::draw;
 use ratatui::Terminal;

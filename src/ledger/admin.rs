@@ -2,7 +2,6 @@
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
 use super::config::{DatabaseUrl, LedgerConfig};
-use super::model::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
 use super::rules::Limits;
 use super::store::sqlite::{SqliteOptions, SqliteStore};
 use super::store::{
@@ -10,6 +9,8 @@ use super::store::{
     StripeEventRecord,
 };
 use crate::domain::{Cents, ProductId, StaffId};
+use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
+use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use rand::RngCore;
@@ -195,13 +196,6 @@ pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
         .collect()
 }
 
-/// The `format` field of a terminal's journal export.
-pub const EXPORT_FORMAT: &str = "cashless-journal-export";
-/// The export version this program reads and writes.
-pub const EXPORT_VERSION: u32 = 1;
-/// Shift close-outs an export holds at most (`cashless terminal export` refuses to write
-/// more, `import` to read more).
-pub const EXPORT_CLOSEOUTS_MAX: usize = 1_000;
 /// The largest export file `import` reads.
 pub const IMPORT_FILE_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
@@ -252,7 +246,7 @@ impl ImportSummary {
 /// twice, or a file whose operations the terminal also replayed itself, changes nothing.
 pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<ImportSummary> {
     use super::api::parse_batch_entry;
-    use super::model::BATCH_OPERATIONS_MAX;
+    use crate::protocol::api::BATCH_OPERATIONS_MAX;
     let file = path.display();
     let size = std::fs::metadata(path)
         .with_context(|| format!("{file}: cannot read"))?
@@ -301,7 +295,7 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                 summary.refused.push((
                     index,
                     readable_crid(raw.get()),
-                    e.code.http_status(),
+                    e.http_status(),
                     e.code.as_str().to_owned(),
                 ));
             }
@@ -340,7 +334,7 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                 summary.closeouts_refused.push((
                     index,
                     readable_crid(raw.get()),
-                    e.code.http_status(),
+                    e.http_status(),
                     e.code.as_str().to_owned(),
                 ));
                 continue;

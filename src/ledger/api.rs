@@ -4,13 +4,15 @@
 //! turn raw bytes into validated [`Operation`]s and hand them to the store; they decide no
 //! business rule themselves beyond the terminal-kind check that must come before parsing.
 
-use super::model::{
-    ApiError, BATCH_OPERATIONS_MAX, ErrorCode, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError,
-    Operation, Outcome, SCANS_MAX, Scan, ShiftCloseout, Terminal, format_time,
-};
 use super::rules::{self, Action};
 use super::store::{LedgerStore, StoreError};
 use crate::domain::{CardUid, ClientRequestId};
+use crate::ledger::caller::Terminal;
+use crate::protocol::api::{
+    ApiError, BATCH_OPERATIONS_MAX, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError, Operation,
+    Outcome, SCANS_MAX, Scan, ShiftCloseout, format_time,
+};
+use crate::protocol::codes::ErrorCode;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -208,7 +210,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
 
 fn error_response(err: &ApiError, request_id: &RequestId) -> Response {
     let status =
-        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, axum::Json(err.body(&request_id.0))).into_response();
     r.extensions_mut().insert(OutcomeTag(err.code.as_str()));
     r
@@ -768,7 +770,7 @@ async fn batch<S: LedgerStore>(
                 })?;
                 (o.status, body)
             }
-            Err(e) => (e.code.http_status(), e.body(&request_id.0)),
+            Err(e) => (e.http_status(), e.body(&request_id.0)),
         };
         results.push(json!({ "client_request_id": crid, "status": status, "body": body }));
     }
@@ -1041,7 +1043,7 @@ async fn method_not_allowed(Extension(rid): Extension<RequestId>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::model::OrderRequest;
+    use crate::protocol::api::OrderRequest;
 
     #[test]
     fn parse_errors_name_the_field() {

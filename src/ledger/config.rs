@@ -2,8 +2,10 @@
 //! by command-line flags. Parsed first into raw values, then checked into [`LedgerConfig`];
 //! every error names the file, the key and what was expected.
 
+pub use crate::config_error::ConfigError;
+use crate::config_error::value_err;
 use crate::domain::Cents;
-use crate::ledger::model::RECHARGE_AMOUNT_CENTS_MAX;
+use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -166,46 +168,6 @@ impl Overrides {
             listen: listen.or_else(|| env("CASHLESS_LISTEN")),
             stripe_webhook_secrets: env("CASHLESS_STRIPE_WEBHOOK_SECRETS"),
         }
-    }
-}
-
-/// A configuration error, naming where it is (ledger and terminal configurations alike).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("{file}: cannot read the configuration: {source}")]
-    Read {
-        /// The file.
-        file: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not TOML, or an unknown key or wrong type.
-    #[error("{file}: {message}")]
-    Parse {
-        /// The file.
-        file: String,
-        /// The parser's message, which names the key and line.
-        message: String,
-    },
-    /// A key with a value out of range.
-    #[error("{source_name}: {key}: {expected}")]
-    Value {
-        /// The file, or the environment variable or flag.
-        source_name: String,
-        /// `[section] key`.
-        key: String,
-        /// What was expected.
-        expected: String,
-    },
-}
-
-/// A value out of range, naming its source (file or variable), key and expectation.
-pub(crate) fn value_err(source_name: &str, key: &str, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Value {
-        source_name: source_name.into(),
-        key: key.into(),
-        expected: expected.into(),
     }
 }
 

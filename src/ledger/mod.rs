@@ -1,6 +1,6 @@
 //! The central ledger: the truth about every card's money.
 //!
-//! - [`model`]: validated requests, answers and error codes.
+//! - [`caller`]: the authenticated terminal and the staff member, as the rules see them.
 //! - [`rules`]: the business rules as pure functions (no IO, no clock).
 //! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
 //! - [`api`]: the HTTP API (axum).
@@ -11,8 +11,8 @@
 
 pub mod admin;
 pub mod api;
+pub mod caller;
 pub mod config;
-pub mod model;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -5,11 +5,12 @@
 //! writes what they decide. The SQLite and PostgreSQL backends share these rules, so they
 //! decide the same way.
 
-use super::model::{
-    ApiError, BlockReason, CardStatus, ErrorCode, Flag, Mode, OrderRequest, RechargeRequest,
-    StaffMember, TerminalKind,
-};
 use crate::domain::{Cents, ProductId};
+use crate::ledger::caller::StaffMember;
+use crate::protocol::api::{
+    ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RechargeRequest, TerminalKind,
+};
+use crate::protocol::codes::ErrorCode;
 use serde_json::json;
 
 /// A card as stored.
@@ -375,8 +376,8 @@ pub fn key_reused() -> ApiError {
 mod tests {
     use super::*;
     use crate::domain::{CardUid, ClientRequestId, StaffId, TerminalSeq};
-    use crate::ledger::model::StaffRole;
-    use crate::ledger::model::{OrderItem, PaymentMethod};
+    use crate::protocol::api::StaffRole;
+    use crate::protocol::api::{OrderItem, PaymentMethod};
     use chrono::Utc;
 
     const LIMITS: Limits = Limits {

@@ -9,7 +9,7 @@
 
 use super::core::replay::{Settlement, settle};
 use crate::domain::{CardUid, Cents};
-use crate::ledger::model::{Operation, ShiftCloseout, ShiftRecorded};
+use crate::protocol::api::{Operation, ShiftCloseout, ShiftRecorded};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! expected.
 
 use crate::domain::Cents;
-use crate::ledger::model::{BATCH_OPERATIONS_MAX, TerminalKind};
+use crate::protocol::api::{BATCH_OPERATIONS_MAX, TerminalKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -161,8 +161,8 @@ impl TerminalOverrides {
 }
 
 /// A configuration error naming the file, the key and the expectation.
-pub use crate::ledger::config::ConfigError as TerminalConfigError;
-use crate::ledger::config::value_err;
+pub use crate::config_error::ConfigError as TerminalConfigError;
+use crate::config_error::value_err;
 
 fn cents_in(
     file: &str,

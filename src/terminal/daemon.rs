@@ -14,20 +14,21 @@ use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
 use super::core::replay::Backoff;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
-use super::events::{Decision, Event, Status};
 use super::frontend::{Front, Input, JsonlFrontend, Leave, TerminalInfo};
 use super::journal::{CachedStaff, Catalog, CloseoutState, EntryState, Journal};
 use super::sync::{SharedJournal, pull_card_feed, replay_round};
 use super::tap::{self, Payment, PaymentKind, Tap, append_void, recover};
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use crate::ledger::model::{
+use crate::protocol::api::{
     ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
     SHIFT_TOTAL_CENTS_MAX, Scan, TerminalKind, VoidReason, format_time,
 };
+use crate::protocol::codes::ErrorCode;
+use crate::protocol::commands::{Command, CommandItem};
+use crate::protocol::events::{Decision, Event, Status};
 use crate::reader::ReaderEvent;
 use crate::reader::core::{CardType, Feedback};
 use chrono::Utc;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,8 +52,6 @@ const SCAN_READER_CHARS_MAX: usize = 128;
 /// Scans uploaded per sync round, at most (one `POST /v1/scans`).
 const SCANS_PER_ROUND_MAX: usize = 1000;
 
-/// Longest command line read; a longer one is refused and skipped.
-pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 /// 10 ms waits at shutdown for the sync task's last journal call, at most.
 const SHUTDOWN_JOURNAL_WAITS_MAX: u32 = 300;
 /// Events the sync task may queue for the main loop.
@@ -74,68 +73,7 @@ struct LastApproved {
     effect: Cents,
 }
 
-/// A command from the front end (spec/interfaces.md): a JSON line on stdin, or a key the TUI
-/// translated.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
-    /// Staff login.
-    Login {
-        /// Staff id.
-        staff_id: String,
-        /// PIN.
-        pin: String,
-    },
-    /// Ends the staff member's session: disarms, and nothing can be sold until the next
-    /// login.
-    Logout,
-    /// Arms an order.
-    Order {
-        /// Its lines.
-        items: Vec<CommandItem>,
-    },
-    /// Arms a top-up.
-    Topup {
-        /// The amount.
-        amount_cents: i64,
-        /// Cash or card.
-        payment_method: PaymentMethod,
-    },
-    /// A card presented by hand (`--reader simulated`).
-    Tap {
-        /// Its UID.
-        uid: String,
-    },
-    /// Arms a balance check.
-    Balance,
-    /// Refunds the last approved operation.
-    VoidLast,
-    /// Disarms.
-    Cancel,
-    /// Asks for a `status` event.
-    Status,
-    /// Asks for a `shift` event: the current shift's totals (checkpoints).
-    Shift,
-    /// Closes the shift with the cash counted in the drawer (checkpoints).
-    CloseShift {
-        /// The cash counted.
-        counted_cash_cents: i64,
-    },
-    /// Stops the daemon.
-    Quit,
-}
-
-/// One line of an `order` command.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandItem {
-    /// The catalog's product id.
-    pub product_id: String,
-    /// 1 to 99.
-    pub quantity: i64,
-}
-
-fn error_event(code: &'static str, message: impl Into<String>) -> Event {
+fn error_event(code: ErrorCode, message: impl Into<String>) -> Event {
     Event::error(code, message)
 }
 
@@ -237,7 +175,7 @@ impl Daemon {
                 reader: self.reader_state.clone(),
                 staff: self.staff.as_ref().map(|s| s.as_str().to_owned()),
             }),
-            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
     }
 
@@ -279,21 +217,24 @@ impl Daemon {
     pub async fn handle_line(&mut self, line: &str) -> (Vec<Event>, bool) {
         match serde_json::from_str(line) {
             Ok(command) => self.handle(command).await,
-            Err(e) => (vec![error_event("INVALID_COMMAND", e.to_string())], false),
+            Err(e) => (
+                vec![error_event(ErrorCode::InvalidCommand, e.to_string())],
+                false,
+            ),
         }
     }
 
     /// Handles one command; returns the events for the front end and whether to stop.
     pub async fn handle(&mut self, command: Command) -> (Vec<Event>, bool) {
         match command {
-            Command::Quit => (vec![], true),
-            Command::Status => (vec![self.status_event()], false),
-            Command::Cancel => {
+            Command::Quit {} => (vec![], true),
+            Command::Status {} => (vec![self.status_event()], false),
+            Command::Cancel {} => {
                 self.armed = None;
                 (vec![Event::Cancelled], false)
             }
             Command::Login { staff_id, pin } => (vec![self.login(&staff_id, &pin)], false),
-            Command::Logout => {
+            Command::Logout {} => {
                 self.staff = None;
                 self.armed = None;
                 self.last_approved = None;
@@ -304,12 +245,12 @@ impl Daemon {
                 amount_cents,
                 payment_method,
             } => (vec![self.arm_topup(amount_cents, payment_method)], false),
-            Command::VoidLast => (vec![self.void_last()], false),
-            Command::Shift => (vec![self.shift()], false),
+            Command::VoidLast {} => (vec![self.void_last()], false),
+            Command::Shift {} => (vec![self.shift()], false),
             Command::CloseShift { counted_cash_cents } => {
                 (vec![self.close_shift(counted_cash_cents)], false)
             }
-            Command::Balance => {
+            Command::Balance {} => {
                 self.armed = Some(Armed::Balance);
                 (
                     vec![Event::Armed {
@@ -322,14 +263,17 @@ impl Daemon {
             }
             Command::Tap { .. } if self.config.reader_backend == ReaderBackend::Pcsc => (
                 vec![error_event(
-                    "INVALID_COMMAND",
+                    ErrorCode::InvalidCommand,
                     "cards come from the PC/SC reader; tap is for --reader simulated",
                 )],
                 false,
             ),
             Command::Tap { uid } => match CardUid::parse(&uid) {
                 Ok(uid) => (self.present(uid, SIMULATED_READER, None).await, false),
-                Err(e) => (vec![error_event("INVALID_UID", e.to_string())], false),
+                Err(e) => (
+                    vec![error_event(ErrorCode::InvalidUid, e.to_string())],
+                    false,
+                ),
             },
         }
     }
@@ -352,7 +296,7 @@ impl Daemon {
         }
         let member: Option<CachedStaff> = match self.with_journal(|j| j.staff_member(&id)) {
             Ok(m) => m,
-            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => return error_event(ErrorCode::JournalUnavailable, e.to_string()),
         };
         let Some(member) = member.filter(|m| m.active) else {
             return refuse("unknown staff id");
@@ -384,24 +328,27 @@ impl Daemon {
 
     fn arm_order(&mut self, items: &[CommandItem]) -> Event {
         let Some(staff) = self.staff.clone() else {
-            return error_event("NOT_LOGGED_IN", "log in first");
+            return error_event(ErrorCode::NotLoggedIn, "log in first");
         };
         if self.config.kind != TerminalKind::Bar {
-            return error_event("WRONG_TERMINAL_KIND", "a checkpoint terminal does not sell");
+            return error_event(
+                ErrorCode::WrongTerminalKind,
+                "a checkpoint terminal does not sell",
+            );
         }
         if items.is_empty() || items.len() > ORDER_ITEMS_MAX {
             return error_event(
-                "INVALID_COMMAND",
+                ErrorCode::InvalidCommand,
                 format!("an order has 1 to {ORDER_ITEMS_MAX} lines"),
             );
         }
         let catalog: Option<(Catalog, _)> = match self.with_journal(|j| j.catalog()) {
             Ok(c) => c,
-            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => return error_event(ErrorCode::JournalUnavailable, e.to_string()),
         };
         let Some((catalog, _)) = catalog else {
             return error_event(
-                "NO_CATALOG",
+                ErrorCode::NoCatalog,
                 "the catalog has not been received from the ledger yet",
             );
         };
@@ -410,7 +357,7 @@ impl Daemon {
         for item in items {
             if !(1..=QUANTITY_MAX).contains(&item.quantity) {
                 return error_event(
-                    "INVALID_COMMAND",
+                    ErrorCode::InvalidCommand,
                     format!("quantity is 1 to {QUANTITY_MAX}"),
                 );
             }
@@ -419,7 +366,7 @@ impl Daemon {
                 .and_then(|id| catalog.products.iter().find(|p| p.product_id == id))
             else {
                 return error_event(
-                    "UNKNOWN_PRODUCT",
+                    ErrorCode::UnknownProduct,
                     format!("{} is not on the menu", item.product_id),
                 );
             };
@@ -428,7 +375,7 @@ impl Daemon {
                 .checked_mul(item.quantity)
                 .and_then(|l| total.checked_add(l))
             else {
-                return error_event("INVALID_COMMAND", "the total is out of range");
+                return error_event(ErrorCode::InvalidCommand, "the total is out of range");
             };
             total = line_total;
             lines.push(OrderItem {
@@ -438,7 +385,10 @@ impl Daemon {
             });
         }
         if total < Cents::new(1) {
-            return error_event("INVALID_COMMAND", "an order costs at least one cent");
+            return error_event(
+                ErrorCode::InvalidCommand,
+                "an order costs at least one cent",
+            );
         }
         self.armed = Some(Armed::Pay(Payment {
             staff,
@@ -456,7 +406,10 @@ impl Daemon {
 
     fn shift(&self) -> Event {
         if self.config.kind != TerminalKind::Checkpoint {
-            return error_event("WRONG_TERMINAL_KIND", "shifts are kept at checkpoints");
+            return error_event(
+                ErrorCode::WrongTerminalKind,
+                "shifts are kept at checkpoints",
+            );
         }
         match self.with_journal(|j| j.shift_summary()) {
             Ok(s) => Event::Shift {
@@ -466,20 +419,23 @@ impl Daemon {
                 count: s.count,
                 voids: s.voids,
             },
-            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
     }
 
     fn close_shift(&mut self, counted_cash_cents: i64) -> Event {
         let Some(staff) = self.staff.clone() else {
-            return error_event("NOT_LOGGED_IN", "log in first");
+            return error_event(ErrorCode::NotLoggedIn, "log in first");
         };
         if self.config.kind != TerminalKind::Checkpoint {
-            return error_event("WRONG_TERMINAL_KIND", "shifts are kept at checkpoints");
+            return error_event(
+                ErrorCode::WrongTerminalKind,
+                "shifts are kept at checkpoints",
+            );
         }
         if !(0..=SHIFT_TOTAL_CENTS_MAX).contains(&counted_cash_cents) {
             return error_event(
-                "INVALID_COMMAND",
+                ErrorCode::InvalidCommand,
                 format!("counted_cash_cents is 0 to {SHIFT_TOTAL_CENTS_MAX}"),
             );
         }
@@ -504,20 +460,23 @@ impl Daemon {
                     difference_cents: closed.difference,
                 }
             }
-            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
     }
 
     fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Event {
         let Some(staff) = self.staff.clone() else {
-            return error_event("NOT_LOGGED_IN", "log in first");
+            return error_event(ErrorCode::NotLoggedIn, "log in first");
         };
         if self.config.kind != TerminalKind::Checkpoint {
-            return error_event("WRONG_TERMINAL_KIND", "a bar terminal does not top up");
+            return error_event(
+                ErrorCode::WrongTerminalKind,
+                "a bar terminal does not top up",
+            );
         }
         if !(1..=RECHARGE_AMOUNT_CENTS_MAX).contains(&amount_cents) {
             return error_event(
-                "INVALID_COMMAND",
+                ErrorCode::InvalidCommand,
                 format!("amount_cents is 1 to {RECHARGE_AMOUNT_CENTS_MAX}"),
             );
         }
@@ -526,7 +485,7 @@ impl Daemon {
         match self.with_journal(|j| j.topup_limits()) {
             Ok(Some(limits)) if Cents::new(amount_cents) > limits.recharge_max_cents => {
                 return error_event(
-                    "LIMIT_EXCEEDED",
+                    ErrorCode::LimitExceeded,
                     format!(
                         "a top-up is at most {} cents",
                         limits.recharge_max_cents.get()
@@ -534,7 +493,7 @@ impl Daemon {
                 );
             }
             Ok(_) => {}
-            Err(e) => return error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => return error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
         self.armed = Some(Armed::Pay(Payment {
             staff,
@@ -708,7 +667,7 @@ impl Daemon {
                 Some(format_time(at)),
             ),
             Ok((None, _)) => balance(None, None, "replica", None),
-            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
     }
 
@@ -768,16 +727,16 @@ impl Daemon {
     /// journaled and replayed like any operation.
     fn void_last(&mut self) -> Event {
         let Some(staff) = self.staff.clone() else {
-            return error_event("NOT_LOGGED_IN", "log in first");
+            return error_event(ErrorCode::NotLoggedIn, "log in first");
         };
         let Some(last) = self.last_approved.clone() else {
             return error_event(
-                "NOTHING_TO_VOID",
+                ErrorCode::NothingToVoid,
                 "no approved operation to void in this session",
             );
         };
         let Ok(refund) = last.effect.checked_neg() else {
-            return error_event("INVALID_COMMAND", "the amount is out of range");
+            return error_event(ErrorCode::InvalidCommand, "the amount is out of range");
         };
         let effect = Some((last.card.clone(), refund));
         let appended = self.with_journal(|j| {
@@ -803,7 +762,7 @@ impl Daemon {
                     target_client_request_id: Some(last.client_request_id),
                 })
             }
-            Err(e) => error_event("JOURNAL_UNAVAILABLE", e.to_string()),
+            Err(e) => error_event(ErrorCode::JournalUnavailable, e.to_string()),
         }
     }
 }
@@ -824,7 +783,7 @@ pub fn export(
     // Read first, so that too many of them fail the export before anything is written.
     // A terminal closes a few shifts a day: more than the bound means something else is
     // wrong, and the export says so rather than leave some out.
-    use crate::ledger::admin::EXPORT_CLOSEOUTS_MAX;
+    use crate::protocol::export::EXPORT_CLOSEOUTS_MAX;
     let closeouts = j.pending_closeouts(EXPORT_CLOSEOUTS_MAX + 1)?;
     if closeouts.len() > EXPORT_CLOSEOUTS_MAX {
         anyhow::bail!(
@@ -839,8 +798,8 @@ pub fn export(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let head = json!({
-        "format": crate::ledger::admin::EXPORT_FORMAT,
-        "version": crate::ledger::admin::EXPORT_VERSION,
+        "format": crate::protocol::export::EXPORT_FORMAT,
+        "version": crate::protocol::export::EXPORT_VERSION,
         "terminal": terminal,
         "exported_at": format_time(Utc::now()),
     })

@@ -3,10 +3,11 @@
 //! (`crate::tui::run`) turns keys into commands and events into screens. Both drive the same
 //! [`super::daemon::run`] loop, so they cannot differ in what a command does.
 
-use super::daemon::{COMMAND_BYTES_MAX, Command};
-use super::events::Event;
 use crate::domain::Cents;
-use crate::ledger::model::TerminalKind;
+use crate::protocol::api::TerminalKind;
+use crate::protocol::codes::ErrorCode;
+use crate::protocol::commands::{COMMAND_BYTES_MAX, Command};
+use crate::protocol::events::Event;
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, Lines};
@@ -114,13 +115,13 @@ impl<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin> Front for JsonlFrontend<R, 
             }
             if line.len() > COMMAND_BYTES_MAX {
                 return Ok(Input::Refused(Event::error(
-                    "INVALID_COMMAND",
+                    ErrorCode::InvalidCommand,
                     format!("a command is at most {COMMAND_BYTES_MAX} bytes"),
                 )));
             }
             return Ok(match serde_json::from_str::<Command>(&line) {
                 Ok(command) => Input::Command(command),
-                Err(e) => Input::Refused(Event::error("INVALID_COMMAND", e.to_string())),
+                Err(e) => Input::Refused(Event::error(ErrorCode::InvalidCommand, e.to_string())),
             });
         }
     }

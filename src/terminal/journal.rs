@@ -44,7 +44,7 @@ mod shifts;
 pub use shifts::{ClosedShift, CloseoutState, ShiftSummary};
 
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use crate::ledger::model::{
+use crate::protocol::api::{
     BATCH_OPERATIONS_MAX, FEED_LIMIT_MAX, Mode, SCANS_MAX, Scan, StaffRole, format_time,
 };
 use crate::terminal::core::policy::ReplicaCard;

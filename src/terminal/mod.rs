@@ -4,7 +4,6 @@
 //! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (tap flow, offline policy, replay rules, login lockout).
-//! - [`events`]: what the daemon tells its front end, as types (the JSON-lines events).
 //! - [`daemon`]: the main loop: commands, reader and sync events; tap, journal, online or offline.
 //! - [`frontend`]: what the loop needs of a front end; the JSON-lines front end.
 //! - [`journal`]: the durable SQLite journal, card replica and feed caches.
@@ -15,7 +14,6 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod events;
 pub mod frontend;
 pub mod journal;
 pub mod sync;

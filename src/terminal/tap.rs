@@ -14,7 +14,7 @@ use super::journal::{
 };
 use super::sync::SharedJournal;
 use crate::domain::{CardUid, Cents, ClientRequestId, StaffId, TerminalSeq};
-use crate::ledger::model::{
+use crate::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, VoidReason,
     VoidRequest,
 };

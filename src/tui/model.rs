@@ -6,9 +6,9 @@
 //! sale, `.` switches the payment method, Enter confirms, Esc goes back, `?` shows the help.
 
 use crate::domain::Cents;
-use crate::ledger::model::{PaymentMethod, TerminalKind};
-use crate::terminal::daemon::{Command, CommandItem};
-use crate::terminal::events::{Decision, Event, Status};
+use crate::protocol::api::{PaymentMethod, TerminalKind};
+use crate::protocol::commands::{Command, CommandItem};
+use crate::protocol::events::{Decision, Event, Status};
 use crate::terminal::frontend::TerminalInfo;
 
 /// How long the "present card" screen waits for a card before it gives up.
@@ -427,7 +427,7 @@ impl Model {
                     Key::Esc if quantities.iter().all(|q| *q == 0) => {
                         return (
                             Screen::Order { quantities, cursor },
-                            vec![Action::Send(Command::Logout)],
+                            vec![Action::Send(Command::Logout {})],
                         );
                     }
                     Key::Esc => quantities.iter_mut().for_each(|q| *q = 0),
@@ -437,7 +437,7 @@ impl Model {
                                 what: Presenting::Balance,
                                 since_ms: now_ms,
                             },
-                            vec![Action::Send(Command::Balance)],
+                            vec![Action::Send(Command::Balance {})],
                         );
                     }
                     Key::Slash => return (Screen::ConfirmVoid, Vec::new()),
@@ -496,7 +496,7 @@ impl Model {
                 // Esc clears the amount; on an empty amount it logs out.
                 Key::Esc if digits.is_empty() => (
                     Screen::Amount { digits, method },
-                    vec![Action::Send(Command::Logout)],
+                    vec![Action::Send(Command::Logout {})],
                 ),
                 Key::Esc => (
                     Screen::Amount {
@@ -518,12 +518,12 @@ impl Model {
                         what: Presenting::Balance,
                         since_ms: now_ms,
                     },
-                    vec![Action::Send(Command::Balance)],
+                    vec![Action::Send(Command::Balance {})],
                 ),
                 Key::Slash => (Screen::ConfirmVoid, Vec::new()),
                 Key::Plus => (
                     Screen::Shift { summary: None },
-                    vec![Action::Send(Command::Shift)],
+                    vec![Action::Send(Command::Shift {})],
                 ),
                 Key::Enter => match digits.parse::<i64>() {
                     Ok(cents) if cents > 0 => (
@@ -544,13 +544,13 @@ impl Model {
                 _ => (Screen::Amount { digits, method }, Vec::new()),
             },
             Screen::Present { what, since_ms } => match key {
-                Key::Esc => (self.home(), vec![Action::Send(Command::Cancel)]),
+                Key::Esc => (self.home(), vec![Action::Send(Command::Cancel {})]),
                 _ => (Screen::Present { what, since_ms }, Vec::new()),
             },
             Screen::Deciding => (Screen::Deciding, Vec::new()),
             Screen::Result { .. } | Screen::Balance { .. } => (self.home(), Vec::new()),
             Screen::ConfirmVoid => match key {
-                Key::Enter => (Screen::Deciding, vec![Action::Send(Command::VoidLast)]),
+                Key::Enter => (Screen::Deciding, vec![Action::Send(Command::VoidLast {})]),
                 _ => (self.home(), Vec::new()),
             },
             Screen::Shift { summary } => match (key, summary) {
@@ -853,7 +853,7 @@ impl Model {
             {
                 self.notice = Some("no card: cancelled".into());
                 self.screen = self.home();
-                vec![Action::Send(Command::Cancel)]
+                vec![Action::Send(Command::Cancel {})]
             }
             Screen::Result { since_ms, .. } | Screen::Balance { since_ms, .. }
                 if now_ms.saturating_sub(*since_ms) >= RESULT_SHOWN_MS =>
@@ -1046,14 +1046,14 @@ mod tests {
         keys(&mut m, &[Key::Digit(1), Key::Enter]);
         assert_eq!(
             m.on_tick(PRESENT_TIMEOUT_MS),
-            vec![Action::Send(Command::Cancel)]
+            vec![Action::Send(Command::Cancel {})]
         );
         assert!(matches!(m.screen, Screen::Order { .. }));
         // Esc while waiting cancels too.
         keys(&mut m, &[Key::Digit(1), Key::Enter]);
         assert_eq!(
             keys(&mut m, &[Key::Esc]),
-            vec![Action::Send(Command::Cancel)]
+            vec![Action::Send(Command::Cancel {})]
         );
     }
 
@@ -1064,7 +1064,7 @@ mod tests {
         assert!(matches!(m.screen, Screen::Order { .. }));
         assert_eq!(
             keys(&mut m, &[Key::Slash, Key::Enter]),
-            vec![Action::Send(Command::VoidLast)]
+            vec![Action::Send(Command::VoidLast {})]
         );
     }
 
@@ -1208,7 +1208,7 @@ mod tests {
         ));
         assert_eq!(
             keys(&mut m, &[Key::Plus]),
-            vec![Action::Send(Command::Shift)]
+            vec![Action::Send(Command::Shift {})]
         );
         // Nothing to close before the totals are known.
         assert!(keys(&mut m, &[Key::Enter]).is_empty());
@@ -1264,7 +1264,13 @@ mod tests {
             })]
         );
         // A refusal from the daemon goes back home with its message.
-        m.on_event(&Event::error("JOURNAL_UNAVAILABLE", "disk full"), 0);
+        m.on_event(
+            &Event::error(
+                crate::protocol::codes::ErrorCode::JournalUnavailable,
+                "disk full",
+            ),
+            0,
+        );
         assert_eq!(m.notice.as_deref(), Some("disk full"));
         assert!(matches!(m.screen, Screen::Amount { .. }));
     }
@@ -1275,7 +1281,7 @@ mod tests {
         assert!(keys(&mut m, &[Key::Digit(1), Key::Esc]).is_empty());
         assert_eq!(
             keys(&mut m, &[Key::Esc]),
-            vec![Action::Send(Command::Logout)]
+            vec![Action::Send(Command::Logout {})]
         );
         m.on_event(&Event::LoggedOut, 0);
         assert!(m.logged_in.is_none());

@@ -8,8 +8,8 @@
 
 use super::model::{Action, Key, Model};
 use super::view;
-use crate::terminal::daemon::Command;
-use crate::terminal::events::Event;
+use crate::protocol::commands::Command;
+use crate::protocol::events::Event;
 use crate::terminal::frontend::{Front, Input, Leave, TerminalInfo};
 use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::Terminal;
@@ -170,7 +170,7 @@ impl<B: Backend> Tui<B> {
                     && matches!(key.code, KeyCode::Char('c' | 'd'))
                 {
                     // Raw mode turns Ctrl-C into a key: it still leaves.
-                    self.queue.push_back(Input::Command(Command::Quit));
+                    self.queue.push_back(Input::Command(Command::Quit {}));
                     return;
                 }
                 if let Some(hook) = &mut self.hook
@@ -333,8 +333,8 @@ pub fn restore() {
 mod tests {
     use super::*;
     use crate::domain::{CardUid, Cents};
-    use crate::ledger::model::TerminalKind;
-    use crate::terminal::events::Decision;
+    use crate::protocol::api::TerminalKind;
+    use crate::protocol::events::Decision;
     use crate::tui::model::{MenuItem, Screen, StaffItem};
     use ratatui::backend::TestBackend;
 
@@ -415,7 +415,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             run_for(&mut tui, 1).await,
-            Some(Input::Command(Command::Quit))
+            Some(Input::Command(Command::Quit {}))
         );
         // The keyboard gone: the front end says so instead of waiting forever.
         drop(keys);

@@ -3,7 +3,8 @@
 
 use super::model::{Model, Presenting, Screen, ShiftView, TOPUP_PRESETS_CENTS};
 use crate::domain::Cents;
-use crate::ledger::model::{PaymentMethod, TerminalKind};
+use crate::protocol::api::{PaymentMethod, TerminalKind};
+use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -474,14 +475,14 @@ fn shift_lines(summary: &ShiftView, utc_offset_s: Option<i32>) -> Vec<Line<'stat
 
 /// A decline reason in words staff can say to the customer.
 pub fn reason_text(code: &str) -> String {
-    match code {
-        "INSUFFICIENT_FUNDS" => "not enough money on the card".into(),
-        "CARD_BLOCKED" => "card blocked: send to the top-up desk".into(),
-        "OFFLINE_LIMIT" => "over the offline limit".into(),
-        "UNKNOWN_CARD_OFFLINE" => "unknown card while offline".into(),
-        "JOURNAL_UNAVAILABLE" => "terminal storage failure: call a supervisor".into(),
-        "LIMIT_EXCEEDED" => "over the top-up limit".into(),
-        other => other.to_owned(),
+    match ErrorCode::parse(code) {
+        Some(ErrorCode::InsufficientFunds) => "not enough money on the card".into(),
+        Some(ErrorCode::CardBlocked) => "card blocked: send to the top-up desk".into(),
+        Some(ErrorCode::OfflineLimit) => "over the offline limit".into(),
+        Some(ErrorCode::UnknownCardOffline) => "unknown card while offline".into(),
+        Some(ErrorCode::JournalUnavailable) => "terminal storage failure: call a supervisor".into(),
+        Some(ErrorCode::LimitExceeded) => "over the top-up limit".into(),
+        _ => code.to_owned(),
     }
 }
 

@@ -8,8 +8,9 @@
 
 pub mod sqlite;
 
-use super::model::{Operation, Outcome, Scan, ShiftCloseout, StaffRole, Terminal, TerminalKind};
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::ledger::caller::Terminal;
+use crate::protocol::api::{Operation, Outcome, Scan, ShiftCloseout, StaffRole, TerminalKind};
 use std::future::Future;
 use uuid::Uuid;
 

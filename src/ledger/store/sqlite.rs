@@ -15,12 +15,14 @@ use super::{
     ProductUpsert, ScanReceipt, ShiftReport, StaffRecord, StoreError,
 };
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use crate::ledger::model::{
-    ApiError, Approval, BlockReason, CardStatus, ErrorCode, Flag, Mode, Operation, OrderRequest,
-    Outcome, PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffMember,
-    StaffRole, Terminal, TerminalKind, VoidOutcome, VoidRequest, format_time,
-};
+use crate::ledger::caller::{StaffMember, Terminal};
 use crate::ledger::rules::{self, Action, BalanceChange, CardState, KeyCheck, Limits};
+use crate::protocol::api::{
+    ApiError, Approval, BlockReason, CardStatus, Flag, Mode, Operation, OrderRequest, Outcome,
+    PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffRole, TerminalKind,
+    VoidOutcome, VoidRequest, format_time,
+};
+use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::json;

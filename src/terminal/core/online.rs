@@ -8,7 +8,7 @@
 //! operation.
 
 use crate::domain::Cents;
-use crate::ledger::model::ErrorCode;
+use crate::protocol::codes::ErrorCode;
 
 /// How an online attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,6 +50,7 @@
 //! was received at the checkpoint); the per-top-up and maximum-balance limits are the caller's.
 
 use crate::domain::Cents;
+use crate::protocol::codes::ErrorCode;
 
 /// The configured bounds on what a terminal approves without the ledger; they cap the money
 /// the festival can lose to offline sales that later turn out to be unfunded.
@@ -98,12 +99,19 @@ impl OfflineDecline {
     /// The decline reason as the journal and the `decision` event spell it
     /// (spec/interfaces.md), so front ends show the same words online and offline.
     pub fn reason(&self) -> &'static str {
+        self.code().as_str()
+    }
+
+    /// The decline's code.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            OfflineDecline::InvalidTotal => "INVALID_REQUEST",
-            OfflineDecline::OrderOverLimit | OfflineDecline::ExposureOverLimit => "OFFLINE_LIMIT",
-            OfflineDecline::CardBlocked => "CARD_BLOCKED",
-            OfflineDecline::InsufficientFunds => "INSUFFICIENT_FUNDS",
-            OfflineDecline::UnknownCard => "UNKNOWN_CARD_OFFLINE",
+            OfflineDecline::InvalidTotal => ErrorCode::InvalidRequest,
+            OfflineDecline::OrderOverLimit | OfflineDecline::ExposureOverLimit => {
+                ErrorCode::OfflineLimit
+            }
+            OfflineDecline::CardBlocked => ErrorCode::CardBlocked,
+            OfflineDecline::InsufficientFunds => ErrorCode::InsufficientFunds,
+            OfflineDecline::UnknownCard => ErrorCode::UnknownCardOffline,
         }
     }
 }

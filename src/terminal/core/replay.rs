@@ -50,7 +50,8 @@
 //! round the worker waits an exponential, capped, fully jittered delay, so a returning network
 //! is not hit by every terminal at the same instant and a long outage costs one try per cap.
 
-use crate::ledger::model::{BATCH_OPERATIONS_MAX, ErrorCode};
+use crate::protocol::api::BATCH_OPERATIONS_MAX;
+use crate::protocol::codes::ErrorCode;
 
 /// What the ledger's answer to one replayed operation means for its journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ pub fn settle(status: u16, code: Option<&str>) -> Settlement {
             _ => Settlement::Rejected,
         },
         _ => match code {
-            Some(c) if c.is_stored_decline() && c.http_status() == status => {
+            Some(c) if c.is_stored_decline() && c.http_status() == Some(status) => {
                 Settlement::Acknowledged
             }
             _ => Settlement::Rejected,
@@ -265,7 +266,11 @@ mod tests {
         for (text, status) in API_CODES {
             let code = ErrorCode::parse(text);
             assert_eq!(code.map(ErrorCode::as_str), Some(text), "{text}");
-            assert_eq!(code.map(ErrorCode::http_status), Some(status), "{text}");
+            assert_eq!(
+                code.and_then(ErrorCode::http_status),
+                Some(status),
+                "{text}"
+            );
         }
         for text in [
             "",

@@ -35,14 +35,15 @@
 use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineLimits, ReplicaCard, decide_offline_order};
 use crate::domain::Cents;
+use crate::protocol::codes::ErrorCode;
 use crate::terminal::journal::{Decision, EntryState};
 
 /// The reason shown when the journal cannot record a decision.
-pub const JOURNAL_UNAVAILABLE: &str = "JOURNAL_UNAVAILABLE";
+pub const JOURNAL_UNAVAILABLE: &str = ErrorCode::JournalUnavailable.as_str();
 /// The reason shown when an offline top-up would take the card past the balance limit.
-pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+pub const LIMIT_EXCEEDED: &str = ErrorCode::LimitExceeded.as_str();
 /// The reason shown if the flow is fed an input it did not ask for (a bug in an adapter).
-pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+pub const INTERNAL_ERROR: &str = ErrorCode::InternalError.as_str();
 
 /// What the card pays for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@
 
 use super::{Journal, JournalError, corrupt, invalid, parse_time, sql_limit};
 use crate::domain::{Cents, ClientRequestId, StaffId, TerminalSeq};
-use crate::ledger::model::{SHIFT_TOTAL_CENTS_MAX, ShiftCloseout, format_time};
+use crate::protocol::api::{SHIFT_TOTAL_CENTS_MAX, ShiftCloseout, format_time};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 

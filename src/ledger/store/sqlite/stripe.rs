@@ -6,10 +6,10 @@ use super::{
     card_account, flags_json, internal, load_card, neg, new_transaction_id, post, write_card,
 };
 use crate::domain::{CardUid, Cents};
-use crate::ledger::model::format_time;
 use crate::ledger::rules::{self, Limits};
 use crate::ledger::store::{StoreError, StripeEventRecord, StripeOutcome};
 use crate::ledger::stripe::{PaidSession, RefundedCharge, StripeEvent, refund_delta};
+use crate::protocol::api::format_time;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! The ledger's vocabulary: validated requests, answers, error codes.
+//! The ledger API's vocabulary: validated requests, answers, error bodies and the API's limits.
 //!
 //! Requests are deserialized from raw JSON into these types and then checked by
 //! `validate()`; after that every field is known to be in range. Only `api` turns them into
@@ -7,6 +7,7 @@
 use crate::domain::{
     CardUid, Cents, ClientRequestId, MoneyOverflow, ProductId, StaffId, TerminalSeq,
 };
+use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -565,162 +566,6 @@ impl ShiftCloseout {
     }
 }
 
-/// Every error code of the API, with its HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    /// 400.
-    InvalidRequest,
-    /// 401.
-    Unauthorized,
-    /// 403.
-    Forbidden,
-    /// 404, an unknown card.
-    CardNotFound,
-    /// 404, an unknown route.
-    NotFound,
-    /// 405.
-    MethodNotAllowed,
-    /// 402.
-    InsufficientFunds,
-    /// 423.
-    CardBlocked,
-    /// 422.
-    LimitExceeded,
-    /// 422.
-    UnknownProduct,
-    /// 422.
-    PriceMismatch,
-    /// 422.
-    IdempotencyKeyReused,
-    /// 409.
-    DuplicateRequest,
-    /// 409.
-    AlreadyVoided,
-    /// 409.
-    OperationVoided,
-    /// 413.
-    PayloadTooLarge,
-    /// 503.
-    DatabaseError,
-    /// 500.
-    ServerError,
-}
-
-impl ErrorCode {
-    /// Every code, so that a wire spelling maps back to the enum (and its status and rules).
-    pub const ALL: [ErrorCode; 18] = [
-        ErrorCode::InvalidRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::CardNotFound,
-        ErrorCode::NotFound,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::InsufficientFunds,
-        ErrorCode::CardBlocked,
-        ErrorCode::LimitExceeded,
-        ErrorCode::UnknownProduct,
-        ErrorCode::PriceMismatch,
-        ErrorCode::IdempotencyKeyReused,
-        ErrorCode::DuplicateRequest,
-        ErrorCode::AlreadyVoided,
-        ErrorCode::OperationVoided,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::DatabaseError,
-        ErrorCode::ServerError,
-    ];
-
-    /// The code with this wire spelling.
-    pub fn parse(text: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
-    }
-
-    /// Does not compile when a code is added, so that [`ErrorCode::ALL`] is revisited.
-    #[allow(dead_code)]
-    fn all_is_complete(self) {
-        match self {
-            ErrorCode::InvalidRequest
-            | ErrorCode::Unauthorized
-            | ErrorCode::Forbidden
-            | ErrorCode::CardNotFound
-            | ErrorCode::NotFound
-            | ErrorCode::MethodNotAllowed
-            | ErrorCode::InsufficientFunds
-            | ErrorCode::CardBlocked
-            | ErrorCode::LimitExceeded
-            | ErrorCode::UnknownProduct
-            | ErrorCode::PriceMismatch
-            | ErrorCode::IdempotencyKeyReused
-            | ErrorCode::DuplicateRequest
-            | ErrorCode::AlreadyVoided
-            | ErrorCode::OperationVoided
-            | ErrorCode::PayloadTooLarge
-            | ErrorCode::DatabaseError
-            | ErrorCode::ServerError => {}
-        }
-    }
-
-    /// The HTTP status that goes with the code.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::InvalidRequest => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::InsufficientFunds => 402,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::CardNotFound | ErrorCode::NotFound => 404,
-            ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::DuplicateRequest | ErrorCode::AlreadyVoided | ErrorCode::OperationVoided => {
-                409
-            }
-            ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::LimitExceeded
-            | ErrorCode::UnknownProduct
-            | ErrorCode::PriceMismatch
-            | ErrorCode::IdempotencyKeyReused => 422,
-            ErrorCode::CardBlocked => 423,
-            ErrorCode::ServerError => 500,
-            ErrorCode::DatabaseError => 503,
-        }
-    }
-
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidRequest => "INVALID_REQUEST",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::CardNotFound => "CARD_NOT_FOUND",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            ErrorCode::InsufficientFunds => "INSUFFICIENT_FUNDS",
-            ErrorCode::CardBlocked => "CARD_BLOCKED",
-            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
-            ErrorCode::UnknownProduct => "UNKNOWN_PRODUCT",
-            ErrorCode::PriceMismatch => "PRICE_MISMATCH",
-            ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            ErrorCode::DuplicateRequest => "DUPLICATE_REQUEST",
-            ErrorCode::AlreadyVoided => "ALREADY_VOIDED",
-            ErrorCode::OperationVoided => "OPERATION_VOIDED",
-            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            ErrorCode::DatabaseError => "DATABASE_ERROR",
-            ErrorCode::ServerError => "SERVER_ERROR",
-        }
-    }
-
-    /// Business declines: the outcome is stored with the idempotency key, like an approval.
-    pub fn is_stored_decline(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::InsufficientFunds
-                | ErrorCode::CardNotFound
-                | ErrorCode::CardBlocked
-                | ErrorCode::LimitExceeded
-                | ErrorCode::UnknownProduct
-                | ErrorCode::PriceMismatch
-        )
-    }
-}
-
 /// An error answer before it gets its request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -760,6 +605,12 @@ impl ApiError {
         )
     }
 
+    /// The HTTP status of the answer: the code's, or 500 for a terminal-only code, which the
+    /// ledger never answers with (a bug).
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status().unwrap_or(500)
+    }
+
     /// The error body of the contract.
     pub fn body(&self, request_id: &str) -> Value {
         let mut error = json!({
@@ -789,7 +640,7 @@ impl Outcome {
     /// An error outcome.
     pub fn error(err: &ApiError, request_id: &str) -> Outcome {
         Outcome {
-            status: err.code.http_status(),
+            status: err.http_status(),
             body: err.body(request_id).to_string(),
             replayed: false,
         }
@@ -922,28 +773,6 @@ impl Scan {
     }
 }
 
-/// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Terminal {
-    /// Id.
-    pub terminal_id: Uuid,
-    /// Unique name.
-    pub name: String,
-    /// Bar or checkpoint.
-    pub kind: TerminalKind,
-    /// Where it stands; selects the catalog.
-    pub point_of_sale: String,
-}
-
-/// A staff member as the rules see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaffMember {
-    /// Role.
-    pub role: StaffRole,
-    /// Deactivated staff cannot act online.
-    pub active: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1058,17 +887,5 @@ mod tests {
             Ok(Cents::new(-500))
         );
         assert_eq!(shift(0, 0, 0, max, 1).difference(), Ok(Cents::new(max)));
-    }
-
-    #[test]
-    fn every_code_has_a_distinct_spelling() {
-        let codes = ErrorCode::ALL;
-        let spelled: std::collections::HashSet<_> = codes.iter().map(|c| c.as_str()).collect();
-        assert_eq!(spelled.len(), codes.len());
-        for c in codes {
-            assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
-            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
-        }
-        assert_eq!(ErrorCode::parse("NOPE"), None);
     }
 }

@@ -6,6 +6,7 @@
 //! that scripts can rely on every key of an event being there.
 
 use crate::domain::{CardUid, Cents, ClientRequestId};
+use crate::protocol::codes::ErrorCode;
 use serde::Serialize;
 
 /// One event.
@@ -146,7 +147,7 @@ pub enum Event {
     /// A command was refused; nothing changed.
     Error {
         /// What kind of refusal (`INVALID_COMMAND`, `NOT_LOGGED_IN`, ...).
-        code: &'static str,
+        code: ErrorCode,
         /// For people.
         message: String,
     },
@@ -211,7 +212,7 @@ pub struct Status {
 
 impl Event {
     /// An `error` event.
-    pub fn error(code: &'static str, message: impl Into<String>) -> Event {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Event {
         Event::Error {
             code,
             message: message.into(),
@@ -221,8 +222,10 @@ impl Event {
     /// The event's JSON line (without the newline).
     pub fn to_json_line(&self) -> String {
         // Every field is a string, a number, a bool or null: serializing cannot fail.
-        serde_json::to_string(self)
-            .unwrap_or_else(|e| format!(r#"{{"event":"error","code":"INTERNAL","message":"{e}"}}"#))
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            let code = ErrorCode::InternalError.as_str();
+            format!(r#"{{"event":"error","code":"{code}","message":"{e}"}}"#)
+        })
     }
 }
 

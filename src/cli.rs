@@ -229,7 +229,8 @@ enum StripeCommand {
     /// Stripe events, newest first: what each did (credited, refunded, refused, ...).
     Events {
         /// Only those an operator must act on: paid sessions that could not be credited
-        /// (refused: wrong currency, bad card UID) and refunds whose payment was never credited.
+        /// (refused: wrong currency, bad card UID), refunds in another currency (refused, not
+        /// applied) and refunds whose payment was never credited.
         #[arg(long)]
         attention: bool,
         /// How many, at most.

@@ -271,7 +271,8 @@ fn help_extra() -> Vec<String> {
     ]
 }
 
-/// The demo's own keys: cards, network, mode. Other keys go to the model.
+/// The demo's own keys: cards, network, mode. Other keys go to the model. While the help is
+/// open, no key reaches the hook: the key that closes it does only that (`Tui`).
 fn hook(network: Arc<Mutex<Option<Network>>>, db: PathBuf) -> KeyHook {
     Box::new(move |key, model: &mut Model| {
         // Esc at the login screen, nothing typed: the demo ends (a real terminal has no

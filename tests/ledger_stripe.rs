@@ -1102,6 +1102,123 @@ async fn a_refund_before_its_session_is_applied_when_the_session_arrives() {
     l.assert_audit_ok();
 }
 
+/// `refund(...)` in another currency than the session's (and the festival's).
+fn refund_in(currency: &str, evt: &str, ch: &str, pi: &str, amount: i64, refunded: i64) -> Value {
+    let mut event = refund(evt, ch, pi, amount, refunded);
+    event["data"]["object"]["currency"] = json!(currency);
+    event
+}
+
+/// `cashless ledger stripe events --attention`: the line of `evt`.
+#[track_caller]
+fn attention_line(l: &Ledger, evt: &str) -> String {
+    let out = assert_success(
+        "stripe events --attention",
+        &l.admin(&["stripe", "events", "--attention"]),
+    );
+    out.lines()
+        .find(|line| line.contains(evt))
+        .unwrap_or_else(|| panic!("{evt} is not listed:\n{out}"))
+        .to_owned()
+}
+
+/// A refused refund: its row (refused, no transaction, the reason) and one audit row.
+#[track_caller]
+fn assert_refused_refund(l: &Ledger, evt: &str, pi: &str, cs: Option<&str>, why: &str) {
+    let row = event_row(l, evt).unwrap_or_else(|| panic!("no stripe_events row for {evt}"));
+    assert_eq!(row["outcome"], json!("refused"), "{row}");
+    assert_eq!(row["payment_intent_id"], json!(pi), "{row}");
+    assert_eq!(row["checkout_session_id"], json!(cs), "{row}");
+    assert_eq!(row["transaction_id"], Value::Null, "{row}");
+    assert!(row["reason"].as_str().unwrap().contains(why), "{row}");
+    let audit = audit_rows(l, evt);
+    assert_eq!(audit.len(), 1, "{evt}: {audit:?}");
+    assert_eq!(audit[0]["operation"], json!("stripe_refund"), "{evt}");
+    assert_eq!(audit[0]["outcome"], json!("refused"), "{evt}");
+    assert_eq!(audit[0]["transaction_id"], Value::Null, "{evt}");
+    assert_eq!(audit[0]["amount_cents"], Value::Null, "{evt}");
+}
+
+#[tokio::test]
+async fn a_refund_in_another_currency_is_refused_before_or_after_its_session() {
+    let l = ledger().await;
+
+    // After its session: refused like a session in another currency, nothing reversed.
+    let card = uid(0x57D0);
+    let paid = session("evt_1CurPay", "cs_test_cur", "pi_3Cur", &card, 2500);
+    assert_outcome(&send(&l, &paid).await, &paid, "credited");
+    let money = l.db_fingerprint_of(MONEY_TABLES);
+    let usd = refund_in("usd", "evt_1CurUsd", "ch_3Cur", "pi_3Cur", 2500, 1000);
+    let b = send(&l, &usd).await;
+    let b = assert_outcome(&b, &usd, "refused");
+    assert_eq!(b.get("amount_cents"), None, "{b}");
+    assert_eq!(b.get("balance_cents"), None, "{b}");
+    assert_eq!(l.db_fingerprint_of(MONEY_TABLES), money);
+    assert_eq!(l.balance(&card).await, 2500);
+    assert_refused_refund(&l, "evt_1CurUsd", "pi_3Cur", Some("cs_test_cur"), "\"usd\"");
+    // Listed for an operator, with its session, its card and why; no money moved.
+    let line = attention_line(&l, "evt_1CurUsd");
+    for part in [
+        "charge.refunded",
+        "refused",
+        "cs_test_cur",
+        &card,
+        "\"usd\"",
+        "EUR",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    // Delivered again: a duplicate, nothing more.
+    assert_outcome(&send(&l, &usd).await, &usd, "duplicate_event");
+    assert_eq!(l.db_fingerprint_of(MONEY_TABLES), money);
+    assert_eq!(audit_rows(&l, "evt_1CurUsd").len(), 1);
+    // The charge's refund in euros is still reversed in full: the refused one took nothing.
+    let eur = refund("evt_1CurEur", "ch_3Cur", "pi_3Cur", 2500, 1000);
+    let b = send(&l, &eur).await;
+    assert_eq!(
+        assert_outcome(&b, &eur, "refunded")["amount_cents"],
+        json!(1000)
+    );
+    assert_refund_rows(&l, "evt_1CurEur", "cs_test_cur", &card, 1000);
+    assert_eq!(l.balance(&card).await, 1500);
+
+    // Before its session: refused at once, not waiting, so the session that arrives later
+    // is credited in full and applies nothing of it.
+    let early_card = uid(0x57D1);
+    let early = refund_in("gbp", "evt_1CurEarly", "ch_3CurE", "pi_3CurE", 2500, 2500);
+    let money = l.db_fingerprint_of(MONEY_TABLES);
+    assert_outcome(&send(&l, &early).await, &early, "refused");
+    assert_eq!(l.db_fingerprint_of(MONEY_TABLES), money);
+    assert_refused_refund(&l, "evt_1CurEarly", "pi_3CurE", None, "\"gbp\"");
+    let paid = session(
+        "evt_1CurLate",
+        "cs_test_cure",
+        "pi_3CurE",
+        &early_card,
+        2500,
+    );
+    let b = send(&l, &paid).await;
+    assert_eq!(
+        assert_outcome(&b, &paid, "credited")["balance_cents"],
+        json!(2500)
+    );
+    assert_eq!(l.balance(&early_card).await, 2500);
+    assert!(refund_rows(&l, "cs_test_cure").is_empty());
+    assert_eq!(refunded_cents(&l, "cs_test_cure"), 0);
+    assert_refused_refund(&l, "evt_1CurEarly", "pi_3CurE", None, "\"gbp\"");
+    let line = attention_line(&l, "evt_1CurEarly");
+    assert!(
+        line.contains("refused") && line.contains("\"gbp\""),
+        "{line}"
+    );
+    // Delivered again after the credit: still nothing.
+    let money = l.db_fingerprint_of(MONEY_TABLES);
+    assert_outcome(&send(&l, &early).await, &early, "duplicate_event");
+    assert_eq!(l.db_fingerprint_of(MONEY_TABLES), money);
+    assert_eq!(l.balance(&early_card).await, 2500);
+    l.assert_audit_ok();
+}
+
 #[tokio::test]
 async fn a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks_it() {
     let l = ledger().await;

@@ -1,7 +1,7 @@
 //! `cashless demo` driven as a person would, in tmux (testing.md): the real binary on a real
 //! pseudo-terminal, keys sent with `tmux send-keys`, the screen read with `capture-pane`.
 //! It logs in, sells online and offline, restores the network and watches the backlog fall to
-//! 0, quits, and then checks the shell's terminal is sane again, no process is left, and the
+//! 0, opens and closes the help, quits, and then checks the shell's terminal is sane again, no process is left, and the
 //! ledger on disk holds exactly the two sales.
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// A line of the help overlay.
+const HELP_LINE: &str = "this help; any key closes it";
 /// Long enough for a debug build's argon2 (seeding staff, login) on a busy 2-core machine.
 const SCREEN_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -65,15 +67,27 @@ impl Tmux {
 
     /// Waits until the screen shows all of `texts`; returns that screen.
     fn wait_for(&self, texts: &[&str]) -> String {
+        self.wait_until(&format!("{texts:?}"), |screen| {
+            texts.iter().all(|t| screen.contains(t))
+        })
+    }
+
+    /// Waits until the screen no longer shows `text`; returns that screen.
+    fn wait_gone(&self, text: &str) -> String {
+        self.wait_until(&format!("{text:?} to go"), |screen| !screen.contains(text))
+    }
+
+    /// Waits until `done` holds for the screen (`what` says what for a timeout); returns it.
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let until = Instant::now() + SCREEN_DEADLINE;
         loop {
             let screen = self.screen();
-            if texts.iter().all(|t| screen.contains(t)) {
+            if done(&screen) {
                 return screen;
             }
             assert!(
                 Instant::now() < until,
-                "timed out waiting for {texts:?}; the screen:\n{screen}"
+                "timed out waiting for {what}; the screen:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -263,9 +277,24 @@ fn a_person_sells_online_and_offline_in_the_demo_and_leaves_it_cleanly() {
     tmux.keys(&["n"]);
     tmux.wait_for(&["ONLINE", "0 waiting", "n: cut the network"]);
 
-    // Leave: Esc on the empty order logs out, Esc at the login screen quits.
+    // Leave: Esc on the empty order logs out, Esc at the login screen quits; but not while
+    // the help is open: any key closes it and does only that.
     tmux.keys(&["Escape"]);
     tmux.wait_for(&["Who are you?"]);
+    for closing in ["Escape", "n"] {
+        tmux.keys(&["?"]);
+        tmux.wait_for(&[HELP_LINE]);
+        tmux.keys(&[closing]);
+        let screen = tmux.wait_gone(HELP_LINE);
+        // The demo still runs, at the login screen, with the network as it was.
+        assert!(
+            !screen.contains("DEMO_EXIT"),
+            "{closing} left the demo:\n{screen}"
+        );
+        for shown in ["Who are you?", "DEMO", "n: cut the network"] {
+            assert!(screen.contains(shown), "{closing}: no {shown:?}:\n{screen}");
+        }
+    }
     tmux.keys(&["Escape"]);
     let screen = assert_left_cleanly(&tmux, &dir);
     assert!(

@@ -165,15 +165,20 @@ pub enum StripeEvent {
         /// The event.
         event_id: String,
     },
-    /// A checkout session the ledger cannot credit (wrong currency, no or bad card UID, a
-    /// non-positive or huge amount): recorded and logged for an operator, no money moves.
+    /// An event the ledger cannot apply, recorded and logged for an operator; no money
+    /// moves. A checkout session it cannot credit (wrong currency, no or bad card UID, a
+    /// non-positive or huge amount), or a refund in another currency than the festival's:
+    /// every credit is in the festival's currency (a session in another is refused), so such
+    /// a refund cannot be a refund of a credit, whether its session came first or not.
     Refused {
         /// The event.
         event_id: String,
         /// The event's type.
         event_type: String,
-        /// The checkout session.
+        /// The checkout session (a session's own id; a refund does not name one).
         session_id: Option<String>,
+        /// The payment intent (a refund's, through which the store finds its session).
+        payment_intent: Option<String>,
         /// Why, for the operator.
         reason: String,
     },
@@ -214,10 +219,9 @@ pub struct RefundedCharge {
     pub charge_id: String,
     /// `pi_...`: the session credited through it.
     pub payment_intent: Option<String>,
-    /// Everything refunded on this charge so far (Stripe's `amount_refunded` is cumulative).
+    /// Everything refunded on this charge so far (Stripe's `amount_refunded` is cumulative),
+    /// in the festival's currency (a refund in another is [`StripeEvent::Refused`]).
     pub amount_refunded: Cents,
-    /// Its currency.
-    pub currency: String,
 }
 
 fn id_field(object: &Value, key: &str) -> Option<String> {
@@ -255,6 +259,7 @@ pub fn parse_event(body: &[u8], currency: &str) -> Result<StripeEvent, Malformed
                 event_id: event_id.clone(),
                 event_type: event_type.clone(),
                 session_id: Some(session_id.clone()),
+                payment_intent: None,
                 reason,
             };
             let session_currency = object
@@ -309,16 +314,29 @@ pub fn parse_event(body: &[u8], currency: &str) -> Result<StripeEvent, Malformed
                         "amount_refunded is not 0 to {STRIPE_AMOUNT_CENTS_MAX} cents"
                     ))
                 })?;
+            let payment_intent = id_field(&object, "payment_intent");
+            let refund_currency = object
+                .get("currency")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !refund_currency.eq_ignore_ascii_case(currency) {
+                // Refused here, before the store sees it: it never waits for its session,
+                // so it can never be applied when that session arrives.
+                return Ok(StripeEvent::Refused {
+                    event_id,
+                    event_type,
+                    session_id: None,
+                    payment_intent,
+                    reason: format!(
+                        "charge {charge_id} refunded in {refund_currency:?}, but the festival's currency (every credit's) is {currency}"
+                    ),
+                });
+            }
             Ok(StripeEvent::ChargeRefunded(RefundedCharge {
                 event_id,
                 charge_id,
-                payment_intent: id_field(&object, "payment_intent"),
+                payment_intent,
                 amount_refunded: Cents::new(amount_refunded),
-                currency: object
-                    .get("currency")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
             }))
         }
         _ => Ok(StripeEvent::Ignored {
@@ -493,6 +511,52 @@ mod tests {
             br#"{"id":"e","type":"x","data":{"object":3}}"#,
         ] {
             assert!(parse_event(bad, "EUR").is_err());
+        }
+    }
+
+    fn charge_refunded(currency: Option<&str>) -> Vec<u8> {
+        let mut charge = serde_json::json!({"id": "ch_1", "amount_refunded": 1000,
+            "payment_intent": "pi_1"});
+        if let Some(currency) = currency {
+            charge["currency"] = currency.into();
+        }
+        serde_json::json!({"id": "evt_2", "type": "charge.refunded", "data": {"object": charge}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_refund_in_another_currency_than_the_festivals_is_refused() {
+        for currency in ["eur", "EUR"] {
+            let read = parse_event(&charge_refunded(Some(currency)), "EUR");
+            let Ok(StripeEvent::ChargeRefunded(r)) = read else {
+                panic!("{currency}: {read:?}")
+            };
+            assert_eq!(
+                (r.payment_intent.as_deref(), r.amount_refunded),
+                (Some("pi_1"), Cents::new(1000))
+            );
+        }
+        for (currency, why) in [(Some("usd"), "\"usd\""), (None, "\"\"")] {
+            match parse_event(&charge_refunded(currency), "EUR") {
+                Ok(StripeEvent::Refused {
+                    event_id,
+                    event_type,
+                    session_id: None,
+                    payment_intent,
+                    reason,
+                }) => {
+                    assert_eq!(
+                        (event_id.as_str(), event_type.as_str()),
+                        ("evt_2", "charge.refunded")
+                    );
+                    // The store finds the session through it, for the operator.
+                    assert_eq!(payment_intent.as_deref(), Some("pi_1"));
+                    assert!(reason.contains(why) && reason.contains("ch_1"), "{reason}");
+                    assert!(reason.contains("EUR"), "{reason}");
+                }
+                other => panic!("{currency:?}: {other:?}"),
+            }
         }
     }
 

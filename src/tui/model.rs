@@ -374,11 +374,17 @@ impl Model {
         (total, lines)
     }
 
+    /// Closes the overlay on screen (the help), if one is open, and says whether one was: a
+    /// key that closes an overlay does only that. Front ends call it before anything of
+    /// their own (the demo's keys) sees the key; [`Model::on_key`] calls it first too.
+    pub fn close_overlay(&mut self) -> bool {
+        std::mem::replace(&mut self.help, false)
+    }
+
     /// A key was pressed at `now_ms`.
     pub fn on_key(&mut self, key: Key, now_ms: u64) -> Vec<Action> {
-        if self.help {
-            // Any key closes the help.
-            self.help = false;
+        // Any key closes the help, and does nothing else.
+        if self.close_overlay() {
             return Vec::new();
         }
         if key == Key::Help {
@@ -1295,5 +1301,21 @@ mod tests {
         assert!(m.help);
         assert!(keys(&mut m, &[Key::Enter]).is_empty());
         assert!(!m.help);
+        // Esc closes it and is spent: the order screen stays, nobody is logged out.
+        let before = m.screen.clone();
+        assert!(keys(&mut m, &[Key::Help, Key::Esc]).is_empty());
+        assert!(!m.help);
+        assert_eq!(m.screen, before);
+        assert!(m.logged_in.is_some());
+        // `?` closes it too, and only the next `?` opens it again.
+        keys(&mut m, &[Key::Help, Key::Help]);
+        assert!(!m.help);
+        keys(&mut m, &[Key::Help]);
+        assert!(m.help);
+        // A front end closes it before its own keys: once, then there is nothing to close.
+        assert!(m.close_overlay());
+        assert!(!m.help);
+        assert!(!m.close_overlay());
+        assert_eq!(m.screen, before);
     }
 }

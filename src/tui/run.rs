@@ -29,7 +29,8 @@ pub const STATUS_EVERY_MS: u64 = 1_000;
 pub const TERMINAL_EVENTS_MAX: usize = 64;
 
 /// What a key means before the model sees it: the demo maps its own keys (cards, network,
-/// mode) here. Returns the inputs for the loop when it took the key.
+/// mode) here. Returns the inputs for the loop when it took the key. It never sees the key
+/// that closes the help.
 pub type KeyHook = Box<dyn FnMut(&KeyEvent, &mut Model) -> Option<Vec<Input>>>;
 
 /// The TUI front end over any ratatui backend.
@@ -171,6 +172,12 @@ impl<B: Backend> Tui<B> {
                 {
                     // Raw mode turns Ctrl-C into a key: it still leaves.
                     self.queue.push_back(Input::Command(Command::Quit {}));
+                    return;
+                }
+                // A key that closes an overlay (the help) does only that: neither the hook
+                // (the demo's Esc leaves, its letters tap cards) nor the model acts on it.
+                if self.model.close_overlay() {
+                    self.dirty = true;
                     return;
                 }
                 if let Some(hook) = &mut self.hook
@@ -448,6 +455,49 @@ mod tests {
         run_for(&mut tui, 10).await;
         assert_eq!(tui.draws(), drawn + 2);
         assert!(!matches!(tui.model().screen, Screen::Result { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_key_that_closes_the_help_reaches_no_hook() {
+        // A hook like the demo's: Esc at the login screen leaves, `a` taps a card.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook_seen = std::sync::Arc::clone(&seen);
+        let (tui, keys) = tui();
+        let mut tui = tui.with_hook(Box::new(move |key: &KeyEvent, _: &mut Model| {
+            hook_seen.lock().unwrap().push(key.code);
+            match key.code {
+                KeyCode::Esc => Some(vec![Input::Leave(Leave::Quit)]),
+                KeyCode::Char('a') => Some(vec![Input::Command(Command::Tap {
+                    uid: "04A1B2C3".into(),
+                })]),
+                _ => None,
+            }
+        }));
+        let login = tui.model().screen.clone();
+        // `?` then Esc, `?` then `a`, `?` then a key the model does not use: each closes the
+        // help and does nothing else.
+        for closing in [
+            press(KeyCode::Esc),
+            press(KeyCode::Char('a')),
+            press(KeyCode::PageUp),
+        ] {
+            keys.send(key('?')).await.unwrap();
+            assert_eq!(run_for(&mut tui, 1).await, None);
+            assert!(tui.model().help);
+            let drawn = tui.draws();
+            keys.send(TermEvent::Key(closing)).await.unwrap();
+            assert_eq!(run_for(&mut tui, 1).await, None, "{closing:?}");
+            assert!(!tui.model().help, "{closing:?}");
+            assert_eq!(tui.model().screen, login);
+            // Closing it is drawn at once.
+            assert_eq!(tui.draws(), drawn + 1);
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![KeyCode::Char('?'); 3]);
+        // The help closed, the hook has its keys back: Esc leaves.
+        keys.send(TermEvent::Key(press(KeyCode::Esc)))
+            .await
+            .unwrap();
+        assert_eq!(run_for(&mut tui, 1).await, Some(Input::Leave(Leave::Quit)));
     }
 
     fn press(code: KeyCode) -> KeyEvent {

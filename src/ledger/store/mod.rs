@@ -255,7 +255,7 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
     /// credited once per session and per event (card, `stripe_recharges`, postings against
     /// `stripe_clearing`, audit log and `stripe_events` in one transaction); a refund
     /// reverses what its cumulative `amount_refunded` adds, once per event; a refused session
-    /// is recorded for an operator. Returns what was done; durable when it returns.
+    /// or refund is recorded for an operator. Returns what was done; durable when it returns.
     fn apply_stripe(
         &self,
         request_id: String,
@@ -263,8 +263,8 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<StripeOutcome, StoreError>> + Send;
 
     /// Stripe events, newest first, at most `limit`; with `attention`, only those an
-    /// operator must act on (`refused`: paid but not credited; `refund_waiting`: a refund
-    /// without its credit).
+    /// operator must act on (`refused`: paid but not credited, or a refund in another
+    /// currency, not applied; `refund_waiting`: a refund without its credit).
     fn stripe_events(
         &self,
         attention: bool,

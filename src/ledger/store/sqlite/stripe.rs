@@ -119,13 +119,27 @@ pub(super) fn apply(
             event_id,
             event_type,
             session_id,
+            payment_intent,
             reason,
         } => {
+            let is_refund = event_type == "charge.refunded";
+            // A refund names no session: the one credited through its payment intent, if
+            // any yet, is recorded for the operator (shown with its card by `events`).
+            let session_id = match (session_id, payment_intent) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(pi)) => credited_session(conn, pi)?.map(|(s, _)| s),
+                (None, None) => None,
+            };
+            let what = if is_refund {
+                "a Stripe refund in another currency was not applied: an operator must check it in Stripe (no money was taken back from the card)"
+            } else {
+                "a paid Stripe session cannot be credited: an operator must refund it or credit the card by hand"
+            };
             tracing::warn!(
                 event_id,
                 session = session_id.as_deref().unwrap_or(""),
                 reason,
-                "a paid Stripe session cannot be credited: an operator must refund it or credit the card by hand"
+                "{what}"
             );
             record_event(
                 conn,
@@ -134,7 +148,8 @@ pub(super) fn apply(
                     event_type,
                     outcome: "refused",
                     session_id: session_id.as_deref(),
-                    payment_intent: None,
+                    // Not `refund_waiting`: a credit that arrives later never applies it.
+                    payment_intent: payment_intent.as_deref(),
                     amount: None,
                     transaction_id: None,
                     reason: Some(reason),
@@ -145,13 +160,18 @@ pub(super) fn apply(
                 conn,
                 request_id,
                 &now,
-                "stripe_recharge",
+                if is_refund {
+                    "stripe_refund"
+                } else {
+                    "stripe_recharge"
+                },
                 event_id,
                 None,
                 None,
                 None,
                 "refused",
-                json!({ "checkout_session_id": session_id, "reason": reason }),
+                json!({ "checkout_session_id": session_id, "payment_intent": payment_intent,
+                        "reason": reason }),
             )?;
             Ok(outcome(event_id, "refused"))
         }
@@ -416,20 +436,25 @@ fn refund_row<'a>(
     }
 }
 
+/// The session credited through payment intent `pi`, and its card.
+fn credited_session(conn: &Connection, pi: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT checkout_session_id, card_uid FROM stripe_recharges
+             WHERE payment_intent_id = ?1",
+        )?
+        .query_row([pi], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?)
+}
+
 fn refund(
     conn: &Connection,
     request_id: &str,
     r: &RefundedCharge,
     now: &str,
 ) -> Result<StripeOutcome, StoreError> {
-    let session: Option<(String, String)> = match &r.payment_intent {
-        Some(pi) => conn
-            .prepare_cached(
-                "SELECT checkout_session_id, card_uid FROM stripe_recharges
-                 WHERE payment_intent_id = ?1",
-            )?
-            .query_row([pi], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?,
+    let session = match &r.payment_intent {
+        Some(pi) => credited_session(conn, pi)?,
         None => None,
     };
     let Some((session_id, card_text)) = session else {
@@ -474,7 +499,8 @@ fn refund(
     })
 }
 
-/// Stripe events, newest first; with `attention`, only refused ones and waiting refunds.
+/// Stripe events, newest first; with `attention`, only refused ones (sessions and refunds)
+/// and waiting refunds.
 pub(super) fn events(
     conn: &Connection,
     attention: bool,

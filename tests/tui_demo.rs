@@ -133,19 +133,22 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 /// The number the login screen shows next to `name`.
 fn staff_number(screen: &str, name: &str) -> String {
-    screen
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l
-                .split(|c: char| c.is_whitespace() || c == '│')
-                .filter(|w| !w.is_empty())
-                .collect();
-            match words.as_slice() {
-                [n, who] if *who == name => Some((*n).to_owned()),
-                _ => None,
-            }
-        })
+    find_staff_number(screen, name)
         .unwrap_or_else(|| panic!("{name} is not on the login screen:\n{screen}"))
+}
+
+/// The number the login screen shows next to `name`, once the staff list is there.
+fn find_staff_number(screen: &str, name: &str) -> Option<String> {
+    screen.lines().find_map(|l| {
+        let words: Vec<&str> = l
+            .split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|w| !w.is_empty())
+            .collect();
+        match words.as_slice() {
+            [n, who] if *who == name => Some((*n).to_owned()),
+            _ => None,
+        }
+    })
 }
 
 /// The price of menu item 1, in cents, as the menu shows it (`1  Beer 0.5 l  4.50`).
@@ -235,8 +238,11 @@ fn a_person_sells_online_and_offline_in_the_demo_and_leaves_it_cleanly() {
     let (_base, dir) = demo_dir("demo");
     start_demo(&tmux, &dir);
 
-    // Log in as Sam with the PIN the banner shows.
-    let screen = tmux.wait_for(&["Sam 1111"]);
+    // Log in as Sam with the PIN the banner shows, once the first sync brought the staff list
+    // (the banner shows the PIN from the start; on a busy machine the list comes later).
+    let screen = tmux.wait_until("Sam on the login screen", |screen| {
+        screen.contains("Sam 1111") && find_staff_number(screen, "Sam").is_some()
+    });
     let sam = staff_number(&screen, "Sam");
     tmux.keys(&[&sam, "1", "1", "1", "1", "Enter"]);
     let screen = tmux.wait_for(&[" Menu ", "│ Sam │", "ONLINE"]);

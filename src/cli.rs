@@ -5,7 +5,6 @@
 //! 2 bad usage (from clap).
 
 use crate::bench;
-use crate::bench_terminal;
 use crate::domain::{CardUid, Cents, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
@@ -264,7 +263,7 @@ enum BenchCommand {
     /// The raw SQLite commit rate with the ledger's pragmas (the disk's reference).
     SqliteCommit(bench::SqliteCommitBenchArgs),
     /// Tap-to-decision latency of the terminal daemon, through its JSON-lines interface.
-    TerminalTap(bench_terminal::TerminalTapBenchArgs),
+    TerminalTap(bench::TerminalTapBenchArgs),
 }
 
 fn age(at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> String {
@@ -453,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::TerminalTap(args)) => {
-            bench_terminal::run_terminal_tap(args)?;
+            bench::run_terminal_tap(args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

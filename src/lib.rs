@@ -12,11 +12,9 @@
 //! - [`reader`]: card readers through PC/SC: one clean event per presentation.
 //! - [`tui`]: the staff-facing terminal UI (model and view).
 //! - [`bench`]: load generators operators can run.
-//! - [`bench_terminal`]: the terminal daemon's tap-to-decision benchmark.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
 pub mod bench;
-pub mod bench_terminal;
 pub mod cli;
 pub mod config_error;
 pub mod demo;

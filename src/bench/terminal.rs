@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bench::{
+use super::{
     LatencyMs, card_uid, new_histogram, parse_proc_stat_cpu_seconds, validate_card_scheme,
 };
 

@@ -78,7 +78,11 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     database: Option<String>,
-    shutdown_grace_ms: Option<u64>,
+    // Signed, so that a negative value gets the range message rather than a type error.
+    shutdown_grace_ms: Option<i64>,
+    header_read_timeout_ms: Option<i64>,
+    body_read_timeout_ms: Option<i64>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +132,17 @@ pub struct LedgerConfig {
     pub stripe_tolerance_s: i64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// How long a connection may take to send a whole request head, counted from its accept
+    /// or from its previous response: a client that sends half a header (or nothing after a
+    /// response) must not hold a descriptor for ever. It is therefore also the idle timeout
+    /// of a kept-alive connection (hyper runs one timer for both).
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive whole, counted from its head: a body sent
+    /// a byte at a time cannot hold a connection longer.
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once; more wait in the kernel's listen backlog, so the process
+    /// never runs out of descriptors for its database and its other connections.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -144,6 +159,10 @@ impl std::fmt::Debug for LedgerConfig {
                 &format!("<{} secrets>", self.stripe_webhook_secrets.len()),
             )
             .field("stripe_tolerance_s", &self.stripe_tolerance_s)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("body_read_timeout_ms", &self.body_read_timeout_ms)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -280,14 +299,40 @@ impl LedgerConfig {
                 format!("seconds between 1 and 86400, got {stripe_tolerance_s}"),
             ));
         }
-        let shutdown_grace_ms = raw.server.shutdown_grace_ms.unwrap_or(10_000);
-        if !(1..=600_000).contains(&shutdown_grace_ms) {
-            return Err(value_err(
+        let server = &raw.server;
+        let ms = |key: &str, value: Option<i64>, default: i64| {
+            whole_in(
                 f,
-                "[server] shutdown_grace_ms",
-                format!("milliseconds between 1 and 600000, got {shutdown_grace_ms}"),
-            ));
-        }
+                key,
+                value,
+                default,
+                1..=SERVER_TIMEOUT_MS_MAX,
+                "milliseconds",
+            )
+        };
+        let shutdown_grace_ms = ms(
+            "[server] shutdown_grace_ms",
+            server.shutdown_grace_ms,
+            10_000,
+        )?;
+        let header_read_timeout_ms = ms(
+            "[server] header_read_timeout_ms",
+            server.header_read_timeout_ms,
+            10_000,
+        )?;
+        let body_read_timeout_ms = ms(
+            "[server] body_read_timeout_ms",
+            server.body_read_timeout_ms,
+            30_000,
+        )?;
+        let max_connections = whole_in(
+            f,
+            "[server] max_connections",
+            server.max_connections,
+            4096,
+            1..=MAX_CONNECTIONS_MAX,
+            "connections",
+        )?;
 
         Ok(LedgerConfig {
             listen,
@@ -299,7 +344,41 @@ impl LedgerConfig {
             stripe_webhook_secrets,
             stripe_tolerance_s,
             shutdown_grace_ms,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         })
+    }
+}
+
+/// The longest a `[server]` timeout may be configured: ten minutes.
+pub const SERVER_TIMEOUT_MS_MAX: u64 = 600_000;
+/// The most connections `[server] max_connections` may allow: the most descriptors one Linux
+/// process can have by default (`fs.nr_open`).
+pub const MAX_CONNECTIONS_MAX: u64 = 1 << 20;
+
+/// A whole number of `unit` in `range` (`default` when absent), else an error naming the
+/// file, the key and the range.
+fn whole_in(
+    file: &str,
+    key: &str,
+    value: Option<i64>,
+    default: i64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    match u64::try_from(v) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(value_err(
+            file,
+            key,
+            format!(
+                "{unit} between {} and {}, got {v}",
+                range.start(),
+                range.end()
+            ),
+        )),
     }
 }
 
@@ -321,6 +400,17 @@ mod tests {
         assert_eq!(config.recharge_max, Cents::new(50_000));
         assert_eq!(config.balance_max, Cents::new(100_000));
         assert_eq!(config.currency, "EUR");
+        // The example documents the defaults of the server's limits.
+        let defaults = LedgerConfig::load(None, &Overrides::default()).unwrap();
+        let limits = |c: &LedgerConfig| {
+            (
+                c.shutdown_grace_ms,
+                c.header_read_timeout_ms,
+                c.body_read_timeout_ms,
+                c.max_connections,
+            )
+        };
+        assert_eq!(limits(&config), limits(&defaults));
     }
 
     #[test]
@@ -332,6 +422,10 @@ mod tests {
             DatabaseUrl::Sqlite("cashless-ledger.db".into())
         );
         assert_eq!(config.retention_days, 30);
+        assert_eq!(config.shutdown_grace_ms, 10_000);
+        assert_eq!(config.header_read_timeout_ms, 10_000);
+        assert_eq!(config.body_read_timeout_ms, 30_000);
+        assert_eq!(config.max_connections, 4096);
     }
 
     #[test]
@@ -359,6 +453,27 @@ mod tests {
                 "[idempotency] retention_days",
             ),
             ("[stripe]\ntolerance_s = 0\n", "[stripe] tolerance_s"),
+            (
+                "[server]\nheader_read_timeout_ms = 0\n",
+                "[server] header_read_timeout_ms: milliseconds between 1 and 600000, got 0",
+            ),
+            (
+                "[server]\nbody_read_timeout_ms = -5\n",
+                "[server] body_read_timeout_ms: milliseconds between 1 and 600000, got -5",
+            ),
+            (
+                "[server]\nshutdown_grace_ms = 600001\n",
+                "[server] shutdown_grace_ms: milliseconds between 1 and 600000, got 600001",
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                "[server] max_connections: connections between 1 and 1048576, got 0",
+            ),
+            ("[server]\nmax_connections = 4.5\n", "max_connections = 4.5"),
+            (
+                "[server]\nheader_read_timeout_ms = \"10s\"\n",
+                "header_read_timeout_ms = \"10s\"",
+            ),
             ("not toml", "TOML parse error"),
         ];
         for (text, expected) in cases {

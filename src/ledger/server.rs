@@ -1,12 +1,28 @@
 //! Runs the HTTP server until SIGTERM or SIGINT, then shuts down gracefully: stop accepting,
 //! let in-flight requests finish (bounded by the grace period), close the database.
+//!
+//! Every connection is bounded: hyper closes one that does not send a whole request head
+//! within `header_read_timeout_ms` (of its accept, or of its previous response when kept
+//! alive); a request body must arrive whole within `body_read_timeout_ms` of its head
+//! (`DeadlineBody`); and at most `max_connections` are served at once, the others waiting in
+//! the kernel's listen backlog, because a permit is taken before each accept.
 
 use super::api::{AppState, router};
 use super::config::LedgerConfig;
 use super::store::LedgerStore;
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::map_request_body::MapRequestBodyLayer;
 
 /// How often expired idempotency keys are purged.
 pub const KEY_PURGE_INTERVAL_S: u64 = 3600;
@@ -56,7 +72,13 @@ pub async fn serve_quietly<S: LedgerStore>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, database = %config.database, "ledger serving");
+    tracing::info!(
+        %addr,
+        database = %config.database,
+        max_connections = config.max_connections,
+        "ledger serving"
+    );
+    warn_if_descriptors_are_short(config.max_connections);
 
     let purger = {
         let store = store.clone();
@@ -82,26 +104,219 @@ pub async fn serve_quietly<S: LedgerStore>(
         tolerance_s: config.stripe_tolerance_s,
     };
     let state = AppState::new(store, &config.currency, limits, stripe);
-    let app = router(state);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = signalled_tx.send(());
-        let _ = stop_tx.send(());
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = stop_rx.await;
-    });
+    let body_timeout = Duration::from_millis(config.body_read_timeout_ms);
+    let app = router(state).layer(MapRequestBodyLayer::new(move |body| {
+        Body::new(DeadlineBody::new(body, body_timeout))
+    }));
+    let service = TowerToHyperService::new(app);
+
+    // HTTP/1.1 only: the terminals and Stripe speak it, and its header timeout is what
+    // bounds a connection that never finishes a request.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms));
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut at_cap = false;
+    loop {
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                if at_cap {
+                    at_cap = false;
+                    tracing::info!(
+                        max_connections = config.max_connections,
+                        "below the connection limit again"
+                    );
+                }
+                permit
+            }
+            Err(_) => {
+                if !at_cap {
+                    at_cap = true;
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        "connection limit reached: new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // Never closed; if it were, serving would be over.
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of descriptors (EMFILE) or memory: give closing connections a
+                        // moment instead of spinning on the same error.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // A header or body timeout, a client gone mid-request: the client's business.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    // Stop accepting: connections that arrive now are refused instead of waiting.
+    drop(listener);
+
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        r = &mut server => r?,
-        _ = async { let _ = signalled_rx.await; tokio::time::sleep(grace).await; } => {
-            tracing::warn!(grace_ms = config.shutdown_grace_ms, "in-flight requests did not finish in time");
-        }
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = config.shutdown_grace_ms,
+            "in-flight requests did not finish in time"
+        );
     }
     purger.abort();
     tracing::info!("ledger stopped");
     Ok(())
+}
+
+/// How long the accept loop pauses after an accept error that is not about one connection.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// An accept error that concerns only the connection being accepted.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Descriptors the process needs besides its connections: the database and its WAL for the
+/// writer and each reader, the listener, the runtime, the log.
+const DESCRIPTORS_RESERVED: u64 = 64;
+
+/// Warns when `max_connections` connections would not fit in the descriptors the process
+/// may open: accepting would then fail (EMFILE) before the cap holds.
+fn warn_if_descriptors_are_short(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let Some(soft) = open_files_soft_limit(&limits) else {
+        return;
+    };
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(DESCRIPTORS_RESERVED);
+    if needed > soft {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = soft,
+            "[server] max_connections is above the descriptors this process may open: \
+             raise LimitNOFILE (ulimit -n) or lower max_connections"
+        );
+    }
+}
+
+/// The soft limit on open files in the text of `/proc/self/limits`; `None` if unlimited or
+/// absent.
+fn open_files_soft_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A request body that must arrive whole by a deadline set when its head arrived.
+///
+/// tower-http's `TimeoutBody` restarts its timer after every frame, so a client sending a
+/// byte just inside each timeout would keep its connection for hours (a 64 KiB body at a
+/// byte a second); this deadline does not move.
+struct DeadlineBody {
+    /// The body as hyper delivers it.
+    inner: Body,
+    /// Fires when the whole body should have arrived.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The timeout, for the error message.
+    timeout: Duration,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, timeout: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+/// The request body did not arrive whole in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} ms", timeout.as_millis())]
+struct BodyTimeout {
+    /// The configured `body_read_timeout_ms`.
+    timeout: Duration,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout {
+                timeout: this.timeout,
+            }))));
+        }
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map_err(axum::BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_read_from_proc() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(text), Some(1024));
+        let unlimited = text.replace("1024 ", "unlimited ");
+        assert_eq!(open_files_soft_limit(&unlimited), None);
+        assert_eq!(open_files_soft_limit("Max processes 10 10"), None);
+    }
 }

@@ -190,12 +190,19 @@ fn classify(e: &reqwest::Error) -> ClientError {
     }
 }
 
+/// How long an idle connection to the ledger is kept for the next request. Below the
+/// ledger's default `[server] header_read_timeout_ms` (10 s), which also closes idle kept-alive
+/// connections: a request is then never sent on a connection the ledger is closing at that
+/// moment (which would leave an online attempt in doubt for nothing). A new connection on the
+/// festival network costs about a millisecond.
+pub const POOL_IDLE_TIMEOUT_MS: u64 = 5_000;
+
 impl LedgerClient {
     /// A client; `timeout_ms` bounds an online decision.
     pub fn new(base_url: &str, token: &str, timeout_ms: u64) -> Result<LedgerClient, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(LedgerClient {

@@ -47,6 +47,7 @@ use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, Termina
 use crate::protocol::api::{
     BATCH_OPERATIONS_MAX, FEED_LIMIT_MAX, Mode, SCANS_MAX, Scan, StaffRole, format_time,
 };
+use crate::terminal::core::charges::{self, ChargeRow};
 pub use crate::terminal::core::entry::{Decision, EntryState, OperationKind};
 use crate::terminal::core::policy::ReplicaCard;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -388,6 +389,13 @@ impl fmt::Debug for Journal {
 const ENTRY_COLUMNS: &str = "terminal_seq, client_request_id, operation, mode, request_json, \
      card_uid, amount_cents, state, decision, decline_reason, attempts, last_error, \
      ledger_status, ledger_body, created_at, updated_at, synced_at";
+
+/// [`Journal::local_charges`]'s candidate rows: the card's entries but those synced strictly
+/// before the last pull (`?2`, `NULL` before any; times sort as text). Declined and undecided
+/// entries are left to the rule, which [`charge_row`] feeds.
+const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at
+     FROM journal
+     WHERE card_uid = ?1 AND (state <> 'synced' OR ?2 IS NULL OR synced_at >= ?2)";
 
 impl Journal {
     /// Opens the journal for reading and writing, creating and migrating it if needed.
@@ -885,58 +893,28 @@ impl Journal {
 
     /// What this terminal charged `uid` that the replica's balance does not reflect yet:
     /// the value the offline policy takes as `local_charges` (positive = charged; negative when
-    /// this terminal's own top-ups and refunds outweigh its sales).
+    /// this terminal's own top-ups and refunds outweigh its sales). Which entries count is
+    /// [`charges::counts`]'s rule; this loads the card's candidate rows and applies it.
     ///
-    /// Precisely: minus the sum of `amount_cents` over this card's entries whose `decision` is
-    /// `approved_online` or `approved_offline`, and which are either
-    /// - not `synced` (`pending`, `in_doubt`, or `rejected`: a rejected sale was served but
-    ///   will never reach the ledger's balance, so it keeps counting; a rejected credit, a
-    ///   top-up or refund the ledger refused, never counts, since counting it would give the
-    ///   card spending room that exists nowhere), or
-    /// - a charge `synced` at or after the last completed card-feed pull (the time its
-    ///   request was sent), or `synced` before any pull. A synced credit (a top-up, a refund)
-    ///   never counts: at a tie the replica may already hold it, and counting it twice would
-    ///   give the card money it does not have (the model test found a card sold below zero
-    ///   that way); not counting it only makes the card look poorer until the next pull.
-    ///
-    /// An entry synced strictly before the last pull is taken as reflected in the replica's
-    /// balance: a pull returns every card changed since the cursor, so a card it did not
-    /// return has not changed since. (Comparing with the card row's own fetch time would
-    /// count a tie forever, as the row is only refreshed when the card changes again.)
-    ///
-    /// Entries without a decision (an online attempt in flight or in doubt) and declined
-    /// entries never count; so a void of an in-doubt attempt should carry 0 (or no
-    /// decision), since the attempt it cancels never counted either. Ties count (`>=`): when
-    /// in doubt, the rule counts a charge twice rather than not at all, so it errs toward
-    /// declining. This relies on [`Journal::apply_card_feed`]'s `now` being taken before the
-    /// feed request was sent, and on a clock that does not step backwards between a feed pull
-    /// and a later acknowledgement.
+    /// The candidates are the card's entries (through the `journal_card` index) except those
+    /// synced strictly before the last recorded card-feed pull, which the replica reflects
+    /// and which therefore never count: what is loaded grows with what is unsettled and
+    /// recent on the card, not with its history. The rule relies on
+    /// [`Journal::apply_card_feed`]'s `now` being taken before the feed request was sent.
     pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT j.terminal_seq, j.amount_cents FROM journal AS j
-             WHERE j.card_uid = ?1
-               AND j.decision IN ('approved_online', 'approved_offline')
-               AND (j.state <> 'rejected' OR j.amount_cents < 0)
-               -- A synced charge counts until a pull strictly after it; a synced credit
-               -- never does (counting it while the replica may already hold it would give
-               -- the card money twice).
-               AND (j.state <> 'synced'
-                    OR (j.amount_cents < 0
-                        AND NOT EXISTS (SELECT 1 FROM replica_meta AS m
-                                        WHERE m.key = ?2 AND m.value > j.synced_at)))",
-        )?;
-        let mut rows = stmt.query(params![uid.as_str(), META_LAST_FEED_AT])?;
-        let mut effect = Cents::ZERO;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let amount = Cents::new(row.get(1)?);
-            effect = effect
-                .checked_add(amount)
-                .map_err(|_| corrupt(format!("amounts of {uid} overflow at entry {seq}")))?;
-        }
-        effect
-            .checked_neg()
-            .map_err(|_| corrupt(format!("amounts of {uid} overflow")))
+        let last_feed = get_meta(&self.conn, META_LAST_FEED_AT)?;
+        let last_feed_at = opt_time(META_LAST_FEED_AT, last_feed.clone())?;
+        let rows = {
+            let mut stmt = self.conn.prepare_cached(LOCAL_CHARGES_SQL)?;
+            let mut rows = stmt.query(params![uid.as_str(), last_feed])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(charge_row(row)?);
+            }
+            out
+        };
+        charges::local_charges(&rows, last_feed_at)
+            .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
     }
 
     /// Applies one page of the card feed and its `next_cursor`, in one transaction.
@@ -1714,6 +1692,28 @@ fn entry_from_row(row: &Row<'_>) -> Result<Entry, JournalError> {
     })
 }
 
+/// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
+fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
+    let seq: i64 = row.get(0)?;
+    let bad =
+        |column: &str, value: &dyn fmt::Debug| corrupt(format!("entry {seq}: {column} {value:?}"));
+    let state: String = row.get(1)?;
+    let decision: Option<String> = row.get(2)?;
+    let synced_at: Option<String> = row.get(4)?;
+    Ok(ChargeRow {
+        state: EntryState::parse(&state).ok_or_else(|| bad("state", &state))?,
+        decision: match decision {
+            Some(d) => Some(Decision::parse(&d).ok_or_else(|| bad("decision", &d))?),
+            None => None,
+        },
+        amount: Cents::new(row.get(3)?),
+        synced_at: match synced_at {
+            Some(text) => Some(parse_time(&text).ok_or_else(|| bad("synced_at", &text))?),
+            None => None,
+        },
+    })
+}
+
 fn staff_from_row(row: &Row<'_>) -> Result<CachedStaff, JournalError> {
     let id: String = row.get(0)?;
     let role: String = row.get(2)?;
@@ -2041,6 +2041,28 @@ mod tests {
         assert_eq!(
             reads("shift_closeouts"),
             ["SCAN shift_closeouts USING COVERING INDEX shift_closeouts_pending"],
+            "{plan:#?}"
+        );
+    }
+
+    #[test]
+    fn local_charges_read_one_cards_rows_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let mut plan = j
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOCAL_CHARGES_SQL}"))
+            .unwrap();
+        let plan: Vec<String> = plan
+            .query_map(params!["04A1B2C3", "2026-01-01T00:00:00.000Z"], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH journal USING INDEX journal_card (card_uid=?)"],
             "{plan:#?}"
         );
     }

@@ -4,8 +4,8 @@
 
 use super::{
     Journal, JournalError, META_CATALOG_CURRENCY, META_CATALOG_ETAG, META_CATALOG_FETCHED_AT,
-    META_CATALOG_POINT_OF_SALE, META_STAFF_FETCHED_AT, corrupt, delete_meta, get_meta, invalid,
-    parse_time, set_meta, sql_limit,
+    META_CATALOG_POINT_OF_SALE, META_STAFF_FETCHED_AT, at_most, corrupt, delete_meta, get_meta,
+    invalid, parse_time, set_meta, sql_limit,
 };
 use crate::domain::{Cents, ProductId, StaffId};
 use crate::protocol::api::{StaffRole, format_time};
@@ -77,12 +77,7 @@ impl Journal {
         etag: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), JournalError> {
-        if catalog.products.len() > CATALOG_PRODUCTS_MAX {
-            return Err(invalid(format!(
-                "{} products, at most {CATALOG_PRODUCTS_MAX}",
-                catalog.products.len()
-            )));
-        }
+        at_most(catalog.products.len(), CATALOG_PRODUCTS_MAX, "products")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -160,12 +155,7 @@ impl Journal {
         staff: &[CachedStaff],
         now: DateTime<Utc>,
     ) -> Result<(), JournalError> {
-        if staff.len() > STAFF_MAX {
-            return Err(invalid(format!(
-                "{} staff members, at most {STAFF_MAX}",
-                staff.len()
-            )));
-        }
+        at_most(staff.len(), STAFF_MAX, "staff members")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

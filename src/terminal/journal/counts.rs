@@ -5,7 +5,7 @@
 use super::{Journal, JournalError, META_LAST_FEED_AT, META_LAST_SYNC_AT, corrupt, opt_time};
 use crate::domain::TerminalSeq;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
+use rusqlite::{Row, params};
 
 /// [`Journal::status_counts`]'s statement. The states are spelled out (`IN` over the
 /// index's leading column, not `<> 'synced'`) so that each count is a range of
@@ -85,10 +85,7 @@ impl Journal {
         let row = rows
             .next()?
             .ok_or_else(|| corrupt("counts returned no row"))?;
-        let count = |i: usize| -> Result<u64, JournalError> {
-            let n: i64 = row.get(i)?;
-            u64::try_from(n).map_err(|_| corrupt(format!("a count of {n}")))
-        };
+        let count = |i: usize| count_at(row, i);
         let last_seq = match row.get::<_, Option<i64>>(4)? {
             Some(seq) => {
                 Some(TerminalSeq::new(seq).map_err(|_| corrupt(format!("terminal_seq {seq}")))?)
@@ -118,10 +115,7 @@ impl Journal {
         let row = rows
             .next()?
             .ok_or_else(|| corrupt("status counts returned no row"))?;
-        let count = |i: usize| -> Result<u64, JournalError> {
-            let n: i64 = row.get(i)?;
-            u64::try_from(n).map_err(|_| corrupt(format!("a count of {n}")))
-        };
+        let count = |i: usize| count_at(row, i);
         Ok(StatusCounts {
             pending: count(0)?,
             in_doubt: count(1)?,
@@ -132,6 +126,12 @@ impl Journal {
             closeouts_pending: count(6)?,
         })
     }
+}
+
+/// Column `i` of `row`, a `COUNT(*)`.
+fn count_at(row: &Row<'_>, i: usize) -> Result<u64, JournalError> {
+    let n: i64 = row.get(i)?;
+    u64::try_from(n).map_err(|_| corrupt(format!("a count of {n}")))
 }
 
 #[cfg(test)]

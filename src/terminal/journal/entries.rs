@@ -6,7 +6,7 @@
 //! in doubt, sending, unacknowledged) are what replay, recovery and export work through.
 
 use super::{
-    Journal, JournalError, META_LAST_SYNC_AT, TEXT_BYTES_MAX, bounded, corrupt, invalid,
+    Journal, JournalError, META_LAST_SYNC_AT, TEXT_BYTES_MAX, at_most, bounded, corrupt, invalid,
     parse_time, set_meta, sql_limit,
 };
 use crate::domain::{CardUid, Cents, ClientRequestId, TerminalSeq};
@@ -503,12 +503,7 @@ fn insert_entry(
 
 /// One batch of the ledger at most, so that one transaction stays small.
 fn check_batch_len(len: usize) -> Result<(), JournalError> {
-    if len > BATCH_OPERATIONS_MAX {
-        return Err(invalid(format!(
-            "{len} entries in one call, at most {BATCH_OPERATIONS_MAX}"
-        )));
-    }
-    Ok(())
+    at_most(len, BATCH_OPERATIONS_MAX, "entries in one call")
 }
 
 /// An order never credits the card and a top-up never debits it; `local_charges` relies on it.
@@ -567,12 +562,63 @@ fn collect_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Entry>, JournalEr
     Ok(out)
 }
 
-/// Reads one entry ([`ENTRY_COLUMNS`]) and checks every value again: what comes back from the
-/// file is data, not a promise.
+/// One journal row being read: every column is checked again, and an error names the entry
+/// and the column (what comes back from the file is data, not a promise).
+pub(super) struct EntryRow<'r, 's> {
+    row: &'r Row<'s>,
+    seq: i64,
+}
+
+impl<'r, 's> EntryRow<'r, 's> {
+    /// A row whose `terminal_seq` is its first column.
+    pub(super) fn new(row: &'r Row<'s>) -> Result<Self, JournalError> {
+        Ok(EntryRow {
+            row,
+            seq: row.get(0)?,
+        })
+    }
+
+    /// The error for `column` holding `value`.
+    fn bad(&self, column: &str, value: &dyn fmt::Debug) -> JournalError {
+        corrupt(format!("entry {}: {column} {value:?}", self.seq))
+    }
+
+    /// Column `i`, a state.
+    pub(super) fn state(&self, i: usize) -> Result<EntryState, JournalError> {
+        let state: String = self.row.get(i)?;
+        EntryState::parse(&state).ok_or_else(|| self.bad("state", &state))
+    }
+
+    /// Column `i`, a decision or `NULL`.
+    pub(super) fn decision(&self, i: usize) -> Result<Option<Decision>, JournalError> {
+        match self.row.get::<_, Option<String>>(i)? {
+            Some(d) => Ok(Some(
+                Decision::parse(&d).ok_or_else(|| self.bad("decision", &d))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Column `i` (named `column`), a time or `NULL`.
+    pub(super) fn time(
+        &self,
+        i: usize,
+        column: &str,
+    ) -> Result<Option<DateTime<Utc>>, JournalError> {
+        match self.row.get::<_, Option<String>>(i)? {
+            Some(text) => parse_time(&text)
+                .map(Some)
+                .ok_or_else(|| self.bad(column, &text)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Reads one entry ([`ENTRY_COLUMNS`]).
 fn entry_from_row(row: &Row<'_>) -> Result<Entry, JournalError> {
-    let seq: i64 = row.get(0)?;
-    let bad =
-        |column: &str, value: &dyn fmt::Debug| corrupt(format!("entry {seq}: {column} {value:?}"));
+    let r = EntryRow::new(row)?;
+    let seq = r.seq;
+    let bad = |column: &str, value: &dyn fmt::Debug| r.bad(column, value);
     let terminal_seq = TerminalSeq::new(seq).map_err(|_| bad("terminal_seq", &seq))?;
     let crid: String = row.get(1)?;
     let client_request_id =
@@ -590,29 +636,21 @@ fn entry_from_row(row: &Row<'_>) -> Result<Entry, JournalError> {
         None => None,
     };
     let amount_cents = Cents::new(row.get(6)?);
-    let state: String = row.get(7)?;
-    let state = EntryState::parse(&state).ok_or_else(|| bad("state", &state))?;
-    let decision = match row.get::<_, Option<String>>(8)? {
-        Some(d) => Some(Decision::parse(&d).ok_or_else(|| bad("decision", &d))?),
-        None => None,
-    };
+    let state = r.state(7)?;
+    let decision = r.decision(8)?;
     let attempts: i64 = row.get(10)?;
     let attempts = u32::try_from(attempts).map_err(|_| bad("attempts", &attempts))?;
     let ledger_status = match row.get::<_, Option<i64>>(12)? {
         Some(s) => Some(u16::try_from(s).map_err(|_| bad("ledger_status", &s))?),
         None => None,
     };
-    let time = |i: usize, column: &str| -> Result<Option<DateTime<Utc>>, JournalError> {
-        match row.get::<_, Option<String>>(i)? {
-            Some(text) => parse_time(&text)
-                .map(Some)
-                .ok_or_else(|| bad(column, &text)),
-            None => Ok(None),
-        }
-    };
-    let created_at = time(14, "created_at")?.ok_or_else(|| bad("created_at", &"NULL"))?;
-    let updated_at = time(15, "updated_at")?.ok_or_else(|| bad("updated_at", &"NULL"))?;
-    let synced_at = time(16, "synced_at")?;
+    let created_at = r
+        .time(14, "created_at")?
+        .ok_or_else(|| bad("created_at", &"NULL"))?;
+    let updated_at = r
+        .time(15, "updated_at")?
+        .ok_or_else(|| bad("updated_at", &"NULL"))?;
+    let synced_at = r.time(16, "synced_at")?;
     if (state == EntryState::Synced) != synced_at.is_some() {
         return Err(bad("synced_at with state", &(state.as_str(), synced_at)));
     }

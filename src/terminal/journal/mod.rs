@@ -374,6 +374,14 @@ fn bounded(mut text: String, max: usize) -> String {
     text
 }
 
+/// Refuses ([`JournalError::Invalid`]) `count` `what` above `max`: what one call may take.
+fn at_most(count: usize, max: usize, what: &str) -> Result<(), JournalError> {
+    if count > max {
+        return Err(invalid(format!("{count} {what}, at most {max}")));
+    }
+    Ok(())
+}
+
 /// A list limit as SQL wants it, clamped to [`LIST_LIMIT_MAX`].
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit.min(LIST_LIMIT_MAX)).unwrap_or(0)

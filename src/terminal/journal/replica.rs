@@ -7,18 +7,17 @@
 //! entry synced strictly before it is in the replica's balances, and one synced at or after it
 //! keeps counting as a local charge until a later pull is recorded.
 
+use super::entries::EntryRow;
 use super::{
-    Journal, JournalError, META_FEED_CURSOR, META_LAST_FEED_AT, META_LAST_SYNC_AT, corrupt,
-    get_meta, invalid, opt_time, parse_time, set_meta,
+    Journal, JournalError, META_FEED_CURSOR, META_LAST_FEED_AT, META_LAST_SYNC_AT, at_most,
+    corrupt, get_meta, invalid, opt_time, parse_time, set_meta,
 };
 use crate::domain::{CardUid, Cents};
 use crate::protocol::api::{FEED_LIMIT_MAX, format_time};
 use crate::terminal::core::charges::{self, ChargeRow};
-use crate::terminal::core::entry::{Decision, EntryState};
 use crate::terminal::core::policy::ReplicaCard;
 use chrono::{DateTime, Utc};
 use rusqlite::{Row, TransactionBehavior, params};
-use std::fmt;
 
 /// How often an empty card-feed page is recorded (the replica's age), at most.
 const EMPTY_FEED_RECORD_MS: i64 = 60_000;
@@ -75,12 +74,7 @@ impl Journal {
         next_cursor: &str,
         now: DateTime<Utc>,
     ) -> Result<(), JournalError> {
-        if cards.len() > FEED_CARDS_MAX {
-            return Err(invalid(format!(
-                "{} cards in one feed page, at most {FEED_CARDS_MAX}",
-                cards.len()
-            )));
-        }
+        at_most(cards.len(), FEED_CARDS_MAX, "cards in one feed page")?;
         if next_cursor.len() > CURSOR_BYTES_MAX {
             return Err(invalid(format!(
                 "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
@@ -170,23 +164,12 @@ impl Journal {
 
 /// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
 fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
-    let seq: i64 = row.get(0)?;
-    let bad =
-        |column: &str, value: &dyn fmt::Debug| corrupt(format!("entry {seq}: {column} {value:?}"));
-    let state: String = row.get(1)?;
-    let decision: Option<String> = row.get(2)?;
-    let synced_at: Option<String> = row.get(4)?;
+    let r = EntryRow::new(row)?;
     Ok(ChargeRow {
-        state: EntryState::parse(&state).ok_or_else(|| bad("state", &state))?,
-        decision: match decision {
-            Some(d) => Some(Decision::parse(&d).ok_or_else(|| bad("decision", &d))?),
-            None => None,
-        },
+        state: r.state(1)?,
+        decision: r.decision(2)?,
         amount: Cents::new(row.get(3)?),
-        synced_at: match synced_at {
-            Some(text) => Some(parse_time(&text).ok_or_else(|| bad("synced_at", &text))?),
-            None => None,
-        },
+        synced_at: r.time(4, "synced_at")?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The scan log: every card presentation, kept until the sync task uploaded it
 //! (`POST /v1/scans`), read back oldest first, one upload at a time.
 
-use super::{Journal, JournalError, corrupt, invalid, parse_time, sql_limit};
+use super::{Journal, JournalError, at_most, corrupt, invalid, parse_time, sql_limit};
 use crate::domain::{CardUid, TerminalSeq};
 use crate::protocol::api::{SCANS_MAX, Scan, format_time};
 use rusqlite::{TransactionBehavior, params};
@@ -80,12 +80,7 @@ impl Journal {
     /// Marks scans uploaded (at most [`SCANS_MAX`] ids, one upload); returns how many were
     /// not marked before. Unknown ids are ignored.
     pub fn mark_scans_uploaded(&mut self, ids: &[i64]) -> Result<usize, JournalError> {
-        if ids.len() > SCANS_MAX {
-            return Err(invalid(format!(
-                "{} scan ids, at most {SCANS_MAX}",
-                ids.len()
-            )));
-        }
+        at_most(ids.len(), SCANS_MAX, "scan ids")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -5,6 +5,8 @@
 //! cases (a crash between two steps, an answer lost after the ledger committed) are ordinary
 //! unit tests.
 
+pub mod charges;
+pub mod entry;
 pub mod login;
 pub mod online;
 pub mod policy;

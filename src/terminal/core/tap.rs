@@ -32,11 +32,11 @@
 //! - an online approval that cannot be recorded is voided (best effort; otherwise the entry
 //!   stays `sending`, which the next start voids), and shown as declined.
 
+use super::entry::{Decision, EntryState};
 use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineLimits, ReplicaCard, decide_offline_order};
 use crate::domain::Cents;
 use crate::protocol::codes::ErrorCode;
-use crate::terminal::journal::{Decision, EntryState};
 
 /// The reason shown when the journal cannot record a decision.
 pub const JOURNAL_UNAVAILABLE: &str = ErrorCode::JournalUnavailable.as_str();

@@ -1,0 +1,301 @@
+//! This terminal's local charges on a card: what it charged the card that the replica's
+//! balance does not reflect yet, the offline policy's `local_charges` (positive = charged;
+//! negative when this terminal's own top-ups and refunds outweigh its sales).
+//!
+//! # The rule
+//!
+//! The local charges are minus the sum of the effects (`amount_cents`) of the card's entries
+//! that [`counts`]: entries whose decision is an approval (`approved_online` or
+//! `approved_offline`), and which are either
+//! - not `synced` (`pending`, `sending`, `in_doubt`, or `rejected`: a rejected sale was
+//!   served but will never reach the ledger's balance, so it keeps counting; a rejected
+//!   credit, a top-up or refund the ledger refused, never counts, since counting it would give
+//!   the card spending room that exists nowhere), or
+//! - a charge `synced` at or after the last completed card-feed pull (the time its request
+//!   was sent), or `synced` before any pull. A synced credit (a top-up, a refund) never
+//!   counts: at a tie the replica may already hold it, and counting it twice would give the
+//!   card money it does not have (the model test found a card sold below zero that way); not
+//!   counting it only makes the card look poorer until the next pull.
+//!
+//! An entry synced strictly before the last pull is taken as reflected in the replica's
+//! balance: a pull returns every card changed since the cursor, so a card it did not return
+//! has not changed since. (Comparing with the card row's own fetch time would count a tie
+//! forever, as the row is only refreshed when the card changes again.)
+//!
+//! Entries without a decision (an online attempt in flight or in doubt) and declined entries
+//! never count; so a void of an in-doubt attempt should carry 0 (or no decision), since the
+//! attempt it cancels never counted either. Ties count (`>=`): when in doubt, the rule counts
+//! a charge twice rather than not at all, so it errs toward declining. This relies on the
+//! journal recording a feed pull at the time its request was sent, and on a clock that does
+//! not step backwards between a feed pull and a later acknowledgement.
+//!
+//! Pure: the journal loads the card's candidate rows ([`ChargeRow`]) and the time of the last
+//! pull, and asks [`local_charges`].
+
+use super::entry::{Decision, EntryState};
+use crate::domain::Cents;
+use chrono::{DateTime, Utc};
+
+/// What the rule needs of one journal entry on the card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeRow {
+    /// Where the entry stands with the ledger.
+    pub state: EntryState,
+    /// What was shown, once decided.
+    pub decision: Option<Decision>,
+    /// Its signed effect on the card (an order `-total`, a top-up `+amount`, a void `+refund`
+    /// or `-amount`).
+    pub amount: Cents,
+    /// When it became `synced` (`Some` exactly for synced entries).
+    pub synced_at: Option<DateTime<Utc>>,
+}
+
+/// Whether `row` counts in the local charges, given when the last card-feed pull was sent
+/// (`None` before any pull). See the module's rule.
+pub fn counts(row: &ChargeRow, last_feed_at: Option<DateTime<Utc>>) -> bool {
+    let approved = row.decision.is_some_and(Decision::is_approved);
+    let charge = row.amount < Cents::ZERO;
+    approved
+        && match row.state {
+            EntryState::Sending | EntryState::Pending | EntryState::InDoubt => true,
+            EntryState::Rejected => charge,
+            EntryState::Synced => charge && !reflected(row.synced_at, last_feed_at),
+        }
+}
+
+/// An entry synced strictly before the last pull is in the replica's balance.
+fn reflected(synced_at: Option<DateTime<Utc>>, last_feed_at: Option<DateTime<Utc>>) -> bool {
+    match (synced_at, last_feed_at) {
+        (Some(synced), Some(pull)) => pull > synced,
+        _ => false,
+    }
+}
+
+/// The local charges over a card's rows: minus the sum of the effects of the rows that
+/// [`counts`]. `None` when the sum overflows (amounts no journal writes).
+pub fn local_charges<'a>(
+    rows: impl IntoIterator<Item = &'a ChargeRow>,
+    last_feed_at: Option<DateTime<Utc>>,
+) -> Option<Cents> {
+    let mut effect = Cents::ZERO;
+    for row in rows {
+        if counts(row, last_feed_at) {
+            effect = effect.checked_add(row.amount).ok()?;
+        }
+    }
+    effect.checked_neg().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::{ApprovedOffline as Off, ApprovedOnline as On, Declined};
+    use EntryState::{InDoubt, Pending, Rejected, Sending, Synced};
+
+    /// A time, in seconds.
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).expect("a valid time")
+    }
+
+    /// A row not synced.
+    fn row(state: EntryState, decision: Option<Decision>, amount: i64) -> ChargeRow {
+        ChargeRow {
+            state,
+            decision,
+            amount: Cents::new(amount),
+            synced_at: None,
+        }
+    }
+
+    /// A row synced at `at` seconds.
+    fn synced(decision: Decision, amount: i64, at: i64) -> ChargeRow {
+        ChargeRow {
+            state: Synced,
+            decision: Some(decision),
+            amount: Cents::new(amount),
+            synced_at: Some(t(at)),
+        }
+    }
+
+    /// (what the case shows, the card's rows, the last pull in seconds, expected charges)
+    type Case = (&'static str, Vec<ChargeRow>, Option<i64>, i64);
+
+    #[test]
+    fn what_the_replica_does_not_reflect() {
+        let cases: Vec<Case> = vec![
+            ("nothing journaled", vec![], None, 0),
+            (
+                "an offline sale waiting for replay",
+                vec![row(Pending, Some(Off), -500)],
+                Some(10),
+                500,
+            ),
+            (
+                "an online approval being recorded",
+                vec![row(Sending, Some(On), -500)],
+                Some(10),
+                500,
+            ),
+            (
+                "an approved sale whose replay is in doubt",
+                vec![row(InDoubt, Some(Off), -500)],
+                Some(10),
+                500,
+            ),
+            (
+                "an offline top-up gives room before it is synced",
+                vec![row(Pending, Some(Off), 1000)],
+                None,
+                -1000,
+            ),
+            (
+                "two sales and an offline top-up",
+                vec![
+                    row(Pending, Some(Off), -500),
+                    row(Pending, Some(Off), -300),
+                    row(Pending, Some(Off), 1000),
+                ],
+                None,
+                -200,
+            ),
+            (
+                "an online attempt being sent: no decision yet",
+                vec![row(Sending, None, -500)],
+                None,
+                0,
+            ),
+            (
+                "an in-doubt attempt (no decision) and its void (amount 0)",
+                vec![row(InDoubt, None, -500), row(Pending, Some(Off), 0)],
+                None,
+                0,
+            ),
+            (
+                "a sale and its refund net out",
+                vec![row(Pending, Some(Off), -500), row(Pending, Some(Off), 500)],
+                None,
+                0,
+            ),
+            (
+                "a synced sale and its pending refund net out",
+                vec![synced(On, -500, 20), row(Pending, Some(Off), 500)],
+                Some(10),
+                0,
+            ),
+            (
+                "a declined sale, in any state",
+                vec![
+                    row(Pending, Some(Declined), -500),
+                    row(Rejected, Some(Declined), -500),
+                    synced(Declined, -500, 20),
+                ],
+                Some(10),
+                0,
+            ),
+            (
+                "a rejected sale keeps counting, even after a pull",
+                vec![row(Rejected, Some(Off), -500)],
+                Some(10),
+                500,
+            ),
+            (
+                "a rejected top-up gives no room",
+                vec![row(Rejected, Some(Off), 1000)],
+                None,
+                0,
+            ),
+            (
+                "a rejected refund gives no room",
+                vec![
+                    row(Rejected, Some(Off), -500),
+                    row(Rejected, Some(Off), 500),
+                ],
+                None,
+                500,
+            ),
+            (
+                "a synced sale before any pull",
+                vec![synced(Off, -500, 5)],
+                None,
+                500,
+            ),
+            (
+                "a synced sale after the pull: not reflected yet",
+                vec![synced(Off, -500, 20)],
+                Some(10),
+                500,
+            ),
+            (
+                "a synced sale before the pull: reflected",
+                vec![synced(Off, -500, 5)],
+                Some(10),
+                0,
+            ),
+            (
+                "a synced sale at the pull's instant: counted (errs toward declining)",
+                vec![synced(Off, -500, 10)],
+                Some(10),
+                500,
+            ),
+            (
+                "an online approval counts like an offline one",
+                vec![synced(On, -300, 20), row(Pending, Some(On), -200)],
+                Some(10),
+                500,
+            ),
+            (
+                "a synced top-up never counts: before any pull",
+                vec![synced(Off, 1000, 5)],
+                None,
+                0,
+            ),
+            (
+                "a synced refund at the pull's instant is not counted twice",
+                vec![synced(Off, 500, 10)],
+                Some(10),
+                0,
+            ),
+            (
+                "a synced refund after the pull never gives room",
+                vec![synced(Off, -500, 5), synced(Off, 500, 20)],
+                Some(10),
+                0,
+            ),
+            (
+                "online approvals after a pull, then a newer pull",
+                vec![
+                    synced(On, -300, 2),
+                    synced(On, -200, 3),
+                    synced(On, -100, 5),
+                ],
+                Some(4),
+                100,
+            ),
+        ];
+        for (name, rows, last_feed_at, expected) in cases {
+            assert_eq!(
+                local_charges(&rows, last_feed_at.map(t)),
+                Some(Cents::new(expected)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_overflow_is_no_sum() {
+        let rows = [
+            row(Pending, Some(Off), i64::MIN),
+            row(Pending, Some(Off), -1),
+        ];
+        assert_eq!(local_charges(&rows, None), None);
+        // Nor may the sum be negated past the range.
+        let rows = [row(Pending, Some(Off), i64::MIN)];
+        assert_eq!(local_charges(&rows, None), None);
+        // Rows that do not count are not added.
+        let rows = [
+            row(Pending, Some(Off), -1),
+            row(Pending, Some(Declined), i64::MIN),
+        ];
+        assert_eq!(local_charges(&rows, None), Some(Cents::new(1)));
+    }
+}

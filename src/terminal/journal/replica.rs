@@ -1,0 +1,202 @@
+//! The card replica: the ledger's balance and status of each card as the card feed last
+//! carried it, the feed cursor and the time of the last pull; and what this terminal charged a
+//! card that the replica does not reflect yet ([`Journal::local_charges`], the rule being
+//! [`charges`]'s). The offline policy decides from the two.
+//!
+//! Invariant between them: a pull is recorded with the time its request was *sent*, so an
+//! entry synced strictly before it is in the replica's balances, and one synced at or after it
+//! keeps counting as a local charge until a later pull is recorded.
+
+use super::entries::EntryRow;
+use super::{
+    Journal, JournalError, META_FEED_CURSOR, META_LAST_FEED_AT, META_LAST_SYNC_AT, at_most,
+    corrupt, get_meta, invalid, opt_time, parse_time, set_meta,
+};
+use crate::domain::{CardUid, Cents};
+use crate::protocol::api::{FEED_LIMIT_MAX, format_time};
+use crate::terminal::core::charges::{self, ChargeRow};
+use crate::terminal::core::policy::ReplicaCard;
+use chrono::{DateTime, Utc};
+use rusqlite::{Row, TransactionBehavior, params};
+
+/// How often an empty card-feed page is recorded (the replica's age), at most.
+const EMPTY_FEED_RECORD_MS: i64 = 60_000;
+/// The most cards one [`Journal::apply_card_feed`] call takes: one page of the ledger's feed.
+pub const FEED_CARDS_MAX: usize = FEED_LIMIT_MAX as usize;
+/// The longest card-feed cursor accepted, in bytes.
+pub const CURSOR_BYTES_MAX: usize = 1024;
+
+/// [`Journal::local_charges`]'s candidate rows: the card's entries but those synced strictly
+/// before the last pull (`?2`, `NULL` before any; times sort as text). Declined and undecided
+/// entries are left to the rule, which [`charge_row`] feeds.
+const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at
+     FROM journal
+     WHERE card_uid = ?1 AND (state <> 'synced' OR ?2 IS NULL OR synced_at >= ?2)";
+
+impl Journal {
+    /// What this terminal charged `uid` that the replica's balance does not reflect yet:
+    /// the value the offline policy takes as `local_charges` (positive = charged; negative when
+    /// this terminal's own top-ups and refunds outweigh its sales). Which entries count is
+    /// [`charges::counts`]'s rule; this loads the card's candidate rows and applies it.
+    ///
+    /// The candidates are the card's entries (through the `journal_card` index) except those
+    /// synced strictly before the last recorded card-feed pull, which the replica reflects
+    /// and which therefore never count: what is loaded grows with what is unsettled and
+    /// recent on the card, not with its history. The rule relies on
+    /// [`Journal::apply_card_feed`]'s `now` being taken before the feed request was sent.
+    pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
+        let last_feed = get_meta(&self.conn, META_LAST_FEED_AT)?;
+        let last_feed_at = opt_time(META_LAST_FEED_AT, last_feed.clone())?;
+        let rows = {
+            let mut stmt = self.conn.prepare_cached(LOCAL_CHARGES_SQL)?;
+            let mut rows = stmt.query(params![uid.as_str(), last_feed])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(charge_row(row)?);
+            }
+            out
+        };
+        charges::local_charges(&rows, last_feed_at)
+            .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
+    }
+
+    /// Applies one page of the card feed and its `next_cursor`, in one transaction.
+    ///
+    /// Each card row takes the feed's balance, status (`blocked`) and version and
+    /// `fetched_at = now`, unless the replica already holds a newer version of it (a page
+    /// applied twice or out of order never moves a card backwards). `now` must be the time the
+    /// feed request was *sent*: every acknowledgement after it is counted by
+    /// [`Journal::local_charges`]. Refused above [`FEED_CARDS_MAX`] cards or a cursor longer
+    /// than [`CURSOR_BYTES_MAX`] bytes.
+    pub fn apply_card_feed(
+        &mut self,
+        cards: &[(CardUid, Cents, bool, i64)],
+        next_cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        at_most(cards.len(), FEED_CARDS_MAX, "cards in one feed page")?;
+        if next_cursor.len() > CURSOR_BYTES_MAX {
+            return Err(invalid(format!(
+                "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
+                next_cursor.len()
+            )));
+        }
+        // An empty page that moves nothing (an idle terminal, every sync round) is recorded
+        // at most once a minute, each write being an fsync, unless an entry became synced
+        // since (or at) the last recorded pull: `local_charges` counts such an entry until
+        // a later pull is recorded.
+        let meta_time = |key| -> Result<Option<DateTime<Utc>>, JournalError> {
+            Ok(get_meta(&self.conn, key)?.as_deref().and_then(parse_time))
+        };
+        if cards.is_empty()
+            && get_meta(&self.conn, META_FEED_CURSOR)?.as_deref() == Some(next_cursor)
+            && let Some(last_feed) = meta_time(META_LAST_FEED_AT)?
+            && last_feed <= now
+            && now - last_feed < chrono::Duration::milliseconds(EMPTY_FEED_RECORD_MS)
+            && meta_time(META_LAST_SYNC_AT)?.is_none_or(|synced| synced < last_feed)
+        {
+            return Ok(());
+        }
+        let now_text = format_time(now);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (card_uid) DO UPDATE SET
+                     balance_cents = excluded.balance_cents,
+                     status = excluded.status,
+                     version = excluded.version,
+                     fetched_at = excluded.fetched_at
+                 WHERE excluded.version >= replica_cards.version",
+            )?;
+            for (uid, balance, blocked, version) in cards {
+                let status = if *blocked { "blocked" } else { "active" };
+                upsert.execute(params![
+                    uid.as_str(),
+                    balance.get(),
+                    status,
+                    version,
+                    now_text
+                ])?;
+            }
+        }
+        set_meta(&tx, META_FEED_CURSOR, next_cursor)?;
+        set_meta(&tx, META_LAST_FEED_AT, &now_text)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The replica's view of a card and when it was fetched (the `as_of` of an offline
+    /// balance); `None` for a card the feed never carried.
+    pub fn replica_card(
+        &self,
+        uid: &CardUid,
+    ) -> Result<Option<(ReplicaCard, DateTime<Utc>)>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT balance_cents, status, fetched_at FROM replica_cards WHERE card_uid = ?1",
+        )?;
+        let mut rows = stmt.query([uid.as_str()])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let balance = Cents::new(row.get(0)?);
+        let status: String = row.get(1)?;
+        let blocked = match status.as_str() {
+            "active" => false,
+            "blocked" => true,
+            other => return Err(corrupt(format!("card {uid}: status {other:?}"))),
+        };
+        let fetched_at: String = row.get(2)?;
+        let fetched_at = parse_time(&fetched_at)
+            .ok_or_else(|| corrupt(format!("card {uid}: fetched_at {fetched_at:?}")))?;
+        Ok(Some((ReplicaCard { balance, blocked }, fetched_at)))
+    }
+
+    /// Where the next card-feed request starts: the last applied `next_cursor`, or `""` (the
+    /// beginning) before the first page.
+    pub fn feed_cursor(&self) -> Result<String, JournalError> {
+        Ok(get_meta(&self.conn, META_FEED_CURSOR)?.unwrap_or_default())
+    }
+}
+
+/// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
+fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
+    let r = EntryRow::new(row)?;
+    Ok(ChargeRow {
+        state: r.state(1)?,
+        decision: r.decision(2)?,
+        amount: Cents::new(row.get(3)?),
+        synced_at: r.time(4, "synced_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::terminal::journal::Journal;
+
+    #[test]
+    fn local_charges_read_one_cards_rows_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let mut plan = j
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOCAL_CHARGES_SQL}"))
+            .unwrap();
+        let plan: Vec<String> = plan
+            .query_map(params!["04A1B2C3", "2026-01-01T00:00:00.000Z"], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH journal USING INDEX journal_card (card_uid=?)"],
+            "{plan:#?}"
+        );
+    }
+}

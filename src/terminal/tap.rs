@@ -12,7 +12,6 @@ use super::journal::{
     Decision, DeclineRecord, Entry, EntryState, Journal, JournalError, LIST_LIMIT_MAX, NewEntry,
     OperationKind,
 };
-use super::sync::SharedJournal;
 use crate::domain::{CardUid, Cents, ClientRequestId, StaffId, TerminalSeq};
 use crate::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, VoidReason,
@@ -20,6 +19,7 @@ use crate::protocol::api::{
 };
 use chrono::Utc;
 use serde_json::Value;
+use std::sync::Mutex;
 
 /// A money operation waiting for its card, with the staff member who armed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub fn operation_body(op: &Operation) -> Value {
     body.unwrap_or(Value::Null)
 }
 
-fn lock(journal: &SharedJournal) -> Result<std::sync::MutexGuard<'_, Journal>, JournalError> {
+fn lock(journal: &Mutex<Journal>) -> Result<std::sync::MutexGuard<'_, Journal>, JournalError> {
     journal
         .lock()
         .map_err(|e| JournalError::Invalid(e.to_string()))
@@ -136,7 +136,7 @@ fn lock(journal: &SharedJournal) -> Result<std::sync::MutexGuard<'_, Journal>, J
 
 /// One tap being performed: the card, what it pays for, and what has been journaled so far.
 pub struct Tap<'a> {
-    journal: &'a SharedJournal,
+    journal: &'a Mutex<Journal>,
     uid: &'a CardUid,
     payment: &'a Payment,
     /// The online attempt, once journaled.
@@ -149,7 +149,7 @@ pub struct Tap<'a> {
 
 impl<'a> Tap<'a> {
     /// A tap of `uid` paying for `payment`.
-    pub fn new(journal: &'a SharedJournal, uid: &'a CardUid, payment: &'a Payment) -> Tap<'a> {
+    pub fn new(journal: &'a Mutex<Journal>, uid: &'a CardUid, payment: &'a Payment) -> Tap<'a> {
         Tap {
             journal,
             uid,

@@ -2,9 +2,9 @@
 //! pending shift close-outs, in the format `cashless ledger import` reads
 //! ([`crate::protocol::export`]).
 
-use super::journal::{EntryState, Journal, LIST_LIMIT_MAX};
+use super::journal::{EntryState, Journal};
 use super::sync::batch_operation;
-use super::tap::recover;
+use super::tap::{each_unacknowledged_page, recover};
 use crate::protocol::api::format_time;
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use chrono::Utc;
@@ -47,11 +47,7 @@ pub fn export(journal_path: &Path, terminal: &str, out: &Path) -> anyhow::Result
     w.write_all(head.trim_end_matches('}').as_bytes())?;
     w.write_all(b",\"operations\":[")?;
     let mut count = 0usize;
-    let mut after = None;
-    loop {
-        let page = j.unacknowledged(after, LIST_LIMIT_MAX)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.terminal_seq);
+    each_unacknowledged_page(&j, |page| {
         for e in page
             .iter()
             .filter(|e| matches!(e.state, EntryState::Pending | EntryState::Rejected))
@@ -62,7 +58,8 @@ pub fn export(journal_path: &Path, terminal: &str, out: &Path) -> anyhow::Result
             serde_json::to_writer(&mut w, &batch_operation(e)?)?;
             count += 1;
         }
-    }
+        Ok::<_, anyhow::Error>(())
+    })?;
     w.write_all(b"],\"closeouts\":")?;
     let closeouts: Vec<_> = closeouts.into_iter().map(|c| c.closeout).collect();
     serde_json::to_writer(&mut w, &closeouts)?;

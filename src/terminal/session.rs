@@ -93,6 +93,18 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal::Error(code, message.into())
 }
 
+/// Refuses `value` of the command's `field` unless it is `low` to `high`.
+fn within(field: &str, value: i64, low: i64, high: i64) -> Result<(), Refusal> {
+    if (low..=high).contains(&value) {
+        Ok(())
+    } else {
+        Err(refuse(
+            ErrorCode::InvalidCommand,
+            format!("{field} is {low} to {high}"),
+        ))
+    }
+}
+
 fn journal_unavailable(e: JournalError) -> Refusal {
     refuse(ErrorCode::JournalUnavailable, e.to_string())
 }
@@ -373,12 +385,7 @@ impl Session {
         let mut lines = Vec::with_capacity(items.len());
         let mut total = Cents::ZERO;
         for item in items {
-            if !(1..=QUANTITY_MAX).contains(&item.quantity) {
-                return Err(refuse(
-                    ErrorCode::InvalidCommand,
-                    format!("quantity is 1 to {QUANTITY_MAX}"),
-                ));
-            }
+            within("quantity", item.quantity, 1, QUANTITY_MAX)?;
             let Some(product) = ProductId::parse(&item.product_id)
                 .ok()
                 .and_then(|id| catalog.products.iter().find(|p| p.product_id == id))
@@ -440,12 +447,12 @@ impl Session {
     fn close_shift(&mut self, counted_cash_cents: i64) -> Answer {
         let staff = self.logged_in()?;
         self.only_at(TerminalKind::Checkpoint, "shifts are kept at checkpoints")?;
-        if !(0..=SHIFT_TOTAL_CENTS_MAX).contains(&counted_cash_cents) {
-            return Err(refuse(
-                ErrorCode::InvalidCommand,
-                format!("counted_cash_cents is 0 to {SHIFT_TOTAL_CENTS_MAX}"),
-            ));
-        }
+        within(
+            "counted_cash_cents",
+            counted_cash_cents,
+            0,
+            SHIFT_TOTAL_CENTS_MAX,
+        )?;
         let crid = ClientRequestId::new_random();
         let closed =
             self.read(|j| j.close_shift(crid, &staff, Cents::new(counted_cash_cents), Utc::now()))?;
@@ -469,12 +476,7 @@ impl Session {
     fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Answer {
         let staff = self.logged_in()?;
         self.only_at(TerminalKind::Checkpoint, "a bar terminal does not top up")?;
-        if !(1..=RECHARGE_AMOUNT_CENTS_MAX).contains(&amount_cents) {
-            return Err(refuse(
-                ErrorCode::InvalidCommand,
-                format!("amount_cents is 1 to {RECHARGE_AMOUNT_CENTS_MAX}"),
-            ));
-        }
+        within("amount_cents", amount_cents, 1, RECHARGE_AMOUNT_CENTS_MAX)?;
         // The festival's per-top-up limit, as the ledger last reported it; checked here too,
         // so that an offline checkpoint does not take money the ledger would refuse.
         if let Some(limits) = self.read(|j| j.topup_limits())?

@@ -413,14 +413,28 @@ fn void_entry<'a>(
 /// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).
 pub fn all_unacknowledged(j: &Journal) -> Result<Vec<Entry>, JournalError> {
     let mut all = Vec::new();
+    each_unacknowledged_page(j, |page| {
+        all.extend(page);
+        Ok::<_, JournalError>(())
+    })?;
+    Ok(all)
+}
+
+/// Calls `f` with every unacknowledged entry, in `terminal_seq` order, a page at a time, so
+/// that a long backlog is never all in memory.
+pub fn each_unacknowledged_page<E: From<JournalError>>(
+    j: &Journal,
+    mut f: impl FnMut(Vec<Entry>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut after = None;
     loop {
         let page = j.unacknowledged(after, LIST_LIMIT_MAX)?;
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
         after = Some(last.terminal_seq);
-        all.extend(page);
+        f(page)?;
     }
-    Ok(all)
 }
 
 /// Startup after a crash (and before an export): an online attempt still `sending` never

@@ -131,21 +131,18 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The number the login screen shows next to `name`.
-fn staff_number(screen: &str, name: &str) -> String {
-    screen
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l
-                .split(|c: char| c.is_whitespace() || c == '│')
-                .filter(|w| !w.is_empty())
-                .collect();
-            match words.as_slice() {
-                [n, who] if *who == name => Some((*n).to_owned()),
-                _ => None,
-            }
-        })
-        .unwrap_or_else(|| panic!("{name} is not on the login screen:\n{screen}"))
+/// The number the login screen shows next to `name`, once it lists `name`.
+fn staff_number(screen: &str, name: &str) -> Option<String> {
+    screen.lines().find_map(|l| {
+        let words: Vec<&str> = l
+            .split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|w| !w.is_empty())
+            .collect();
+        match words.as_slice() {
+            [n, who] if *who == name => Some((*n).to_owned()),
+            _ => None,
+        }
+    })
 }
 
 /// The price of menu item 1, in cents, as the menu shows it (`1  Beer 0.5 l  4.50`).
@@ -235,9 +232,12 @@ fn a_person_sells_online_and_offline_in_the_demo_and_leaves_it_cleanly() {
     let (_base, dir) = demo_dir("demo");
     start_demo(&tmux, &dir);
 
-    // Log in as Sam with the PIN the banner shows.
-    let screen = tmux.wait_for(&["Sam 1111"]);
-    let sam = staff_number(&screen, "Sam");
+    // Log in as Sam with the PIN the banner shows. The banner is on the starting frame
+    // already; the staff list comes with the first sync round.
+    let screen = tmux.wait_until("Sam on the login screen", |screen| {
+        screen.contains("Sam 1111") && staff_number(screen, "Sam").is_some()
+    });
+    let sam = staff_number(&screen, "Sam").unwrap();
     tmux.keys(&[&sam, "1", "1", "1", "1", "Enter"]);
     let screen = tmux.wait_for(&[" Menu ", "│ Sam │", "ONLINE"]);
     let price = first_price_cents(&screen);

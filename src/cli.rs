@@ -425,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;
                 let (operations, closeouts) =
-                    crate::terminal::daemon::export(&config.journal, &config.name, &out)?;
+                    crate::terminal::export::export(&config.journal, &config.name, &out)?;
                 println!(
                     "{operations} operations and {closeouts} close-outs exported to {}",
                     out.display()

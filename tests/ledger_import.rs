@@ -217,7 +217,7 @@ async fn a_checkpoints_pending_closeout_is_exported_and_recorded_once() {
         .unwrap();
     }
     let path = l.dir.path().join("cp-1.json");
-    let counts = cashless::terminal::daemon::export(&journal, "cp-1", &path).unwrap();
+    let counts = cashless::terminal::export::export(&journal, "cp-1", &path).unwrap();
     assert_eq!(counts, (0, 1));
     let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(doc["closeouts"][0]["client_request_id"], crid.to_string());

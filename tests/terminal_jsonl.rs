@@ -11,6 +11,39 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// A fresh ledger with `balance_cents` on card `uid(1)`, a proxy in front of it, and bar-1
+/// behind the proxy (its configuration and journal in the directory), ready and logged in.
+async fn bar_ready_to_sell(
+    balance_cents: i64,
+) -> (Ledger, String, Proxy, tempfile::TempDir, Terminal) {
+    let l = Ledger::start().await;
+    let card = uid(1);
+    l.fund(&card, balance_cents).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    (l, card, proxy, dir, t)
+}
+
+/// A fresh ledger, a proxy in front of it, and checkpoint cp-1 behind the proxy (its
+/// configuration and journal in the directory), ready and logged in as the cashier.
+async fn checkpoint_ready_to_top_up() -> (Ledger, Proxy, tempfile::TempDir, Terminal) {
+    let l = Ledger::start().await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start_as(
+        dir.path(),
+        &proxy.addr,
+        &l.checkpoint_token,
+        "cp-1",
+        "checkpoint",
+    )
+    .await;
+    ready_to_top_up(&mut t).await;
+    (l, proxy, dir, t)
+}
+
 #[tokio::test]
 async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
     let l = Ledger::start().await;
@@ -25,34 +58,45 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
     // Bad input gets an error event and the daemon keeps running.
     t.send_raw(b"{not json").await;
     assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
-    t.send(json!({"cmd": "dance"})).await;
-    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
-    // Every command refuses a field it does not take, those without arguments included.
-    for cmd in [
-        json!({"cmd": "shift", "x": 1}),
-        json!({"cmd": "status", "verbose": true}),
-        json!({"cmd": "logout", "staff_id": "s-bar"}),
-        json!({"cmd": "balance", "uid": "04A1B2C3"}),
-        json!({"cmd": "void_last", "client_request_id": "x"}),
-        json!({"cmd": "cancel", "all": true}),
-        json!({"cmd": "quit", "now": true}),
-        json!({"cmd": "close_shift", "counted_cash_cents": 0, "x": 1}),
-        json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234", "x": 1}),
-    ] {
-        t.send(cmd.clone()).await;
-        let event = t.expect("error").await;
-        assert_eq!(event["code"], "INVALID_COMMAND", "{cmd}: {event}");
-    }
-    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
-        .await;
-    assert_eq!(t.expect("error").await["code"], "NOT_LOGGED_IN");
+    t.expect_errors(&[
+        (json!({"cmd": "dance"}), "INVALID_COMMAND"),
+        // Every command refuses a field it does not take, those without arguments included.
+        (json!({"cmd": "shift", "x": 1}), "INVALID_COMMAND"),
+        (json!({"cmd": "status", "verbose": true}), "INVALID_COMMAND"),
+        (
+            json!({"cmd": "logout", "staff_id": "s-bar"}),
+            "INVALID_COMMAND",
+        ),
+        (
+            json!({"cmd": "balance", "uid": "04A1B2C3"}),
+            "INVALID_COMMAND",
+        ),
+        (
+            json!({"cmd": "void_last", "client_request_id": "x"}),
+            "INVALID_COMMAND",
+        ),
+        (json!({"cmd": "cancel", "all": true}), "INVALID_COMMAND"),
+        (json!({"cmd": "quit", "now": true}), "INVALID_COMMAND"),
+        (
+            json!({"cmd": "close_shift", "counted_cash_cents": 0, "x": 1}),
+            "INVALID_COMMAND",
+        ),
+        (
+            json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234", "x": 1}),
+            "INVALID_COMMAND",
+        ),
+        (
+            json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}),
+            "NOT_LOGGED_IN",
+        ),
+    ])
+    .await;
 
-    t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "0000"}))
-        .await;
-    assert_eq!(t.expect("login").await["ok"], false);
-    t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}))
-        .await;
-    assert_eq!(t.expect("login").await["ok"], true);
+    for (pin, ok) in [("0000", false), ("1234", true)] {
+        t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": pin}))
+            .await;
+        assert_eq!(t.expect("login").await["ok"], ok, "PIN {pin}");
+    }
 
     for bad in [
         json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": -1}]}),
@@ -145,13 +189,7 @@ async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
 
 #[tokio::test]
 async fn an_answer_lost_after_the_ledger_committed_is_charged_exactly_once() {
-    let l = Ledger::start().await;
-    let card = uid(1);
-    l.fund(&card, 3000).await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
-    ready_to_sell(&mut t).await;
+    let (l, card, proxy, _dir, mut t) = bar_ready_to_sell(3000).await;
 
     proxy.set_mode(SWALLOW).await;
     wait_until_synced(&mut t).await;
@@ -244,39 +282,26 @@ async fn a_terminal_killed_while_waiting_for_the_ledger_voids_the_attempt_on_res
 
 #[tokio::test]
 async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
-    let l = Ledger::start().await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start_as(
-        dir.path(),
-        &proxy.addr,
-        &l.checkpoint_token,
-        "cp-1",
-        "checkpoint",
-    )
+    let (l, proxy, _dir, mut t) = checkpoint_ready_to_top_up().await;
+    t.expect_errors(&[
+        (
+            json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}),
+            "WRONG_TERMINAL_KIND",
+        ),
+        (
+            json!({"cmd": "topup", "amount_cents": 0, "payment_method": "cash"}),
+            "INVALID_COMMAND",
+        ),
+        (
+            json!({"cmd": "topup", "amount_cents": 5000, "payment_method": "bitcoin"}),
+            "INVALID_COMMAND",
+        ),
+        (json!({"cmd": "void_last"}), "NOTHING_TO_VOID"),
+    ])
     .await;
-    t.expect("ready").await;
-    t.send(json!({"cmd": "login", "staff_id": "s-cash", "pin": "2345"}))
-        .await;
-    assert_eq!(t.expect("login").await["ok"], true);
-    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
-        .await;
-    assert_eq!(t.expect("error").await["code"], "WRONG_TERMINAL_KIND");
-    t.send(json!({"cmd": "topup", "amount_cents": 0, "payment_method": "cash"}))
-        .await;
-    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
-    t.send(json!({"cmd": "topup", "amount_cents": 5000, "payment_method": "bitcoin"}))
-        .await;
-    assert_eq!(t.expect("error").await["code"], "INVALID_COMMAND");
-    t.send(json!({"cmd": "void_last"})).await;
-    assert_eq!(t.expect("error").await["code"], "NOTHING_TO_VOID");
 
     let card = uid(5);
-    t.send(json!({"cmd": "topup", "amount_cents": 5000, "payment_method": "cash"}))
-        .await;
-    assert_eq!(t.expect("armed").await["amount_cents"], 5000);
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.top_up(5000, "cash", &card).await;
     assert_eq!(
         (d["status"].as_str(), d["balance_cents"].as_i64()),
         (Some("approved_online"), Some(5000)),
@@ -389,21 +414,7 @@ async fn wait_for_replica_balance(journal: &std::path::Path, card: &str, expecte
 
 #[tokio::test]
 async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
-    let l = Ledger::start().await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start_as(
-        dir.path(),
-        &proxy.addr,
-        &l.checkpoint_token,
-        "cp-1",
-        "checkpoint",
-    )
-    .await;
-    t.expect("ready").await;
-    t.send(json!({"cmd": "login", "staff_id": "s-cash", "pin": "2345"}))
-        .await;
-    assert_eq!(t.expect("login").await["ok"], true);
+    let (l, proxy, dir, mut t) = checkpoint_ready_to_top_up().await;
 
     // Above the per-top-up limit the ledger reported: refused before any card is tapped.
     t.send(
@@ -415,19 +426,12 @@ async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
 
     // Online, the ledger checks the balance limit.
     let card = uid(7);
-    let topup =
-        |amount: i64| json!({"cmd": "topup", "amount_cents": amount, "payment_method": "cash"});
     for _ in 0..2 {
-        t.send(topup(RECHARGE_MAX_CENTS)).await;
-        t.expect("armed").await;
-        t.send(json!({"cmd": "tap", "uid": card})).await;
-        assert_eq!(t.expect("decision").await["status"], "approved_online");
+        let d = t.top_up(RECHARGE_MAX_CENTS, "cash", &card).await;
+        assert_eq!(d["status"], "approved_online");
     }
     assert_eq!(l.balance(&card).await, BALANCE_MAX_CENTS);
-    t.send(topup(100)).await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.top_up(100, "cash", &card).await;
     assert_eq!(
         (d["status"].as_str(), d["reason"].as_str()),
         (Some("declined"), Some("LIMIT_EXCEEDED")),
@@ -437,10 +441,7 @@ async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
     // Offline, the terminal checks it against the replica, and keeps a record of the decline.
     wait_for_replica_balance(&dir.path().join("journal.db"), &card, BALANCE_MAX_CENTS).await;
     proxy.go_down().await;
-    t.send(topup(100)).await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.top_up(100, "cash", &card).await;
     assert_eq!(
         (
             d["status"].as_str(),
@@ -459,10 +460,8 @@ async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
     );
     // A top-up that fits is taken offline, and replayed when the network is back.
     let other = uid(8);
-    t.send(topup(RECHARGE_MAX_CENTS)).await;
-    t.expect("armed").await;
-    t.send(json!({"cmd": "tap", "uid": other})).await;
-    assert_eq!(t.expect("decision").await["status"], "approved_offline");
+    let d = t.top_up(RECHARGE_MAX_CENTS, "cash", &other).await;
+    assert_eq!(d["status"], "approved_offline");
     proxy.down.store(false, Ordering::SeqCst);
     wait_until_synced(&mut t).await;
     assert_eq!(l.balance(&other).await, RECHARGE_MAX_CENTS);
@@ -473,13 +472,7 @@ async fn a_checkpoint_keeps_to_the_ledgers_top_up_limits_online_and_offline() {
 
 #[tokio::test]
 async fn a_terminal_that_never_comes_back_is_exported_and_imported_exactly_once() {
-    let l = Ledger::start().await;
-    let card = uid(1);
-    l.fund(&card, 3000).await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
-    ready_to_sell(&mut t).await;
+    let (l, card, proxy, dir, mut t) = bar_ready_to_sell(3000).await;
     // The replica must know the card before the outage.
     tokio::time::sleep(Duration::from_millis(600)).await;
     proxy.set_mode(FORWARD).await;
@@ -698,13 +691,7 @@ async fn three_terminals_sell_through_an_outage_on_shared_cards_and_everything_s
 
 #[tokio::test]
 async fn a_request_delivered_twice_is_charged_once() {
-    let l = Ledger::start().await;
-    let card = uid(1);
-    l.fund(&card, 3000).await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
-    ready_to_sell(&mut t).await;
+    let (l, card, proxy, _dir, mut t) = bar_ready_to_sell(3000).await;
 
     // Delivered twice: the ledger applies it once and both answers say so.
     proxy.set_mode(TWICE).await;
@@ -722,13 +709,7 @@ async fn a_request_delivered_twice_is_charged_once() {
 
 #[tokio::test]
 async fn an_answer_later_than_the_timeout_is_voided_and_the_sale_made_offline() {
-    let l = Ledger::start().await;
-    let card = uid(1);
-    l.fund(&card, 2550).await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
-    ready_to_sell(&mut t).await;
+    let (l, card, proxy, _dir, mut t) = bar_ready_to_sell(2550).await;
 
     // The answer comes later than the timeout (1 s): in doubt, voided, sold offline anew.
     proxy.set_mode(HOLD).await;
@@ -748,13 +729,7 @@ async fn an_answer_later_than_the_timeout_is_voided_and_the_sale_made_offline() 
 
 #[tokio::test]
 async fn sigterm_stops_the_terminal_cleanly_and_nothing_is_lost() {
-    let l = Ledger::start().await;
-    let card = uid(1);
-    l.fund(&card, 3000).await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
-    ready_to_sell(&mut t).await;
+    let (l, card, proxy, dir, mut t) = bar_ready_to_sell(3000).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     proxy.go_down().await;
     t.send(json!({"cmd": "order", "items": [{"product_id": "cocktail", "quantity": 1}]}))

@@ -21,21 +21,9 @@ async fn checkpoint(dir: &Path, addr: &str, l: &Ledger) -> Terminal {
     Terminal::start_as(dir, addr, &l.checkpoint_token, "cp-1", "checkpoint").await
 }
 
-/// Waits for `ready` and logs in as the cashier.
-async fn login_cashier(t: &mut Terminal) {
-    t.expect("ready").await;
-    t.send(json!({"cmd": "login", "staff_id": CASH_STAFF, "pin": "2345"}))
-        .await;
-    assert_eq!(t.expect("login").await["ok"], true);
-}
-
 /// Arms a top-up, taps `card`, and returns the decision, which must be an online approval.
 async fn topup(t: &mut Terminal, card: &str, amount_cents: i64, method: &str) -> Value {
-    t.send(json!({"cmd": "topup", "amount_cents": amount_cents, "payment_method": method}))
-        .await;
-    assert_eq!(t.expect("armed").await["amount_cents"], amount_cents);
-    t.send(json!({"cmd": "tap", "uid": card})).await;
-    let d = t.expect("decision").await;
+    let d = t.top_up(amount_cents, method, card).await;
     assert_eq!(d["status"], "approved_online", "{d}");
     d
 }
@@ -52,16 +40,6 @@ async fn shift(t: &mut Terminal) -> (Value, i64, i64, i64, i64) {
         n("count"),
         n("voids"),
     )
-}
-
-/// The next `error` event's code.
-async fn error_code(t: &mut Terminal, command: Value) -> String {
-    t.send(command.clone()).await;
-    let e = t.expect("error").await;
-    e["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{command}: {e}"))
-        .to_owned()
 }
 
 /// The rows of `cashless ledger shift list --terminal cp-1`, each split on whitespace.
@@ -153,7 +131,7 @@ async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledg
     let proxy = Proxy::start(&l.base_url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut t = checkpoint(dir.path(), &proxy.addr, &l).await;
-    login_cashier(&mut t).await;
+    ready_to_top_up(&mut t).await;
     assert_eq!(shift(&mut t).await, (Value::Null, 0, 0, 0, 0));
 
     // Two cards topped up in cash, one by card; the card top-up was a mistake and is voided.
@@ -203,10 +181,8 @@ async fn a_shift_closed_during_an_outage_reaches_headquarters_once_with_the_ledg
 
     // A new shift, empty, from the close; the last top-up is not voided from it.
     assert_eq!(shift(&mut t).await, (json!(closed_at), 0, 0, 0, 0));
-    assert_eq!(
-        error_code(&mut t, json!({"cmd": "void_last"})).await,
-        "NOTHING_TO_VOID"
-    );
+    t.expect_errors(&[(json!({"cmd": "void_last"}), "NOTHING_TO_VOID")])
+        .await;
 
     // Sync rounds fail while the network is down: the close-out waits in the journal.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -288,32 +264,30 @@ async fn shift_commands_are_checked_and_a_close_out_ends_void_last() {
     let cp_dir = tempfile::tempdir().unwrap();
     let mut cp = checkpoint(cp_dir.path(), &proxy.addr, &l).await;
     cp.expect("ready").await;
-    assert_eq!(
-        error_code(
-            &mut cp,
-            json!({"cmd": "close_shift", "counted_cash_cents": 0})
-        )
-        .await,
-        "NOT_LOGGED_IN"
-    );
+    cp.expect_errors(&[(
+        json!({"cmd": "close_shift", "counted_cash_cents": 0}),
+        "NOT_LOGGED_IN",
+    )])
+    .await;
     cp.send(json!({"cmd": "login", "staff_id": CASH_STAFF, "pin": "2345"}))
         .await;
     assert_eq!(cp.expect("login").await["ok"], true);
     topup(&mut cp, &uid(1), 1000, "cash").await;
-    for bad in [
-        json!({"cmd": "close_shift", "counted_cash_cents": -1}),
-        json!({"cmd": "close_shift", "counted_cash_cents": 1_000_000_001}),
-        json!({"cmd": "close_shift", "counted_cash_cents": i64::MIN}),
-        json!({"cmd": "close_shift", "counted_cash_cents": 12.5}),
-        json!({"cmd": "close_shift", "counted_cash_cents": "1000"}),
-        json!({"cmd": "close_shift"}),
-    ] {
-        assert_eq!(
-            error_code(&mut cp, bad.clone()).await,
+    let bad = |cash: Value| {
+        (
+            json!({"cmd": "close_shift", "counted_cash_cents": cash}),
             "INVALID_COMMAND",
-            "{bad}"
-        );
-    }
+        )
+    };
+    cp.expect_errors(&[
+        bad(json!(-1)),
+        bad(json!(1_000_000_001)),
+        bad(json!(i64::MIN)),
+        bad(json!(12.5)),
+        bad(json!("1000")),
+        (json!({"cmd": "close_shift"}), "INVALID_COMMAND"),
+    ])
+    .await;
     // Nothing was closed: the shift still holds its top-up, the journal no close-out.
     let (opened_at, cash, card, count, voids) = shift(&mut cp).await;
     assert!(opened_at.is_string());
@@ -323,10 +297,8 @@ async fn shift_commands_are_checked_and_a_close_out_ends_void_last() {
     cp.send(json!({"cmd": "close_shift", "counted_cash_cents": 1000}))
         .await;
     assert_eq!(cp.expect("shift_closed").await["difference_cents"], 0);
-    assert_eq!(
-        error_code(&mut cp, json!({"cmd": "void_last"})).await,
-        "NOTHING_TO_VOID"
-    );
+    cp.expect_errors(&[(json!({"cmd": "void_last"}), "NOTHING_TO_VOID")])
+        .await;
     let (_, cash, card, count, voids) = shift(&mut cp).await;
     assert_eq!((cash, card, count, voids), (0, 0, 0, 0));
 
@@ -334,29 +306,22 @@ async fn shift_commands_are_checked_and_a_close_out_ends_void_last() {
     let bar_dir = tempfile::tempdir().unwrap();
     let mut bar = Terminal::start(bar_dir.path(), &proxy.addr, &l.bar_token).await;
     bar.expect("ready").await;
-    assert_eq!(
-        error_code(
-            &mut bar,
-            json!({"cmd": "close_shift", "counted_cash_cents": 0})
-        )
-        .await,
-        "NOT_LOGGED_IN"
-    );
+    bar.expect_errors(&[(
+        json!({"cmd": "close_shift", "counted_cash_cents": 0}),
+        "NOT_LOGGED_IN",
+    )])
+    .await;
     bar.send(json!({"cmd": "login", "staff_id": BAR_STAFF, "pin": "1234"}))
         .await;
     assert_eq!(bar.expect("login").await["ok"], true);
-    assert_eq!(
-        error_code(&mut bar, json!({"cmd": "shift"})).await,
-        "WRONG_TERMINAL_KIND"
-    );
-    assert_eq!(
-        error_code(
-            &mut bar,
-            json!({"cmd": "close_shift", "counted_cash_cents": 0})
-        )
-        .await,
-        "WRONG_TERMINAL_KIND"
-    );
+    bar.expect_errors(&[
+        (json!({"cmd": "shift"}), "WRONG_TERMINAL_KIND"),
+        (
+            json!({"cmd": "close_shift", "counted_cash_cents": 0}),
+            "WRONG_TERMINAL_KIND",
+        ),
+    ])
+    .await;
     assert_eq!(journal_closeouts(bar_dir.path()), (vec![], None));
     bar.quit().await;
     cp.quit().await;
@@ -369,7 +334,7 @@ async fn a_checkpoint_killed_after_closing_offline_sends_the_close_out_once_afte
     let proxy = Proxy::start(&l.base_url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut t = checkpoint(dir.path(), &proxy.addr, &l).await;
-    login_cashier(&mut t).await;
+    ready_to_top_up(&mut t).await;
     topup(&mut t, &uid(1), 4000, "cash").await;
     topup(&mut t, &uid(2), 1000, "card").await;
     wait_until_synced(&mut t).await;
@@ -474,7 +439,7 @@ async fn a_close_out_the_ledger_cannot_take_waits_in_sight_and_the_checkpoint_st
     let proxy = Proxy::start(&l.base_url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut t = checkpoint(dir.path(), &proxy.addr, &l).await;
-    login_cashier(&mut t).await;
+    ready_to_top_up(&mut t).await;
     topup(&mut t, &uid(1), 2000, "cash").await;
     wait_until_synced(&mut t).await;
     assert_eq!(

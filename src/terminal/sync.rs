@@ -1,22 +1,42 @@
-//! Replaying the journal to the ledger, and pulling the card feed into the replica.
+//! The background sync task: everything the terminal exchanges with the ledger outside a
+//! tap, and the one place that runs it.
 //!
-//! A sync round takes the pending entries in `terminal_seq` order (at most `batch_max`),
-//! sends them through `POST /v1/batch`, and settles each entry by its own answer with
-//! [`replay::settle`]: acknowledged entries become `synced`, entries refused for good become
-//! `rejected` (kept with the answer, shown in status, never dropped), and retryable ones
-//! stay `pending`. A batch that gets no answer at all changes nothing but the attempt
-//! counters; the caller backs off and tries again. Each entry's `client_request_id` makes
-//! every resend safe.
+//! A round ([`SyncTask::first_round`] before the terminal is ready, then forever on a task of
+//! its own, [`SyncTask::spawn`]) repairs what a journal failure left behind, checks who the
+//! ledger says this terminal is, replays the journal, pulls the card feed, the catalog, the
+//! staff list and the top-up limits, uploads the scan log and sends the shift close-outs.
+//! After a round that failed it waits with backoff and jitter; it reports settled entries to
+//! the main loop through a channel and says whether the ledger was reached through the
+//! shared `online` flag.
 //!
-//! The journal is a blocking SQLite handle: every call here runs on the blocking pool.
+//! Replay ([`replay_round`]) takes the pending entries in `terminal_seq` order (at most
+//! `batch_max`), sends them through `POST /v1/batch`, and settles each entry by its own
+//! answer with [`replay::settle`]: acknowledged entries become `synced`, entries refused for
+//! good become `rejected` (kept with the answer, shown in status, never dropped), and
+//! retryable ones stay `pending`. A batch that gets no answer at all changes nothing but the
+//! attempt counters; the caller backs off and tries again. Each entry's `client_request_id`
+//! makes every resend safe.
+//!
+//! The journal is a blocking SQLite handle: every journal call here runs on the blocking
+//! pool ([`with_journal`]), never on an async worker.
 
-use super::client::{ClientError, Transport};
-use super::core::replay::{self, Settlement};
-use super::journal::{Entry, EntryState, Journal, JournalError, OperationKind, StateChange};
+use super::client::{ClientError, LedgerClient, ShiftAnswer, Transport};
+use super::config::TerminalConfig;
+use super::core::replay::{self, Backoff, Settlement};
+use super::journal::{
+    CachedStaff, Catalog, CloseoutState, Entry, EntryState, Journal, JournalError, LoggedScan,
+    OperationKind, StateChange,
+};
+use super::tap::recover;
 use crate::domain::{CardUid, TerminalSeq};
+use crate::protocol::events::Event;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Cards asked for per feed request.
 pub const FEED_PAGE_CARDS: u32 = 1000;
@@ -53,7 +73,9 @@ pub struct ReplayReport {
     pub retry: usize,
 }
 
-async fn with_journal<T, F>(journal: &SharedJournal, f: F) -> Result<T, SyncError>
+/// Runs `f` on the journal on the blocking pool, and waits for it without blocking an
+/// async worker. Dropping the future does not stop `f`: it finishes, as one transaction.
+pub async fn with_journal<T, F>(journal: &SharedJournal, f: F) -> Result<T, SyncError>
 where
     T: Send + 'static,
     F: FnOnce(&mut Journal) -> Result<T, JournalError> + Send + 'static,
@@ -70,8 +92,9 @@ where
     .map_err(SyncError::from)
 }
 
-/// The batch operation for an entry: its stored request body plus its `type`.
-fn batch_operation(entry: &Entry) -> Result<Value, JournalError> {
+/// The batch operation for an entry: its stored request body plus its `type` (what
+/// `POST /v1/batch` and `cashless ledger import` read).
+pub fn batch_operation(entry: &Entry) -> Result<Value, JournalError> {
     let mut body = entry.request()?;
     if let Some(map) = body.as_object_mut() {
         map.insert(
@@ -246,4 +269,327 @@ pub async fn pull_card_feed(
         }
     }
     Ok(updated)
+}
+
+/// Batches replayed per round at most, before the feeds get their turn.
+pub const ROUND_BATCHES_MAX: usize = 20;
+/// Scans uploaded per sync round, at most (one `POST /v1/scans`).
+const SCANS_PER_ROUND_MAX: usize = 1000;
+/// Close-outs sent per sync round, at most.
+const CLOSEOUTS_PER_ROUND_MAX: usize = 16;
+/// Events the sync task may queue for the main loop.
+pub const SYNC_EVENTS_MAX: usize = 64;
+
+/// The ledger registered this terminal's token under another name or kind than its
+/// configuration says: selling would only produce operations the ledger refuses.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the configuration says this terminal is {configured}, but the ledger registered its token as \
+     {registered}: fix [terminal] name and kind, or the token"
+)]
+pub struct RegistrationMismatch {
+    configured: String,
+    registered: String,
+}
+
+/// What a sync round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    /// Entries settled (acknowledged or rejected).
+    settled: usize,
+    /// The round stopped at its batch limit with entries still pending.
+    more: bool,
+}
+
+/// The sync task's share of the daemon: the journal, a client of its own (a tap never waits
+/// behind a replay batch or a feed page on a shared connection), the configuration, and the
+/// flags it shares with the main loop.
+pub struct SyncTask {
+    journal: SharedJournal,
+    client: LedgerClient,
+    config: TerminalConfig,
+    /// Whether the last round reached the ledger; the main loop decides taps by it.
+    online: Arc<AtomicBool>,
+    /// True while a tap runs: its online attempt may be `sending`, which the sync task must
+    /// then leave alone (it voids `sending` attempts only when no tap runs).
+    tap_in_flight: Arc<AtomicBool>,
+}
+
+/// The running sync task, as the main loop holds it.
+pub struct SyncHandle {
+    task: JoinHandle<()>,
+    ended: bool,
+}
+
+impl SyncHandle {
+    /// Resolves once if the task ends by itself, which it never does but by a panic (then
+    /// nothing would reach the ledger any more); says how it ended. Never resolves again.
+    /// Cancel-safe.
+    pub async fn ended(&mut self) -> String {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let joined = (&mut self.task).await;
+        self.ended = true;
+        format!("{joined:?}")
+    }
+
+    /// Aborts the task and waits until it is gone. Journal calls it started on the blocking
+    /// pool may still be running: each finishes as one transaction, and holds the journal
+    /// until then.
+    pub async fn stop(mut self) {
+        if !self.ended {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+}
+
+impl SyncTask {
+    /// The task over `journal`, asking the ledger through `client`.
+    pub fn new(
+        journal: SharedJournal,
+        client: LedgerClient,
+        config: TerminalConfig,
+        online: Arc<AtomicBool>,
+        tap_in_flight: Arc<AtomicBool>,
+    ) -> SyncTask {
+        SyncTask {
+            journal,
+            client,
+            config,
+            online,
+            tap_in_flight,
+        }
+    }
+
+    /// The round before the terminal is ready, so that a terminal with network starts with
+    /// fresh caches. A round that fails leaves the terminal offline, and is no error; a
+    /// ledger that registered this terminal as another is ([`RegistrationMismatch`]). It
+    /// may take long (a backlog to replay, a slow ledger); dropping it stops it at its next
+    /// await (an unanswered batch stays pending and is sent again).
+    pub async fn first_round(&self) -> anyhow::Result<()> {
+        if let Err(e) = self.round().await {
+            if e.is::<RegistrationMismatch>() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "first sync failed; starting offline");
+            self.online.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Runs the task, forever, after the first round (so two rounds never run at once);
+    /// returns its handle and the events it reports for the front end.
+    pub fn spawn(self) -> (SyncHandle, mpsc::Receiver<Event>) {
+        let (events_tx, events_rx) = mpsc::channel::<Event>(SYNC_EVENTS_MAX);
+        let task = tokio::spawn(self.run(events_tx));
+        (SyncHandle { task, ended: false }, events_rx)
+    }
+
+    /// Refreshes the caches and replays the journal, forever; reports through `events`.
+    async fn run(self, events: mpsc::Sender<Event>) {
+        let backoff = Backoff {
+            base_ms: self.config.sync_backoff_base_ms,
+            cap_ms: self.config.sync_backoff_cap_ms,
+        };
+        let mut failures: u32 = 0;
+        loop {
+            let delay_ms = match self.round().await {
+                Ok(Round { settled, more }) => {
+                    failures = 0;
+                    self.online.store(true, Ordering::Relaxed);
+                    if settled > 0 {
+                        let pending = with_journal(&self.journal, |j| j.status_counts())
+                            .await
+                            .ok()
+                            .map(|c| c.pending);
+                        let _ = events.try_send(Event::Synced {
+                            count: settled,
+                            pending,
+                        });
+                    }
+                    // A backlog left after a full round: go on at once (the feeds had their
+                    // turn).
+                    if more {
+                        0
+                    } else {
+                        self.config.sync_interval_ms
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync round failed");
+                    self.online.store(false, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    let jitter = rand::random_range(0..=1000);
+                    backoff.delay_ms(failures - 1, jitter).max(100)
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+    }
+
+    /// One round: replay until nothing is pending (bounded), then the feeds, the scan log
+    /// and the close-outs.
+    async fn round(&self) -> anyhow::Result<Round> {
+        let (journal, client, config) = (&self.journal, &self.client, &self.config);
+        self.heal_journal().await?;
+        // Who the ledger says this token is: checked before anything is replayed, so that a
+        // terminal configured as the wrong kind or name never sends its journal.
+        let me = client.me().await?;
+        if me.kind != config.kind.as_str() || me.name != config.name {
+            return Err(RegistrationMismatch {
+                configured: format!("{} ({})", config.name, config.kind.as_str()),
+                registered: format!("{} ({})", me.name, me.kind),
+            }
+            .into());
+        }
+        let mut settled = 0;
+        let mut more = true;
+        for _ in 0..ROUND_BATCHES_MAX {
+            let report = replay_round(journal, client, config.sync_batch_max, Utc::now).await?;
+            settled += report.acknowledged + report.rejected;
+            if report.sent < config.sync_batch_max || report.retry > 0 {
+                more = false;
+                break;
+            }
+        }
+        pull_card_feed(journal, client, Utc::now).await?;
+        let etag = with_journal(journal, |j| j.catalog_etag()).await?;
+        if let Some((body, etag)) = client.catalog(etag.as_deref()).await? {
+            let catalog: Catalog = serde_json::from_value(body)?;
+            with_journal(journal, move |j| {
+                j.replace_catalog(&catalog, Some(&etag), Utc::now())
+            })
+            .await?;
+        }
+        let staff = client.staff().await?;
+        let mut staff: Vec<CachedStaff> = serde_json::from_value(staff["staff"].clone())?;
+        staff.sort_by(|a, b| a.staff_id.cmp(&b.staff_id));
+        let limits = me.limits;
+        // Written only when changed: each write is an fsync, and a tap waits for the journal
+        // while one runs.
+        let scans = with_journal(journal, move |j| {
+            if j.staff()? != staff {
+                j.replace_staff(&staff, Utc::now())?;
+            }
+            if let Some(limits) = limits
+                && j.topup_limits()? != Some(limits)
+            {
+                j.set_topup_limits(limits, Utc::now())?;
+            }
+            j.unuploaded_scans(SCANS_PER_ROUND_MAX)
+        })
+        .await?;
+        upload_scans(journal, client, scans).await?;
+        send_closeouts(journal, client).await?;
+        Ok(Round { settled, more })
+    }
+
+    /// Repairs what a journal failure left behind while the daemon runs, before each round:
+    /// a journal opened read-only (its mount was read-only) is opened again once it can be
+    /// written, and an online attempt left `sending` by a tap whose answer could not be
+    /// recorded is voided (as a restart would), unless a tap is running right now.
+    async fn heal_journal(&self) -> anyhow::Result<()> {
+        let path = self.config.journal.clone();
+        let tap_in_flight = Arc::clone(&self.tap_in_flight);
+        let voided = with_journal(&self.journal, move |j| {
+            // A cheap probe first: reopening closes the journal, which is only worth it once
+            // the file can be written again.
+            if j.is_read_only() && std::fs::OpenOptions::new().append(true).open(&path).is_ok() {
+                match j.reopen(&path) {
+                    Ok(()) if !j.is_read_only() => {
+                        tracing::info!(journal = %path.display(), "the journal is writable again");
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot open the journal again"),
+                }
+            }
+            // Checked under the journal lock: a tap sets the flag before its first journal
+            // write.
+            Ok(
+                if !tap_in_flight.load(Ordering::SeqCst) && j.has_sending()? {
+                    Some(recover(j))
+                } else {
+                    None
+                },
+            )
+        })
+        .await?;
+        if let Some(voided) = voided {
+            let voided = voided?;
+            tracing::warn!(
+                voided,
+                "online attempts whose answer was never recorded voided"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Uploads scans to the ledger's `nfc_scan_log` and marks them uploaded (the ledger ignores
+/// a scan it already has, so a lost answer only means a resend).
+async fn upload_scans(
+    journal: &SharedJournal,
+    client: &LedgerClient,
+    scans: Vec<LoggedScan>,
+) -> anyhow::Result<()> {
+    if scans.is_empty() {
+        return Ok(());
+    }
+    let bodies = scans
+        .iter()
+        .map(|s| serde_json::to_value(&s.scan))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answer = client.upload_scans(&bodies).await?;
+    if answer.status != 200 {
+        anyhow::bail!(
+            "the ledger refused the scan log: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let ids: Vec<i64> = scans.iter().map(|s| s.id).collect();
+    with_journal(journal, move |j| j.mark_scans_uploaded(&ids)).await?;
+    Ok(())
+}
+
+/// Sends the close-outs the ledger has not recorded (each with its own idempotency key, so a
+/// lost answer only means a resend), and records its final answers.
+///
+/// A close-out the ledger did not take now (no answer, 5xx, 409, 401, 404, ...) is logged and
+/// stays pending for the next round: it never fails the round, since a failed round takes
+/// the terminal offline and every tap would then be decided offline for a close-out's sake.
+/// The rest of the round's close-outs wait too (the next would most likely fail the same
+/// way, each after a timeout). Only journal failures are errors.
+async fn send_closeouts(journal: &SharedJournal, client: &LedgerClient) -> anyhow::Result<()> {
+    let pending = with_journal(journal, |j| j.pending_closeouts(CLOSEOUTS_PER_ROUND_MAX)).await?;
+    for closed in pending {
+        let crid = closed.closeout.client_request_id;
+        let (state, status, body) = match client.post_shift(&closed.closeout).await {
+            Ok(ShiftAnswer::Recorded { shift, .. }) => {
+                (CloseoutState::Recorded, 201, serde_json::to_string(&shift)?)
+            }
+            Ok(ShiftAnswer::Rejected(a)) => {
+                tracing::error!(client_request_id = %crid, status = a.status, body = %a.body,
+                    "the ledger refused a shift close-out");
+                (CloseoutState::Rejected, a.status, a.body.to_string())
+            }
+            Ok(ShiftAnswer::Retry(a)) => {
+                tracing::warn!(client_request_id = %crid, status = a.status, body = %a.body,
+                    "the ledger could not record a shift close-out now; sent again next round");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(client_request_id = %crid, error = %e,
+                    "a shift close-out got no answer; sent again next round");
+                break;
+            }
+        };
+        with_journal(journal, move |j| {
+            j.settle_closeout(crid, state, status, &body)
+        })
+        .await?;
+    }
+    Ok(())
 }

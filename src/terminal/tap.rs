@@ -12,7 +12,6 @@ use super::journal::{
     Decision, DeclineRecord, Entry, EntryState, Journal, JournalError, LIST_LIMIT_MAX, NewEntry,
     OperationKind,
 };
-use super::sync::SharedJournal;
 use crate::domain::{CardUid, Cents, ClientRequestId, StaffId, TerminalSeq};
 use crate::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, VoidReason,
@@ -20,6 +19,7 @@ use crate::protocol::api::{
 };
 use chrono::Utc;
 use serde_json::Value;
+use std::sync::Mutex;
 
 /// A money operation waiting for its card, with the staff member who armed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub fn operation_body(op: &Operation) -> Value {
     body.unwrap_or(Value::Null)
 }
 
-fn lock(journal: &SharedJournal) -> Result<std::sync::MutexGuard<'_, Journal>, JournalError> {
+fn lock(journal: &Mutex<Journal>) -> Result<std::sync::MutexGuard<'_, Journal>, JournalError> {
     journal
         .lock()
         .map_err(|e| JournalError::Invalid(e.to_string()))
@@ -136,7 +136,7 @@ fn lock(journal: &SharedJournal) -> Result<std::sync::MutexGuard<'_, Journal>, J
 
 /// One tap being performed: the card, what it pays for, and what has been journaled so far.
 pub struct Tap<'a> {
-    journal: &'a SharedJournal,
+    journal: &'a Mutex<Journal>,
     uid: &'a CardUid,
     payment: &'a Payment,
     /// The online attempt, once journaled.
@@ -149,7 +149,7 @@ pub struct Tap<'a> {
 
 impl<'a> Tap<'a> {
     /// A tap of `uid` paying for `payment`.
-    pub fn new(journal: &'a SharedJournal, uid: &'a CardUid, payment: &'a Payment) -> Tap<'a> {
+    pub fn new(journal: &'a Mutex<Journal>, uid: &'a CardUid, payment: &'a Payment) -> Tap<'a> {
         Tap {
             journal,
             uid,
@@ -413,14 +413,28 @@ fn void_entry<'a>(
 /// Every unacknowledged entry, in `terminal_seq` order (paged, bounded by the journal).
 pub fn all_unacknowledged(j: &Journal) -> Result<Vec<Entry>, JournalError> {
     let mut all = Vec::new();
+    each_unacknowledged_page(j, |page| {
+        all.extend(page);
+        Ok::<_, JournalError>(())
+    })?;
+    Ok(all)
+}
+
+/// Calls `f` with every unacknowledged entry, in `terminal_seq` order, a page at a time, so
+/// that a long backlog is never all in memory.
+pub fn each_unacknowledged_page<E: From<JournalError>>(
+    j: &Journal,
+    mut f: impl FnMut(Vec<Entry>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut after = None;
     loop {
         let page = j.unacknowledged(after, LIST_LIMIT_MAX)?;
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
         after = Some(last.terminal_seq);
-        all.extend(page);
+        f(page)?;
     }
-    Ok(all)
 }
 
 /// Startup after a crash (and before an export): an online attempt still `sending` never

@@ -328,6 +328,16 @@ impl Terminal {
         self.expect("decision").await
     }
 
+    /// Arms a top-up of `amount_cents` paid by `method`, checks the armed amount, taps
+    /// `card`, and returns the decision.
+    pub async fn top_up(&mut self, amount_cents: i64, method: &str, card: &str) -> Value {
+        self.send(json!({"cmd": "topup", "amount_cents": amount_cents, "payment_method": method}))
+            .await;
+        assert_eq!(self.expect("armed").await["amount_cents"], amount_cents);
+        self.send(json!({"cmd": "tap", "uid": card})).await;
+        self.expect("decision").await
+    }
+
     /// `quit`, and the process exits 0.
     pub async fn quit(mut self) {
         self.send(json!({"cmd": "quit"})).await;
@@ -371,6 +381,15 @@ impl Terminal {
         }
     }
 
+    /// Sends each command and expects an `error` event with its code.
+    pub async fn expect_errors(&mut self, cases: &[(Value, &str)]) {
+        for (command, code) in cases {
+            self.send(command.clone()).await;
+            let event = self.expect("error").await;
+            assert_eq!(event["code"], *code, "{command}: {event}");
+        }
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -381,6 +400,14 @@ impl Terminal {
 pub async fn ready_to_sell(t: &mut Terminal) {
     t.expect("ready").await;
     t.send(json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}))
+        .await;
+    assert_eq!(t.expect("login").await["ok"], true);
+}
+
+/// Waits for `ready` and logs in as the cashier (s-cash).
+pub async fn ready_to_top_up(t: &mut Terminal) {
+    t.expect("ready").await;
+    t.send(json!({"cmd": "login", "staff_id": super::CASH_STAFF, "pin": "2345"}))
         .await;
     assert_eq!(t.expect("login").await["ok"], true);
 }

@@ -57,6 +57,25 @@ impl fmt::Display for CardUid {
     }
 }
 
+/// The text form [`CardUid::parse`] accepts, as a regular expression (for the API's schema).
+pub const CARD_UID_PATTERN: &str = "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$";
+
+impl utoipa::PartialSchema for CardUid {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some(CARD_UID_PATTERN))
+            .description(Some(
+                "Card UID: uppercase hexadecimal, 8, 14 or 20 characters (4, 7 or 10 byte \
+                 UIDs). Lowercase is refused (400 `INVALID_REQUEST`): one card, one spelling.",
+            ))
+            .examples(["04A1B2C3D4E5F6"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CardUid {}
+
 impl<'de> Deserialize<'de> for CardUid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

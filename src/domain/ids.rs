@@ -27,6 +27,23 @@ impl ClientRequestId {
     }
 }
 
+impl utoipa::PartialSchema for ClientRequestId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .description(Some(
+                "Idempotency key of an operation: a UUID chosen by the terminal when the \
+                 operation is created and kept across every retry.",
+            ))
+            .examples(["5b0f7c7e-3c51-4a3e-9a53-6f5f3e1f2a10"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ClientRequestId {}
+
 impl fmt::Display for ClientRequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
@@ -35,6 +52,9 @@ impl fmt::Display for ClientRequestId {
 
 /// The longest staff or product id, in bytes.
 pub const IDENT_LEN_MAX: usize = 64;
+
+/// The text a staff or product id may be, as a regular expression (for the API's schema).
+pub const IDENT_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 
 /// Why a string is not a valid staff or product id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +71,7 @@ fn check_ident(text: &str) -> Result<(), IdentError> {
 }
 
 macro_rules! ident_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $described:literal, $example:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -81,16 +101,38 @@ macro_rules! ident_type {
                 $name::parse(&text).map_err(serde::de::Error::custom)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .pattern(Some(IDENT_PATTERN))
+                    .min_length(Some(1))
+                    .max_length(Some(IDENT_LEN_MAX))
+                    .description(Some(concat!(
+                        $described,
+                        ": 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `_`, `.`, `-`."
+                    )))
+                    .examples([$example])
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
 ident_type!(
     /// A staff member's id (`s-17`).
-    StaffId
+    StaffId,
+    "A staff member's id",
+    "s-17"
 );
 ident_type!(
     /// A product's id in the catalog (`beer-05`).
-    ProductId
+    ProductId,
+    "A product's id in the catalog",
+    "beer-05"
 );
 
 /// A terminal's per-operation sequence number: 1, 2, 3, ... with no gaps.
@@ -119,6 +161,25 @@ impl TerminalSeq {
     }
 }
 
+impl utoipa::PartialSchema for TerminalSeq {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .description(Some(
+                "The terminal's sequence number of the operation (1, 2, 3, ... with no gaps), \
+                 so that the ledger can tell when a terminal's history is incomplete.",
+            ))
+            .examples([42])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TerminalSeq {}
+
 impl<'de> Deserialize<'de> for TerminalSeq {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         TerminalSeq::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
@@ -144,6 +205,11 @@ mod tests {
         ] {
             assert!(ProductId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_schema_pattern_states_the_same_bound() {
+        assert!(IDENT_PATTERN.contains(&format!("{{1,{IDENT_LEN_MAX}}}")));
     }
 
     #[test]

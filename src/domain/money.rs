@@ -65,6 +65,26 @@ impl Cents {
     }
 }
 
+impl utoipa::PartialSchema for Cents {
+    /// Any `i64`; each field of the API narrows it to the range the protocol checks.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(i64::MIN))
+            .maximum(Some(i64::MAX))
+            .description(Some(
+                "An amount in cents, a JSON integer (a float such as `4.5` is refused). \
+                 Negative where a balance may be below zero.",
+            ))
+            .examples([1100])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Cents {}
+
 impl fmt::Display for Cents {
     /// Formats as units and two decimals (`-12.05`), for people; machines use [`Cents::get`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -4,6 +4,7 @@
 //! - [`rules`]: the business rules as pure functions (no IO, no clock).
 //! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
 //! - [`api`]: the HTTP API (axum).
+//! - [`openapi`]: the API's OpenAPI document, built from the protocol types.
 //! - [`stripe`]: Stripe webhooks, the pure part: signature check and event reading.
 //! - [`config`]: the configuration file and its overrides.
 //! - [`server`]: serving with graceful shutdown.
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod caller;
 pub mod config;
+pub mod openapi;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -65,8 +65,11 @@ from_wire_string!(Mode, "online" => Online, "offline" => Offline);
 from_wire_string!(PaymentMethod, "cash" => Cash, "card" => Card);
 from_wire_string!(VoidReason, "in_doubt" => InDoubt, "customer_refund" => CustomerRefund, "staff_error" => StaffError);
 
-/// Online: the terminal waits for the decision. Offline: the sale already happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `online`: the terminal waits for the ledger's decision. `offline`: the operation already
+/// happened at the terminal and is being synchronised; it is applied even past the balance
+/// and limits, and refused only for an invalid request (400), authentication or permission
+/// (401/403), key reuse (422) or a tombstone (409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Mode {
     /// The ledger decides.
@@ -85,8 +88,9 @@ impl Mode {
     }
 }
 
-/// How a top-up was paid at the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a top-up was paid at the checkpoint: `cash` into the drawer, or a bank `card` on a
+/// separate payment terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum PaymentMethod {
     /// Cash into the drawer.
@@ -105,8 +109,9 @@ impl PaymentMethod {
     }
 }
 
-/// Why an operation is voided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Why an operation is voided: `in_doubt` (the terminal never got an answer and cancels the
+/// attempt), `customer_refund` (money given back to the attendee) or `staff_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum VoidReason {
     /// The terminal never got an answer and cancels the attempt.
@@ -128,8 +133,10 @@ impl VoidReason {
     }
 }
 
-/// What a terminal is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// What a terminal is for: `bar` terminals sell, `checkpoint` terminals top cards up.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TerminalKind {
     /// Sells at a bar.
@@ -157,8 +164,11 @@ impl TerminalKind {
     }
 }
 
-/// A staff member's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// A staff member's role. Orders need `bar` or `supervisor`; top-ups `cashier` or
+/// `supervisor`; voids and shift close-outs any role.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StaffRole {
     /// Sells at a bar.
@@ -202,8 +212,10 @@ impl StaffRole {
     }
 }
 
-/// Whether a card may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether a card may be used. `blocked`: lost (blocked by an operator; undone only by an
+/// operator) or in debt (balance below zero after offline sales or a reversed top-up; undone
+/// by any credit that brings the balance back to zero or above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CardStatus {
     /// Usable.
@@ -250,8 +262,12 @@ impl BlockReason {
     }
 }
 
-/// Remarks attached to an applied operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Remarks attached to an applied operation: `NEGATIVE_BALANCE` the card went below zero
+/// (offline sale, or a reversed top-up) and is blocked for debt; `PRICE_DIFFERS_FROM_CATALOG`
+/// an offline order line's product or price differs from the catalog (recorded, not refused);
+/// `CARD_CREATED` the card was unknown and has been created; `LIMIT_EXCEEDED` an offline
+/// top-up was applied beyond a configured limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Flag {
     /// The card's balance is below zero after this operation.
@@ -265,20 +281,30 @@ pub enum Flag {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderItem {
     /// The catalog's product id.
     pub product_id: ProductId,
-    /// 1 to [`QUANTITY_MAX`].
+    /// Units of the product: 1 to 99 (`QUANTITY_MAX`).
+    #[schema(minimum = 1, maximum = 99, example = 2)]
     pub quantity: i64,
-    /// The unit price the terminal charged, 0 to [`UNIT_PRICE_CENTS_MAX`].
+    /// The unit price the terminal charged, in cents: 0 to 1,000,000
+    /// (`UNIT_PRICE_CENTS_MAX`).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000, example = 450)]
     pub unit_price_cents: Cents,
 }
 
-/// `POST /v1/orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A bar order (`POST /v1/orders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "5b0f7c7e-3c51-4a3e-9a53-6f5f3e1f2a10", "terminal_seq": 42,
+    "card_uid": "04A1B2C3D4E5F6",
+    "items": [{"product_id": "beer-05", "quantity": 2, "unit_price_cents": 450}],
+    "total_cents": 900, "staff_id": "s-17", "created_at": "2026-07-01T21:14:03Z",
+    "mode": "online"
+})))]
 pub struct OrderRequest {
     /// Idempotency key.
     pub client_request_id: ClientRequestId,
@@ -286,21 +312,30 @@ pub struct OrderRequest {
     pub terminal_seq: TerminalSeq,
     /// The paying card.
     pub card_uid: CardUid,
-    /// 1 to [`ORDER_ITEMS_MAX`] lines.
+    /// 1 to 50 lines (`ORDER_ITEMS_MAX`).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderItem>,
-    /// Must equal the sum of the lines.
+    /// The order's total in cents, 1 to 100,000,000 (`ORDER_TOTAL_CENTS_MAX`): must equal
+    /// the sum of `quantity` × `unit_price_cents` over the lines (400 `INVALID_REQUEST`,
+    /// field `total_cents`, otherwise, including on overflow).
+    #[schema(value_type = i64, minimum = 1, maximum = 100_000_000, example = 900)]
     pub total_cents: Cents,
     /// Who sold.
     pub staff_id: StaffId,
-    /// When the terminal recorded it.
+    /// When the terminal recorded it (RFC 3339).
     pub created_at: DateTime<Utc>,
     /// Online or offline.
     pub mode: Mode,
 }
 
-/// `POST /v1/recharges`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A top-up at a checkpoint (`POST /v1/recharges`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "0d6b8a52-7f0e-4a43-8f4b-2a1c9e0b7d31", "terminal_seq": 7,
+    "card_uid": "04A1B2C3D4E5F6", "amount_cents": 5000, "payment_method": "cash",
+    "staff_id": "s-3", "created_at": "2026-07-01T19:02:11Z", "mode": "online"
+})))]
 pub struct RechargeRequest {
     /// Idempotency key.
     pub client_request_id: ClientRequestId,
@@ -308,41 +343,56 @@ pub struct RechargeRequest {
     pub terminal_seq: TerminalSeq,
     /// The card receiving the money.
     pub card_uid: CardUid,
-    /// 1 to [`RECHARGE_AMOUNT_CENTS_MAX`].
+    /// The amount to credit in cents, 1 to 10,000,000 (`RECHARGE_AMOUNT_CENTS_MAX`). This
+    /// range is absolute (400 outside it); the configured per-top-up and maximum-balance
+    /// limits give 422 `LIMIT_EXCEEDED` for online top-ups.
+    #[schema(value_type = i64, minimum = 1, maximum = 10_000_000, example = 5000)]
     pub amount_cents: Cents,
     /// Cash or card.
     pub payment_method: PaymentMethod,
     /// Who took the money.
     pub staff_id: StaffId,
-    /// When the terminal recorded it.
+    /// When the terminal recorded it (RFC 3339).
     pub created_at: DateTime<Utc>,
     /// Online or offline.
     pub mode: Mode,
 }
 
-/// `POST /v1/voids`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The reversal of an order or top-up by its `client_request_id` (`POST /v1/voids`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "c2a4d3f1-9b8e-4f57-a0c6-1e2d3c4b5a69", "terminal_seq": 43,
+    "target_client_request_id": "5b0f7c7e-3c51-4a3e-9a53-6f5f3e1f2a10", "staff_id": "s-17",
+    "reason": "in_doubt", "created_at": "2026-07-01T21:14:09Z"
+})))]
 pub struct VoidRequest {
     /// Idempotency key of the void itself.
     pub client_request_id: ClientRequestId,
     /// The terminal's gapless sequence number.
     pub terminal_seq: TerminalSeq,
-    /// The order or top-up to cancel.
+    /// The `client_request_id` of the order or top-up to cancel: not the void's own, and not
+    /// a void or a shift close-out (400, field `target_client_request_id`).
     pub target_client_request_id: ClientRequestId,
     /// Who voids.
     pub staff_id: StaffId,
     /// Why.
     pub reason: VoidReason,
-    /// When the terminal recorded it.
+    /// When the terminal recorded it (RFC 3339).
     pub created_at: DateTime<Utc>,
 }
 
 /// `POST /v1/shifts`: a terminal's close-out of one staff member's shift. The terminal
 /// counts its own top-ups of the shift; staff count the cash drawer. Recorded as it comes:
 /// it changes no card balance and writes no postings (cash in a drawer is not a card's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "7d3e9a10-4b2c-4f61-9e8a-0c5b6d7e8f90", "staff_id": "s-17",
+    "opened_at": "2026-07-01T18:00:00Z", "closed_at": "2026-07-02T02:00:00Z",
+    "cash_cents": 42000, "card_cents": 15000, "count": 37, "counted_cash_cents": 41500,
+    "first_seq": 1204, "last_seq": 1262
+})))]
 pub struct ShiftCloseout {
     /// Idempotency key.
     pub client_request_id: ClientRequestId,
@@ -350,22 +400,30 @@ pub struct ShiftCloseout {
     pub staff_id: StaffId,
     /// When the shift began.
     pub opened_at: DateTime<Utc>,
-    /// When it was closed; not before `opened_at`.
+    /// When it was closed; not before `opened_at` (400, field `closed_at`, otherwise).
     pub closed_at: DateTime<Utc>,
-    /// The terminal's cash top-ups of the shift, net of voids: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    /// The terminal's cash top-ups of the shift, net of voids (the cash expected in the
+    /// drawer): 0 to 1,000,000,000 (`SHIFT_TOTAL_CENTS_MAX`).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub cash_cents: Cents,
-    /// The terminal's card top-ups of the shift, net of voids: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    /// The terminal's card top-ups of the shift, net of voids: 0 to 1,000,000,000
+    /// (`SHIFT_TOTAL_CENTS_MAX`).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub card_cents: Cents,
-    /// How many top-ups: 0 to [`SHIFT_COUNT_MAX`].
+    /// How many top-ups: 0 to 1,000,000 (`SHIFT_COUNT_MAX`).
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub count: i64,
-    /// The cash staff counted in the drawer: 0 to [`SHIFT_TOTAL_CENTS_MAX`].
+    /// The cash staff counted in the drawer: 0 to 1,000,000,000 (`SHIFT_TOTAL_CENTS_MAX`).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub counted_cash_cents: Cents,
-    /// The shift's first journal entry on the terminal: its `terminal_seq`. With `last_seq`
-    /// or without it, and absent for a shift without any entry.
+    /// The shift's first journal entry on the terminal: its `terminal_seq`. Sent with
+    /// `last_seq` or not at all (400, field `first_seq`, otherwise); absent (or null) for a
+    /// shift without any journal entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seq: Option<TerminalSeq>,
-    /// The shift's last journal entry on the terminal: not below `first_seq`. The ledger
-    /// compares its own top-ups of the terminal in `first_seq..=last_seq` with the totals.
+    /// The shift's last journal entry on the terminal: not below `first_seq`, and sent with
+    /// it (400, field `last_seq`, otherwise). The ledger compares its own top-ups of the
+    /// terminal in `first_seq..=last_seq` with the totals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<TerminalSeq>,
 }
@@ -647,64 +705,121 @@ impl Outcome {
     }
 }
 
-/// The 201 answer to an applied order or top-up.
-#[derive(Debug, Clone, Serialize)]
+/// The 201 answer to an applied order or top-up (also the stored answer, replayed).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "transaction_id": "8c1e0f4a-2b7d-4e61-9a5c-3d2f1b0e9c87",
+    "client_request_id": "5b0f7c7e-3c51-4a3e-9a53-6f5f3e1f2a10", "status": "approved",
+    "card_uid": "04A1B2C3D4E5F6", "total_cents": 900, "previous_balance_cents": 2000,
+    "new_balance_cents": 1100, "card_status": "active",
+    "processed_at": "2026-07-01T21:14:03.000Z", "flags": []
+})))]
 pub struct Approval {
     /// The ledger's id for the operation.
     pub transaction_id: Uuid,
     /// The idempotency key.
     pub client_request_id: ClientRequestId,
     /// Always `approved`.
+    #[schema(schema_with = approved_status)]
     pub status: &'static str,
     /// The card.
     pub card_uid: CardUid,
-    /// Orders: the total.
+    /// Orders only: the total debited, in cents.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, nullable = false, minimum = 1, maximum = 100_000_000)]
     pub total_cents: Option<Cents>,
-    /// Top-ups: the amount.
+    /// Top-ups only: the amount credited, in cents.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, nullable = false, minimum = 1, maximum = 10_000_000)]
     pub amount_cents: Option<Cents>,
-    /// Before.
+    /// The balance before the operation.
     pub previous_balance_cents: Cents,
-    /// After.
+    /// The balance after the operation.
     pub new_balance_cents: Cents,
-    /// After.
+    /// The card's status after the operation.
     pub card_status: CardStatus,
-    /// When the ledger applied it.
+    /// When the ledger applied it (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub processed_at: String,
     /// Remarks.
     pub flags: Vec<Flag>,
 }
 
-/// The 201 answer to a void.
-#[derive(Debug, Clone, Serialize)]
+/// The schema of [`Approval::status`]: one value.
+fn approved_status() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["approved"]))
+        .description(Some("Always `approved`."))
+        .build()
+}
+
+/// The schema of [`VoidOutcome::status`].
+fn void_status() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["voided", "tombstoned"]))
+        .description(Some(
+            "`voided`: the target was applied and has been reversed in full; the card fields \
+             are set. `tombstoned`: the target is unknown to the ledger (or was declined); a \
+             tombstone now refuses it with 409 `OPERATION_VOIDED` if it ever arrives from \
+             this terminal, and the card fields are null.",
+        ))
+        .build()
+}
+
+/// The 201 answer to a void (also the stored answer, replayed).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "transaction_id": "6a7b8c9d-0e1f-4a2b-8c3d-4e5f6a7b8c9d",
+    "client_request_id": "c2a4d3f1-9b8e-4f57-a0c6-1e2d3c4b5a69", "status": "voided",
+    "target_client_request_id": "5b0f7c7e-3c51-4a3e-9a53-6f5f3e1f2a10",
+    "card_uid": "04A1B2C3D4E5F6", "refunded_cents": 900, "previous_balance_cents": 1100,
+    "new_balance_cents": 2000, "card_status": "active",
+    "processed_at": "2026-07-01T21:14:09.000Z", "flags": []
+})))]
 pub struct VoidOutcome {
     /// The ledger's id for the void.
     pub transaction_id: Uuid,
     /// The void's idempotency key.
     pub client_request_id: ClientRequestId,
     /// `voided` (the target was reversed) or `tombstoned` (it was never applied and never will be).
+    #[schema(schema_with = void_status)]
     pub status: &'static str,
     /// The target.
     pub target_client_request_id: ClientRequestId,
-    /// The target's card, when it was applied.
+    /// The target's card, when it was applied; null when tombstoned.
+    #[schema(required = true)]
     pub card_uid: Option<CardUid>,
-    /// Money back to the card: positive for an order, negative for a reversed top-up.
+    /// Money back to the card: positive for an order, negative for a reversed top-up; null
+    /// when tombstoned.
+    #[schema(required = true)]
     pub refunded_cents: Option<Cents>,
-    /// Before.
+    /// The balance before the void; null when tombstoned.
+    #[schema(required = true)]
     pub previous_balance_cents: Option<Cents>,
-    /// After.
+    /// The balance after the void; null when tombstoned.
+    #[schema(required = true)]
     pub new_balance_cents: Option<Cents>,
-    /// After.
+    /// The card's status after the void; null when tombstoned.
+    #[schema(required = true)]
     pub card_status: Option<CardStatus>,
-    /// When the ledger applied it.
+    /// When the ledger applied it (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub processed_at: String,
     /// Remarks.
     pub flags: Vec<Flag>,
 }
 
-/// The 201 answer to a recorded shift close-out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The 201 answer to a recorded shift close-out (also the stored answer, replayed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "shift_id": "01890a5d-ac96-774b-bcce-b302099a8057",
+    "client_request_id": "7d3e9a10-4b2c-4f61-9e8a-0c5b6d7e8f90", "terminal": "cp-1",
+    "staff_id": "s-17", "cash_cents": 42000, "card_cents": 15000, "count": 37,
+    "counted_cash_cents": 41500, "difference_cents": -500,
+    "recorded_at": "2026-07-02T02:00:03.412Z"
+})))]
 pub struct ShiftRecorded {
     /// The ledger's id for the close-out.
     pub shift_id: Uuid,
@@ -714,33 +829,56 @@ pub struct ShiftRecorded {
     pub terminal: String,
     /// Whose shift.
     pub staff_id: StaffId,
-    /// The terminal's cash top-ups of the shift.
+    /// The terminal's cash top-ups of the shift, as sent.
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub cash_cents: Cents,
-    /// The terminal's card top-ups of the shift.
+    /// The terminal's card top-ups of the shift, as sent.
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub card_cents: Cents,
-    /// How many top-ups.
+    /// How many top-ups, as sent.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub count: i64,
-    /// The cash counted in the drawer.
+    /// The cash counted in the drawer, as sent.
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub counted_cash_cents: Cents,
-    /// `counted_cash_cents - cash_cents`, computed by the ledger: negative when short.
+    /// `counted_cash_cents - cash_cents`, computed by the ledger: negative when the drawer
+    /// is short, positive when it holds more than expected.
+    #[schema(value_type = i64, minimum = -1_000_000_000, maximum = 1_000_000_000)]
     pub difference_cents: Cents,
-    /// When the ledger recorded it.
+    /// When the ledger recorded it (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub recorded_at: String,
 }
 
-/// `POST /v1/scans` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One card presentation recorded by a terminal (an entry of `POST /v1/scans`). Two scans of
+/// the same terminal with the same `card_uid`, `reader` and `scanned_at` are the same scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scan {
     /// The card presented.
     pub card_uid: CardUid,
-    /// What happened (`ok`, `read_error`, ...): 1 to 32 of `a-z` and `_`.
+    /// What came of the presentation (`approved`, `declined`, `read_error`, ...): 1 to 32
+    /// of `a-z` and `_`.
+    #[schema(
+        pattern = "^[a-z_]{1,32}$",
+        min_length = 1,
+        max_length = 32,
+        example = "approved"
+    )]
     pub result: String,
-    /// The reader's name.
+    /// The name of the reader that saw the card: 1 to 128 characters, none of them a
+    /// control character, and at most 128 bytes in UTF-8.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "ACS ACR122U PICC Interface 00 00"
+    )]
     pub reader: String,
-    /// When.
+    /// When the card was presented (RFC 3339).
     pub scanned_at: DateTime<Utc>,
-    /// The terminal operation it led to, if any.
+    /// The `terminal_seq` of the operation the scan led to; null (or absent) when it led
+    /// to none. The terminal sends null.
     #[serde(default)]
     pub terminal_seq: Option<TerminalSeq>,
 }

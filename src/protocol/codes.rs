@@ -118,6 +118,41 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The codes the ledger answers over HTTP (those with a status), in table order.
+    pub fn api_codes() -> impl Iterator<Item = ErrorCode> {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.http_status().is_some())
+    }
+}
+
+/// The API's schema lists exactly the codes the ledger answers: the terminal's own codes
+/// never cross HTTP. The description is the table of codes and statuses.
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut table = String::from("| code | HTTP |\n|---|---|\n");
+        for code in ErrorCode::api_codes() {
+            let status = code.http_status().unwrap_or(500);
+            let note = match code {
+                ErrorCode::DatabaseError | ErrorCode::ServerError | ErrorCode::DuplicateRequest => {
+                    " (retryable)"
+                }
+                _ => "",
+            };
+            table.push_str(&format!("| `{}` | {status}{note} |\n", code.as_str()));
+        }
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(ErrorCode::api_codes().map(ErrorCode::as_str)))
+            .description(Some(table))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +168,24 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn the_api_schema_lists_exactly_the_codes_with_a_status() {
+        let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let answered: Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.http_status().is_some())
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(listed, answered);
+        assert!(listed.contains(&"INSUFFICIENT_FUNDS"));
+        assert!(!listed.contains(&"OFFLINE_LIMIT"), "a terminal-only code");
     }
 }

@@ -124,10 +124,10 @@ struct SimLedger {
     network: Mutex<Network>,
 }
 
-fn answer(outcome: &cashless::protocol::api::Outcome) -> Answer {
+fn answer(outcome: &cashless::ledger::outcome::Outcome) -> Answer {
     Answer {
-        status: outcome.status,
-        body: serde_json::from_str(&outcome.body).unwrap(),
+        status: cashless::ledger::api::outcome_status(&outcome.decided),
+        body: serde_json::to_value(&outcome.decided).unwrap(),
         replayed: outcome.replayed,
         etag: None,
     }
@@ -315,7 +315,8 @@ async fn ledger(dir: &Path) -> SimLedger {
         .await
         .unwrap()
     {
-        assert_eq!(outcome.status, 201, "{}", outcome.body);
+        let answer = answer(&outcome);
+        assert_eq!(answer.status, 201, "{}", answer.body);
     }
     let bar = store
         .terminal_by_name("bar-1".into())

@@ -2,6 +2,7 @@
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
 use super::config::{DatabaseUrl, LedgerConfig};
+use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::sqlite::{SqliteOptions, SqliteStore};
 use super::store::{
@@ -309,17 +310,17 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                 .apply(terminal.clone(), request_id.clone(), ops)
                 .await?;
             for ((position, crid), outcome) in positions.drain(..).zip(outcomes) {
-                match (outcome.replayed, outcome.status) {
+                match (outcome.replayed, &outcome.decided) {
                     (true, _) => summary.replayed += 1,
-                    (false, 201) => summary.applied += 1,
-                    (false, 402 | 404 | 422 | 423) if stored_decline(&outcome.body) => {
+                    (false, Decided::Approved(_)) => summary.applied += 1,
+                    (false, Decided::Declined(d)) if d.error.code.is_stored_decline() => {
                         summary.declined += 1
                     }
-                    (false, status) => summary.refused.push((
+                    (false, Decided::Declined(d)) => summary.refused.push((
                         position,
                         Some(crid),
-                        status,
-                        error_code(&outcome.body),
+                        d.error.http_status(),
+                        d.error.code.as_str().to_owned(),
                     )),
                 }
             }
@@ -344,14 +345,14 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
         let outcome = store
             .record_shift(terminal.clone(), request_id.clone(), closeout)
             .await?;
-        match (outcome.replayed, outcome.status) {
+        match (outcome.replayed, &outcome.decided) {
             (true, _) => summary.closeouts_replayed += 1,
-            (false, 201) => summary.closeouts_recorded += 1,
-            (false, status) => summary.closeouts_refused.push((
+            (false, Decided::Approved(_)) => summary.closeouts_recorded += 1,
+            (false, Decided::Declined(d)) => summary.closeouts_refused.push((
                 index,
                 Some(crid),
-                status,
-                error_code(&outcome.body),
+                d.error.http_status(),
+                d.error.code.as_str().to_owned(),
             )),
         }
     }
@@ -363,31 +364,6 @@ fn readable_crid(raw: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(raw)
         .ok()
         .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned))
-}
-
-/// The `error.code` of an answer's body, or nothing.
-fn error_code(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn stored_decline(body: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-        .is_some_and(|code| {
-            matches!(
-                code.as_str(),
-                "INSUFFICIENT_FUNDS"
-                    | "CARD_NOT_FOUND"
-                    | "CARD_BLOCKED"
-                    | "LIMIT_EXCEEDED"
-                    | "UNKNOWN_PRODUCT"
-                    | "PRICE_MISMATCH"
-            )
-        })
 }
 
 /// Prints an import's summary, one line per refused operation.

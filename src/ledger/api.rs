@@ -8,9 +8,10 @@ use super::rules::{self, Action};
 use super::store::{LedgerStore, StoreError};
 use crate::domain::{CardUid, ClientRequestId};
 use crate::ledger::caller::Terminal;
+use crate::ledger::outcome::{Decided, Outcome};
 use crate::protocol::api::{
     ApiError, BATCH_OPERATIONS_MAX, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError, Operation,
-    Outcome, SCANS_MAX, Scan, ShiftCloseout, format_time,
+    SCANS_MAX, Scan, ShiftCloseout, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use axum::Router;
@@ -222,20 +223,35 @@ fn json_text_response(status: u16, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn outcome_response(o: Outcome) -> Response {
-    let tag = match (o.replayed, o.status) {
+/// The HTTP status of an operation's outcome: 201 for an approval, the code's status for a
+/// decline. With the outcome's serde encoding as the body, this is the whole answer, and a
+/// replay rebuilds the first answer byte for byte.
+pub fn outcome_status(decided: &Decided) -> u16 {
+    match decided {
+        Decided::Approved(_) => 201,
+        Decided::Declined(d) => d.error.http_status(),
+    }
+}
+
+fn answer_not_written(e: &serde_json::Error) -> ApiError {
+    tracing::error!(error = %e, "cannot write an answer");
+    ApiError::new(ErrorCode::ServerError, "internal error; retry later")
+}
+
+fn outcome_response(o: Outcome) -> Result<Response, ApiError> {
+    let tag = match (o.replayed, &o.decided) {
         (true, _) => "replayed",
-        (false, 200..=299) => "applied",
-        (false, _) => "declined",
+        (false, Decided::Approved(_)) => "applied",
+        (false, Decided::Declined(_)) => "declined",
     };
-    let replayed = o.replayed;
-    let mut r = json_text_response(o.status, o.body);
-    if replayed {
+    let body = serde_json::to_string(&o.decided).map_err(|e| answer_not_written(&e))?;
+    let mut r = json_text_response(outcome_status(&o.decided), body);
+    if o.replayed {
         r.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     r.extensions_mut().insert(OutcomeTag(tag));
-    r
+    Ok(r)
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -512,7 +528,7 @@ async fn post_operation<S: LedgerStore>(
         .map_err(store_error)?
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::ServerError, "no outcome"))?;
-    Ok(outcome_response(outcome))
+    outcome_response(outcome)
 }
 
 async fn post_order<S: LedgerStore>(
@@ -575,7 +591,7 @@ async fn shift<S: LedgerStore>(
         .record_shift(terminal, request_id.0.to_string(), closeout)
         .await
         .map_err(store_error)?;
-    Ok(outcome_response(outcome))
+    outcome_response(outcome)
 }
 
 async fn post_shift<S: LedgerStore>(
@@ -741,7 +757,7 @@ async fn batch<S: LedgerStore>(
             Err(e) => slots.push((crid, Err(e))),
         }
     }
-    let mut outcomes = if valid.is_empty() {
+    let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
         state
@@ -754,18 +770,11 @@ async fn batch<S: LedgerStore>(
     for (crid, slot) in slots {
         let (status, body) = match slot {
             Ok(i) => {
-                let o = std::mem::replace(
-                    &mut outcomes[i],
-                    Outcome {
-                        status: 500,
-                        body: String::new(),
-                        replayed: false,
-                    },
-                );
-                let body: Value = serde_json::from_str(&o.body).map_err(|_| {
-                    ApiError::new(ErrorCode::ServerError, "stored answer is not JSON")
-                })?;
-                (o.status, body)
+                let o = outcomes
+                    .get(i)
+                    .ok_or_else(|| ApiError::new(ErrorCode::ServerError, "no outcome"))?;
+                let body = serde_json::to_value(&o.decided).map_err(|e| answer_not_written(&e))?;
+                (outcome_status(&o.decided), body)
             }
             Err(e) => (e.http_status(), e.body(&request_id.0)),
         };

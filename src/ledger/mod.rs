@@ -2,6 +2,8 @@
 //!
 //! - [`caller`]: the authenticated terminal and the staff member, as the rules see them.
 //! - [`rules`]: the business rules as pure functions (no IO, no clock).
+//! - [`outcome`]: the typed outcome of an operation (approved, declined, replayed) and its
+//!   stored form.
 //! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
 //! - [`api`]: the HTTP API (axum).
 //! - [`openapi`]: the API's OpenAPI document, built from the protocol types.
@@ -15,6 +17,7 @@ pub mod api;
 pub mod caller;
 pub mod config;
 pub mod openapi;
+pub mod outcome;
 pub mod rules;
 pub mod server;
 pub mod store;

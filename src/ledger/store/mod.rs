@@ -10,7 +10,8 @@ pub mod sqlite;
 
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use crate::ledger::caller::Terminal;
-use crate::protocol::api::{Operation, Outcome, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use crate::ledger::outcome::Outcome;
+use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
 use std::future::Future;
 use uuid::Uuid;
 

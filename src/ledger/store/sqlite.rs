@@ -16,9 +16,10 @@ use super::{
 };
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::caller::{StaffMember, Terminal};
+use crate::ledger::outcome::{self, Answer, Outcome, StoredAnswer};
 use crate::ledger::rules::{self, Action, BalanceChange, CardState, KeyCheck, Limits};
 use crate::protocol::api::{
-    ApiError, Approval, BlockReason, CardStatus, Flag, Mode, Operation, OrderRequest, Outcome,
+    ApiError, Approval, BlockReason, CardStatus, Flag, Mode, Operation, OrderRequest,
     PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffRole, TerminalKind,
     VoidOutcome, VoidRequest, format_time,
 };
@@ -353,7 +354,7 @@ struct Applied {
     card_uid: Option<CardUid>,
     amount_cents: Option<Cents>,
     outcome: &'static str,
-    body: String,
+    answer: Answer,
 }
 
 type Decided = Result<Applied, ApiError>;
@@ -388,7 +389,7 @@ fn action_of(op: &Operation) -> Action {
 }
 
 fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, StoreError> {
-    let refuse = |e: ApiError| Ok(Outcome::error(&e, ctx.request_id));
+    let refuse = |e: ApiError| Ok(Outcome::declined(e, ctx.request_id));
     let action = action_of(op);
     if let Err(e) = rules::check_terminal_kind(ctx.terminal.kind, action) {
         return refuse(e);
@@ -418,18 +419,14 @@ fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, 
     let (outcome, transaction_id, expires_at) = match decided {
         Ok(applied) => {
             log_operation(conn, ctx, op, Some(&applied), None)?;
-            let outcome = Outcome {
-                status: 201,
-                body: applied.body,
-                replayed: false,
-            };
-            (outcome, Some(applied.transaction_id.to_string()), None)
+            let transaction_id = Some(applied.transaction_id.to_string());
+            (Outcome::approved(applied.answer), transaction_id, None)
         }
         Err(e) if e.code.is_stored_decline() => {
             log_operation(conn, ctx, op, None, Some(&e))?;
             let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
             (
-                Outcome::error(&e, ctx.request_id),
+                Outcome::declined(e, ctx.request_id),
                 None,
                 Some(format_time(expires)),
             )
@@ -456,23 +453,25 @@ fn known_key(
     crid: &str,
     request_sha256: &str,
 ) -> Result<Option<Outcome>, StoreError> {
-    let stored: Option<(String, u16, String)> = conn
+    let stored: Option<(String, String, u16, String)> = conn
         .prepare_cached(
-            "SELECT request_sha256, status_code, response_body FROM idempotency_keys
+            "SELECT request_sha256, operation, status_code, response_body FROM idempotency_keys
              WHERE client_request_id = ?1",
         )?
-        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     match rules::check_key(stored.as_ref().map(|s| s.0.as_str()), request_sha256) {
         KeyCheck::Replay => {
-            let (_, status, body) = stored.ok_or_else(|| internal("replay without a key"))?;
+            let (_, operation, status_code, body) =
+                stored.ok_or_else(|| internal("replay without a key"))?;
+            let decided = outcome::decode(&operation, &StoredAnswer { status_code, body })
+                .map_err(internal)?;
             Ok(Some(Outcome {
-                status,
-                body,
+                decided,
                 replayed: true,
             }))
         }
-        KeyCheck::Reused => Ok(Some(Outcome::error(&rules::key_reused(), ctx.request_id))),
+        KeyCheck::Reused => Ok(Some(Outcome::declined(rules::key_reused(), ctx.request_id))),
         KeyCheck::Fresh => Ok(None),
     }
 }
@@ -495,6 +494,7 @@ fn insert_key(
     key: &NewKey<'_>,
     outcome: &Outcome,
 ) -> Result<(), StoreError> {
+    let stored = outcome::encode(&outcome.decided).map_err(internal)?;
     conn.prepare_cached(
         "INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
              status_code, response_body, transaction_id, created_at, expires_at)
@@ -505,8 +505,8 @@ fn insert_key(
         ctx.terminal.terminal_id.to_string(),
         key.operation,
         key.request_sha256,
-        outcome.status,
-        outcome.body,
+        stored.status_code,
+        stored.body,
         key.transaction_id,
         format_time(ctx.now),
         key.expires_at
@@ -530,7 +530,7 @@ fn record_shift(
     // A close-out records what happened, like an offline operation: the staff member must
     // exist, whatever their role and even if deactivated since.
     if let Err(e) = rules::check_staff(staff.as_ref(), Action::CloseShift, Mode::Offline) {
-        return Ok(Outcome::error(&e, ctx.request_id));
+        return Ok(Outcome::declined(e, ctx.request_id));
     }
     let difference = shift.difference().map_err(internal)?;
     let shift_id = new_transaction_id();
@@ -562,7 +562,7 @@ fn record_shift(
         difference.get(),
         now
     ])?;
-    let body = serde_json::to_string(&ShiftRecorded {
+    let answer = Answer::Shift(ShiftRecorded {
         shift_id,
         client_request_id: shift.client_request_id,
         terminal: ctx.terminal.name.clone(),
@@ -573,8 +573,7 @@ fn record_shift(
         counted_cash_cents: shift.counted_cash_cents,
         difference_cents: difference,
         recorded_at: now,
-    })
-    .map_err(internal)?;
+    });
     let details = json!({
         "opened_at": opened_at,
         "closed_at": closed_at,
@@ -601,11 +600,7 @@ fn record_shift(
             details: Some(details),
         },
     )?;
-    let outcome = Outcome {
-        status: 201,
-        body,
-        replayed: false,
-    };
+    let outcome = Outcome::approved(answer);
     let key = NewKey {
         client_request_id: &crid,
         operation: "shift",
@@ -760,7 +755,7 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
     let now = format_time(ctx.now);
     let transaction_id = new_transaction_id();
     write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
-    let body = approval_body(
+    let answer = approval(
         transaction_id,
         r.client_request_id,
         &r.card_uid,
@@ -768,7 +763,7 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
         None,
         &change,
         &now,
-    )?;
+    );
     conn.prepare_cached(
         "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
              card_uid, staff_id, total_cents, mode, flags, previous_balance_cents, new_balance_cents,
@@ -832,7 +827,7 @@ fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Dec
         card_uid: Some(r.card_uid.clone()),
         amount_cents: Some(r.total_cents),
         outcome: "approved",
-        body,
+        answer,
     }))
 }
 
@@ -857,7 +852,7 @@ fn apply_recharge(
     let now = format_time(ctx.now);
     let transaction_id = new_transaction_id();
     write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
-    let body = approval_body(
+    let answer = approval(
         transaction_id,
         r.client_request_id,
         &r.card_uid,
@@ -865,7 +860,7 @@ fn apply_recharge(
         Some(r.amount_cents),
         &change,
         &now,
-    )?;
+    );
     conn.prepare_cached(
         "INSERT INTO recharges (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
              card_uid, staff_id, amount_cents, payment_method, mode, flags, previous_balance_cents,
@@ -903,11 +898,11 @@ fn apply_recharge(
         card_uid: Some(r.card_uid.clone()),
         amount_cents: Some(r.amount_cents),
         outcome: "approved",
-        body,
+        answer,
     }))
 }
 
-fn approval_body(
+fn approval(
     transaction_id: Uuid,
     client_request_id: ClientRequestId,
     card_uid: &CardUid,
@@ -915,8 +910,8 @@ fn approval_body(
     amount_cents: Option<Cents>,
     change: &BalanceChange,
     now: &str,
-) -> Result<String, StoreError> {
-    serde_json::to_string(&Approval {
+) -> Answer {
+    Answer::Approval(Approval {
         transaction_id,
         client_request_id,
         status: "approved",
@@ -929,7 +924,6 @@ fn approval_body(
         processed_at: now.to_owned(),
         flags: change.flags.clone(),
     })
-    .map_err(internal)
 }
 
 /// An applied order or top-up that a void can reverse.
@@ -1086,7 +1080,7 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
         }
         None => ("tombstoned", None, None, None, None),
     };
-    let body = serde_json::to_string(&VoidOutcome {
+    let answer = Answer::Void(VoidOutcome {
         transaction_id,
         client_request_id: r.client_request_id,
         status,
@@ -1098,8 +1092,7 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
         card_status: change.as_ref().map(|c| c.next.status),
         processed_at: now.clone(),
         flags: change.as_ref().map(|c| c.flags.clone()).unwrap_or_default(),
-    })
-    .map_err(internal)?;
+    });
     conn.prepare_cached(
         "INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq, target_client_request_id,
              target_kind, staff_id, reason, status, card_uid, refunded_cents, previous_balance_cents,
@@ -1129,7 +1122,7 @@ fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decid
         card_uid,
         amount_cents: refunded,
         outcome: status,
-        body,
+        answer,
     }))
 }
 
@@ -1395,7 +1388,7 @@ impl LedgerStore for SqliteStore {
                             StoreError::Unavailable(_) => ErrorCode::DatabaseError,
                             _ => ErrorCode::ServerError,
                         };
-                        outcomes.push(Outcome::error(&ApiError::new(code, "the operation could not be stored; retry"), &request_id));
+                        outcomes.push(Outcome::declined(ApiError::new(code, "the operation could not be stored; retry"), &request_id));
                     }
                 }
             }

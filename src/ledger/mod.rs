@@ -2,6 +2,8 @@
 //!
 //! - [`caller`]: the authenticated terminal and the staff member, as the rules see them.
 //! - [`rules`]: the business rules as pure functions (no IO, no clock).
+//! - [`flow`]: the operation flow named once: the order of checks and the writes of each
+//!   operation, decided over a narrow read interface; the contract every backend keeps.
 //! - [`outcome`]: the typed outcome of an operation (approved, declined, replayed) and its
 //!   stored form.
 //! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod api;
 pub mod caller;
 pub mod config;
+pub mod flow;
 pub mod openapi;
 pub mod outcome;
 pub mod rules;

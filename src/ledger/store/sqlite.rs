@@ -8,27 +8,25 @@
 //! operation is durable. Readers use their own connections (WAL lets them read while the
 //! writer writes).
 
+mod ops;
 mod stripe;
 
 use super::{
     AuditReport, CardFeedPage, CardView, LedgerStore, NewStaff, NewTerminal, Product,
     ProductUpsert, ScanReceipt, ShiftReport, StaffRecord, StoreError,
 };
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
-use crate::ledger::caller::{StaffMember, Terminal};
-use crate::ledger::outcome::{self, Answer, Outcome, StoredAnswer};
-use crate::ledger::rules::{self, Action, BalanceChange, CardState, KeyCheck, Limits};
+use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::ledger::caller::Terminal;
+use crate::ledger::flow::Context;
+use crate::ledger::flow::ops::decide_shift;
+use crate::ledger::outcome::Outcome;
+use crate::ledger::rules::{self, CardState, Limits};
 use crate::protocol::api::{
-    ApiError, Approval, BlockReason, CardStatus, Flag, Mode, Operation, OrderRequest,
-    PaymentMethod, RechargeRequest, Scan, ShiftCloseout, ShiftRecorded, StaffRole, TerminalKind,
-    VoidOutcome, VoidRequest, format_time,
+    BlockReason, CardStatus, Operation, Scan, ShiftCloseout, StaffRole, TerminalKind, format_time,
 };
-use crate::protocol::codes::ErrorCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,7 +137,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn internal(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn internal(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(what.to_string())
 }
 
@@ -253,6 +251,32 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the write was not carried out; retry".into()))?
     }
 
+    /// Runs `f` like [`Self::write`], with the flow's context for a terminal's request (one
+    /// `now` for the whole job).
+    async fn write_as<T, F>(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Context<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (limits, retention_days) = (self.inner.limits, self.inner.retention_days);
+        self.write(move |conn| {
+            let ctx = Context {
+                terminal: &terminal,
+                request_id: &request_id,
+                now: Utc::now(),
+                limits,
+                retention_days,
+            };
+            f(conn, &ctx)
+        })
+        .await
+    }
+
     /// Runs `f` on one of the read connections, off the async runtime.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -295,7 +319,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Runs one statement through the statement cache (savepoints run thousands of times a second).
-fn exec_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+pub(super) fn exec_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
@@ -338,306 +362,13 @@ fn run_group(conn: &Connection, group: &mut Vec<Job>) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Operations. Each function runs inside the writer's savepoint.
+// What operations and Stripe events share: cards and postings.
 
-struct Ctx<'a> {
-    terminal: &'a Terminal,
-    request_id: &'a str,
-    now: DateTime<Utc>,
-    limits: Limits,
-    retention_days: i64,
+pub(super) fn flags_json(flags: &[crate::protocol::api::Flag]) -> Result<String, StoreError> {
+    serde_json::to_string(flags).map_err(internal)
 }
 
-/// What an applied operation wrote, for the audit log.
-struct Applied {
-    transaction_id: Uuid,
-    card_uid: Option<CardUid>,
-    amount_cents: Option<Cents>,
-    outcome: &'static str,
-    answer: Answer,
-}
-
-type Decided = Result<Applied, ApiError>;
-
-/// A new transaction id. Time-ordered (UUIDv7), so the indexes on transaction ids grow at
-/// their right edge instead of dirtying a random page for every insert.
-fn new_transaction_id() -> Uuid {
-    Uuid::now_v7()
-}
-
-/// The fingerprint of a request for its idempotency key: the terminal and the canonical JSON
-/// of the parsed request. An [`Operation`] serializes with its `type` first, so it never
-/// spells the same JSON as a [`ShiftCloseout`].
-fn request_sha256(
-    terminal: &Terminal,
-    request: &impl serde::Serialize,
-) -> Result<String, StoreError> {
-    let canonical = serde_json::to_vec(request).map_err(internal)?;
-    let mut h = Sha256::new();
-    h.update(terminal.terminal_id.as_bytes());
-    h.update([0u8]);
-    h.update(&canonical);
-    Ok(hex::encode(h.finalize()))
-}
-
-fn action_of(op: &Operation) -> Action {
-    match op {
-        Operation::Order(_) => Action::Order,
-        Operation::Recharge(_) => Action::Recharge,
-        Operation::Void(_) => Action::Void,
-    }
-}
-
-fn process(conn: &Connection, ctx: &Ctx<'_>, op: &Operation) -> Result<Outcome, StoreError> {
-    let refuse = |e: ApiError| Ok(Outcome::declined(e, ctx.request_id));
-    let action = action_of(op);
-    if let Err(e) = rules::check_terminal_kind(ctx.terminal.kind, action) {
-        return refuse(e);
-    }
-    let crid = op.client_request_id().to_string();
-    let hash = request_sha256(ctx.terminal, op)?;
-    if let Some(known) = known_key(conn, ctx, &crid, &hash)? {
-        return Ok(known);
-    }
-    let my_terminal = ctx.terminal.terminal_id.to_string();
-    if is_tombstoned(conn, &crid, &my_terminal)? {
-        return refuse(ApiError::new(
-            ErrorCode::OperationVoided,
-            "this operation was voided before it arrived",
-        ));
-    }
-    let staff = load_staff(conn, op.staff_id())?;
-    if let Err(e) = rules::check_staff(staff.as_ref(), action, op.mode()) {
-        return refuse(e);
-    }
-    let decided = match op {
-        Operation::Order(r) => apply_order(conn, ctx, r)?,
-        Operation::Recharge(r) => apply_recharge(conn, ctx, r)?,
-        Operation::Void(r) => apply_void(conn, ctx, r)?,
-    };
-    // An applied operation's key is kept forever (no expiry); a decline's for the retention.
-    let (outcome, transaction_id, expires_at) = match decided {
-        Ok(applied) => {
-            log_operation(conn, ctx, op, Some(&applied), None)?;
-            let transaction_id = Some(applied.transaction_id.to_string());
-            (Outcome::approved(applied.answer), transaction_id, None)
-        }
-        Err(e) if e.code.is_stored_decline() => {
-            log_operation(conn, ctx, op, None, Some(&e))?;
-            let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
-            (
-                Outcome::declined(e, ctx.request_id),
-                None,
-                Some(format_time(expires)),
-            )
-        }
-        Err(e) => return refuse(e),
-    };
-    let key = NewKey {
-        client_request_id: &crid,
-        operation: op.kind_str(),
-        request_sha256: &hash,
-        transaction_id,
-        expires_at,
-    };
-    insert_key(conn, ctx, &key, &outcome)?;
-    record_seq(conn, ctx, op.terminal_seq().get())?;
-    Ok(outcome)
-}
-
-/// What the idempotency record already says of a key: the stored answer for the same
-/// request (a replay), 422 for another request, or `None` for a key never seen.
-fn known_key(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    crid: &str,
-    request_sha256: &str,
-) -> Result<Option<Outcome>, StoreError> {
-    let stored: Option<(String, String, u16, String)> = conn
-        .prepare_cached(
-            "SELECT request_sha256, operation, status_code, response_body FROM idempotency_keys
-             WHERE client_request_id = ?1",
-        )?
-        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    match rules::check_key(stored.as_ref().map(|s| s.0.as_str()), request_sha256) {
-        KeyCheck::Replay => {
-            let (_, operation, status_code, body) =
-                stored.ok_or_else(|| internal("replay without a key"))?;
-            let decided = outcome::decode(&operation, &StoredAnswer { status_code, body })
-                .map_err(internal)?;
-            Ok(Some(Outcome {
-                decided,
-                replayed: true,
-            }))
-        }
-        KeyCheck::Reused => Ok(Some(Outcome::declined(rules::key_reused(), ctx.request_id))),
-        KeyCheck::Fresh => Ok(None),
-    }
-}
-
-/// An idempotency record to write with its outcome.
-struct NewKey<'a> {
-    client_request_id: &'a str,
-    /// `order`, `recharge`, `void` or `shift`.
-    operation: &'static str,
-    request_sha256: &'a str,
-    /// Set for an applied operation or a recorded close-out, whose key is kept forever.
-    transaction_id: Option<String>,
-    /// Set for a decline, whose key expires.
-    expires_at: Option<String>,
-}
-
-fn insert_key(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    key: &NewKey<'_>,
-    outcome: &Outcome,
-) -> Result<(), StoreError> {
-    let stored = outcome::encode(&outcome.decided).map_err(internal)?;
-    conn.prepare_cached(
-        "INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
-             status_code, response_body, transaction_id, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        key.client_request_id,
-        ctx.terminal.terminal_id.to_string(),
-        key.operation,
-        key.request_sha256,
-        stored.status_code,
-        stored.body,
-        key.transaction_id,
-        format_time(ctx.now),
-        key.expires_at
-    ])?;
-    Ok(())
-}
-
-/// Records a shift close-out inside the writer's savepoint: the close-out row, its audit log
-/// row and its idempotency record, or (for a replay or a refusal) nothing at all.
-fn record_shift(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    shift: &ShiftCloseout,
-) -> Result<Outcome, StoreError> {
-    let crid = shift.client_request_id.to_string();
-    let hash = request_sha256(ctx.terminal, shift)?;
-    if let Some(known) = known_key(conn, ctx, &crid, &hash)? {
-        return Ok(known);
-    }
-    let staff = load_staff(conn, &shift.staff_id)?;
-    // A close-out records what happened, like an offline operation: the staff member must
-    // exist, whatever their role and even if deactivated since.
-    if let Err(e) = rules::check_staff(staff.as_ref(), Action::CloseShift, Mode::Offline) {
-        return Ok(Outcome::declined(e, ctx.request_id));
-    }
-    let difference = shift.difference().map_err(internal)?;
-    let shift_id = new_transaction_id();
-    let now = format_time(ctx.now);
-    let (opened_at, closed_at) = (format_time(shift.opened_at), format_time(shift.closed_at));
-    let (first_seq, last_seq) = (
-        shift.first_seq.map(TerminalSeq::get),
-        shift.last_seq.map(TerminalSeq::get),
-    );
-    conn.prepare_cached(
-        "INSERT INTO shift_closeouts (shift_id, client_request_id, terminal_id, staff_id, opened_at,
-             closed_at, first_seq, last_seq, cash_cents, card_cents, count, counted_cash_cents,
-             difference_cents, recorded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?
-    .execute(params![
-        shift_id.to_string(),
-        crid,
-        ctx.terminal.terminal_id.to_string(),
-        shift.staff_id.as_str(),
-        opened_at,
-        closed_at,
-        first_seq,
-        last_seq,
-        shift.cash_cents.get(),
-        shift.card_cents.get(),
-        shift.count,
-        shift.counted_cash_cents.get(),
-        difference.get(),
-        now
-    ])?;
-    let answer = Answer::Shift(ShiftRecorded {
-        shift_id,
-        client_request_id: shift.client_request_id,
-        terminal: ctx.terminal.name.clone(),
-        staff_id: shift.staff_id.clone(),
-        cash_cents: shift.cash_cents,
-        card_cents: shift.card_cents,
-        count: shift.count,
-        counted_cash_cents: shift.counted_cash_cents,
-        difference_cents: difference,
-        recorded_at: now,
-    });
-    let details = json!({
-        "opened_at": opened_at,
-        "closed_at": closed_at,
-        "first_seq": first_seq,
-        "last_seq": last_seq,
-        "cash_cents": shift.cash_cents.get(),
-        "card_cents": shift.card_cents.get(),
-        "count": shift.count,
-        "counted_cash_cents": shift.counted_cash_cents.get(),
-        "difference_cents": difference.get(),
-    });
-    insert_log(
-        conn,
-        ctx,
-        &LogRow {
-            staff_id: shift.staff_id.as_str(),
-            operation: "shift",
-            client_request_id: &crid,
-            transaction_id: Some(shift_id.to_string()),
-            card_uid: None,
-            amount_cents: None,
-            outcome: "recorded",
-            error_code: None,
-            details: Some(details),
-        },
-    )?;
-    let outcome = Outcome::approved(answer);
-    let key = NewKey {
-        client_request_id: &crid,
-        operation: "shift",
-        request_sha256: &hash,
-        transaction_id: Some(shift_id.to_string()),
-        expires_at: None,
-    };
-    insert_key(conn, ctx, &key, &outcome)?;
-    Ok(outcome)
-}
-
-/// True when this terminal voided `crid` before it arrived. Another terminal's void does
-/// not count: a terminal may only void its own operations.
-fn is_tombstoned(conn: &Connection, crid: &str, terminal_id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM voids WHERE target_client_request_id = ?1 AND terminal_id = ?2",
-        )?
-        .query_row([crid, terminal_id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-fn load_staff(conn: &Connection, id: &StaffId) -> Result<Option<StaffMember>, StoreError> {
-    let row: Option<(String, bool)> = conn
-        .prepare_cached("SELECT role, active FROM staff WHERE staff_id = ?1")?
-        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    row.map(|(role, active)| {
-        let role =
-            StaffRole::parse(&role).ok_or_else(|| internal(format!("bad staff role {role}")))?;
-        Ok(StaffMember { role, active })
-    })
-    .transpose()
-}
-
-fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardState>, StoreError> {
+pub(super) fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardState>, StoreError> {
     let row: Option<(i64, String, Option<String>)> = conn
         .prepare_cached(
             "SELECT balance_cents, status, block_reason FROM cards WHERE card_uid = ?1",
@@ -665,7 +396,7 @@ fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardState>, Stor
 }
 
 /// Writes a card's new state with the next feed version.
-fn write_card(
+pub(super) fn write_card(
     conn: &Connection,
     uid: &CardUid,
     create: bool,
@@ -698,7 +429,7 @@ fn write_card(
     Ok(())
 }
 
-fn post(
+pub(super) fn post(
     conn: &Connection,
     tx: &Uuid,
     entries: &[(String, Cents)],
@@ -714,570 +445,6 @@ fn post(
     for (account, amount) in entries {
         stmt.execute(params![tx.to_string(), account, amount.get(), now])?;
     }
-    Ok(())
-}
-
-fn card_account(uid: &CardUid) -> String {
-    format!("card:{uid}")
-}
-
-fn flags_json(flags: &[Flag]) -> Result<String, StoreError> {
-    serde_json::to_string(flags).map_err(internal)
-}
-
-fn neg(c: Cents) -> Result<Cents, StoreError> {
-    c.checked_neg().map_err(internal)
-}
-
-fn apply_order(conn: &Connection, ctx: &Ctx<'_>, r: &OrderRequest) -> Result<Decided, StoreError> {
-    let card = load_card(conn, &r.card_uid)?;
-    let pos = &ctx.terminal.point_of_sale;
-    let mut prices: HashMap<ProductId, Cents> = HashMap::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT price_cents FROM products WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
-        )?;
-        for item in &r.items {
-            if let Some(p) = stmt
-                .query_row([pos.as_str(), item.product_id.as_str()], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .optional()?
-            {
-                prices.insert(item.product_id.clone(), Cents::new(p));
-            }
-        }
-    }
-    let change = match rules::decide_order(r, card, |p| prices.get(p).copied()) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(e)),
-    };
-    let now = format_time(ctx.now);
-    let transaction_id = new_transaction_id();
-    write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
-    let answer = approval(
-        transaction_id,
-        r.client_request_id,
-        &r.card_uid,
-        Some(r.total_cents),
-        None,
-        &change,
-        &now,
-    );
-    conn.prepare_cached(
-        "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
-             card_uid, staff_id, total_cents, mode, flags, previous_balance_cents, new_balance_cents,
-             created_at, processed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?
-    .execute(params![
-        transaction_id.to_string(),
-        r.client_request_id.to_string(),
-        ctx.terminal.terminal_id.to_string(),
-        r.terminal_seq.get(),
-        pos,
-        r.card_uid.as_str(),
-        r.staff_id.as_str(),
-        r.total_cents.get(),
-        r.mode.as_str(),
-        flags_json(&change.flags)?,
-        change.previous.balance.get(),
-        change.next.balance.get(),
-        format_time(r.created_at),
-        now
-    ])?;
-    {
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity, unit_price_cents,
-                 catalog_price_cents, line_total_cents)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for (line_no, item) in r.items.iter().enumerate() {
-            let catalog = prices.get(&item.product_id).copied();
-            let differs = catalog
-                .filter(|c| *c != item.unit_price_cents)
-                .map(Cents::get);
-            let differs = if catalog.is_none() { None } else { differs };
-            let line_total = item
-                .unit_price_cents
-                .checked_mul(item.quantity)
-                .map_err(internal)?;
-            stmt.execute(params![
-                transaction_id.to_string(),
-                i64::try_from(line_no).map_err(internal)?,
-                item.product_id.as_str(),
-                item.quantity,
-                item.unit_price_cents.get(),
-                differs,
-                line_total.get()
-            ])?;
-        }
-    }
-    post(
-        conn,
-        &transaction_id,
-        &[
-            (card_account(&r.card_uid), neg(r.total_cents)?),
-            (format!("revenue:{pos}"), r.total_cents),
-        ],
-        &now,
-    )?;
-    Ok(Ok(Applied {
-        transaction_id,
-        card_uid: Some(r.card_uid.clone()),
-        amount_cents: Some(r.total_cents),
-        outcome: "approved",
-        answer,
-    }))
-}
-
-fn funding_account(method: PaymentMethod, pos: &str) -> String {
-    match method {
-        PaymentMethod::Cash => format!("cash:{pos}"),
-        PaymentMethod::Card => format!("card_payments:{pos}"),
-    }
-}
-
-fn apply_recharge(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    r: &RechargeRequest,
-) -> Result<Decided, StoreError> {
-    let card = load_card(conn, &r.card_uid)?;
-    let change = match rules::decide_recharge(r, card, ctx.limits) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(e)),
-    };
-    let pos = &ctx.terminal.point_of_sale;
-    let now = format_time(ctx.now);
-    let transaction_id = new_transaction_id();
-    write_card(conn, &r.card_uid, change.create_card, &change.next, &now)?;
-    let answer = approval(
-        transaction_id,
-        r.client_request_id,
-        &r.card_uid,
-        None,
-        Some(r.amount_cents),
-        &change,
-        &now,
-    );
-    conn.prepare_cached(
-        "INSERT INTO recharges (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
-             card_uid, staff_id, amount_cents, payment_method, mode, flags, previous_balance_cents,
-             new_balance_cents, created_at, processed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )?
-    .execute(params![
-        transaction_id.to_string(),
-        r.client_request_id.to_string(),
-        ctx.terminal.terminal_id.to_string(),
-        r.terminal_seq.get(),
-        pos,
-        r.card_uid.as_str(),
-        r.staff_id.as_str(),
-        r.amount_cents.get(),
-        r.payment_method.as_str(),
-        r.mode.as_str(),
-        flags_json(&change.flags)?,
-        change.previous.balance.get(),
-        change.next.balance.get(),
-        format_time(r.created_at),
-        now
-    ])?;
-    post(
-        conn,
-        &transaction_id,
-        &[
-            (card_account(&r.card_uid), r.amount_cents),
-            (funding_account(r.payment_method, pos), neg(r.amount_cents)?),
-        ],
-        &now,
-    )?;
-    Ok(Ok(Applied {
-        transaction_id,
-        card_uid: Some(r.card_uid.clone()),
-        amount_cents: Some(r.amount_cents),
-        outcome: "approved",
-        answer,
-    }))
-}
-
-fn approval(
-    transaction_id: Uuid,
-    client_request_id: ClientRequestId,
-    card_uid: &CardUid,
-    total_cents: Option<Cents>,
-    amount_cents: Option<Cents>,
-    change: &BalanceChange,
-    now: &str,
-) -> Answer {
-    Answer::Approval(Approval {
-        transaction_id,
-        client_request_id,
-        status: "approved",
-        card_uid: card_uid.clone(),
-        total_cents,
-        amount_cents,
-        previous_balance_cents: change.previous.balance,
-        new_balance_cents: change.next.balance,
-        card_status: change.next.status,
-        processed_at: now.to_owned(),
-        flags: change.flags.clone(),
-    })
-}
-
-/// An applied order or top-up that a void can reverse.
-struct Target {
-    kind: &'static str,
-    table: &'static str,
-    transaction_id: String,
-    terminal_id: String,
-    card_uid: String,
-    /// Money that goes back to the card: + for an order, - for a top-up.
-    delta: Cents,
-    /// Where the money came from or went to.
-    other_account: String,
-}
-
-/// What a void's target is.
-enum TargetLookup {
-    /// Never applied (unknown, or declined): the void becomes a tombstone.
-    NotApplied,
-    /// The target is itself a void.
-    AVoid,
-    /// The target is a shift close-out, which moved no money.
-    AShift,
-    /// An applied order or top-up.
-    Applied(Target),
-}
-
-fn find_target(conn: &Connection, crid: &str) -> Result<TargetLookup, StoreError> {
-    let key: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT operation, transaction_id FROM idempotency_keys
-             WHERE client_request_id = ?1 AND transaction_id IS NOT NULL",
-        )?
-        .query_row([crid], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((operation, transaction_id)) = key else {
-        return Ok(TargetLookup::NotApplied);
-    };
-    let (table, sql) = match operation.as_str() {
-        "order" => (
-            "bar_orders",
-            "SELECT terminal_id, point_of_sale, card_uid, total_cents, 'revenue' FROM bar_orders
-             WHERE transaction_id = ?1",
-        ),
-        "recharge" => (
-            "recharges",
-            "SELECT terminal_id, point_of_sale, card_uid, -amount_cents, payment_method FROM recharges
-             WHERE transaction_id = ?1",
-        ),
-        "shift" => return Ok(TargetLookup::AShift),
-        _ => return Ok(TargetLookup::AVoid),
-    };
-    let (terminal_id, pos, card_uid, delta, source): (String, String, String, i64, String) = conn
-        .prepare_cached(sql)?
-        .query_row([&transaction_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .optional()?
-        .ok_or_else(|| {
-            internal(format!(
-                "key {crid} names transaction {transaction_id}, which is missing"
-            ))
-        })?;
-    let other_account = match source.as_str() {
-        "revenue" => format!("revenue:{pos}"),
-        "card" => funding_account(PaymentMethod::Card, &pos),
-        _ => funding_account(PaymentMethod::Cash, &pos),
-    };
-    Ok(TargetLookup::Applied(Target {
-        kind: if table == "bar_orders" {
-            "order"
-        } else {
-            "recharge"
-        },
-        table,
-        transaction_id,
-        terminal_id,
-        other_account,
-        card_uid,
-        delta: Cents::new(delta),
-    }))
-}
-
-fn apply_void(conn: &Connection, ctx: &Ctx<'_>, r: &VoidRequest) -> Result<Decided, StoreError> {
-    let target_crid = r.target_client_request_id.to_string();
-    let my_terminal = ctx.terminal.terminal_id.to_string();
-    let target = match find_target(conn, &target_crid)? {
-        TargetLookup::AVoid => {
-            return Ok(Err(ApiError::with_details(
-                ErrorCode::InvalidRequest,
-                "a void cannot be voided",
-                json!({ "field": "target_client_request_id" }),
-            )));
-        }
-        TargetLookup::AShift => {
-            return Ok(Err(ApiError::with_details(
-                ErrorCode::InvalidRequest,
-                "a shift close-out cannot be voided",
-                json!({ "field": "target_client_request_id" }),
-            )));
-        }
-        TargetLookup::NotApplied => None,
-        TargetLookup::Applied(t) => Some(t),
-    };
-    if target
-        .as_ref()
-        .is_some_and(|t| t.terminal_id != my_terminal)
-    {
-        return Ok(Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "a terminal may only void its own operations",
-        )));
-    }
-    if is_tombstoned(conn, &target_crid, &my_terminal)? {
-        return Ok(Err(ApiError::new(
-            ErrorCode::AlreadyVoided,
-            "this operation is already voided",
-        )));
-    }
-    let now = format_time(ctx.now);
-    let transaction_id = new_transaction_id();
-    let (status, card_uid, change, refunded, kind) = match &target {
-        Some(t) => {
-            let uid = CardUid::parse(&t.card_uid).map_err(internal)?;
-            let card =
-                load_card(conn, &uid)?.ok_or_else(|| internal("an operation's card is missing"))?;
-            let change = match rules::decide_reversal(card, t.delta) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            write_card(conn, &uid, false, &change.next, &now)?;
-            post(
-                conn,
-                &transaction_id,
-                &[
-                    (card_account(&uid), t.delta),
-                    (t.other_account.clone(), neg(t.delta)?),
-                ],
-                &now,
-            )?;
-            let sql = format!(
-                "UPDATE {} SET voided_by = ?2 WHERE transaction_id = ?1",
-                t.table
-            );
-            conn.prepare_cached(&sql)?
-                .execute(params![t.transaction_id, r.client_request_id.to_string()])?;
-            (
-                "voided",
-                Some(uid),
-                Some(change),
-                Some(t.delta),
-                Some(t.kind),
-            )
-        }
-        None => ("tombstoned", None, None, None, None),
-    };
-    let answer = Answer::Void(VoidOutcome {
-        transaction_id,
-        client_request_id: r.client_request_id,
-        status,
-        target_client_request_id: r.target_client_request_id,
-        card_uid: card_uid.clone(),
-        refunded_cents: refunded,
-        previous_balance_cents: change.as_ref().map(|c| c.previous.balance),
-        new_balance_cents: change.as_ref().map(|c| c.next.balance),
-        card_status: change.as_ref().map(|c| c.next.status),
-        processed_at: now.clone(),
-        flags: change.as_ref().map(|c| c.flags.clone()).unwrap_or_default(),
-    });
-    conn.prepare_cached(
-        "INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq, target_client_request_id,
-             target_kind, staff_id, reason, status, card_uid, refunded_cents, previous_balance_cents,
-             new_balance_cents, flags, created_at, processed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-    )?
-    .execute(params![
-        transaction_id.to_string(),
-        r.client_request_id.to_string(),
-        my_terminal,
-        r.terminal_seq.get(),
-        target_crid,
-        kind,
-        r.staff_id.as_str(),
-        r.reason.as_str(),
-        status,
-        card_uid.as_ref().map(CardUid::as_str),
-        refunded.map(Cents::get),
-        change.as_ref().map(|c| c.previous.balance.get()),
-        change.as_ref().map(|c| c.next.balance.get()),
-        flags_json(&change.as_ref().map(|c| c.flags.clone()).unwrap_or_default())?,
-        format_time(r.created_at),
-        now
-    ])?;
-    Ok(Ok(Applied {
-        transaction_id,
-        card_uid,
-        amount_cents: refunded,
-        outcome: status,
-        answer,
-    }))
-}
-
-fn log_operation(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    op: &Operation,
-    applied: Option<&Applied>,
-    declined: Option<&ApiError>,
-) -> Result<(), StoreError> {
-    let card_uid = match op {
-        Operation::Order(r) => Some(r.card_uid.clone()),
-        Operation::Recharge(r) => Some(r.card_uid.clone()),
-        Operation::Void(_) => applied.and_then(|a| a.card_uid.clone()),
-    };
-    let amount = match op {
-        Operation::Order(r) => Some(r.total_cents),
-        Operation::Recharge(r) => Some(r.amount_cents),
-        Operation::Void(_) => applied.and_then(|a| a.amount_cents),
-    };
-    let details = match op {
-        Operation::Void(r) => Some(
-            json!({ "target_client_request_id": r.target_client_request_id, "reason": r.reason.as_str() }),
-        ),
-        Operation::Order(r) => {
-            Some(json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get() }))
-        }
-        Operation::Recharge(r) => Some(
-            json!({ "mode": r.mode.as_str(), "payment_method": r.payment_method.as_str(), "terminal_seq": r.terminal_seq.get() }),
-        ),
-    };
-    let details = match (details, declined.and_then(|d| d.details.clone())) {
-        (Some(mut d), Some(extra)) => {
-            if let Some(m) = d.as_object_mut() {
-                m.insert("decline".into(), extra);
-            }
-            Some(d)
-        }
-        (d, _) => d,
-    };
-    insert_log(
-        conn,
-        ctx,
-        &LogRow {
-            staff_id: op.staff_id().as_str(),
-            operation: op.kind_str(),
-            client_request_id: &op.client_request_id().to_string(),
-            transaction_id: applied.map(|a| a.transaction_id.to_string()),
-            card_uid: card_uid.as_ref().map(CardUid::as_str),
-            amount_cents: amount,
-            outcome: applied.map_or("declined", |a| a.outcome),
-            error_code: declined.map(|d| d.code.as_str()),
-            details,
-        },
-    )
-}
-
-/// One row of the audit trail written by a terminal's request.
-struct LogRow<'a> {
-    staff_id: &'a str,
-    /// `order`, `recharge`, `void` or `shift`.
-    operation: &'static str,
-    client_request_id: &'a str,
-    transaction_id: Option<String>,
-    card_uid: Option<&'a str>,
-    amount_cents: Option<Cents>,
-    /// `approved`, `declined`, `voided`, `tombstoned`, `recorded`.
-    outcome: &'static str,
-    error_code: Option<&'static str>,
-    details: Option<serde_json::Value>,
-}
-
-fn insert_log(conn: &Connection, ctx: &Ctx<'_>, row: &LogRow<'_>) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO app_transaction_log (occurred_at, request_id, actor, staff_id, operation, client_request_id,
-             transaction_id, card_uid, amount_cents, outcome, error_code, details)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        format_time(ctx.now),
-        ctx.request_id,
-        format!("terminal:{}", ctx.terminal.name),
-        row.staff_id,
-        row.operation,
-        row.client_request_id,
-        row.transaction_id,
-        row.card_uid,
-        row.amount_cents.map(Cents::get),
-        row.outcome,
-        row.error_code,
-        row.details.as_ref().map(ToString::to_string)
-    ])?;
-    Ok(())
-}
-
-/// The new highest contiguous sequence number after receiving `seq`, given the received
-/// numbers above the old mark (sorted ascending).
-pub fn advance_contiguous(contiguous: i64, seq: i64, above: &[i64]) -> i64 {
-    if seq != contiguous + 1 {
-        return contiguous;
-    }
-    let mut mark = seq;
-    for &s in above {
-        if s == mark + 1 {
-            mark = s;
-        } else if s > mark + 1 {
-            break;
-        }
-    }
-    mark
-}
-
-fn record_seq(conn: &Connection, ctx: &Ctx<'_>, seq: i64) -> Result<(), StoreError> {
-    let id = ctx.terminal.terminal_id.to_string();
-    // The usual case in one statement: a terminal in step sends the next number, and
-    // nothing was received above it.
-    let in_step = conn
-        .prepare_cached(
-            "UPDATE terminals SET highest_contiguous_seq = ?2, highest_seen_seq = ?2, last_seen_at = ?3
-             WHERE terminal_id = ?1 AND highest_contiguous_seq = ?2 - 1 AND highest_seen_seq < ?2",
-        )?
-        .execute(params![id, seq, format_time(ctx.now)])?;
-    if in_step == 1 {
-        return Ok(());
-    }
-    let (contiguous, seen): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT highest_contiguous_seq, highest_seen_seq FROM terminals WHERE terminal_id = ?1",
-        )?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let mut mark = contiguous;
-    if seq == contiguous + 1 {
-        let above: Vec<i64> = conn
-            .prepare_cached(
-                "SELECT terminal_seq FROM terminal_seqs WHERE terminal_id = ?1 AND terminal_seq > ?2
-                 ORDER BY terminal_seq LIMIT 10000",
-            )?
-            .query_map(params![id, seq], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        mark = advance_contiguous(contiguous, seq, &above);
-        conn.prepare_cached(
-            "DELETE FROM terminal_seqs WHERE terminal_id = ?1 AND terminal_seq <= ?2",
-        )?
-        .execute(params![id, mark])?;
-    } else if seq > contiguous {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO terminal_seqs (terminal_id, terminal_seq) VALUES (?1, ?2)",
-        )?
-        .execute(params![id, seq])?;
-    }
-    conn.prepare_cached(
-        "UPDATE terminals SET highest_contiguous_seq = ?2, highest_seen_seq = ?3, last_seen_at = ?4
-         WHERE terminal_id = ?1",
-    )?
-    .execute(params![id, mark, seen.max(seq), format_time(ctx.now)])?;
     Ok(())
 }
 
@@ -1363,36 +530,8 @@ impl LedgerStore for SqliteStore {
         request_id: String,
         operations: Vec<Operation>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let limits = self.inner.limits;
-        let retention_days = self.inner.retention_days;
-        self.write(move |conn| {
-            let ctx = Ctx { terminal: &terminal, request_id: &request_id, now: Utc::now(), limits, retention_days };
-            if let [op] = operations.as_slice() {
-                // Alone, the operation is the job: the job's savepoint makes it all-or-nothing.
-                return Ok(vec![process(conn, &ctx, op)?]);
-            }
-            let mut outcomes = Vec::with_capacity(operations.len());
-            for op in &operations {
-                // Each operation of a batch is all-or-nothing on its own.
-                exec_cached(conn, "SAVEPOINT op")?;
-                match process(conn, &ctx, op) {
-                    Ok(outcome) => {
-                        exec_cached(conn, "RELEASE op")?;
-                        outcomes.push(outcome);
-                    }
-                    Err(e) => {
-                        exec_cached(conn, "ROLLBACK TO op")?;
-                        exec_cached(conn, "RELEASE op")?;
-                        tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
-                        let code = match e {
-                            StoreError::Unavailable(_) => ErrorCode::DatabaseError,
-                            _ => ErrorCode::ServerError,
-                        };
-                        outcomes.push(Outcome::declined(ApiError::new(code, "the operation could not be stored; retry"), &request_id));
-                    }
-                }
-            }
-            Ok(outcomes)
+        self.write_as(terminal, request_id, move |conn, ctx| {
+            ops::apply_all(conn, ctx, &operations)
         })
         .await
     }
@@ -1403,17 +542,9 @@ impl LedgerStore for SqliteStore {
         request_id: String,
         shift: ShiftCloseout,
     ) -> Result<Outcome, StoreError> {
-        let limits = self.inner.limits;
-        let retention_days = self.inner.retention_days;
-        self.write(move |conn| {
-            let ctx = Ctx {
-                terminal: &terminal,
-                request_id: &request_id,
-                now: Utc::now(),
-                limits,
-                retention_days,
-            };
-            record_shift(conn, &ctx, &shift)
+        self.write_as(terminal, request_id, move |conn, ctx| {
+            let plan = decide_shift(&ops::SqlReads(conn), ctx, &shift)?;
+            ops::carry_out(conn, ctx, plan)
         })
         .await
     }
@@ -1897,25 +1028,6 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn contiguous_mark_advances_over_received_numbers() {
-        let cases: &[(i64, i64, &[i64], i64)] = &[
-            (0, 1, &[], 1),
-            (0, 2, &[], 0),
-            (0, 1, &[2, 3, 5], 3),
-            (3, 4, &[5, 6, 7], 7),
-            (3, 3, &[5], 3),
-            (3, 9, &[], 3),
-        ];
-        for &(contiguous, seq, above, expected) in cases {
-            assert_eq!(
-                advance_contiguous(contiguous, seq, above),
-                expected,
-                "{contiguous} {seq} {above:?}"
-            );
-        }
-    }
 
     #[test]
     fn migrations_apply_once_and_refuse_a_newer_schema() {

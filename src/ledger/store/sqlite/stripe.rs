@@ -2,10 +2,9 @@
 //! refunds. Each runs in the writer's savepoint: card, Stripe rows, postings against
 //! `stripe_clearing`, the audit log and the event's row commit together or not at all.
 
-use super::{
-    card_account, flags_json, internal, load_card, neg, new_transaction_id, post, write_card,
-};
+use super::{flags_json, internal, load_card, post, write_card};
 use crate::domain::{CardUid, Cents};
+use crate::ledger::flow::{STRIPE_CLEARING, card_account, new_transaction_id};
 use crate::ledger::rules::{self, Limits};
 use crate::ledger::store::{StoreError, StripeEventRecord, StripeOutcome};
 use crate::ledger::stripe::{PaidSession, RefundedCharge, StripeEvent, refund_delta};
@@ -14,8 +13,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
-/// The account Stripe's money sits in until it is paid out: credits post against it.
-pub const STRIPE_CLEARING: &str = "stripe_clearing";
+fn neg(c: Cents) -> Result<Cents, StoreError> {
+    c.checked_neg().map_err(internal)
+}
 
 /// One row of `stripe_events`.
 struct EventRow<'a> {

@@ -1,4 +1,4 @@
-//! Black-box tests of the ledger HTTP API (spec/ledger-api.md, notes/decisions.md).
+//! Black-box tests of the ledger HTTP API (docs/ledger-api.md).
 //!
 //! Each test starts its own ledger (real binary, real SQLite file, real HTTP) through the
 //! shared harness in `common`, and drives it as a terminal would. The Stripe webhook and

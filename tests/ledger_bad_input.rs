@@ -4,7 +4,7 @@
 //! unknown fields, bodies over the limits and bad credentials.
 //!
 //! Every case goes through one [`check`]: the exact status and `error.code` of
-//! spec/ledger-api.md and notes/decisions.md, `details.field` where the contract names the
+//! docs/ledger-api.md, `details.field` where the contract names the
 //! field, the error shape (`code`, `message`, `request_id`), and a database fingerprint that
 //! must not change. A table runs to the end and reports every failing case at once.
 #![allow(clippy::unwrap_used)]
@@ -21,7 +21,7 @@ use proptest::test_runner::{
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The per-request body limit of spec/ledger-api.md.
+/// The per-request body limit of docs/ledger-api.md.
 const BODY_LIMIT: usize = 64 * 1024;
 /// The body limit of `POST /v1/batch`.
 const BATCH_BODY_LIMIT: usize = 1024 * 1024;

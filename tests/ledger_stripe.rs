@@ -1,4 +1,4 @@
-//! `POST /v1/webhooks/stripe` against the real ledger binary (spec/ledger-api.md, issue 6).
+//! `POST /v1/webhooks/stripe` against the real ledger binary (docs/ledger-api.md, issue 6).
 //!
 //! Deliveries are signed here with HMAC-SHA256 exactly as Stripe signs them (`v1` = hex
 //! HMAC of `"<t>.<raw body>"`), independently of the ledger's own `sign`. Each test asserts

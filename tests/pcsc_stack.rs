@@ -16,7 +16,7 @@ use std::time::Instant;
 /// A 7-byte UID (NXP, ISO 14443A double size).
 const UID: [u8; 7] = [0x04, 0xA2, 0x3B, 0x5C, 0x11, 0x22, 0x80];
 const OTHER_UID: [u8; 7] = [0x04, 0x51, 0x9E, 0x0A, 0x33, 0x44, 0x81];
-/// ACR122U LED and buzzer command (`spec/nfc.md`): a reader command, not a card command.
+/// ACR122U LED and buzzer command (`docs/nfc.md`): a reader command, not a card command.
 const LED_BUZZER: [u8; 9] = [0xFF, 0x00, 0x40, 0x0F, 0x04, 0x01, 0x01, 0x01, 0x01];
 
 fn uid_answer(uid: &[u8]) -> Vec<u8> {

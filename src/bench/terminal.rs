@@ -1,5 +1,5 @@
 //! `cashless bench terminal-tap`: the terminal daemon's tap-to-decision latency, measured
-//! through its JSON-lines interface (spec/interfaces.md) the way a front end sees it.
+//! through its JSON-lines interface (docs/interfaces.md) the way a front end sees it.
 //!
 //! The bench starts `cashless terminal --config FILE --ui jsonl --reader simulated` as a
 //! child process (this executable, or `--terminal-bin`), waits for `ready`, logs in, and then

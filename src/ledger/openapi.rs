@@ -4,7 +4,7 @@
 //! and answers of [`crate::protocol::api`], on [`ErrorCode`] (the codes the ledger answers),
 //! and on the domain types (card UIDs, ids, cents, sequence numbers). This module adds the
 //! shapes the handlers write without a type of their own (the documentation-only types
-//! below), every route of the router in `api.rs` with its parameters, request body,
+//! below), every route of the router in `api/mod.rs` with its parameters, request body,
 //! responses and security, and serves the result, built once, at `GET /v1/openapi.json`.
 //!
 //! `.ci/fuzz-api` keeps the document honest: it fuzzes the live server from it.

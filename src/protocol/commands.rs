@@ -7,7 +7,7 @@ use serde::Deserialize;
 /// Longest command line read; a longer one is refused and skipped.
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 
-/// A command from the front end (spec/interfaces.md): a JSON line on stdin, or a key the TUI
+/// A command from the front end (docs/interfaces.md): a JSON line on stdin, or a key the TUI
 /// translated.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 // Commands without arguments are empty struct variants, not unit variants: serde ignores

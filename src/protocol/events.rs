@@ -1,5 +1,5 @@
 //! What the daemon tells its front end: the events of the JSON-lines interface
-//! (spec/interfaces.md), as types. `--ui jsonl` writes each as one JSON line; other front ends
+//! (docs/interfaces.md), as types. `--ui jsonl` writes each as one JSON line; other front ends
 //! (the TUI) read them as they are.
 //!
 //! Fields the spec shows as `null` when unknown are serialized as `null`, never left out, so
@@ -195,7 +195,7 @@ pub struct Status {
     pub rejected: u64,
     /// Sales and top-ups declined without the ledger.
     pub declined_offline: u64,
-    /// Shift close-outs the ledger has not recorded yet (an extension of spec/).
+    /// Shift close-outs the ledger has not recorded yet (a terminal extension, docs/interfaces.md).
     pub closeouts_pending: u64,
     /// The journal can be written.
     pub journal_writable: bool,

@@ -5,7 +5,7 @@
 use crate::domain::CardUid;
 use std::collections::HashMap;
 
-/// PC/SC GET DATA pseudo-APDU for the card's UID (spec/nfc.md).
+/// PC/SC GET DATA pseudo-APDU for the card's UID (docs/nfc.md).
 pub const GET_DATA_UID: [u8; 5] = [0xFF, 0xCA, 0x00, 0x00, 0x00];
 /// ACR122U: turn the reader's own beep on card detection off.
 pub const BUZZER_ON_DETECT_OFF: [u8; 5] = [0xFF, 0x00, 0x52, 0x00, 0x00];

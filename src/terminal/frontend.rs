@@ -86,7 +86,7 @@ pub trait Front {
     }
 }
 
-/// The JSON-lines front end (spec/interfaces.md): one command per line in, one event per
+/// The JSON-lines front end (docs/interfaces.md): one command per line in, one event per
 /// line out.
 pub struct JsonlFrontend<R, W> {
     lines: Lines<R>,

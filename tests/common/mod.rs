@@ -61,7 +61,7 @@ pub const BEER_CENTS: i64 = 450;
 pub const WATER_CENTS: i64 = 200;
 pub const COCKTAIL_CENTS: i64 = 900;
 
-/// Default limits of the ledger configuration (spec/interfaces.md).
+/// Default limits of the ledger configuration (docs/interfaces.md).
 pub const RECHARGE_MAX_CENTS: i64 = 50_000;
 pub const BALANCE_MAX_CENTS: i64 = 100_000;
 

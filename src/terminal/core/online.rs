@@ -1,6 +1,6 @@
 //! What the ledger's answer to an online attempt means, as a pure function.
 //!
-//! The rule that keeps money right (spec/product.md, bar order step 5): only a definitive
+//! The rule that keeps money right (docs/product.md, bar order step 5): only a definitive
 //! answer decides an online attempt. Anything else (no answer in time, a connection cut,
 //! a 5xx, 409 `DUPLICATE_REQUEST`, an answer that cannot be read) leaves the attempt *in
 //! doubt*: the ledger may or may not have applied it. The terminal never guesses; it voids

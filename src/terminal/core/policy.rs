@@ -2,7 +2,7 @@
 //!
 //! When the ledger cannot be asked (no network, or no answer within the online timeout), the
 //! goods are served on the terminal's word, and the ledger later applies the sale whatever the
-//! balance (spec/product.md, step 6). Every offline approval is therefore money the festival
+//! balance (docs/product.md, step 6). Every offline approval is therefore money the festival
 //! may never collect, and this policy bounds that risk with the replica of the card feed and
 //! three configured limits. It does no IO and reads no clock; the caller gives it the order
 //! total, the replica's view of the card and what this terminal has charged the card since.
@@ -31,7 +31,7 @@
 //! (nor the unknown-card limit, nor the replica balance). Other terminals' offline sales on the
 //! same card are invisible here; the exposure limit is what bounds that loss per terminal.
 //!
-//! # In-doubt attempts (spec/product.md, steps 5 and 6)
+//! # In-doubt attempts (docs/product.md, steps 5 and 6)
 //!
 //! An online attempt whose answer never came is *in doubt*: the ledger may or may not have
 //! applied it. The terminal never guesses: it journals a void of that attempt and, if this
@@ -97,7 +97,7 @@ pub enum OfflineDecline {
 
 impl OfflineDecline {
     /// The decline reason as the journal and the `decision` event spell it
-    /// (spec/interfaces.md), so front ends show the same words online and offline.
+    /// (docs/interfaces.md), so front ends show the same words online and offline.
     pub fn reason(&self) -> &'static str {
         self.code().as_str()
     }

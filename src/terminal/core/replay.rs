@@ -29,7 +29,7 @@
 //!   answer we do not understand could lose a sale that was served; retrying it forever would
 //!   hide it. A person looks at it.
 //!
-//! # In-doubt attempts (spec/product.md, steps 5 and 6)
+//! # In-doubt attempts (docs/product.md, steps 5 and 6)
 //!
 //! An online attempt whose answer never came is in doubt: the ledger may or may not have
 //! applied it. The terminal journals a void of it (reason `in_doubt`) *before* the new offline
@@ -170,7 +170,7 @@ mod tests {
     use Settlement::*;
     use proptest::prelude::*;
 
-    /// The API's codes with their statuses, as the contract (spec/ledger-api.md and the
+    /// The API's codes with their statuses, as the contract (docs/ledger-api.md and the
     /// ledger's extra codes) spells them, written out independently of `ErrorCode`.
     const API_CODES: [(&str, u16); 18] = [
         ("INVALID_REQUEST", 400),

@@ -1,5 +1,5 @@
 //! The tap flow as a state machine: what happens, in which order, when a card pays for an
-//! armed order or top-up (spec/product.md, bar order steps 2 to 5).
+//! armed order or top-up (docs/product.md, bar order steps 2 to 5).
 //!
 //! The flow does no IO. It says what to do next as a [`Step`]; the adapter
 //! (`terminal::tap`) performs it on the journal or the ledger and feeds the result back as an

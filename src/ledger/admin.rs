@@ -1,13 +1,12 @@
 //! The admin commands: terminals, staff, products, cards and the audit. They talk to the
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
-use super::config::{DatabaseUrl, LedgerConfig};
+use super::config::LedgerConfig;
 use super::outcome::Decided;
 use super::rules::Limits;
-use super::store::sqlite::{SqliteOptions, SqliteStore};
 use super::store::{
-    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport,
-    StripeEventRecord,
+    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport, Store,
+    StoreOptions, StripeEventRecord,
 };
 use crate::domain::{Cents, ProductId, StaffId};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
@@ -24,23 +23,16 @@ pub const CATALOG_PRODUCTS_MAX: usize = 10_000;
 /// Longest name of a terminal, point of sale, product or staff member.
 pub const NAME_LEN_MAX: usize = 100;
 
-/// Opens the configured database, migrating it if needed.
-pub fn open_store(config: &LedgerConfig) -> anyhow::Result<SqliteStore> {
-    match &config.database {
-        DatabaseUrl::Sqlite(path) => SqliteStore::open(SqliteOptions {
-            path: path.clone(),
-            limits: Limits {
-                recharge_max: config.recharge_max,
-                balance_max: config.balance_max,
-            },
-            retention_days: config.retention_days,
-        })
-        .with_context(|| format!("cannot open the ledger database {}", config.database)),
-        DatabaseUrl::Postgres(_) => bail!(
-            "database {}: PostgreSQL support is not built yet; use sqlite:PATH",
-            config.database
-        ),
-    }
+/// Opens the configured database, migrating it if needed, through [`Store::open`].
+pub fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        limits: Limits {
+            recharge_max: config.recharge_max,
+            balance_max: config.balance_max,
+        },
+        retention_days: config.retention_days,
+    };
+    Ok(Store::open(&config.database, options)?)
 }
 
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {

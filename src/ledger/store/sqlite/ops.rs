@@ -2,17 +2,24 @@
 //! ([`crate::ledger::flow::Reads`]) on the writer's connection, and the execution of its
 //! plans, inside the writer's savepoint.
 
-use super::{exec_cached, flags_json, internal, load_card, post, write_card};
+use super::{
+    SqliteStore, TerminalKey, exec_cached, flags_json, internal, load_card, parse_stored, post,
+    write_card,
+};
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::caller::StaffMember;
+use crate::ledger::caller::Terminal;
+use crate::ledger::flow::ops::decide_shift;
 use crate::ledger::flow::{
     self, Balances, Context, FlowError, KeyRecord, LogEntry, Plan, Reads, Row, StoredKey, Target,
     TargetKind, VoidTarget, Writes,
 };
 use crate::ledger::outcome::{Outcome, StoredAnswer};
 use crate::ledger::rules::CardState;
-use crate::ledger::store::StoreError;
-use crate::protocol::api::{ApiError, Mode, Operation, PaymentMethod, StaffRole, format_time};
+use crate::ledger::store::{OperationStore, StoreError, token_sha256};
+use crate::protocol::api::{
+    ApiError, Mode, Operation, PaymentMethod, ShiftCloseout, StaffRole, format_time,
+};
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
@@ -73,9 +80,10 @@ impl Reads for SqlReads<'_> {
             .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         row.map(|(role, active)| {
-            let role = StaffRole::parse(&role)
-                .ok_or_else(|| internal(format!("bad staff role {role}")))?;
-            Ok(StaffMember { role, active })
+            Ok(StaffMember {
+                role: parse_stored(&role, StaffRole::parse)?,
+                active,
+            })
         })
         .transpose()
     }
@@ -526,6 +534,38 @@ fn record_seq(conn: &Connection, ctx: &Context<'_>, seq: i64) -> Result<(), Stor
     )?
     .execute(params![id, mark, seen.max(seq), format_time(ctx.now)])?;
     Ok(())
+}
+
+impl OperationStore for SqliteStore {
+    async fn authenticate(&self, token: &str) -> Result<Option<Terminal>, StoreError> {
+        self.terminal_by(TerminalKey::TokenSha256, token_sha256(token))
+            .await
+    }
+
+    async fn apply(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        operations: Vec<Operation>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write_as(terminal, request_id, move |conn, ctx| {
+            apply_all(conn, ctx, &operations)
+        })
+        .await
+    }
+
+    async fn record_shift(
+        &self,
+        terminal: Terminal,
+        request_id: String,
+        shift: ShiftCloseout,
+    ) -> Result<Outcome, StoreError> {
+        self.write_as(terminal, request_id, move |conn, ctx| {
+            let plan = decide_shift(&SqlReads(conn), ctx, &shift)?;
+            carry_out(conn, ctx, plan)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

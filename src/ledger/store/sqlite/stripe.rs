@@ -2,11 +2,11 @@
 //! refunds. Each runs in the writer's savepoint: card, Stripe rows, postings against
 //! `stripe_clearing`, the audit log and the event's row commit together or not at all.
 
-use super::{flags_json, internal, load_card, post, write_card};
+use super::{SqliteStore, flags_json, internal, load_card, post, write_card};
 use crate::domain::{CardUid, Cents};
 use crate::ledger::flow::{STRIPE_CLEARING, card_account, new_transaction_id};
 use crate::ledger::rules::{self, Limits};
-use crate::ledger::store::{StoreError, StripeEventRecord, StripeOutcome};
+use crate::ledger::store::{StoreError, StripeEventRecord, StripeOutcome, StripeStore};
 use crate::ledger::stripe::{PaidSession, RefundedCharge, StripeEvent, refund_delta};
 use crate::protocol::api::format_time;
 use chrono::{DateTime, Utc};
@@ -532,4 +532,24 @@ pub(super) fn events(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl StripeStore for SqliteStore {
+    async fn apply_stripe(
+        &self,
+        request_id: String,
+        event: crate::ledger::stripe::StripeEvent,
+    ) -> Result<StripeOutcome, StoreError> {
+        let limits = self.inner.limits;
+        self.write(move |conn| apply(conn, &request_id, &event, limits, Utc::now()))
+            .await
+    }
+
+    async fn stripe_events(
+        &self,
+        attention: bool,
+        limit: u32,
+    ) -> Result<Vec<StripeEventRecord>, StoreError> {
+        self.read(move |conn| events(conn, attention, limit)).await
+    }
 }

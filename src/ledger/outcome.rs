@@ -120,6 +120,25 @@ impl Outcome {
     }
 }
 
+/// What the ledger did with a Stripe event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StripeOutcome {
+    /// The event.
+    pub event_id: String,
+    /// `credited`, `duplicate_event`, `duplicate_session`, `refused`, `refunded`,
+    /// `refund_nothing_new`, `refund_waiting`, `ignored`.
+    pub outcome: &'static str,
+    /// The card concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_uid: Option<CardUid>,
+    /// Money moved by this event (credited, or reversed), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<Cents>,
+    /// The card's balance after it, if money moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance_cents: Option<Cents>,
+}
+
 /// The stored form of a decided outcome: the `status_code` and `response_body` columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAnswer {

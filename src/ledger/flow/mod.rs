@@ -2,8 +2,8 @@
 //! which order, whatever the backend.
 //!
 //! A backend that decides in Rust reads through [`Reads`] (inside the transaction that will
-//! write) and calls a decide function ([`ops::decide_operation`], [`ops::decide_shift`]);
-//! it gets a [`Plan`]: an answer that writes nothing (a replay, a
+//! write) and calls a decide function ([`ops::decide_operation`], [`ops::decide_shift`],
+//! [`stripe::decide`]); it gets a [`Plan`]: an answer that writes nothing (a replay, a
 //! refusal), or the writes to make and the answer to give once they are durable. The
 //! arithmetic is `ledger::rules`'. A backend that decides inside its database (stored
 //! procedures, one round trip per operation) implements the same contract in its own
@@ -55,6 +55,7 @@
 //! sum to zero.
 
 pub mod ops;
+pub mod stripe;
 
 use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::ledger::caller::{StaffMember, Terminal};

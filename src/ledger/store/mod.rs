@@ -18,6 +18,7 @@ use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use crate::ledger::caller::Terminal;
 use crate::ledger::config::DatabaseUrl;
 use crate::ledger::outcome::Outcome;
+pub use crate::ledger::outcome::StripeOutcome;
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
 use sqlite::{SqliteOptions, SqliteStore};
@@ -51,25 +52,6 @@ pub struct StripeEventRecord {
     pub amount_cents: Option<Cents>,
     /// Why it was refused.
     pub reason: Option<String>,
-}
-
-/// What the ledger did with a Stripe event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StripeOutcome {
-    /// The event.
-    pub event_id: String,
-    /// `credited`, `duplicate_event`, `duplicate_session`, `refused`, `refunded`,
-    /// `refund_nothing_new`, `refund_waiting`, `ignored`.
-    pub outcome: &'static str,
-    /// The card concerned, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub card_uid: Option<CardUid>,
-    /// Money moved by this event (credited, or reversed), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amount_cents: Option<Cents>,
-    /// The card's balance after it, if money moved.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub balance_cents: Option<Cents>,
 }
 
 /// A storage failure. Business outcomes (declines) are not errors: they are [`Outcome`]s.

@@ -6,7 +6,8 @@
 //!   operation, decided over a narrow read interface; the contract every backend keeps.
 //! - [`outcome`]: the typed outcome of an operation (approved, declined, replayed) and its
 //!   stored form.
-//! - [`store`]: storage behind the [`store::LedgerStore`] trait; SQLite by default.
+//! - [`store`]: storage behind one trait per job ([`store::LedgerStore`] is all of them);
+//!   [`store::Store`] opens whichever backend `--database` names (SQLite today).
 //! - [`api`]: the HTTP API (axum).
 //! - [`openapi`]: the API's OpenAPI document, built from the protocol types.
 //! - [`stripe`]: Stripe webhooks, the pure part: signature check and event reading.

@@ -9,7 +9,7 @@ use crate::domain::{CardUid, Cents, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::server;
-use crate::ledger::store::LedgerStore;
+use crate::ledger::store::{AdminStore, ReportStore, StripeStore};
 use crate::protocol::api::{StaffRole, TerminalKind};
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;

@@ -11,7 +11,7 @@ use crate::domain::CardUid;
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::server;
-use crate::ledger::store::LedgerStore;
+use crate::ledger::store::{LedgerStore, ReportStore};
 use crate::protocol::api::{StaffRole, TerminalKind};
 use crate::protocol::commands::Command;
 use crate::terminal::config::{TerminalConfig, TerminalOverrides};

@@ -25,9 +25,12 @@
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use cashless::ledger::caller::Terminal;
+use cashless::ledger::config::DatabaseUrl;
 use cashless::ledger::rules::Limits;
-use cashless::ledger::store::sqlite::{SqliteOptions, SqliteStore};
-use cashless::ledger::store::{LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert};
+use cashless::ledger::store::{
+    AdminStore, FeedStore, NewStaff, NewTerminal, OperationStore, Product, ProductUpsert,
+    ReportStore, Store, StoreOptions,
+};
 use cashless::protocol::api::{
     Mode, Operation, OrderItem, PaymentMethod, RechargeRequest, StaffRole, TerminalKind, VoidReason,
 };
@@ -119,15 +122,15 @@ struct Network {
 
 /// The ledger behind a simulated network: the real store, and faults where the test puts them.
 struct SimLedger {
-    store: SqliteStore,
+    store: Store,
     bar: Terminal,
     network: Mutex<Network>,
 }
 
-fn answer(outcome: &cashless::protocol::api::Outcome) -> Answer {
+fn answer(outcome: &cashless::ledger::outcome::Outcome) -> Answer {
     Answer {
-        status: outcome.status,
-        body: serde_json::from_str(&outcome.body).unwrap(),
+        status: cashless::ledger::api::outcome_status(&outcome.decided),
+        body: serde_json::to_value(&outcome.decided).unwrap(),
         replayed: outcome.replayed,
         etag: None,
     }
@@ -239,15 +242,14 @@ fn product(price: usize) -> ProductId {
 /// A ledger on a new SQLite file: a bar, a checkpoint, one staff member, the products, and
 /// the cards funded.
 async fn ledger(dir: &Path) -> SimLedger {
-    let store = SqliteStore::open(SqliteOptions {
-        path: dir.join("ledger.db"),
+    let options = StoreOptions {
         limits: Limits {
             recharge_max: Cents::new(1_000_000),
             balance_max: Cents::new(10_000_000),
         },
         retention_days: 30,
-    })
-    .unwrap();
+    };
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.join("ledger.db")), options).unwrap();
     for (name, kind) in [
         ("bar-1", TerminalKind::Bar),
         ("cp-1", TerminalKind::Checkpoint),
@@ -315,7 +317,8 @@ async fn ledger(dir: &Path) -> SimLedger {
         .await
         .unwrap()
     {
-        assert_eq!(outcome.status, 201, "{}", outcome.body);
+        let answer = answer(&outcome);
+        assert_eq!(answer.status, 201, "{}", answer.body);
     }
     let bar = store
         .terminal_by_name("bar-1".into())

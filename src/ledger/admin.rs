@@ -1,12 +1,12 @@
 //! The admin commands: terminals, staff, products, cards and the audit. They talk to the
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
-use super::config::{DatabaseUrl, LedgerConfig};
+use super::config::LedgerConfig;
+use super::outcome::Decided;
 use super::rules::Limits;
-use super::store::sqlite::{SqliteOptions, SqliteStore};
 use super::store::{
-    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport,
-    StripeEventRecord,
+    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport, Store,
+    StoreOptions, StripeEventRecord,
 };
 use crate::domain::{Cents, ProductId, StaffId};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
@@ -23,23 +23,16 @@ pub const CATALOG_PRODUCTS_MAX: usize = 10_000;
 /// Longest name of a terminal, point of sale, product or staff member.
 pub const NAME_LEN_MAX: usize = 100;
 
-/// Opens the configured database, migrating it if needed.
-pub fn open_store(config: &LedgerConfig) -> anyhow::Result<SqliteStore> {
-    match &config.database {
-        DatabaseUrl::Sqlite(path) => SqliteStore::open(SqliteOptions {
-            path: path.clone(),
-            limits: Limits {
-                recharge_max: config.recharge_max,
-                balance_max: config.balance_max,
-            },
-            retention_days: config.retention_days,
-        })
-        .with_context(|| format!("cannot open the ledger database {}", config.database)),
-        DatabaseUrl::Postgres(_) => bail!(
-            "database {}: PostgreSQL support is not built yet; use sqlite:PATH",
-            config.database
-        ),
-    }
+/// Opens the configured database, migrating it if needed, through [`Store::open`].
+pub fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        limits: Limits {
+            recharge_max: config.recharge_max,
+            balance_max: config.balance_max,
+        },
+        retention_days: config.retention_days,
+    };
+    Ok(Store::open(&config.database, options)?)
 }
 
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
@@ -309,17 +302,17 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
                 .apply(terminal.clone(), request_id.clone(), ops)
                 .await?;
             for ((position, crid), outcome) in positions.drain(..).zip(outcomes) {
-                match (outcome.replayed, outcome.status) {
+                match (outcome.replayed, &outcome.decided) {
                     (true, _) => summary.replayed += 1,
-                    (false, 201) => summary.applied += 1,
-                    (false, 402 | 404 | 422 | 423) if stored_decline(&outcome.body) => {
+                    (false, Decided::Approved(_)) => summary.applied += 1,
+                    (false, Decided::Declined(d)) if d.error.code.is_stored_decline() => {
                         summary.declined += 1
                     }
-                    (false, status) => summary.refused.push((
+                    (false, Decided::Declined(d)) => summary.refused.push((
                         position,
                         Some(crid),
-                        status,
-                        error_code(&outcome.body),
+                        d.error.http_status(),
+                        d.error.code.as_str().to_owned(),
                     )),
                 }
             }
@@ -344,14 +337,14 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
         let outcome = store
             .record_shift(terminal.clone(), request_id.clone(), closeout)
             .await?;
-        match (outcome.replayed, outcome.status) {
+        match (outcome.replayed, &outcome.decided) {
             (true, _) => summary.closeouts_replayed += 1,
-            (false, 201) => summary.closeouts_recorded += 1,
-            (false, status) => summary.closeouts_refused.push((
+            (false, Decided::Approved(_)) => summary.closeouts_recorded += 1,
+            (false, Decided::Declined(d)) => summary.closeouts_refused.push((
                 index,
                 Some(crid),
-                status,
-                error_code(&outcome.body),
+                d.error.http_status(),
+                d.error.code.as_str().to_owned(),
             )),
         }
     }
@@ -363,31 +356,6 @@ fn readable_crid(raw: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(raw)
         .ok()
         .and_then(|v| v.get("client_request_id")?.as_str().map(str::to_owned))
-}
-
-/// The `error.code` of an answer's body, or nothing.
-fn error_code(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn stored_decline(body: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-        .is_some_and(|code| {
-            matches!(
-                code.as_str(),
-                "INSUFFICIENT_FUNDS"
-                    | "CARD_NOT_FOUND"
-                    | "CARD_BLOCKED"
-                    | "LIMIT_EXCEEDED"
-                    | "UNKNOWN_PRODUCT"
-                    | "PRICE_MISMATCH"
-            )
-        })
 }
 
 /// Prints an import's summary, one line per refused operation.

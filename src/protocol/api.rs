@@ -683,28 +683,6 @@ impl ApiError {
     }
 }
 
-/// The answer to one operation, as sent and as stored with its idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON text, returned byte for byte on replays.
-    pub body: String,
-    /// True when this is a stored answer returned again.
-    pub replayed: bool,
-}
-
-impl Outcome {
-    /// An error outcome.
-    pub fn error(err: &ApiError, request_id: &str) -> Outcome {
-        Outcome {
-            status: err.http_status(),
-            body: err.body(request_id).to_string(),
-            replayed: false,
-        }
-    }
-}
-
 /// The 201 answer to an applied order or top-up (also the stored answer, replayed).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(examples(json!({

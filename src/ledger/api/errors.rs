@@ -1,9 +1,11 @@
 //! Errors and store outcomes into responses: the status, the JSON body and the word the
-//! request's log line carries.
+//! request's log line carries. Only here does a typed outcome (`ledger::outcome`) become a
+//! status (from `ErrorCode::http_status`) and bytes (its serde encoding).
 
 use super::{OutcomeTag, RequestId};
+use crate::ledger::outcome::{Decided, Outcome};
 use crate::ledger::store::StoreError;
-use crate::protocol::api::{ApiError, Outcome};
+use crate::protocol::api::ApiError;
 use crate::protocol::codes::ErrorCode;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,50 +28,43 @@ pub(super) fn json_text_response(status: u16, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A store outcome as it goes on the wire.
-struct Answer {
-    status: u16,
-    /// The body, JSON text.
-    body: String,
-    replayed: bool,
-    /// The word for the request's log line.
-    tag: &'static str,
-}
-
-/// The one place a store [`Outcome`] becomes a status and a body; a single answer and a
-/// batch's entry are both made from it.
-fn answer(o: Outcome) -> Answer {
-    let tag = match (o.replayed, o.status) {
-        (true, _) => "replayed",
-        (false, 200..=299) => "applied",
-        (false, _) => "declined",
-    };
-    Answer {
-        status: o.status,
-        body: o.body,
-        replayed: o.replayed,
-        tag,
+/// The HTTP status of an operation's outcome: 201 for an approval, the code's status for a
+/// decline. With the outcome's serde encoding as the body, this is the whole answer, and a
+/// replay rebuilds the first answer byte for byte.
+pub fn outcome_status(decided: &Decided) -> u16 {
+    match decided {
+        Decided::Approved(_) => 201,
+        Decided::Declined(d) => d.error.http_status(),
     }
 }
 
-/// A store [`Outcome`] as the whole answer to its request.
-pub(super) fn outcome_response(o: Outcome) -> Response {
-    let a = answer(o);
-    let mut r = json_text_response(a.status, a.body);
-    if a.replayed {
+fn answer_not_written(e: &serde_json::Error) -> ApiError {
+    tracing::error!(error = %e, "cannot write an answer");
+    ApiError::new(ErrorCode::ServerError, "internal error; retry later")
+}
+
+/// A store [`Outcome`] as the whole answer to its request: the one place a typed outcome
+/// becomes a status and bytes (a batch's entry is the same status and body as a value).
+pub(super) fn outcome_response(o: Outcome) -> Result<Response, ApiError> {
+    let tag = match (o.replayed, &o.decided) {
+        (true, _) => "replayed",
+        (false, Decided::Approved(_)) => "applied",
+        (false, Decided::Declined(_)) => "declined",
+    };
+    let body = serde_json::to_string(&o.decided).map_err(|e| answer_not_written(&e))?;
+    let mut r = json_text_response(outcome_status(&o.decided), body);
+    if o.replayed {
         r.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    r.extensions_mut().insert(OutcomeTag(a.tag));
-    r
+    r.extensions_mut().insert(OutcomeTag(tag));
+    Ok(r)
 }
 
 /// A store [`Outcome`] as one entry of a batch's answer: its status and its body.
 pub(super) fn outcome_entry(o: Outcome) -> Result<(u16, Value), ApiError> {
-    let a = answer(o);
-    let body = serde_json::from_str(&a.body)
-        .map_err(|_| ApiError::new(ErrorCode::ServerError, "stored answer is not JSON"))?;
-    Ok((a.status, body))
+    let body = serde_json::to_value(&o.decided).map_err(|e| answer_not_written(&e))?;
+    Ok((outcome_status(&o.decided), body))
 }
 
 pub(super) fn store_error(e: StoreError) -> ApiError {

@@ -21,6 +21,7 @@ mod ops;
 mod parse;
 mod stripe;
 
+pub use errors::outcome_status;
 pub use parse::{parse_batch_entry, parse_shift_closeout};
 
 use super::store::LedgerStore;

@@ -40,7 +40,7 @@ async fn post_operation<S: LedgerStore>(
         .map_err(store_error)?
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::ServerError, "no outcome"))?;
-    Ok(outcome_response(outcome))
+    outcome_response(outcome)
 }
 
 /// `POST` on one operation's route (`/v1/orders`, `/v1/recharges` or `/v1/voids`).
@@ -74,7 +74,7 @@ async fn shift<S: LedgerStore>(
         .record_shift(terminal, request_id.0.to_string(), closeout)
         .await
         .map_err(store_error)?;
-    Ok(outcome_response(outcome))
+    outcome_response(outcome)
 }
 
 pub(super) async fn post_shift<S: LedgerStore>(

@@ -1,16 +1,27 @@
-//! Storage behind a narrow interface.
+//! Storage behind narrow interfaces, one trait per job: [`OperationStore`] (the money
+//! operations and close-outs), [`FeedStore`] (what terminals pull, and their scans),
+//! [`AdminStore`] (the admin commands' registrations), [`ReportStore`] (audit and shift
+//! reports) and [`StripeStore`] (Stripe events). [`LedgerStore`] is all of them, for callers
+//! that need several.
 //!
-//! [`LedgerStore`] is everything the HTTP layer and the admin commands need from a
-//! database. The SQLite backend ([`sqlite::SqliteStore`]) is the default; a PostgreSQL
-//! backend provides the same trait and passes the same black-box tests. Every backend
-//! applies an operation atomically: card, order or top-up rows, postings, audit log,
-//! idempotency record and sequence tracking are written in one transaction or not at all.
+//! [`Store`] is the one way to open whichever backend `--database` names
+//! ([`Store::open`]); it implements every trait by handing each call to its backend. The
+//! SQLite backend ([`sqlite::SqliteStore`]) is the only one built today. Every backend keeps
+//! the operation flow's contract (`crate::ledger::flow`): an operation is applied atomically
+//! (card, operation rows, postings, audit log, idempotency record and sequence tracking in
+//! one transaction, or nothing), with the typed outcome of `crate::ledger::outcome`;
+//! `tests/ledger_conformance.rs` checks each backend against it.
 
 pub mod sqlite;
 
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use crate::ledger::caller::Terminal;
-use crate::protocol::api::{Operation, Outcome, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use crate::ledger::config::DatabaseUrl;
+use crate::ledger::outcome::Outcome;
+pub use crate::ledger::outcome::StripeOutcome;
+use crate::ledger::rules::Limits;
+use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use sqlite::{SqliteOptions, SqliteStore};
 use std::future::Future;
 use uuid::Uuid;
 
@@ -43,26 +54,8 @@ pub struct StripeEventRecord {
     pub reason: Option<String>,
 }
 
-/// What the ledger did with a Stripe event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StripeOutcome {
-    /// The event.
-    pub event_id: String,
-    /// `credited`, `duplicate_event`, `duplicate_session`, `refused`, `refunded`,
-    /// `refund_nothing_new`, `refund_waiting`, `ignored`.
-    pub outcome: &'static str,
-    /// The card concerned, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub card_uid: Option<CardUid>,
-    /// Money moved by this event (credited, or reversed), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amount_cents: Option<Cents>,
-    /// The card's balance after it, if money moved.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub balance_cents: Option<Cents>,
-}
-
 /// A storage failure. Business outcomes (declines) are not errors: they are [`Outcome`]s.
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is busy, full or read-only: retry later (503).
@@ -228,18 +221,12 @@ pub struct ShiftReport {
     pub ledger_card_cents: Cents,
 }
 
-/// Everything the ledger needs from a database.
-pub trait LedgerStore: Clone + Send + Sync + 'static {
+/// The money operations and shift close-outs (the flow's contract in `crate::ledger::flow`).
+pub trait OperationStore: Clone + Send + Sync + 'static {
     /// The active terminal holding this bearer token, if any.
     fn authenticate(
         &self,
         token: &str,
-    ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
-
-    /// The active terminal with this name, if any (for imports of a terminal's journal).
-    fn terminal_by_name(
-        &self,
-        name: String,
     ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
 
     /// Applies operations one after another, each atomically and idempotently, and returns
@@ -251,29 +238,9 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         operations: Vec<Operation>,
     ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
 
-    /// Applies a verified Stripe event atomically and idempotently: a paid session is
-    /// credited once per session and per event (card, `stripe_recharges`, postings against
-    /// `stripe_clearing`, audit log and `stripe_events` in one transaction); a refund
-    /// reverses what its cumulative `amount_refunded` adds, once per event; a refused session
-    /// or refund is recorded for an operator. Returns what was done; durable when it returns.
-    fn apply_stripe(
-        &self,
-        request_id: String,
-        event: crate::ledger::stripe::StripeEvent,
-    ) -> impl Future<Output = Result<StripeOutcome, StoreError>> + Send;
-
-    /// Stripe events, newest first, at most `limit`; with `attention`, only those an
-    /// operator must act on (`refused`: paid but not credited, or a refund in another
-    /// currency, not applied; `refund_waiting`: a refund without its credit).
-    fn stripe_events(
-        &self,
-        attention: bool,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<StripeEventRecord>, StoreError>> + Send;
-
     /// Records a shift close-out atomically and idempotently (close-out row, audit log row
-    /// and idempotency record in one transaction): 201 with its answer, the stored answer
-    /// again for the same request, or a refusal that wrote nothing (403 unknown staff, 422
+    /// and idempotency record in one transaction): approved with its answer, the stored
+    /// answer again for the same request, or a refusal that wrote nothing (unknown staff,
     /// key reused). An answer is returned only after it is durable.
     fn record_shift(
         &self,
@@ -281,14 +248,10 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         request_id: String,
         shift: ShiftCloseout,
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+}
 
-    /// Every shift close-out (of the terminal with this name, if given), oldest close first,
-    /// with the ledger's own top-up totals for each.
-    fn shift_reports(
-        &self,
-        terminal_name: Option<String>,
-    ) -> impl Future<Output = Result<Vec<ShiftReport>, StoreError>> + Send;
-
+/// What terminals pull (cards, catalog, staff) and the scans they upload.
+pub trait FeedStore: Clone + Send + Sync + 'static {
     /// One card.
     fn card(
         &self,
@@ -317,12 +280,15 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         terminal: Terminal,
         scans: Vec<Scan>,
     ) -> impl Future<Output = Result<ScanReceipt, StoreError>> + Send;
+}
 
-    /// Answers when the database does.
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Deletes idempotency keys past their retention; returns how many.
-    fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+/// Registrations and upkeep: terminals, staff, products, cards, keys, health.
+pub trait AdminStore: Clone + Send + Sync + 'static {
+    /// The active terminal with this name, if any (for imports of a terminal's journal).
+    fn terminal_by_name(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<Terminal>, StoreError>> + Send;
 
     /// Registers a terminal.
     fn add_terminal(&self, t: NewTerminal)
@@ -344,6 +310,151 @@ pub trait LedgerStore: Clone + Send + Sync + 'static {
         lost: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Deletes the keys of declines past their retention; returns how many.
+    fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Answers when the database does.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What headquarters reads: the books' audit and the shift reports.
+pub trait ReportStore: Clone + Send + Sync + 'static {
     /// Proves the books balance, or lists every discrepancy.
     fn audit(&self) -> impl Future<Output = Result<AuditReport, StoreError>> + Send;
+
+    /// Every shift close-out (of the terminal with this name, if given), oldest close first,
+    /// with the ledger's own top-up totals for each.
+    fn shift_reports(
+        &self,
+        terminal_name: Option<String>,
+    ) -> impl Future<Output = Result<Vec<ShiftReport>, StoreError>> + Send;
 }
+
+/// Stripe webhook events.
+pub trait StripeStore: Clone + Send + Sync + 'static {
+    /// Applies a verified Stripe event atomically and idempotently: a paid session is
+    /// credited once per session and per event (card, `stripe_recharges`, postings against
+    /// `stripe_clearing`, audit log and `stripe_events` in one transaction); a refund
+    /// reverses what its cumulative `amount_refunded` adds, once per event; a refused session
+    /// or refund is recorded for an operator. Returns what was done; durable when it returns.
+    fn apply_stripe(
+        &self,
+        request_id: String,
+        event: crate::ledger::stripe::StripeEvent,
+    ) -> impl Future<Output = Result<StripeOutcome, StoreError>> + Send;
+
+    /// Stripe events, newest first, at most `limit`; with `attention`, only those an
+    /// operator must act on (`refused`: paid but not credited, or a refund in another
+    /// currency, not applied; `refund_waiting`: a refund without its credit).
+    fn stripe_events(
+        &self,
+        attention: bool,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StripeEventRecord>, StoreError>> + Send;
+}
+
+/// Everything the ledger needs from a database: every job's trait. Implemented for every
+/// type that implements them all.
+pub trait LedgerStore: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore {}
+
+impl<T: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore> LedgerStore for T {}
+
+/// What opening a store needs besides the database's name.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Top-up limits.
+    pub limits: Limits,
+    /// How long a decline's idempotency key is kept.
+    pub retention_days: i64,
+}
+
+/// A database that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A backend this program does not have yet.
+    #[error("database {0}: PostgreSQL support is not built yet; use sqlite:PATH")]
+    NotBuilt(String),
+    /// The backend failed to open it.
+    #[error("cannot open the ledger database {database}")]
+    Failed {
+        /// The database, as named.
+        database: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Whichever backend `--database` names; every caller opens the store through
+/// [`Store::open`]. Cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    /// An SQLite file.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database `database` names.
+    pub fn open(database: &DatabaseUrl, options: StoreOptions) -> Result<Store, OpenError> {
+        match database {
+            DatabaseUrl::Sqlite(path) => SqliteStore::open(SqliteOptions {
+                path: path.clone(),
+                limits: options.limits,
+                retention_days: options.retention_days,
+            })
+            .map(Store::Sqlite)
+            .map_err(|source| OpenError::Failed {
+                database: database.to_string(),
+                source,
+            }),
+            DatabaseUrl::Postgres(_) => Err(OpenError::NotBuilt(database.to_string())),
+        }
+    }
+}
+
+/// Implements a trait's methods for [`Store`] by handing each call to the backend.
+macro_rules! delegate {
+    ($trait:ident { $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)* }) => {
+        impl $trait for Store {
+            $(async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                match self {
+                    Store::Sqlite(s) => s.$name($($arg),*).await,
+                }
+            })*
+        }
+    };
+}
+
+delegate!(OperationStore {
+    authenticate(token: &str) -> Option<Terminal>;
+    apply(terminal: Terminal, request_id: String, operations: Vec<Operation>) -> Vec<Outcome>;
+    record_shift(terminal: Terminal, request_id: String, shift: ShiftCloseout) -> Outcome;
+});
+
+delegate!(FeedStore {
+    card(uid: CardUid) -> Option<CardView>;
+    card_feed(since_version: i64, limit: u32) -> CardFeedPage;
+    catalog(point_of_sale: String) -> Vec<Product>;
+    staff() -> Vec<StaffRecord>;
+    record_scans(terminal: Terminal, scans: Vec<Scan>) -> ScanReceipt;
+});
+
+delegate!(AdminStore {
+    terminal_by_name(name: String) -> Option<Terminal>;
+    add_terminal(t: NewTerminal) -> Uuid;
+    add_staff(s: NewStaff) -> ();
+    upsert_products(products: Vec<ProductUpsert>) -> ();
+    set_card_lost(uid: CardUid, lost: bool) -> ();
+    purge_expired_keys() -> u64;
+    ping() -> ();
+});
+
+delegate!(ReportStore {
+    audit() -> AuditReport;
+    shift_reports(terminal_name: Option<String>) -> Vec<ShiftReport>;
+});
+
+delegate!(StripeStore {
+    apply_stripe(request_id: String, event: crate::ledger::stripe::StripeEvent) -> StripeOutcome;
+    stripe_events(attention: bool, limit: u32) -> Vec<StripeEventRecord>;
+});

@@ -1,0 +1,154 @@
+//! Registrations and upkeep in the SQLite store: terminals, staff, products, lost cards,
+//! the purge of expired keys, and the health check.
+
+use super::{SqliteStore, TerminalKey, load_card, write_card};
+use crate::domain::CardUid;
+use crate::ledger::caller::Terminal;
+use crate::ledger::rules::{self, CardState};
+use crate::ledger::store::{AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError};
+use crate::protocol::api::{BlockReason, CardStatus, format_time};
+use chrono::Utc;
+use rusqlite::{Connection, params};
+use serde_json::json;
+use uuid::Uuid;
+
+fn log_admin(
+    conn: &Connection,
+    operation: &str,
+    card_uid: Option<&str>,
+    details: serde_json::Value,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO app_transaction_log (occurred_at, actor, operation, card_uid, outcome, details)
+         VALUES (?1, 'admin', ?2, ?3, 'done', ?4)",
+    )?
+    .execute(params![format_time(Utc::now()), operation, card_uid, details.to_string()])?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+impl AdminStore for SqliteStore {
+    async fn terminal_by_name(&self, name: String) -> Result<Option<Terminal>, StoreError> {
+        self.terminal_by(TerminalKey::Name, name).await
+    }
+
+    async fn add_terminal(&self, t: NewTerminal) -> Result<Uuid, StoreError> {
+        self.write(move |conn| {
+            let id = Uuid::new_v4();
+            let r = conn.execute(
+                "INSERT INTO terminals (terminal_id, name, kind, point_of_sale, token_sha256, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id.to_string(), t.name, t.kind.as_str(), t.point_of_sale, t.token_sha256, format_time(Utc::now())],
+            );
+            match r {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!("a terminal named {:?} already exists", t.name)));
+                }
+                r => r?,
+            };
+            log_admin(conn, "terminal_add", None, json!({ "terminal_id": id, "name": t.name, "kind": t.kind.as_str(), "point_of_sale": t.point_of_sale }))?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn add_staff(&self, s: NewStaff) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = format_time(Utc::now());
+            let r = conn.execute(
+                "INSERT INTO staff (staff_id, name, role, pin_hash, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![s.staff_id.as_str(), s.name, s.role.as_str(), s.pin_hash, now],
+            );
+            match r {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!("staff member {} already exists", s.staff_id)));
+                }
+                r => r?,
+            };
+            log_admin(conn, "staff_add", None, json!({ "staff_id": s.staff_id.as_str(), "role": s.role.as_str() }))
+        })
+        .await
+    }
+
+    async fn upsert_products(&self, products: Vec<ProductUpsert>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = format_time(Utc::now());
+            for p in &products {
+                conn.prepare_cached(
+                    "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                     ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
+                         name = excluded.name, price_cents = excluded.price_cents,
+                         category = excluded.category, active = 1, updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    p.point_of_sale,
+                    p.product.product_id.as_str(),
+                    p.product.name,
+                    p.product.price_cents.get(),
+                    p.product.category,
+                    now
+                ])?;
+                log_admin(conn, "product_upsert", None, json!({ "point_of_sale": p.point_of_sale, "product_id": p.product.product_id.as_str(), "price_cents": p.product.price_cents.get() }))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let card = load_card(conn, &uid)?
+                .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
+            let next = if lost {
+                CardState {
+                    status: CardStatus::Blocked,
+                    block_reason: Some(BlockReason::Lost),
+                    ..card
+                }
+            } else {
+                // Lifting a lost block leaves a debt block in place if the card is in debt.
+                rules::status_after(
+                    CardState {
+                        status: CardStatus::Active,
+                        block_reason: None,
+                        ..card
+                    },
+                    card.balance,
+                )
+            };
+            write_card(conn, &uid, false, &next, &format_time(Utc::now()))?;
+            log_admin(
+                conn,
+                if lost { "card_block" } else { "card_unblock" },
+                Some(uid.as_str()),
+                json!({}),
+            )
+        })
+        .await
+    }
+
+    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
+        self.write(|conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE transaction_id IS NULL AND expires_at < ?1",
+                )?
+                .execute([format_time(Utc::now())])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM terminals", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,139 @@
+//! What terminals pull from the SQLite store (a card, the card feed, the catalog, the staff
+//! list) and the scans they upload.
+
+use super::{SqliteStore, internal, parse_stored};
+use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::ledger::caller::Terminal;
+use crate::ledger::store::{
+    CardFeedPage, CardView, FeedStore, Product, ScanReceipt, StaffRecord, StoreError,
+};
+use crate::protocol::api::{Scan, StaffRole, format_time};
+use chrono::Utc;
+use rusqlite::{OptionalExtension, params};
+
+fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, String, i64, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn to_card_view(row: (String, i64, String, i64, String)) -> Result<CardView, StoreError> {
+    Ok(CardView {
+        card_uid: CardUid::parse(&row.0).map_err(internal)?,
+        balance_cents: Cents::new(row.1),
+        status: row.2,
+        version: row.3,
+        updated_at: row.4,
+    })
+}
+
+impl FeedStore for SqliteStore {
+    async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT card_uid, balance_cents, status, version, updated_at FROM cards WHERE card_uid = ?1")?
+                .query_row([uid.as_str()], card_view)
+                .optional()?
+                .map(to_card_view)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn card_feed(&self, since_version: i64, limit: u32) -> Result<CardFeedPage, StoreError> {
+        self.read(move |conn| {
+            let rows: Vec<_> = conn
+                .prepare_cached(
+                    "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
+                     WHERE version > ?1 ORDER BY version LIMIT ?2",
+                )?
+                .query_map(params![since_version, limit], card_view)?
+                .collect::<Result<_, _>>()?;
+            let cards = rows
+                .into_iter()
+                .map(to_card_view)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_version = cards.last().map_or(since_version, |c| c.version);
+            Ok(CardFeedPage {
+                cards,
+                next_version,
+            })
+        })
+        .await
+    }
+
+    async fn catalog(&self, point_of_sale: String) -> Result<Vec<Product>, StoreError> {
+        self.read(move |conn| {
+            let rows: Vec<(String, String, i64, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT product_id, name, price_cents, category FROM products
+                     WHERE point_of_sale = ?1 AND active = 1 ORDER BY category, product_id",
+                )?
+                .query_map([point_of_sale], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(id, name, price, category)| {
+                    Ok(Product {
+                        product_id: ProductId::parse(&id).map_err(internal)?,
+                        name,
+                        price_cents: Cents::new(price),
+                        category,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn staff(&self) -> Result<Vec<StaffRecord>, StoreError> {
+        self.read(|conn| {
+            let rows: Vec<(String, String, String, bool, String)> = conn
+                .prepare_cached(
+                    "SELECT staff_id, name, role, active, pin_hash FROM staff ORDER BY staff_id",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(id, name, role, active, pin_hash)| {
+                    Ok(StaffRecord {
+                        staff_id: StaffId::parse(&id).map_err(internal)?,
+                        name,
+                        role: parse_stored(&role, StaffRole::parse)?,
+                        active,
+                        pin_hash,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_scans(
+        &self,
+        terminal: Terminal,
+        scans: Vec<Scan>,
+    ) -> Result<ScanReceipt, StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR IGNORE INTO nfc_scan_log (terminal_id, card_uid, result, reader, scanned_at, terminal_seq, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let now = format_time(Utc::now());
+            let mut accepted = 0;
+            for s in &scans {
+                accepted += stmt.execute(params![
+                    terminal.terminal_id.to_string(),
+                    s.card_uid.as_str(),
+                    s.result,
+                    s.reader,
+                    format_time(s.scanned_at),
+                    s.terminal_seq.map(|t| t.get()),
+                    now
+                ])?;
+            }
+            Ok(ScanReceipt { accepted, duplicates: scans.len() - accepted })
+        })
+        .await
+    }
+}

@@ -471,7 +471,14 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            server::serve(&config, store, listener, server::shutdown_signal()).await?;
+            server::serve(
+                &config,
+                store,
+                listener,
+                server::Announce::Stdout,
+                server::shutdown_signal(),
+            )
+            .await?;
         }
         LedgerCommand::Migrate => {
             println!("database {} is at the current schema", config.database);

@@ -350,7 +350,7 @@ async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
         let store = store.clone();
         let config = config.clone();
         tokio::spawn(async move {
-            server::serve_quietly(&config, store, listener, async {
+            server::serve(&config, store, listener, server::Announce::Quietly, async {
                 let _ = stopped.await;
             })
             .await

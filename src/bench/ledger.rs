@@ -711,17 +711,16 @@ mod tests {
     #[test]
     fn summary_text_has_throughput_percentiles_and_outcomes() {
         let text = format_ledger_summary(&summary());
-        assert!(
-            text.contains("throughput: 3997 orders/s, 3996 approvals/s"),
-            "{text}"
+        crate::bench::assert_says(
+            &text,
+            &[
+                "throughput: 3997 orders/s, 3996 approvals/s",
+                "p50 7.50 ms, p90 10.25 ms, p99 20.00 ms, p99.9 40.00 ms, max 55.12 ms",
+                "201 approved 40000, 402 declined 7, other status 503: 3, transport errors 2 (errors: 5)",
+                "generator CPU: 42%",
+                "error sample: HTTP 503",
+            ],
         );
-        assert!(
-            text.contains("p50 7.50 ms, p90 10.25 ms, p99 20.00 ms, p99.9 40.00 ms, max 55.12 ms"),
-            "{text}"
-        );
-        assert!(text.contains("201 approved 40000, 402 declined 7, other status 503: 3, transport errors 2 (errors: 5)"), "{text}");
-        assert!(text.contains("generator CPU: 42%"), "{text}");
-        assert!(text.contains("error sample: HTTP 503"), "{text}");
     }
 
     #[test]

@@ -132,6 +132,15 @@ pub(crate) fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
+/// Test support: asserts that a summary `text` says each of `parts`, naming the first one
+/// missing and showing the whole text.
+#[cfg(test)]
+pub(crate) fn assert_says(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

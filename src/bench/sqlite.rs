@@ -175,7 +175,7 @@ mod tests {
             "every commit is durable and counted"
         );
         let text = format_sqlite_summary(&s);
-        assert!(text.contains("synchronous=FULL"), "{text}");
+        crate::bench::assert_says(&text, &["synchronous=FULL"]);
     }
 
     #[test]

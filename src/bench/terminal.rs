@@ -744,32 +744,22 @@ mod tests {
     #[test]
     fn summary_text_has_percentiles_statuses_and_resources() {
         let text = format_tap_summary(&summary());
-        assert!(
-            text.contains("1000 taps (+20 warm-up) over 50 cards; terminal online at start: no"),
-            "{text}"
+        crate::bench::assert_says(
+            &text,
+            &[
+                "1000 taps (+20 warm-up) over 50 cards; terminal online at start: no",
+                "p50 1.25 ms, p90 1.50 ms, p99 2.00 ms, p99.9 4.00 ms, max 9.88 ms",
+                "pipe round trip included",
+                "decisions: approved_offline 998, declined:OFFLINE_LIMIT 2",
+                "400 taps/s",
+                "terminal CPU: 35% of one core, 0.875 ms per tap",
+                "VmRSS 12.5 MiB, VmHWM 14.0 MiB",
+                "(run queue): 0.061 ms per tap",
+                "998 pending, 0 in doubt",
+                "expected approved_offline: 2 of 1000",
+                "unexpected decision: {",
+            ],
         );
-        assert!(
-            text.contains("p50 1.25 ms, p90 1.50 ms, p99 2.00 ms, p99.9 4.00 ms, max 9.88 ms"),
-            "{text}"
-        );
-        assert!(text.contains("pipe round trip included"), "{text}");
-        assert!(
-            text.contains("decisions: approved_offline 998, declined:OFFLINE_LIMIT 2"),
-            "{text}"
-        );
-        assert!(text.contains("400 taps/s"), "{text}");
-        assert!(
-            text.contains("terminal CPU: 35% of one core, 0.875 ms per tap"),
-            "{text}"
-        );
-        assert!(text.contains("VmRSS 12.5 MiB, VmHWM 14.0 MiB"), "{text}");
-        assert!(text.contains("(run queue): 0.061 ms per tap"), "{text}");
-        assert!(text.contains("998 pending, 0 in doubt"), "{text}");
-        assert!(
-            text.contains("expected approved_offline: 2 of 1000"),
-            "{text}"
-        );
-        assert!(text.contains("unexpected decision: {"), "{text}");
     }
 
     #[test]

@@ -120,6 +120,25 @@ pub fn check_staff(
     }
 }
 
+/// The change that leaves `previous` at `balance`: the status that follows from it
+/// ([`status_after`]) and, below zero, the `NEGATIVE_BALANCE` flag.
+fn balance_change(
+    create_card: bool,
+    previous: CardState,
+    balance: Cents,
+    mut flags: Vec<Flag>,
+) -> BalanceChange {
+    if balance.is_negative() {
+        flags.push(Flag::NegativeBalance);
+    }
+    BalanceChange {
+        create_card,
+        previous,
+        next: status_after(previous, balance),
+        flags,
+    }
+}
+
 /// A card's status after its balance changed: below zero blocks it for debt; back at zero
 /// or above lifts a debt block (never a lost-card block).
 pub fn status_after(card: CardState, balance: Cents) -> CardState {
@@ -226,16 +245,7 @@ pub fn decide_order(
         .balance
         .checked_sub(req.total_cents)
         .map_err(|_| overflow("total_cents"))?;
-    let next = status_after(previous, balance);
-    if balance.is_negative() {
-        flags.push(Flag::NegativeBalance);
-    }
-    Ok(BalanceChange {
-        create_card: card.is_none(),
-        previous,
-        next,
-        flags,
-    })
+    Ok(balance_change(card.is_none(), previous, balance, flags))
 }
 
 /// Decides a top-up. Unknown cards are created; a lost card is refused online; an offline
@@ -297,16 +307,7 @@ fn credit(
             }
         }
     }
-    let next = status_after(previous, balance);
-    if balance.is_negative() {
-        flags.push(Flag::NegativeBalance);
-    }
-    Ok(BalanceChange {
-        create_card: card.is_none(),
-        previous,
-        next,
-        flags,
-    })
+    Ok(balance_change(card.is_none(), previous, balance, flags))
 }
 
 /// Decides an online top-up paid through Stripe: the attendee has paid, so it is always
@@ -587,70 +588,24 @@ mod tests {
 
     #[test]
     fn staff_and_terminal_permissions() {
-        let member = |role, active| StaffMember { role, active };
+        use Action::*;
+        use Mode::{Offline, Online};
+        use StaffRole::{Bar, Cashier, Supervisor};
+        let m = |role, active| Some(StaffMember { role, active });
+        // (staff, action, mode, allowed)
         let cases = [
-            (
-                Some(member(StaffRole::Bar, true)),
-                Action::Order,
-                Mode::Online,
-                true,
-            ),
-            (
-                Some(member(StaffRole::Cashier, true)),
-                Action::Order,
-                Mode::Online,
-                false,
-            ),
-            (
-                Some(member(StaffRole::Cashier, true)),
-                Action::Recharge,
-                Mode::Online,
-                true,
-            ),
-            (
-                Some(member(StaffRole::Bar, true)),
-                Action::Recharge,
-                Mode::Offline,
-                false,
-            ),
-            (
-                Some(member(StaffRole::Supervisor, true)),
-                Action::Recharge,
-                Mode::Online,
-                true,
-            ),
-            (
-                Some(member(StaffRole::Bar, false)),
-                Action::Order,
-                Mode::Online,
-                false,
-            ),
-            (
-                Some(member(StaffRole::Bar, false)),
-                Action::Order,
-                Mode::Offline,
-                true,
-            ),
-            (
-                Some(member(StaffRole::Cashier, true)),
-                Action::Void,
-                Mode::Offline,
-                true,
-            ),
-            (None, Action::Void, Mode::Offline, false),
-            (
-                Some(member(StaffRole::Bar, false)),
-                Action::CloseShift,
-                Mode::Offline,
-                true,
-            ),
-            (
-                Some(member(StaffRole::Cashier, true)),
-                Action::CloseShift,
-                Mode::Offline,
-                true,
-            ),
-            (None, Action::CloseShift, Mode::Offline, false),
+            (m(Bar, true), Order, Online, true),
+            (m(Cashier, true), Order, Online, false),
+            (m(Cashier, true), Recharge, Online, true),
+            (m(Bar, true), Recharge, Offline, false),
+            (m(Supervisor, true), Recharge, Online, true),
+            (m(Bar, false), Order, Online, false),
+            (m(Bar, false), Order, Offline, true),
+            (m(Cashier, true), Void, Offline, true),
+            (None, Void, Offline, false),
+            (m(Bar, false), CloseShift, Offline, true),
+            (m(Cashier, true), CloseShift, Offline, true),
+            (None, CloseShift, Offline, false),
         ];
         for (staff, action, mode, ok) in cases {
             assert_eq!(

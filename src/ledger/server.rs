@@ -46,32 +46,30 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Whether [`serve`] says where it listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Prints `listening on ADDR` on stdout once bound, so scripts and tests can find the
+    /// port.
+    Stdout,
+    /// Prints nothing (the demo's screen belongs to its TUI).
+    Quietly,
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
-///
-/// Prints `listening on ADDR` on stdout once bound, so scripts and tests can find the port.
 pub async fn serve<S: LedgerStore>(
     config: &LedgerConfig,
     store: S,
     listener: TcpListener,
+    announce: Announce,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    {
+    if announce == Announce::Stdout {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
-    serve_quietly(config, store, listener, shutdown).await
-}
-
-/// [`serve`] without the line on stdout (the demo's screen belongs to its TUI).
-pub async fn serve_quietly<S: LedgerStore>(
-    config: &LedgerConfig,
-    store: S,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
         database = %config.database,

@@ -107,3 +107,26 @@ fn the_pure_cores_import_no_adapter() {
     );
     assert!(found.is_empty(), "{found:#?}");
 }
+
+#[test]
+fn only_the_api_speaks_http_and_the_flow_never_touches_a_backend() {
+    let http = ["axum", "hyper", "http::", "StatusCode"];
+    for dir in [
+        "ledger/store",
+        "ledger/flow",
+        "ledger/outcome.rs",
+        "ledger/rules.rs",
+    ] {
+        let found = offenders(dir, &http);
+        assert!(found.is_empty(), "{found:#?}");
+    }
+    for dir in ["ledger/flow", "ledger/outcome.rs"] {
+        let found = offenders(
+            dir,
+            &["crate::ledger::store", "crate::ledger::api", "rusqlite"],
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+    let found = offenders("ledger/store", &["crate::ledger::api"]);
+    assert!(found.is_empty(), "{found:#?}");
+}

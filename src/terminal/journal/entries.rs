@@ -13,6 +13,7 @@ use crate::domain::{CardUid, Cents, ClientRequestId, TerminalSeq};
 use crate::protocol::api::{BATCH_OPERATIONS_MAX, Mode, format_time};
 use crate::terminal::core::entry::{Decision, EntryState, OperationKind};
 use chrono::{DateTime, SubsecRound, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::Value;
 use std::fmt;
@@ -585,15 +586,27 @@ impl<'r, 's> EntryRow<'r, 's> {
 
     /// Column `i`, a state.
     pub(super) fn state(&self, i: usize) -> Result<EntryState, JournalError> {
-        let state: String = self.row.get(i)?;
-        EntryState::parse(&state).ok_or_else(|| self.bad("state", &state))
+        let state = self.text(i, "state")?.unwrap_or_default();
+        EntryState::parse(state).ok_or_else(|| self.bad("state", &state))
+    }
+
+    /// Column `i` (named `column`) as text borrowed from the row, or `None` for `NULL`:
+    /// read in place, as the offline policy reads every row of a card on each tap.
+    fn text(&self, i: usize, column: &str) -> Result<Option<&'r str>, JournalError> {
+        match self.row.get_ref(i)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| self.bad(column, &bytes)),
+            other => Err(self.bad(column, &other.data_type())),
+        }
     }
 
     /// Column `i`, a decision or `NULL`.
     pub(super) fn decision(&self, i: usize) -> Result<Option<Decision>, JournalError> {
-        match self.row.get::<_, Option<String>>(i)? {
+        match self.text(i, "decision")? {
             Some(d) => Ok(Some(
-                Decision::parse(&d).ok_or_else(|| self.bad("decision", &d))?,
+                Decision::parse(d).ok_or_else(|| self.bad("decision", &d))?,
             )),
             None => Ok(None),
         }
@@ -605,8 +618,8 @@ impl<'r, 's> EntryRow<'r, 's> {
         i: usize,
         column: &str,
     ) -> Result<Option<DateTime<Utc>>, JournalError> {
-        match self.row.get::<_, Option<String>>(i)? {
-            Some(text) => parse_time(&text)
+        match self.text(i, column)? {
+            Some(text) => parse_time(text)
                 .map(Some)
                 .ok_or_else(|| self.bad(column, &text)),
             None => Ok(None),

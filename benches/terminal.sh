@@ -23,6 +23,8 @@
 # DRAIN_TIMEOUT=900 DRAIN_POLL=0.5 FEED_TIMEOUT=600 SKIP_DRAIN=0 SKIP_IDLE=0 SKIP_BUILD=0
 # CASHLESS_BIN=<installed binary> (skips the build)
 # QUIET_WAIT=S: first wait up to S seconds for other load on the machine to stay under 10%
+# IR=1: after (b), count the terminal's instructions per online and offline tap under
+#   callgrind instead of (c)-(e) (with TAPS=500 SYNC_INTERVAL_MS=600000 SQLITE_DURATION=2)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -187,6 +189,38 @@ if [ "$SKIP_DRAIN" != 1 ]; then
     taskset -c "$TERM_CPU" "$BIN" bench terminal-tap --config "$TMP/drain.toml" --taps 1 --warmup 0 \
         --cards "$CARDS" --card-prefix B1 --expect approved_online --terminal-log "$TMP/prime.log" \
         >"$TMP/prime.out" || { cat "$TMP/prime.out" >&2; die "priming the drain terminal failed"; }
+fi
+
+# --- IR=1: instructions per tap (callgrind) instead of (c)-(e) ---------------------------
+# The terminal daemon runs under valgrind's callgrind for two tap runs of different lengths;
+# the difference of their instruction counts over the difference of their taps is the work
+# per tap, start-up and shutdown cancelled out, whatever the machine's load. Online first (the
+# ledger up), then offline (the ledger stopped). Set SYNC_INTERVAL_MS=600000 so that no sync
+# round falls inside a run.
+if [ "${IR:-0}" = 1 ]; then
+    command -v valgrind >/dev/null || die "IR=1 needs valgrind (apt-get install valgrind)"
+    cat >"$TMP/callgrind.sh" <<WRAP
+#!/usr/bin/env bash
+exec valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-\$IR_RUN.%p" "$BIN" "\$@"
+WRAP
+    chmod +x "$TMP/callgrind.sh"
+    ir_run() { # mode taps expect -> instructions of the terminal over the run
+        IR_RUN=$1-$2 taskset -c "$TERM_CPU" "$BIN" bench terminal-tap --config "$TMP/bar.toml" \
+            --taps "$2" --warmup 0 --cards "$CARDS" --card-prefix B1 --expect "$3" \
+            --terminal-bin "$TMP/callgrind.sh" --event-timeout 60 --json >"$TMP/ir-$1-$2.out" 2>&1 \
+            || { tail -n 5 "$TMP/ir-$1-$2.out" >&2; die "($1) the tap bench under callgrind failed"; }
+        callgrind_annotate "$(ls "$TMP"/cg-"$1-$2".*)" | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,
+    }
+    ir_mode() { # mode short long expect
+        local a b
+        a=$(ir_run "$1" "$2" "$4")
+        b=$(ir_run "$1" "$3" "$4")
+        echo "instructions per $1 tap: $(( (b - a) / ($3 - $2) )) ($a over $2 taps, $b over $3)"
+    }
+    ir_mode online 200 700 approved_online
+    stop_ledger
+    ir_mode offline 300 1300 approved_offline
+    exit 0
 fi
 
 # --- (c) offline -------------------------------------------------------------------------

@@ -74,9 +74,10 @@ pub async fn migrate(client: &mut Client) -> Result<MigrationReport, StoreError>
     for m in MIGRATIONS {
         let tx = client.transaction().await.map_err(classify)?;
         // A migration may take longer than a money statement may; a lock wait may not last
-        // for ever.
+        // for ever. Notices ("already exists, skipping") are not news.
         tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}"
+            "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS};
+             SET LOCAL client_min_messages = warning"
         ))
         .await
         .map_err(classify)?;

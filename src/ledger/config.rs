@@ -71,6 +71,8 @@ struct RawConfig {
     idempotency: RawIdempotency,
     #[serde(default)]
     stripe: RawStripe,
+    #[serde(default)]
+    postgres: RawPostgres,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +105,47 @@ struct RawLimits {
 struct RawIdempotency {
     retention_days: Option<i64>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    // Signed, so that a negative value gets the range message rather than a type error.
+    pool_max_size: Option<i64>,
+    pool_wait_timeout_ms: Option<i64>,
+    connect_timeout_ms: Option<i64>,
+    statement_timeout_ms: Option<i64>,
+}
+
+/// `[postgres]`: the PostgreSQL backend's connection pool and timeouts (unused with SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// Connections the pool opens at most.
+    pub pool_max_size: usize,
+    /// How long a caller waits for a free connection before its request fails as
+    /// unavailable.
+    pub pool_wait_timeout_ms: u64,
+    /// How long opening a connection (TCP, TLS, start-up and authentication) may take; a
+    /// `connect_timeout` in the URL (seconds) wins.
+    pub connect_timeout_ms: u64,
+    /// PostgreSQL's `statement_timeout` on every connection: a statement running longer is
+    /// cancelled. Migrations lift it for their own transactions.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> PostgresSettings {
+        PostgresSettings {
+            pool_max_size: 16,
+            pool_wait_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The most connections `[postgres] pool_max_size` may allow (PostgreSQL's own default
+/// `max_connections` is 100; a larger pool needs a server configured for it).
+pub const POSTGRES_POOL_MAX: u64 = 1000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +186,8 @@ pub struct LedgerConfig {
     /// Connections served at once; more wait in the kernel's listen backlog, so the process
     /// never runs out of descriptors for its database and its other connections.
     pub max_connections: usize,
+    /// The PostgreSQL backend's pool and timeouts.
+    pub postgres: PostgresSettings,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -163,6 +208,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
             .field("max_connections", &self.max_connections)
+            .field("postgres", &self.postgres)
             .finish()
     }
 }
@@ -333,6 +379,7 @@ impl LedgerConfig {
             1..=MAX_CONNECTIONS_MAX,
             "connections",
         )?;
+        let postgres = postgres_settings(f, &raw.postgres)?;
 
         Ok(LedgerConfig {
             listen,
@@ -347,8 +394,50 @@ impl LedgerConfig {
             header_read_timeout_ms,
             body_read_timeout_ms,
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            postgres,
         })
     }
+}
+
+/// Checks `[postgres]`, each key against its range.
+fn postgres_settings(f: &str, raw: &RawPostgres) -> Result<PostgresSettings, ConfigError> {
+    let d = PostgresSettings::default();
+    let ms = |key: &str, value: Option<i64>, default: u64| {
+        whole_in(
+            f,
+            key,
+            value,
+            i64::try_from(default).unwrap_or(i64::MAX),
+            1..=SERVER_TIMEOUT_MS_MAX,
+            "milliseconds",
+        )
+    };
+    let pool_max_size = whole_in(
+        f,
+        "[postgres] pool_max_size",
+        raw.pool_max_size,
+        i64::try_from(d.pool_max_size).unwrap_or(i64::MAX),
+        1..=POSTGRES_POOL_MAX,
+        "connections",
+    )?;
+    Ok(PostgresSettings {
+        pool_max_size: usize::try_from(pool_max_size).unwrap_or(usize::MAX),
+        pool_wait_timeout_ms: ms(
+            "[postgres] pool_wait_timeout_ms",
+            raw.pool_wait_timeout_ms,
+            d.pool_wait_timeout_ms,
+        )?,
+        connect_timeout_ms: ms(
+            "[postgres] connect_timeout_ms",
+            raw.connect_timeout_ms,
+            d.connect_timeout_ms,
+        )?,
+        statement_timeout_ms: ms(
+            "[postgres] statement_timeout_ms",
+            raw.statement_timeout_ms,
+            d.statement_timeout_ms,
+        )?,
+    })
 }
 
 /// The longest a `[server]` timeout may be configured: ten minutes.
@@ -411,6 +500,8 @@ mod tests {
             )
         };
         assert_eq!(limits(&config), limits(&defaults));
+        assert_eq!(config.postgres, defaults.postgres);
+        assert_eq!(defaults.postgres, PostgresSettings::default());
     }
 
     #[test]
@@ -474,6 +565,19 @@ mod tests {
                 "[server]\nheader_read_timeout_ms = \"10s\"\n",
                 "header_read_timeout_ms = \"10s\"",
             ),
+            (
+                "[postgres]\npool_max_size = 0\n",
+                "[postgres] pool_max_size: connections between 1 and 1000, got 0",
+            ),
+            (
+                "[postgres]\nconnect_timeout_ms = 600001\n",
+                "[postgres] connect_timeout_ms: milliseconds between 1 and 600000, got 600001",
+            ),
+            (
+                "[postgres]\nstatement_timeout_ms = -1\n",
+                "[postgres] statement_timeout_ms: milliseconds between 1 and 600000, got -1",
+            ),
+            ("[postgres]\npool_size = 3\n", "unknown field `pool_size`"),
             ("not toml", "TOML parse error"),
         ];
         for (text, expected) in cases {

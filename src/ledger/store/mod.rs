@@ -6,12 +6,15 @@
 //!
 //! [`Store`] is the one way to open whichever backend `--database` names
 //! ([`Store::open`]); it implements every trait by handing each call to its backend. The
-//! SQLite backend ([`sqlite::SqliteStore`]) is the only one built today. Every backend keeps
+//! SQLite backend ([`sqlite::SqliteStore`]) is the only one built today; of the PostgreSQL
+//! backend, the connection pool and the schema's migrations are ([`postgres`], used by
+//! `cashless ledger migrate`), not the operations yet. Every backend keeps
 //! the operation flow's contract (`crate::ledger::flow`): an operation is applied atomically
 //! (card, operation rows, postings, audit log, idempotency record and sequence tracking in
 //! one transaction, or nothing), with the typed outcome of `crate::ledger::outcome`;
 //! `tests/ledger_conformance.rs` checks each backend against it.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
@@ -70,6 +73,18 @@ pub enum StoreError {
     /// An admin request for something that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The database's schema is newer than this program's: a newer version migrated it.
+    #[error(
+        "the database's schema is at version {found}, newer than this program's {known}: a newer \
+         cashless migrated it; run that version (or a newer one) against it, this one does not \
+         downgrade a schema"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this program knows.
+        known: i64,
+    },
 }
 
 /// A card as the API shows it.
@@ -374,6 +389,15 @@ pub enum OpenError {
     /// A backend this program does not have yet.
     #[error("database {0}: PostgreSQL support is not built yet; use sqlite:PATH")]
     NotBuilt(String),
+    /// A URL the backend cannot use.
+    #[error("cannot use the ledger database {database}")]
+    BadUrl {
+        /// The database, as named (without a password).
+        database: String,
+        /// Why.
+        #[source]
+        source: postgres::BadUrl,
+    },
     /// The backend failed to open it.
     #[error("cannot open the ledger database {database}")]
     Failed {

@@ -1,0 +1,634 @@
+//! The PostgreSQL backend's first stage, black-box: `cashless ledger migrate --database
+//! postgres://...` (the real binary) against the real PostgreSQL of `../shared/testing.md`
+//! (`CASHLESS_TEST_PG`, default `postgres://postgres@127.0.0.1:5432/postgres`, a superuser),
+//! and against small fake servers for the failures (no TLS, silence, nobody listening).
+//!
+//! Each test that needs PostgreSQL creates its own database with a random name (and, where
+//! it says so, its own role) and drops them afterwards, also when it fails ([`TestDb`]'s
+//! `Drop`). Without PostgreSQL these tests fail, saying how to start it.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cashless::ledger::store::postgres::{MIGRATION_LOCK_KEY, MIGRATIONS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cashless");
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Far above any sane answer time: a hung command fails the test instead of hanging it.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The superuser's URL of the server under test.
+fn admin_url() -> String {
+    std::env::var("CASHLESS_TEST_PG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_PG.to_owned())
+}
+
+/// A connection to `url`, its connection task spawned.
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The superuser's connection; a test without PostgreSQL fails here, saying what to do.
+async fn admin() -> tokio_postgres::Client {
+    let url = admin_url();
+    connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url}: {e}\n\
+             These tests need a PostgreSQL server with a superuser. On Debian: \
+             `apt-get install postgresql`, then start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             (see ../shared/testing.md); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
+             to another server's superuser."
+        )
+    })
+}
+
+/// A database with a random name, dropped (with its role, if it has one) when this is.
+struct TestDb {
+    name: String,
+    /// A non-superuser role owning the database, when the test asked for one.
+    role: Option<String>,
+}
+
+impl TestDb {
+    /// A new empty database, owned by the superuser.
+    async fn create() -> TestDb {
+        Self::create_inner(false).await
+    }
+
+    /// A new empty database owned by a new role that can log in and is no superuser: the
+    /// ledger's own database user.
+    async fn create_with_owner() -> TestDb {
+        Self::create_inner(true).await
+    }
+
+    async fn create_inner(with_role: bool) -> TestDb {
+        let admin = admin().await;
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let db = TestDb {
+            name: format!("cashless_test_{suffix}"),
+            role: with_role.then(|| format!("cashless_test_role_{suffix}")),
+        };
+        if let Some(role) = &db.role {
+            admin
+                .batch_execute(&format!(
+                    "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                ))
+                .await
+                .unwrap();
+        }
+        let owner = db
+            .role
+            .as_ref()
+            .map_or(String::new(), |r| format!(" OWNER {r}"));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}{owner}", db.name))
+            .await
+            .unwrap();
+        db
+    }
+
+    /// The database's URL as the superuser, with `query` appended (`?sslmode=...`).
+    fn url(&self, query: &str) -> String {
+        url_with(&admin_url(), None, &self.name, query)
+    }
+
+    /// The database's URL as its owner role.
+    fn owner_url(&self) -> String {
+        url_with(&admin_url(), self.role.as_deref(), &self.name, "")
+    }
+
+    /// A connection to the database as the superuser.
+    async fn admin(&self) -> tokio_postgres::Client {
+        connect(&self.url("")).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let role = self.role.clone();
+        // Drop may run inside the test's runtime, which cannot be blocked on: a thread with
+        // its own runtime does the dropping, and this waits for it.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = connect(&admin_url()).await?;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
+                if let Some(role) = role {
+                    admin
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                        .await?;
+                }
+                Ok::<(), tokio_postgres::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the test database {}: {dropped:?}",
+                self.name
+            );
+        }
+    }
+}
+
+/// `base` (a `postgres://` URL) with another user (if given), database and query.
+fn url_with(base: &str, user: Option<&str>, db: &str, query: &str) -> String {
+    let config: tokio_postgres::Config = base.parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("CASHLESS_TEST_PG must name a TCP host, got {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    // Another user (a test's role) logs in without a password (trust authentication).
+    let password = match user {
+        Some(_) => String::new(),
+        None => config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default(),
+    };
+    let user = user.or(config.get_user()).unwrap_or("postgres");
+    format!("postgres://{user}{password}@{host}:{port}/{db}{query}")
+}
+
+/// Runs `cashless ledger ARGS` with `--database url`, nothing from the environment.
+async fn ledger(url: &str, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .arg("ledger")
+        .args(args)
+        .args(["--database", url])
+        .env_remove("CASHLESS_DATABASE")
+        .env_remove("CASHLESS_LISTEN")
+        .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(COMMAND_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("cashless ledger {args:?} did not finish"))
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// The migrations a run's log says it applied.
+fn applied(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains("applied migration"))
+        .filter_map(|l| MIGRATIONS.iter().find(|m| l.contains(m.name)))
+        .map(|m| m.name.to_owned())
+        .collect()
+}
+
+/// `schema_migrations`: version, file, when, in order.
+async fn recorded(client: &tokio_postgres::Client) -> Vec<(i64, String, String)> {
+    client
+        .query(
+            "SELECT version, name, applied_at::text FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Every file of `migrations/postgres/`, as `schema_migrations` records them.
+fn every_file() -> Vec<(i64, String)> {
+    MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name.to_owned()))
+        .collect()
+}
+
+/// Each table's columns in order, tables sorted by name.
+type Columns = Vec<(String, Vec<String>)>;
+
+fn by_table(rows: Vec<(String, String)>) -> Columns {
+    let mut tables: Columns = Vec::new();
+    for (table, column) in rows {
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, columns)) => columns.push(column),
+            None => tables.push((table, vec![column])),
+        }
+    }
+    tables.sort();
+    tables
+}
+
+/// The SQLite schema's tables and columns, from a database the real binary migrated.
+async fn sqlite_columns() -> Columns {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let out = ledger(&format!("sqlite:{}", path.display()), &["migrate"]).await;
+    assert_ok("migrate (sqlite)", &out);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows = conn
+        .prepare(
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+             WHERE m.type = 'table' ORDER BY m.name, p.cid",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<(String, String)>, _>>()
+        .unwrap();
+    by_table(rows)
+}
+
+/// The PostgreSQL schema's tables and columns (without `schema_migrations`).
+async fn postgres_columns(client: &tokio_postgres::Client) -> Columns {
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name <> 'schema_migrations'
+             ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    by_table(rows)
+}
+
+#[tokio::test]
+async fn migrate_applies_every_file_once_with_the_sqlite_schemas_names() {
+    let db = TestDb::create().await;
+    let url = db.url("");
+
+    let first = ledger(&url, &["migrate"]).await;
+    assert_ok("the first migrate", &first);
+    let shown = cashless::ledger::config::DatabaseUrl::Postgres(url.clone()).to_string();
+    assert!(
+        stdout(&first).contains(&format!("database {shown} is at the current schema")),
+        "{}",
+        stdout(&first)
+    );
+    let every: Vec<String> = every_file().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(applied(&first), every, "{}", stderr(&first));
+
+    let client = db.admin().await;
+    let before = recorded(&client).await;
+    let versions: Vec<(i64, String)> = before.iter().map(|(v, n, _)| (*v, n.clone())).collect();
+    assert_eq!(versions, every_file());
+
+    // The same tables and columns, in the same order, as the SQLite backend's schema.
+    assert_eq!(postgres_columns(&client).await, sqlite_columns().await);
+
+    let second = ledger(&url, &["migrate"]).await;
+    assert_ok("the second migrate", &second);
+    assert!(applied(&second).is_empty(), "{}", stderr(&second));
+    assert_eq!(
+        recorded(&client).await,
+        before,
+        "the second run changed nothing"
+    );
+
+    // Every other command still says the backend is not built.
+    let audit = ledger(&url, &["audit"]).await;
+    assert!(!audit.status.success());
+    assert!(
+        stderr(&audit).contains("not built yet"),
+        "{}",
+        stderr(&audit)
+    );
+}
+
+#[tokio::test]
+async fn two_migrates_started_at_once_apply_each_file_once() {
+    let db = TestDb::create().await;
+    let url = db.url("");
+    // Hold the migrations' lock so that both processes are surely waiting for it at once.
+    let holder = db.admin().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .unwrap();
+    let (a, b) = (url.clone(), url);
+    let first = tokio::spawn(async move { ledger(&a, &["migrate"]).await });
+    let second = tokio::spawn(async move { ledger(&b, &["migrate"]).await });
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    loop {
+        let waiting: i64 = holder
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two migrates never both waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .unwrap();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_ok("the first migrate", &first);
+    assert_ok("the second migrate", &second);
+    let mut both = applied(&first);
+    both.extend(applied(&second));
+    both.sort();
+    let every: Vec<String> = every_file().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        both,
+        every,
+        "each file applied once in all\nfirst:\n{}\nsecond:\n{}",
+        stderr(&first),
+        stderr(&second)
+    );
+    let versions: Vec<(i64, String)> = recorded(&holder)
+        .await
+        .into_iter()
+        .map(|(v, n, _)| (v, n))
+        .collect();
+    assert_eq!(versions, every_file());
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_program_is_refused_and_left_alone() {
+    let db = TestDb::create().await;
+    let url = db.url("");
+    assert_ok("migrate", &ledger(&url, &["migrate"]).await);
+    let client = db.admin().await;
+    client
+        .batch_execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (99, '0099_future.sql')",
+        )
+        .await
+        .unwrap();
+    let before = recorded(&client).await;
+
+    let out = ledger(&url, &["migrate"]).await;
+    assert!(!out.status.success(), "a newer schema was accepted");
+    let known = MIGRATIONS.len();
+    let err = stderr(&out);
+    for expected in [
+        "cannot open the ledger database",
+        format!("schema is at version 99, newer than this program's {known}").as_str(),
+        "run that version (or a newer one)",
+    ] {
+        assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+    }
+    assert_eq!(recorded(&client).await, before);
+}
+
+#[tokio::test]
+async fn postings_and_the_audit_log_cannot_be_changed_by_the_ledgers_own_user() {
+    let db = TestDb::create_with_owner().await;
+    let url = db.owner_url();
+    // The ledger's user migrates, so it owns every table: privileges could not stop it.
+    assert_ok("migrate as the owner", &ledger(&url, &["migrate"]).await);
+    let ledger_user = connect(&url).await.unwrap();
+    let row = ledger_user
+        .query_one(
+            "SELECT r.rolsuper, t.tableowner::text = current_user
+             FROM pg_roles r, pg_tables t
+             WHERE r.rolname = current_user AND t.tablename = 'postings'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "the ledger's user is no superuser");
+    assert!(row.get::<_, bool>(1), "the ledger's user owns postings");
+
+    ledger_user
+        .batch_execute(
+            "INSERT INTO postings (transaction_id, account, amount_cents, created_at)
+                 VALUES ('018f0000-0000-7000-8000-000000000001', 'card:04A1B2C3', -450, now()),
+                        ('018f0000-0000-7000-8000-000000000001', 'revenue:Main Bar', 450, now());
+             INSERT INTO app_transaction_log (occurred_at, actor, operation, outcome)
+                 VALUES (now(), 'admin', 'card_block', 'done');",
+        )
+        .await
+        .unwrap();
+    for table in ["postings", "app_transaction_log"] {
+        let column = if table == "postings" {
+            "amount_cents = 0"
+        } else {
+            "outcome = 'changed'"
+        };
+        for statement in [
+            format!("UPDATE {table} SET {column}"),
+            format!("DELETE FROM {table}"),
+            format!("TRUNCATE {table}"),
+        ] {
+            let err = ledger_user
+                .batch_execute(&statement)
+                .await
+                .expect_err(&statement);
+            let db_err = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{statement}: {err}"));
+            assert!(
+                db_err.message().contains("is append-only"),
+                "{statement}: {}",
+                db_err.message()
+            );
+        }
+    }
+    let counts = ledger_user
+        .query_one(
+            "SELECT (SELECT count(*) FROM postings), (SELECT sum(abs(amount_cents))::bigint FROM postings),
+                    (SELECT count(*) FROM app_transaction_log WHERE outcome = 'done')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.get::<_, i64>(0), 2);
+    assert_eq!(counts.get::<_, i64>(1), 900);
+    assert_eq!(counts.get::<_, i64>(2), 1);
+}
+
+/// A fake server on a free port of 127.0.0.1 that answers every connection's first message
+/// (a TLS request, or a start-up) with `reply`, if any, and then says nothing more. Returns
+/// its port; it stops with the test's runtime.
+async fn fake_server(reply: Option<u8>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok()
+                && let Some(byte) = reply
+            {
+                let _ = socket.write_all(&[byte]).await;
+            }
+            held.push(socket);
+        }
+    });
+    port
+}
+
+/// A config file with `[postgres] connect_timeout_ms`.
+fn config_with_connect_timeout(dir: &Path, ms: u64) -> String {
+    let path = dir.join("ledger.toml");
+    std::fs::write(&path, format!("[postgres]\nconnect_timeout_ms = {ms}\n")).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn sslmode_require_against_a_server_without_tls_fails_naming_tls() {
+    // Answers the TLS request with "N": no TLS here.
+    let port = fake_server(Some(b'N')).await;
+    let url = format!("postgres://ledger@127.0.0.1:{port}/ledger?sslmode=require");
+    let started = Instant::now();
+    let out = ledger(&url, &["migrate"]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for expected in [
+        format!("TLS with PostgreSQL at 127.0.0.1:{port} failed (sslmode=require)").as_str(),
+        "server does not support TLS",
+    ] {
+        assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "it hung");
+}
+
+#[tokio::test]
+async fn tls_against_the_real_server_as_its_configuration_allows() {
+    let db = TestDb::create().await;
+    let admin = db.admin().await;
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let require = ledger(&db.url("?sslmode=require"), &["migrate"]).await;
+    // Debian's server has TLS with a self-signed ("snakeoil") certificate: verify-full
+    // cannot trust it with the default roots.
+    let verify = ledger(&db.url("?sslmode=verify-full"), &["migrate"]).await;
+    assert!(
+        !verify.status.success(),
+        "verify-full trusted {}",
+        stderr(&verify)
+    );
+    assert!(
+        stderr(&verify).contains("TLS with PostgreSQL"),
+        "{}",
+        stderr(&verify)
+    );
+    if ssl == "on" {
+        assert_ok("migrate with sslmode=require", &require);
+        assert!(
+            stderr(&verify).contains("certificate"),
+            "{}",
+            stderr(&verify)
+        );
+        // With the server's own certificate as the root, verify-full passes, when that
+        // certificate names localhost (Debian's snakeoil one does) and this test can read it.
+        let cert_file: String = admin
+            .query_one("SHOW ssl_cert_file", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let names_localhost = std::fs::read(&cert_file).is_ok_and(|pem| {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            CertificateDer::pem_slice_iter(&pem)
+                .flatten()
+                .any(|der| der.windows(9).any(|w| w == b"localhost"))
+        });
+        if names_localhost {
+            let local = url_with(
+                &admin_url().replace("127.0.0.1", "localhost"),
+                None,
+                &db.name,
+                &format!("?sslmode=verify-full&sslrootcert={cert_file}"),
+            );
+            assert_ok(
+                "migrate with sslmode=verify-full and the server's certificate",
+                &ledger(&local, &["migrate"]).await,
+            );
+        }
+    } else {
+        assert!(!require.status.success());
+        assert!(
+            stderr(&require).contains("server does not support TLS"),
+            "{}",
+            stderr(&require)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_connect_timeout(dir.path(), 1000);
+    // Accepts, reads the start-up and says nothing: tokio-postgres's own connect_timeout
+    // (TCP only) would wait for ever.
+    let port = fake_server(None).await;
+    let url = format!("postgres://ledger@127.0.0.1:{port}/ledger");
+    let started = Instant::now();
+    let out = ledger(&url, &["migrate", "--config", &config]).await;
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "PostgreSQL at 127.0.0.1:{port} did not complete a connection within 1000 ms"
+        )) && err.contains("is the server up and reachable"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(took >= Duration::from_millis(1000), "took {took:?}");
+}
+
+#[tokio::test]
+async fn nobody_listening_fails_at_once_saying_what_to_check() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://ledger@127.0.0.1:{port}/ledger");
+    let out = ledger(&url, &["migrate"]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for expected in [
+        format!("cannot connect to PostgreSQL at 127.0.0.1:{port}").as_str(),
+        "is the server running there",
+    ] {
+        assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+    }
+}

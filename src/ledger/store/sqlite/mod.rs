@@ -158,9 +158,10 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = i64::try_from(MIGRATIONS.len()).map_err(internal)?;
     if current > known {
-        return Err(internal(format!(
-            "the database has schema version {current}, newer than this program's {known}"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
     }
     for (index, sql) in MIGRATIONS
         .iter()
@@ -371,7 +372,17 @@ mod tests {
         assert_eq!(migrate(&mut conn).unwrap(), latest);
         assert_eq!(migrate(&mut conn).unwrap(), latest);
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(migrate(&mut conn).is_err());
+        match migrate(&mut conn) {
+            Err(e @ StoreError::SchemaTooNew { found: 99, known }) if known == latest => {
+                let message = e.to_string();
+                assert!(message.contains("run that version"), "{message}");
+            }
+            other => panic!("a newer schema must be refused as such: {other:?}"),
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 99, "a refused database is left as it was");
     }
 
     #[test]

@@ -414,7 +414,12 @@ pub async fn ready_to_top_up(t: &mut Terminal) {
 
 /// Polls `status` until nothing is pending or in doubt and the terminal is online.
 pub async fn wait_until_synced(t: &mut Terminal) -> Value {
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    wait_until_synced_within(t, EVENT_DEADLINE).await
+}
+
+/// [`wait_until_synced`] with a deadline of its own (a large drain on a loaded machine).
+pub async fn wait_until_synced_within(t: &mut Terminal, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         t.send(json!({"cmd": "status"})).await;
         let s = t.expect("status").await;

@@ -7,7 +7,7 @@
 use crate::bench;
 use crate::domain::{CardUid, Cents, ProductId};
 use crate::ledger::admin;
-use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
+use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::server;
 use crate::ledger::store::{AdminStore, ReportStore, StripeStore};
 use crate::protocol::api::{StaffRole, TerminalKind};
@@ -465,15 +465,8 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     };
     let overrides = Overrides::from_env_and_flags(args.database.clone(), listen);
     let config = LedgerConfig::load(args.config.as_deref(), &overrides)?;
-    // Of the PostgreSQL backend, only the migrations are built: `migrate` runs them, every
-    // other command gets `Store::open`'s "not built yet".
-    if let (LedgerCommand::Migrate, DatabaseUrl::Postgres(url)) = (&args.command, &config.database)
-    {
-        crate::ledger::store::postgres::migrate_database(url, config.postgres).await?;
-        println!("database {} is at the current schema", config.database);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let store = admin::open_store(&config)?;
+    // Opening the store applies the migrations it lacks (`migrate` does nothing more).
+    let store = admin::open_store(&config).await?;
     match args.command {
         LedgerCommand::Serve { .. } => {
             let listener = tokio::net::TcpListener::bind(config.listen)

@@ -341,7 +341,7 @@ async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
         stripe_webhook_secrets: None,
     };
     let config = LedgerConfig::load(None, &overrides)?;
-    let store = admin::open_store(&config)?;
+    let store = admin::open_store(&config).await?;
     let (bar_token, cp_token, desk_token) = seed(&store, dir).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let ledger_addr = listener.local_addr()?;

@@ -64,8 +64,9 @@ async fn fixture(database: DatabaseUrl, retention_days: i64) -> Fixture {
             balance_max: Cents::new(100_000),
         },
         retention_days,
+        postgres: Default::default(),
     };
-    let store = Store::open(&database, options).unwrap();
+    let store = Store::open(&database, options).await.unwrap();
     let mut terminals = Vec::new();
     for (name, kind) in [
         ("bar-1", TerminalKind::Bar),

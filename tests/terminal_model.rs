@@ -248,8 +248,11 @@ async fn ledger(dir: &Path) -> SimLedger {
             balance_max: Cents::new(10_000_000),
         },
         retention_days: 30,
+        postgres: Default::default(),
     };
-    let store = Store::open(&DatabaseUrl::Sqlite(dir.join("ledger.db")), options).unwrap();
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.join("ledger.db")), options)
+        .await
+        .unwrap();
     for (name, kind) in [
         ("bar-1", TerminalKind::Bar),
         ("cp-1", TerminalKind::Checkpoint),

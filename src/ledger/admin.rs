@@ -24,15 +24,16 @@ pub const CATALOG_PRODUCTS_MAX: usize = 10_000;
 pub const NAME_LEN_MAX: usize = 100;
 
 /// Opens the configured database, migrating it if needed, through [`Store::open`].
-pub fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
+pub async fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
     let options = StoreOptions {
         limits: Limits {
             recharge_max: config.recharge_max,
             balance_max: config.balance_max,
         },
         retention_days: config.retention_days,
+        postgres: config.postgres,
     };
-    Ok(Store::open(&config.database, options)?)
+    Ok(Store::open(&config.database, options).await?)
 }
 
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {

@@ -19,11 +19,12 @@ pub mod sqlite;
 
 use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use crate::ledger::caller::Terminal;
-use crate::ledger::config::DatabaseUrl;
+use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use postgres::PgStore;
 use sqlite::{SqliteOptions, SqliteStore};
 use std::future::Future;
 use uuid::Uuid;
@@ -381,14 +382,13 @@ pub struct StoreOptions {
     pub limits: Limits,
     /// How long a decline's idempotency key is kept.
     pub retention_days: i64,
+    /// The PostgreSQL pool's limits and timeouts (unused by SQLite).
+    pub postgres: PostgresSettings,
 }
 
 /// A database that cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// A backend this program does not have yet.
-    #[error("database {0}: PostgreSQL support is not built yet; use sqlite:PATH")]
-    NotBuilt(String),
     /// A URL the backend cannot use.
     #[error("cannot use the ledger database {database}")]
     BadUrl {
@@ -415,11 +415,13 @@ pub enum OpenError {
 pub enum Store {
     /// An SQLite file.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PgStore),
 }
 
 impl Store {
     /// Opens (creating and migrating if needed) the database `database` names.
-    pub fn open(database: &DatabaseUrl, options: StoreOptions) -> Result<Store, OpenError> {
+    pub async fn open(database: &DatabaseUrl, options: StoreOptions) -> Result<Store, OpenError> {
         match database {
             DatabaseUrl::Sqlite(path) => SqliteStore::open(SqliteOptions {
                 path: path.clone(),
@@ -431,7 +433,7 @@ impl Store {
                 database: database.to_string(),
                 source,
             }),
-            DatabaseUrl::Postgres(_) => Err(OpenError::NotBuilt(database.to_string())),
+            DatabaseUrl::Postgres(url) => PgStore::open(url, options).await.map(Store::Postgres),
         }
     }
 }
@@ -443,6 +445,7 @@ macro_rules! delegate {
             $(async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
                 match self {
                     Store::Sqlite(s) => s.$name($($arg),*).await,
+                    Store::Postgres(s) => s.$name($($arg),*).await,
                 }
             })*
         }

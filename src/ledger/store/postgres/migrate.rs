@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_stripe.sql",
         sql: include_str!("../../../../migrations/postgres/0003_stripe.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_card_feed.sql",
+        sql: include_str!("../../../../migrations/postgres/0004_card_feed.sql"),
+    },
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

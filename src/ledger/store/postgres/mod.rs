@@ -32,13 +32,18 @@
 //! statement_timeout_ms` (in the start-up packet: no extra round trip); an `options` of the
 //! URL comes after it, so a `-c statement_timeout=...` there wins.
 
+mod admin;
+mod audit;
+mod feeds;
 mod migrate;
+mod ops;
+mod stripe;
 
 pub use migrate::{
     MIGRATION_LOCK_KEY, MIGRATION_LOCK_TIMEOUT_MS, MIGRATIONS, Migration, MigrationReport, migrate,
 };
 
-use super::{OpenError, StoreError};
+use super::{OpenError, StoreError, StoreOptions};
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -380,6 +385,37 @@ impl PgPool {
     pub fn target(&self) -> &PgTarget {
         &self.target
     }
+}
+
+/// The ledger on a PostgreSQL database: a pool of connections, and the store's options.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    #[allow(dead_code)] // read by the operations, which come next
+    options: StoreOptions,
+}
+
+impl PgStore {
+    /// Opens a pool on the database `url` names and applies the migrations it lacks (under
+    /// the migration lock, so several processes may start at once).
+    pub async fn open(url: &str, options: StoreOptions) -> Result<PgStore, OpenError> {
+        migrate_database(url, options.postgres).await?;
+        let database = DatabaseUrl::Postgres(url.to_owned()).to_string();
+        let pool = PgPool::open(url, options.postgres)
+            .map_err(|source| OpenError::BadUrl { database, source })?;
+        Ok(PgStore { pool, options })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A part of the PostgreSQL store not built yet (on the integration branch only).
+fn not_built(what: &str) -> StoreError {
+    StoreError::Internal(format!("PostgreSQL store: {what} is not built yet"))
 }
 
 /// Opens a pool on the database `url` names and applies the migrations it lacks: what

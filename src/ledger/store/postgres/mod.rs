@@ -392,7 +392,6 @@ impl PgPool {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    #[allow(dead_code)] // read by the operations, which come next
     options: StoreOptions,
 }
 

@@ -1,32 +1,336 @@
 //! Operations and shift close-outs in the PostgreSQL store: one call of a stored procedure
-//! each (`migrations/postgres/0004_operations.sql`).
+//! each (`migrations/postgres/0005_operations.sql`), which checks, decides and writes in one
+//! transaction and returns the answer's status and exact body. What is pure and the same in
+//! both backends is computed here: the request's fingerprint (`flow::ops::request_sha256`),
+//! the new transaction id, `now` (to the millisecond, as SQLite keeps it) and when a
+//! decline's key expires.
+//!
+//! A batch's calls go out pipelined on one connection: sent back to back without waiting,
+//! run by the server one after another in the batch's order, each its own transaction with
+//! its own outcome.
 
-use super::{PgStore, not_built};
+use super::{PgStore, classify};
 use crate::ledger::caller::Terminal;
-use crate::ledger::outcome::Outcome;
-use crate::ledger::store::{OperationStore, StoreError};
-use crate::protocol::api::{Operation, ShiftCloseout};
+use crate::ledger::flow::ops::request_sha256;
+use crate::ledger::flow::{Context, new_transaction_id};
+use crate::ledger::outcome::{self, Outcome, StoredAnswer};
+use crate::ledger::store::{OperationStore, StoreError, token_sha256};
+use crate::protocol::api::{ApiError, Operation, ShiftCloseout, TerminalKind, format_time};
+use crate::protocol::codes::ErrorCode;
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+/// The first seven arguments of every procedure: `ledger_call` (0005).
+const CALL: &str = "ROW($1, $2, $3, $4, $5, $6, $7)::ledger_call";
+
+fn order_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_process_bar_order({CALL}, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    )
+}
+
+fn recharge_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_process_checkpoint_recharge({CALL}, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    )
+}
+
+fn void_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_process_void({CALL}, \
+         $8, $9, $10, $11, $12, $13)"
+    )
+}
+
+fn shift_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_record_shift({CALL}, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+    )
+}
+
+/// A time as both backends keep it: to the millisecond.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
+}
+
+/// The arguments of one procedure call, owned, so that a batch's calls can be pipelined.
+struct Call {
+    /// Which procedure (`order`, `recharge`, `void`, `shift`), for messages.
+    operation: &'static str,
+    sql: String,
+    args: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Call {
+    /// The `ledger_call` arguments; the operation's own follow.
+    fn new(
+        operation: &'static str,
+        sql: String,
+        ctx: &Context<'_>,
+        request_sha256: String,
+        decline_expires_at: DateTime<Utc>,
+    ) -> Call {
+        Call {
+            operation,
+            sql,
+            args: vec![
+                Box::new(ctx.terminal.terminal_id),
+                Box::new(ctx.request_id.to_owned()),
+                Box::new(ctx.now),
+                Box::new(format_time(ctx.now)),
+                Box::new(new_transaction_id()),
+                Box::new(request_sha256),
+                Box::new(decline_expires_at),
+            ],
+        }
+    }
+
+    fn arg(mut self, value: impl ToSql + Sync + Send + 'static) -> Call {
+        self.args.push(Box::new(value));
+        self
+    }
+}
+
+/// The call of one operation.
+fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError> {
+    let hash = request_sha256(ctx, op)?;
+    let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
+    Ok(match op {
+        Operation::Order(r) => {
+            let quantities = r
+                .items
+                .iter()
+                .map(|i| i32::try_from(i.quantity))
+                .collect::<Result<Vec<i32>, _>>()
+                .map_err(|e| StoreError::Internal(format!("quantity out of range: {e}")))?;
+            Call::new("order", order_sql(), ctx, hash, expires)
+                .arg(r.client_request_id.as_uuid())
+                .arg(r.terminal_seq.get())
+                .arg(r.card_uid.as_str().to_owned())
+                .arg(r.staff_id.as_str().to_owned())
+                .arg(r.mode.as_str())
+                .arg(r.total_cents.get())
+                .arg(millis(r.created_at))
+                .arg(
+                    r.items
+                        .iter()
+                        .map(|i| i.product_id.as_str().to_owned())
+                        .collect::<Vec<String>>(),
+                )
+                .arg(quantities)
+                .arg(
+                    r.items
+                        .iter()
+                        .map(|i| i.unit_price_cents.get())
+                        .collect::<Vec<i64>>(),
+                )
+        }
+        Operation::Recharge(r) => Call::new("recharge", recharge_sql(), ctx, hash, expires)
+            .arg(r.client_request_id.as_uuid())
+            .arg(r.terminal_seq.get())
+            .arg(r.card_uid.as_str().to_owned())
+            .arg(r.staff_id.as_str().to_owned())
+            .arg(r.mode.as_str())
+            .arg(r.amount_cents.get())
+            .arg(r.payment_method.as_str())
+            .arg(millis(r.created_at))
+            .arg(ctx.limits.recharge_max.get())
+            .arg(ctx.limits.balance_max.get()),
+        Operation::Void(r) => Call::new("void", void_sql(), ctx, hash, expires)
+            .arg(r.client_request_id.as_uuid())
+            .arg(r.terminal_seq.get())
+            .arg(r.target_client_request_id.as_uuid())
+            .arg(r.staff_id.as_str().to_owned())
+            .arg(r.reason.as_str())
+            .arg(millis(r.created_at)),
+    })
+}
+
+/// The call of a shift close-out.
+fn shift_call(ctx: &Context<'_>, shift: &ShiftCloseout) -> Result<Call, StoreError> {
+    let hash = request_sha256(ctx, shift)?;
+    let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
+    Ok(Call::new("shift", shift_sql(), ctx, hash, expires)
+        .arg(shift.client_request_id.as_uuid())
+        .arg(shift.staff_id.as_str().to_owned())
+        .arg(millis(shift.opened_at))
+        .arg(format_time(shift.opened_at))
+        .arg(millis(shift.closed_at))
+        .arg(format_time(shift.closed_at))
+        .arg(shift.first_seq.map(|s| s.get()))
+        .arg(shift.last_seq.map(|s| s.get()))
+        .arg(shift.cash_cents.get())
+        .arg(shift.card_cents.get())
+        .arg(shift.count)
+        .arg(shift.counted_cash_cents.get()))
+}
+
+/// Runs one call on `client` and reads its answer.
+async fn run(client: &deadpool_postgres::Client, call: &Call) -> Result<Outcome, StoreError> {
+    let statement = client.prepare_cached(&call.sql).await.map_err(classify)?;
+    let args: Vec<&(dyn ToSql + Sync)> = call
+        .args
+        .iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let row = client
+        .query_one(&statement, &args)
+        .await
+        .map_err(classify)?;
+    let status: i32 = row.get(0);
+    let stored = StoredAnswer {
+        status_code: u16::try_from(status)
+            .map_err(|_| StoreError::Internal(format!("status {status} from the database")))?,
+        body: row.get(1),
+    };
+    let decided = outcome::decode(call.operation, &stored)
+        .map_err(|e| StoreError::Internal(format!("answer from the database: {e}")))?;
+    Ok(Outcome {
+        decided,
+        replayed: row.get(2),
+    })
+}
+
+impl PgStore {
+    fn context<'a>(&self, terminal: &'a Terminal, request_id: &'a str) -> Context<'a> {
+        Context {
+            terminal,
+            request_id,
+            now: millis(Utc::now()),
+            limits: self.options.limits,
+            retention_days: self.options.retention_days,
+        }
+    }
+}
 
 impl OperationStore for PgStore {
-    async fn authenticate(&self, _token: &str) -> Result<Option<Terminal>, StoreError> {
-        Err(not_built("authenticate"))
+    async fn authenticate(&self, token: &str) -> Result<Option<Terminal>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
+                 WHERE token_sha256 = $1 AND active",
+            )
+            .await
+            .map_err(classify)?;
+        let row = client
+            .query_opt(&statement, &[&token_sha256(token)])
+            .await
+            .map_err(classify)?;
+        row.map(|r| {
+            let kind: String = r.get(2);
+            Ok(Terminal {
+                terminal_id: r.get::<_, Uuid>(0),
+                name: r.get(1),
+                kind: TerminalKind::parse(&kind).ok_or_else(|| {
+                    StoreError::Internal(format!("stored terminal kind {kind:?}"))
+                })?,
+                point_of_sale: r.get(3),
+            })
+        })
+        .transpose()
     }
 
     async fn apply(
         &self,
-        _terminal: Terminal,
-        _request_id: String,
-        _operations: Vec<Operation>,
+        terminal: Terminal,
+        request_id: String,
+        operations: Vec<Operation>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        Err(not_built("apply"))
+        let ctx = self.context(&terminal, &request_id);
+        let calls = operations
+            .iter()
+            .map(|op| operation_call(&ctx, op))
+            .collect::<Result<Vec<Call>, StoreError>>()?;
+        let client = self.pool.get().await?;
+        if let [call] = calls.as_slice() {
+            // Alone, the operation is the request: a failure is the request's (503 or 500).
+            return Ok(vec![run(&client, call).await?]);
+        }
+        // Sent back to back on one connection; each call its own transaction.
+        let results =
+            futures_util::future::join_all(calls.iter().map(|call| run(&client, call))).await;
+        Ok(results
+            .into_iter()
+            .zip(&operations)
+            .map(|(result, op)| {
+                result.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
+                    let code = match e {
+                        StoreError::Unavailable(_) => ErrorCode::DatabaseError,
+                        _ => ErrorCode::ServerError,
+                    };
+                    Outcome::declined(
+                        ApiError::new(code, "the operation could not be stored; retry"),
+                        &request_id,
+                    )
+                })
+            })
+            .collect())
     }
 
     async fn record_shift(
         &self,
-        _terminal: Terminal,
-        _request_id: String,
-        _shift: ShiftCloseout,
+        terminal: Terminal,
+        request_id: String,
+        shift: ShiftCloseout,
     ) -> Result<Outcome, StoreError> {
-        Err(not_built("record_shift"))
+        let ctx = self.context(&terminal, &request_id);
+        let call = shift_call(&ctx, &shift)?;
+        let client = self.pool.get().await?;
+        run(&client, &call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every HTTP status the procedures write comes from `ledger_http_status`, whose table
+    /// must be the code table of `crate::protocol::codes`, and `ledger_is_stored_decline`
+    /// must name exactly the stored declines.
+    #[test]
+    fn the_procedures_know_every_codes_status_and_the_stored_declines() {
+        let sql = include_str!("../../../../migrations/postgres/0005_operations.sql");
+        let table = sql
+            .split("CREATE FUNCTION ledger_http_status")
+            .nth(1)
+            .and_then(|rest| rest.split("END").next())
+            .expect("ledger_http_status in 0005");
+        let mut listed = Vec::new();
+        for line in table.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("WHEN '") {
+                let (code, rest) = rest.split_once('\'').expect("a quoted code");
+                let status: u16 = rest
+                    .trim()
+                    .trim_start_matches("THEN")
+                    .trim()
+                    .parse()
+                    .unwrap();
+                listed.push((code.to_owned(), status));
+            }
+        }
+        let expected: Vec<(String, u16)> = ErrorCode::api_codes()
+            .map(|c| (c.as_str().to_owned(), c.http_status().unwrap()))
+            .collect();
+        assert_eq!(listed, expected);
+
+        let stored = sql
+            .split("CREATE FUNCTION ledger_is_stored_decline")
+            .nth(1)
+            .and_then(|rest| rest.split("$$;").next())
+            .expect("ledger_is_stored_decline in 0005");
+        for code in ErrorCode::api_codes() {
+            assert_eq!(
+                stored.contains(&format!("'{}'", code.as_str())),
+                code.is_stored_decline(),
+                "{code:?}"
+            );
+        }
     }
 }

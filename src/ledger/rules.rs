@@ -163,6 +163,27 @@ pub fn status_after(card: CardState, balance: Cents) -> CardState {
     }
 }
 
+/// A card after an admin marks it lost (`true`: blocked as lost) or lifts that mark
+/// (`false`): the lost block goes, and a debt block stays (or comes) if the card is in debt.
+pub fn mark_lost(card: CardState, lost: bool) -> CardState {
+    if lost {
+        CardState {
+            status: CardStatus::Blocked,
+            block_reason: Some(BlockReason::Lost),
+            ..card
+        }
+    } else {
+        status_after(
+            CardState {
+                status: CardStatus::Active,
+                block_reason: None,
+                ..card
+            },
+            card.balance,
+        )
+    }
+}
+
 fn overflow(field: &str) -> ApiError {
     ApiError::with_details(
         ErrorCode::InvalidRequest,
@@ -396,6 +417,22 @@ mod tests {
             balance: Cents::new(balance),
             status,
             block_reason: reason,
+        }
+    }
+
+    #[test]
+    fn marking_lost_blocks_and_lifting_it_keeps_a_debt_block() {
+        use BlockReason::{Debt, Lost};
+        for (before, lost, after) in [
+            (card(500, None), true, card(500, Some(Lost))),
+            (card(-100, Some(Debt)), true, card(-100, Some(Lost))),
+            (card(500, Some(Lost)), false, card(500, None)),
+            (card(-100, Some(Lost)), false, card(-100, Some(Debt))),
+            (card(0, Some(Lost)), false, card(0, None)),
+            (card(500, None), false, card(500, None)),
+            (card(-100, Some(Debt)), false, card(-100, Some(Debt))),
+        ] {
+            assert_eq!(mark_lost(before, lost), after, "{before:?} lost={lost}");
         }
     }
 

@@ -1,38 +1,313 @@
 //! Registrations and upkeep in the PostgreSQL store: terminals, staff, products, lost cards,
-//! the purge of expired keys, and the health check.
+//! the purge of expired keys, and the health check. Each does what the SQLite store's
+//! `admin.rs` does, with the same audit-log rows (actor `admin`, outcome `done`) and the
+//! same errors, in one transaction.
+//!
+//! Times written here come from the database's clock, cut to the millisecond: several ledger
+//! processes share one clock that way, and the stored times are the ones SQLite would show
+//! (`format_time` keeps milliseconds).
 
-use super::{PgStore, not_built};
-use crate::domain::CardUid;
+use super::{PgStore, classify};
+use crate::domain::{CardUid, Cents};
 use crate::ledger::caller::Terminal;
+use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError};
+use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
+use deadpool_postgres::GenericClient;
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+/// A stored value that does not make sense (a bug or corrupted data).
+pub(super) fn internal(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(what.to_string())
+}
+
+/// A value of a column that holds one of a type's spellings (a role, a kind).
+pub(super) fn parse_stored<T>(text: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(text).ok_or_else(|| internal(format!("bad stored value {text:?}")))
+}
+
+/// How a terminal is looked up.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TerminalKey {
+    /// By the SHA-256 of its bearer token (authentication).
+    #[allow(dead_code)] // for `authenticate` (ops.rs), which is being built beside this
+    TokenSha256,
+    /// By its name (imports of a terminal's journal).
+    Name,
+}
+
+impl PgStore {
+    /// The active terminal with this token hash or name. Reads only: `last_seen_at` moves
+    /// when the terminal's operations are applied, as in the SQLite store.
+    pub(super) async fn terminal_by(
+        &self,
+        by: TerminalKey,
+        key: String,
+    ) -> Result<Option<Terminal>, StoreError> {
+        let sql = match by {
+            TerminalKey::TokenSha256 => {
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
+                 WHERE token_sha256 = $1 AND active"
+            }
+            TerminalKey::Name => {
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
+                 WHERE name = $1 AND active"
+            }
+        };
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(classify)?;
+        let Some(row) = client.query_opt(&stmt, &[&key]).await.map_err(classify)? else {
+            return Ok(None);
+        };
+        let kind: String = row.try_get(2).map_err(classify)?;
+        Ok(Some(Terminal {
+            terminal_id: row.try_get(0).map_err(classify)?,
+            name: row.try_get(1).map_err(classify)?,
+            kind: parse_stored(&kind, TerminalKind::parse)?,
+            point_of_sale: row.try_get(3).map_err(classify)?,
+        }))
+    }
+}
+
+/// Appends an admin action to the audit log.
+async fn log_admin(
+    client: &impl GenericClient,
+    operation: &str,
+    card_uid: Option<&str>,
+    details: serde_json::Value,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO app_transaction_log
+                 (occurred_at, actor, operation, card_uid, outcome, details)
+             VALUES (date_trunc('milliseconds', now()), 'admin', $1, $2, 'done', $3)",
+        )
+        .await
+        .map_err(classify)?;
+    client
+        .execute(&stmt, &[&operation, &card_uid, &Json(details)])
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// An insert's error: `conflict()` for a unique key already taken, else as classified.
+fn unless_taken(e: tokio_postgres::Error, conflict: impl FnOnce() -> String) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(conflict())
+    } else {
+        classify(e)
+    }
+}
+
+/// A card's state from its stored `balance_cents, status, block_reason`.
+fn card_state(
+    balance_cents: i64,
+    status: &str,
+    block_reason: Option<&str>,
+) -> Result<CardState, StoreError> {
+    let status = match status {
+        "active" => CardStatus::Active,
+        "blocked" => CardStatus::Blocked,
+        other => return Err(internal(format!("bad card status {other}"))),
+    };
+    let block_reason = block_reason
+        .map(|r| BlockReason::parse(r).ok_or_else(|| internal(format!("bad block reason {r}"))))
+        .transpose()?;
+    Ok(CardState {
+        balance: Cents::new(balance_cents),
+        status,
+        block_reason,
+    })
+}
+
 impl AdminStore for PgStore {
-    async fn terminal_by_name(&self, _name: String) -> Result<Option<Terminal>, StoreError> {
-        Err(not_built("terminal_by_name"))
+    async fn terminal_by_name(&self, name: String) -> Result<Option<Terminal>, StoreError> {
+        self.terminal_by(TerminalKey::Name, name).await
     }
 
-    async fn add_terminal(&self, _t: NewTerminal) -> Result<Uuid, StoreError> {
-        Err(not_built("add_terminal"))
+    async fn add_terminal(&self, t: NewTerminal) -> Result<Uuid, StoreError> {
+        let id = Uuid::new_v4();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO terminals (terminal_id, name, kind, point_of_sale, token_sha256, created_at)
+                 VALUES ($1, $2, $3, $4, $5, date_trunc('milliseconds', now()))",
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            &stmt,
+            &[
+                &id,
+                &t.name,
+                &t.kind.as_str(),
+                &t.point_of_sale,
+                &t.token_sha256,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            unless_taken(e, || {
+                format!("a terminal named {:?} already exists", t.name)
+            })
+        })?;
+        log_admin(
+            &tx,
+            "terminal_add",
+            None,
+            json!({ "terminal_id": id, "name": t.name, "kind": t.kind.as_str(), "point_of_sale": t.point_of_sale }),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(id)
     }
 
-    async fn add_staff(&self, _s: NewStaff) -> Result<(), StoreError> {
-        Err(not_built("add_staff"))
+    async fn add_staff(&self, s: NewStaff) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO staff (staff_id, name, role, pin_hash, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, date_trunc('milliseconds', now()),
+                         date_trunc('milliseconds', now()))",
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            &stmt,
+            &[&s.staff_id.as_str(), &s.name, &s.role.as_str(), &s.pin_hash],
+        )
+        .await
+        .map_err(|e| unless_taken(e, || format!("staff member {} already exists", s.staff_id)))?;
+        log_admin(
+            &tx,
+            "staff_add",
+            None,
+            json!({ "staff_id": s.staff_id.as_str(), "role": s.role.as_str() }),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)
     }
 
-    async fn upsert_products(&self, _products: Vec<ProductUpsert>) -> Result<(), StoreError> {
-        Err(not_built("upsert_products"))
+    async fn upsert_products(&self, products: Vec<ProductUpsert>) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()))
+                 ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
+                     name = excluded.name, price_cents = excluded.price_cents,
+                     category = excluded.category, active = true, updated_at = excluded.updated_at",
+            )
+            .await
+            .map_err(classify)?;
+        for p in &products {
+            tx.execute(
+                &stmt,
+                &[
+                    &p.point_of_sale,
+                    &p.product.product_id.as_str(),
+                    &p.product.name,
+                    &p.product.price_cents.get(),
+                    &p.product.category,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+            log_admin(
+                &tx,
+                "product_upsert",
+                None,
+                json!({ "point_of_sale": p.point_of_sale, "product_id": p.product.product_id.as_str(), "price_cents": p.product.price_cents.get() }),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(classify)
     }
 
-    async fn set_card_lost(&self, _uid: CardUid, _lost: bool) -> Result<(), StoreError> {
-        Err(not_built("set_card_lost"))
+    async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // The card feed's writer lock comes before any row lock (the global lock order of
+        // migrations/postgres/0004_card_feed.sql), and the new version after both.
+        let stmt = tx
+            .prepare_cached("SELECT card_feed_writer()")
+            .await
+            .map_err(classify)?;
+        tx.execute(&stmt, &[]).await.map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT balance_cents, status, block_reason FROM cards
+                 WHERE card_uid = $1 FOR NO KEY UPDATE",
+            )
+            .await
+            .map_err(classify)?;
+        let row = tx
+            .query_opt(&stmt, &[&uid.as_str()])
+            .await
+            .map_err(classify)?
+            .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
+        let card = card_state(
+            row.try_get(0).map_err(classify)?,
+            row.try_get(1).map_err(classify)?,
+            row.try_get(2).map_err(classify)?,
+        )?;
+        let next = rules::mark_lost(card, lost);
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
+                     version = nextval('card_version_seq'),
+                     updated_at = date_trunc('milliseconds', now())
+                 WHERE card_uid = $1",
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            &stmt,
+            &[
+                &uid.as_str(),
+                &next.balance.get(),
+                &next.status.as_str(),
+                &next.block_reason.map(BlockReason::as_str),
+            ],
+        )
+        .await
+        .map_err(classify)?;
+        log_admin(
+            &tx,
+            if lost { "card_block" } else { "card_unblock" },
+            Some(uid.as_str()),
+            json!({}),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        Err(not_built("purge_expired_keys"))
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "DELETE FROM idempotency_keys
+                 WHERE transaction_id IS NULL AND expires_at < date_trunc('milliseconds', now())",
+            )
+            .await
+            .map_err(classify)?;
+        client.execute(&stmt, &[]).await.map_err(classify)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        Err(not_built("ping"))
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT count(*) FROM terminals")
+            .await
+            .map_err(classify)?;
+        client.query_one(&stmt, &[]).await.map_err(classify)?;
+        Ok(())
     }
 }

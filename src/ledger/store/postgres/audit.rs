@@ -1,17 +1,291 @@
-//! What headquarters reads from the PostgreSQL store: the books' audit and the shift reports.
+//! What headquarters reads from the PostgreSQL store: the audit of the books and the shift
+//! reports, with the same checks, sentences and order as the SQLite store's `audit.rs`.
+//!
+//! Ids are shown as `uuid::text` (lowercase with hyphens, as SQLite stores them); text sorts
+//! with `COLLATE "C"` (byte order, as SQLite compares). Sums of `bigint` are `numeric` in
+//! PostgreSQL and are cast back: a total past `bigint` is an error, as SQLite's integer
+//! overflow is.
 
-use super::{PgStore, not_built};
+use super::admin::internal;
+use super::{PgStore, classify};
+use crate::domain::Cents;
 use crate::ledger::store::{AuditReport, ReportStore, ShiftReport, StoreError};
+use crate::protocol::api::format_time;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::types::FromSqlOwned;
+
+/// The ledger's top-ups of the terminal in each shift, voided ones left out like the
+/// terminal's totals: those in the close-out's range of the terminal's own sequence numbers,
+/// or (a close-out without one) those the terminal made between `opened_at` and
+/// `closed_at`; none for an empty shift, whatever the terminal's clock says. The same rule
+/// as SQLite's, and likewise without an index on recharges (terminal_id, terminal_seq).
+const SHIFT_REPORTS: &str = "
+    SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
+           s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
+           s.recorded_at, count(r.transaction_id),
+           COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'cash'), 0)::bigint,
+           COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'card'), 0)::bigint
+    FROM shift_closeouts s
+    JOIN terminals t ON t.terminal_id = s.terminal_id
+    LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
+         AND CASE WHEN s.first_seq IS NOT NULL
+                  THEN r.terminal_seq BETWEEN s.first_seq AND s.last_seq
+                  WHEN s.count = 0 AND s.cash_cents = 0 AND s.card_cents = 0
+                  THEN false
+                  ELSE r.created_at >= s.opened_at AND r.created_at <= s.closed_at
+             END
+    WHERE $1::text IS NULL OR t.name = $1
+    GROUP BY s.shift_id, t.name
+    ORDER BY s.closed_at, t.name COLLATE \"C\", s.shift_id";
 
 impl ReportStore for PgStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
-        Err(not_built("audit"))
+        let mut client = self.pool.get().await?;
+        // One consistent snapshot for every check.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        let report = audit_books(&tx).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(report)
     }
 
     async fn shift_reports(
         &self,
-        _terminal_name: Option<String>,
+        terminal_name: Option<String>,
     ) -> Result<Vec<ShiftReport>, StoreError> {
-        Err(not_built("shift_reports"))
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(SHIFT_REPORTS)
+            .await
+            .map_err(classify)?;
+        let rows = client
+            .query(&stmt, &[&terminal_name])
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                let time = |i: usize| -> Result<String, StoreError> {
+                    Ok(format_time(
+                        r.try_get::<_, DateTime<Utc>>(i).map_err(classify)?,
+                    ))
+                };
+                let cents = |i: usize| -> Result<Cents, StoreError> {
+                    Ok(Cents::new(r.try_get(i).map_err(classify)?))
+                };
+                Ok(ShiftReport {
+                    shift_id: r.try_get(0).map_err(classify)?,
+                    terminal: r.try_get(1).map_err(classify)?,
+                    staff_id: r.try_get(2).map_err(classify)?,
+                    opened_at: time(3)?,
+                    closed_at: time(4)?,
+                    count: r.try_get(5).map_err(classify)?,
+                    cash_cents: cents(6)?,
+                    card_cents: cents(7)?,
+                    counted_cash_cents: cents(8)?,
+                    difference_cents: cents(9)?,
+                    recorded_at: time(10)?,
+                    ledger_count: r.try_get(11).map_err(classify)?,
+                    ledger_cash_cents: cents(12)?,
+                    ledger_card_cents: cents(13)?,
+                })
+            })
+            .collect()
     }
+}
+
+/// Every row of `sql`, each read by `read`.
+async fn rows<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    read: impl Fn(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error>,
+) -> Result<Vec<T>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
+    let rows = tx.query(&stmt, &[]).await.map_err(classify)?;
+    rows.iter().map(|r| read(r).map_err(classify)).collect()
+}
+
+/// The one value of a one-row, one-column query.
+async fn one<T: FromSqlOwned>(tx: &Transaction<'_>, sql: &str) -> Result<T, StoreError> {
+    rows(tx, sql, |r| r.try_get(0))
+        .await?
+        .pop()
+        .ok_or_else(|| internal(format!("no row from {sql}")))
+}
+
+/// The first column of every row of `sql`.
+async fn firsts(tx: &Transaction<'_>, sql: &str) -> Result<Vec<String>, StoreError> {
+    rows(tx, sql, |r| r.try_get(0)).await
+}
+
+/// Adds `message(name, a, b)` to `d` for every row of `sql`, a query of discrepancies with
+/// three columns: what it is about and the two amounts that should agree.
+async fn mismatches(
+    tx: &Transaction<'_>,
+    d: &mut Vec<String>,
+    sql: &str,
+    message: impl Fn(String, i64, i64) -> String,
+) -> Result<(), StoreError> {
+    for (name, a, b) in rows(tx, sql, |r| {
+        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+    })
+    .await?
+    {
+        d.push(message(name, a, b));
+    }
+    Ok(())
+}
+
+async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport {
+        cards: one(tx, "SELECT count(*) FROM cards").await?,
+        postings: one(tx, "SELECT count(*) FROM postings").await?,
+        transactions: one(tx, "SELECT count(DISTINCT transaction_id) FROM postings").await?,
+        card_balance_total_cents: one(
+            tx,
+            "SELECT COALESCE(sum(balance_cents), 0)::bigint FROM cards",
+        )
+        .await?,
+        discrepancies: Vec::new(),
+    };
+    let d = &mut report.discrepancies;
+    // One pass over cards and card postings, grouped once. Postings of a card that has no
+    // row show up with a balance of 0.
+    mismatches(
+        tx,
+        d,
+        "SELECT card_uid, sum(balance)::bigint, sum(posted)::bigint FROM (
+             SELECT card_uid, balance_cents AS balance, 0::bigint AS posted FROM cards
+             UNION ALL
+             SELECT substr(account, 6), 0, amount_cents FROM postings
+             WHERE account LIKE 'card:%') AS u
+         GROUP BY card_uid
+         HAVING sum(balance) <> sum(posted)
+         ORDER BY card_uid COLLATE \"C\"",
+        |uid, balance, postings| {
+            format!("card {uid}: balance_cents {balance} but its postings sum to {postings}")
+        },
+    )
+    .await?;
+    let total: i64 = one(
+        tx,
+        "SELECT COALESCE(sum(amount_cents), 0)::bigint FROM postings",
+    )
+    .await?;
+    if total != 0 {
+        d.push(format!("all postings sum to {total}, not 0"));
+    }
+    for (tx_id, sum) in rows(
+        tx,
+        "SELECT transaction_id::text, sum(amount_cents)::bigint FROM postings
+         GROUP BY transaction_id HAVING sum(amount_cents) <> 0
+         ORDER BY transaction_id",
+        |r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?)),
+    )
+    .await?
+    {
+        d.push(format!("transaction {tx_id}: postings sum to {sum}, not 0"));
+    }
+    for account in firsts(
+        tx,
+        "SELECT account FROM postings p WHERE account LIKE 'card:%'
+         AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.card_uid = substr(p.account, 6))
+         GROUP BY account ORDER BY account COLLATE \"C\"",
+    )
+    .await?
+    {
+        d.push(format!(
+            "account {account}: postings for a card that does not exist"
+        ));
+    }
+    mismatches(
+        tx,
+        d,
+        "SELECT o.transaction_id::text, o.total_cents,
+                COALESCE(sum(i.line_total_cents), 0)::bigint
+         FROM bar_orders o
+         LEFT JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+         GROUP BY o.transaction_id
+         HAVING o.total_cents <> COALESCE(sum(i.line_total_cents), 0)
+         ORDER BY o.transaction_id",
+        |tx_id, total, lines| {
+            format!("order {tx_id}: total_cents {total} but its lines sum to {lines}")
+        },
+    )
+    .await?;
+    for (table, id) in [
+        ("bar_orders", "transaction_id"),
+        ("recharges", "transaction_id"),
+        ("voids", "transaction_id"),
+        ("shift_closeouts", "shift_id"),
+    ] {
+        let sql = format!(
+            "SELECT t.{id}::text FROM {table} t WHERE NOT EXISTS
+             (SELECT 1 FROM idempotency_keys k WHERE k.transaction_id = t.{id})
+             ORDER BY t.{id}"
+        );
+        for row in firsts(tx, &sql).await? {
+            d.push(format!(
+                "{table} {row}: applied without its idempotency key, so a replay could apply it again"
+            ));
+        }
+    }
+    for table in [
+        "bar_orders",
+        "recharges",
+        "stripe_recharges",
+        "stripe_refunds",
+    ] {
+        let sql = format!(
+            "SELECT t.transaction_id::text FROM {table} t WHERE NOT EXISTS
+             (SELECT 1 FROM postings p WHERE p.transaction_id = t.transaction_id)
+             ORDER BY t.transaction_id"
+        );
+        for row in firsts(tx, &sql).await? {
+            d.push(format!("{table} {row}: applied without postings"));
+        }
+    }
+    // A Stripe credit's refunds add up to what it says was reversed.
+    mismatches(
+        tx,
+        d,
+        "SELECT r.checkout_session_id, r.refunded_cents, COALESCE(sum(f.amount_cents), 0)::bigint
+         FROM stripe_recharges r LEFT JOIN stripe_refunds f
+           ON f.checkout_session_id = r.checkout_session_id
+         GROUP BY r.transaction_id
+         HAVING r.refunded_cents <> COALESCE(sum(f.amount_cents), 0)
+         ORDER BY r.checkout_session_id COLLATE \"C\"",
+        |session, said, refunds| {
+            format!(
+                "Stripe session {session}: refunded_cents {said} but its refunds sum to {refunds}"
+            )
+        },
+    )
+    .await?;
+    for (uid, balance, status) in rows(
+        tx,
+        "SELECT card_uid, balance_cents, status FROM cards
+         WHERE balance_cents < 0 AND status <> 'blocked'
+         ORDER BY card_uid COLLATE \"C\"",
+        |r| {
+            Ok((
+                r.try_get::<_, String>(0)?,
+                r.try_get::<_, i64>(1)?,
+                r.try_get::<_, String>(2)?,
+            ))
+        },
+    )
+    .await?
+    {
+        d.push(format!(
+            "card {uid}: balance_cents {balance} below zero but status {status}"
+        ));
+    }
+    Ok(report)
 }

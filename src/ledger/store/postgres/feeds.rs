@@ -1,40 +1,184 @@
-//! What terminals pull from the PostgreSQL store (cards, catalog, staff) and the scans they
-//! upload.
+//! What terminals pull from the PostgreSQL store (a card, the card feed, the catalog, the
+//! staff list) and the scans they upload: the same answers, in the same order, as the
+//! SQLite store's `feeds.rs`.
+//!
+//! Text is ordered with `COLLATE "C"` (byte order, as SQLite compares) and a missing
+//! category sorts first (`NULLS FIRST`, as in SQLite), so both backends list alike whatever
+//! the database's collation.
 
-use super::{PgStore, not_built};
-use crate::domain::CardUid;
+use super::admin::{internal, parse_stored};
+use super::{PgStore, classify};
+use crate::domain::{CardUid, Cents, ProductId, StaffId};
 use crate::ledger::caller::Terminal;
 use crate::ledger::store::{
     CardFeedPage, CardView, FeedStore, Product, ScanReceipt, StaffRecord, StoreError,
 };
-use crate::protocol::api::Scan;
+use crate::protocol::api::{Scan, StaffRole, format_time};
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+
+/// A row of `card_uid, balance_cents, status, version, updated_at` as the API shows it.
+fn card_view(row: &Row) -> Result<CardView, StoreError> {
+    let uid: String = row.try_get(0).map_err(classify)?;
+    Ok(CardView {
+        card_uid: CardUid::parse(&uid).map_err(internal)?,
+        balance_cents: Cents::new(row.try_get(1).map_err(classify)?),
+        status: row.try_get(2).map_err(classify)?,
+        version: row.try_get(3).map_err(classify)?,
+        updated_at: format_time(row.try_get::<_, DateTime<Utc>>(4).map_err(classify)?),
+    })
+}
 
 impl FeedStore for PgStore {
-    async fn card(&self, _uid: CardUid) -> Result<Option<CardView>, StoreError> {
-        Err(not_built("card"))
+    async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
+                 WHERE card_uid = $1",
+            )
+            .await
+            .map_err(classify)?;
+        client
+            .query_opt(&stmt, &[&uid.as_str()])
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(card_view)
+            .transpose()
     }
 
-    async fn card_feed(
-        &self,
-        _since_version: i64,
-        _limit: u32,
-    ) -> Result<CardFeedPage, StoreError> {
-        Err(not_built("card_feed"))
+    async fn card_feed(&self, since_version: i64, limit: u32) -> Result<CardFeedPage, StoreError> {
+        // card_feed() (migrations/postgres/0004_card_feed.sql) waits for the writers in
+        // flight and returns only versions below every version still uncommitted, so a
+        // terminal that moves its `since` to this page's last version skips nothing.
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT card_uid, balance_cents, status, version, updated_at
+                 FROM card_feed($1, $2)",
+            )
+            .await
+            .map_err(classify)?;
+        let cards = client
+            .query(&stmt, &[&since_version, &limit])
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(card_view)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_version = cards.last().map_or(since_version, |c| c.version);
+        Ok(CardFeedPage {
+            cards,
+            next_version,
+        })
     }
 
-    async fn catalog(&self, _point_of_sale: String) -> Result<Vec<Product>, StoreError> {
-        Err(not_built("catalog"))
+    async fn catalog(&self, point_of_sale: String) -> Result<Vec<Product>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT product_id, name, price_cents, category FROM products
+                 WHERE point_of_sale = $1 AND active
+                 ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
+            )
+            .await
+            .map_err(classify)?;
+        client
+            .query(&stmt, &[&point_of_sale])
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(classify)?;
+                Ok(Product {
+                    product_id: ProductId::parse(&id).map_err(internal)?,
+                    name: row.try_get(1).map_err(classify)?,
+                    price_cents: Cents::new(row.try_get(2).map_err(classify)?),
+                    category: row.try_get(3).map_err(classify)?,
+                })
+            })
+            .collect()
     }
 
     async fn staff(&self) -> Result<Vec<StaffRecord>, StoreError> {
-        Err(not_built("staff"))
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT staff_id, name, role, active, pin_hash FROM staff
+                 ORDER BY staff_id COLLATE \"C\"",
+            )
+            .await
+            .map_err(classify)?;
+        client
+            .query(&stmt, &[])
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(classify)?;
+                let role: String = row.try_get(2).map_err(classify)?;
+                Ok(StaffRecord {
+                    staff_id: StaffId::parse(&id).map_err(internal)?,
+                    name: row.try_get(1).map_err(classify)?,
+                    role: parse_stored(&role, StaffRole::parse)?,
+                    active: row.try_get(3).map_err(classify)?,
+                    pin_hash: row.try_get(4).map_err(classify)?,
+                })
+            })
+            .collect()
     }
 
     async fn record_scans(
         &self,
-        _terminal: Terminal,
-        _scans: Vec<Scan>,
+        terminal: Terminal,
+        scans: Vec<Scan>,
     ) -> Result<ScanReceipt, StoreError> {
-        Err(not_built("record_scans"))
+        // One statement for the whole upload, in the upload's order. SQLite keeps
+        // `scanned_at` to the millisecond (its stored text), so a scan sent again with other
+        // microseconds is the same scan there: truncating here keeps the two alike.
+        let card_uids: Vec<&str> = scans.iter().map(|s| s.card_uid.as_str()).collect();
+        let results: Vec<&str> = scans.iter().map(|s| s.result.as_str()).collect();
+        let readers: Vec<&str> = scans.iter().map(|s| s.reader.as_str()).collect();
+        let scanned_at: Vec<DateTime<Utc>> = scans.iter().map(|s| s.scanned_at).collect();
+        let terminal_seqs: Vec<Option<i64>> = scans
+            .iter()
+            .map(|s| s.terminal_seq.map(|t| t.get()))
+            .collect();
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO nfc_scan_log
+                     (terminal_id, card_uid, result, reader, scanned_at, terminal_seq, received_at)
+                 SELECT $1, s.card_uid, s.result, s.reader,
+                        date_trunc('milliseconds', s.scanned_at), s.terminal_seq,
+                        date_trunc('milliseconds', now())
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
+                      WITH ORDINALITY AS s (card_uid, result, reader, scanned_at, terminal_seq, n)
+                 ORDER BY s.n
+                 ON CONFLICT (terminal_id, card_uid, reader, scanned_at) DO NOTHING",
+            )
+            .await
+            .map_err(classify)?;
+        let inserted = client
+            .execute(
+                &stmt,
+                &[
+                    &terminal.terminal_id,
+                    &card_uids,
+                    &results,
+                    &readers,
+                    &scanned_at,
+                    &terminal_seqs,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        let accepted = usize::try_from(inserted).map_err(internal)?;
+        Ok(ScanReceipt {
+            accepted,
+            duplicates: scans.len().saturating_sub(accepted),
+        })
     }
 }

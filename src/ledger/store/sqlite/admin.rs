@@ -4,9 +4,9 @@
 use super::{SqliteStore, TerminalKey, load_card, write_card};
 use crate::domain::CardUid;
 use crate::ledger::caller::Terminal;
-use crate::ledger::rules::{self, CardState};
+use crate::ledger::rules;
 use crate::ledger::store::{AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError};
-use crate::protocol::api::{BlockReason, CardStatus, format_time};
+use crate::protocol::api::format_time;
 use chrono::Utc;
 use rusqlite::{Connection, params};
 use serde_json::json;
@@ -104,23 +104,7 @@ impl AdminStore for SqliteStore {
         self.write(move |conn| {
             let card = load_card(conn, &uid)?
                 .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
-            let next = if lost {
-                CardState {
-                    status: CardStatus::Blocked,
-                    block_reason: Some(BlockReason::Lost),
-                    ..card
-                }
-            } else {
-                // Lifting a lost block leaves a debt block in place if the card is in debt.
-                rules::status_after(
-                    CardState {
-                        status: CardStatus::Active,
-                        block_reason: None,
-                        ..card
-                    },
-                    card.balance,
-                )
-            };
+            let next = rules::mark_lost(card, lost);
             write_card(conn, &uid, false, &next, &format_time(Utc::now()))?;
             log_admin(
                 conn,

@@ -1,0 +1,3 @@
+-- Placeholder for the lead's version 5 (the operations' stored procedures), added on the
+-- branch pg-stripe only so that its 0006 runs before 0005 lands; replaced by the real file
+-- at the merge. It changes nothing.

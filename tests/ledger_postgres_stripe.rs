@@ -5,7 +5,8 @@
 //! `stripe_events`, `stripe_recharges`, `stripe_refunds`, postings and the audit log, with
 //! generated transaction ids replaced by their order of appearance and times left out).
 //! Then PostgreSQL alone under concurrent deliveries: one event twenty times, twenty events
-//! of one session, a session and its refunds at once, twenty sessions creating one card.
+//! of one session, a session and its refunds at once, twenty sessions creating one card; and
+//! a credit waits for a page of the card feed in flight (the feed's lock comes first).
 //!
 //! PostgreSQL is the real server of `../shared/testing.md` (`CASHLESS_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, a superuser); each test creates its own
@@ -948,4 +949,66 @@ async fn twenty_sessions_creating_one_card_at_once_create_it_once() {
         0
     );
     assert_postgres_invariants(&client).await;
+}
+
+/// True once some backend waits for the card feed's lock (`card_feed_writer()`, 0004).
+async fn someone_waits_for_the_feed(client: &tokio_postgres::Client) -> bool {
+    scalar(
+        client,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+            AND classid = 1667330920 AND objid = 1 AND objsubid = 2",
+    )
+    .await
+        > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credit_waits_for_a_card_feed_page_in_flight_and_a_refusal_does_not() {
+    let (db, store, client) = postgres_store().await;
+    // A page of the card feed in flight: its exclusive lock held by an open transaction.
+    let mut page = connect(&db.url()).await.unwrap();
+    let tx = page.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(1667330920, 1)", &[])
+        .await
+        .unwrap();
+
+    // A refused event changes no card: it does not wait.
+    let refused = refund_in("usd", "evt_usd", Some("pi_1"), 100);
+    assert_eq!(
+        apply(&store, "req-0", &refused).await.unwrap().outcome,
+        "refused"
+    );
+
+    let credit = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            apply(
+                &store,
+                "req-1",
+                &session("evt_1", "cs_1", Some("pi_1"), CARD_A, 700),
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !someone_waits_for_the_feed(&client).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the credit never waited for the feed's lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !credit.is_finished(),
+        "the credit went past the feed's lock"
+    );
+    assert_eq!(
+        totals(&client).await[0],
+        0,
+        "no card changed under the page"
+    );
+    tx.commit().await.unwrap();
+    let done = credit.await.unwrap().unwrap();
+    assert_eq!(done.outcome, "credited");
+    assert_eq!(totals(&client).await, [700, 1, 2, 2, 2]);
 }

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_operations.sql",
         sql: include_str!("../../../../migrations/postgres/0005_operations.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_stripe_procedures.sql",
+        sql: include_str!("../../../../migrations/postgres/0006_stripe_procedures.sql"),
+    },
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -1,7 +1,7 @@
 //! The admin commands: terminals, staff, products, cards and the audit. They talk to the
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
-use super::config::LedgerConfig;
+use super::config::{DatabaseUrl, LedgerConfig};
 use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::{
@@ -25,6 +25,12 @@ pub const NAME_LEN_MAX: usize = 100;
 
 /// Opens the configured database, migrating it if needed, through [`Store::open`].
 pub async fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
+    open_database(config, &config.database).await
+}
+
+/// Opens `database` (creating and migrating it if needed) with `config`'s options: a
+/// database other than the configured one (the two sides of a move).
+pub async fn open_database(config: &LedgerConfig, database: &DatabaseUrl) -> anyhow::Result<Store> {
     let options = StoreOptions {
         limits: Limits {
             recharge_max: config.recharge_max,
@@ -33,7 +39,7 @@ pub async fn open_store(config: &LedgerConfig) -> anyhow::Result<Store> {
         retention_days: config.retention_days,
         postgres: config.postgres,
     };
-    Ok(Store::open(&config.database, options).await?)
+    Ok(Store::open(database, options).await?)
 }
 
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@
 mod admin;
 mod audit;
 mod feeds;
+pub mod import_sqlite;
 mod migrate;
 mod ops;
 mod stripe;
@@ -423,6 +424,16 @@ pub async fn migrate_database(
     url: &str,
     settings: PostgresSettings,
 ) -> Result<MigrationReport, OpenError> {
+    connect_migrated(url, settings)
+        .await
+        .map(|(_, report)| report)
+}
+
+/// A connection to the database `url` names, once the migrations it lacked are applied.
+async fn connect_migrated(
+    url: &str,
+    settings: PostgresSettings,
+) -> Result<(deadpool_postgres::Object, MigrationReport), OpenError> {
     let database = DatabaseUrl::Postgres(url.to_owned()).to_string();
     let pool = PgPool::open(url, settings).map_err(|source| OpenError::BadUrl {
         database: database.clone(),
@@ -433,7 +444,8 @@ pub async fn migrate_database(
         source,
     };
     let mut client = pool.get().await.map_err(failed)?;
-    migrate(&mut client).await.map_err(failed)
+    let report = migrate(&mut client).await.map_err(failed)?;
+    Ok((client, report))
 }
 
 /// A connection the pool could not hand out, as a [`StoreError`] that says what to check.

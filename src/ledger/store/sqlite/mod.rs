@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0003_stripe.sql"),
 ];
 
+/// The schema version this program writes: `PRAGMA user_version` once every migration is
+/// applied.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Settings the SQLite store needs.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -156,7 +160,7 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Applies the migrations that are not applied yet; returns the schema version.
 pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = i64::try_from(MIGRATIONS.len()).map_err(internal)?;
+    let known = SCHEMA_VERSION;
     if current > known {
         return Err(StoreError::SchemaTooNew {
             found: current,

@@ -737,7 +737,7 @@ async fn kill9_mid_stream_loses_nothing_and_applies_nothing_twice() {
 
 /// Opens the database for writing (the server must be stopped).
 fn open_rw(ledger: &Ledger) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(&ledger.db_path).unwrap();
+    let conn = rusqlite::Connection::open(ledger.db_path()).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn
 }

@@ -615,7 +615,8 @@ async fn every_configured_secret_is_accepted_during_a_rotation() {
 #[tokio::test]
 async fn secrets_from_the_environment_are_comma_separated_and_win_over_the_file() {
     const FILE: &str = "whsec_from_the_file";
-    let l = Ledger::start_with_config_and_env(
+    let l = Ledger::start_with_config_and_env_on(
+        Backend::Sqlite,
         &config(&[FILE], TOLERANCE_S),
         &[(
             "CASHLESS_STRIPE_WEBHOOK_SECRETS",

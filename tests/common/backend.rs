@@ -11,7 +11,7 @@
 //! alike: PostgreSQL's booleans as integers 0 and 1, its times as the ledger's RFC 3339
 //! text with milliseconds (`2026-07-01T18:00:00.000Z`, how the SQLite store writes them),
 //! uuids as their lowercase text, and JSON (jsonb there, text here) in one canonical
-//! spelling in the fingerprint. So a fingerprint taken on SQLite and one taken on
+//! spelling (keys sorted, no spaces). So a fingerprint taken on SQLite and one taken on
 //! PostgreSQL compare, not only two taken on the same database.
 //!
 //! The helpers are synchronous (they run inside `wait_for` conditions and in tests without
@@ -146,8 +146,18 @@ impl Database {
         }
     }
 
-    /// The rows of one SQL query, read on a connection of its own.
+    /// The rows of one SQL query (JSON columns in their canonical spelling).
     pub fn query(&self, sql: &str) -> Rows {
+        let mut rows = self.query_as_stored(sql);
+        for row in &mut rows.rows {
+            for (cell, column) in row.iter_mut().zip(&rows.columns) {
+                *cell = canonical_cell(column, cell);
+            }
+        }
+        rows
+    }
+
+    fn query_as_stored(&self, sql: &str) -> Rows {
         match self {
             Database::Sqlite(path) => {
                 let conn = open_sqlite_read_only(path);

@@ -674,6 +674,15 @@ impl Ledger {
         }
     }
 
+    /// SQL for the text of `key` in the JSON column `column` (SQLite's `json_extract`,
+    /// PostgreSQL's `->>`): compare it with a string literal, also for a number (`'-500'`).
+    pub fn json_text(&self, column: &str, key: &str) -> String {
+        match self.backend() {
+            Backend::Sqlite => format!("CAST(json_extract({column}, '$.{key}') AS TEXT)"),
+            Backend::Postgres => format!("({column} ->> '{key}')"),
+        }
+    }
+
     /// Runs one SQL statement that writes (as an operator or an attacker with database
     /// access would); returns the number of rows it changed.
     pub fn execute(&self, sql: &str) -> u64 {

@@ -3221,7 +3221,7 @@ async fn the_audit_finds_tampered_books(backend: Backend) {
     l.assert_audit_ok();
 
     let tamper = |sql: &str| {
-        l.execute(sql);
+        l.tamper(sql);
     };
     // A balance that its postings do not explain.
     tamper(&format!(

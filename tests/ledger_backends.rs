@@ -50,8 +50,8 @@ const ROWS: &[&str] = &[
 /// An empty database of each backend with [`ROWS`] written into it.
 fn both(dir: &std::path::Path) -> [Database; 2] {
     let databases = [
-        Database::empty(common::Backend::Sqlite, dir),
-        Database::empty(common::Backend::Postgres, dir),
+        Database::migrated(common::Backend::Sqlite, dir),
+        Database::migrated(common::Backend::Postgres, dir),
     ];
     for db in &databases {
         for sql in ROWS {

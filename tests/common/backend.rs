@@ -118,17 +118,20 @@ pub enum Database {
 }
 
 impl Database {
-    /// A new empty database of `backend` at the current schema (`cashless ledger migrate`);
-    /// a SQLite file goes into `dir`.
-    pub fn empty(backend: Backend, dir: &Path) -> Database {
+    /// A new database of `backend` without any schema (a SQLite file in `dir`, not yet
+    /// created): whoever opens it first gives it its schema.
+    pub fn create(backend: Backend, dir: &Path) -> Database {
         match backend {
-            Backend::Sqlite => {
-                let path = dir.join("empty.db");
-                migrate(&format!("sqlite:{}", path.display()));
-                Database::Sqlite(path)
-            }
-            Backend::Postgres => Database::Postgres(PgDatabase::empty()),
+            Backend::Sqlite => Database::Sqlite(dir.join("ledger.db")),
+            Backend::Postgres => Database::Postgres(PgDatabase::create()),
         }
+    }
+
+    /// Like [`Database::create`], at the current schema (`cashless ledger migrate`).
+    pub fn migrated(backend: Backend, dir: &Path) -> Database {
+        let database = Database::create(backend, dir);
+        migrate(&database.url());
+        database
     }
 
     pub fn backend(&self) -> Backend {
@@ -193,6 +196,34 @@ impl Database {
                             .execute(&sql_owned, &[])
                             .await
                             .map_err(|e| error_text(&e))
+                    })
+                })
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    /// Like [`Database::execute`], past PostgreSQL's append-only triggers on postings and
+    /// the audit log, as whoever holds the superuser could (`session_replication_role =
+    /// replica` for this one transaction): to prove that the audit finds what such a person
+    /// changed. SQLite has no such triggers.
+    pub fn tamper(&self, sql: &str) -> u64 {
+        match self {
+            Database::Sqlite(_) => self.execute(sql),
+            Database::Postgres(pg) => {
+                let sql_owned = sql.to_owned();
+                pg.with_client(move |client| {
+                    Box::pin(async move {
+                        let tx = client.transaction().await.map_err(|e| error_text(&e))?;
+                        tx.batch_execute("SET LOCAL session_replication_role = replica")
+                            .await
+                            .map_err(|e| error_text(&e))?;
+                        let changed = tx
+                            .execute(&sql_owned, &[])
+                            .await
+                            .map_err(|e| error_text(&e))?;
+                        tx.commit().await.map_err(|e| error_text(&e))?;
+                        Ok(changed)
                     })
                 })
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -581,11 +612,10 @@ impl PgDatabase {
         (db, template.tokens.clone())
     }
 
-    /// A new empty database, at the current schema (`cashless ledger migrate`).
-    pub fn empty() -> PgDatabase {
+    /// A new empty database, without any schema.
+    pub fn create() -> PgDatabase {
         let db = PgDatabase::named(PgDatabase::next_name());
         pg_admin_batch(format!("CREATE DATABASE {}", db.name)).unwrap_or_else(|e| panic!("{e}"));
-        migrate(&db.url());
         db
     }
 

@@ -689,6 +689,12 @@ impl Ledger {
         self.database.execute(sql)
     }
 
+    /// Changes the books behind the ledger's back (see [`backend::Database::tamper`]);
+    /// returns the number of rows changed.
+    pub fn tamper(&self, sql: &str) -> u64 {
+        self.database.tamper(sql)
+    }
+
     /// Takes the write lock of every table as another writer would, until the returned
     /// value is dropped (see [`backend::WriteLock`]).
     pub fn hold_write_lock(&self) -> backend::WriteLock {

@@ -164,15 +164,9 @@ fn tagged(kind: &str, body: &Value) -> Value {
 /// Sets a staff member inactive. The admin CLI has no command for it, so the test writes
 /// the `staff` table directly.
 fn deactivate_staff(l: &Ledger, staff_id: &str) {
-    let conn = rusqlite::Connection::open(&l.db_path).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-    let changed = conn
-        .execute(
-            "UPDATE staff SET active = 0 WHERE staff_id = ?1",
-            [staff_id],
-        )
-        .unwrap();
+    let changed = l.execute(&format!(
+        "UPDATE staff SET active = false WHERE staff_id = '{staff_id}'"
+    ));
     assert_eq!(changed, 1, "staff {staff_id} must exist");
 }
 
@@ -180,9 +174,8 @@ fn deactivate_staff(l: &Ledger, staff_id: &str) {
 // Approvals
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn approvals_have_the_contract_shape_and_move_balances() {
-    let l = Ledger::start().await;
+async fn approvals_have_the_contract_shape_and_move_balances(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
 
     // A top-up on an unknown card creates it.
@@ -270,9 +263,8 @@ struct Decline {
     details: Value,
 }
 
-#[tokio::test]
-async fn business_declines_carry_details_change_nothing_and_replay() {
-    let l = Ledger::start().await;
+async fn business_declines_carry_details_change_nothing_and_replay(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let poor = uid(1); // 400: less than a beer
     let unknown = uid(2); // never seen
     let lost = uid(3); // blocked with the admin CLI
@@ -459,9 +451,8 @@ async fn business_declines_carry_details_change_nothing_and_replay() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn card_lookup_of_an_unknown_card_is_card_not_found() {
-    let l = Ledger::start().await;
+async fn card_lookup_of_an_unknown_card_is_card_not_found(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     l.card(&uid(77)).await.assert_error(404, "CARD_NOT_FOUND");
     l.get(&format!("/v1/cards/{}", uid(77)), Some(&l.checkpoint_token))
         .await
@@ -484,9 +475,9 @@ async fn card_lookup_of_an_unknown_card_is_card_not_found() {
     }
 }
 
-#[tokio::test]
-async fn limits_come_from_the_config_file() {
-    let l = Ledger::start_with_config(
+async fn limits_come_from_the_config_file(backend: Backend) {
+    let l = Ledger::start_with_config_on(
+        backend,
         r#"
 [festival]
 currency = "CHF"
@@ -528,9 +519,8 @@ balance_max_cents = 1500
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn offline_top_up_past_the_default_limits_is_applied_and_flagged() {
-    let l = Ledger::start().await;
+async fn offline_top_up_past_the_default_limits_is_applied_and_flagged(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(9);
     let (req, resp) = recharge(&l, &card, RECHARGE_MAX_CENTS + 1, "card", "offline").await;
     resp.assert_status(201);
@@ -561,9 +551,8 @@ async fn offline_top_up_past_the_default_limits_is_applied_and_flagged() {
 // Authentication and authorization
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn every_terminal_endpoint_requires_a_known_token() {
-    let l = Ledger::start().await;
+async fn every_terminal_endpoint_requires_a_known_token(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 1000).await;
     let order = order_body(&card, 1, &[WATER], "online");
@@ -639,10 +628,9 @@ async fn every_terminal_endpoint_requires_a_known_token() {
     }
 }
 
-#[tokio::test]
-async fn the_bearer_scheme_is_case_insensitive() {
+async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
     // RFC 9110 section 11.1: the authentication scheme is a case-insensitive token.
-    let l = Ledger::start().await;
+    let l = Ledger::start_on(backend).await;
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let auth = format!("{scheme} {}", l.bar_token);
         let resp = l
@@ -670,9 +658,8 @@ struct Forbidden {
     body: Value,
 }
 
-#[tokio::test]
-async fn terminal_kinds_staff_roles_and_foreign_voids_are_forbidden() {
-    let l = Ledger::start().await;
+async fn terminal_kinds_staff_roles_and_foreign_voids_are_forbidden(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 10_000).await;
     let (bar1_order, resp) = sell(&l, &l.bar_token, &card, &[BEER], "online").await;
@@ -863,9 +850,8 @@ async fn terminal_kinds_staff_roles_and_foreign_voids_are_forbidden() {
 // Idempotency
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn replays_of_every_operation_are_byte_identical_and_change_nothing() {
-    let l = Ledger::start().await;
+async fn replays_of_every_operation_are_byte_identical_and_change_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let (topup, first_topup) = recharge(&l, &card, 3000, "cash", "online").await;
     first_topup.assert_status(201);
@@ -955,9 +941,8 @@ async fn replays_of_every_operation_are_byte_identical_and_change_nothing() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_reused_key_or_a_mismatched_header_is_refused_and_changes_nothing() {
-    let l = Ledger::start().await;
+async fn a_reused_key_or_a_mismatched_header_is_refused_and_changes_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let (topup, resp) = recharge(&l, &card, 3000, "cash", "online").await;
     resp.assert_status(201);
@@ -1089,9 +1074,8 @@ async fn a_reused_key_or_a_mismatched_header_is_refused_and_changes_nothing() {
     l.assert_audit_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_identical_requests_apply_once() {
-    let l = Arc::new(Ledger::start().await);
+async fn fifty_concurrent_identical_requests_apply_once(backend: Backend) {
+    let l = Arc::new(Ledger::start_on(backend).await);
     let card = uid(1);
     l.fund(&card, 10_000).await;
     let body = Arc::new(order_body(
@@ -1142,9 +1126,8 @@ async fn fifty_concurrent_identical_requests_apply_once() {
     l.assert_audit_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_sales_top_ups_and_refunds_on_one_card_lose_no_update() {
-    let l = Arc::new(Ledger::start().await);
+async fn concurrent_sales_top_ups_and_refunds_on_one_card_lose_no_update(backend: Backend) {
+    let l = Arc::new(Ledger::start_on(backend).await);
     let card = uid(1);
     l.fund(&card, 6000).await;
     // Orders to refund later, applied up front.
@@ -1194,9 +1177,8 @@ async fn concurrent_sales_top_ups_and_refunds_on_one_card_lose_no_update() {
     l.assert_audit_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_concurrent_orders_on_money_for_ten_approve_exactly_ten() {
-    let l = Arc::new(Ledger::start().await);
+async fn twenty_concurrent_orders_on_money_for_ten_approve_exactly_ten(backend: Backend) {
+    let l = Arc::new(Ledger::start_on(backend).await);
     let card = uid(1);
     l.fund(&card, 10 * BEER_CENTS).await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -1240,9 +1222,8 @@ async fn twenty_concurrent_orders_on_money_for_ten_approve_exactly_ten() {
 // Offline operations
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn offline_debt_blocks_the_card_until_a_top_up_clears_it() {
-    let l = Ledger::start().await;
+async fn offline_debt_blocks_the_card_until_a_top_up_clears_it(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 500).await;
     let (_, feed) = feed_page(&l, "", 100).await;
@@ -1291,9 +1272,8 @@ async fn offline_debt_blocks_the_card_until_a_top_up_clears_it() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn offline_orders_record_unknown_cards_catalog_differences_and_lost_cards() {
-    let l = Ledger::start().await;
+async fn offline_orders_record_unknown_cards_catalog_differences_and_lost_cards(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
 
     // A card the ledger never saw: created with 0, then in debt.
     let fresh = uid(1);
@@ -1395,9 +1375,8 @@ fn assert_voided(
     assert!(b["flags"].is_array(), "{b}");
 }
 
-#[tokio::test]
-async fn voiding_applied_operations_reverses_them() {
-    let l = Ledger::start().await;
+async fn voiding_applied_operations_reverses_them(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let (topup, resp) = recharge(&l, &card, 2000, "cash", "online").await;
     resp.assert_status(201);
@@ -1448,12 +1427,11 @@ async fn voiding_applied_operations_reverses_them() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_tombstone_from_another_terminal_does_not_void_an_operation() {
+async fn a_tombstone_from_another_terminal_does_not_void_an_operation(backend: Backend) {
     // Voids are "only of its own operations" (decisions.md). A target that has not arrived
     // yet has no owner to check, so the check must happen when it arrives: bar-2 (or the
     // checkpoint) must not be able to cancel bar-1's sale by knowing its id in advance.
-    let l = Ledger::start().await;
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 5000).await;
     for (who, token, staff) in [
@@ -1475,9 +1453,8 @@ async fn a_tombstone_from_another_terminal_does_not_void_an_operation() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_void_before_arrival_tombstones_the_target() {
-    let l = Ledger::start().await;
+async fn a_void_before_arrival_tombstones_the_target(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 5000).await;
 
@@ -1538,9 +1515,8 @@ async fn a_void_before_arrival_tombstones_the_target() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_second_different_void_of_the_same_target_is_already_voided() {
-    let l = Ledger::start().await;
+async fn a_second_different_void_of_the_same_target_is_already_voided(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 5000).await;
     let (order, resp) = sell(&l, &l.bar_token, &card, &[BEER], "online").await;
@@ -1945,9 +1921,8 @@ fn check_batch(resp: &Resp, ops: &[Value], expected: &[Expect]) -> HashMap<&'sta
     seen
 }
 
-#[tokio::test]
-async fn batches_of_500_mixed_operations_apply_in_order_and_replay_as_no_ops() {
-    let l = Ledger::start().await;
+async fn batches_of_500_mixed_operations_apply_in_order_and_replay_as_no_ops(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let mut rng = Rng(20_260_701);
     let cards: Vec<String> = (0..40).map(|n| uid(1000 + n)).collect();
     let strangers: Vec<String> = (0..10).map(|n| uid(2000 + n)).collect();
@@ -2076,9 +2051,8 @@ async fn batches_of_500_mixed_operations_apply_in_order_and_replay_as_no_ops() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_batch_mixes_failures_without_stopping() {
-    let l = Ledger::start().await;
+async fn a_batch_mixes_failures_without_stopping(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 2000).await;
     let seq = || l.seq(&l.bar_token);
@@ -2187,9 +2161,8 @@ async fn a_batch_mixes_failures_without_stopping() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn batches_of_zero_or_501_operations_are_refused() {
-    let l = Ledger::start().await;
+async fn batches_of_zero_or_501_operations_are_refused(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, RECHARGE_MAX_CENTS).await;
     l.fund(&card, BALANCE_MAX_CENTS - RECHARGE_MAX_CENTS).await;
@@ -2266,9 +2239,8 @@ async fn read_feed(l: &Ledger, since: &str, limit: u32) -> (Vec<Value>, String) 
     panic!("the feed never ends");
 }
 
-#[tokio::test]
-async fn the_card_feed_pages_in_change_order_and_shows_blocks() {
-    let l = Ledger::start().await;
+async fn the_card_feed_pages_in_change_order_and_shows_blocks(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let cards: Vec<String> = (0..25).map(uid).collect();
     for (i, card) in cards.iter().enumerate() {
         l.fund(card, 1000 + i as i64).await;
@@ -2381,9 +2353,8 @@ async fn the_card_feed_pages_in_change_order_and_shows_blocks() {
 // Catalog, staff, scans, terminals/me
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn the_catalog_is_per_point_of_sale_with_etag() {
-    let l = Ledger::start().await;
+async fn the_catalog_is_per_point_of_sale_with_etag(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let resp = l.get("/v1/catalog", Some(&l.bar_token)).await;
     resp.assert_status(200);
     assert_eq!(resp.body["point_of_sale"], BAR_POS);
@@ -2508,9 +2479,8 @@ async fn the_catalog_is_per_point_of_sale_with_etag() {
     assert_ne!(cp.header("etag"), changed.header("etag"));
 }
 
-#[tokio::test]
-async fn each_point_of_sale_sells_from_its_own_catalog() {
-    let l = Ledger::start().await;
+async fn each_point_of_sale_sells_from_its_own_catalog(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     // Admin commands work while the ledger serves: a new bar, with its own prices.
     let out = l.admin(&[
         "terminal",
@@ -2583,9 +2553,8 @@ async fn each_point_of_sale_sells_from_its_own_catalog() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn the_catalog_can_be_imported_from_toml() {
-    let l = Ledger::start().await;
+async fn the_catalog_can_be_imported_from_toml(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let file = l.dir.path().join("catalog.toml");
     std::fs::write(
         &file,
@@ -2623,10 +2592,9 @@ category = "drinks"
     assert_eq!(find("water").unwrap()["price_cents"], WATER_CENTS);
 }
 
-#[tokio::test]
-async fn the_staff_feed_has_argon2_pin_hashes() {
+async fn the_staff_feed_has_argon2_pin_hashes(backend: Backend) {
     use argon2::{PasswordHash, PasswordVerifier};
-    let l = Ledger::start().await;
+    let l = Ledger::start_on(backend).await;
     for token in [&l.bar_token, &l.checkpoint_token] {
         let resp = l.get("/v1/staff", Some(token)).await;
         resp.assert_status(200);
@@ -2679,9 +2647,8 @@ async fn the_staff_feed_has_argon2_pin_hashes() {
     assert_eq!(s.unwrap()["active"], false);
 }
 
-#[tokio::test]
-async fn scans_are_stored_once_per_terminal_and_scan() {
-    let l = Ledger::start().await;
+async fn scans_are_stored_once_per_terminal_and_scan(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let at = |s: u32| format!("2026-07-01T21:14:{s:02}Z");
     let scan = |card: &str, result: &str, reader: &str, when: String| json!({"card_uid": card, "result": result, "reader": reader, "scanned_at": when});
     let mut with_seq = scan(&uid(2), "ok", "ACS ACR122U 00 00", at(2));
@@ -2740,9 +2707,8 @@ async fn scans_are_stored_once_per_terminal_and_scan() {
     );
 }
 
-#[tokio::test]
-async fn terminals_me_identifies_each_token() {
-    let l = Ledger::start().await;
+async fn terminals_me_identifies_each_token(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let mut ids = HashSet::new();
     for (token, name, kind, pos) in [
         (&l.bar_token, "bar-1", "bar", BAR_POS),
@@ -2774,9 +2740,8 @@ async fn terminals_me_identifies_each_token() {
 // Operations endpoints and conventions
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn health_ready_and_openapi() {
-    let l = Ledger::start().await;
+async fn health_ready_and_openapi(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     l.get("/health", None).await.assert_status(200);
     l.get("/ready", None).await.assert_status(200);
 
@@ -2867,9 +2832,8 @@ async fn health_ready_and_openapi() {
     }
 }
 
-#[tokio::test]
-async fn request_ids_are_echoed_or_generated() {
-    let l = Ledger::start().await;
+async fn request_ids_are_echoed_or_generated(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 1000).await;
     let order = |n: i64| serde_json::to_vec(&order_body(&card, n, &[WATER], "online")).unwrap();
@@ -2976,9 +2940,8 @@ async fn request_ids_are_echoed_or_generated() {
     resp.assert_error(405, "METHOD_NOT_ALLOWED");
 }
 
-#[tokio::test]
-async fn the_books_balance_after_everything() {
-    let l = Ledger::start().await;
+async fn the_books_balance_after_everything(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let cards: Vec<String> = (0..5).map(uid).collect();
     for card in &cards {
         l.fund(card, 3000).await;
@@ -3038,24 +3001,13 @@ async fn the_books_balance_after_everything() {
     let stdout = assert_success("cashless ledger audit", &out);
     assert!(!stdout.trim().is_empty(), "audit prints a summary");
     // The API's balances agree with the audit's books: sum of card postings per card.
-    let conn = l.open_db();
     for card in cards.iter().chain([&uid(99)]) {
-        let posted: i64 = conn
-            .query_row(
-                "SELECT COALESCE(SUM(amount_cents), 0) FROM postings WHERE account = ?1",
-                [format!("card:{card}")],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let posted = l.query_i64(&format!(
+            "SELECT COALESCE(SUM(amount_cents), 0) FROM postings WHERE account = 'card:{card}'"
+        ));
         assert_eq!(posted, l.balance(card).await, "postings of card {card}");
     }
-    let total: i64 = conn
-        .query_row(
-            "SELECT COALESCE(SUM(amount_cents), 0) FROM postings",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let total = l.query_i64("SELECT COALESCE(SUM(amount_cents), 0) FROM postings");
     assert_eq!(total, 0, "all postings sum to zero");
 }
 
@@ -3063,20 +3015,20 @@ async fn the_books_balance_after_everything() {
 // Retryable failures, body limits, key retention
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_busy_database_is_a_retryable_503_that_is_not_stored() {
-    let l = Ledger::start().await;
+async fn a_busy_database_is_a_retryable_503_that_is_not_stored(backend: Backend) {
+    // PostgreSQL waits for a lock as long as its statement_timeout allows: a short one, so
+    // the test need not wait the default 10 s (SQLite does not read `[postgres]`).
+    let l =
+        Ledger::start_with_config_on(backend, "[postgres]\nstatement_timeout_ms = 1000\n").await;
     let card = uid(1);
     l.fund(&card, 1000).await;
     let order = order_body(&card, l.seq(&l.bar_token), &[BEER], "online");
 
     // Another writer holds the database's write lock for longer than the ledger waits.
-    let locker = rusqlite::Connection::open(&l.db_path).unwrap();
-    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locker = l.hold_write_lock();
     let resp = l.post("/v1/orders", &l.bar_token, &order).await;
     assert_eq!(resp.status, 503, "{}", resp.body);
     resp.assert_error(503, "DATABASE_ERROR");
-    locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
 
     // Not stored: the retry is processed, and its replay is the stored approval.
@@ -3094,9 +3046,8 @@ async fn a_busy_database_is_a_retryable_503_that_is_not_stored() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn bodies_above_64_kib_or_a_1_mib_batch_are_payload_too_large() {
-    let l = Ledger::start().await;
+async fn bodies_above_64_kib_or_a_1_mib_batch_are_payload_too_large(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 10_000).await;
     // A valid request padded with JSON whitespace to exactly `size` bytes.
@@ -3170,43 +3121,23 @@ async fn bodies_above_64_kib_or_a_1_mib_batch_are_payload_too_large() {
 /// Lets every idempotency key expire and restarts the ledger, which purges expired keys
 /// when it starts; waits until the purgeable ones (declines) are gone.
 async fn expire_all_keys(l: &mut Ledger) {
-    {
-        let conn = rusqlite::Connection::open(&l.db_path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
-        conn.execute(
-            "UPDATE idempotency_keys SET expires_at = '2000-01-01T00:00:00.000Z' WHERE transaction_id IS NULL",
-            [],
-        )
-        .unwrap();
-    }
+    l.execute(
+        "UPDATE idempotency_keys SET expires_at = '2000-01-01T00:00:00.000Z' WHERE transaction_id IS NULL",
+    );
     l.restart().await;
-    let db = l.db_path.clone();
     wait_for(
         "expired idempotency keys purged",
         std::time::Duration::from_secs(30),
         || {
-            let conn = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .unwrap();
             // Declines' keys are purged; applied operations' keys are kept forever.
-            conn.query_row(
-                "SELECT COUNT(*) FROM idempotency_keys WHERE transaction_id IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-                == 0
+            l.query_i64("SELECT COUNT(*) FROM idempotency_keys WHERE transaction_id IS NULL") == 0
         },
     )
     .await;
 }
 
-#[tokio::test]
-async fn replays_after_the_keys_expired_do_not_apply_twice() {
-    let mut l = Ledger::start().await;
+async fn replays_after_the_keys_expired_do_not_apply_twice(backend: Backend) {
+    let mut l = Ledger::start_on(backend).await;
     let card = uid(1);
     let (topup, first_topup) = recharge(&l, &card, 3000, "cash", "online").await;
     first_topup.assert_status(201);
@@ -3254,9 +3185,8 @@ async fn replays_after_the_keys_expired_do_not_apply_twice() {
 // The process and the books
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_everything() {
-    let mut l = Ledger::start().await;
+async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_everything(backend: Backend) {
+    let mut l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 1000).await;
     let (order, first) = sell(&l, &l.bar_token, &card, &[BEER], "online").await;
@@ -3281,9 +3211,8 @@ async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_everything() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn the_audit_finds_tampered_books() {
-    let l = Ledger::start().await;
+async fn the_audit_finds_tampered_books(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let (card, other) = (uid(1), uid(2));
     l.fund(&card, 1000).await;
     l.fund(&other, 1000).await;
@@ -3292,10 +3221,7 @@ async fn the_audit_finds_tampered_books() {
     l.assert_audit_ok();
 
     let tamper = |sql: &str| {
-        let conn = rusqlite::Connection::open(&l.db_path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
-        conn.execute_batch(sql).unwrap();
+        l.tamper(sql);
     };
     // A balance that its postings do not explain.
     tamper(&format!(
@@ -3318,21 +3244,21 @@ async fn the_audit_finds_tampered_books() {
     ));
     l.assert_audit_ok();
 
-    // Postings that do not sum to zero.
+    // Postings that do not sum to zero (of a transaction id no operation has: forged).
     tamper(&format!(
         "INSERT INTO postings (transaction_id, account, amount_cents, created_at)
-         VALUES ('forged', 'revenue:{BAR_POS}', 5, '2026-07-01T00:00:00.000Z')"
+         VALUES ('00000000-0000-7000-8000-00000000f07e', 'revenue:{BAR_POS}', 5,
+                 '2026-07-01T00:00:00.000Z')"
     ));
     let out = l.audit();
     assert_eq!(out.status.code(), Some(1), "audit must fail: {out:?}");
 }
 
-#[tokio::test]
-async fn a_reused_key_is_refused_even_after_the_keys_expired() {
+async fn a_reused_key_is_refused_even_after_the_keys_expired(backend: Backend) {
     // "Same key, different request: 422" has no expiry: the operation is kept forever, and a
     // different request must not be answered with its stored approval as if it were a replay
     // (least of all another terminal's).
-    let mut l = Ledger::start().await;
+    let mut l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 3000).await;
     let (order, first) = sell(&l, &l.bar_token, &card, &[BEER], "online").await;
@@ -3360,30 +3286,32 @@ async fn a_reused_key_is_refused_even_after_the_keys_expired() {
 /// `(highest_contiguous_seq, highest_seen_seq, seqs received above the contiguous mark)` of
 /// the terminal named `name`.
 fn seq_state(l: &Ledger, name: &str) -> (i64, i64, Vec<i64>) {
-    let conn = l.open_db();
-    let (id, contiguous, seen): (String, i64, i64) = conn
-        .query_row(
-            "SELECT terminal_id, highest_contiguous_seq, highest_seen_seq FROM terminals WHERE name = ?1",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT terminal_seq FROM terminal_seqs WHERE terminal_id = ?1 ORDER BY terminal_seq",
-        )
-        .unwrap();
-    let above = stmt
-        .query_map([id], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<Vec<i64>, _>>()
-        .unwrap();
-    (contiguous, seen, above)
+    let int = |cell: &Cell| match cell {
+        Cell::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    };
+    let marks = l.query(&format!(
+        "SELECT highest_contiguous_seq, highest_seen_seq FROM terminals WHERE name = '{name}'"
+    ));
+    let [marks] = marks.rows.as_slice() else {
+        panic!("no terminal {name}");
+    };
+    let above = l
+        .query(&format!(
+            "SELECT s.terminal_seq FROM terminal_seqs s JOIN terminals t USING (terminal_id)
+             WHERE t.name = '{name}' ORDER BY s.terminal_seq"
+        ))
+        .rows
+        .iter()
+        .map(|row| int(&row[0]))
+        .collect();
+    (int(&marks[0]), int(&marks[1]), above)
 }
 
-#[tokio::test]
-async fn terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arrive() {
-    let l = Ledger::start().await;
+async fn terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arrive(
+    backend: Backend,
+) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     l.fund(&card, 10_000).await;
     let send = |seq: i64, card: String| {
@@ -3423,4 +3351,47 @@ async fn terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arr
     resp.assert_status(400);
     assert_eq!(seq_state(&l, "bar-1"), (7, 7, vec![]));
     assert_eq!(seq_state(&l, "bar-2"), (0, 0, vec![]));
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    approvals_have_the_contract_shape_and_move_balances,
+    business_declines_carry_details_change_nothing_and_replay,
+    card_lookup_of_an_unknown_card_is_card_not_found,
+    limits_come_from_the_config_file,
+    offline_top_up_past_the_default_limits_is_applied_and_flagged,
+    every_terminal_endpoint_requires_a_known_token,
+    the_bearer_scheme_is_case_insensitive,
+    terminal_kinds_staff_roles_and_foreign_voids_are_forbidden,
+    replays_of_every_operation_are_byte_identical_and_change_nothing,
+    a_reused_key_or_a_mismatched_header_is_refused_and_changes_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)] fifty_concurrent_identical_requests_apply_once,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)] concurrent_sales_top_ups_and_refunds_on_one_card_lose_no_update,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)] twenty_concurrent_orders_on_money_for_ten_approve_exactly_ten,
+    offline_debt_blocks_the_card_until_a_top_up_clears_it,
+    offline_orders_record_unknown_cards_catalog_differences_and_lost_cards,
+    voiding_applied_operations_reverses_them,
+    a_tombstone_from_another_terminal_does_not_void_an_operation,
+    a_void_before_arrival_tombstones_the_target,
+    a_second_different_void_of_the_same_target_is_already_voided,
+    batches_of_500_mixed_operations_apply_in_order_and_replay_as_no_ops,
+    a_batch_mixes_failures_without_stopping,
+    batches_of_zero_or_501_operations_are_refused,
+    the_card_feed_pages_in_change_order_and_shows_blocks,
+    the_catalog_is_per_point_of_sale_with_etag,
+    each_point_of_sale_sells_from_its_own_catalog,
+    the_catalog_can_be_imported_from_toml,
+    the_staff_feed_has_argon2_pin_hashes,
+    scans_are_stored_once_per_terminal_and_scan,
+    terminals_me_identifies_each_token,
+    health_ready_and_openapi,
+    request_ids_are_echoed_or_generated,
+    the_books_balance_after_everything,
+    a_busy_database_is_a_retryable_503_that_is_not_stored,
+    bodies_above_64_kib_or_a_1_mib_batch_are_payload_too_large,
+    replays_after_the_keys_expired_do_not_apply_twice,
+    sigterm_shuts_down_cleanly_and_a_restart_keeps_everything,
+    the_audit_finds_tampered_books,
+    a_reused_key_is_refused_even_after_the_keys_expired,
+    terminal_seq_gaps_are_tracked_and_close_when_the_missing_operations_arrive,
 }

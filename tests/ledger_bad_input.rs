@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ledger, new_id, now_rfc3339, uid};
+use common::{Backend, Ledger, new_id, now_rfc3339, uid};
 use proptest::prelude::*;
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner,
@@ -1425,8 +1425,8 @@ fn as_batch_cases(cases: &[Case], op_type: &str) -> Vec<Case> {
 }
 
 /// Funds the card of the valid bodies, and returns the ledger.
-async fn ledger() -> Ledger {
-    let ledger = Ledger::start().await;
+async fn ledger(backend: Backend) -> Ledger {
+    let ledger = Ledger::start_on(backend).await;
     ledger.fund(&card(), 20_000).await;
     ledger
 }
@@ -1612,9 +1612,8 @@ fn order_special_cases(ledger: &Ledger) -> Vec<Case> {
     cases
 }
 
-#[tokio::test]
-async fn orders_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn orders_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let ep = order_endpoint(&ledger);
     let mut cases = ep.field_cases(ORDER_FIELDS);
     cases.extend(order_special_cases(&ledger));
@@ -1668,9 +1667,8 @@ const RECHARGE_FIELDS: &[(&str, Kind, bool)] = &[
     ("mode", Kind::Enum(&["online", "offline"]), true),
 ];
 
-#[tokio::test]
-async fn recharges_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn recharges_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let ep = Endpoint {
         name: "recharge",
         path: "/v1/recharges",
@@ -1720,9 +1718,8 @@ const VOID_FIELDS: &[(&str, Kind, bool)] = &[
     ("created_at", Kind::Time, true),
 ];
 
-#[tokio::test]
-async fn voids_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn voids_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     // Setup, before the fingerprint: an order of bar-1 and a void (a tombstone).
     let order = common::order_body(
         &card(),
@@ -1876,9 +1873,8 @@ fn shift_endpoint(ledger: &Ledger) -> Endpoint<'static> {
     }
 }
 
-#[tokio::test]
-async fn shifts_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn shifts_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let ep = shift_endpoint(&ledger);
     let mut cases = ep.field_cases(SHIFT_FIELDS);
     cases.extend(ep.shape_cases());
@@ -2001,9 +1997,8 @@ async fn shifts_refuse_bad_input_and_change_nothing() {
     run_table(&ledger, "shifts", cases).await;
 }
 
-#[tokio::test]
-async fn batches_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn batches_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let auth = bearer(&ledger.bar_token);
     let op = |t: &str, body: Value| {
         let mut op = body;
@@ -2196,9 +2191,8 @@ async fn batches_refuse_bad_input_and_change_nothing() {
     run_table(&ledger, "batch", cases).await;
 }
 
-#[tokio::test]
-async fn scans_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn scans_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let ep = Endpoint {
         name: "scans",
         path: "/v1/scans",
@@ -2329,9 +2323,8 @@ async fn scans_refuse_bad_input_and_change_nothing() {
     run_table(&ledger, "scans", cases).await;
 }
 
-#[tokio::test]
-async fn card_lookup_and_feed_refuse_bad_input_and_change_nothing() {
-    let ledger = ledger().await;
+async fn card_lookup_and_feed_refuse_bad_input_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let auth = bearer(&ledger.bar_token);
     let uid_field = || Field::OneOf(vec!["card_uid".into(), "uid".into()]);
     let mut cases = Vec::new();
@@ -2446,9 +2439,8 @@ async fn card_lookup_and_feed_refuse_bad_input_and_change_nothing() {
 }
 
 /// Credentials, body limits and the error envelope of the money endpoints.
-#[tokio::test]
-async fn auth_and_body_limits_refuse_and_change_nothing() {
-    let ledger = ledger().await;
+async fn auth_and_body_limits_refuse_and_change_nothing(backend: Backend) {
+    let ledger = ledger(backend).await;
     let order = order_endpoint(&ledger);
     let recharge = Endpoint {
         name: "recharge",
@@ -2518,9 +2510,8 @@ async fn auth_and_body_limits_refuse_and_change_nothing() {
 
 /// The valid bodies the tables start from are accepted, and the limits are exactly where the
 /// contract puts them: without this, every refusal above could be for the wrong reason.
-#[tokio::test]
-async fn the_valid_baselines_are_accepted() {
-    let ledger = ledger().await;
+async fn the_valid_baselines_are_accepted(backend: Backend) {
+    let ledger = ledger(backend).await;
     let bar = &ledger.bar_token;
     let cp = &ledger.checkpoint_token;
     let failures = std::cell::RefCell::new(Vec::new());
@@ -2841,13 +2832,20 @@ fn garbage_body(g: &Garbage, base: &Value) -> Option<Vec<u8>> {
     })
 }
 
-#[test]
-fn random_garbage_to_orders_is_refused_and_changes_nothing() {
+async fn random_garbage_to_orders_is_refused_and_changes_nothing(backend: Backend) {
+    // The property runner blocks on each case: it runs on a thread of its own.
+    let garbage = std::thread::spawn(move || random_garbage_to_orders(backend));
+    if let Err(panic) = garbage.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn random_garbage_to_orders(backend: Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let ledger = rt.block_on(ledger());
+    let ledger = rt.block_on(ledger(backend));
     let base = valid_order();
     let client = fresh_client();
     let fingerprint = ledger.db_fingerprint();
@@ -2900,4 +2898,18 @@ fn random_garbage_to_orders_is_refused_and_changes_nothing() {
     }
     let health = rt.block_on(ledger.get("/health", None));
     assert_eq!(health.status, 200, "the ledger must still be up");
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    orders_refuse_bad_input_and_change_nothing,
+    recharges_refuse_bad_input_and_change_nothing,
+    voids_refuse_bad_input_and_change_nothing,
+    shifts_refuse_bad_input_and_change_nothing,
+    batches_refuse_bad_input_and_change_nothing,
+    scans_refuse_bad_input_and_change_nothing,
+    card_lookup_and_feed_refuse_bad_input_and_change_nothing,
+    auth_and_body_limits_refuse_and_change_nothing,
+    the_valid_baselines_are_accepted,
+    random_garbage_to_orders_is_refused_and_changes_nothing,
 }

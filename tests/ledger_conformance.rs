@@ -2,10 +2,13 @@
 //! docs/ledger-api.md), checked black-box on every backend through `Store::open` and the
 //! store traits, on typed outcomes (no HTTP: `tests/ledger_api.rs` covers the wire).
 //!
-//! Each test runs once per backend of [`backends`] (SQLite today; issue 12 adds PostgreSQL
-//! to the list). What the traits do not show (a terminal's `terminal_seq` marks) is read by a
-//! small probe per backend ([`seq_marks`]).
+//! Each test runs once per backend, as `sqlite::NAME` and `postgres::NAME`, each on a new
+//! database of its own (`tests/common/backend.rs`; a PostgreSQL one is dropped afterwards).
+//! What the traits do not show (a terminal's `terminal_seq` marks) is read from the database
+//! ([`seq_marks`]).
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use cashless::ledger::caller::Terminal;
@@ -22,26 +25,23 @@ use cashless::protocol::api::{
 };
 use cashless::protocol::codes::ErrorCode;
 use chrono::Utc;
+use common::backend::Database;
+use common::{Backend, Cell};
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// A database of each backend this build has, in `dir`.
-fn backends(dir: &std::path::Path) -> Vec<DatabaseUrl> {
-    vec![DatabaseUrl::Sqlite(dir.join("ledger.db"))]
-}
-
 /// A terminal's highest contiguous and highest seen `terminal_seq`, read from the backend.
-fn seq_marks(database: &DatabaseUrl, terminal: &Terminal) -> (i64, i64) {
-    match database {
-        DatabaseUrl::Sqlite(path) => rusqlite::Connection::open(path)
-            .unwrap()
-            .query_row(
-                "SELECT highest_contiguous_seq, highest_seen_seq FROM terminals WHERE terminal_id = ?1",
-                [terminal.terminal_id.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap(),
-        DatabaseUrl::Postgres(_) => unreachable!("no PostgreSQL backend is built yet"),
+fn seq_marks(database: &Database, terminal: &Terminal) -> (i64, i64) {
+    let rows = database.query(&format!(
+        "SELECT highest_contiguous_seq, highest_seen_seq FROM terminals WHERE terminal_id = '{}'",
+        terminal.terminal_id
+    ));
+    match rows.rows.as_slice() {
+        [row] => match row.as_slice() {
+            [Cell::Int(contiguous), Cell::Int(seen)] => (*contiguous, *seen),
+            other => panic!("not two marks: {other:?}"),
+        },
+        other => panic!("no terminal {}: {other:?}", terminal.terminal_id),
     }
 }
 
@@ -49,15 +49,16 @@ const PRICE: i64 = 450;
 
 /// A ledger with a bar, a second bar, a checkpoint, staff and one product.
 struct Fixture {
-    database: DatabaseUrl,
     store: Store,
     bar: Terminal,
     bar2: Terminal,
     cp: Terminal,
     seq: AtomicI64,
+    /// The store's database; last, so that it is dropped after the store.
+    database: Database,
 }
 
-async fn fixture(database: DatabaseUrl, retention_days: i64) -> Fixture {
+async fn fixture(database: Database, retention_days: i64) -> Fixture {
     let options = StoreOptions {
         limits: Limits {
             recharge_max: Cents::new(50_000),
@@ -66,7 +67,8 @@ async fn fixture(database: DatabaseUrl, retention_days: i64) -> Fixture {
         retention_days,
         postgres: Default::default(),
     };
-    let store = Store::open(&database, options).await.unwrap();
+    let url = DatabaseUrl::parse(&database.url()).unwrap();
+    let store = Store::open(&url, options).await.unwrap();
     let mut terminals = Vec::new();
     for (name, kind) in [
         ("bar-1", TerminalKind::Bar),
@@ -242,21 +244,20 @@ fn json(o: &Outcome) -> Value {
     serde_json::to_value(&o.decided).unwrap()
 }
 
-/// Runs `check` on a fresh fixture of every backend.
-async fn each_backend<F, Fut>(retention_days: i64, check: F)
+/// Runs `check` on a fresh fixture of `backend`: a new database that `Store::open` gives
+/// its schema.
+async fn on<F, Fut>(backend: Backend, retention_days: i64, check: F)
 where
-    F: Fn(Fixture) -> Fut,
+    F: FnOnce(Fixture) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    for database in backends(dir.path()) {
-        check(fixture(database, retention_days).await).await;
-    }
+    let database = Database::create(backend, dir.path());
+    check(fixture(database, retention_days).await).await;
 }
 
-#[tokio::test]
-async fn the_terminal_kind_is_checked_before_the_key() {
-    each_backend(30, |f| async move {
+async fn the_terminal_kind_is_checked_before_the_key(backend: Backend) {
+    on(backend, 30, |f| async move {
         let card = uid(1);
         f.fund(&card, 5000).await;
         // The bar's order under key K is approved ...
@@ -280,9 +281,8 @@ async fn the_terminal_kind_is_checked_before_the_key() {
     .await;
 }
 
-#[tokio::test]
-async fn the_key_comes_before_tombstone_and_staff_and_the_tombstone_before_staff() {
-    each_backend(30, |f| async move {
+async fn the_key_comes_before_tombstone_and_staff_and_the_tombstone_before_staff(backend: Backend) {
+    on(backend, 30, |f| async move {
         let card = uid(2);
         // A declined order's key is stored; a void then tombstones it (declined target).
         let declined = f.order(&card, 1, Mode::Online);
@@ -320,9 +320,10 @@ async fn the_key_comes_before_tombstone_and_staff_and_the_tombstone_before_staff
     .await;
 }
 
-#[tokio::test]
-async fn a_replay_returns_the_stored_typed_outcome_and_a_reused_key_writes_nothing() {
-    each_backend(30, |f| async move {
+async fn a_replay_returns_the_stored_typed_outcome_and_a_reused_key_writes_nothing(
+    backend: Backend,
+) {
+    on(backend, 30, |f| async move {
         let card = uid(4);
         f.fund(&card, 5000).await;
         let order = f.order(&card, 2, Mode::Online);
@@ -364,9 +365,10 @@ async fn a_replay_returns_the_stored_typed_outcome_and_a_reused_key_writes_nothi
     .await;
 }
 
-#[tokio::test]
-async fn voids_reverse_their_own_terminals_operations_once_and_tombstone_the_rest() {
-    each_backend(30, |f| async move {
+async fn voids_reverse_their_own_terminals_operations_once_and_tombstone_the_rest(
+    backend: Backend,
+) {
+    on(backend, 30, |f| async move {
         let card = uid(5);
         f.fund(&card, 1000).await;
         let order = f.order(&card, 2, Mode::Online);
@@ -460,10 +462,9 @@ async fn voids_reverse_their_own_terminals_operations_once_and_tombstone_the_res
     .await;
 }
 
-#[tokio::test]
-async fn decline_keys_expire_and_applied_keys_stay() {
+async fn decline_keys_expire_and_applied_keys_stay(backend: Backend) {
     // A retention of 0 days: a decline's key expires as soon as it is written.
-    each_backend(0, |f| async move {
+    on(backend, 0, |f| async move {
         let card = uid(6);
         let declined = f.order(&card, 1, Mode::Online);
         let o = f.sell(&f.bar, "r1", declined.clone()).await;
@@ -485,9 +486,8 @@ async fn decline_keys_expire_and_applied_keys_stay() {
     .await;
 }
 
-#[tokio::test]
-async fn terminal_seq_marks_follow_stored_outcomes_only() {
-    each_backend(30, |f| async move {
+async fn terminal_seq_marks_follow_stored_outcomes_only(backend: Backend) {
+    on(backend, 30, |f| async move {
         let card = uid(7);
         let at = |seq: i64| {
             let mut o = f.order(&card, 1, Mode::Offline);
@@ -524,4 +524,13 @@ async fn terminal_seq_marks_follow_stored_outcomes_only() {
         assert_eq!(seq_marks(&f.database, &f.bar), (6, 6));
     })
     .await;
+}
+
+on_both_backends! {
+    the_terminal_kind_is_checked_before_the_key,
+    the_key_comes_before_tombstone_and_staff_and_the_tombstone_before_staff,
+    a_replay_returns_the_stored_typed_outcome_and_a_reused_key_writes_nothing,
+    voids_reverse_their_own_terminals_operations_once_and_tombstone_the_rest,
+    decline_keys_expire_and_applied_keys_stay,
+    terminal_seq_marks_follow_stored_outcomes_only,
 }

@@ -5,7 +5,7 @@
 //! online orders (two bar terminals), online top-ups (the checkpoint) and batches of offline
 //! orders (a sync worker) with fresh `client_request_id`s, and record for every operation
 //! whether an answer arrived. At a seeded moment (after N acknowledged operations) the server
-//! is SIGKILLed and restarted on the same file. Then, for every operation of every round so
+//! is SIGKILLed and restarted on the same database. Then, for every operation of every round so
 //! far:
 //! - an acknowledged one, posted alone, replays with `Idempotent-Replayed: true`, the same
 //!   status and the same body (also one that was acknowledged inside a batch);
@@ -15,6 +15,10 @@
 //! - every card's balance is its funding plus the effect of every approved operation, and the
 //!   database holds one row per approved operation and none for the others;
 //! - `cashless ledger audit` exits 0.
+//!
+//! Both tests run on both backends (`sqlite::`, `postgres::`): on PostgreSQL the ledger
+//! process is killed and restarted against the same database, and the books are corrupted
+//! past the append-only triggers, as the server's superuser could ([`Ledger::tamper`]).
 //!
 //! Seed: `CASHLESS_CRASH_SEED` (decimal), printed at the start so a failure can be rerun.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Ledger, uid};
+use common::{Backend, Cell, Ledger, uid};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -608,19 +612,15 @@ async fn verify_balances(ledger: &Ledger, ops: &[Op]) -> Vec<String> {
         }
     }
     // The same from the database: one row per approved operation, none for the others.
-    let conn = ledger.open_db();
     for op in ops {
         let table = match op.kind {
             OpKind::Order => "bar_orders",
             OpKind::Recharge => "recharges",
         };
-        let rows: i64 = conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM {table} WHERE client_request_id = ?1"),
-                [op.crid()],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let rows = ledger.query_i64(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE client_request_id = '{}'",
+            op.crid()
+        ));
         let approved = op.outcome().is_some_and(|a| a.status == 201);
         if rows != i64::from(approved) {
             problems.push(format!(
@@ -648,12 +648,11 @@ fn seed() -> u64 {
         .unwrap_or(0x00C0_FFEE)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_stream_loses_nothing_and_applies_nothing_twice() {
+async fn kill9_mid_stream_loses_nothing_and_applies_nothing_twice(backend: Backend) {
     let seed = seed();
     eprintln!("CASHLESS_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledger = Ledger::start().await;
+    let mut ledger = Ledger::start_on(backend).await;
     let seqs = Arc::new(Seqs {
         bar: AtomicI64::new(1),
         bar2: AtomicI64::new(1),
@@ -735,16 +734,24 @@ async fn kill9_mid_stream_loses_nothing_and_applies_nothing_twice() {
     ledger.assert_audit_ok();
 }
 
-/// Opens the database for writing (the server must be stopped).
-fn open_rw(ledger: &Ledger) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(&ledger.db_path).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
+/// The first posting of `account_condition` (a SQL condition on `account`), by
+/// `posting_id` in `order`: (posting_id, transaction_id).
+fn posting(ledger: &Ledger, account_condition: &str, order: &str) -> (i64, String) {
+    let rows = ledger.query(&format!(
+        "SELECT posting_id, transaction_id FROM postings WHERE account {account_condition}
+         ORDER BY posting_id {order} LIMIT 1"
+    ));
+    match rows.rows.as_slice() {
+        [row] => match row.as_slice() {
+            [Cell::Int(id), Cell::Text(tx)] => (*id, tx.clone()),
+            other => panic!("not a posting: {other:?}"),
+        },
+        other => panic!("no posting {account_condition}: {other:?}"),
+    }
 }
 
-#[tokio::test]
-async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
-    let mut ledger = Ledger::start().await;
+async fn audit_catches_a_corrupted_balance_and_unbalanced_postings(backend: Backend) {
+    let mut ledger = Ledger::start_on(backend).await;
     let (victim, bystander) = (uid(77), uid(78));
     for card in [&victim, &bystander] {
         ledger.fund(card, 10_000).await;
@@ -768,13 +775,9 @@ async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
     ledger.kill9().await;
 
     // 1. A card's balance no longer equals the sum of its postings.
-    let conn = open_rw(&ledger);
-    let changed = conn
-        .execute(
-            "UPDATE cards SET balance_cents = balance_cents + 1 WHERE card_uid = ?1",
-            [&victim],
-        )
-        .unwrap();
+    let changed = ledger.tamper(&format!(
+        "UPDATE cards SET balance_cents = balance_cents + 1 WHERE card_uid = '{victim}'"
+    ));
     assert_eq!(changed, 1);
     let out = ledger.audit();
     let text = audit_text(&out);
@@ -791,11 +794,9 @@ async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
         !text.contains(&bystander),
         "audit names the intact card {bystander}: {text}"
     );
-    conn.execute(
-        "UPDATE cards SET balance_cents = balance_cents - 1 WHERE card_uid = ?1",
-        [&victim],
-    )
-    .unwrap();
+    ledger.tamper(&format!(
+        "UPDATE cards SET balance_cents = balance_cents - 1 WHERE card_uid = '{victim}'"
+    ));
     let out = ledger.audit();
     assert!(
         out.status.success(),
@@ -805,18 +806,10 @@ async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
 
     // 2. A revenue posting changed: card balances still match their postings, but the
     //    postings no longer sum to zero.
-    let (posting_id, transaction_id): (i64, String) = conn
-        .query_row(
-            "SELECT posting_id, transaction_id FROM postings WHERE account LIKE 'revenue:%' ORDER BY posting_id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    conn.execute(
-        "UPDATE postings SET amount_cents = amount_cents + 1 WHERE posting_id = ?1",
-        [posting_id],
-    )
-    .unwrap();
+    let (posting_id, transaction_id) = posting(&ledger, "LIKE 'revenue:%'", "ASC");
+    ledger.tamper(&format!(
+        "UPDATE postings SET amount_cents = amount_cents + 1 WHERE posting_id = {posting_id}"
+    ));
     let out = ledger.audit();
     let text = audit_text(&out);
     assert_eq!(
@@ -832,29 +825,19 @@ async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
         !text.contains(&victim) && !text.contains(&bystander),
         "no card balance is wrong, yet audit names a card: {text}"
     );
-    conn.execute(
-        "UPDATE postings SET amount_cents = amount_cents - 1 WHERE posting_id = ?1",
-        [posting_id],
-    )
-    .unwrap();
+    ledger.tamper(&format!(
+        "UPDATE postings SET amount_cents = amount_cents - 1 WHERE posting_id = {posting_id}"
+    ));
     assert!(
         ledger.audit().status.success(),
         "audit after the second repair"
     );
 
     // 3. A card posting changed: both the card and the transaction are wrong.
-    let (posting_id, transaction_id): (i64, String) = conn
-        .query_row(
-            "SELECT posting_id, transaction_id FROM postings WHERE account = ?1 ORDER BY posting_id DESC LIMIT 1",
-            [format!("card:{bystander}")],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    conn.execute(
-        "UPDATE postings SET amount_cents = amount_cents - 7 WHERE posting_id = ?1",
-        [posting_id],
-    )
-    .unwrap();
+    let (posting_id, transaction_id) = posting(&ledger, &format!("= 'card:{bystander}'"), "DESC");
+    ledger.tamper(&format!(
+        "UPDATE postings SET amount_cents = amount_cents - 7 WHERE posting_id = {posting_id}"
+    ));
     let out = ledger.audit();
     let text = audit_text(&out);
     assert_eq!(
@@ -882,9 +865,14 @@ async fn audit_catches_a_corrupted_balance_and_unbalanced_postings() {
         lines >= 2,
         "one line per discrepancy (card and transaction), got: {text}"
     );
-    drop(conn);
 
-    // The server still starts on the file (audit is read-only and changed nothing).
+    // The server still starts on the database (audit is read-only and changed nothing).
     ledger.restart().await;
     assert_eq!(ledger.balance(&victim).await, 10_000 - 1_100);
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] kill9_mid_stream_loses_nothing_and_applies_nothing_twice,
+    audit_catches_a_corrupted_balance_and_unbalanced_postings,
 }

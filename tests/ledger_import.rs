@@ -35,9 +35,8 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn an_export_is_applied_once_however_often_it_is_imported() {
-    let l = Ledger::start().await;
+async fn an_export_is_applied_once_however_often_it_is_imported(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let funded = uid(1);
     l.fund(&funded, 1000).await;
     // What bar-1 sold offline during an outage it never recovered from, plus one order it
@@ -106,9 +105,8 @@ async fn an_export_is_applied_once_however_often_it_is_imported() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn refused_operations_are_listed_and_the_rest_applied() {
-    let l = Ledger::start().await;
+async fn refused_operations_are_listed_and_the_rest_applied(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let mut bad = order_body(&card, 2, &[("beer-05", 1, 450)], "offline");
     bad["total_cents"] = json!(1);
@@ -136,9 +134,8 @@ async fn refused_operations_are_listed_and_the_rest_applied() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_file_that_is_not_an_export_changes_nothing() {
-    let l = Ledger::start().await;
+async fn a_file_that_is_not_an_export_changes_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let before = l.db_fingerprint();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("garbage", b"not json".to_vec(), "not a journal export"),
@@ -198,11 +195,10 @@ fn shift_rows(l: &Ledger) -> Vec<String> {
     stdout(&out).lines().skip(1).map(str::to_owned).collect()
 }
 
-#[tokio::test]
-async fn a_checkpoints_pending_closeout_is_exported_and_recorded_once() {
+async fn a_checkpoints_pending_closeout_is_exported_and_recorded_once(backend: Backend) {
     use cashless::domain::{Cents, ClientRequestId, StaffId};
     use cashless::terminal::journal::Journal;
-    let l = Ledger::start().await;
+    let l = Ledger::start_on(backend).await;
     // A checkpoint closed a shift offline and never came back to send it.
     let journal = l.dir.path().join("cp-1.journal");
     let crid = ClientRequestId::new_random();
@@ -254,9 +250,8 @@ async fn a_checkpoints_pending_closeout_is_exported_and_recorded_once() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn refused_closeouts_are_listed_and_the_rest_recorded() {
-    let l = Ledger::start().await;
+async fn refused_closeouts_are_listed_and_the_rest_recorded(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let good = closeout_body(CASH_STAFF);
     let unknown_staff = closeout_body("nobody");
@@ -293,4 +288,13 @@ async fn refused_closeouts_are_listed_and_the_rest_recorded() {
     assert_eq!(l.balance(&card).await, 500);
     assert_eq!(l.count("shift_closeouts"), 1);
     l.assert_audit_ok();
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    an_export_is_applied_once_however_often_it_is_imported,
+    refused_operations_are_listed_and_the_rest_applied,
+    a_file_that_is_not_an_export_changes_nothing,
+    a_checkpoints_pending_closeout_is_exported_and_recorded_once,
+    refused_closeouts_are_listed_and_the_rest_recorded,
 }

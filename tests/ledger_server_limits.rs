@@ -7,6 +7,12 @@
 //! server's side of a connection is observed from the client (EOF or reset on read) and from
 //! the kernel (`/proc/net/tcp`: a listening socket's receive queue is its accept queue).
 //! Nothing sleeps to wait for a condition; the only pacing is the trickle of the slow body.
+//!
+//! The two tests that involve the database (a cut body writes nothing; SIGTERM's grace with a
+//! request in flight) run on both backends (`sqlite::`, `postgres::`). The others are about
+//! the HTTP server in front of the store, the same code whatever the backend, and run on
+//! SQLite only; so does the refusal of bad `[server]` values, which checks that no SQLite
+//! file is created.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Ledger, recharge_body, uid, wait_for};
+use common::{BIN, Backend, Ledger, recharge_body, uid, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -273,10 +279,11 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_by_the_header_timeout() {
     );
 }
 
-#[tokio::test]
-async fn a_body_sent_a_byte_at_a_time_is_cut_by_the_body_timeout_and_writes_nothing() {
+async fn a_body_sent_a_byte_at_a_time_is_cut_by_the_body_timeout_and_writes_nothing(
+    backend: Backend,
+) {
     let body_timeout = Duration::from_millis(1000);
-    let l = Ledger::start_with_config(&server_config(30_000, 1000, "")).await;
+    let l = Ledger::start_with_config_on(backend, &server_config(30_000, 1000, "")).await;
     let card = uid(7);
     let seq = l.seq(&l.checkpoint_token);
     let body = serde_json::to_vec(&recharge_body(&card, seq, 2000, "cash", "online")).unwrap();
@@ -428,12 +435,10 @@ async fn connections_past_max_connections_wait_until_one_closes() {
     l.get("/health", None).await.assert_status(200);
 }
 
-#[tokio::test]
-async fn sigterm_gives_an_unfinished_request_the_grace_and_no_more() {
+async fn sigterm_gives_an_unfinished_request_the_grace_and_no_more(backend: Backend) {
     let grace = Duration::from_millis(1000);
-    let mut l =
-        Ledger::start_with_config(&server_config(30_000, 30_000, "shutdown_grace_ms = 1000\n"))
-            .await;
+    let config = server_config(30_000, 30_000, "shutdown_grace_ms = 1000\n");
+    let mut l = Ledger::start_with_config_on(backend, &config).await;
     let addr = addr(&l);
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -591,4 +596,9 @@ fn bad_server_limits_are_refused_naming_the_file_key_and_expectation() {
         .filter_map(|(line, expected)| refuses(&format!("[server]\n{line}\n"), expected).err())
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+on_both_backends! {
+    a_body_sent_a_byte_at_a_time_is_cut_by_the_body_timeout_and_writes_nothing,
+    sigterm_gives_an_unfinished_request_the_grace_and_no_more,
 }

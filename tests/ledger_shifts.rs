@@ -50,18 +50,11 @@ fn with_seqs(mut body: Value, first_seq: i64, last_seq: i64) -> Value {
 
 /// `SELECT COUNT(*) FROM table WHERE condition`.
 fn count_where(l: &Ledger, table: &str, condition: &str) -> i64 {
-    l.open_db()
-        .query_row(
-            &format!("SELECT COUNT(*) FROM {table} WHERE {condition}"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    l.query_i64(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}"))
 }
 
-#[tokio::test]
-async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
-    let l = Ledger::start().await;
+async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     l.fund(&uid(1), 4200).await;
     let money = l.db_fingerprint_of(MONEY_TABLES);
 
@@ -95,44 +88,31 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
     );
 
     // Stored with the terminal, its range, the ledger's difference, one audit row and its key.
-    let row: (String, String, String, String, i64, i64) = l
-        .open_db()
-        .query_row(
-            "SELECT s.opened_at, s.closed_at, t.name, s.staff_id, s.difference_cents, s.count
-             FROM shift_closeouts s JOIN terminals t USING (terminal_id) WHERE s.shift_id = ?1",
-            [shift_id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .unwrap();
-    let range = |shift_id: &str| -> (Option<i64>, Option<i64>) {
-        l.open_db()
-            .query_row(
-                "SELECT first_seq, last_seq FROM shift_closeouts WHERE shift_id = ?1",
-                [shift_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
+    let row = l.query(&format!(
+        "SELECT s.opened_at, s.closed_at, t.name, s.staff_id, s.difference_cents, s.count
+         FROM shift_closeouts s JOIN terminals t USING (terminal_id)
+         WHERE s.shift_id = '{shift_id}'"
+    ));
+    let range = |shift_id: &str| {
+        l.query(&format!(
+            "SELECT first_seq, last_seq FROM shift_closeouts WHERE shift_id = '{shift_id}'"
+        ))
+        .rows
     };
-    assert_eq!(range(shift_id), (Some(1204), Some(1262)));
     assert_eq!(
-        row,
-        (
-            "2026-07-01T18:00:00.000Z".to_owned(),
-            "2026-07-02T02:00:00.000Z".to_owned(),
-            "cp-1".to_owned(),
-            CASH_STAFF.to_owned(),
-            -500,
-            37
-        )
+        range(shift_id),
+        vec![vec![Cell::Int(1204), Cell::Int(1262)]]
+    );
+    assert_eq!(
+        row.rows,
+        vec![vec![
+            Cell::Text("2026-07-01T18:00:00.000Z".to_owned()),
+            Cell::Text("2026-07-02T02:00:00.000Z".to_owned()),
+            Cell::Text("cp-1".to_owned()),
+            Cell::Text(CASH_STAFF.to_owned()),
+            Cell::Int(-500),
+            Cell::Int(37),
+        ]]
     );
     let crid = crid(&body);
     let audit_rows = count_where(
@@ -142,9 +122,10 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
             "operation = 'shift' AND outcome = 'recorded' AND client_request_id = '{crid}'
              AND transaction_id = '{shift_id}' AND actor = 'terminal:cp-1'
              AND staff_id = '{CASH_STAFF}' AND card_uid IS NULL
-             AND json_extract(details, '$.difference_cents') = -500
-             AND json_extract(details, '$.first_seq') = 1204
-             AND json_extract(details, '$.last_seq') = 1262"
+             AND {} = '-500' AND {} = '1204' AND {} = '1262'",
+            l.json_text("details", "difference_cents"),
+            l.json_text("details", "first_seq"),
+            l.json_text("details", "last_seq"),
         ),
     );
     assert_eq!(audit_rows, 1);
@@ -172,7 +153,7 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
     assert_eq!(resp.body["difference_cents"], 0);
     assert_eq!(
         range(resp.body["shift_id"].as_str().unwrap()),
-        (None, None),
+        vec![vec![Cell::Null, Cell::Null]],
         "an empty shift sends no range"
     );
     // More cash than expected is a positive difference.
@@ -190,9 +171,8 @@ async fn a_close_out_is_recorded_with_its_difference_and_moves_no_money() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn replays_return_the_stored_answer_and_write_nothing() {
-    let l = Ledger::start().await;
+async fn replays_return_the_stored_answer_and_write_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let body = with_seqs(shift_body(42_000, 15_000, 37, 41_500), 1204, 1262);
     let first = l.post("/v1/shifts", &l.checkpoint_token, &body).await;
     first.assert_status(201);
@@ -245,9 +225,8 @@ async fn replays_return_the_stored_answer_and_write_nothing() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_reused_key_is_refused_and_changes_nothing() {
-    let l = Ledger::start().await;
+async fn a_reused_key_is_refused_and_changes_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let card = uid(1);
     let shift = with_seqs(shift_body(42_000, 15_000, 37, 41_500), 1204, 1262);
     l.post("/v1/shifts", &l.checkpoint_token, &shift)
@@ -377,9 +356,8 @@ async fn a_reused_key_is_refused_and_changes_nothing() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn unknown_staff_is_forbidden_and_writes_nothing() {
-    let l = Ledger::start().await;
+async fn unknown_staff_is_forbidden_and_writes_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let before = l.db_fingerprint();
     let mut body = shift_body(42_000, 15_000, 37, 41_500);
     body["staff_id"] = json!("nobody");
@@ -396,9 +374,8 @@ async fn unknown_staff_is_forbidden_and_writes_nothing() {
         .assert_status(201);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_concurrent_identical_close_outs_record_once() {
-    let l = Arc::new(Ledger::start().await);
+async fn twenty_concurrent_identical_close_outs_record_once(backend: Backend) {
+    let l = Arc::new(Ledger::start_on(backend).await);
     let body = Arc::new(shift_body(42_000, 15_000, 37, 41_500));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -475,9 +452,8 @@ fn shift_list(l: &Ledger, args: &[&str]) -> (String, Vec<Vec<String>>) {
 
 /// Close-outs without a `terminal_seq` range: the ledger's top-ups of the terminal between
 /// `opened_at` and `closed_at`.
-#[tokio::test]
-async fn shift_list_shows_the_ledgers_totals_next_to_the_terminals() {
-    let l = Ledger::start().await;
+async fn shift_list_shows_the_ledgers_totals_next_to_the_terminals(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let (empty, rows) = shift_list(&l, &[]);
     assert_eq!(empty, "no shift close-outs");
     assert!(rows.is_empty());
@@ -589,9 +565,10 @@ fn ranged_shift(
     body
 }
 
-#[tokio::test]
-async fn shift_list_compares_by_the_terminals_sequence_numbers_through_a_clock_step() {
-    let l = Ledger::start().await;
+async fn shift_list_compares_by_the_terminals_sequence_numbers_through_a_clock_step(
+    backend: Backend,
+) {
+    let l = Ledger::start_on(backend).await;
     let cp = &l.checkpoint_token;
     // The first shift, 18:00 to 20:00: seqs 1 and 2.
     topup_at(&l, &uid(1), 5000, "cash", "online", "2026-07-01T18:00:00Z").await;
@@ -698,9 +675,8 @@ fn closeout(staff_id: &str, counted_cash_cents: i64) -> ShiftCloseout {
     .unwrap()
 }
 
-#[tokio::test]
-async fn the_terminal_client_posts_close_outs() {
-    let l = Ledger::start().await;
+async fn the_terminal_client_posts_close_outs(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
     let client = LedgerClient::new(&l.base_url, &l.checkpoint_token, 1500).unwrap();
 
     let shift = closeout(CASH_STAFF, 41_500);
@@ -756,4 +732,16 @@ async fn the_terminal_client_posts_close_outs() {
     let err = gone.post_shift(&shift).await.unwrap_err();
     assert!(matches!(err, ClientError::Unreachable(_)), "{err:?}");
     assert!(!err.is_in_doubt());
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    a_close_out_is_recorded_with_its_difference_and_moves_no_money,
+    replays_return_the_stored_answer_and_write_nothing,
+    a_reused_key_is_refused_and_changes_nothing,
+    unknown_staff_is_forbidden_and_writes_nothing,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)] twenty_concurrent_identical_close_outs_record_once,
+    shift_list_shows_the_ledgers_totals_next_to_the_terminals,
+    shift_list_compares_by_the_terminals_sequence_numbers_through_a_clock_step,
+    the_terminal_client_posts_close_outs,
 }

@@ -44,8 +44,8 @@ fn config(secrets: &[&str], tolerance_s: i64) -> String {
     )
 }
 
-async fn ledger() -> Ledger {
-    Ledger::start_with_config(&config(&[SECRET], TOLERANCE_S)).await
+async fn ledger(backend: Backend) -> Ledger {
+    Ledger::start_with_config_on(backend, &config(&[SECRET], TOLERANCE_S)).await
 }
 
 fn now() -> i64 {
@@ -183,39 +183,24 @@ async fn assert_refused(l: &Ledger, case: &str, body: &[u8], signature: Option<&
 
 /// A card's row: (balance, status, block_reason), or `None` if there is no such card.
 fn card_row(l: &Ledger, uid: &str) -> Option<(i64, String, Option<String>)> {
-    use rusqlite::OptionalExtension;
-    l.open_db()
-        .query_row(
-            "SELECT balance_cents, status, block_reason FROM cards WHERE card_uid = ?1",
-            [uid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
-        .unwrap()
+    let rows = rows(
+        l,
+        "SELECT balance_cents, status, block_reason FROM cards WHERE card_uid = ?1",
+        uid,
+    );
+    let row = rows.first()?;
+    Some((
+        row["balance_cents"].as_i64().unwrap(),
+        row["status"].as_str().unwrap().to_owned(),
+        row["block_reason"].as_str().map(str::to_owned),
+    ))
 }
 
-/// Rows of `sql` (one `?1` parameter), each as a JSON object of its columns.
+/// Rows of `sql` (with `param` as the literal of its `?1`), each as a JSON object of its
+/// columns.
 fn rows(l: &Ledger, sql: &str, param: &str) -> Vec<Value> {
-    let conn = l.open_db();
-    let mut stmt = conn.prepare(sql).unwrap();
-    let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
-    stmt.query_map([param], |r| {
-        let mut row = serde_json::Map::new();
-        for (i, name) in names.iter().enumerate() {
-            use rusqlite::types::ValueRef;
-            let v = match r.get_ref(i)? {
-                ValueRef::Null => Value::Null,
-                ValueRef::Integer(n) => json!(n),
-                ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                other => json!(format!("{other:?}")),
-            };
-            row.insert(name.clone(), v);
-        }
-        Ok(Value::Object(row))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    let literal = format!("'{}'", param.replace('\'', "''"));
+    l.query_json(&sql.replace("?1", &literal))
 }
 
 /// The `stripe_events` row of `evt`.
@@ -269,25 +254,25 @@ fn postings(l: &Ledger, tx: &Value) -> Vec<(String, i64)> {
 
 /// The audit trail's Stripe rows about event `evt`, oldest first (`details` parsed).
 fn audit_rows(l: &Ledger, evt: &str) -> Vec<Value> {
-    rows(
-        l,
+    let sql = format!(
         "SELECT operation, outcome, transaction_id, card_uid, amount_cents, staff_id,
                 client_request_id, error_code, details
          FROM app_transaction_log
-         WHERE actor = 'stripe' AND json_extract(details, '$.event_id') = ?1
+         WHERE actor = 'stripe' AND {} = ?1
          ORDER BY log_id",
-        evt,
-    )
-    .into_iter()
-    .map(|mut r| {
-        r["details"] = serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
-        r
-    })
-    .collect()
+        l.json_text("details", "event_id")
+    );
+    rows(l, &sql, evt)
+        .into_iter()
+        .map(|mut r| {
+            r["details"] = serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
+            r
+        })
+        .collect()
 }
 
 fn count_where(l: &Ledger, sql: &str) -> i64 {
-    l.open_db().query_row(sql, [], |r| r.get(0)).unwrap()
+    l.query_i64(sql)
 }
 
 /// Everything a credit of `amount` by event `evt` for session `cs` must have written.
@@ -327,9 +312,8 @@ fn assert_credit_rows(l: &Ledger, evt: &str, cs: &str, pi: &str, uid: &str, amou
 // 1. A paid session credits its card
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_paid_session_credits_the_card_once_with_postings_and_an_audit_row() {
-    let l = ledger().await;
+async fn a_paid_session_credits_the_card_once_with_postings_and_an_audit_row(backend: Backend) {
+    let l = ledger(backend).await;
 
     // Our signature and the ledger's own helper agree (the rest of the file signs with ours).
     let probe = br#"{"id":"evt_probe"}"#;
@@ -394,9 +378,8 @@ async fn a_paid_session_credits_the_card_once_with_postings_and_an_audit_row() {
 // 2. Signatures
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn bad_signatures_are_refused_with_400_and_write_nothing() {
-    let l = ledger().await;
+async fn bad_signatures_are_refused_with_400_and_write_nothing(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x5710);
     let event = session("evt_1Sig", "cs_test_sig", "pi_3Sig", &card, 2500);
     let body = bytes(&event);
@@ -553,9 +536,8 @@ async fn deliver_exactly(
     panic!("20 deliveries each straddled a second: the machine is far too slow");
 }
 
-#[tokio::test]
-async fn the_tolerance_bounds_the_past_to_the_second_and_not_the_future() {
-    let l = ledger().await;
+async fn the_tolerance_bounds_the_past_to_the_second_and_not_the_future(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x5715);
     // The past is bounded; the future is not (as in Stripe's libraries: the timestamp is
     // signed, and a ledger clock running slow must not stop the webhook).
@@ -578,11 +560,10 @@ async fn the_tolerance_bounds_the_past_to_the_second_and_not_the_future() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn every_configured_secret_is_accepted_during_a_rotation() {
+async fn every_configured_secret_is_accepted_during_a_rotation(backend: Backend) {
     const NEW: &str = "whsec_rotated_new_0001";
     const OLD: &str = "whsec_rotated_old_0000";
-    let l = Ledger::start_with_config(&config(&[NEW, OLD], TOLERANCE_S)).await;
+    let l = Ledger::start_with_config_on(backend, &config(&[NEW, OLD], TOLERANCE_S)).await;
     let card = uid(0x5720);
     for (i, secret) in [OLD, NEW].iter().enumerate() {
         let event = session(
@@ -612,10 +593,10 @@ async fn every_configured_secret_is_accepted_during_a_rotation() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn secrets_from_the_environment_are_comma_separated_and_win_over_the_file() {
+async fn secrets_from_the_environment_are_comma_separated_and_win_over_the_file(backend: Backend) {
     const FILE: &str = "whsec_from_the_file";
-    let l = Ledger::start_with_config_and_env(
+    let l = Ledger::start_with_config_and_env_on(
+        backend,
         &config(&[FILE], TOLERANCE_S),
         &[(
             "CASHLESS_STRIPE_WEBHOOK_SECRETS",
@@ -655,9 +636,8 @@ async fn secrets_from_the_environment_are_comma_separated_and_win_over_the_file(
 // 3. Bodies that are not events; 8. no secret
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_signed_body_that_is_not_an_event_is_400_body_and_writes_nothing() {
-    let l = ledger().await;
+async fn a_signed_body_that_is_not_an_event_is_400_body_and_writes_nothing(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x5740);
     let mut no_session_id = session("evt_1NoCs", "cs_x", "pi_x", &card, 2500);
     no_session_id["data"]["object"]
@@ -712,10 +692,9 @@ async fn a_signed_body_that_is_not_an_event_is_400_body_and_writes_nothing() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn without_a_configured_secret_the_webhook_is_500_and_writes_nothing() {
+async fn without_a_configured_secret_the_webhook_is_500_and_writes_nothing(backend: Backend) {
     // No [stripe] section and no CASHLESS_STRIPE_WEBHOOK_SECRETS (the harness removes it).
-    let l = Ledger::start().await;
+    let l = Ledger::start_on(backend).await;
     let event = session("evt_1NoSecret", "cs_test_ns", "pi_3Ns", &uid(0x5750), 2500);
     let body = bytes(&event);
     let before = l.db_fingerprint();
@@ -731,9 +710,8 @@ async fn without_a_configured_secret_the_webhook_is_500_and_writes_nothing() {
 // 4, 5. Once per event, once per session
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn twenty_concurrent_deliveries_of_one_event_credit_once() {
-    let l = Arc::new(ledger().await);
+async fn twenty_concurrent_deliveries_of_one_event_credit_once(backend: Backend) {
+    let l = Arc::new(ledger(backend).await);
     let card = uid(0x5760);
     let event = session("evt_1Storm", "cs_test_storm", "pi_3Storm", &card, 2500);
     let body = Arc::new(bytes(&event));
@@ -774,9 +752,8 @@ async fn twenty_concurrent_deliveries_of_one_event_credit_once() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn one_session_in_two_events_is_credited_once() {
-    let l = ledger().await;
+async fn one_session_in_two_events_is_credited_once(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x5770);
     let completed = session("evt_1Done", "cs_test_two", "pi_3Two", &card, 3000);
     let resp = send(&l, &completed).await;
@@ -828,9 +805,8 @@ async fn one_session_in_two_events_is_credited_once() {
 // 6. Events that move no money
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn refused_unpaid_and_other_events_move_no_money() {
-    let l = ledger().await;
+async fn refused_unpaid_and_other_events_move_no_money(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x5780);
     l.fund(&card, 1500).await;
     let money = l.db_fingerprint_of(MONEY_TABLES);
@@ -907,13 +883,12 @@ async fn refused_unpaid_and_other_events_move_no_money() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn the_festival_currency_comes_from_the_config() {
+async fn the_festival_currency_comes_from_the_config(backend: Backend) {
     let toml = format!(
         "[festival]\ncurrency = \"CHF\"\n{}",
         config(&[SECRET], TOLERANCE_S)
     );
-    let l = Ledger::start_with_config(&toml).await;
+    let l = Ledger::start_with_config_on(backend, &toml).await;
     let card = uid(0x5790);
     // Stripe's default session says eur: refused in a CHF festival.
     let eur = session("evt_1Eur", "cs_test_eur", "pi_3Eur", &card, 2000);
@@ -962,9 +937,8 @@ fn refunded_cents(l: &Ledger, cs: &str) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn refunds_reverse_what_stripe_refunded_once() {
-    let l = ledger().await;
+async fn refunds_reverse_what_stripe_refunded_once(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x57A0);
     let paid = session("evt_1Pay", "cs_test_r", "pi_3R", &card, 2500);
     assert_outcome(&send(&l, &paid).await, &paid, "credited");
@@ -1035,9 +1009,8 @@ async fn refunds_reverse_what_stripe_refunded_once() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_refund_before_its_session_is_applied_when_the_session_arrives() {
-    let l = ledger().await;
+async fn a_refund_before_its_session_is_applied_when_the_session_arrives(backend: Backend) {
+    let l = ledger(backend).await;
     let card = uid(0x57B0);
     let early = refund("evt_1Early", "ch_3E", "pi_3E", 2500, 1000);
     let money = l.db_fingerprint_of(MONEY_TABLES);
@@ -1139,9 +1112,8 @@ fn assert_refused_refund(l: &Ledger, evt: &str, pi: &str, cs: Option<&str>, why:
     assert_eq!(audit[0]["amount_cents"], Value::Null, "{evt}");
 }
 
-#[tokio::test]
-async fn a_refund_in_another_currency_is_refused_before_or_after_its_session() {
-    let l = ledger().await;
+async fn a_refund_in_another_currency_is_refused_before_or_after_its_session(backend: Backend) {
+    let l = ledger(backend).await;
 
     // After its session: refused like a session in another currency, nothing reversed.
     let card = uid(0x57D0);
@@ -1219,9 +1191,10 @@ async fn a_refund_in_another_currency_is_refused_before_or_after_its_session() {
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks_it() {
-    let l = ledger().await;
+async fn a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks_it(
+    backend: Backend,
+) {
+    let l = ledger(backend).await;
     let card = uid(0x57C0);
     let paid = session("evt_1Spend", "cs_test_s", "pi_3S", &card, 2500);
     assert_outcome(&send(&l, &paid).await, &paid, "credited");
@@ -1268,9 +1241,10 @@ async fn a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks
     l.assert_audit_ok();
 }
 
-#[tokio::test]
-async fn a_payment_intent_named_by_two_sessions_credits_both_and_refunds_the_first() {
-    let l = ledger().await;
+async fn a_payment_intent_named_by_two_sessions_credits_both_and_refunds_the_first(
+    backend: Backend,
+) {
+    let l = ledger(backend).await;
     let uid = "04A1B2C3D4E5F6";
     let first = session("evt_pi_a", "cs_pi_a", "pi_shared", uid, 2000);
     let second = session("evt_pi_b", "cs_pi_b", "pi_shared", uid, 500);
@@ -1286,4 +1260,24 @@ async fn a_payment_intent_named_by_two_sessions_credits_both_and_refunds_the_fir
     assert_eq!(l.balance(uid).await, 500);
     assert_eq!(refunded_cents(&l, "cs_pi_a"), 2000);
     l.assert_audit_ok();
+}
+
+// Every test above that takes a `Backend` runs on both: `sqlite::NAME`, `postgres::NAME`.
+on_both_backends! {
+    a_paid_session_credits_the_card_once_with_postings_and_an_audit_row,
+    bad_signatures_are_refused_with_400_and_write_nothing,
+    the_tolerance_bounds_the_past_to_the_second_and_not_the_future,
+    every_configured_secret_is_accepted_during_a_rotation,
+    secrets_from_the_environment_are_comma_separated_and_win_over_the_file,
+    a_signed_body_that_is_not_an_event_is_400_body_and_writes_nothing,
+    without_a_configured_secret_the_webhook_is_500_and_writes_nothing,
+    twenty_concurrent_deliveries_of_one_event_credit_once,
+    one_session_in_two_events_is_credited_once,
+    refused_unpaid_and_other_events_move_no_money,
+    the_festival_currency_comes_from_the_config,
+    refunds_reverse_what_stripe_refunded_once,
+    a_refund_before_its_session_is_applied_when_the_session_arrives,
+    a_refund_in_another_currency_is_refused_before_or_after_its_session,
+    a_refund_after_the_money_was_spent_takes_the_card_below_zero_and_blocks_it,
+    a_payment_intent_named_by_two_sessions_credits_both_and_refunds_the_first,
 }

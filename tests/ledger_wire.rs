@@ -1,8 +1,9 @@
 //! The ledger's HTTP answers, byte for byte: a golden transcript and the replay property.
 //!
-//! The real `cashless ledger serve`, on a fresh SQLite file, is driven through one scripted,
-//! deterministic sequence that reaches every shape of answer the API gives: approvals (orders
-//! online and offline, cash and card top-ups), each stored decline, voids and tombstones,
+//! The real `cashless ledger serve`, on a fresh database (SQLite or PostgreSQL: one
+//! transcript for both backends), is driven through one scripted, deterministic sequence
+//! that reaches every shape of answer the API gives: approvals (orders online and offline,
+//! cash and card top-ups), each stored decline, voids and tombstones,
 //! refusals, batches, shift close-outs, Stripe deliveries, feeds and bad input. Every answer
 //! (status, the headers that carry meaning, the body's bytes) goes into a transcript that must
 //! equal `tests/golden/ledger_wire.txt` byte for byte.
@@ -18,11 +19,11 @@
 //! Asserted on raw bytes, without masking: every answer stored with its idempotency key
 //! (approvals, stored declines, voids, tombstones, close-outs, the stored results inside a
 //! batch) is replayed twice, while the ledger runs and after a `kill -9` and a restart on the
-//! same file, and each replay returns the same status and the same bytes.
+//! same database, and each replay returns the same status and the same bytes.
 //!
 //! To rewrite the golden file after an intended change of the wire (never to make a
 //! refactor that must change nothing pass): `CASHLESS_GOLDEN_WRITE=1 cargo test --test
-//! ledger_wire`, then read the diff.
+//! ledger_wire sqlite::`, then read the diff, and run both backends against it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -138,11 +139,11 @@ struct Wire {
 }
 
 impl Wire {
-    /// A fresh ledger that takes Stripe deliveries signed with [`SECRET`].
-    fn start() -> Wire {
+    /// A fresh ledger on `backend` that takes Stripe deliveries signed with [`SECRET`].
+    fn start(backend: Backend) -> Wire {
         let config = format!("[stripe]\nwebhook_secrets = [\"{SECRET}\"]\n");
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let l = rt.block_on(Ledger::start_with_config(&config));
+        let l = rt.block_on(Ledger::start_with_config_on(backend, &config));
         let (transcript, step, crids, stored) = (String::new(), 0, 0, Vec::new());
         Wire {
             rt,
@@ -338,11 +339,8 @@ impl Wire {
 
     /// Makes `staff` inactive, as an operator would in the database.
     fn deactivate(&mut self, staff: &str) {
-        let conn = rusqlite::Connection::open(&self.l.db_path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
-        let sql = "UPDATE staff SET active = 0 WHERE staff_id = ?1";
-        assert_eq!(conn.execute(sql, [staff]).unwrap(), 1);
+        let sql = format!("UPDATE staff SET active = false WHERE staff_id = '{staff}'");
+        assert_eq!(self.l.execute(&sql), 1);
         self.note(&format!("database: staff {staff} deactivated"));
     }
 
@@ -511,11 +509,23 @@ fn check_golden(actual: &str) {
     );
 }
 
+/// One golden transcript for both backends: a difference is a bug in one of them.
+async fn the_ledger_answers_byte_for_byte_as_the_golden_transcript(backend: Backend) {
+    // The script blocks on each request (see `Wire`): it runs on a thread of its own.
+    let script = std::thread::spawn(move || golden_script(backend));
+    if let Err(panic) = script.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+on_both_backends! {
+    the_ledger_answers_byte_for_byte_as_the_golden_transcript,
+}
+
 // The script reads as one request a line, so rustfmt is told to leave it be.
-#[test]
 #[rustfmt::skip]
-fn the_ledger_answers_byte_for_byte_as_the_golden_transcript() {
-    let mut w = Wire::start();
+fn golden_script(backend: Backend) {
+    let mut w = Wire::start(backend);
     let (o, r, v, b, s) = (ORDERS, RECHARGES, VOIDS, BATCH, SHIFTS);
     let (on, off) = ("online", "offline");
     let (beer, water, cocktail) = (("beer-05", 1, 450), ("water", 1, 200), ("cocktail", 1, 900));
@@ -689,7 +699,7 @@ fn the_ledger_answers_byte_for_byte_as_the_golden_transcript() {
     // Every stored answer, replayed while the ledger runs, then after a crash.
     w.note("replays while the ledger runs");
     w.replay_all("(running)");
-    w.rt.block_on(w.l.restart()); // SIGKILL, then `serve` again on the same file
+    w.rt.block_on(w.l.restart()); // SIGKILL, then `serve` again on the same database
     w.note("kill -9 of the ledger, restart on the same file");
     w.replay_all("(after kill -9)");
     w.get("card after the restart", 200, Bar, &card1);

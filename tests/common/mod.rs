@@ -1,19 +1,28 @@
 //! Black-box harness shared by the ledger's integration tests.
 //!
-//! Every test gets its own [`Ledger`]: a fresh temporary directory with its own SQLite file,
-//! seeded through the real admin CLI (`cashless ledger terminal add`, `staff add`,
-//! `product add`; run once per test binary into a template database that each test copies,
-//! because argon2 PIN hashing makes seeding slow in debug builds), then the real
-//! `cashless ledger serve` on `127.0.0.1:0`. Tests talk to it over real HTTP and inspect the
-//! database file with rusqlite. The server process is killed when the `Ledger` is dropped,
-//! also when a test panics.
+//! Every test gets its own [`Ledger`]: a fresh temporary directory and a database of its
+//! own on one of the two [`Backend`]s (a SQLite file in the directory, or a PostgreSQL
+//! database; see `backend.rs`), seeded through the real admin CLI (`cashless ledger terminal
+//! add`, `staff add`, `product add`; run once per test binary and backend into a template
+//! database that each test copies, because argon2 PIN hashing makes seeding slow in debug
+//! builds), then the real `cashless ledger serve` on `127.0.0.1:0`. Tests talk to it over
+//! real HTTP and inspect the database through backend-neutral helpers ([`Ledger::query`],
+//! [`Ledger::db_fingerprint`], ...). The server process is killed when the `Ledger` is
+//! dropped, also when a test panics; a PostgreSQL database is dropped after it.
+//!
+//! A test written once as `async fn name(backend: Backend)` runs on both backends through
+//! [`on_both_backends!`](crate::on_both_backends), as `sqlite::name` and `postgres::name`.
 //!
 //! Timing: nothing here sleeps a fixed time as an assertion; waits poll a condition with a
 //! deadline ([`wait_for`]).
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod pcsc;
 pub mod terminal;
+
+pub use backend::{Backend, Cell, Rows};
+use backend::{Database, PgDatabase};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -65,13 +74,38 @@ pub const COCKTAIL_CENTS: i64 = 900;
 pub const RECHARGE_MAX_CENTS: i64 = 50_000;
 pub const BALANCE_MAX_CENTS: i64 = 100_000;
 
+/// Generates the tests `sqlite::NAME` and `postgres::NAME` for each listed
+/// `async fn NAME(backend: Backend)`, as `#[tokio::test]`s, or with the attributes written
+/// before the name (e.g. `#[tokio::test(flavor = "multi_thread")] NAME`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod sqlite {
+            $( $crate::on_both_backends!(@one [$(#[$attr])*] $name Sqlite); )*
+        }
+        mod postgres {
+            $( $crate::on_both_backends!(@one [$(#[$attr])*] $name Postgres); )*
+        }
+    };
+    (@one [] $name:ident $backend:ident) => {
+        $crate::on_both_backends!(@one [#[tokio::test]] $name $backend);
+    };
+    (@one [$(#[$attr:meta])+] $name:ident $backend:ident) => {
+        $(#[$attr])+
+        async fn $name() {
+            super::$name($crate::common::Backend::$backend).await
+        }
+    };
+}
+
 /// One running ledger on its own database.
 pub struct Ledger {
-    /// Temporary directory holding the database, the config file and the server logs.
-    /// Removed when the `Ledger` is dropped (after the server is killed).
+    /// Temporary directory holding the config file, the server logs, files a test writes
+    /// and, on SQLite, the database. Removed when the `Ledger` is dropped (after the server
+    /// is killed).
     pub dir: tempfile::TempDir,
-    /// The SQLite database file.
-    pub db_path: PathBuf,
+    /// The database: a SQLite file in `dir`, or a PostgreSQL database of this ledger's own.
+    database: Database,
     /// `http://127.0.0.1:PORT` of the current server process (changes on [`Ledger::restart`]).
     pub base_url: String,
     /// Token of terminal "bar-1" (kind bar, point of sale "Main Bar").
@@ -169,12 +203,12 @@ impl Resp {
     }
 }
 
-/// Runs an admin command and returns its output, with the database (and config) given.
-fn run_admin(db_path: &Path, config_path: Option<&Path>, args: &[&str]) -> Output {
+/// Runs an admin command and returns its output, with the database (its `--database`
+/// value) and config given.
+fn run_admin(database: &str, config_path: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("ledger").args(args);
-    cmd.arg("--database")
-        .arg(format!("sqlite:{}", db_path.display()));
+    cmd.arg("--database").arg(database);
     if let Some(config) = config_path {
         cmd.arg("--config").arg(config);
     }
@@ -216,47 +250,70 @@ fn token_from(out: &Output) -> String {
 }
 
 impl Ledger {
-    /// A fresh, seeded ledger with the default configuration, serving on a free port.
+    /// A fresh, seeded ledger on SQLite with the default configuration, serving on a free
+    /// port.
     pub async fn start() -> Ledger {
-        Self::start_inner(None, &[]).await
+        Self::start_on(Backend::Sqlite).await
+    }
+
+    /// Like [`Ledger::start`], on `backend`.
+    pub async fn start_on(backend: Backend) -> Ledger {
+        Self::start_inner(backend, None, &[]).await
     }
 
     /// Like [`Ledger::start`], with `toml` written to a config file passed with `--config`
     /// to `serve` and to every admin command.
     pub async fn start_with_config(toml: &str) -> Ledger {
-        Self::start_inner(Some(toml), &[]).await
+        Self::start_with_config_on(Backend::Sqlite, toml).await
     }
 
-    /// Like [`Ledger::start_with_config`], with environment variables for `serve` (e.g.
+    /// Like [`Ledger::start_with_config`], on `backend`.
+    pub async fn start_with_config_on(backend: Backend, toml: &str) -> Ledger {
+        Self::start_inner(backend, Some(toml), &[]).await
+    }
+
+    /// Like [`Ledger::start_with_config_on`], with environment variables for `serve` (e.g.
     /// `CASHLESS_STRIPE_WEBHOOK_SECRETS`).
-    pub async fn start_with_config_and_env(toml: &str, env: &[(&str, &str)]) -> Ledger {
-        Self::start_inner(Some(toml), env).await
+    pub async fn start_with_config_and_env_on(
+        backend: Backend,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Ledger {
+        Self::start_inner(backend, Some(toml), env).await
     }
 
-    async fn start_inner(config: Option<&str>, env: &[(&str, &str)]) -> Ledger {
+    async fn start_inner(backend: Backend, config: Option<&str>, env: &[(&str, &str)]) -> Ledger {
         let dir = tempfile::Builder::new()
             .prefix("cashless-test-")
             .tempdir()
             .expect("create temp dir");
-        let db_path = dir.path().join("ledger.db");
         let config_path = config.map(|toml| {
             let path = dir.path().join("ledger.toml");
             std::fs::write(&path, toml).expect("write config file");
             path
         });
-        let db = db_path.clone();
-        // The admin CLI is blocking process work: keep it off the async runtime.
-        let (bar_token, bar2_token, checkpoint_token) =
-            tokio::task::spawn_blocking(move || copy_template(&db))
-                .await
-                .expect("seeding panicked");
+        let db_path = dir.path().join("ledger.db");
+        // The admin CLI and the copy are blocking work: keep them off the async runtime.
+        let (database, (bar_token, bar2_token, checkpoint_token)) =
+            tokio::task::spawn_blocking(move || match backend {
+                Backend::Sqlite => {
+                    let tokens = copy_template(&db_path);
+                    (Database::Sqlite(db_path), tokens)
+                }
+                Backend::Postgres => {
+                    let (db, tokens) = PgDatabase::from_template();
+                    (Database::Postgres(db), tokens)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("build HTTP client");
         let mut ledger = Ledger {
             dir,
-            db_path,
+            database,
             base_url: String::new(),
             bar_token,
             bar2_token,
@@ -285,7 +342,7 @@ impl Ledger {
         let log = std::fs::File::create(&log_path).expect("create server log");
         let mut cmd = Command::new(BIN);
         cmd.args(["ledger", "serve", "--listen", "127.0.0.1:0", "--database"])
-            .arg(format!("sqlite:{}", self.db_path.display()));
+            .arg(self.database.url());
         if let Some(config) = &self.config_path {
             cmd.arg("--config").arg(config);
         }
@@ -384,9 +441,31 @@ impl Ledger {
             .unwrap_or_default()
     }
 
-    /// Runs `cashless ledger <args> --database sqlite:DB` (plus `--config` if any).
+    /// The backend this ledger runs on.
+    pub fn backend(&self) -> Backend {
+        self.database.backend()
+    }
+
+    /// The value of `--database` for this ledger's database.
+    pub fn database_url(&self) -> String {
+        self.database.url()
+    }
+
+    /// The SQLite database file; panics on another backend (a test about the file itself).
+    #[track_caller]
+    pub fn db_path(&self) -> &Path {
+        match &self.database {
+            Database::Sqlite(path) => path,
+            other => panic!(
+                "this test reads the SQLite file, but the ledger runs on {:?}",
+                other.backend()
+            ),
+        }
+    }
+
+    /// Runs `cashless ledger <args> --database DB` (plus `--config` if any).
     pub fn admin(&self, args: &[&str]) -> Output {
-        run_admin(&self.db_path, self.config_path.as_deref(), args)
+        run_admin(&self.database.url(), self.config_path.as_deref(), args)
     }
 
     /// `cashless ledger audit`.
@@ -547,8 +626,9 @@ impl Ledger {
             .unwrap_or_else(|| panic!("balance_cents missing: {}", resp.body))
     }
 
-    /// A deterministic dump of every row of every table, read with rusqlite: tables sorted
-    /// by name, rows sorted. Equal fingerprints prove that nothing was written.
+    /// A deterministic dump of every row of every ledger table in one snapshot: tables
+    /// sorted by name, rows sorted, values as both backends give them (see `backend.rs`).
+    /// Equal fingerprints prove that nothing was written.
     pub fn db_fingerprint(&self) -> String {
         self.db_fingerprint_excluding(&[])
     }
@@ -565,79 +645,72 @@ impl Ledger {
     }
 
     fn fingerprint(&self, only: Option<&[&str]>, skip: &[(&str, &str)]) -> String {
-        let conn = self.open_db();
-        // One read transaction: a consistent snapshot even while the server writes.
-        conn.execute_batch("BEGIN").expect("begin read transaction");
-        let mut tables: Vec<String> = conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' \
-                 AND name NOT LIKE 'sqlite_%' ORDER BY name",
-            )
-            .expect("list tables")
-            .query_map([], |row| row.get::<_, String>(0))
-            .expect("list tables")
-            .collect::<Result<_, _>>()
-            .expect("list tables");
-        tables.sort();
-        if let Some(only) = only {
-            for name in only {
-                assert!(
-                    tables.iter().any(|t| t == name),
-                    "no table {name} in the database (tables: {tables:?})"
-                );
-            }
-            tables.retain(|t| only.contains(&t.as_str()));
-        }
-        let mut out = String::new();
-        for table in &tables {
-            let mut stmt = conn
-                .prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))
-                .expect("select table");
-            let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
-            let keep: Vec<usize> = (0..columns.len())
-                .filter(|&i| !skip.contains(&(table.as_str(), columns[i].as_str())))
-                .collect();
-            let mut rows: Vec<String> = stmt
-                .query_map([], |row| {
-                    let mut cells = Vec::with_capacity(keep.len());
-                    for &i in &keep {
-                        cells.push(format!("{}={}", columns[i], cell(row.get_ref(i)?)));
-                    }
-                    Ok(cells.join(", "))
-                })
-                .expect("select rows")
-                .collect::<Result<_, _>>()
-                .expect("read rows");
-            rows.sort();
-            out.push_str(&format!("== {table} ({} rows)\n", rows.len()));
-            for row in rows {
-                out.push_str(&row);
-                out.push('\n');
-            }
-        }
-        conn.execute_batch("COMMIT").expect("end read transaction");
-        out
+        self.database.fingerprint(only, skip)
     }
 
-    /// A read-only connection to the ledger's database (does not checkpoint or recover).
+    /// The rows of one SQL query on the ledger's database, each value as both backends give
+    /// it (see `backend.rs`). Write SQL both understand: values inline as literals (a
+    /// `'...'` literal compares with a uuid or a time column in PostgreSQL), `true` and
+    /// `false` for booleans.
+    pub fn query(&self, sql: &str) -> Rows {
+        self.database.query(sql)
+    }
+
+    /// The rows of `sql`, each as a JSON object of its columns.
+    pub fn query_json(&self, sql: &str) -> Vec<Value> {
+        self.query(sql).to_json()
+    }
+
+    /// The one integer `sql` selects (a count, a sum); panics on anything else.
+    #[track_caller]
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        let rows = self.query(sql);
+        match rows.rows.as_slice() {
+            [row] => match row.as_slice() {
+                [Cell::Int(n)] => *n,
+                other => panic!("{sql}: expected one integer, got {other:?}"),
+            },
+            other => panic!("{sql}: expected one row, got {}", other.len()),
+        }
+    }
+
+    /// SQL for the text of `key` in the JSON column `column` (SQLite's `json_extract`,
+    /// PostgreSQL's `->>`): compare it with a string literal, also for a number (`'-500'`).
+    pub fn json_text(&self, column: &str, key: &str) -> String {
+        match self.backend() {
+            Backend::Sqlite => format!("CAST(json_extract({column}, '$.{key}') AS TEXT)"),
+            Backend::Postgres => format!("({column} ->> '{key}')"),
+        }
+    }
+
+    /// Runs one SQL statement that writes (as an operator or an attacker with database
+    /// access would); returns the number of rows it changed.
+    pub fn execute(&self, sql: &str) -> u64 {
+        self.database.execute(sql)
+    }
+
+    /// Changes the books behind the ledger's back (see [`backend::Database::tamper`]);
+    /// returns the number of rows changed.
+    pub fn tamper(&self, sql: &str) -> u64 {
+        self.database.tamper(sql)
+    }
+
+    /// Takes the write lock of every table as another writer would, until the returned
+    /// value is dropped (see [`backend::WriteLock`]).
+    pub fn hold_write_lock(&self) -> backend::WriteLock {
+        self.database.hold_write_lock()
+    }
+
+    /// A read-only connection to the SQLite database (does not checkpoint or recover);
+    /// panics on another backend.
+    #[track_caller]
     pub fn open_db(&self) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.db_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .expect("open ledger database read-only");
-        conn.busy_timeout(Duration::from_secs(10))
-            .expect("set busy timeout");
-        conn
+        backend::open_sqlite_read_only(self.db_path())
     }
 
     /// `SELECT COUNT(*) FROM table`.
     pub fn count(&self, table: &str) -> i64 {
-        self.open_db()
-            .query_row(&format!("SELECT COUNT(*) FROM \"{table}\""), [], |r| {
-                r.get(0)
-            })
-            .unwrap_or_else(|e| panic!("count {table}: {e}"))
+        self.query_i64(&format!("SELECT COUNT(*) FROM \"{table}\""))
     }
 }
 
@@ -685,7 +758,7 @@ fn template() -> &'static Template {
         let dir = root.join(format!("cashless-template-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create template dir");
-        let tokens = seed(&dir.join(DB_FILES[0]), None);
+        let tokens = seed(&format!("sqlite:{}", dir.join(DB_FILES[0]).display()), None);
         Template { dir, tokens }
     })
 }
@@ -711,9 +784,10 @@ fn copy_template(db: &Path) -> (String, String, String) {
     template.tokens.clone()
 }
 
-/// Seeds terminals, staff and products through the admin CLI; returns the tokens of
-/// bar-1, bar-2 and cp-1.
-fn seed(db: &Path, config: Option<&Path>) -> (String, String, String) {
+/// Seeds terminals, staff and products through the admin CLI into the database of
+/// `database` (a `--database` value); returns the tokens of bar-1, bar-2 and cp-1.
+fn seed(database: &str, config: Option<&Path>) -> (String, String, String) {
+    let db = database;
     let admin = |args: &[&str]| run_admin(db, config, args);
     let terminal = |name: &str, kind: &str, pos: &str| {
         token_from(&admin(&[
@@ -755,20 +829,6 @@ fn seed(db: &Path, config: Option<&Path>) -> (String, String, String) {
         assert_success("product add", &out);
     }
     (bar, bar2, checkpoint)
-}
-
-fn cell(value: rusqlite::types::ValueRef<'_>) -> String {
-    use rusqlite::types::ValueRef;
-    match value {
-        ValueRef::Null => "NULL".to_owned(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => format!("{f:?}"),
-        ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
-        ValueRef::Blob(b) => format!(
-            "x'{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
-    }
 }
 
 async fn read_resp(resp: reqwest::Response) -> Resp {

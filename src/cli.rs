@@ -485,10 +485,7 @@ async fn move_to_postgres(config: &LedgerConfig, from: &str, to: &str) -> anyhow
     print!("{}", report.summary());
     println!("moved: committed");
     let clean = audit_side("sqlite", &admin::open_database(config, &from).await?).await?;
-    // PostgreSQL's audit is not built yet: the totals above, compared inside the move's
-    // transaction, stand in for it. Once it is, the next line becomes
-    // `let clean = clean & audit_side("postgres", &admin::open_database(config, &to).await?).await?;`
-    println!("audit: not built for PostgreSQL yet; the totals above agree (postgres)");
+    let clean = clean & audit_side("postgres", &admin::open_database(config, &to).await?).await?;
     Ok(if clean {
         ExitCode::SUCCESS
     } else {

@@ -33,7 +33,6 @@ pub(super) fn parse_stored<T>(text: &str, parse: fn(&str) -> Option<T>) -> Resul
 #[derive(Debug, Clone, Copy)]
 pub(super) enum TerminalKey {
     /// By the SHA-256 of its bearer token (authentication).
-    #[allow(dead_code)] // for `authenticate` (ops.rs), which is being built beside this
     TokenSha256,
     /// By its name (imports of a terminal's journal).
     Name,

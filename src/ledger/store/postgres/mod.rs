@@ -413,11 +413,6 @@ impl PgStore {
     }
 }
 
-/// A part of the PostgreSQL store not built yet (on the integration branch only).
-fn not_built(what: &str) -> StoreError {
-    StoreError::Internal(format!("PostgreSQL store: {what} is not built yet"))
-}
-
 /// Opens a pool on the database `url` names and applies the migrations it lacks: what
 /// `cashless ledger migrate` does with a `postgres://` URL.
 pub async fn migrate_database(

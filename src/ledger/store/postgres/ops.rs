@@ -9,17 +9,17 @@
 //! run by the server one after another in the batch's order, each its own transaction with
 //! its own outcome.
 
+use super::admin::TerminalKey;
 use super::{PgStore, classify};
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::request_sha256;
 use crate::ledger::flow::{Context, new_transaction_id};
 use crate::ledger::outcome::{self, Outcome, StoredAnswer};
 use crate::ledger::store::{OperationStore, StoreError, token_sha256};
-use crate::protocol::api::{ApiError, Operation, ShiftCloseout, TerminalKind, format_time};
+use crate::protocol::api::{ApiError, Operation, ShiftCloseout, format_time};
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
 /// The first seven arguments of every procedure: `ledger_call` (0005).
 const CALL: &str = "ROW($1, $2, $3, $4, $5, $6, $7)::ledger_call";
@@ -169,18 +169,19 @@ fn shift_call(ctx: &Context<'_>, shift: &ShiftCloseout) -> Result<Call, StoreErr
         .arg(shift.counted_cash_cents.get()))
 }
 
-/// Runs one call on `client` and reads its answer.
-async fn run(client: &deadpool_postgres::Client, call: &Call) -> Result<Outcome, StoreError> {
-    let statement = client.prepare_cached(&call.sql).await.map_err(classify)?;
+/// Runs one call, its statement prepared, on `client` and reads its answer. The request goes
+/// out when the future is first polled: futures polled in order send in order.
+async fn run(
+    client: &deadpool_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    call: &Call,
+) -> Result<Outcome, StoreError> {
     let args: Vec<&(dyn ToSql + Sync)> = call
         .args
         .iter()
         .map(|a| a.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let row = client
-        .query_one(&statement, &args)
-        .await
-        .map_err(classify)?;
+    let row = client.query_one(statement, &args).await.map_err(classify)?;
     let status: i32 = row.get(0);
     let stored = StoredAnswer {
         status_code: u16::try_from(status)
@@ -193,6 +194,20 @@ async fn run(client: &deadpool_postgres::Client, call: &Call) -> Result<Outcome,
         decided,
         replayed: row.get(2),
     })
+}
+
+/// The prepared statement of each call (from the connection's cache after the first time).
+/// Prepared before any call is sent, so that no call waits for a statement while a later
+/// one overtakes it.
+async fn prepare(
+    client: &deadpool_postgres::Client,
+    calls: &[Call],
+) -> Result<Vec<tokio_postgres::Statement>, StoreError> {
+    let mut statements = Vec::with_capacity(calls.len());
+    for call in calls {
+        statements.push(client.prepare_cached(&call.sql).await.map_err(classify)?);
+    }
+    Ok(statements)
 }
 
 impl PgStore {
@@ -209,30 +224,8 @@ impl PgStore {
 
 impl OperationStore for PgStore {
     async fn authenticate(&self, token: &str) -> Result<Option<Terminal>, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
-                 WHERE token_sha256 = $1 AND active",
-            )
+        self.terminal_by(TerminalKey::TokenSha256, token_sha256(token))
             .await
-            .map_err(classify)?;
-        let row = client
-            .query_opt(&statement, &[&token_sha256(token)])
-            .await
-            .map_err(classify)?;
-        row.map(|r| {
-            let kind: String = r.get(2);
-            Ok(Terminal {
-                terminal_id: r.get::<_, Uuid>(0),
-                name: r.get(1),
-                kind: TerminalKind::parse(&kind).ok_or_else(|| {
-                    StoreError::Internal(format!("stored terminal kind {kind:?}"))
-                })?,
-                point_of_sale: r.get(3),
-            })
-        })
-        .transpose()
     }
 
     async fn apply(
@@ -247,13 +240,21 @@ impl OperationStore for PgStore {
             .map(|op| operation_call(&ctx, op))
             .collect::<Result<Vec<Call>, StoreError>>()?;
         let client = self.pool.get().await?;
-        if let [call] = calls.as_slice() {
+        let statements = prepare(&client, &calls).await?;
+        if let ([call], [statement]) = (calls.as_slice(), statements.as_slice()) {
             // Alone, the operation is the request: a failure is the request's (503 or 500).
-            return Ok(vec![run(&client, call).await?]);
+            return Ok(vec![run(&client, statement, call).await?]);
         }
-        // Sent back to back on one connection; each call its own transaction.
-        let results =
-            futures_util::future::join_all(calls.iter().map(|call| run(&client, call))).await;
+        // Sent back to back on one connection, in the batch's order (join_all polls its
+        // futures in order); the server runs them one after another, each call its own
+        // transaction.
+        let results = futures_util::future::join_all(
+            calls
+                .iter()
+                .zip(&statements)
+                .map(|(call, statement)| run(&client, statement, call)),
+        )
+        .await;
         Ok(results
             .into_iter()
             .zip(&operations)
@@ -282,7 +283,8 @@ impl OperationStore for PgStore {
         let ctx = self.context(&terminal, &request_id);
         let call = shift_call(&ctx, &shift)?;
         let client = self.pool.get().await?;
-        run(&client, &call).await
+        let statements = prepare(&client, std::slice::from_ref(&call)).await?;
+        run(&client, &statements[0], &call).await
     }
 }
 

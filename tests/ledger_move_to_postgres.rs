@@ -453,7 +453,7 @@ async fn a_festival_moves_whole_to_postgres_and_a_second_move_is_refused() {
     // Every table, every row, every value.
     let client = db.admin().await;
     let pg = pg_tables(&client).await;
-    let sqlite = sqlite_tables(&l.db_path(), &pg, &jsonb_columns(&client).await);
+    let sqlite = sqlite_tables(l.db_path(), &pg, &jsonb_columns(&client).await);
     assert_eq!(
         sqlite.keys().collect::<Vec<_>>(),
         pg.keys().collect::<Vec<_>>(),
@@ -558,7 +558,7 @@ async fn a_refused_or_failed_move_changes_nothing() {
     // Sources that are no ledger at this program's schema; the target is not even migrated.
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("old.db");
-    std::fs::copy(&l.db_path(), &old).unwrap();
+    std::fs::copy(l.db_path(), &old).unwrap();
     let conn = rusqlite::Connection::open(&old).unwrap();
     conn.pragma_update(None, "user_version", 2).unwrap();
     drop(conn);
@@ -604,7 +604,7 @@ async fn a_refused_or_failed_move_changes_nothing() {
     // A value the target cannot take faithfully, in a table copied after others: the whole
     // move is rolled back, the target keeps only its schema.
     let bad = dir.path().join("bad.db");
-    std::fs::copy(&l.db_path(), &bad).unwrap();
+    std::fs::copy(l.db_path(), &bad).unwrap();
     let conn = rusqlite::Connection::open(&bad).unwrap();
     conn.execute(
         "UPDATE postings SET created_at = 'yesterday' WHERE posting_id = (SELECT max(posting_id) FROM postings)",

@@ -5,10 +5,9 @@
 //! that need several.
 //!
 //! [`Store`] is the one way to open whichever backend `--database` names
-//! ([`Store::open`]); it implements every trait by handing each call to its backend. The
-//! SQLite backend ([`sqlite::SqliteStore`]) is the only one built today; of the PostgreSQL
-//! backend, the connection pool and the schema's migrations are ([`postgres`], used by
-//! `cashless ledger migrate`), not the operations yet. Every backend keeps
+//! ([`Store::open`]); it implements every trait by handing each call to its backend: SQLite
+//! ([`sqlite::SqliteStore`], deciding in Rust through `crate::ledger::flow`) or PostgreSQL
+//! ([`postgres::PgStore`], deciding in stored procedures). Every backend keeps
 //! the operation flow's contract (`crate::ledger::flow`): an operation is applied atomically
 //! (card, operation rows, postings, audit log, idempotency record and sequence tracking in
 //! one transaction, or nothing), with the typed outcome of `crate::ledger::outcome`;

@@ -1,12 +1,12 @@
-//! The PostgreSQL backend, first stage: a connection pool opened from a `postgres://` URL
-//! (TLS with rustls when the URL asks for it) and the schema migrations
-//! (`migrate.rs`, files in `migrations/postgres/`). The operations (stored procedures, one
-//! round trip each) come later: until then [`Store::open`](super::Store::open) answers that
-//! PostgreSQL is not built, and only `cashless ledger migrate` ([`migrate_database`]) uses
-//! this module.
+//! The PostgreSQL backend ([`PgStore`]): a connection pool opened from a `postgres://` URL
+//! (TLS with rustls when the URL asks for it), the schema migrations (`migrate.rs`, files in
+//! `migrations/postgres/`), and each store trait in its own file: `ops.rs` (orders, top-ups,
+//! voids, shift close-outs: one stored-procedure call each, 0005), `stripe.rs` (Stripe
+//! credits and refunds, 0006), `feeds.rs` (the card feed safe under several writers, 0004),
+//! `admin.rs` and `audit.rs`. `import_sqlite.rs` moves a festival from SQLite.
 //!
 //! # The driver: tokio-postgres, pooled by deadpool-postgres
-//! Every money operation is to be one call of a stored procedure: one round trip, the
+//! Every money operation is one call of a stored procedure: one round trip, the
 //! transaction inside the database. tokio-postgres runs a prepared statement (kept per
 //! connection by deadpool's statement cache) as one round trip, and pipelines the requests
 //! of concurrent futures on one connection, so a batch's operations go out back to back

@@ -585,6 +585,10 @@ fn pg_admin_batch(sql: String) -> Result<(), String> {
 /// A PostgreSQL database of one test, dropped (`WITH (FORCE)`) when this is.
 pub struct PgDatabase {
     name: String,
+    /// The superuser's URL of a server a test started for itself (`pg_server.rs`), or `None`
+    /// for the shared server of `CASHLESS_TEST_PG`. A private server's database is not
+    /// dropped: the server may be down by then, and its data directory goes with the test.
+    server: Option<String>,
     /// The helpers' connection, opened on first use and kept: a fingerprint per refused
     /// input would otherwise open hundreds of connections.
     client: Arc<tokio::sync::Mutex<Option<Client>>>,
@@ -619,9 +623,29 @@ impl PgDatabase {
         db
     }
 
+    /// A new database on the server of `server_url` (a superuser's URL), seeded through the
+    /// admin CLI as the template is; returns it and the tokens of bar-1, bar-2 and cp-1.
+    pub fn seeded_on(server_url: &str) -> (PgDatabase, (String, String, String)) {
+        let mut db = PgDatabase::named(PgDatabase::next_name());
+        db.server = Some(server_url.to_owned());
+        let url = server_url.to_owned();
+        let create = format!("CREATE DATABASE {}", db.name);
+        pg_block(async move {
+            pg_connect(&url)
+                .await?
+                .batch_execute(&create)
+                .await
+                .map_err(|e| format!("{create}: {}", error_text(&e)))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tokens = super::seed(&db.url(), None);
+        (db, tokens)
+    }
+
     fn named(name: String) -> PgDatabase {
         PgDatabase {
             name,
+            server: None,
             client: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
@@ -634,7 +658,10 @@ impl PgDatabase {
     }
 
     pub fn url(&self) -> String {
-        pg_url_of(&pg_admin_url(), &self.name)
+        match &self.server {
+            Some(server) => pg_url_of(server, &self.name),
+            None => pg_url_of(&pg_admin_url(), &self.name),
+        }
     }
 
     /// Runs `work` with the helpers' connection to this database (opened if need be).
@@ -659,6 +686,9 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         if let Ok(mut client) = self.client.try_lock() {
             client.take();
+        }
+        if self.server.is_some() {
+            return;
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(e) = pg_admin_batch(sql) {

@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod pcsc;
+pub mod pg_server;
 pub mod terminal;
 
 pub use backend::{Backend, Cell, Rows};
@@ -96,6 +97,14 @@ macro_rules! on_both_backends {
             super::$name($crate::common::Backend::$backend).await
         }
     };
+}
+
+/// Where a new [`Ledger`]'s database comes from.
+enum Origin {
+    /// A copy of the seeded template of the backend (the shared PostgreSQL server's).
+    Template(Backend),
+    /// A new database, seeded, on the PostgreSQL server of this superuser's URL.
+    Server(String),
 }
 
 /// One running ledger on its own database.
@@ -258,7 +267,7 @@ impl Ledger {
 
     /// Like [`Ledger::start`], on `backend`.
     pub async fn start_on(backend: Backend) -> Ledger {
-        Self::start_inner(backend, None, &[]).await
+        Self::start_inner(Origin::Template(backend), None, &[]).await
     }
 
     /// Like [`Ledger::start`], with `toml` written to a config file passed with `--config`
@@ -269,7 +278,15 @@ impl Ledger {
 
     /// Like [`Ledger::start_with_config`], on `backend`.
     pub async fn start_with_config_on(backend: Backend, toml: &str) -> Ledger {
-        Self::start_inner(backend, Some(toml), &[]).await
+        Self::start_inner(Origin::Template(backend), Some(toml), &[]).await
+    }
+
+    /// A ledger on a new database on the PostgreSQL server of `server_url` (a superuser's
+    /// URL; a server the test started itself, see `pg_server.rs`), seeded through the admin
+    /// CLI, with `toml` as its config file. The database is not dropped afterwards: it goes
+    /// with that server.
+    pub async fn start_on_postgres_server(server_url: &str, toml: &str) -> Ledger {
+        Self::start_inner(Origin::Server(server_url.to_owned()), Some(toml), &[]).await
     }
 
     /// Like [`Ledger::start_with_config_on`], with environment variables for `serve` (e.g.
@@ -279,10 +296,10 @@ impl Ledger {
         toml: &str,
         env: &[(&str, &str)],
     ) -> Ledger {
-        Self::start_inner(backend, Some(toml), env).await
+        Self::start_inner(Origin::Template(backend), Some(toml), env).await
     }
 
-    async fn start_inner(backend: Backend, config: Option<&str>, env: &[(&str, &str)]) -> Ledger {
+    async fn start_inner(origin: Origin, config: Option<&str>, env: &[(&str, &str)]) -> Ledger {
         let dir = tempfile::Builder::new()
             .prefix("cashless-test-")
             .tempdir()
@@ -295,13 +312,17 @@ impl Ledger {
         let db_path = dir.path().join("ledger.db");
         // The admin CLI and the copy are blocking work: keep them off the async runtime.
         let (database, (bar_token, bar2_token, checkpoint_token)) =
-            tokio::task::spawn_blocking(move || match backend {
-                Backend::Sqlite => {
+            tokio::task::spawn_blocking(move || match origin {
+                Origin::Template(Backend::Sqlite) => {
                     let tokens = copy_template(&db_path);
                     (Database::Sqlite(db_path), tokens)
                 }
-                Backend::Postgres => {
+                Origin::Template(Backend::Postgres) => {
                     let (db, tokens) = PgDatabase::from_template();
+                    (Database::Postgres(db), tokens)
+                }
+                Origin::Server(url) => {
+                    let (db, tokens) = PgDatabase::seeded_on(&url);
                     (Database::Postgres(db), tokens)
                 }
             })
@@ -337,6 +358,23 @@ impl Ledger {
     /// stdout, then for `GET /health` to answer 200.
     async fn spawn_server(&mut self) {
         assert!(self.child.is_none(), "a server is already running");
+        let (child, base_url) = self.launch(Arc::clone(&self.stdout_lines)).await;
+        self.child = Some(child);
+        self.base_url = base_url;
+    }
+
+    /// Starts one more `cashless ledger serve` process on the same database and config, as
+    /// an operator runs several behind a load balancer; it is killed when the returned value
+    /// is dropped. Its stderr is part of [`Ledger::server_log`].
+    pub async fn spawn_another_server(&mut self) -> OtherServer {
+        let (child, base_url) = self.launch(Arc::new(Mutex::new(Vec::new()))).await;
+        OtherServer { child, base_url }
+    }
+
+    /// Spawns `serve` (its stderr into the next `serve-N.log`, the stdout lines after
+    /// `listening on` into `stdout_lines`) and waits until it answers `/health`; returns the
+    /// process and its `http://ADDR`.
+    async fn launch(&mut self, stdout_lines: Arc<Mutex<Vec<String>>>) -> (Child, String) {
         self.starts += 1;
         let log_path = self.dir.path().join(format!("serve-{}.log", self.starts));
         let log = std::fs::File::create(&log_path).expect("create server log");
@@ -359,12 +397,10 @@ impl Ledger {
             .stderr(Stdio::from(log));
         let mut child = cmd.spawn().expect("spawn cashless ledger serve");
         let stdout = child.stdout.take().expect("child stdout");
-        self.child = Some(child);
 
         // A thread reads stdout to the end: it hands over the `listening on` line and keeps
         // draining so the server never blocks on a full pipe.
         let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-        let lines = Arc::clone(&self.stdout_lines);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
@@ -375,50 +411,60 @@ impl Ledger {
                     let _ = tx.send(addr.trim().to_owned());
                     continue;
                 }
-                if let Ok(mut lines) = lines.lock() {
+                if let Ok(mut lines) = stdout_lines.lock() {
                     lines.push(line);
                 }
             }
         });
         let addr = match tokio::time::timeout(STARTUP_DEADLINE, rx).await {
             Ok(Ok(addr)) => addr,
-            Ok(Err(_)) => panic!(
-                "server exited without printing `listening on ADDR`; stderr:\n{}",
-                self.server_log()
-            ),
-            Err(_) => panic!(
-                "no `listening on ADDR` line within {STARTUP_DEADLINE:?}; stderr:\n{}",
-                self.server_log()
-            ),
+            Ok(Err(_)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server exited without printing `listening on ADDR`; stderr:\n{}",
+                    self.server_log()
+                )
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no `listening on ADDR` line within {STARTUP_DEADLINE:?}; stderr:\n{}",
+                    self.server_log()
+                )
+            }
         };
-        self.base_url = format!("http://{addr}");
+        let base_url = format!("http://{addr}");
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
             let health = self
                 .client
-                .get(format!("{}/health", self.base_url))
+                .get(format!("{base_url}/health"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
             if matches!(&health, Ok(r) if r.status().as_u16() == 200) {
                 break;
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "server exited with {status} before /health answered; stderr:\n{}",
                     self.server_log()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "GET /health did not answer 200 within {STARTUP_DEADLINE:?} (last: {health:?}); stderr:\n{}",
-                self.server_log()
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "GET /health did not answer 200 within {STARTUP_DEADLINE:?} (last: {health:?}); stderr:\n{}",
+                    self.server_log()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        (child, base_url)
     }
 
     /// Everything the server processes wrote on stderr so far (all starts), for diagnostics.
@@ -549,6 +595,19 @@ impl Ledger {
         self.post_raw(path, Some(token), bytes, &[]).await
     }
 
+    /// Like [`Ledger::post`], to the server at `base_url` (another process on the same
+    /// database, [`Ledger::spawn_another_server`]).
+    pub async fn post_at(&self, base_url: &str, path: &str, token: &str, body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).expect("serialize body");
+        read_resp(
+            self.post_request(&format!("{base_url}{path}"), Some(token), bytes, &[])
+                .send()
+                .await
+                .expect("POST request failed"),
+        )
+        .await
+    }
+
     /// POSTs raw bytes. Adds `Content-Type: application/json` unless `headers` has a
     /// Content-Type of its own; adds `Authorization: Bearer <token>` if a token is given.
     pub async fn post_raw(
@@ -558,7 +617,19 @@ impl Ledger {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let mut req = self.client.post(self.url(path)).body(body);
+        let req = self.post_request(&self.url(path), token, body, headers);
+        read_resp(req.send().await.expect("POST request failed")).await
+    }
+
+    /// The request [`Ledger::post_raw`] sends, to any `url`.
+    pub fn post_request(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.client.post(url).body(body);
         if !headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
@@ -571,7 +642,7 @@ impl Ledger {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        read_resp(req.send().await.expect("POST request failed")).await
+        req
     }
 
     /// GETs `path`, with the bearer `token` if given.
@@ -723,6 +794,28 @@ impl Drop for Ledger {
     }
 }
 
+/// A second `cashless ledger serve` process on a [`Ledger`]'s database
+/// ([`Ledger::spawn_another_server`]), SIGKILLed when dropped.
+pub struct OtherServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of this process.
+    pub base_url: String,
+}
+
+impl OtherServer {
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for OtherServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A database seeded once per test binary through the admin CLI, copied for every test.
 ///
 /// Seeding takes seconds in a debug build (`staff add` hashes each PIN with argon2), times
@@ -831,7 +924,7 @@ fn seed(database: &str, config: Option<&Path>) -> (String, String, String) {
     (bar, bar2, checkpoint)
 }
 
-async fn read_resp(resp: reqwest::Response) -> Resp {
+pub async fn read_resp(resp: reqwest::Response) -> Resp {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let raw = resp.bytes().await.expect("read response body").to_vec();

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_stripe_procedures.sql",
         sql: include_str!("../../../../migrations/postgres/0006_stripe_procedures.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_new_cards.sql",
+        sql: include_str!("../../../../migrations/postgres/0007_new_cards.sql"),
+    },
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -1,0 +1,221 @@
+//! A PostgreSQL server of one test's own, for tests that stop, crash or freeze it (the
+//! shared server of `CASHLESS_TEST_PG` serves other tests at the same time and is never
+//! touched): Debian's `initdb` and `pg_ctl` (package `postgresql`) on a free port, its data
+//! directory and unix socket in a temporary directory, trust authentication for `postgres`.
+//!
+//! PostgreSQL refuses to run as root: when the tests run as root, every command runs as the
+//! `postgres` OS user (`runuser -u postgres --`), and the temporary directory is given to
+//! it. The server is stopped (`immediate`) and its directory removed when the value is
+//! dropped, also when the test fails.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// Where Debian installs the server binaries of each major version.
+const DEBIAN_PG_LIB: &str = "/usr/lib/postgresql";
+
+/// How `pg_ctl stop` stops the server (`-m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Ends the sessions (their transactions roll back), checkpoints, exits.
+    Fast,
+    /// Kills every process without a checkpoint: a crash; the next start recovers from WAL.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// One private PostgreSQL server (see the module's text).
+pub struct PgServer {
+    /// Holds `data/` (the cluster), the unix socket and `server.log`.
+    dir: tempfile::TempDir,
+    /// The directory of `initdb`, `pg_ctl` and `postgres`.
+    bin: PathBuf,
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PgServer {
+    /// A new cluster (`initdb`), started; panics saying what to install when the binaries
+    /// are missing.
+    pub fn start() -> PgServer {
+        let bin = server_bin().unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL server binaries under {DEBIAN_PG_LIB}/*/bin: this test starts \
+                 (and stops) a PostgreSQL server of its own; install them with \
+                 `apt-get install postgresql` (see ../shared/testing.md)"
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("cashless-pg-")
+            .tempdir_in("/tmp")
+            .expect("create the server's temporary directory");
+        if running_as_root() {
+            run_checked(Command::new("chown").arg("postgres:").arg(dir.path()));
+        }
+        let server = PgServer {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        // Settings in the cluster's own file, so that every start has them.
+        let conf = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nfull_page_writes = off\nmax_connections = 200\n",
+            server.port,
+            server.dir.path().display()
+        );
+        let conf_path = server.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).expect("write postgresql.conf");
+        server.start_again();
+        server
+    }
+
+    /// The superuser's URL of the maintenance database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server (`pg_ctl stop -m MODE`) and waits until it is gone.
+    pub fn stop(&self, mode: StopMode) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                mode.as_str(),
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        );
+    }
+
+    /// The server's log so far, for diagnostics.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs; panics with its output if it fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let mut cmd = self.command(program);
+        cmd.args(args).current_dir(self.dir.path());
+        run_checked(&mut cmd)
+    }
+
+    /// One of the server's programs, run as `postgres` when the tests run as root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if running_as_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(&path);
+            cmd
+        } else {
+            Command::new(&path)
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            let _ = self
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+/// The `bin` directory of the newest server version Debian installed.
+fn server_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PG_LIB)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+#[track_caller]
+fn run_checked(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

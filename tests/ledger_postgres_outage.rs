@@ -461,6 +461,74 @@ fn serve(url: &str, config: &std::path::Path) -> std::process::Command {
     cmd
 }
 
+/// A frozen database (it keeps its connections open and answers nothing: a server cut off by
+/// the network without a reset) is an unavailable one: a money request gets 503
+/// `DATABASE_ERROR` once `statement_timeout_ms` plus the store's margin have passed, not an
+/// answer that never comes; `/health` answers, `/ready` does not say ready; once the server
+/// goes on, the same request (its `client_request_id`) is applied, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_is_unavailable_within_the_deadline_not_a_hang() {
+    let pg = PgServer::start();
+    let ledger = Ledger::start_on_postgres_server(&pg.url(), &config()).await;
+    let card = "04F0000000F0F0";
+    ledger.fund(card, START_BALANCE_CENTS).await;
+    let order = order_body(card, 1, &[("beer-05", 1, BEER_CENTS)], "online");
+    let deadline = Duration::from_millis(
+        STATEMENT_TIMEOUT_MS + cashless::ledger::store::postgres::DEADLINE_MARGIN_MS,
+    );
+
+    pg.freeze();
+    let first = attempt(&ledger, "/v1/orders", &ledger.bar_token, &order).await;
+    let health = ledger
+        .client
+        .get(format!("{}/health", ledger.base_url))
+        .timeout(ANSWER_BOUND)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let readiness = ready(&ledger).await;
+    pg.thaw();
+
+    match &first {
+        Attempt::Refused {
+            status: 503,
+            code: Some(code),
+            took,
+            ..
+        } if code == "DATABASE_ERROR" => assert!(
+            *took >= deadline && *took < 2 * deadline + ANSWER_BOUND,
+            "the refusal took {took:?}; the store's deadline is {deadline:?}"
+        ),
+        other => panic!("an order while the database is frozen: {other:?}"),
+    }
+    assert_eq!(
+        health.ok(),
+        Some(200),
+        "/health while the database is frozen"
+    );
+    assert_ne!(
+        readiness.map(|r| r.0),
+        Some(200),
+        "/ready must not say ready while the database is frozen"
+    );
+
+    let sent = Sent {
+        path: "/v1/orders",
+        token: ledger.bar_token.clone(),
+        body: order.clone(),
+        card: card.to_owned(),
+        delta_cents: -BEER_CENTS,
+        first,
+    };
+    retry_until_approved(&ledger, &sent).await;
+    assert_eq!(
+        ledger.balance(&sent.card).await,
+        START_BALANCE_CENTS + sent.delta_cents,
+        "the order is applied once"
+    );
+    ledger.assert_audit_ok();
+}
+
 #[tokio::test]
 async fn serve_without_its_database_exits_at_once_naming_the_server() {
     let pg = PgServer::start();

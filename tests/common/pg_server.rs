@@ -136,6 +136,43 @@ impl PgServer {
         );
     }
 
+    /// Freezes the server (`SIGSTOP` to the postmaster and every backend): it keeps its
+    /// connections open and answers nothing, like a server cut off by the network without a
+    /// reset. [`PgServer::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Sends `signal` to the postmaster and its children.
+    fn signal(&self, signal: &str) {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid of a running server");
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .expect("the postmaster's pid")
+            .trim();
+        let children = Command::new("pgrep")
+            .args(["-P", postmaster])
+            .output()
+            .expect("run pgrep");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            !pids.is_empty(),
+            "the postmaster {postmaster} has no children"
+        );
+        pids.push(postmaster.to_owned());
+        run_checked(Command::new("kill").arg(signal).args(&pids));
+    }
+
     /// The server's log so far, for diagnostics.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

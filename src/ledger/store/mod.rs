@@ -87,6 +87,21 @@ pub enum StoreError {
     },
 }
 
+/// The outcome of one operation of a batch that could not be stored (the others go on):
+/// `DATABASE_ERROR` (503) when the database is unavailable, else `SERVER_ERROR` (500); both
+/// retryable, neither stored. Logged here, with the operation's key.
+pub(crate) fn not_stored(e: &StoreError, op: &Operation, request_id: &str) -> Outcome {
+    tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
+    let code = match e {
+        StoreError::Unavailable(_) => crate::protocol::codes::ErrorCode::DatabaseError,
+        _ => crate::protocol::codes::ErrorCode::ServerError,
+    };
+    Outcome::declined(
+        crate::protocol::api::ApiError::new(code, "the operation could not be stored; retry"),
+        request_id,
+    )
+}
+
 /// A card as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CardView {

@@ -388,6 +388,20 @@ impl PgPool {
     }
 }
 
+/// How much longer than `statement_timeout_ms` the ledger waits for an answer before it
+/// gives the connection up ([`PgStore::bounded`]): room for the server's own cancellation
+/// and the network.
+pub const DEADLINE_MARGIN_MS: u64 = 2_000;
+
+/// The error of a database that did not answer in time.
+fn missed(deadline_ms: u64, target: &PgTarget) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL at {} did not answer within {deadline_ms} ms ([postgres] \
+         statement_timeout_ms plus {DEADLINE_MARGIN_MS} ms): is the server frozen or cut off?",
+        target.place
+    ))
+}
+
 /// The ledger on a PostgreSQL database: a pool of connections, and the store's options.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -397,6 +411,31 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Runs `work` on a pooled connection, bounded in time: a database that stops answering
+    /// without closing its connections (frozen, or cut off by the network without a reset)
+    /// is an unavailable database after `statement_timeout_ms` plus [`DEADLINE_MARGIN_MS`],
+    /// not a request that hangs. The server enforces `statement_timeout` itself while it
+    /// runs; this is the bound when it does not. A connection that missed the deadline is
+    /// taken out of the pool and closed (its answer, if one ever comes, belongs to nobody).
+    pub(super) async fn bounded<T>(
+        &self,
+        work: impl for<'c> FnOnce(
+            &'c deadpool_postgres::Client,
+        ) -> futures_util::future::BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let deadline_ms = self.options.postgres.statement_timeout_ms + DEADLINE_MARGIN_MS;
+        let client = tokio::time::timeout(Duration::from_millis(deadline_ms), self.pool.get())
+            .await
+            .map_err(|_| missed(deadline_ms, self.pool.target()))??;
+        match tokio::time::timeout(Duration::from_millis(deadline_ms), work(&client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(missed(deadline_ms, self.pool.target()))
+            }
+        }
+    }
+
     /// Opens a pool on the database `url` names and applies the migrations it lacks (under
     /// the migration lock, so several processes may start at once).
     pub async fn open(url: &str, options: StoreOptions) -> Result<PgStore, OpenError> {

@@ -15,9 +15,8 @@ use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::request_sha256;
 use crate::ledger::flow::{Context, new_transaction_id};
 use crate::ledger::outcome::{self, Outcome, StoredAnswer};
-use crate::ledger::store::{OperationStore, StoreError, token_sha256};
-use crate::protocol::api::{ApiError, Operation, ShiftCloseout, format_time};
-use crate::protocol::codes::ErrorCode;
+use crate::ledger::store::{OperationStore, StoreError, not_stored, token_sha256};
+use crate::protocol::api::{Operation, ShiftCloseout, format_time};
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::types::ToSql;
 
@@ -239,39 +238,32 @@ impl OperationStore for PgStore {
             .iter()
             .map(|op| operation_call(&ctx, op))
             .collect::<Result<Vec<Call>, StoreError>>()?;
-        let client = self.pool.get().await?;
-        let statements = prepare(&client, &calls).await?;
-        if let ([call], [statement]) = (calls.as_slice(), statements.as_slice()) {
-            // Alone, the operation is the request: a failure is the request's (503 or 500).
-            return Ok(vec![run(&client, statement, call).await?]);
-        }
-        // Sent back to back on one connection, in the batch's order (join_all polls its
-        // futures in order); the server runs them one after another, each call its own
-        // transaction.
-        let results = futures_util::future::join_all(
-            calls
-                .iter()
-                .zip(&statements)
-                .map(|(call, statement)| run(&client, statement, call)),
-        )
-        .await;
-        Ok(results
-            .into_iter()
-            .zip(&operations)
-            .map(|(result, op)| {
-                result.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
-                    let code = match e {
-                        StoreError::Unavailable(_) => ErrorCode::DatabaseError,
-                        _ => ErrorCode::ServerError,
-                    };
-                    Outcome::declined(
-                        ApiError::new(code, "the operation could not be stored; retry"),
-                        &request_id,
-                    )
-                })
+        self.bounded(move |client| {
+            Box::pin(async move {
+                let statements = prepare(client, &calls).await?;
+                if let ([call], [statement]) = (calls.as_slice(), statements.as_slice()) {
+                    // Alone, the operation is the request: a failure is the request's (503 or
+                    // 500).
+                    return Ok(vec![run(client, statement, call).await?]);
+                }
+                // Sent back to back on one connection, in the batch's order (join_all polls
+                // its futures in order); the server runs them one after another, each call
+                // its own transaction.
+                let results = futures_util::future::join_all(
+                    calls
+                        .iter()
+                        .zip(&statements)
+                        .map(|(call, statement)| run(client, statement, call)),
+                )
+                .await;
+                Ok(results
+                    .into_iter()
+                    .zip(&operations)
+                    .map(|(result, op)| result.unwrap_or_else(|e| not_stored(&e, op, &request_id)))
+                    .collect())
             })
-            .collect())
+        })
+        .await
     }
 
     async fn record_shift(
@@ -282,15 +274,19 @@ impl OperationStore for PgStore {
     ) -> Result<Outcome, StoreError> {
         let ctx = self.context(&terminal, &request_id);
         let call = shift_call(&ctx, &shift)?;
-        let client = self.pool.get().await?;
-        let statements = prepare(&client, std::slice::from_ref(&call)).await?;
-        run(&client, &statements[0], &call).await
+        self.bounded(move |client| {
+            Box::pin(async move {
+                let statements = prepare(client, std::slice::from_ref(&call)).await?;
+                run(client, &statements[0], &call).await
+            })
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::protocol::codes::ErrorCode;
 
     /// Every HTTP status the procedures write comes from `ledger_http_status`, whose table
     /// must be the code table of `crate::protocol::codes`, and `ledger_is_stored_decline`

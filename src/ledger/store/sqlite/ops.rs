@@ -16,10 +16,8 @@ use crate::ledger::flow::{
 };
 use crate::ledger::outcome::{Outcome, StoredAnswer};
 use crate::ledger::rules::CardState;
-use crate::ledger::store::{OperationStore, StoreError, token_sha256};
-use crate::protocol::api::{
-    ApiError, Mode, Operation, PaymentMethod, ShiftCloseout, StaffRole, format_time,
-};
+use crate::ledger::store::{OperationStore, StoreError, not_stored, token_sha256};
+use crate::protocol::api::{Mode, Operation, PaymentMethod, ShiftCloseout, StaffRole, format_time};
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
@@ -207,15 +205,7 @@ pub(super) fn apply_all(
             Err(e) => {
                 exec_cached(conn, "ROLLBACK TO op")?;
                 exec_cached(conn, "RELEASE op")?;
-                tracing::error!(error = %e, client_request_id = %op.client_request_id(), "operation failed");
-                let code = match e {
-                    StoreError::Unavailable(_) => ErrorCode::DatabaseError,
-                    _ => ErrorCode::ServerError,
-                };
-                outcomes.push(Outcome::declined(
-                    ApiError::new(code, "the operation could not be stored; retry"),
-                    ctx.request_id,
-                ));
+                outcomes.push(not_stored(&e, op, ctx.request_id));
             }
         }
     }

@@ -133,8 +133,9 @@ pids_cpu_s() {
     local pid
     for pid in "$@"; do cpu_s "$pid" 2>/dev/null || true; echo; done | awk '{ s += $1 } END { printf "%.2f", s }'
 }
-# The PostgreSQL backends connected to database $1 (the server must be local).
-backends() { psql -X -At -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$1'"; }
+# The client backends connected to database $1 (the server must be local; autovacuum workers
+# are left out: one that ends inside a window would take its CPU out of the sum).
+backends() { psql -X -At -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$1' AND backend_type = 'client backend'"; }
 # CPU of each side over a window inside its measurement: % of one core, written to
 # $TMP/NAME.cpu as "machine backends process(es) [client]". The backends are sampled at both
 # ends (a connection opened in between counts from its start).

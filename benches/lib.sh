@@ -76,11 +76,13 @@ measure_idle_load() {
 
 # The bench ledger in $TMP: its configuration, `ledger` (its admin commands), a supervisor,
 # a 1-cent product at POS, and `new_token NAME KIND` (registers a terminal, prints its token).
+# $1: its database (default sqlite:$TMP/ledger.db; a postgres:// URL must name an existing
+# database).
 setup_bench_ledger() {
     cat >"$TMP/ledger.toml" <<EOF
 [server]
 listen = "127.0.0.1:0"
-database = "sqlite:$TMP/ledger.db"
+database = "${1:-sqlite:$TMP/ledger.db}"
 
 [festival]
 currency = "EUR"
@@ -97,17 +99,19 @@ EOF
 ledger() { "$BIN" ledger --config "$TMP/ledger.toml" "$@"; }
 new_token() { ledger terminal add --name "$1" --kind "$2" --point-of-sale "$POS" | tail -n1; }
 
-# Starts `cashless ledger serve` on core $1, listening on $2; sets LEDGER_PID and ADDR.
+# Starts `cashless ledger serve` on cores $1, listening on $2; sets LEDGER_PID and ADDR. $3
+# names its output files ($TMP/$3.out and .err; default serve), for several at once.
 start_ledger() {
-    : >"$TMP/serve.out"
+    local out="$TMP/${3:-serve}"
+    : >"$out.out"
     taskset -c "$1" "$BIN" ledger --config "$TMP/ledger.toml" serve --listen "$2" \
-        >"$TMP/serve.out" 2>>"$TMP/serve.err" &
+        >"$out.out" 2>>"$out.err" &
     LEDGER_PID=$!
     ADDR=""
     for _ in $(seq 600); do
-        ADDR=$(sed -n 's/^listening on //p' "$TMP/serve.out" | head -n1)
+        ADDR=$(sed -n 's/^listening on //p' "$out.out" | head -n1)
         [ -n "$ADDR" ] && break
-        kill -0 "$LEDGER_PID" 2>/dev/null || { tail -n 20 "$TMP/serve.err" >&2; die "the ledger exited"; }
+        kill -0 "$LEDGER_PID" 2>/dev/null || { tail -n 20 "$out.err" >&2; die "the ledger exited"; }
         sleep 0.05
     done
     [ -n "$ADDR" ] || die "the ledger did not print 'listening on' within 30 s"

@@ -25,6 +25,13 @@
 -- Answers are built as serde_json writes them in the SQLite backend: struct fields in
 -- declaration order, maps (an error and its details) with their keys in byte order, no
 -- spaces (ledger_json).
+--
+-- The helpers every approval calls are PL/pgSQL, not SQL functions: PostgreSQL (up to 17)
+-- parses and plans a SQL function's body again in every transaction that calls it, unless
+-- it can inline it (none of these qualify: they write, return a record, are strict, or call
+-- stable functions while declared immutable), whereas PL/pgSQL keeps its plans for the life
+-- of the connection. As SQL functions they took about a sixth of the database's CPU per
+-- order (BENCHMARKS.md, "PostgreSQL (issue 12)").
 
 -- Every HTTP status of the API's codes (crate::protocol::codes, checked by a unit test).
 CREATE FUNCTION ledger_http_status(p_code text) RETURNS integer
@@ -90,20 +97,26 @@ $$;
 
 -- Flags as the answers list them: ["CARD_CREATED","NEGATIVE_BALANCE"].
 CREATE FUNCTION ledger_flags_json(p_flags text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT COALESCE(array_to_json(p_flags)::text, '[]')
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    RETURN COALESCE(array_to_json(p_flags)::text, '[]');
+END
 $$;
 
 -- A JSON string, or null.
 CREATE FUNCTION ledger_str(p text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT COALESCE(to_json(p)::text, 'null')
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN COALESCE(to_json(p)::text, 'null');
+END
 $$;
 
 -- A JSON number, or null.
 CREATE FUNCTION ledger_num(p bigint) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT COALESCE(p::text, 'null')
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN COALESCE(p::text, 'null');
+END
 $$;
 
 -- Step 2 of the lock order: the advisory locks of one or two idempotency keys, ascending.
@@ -123,10 +136,13 @@ $$;
 -- debt (a lost card stays lost); back at zero or above lifts a debt block, never a lost one.
 CREATE FUNCTION ledger_status_after(p_balance bigint, p_block_reason text,
                                     OUT status text, OUT block_reason text)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_balance < 0 OR p_block_reason = 'lost' THEN 'blocked' ELSE 'active' END,
-           CASE WHEN p_block_reason = 'lost' THEN 'lost'
-                WHEN p_balance < 0 THEN 'debt' END
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    status := CASE WHEN p_balance < 0 OR p_block_reason = 'lost' THEN 'blocked'
+                   ELSE 'active' END;
+    block_reason := CASE WHEN p_block_reason = 'lost' THEN 'lost'
+                         WHEN p_balance < 0 THEN 'debt' END;
+END
 $$;
 
 -- Step 4: the terminal's highest contiguous and highest seen terminal_seq after receiving
@@ -254,7 +270,8 @@ CREATE FUNCTION ledger_log(p_call ledger_call, p_staff_id text, p_operation text
                            p_client_request_id uuid, p_transaction_id uuid, p_card_uid text,
                            p_amount_cents bigint, p_outcome text, p_error_code text,
                            p_details jsonb) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO app_transaction_log (occurred_at, request_id, actor, staff_id, operation,
                                      client_request_id, transaction_id, card_uid, amount_cents,
                                      outcome, error_code, details)
@@ -262,19 +279,22 @@ LANGUAGE sql AS $$
            p_client_request_id, p_transaction_id, p_card_uid, p_amount_cents, p_outcome,
            p_error_code, p_details
       FROM terminals t WHERE t.terminal_id = (p_call).terminal_id;
+END
 $$;
 
 -- Writes the idempotency record.
 CREATE FUNCTION ledger_key(p_call ledger_call, p_client_request_id uuid, p_operation text,
                            p_status integer, p_body text, p_transaction_id uuid)
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
                                   status_code, response_body, transaction_id, created_at,
                                   expires_at)
     VALUES (p_client_request_id, (p_call).terminal_id, p_operation, (p_call).request_sha256,
             p_status, p_body, p_transaction_id, (p_call).now,
             CASE WHEN p_transaction_id IS NULL THEN (p_call).decline_expires_at END);
+END
 $$;
 
 -- A decline: a stored one writes its audit-log row, its key (expiring) and the terminal_seq
@@ -323,10 +343,12 @@ $$;
 -- Two postings under one transaction, summing to zero.
 CREATE FUNCTION ledger_post(p_call ledger_call, p_debit_account text, p_debit_cents bigint,
                             p_other_account text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO postings (transaction_id, account, amount_cents, created_at)
     VALUES ((p_call).transaction_id, p_debit_account, p_debit_cents, (p_call).now),
            ((p_call).transaction_id, p_other_account, -p_debit_cents, (p_call).now);
+END
 $$;
 
 -- The approval of an order or a top-up.
@@ -334,8 +356,9 @@ CREATE FUNCTION ledger_approval(p_call ledger_call, p_client_request_id uuid, p_
                                 p_total_cents bigint, p_amount_cents bigint,
                                 p_previous bigint, p_next bigint, p_card_status text,
                                 p_flags text[]) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{"transaction_id":"' || (p_call).transaction_id
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN '{"transaction_id":"' || (p_call).transaction_id
         || '","client_request_id":"' || p_client_request_id
         || '","status":"approved","card_uid":' || ledger_str(p_card_uid)
         || COALESCE(',"total_cents":' || p_total_cents, '')
@@ -344,14 +367,17 @@ LANGUAGE sql IMMUTABLE AS $$
         || ',"new_balance_cents":' || p_next
         || ',"card_status":' || ledger_str(p_card_status)
         || ',"processed_at":' || ledger_str((p_call).now_text)
-        || ',"flags":' || ledger_flags_json(p_flags) || '}'
+        || ',"flags":' || ledger_flags_json(p_flags) || '}';
+END
 $$;
 
 -- Adding or subtracting cents without leaving the range of i64: NULL when it would.
 CREATE FUNCTION ledger_add(p_a bigint, p_b bigint) RETURNS bigint
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT CASE WHEN p_a::numeric + p_b BETWEEN -9223372036854775808 AND 9223372036854775807
-                THEN p_a + p_b END
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    RETURN CASE WHEN p_a::numeric + p_b BETWEEN -9223372036854775808 AND 9223372036854775807
+                THEN p_a + p_b END;
+END
 $$;
 
 -- An order (POST /v1/orders, or an order of a batch).

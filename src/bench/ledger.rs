@@ -31,12 +31,29 @@ const MAX_FUNDING_CONCURRENCY: u32 = 32;
 /// Load generator for the ledger: online orders from many bar-terminal clients.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LedgerBenchArgs {
-    /// Base URL of the ledger, e.g. http://127.0.0.1:8080
-    #[arg(long, env = "CASHLESS_LEDGER_URL")]
-    pub url: String,
-    /// Bearer token of a bar terminal (the orders are sent as this terminal)
-    #[arg(long, env = "CASHLESS_LEDGER_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Base URL of the ledger, e.g. http://127.0.0.1:8080. Several (repeated, or separated
+    /// by commas) spread the clients over ledger processes on one database: client i sends
+    /// to URL i mod their number; the check and the funding go through the first
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        env = "CASHLESS_LEDGER_URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub urls: Vec<String>,
+    /// Bearer token of a bar terminal (the orders are sent as this terminal). Several
+    /// (repeated, or separated by commas): client i sends as terminal i mod their number,
+    /// each terminal with its own terminal_seq sequence (many tills, one sale in flight each)
+    #[arg(
+        long = "token",
+        value_name = "TOKEN",
+        env = "CASHLESS_LEDGER_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub tokens: Vec<String>,
     /// Concurrent clients (each one HTTP connection, one request at a time)
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub clients: u32,
@@ -62,8 +79,8 @@ pub struct LedgerBenchArgs {
     /// Staff id sent with every operation (role bar or supervisor; cashier or supervisor to --fund)
     #[arg(long, default_value = "s-bench")]
     pub staff: String,
-    /// First terminal_seq used; the clients share one contiguous sequence from here. Use a
-    /// fresh terminal per run, or a start above the terminal's last sequence number.
+    /// First terminal_seq used; the clients of one terminal share one contiguous sequence
+    /// from here. Use fresh terminals per run, or a start above their last sequence number.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=(i64::MAX / 2)))]
     pub seq_start: i64,
     /// Before the load, top up every card once with --fund-cents through POST /v1/recharges
@@ -127,6 +144,13 @@ impl LedgerBenchSummary {
 /// are enough of them.
 pub fn card_index(client: u64, n: u64, clients: u64, cards: u64) -> u64 {
     (client.wrapping_add(n.wrapping_mul(clients))) % cards.max(1)
+}
+
+/// Which of `n` ledger URLs (or terminal tokens) client `client` uses: round-robin, so each
+/// gets the same number of clients, give or take one.
+pub fn spread(client: u64, n: usize) -> usize {
+    let n = u64::try_from(n.max(1)).unwrap_or(u64::MAX);
+    usize::try_from(client % n).unwrap_or(0)
 }
 
 /// The ledger's URL for `path` (`base` with or without a trailing slash).
@@ -247,8 +271,10 @@ struct ClientStats {
 }
 
 struct LoadPlan {
-    orders_url: String,
-    token: String,
+    /// `POST /v1/orders` of each ledger process; see [`spread`].
+    orders_urls: Vec<String>,
+    /// The bar terminals' tokens; see [`spread`].
+    tokens: Vec<String>,
     clients: u64,
     cards: u64,
     card_prefix: String,
@@ -263,6 +289,7 @@ async fn run_client(
     client_no: u64,
     http: reqwest::Client,
     plan: Arc<LoadPlan>,
+    // The terminal_seq sequence of this client's terminal.
     seq: Arc<AtomicI64>,
 ) -> Result<ClientStats> {
     let mut stats = ClientStats {
@@ -273,6 +300,8 @@ async fn run_client(
         last_answer: None,
         error_samples: Vec::new(),
     };
+    let orders_url = &plan.orders_urls[spread(client_no, plan.orders_urls.len())];
+    let token = &plan.tokens[spread(client_no, plan.tokens.len())];
     let mut n: u64 = 0;
     loop {
         let started = Instant::now();
@@ -301,8 +330,8 @@ async fn run_client(
         };
         let result = async {
             let resp = http
-                .post(&plan.orders_url)
-                .bearer_auth(&plan.token)
+                .post(orders_url)
+                .bearer_auth(token)
                 .json(&body)
                 .send()
                 .await?;
@@ -395,7 +424,7 @@ pub fn check_terminal_me(status: u16, body: &[u8], kind: &str, flag: &str) -> Re
 
 /// Tops up every card once with `fund_cents` through the checkpoint terminal `token`.
 async fn fund_cards(args: &LedgerBenchArgs, token: &str) -> Result<()> {
-    let url = Arc::new(endpoint(&args.url, "/v1/recharges"));
+    let url = Arc::new(endpoint(first_url(args)?, "/v1/recharges"));
     let next = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicI64::new(args.seq_start));
     let funded = Arc::new(AtomicU64::new(0));
@@ -480,26 +509,39 @@ async fn fund_cards(args: &LedgerBenchArgs, token: &str) -> Result<()> {
     Ok(())
 }
 
+/// The URL the check and the funding go through.
+fn first_url(args: &LedgerBenchArgs) -> Result<&str> {
+    args.urls
+        .first()
+        .map(String::as_str)
+        .context("--url (or CASHLESS_LEDGER_URL) is missing")
+}
+
 /// `cashless bench ledger`.
 pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
     validate_card_scheme(&args.card_prefix, u64::from(args.cards))?;
-    if args.token.trim().is_empty() {
+    if args.tokens.is_empty() || args.tokens.iter().any(|t| t.trim().is_empty()) {
         bail!("--token (or CASHLESS_LEDGER_TOKEN) is empty");
     }
-    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
-        bail!(
-            "--url must start with http:// or https://, got {:?}",
-            args.url
-        );
+    for url in &args.urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--url must start with http:// or https://, got {url:?}");
+        }
     }
-    preflight(&args.url, &args.token, "bar", "--token").await?;
+    // Every process answers, and knows every terminal (they share one database).
+    for url in &args.urls {
+        preflight(url, &args.tokens[0], "bar", "--token").await?;
+    }
+    for token in &args.tokens[1..] {
+        preflight(first_url(&args)?, token, "bar", "--token").await?;
+    }
     if args.fund {
         let token = args
             .funding_token
             .as_deref()
             .filter(|t| !t.trim().is_empty())
             .context("--fund needs --funding-token (a checkpoint terminal's token)")?;
-        preflight(&args.url, token, "checkpoint", "--funding-token").await?;
+        preflight(first_url(&args)?, token, "checkpoint", "--funding-token").await?;
         fund_cards(&args, token).await?;
     }
 
@@ -512,8 +554,12 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
     let measure_start = start + Duration::from_secs(args.warmup);
     let deadline = measure_start + Duration::from_secs(args.duration);
     let plan = Arc::new(LoadPlan {
-        orders_url: endpoint(&args.url, "/v1/orders"),
-        token: args.token.clone(),
+        orders_urls: args
+            .urls
+            .iter()
+            .map(|url| endpoint(url, "/v1/orders"))
+            .collect(),
+        tokens: args.tokens.clone(),
         clients,
         cards: u64::from(args.cards),
         card_prefix: args.card_prefix.clone(),
@@ -523,10 +569,15 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
         measure_start,
         deadline,
     });
-    let seq = Arc::new(AtomicI64::new(args.seq_start));
+    let seqs: Vec<Arc<AtomicI64>> = args
+        .tokens
+        .iter()
+        .map(|_| Arc::new(AtomicI64::new(args.seq_start)))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
-    for (i, http) in https.into_iter().enumerate() {
-        set.spawn(run_client(i as u64, http, plan.clone(), seq.clone()));
+    for (i, http) in (0u64..).zip(https) {
+        let seq = seqs[spread(i, seqs.len())].clone();
+        set.spawn(run_client(i, http, plan.clone(), seq));
     }
     tokio::time::sleep_until(measure_start.into()).await;
     let cpu_start = process_cpu_seconds();
@@ -617,6 +668,23 @@ mod tests {
         assert!(counts.iter().all(|&n| n == 4), "{counts:?}");
         // One card: always card 0.
         assert!((0..100).all(|n| card_index(n % 7, n, 7, 1) == 0));
+    }
+
+    #[test]
+    fn clients_are_spread_over_urls_and_tokens_round_robin() {
+        assert!((0..10).all(|c| spread(c, 1) == 0));
+        let two: Vec<usize> = (0..6).map(|c| spread(c, 2)).collect();
+        assert_eq!(two, [0, 1, 0, 1, 0, 1]);
+        // 8 clients over 3: 3, 3 and 2 clients.
+        let mut per_item = [0u32; 3];
+        for c in 0..8 {
+            per_item[spread(c, 3)] += 1;
+        }
+        assert_eq!(per_item, [3, 3, 2]);
+        // As many tokens as clients: one terminal each.
+        let own: std::collections::HashSet<usize> = (0..32).map(|c| spread(c, 32)).collect();
+        assert_eq!(own.len(), 32);
+        assert_eq!(spread(5, 0), 0, "none: index 0, refused earlier");
     }
 
     #[test]

@@ -16,30 +16,14 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cashless::ledger::store::postgres::{MIGRATION_LOCK_KEY, MIGRATIONS};
-use pg::{TestDb, admin_url, connect, url_with};
+use pg::{COMMAND_DEADLINE, TestDb, admin_url, connect, url_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cashless");
-/// Far above any sane answer time: a hung command fails the test instead of hanging it.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
-
-/// Runs `cashless ledger ARGS` with `--database url`, nothing from the environment.
+/// Runs `cashless ledger ARGS --database url`.
 async fn ledger(url: &str, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .arg("ledger")
-        .args(args)
-        .args(["--database", url])
-        .env_remove("CASHLESS_DATABASE")
-        .env_remove("CASHLESS_LISTEN")
-        .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(COMMAND_DEADLINE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("cashless ledger {args:?} did not finish"))
-        .unwrap()
+    let mut all = args.to_vec();
+    all.extend(["--database", url]);
+    pg::ledger_command(&all).await
 }
 
 fn stdout(out: &Output) -> String {

@@ -24,9 +24,11 @@ use cashless::ledger::rules::Limits;
 use cashless::ledger::store::{Store, StoreError, StoreOptions, StripeOutcome, StripeStore};
 use cashless::ledger::stripe::parse_event;
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
 
-const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "common/pg.rs"]
+mod pg;
+use pg::{TestDb, connect};
+
 /// The festival's currency in these tests.
 const CURRENCY: &str = "eur";
 const RECHARGE_MAX: i64 = 50_000;
@@ -35,92 +37,6 @@ const BALANCE_MAX: i64 = 100_000;
 // ---------------------------------------------------------------------------------------
 // A database per test
 // ---------------------------------------------------------------------------------------
-
-/// The superuser's URL of the server under test.
-fn admin_url() -> String {
-    std::env::var("CASHLESS_TEST_PG")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| DEFAULT_PG.to_owned())
-}
-
-/// A connection to `url`, its connection task spawned.
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-/// A database with a random name, dropped when this is (also when the test fails).
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let url = admin_url();
-        let admin = connect(&url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {url}: {e}\n\
-                 These tests need a PostgreSQL server with a superuser. On Debian: \
-                 `apt-get install postgresql`, then start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                 (see ../shared/testing.md); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
-                 to another server's superuser."
-            )
-        });
-        let name = format!("cashless_test_stripe_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        TestDb { name }
-    }
-
-    /// The database's URL (the admin URL with another database name).
-    fn url(&self) -> String {
-        let mut config: tokio_postgres::Config = admin_url().parse().unwrap();
-        config.dbname(&self.name);
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            other => panic!("CASHLESS_TEST_PG must name a TCP host, got {other:?}"),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or("postgres");
-        let password = config
-            .get_password()
-            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-            .unwrap_or_default();
-        format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop may run inside the test's runtime, which cannot be blocked on: a thread with
-        // its own runtime drops the database, and this waits for it.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let admin = connect(&admin_url()).await?;
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "could not drop the test database {}: {dropped:?}",
-                self.name
-            );
-        }
-    }
-}
 
 fn options() -> StoreOptions {
     StoreOptions {
@@ -136,10 +52,10 @@ fn options() -> StoreOptions {
 /// A PostgreSQL store on a fresh database, and a client to look inside it.
 async fn postgres_store() -> (TestDb, Store, tokio_postgres::Client) {
     let db = TestDb::create().await;
-    let store = Store::open(&DatabaseUrl::Postgres(db.url()), options())
+    let store = Store::open(&DatabaseUrl::Postgres(db.url("")), options())
         .await
         .unwrap();
-    let client = connect(&db.url()).await.unwrap();
+    let client = connect(&db.url("")).await.unwrap();
     (db, store, client)
 }
 
@@ -966,7 +882,7 @@ async fn someone_waits_for_the_feed(client: &tokio_postgres::Client) -> bool {
 async fn a_credit_waits_for_a_card_feed_page_in_flight_and_a_refusal_does_not() {
     let (db, store, client) = postgres_store().await;
     // A page of the card feed in flight: its exclusive lock held by an open transaction.
-    let mut page = connect(&db.url()).await.unwrap();
+    let mut page = connect(&db.url("")).await.unwrap();
     let tx = page.transaction().await.unwrap();
     tx.execute("SELECT pg_advisory_xact_lock(1667330920, 1)", &[])
         .await

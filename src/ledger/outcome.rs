@@ -139,6 +139,20 @@ pub struct StripeOutcome {
     pub balance_cents: Option<Cents>,
 }
 
+impl StripeOutcome {
+    /// What was done with event `event_id`, with no card, amount or balance (the fields an
+    /// event that moved money fills in).
+    pub fn nothing(event_id: &str, outcome: &'static str) -> StripeOutcome {
+        StripeOutcome {
+            event_id: event_id.to_owned(),
+            outcome,
+            card_uid: None,
+            amount_cents: None,
+            balance_cents: None,
+        }
+    }
+}
+
 /// The stored form of a decided outcome: the `status_code` and `response_body` columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAnswer {

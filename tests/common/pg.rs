@@ -7,7 +7,31 @@
 //! `#[path = "common/pg.rs"] mod pg;` (it needs nothing else of `common`).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::process::Output;
+use std::time::Duration;
 use tokio_postgres::NoTls;
+
+/// The longest a `cashless ledger` command of a test may take.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `cashless ledger ARGS` with nothing from the environment (no `CASHLESS_DATABASE`,
+/// listen address or Stripe secrets), within [`COMMAND_DEADLINE`].
+pub async fn ledger_command(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cashless"));
+    command
+        .arg("ledger")
+        .args(args)
+        .env_remove("CASHLESS_DATABASE")
+        .env_remove("CASHLESS_LISTEN")
+        .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(COMMAND_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("cashless ledger {args:?} did not finish"))
+        .unwrap()
+}
 
 /// The server under test when `CASHLESS_TEST_PG` is not set.
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -155,16 +155,6 @@ pub struct StripePlan {
     pub outcome: StripeOutcome,
 }
 
-fn answer(event_id: &str, outcome: &'static str) -> StripeOutcome {
-    StripeOutcome {
-        event_id: event_id.to_owned(),
-        outcome,
-        card_uid: None,
-        amount_cents: None,
-        balance_cents: None,
-    }
-}
-
 fn neg(c: Cents) -> Result<Cents, FlowError> {
     c.checked_neg().map_err(FlowError::new)
 }
@@ -185,11 +175,11 @@ pub fn decide<R: StripeReads>(
         StripeEvent::Refused { event_id, .. } => event_id,
         // Nothing to do and nothing to remember.
         StripeEvent::Unpaid { event_id } | StripeEvent::Ignored { event_id, .. } => {
-            return Ok(nothing(answer(event_id, "ignored")));
+            return Ok(nothing(StripeOutcome::nothing(event_id, "ignored")));
         }
     };
     if reads.event_seen(event_id)? {
-        return Ok(nothing(answer(event_id, "duplicate_event")));
+        return Ok(nothing(StripeOutcome::nothing(event_id, "duplicate_event")));
     }
     match event {
         StripeEvent::SessionPaid(s) => credit(reads, s, limits),
@@ -249,7 +239,7 @@ pub fn decide<R: StripeReads>(
                         details,
                     },
                 ],
-                outcome: answer(event_id, "refused"),
+                outcome: StripeOutcome::nothing(event_id, "refused"),
             })
         }
         StripeEvent::Unpaid { .. } | StripeEvent::Ignored { .. } => {
@@ -281,7 +271,7 @@ fn credit<R: StripeReads>(
             writes: vec![event("duplicate_session", Some(done.transaction_id))],
             outcome: StripeOutcome {
                 card_uid: Some(s.card_uid.clone()),
-                ..answer(&s.event_id, "duplicate_session")
+                ..StripeOutcome::nothing(&s.event_id, "duplicate_session")
             },
         });
     }
@@ -368,7 +358,7 @@ fn credit<R: StripeReads>(
             card_uid: Some(s.card_uid.clone()),
             amount_cents: Some(s.amount),
             balance_cents: Some(card.balance),
-            ..answer(&s.event_id, "credited")
+            ..StripeOutcome::nothing(&s.event_id, "credited")
         },
     })
 }
@@ -464,7 +454,7 @@ fn refund<R: StripeReads>(reads: &R, r: &RefundedCharge) -> Result<StripePlan, R
         // simply waits forever and moves nothing.
         return Ok(StripePlan {
             writes: vec![event("refund_waiting", None, None)],
-            outcome: answer(&r.event_id, "refund_waiting"),
+            outcome: StripeOutcome::nothing(&r.event_id, "refund_waiting"),
         });
     };
     let card = reads.card(&credited.card_uid)?.ok_or_else(|| {
@@ -494,7 +484,7 @@ fn refund<R: StripeReads>(reads: &R, r: &RefundedCharge) -> Result<StripePlan, R
             card_uid: Some(credited.card_uid),
             amount_cents: amount,
             balance_cents: balance,
-            ..answer(&r.event_id, outcome)
+            ..StripeOutcome::nothing(&r.event_id, outcome)
         },
     })
 }

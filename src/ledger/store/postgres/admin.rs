@@ -56,22 +56,17 @@ impl PgStore {
                  WHERE name = $1 AND active"
             }
         };
-        self.bounded(move |client| {
-            Box::pin(async move {
-                let stmt = client.prepare_cached(sql).await.map_err(classify)?;
-                let Some(row) = client.query_opt(&stmt, &[&key]).await.map_err(classify)? else {
-                    return Ok(None);
-                };
-                let kind: String = row.try_get(2).map_err(classify)?;
-                Ok(Some(Terminal {
-                    terminal_id: row.try_get(0).map_err(classify)?,
-                    name: row.try_get(1).map_err(classify)?,
-                    kind: parse_stored(&kind, TerminalKind::parse)?,
-                    point_of_sale: row.try_get(3).map_err(classify)?,
-                }))
-            })
-        })
-        .await
+        let rows = self.rows(sql, &[&key]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let kind: String = row.try_get(2).map_err(classify)?;
+        Ok(Some(Terminal {
+            terminal_id: row.try_get(0).map_err(classify)?,
+            name: row.try_get(1).map_err(classify)?,
+            kind: parse_stored(&kind, TerminalKind::parse)?,
+            point_of_sale: row.try_get(3).map_err(classify)?,
+        }))
     }
 }
 
@@ -305,16 +300,7 @@ impl AdminStore for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(|client| {
-            Box::pin(async move {
-                let stmt = client
-                    .prepare_cached("SELECT count(*) FROM terminals")
-                    .await
-                    .map_err(classify)?;
-                client.query_one(&stmt, &[]).await.map_err(classify)?;
-                Ok(())
-            })
-        })
-        .await
+        self.rows("SELECT count(*) FROM terminals", &[]).await?;
+        Ok(())
     }
 }

@@ -31,21 +31,15 @@ fn card_view(row: &Row) -> Result<CardView, StoreError> {
 
 impl FeedStore for PgStore {
     async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
-                 WHERE card_uid = $1",
-            )
-            .await
-            .map_err(classify)?;
-        client
-            .query_opt(&stmt, &[&uid.as_str()])
-            .await
-            .map_err(classify)?
-            .as_ref()
-            .map(card_view)
-            .transpose()
+        self.rows(
+            "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
+             WHERE card_uid = $1",
+            &[&uid.as_str()],
+        )
+        .await?
+        .first()
+        .map(card_view)
+        .transpose()
     }
 
     async fn card_feed(&self, since_version: i64, limit: u32) -> Result<CardFeedPage, StoreError> {
@@ -53,18 +47,13 @@ impl FeedStore for PgStore {
         // flight and returns only versions below every version still uncommitted, so a
         // terminal that moves its `since` to this page's last version skips nothing.
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
+        let cards = self
+            .rows(
                 "SELECT card_uid, balance_cents, status, version, updated_at
                  FROM card_feed($1, $2)",
+                &[&since_version, &limit],
             )
-            .await
-            .map_err(classify)?;
-        let cards = client
-            .query(&stmt, &[&since_version, &limit])
-            .await
-            .map_err(classify)?
+            .await?
             .iter()
             .map(card_view)
             .collect::<Result<Vec<_>, _>>()?;
@@ -76,58 +65,46 @@ impl FeedStore for PgStore {
     }
 
     async fn catalog(&self, point_of_sale: String) -> Result<Vec<Product>, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT product_id, name, price_cents, category FROM products
-                 WHERE point_of_sale = $1 AND active
-                 ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
-            )
-            .await
-            .map_err(classify)?;
-        client
-            .query(&stmt, &[&point_of_sale])
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|row| {
-                let id: String = row.try_get(0).map_err(classify)?;
-                Ok(Product {
-                    product_id: ProductId::parse(&id).map_err(internal)?,
-                    name: row.try_get(1).map_err(classify)?,
-                    price_cents: Cents::new(row.try_get(2).map_err(classify)?),
-                    category: row.try_get(3).map_err(classify)?,
-                })
+        self.rows(
+            "SELECT product_id, name, price_cents, category FROM products
+             WHERE point_of_sale = $1 AND active
+             ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
+            &[&point_of_sale],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(classify)?;
+            Ok(Product {
+                product_id: ProductId::parse(&id).map_err(internal)?,
+                name: row.try_get(1).map_err(classify)?,
+                price_cents: Cents::new(row.try_get(2).map_err(classify)?),
+                category: row.try_get(3).map_err(classify)?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn staff(&self) -> Result<Vec<StaffRecord>, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT staff_id, name, role, active, pin_hash FROM staff
-                 ORDER BY staff_id COLLATE \"C\"",
-            )
-            .await
-            .map_err(classify)?;
-        client
-            .query(&stmt, &[])
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|row| {
-                let id: String = row.try_get(0).map_err(classify)?;
-                let role: String = row.try_get(2).map_err(classify)?;
-                Ok(StaffRecord {
-                    staff_id: StaffId::parse(&id).map_err(internal)?,
-                    name: row.try_get(1).map_err(classify)?,
-                    role: parse_stored(&role, StaffRole::parse)?,
-                    active: row.try_get(3).map_err(classify)?,
-                    pin_hash: row.try_get(4).map_err(classify)?,
-                })
+        self.rows(
+            "SELECT staff_id, name, role, active, pin_hash FROM staff
+             ORDER BY staff_id COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(classify)?;
+            let role: String = row.try_get(2).map_err(classify)?;
+            Ok(StaffRecord {
+                staff_id: StaffId::parse(&id).map_err(internal)?,
+                name: row.try_get(1).map_err(classify)?,
+                role: parse_stored(&role, StaffRole::parse)?,
+                active: row.try_get(3).map_err(classify)?,
+                pin_hash: row.try_get(4).map_err(classify)?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn record_scans(
@@ -146,9 +123,9 @@ impl FeedStore for PgStore {
             .iter()
             .map(|s| s.terminal_seq.map(|t| t.get()))
             .collect();
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
+        // RETURNING: one row per scan stored now, none for one stored before.
+        let inserted = self
+            .rows(
                 "INSERT INTO nfc_scan_log
                      (terminal_id, card_uid, result, reader, scanned_at, terminal_seq, received_at)
                  SELECT $1, s.card_uid, s.result, s.reader,
@@ -157,13 +134,8 @@ impl FeedStore for PgStore {
                  FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
                       WITH ORDINALITY AS s (card_uid, result, reader, scanned_at, terminal_seq, n)
                  ORDER BY s.n
-                 ON CONFLICT (terminal_id, card_uid, reader, scanned_at) DO NOTHING",
-            )
-            .await
-            .map_err(classify)?;
-        let inserted = client
-            .execute(
-                &stmt,
+                 ON CONFLICT (terminal_id, card_uid, reader, scanned_at) DO NOTHING
+                 RETURNING 1",
                 &[
                     &terminal.terminal_id,
                     &card_uids,
@@ -173,9 +145,9 @@ impl FeedStore for PgStore {
                     &terminal_seqs,
                 ],
             )
-            .await
-            .map_err(classify)?;
-        let accepted = usize::try_from(inserted).map_err(internal)?;
+            .await?
+            .len();
+        let accepted = inserted;
         Ok(ScanReceipt {
             accepted,
             duplicates: scans.len().saturating_sub(accepted),

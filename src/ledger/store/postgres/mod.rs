@@ -394,11 +394,12 @@ impl PgPool {
 pub const DEADLINE_MARGIN_MS: u64 = 2_000;
 
 /// The error of a database that did not answer in time.
-fn missed(deadline_ms: u64, target: &PgTarget) -> StoreError {
+fn missed(deadline: Duration, target: &PgTarget) -> StoreError {
     StoreError::Unavailable(format!(
-        "PostgreSQL at {} did not answer within {deadline_ms} ms ([postgres] \
-         statement_timeout_ms plus {DEADLINE_MARGIN_MS} ms): is the server frozen or cut off?",
-        target.place
+        "PostgreSQL at {} did not answer within {} ms ([postgres] statement_timeout_ms plus \
+         {DEADLINE_MARGIN_MS} ms): is the server frozen or cut off?",
+        target.place,
+        deadline.as_millis()
     ))
 }
 
@@ -423,17 +424,53 @@ impl PgStore {
             &'c deadpool_postgres::Client,
         ) -> futures_util::future::BoxFuture<'c, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let deadline_ms = self.options.postgres.statement_timeout_ms + DEADLINE_MARGIN_MS;
-        let client = tokio::time::timeout(Duration::from_millis(deadline_ms), self.pool.get())
-            .await
-            .map_err(|_| missed(deadline_ms, self.pool.target()))??;
-        match tokio::time::timeout(Duration::from_millis(deadline_ms), work(&client)).await {
+        let deadline = self.deadline();
+        let client = self.client_within(deadline).await?;
+        match tokio::time::timeout(deadline, work(&client)).await {
             Ok(result) => result,
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(missed(deadline_ms, self.pool.target()))
-            }
+            Err(_) => Err(self.give_up(client)),
         }
+    }
+
+    /// Runs one statement (prepared once per connection) and returns its rows, bounded in
+    /// time as [`PgStore::bounded`] is.
+    pub(super) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client_within(deadline).await?;
+        let work = async {
+            let statement = client.prepare_cached(sql).await.map_err(classify)?;
+            client.query(&statement, params).await.map_err(classify)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(self.give_up(client)),
+        }
+    }
+
+    /// How long a call may take: `statement_timeout_ms` plus [`DEADLINE_MARGIN_MS`].
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.options.postgres.statement_timeout_ms + DEADLINE_MARGIN_MS)
+    }
+
+    /// A pooled connection within `deadline`.
+    async fn client_within(
+        &self,
+        deadline: Duration,
+    ) -> Result<deadpool_postgres::Client, StoreError> {
+        tokio::time::timeout(deadline, self.pool.get())
+            .await
+            .map_err(|_| missed(deadline, self.pool.target()))?
+    }
+
+    /// Takes a connection that missed its deadline out of the pool (closed when dropped) and
+    /// says so.
+    fn give_up(&self, client: deadpool_postgres::Client) -> StoreError {
+        drop(deadpool_postgres::Object::take(client));
+        missed(self.deadline(), self.pool.target())
     }
 
     /// Opens a pool on the database `url` names and applies the migrations it lacks (under

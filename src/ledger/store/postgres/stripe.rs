@@ -113,24 +113,11 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<ProcedureRow, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(sql).await.map_err(classify)?;
-        let row = client
-            .query_one(&statement, params)
-            .await
-            .map_err(classify)?;
-        ProcedureRow::read(&row)
-    }
-}
-
-/// The answer to an event that writes nothing.
-fn answer(event_id: &str, outcome: &'static str) -> StripeOutcome {
-    StripeOutcome {
-        event_id: event_id.to_owned(),
-        outcome,
-        card_uid: None,
-        amount_cents: None,
-        balance_cents: None,
+        let rows = self.rows(sql, params).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal("a Stripe procedure returned no row".into()))?;
+        ProcedureRow::read(row)
     }
 }
 
@@ -182,7 +169,7 @@ impl StripeStore for PgStore {
         let (event_id, done) = match &event {
             // Nothing to do and nothing to remember.
             StripeEvent::Unpaid { event_id } | StripeEvent::Ignored { event_id, .. } => {
-                return Ok(answer(event_id, "ignored"));
+                return Ok(StripeOutcome::nothing(event_id, "ignored"));
             }
             StripeEvent::SessionPaid(s) => {
                 let done = self
@@ -248,7 +235,7 @@ impl StripeStore for PgStore {
             card_uid: done.card_uid,
             amount_cents: done.amount,
             balance_cents: done.balance,
-            ..answer(event_id, done.outcome)
+            ..StripeOutcome::nothing(event_id, done.outcome)
         })
     }
 
@@ -257,12 +244,7 @@ impl StripeStore for PgStore {
         attention: bool,
         limit: u32,
     ) -> Result<Vec<StripeEventRecord>, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(EVENTS).await.map_err(classify)?;
-        let rows = client
-            .query(&statement, &[&attention, &i64::from(limit)])
-            .await
-            .map_err(classify)?;
+        let rows = self.rows(EVENTS, &[&attention, &i64::from(limit)]).await?;
         rows.iter()
             .map(|r| {
                 Ok(StripeEventRecord {

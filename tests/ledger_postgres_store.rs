@@ -1167,3 +1167,77 @@ async fn scans_are_stored_once_as_on_sqlite() {
         )
     );
 }
+
+/// An answer is given only once its transaction is durable. Here a deferred constraint
+/// trigger refuses the top-up at commit time, after the procedure has already returned its
+/// approval row: the store must answer with the commit's error, not the approval, and
+/// nothing is in the books. (The procedure runs in the implicit transaction of the extended
+/// protocol, which PostgreSQL commits at Sync, after it sent the row: the driver hands the
+/// rows over only at ReadyForQuery, after the commit, and this test holds it to that.)
+#[tokio::test]
+async fn an_operation_whose_commit_fails_is_not_approved() {
+    use cashless::ledger::store::OperationStore;
+    use cashless::protocol::api::{Operation, RechargeRequest};
+
+    let db = TestDb::create().await;
+    let (store, raw) = open_postgres(&db).await;
+    store
+        .add_terminal(NewTerminal {
+            name: "cp-1".into(),
+            kind: TerminalKind::Checkpoint,
+            point_of_sale: "Main Bar".into(),
+            token_sha256: token_sha256("cp-1"),
+        })
+        .await
+        .unwrap();
+    store
+        .add_staff(NewStaff {
+            staff_id: StaffId::parse("s-cash").unwrap(),
+            name: "Cashier".into(),
+            role: StaffRole::Cashier,
+            pin_hash: "unused".into(),
+        })
+        .await
+        .unwrap();
+    raw.batch_execute(
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+         CREATE CONSTRAINT TRIGGER recharges_refused_at_commit AFTER INSERT ON recharges
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+    )
+    .await
+    .unwrap();
+    let terminal = store.authenticate("cp-1").await.unwrap().unwrap();
+    let top_up: RechargeRequest = serde_json::from_value(serde_json::json!({
+        "client_request_id": Uuid::new_v4(),
+        "terminal_seq": 1,
+        "card_uid": "04A1B2C3D4E5F6",
+        "amount_cents": 1000,
+        "payment_method": "cash",
+        "staff_id": "s-cash",
+        "created_at": "2026-07-01T20:00:00Z",
+        "mode": "online",
+    }))
+    .unwrap();
+    let result = store
+        .apply(
+            terminal,
+            "req-commit".into(),
+            vec![Operation::Recharge(top_up)],
+        )
+        .await;
+    match &result {
+        Err(StoreError::Internal(message)) => {
+            assert!(message.contains("refused at commit"), "{message}")
+        }
+        other => panic!("a top-up whose commit failed was answered {other:?}"),
+    }
+    for table in ["recharges", "postings", "idempotency_keys", "cards"] {
+        let rows: i64 = raw
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0, "{table} after a failed commit");
+    }
+}

@@ -5,7 +5,8 @@
 //! `stripe_events`, `stripe_recharges`, `stripe_refunds`, postings and the audit log, with
 //! generated transaction ids replaced by their order of appearance and times left out).
 //! Then PostgreSQL alone under concurrent deliveries: one event twenty times, twenty events
-//! of one session, a session and its refunds at once, twenty sessions creating one card; and
+//! of one session, a session and its refunds at once, twenty sessions creating one card, a
+//! credit waiting for an order that creates the same card; and
 //! a credit waits for a page of the card feed in flight (the feed's lock comes first).
 //!
 //! PostgreSQL is the real server of `../shared/testing.md` (`CASHLESS_TEST_PG`, default
@@ -867,15 +868,46 @@ async fn twenty_sessions_creating_one_card_at_once_create_it_once() {
     assert_postgres_invariants(&client).await;
 }
 
-/// True once some backend waits for the card feed's lock (`card_feed_writer()`, 0004).
-async fn someone_waits_for_the_feed(client: &tokio_postgres::Client) -> bool {
-    scalar(
-        client,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-            AND classid = 1667330920 AND objid = 1 AND objsubid = 2",
-    )
-    .await
-        > 0
+/// The card feed's lock (`card_feed_writer()`, 0004), as `pg_locks` shows a wait for it.
+const FEED_LOCK_WAIT: &str = "classid = 1667330920 AND objid = 1 AND objsubid = 2";
+/// Any card's creation lock (`ledger_lock_new_card`, 0007), as `pg_locks` shows a wait.
+const CREATION_LOCK_WAIT: &str = "classid = 1667330921 AND objsubid = 2";
+
+/// Waits until some backend waits for the advisory lock `lock` names, while `task` has not
+/// finished (a task that finishes first went past the lock: the test fails with its
+/// result). Fails after 30 s.
+async fn wait_until_it_waits<T: std::fmt::Debug>(
+    client: &tokio_postgres::Client,
+    lock: &str,
+    task: &mut tokio::task::JoinHandle<T>,
+    what: &str,
+) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND {lock}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scalar(client, &sql).await == 0 {
+        assert!(
+            !task.is_finished(),
+            "{what} did not wait: {:?}",
+            task.await.unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "{what} never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A credit of 700 cents to `CARD_A` (`evt_1`, `cs_1`), on a task of its own.
+fn spawn_credit(store: &Store) -> tokio::task::JoinHandle<Answer> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        apply(
+            &store,
+            "req-1",
+            &session("evt_1", "cs_1", Some("pi_1"), CARD_A, 700),
+        )
+        .await
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -895,29 +927,8 @@ async fn a_credit_waits_for_a_card_feed_page_in_flight_and_a_refusal_does_not() 
         "refused"
     );
 
-    let credit = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            apply(
-                &store,
-                "req-1",
-                &session("evt_1", "cs_1", Some("pi_1"), CARD_A, 700),
-            )
-            .await
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !someone_waits_for_the_feed(&client).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the credit never waited for the feed's lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        !credit.is_finished(),
-        "the credit went past the feed's lock"
-    );
+    let mut credit = spawn_credit(&store);
+    wait_until_it_waits(&client, FEED_LOCK_WAIT, &mut credit, "the credit").await;
     assert_eq!(
         totals(&client).await[0],
         0,
@@ -927,4 +938,60 @@ async fn a_credit_waits_for_a_card_feed_page_in_flight_and_a_refusal_does_not() 
     let done = credit.await.unwrap().unwrap();
     assert_eq!(done.outcome, "credited");
     assert_eq!(totals(&client).await, [700, 1, 2, 2, 2]);
+}
+
+/// An order or a top-up of a card the ledger has never seen takes the card's creation lock,
+/// decides with a balance of 0 and inserts the card. A Stripe credit of the same card at that
+/// moment must wait for it (0008) and then credit the card the other created: before, it
+/// created the card itself, and the order's insert failed on it (a 500 for the terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credit_waits_for_an_order_creating_the_same_card() {
+    let (db, store, client) = postgres_store().await;
+    // The order, deciding: it holds the card's creation lock and has found no card.
+    let mut order = connect(&db.url("")).await.unwrap();
+    let tx = order.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(1667330921, hashtext($1))",
+        &[&CARD_A],
+    )
+    .await
+    .unwrap();
+
+    let mut credit = spawn_credit(&store);
+    wait_until_it_waits(&client, CREATION_LOCK_WAIT, &mut credit, "the credit").await;
+    // The order creates the card (an offline order into debt) and commits.
+    tx.execute(
+        "INSERT INTO cards (card_uid, balance_cents, status, block_reason, version, created_at,
+                            updated_at)
+         VALUES ($1, -300, 'blocked', 'debt', nextval('card_version_seq'), now(), now())",
+        &[&CARD_A],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let done = credit.await.unwrap().unwrap();
+    assert_eq!(done.outcome, "credited");
+    assert_eq!(
+        done.balance_cents.map(|b| b.get()),
+        Some(400),
+        "the credit paid the order's debt"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM stripe_recharges WHERE flags ? 'CARD_CREATED'"
+        )
+        .await,
+        0,
+        "the credit found the order's card"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM cards WHERE status = 'active' AND balance_cents = 400"
+        )
+        .await,
+        1
+    );
 }

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_new_cards.sql",
         sql: include_str!("../../../../migrations/postgres/0007_new_cards.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_lean_operations.sql",
+        sql: include_str!("../../../../migrations/postgres/0008_lean_operations.sql"),
+    },
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -25,6 +25,11 @@
 # POOL_MAX_SIZE=<the ledger's default> ([postgres] pool_max_size of each ledger process)
 # SKIP_BUILD=0 CASHLESS_BIN=<installed binary> (skips the build) BENCH_DIR=${TMPDIR:-/tmp}
 # QUIET_WAIT=S: first wait up to S seconds for other load on the machine to stay under 10%
+# PROC=1: also run pgbench with a script that calls sp_process_bar_order directly on the
+#   ledger's database (the same terminals, cards, product and staff as the ledger's run just
+#   before, one terminal per client), without HTTP and without the ledger process: the
+#   database's own cost of an order, against the TPC-B-like script's (default 1; needs
+#   TERMINALS=clients)
 # PG_STATEMENTS=1: also print pg_stat_statements' top statements of each side (needs the
 #   extension preloaded; skipped with a message otherwise)
 set -euo pipefail
@@ -41,6 +46,8 @@ TERMINALS=${TERMINALS:-clients}
 POOL_MAX_SIZE=${POOL_MAX_SIZE:-}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
 PG_STATEMENTS=${PG_STATEMENTS:-0}
+PROC=${PROC:-1}
+[ "$TERMINALS" = clients ] || PROC=0
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 
 BENCH_NAME=ledger_postgres.sh
@@ -135,17 +142,19 @@ pids_cpu_s() {
 }
 # The client backends connected to database $1 (the server must be local; autovacuum workers
 # are left out: one that ends inside a window would take its CPU out of the sum).
-backends() { psql -X -At -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$1' AND backend_type = 'client backend'"; }
+# With $2, only the backends of that application_name (pgbench's, next to the ledger's idle
+# pool, whose connections may close inside the window and take their CPU out of the sum).
+backends() { psql -X -At -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$1' AND backend_type = 'client backend' AND application_name LIKE '${2:-%}'"; }
 # CPU of each side over a window inside its measurement: % of one core, written to
 # $TMP/NAME.cpu as "machine backends process(es) [client]". The backends are sampled at both
 # ends (a connection opened in between counts from its start).
 window_start() { # other pids...
-    W_S0=$(sys_busy_s); W_T0=$(now); W_B0=$(pids_cpu_s $(backends "$W_DB")); W_P0=$(pids_cpu_s "$@")
+    W_S0=$(sys_busy_s); W_T0=$(now); W_B0=$(pids_cpu_s $(backends "$W_DB" "${W_APP:-}")); W_P0=$(pids_cpu_s "$@")
 }
 window_end() { # name other pids...
     local name=$1 s1 t1 b1 p1
     shift
-    s1=$(sys_busy_s); t1=$(now); b1=$(pids_cpu_s $(backends "$W_DB")); p1=$(pids_cpu_s "$@")
+    s1=$(sys_busy_s); t1=$(now); b1=$(pids_cpu_s $(backends "$W_DB" "${W_APP:-}")); p1=$(pids_cpu_s "$@")
     echo "$(pct "$W_S0" "$s1" "$W_T0" "$t1") $(pct "$W_B0" "$b1" "$W_T0" "$t1") $(pct "$W_P0" "$p1" "$W_T0" "$t1")" >"$TMP/$name"
 }
 
@@ -198,6 +207,35 @@ pgbench_run() { # name clients db
     grep -E '^(latency average|tps)' "$TMP/$name.pg" >&2
 }
 
+# pgbench calling the order procedure itself, as the ledger process would: each client is
+# the bar terminal of the same number from the ledger's run $1 (its terminal_seq goes on
+# from where that run left it), orders 1 cent of bench-1c on a random card of the run's.
+cat >"$TMP/order.sql" <<'EOF_SQL'
+\if :seq = 0
+SELECT terminal_id AS tid, highest_contiguous_seq AS seq FROM terminals WHERE name = :term::text || (:client_id + 1)::text \gset
+\endif
+\set seq :seq + 1
+\set card random(0, :ncards - 1)
+SELECT o_status FROM sp_process_bar_order(ROW(:tid::uuid, 'pgbench', now(), 'now', gen_random_uuid(), 'fingerprint', now())::ledger_call, gen_random_uuid(), :seq, :prefix::text || lpad(upper(to_hex(:card::bigint)), 14 - length(:prefix::text), '0'), 's-bench', 'online', 1, now(), ARRAY['bench-1c'], ARRAY[1], ARRAY[1::bigint]);
+EOF_SQL
+proc_run() { # name clients cards prefix
+    local name=$1 clients=$2 cards=$3 prefix=$4 pgb
+    say "($name) pgbench calling sp_process_bar_order: -c $clients -j $PG_JOBS -T $DURATION on $LEDGER_DB"
+    "$PGBENCH" -n -M prepared -f "$TMP/order.sql" -D seq=0 -D "ncards=$cards" -D "prefix=$prefix" \
+        -D "term=bench-bar-$name-" -c "$clients" -j "$PG_JOBS" -T "$DURATION" "$LEDGER_DB" \
+        >"$TMP/$name.proc" 2>&1 &
+    pgb=$!
+    sleep 1
+    W_DB=$LEDGER_DB W_APP=pgbench window_start "$pgb"
+    sleep $((DURATION - 2))
+    W_DB=$LEDGER_DB W_APP=pgbench window_end "$name.proc-cpu" "$pgb"
+    wait "$pgb" || { cat "$TMP/$name.proc" >&2; die "pgbench calling the procedure failed"; }
+    grep -E '^(latency average|tps|number of failed)' "$TMP/$name.proc" >&2
+    local declined
+    declined=$(psql -X -At -d "$LEDGER_DB" -c "SELECT count(*) FROM app_transaction_log WHERE request_id = 'pgbench' AND outcome <> 'approved'")
+    [ "$declined" = 0 ] || die "($name) $declined of pgbench's orders were not approved"
+}
+
 RUN=0
 ROWS=()
 for ledgers in $LEDGERS; do
@@ -222,6 +260,10 @@ for ledgers in $LEDGERS; do
         else
             pgbench_run "$name" "$clients" "$db"
             ledger_run "$name" "$clients" "$cards" "$(printf 'B%X' "$RUN")" "${URLS[@]}"
+        fi
+        # The procedure alone needs the run's terminals; once per configuration is enough.
+        if [ "$PROC" = 1 ] && [ "$ledgers" = "${LEDGERS%% *}" ]; then
+            proc_run "$name" "$clients" "$cards" "$(printf 'B%X' "$RUN")"
         fi
         ROWS+=("$name:$ledgers:$clients:$cards:$scale")
     done
@@ -269,6 +311,24 @@ errors() {
             "$(fmt0 "$lmach")" "$(fmt0 "$pmach")"
         [ "$(fmt0 "$ops")" = "$(fmt0 "$aps")" ] || echo "  (row above: $(fmt0 "$ops") answers/s, of which $(fmt0 "$aps") approvals/s)"
     done
+    if [ "$PROC" = 1 ]; then
+        echo
+        echo "the order procedure alone (pgbench calling sp_process_bar_order on the ledger's database, no HTTP):"
+        printf '%7s %6s | %9s %8s %6s | %8s %8s %8s | %9s %9s\n' \
+            clients cards "proc tps" "pgb tps" ratio "PG ms" "pgb PG" "PG ratio" "all% proc" "all% pgb"
+        for row in "${ROWS[@]}"; do
+            IFS=: read -r name ledgers clients cards scale <<<"$row"
+            [ -f "$TMP/$name.proc" ] || continue
+            tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/$name.pg")
+            ptps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/$name.proc")
+            read -r xmach xpg _ <"$TMP/$name.proc-cpu"
+            read -r pmach ppg _ <"$TMP/$name.pg-cpu"
+            printf '%7s %6s | %9s %8s %6s | %8s %8s %8s | %8s%% %8s%%\n' "$clients" "$cards" \
+                "$(fmt0 "$ptps")" "$(fmt0 "$tps")" "$(ratio "$ptps" "$tps")" \
+                "$(cpu_ms "$xpg" "$ptps")" "$(cpu_ms "$ppg" "$tps")" "$(ratio "$(cpu_ms "$xpg" "$ptps")" "$(cpu_ms "$ppg" "$tps")")" \
+                "$(fmt0 "$xmach")" "$(fmt0 "$pmach")"
+        done
+    fi
     echo
     echo "orders/s: approved orders per second; ratio: orders/s / pgbench tps (target >= 1)"
     echo "PG ms: CPU ms of the ledger database's PostgreSQL backends per order; pgb PG: of pgbench's backends per transaction; PG ratio: the first / the second"

@@ -68,12 +68,20 @@ const STEP_MS: u64 = 300;
 // ---------------------------------------------------------------------------------------------
 
 fn menu() -> Vec<MenuItem> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.example.toml");
-    let menu: Vec<MenuItem> = read_catalog(&path)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("config/catalog.example.toml");
+    let config = root.join("config/ledger.example.toml");
+    let taxes = cashless::ledger::config::LedgerConfig::load(Some(&config), &Default::default())
+        .unwrap()
+        .taxes;
+    let menu: Vec<MenuItem> = read_catalog(&path, &taxes)
         .unwrap()
         .into_iter()
         .filter(|p| p.point_of_sale == POINT_OF_SALE)
         .map(|p| MenuItem {
+            tax_rate_basis_points: taxes
+                .resolve(p.product.tax_rate.as_ref().map(|r| r.as_str()))
+                .map(|r| r.basis_points),
             product_id: p.product.product_id.as_str().to_owned(),
             name: p.product.name,
             price: p.product.price_cents,

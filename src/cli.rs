@@ -206,6 +206,10 @@ enum ProductCommand {
         /// Category.
         #[arg(long)]
         category: Option<String>,
+        /// VAT rate: a name of the configuration's [taxes] rates_basis_points (default: its
+        /// default_rate).
+        #[arg(long)]
+        tax_rate: Option<String>,
     },
 }
 
@@ -563,6 +567,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             price_cents,
             point_of_sale,
             category,
+            tax_rate,
         }) => {
             let entry = admin::CatalogEntry {
                 id,
@@ -570,8 +575,9 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 price_cents,
                 point_of_sale,
                 category,
+                tax_rate,
             };
-            let product = admin::check_product(&entry)?;
+            let product = admin::check_product(&entry, &config.taxes)?;
             store.upsert_products(vec![product]).await?;
             println!(
                 "product {} at {} costs {} cents",
@@ -581,7 +587,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             );
         }
         LedgerCommand::Catalog(CatalogCommand::Import { file }) => {
-            let products = admin::read_catalog(&file)?;
+            let products = admin::read_catalog(&file, &config.taxes)?;
             let n = products.len();
             store.upsert_products(products).await?;
             println!("{n} products imported from {}", file.display());

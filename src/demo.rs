@@ -7,7 +7,7 @@
 //! and switch between the bar and the checkpoint. Everything runs in this process: nothing is
 //! left running after it exits; the folder stays, for a look at the ledger and journals.
 
-use crate::domain::CardUid;
+use crate::domain::{CardUid, TaxRateName, TaxRates};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::server;
@@ -22,6 +22,7 @@ use crate::tui::run::{KeyHook, Tui, enter, local_clock, restore, spawn_terminal_
 use anyhow::Context;
 use crossterm::event::KeyCode;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -154,11 +155,15 @@ fn make_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Registers what the demo needs in the ledger; returns each terminal's token.
-async fn seed(store: &impl LedgerStore, dir: &Path) -> anyhow::Result<(String, String, String)> {
+async fn seed(
+    store: &impl LedgerStore,
+    dir: &Path,
+    taxes: &TaxRates,
+) -> anyhow::Result<(String, String, String)> {
     let catalog = dir.join("catalog.toml");
     std::fs::write(&catalog, CATALOG)?;
     store
-        .upsert_products(admin::read_catalog(&catalog)?)
+        .upsert_products(admin::read_catalog(&catalog, taxes)?)
         .await?;
     for (id, name, role, pin) in STAFF {
         admin::staff_add(store, id, name, role, pin).await?;
@@ -334,15 +339,28 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo festival's VAT rates, those of `config/ledger.example.toml`: standard 19 %,
+/// reduced 7 % (food), none.
+fn demo_taxes() -> anyhow::Result<TaxRates> {
+    let name = |n: &str| TaxRateName::parse(n).map_err(anyhow::Error::from);
+    let rates = BTreeMap::from([
+        (name("standard")?, 1900),
+        (name("reduced")?, 700),
+        (name("none")?, 0),
+    ]);
+    Ok(TaxRates::new(rates, name("standard")?)?)
+}
+
 async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
     let overrides = Overrides {
         database: Some(format!("sqlite:{}", db.display())),
         listen: Some("127.0.0.1:0".into()),
         stripe_webhook_secrets: None,
     };
-    let config = LedgerConfig::load(None, &overrides)?;
+    let mut config = LedgerConfig::load(None, &overrides)?;
+    config.taxes = demo_taxes()?;
     let store = admin::open_store(&config).await?;
-    let (bar_token, cp_token, desk_token) = seed(&store, dir).await?;
+    let (bar_token, cp_token, desk_token) = seed(&store, dir, &config.taxes).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let ledger_addr = listener.local_addr()?;
     let (stop_ledger, stopped) = tokio::sync::oneshot::channel::<()>();

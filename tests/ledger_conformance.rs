@@ -66,6 +66,7 @@ async fn fixture(database: Database, retention_days: i64) -> Fixture {
         },
         retention_days,
         postgres: Default::default(),
+        taxes: cashless::domain::TaxRates::untaxed(),
     };
     let url = DatabaseUrl::parse(&database.url()).unwrap();
     let store = Store::open(&url, options).await.unwrap();
@@ -105,6 +106,7 @@ async fn fixture(database: Database, retention_days: i64) -> Fixture {
                 name: "Beer".into(),
                 price_cents: Cents::new(PRICE),
                 category: None,
+                tax_rate: None,
             },
         }])
         .await

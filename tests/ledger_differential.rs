@@ -27,7 +27,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use cashless::domain::{
+    CardUid, Cents, ClientRequestId, ProductId, StaffId, TaxRateName, TaxRates, TerminalSeq,
+};
 use cashless::ledger::caller::Terminal;
 use cashless::ledger::config::DatabaseUrl;
 use cashless::ledger::flow::Context;
@@ -97,6 +99,37 @@ const CATALOG: [(&str, &str, &str, i64); 6] = [
     ("Tent Bar", "beer", "Beer", 500),
     ("Tent Bar", "lemonade", "Lemonade", 300),
 ];
+
+/// The VAT rates of both sides: 20 % makes exact half cents (gross / 6), 0 % none; the
+/// default is `standard`.
+const TAXES: [(&str, u32); 4] = [
+    ("standard", 1900),
+    ("reduced", 700),
+    ("twenty", 2000),
+    ("none", 0),
+];
+
+/// Each product's VAT rate (`None`: the default), by product id.
+fn tax_rate_of(product_id: &str) -> Option<TaxRateName> {
+    let rate = match product_id {
+        "water" | "lemonade" => "reduced",
+        "cocktail" => "twenty",
+        "cider" => "none",
+        _ => return None,
+    };
+    Some(TaxRateName::parse(rate).unwrap())
+}
+
+fn taxes() -> TaxRates {
+    TaxRates::new(
+        TAXES
+            .iter()
+            .map(|(name, bp)| (TaxRateName::parse(name).unwrap(), *bp))
+            .collect(),
+        TaxRateName::parse("standard").unwrap(),
+    )
+    .unwrap()
+}
 const INACTIVE_PRODUCT: &str = "cider";
 
 /// Cards the stream uses; each starts unknown.
@@ -843,6 +876,7 @@ impl Gen {
                         name: name.to_owned(),
                         price_cents: Cents::new(price),
                         category: None,
+                        tax_rate: tax_rate_of(id),
                     },
                 }])
             }
@@ -1132,6 +1166,7 @@ fn options(retention_days: i64) -> StoreOptions {
         },
         retention_days,
         postgres: Default::default(),
+        taxes: taxes(),
     }
 }
 
@@ -1184,6 +1219,7 @@ impl Side {
                             name: (*name).into(),
                             price_cents: Cents::new(*price),
                             category: None,
+                            tax_rate: tax_rate_of(id),
                         },
                     })
                     .collect(),
@@ -1301,6 +1337,7 @@ impl Side {
             now: Utc::now(),
             limits: options(0).limits,
             retention_days: 0,
+            taxes: &taxes(),
         };
         let hash = request_sha256(&ctx, request).unwrap();
         self.masks.aliases.insert(hash, label.to_owned());

@@ -549,7 +549,11 @@ async fn a_refused_or_failed_move_changes_nothing() {
     conn.pragma_update(None, "user_version", 2).unwrap();
     drop(conn);
     let out = move_festival(&format!("sqlite:{}", old.display()), &db.url("")).await;
-    assert_refused(&out, "schema version 2, older than this program's 3");
+    let expected = format!(
+        "schema version 2, older than this program's {}",
+        cashless::ledger::store::sqlite::SCHEMA_VERSION
+    );
+    assert_refused(&out, &expected);
     assert_refused(&out, "cashless ledger migrate --database sqlite:");
     let missing = dir.path().join("missing.db");
     let out = move_festival(&format!("sqlite:{}", missing.display()), &db.url("")).await;

@@ -27,8 +27,8 @@ use cashless::ledger::caller::Terminal;
 use cashless::ledger::config::DatabaseUrl;
 use cashless::ledger::rules::Limits;
 use cashless::ledger::store::{
-    AdminStore, CardFeedPage, FeedStore, NewStaff, NewTerminal, Product, ProductUpsert,
-    ReportStore, Store, StoreError, StoreOptions, token_sha256,
+    AdminStore, CardFeedPage, CatalogProduct, FeedStore, NewStaff, NewTerminal, Product,
+    ProductUpsert, ReportStore, Store, StoreError, StoreOptions, token_sha256,
 };
 use cashless::protocol::api::{Scan, StaffRole, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
@@ -51,6 +51,7 @@ fn options() -> StoreOptions {
         },
         retention_days: 30,
         postgres: Default::default(),
+        taxes: cashless::domain::TaxRates::untaxed(),
     }
 }
 
@@ -249,6 +250,7 @@ fn product(pos: &str, id: &str, price: i64, category: Option<&str>) -> ProductUp
             name: format!("{id} name"),
             price_cents: Cents::new(price),
             category: category.map(Into::into),
+            tax_rate: None,
         },
     }
 }
@@ -259,7 +261,7 @@ struct Registrations {
     terminals: Vec<Option<(String, TerminalKind, String)>>,
     refusals: Vec<String>,
     staff: Vec<String>,
-    catalogs: Vec<Vec<Product>>,
+    catalogs: Vec<Vec<CatalogProduct>>,
     purged: Vec<u64>,
     log: Vec<LogRow>,
 }

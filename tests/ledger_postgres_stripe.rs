@@ -47,6 +47,7 @@ fn options() -> StoreOptions {
         },
         retention_days: 30,
         postgres: Default::default(),
+        taxes: cashless::domain::TaxRates::untaxed(),
     }
 }
 

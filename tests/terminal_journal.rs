@@ -974,12 +974,16 @@ fn local_charges_through_a_sale_its_sync_and_the_next_feed() {
     assert_eq!(replica.balance, Cents::new(1500));
 }
 
+/// A cached product; one with a category carries a VAT rate (19 %), one without none, as
+/// from a ledger before VAT: both must come back from the cache as they went in.
 fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogProduct {
     CatalogProduct {
         product_id: ProductId::parse(id).unwrap(),
         name: name.into(),
         price_cents: Cents::new(price),
         category: category.map(Into::into),
+        tax_rate: category.map(|_| "standard".into()),
+        tax_rate_basis_points: category.map(|_| 1900),
     }
 }
 
@@ -2072,7 +2076,7 @@ fn a_journal_of_schema_version_2_is_migrated_and_its_top_ups_open_the_first_shif
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, cashless::terminal::journal::SCHEMA_VERSION);
     assert_eq!(j.counts().unwrap().pending, 1, "the old entry is kept");
     assert_eq!(j.shift_summary().unwrap(), summary(Some(0), 2500, 0, 1, 0));
     topup(&mut j, 500, "card", t(10));

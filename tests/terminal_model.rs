@@ -249,6 +249,7 @@ async fn ledger(dir: &Path) -> SimLedger {
         },
         retention_days: 30,
         postgres: Default::default(),
+        taxes: cashless::domain::TaxRates::untaxed(),
     };
     let store = Store::open(&DatabaseUrl::Sqlite(dir.join("ledger.db")), options)
         .await
@@ -286,6 +287,7 @@ async fn ledger(dir: &Path) -> SimLedger {
                         name: format!("Product {p}"),
                         price_cents: Cents::new(PRICES_CENTS[p]),
                         category: None,
+                        tax_rate: None,
                     },
                 })
                 .collect(),

@@ -26,15 +26,16 @@ fn staff() -> Vec<StaffItem> {
 
 fn menu() -> Vec<MenuItem> {
     [
-        ("beer-05", "Beer 0.5 l", 450),
-        ("water", "Water", 200),
-        ("cocktail", "Cocktail", 900),
-        ("cola", "Cola", 300),
+        ("beer-05", "Beer 0.5 l", 450, 1900),
+        ("water", "Water", 200, 700),
+        ("cocktail", "Cocktail", 900, 1900),
+        ("cola", "Cola", 300, 1900),
     ]
-    .map(|(id, name, price)| MenuItem {
+    .map(|(id, name, price, rate)| MenuItem {
         product_id: id.into(),
         name: name.into(),
         price: Cents::new(price),
+        tax_rate_basis_points: Some(rate),
     })
     .to_vec()
 }

@@ -6,9 +6,14 @@
 mod card;
 mod ids;
 mod money;
+mod tax;
 
 pub use card::{CardUid, CardUidError};
 pub use ids::{
     ClientRequestId, IDENT_LEN_MAX, IdentError, ProductId, StaffId, TerminalSeq, TerminalSeqError,
 };
 pub use money::{Cents, MoneyOverflow};
+pub use tax::{
+    TAX_RATE_BASIS_POINTS_MAX, TAX_RATE_NAME_LEN_MAX, TAX_RATES_MAX, TaxRate, TaxRateName,
+    TaxRateNameError, TaxRates, TaxRatesError, VatSplit, split_gross,
+};

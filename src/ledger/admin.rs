@@ -8,7 +8,7 @@ use super::store::{
     AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport, Store,
     StoreOptions, StripeEventRecord,
 };
-use crate::domain::{Cents, ProductId, StaffId};
+use crate::domain::{Cents, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
@@ -38,6 +38,7 @@ pub async fn open_database(config: &LedgerConfig, database: &DatabaseUrl) -> any
         },
         retention_days: config.retention_days,
         postgres: config.postgres,
+        taxes: config.taxes.clone(),
     };
     Ok(Store::open(database, options).await?)
 }
@@ -135,6 +136,9 @@ pub struct CatalogEntry {
     /// Grouping.
     #[serde(default)]
     pub category: Option<String>,
+    /// Its VAT rate, one of the configuration's `[taxes]`; absent: the default rate.
+    #[serde(default)]
+    pub tax_rate: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,8 +147,8 @@ struct CatalogFile {
     product: Vec<CatalogEntry>,
 }
 
-/// Checks one catalog entry into an upsert.
-pub fn check_product(entry: &CatalogEntry) -> anyhow::Result<ProductUpsert> {
+/// Checks one catalog entry into an upsert; its VAT rate must be one of `taxes`.
+pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<ProductUpsert> {
     let product_id = ProductId::parse(&entry.id).context("id")?;
     check_name("name", &entry.name)?;
     check_name("point_of_sale", &entry.point_of_sale)?;
@@ -157,6 +161,20 @@ pub fn check_product(entry: &CatalogEntry) -> anyhow::Result<ProductUpsert> {
             entry.price_cents
         );
     }
+    let tax_rate = match &entry.tax_rate {
+        None => None,
+        Some(name) => {
+            let rate = TaxRateName::parse(name).context("tax_rate")?;
+            if taxes.resolve(Some(rate.as_str())).is_none() {
+                let known: Vec<String> = taxes.iter().map(|r| r.name.to_string()).collect();
+                bail!(
+                    "tax_rate {rate} is not one of the ledger configuration's [taxes] rates_basis_points ({})",
+                    known.join(", ")
+                );
+            }
+            Some(rate)
+        }
+    };
     Ok(ProductUpsert {
         point_of_sale: entry.point_of_sale.clone(),
         product: Product {
@@ -164,12 +182,14 @@ pub fn check_product(entry: &CatalogEntry) -> anyhow::Result<ProductUpsert> {
             name: entry.name.clone(),
             price_cents: Cents::new(entry.price_cents),
             category: entry.category.clone(),
+            tax_rate,
         },
     })
 }
 
-/// Reads and checks a catalog file; every error names the file, the product and the key.
-pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
+/// Reads and checks a catalog file against the VAT rates of `taxes`; every error names the
+/// file, the product and the key.
+pub fn read_catalog(path: &Path, taxes: &TaxRates) -> anyhow::Result<Vec<ProductUpsert>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let file: CatalogFile =
@@ -184,7 +204,7 @@ pub fn read_catalog(path: &Path) -> anyhow::Result<Vec<ProductUpsert>> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            check_product(p).with_context(|| {
+            check_product(p, taxes).with_context(|| {
                 format!(
                     "{}: [[product]] number {} ({:?})",
                     path.display(),
@@ -593,11 +613,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[[product]]\nid = \"beer\"\nname = \"Beer\"\nprice_cents = 450\npoint_of_sale = \"Bar\"\n\n[[product]]\nid = \"bad id\"\nname = \"X\"\nprice_cents = 1\npoint_of_sale = \"Bar\"\n").unwrap();
-        let err = format!("{:#}", read_catalog(&path).unwrap_err());
+        let err = format!(
+            "{:#}",
+            read_catalog(&path, &TaxRates::untaxed()).unwrap_err()
+        );
         assert!(err.contains("number 2") && err.contains("bad id"), "{err}");
         std::fs::write(&path, "[[product]]\nid = \"beer\"\nname = \"Beer\"\nprice_cents = -1\npoint_of_sale = \"Bar\"\n").unwrap();
-        assert!(format!("{:#}", read_catalog(&path).unwrap_err()).contains("price_cents"));
+        assert!(
+            format!(
+                "{:#}",
+                read_catalog(&path, &TaxRates::untaxed()).unwrap_err()
+            )
+            .contains("price_cents")
+        );
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.example.toml");
-        assert!(read_catalog(&example).unwrap().len() >= 5);
+        assert!(read_catalog(&example, &example_taxes()).unwrap().len() >= 5);
+    }
+
+    /// The `[taxes]` of `config/ledger.example.toml`.
+    fn example_taxes() -> TaxRates {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ledger.example.toml");
+        crate::ledger::config::LedgerConfig::load(Some(&example), &Default::default())
+            .unwrap()
+            .taxes
+    }
+
+    #[test]
+    fn a_product_names_a_configured_tax_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let product = |rate: &str| {
+            format!(
+                "[[product]]\nid = \"beer\"\nname = \"Beer\"\nprice_cents = 450\npoint_of_sale = \"Bar\"\ntax_rate = \"{rate}\"\n"
+            )
+        };
+        std::fs::write(&path, product("reduced")).unwrap();
+        let products = read_catalog(&path, &example_taxes()).unwrap();
+        assert_eq!(
+            products[0].product.tax_rate.as_ref().map(|r| r.as_str()),
+            Some("reduced")
+        );
+        std::fs::write(&path, product("luxury")).unwrap();
+        let err = format!("{:#}", read_catalog(&path, &example_taxes()).unwrap_err());
+        assert!(
+            err.contains("\"beer\"") && err.contains("tax_rate luxury") && err.contains("standard"),
+            "{err}"
+        );
+        std::fs::write(&path, product("Reduced")).unwrap();
+        let err = format!("{:#}", read_catalog(&path, &example_taxes()).unwrap_err());
+        assert!(err.contains("tax_rate") && err.contains("Reduced"), "{err}");
     }
 }

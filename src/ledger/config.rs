@@ -4,9 +4,12 @@
 
 pub use crate::config_error::ConfigError;
 use crate::config_error::value_err;
-use crate::domain::Cents;
+use crate::domain::{
+    Cents, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates, TaxRatesError,
+};
 use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +76,16 @@ struct RawConfig {
     stripe: RawStripe,
     #[serde(default)]
     postgres: RawPostgres,
+    #[serde(default)]
+    taxes: RawTaxes,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTaxes {
+    default_rate: Option<String>,
+    // Signed, so that a negative rate gets the range message rather than a type error.
+    rates_basis_points: Option<BTreeMap<String, i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +201,8 @@ pub struct LedgerConfig {
     pub max_connections: usize,
     /// The PostgreSQL backend's pool and timeouts.
     pub postgres: PostgresSettings,
+    /// The VAT rates (`[taxes]`): every sale is split by its product's rate.
+    pub taxes: TaxRates,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -209,6 +224,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("body_read_timeout_ms", &self.body_read_timeout_ms)
             .field("max_connections", &self.max_connections)
             .field("postgres", &self.postgres)
+            .field("taxes", &self.taxes)
             .finish()
     }
 }
@@ -380,6 +396,7 @@ impl LedgerConfig {
             "connections",
         )?;
         let postgres = postgres_settings(f, &raw.postgres)?;
+        let taxes = tax_rates(f, &raw.taxes)?;
 
         Ok(LedgerConfig {
             listen,
@@ -395,8 +412,65 @@ impl LedgerConfig {
             body_read_timeout_ms,
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             postgres,
+            taxes,
         })
     }
+}
+
+/// Checks `[taxes]`: without it, one rate `none` at 0 %. With rates, `default_rate` names one
+/// of them (it may be left out when there is only one).
+fn tax_rates(f: &str, raw: &RawTaxes) -> Result<TaxRates, ConfigError> {
+    let Some(raw_rates) = &raw.rates_basis_points else {
+        if raw.default_rate.is_some() {
+            return Err(value_err(
+                f,
+                "[taxes] rates_basis_points",
+                "the rates by name, e.g. { standard = 1900, reduced = 700, none = 0 }, when default_rate is set",
+            ));
+        }
+        return Ok(TaxRates::untaxed());
+    };
+    let mut rates = BTreeMap::new();
+    for (name, &bp) in raw_rates {
+        let key = format!("[taxes] rates_basis_points.{name}");
+        let parsed = TaxRateName::parse(name).map_err(|e| value_err(f, &key, e.to_string()))?;
+        let bp = whole_in(
+            f,
+            &key,
+            Some(bp),
+            0,
+            0..=u64::from(TAX_RATE_BASIS_POINTS_MAX),
+            "basis points (1900 is 19 %)",
+        )?;
+        rates.insert(parsed, u32::try_from(bp).unwrap_or(u32::MAX));
+    }
+    if rates.is_empty() || rates.len() > TAX_RATES_MAX {
+        let e = TaxRatesError::Count(rates.len());
+        return Err(value_err(f, "[taxes] rates_basis_points", e.to_string()));
+    }
+    let default = match (&raw.default_rate, rates.len()) {
+        (Some(name), _) => TaxRateName::parse(name)
+            .map_err(|e| value_err(f, "[taxes] default_rate", e.to_string()))?,
+        (None, 1) => rates
+            .keys()
+            .next()
+            .cloned()
+            .ok_or_else(|| value_err(f, "[taxes] rates_basis_points", "at least one rate"))?,
+        (None, _) => {
+            return Err(value_err(
+                f,
+                "[taxes] default_rate",
+                "the name of the rate a product without tax_rate gets, one of rates_basis_points",
+            ));
+        }
+    };
+    TaxRates::new(rates, default).map_err(|e| {
+        let key = match e {
+            TaxRatesError::UnknownDefault(_) => "[taxes] default_rate",
+            _ => "[taxes] rates_basis_points",
+        };
+        value_err(f, key, e.to_string())
+    })
 }
 
 /// Checks `[postgres]`, each key against its range.
@@ -520,6 +594,21 @@ mod tests {
     }
 
     #[test]
+    fn taxes_default_to_one_untaxed_rate_and_read_the_example() {
+        let none = LedgerConfig::load(None, &Overrides::default()).unwrap();
+        assert_eq!(none.taxes, TaxRates::untaxed());
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ledger.example.toml");
+        let taxes = LedgerConfig::load(Some(&example), &Overrides::default())
+            .unwrap()
+            .taxes;
+        let rate = |name: Option<&str>| taxes.resolve(name).map(|r| r.basis_points);
+        assert_eq!(rate(None), Some(1900));
+        assert_eq!(rate(Some("reduced")), Some(700));
+        assert_eq!(rate(Some("none")), Some(0));
+        assert_eq!(rate(Some("luxury")), None);
+    }
+
+    #[test]
     fn errors_name_the_file_key_and_expectation() {
         let cases = [
             (
@@ -530,6 +619,35 @@ mod tests {
                 "[limits]\nrecharge_max_cents = \"x\"\n",
                 "recharge_max_cents",
             ),
+            (
+                "[taxes]\nrates_basis_points = { standard = 10001 }\n",
+                "[taxes] rates_basis_points.standard: basis points (1900 is 19 %) between 0 and 10000, got 10001",
+            ),
+            (
+                "[taxes]\nrates_basis_points = { standard = -1 }\n",
+                "[taxes] rates_basis_points.standard: basis points",
+            ),
+            (
+                "[taxes]\nrates_basis_points = { Standard = 1900 }\n",
+                "[taxes] rates_basis_points.Standard: a tax rate name is 1 to 32 characters",
+            ),
+            (
+                "[taxes]\nrates_basis_points = { standard = 1900, reduced = 700 }\n",
+                "[taxes] default_rate: the name of the rate a product without tax_rate gets",
+            ),
+            (
+                "[taxes]\nrates_basis_points = { standard = 1900 }\ndefault_rate = \"reduced\"\n",
+                "[taxes] default_rate: default_rate reduced is not one of the rates",
+            ),
+            (
+                "[taxes]\nrates_basis_points = {}\n",
+                "[taxes] rates_basis_points: between 1 and 16 rates, got 0",
+            ),
+            (
+                "[taxes]\ndefault_rate = \"standard\"\n",
+                "[taxes] rates_basis_points: the rates by name",
+            ),
+            ("[taxes]\nrate = 19\n", "rate"),
             (
                 "[server]\nlisten = \"nowhere\"\n",
                 "[server] listen: an address",

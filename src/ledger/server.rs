@@ -57,6 +57,24 @@ pub enum Announce {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
+/// Refuses to serve when a product names a VAT rate the configuration lacks: every order of
+/// it, and the catalog of its point of sale, would fail.
+async fn check_tax_rates<S: LedgerStore>(config: &LedgerConfig, store: &S) -> anyhow::Result<()> {
+    let missing: Vec<String> = store
+        .product_tax_rates()
+        .await?
+        .into_iter()
+        .filter(|rate| config.taxes.resolve(Some(rate)).is_none())
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "products name the tax rate(s) {}, which the configuration's [taxes] rates_basis_points lacks: add them back, or import those products again with another tax_rate",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve<S: LedgerStore>(
     config: &LedgerConfig,
     store: S,
@@ -64,6 +82,7 @@ pub async fn serve<S: LedgerStore>(
     announce: Announce,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    check_tax_rates(config, &store).await?;
     let addr = listener.local_addr()?;
     if announce == Announce::Stdout {
         let mut out = std::io::stdout().lock();

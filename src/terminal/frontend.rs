@@ -45,8 +45,8 @@ pub struct TerminalInfo {
     pub point_of_sale: String,
     /// Bar or checkpoint.
     pub kind: TerminalKind,
-    /// The menu: product id, name, price.
-    pub menu: Vec<(String, String, Cents)>,
+    /// The menu: product id, name, price, VAT rate in basis points (when the ledger said).
+    pub menu: Vec<(String, String, Cents, Option<u32>)>,
     /// Who may log in: staff id, name.
     pub staff: Vec<(String, String)>,
 }

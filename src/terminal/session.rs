@@ -229,7 +229,10 @@ impl Session {
                 catalog
                     .products
                     .into_iter()
-                    .map(|p| (p.product_id.as_str().to_owned(), p.name, p.price_cents))
+                    .map(|p| {
+                        let id = p.product_id.as_str().to_owned();
+                        (id, p.name, p.price_cents, p.tax_rate_basis_points)
+                    })
                     .collect(),
             ),
             Ok(None) => (String::new(), Vec::new()),

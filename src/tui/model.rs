@@ -66,8 +66,11 @@ pub struct MenuItem {
     pub product_id: String,
     /// Its name.
     pub name: String,
-    /// Its price.
+    /// Its price, VAT included.
     pub price: Cents,
+    /// Its VAT rate in basis points, shown next to the price (`None`: the ledger did not
+    /// say).
+    pub tax_rate_basis_points: Option<u32>,
 }
 
 /// A staff member who may log in here.
@@ -291,10 +294,11 @@ impl Model {
         let menu: Vec<MenuItem> = info
             .menu
             .iter()
-            .map(|(id, name, price)| MenuItem {
+            .map(|(id, name, price, rate)| MenuItem {
                 product_id: id.clone(),
                 name: name.clone(),
                 price: *price,
+                tax_rate_basis_points: *rate,
             })
             .collect();
         if menu != self.menu {
@@ -893,11 +897,13 @@ mod tests {
                     product_id: "beer-05".into(),
                     name: "Beer 0.5 l".into(),
                     price: Cents::new(450),
+                    tax_rate_basis_points: Some(1900),
                 },
                 MenuItem {
                     product_id: "water".into(),
                     name: "Water".into(),
                     price: Cents::new(200),
+                    tax_rate_basis_points: Some(700),
                 },
             ],
             vec![StaffItem {

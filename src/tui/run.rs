@@ -353,6 +353,7 @@ mod tests {
                 product_id: "beer-05".into(),
                 name: "Beer".into(),
                 price: Cents::new(450),
+                tax_rate_basis_points: Some(1900),
             }],
             vec![StaffItem {
                 staff_id: "s-1".into(),

@@ -25,6 +25,16 @@ pub fn money(c: Cents) -> String {
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
+/// A VAT rate as the menu shows it: `19%`, `7%`, `5.5%`, `0%` (basis points: 1900 is 19 %).
+pub fn percent(basis_points: u32) -> String {
+    let (whole, hundredths) = (basis_points / 100, basis_points % 100);
+    match hundredths {
+        0 => format!("{whole}%"),
+        h if h % 10 == 0 => format!("{whole}.{}%", h / 10),
+        h => format!("{whole}.{h:02}%"),
+    }
+}
+
 /// Draws the whole screen; `clock` is the time shown in the status bar (`HH:MM`).
 pub fn draw(frame: &mut Frame<'_>, model: &Model, clock: &str) {
     let area = frame.area();
@@ -254,7 +264,14 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                     } else {
                         " ".into()
                     };
-                    let text = format!("{key}  {:<18} {:>8}", item.name, money(item.price));
+                    // The VAT rate next to the price, so that staff can answer "how much
+                    // of that is tax?" (nothing when the ledger did not say).
+                    let rate = item.tax_rate_basis_points.map(percent).unwrap_or_default();
+                    let text = format!(
+                        "{key}  {:<18} {:>8} {rate:>6}",
+                        item.name,
+                        money(item.price)
+                    );
                     if i == *cursor {
                         Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
                     } else {
@@ -566,6 +583,16 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_are_shown_as_percentages() {
+        assert_eq!(percent(1900), "19%");
+        assert_eq!(percent(700), "7%");
+        assert_eq!(percent(550), "5.5%");
+        assert_eq!(percent(1025), "10.25%");
+        assert_eq!(percent(0), "0%");
+        assert_eq!(percent(10_000), "100%");
+    }
 
     #[test]
     fn money_is_shown_with_two_decimals() {

@@ -48,8 +48,15 @@
 //! tombstone (a `voids` row with status `tombstoned` and no card), which refuses the target
 //! if it ever arrives from this terminal.
 //!
-//! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −total and
-//! `revenue:<point of sale>` +total; a top-up `card:<UID>` +amount and `cash:<point of
+//! **VAT.** Each order line is sold at its product's rate (the product's `tax_rate`, else
+//! the configuration's default; a product not on sale here, in an offline order, at the
+//! default): its gross (quantity × unit price) is split into net and tax by
+//! `domain::split_gross` (per line, half away from zero), and the line records rate, net
+//! and tax. A product naming a rate the configuration lacks is a `FlowError`.
+//!
+//! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −total and,
+//! per rate in byte order of its name, `revenue:<point of sale>:<rate>` +net and
+//! `vat:<rate>` +tax (amounts of zero are not posted); a top-up `card:<UID>` +amount and `cash:<point of
 //! sale>` or `card_payments:<point of sale>` −amount; a void the target's postings reversed;
 //! Stripe credits and refunds post against `stripe_clearing`. Every transaction's postings
 //! sum to zero.
@@ -57,7 +64,10 @@
 pub mod ops;
 pub mod stripe;
 
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::domain::{
+    CardUid, Cents, ClientRequestId, ProductId, StaffId, TaxRate, TaxRateName, TaxRates,
+    TerminalSeq,
+};
 use crate::ledger::caller::{StaffMember, Terminal};
 use crate::ledger::outcome::{Outcome, StoredAnswer};
 use crate::ledger::rules::{CardState, Limits};
@@ -76,9 +86,14 @@ pub fn card_account(uid: &CardUid) -> String {
     format!("card:{uid}")
 }
 
-/// The account an order's money goes to.
-pub fn revenue_account(point_of_sale: &str) -> String {
-    format!("revenue:{point_of_sale}")
+/// The account an order's net amount at one VAT rate goes to.
+pub fn revenue_account(point_of_sale: &str, rate: &TaxRateName) -> String {
+    format!("revenue:{point_of_sale}:{rate}")
+}
+
+/// The account the VAT of one rate is owed from.
+pub fn vat_account(rate: &TaxRateName) -> String {
+    format!("vat:{rate}")
 }
 
 /// The account a top-up's money comes from.
@@ -135,6 +150,17 @@ pub struct Target {
     pub card_uid: CardUid,
     /// Its total or amount.
     pub amount: Cents,
+    /// Its postings, in the order they were written: a void posts each reversed.
+    pub postings: Vec<(String, Cents)>,
+}
+
+/// What an order reads of a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// Its price now.
+    pub price: Cents,
+    /// Its VAT rate's name; `None`: the configuration's default.
+    pub tax_rate: Option<String>,
 }
 
 /// What the key of a void's target names.
@@ -162,12 +188,13 @@ pub trait Reads {
     fn staff(&self, id: &StaffId) -> Result<Option<StaffMember>, Self::Error>;
     /// A card.
     fn card(&self, uid: &CardUid) -> Result<Option<CardState>, Self::Error>;
-    /// The price of an active product at a point of sale.
-    fn catalog_price(
+    /// An active product at a point of sale: its price and its rate's name (`None`: the
+    /// default rate).
+    fn catalog_product(
         &self,
         point_of_sale: &str,
         product: &ProductId,
-    ) -> Result<Option<Cents>, Self::Error>;
+    ) -> Result<Option<CatalogEntry>, Self::Error>;
     /// What a void's target key names.
     fn void_target(&self, crid: &ClientRequestId) -> Result<VoidTarget, Self::Error>;
 }
@@ -185,6 +212,8 @@ pub struct Context<'a> {
     pub limits: Limits,
     /// How long a decline's key is kept.
     pub retention_days: i64,
+    /// The VAT rates.
+    pub taxes: &'a TaxRates,
 }
 
 /// A new transaction id. Time-ordered (UUIDv7), so the indexes on transaction ids grow at
@@ -249,8 +278,14 @@ pub struct OrderLine {
     /// The catalog price when the terminal charged another one (`None`: the same, or the
     /// product is not on sale here).
     pub catalog_price_differs: Option<Cents>,
-    /// Quantity times unit price.
+    /// Quantity times unit price: the line's gross amount.
     pub line_total: Cents,
+    /// The VAT rate it was sold at.
+    pub tax_rate: TaxRate,
+    /// `line_total` without its tax.
+    pub net: Cents,
+    /// The tax in `line_total`.
+    pub tax: Cents,
 }
 
 /// The operation's own rows.

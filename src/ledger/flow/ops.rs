@@ -2,11 +2,11 @@
 //! checks in the contract's order, then the plan of writes (see the module above).
 
 use super::{
-    Balances, CardWrite, Context, FlowError, KeyRecord, LogEntry, OrderLine, Plan, Reads, Row,
-    StoredKey, Target, TargetKind, VoidTarget, Writes, card_account, funding_account,
-    new_transaction_id, revenue_account,
+    Balances, CardWrite, CatalogEntry, Context, FlowError, KeyRecord, LogEntry, OrderLine, Plan,
+    Reads, Row, StoredKey, Target, TargetKind, VoidTarget, Writes, card_account, funding_account,
+    new_transaction_id, revenue_account, vat_account,
 };
-use crate::domain::{CardUid, Cents, ProductId};
+use crate::domain::{CardUid, Cents, ProductId, TaxRateName, split_gross};
 use crate::ledger::outcome::{self, Answer, Outcome};
 use crate::ledger::rules::{self, Action, BalanceChange, KeyCheck};
 use crate::protocol::api::{
@@ -16,7 +16,7 @@ use crate::protocol::api::{
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The fingerprint of a request for its idempotency key: the terminal and the canonical JSON
 /// of the parsed request. An [`Operation`] serializes with its `type` first, so it never
@@ -203,13 +203,13 @@ fn order<'a, R: Reads>(
 ) -> Result<Decided<'a>, R::Error> {
     let card = reads.card(&r.card_uid)?;
     let pos = &ctx.terminal.point_of_sale;
-    let mut prices: HashMap<&ProductId, Cents> = HashMap::new();
+    let mut catalog: HashMap<&ProductId, CatalogEntry> = HashMap::new();
     for item in &r.items {
-        if let Some(p) = reads.catalog_price(pos, &item.product_id)? {
-            prices.insert(&item.product_id, p);
+        if let Some(entry) = reads.catalog_product(pos, &item.product_id)? {
+            catalog.insert(&item.product_id, entry);
         }
     }
-    let change = match rules::decide_order(r, card, |p| prices.get(p).copied()) {
+    let change = match rules::decide_order(r, card, |p| catalog.get(p).map(|e| e.price)) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
@@ -218,23 +218,37 @@ fn order<'a, R: Reads>(
         .items
         .iter()
         .map(|item| {
-            let catalog = prices.get(&item.product_id).copied();
+            let entry = catalog.get(&item.product_id);
+            let rate_name = entry.and_then(|e| e.tax_rate.as_deref());
+            let tax_rate = ctx.taxes.resolve(rate_name).ok_or_else(|| {
+                FlowError::new(format!(
+                    "product {} names tax rate {:?}, which [taxes] lacks",
+                    item.product_id,
+                    rate_name.unwrap_or_default()
+                ))
+            })?;
+            let line_total = item
+                .unit_price_cents
+                .checked_mul(item.quantity)
+                .map_err(FlowError::new)?;
+            let split = split_gross(line_total, tax_rate.basis_points);
             Ok(OrderLine {
-                catalog_price_differs: catalog.filter(|c| *c != item.unit_price_cents),
-                line_total: item
-                    .unit_price_cents
-                    .checked_mul(item.quantity)
-                    .map_err(FlowError::new)?,
+                catalog_price_differs: entry
+                    .map(|e| e.price)
+                    .filter(|c| *c != item.unit_price_cents),
+                line_total,
+                tax_rate,
+                net: split.net,
+                tax: split.tax,
             })
         })
         .collect::<Result<Vec<_>, FlowError>>()?;
+    let mut postings = vec![(card_account(&r.card_uid), neg(r.total_cents)?)];
+    postings.extend(order_postings(pos, &lines)?);
     Ok(Ok(Applied {
         transaction_id,
         card: card_write(&r.card_uid, &change),
-        postings: vec![
-            (card_account(&r.card_uid), neg(r.total_cents)?),
-            (revenue_account(pos), r.total_cents),
-        ],
+        postings,
         card_uid: Some(r.card_uid.clone()),
         amount: Some(r.total_cents),
         outcome: "approved",
@@ -252,6 +266,32 @@ fn order<'a, R: Reads>(
             lines,
         },
     }))
+}
+
+/// An order's postings besides the card's: per VAT rate, in byte order of its name, the net
+/// to `revenue:<point of sale>:<rate>` and the tax to `vat:<rate>`, amounts of zero left out.
+pub fn order_postings(
+    point_of_sale: &str,
+    lines: &[OrderLine],
+) -> Result<Vec<(String, Cents)>, FlowError> {
+    let mut by_rate: BTreeMap<&TaxRateName, (Cents, Cents)> = BTreeMap::new();
+    for line in lines {
+        let sums = by_rate
+            .entry(&line.tax_rate.name)
+            .or_insert((Cents::ZERO, Cents::ZERO));
+        sums.0 = sums.0.checked_add(line.net).map_err(FlowError::new)?;
+        sums.1 = sums.1.checked_add(line.tax).map_err(FlowError::new)?;
+    }
+    let mut postings = Vec::new();
+    for (rate, (net, tax)) in by_rate {
+        if net != Cents::ZERO {
+            postings.push((revenue_account(point_of_sale, rate), net));
+        }
+        if tax != Cents::ZERO {
+            postings.push((vat_account(rate), tax));
+        }
+    }
+    Ok(postings)
 }
 
 fn recharge<'a>(
@@ -299,12 +339,18 @@ fn invalid_target(message: &str) -> ApiError {
 }
 
 /// What goes back to the card when `t` is reversed (+ for an order, − for a top-up), and
-/// the account on the other side.
-fn reversal_of(t: &Target) -> Result<(Cents, String), FlowError> {
-    Ok(match t.kind {
-        TargetKind::Order => (t.amount, revenue_account(&t.point_of_sale)),
-        TargetKind::Recharge(method) => (neg(t.amount)?, funding_account(method, &t.point_of_sale)),
-    })
+/// its postings reversed, in their order.
+fn reversal_of(t: &Target) -> Result<(Cents, Vec<(String, Cents)>), FlowError> {
+    let delta = match t.kind {
+        TargetKind::Order => t.amount,
+        TargetKind::Recharge(_) => neg(t.amount)?,
+    };
+    let postings = t
+        .postings
+        .iter()
+        .map(|(account, amount)| Ok((account.clone(), neg(*amount)?)))
+        .collect::<Result<Vec<_>, FlowError>>()?;
+    Ok((delta, postings))
 }
 
 fn void<'a, R: Reads>(
@@ -336,7 +382,7 @@ fn void<'a, R: Reads>(
     let transaction_id = new_transaction_id();
     let (status, card, postings, reversal, row_target, change) = match &target {
         Some(t) => {
-            let (delta, other_account) = reversal_of(t)?;
+            let (delta, reversed) = reversal_of(t)?;
             let card = reads.card(&t.card_uid)?.ok_or_else(|| {
                 FlowError::new(format!("card {} of an operation is missing", t.card_uid))
             })?;
@@ -347,10 +393,7 @@ fn void<'a, R: Reads>(
             (
                 "voided",
                 card_write(&t.card_uid, &change),
-                vec![
-                    (card_account(&t.card_uid), delta),
-                    (other_account, neg(delta)?),
-                ],
+                reversed,
                 Some((t.card_uid.clone(), delta, balances(&change))),
                 Some((t.kind, t.transaction_id)),
                 Some(change),

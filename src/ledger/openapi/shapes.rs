@@ -68,6 +68,14 @@ pub(super) struct Product {
     /// The grouping on the screen; null when the product has none.
     #[schema(required = true, example = "drinks")]
     category: Option<String>,
+    /// The VAT rate it is sold at: a name of the ledger's `[taxes]` (the product's own, or
+    /// the default rate). Prices are gross: each order line's gross is split into net and
+    /// tax at this rate.
+    #[schema(example = "standard", pattern = "^[a-z0-9_-]{1,32}$")]
+    tax_rate: String,
+    /// That rate in basis points of the net amount (1900: 19 %).
+    #[schema(minimum = 0, maximum = 10_000, example = 1900)]
+    tax_rate_basis_points: u32,
 }
 
 /// The products on sale at the calling terminal's point of sale (`GET /v1/catalog`).
@@ -75,7 +83,8 @@ pub(super) struct Product {
 #[derive(ToSchema)]
 #[schema(examples(json!({
     "point_of_sale": "Main Bar", "currency": "EUR",
-    "products": [{"product_id": "beer-05", "name": "Beer 0.5 l", "price_cents": 450, "category": "drinks"}]
+    "products": [{"product_id": "beer-05", "name": "Beer 0.5 l", "price_cents": 450, "category": "drinks",
+                  "tax_rate": "standard", "tax_rate_basis_points": 1900}]
 })))]
 pub(super) struct Catalog {
     /// The terminal's point of sale.

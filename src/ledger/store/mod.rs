@@ -16,7 +16,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::ledger::caller::Terminal;
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
@@ -137,6 +137,49 @@ pub struct Product {
     pub price_cents: Cents,
     /// Grouping on the screen.
     pub category: Option<String>,
+    /// Its VAT rate's name; `None`: the configuration's `default_rate`.
+    pub tax_rate: Option<TaxRateName>,
+}
+
+/// A product as the catalog feed shows it, its VAT rate resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CatalogProduct {
+    /// Id.
+    pub product_id: ProductId,
+    /// Name on the screen.
+    pub name: String,
+    /// Price, VAT included.
+    pub price_cents: Cents,
+    /// Grouping on the screen.
+    pub category: Option<String>,
+    /// The VAT rate it is sold at.
+    pub tax_rate: TaxRateName,
+    /// That rate in basis points (1900: 19 %).
+    pub tax_rate_basis_points: u32,
+}
+
+impl CatalogProduct {
+    /// `product` with its rate resolved in `taxes`; an error when it names a rate `taxes`
+    /// lacks (the configuration lost a rate its products still name).
+    pub fn resolve(product: Product, taxes: &TaxRates) -> Result<CatalogProduct, StoreError> {
+        let rate = taxes
+            .resolve(product.tax_rate.as_ref().map(TaxRateName::as_str))
+            .ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "product {} names tax rate {}, which [taxes] lacks",
+                    product.product_id,
+                    product.tax_rate.as_ref().map_or("", TaxRateName::as_str)
+                ))
+            })?;
+        Ok(CatalogProduct {
+            product_id: product.product_id,
+            name: product.name,
+            price_cents: product.price_cents,
+            category: product.category,
+            tax_rate: rate.name,
+            tax_rate_basis_points: rate.basis_points,
+        })
+    }
 }
 
 /// A staff member as the staff feed shows it.
@@ -196,6 +239,16 @@ pub struct ProductUpsert {
     pub point_of_sale: String,
     /// The product.
     pub product: Product,
+}
+
+/// The audit-log details of a product's creation or change (both backends).
+pub fn product_log_details(p: &ProductUpsert) -> serde_json::Value {
+    serde_json::json!({
+        "point_of_sale": p.point_of_sale,
+        "product_id": p.product.product_id.as_str(),
+        "price_cents": p.product.price_cents.get(),
+        "tax_rate": p.product.tax_rate.as_ref().map(TaxRateName::as_str),
+    })
 }
 
 /// What `audit` found.
@@ -295,11 +348,11 @@ pub trait FeedStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<CardFeedPage, StoreError>> + Send;
 
-    /// Active products at a point of sale.
+    /// Active products at a point of sale, their VAT rates resolved.
     fn catalog(
         &self,
         point_of_sale: String,
-    ) -> impl Future<Output = Result<Vec<Product>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<CatalogProduct>, StoreError>> + Send;
 
     /// All staff, for offline login.
     fn staff(&self) -> impl Future<Output = Result<Vec<StaffRecord>, StoreError>> + Send;
@@ -332,6 +385,10 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         &self,
         products: Vec<ProductUpsert>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The VAT rates products name (each once, in byte order), active or not: each must be
+    /// in the configuration's `[taxes]`.
+    fn product_tax_rates(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Blocks a card as lost (`true`) or lifts that block (`false`).
     fn set_card_lost(
@@ -390,7 +447,7 @@ pub trait LedgerStore: OperationStore + FeedStore + AdminStore + ReportStore + S
 impl<T: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore> LedgerStore for T {}
 
 /// What opening a store needs besides the database's name.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Top-up limits.
     pub limits: Limits,
@@ -398,6 +455,8 @@ pub struct StoreOptions {
     pub retention_days: i64,
     /// The PostgreSQL pool's limits and timeouts (unused by SQLite).
     pub postgres: PostgresSettings,
+    /// The VAT rates an order's lines are split by.
+    pub taxes: TaxRates,
 }
 
 /// A database that cannot be opened.
@@ -441,6 +500,7 @@ impl Store {
                 path: path.clone(),
                 limits: options.limits,
                 retention_days: options.retention_days,
+                taxes: options.taxes,
             })
             .map(Store::Sqlite)
             .map_err(|source| OpenError::Failed {
@@ -475,7 +535,7 @@ delegate!(OperationStore {
 delegate!(FeedStore {
     card(uid: CardUid) -> Option<CardView>;
     card_feed(since_version: i64, limit: u32) -> CardFeedPage;
-    catalog(point_of_sale: String) -> Vec<Product>;
+    catalog(point_of_sale: String) -> Vec<CatalogProduct>;
     staff() -> Vec<StaffRecord>;
     record_scans(terminal: Terminal, scans: Vec<Scan>) -> ScanReceipt;
 });
@@ -485,6 +545,7 @@ delegate!(AdminStore {
     add_terminal(t: NewTerminal) -> Uuid;
     add_staff(s: NewStaff) -> ();
     upsert_products(products: Vec<ProductUpsert>) -> ();
+    product_tax_rates() -> Vec<String>;
     set_card_lost(uid: CardUid, lost: bool) -> ();
     purge_expired_keys() -> u64;
     ping() -> ();

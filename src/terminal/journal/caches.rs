@@ -39,6 +39,12 @@ pub struct CatalogProduct {
     /// Grouping on the screen.
     #[serde(default)]
     pub category: Option<String>,
+    /// The VAT rate it is sold at (absent from a catalog cached from a ledger before VAT).
+    #[serde(default)]
+    pub tax_rate: Option<String>,
+    /// That rate in basis points (1900: 19 %).
+    #[serde(default)]
+    pub tax_rate_basis_points: Option<u32>,
 }
 
 /// The catalog of this terminal's point of sale; deserializes from `GET /v1/catalog`.
@@ -85,8 +91,9 @@ impl Journal {
             .execute([])?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO catalog_cache (product_id, position, name, price_cents, category)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO catalog_cache (product_id, position, name, price_cents, category,
+                                            tax_rate, tax_rate_basis_points)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (position, p) in catalog.products.iter().enumerate() {
                 insert.execute(params![
@@ -95,6 +102,8 @@ impl Journal {
                     p.name,
                     p.price_cents.get(),
                     p.category,
+                    p.tax_rate,
+                    p.tax_rate_basis_points,
                 ])?;
             }
         }
@@ -120,8 +129,8 @@ impl Journal {
         let point_of_sale = get_meta(&self.conn, META_CATALOG_POINT_OF_SALE)?.unwrap_or_default();
         let currency = get_meta(&self.conn, META_CATALOG_CURRENCY)?.unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT product_id, name, price_cents, category FROM catalog_cache
-             ORDER BY position LIMIT ?1",
+            "SELECT product_id, name, price_cents, category, tax_rate, tax_rate_basis_points
+               FROM catalog_cache ORDER BY position LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(CATALOG_PRODUCTS_MAX)])?;
         let mut products = Vec::new();
@@ -133,6 +142,8 @@ impl Journal {
                 name: row.get(1)?,
                 price_cents: Cents::new(row.get(2)?),
                 category: row.get(3)?,
+                tax_rate: row.get(4)?,
+                tax_rate_basis_points: row.get(5)?,
             });
         }
         let catalog = Catalog {

@@ -92,7 +92,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/terminal/0001_journal.sql"),
     include_str!("../../../migrations/terminal/0002_declines_and_limits.sql"),
     include_str!("../../../migrations/terminal/0003_shift_closeouts.sql"),
+    include_str!("../../../migrations/terminal/0004_catalog_tax_rates.sql"),
 ];
+
+/// The schema version this program writes: `PRAGMA user_version` once every migration is
+/// applied.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 // The keys of `replica_meta`, in one list so that no two parts of the journal take the same.
 const META_FEED_CURSOR: &str = "feed_cursor";

@@ -8,10 +8,12 @@
 //! (`format_time` keeps milliseconds).
 
 use super::{PgStore, classify};
-use crate::domain::{CardUid, Cents};
+use crate::domain::{CardUid, Cents, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
-use crate::ledger::store::{AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError};
+use crate::ledger::store::{
+    AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
+};
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use deadpool_postgres::GenericClient;
 use serde_json::json;
@@ -192,16 +194,29 @@ impl AdminStore for PgStore {
         tx.commit().await.map_err(classify)
     }
 
+    async fn product_tax_rates(&self) -> Result<Vec<String>, StoreError> {
+        self.rows(
+            "SELECT tax_rate FROM products WHERE tax_rate IS NOT NULL
+             GROUP BY tax_rate ORDER BY tax_rate COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0).map_err(classify))
+        .collect()
+    }
+
     async fn upsert_products(&self, products: Vec<ProductUpsert>) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()))
+                "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at, tax_rate)
+                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6)
                  ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                      name = excluded.name, price_cents = excluded.price_cents,
-                     category = excluded.category, active = true, updated_at = excluded.updated_at",
+                     category = excluded.category, active = true, updated_at = excluded.updated_at,
+                     tax_rate = excluded.tax_rate",
             )
             .await
             .map_err(classify)?;
@@ -214,17 +229,12 @@ impl AdminStore for PgStore {
                     &p.product.name,
                     &p.product.price_cents.get(),
                     &p.product.category,
+                    &p.product.tax_rate.as_ref().map(TaxRateName::as_str),
                 ],
             )
             .await
             .map_err(classify)?;
-            log_admin(
-                &tx,
-                "product_upsert",
-                None,
-                json!({ "point_of_sale": p.point_of_sale, "product_id": p.product.product_id.as_str(), "price_cents": p.product.price_cents.get() }),
-            )
-            .await?;
+            log_admin(&tx, "product_upsert", None, product_log_details(p)).await?;
         }
         tx.commit().await.map_err(classify)
     }

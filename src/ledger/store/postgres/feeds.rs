@@ -8,10 +8,11 @@
 
 use super::admin::{internal, parse_stored};
 use super::{PgStore, classify};
-use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::store::{
-    CardFeedPage, CardView, FeedStore, Product, ScanReceipt, StaffRecord, StoreError,
+    CardFeedPage, CardView, CatalogProduct, FeedStore, Product, ScanReceipt, StaffRecord,
+    StoreError,
 };
 use crate::protocol::api::{Scan, StaffRole, format_time};
 use chrono::{DateTime, Utc};
@@ -64,9 +65,9 @@ impl FeedStore for PgStore {
         })
     }
 
-    async fn catalog(&self, point_of_sale: String) -> Result<Vec<Product>, StoreError> {
+    async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
         self.rows(
-            "SELECT product_id, name, price_cents, category FROM products
+            "SELECT product_id, name, price_cents, category, tax_rate FROM products
              WHERE point_of_sale = $1 AND active
              ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
             &[&point_of_sale],
@@ -75,12 +76,18 @@ impl FeedStore for PgStore {
         .iter()
         .map(|row| {
             let id: String = row.try_get(0).map_err(classify)?;
-            Ok(Product {
+            let tax_rate: Option<String> = row.try_get(4).map_err(classify)?;
+            let product = Product {
                 product_id: ProductId::parse(&id).map_err(internal)?,
                 name: row.try_get(1).map_err(classify)?,
                 price_cents: Cents::new(row.try_get(2).map_err(classify)?),
                 category: row.try_get(3).map_err(classify)?,
-            })
+                tax_rate: tax_rate
+                    .map(|t| TaxRateName::parse(&t))
+                    .transpose()
+                    .map_err(internal)?,
+            };
+            CatalogProduct::resolve(product, &self.options.taxes)
         })
         .collect()
     }

@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_lean_operations.sql",
         sql: include_str!("../../../../migrations/postgres/0008_lean_operations.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_vat.sql",
+        sql: include_str!("../../../../migrations/postgres/0009_vat.sql"),
+    },
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -26,7 +26,7 @@ const CALL: &str = "ROW($1, $2, $3, $4, $5, $6, $7)::ledger_call";
 fn order_sql() -> String {
     format!(
         "SELECT o_status, o_body, o_replayed FROM sp_process_bar_order({CALL}, \
-         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     )
 }
 
@@ -127,6 +127,19 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
                         .map(|i| i.unit_price_cents.get())
                         .collect::<Vec<i64>>(),
                 )
+                .arg(
+                    ctx.taxes
+                        .iter()
+                        .map(|t| t.name.to_string())
+                        .collect::<Vec<String>>(),
+                )
+                .arg(
+                    ctx.taxes
+                        .iter()
+                        .map(|t| i32::try_from(t.basis_points).unwrap_or(i32::MAX))
+                        .collect::<Vec<i32>>(),
+                )
+                .arg(ctx.taxes.default_rate().to_string())
         }
         Operation::Recharge(r) => Call::new("recharge", recharge_sql(), ctx, hash, expires)
             .arg(r.client_request_id.as_uuid())
@@ -210,13 +223,14 @@ async fn prepare(
 }
 
 impl PgStore {
-    fn context<'a>(&self, terminal: &'a Terminal, request_id: &'a str) -> Context<'a> {
+    fn context<'a>(&'a self, terminal: &'a Terminal, request_id: &'a str) -> Context<'a> {
         Context {
             terminal,
             request_id,
             now: millis(Utc::now()),
             limits: self.options.limits,
             retention_days: self.options.retention_days,
+            taxes: &self.options.taxes,
         }
     }
 }

@@ -2,10 +2,12 @@
 //! the purge of expired keys, and the health check.
 
 use super::{SqliteStore, TerminalKey, load_card, write_card};
-use crate::domain::CardUid;
+use crate::domain::{CardUid, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules;
-use crate::ledger::store::{AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError};
+use crate::ledger::store::{
+    AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
+};
 use crate::protocol::api::format_time;
 use chrono::Utc;
 use rusqlite::{Connection, params};
@@ -74,16 +76,30 @@ impl AdminStore for SqliteStore {
         .await
     }
 
+    async fn product_tax_rates(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT DISTINCT tax_rate FROM products WHERE tax_rate IS NOT NULL
+                     ORDER BY tax_rate",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
     async fn upsert_products(&self, products: Vec<ProductUpsert>) -> Result<(), StoreError> {
         self.write(move |conn| {
             let now = format_time(Utc::now());
             for p in &products {
                 conn.prepare_cached(
-                    "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                    "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at, tax_rate)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7)
                      ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                          name = excluded.name, price_cents = excluded.price_cents,
-                         category = excluded.category, active = 1, updated_at = excluded.updated_at",
+                         category = excluded.category, active = 1, updated_at = excluded.updated_at,
+                         tax_rate = excluded.tax_rate",
                 )?
                 .execute(params![
                     p.point_of_sale,
@@ -91,9 +107,10 @@ impl AdminStore for SqliteStore {
                     p.product.name,
                     p.product.price_cents.get(),
                     p.product.category,
-                    now
+                    now,
+                    p.product.tax_rate.as_ref().map(TaxRateName::as_str)
                 ])?;
-                log_admin(conn, "product_upsert", None, json!({ "point_of_sale": p.point_of_sale, "product_id": p.product.product_id.as_str(), "price_cents": p.product.price_cents.get() }))?;
+                log_admin(conn, "product_upsert", None, product_log_details(p))?;
             }
             Ok(())
         })

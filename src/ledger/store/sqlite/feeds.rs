@@ -2,14 +2,16 @@
 //! list) and the scans they upload.
 
 use super::{SqliteStore, internal, parse_stored};
-use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::store::{
-    CardFeedPage, CardView, FeedStore, Product, ScanReceipt, StaffRecord, StoreError,
+    CardFeedPage, CardView, CatalogProduct, FeedStore, Product, ScanReceipt, StaffRecord,
+    StoreError,
 };
 use crate::protocol::api::{Scan, StaffRole, format_time};
 use chrono::Utc;
 use rusqlite::{OptionalExtension, params};
+use std::sync::Arc;
 
 fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, String, i64, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -59,25 +61,32 @@ impl FeedStore for SqliteStore {
         .await
     }
 
-    async fn catalog(&self, point_of_sale: String) -> Result<Vec<Product>, StoreError> {
+    async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
+        let taxes = Arc::clone(&self.inner.taxes);
         self.read(move |conn| {
-            let rows: Vec<(String, String, i64, Option<String>)> = conn
+            type ProductRow = (String, String, i64, Option<String>, Option<String>);
+            let rows: Vec<ProductRow> = conn
                 .prepare_cached(
-                    "SELECT product_id, name, price_cents, category FROM products
+                    "SELECT product_id, name, price_cents, category, tax_rate FROM products
                      WHERE point_of_sale = ?1 AND active = 1 ORDER BY category, product_id",
                 )?
                 .query_map([point_of_sale], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
-                .map(|(id, name, price, category)| {
-                    Ok(Product {
+                .map(|(id, name, price, category, tax_rate)| {
+                    let product = Product {
                         product_id: ProductId::parse(&id).map_err(internal)?,
                         name,
                         price_cents: Cents::new(price),
                         category,
-                    })
+                        tax_rate: tax_rate
+                            .map(|t| TaxRateName::parse(&t))
+                            .transpose()
+                            .map_err(internal)?,
+                    };
+                    CatalogProduct::resolve(product, &taxes)
                 })
                 .collect()
         })

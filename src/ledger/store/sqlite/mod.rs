@@ -20,7 +20,7 @@ mod stripe;
 mod writer;
 
 use super::StoreError;
-use crate::domain::{CardUid, Cents};
+use crate::domain::{CardUid, Cents, TaxRates};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{CardState, Limits};
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0001_ledger.sql"),
     include_str!("../../../../migrations/sqlite/0002_shifts.sql"),
     include_str!("../../../../migrations/sqlite/0003_stripe.sql"),
+    include_str!("../../../../migrations/sqlite/0004_vat.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is
@@ -66,6 +67,8 @@ pub struct SqliteOptions {
     pub limits: Limits,
     /// How long idempotency keys are kept.
     pub retention_days: i64,
+    /// The VAT rates.
+    pub taxes: TaxRates,
 }
 
 struct Inner {
@@ -78,6 +81,7 @@ struct Inner {
     next_reader: AtomicUsize,
     limits: Limits,
     retention_days: i64,
+    taxes: Arc<TaxRates>,
 }
 
 impl Drop for Inner {
@@ -216,6 +220,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 limits: options.limits,
                 retention_days: options.retention_days,
+                taxes: Arc::new(options.taxes),
             }),
         })
     }

@@ -11,8 +11,8 @@ use crate::ledger::caller::StaffMember;
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::decide_shift;
 use crate::ledger::flow::{
-    self, Balances, Context, FlowError, KeyRecord, LogEntry, Plan, Reads, Row, StoredKey, Target,
-    TargetKind, VoidTarget, Writes,
+    self, Balances, CatalogEntry, Context, FlowError, KeyRecord, LogEntry, Plan, Reads, Row,
+    StoredKey, Target, TargetKind, VoidTarget, Writes,
 };
 use crate::ledger::outcome::{Outcome, StoredAnswer};
 use crate::ledger::rules::CardState;
@@ -90,19 +90,24 @@ impl Reads for SqlReads<'_> {
         load_card(self.0, uid)
     }
 
-    fn catalog_price(
+    fn catalog_product(
         &self,
         point_of_sale: &str,
         product: &ProductId,
-    ) -> Result<Option<Cents>, StoreError> {
+    ) -> Result<Option<CatalogEntry>, StoreError> {
         Ok(self
             .0
             .prepare_cached(
-                "SELECT price_cents FROM products WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
+                "SELECT price_cents, tax_rate FROM products
+                 WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
             )?
-            .query_row([point_of_sale, product.as_str()], |row| row.get::<_, i64>(0))
-            .optional()?
-            .map(Cents::new))
+            .query_row([point_of_sale, product.as_str()], |row| {
+                Ok(CatalogEntry {
+                    price: Cents::new(row.get(0)?),
+                    tax_rate: row.get(1)?,
+                })
+            })
+            .optional()?)
     }
 
     fn void_target(&self, crid: &ClientRequestId) -> Result<VoidTarget, StoreError> {
@@ -147,8 +152,19 @@ impl Reads for SqlReads<'_> {
             Some("card") => TargetKind::Recharge(PaymentMethod::Card),
             Some(_) => TargetKind::Recharge(PaymentMethod::Cash),
         };
+        let postings = self
+            .0
+            .prepare_cached(
+                "SELECT account, amount_cents FROM postings WHERE transaction_id = ?1
+                 ORDER BY posting_id",
+            )?
+            .query_map([&transaction_id], |r| {
+                Ok((r.get::<_, String>(0)?, Cents::new(r.get(1)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VoidTarget::Applied(Target {
             kind,
+            postings,
             transaction_id: parse_uuid(&transaction_id)?,
             terminal_id: parse_uuid(&terminal_id)?,
             point_of_sale,
@@ -249,8 +265,9 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             insert_money_row(conn, ctx, &now, &money)?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity, unit_price_cents,
-                     catalog_price_cents, line_total_cents)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     catalog_price_cents, line_total_cents, tax_rate, tax_rate_basis_points,
+                     net_cents, tax_cents)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for (line_no, (item, line)) in r.items.iter().zip(lines).enumerate() {
                 stmt.execute(params![
@@ -260,7 +277,11 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                     item.quantity,
                     item.unit_price_cents.get(),
                     line.catalog_price_differs.map(Cents::get),
-                    line.line_total.get()
+                    line.line_total.get(),
+                    line.tax_rate.name.as_str(),
+                    line.tax_rate.basis_points,
+                    line.net.get(),
+                    line.tax.get()
                 ])?;
             }
         }

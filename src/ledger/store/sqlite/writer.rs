@@ -67,6 +67,7 @@ impl SqliteStore {
         F: FnOnce(&Connection, &Context<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (limits, retention_days) = (self.inner.limits, self.inner.retention_days);
+        let taxes = Arc::clone(&self.inner.taxes);
         self.write(move |conn| {
             let ctx = Context {
                 terminal: &terminal,
@@ -74,6 +75,7 @@ impl SqliteStore {
                 now: Utc::now(),
                 limits,
                 retention_days,
+                taxes: &taxes,
             };
             f(conn, &ctx)
         })

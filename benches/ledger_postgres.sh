@@ -210,13 +210,14 @@ pgbench_run() { # name clients db
 # pgbench calling the order procedure itself, as the ledger process would: each client is
 # the bar terminal of the same number from the ledger's run $1 (its terminal_seq goes on
 # from where that run left it), orders 1 cent of bench-1c on a random card of the run's.
+# The VAT rates are the bench ledger's (no [taxes]: one rate, none at 0 %).
 cat >"$TMP/order.sql" <<'EOF_SQL'
 \if :seq = 0
 SELECT terminal_id AS tid, highest_contiguous_seq AS seq FROM terminals WHERE name = :term::text || (:client_id + 1)::text \gset
 \endif
 \set seq :seq + 1
 \set card random(0, :ncards - 1)
-SELECT o_status FROM sp_process_bar_order(ROW(:tid::uuid, 'pgbench', now(), 'now', gen_random_uuid(), 'fingerprint', now())::ledger_call, gen_random_uuid(), :seq, :prefix::text || lpad(upper(to_hex(:card::bigint)), 14 - length(:prefix::text), '0'), 's-bench', 'online', 1, now(), ARRAY['bench-1c'], ARRAY[1], ARRAY[1::bigint]);
+SELECT o_status FROM sp_process_bar_order(ROW(:tid::uuid, 'pgbench', now(), 'now', gen_random_uuid(), 'fingerprint', now())::ledger_call, gen_random_uuid(), :seq, :prefix::text || lpad(upper(to_hex(:card::bigint)), 14 - length(:prefix::text), '0'), 's-bench', 'online', 1, now(), ARRAY['bench-1c'], ARRAY[1], ARRAY[1::bigint], ARRAY['none'], ARRAY[0], 'none');
 EOF_SQL
 proc_run() { # name clients cards prefix
     local name=$1 clients=$2 cards=$3 prefix=$4 pgb

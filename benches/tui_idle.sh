@@ -42,7 +42,8 @@ cleanup() {
 trap cleanup EXIT
 
 export CASHLESS_DATABASE="sqlite:$TMP/ledger.db"
-"$BIN" ledger catalog import "$ROOT/config/catalog.example.toml" >/dev/null
+# The example configuration's [taxes] has the VAT rates the example catalog names.
+"$BIN" ledger --config "$ROOT/config/ledger.example.toml" catalog import "$ROOT/config/catalog.example.toml" >/dev/null
 TOKEN_TUI=$("$BIN" ledger terminal add --name bar-1 --kind bar --point-of-sale "Main Bar" | tail -1)
 TOKEN_JSONL=$("$BIN" ledger terminal add --name bar-2 --kind bar --point-of-sale "Main Bar" | tail -1)
 "$BIN" ledger staff add --id s-1 --name Sam --role bar --pin 1111 >/dev/null

@@ -20,7 +20,7 @@ recharge_max_cents = 50000
 balance_max_cents = 100000
 
 [taxes]
-rates_basis_points = { standard = 1900, reduced = 700, twenty = 2000, none = 0 }
+rates_basis_points = { standard = 1900, reduced = 700, twenty = 2000, none = 0, food_to_go = 700, foodstall = 1000 }
 default_rate = "standard"
 "#;
 
@@ -37,7 +37,9 @@ struct Case {
 /// Prices and rates whose splits are known: at 20 % the tax is gross / 6, so 3, 9 and 15
 /// cents are exact half cents and round up; 2 cents rounds down. A line is split on its
 /// gross, not per unit: three 3-cent items are 9 cents, tax 2 (three units alone would be
-/// 1 each, 3).
+/// 1 each, 3). `food_to_go` sorts before `foodstall` byte by byte ('_' < 's') but after it
+/// in a language's collation, which ignores the '_': the postings must follow byte order on
+/// both backends.
 const CASES: &[Case] = &[
     Case {
         id: "beer",
@@ -108,6 +110,20 @@ const CASES: &[Case] = &[
         tax_rate: Some("standard"),
         quantity: 1,
         expected: ("standard", 1900, 0, 0),
+    },
+    Case {
+        id: "wrap",
+        price_cents: 500,
+        tax_rate: Some("food_to_go"),
+        quantity: 1,
+        expected: ("food_to_go", 700, 467, 33),
+    },
+    Case {
+        id: "crepe",
+        price_cents: 550,
+        tax_rate: Some("foodstall"),
+        quantity: 1,
+        expected: ("foodstall", 1000, 500, 50),
     },
 ];
 
@@ -221,7 +237,11 @@ async fn each_line_records_its_rate_net_and_tax_and_the_postings_split_by_rate(b
     assert_eq!(
         expected,
         [
-            (format!("card:{card}"), -2_155),
+            (format!("card:{card}"), -3_205),
+            (format!("revenue:{BAR_POS}:food_to_go"), 467),
+            ("vat:food_to_go".to_owned(), 33),
+            (format!("revenue:{BAR_POS}:foodstall"), 500),
+            ("vat:foodstall".to_owned(), 50),
             (format!("revenue:{BAR_POS}:none"), 1_000),
             (format!("revenue:{BAR_POS}:reduced"), 521),
             ("vat:reduced".to_owned(), 36),

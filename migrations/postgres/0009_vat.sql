@@ -163,7 +163,7 @@ BEGIN
                 p_product_ids[i], v_product_rate;
         END IF;
         v_gross := p_unit_prices_cents[i] * p_quantities[i];
-        v_tax := (sign(v_gross)
+        v_tax := (sign(v_gross::numeric)
                   * div(2 * abs(v_gross::numeric * p_tax_basis_points[v_rate_at])
                             + 10000 + p_tax_basis_points[v_rate_at],
                         2 * (10000 + p_tax_basis_points[v_rate_at])))::bigint;

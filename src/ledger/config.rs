@@ -647,7 +647,7 @@ mod tests {
                 "[taxes]\ndefault_rate = \"standard\"\n",
                 "[taxes] rates_basis_points: the rates by name",
             ),
-            ("[taxes]\nrate = 19\n", "rate"),
+            ("[taxes]\nrate = 19\n", "unknown field `rate`"),
             (
                 "[server]\nlisten = \"nowhere\"\n",
                 "[server] listen: an address",

@@ -56,7 +56,6 @@ pub enum Announce {
     Quietly,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
 /// Refuses to serve when a product names a VAT rate the configuration lacks: every order of
 /// it, and the catalog of its point of sale, would fail.
 async fn check_tax_rates<S: LedgerStore>(config: &LedgerConfig, store: &S) -> anyhow::Result<()> {
@@ -75,6 +74,7 @@ async fn check_tax_rates<S: LedgerStore>(config: &LedgerConfig, store: &S) -> an
     Ok(())
 }
 
+/// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve<S: LedgerStore>(
     config: &LedgerConfig,
     store: S,

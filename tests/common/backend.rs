@@ -127,6 +127,15 @@ impl Database {
         }
     }
 
+    /// Like [`Database::create`], a PostgreSQL database sorting text by ICU's English rules
+    /// ([`PgDatabase::create_with_english_collation`]).
+    pub fn create_with_english_collation(backend: Backend, dir: &Path) -> Database {
+        match backend {
+            Backend::Sqlite => Database::Sqlite(dir.join("ledger.db")),
+            Backend::Postgres => Database::Postgres(PgDatabase::create_with_english_collation()),
+        }
+    }
+
     /// Like [`Database::create`], at the current schema (`cashless ledger migrate`).
     pub fn migrated(backend: Backend, dir: &Path) -> Database {
         let database = Database::create(backend, dir);
@@ -618,8 +627,21 @@ impl PgDatabase {
 
     /// A new empty database, without any schema.
     pub fn create() -> PgDatabase {
+        PgDatabase::create_with("")
+    }
+
+    /// A new empty database whose text sorts by ICU's English rules (punctuation apart from
+    /// byte order: `cut_rate` before `cut-rate`), not byte by byte: a query that forgets to
+    /// ask for byte order (SQLite's) gives another order than SQLite, and a comparison of the
+    /// two shows it.
+    pub fn create_with_english_collation() -> PgDatabase {
+        PgDatabase::create_with(" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
+    }
+
+    fn create_with(options: &str) -> PgDatabase {
         let db = PgDatabase::named(PgDatabase::next_name());
-        pg_admin_batch(format!("CREATE DATABASE {}", db.name)).unwrap_or_else(|e| panic!("{e}"));
+        pg_admin_batch(format!("CREATE DATABASE {}{options}", db.name))
+            .unwrap_or_else(|e| panic!("{e}"));
         db
     }
 

@@ -395,7 +395,81 @@ async fn serve_refuses_a_configuration_that_lost_a_rate_products_name(backend: B
     );
 }
 
+/// An order as the ledger wrote it before VAT: its line without rate, net or tax, and its
+/// postings `card:<UID>` −total and `revenue:<point of sale>` +total. Written here in SQL,
+/// row by row as that code wrote them (the card's balance included), since no program of
+/// this version writes such an order any more. Returns its `client_request_id`.
+fn write_an_order_from_before_vat(l: &Ledger, card: &str, seq: i64, cents: i64) -> String {
+    let crid = new_id();
+    let tx = "01900000-0000-7000-8000-0000000000aa";
+    let at = "2026-07-01T20:00:00.000Z";
+    let bar = "(SELECT terminal_id FROM terminals WHERE name = 'bar-1')";
+    for sql in [
+        format!(
+            "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq,
+                 point_of_sale, card_uid, staff_id, total_cents, mode, flags,
+                 previous_balance_cents, new_balance_cents, created_at, processed_at)
+             SELECT '{tx}', '{crid}', {bar}, {seq}, '{BAR_POS}', '{card}', '{BAR_STAFF}', {cents},
+                    'online', '[]', balance_cents, balance_cents - {cents}, '{at}', '{at}'
+               FROM cards WHERE card_uid = '{card}'"
+        ),
+        format!(
+            "INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity,
+                 unit_price_cents, catalog_price_cents, line_total_cents)
+             VALUES ('{tx}', 0, 'beer', 1, {cents}, NULL, {cents})"
+        ),
+        format!(
+            "INSERT INTO postings (transaction_id, account, amount_cents, created_at)
+             VALUES ('{tx}', 'card:{card}', -{cents}, '{at}')"
+        ),
+        format!(
+            "INSERT INTO postings (transaction_id, account, amount_cents, created_at)
+             VALUES ('{tx}', 'revenue:{BAR_POS}', {cents}, '{at}')"
+        ),
+        format!(
+            "UPDATE cards SET balance_cents = balance_cents - {cents} WHERE card_uid = '{card}'"
+        ),
+        format!(
+            "INSERT INTO idempotency_keys (client_request_id, terminal_id, operation,
+                 request_sha256, status_code, response_body, transaction_id, created_at,
+                 expires_at)
+             VALUES ('{crid}', {bar}, 'order', 'written-before-vat', 201, '{{}}', '{tx}', '{at}',
+                     NULL)"
+        ),
+    ] {
+        assert_eq!(l.execute(&sql), 1, "{sql}");
+    }
+    crid
+}
+
+async fn a_void_reverses_an_order_written_before_vat_as_it_was_written(backend: Backend) {
+    let l = taxed_ledger(backend).await;
+    let card = uid(4);
+    l.fund(&card, 1_000).await;
+    let crid = write_an_order_from_before_vat(&l, &card, l.seq(&l.bar_token), 450);
+    assert_eq!(l.balance(&card).await, 550);
+    l.assert_audit_ok();
+
+    let void = void_body(&crid, l.seq(&l.bar_token), "staff_error", BAR_STAFF);
+    let answer = l.post("/v1/voids", &l.bar_token, &void).await;
+    answer.assert_status(201);
+    assert_eq!(answer.body["status"], "voided", "{}", answer.body);
+    assert_eq!(answer.body["refunded_cents"], 450);
+    let void_tx = answer.body["transaction_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        postings_of(&l, &void_tx),
+        [
+            (format!("card:{card}"), 450),
+            (format!("revenue:{BAR_POS}"), -450),
+        ],
+        "the old accounts, reversed; no VAT account appears"
+    );
+    assert_eq!(l.balance(&card).await, 1_000);
+    l.assert_audit_ok();
+}
+
 on_both_backends! {
+    a_void_reverses_an_order_written_before_vat_as_it_was_written,
     serve_refuses_a_configuration_that_lost_a_rate_products_name,
     each_line_records_its_rate_net_and_tax_and_the_postings_split_by_rate,
     a_void_reverses_every_posting_of_the_order,

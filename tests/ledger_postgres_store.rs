@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cashless::domain::{CardUid, Cents, ProductId, StaffId, TerminalSeq};
 use cashless::ledger::caller::Terminal;
@@ -32,16 +32,13 @@ use cashless::ledger::store::{
 };
 use cashless::protocol::api::{Scan, StaffRole, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
-use pg::TestDb;
+use pg::{TestDb, finished_or_waiting};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use uuid::Uuid;
 
 /// The card feed's advisory lock (`migrations/postgres/0004_card_feed.sql`).
 const FEED_LOCK: (i64, i64) = (1_667_330_920, 1);
-/// How long a test waits for another session to reach a lock before it fails: far above
-/// any sane time, so that a broken lock fails the test instead of hanging it.
-const LOCK_DEADLINE: Duration = Duration::from_secs(30);
 
 fn options() -> StoreOptions {
     StoreOptions {
@@ -606,44 +603,6 @@ async fn set_card_lost_is_audited_and_moves_the_card_in_the_feed() {
     assert_eq!(log, expected);
 }
 
-/// Connections (backend pids) of this database waiting for the card feed's lock in `mode`
-/// (`ShareLock` for writers, `ExclusiveLock` for pages).
-async fn feed_lock_waiters(raw: &tokio_postgres::Client, mode: &str) -> i64 {
-    raw.query_one(
-        "SELECT count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND NOT granted AND mode = $1
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND classid::bigint = $2 AND objid::bigint = $3 AND objsubid = 2",
-        &[&mode, &FEED_LOCK.0, &FEED_LOCK.1],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-/// Waits until `task` has finished (false) or a connection waits for the feed's lock in
-/// `mode` (true); fails past [`LOCK_DEADLINE`].
-async fn finished_or_waiting<T>(
-    raw: &tokio_postgres::Client,
-    task: &tokio::task::JoinHandle<T>,
-    mode: &str,
-) -> bool {
-    let deadline = Instant::now() + LOCK_DEADLINE;
-    loop {
-        if task.is_finished() {
-            return false;
-        }
-        if feed_lock_waiters(raw, mode).await > 0 {
-            return true;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the call neither returned nor waited for the card feed's lock"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn set_card_lost_takes_the_feed_writer_lock_before_the_cards_row() {
     let db = TestDb::create().await;
@@ -660,7 +619,13 @@ async fn set_card_lost_takes_the_feed_writer_lock_before_the_cards_row() {
     let s = store.clone();
     let blocking = tokio::spawn(async move { s.set_card_lost(uid("04000001"), true).await });
     assert!(
-        finished_or_waiting(&raw, &blocking, "ShareLock").await,
+        finished_or_waiting(
+            &raw,
+            &blocking,
+            (FEED_LOCK.0, Some(FEED_LOCK.1)),
+            Some("ShareLock")
+        )
+        .await,
         "set_card_lost must wait for the page: it changes a card without the writer lock"
     );
     // It waits before locking the card's row: another transaction can still lock it.
@@ -734,7 +699,13 @@ async fn page_while_a_version_is_held(db: &TestDb, store: &Store) -> Sighting {
 
     let pager = store.clone();
     let page = tokio::spawn(async move { pager.card_feed(since, 100).await });
-    let waited = finished_or_waiting(&raw, &page, "ExclusiveLock").await;
+    let waited = finished_or_waiting(
+        &raw,
+        &page,
+        (FEED_LOCK.0, Some(FEED_LOCK.1)),
+        Some("ExclusiveLock"),
+    )
+    .await;
     held.batch_execute("COMMIT").await.unwrap();
     let first = page.await.unwrap().unwrap();
     let then = store.card_feed(first.next_version, 100).await.unwrap();

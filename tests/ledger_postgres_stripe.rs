@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 #[path = "common/pg.rs"]
 mod pg;
-use pg::{TestDb, connect};
+use pg::{TestDb, connect, finished_or_waiting};
 
 /// The festival's currency in these tests.
 const CURRENCY: &str = "eur";
@@ -869,34 +869,10 @@ async fn twenty_sessions_creating_one_card_at_once_create_it_once() {
     assert_postgres_invariants(&client).await;
 }
 
-/// The card feed's lock (`card_feed_writer()`, 0004), as `pg_locks` shows a wait for it.
-const FEED_LOCK_WAIT: &str = "classid = 1667330920 AND objid = 1 AND objsubid = 2";
-/// Any card's creation lock (`ledger_lock_new_card`, 0007), as `pg_locks` shows a wait.
-const CREATION_LOCK_WAIT: &str = "classid = 1667330921 AND objsubid = 2";
-
-/// Waits until some backend waits for the advisory lock `lock` names, while `task` has not
-/// finished (a task that finishes first went past the lock: the test fails with its
-/// result). Fails after 30 s.
-async fn wait_until_it_waits<T: std::fmt::Debug>(
-    client: &tokio_postgres::Client,
-    lock: &str,
-    task: &mut tokio::task::JoinHandle<T>,
-    what: &str,
-) {
-    let sql = format!(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND {lock}"
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while scalar(client, &sql).await == 0 {
-        assert!(
-            !task.is_finished(),
-            "{what} did not wait: {:?}",
-            task.await.unwrap()
-        );
-        assert!(std::time::Instant::now() < deadline, "{what} never waited");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+/// The card feed's lock (`card_feed_writer()`, 0004).
+const FEED_LOCK: (i64, Option<i64>) = (1_667_330_920, Some(1));
+/// Any card's creation lock (`ledger_lock_new_card`, 0007).
+const CREATION_LOCK: (i64, Option<i64>) = (1_667_330_921, None);
 
 /// A credit of 700 cents to `CARD_A` (`evt_1`, `cs_1`), on a task of its own.
 fn spawn_credit(store: &Store) -> tokio::task::JoinHandle<Answer> {
@@ -928,8 +904,10 @@ async fn a_credit_waits_for_a_card_feed_page_in_flight_and_a_refusal_does_not() 
         "refused"
     );
 
-    let mut credit = spawn_credit(&store);
-    wait_until_it_waits(&client, FEED_LOCK_WAIT, &mut credit, "the credit").await;
+    let credit = spawn_credit(&store);
+    if !finished_or_waiting(&client, &credit, FEED_LOCK, None).await {
+        panic!("the credit did not wait: {:?}", credit.await.unwrap());
+    }
     assert_eq!(
         totals(&client).await[0],
         0,
@@ -958,8 +936,10 @@ async fn a_credit_waits_for_an_order_creating_the_same_card() {
     .await
     .unwrap();
 
-    let mut credit = spawn_credit(&store);
-    wait_until_it_waits(&client, CREATION_LOCK_WAIT, &mut credit, "the credit").await;
+    let credit = spawn_credit(&store);
+    if !finished_or_waiting(&client, &credit, CREATION_LOCK, None).await {
+        panic!("the credit did not wait: {:?}", credit.await.unwrap());
+    }
     // The order creates the card (an offline order into debt) and commits.
     tx.execute(
         "INSERT INTO cards (card_uid, balance_cents, status, block_reason, version, created_at,

@@ -191,3 +191,56 @@ pub fn url_with(base: &str, user: Option<&str>, db: &str, query: &str) -> String
     let user = user.or(config.get_user()).unwrap_or("postgres");
     format!("postgres://{user}{password}@{host}:{port}/{db}{query}")
 }
+
+/// How long a test waits for another session to reach a lock before it fails: far above any
+/// sane time, so that a broken lock fails the test instead of hanging it.
+pub const LOCK_WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Connections of `client`'s database waiting for the two-key advisory lock
+/// `(classid, objid)` (`objid` `None`: any second key), in `mode` (`ShareLock`,
+/// `ExclusiveLock`; `None`: either).
+pub async fn advisory_lock_waiters(
+    client: &tokio_postgres::Client,
+    classid: i64,
+    objid: Option<i64>,
+    mode: Option<&str>,
+) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid::bigint = $1
+               AND ($2::bigint IS NULL OR objid::bigint = $2)
+               AND ($3::text IS NULL OR mode = $3)",
+            &[&classid, &objid, &mode],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until `task` has finished (false) or a connection waits for the advisory lock
+/// `(classid, objid)` in `mode` (true, see [`advisory_lock_waiters`]); fails past
+/// [`LOCK_WAIT_DEADLINE`].
+pub async fn finished_or_waiting<T>(
+    client: &tokio_postgres::Client,
+    task: &tokio::task::JoinHandle<T>,
+    (classid, objid): (i64, Option<i64>),
+    mode: Option<&str>,
+) -> bool {
+    let deadline = std::time::Instant::now() + LOCK_WAIT_DEADLINE;
+    loop {
+        if task.is_finished() {
+            return false;
+        }
+        if advisory_lock_waiters(client, classid, objid, mode).await > 0 {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call neither returned nor waited for the advisory lock ({classid}, {objid:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -25,53 +25,28 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// A [`Migration`] of the file `migrations/postgres/$name`.
+macro_rules! migration {
+    ($version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../../../migrations/postgres/", $name)),
+        }
+    };
+}
+
 /// The schema migrations, in order; `schema_migrations` records those applied.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_ledger.sql",
-        sql: include_str!("../../../../migrations/postgres/0001_ledger.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_shifts.sql",
-        sql: include_str!("../../../../migrations/postgres/0002_shifts.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_stripe.sql",
-        sql: include_str!("../../../../migrations/postgres/0003_stripe.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "0004_card_feed.sql",
-        sql: include_str!("../../../../migrations/postgres/0004_card_feed.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "0005_operations.sql",
-        sql: include_str!("../../../../migrations/postgres/0005_operations.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "0006_stripe_procedures.sql",
-        sql: include_str!("../../../../migrations/postgres/0006_stripe_procedures.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "0007_new_cards.sql",
-        sql: include_str!("../../../../migrations/postgres/0007_new_cards.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "0008_lean_operations.sql",
-        sql: include_str!("../../../../migrations/postgres/0008_lean_operations.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "0009_vat.sql",
-        sql: include_str!("../../../../migrations/postgres/0009_vat.sql"),
-    },
+    migration!(1, "0001_ledger.sql"),
+    migration!(2, "0002_shifts.sql"),
+    migration!(3, "0003_stripe.sql"),
+    migration!(4, "0004_card_feed.sql"),
+    migration!(5, "0005_operations.sql"),
+    migration!(6, "0006_stripe_procedures.sql"),
+    migration!(7, "0007_new_cards.sql"),
+    migration!(8, "0008_lean_operations.sql"),
+    migration!(9, "0009_vat.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

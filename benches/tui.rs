@@ -85,6 +85,8 @@ fn menu() -> Vec<MenuItem> {
             product_id: p.product.product_id.as_str().to_owned(),
             name: p.product.name,
             price: p.product.price_cents,
+            min_age: p.product.min_age,
+            open_price_max: p.product.open_price_max_cents,
         })
         .collect();
     assert!(menu.len() >= 4, "the example catalog's {POINT_OF_SALE}");

@@ -5,7 +5,7 @@
 //! 2 bad usage (from clap).
 
 use crate::bench;
-use crate::domain::{CardUid, Cents, ProductId};
+use crate::domain::{AgeFlag, CardUid, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
 use crate::ledger::server;
@@ -197,9 +197,16 @@ enum ProductCommand {
         /// Name on the screen.
         #[arg(long)]
         name: String,
-        /// Price in cents.
+        /// Price in cents, VAT included (or --open-price-max-cents).
+        #[arg(long, required_unless_present = "open_price_max_cents")]
+        price_cents: Option<i64>,
+        /// An open price: staff type the unit price, 1 cent to this (instead of
+        /// --price-cents).
+        #[arg(long, conflicts_with = "price_cents")]
+        open_price_max_cents: Option<i64>,
+        /// The age it is sold from: 16 or 18 (default: no restriction).
         #[arg(long)]
-        price_cents: i64,
+        min_age: Option<i64>,
         /// Point of sale.
         #[arg(long)]
         point_of_sale: String,
@@ -235,6 +242,19 @@ enum CardCommand {
         /// Card UID (uppercase hex).
         #[arg(long)]
         uid: String,
+    },
+    /// Record what the holder's ID says: younger than 16 or 18 (terminals then refuse the
+    /// products sold from that age), or clear it with --none.
+    Flag {
+        /// Card UID (uppercase hex).
+        #[arg(long)]
+        uid: String,
+        /// The age the holder has not reached: 16 or 18.
+        #[arg(long, value_parser = ["16", "18"], required_unless_present = "none")]
+        under: Option<String>,
+        /// Clear the card's age flag.
+        #[arg(long, conflicts_with = "under")]
+        none: bool,
     },
 }
 
@@ -565,6 +585,8 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             id,
             name,
             price_cents,
+            open_price_max_cents,
+            min_age,
             point_of_sale,
             category,
             tax_rate,
@@ -576,14 +598,23 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 point_of_sale,
                 category,
                 tax_rate,
+                min_age,
+                open_price_max_cents,
             };
             let product = admin::check_product(&entry, &config.taxes)?;
+            let price = match product.product.open_price_max_cents {
+                Some(max) => format!("has an open price of 1 to {} cents", max.get()),
+                None => format!("costs {} cents", product.product.price_cents.get()),
+            };
+            let age = product
+                .product
+                .min_age
+                .map(|a| format!(", sold from age {a}"))
+                .unwrap_or_default();
             store.upsert_products(vec![product]).await?;
             println!(
-                "product {} at {} costs {} cents",
-                entry.id,
-                entry.point_of_sale,
-                Cents::new(entry.price_cents).get()
+                "product {} at {} {price}{age}",
+                entry.id, entry.point_of_sale
             );
         }
         LedgerCommand::Catalog(CatalogCommand::Import { file }) => {
@@ -601,6 +632,23 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), false).await?;
             println!("card {uid} unblocked");
+        }
+        LedgerCommand::Card(CardCommand::Flag { uid, under, .. }) => {
+            let uid = CardUid::parse(&uid).context("--uid")?;
+            let flag = under
+                .map(|years| {
+                    years
+                        .parse()
+                        .ok()
+                        .and_then(AgeFlag::under)
+                        .with_context(|| format!("--under: 16 or 18, got {years}"))
+                })
+                .transpose()?;
+            store.set_card_age_flag(uid.clone(), flag).await?;
+            match flag {
+                Some(flag) => println!("card {uid} flagged {}", flag.as_str()),
+                None => println!("card {uid}: age flag cleared"),
+            }
         }
         LedgerCommand::Stripe(StripeCommand::Events { attention, limit }) => {
             let events = store.stripe_events(attention, limit).await?;

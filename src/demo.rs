@@ -7,7 +7,7 @@
 //! and switch between the bar and the checkpoint. Everything runs in this process: nothing is
 //! left running after it exits; the folder stays, for a look at the ledger and journals.
 
-use crate::domain::{CardUid, TaxRateName, TaxRates};
+use crate::domain::{AgeFlag, CardUid, TaxRateName, TaxRates};
 use crate::ledger::admin;
 use crate::ledger::config::{LedgerConfig, Overrides};
 use crate::ledger::server;
@@ -45,16 +45,19 @@ struct DemoCard {
     uid: &'static str,
     topup_cents: i64,
     blocked: bool,
+    /// What the checkpoint saw on the holder's ID, set with the top-up.
+    age_flag: Option<AgeFlag>,
     /// For the help overlay.
     short: &'static str,
 }
 
-const CARDS: [DemoCard; 4] = [
+const CARDS: [DemoCard; 5] = [
     DemoCard {
         key: 'a',
         uid: "04A1B2C3D4E5F6",
         topup_cents: 5_000,
         blocked: false,
+        age_flag: None,
         short: "50.00",
     },
     DemoCard {
@@ -62,6 +65,7 @@ const CARDS: [DemoCard; 4] = [
         uid: "04B2C3D4E5F607",
         topup_cents: 800,
         blocked: false,
+        age_flag: None,
         short: "8.00",
     },
     DemoCard {
@@ -69,6 +73,7 @@ const CARDS: [DemoCard; 4] = [
         uid: "04C3D4E5F60718",
         topup_cents: 0,
         blocked: false,
+        age_flag: None,
         short: "new",
     },
     DemoCard {
@@ -76,7 +81,17 @@ const CARDS: [DemoCard; 4] = [
         uid: "04D4E5F6071829",
         topup_cents: 2_000,
         blocked: true,
+        age_flag: None,
         short: "lost",
+    },
+    // A 15-year-old's: refused beer, wine and shots, sold a lemonade.
+    DemoCard {
+        key: 'e',
+        uid: "04E5F607182A3B",
+        topup_cents: 2_000,
+        blocked: false,
+        age_flag: Some(AgeFlag::Under16),
+        short: "under 16",
     },
 ];
 
@@ -197,6 +212,7 @@ async fn top_up_cards(
                 "staff_id": "s-cleo",
                 "created_at": crate::protocol::api::format_time(chrono::Utc::now()),
                 "mode": "online",
+                "age_flag": card.age_flag,
             }))
             .send()
             .await?;
@@ -257,23 +273,25 @@ fn banner(kind: TerminalKind, network_up: bool, db: &Path) -> Vec<String> {
         .collect::<Vec<_>>()
         .join(", ");
     vec![
-        format!(" DEMO │ a b c d: present card A-D │ {net} │ m: to the {other} │ Esc: leave"),
+        format!(" DEMO │ a-e: present card A-E │ {net} │ m: to the {other} │ Esc: leave"),
         format!(" PINs: {pins} │ ledger: {}", db.display()),
     ]
 }
 
 fn help_extra() -> Vec<String> {
-    let cards = CARDS
+    let cards: Vec<String> = CARDS
         .iter()
         .map(|c| format!("{} ({})", c.key.to_ascii_uppercase(), c.short))
-        .collect::<Vec<_>>()
-        .join(", ");
-    vec![
-        String::new(),
-        format!("a b c d  card {cards}"),
-        "n / m    cut or restore the network / bar or checkpoint".into(),
-        "Esc      (logged out, at the login screen) leave the demo".into(),
-    ]
+        .collect();
+    // Three cards a line, so that every line fits the help overlay.
+    let mut lines = vec![String::new()];
+    for (i, chunk) in cards.chunks(3).enumerate() {
+        let key = if i == 0 { "a-e" } else { "" };
+        lines.push(format!("{key:<9}card {}", chunk.join(", ")));
+    }
+    lines.push("n / m    cut or restore the network / bar or checkpoint".into());
+    lines.push("Esc      (logged out, at the login screen) leave the demo".into());
+    lines
 }
 
 /// The demo's own keys: cards, network, mode. Other keys go to the model. While the help is

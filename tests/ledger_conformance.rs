@@ -107,6 +107,8 @@ async fn fixture(database: Database, retention_days: i64) -> Fixture {
                 price_cents: Cents::new(PRICE),
                 category: None,
                 tax_rate: None,
+                min_age: None,
+                open_price_max_cents: None,
             },
         }])
         .await
@@ -164,6 +166,7 @@ impl Fixture {
             staff_id: staff("s-1"),
             created_at: Utc::now(),
             mode: Mode::Online,
+            age_flag: None,
         }
     }
 

@@ -28,7 +28,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cashless::domain::{
-    CardUid, Cents, ClientRequestId, ProductId, StaffId, TaxRateName, TaxRates, TerminalSeq,
+    AgeFlag, CardUid, Cents, ClientRequestId, MinAge, ProductId, StaffId, TaxRateName, TaxRates,
+    TerminalSeq,
 };
 use cashless::ledger::caller::Terminal;
 use cashless::ledger::config::DatabaseUrl;
@@ -91,14 +92,29 @@ const ANY_STAFF: &[&str] = &[
 
 /// The catalogs: point of sale, product, name, first price. `cider` is deactivated before
 /// the stream starts ([`INACTIVE_PRODUCT`]) and comes back if a price change names it.
-const CATALOG: [(&str, &str, &str, i64); 6] = [
+const CATALOG: [(&str, &str, &str, i64); 7] = [
     ("Main Bar", "beer", "Beer", 450),
     ("Main Bar", "water", "Water", 200),
     ("Main Bar", "cocktail", "Cocktail", 900),
     ("Main Bar", "cider", "Cider", 500),
+    ("Main Bar", "tip", "Tip", 0),
     ("Tent Bar", "beer", "Beer", 500),
     ("Tent Bar", "lemonade", "Lemonade", 300),
 ];
+
+/// The age a product is sold from: beer 16, cocktails 18.
+fn min_age_of(product_id: &str) -> Option<MinAge> {
+    match product_id {
+        "beer" => Some(MinAge::SIXTEEN),
+        "cocktail" => Some(MinAge::EIGHTEEN),
+        _ => None,
+    }
+}
+
+/// The tip has an open price of 1 cent to 10.00; every other product a fixed one.
+fn open_price_max_of(product_id: &str) -> Option<Cents> {
+    (product_id == "tip").then_some(Cents::new(1000))
+}
 
 /// The VAT rates of both sides: 20 % makes exact half cents (gross / 6), 0 % none; the
 /// default is `standard`. `cut_rate` sorts after `cut-rate` byte by byte but before it in
@@ -431,6 +447,12 @@ impl Gen {
                     .get(&(pos.to_owned(), product.to_owned()))
                     .copied();
                 let price = match (catalog, self.rng.below(100)) {
+                    // An open price: typed, now and then beyond its bound (or zero).
+                    (Some(_), n) if open_price_max_of(product).is_some() => match n {
+                        0..=84 => self.rng.range(1, 1000),
+                        85..=94 => self.rng.range(1001, 1100),
+                        _ => 0,
+                    },
                     (Some(p), 0..=84) => p,
                     (Some(p), 85..=94) => p + self.rng.range(1, 60),
                     (Some(p), _) => (p - 10).max(0),
@@ -506,6 +528,12 @@ impl Gen {
             staff_id: self.staff_of(RECHARGE_STAFF),
             created_at: self.tick(),
             mode,
+            // Some top-ups mark the holder a minor, so that orders meet age flags.
+            age_flag: match self.rng.range(0, 20) {
+                0..=1 => Some(AgeFlag::Under18),
+                2 => Some(AgeFlag::Under16),
+                _ => None,
+            },
         };
         recharge.validate().unwrap();
         Operation::Recharge(recharge)
@@ -871,7 +899,11 @@ impl Gen {
             90 => {
                 let (pos, id, name, _) = *self.rng.pick(&CATALOG);
                 let key = (pos.to_owned(), id.to_owned());
-                let price = (self.prices[&key] + self.rng.range(-100, 100)).max(50);
+                let price = if open_price_max_of(id).is_some() {
+                    0
+                } else {
+                    (self.prices[&key] + self.rng.range(-100, 100)).max(50)
+                };
                 self.prices.insert(key, price);
                 Action::Prices(vec![ProductUpsert {
                     point_of_sale: pos.to_owned(),
@@ -881,6 +913,8 @@ impl Gen {
                         price_cents: Cents::new(price),
                         category: None,
                         tax_rate: tax_rate_of(id),
+                        min_age: min_age_of(id),
+                        open_price_max_cents: open_price_max_of(id),
                     },
                 }])
             }
@@ -1225,6 +1259,8 @@ impl Side {
                             price_cents: Cents::new(*price),
                             category: None,
                             tax_rate: tax_rate_of(id),
+                            min_age: min_age_of(id),
+                            open_price_max_cents: open_price_max_of(id),
                         },
                     })
                     .collect(),

@@ -689,6 +689,29 @@ fn golden_script(backend: Backend) {
     w.raw("repeated key", 400, o, text.replacen('{', "{\"mode\": \"offline\", ", 1));
     w.raw("body too large", 413, o, vec![b' '; 64 * 1024 + 1]);
 
+    // Age restrictions and open prices.
+    for args in [
+        ["--id", "shot", "--price-cents", "400", "--min-age", "18"],
+        ["--id", "tip", "--open-price-max-cents", "500", "--category", "extras"],
+    ] {
+        let mut all = vec!["product", "add", "--name", "Extra", "--point-of-sale", BAR_POS];
+        all.extend(args);
+        assert_success("product add", &w.l.admin(&all));
+        w.note(&format!("admin: {}", all.join(" ")));
+    }
+    assert_success("card flag", &w.l.admin(&["card", "flag", "--uid", &uid(1), "--under", "18"]));
+    w.note(&format!("admin: card flag --uid {} --under 18", uid(1)));
+    w.sell("a shot for a card under 18: declined", 422, 1, &[water, ("shot", 1, 400)], on);
+    w.sell("a shot for a card under 18, offline", 201, 1, &[("shot", 1, 400)], off);
+    w.sell("an open price", 201, 1, &[("tip", 2, 250)], on);
+    w.sell("an open price beyond its maximum", 422, 1, &[water, ("tip", 1, 501)], on);
+    w.sell("an open price beyond it, offline", 201, 1, &[("tip", 1, 501)], off);
+    let body = w.recharge(2, 500, "cash", on).set("age_flag", "under_16");
+    w.post("a top-up that marks the card under 16", 201, Cp, r, &body);
+    let body = w.recharge(2, 500, "cash", on).set("age_flag", "under_21");
+    w.post("an age flag that does not exist: refused", 400, Cp, r, &body);
+    w.get("a card with its age flag", 200, Bar, &format!("/v1/cards/{}", uid(2)));
+
     // A staff member deactivated: refused online, recorded offline.
     w.deactivate(SUPER_STAFF);
     let body = w.order(Bar, 1, &[water], on).set("staff_id", SUPER_STAFF);

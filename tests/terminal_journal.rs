@@ -4,12 +4,12 @@
 //! replica and `local_charges`, the catalog and staff caches, the scan log, shift totals and
 //! close-outs.
 
-use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use cashless::domain::{CardUid, Cents, ClientRequestId, MinAge, ProductId, StaffId, TerminalSeq};
 use cashless::protocol::api::{Mode, SHIFT_TOTAL_CENTS_MAX, Scan, StaffRole};
 use cashless::terminal::core::policy::ReplicaCard;
 use cashless::terminal::journal::{
     CachedStaff, Catalog, CatalogProduct, ClosedShift, CloseoutState, Decision, Entry, EntryState,
-    Journal, JournalError, NewEntry, OperationKind, ShiftSummary, StateChange,
+    FeedRow, Journal, JournalError, NewEntry, OperationKind, ShiftSummary, StateChange,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -634,7 +634,11 @@ fn a_journal_opened_read_only_refuses_every_write() {
         journal.set_state(seq(1), EntryState::InDoubt, None, None, None, t(1)),
         journal.record_attempt_failure(seq(1), "x", t(1)),
         journal.record_sync(t(1)),
-        journal.apply_card_feed(&[(uid(CARD), Cents::new(1), false, 1)], "c", t(1)),
+        journal.apply_card_feed(
+            &[FeedRow::new(uid(CARD), Cents::new(1), false, 1)],
+            "c",
+            t(1),
+        ),
         journal.replace_staff(&[], t(1)),
         journal.record_scan(&scan).map(|_| ()),
     ];
@@ -713,11 +717,11 @@ fn the_card_feed_fills_the_replica_and_moves_the_cursor() {
     assert_eq!(journal.replica_card(&uid(CARD)).unwrap(), None);
 
     let page1 = [
-        (uid(CARD), Cents::new(2000), false, 10),
-        (uid(OTHER_CARD), Cents::new(-300), true, 11),
+        FeedRow::new(uid(CARD), Cents::new(2000), false, 10),
+        FeedRow::new(uid(OTHER_CARD), Cents::new(-300), true, 11),
     ];
     journal.apply_card_feed(&page1, "11", t(0)).unwrap();
-    let page2 = [(uid(CARD), Cents::new(1500), false, 12)];
+    let page2 = [FeedRow::new(uid(CARD), Cents::new(1500), false, 12)];
     journal.apply_card_feed(&page2, "12", t(10)).unwrap();
     // Page 1 again (a retry after a lost answer): the newer version of CARD stays.
     journal.apply_card_feed(&page1, "12", t(20)).unwrap();
@@ -733,7 +737,8 @@ fn the_card_feed_fills_the_replica_and_moves_the_cursor() {
             Some((
                 ReplicaCard {
                     balance: Cents::new(balance),
-                    blocked
+                    blocked,
+                    age_flag: None,
                 },
                 fetched_at
             )),
@@ -750,7 +755,7 @@ fn oversized_feeds_are_refused() {
     let mut journal = fx.open();
     let too_many: Vec<_> = (0..10_001u32)
         .map(|i| {
-            (
+            FeedRow::new(
                 CardUid::from_bytes(&i.to_be_bytes()).unwrap(),
                 Cents::new(1),
                 false,
@@ -929,7 +934,7 @@ fn local_charges_count_what_the_replica_does_not_reflect() {
                     .unwrap(),
                 Feed(balance) => {
                     version += 1;
-                    let row = (uid(CARD), Cents::new(balance), false, version);
+                    let row = FeedRow::new(uid(CARD), Cents::new(balance), false, version);
                     journal
                         .apply_card_feed(&[row], &version.to_string(), t(at))
                         .unwrap();
@@ -950,7 +955,11 @@ fn local_charges_through_a_sale_its_sync_and_the_next_feed() {
     let mut journal = fx.open();
     let card = uid(CARD);
     journal
-        .apply_card_feed(&[(card.clone(), Cents::new(2000), false, 1)], "1", t(0))
+        .apply_card_feed(
+            &[FeedRow::new(card.clone(), Cents::new(2000), false, 1)],
+            "1",
+            t(0),
+        )
         .unwrap();
     let sale = append(&mut journal, offline_sale(500), t(1));
     assert_eq!(journal.local_charges(&card).unwrap(), Cents::new(500));
@@ -967,15 +976,20 @@ fn local_charges_through_a_sale_its_sync_and_the_next_feed() {
     // The ledger has it, but the replica still shows 20.00: it keeps counting.
     assert_eq!(journal.local_charges(&card).unwrap(), Cents::new(500));
     journal
-        .apply_card_feed(&[(card.clone(), Cents::new(1500), false, 2)], "2", t(3))
+        .apply_card_feed(
+            &[FeedRow::new(card.clone(), Cents::new(1500), false, 2)],
+            "2",
+            t(3),
+        )
         .unwrap();
     assert_eq!(journal.local_charges(&card).unwrap(), Cents::ZERO);
     let (replica, _) = journal.replica_card(&card).unwrap().unwrap();
     assert_eq!(replica.balance, Cents::new(1500));
 }
 
-/// A cached product; one with a category carries a VAT rate (19 %), one without none, as
-/// from a ledger before VAT: both must come back from the cache as they went in.
+/// A cached product; one with a category carries a VAT rate (19 %), a minimum age and an
+/// open price, one without none of them, as from a ledger before VAT: both must come back
+/// from the cache as they went in.
 fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogProduct {
     CatalogProduct {
         product_id: ProductId::parse(id).unwrap(),
@@ -984,6 +998,8 @@ fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogP
         category: category.map(Into::into),
         tax_rate: category.map(|_| "standard".into()),
         tax_rate_basis_points: category.map(|_| 1900),
+        min_age: category.map(|_| MinAge::EIGHTEEN),
+        open_price_max_cents: category.map(|_| Cents::new(3000)),
     }
 }
 
@@ -1205,7 +1221,11 @@ fn unexpected_data_in_the_file_is_reported_not_panicked_on() {
     {
         let mut journal = fx.open();
         journal
-            .apply_card_feed(&[(uid(CARD), Cents::new(5), false, 1)], "1", t(0))
+            .apply_card_feed(
+                &[FeedRow::new(uid(CARD), Cents::new(5), false, 1)],
+                "1",
+                t(0),
+            )
             .unwrap();
         journal
             .replace_staff(
@@ -1418,8 +1438,12 @@ fn recovery_finds_attempts_being_sent_and_in_doubt_attempts_without_their_void()
 fn an_idle_feed_is_recorded_once_a_minute_unless_something_was_synced_since() {
     let f = Fixture::new();
     let mut j = f.open();
-    j.apply_card_feed(&[(uid(CARD), Cents::new(500), false, 1)], "1", t(0))
-        .unwrap();
+    j.apply_card_feed(
+        &[FeedRow::new(uid(CARD), Cents::new(500), false, 1)],
+        "1",
+        t(0),
+    )
+    .unwrap();
     // Empty pages that move nothing: not written again within a minute.
     j.apply_card_feed(&[], "1", t(10)).unwrap();
     assert_eq!(j.counts().unwrap().last_feed_at, Some(t(0)));

@@ -42,24 +42,6 @@ async fn bar_ready_to_sell_within(
     (l, card, proxy, dir, t)
 }
 
-/// A fresh ledger, a proxy in front of it, and checkpoint cp-1 behind the proxy (its
-/// configuration and journal in the directory), ready and logged in as the cashier.
-async fn checkpoint_ready_to_top_up() -> (Ledger, Proxy, tempfile::TempDir, Terminal) {
-    let l = Ledger::start().await;
-    let proxy = Proxy::start(&l.base_url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Terminal::start_as(
-        dir.path(),
-        &proxy.addr,
-        &l.checkpoint_token,
-        "cp-1",
-        "checkpoint",
-    )
-    .await;
-    ready_to_top_up(&mut t).await;
-    (l, proxy, dir, t)
-}
-
 #[tokio::test]
 async fn sells_online_offline_through_an_outage_and_replays_exactly_once() {
     let l = Ledger::start().await;

@@ -220,6 +220,7 @@ impl Transport for SimLedger {
                     balance_cents: c.balance_cents,
                     status: c.status,
                     version: c.version,
+                    age_flag: c.age_flag,
                 })
                 .collect(),
             next_cursor: page.next_version.to_string(),
@@ -288,6 +289,8 @@ async fn ledger(dir: &Path) -> SimLedger {
                         price_cents: Cents::new(PRICES_CENTS[p]),
                         category: None,
                         tax_rate: None,
+                        min_age: None,
+                        open_price_max_cents: None,
                     },
                 })
                 .collect(),
@@ -314,6 +317,7 @@ async fn ledger(dir: &Path) -> SimLedger {
                 staff_id: staff(),
                 created_at: Utc::now(),
                 mode: Mode::Online,
+                age_flag: None,
             })
         })
         .collect();
@@ -407,9 +411,16 @@ impl Terminal_ {
                     unit_price_cents: total,
                 }],
                 total,
+                min_age: None,
             },
         };
-        let (mut flow, mut step) = TapFlow::start(payment.movement(), total, self.online, limits());
+        let (mut flow, mut step) = TapFlow::start(
+            payment.movement(),
+            payment.min_age(),
+            total,
+            self.online,
+            limits(),
+        );
         let mut tap = Tap::new(&self.journal, &uid, &payment);
         let mut performed = 0;
         let verdict = loop {

@@ -3,7 +3,7 @@
 //! shows up as a diff to review (`cargo insta review`, or INSTA_UPDATE=always).
 #![allow(clippy::unwrap_used)]
 
-use cashless::domain::{CardUid, Cents};
+use cashless::domain::{CardUid, Cents, MinAge};
 use cashless::protocol::api::TerminalKind;
 use cashless::protocol::events::{Decision, Event, Status};
 use cashless::tui::model::{Key, MenuItem, Model, StaffItem};
@@ -26,16 +26,33 @@ fn staff() -> Vec<StaffItem> {
 
 fn menu() -> Vec<MenuItem> {
     [
-        ("beer-05", "Beer 0.5 l", 450, 1900),
-        ("water", "Water", 200, 700),
-        ("cocktail", "Cocktail", 900, 1900),
-        ("cola", "Cola", 300, 1900),
+        (
+            "beer-05",
+            "Beer 0.5 l",
+            450,
+            1900,
+            Some(MinAge::SIXTEEN),
+            None,
+        ),
+        ("water", "Water", 200, 700, None, None),
+        (
+            "cocktail",
+            "Cocktail",
+            900,
+            1900,
+            Some(MinAge::EIGHTEEN),
+            None,
+        ),
+        ("cola", "Cola", 300, 1900, None, None),
+        ("tip", "Tip", 0, 0, None, Some(2000)),
     ]
-    .map(|(id, name, price, rate)| MenuItem {
+    .map(|(id, name, price, rate, min_age, open_max)| MenuItem {
         product_id: id.into(),
         name: name.into(),
         price: Cents::new(price),
         tax_rate_basis_points: Some(rate),
+        min_age,
+        open_price_max: open_max.map(Cents::new),
     })
     .to_vec()
 }
@@ -149,6 +166,28 @@ fn bar_screens() {
 }
 
 #[test]
+fn age_and_open_price_screens() {
+    let mut m = bar();
+    login(&mut m);
+    // The tip (5) has an open price: its number asks for it.
+    press(
+        &mut m,
+        &[
+            Key::Digit(3),
+            Key::Digit(5),
+            Key::Digit(2),
+            Key::Digit(5),
+            Key::Digit(0),
+        ],
+    );
+    insta::assert_snapshot!("bar_open_price", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter, Key::Enter]);
+    // A card marked under 18 and a cocktail (18+): its own screen, not "declined".
+    m.on_event(&decision("declined", Some("AGE_RESTRICTED"), None), 0);
+    insta::assert_snapshot!("bar_under_age", screen(&m, 80, 24));
+}
+
+#[test]
 fn balance_screen_from_the_replica() {
     let mut m = bar();
     login(&mut m);
@@ -203,6 +242,8 @@ fn checkpoint_screens() {
     login(&mut m);
     press(&mut m, &[Key::Minus, Key::Minus, Key::Minus, Key::Dot]);
     insta::assert_snapshot!("checkpoint_amount", screen(&m, 80, 24));
+    press(&mut m, &[Key::Down]);
+    insta::assert_snapshot!("checkpoint_amount_under_18", screen(&m, 80, 24));
     press(&mut m, &[Key::Enter]);
     insta::assert_snapshot!("checkpoint_present_card", screen(&m, 80, 24));
     m.on_event(

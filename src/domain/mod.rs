@@ -3,11 +3,13 @@
 //! Architecture invariant: this module does no IO and knows no transport. Every type checks
 //! its invariant once, when it is built, so the rest of the program can rely on it.
 
+mod age;
 mod card;
 mod ids;
 mod money;
 mod tax;
 
+pub use age::{AgeFlag, MinAge, MinAgeError, age_forbids};
 pub use card::{CardUid, CardUidError};
 pub use ids::{
     ClientRequestId, IDENT_LEN_MAX, IdentError, ProductId, StaffId, TerminalSeq, TerminalSeqError,

@@ -8,7 +8,7 @@ use super::store::{
     AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport, Store,
     StoreOptions, StripeEventRecord,
 };
-use crate::domain::{Cents, ProductId, StaffId, TaxRateName, TaxRates};
+use crate::domain::{Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
@@ -129,8 +129,9 @@ pub struct CatalogEntry {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Price in cents.
-    pub price_cents: i64,
+    /// Price in cents, VAT included; absent for an open price.
+    #[serde(default)]
+    pub price_cents: Option<i64>,
     /// Where it is sold.
     pub point_of_sale: String,
     /// Grouping.
@@ -139,6 +140,12 @@ pub struct CatalogEntry {
     /// Its VAT rate, one of the configuration's `[taxes]`; absent: the default rate.
     #[serde(default)]
     pub tax_rate: Option<String>,
+    /// The age it is sold from: 16 or 18; absent: no restriction.
+    #[serde(default)]
+    pub min_age: Option<i64>,
+    /// An open price: staff type the unit price, 1 cent to this; instead of `price_cents`.
+    #[serde(default)]
+    pub open_price_max_cents: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,12 +162,36 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
     if let Some(c) = &entry.category {
         check_name("category", c)?;
     }
-    if !(0..=UNIT_PRICE_CENTS_MAX).contains(&entry.price_cents) {
-        bail!(
-            "price_cents must be between 0 and {UNIT_PRICE_CENTS_MAX}, got {}",
-            entry.price_cents
-        );
-    }
+    let (price_cents, open_price_max_cents) = match (entry.price_cents, entry.open_price_max_cents)
+    {
+        (Some(price), None) => {
+            if !(0..=UNIT_PRICE_CENTS_MAX).contains(&price) {
+                bail!("price_cents must be between 0 and {UNIT_PRICE_CENTS_MAX}, got {price}");
+            }
+            (Cents::new(price), None)
+        }
+        (None, Some(max)) => {
+            if !(1..=UNIT_PRICE_CENTS_MAX).contains(&max) {
+                bail!(
+                    "open_price_max_cents must be between 1 and {UNIT_PRICE_CENTS_MAX}, got {max}"
+                );
+            }
+            (Cents::ZERO, Some(Cents::new(max)))
+        }
+        (Some(_), Some(_)) => bail!(
+            "price_cents and open_price_max_cents exclude each other: a product has a fixed \
+             price or an open one"
+        ),
+        (None, None) => bail!(
+            "price_cents (a fixed price) or open_price_max_cents (an open price's maximum) is \
+             required"
+        ),
+    };
+    let min_age = entry
+        .min_age
+        .map(MinAge::new)
+        .transpose()
+        .context("min_age")?;
     let tax_rate = match &entry.tax_rate {
         None => None,
         Some(name) => {
@@ -180,9 +211,11 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
         product: Product {
             product_id,
             name: entry.name.clone(),
-            price_cents: Cents::new(entry.price_cents),
+            price_cents,
             category: entry.category.clone(),
             tax_rate,
+            min_age,
+            open_price_max_cents,
         },
     })
 }

@@ -5,7 +5,7 @@
 //! writes what they decide. The SQLite and PostgreSQL backends share these rules, so they
 //! decide the same way.
 
-use crate::domain::{Cents, ProductId};
+use crate::domain::{AgeFlag, Cents, MinAge, ProductId, age_forbids};
 use crate::ledger::caller::StaffMember;
 use crate::protocol::api::{
     ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RechargeRequest, TerminalKind,
@@ -22,6 +22,8 @@ pub struct CardState {
     pub status: CardStatus,
     /// Set when blocked.
     pub block_reason: Option<BlockReason>,
+    /// What staff saw on the holder's ID; `None`: nobody said the holder is a minor.
+    pub age_flag: Option<AgeFlag>,
 }
 
 impl CardState {
@@ -30,6 +32,7 @@ impl CardState {
         balance: Cents::ZERO,
         status: CardStatus::Active,
         block_reason: None,
+        age_flag: None,
     };
 }
 
@@ -151,6 +154,7 @@ pub fn status_after(card: CardState, balance: Cents) -> CardState {
             balance,
             status: CardStatus::Blocked,
             block_reason: Some(reason),
+            ..card
         };
     }
     match card.block_reason {
@@ -158,6 +162,7 @@ pub fn status_after(card: CardState, balance: Cents) -> CardState {
             balance,
             status: CardStatus::Active,
             block_reason: None,
+            ..card
         },
         Some(BlockReason::Lost) => CardState { balance, ..card },
     }
@@ -200,12 +205,49 @@ fn blocked(card: &CardState) -> ApiError {
     )
 }
 
-/// Decides an order. `catalog_price` gives the current catalog price of a product at the
-/// terminal's point of sale, or `None` when the product is not on sale there.
-pub fn decide_order(
+/// What an order reads of a product on sale at its point of sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// Its price now; 0 for an open price.
+    pub price: Cents,
+    /// Its VAT rate's name; `None`: the configuration's default.
+    pub tax_rate: Option<String>,
+    /// The age it requires, if any.
+    pub min_age: Option<MinAge>,
+    /// Set for an open price: the largest unit price staff may type.
+    pub open_price_max: Option<Cents>,
+}
+
+impl CatalogEntry {
+    /// True when a line may charge `unit_price`: the catalog's price, or for an open price
+    /// 1 cent to its maximum.
+    pub fn accepts(&self, unit_price: Cents) -> bool {
+        match self.open_price_max {
+            Some(max) => (Cents::new(1)..=max).contains(&unit_price),
+            None => unit_price == self.price,
+        }
+    }
+
+    /// The catalog's price to record beside a line that charged `unit_price`: `None` when
+    /// the catalog accepts it; else the fixed price, or an open price's maximum.
+    pub fn differs(&self, unit_price: Cents) -> Option<Cents> {
+        if self.accepts(unit_price) {
+            None
+        } else {
+            Some(self.open_price_max.unwrap_or(self.price))
+        }
+    }
+}
+
+/// Decides an order, in the contract's order: the card (unknown, blocked), each line's
+/// product and price, the card's age flag against each product's age, the balance. Online,
+/// each check declines; offline (the terminal already sold) an unknown card is created, a
+/// product or price that differs and a product the age flag forbids are flagged, and the
+/// balance may go below zero.
+pub fn decide_order<'c>(
     req: &OrderRequest,
     card: Option<CardState>,
-    catalog_price: impl Fn(&ProductId) -> Option<Cents>,
+    catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry>,
 ) -> Result<BalanceChange, ApiError> {
     let mut flags = Vec::new();
     let previous = match (req.mode, card) {
@@ -221,41 +263,79 @@ pub fn decide_order(
             CardState::NEW
         }
     };
-    if req.mode == Mode::Online && previous.status == CardStatus::Blocked {
+    let online = req.mode == Mode::Online;
+    if online && previous.status == CardStatus::Blocked {
         return Err(blocked(&previous));
     }
     let mut price_differs = false;
     for item in &req.items {
-        match catalog_price(&item.product_id) {
-            Some(price) if price == item.unit_price_cents => {}
-            found => {
-                if req.mode == Mode::Offline {
-                    price_differs = true;
-                    continue;
-                }
-                return Err(match found {
-                    None => ApiError::with_details(
-                        ErrorCode::UnknownProduct,
-                        format!("product {} is not on sale here", item.product_id),
-                        json!({ "product_id": item.product_id.as_str() }),
-                    ),
-                    Some(price) => ApiError::with_details(
-                        ErrorCode::PriceMismatch,
-                        format!("product {} costs {} now", item.product_id, price.get()),
-                        json!({
-                            "product_id": item.product_id.as_str(),
-                            "catalog_price_cents": price.get(),
-                            "unit_price_cents": item.unit_price_cents.get(),
-                        }),
-                    ),
-                });
-            }
+        let entry = catalog(&item.product_id);
+        if entry.is_some_and(|e| e.accepts(item.unit_price_cents)) {
+            continue;
         }
+        if !online {
+            price_differs = true;
+            continue;
+        }
+        return Err(match entry {
+            None => ApiError::with_details(
+                ErrorCode::UnknownProduct,
+                format!("product {} is not on sale here", item.product_id),
+                json!({ "product_id": item.product_id.as_str() }),
+            ),
+            Some(CatalogEntry {
+                open_price_max: Some(max),
+                ..
+            }) => ApiError::with_details(
+                ErrorCode::PriceMismatch,
+                format!(
+                    "product {} has an open price of 1 to {} cents",
+                    item.product_id,
+                    max.get()
+                ),
+                json!({
+                    "product_id": item.product_id.as_str(),
+                    "open_price_max_cents": max.get(),
+                    "unit_price_cents": item.unit_price_cents.get(),
+                }),
+            ),
+            Some(e) => ApiError::with_details(
+                ErrorCode::PriceMismatch,
+                format!("product {} costs {} now", item.product_id, e.price.get()),
+                json!({
+                    "product_id": item.product_id.as_str(),
+                    "catalog_price_cents": e.price.get(),
+                    "unit_price_cents": item.unit_price_cents.get(),
+                }),
+            ),
+        });
     }
     if price_differs {
         flags.push(Flag::PriceDiffersFromCatalog);
     }
-    if req.mode == Mode::Online && previous.balance < req.total_cents {
+    let forbidden = req.items.iter().find_map(|item| {
+        let min_age = catalog(&item.product_id)?.min_age;
+        age_forbids(previous.age_flag, min_age).then_some((item, min_age?))
+    });
+    if let (Some((item, min_age)), Some(flag)) = (forbidden, previous.age_flag) {
+        if online {
+            return Err(ApiError::with_details(
+                ErrorCode::AgeRestricted,
+                format!(
+                    "product {} is sold from age {min_age}, and the card's holder is {}",
+                    item.product_id,
+                    flag.as_str().replace('_', " ")
+                ),
+                json!({
+                    "product_id": item.product_id.as_str(),
+                    "min_age": min_age.years(),
+                    "age_flag": flag.as_str(),
+                }),
+            ));
+        }
+        flags.push(Flag::AgeRestricted);
+    }
+    if online && previous.balance < req.total_cents {
         return Err(ApiError::with_details(
             ErrorCode::InsufficientFunds,
             "the card's balance is too low",
@@ -270,13 +350,18 @@ pub fn decide_order(
 }
 
 /// Decides a top-up. Unknown cards are created; a lost card is refused online; an offline
-/// top-up (cash already taken) is applied past the limits and flagged.
+/// top-up (cash already taken) is applied past the limits and flagged. A top-up that names
+/// an age flag sets it on the card (staff saw the holder's ID at the checkpoint).
 pub fn decide_recharge(
     req: &RechargeRequest,
     card: Option<CardState>,
     limits: Limits,
 ) -> Result<BalanceChange, ApiError> {
-    credit(card, req.amount_cents, limits, req.mode, "amount_cents")
+    let mut change = credit(card, req.amount_cents, limits, req.mode, "amount_cents")?;
+    if let Some(flag) = req.age_flag {
+        change.next.age_flag = Some(flag);
+    }
+    Ok(change)
 }
 
 /// Credits `amount` to `card` (created if unknown). Online, a lost card and amounts past
@@ -417,6 +502,7 @@ mod tests {
             balance: Cents::new(balance),
             status,
             block_reason: reason,
+            age_flag: None,
         }
     }
 
@@ -463,11 +549,28 @@ mod tests {
             staff_id: StaffId::parse("s").unwrap(),
             created_at: Utc::now(),
             mode,
+            age_flag: None,
         }
     }
 
-    fn beer_at(price: i64) -> impl Fn(&ProductId) -> Option<Cents> {
-        move |p: &ProductId| (p.as_str() == "beer").then_some(Cents::new(price))
+    fn beer_at(price: i64) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> {
+        product("beer", price, None, None)
+    }
+
+    /// One product on sale, for the test's lifetime (leaked: a few bytes per test).
+    fn product(
+        id: &'static str,
+        price: i64,
+        min_age: Option<MinAge>,
+        open_price_max: Option<i64>,
+    ) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> {
+        let entry: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
+            price: Cents::new(price),
+            tax_rate: None,
+            min_age,
+            open_price_max: open_price_max.map(Cents::new),
+        }));
+        move |p: &ProductId| (p.as_str() == id).then_some(entry)
     }
 
     fn code<T>(r: Result<T, ApiError>) -> Option<ErrorCode> {

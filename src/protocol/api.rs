@@ -5,7 +5,7 @@
 //! HTTP, only `store` into SQL.
 
 use crate::domain::{
-    CardUid, Cents, ClientRequestId, MoneyOverflow, ProductId, StaffId, TerminalSeq,
+    AgeFlag, CardUid, Cents, ClientRequestId, MoneyOverflow, ProductId, StaffId, TerminalSeq,
 };
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -266,7 +266,8 @@ impl BlockReason {
 /// (offline sale, or a reversed top-up) and is blocked for debt; `PRICE_DIFFERS_FROM_CATALOG`
 /// an offline order line's product or price differs from the catalog (recorded, not refused);
 /// `CARD_CREATED` the card was unknown and has been created; `LIMIT_EXCEEDED` an offline
-/// top-up was applied beyond a configured limit.
+/// top-up was applied beyond a configured limit; `AGE_RESTRICTED` an offline order sold a
+/// product the card's age flag forbids (the terminal did not know the flag yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Flag {
@@ -278,6 +279,8 @@ pub enum Flag {
     CardCreated,
     /// An offline top-up went past a configured limit.
     LimitExceeded,
+    /// An offline order sold a product the card's age flag forbids.
+    AgeRestricted,
 }
 
 /// One line of an order.
@@ -356,6 +359,10 @@ pub struct RechargeRequest {
     pub created_at: DateTime<Utc>,
     /// Online or offline.
     pub mode: Mode,
+    /// What staff saw on the holder's ID: `under_16` or `under_18`, set on the card with the
+    /// top-up (replacing any flag it had). Absent: the card's flag is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_flag: Option<AgeFlag>,
 }
 
 /// The reversal of an order or top-up by its `client_request_id` (`POST /v1/voids`).

@@ -61,6 +61,8 @@ codes! {
     UnknownProduct = "UNKNOWN_PRODUCT", Some(422);
     /// A line's price or the total differs from the catalog's.
     PriceMismatch = "PRICE_MISMATCH", Some(422);
+    /// A product the card's age flag forbids (`under_18` and a product sold from 18).
+    AgeRestricted = "AGE_RESTRICTED", Some(422);
     /// The same `client_request_id` with another request.
     IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED", Some(422);
     /// The same request is being processed.
@@ -114,6 +116,7 @@ impl ErrorCode {
                 | ErrorCode::LimitExceeded
                 | ErrorCode::UnknownProduct
                 | ErrorCode::PriceMismatch
+                | ErrorCode::AgeRestricted
         )
     }
 }

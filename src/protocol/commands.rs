@@ -1,6 +1,7 @@
 //! The commands the terminal daemon takes from its front end (the JSON-lines interface; the
 //! TUI sends the same commands for the keys staff press).
 
+use crate::domain::AgeFlag;
 use crate::protocol::api::PaymentMethod;
 use serde::Deserialize;
 
@@ -36,6 +37,10 @@ pub enum Command {
         amount_cents: i64,
         /// Cash or card.
         payment_method: PaymentMethod,
+        /// What staff saw on the holder's ID (`under_16`, `under_18`), set on the card with
+        /// the top-up; absent: the card's flag stays as it is.
+        #[serde(default)]
+        age_flag: Option<AgeFlag>,
     },
     /// A card presented by hand (`--reader simulated`).
     Tap {
@@ -69,6 +74,10 @@ pub struct CommandItem {
     pub product_id: String,
     /// 1 to 99.
     pub quantity: i64,
+    /// The unit price staff typed, for a product with an open price (1 cent to its
+    /// maximum); refused for a product with a fixed price.
+    #[serde(default)]
+    pub unit_price_cents: Option<i64>,
 }
 
 #[cfg(test)]

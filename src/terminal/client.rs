@@ -8,7 +8,7 @@
 //! not be opened never carried the request.
 
 use super::core::replay::{Settlement, settle};
-use crate::domain::{CardUid, Cents};
+use crate::domain::{AgeFlag, CardUid, Cents};
 use crate::protocol::api::{Operation, ShiftCloseout, ShiftRecorded};
 use serde::Deserialize;
 use serde_json::Value;
@@ -133,6 +133,9 @@ pub struct FeedCard {
     pub status: String,
     /// Feed position.
     pub version: i64,
+    /// What staff saw on the holder's ID (absent from ledgers before age restrictions).
+    #[serde(default)]
+    pub age_flag: Option<AgeFlag>,
 }
 
 /// One page of the card feed.

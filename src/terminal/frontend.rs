@@ -3,11 +3,11 @@
 //! (`crate::tui::run`) turns keys into commands and events into screens. Both drive the same
 //! [`super::daemon::run`] loop, so they cannot differ in what a command does.
 
-use crate::domain::Cents;
 use crate::protocol::api::TerminalKind;
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::commands::{COMMAND_BYTES_MAX, Command};
 use crate::protocol::events::Event;
+use crate::terminal::journal::CatalogProduct;
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, Lines};
@@ -45,8 +45,8 @@ pub struct TerminalInfo {
     pub point_of_sale: String,
     /// Bar or checkpoint.
     pub kind: TerminalKind,
-    /// The menu: product id, name, price, VAT rate in basis points (when the ledger said).
-    pub menu: Vec<(String, String, Cents, Option<u32>)>,
+    /// The menu, as the cached catalog has it (price, VAT rate, minimum age, open price).
+    pub menu: Vec<CatalogProduct>,
     /// Who may log in: staff id, name.
     pub staff: Vec<(String, String)>,
 }

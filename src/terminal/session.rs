@@ -17,7 +17,7 @@ use super::frontend::TerminalInfo;
 use super::journal::{Journal, JournalError};
 use super::sync::SharedJournal;
 use super::tap::{self, Payment, PaymentKind, Tap, append_void};
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::protocol::api::{
     ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
     SHIFT_TOTAL_CENTS_MAX, Scan, TerminalKind, VoidReason, format_time,
@@ -224,17 +224,7 @@ impl Session {
     /// the journal cannot be read: the front end then shows what it had).
     pub fn info(&self) -> TerminalInfo {
         let (point_of_sale, menu) = match self.with_journal(|j| j.catalog()) {
-            Ok(Some((catalog, _))) => (
-                catalog.point_of_sale,
-                catalog
-                    .products
-                    .into_iter()
-                    .map(|p| {
-                        let id = p.product_id.as_str().to_owned();
-                        (id, p.name, p.price_cents, p.tax_rate_basis_points)
-                    })
-                    .collect(),
-            ),
+            Ok(Some((catalog, _))) => (catalog.point_of_sale, catalog.products),
             Ok(None) => (String::new(), Vec::new()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the cached catalog");
@@ -298,7 +288,8 @@ impl Session {
             Command::Topup {
                 amount_cents,
                 payment_method,
-            } => self.arm_topup(amount_cents, payment_method),
+                age_flag,
+            } => self.arm_topup(amount_cents, payment_method, age_flag),
             Command::VoidLast {} => self.void_last(),
             Command::Shift {} => self.shift(),
             Command::CloseShift { counted_cash_cents } => self.close_shift(counted_cash_cents),
@@ -387,6 +378,7 @@ impl Session {
         };
         let mut lines = Vec::with_capacity(items.len());
         let mut total = Cents::ZERO;
+        let mut min_age = None;
         for item in items {
             within("quantity", item.quantity, 1, QUANTITY_MAX)?;
             let Some(product) = ProductId::parse(&item.product_id)
@@ -398,8 +390,33 @@ impl Session {
                     format!("{} is not on the menu", item.product_id),
                 ));
             };
-            let Ok(line_total) = product
-                .price_cents
+            let unit_price = match (product.open_price_max_cents, item.unit_price_cents) {
+                (None, None) => product.price_cents,
+                (None, Some(_)) => {
+                    return Err(refuse(
+                        ErrorCode::InvalidCommand,
+                        format!(
+                            "{} has a fixed price: its line takes no unit_price_cents",
+                            product.product_id
+                        ),
+                    ));
+                }
+                (Some(max), typed) => {
+                    let Some(typed) = typed.filter(|p| (1..=max.get()).contains(p)) else {
+                        return Err(refuse(
+                            ErrorCode::InvalidCommand,
+                            format!(
+                                "{} has an open price: its line needs unit_price_cents of 1 to {}",
+                                product.product_id,
+                                max.get()
+                            ),
+                        ));
+                    };
+                    Cents::new(typed)
+                }
+            };
+            min_age = min_age.max(product.min_age);
+            let Ok(line_total) = unit_price
                 .checked_mul(item.quantity)
                 .and_then(|l| total.checked_add(l))
             else {
@@ -412,7 +429,7 @@ impl Session {
             lines.push(OrderItem {
                 product_id: product.product_id.clone(),
                 quantity: item.quantity,
-                unit_price_cents: product.price_cents,
+                unit_price_cents: unit_price,
             });
         }
         if total < Cents::new(1) {
@@ -426,6 +443,7 @@ impl Session {
             kind: PaymentKind::Order {
                 items: lines,
                 total,
+                min_age,
             },
         }));
         Ok(Event::Armed {
@@ -476,7 +494,12 @@ impl Session {
         })
     }
 
-    fn arm_topup(&mut self, amount_cents: i64, method: PaymentMethod) -> Answer {
+    fn arm_topup(
+        &mut self,
+        amount_cents: i64,
+        method: PaymentMethod,
+        age_flag: Option<AgeFlag>,
+    ) -> Answer {
         let staff = self.logged_in()?;
         self.only_at(TerminalKind::Checkpoint, "a bar terminal does not top up")?;
         within("amount_cents", amount_cents, 1, RECHARGE_AMOUNT_CENTS_MAX)?;
@@ -498,6 +521,7 @@ impl Session {
             kind: PaymentKind::Topup {
                 amount: Cents::new(amount_cents),
                 method,
+                age_flag,
             },
         }));
         Ok(Event::Armed {
@@ -673,6 +697,7 @@ impl Session {
     async fn pay(&mut self, uid: CardUid, payment: Payment) -> Event {
         let (flow, first) = TapFlow::start(
             payment.movement(),
+            payment.min_age(),
             payment.total(),
             self.online.load(Ordering::Relaxed),
             self.flow_limits(),

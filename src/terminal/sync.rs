@@ -24,11 +24,11 @@ use super::client::{ClientError, LedgerClient, ShiftAnswer, Transport};
 use super::config::TerminalConfig;
 use super::core::replay::{self, Backoff, Settlement};
 use super::journal::{
-    CachedStaff, Catalog, CloseoutState, Entry, EntryState, Journal, JournalError, LoggedScan,
-    OperationKind, StateChange,
+    CachedStaff, Catalog, CloseoutState, Entry, EntryState, FeedRow, Journal, JournalError,
+    LoggedScan, OperationKind, StateChange,
 };
 use super::tap::recover;
-use crate::domain::{CardUid, TerminalSeq};
+use crate::domain::TerminalSeq;
 use crate::protocol::events::Event;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -249,16 +249,15 @@ pub async fn pull_card_feed(
         let asked_at = now();
         let page = client.card_feed(&cursor, FEED_PAGE_CARDS).await?;
         let done = page.cards.is_empty();
-        let cards: Vec<(CardUid, crate::domain::Cents, bool, i64)> = page
+        let cards: Vec<FeedRow> = page
             .cards
             .into_iter()
-            .map(|c| {
-                (
-                    c.card_uid,
-                    c.balance_cents,
-                    c.status == "blocked",
-                    c.version,
-                )
+            .map(|c| FeedRow {
+                card_uid: c.card_uid,
+                balance: c.balance_cents,
+                blocked: c.status == "blocked",
+                version: c.version,
+                age_flag: c.age_flag,
             })
             .collect();
         updated += cards.len();

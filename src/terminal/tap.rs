@@ -12,7 +12,7 @@ use super::journal::{
     Decision, DeclineRecord, Entry, EntryState, Journal, JournalError, LIST_LIMIT_MAX, NewEntry,
     OperationKind,
 };
-use crate::domain::{CardUid, Cents, ClientRequestId, StaffId, TerminalSeq};
+use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, MinAge, StaffId, TerminalSeq};
 use crate::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, VoidReason,
     VoidRequest,
@@ -39,6 +39,8 @@ pub enum PaymentKind {
         items: Vec<OrderItem>,
         /// Their total.
         total: Cents,
+        /// The strictest age its products are sold from.
+        min_age: Option<MinAge>,
     },
     /// Money received at a checkpoint.
     Topup {
@@ -46,6 +48,8 @@ pub enum PaymentKind {
         amount: Cents,
         /// Cash or card.
         method: PaymentMethod,
+        /// What staff saw on the holder's ID, set on the card with the top-up.
+        age_flag: Option<AgeFlag>,
     },
 }
 
@@ -66,6 +70,14 @@ impl Payment {
         }
     }
 
+    /// The strictest age an order's products are sold from.
+    pub fn min_age(&self) -> Option<MinAge> {
+        match self.kind {
+            PaymentKind::Order { min_age, .. } => min_age,
+            PaymentKind::Topup { .. } => None,
+        }
+    }
+
     /// What the flow needs to know of it.
     pub fn movement(&self) -> super::core::tap::Movement {
         match self.kind {
@@ -83,7 +95,7 @@ impl Payment {
         mode: Mode,
     ) -> Operation {
         match &self.kind {
-            PaymentKind::Order { items, total } => Operation::Order(OrderRequest {
+            PaymentKind::Order { items, total, .. } => Operation::Order(OrderRequest {
                 client_request_id: crid,
                 terminal_seq: seq,
                 card_uid: uid.clone(),
@@ -93,7 +105,11 @@ impl Payment {
                 created_at: Utc::now(),
                 mode,
             }),
-            PaymentKind::Topup { amount, method } => Operation::Recharge(RechargeRequest {
+            PaymentKind::Topup {
+                amount,
+                method,
+                age_flag,
+            } => Operation::Recharge(RechargeRequest {
                 client_request_id: crid,
                 terminal_seq: seq,
                 card_uid: uid.clone(),
@@ -102,6 +118,7 @@ impl Payment {
                 staff_id: self.staff.clone(),
                 created_at: Utc::now(),
                 mode,
+                age_flag: *age_flag,
             }),
         }
     }

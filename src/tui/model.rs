@@ -5,7 +5,7 @@
 //! products and amounts, `+`/`-` change quantities, `*` checks a balance, `/` voids the last
 //! sale, `.` switches the payment method, Enter confirms, Esc goes back, `?` shows the help.
 
-use crate::domain::Cents;
+use crate::domain::{AgeFlag, Cents, MinAge};
 use crate::protocol::api::{PaymentMethod, TerminalKind};
 use crate::protocol::commands::{Command, CommandItem};
 use crate::protocol::events::{Decision, Event, Status};
@@ -71,6 +71,10 @@ pub struct MenuItem {
     /// Its VAT rate in basis points, shown next to the price (`None`: the ledger did not
     /// say).
     pub tax_rate_basis_points: Option<u32>,
+    /// The age it is sold from, marked on the menu (`18+`).
+    pub min_age: Option<MinAge>,
+    /// Set for an open price: staff type the unit price, 1 cent to this.
+    pub open_price_max: Option<Cents>,
 }
 
 /// A staff member who may log in here.
@@ -102,6 +106,20 @@ pub enum Screen {
         quantities: Vec<u32>,
         /// The item `+`/`-` act on.
         cursor: usize,
+        /// The unit price typed per menu item with an open price (`None`: not typed yet).
+        prices: Vec<Option<Cents>>,
+    },
+    /// Bar: type the unit price of the open-price item at `cursor` (cents, as digits);
+    /// Enter adds one at that price, Esc goes back to the order.
+    OpenPrice {
+        /// The order being built.
+        quantities: Vec<u32>,
+        /// The item whose price is typed.
+        cursor: usize,
+        /// The unit prices typed so far.
+        prices: Vec<Option<Cents>>,
+        /// Digits typed, as cents.
+        digits: String,
     },
     /// Checkpoint: type an amount (in cents, as digits) or pick a preset.
     Amount {
@@ -109,6 +127,9 @@ pub enum Screen {
         digits: String,
         /// Cash or card.
         method: PaymentMethod,
+        /// What staff saw on the holder's ID, set on the card with the top-up (↓ cycles:
+        /// none, under 18, under 16).
+        age_flag: Option<AgeFlag>,
     },
     /// Waiting for a card.
     Present {
@@ -193,8 +214,8 @@ pub struct ShiftView {
 pub enum Presenting {
     /// An order of this total.
     Order(Cents),
-    /// A top-up of this amount.
-    Topup(Cents, PaymentMethod),
+    /// A top-up of this amount, marking the card's holder as a minor when flagged.
+    Topup(Cents, PaymentMethod, Option<AgeFlag>),
     /// A balance check.
     Balance,
 }
@@ -294,16 +315,20 @@ impl Model {
         let menu: Vec<MenuItem> = info
             .menu
             .iter()
-            .map(|(id, name, price, rate)| MenuItem {
-                product_id: id.clone(),
-                name: name.clone(),
-                price: *price,
-                tax_rate_basis_points: *rate,
+            .map(|p| MenuItem {
+                product_id: p.product_id.as_str().to_owned(),
+                name: p.name.clone(),
+                price: p.price_cents,
+                tax_rate_basis_points: p.tax_rate_basis_points,
+                min_age: p.min_age,
+                open_price_max: p.open_price_max_cents,
             })
             .collect();
         if menu != self.menu {
             self.menu = menu;
-            if let Screen::Order { quantities, .. } = &self.screen {
+            if let Screen::Order { quantities, .. } | Screen::OpenPrice { quantities, .. } =
+                &self.screen
+            {
                 if quantities.iter().any(|q| *q > 0) {
                     self.notice = Some("the menu changed: order cleared".into());
                 }
@@ -349,33 +374,69 @@ impl Model {
             TerminalKind::Bar => Screen::Order {
                 quantities: vec![0; self.menu.len()],
                 cursor: 0,
+                prices: vec![None; self.menu.len()],
             },
             // The method chosen last stays: a queue of card payers is not rebooked as cash.
+            // The age flag does not: it is about one person.
             TerminalKind::Checkpoint => Screen::Amount {
                 digits: String::new(),
                 method: self.method,
+                age_flag: None,
             },
         }
     }
 
-    /// The order's total and its lines.
-    pub fn order_lines(&self, quantities: &[u32]) -> (Cents, Vec<(usize, u32)>) {
+    /// The unit price of menu item `i`: its catalog price, or for an open price the one
+    /// typed (`None` until typed).
+    pub fn unit_price(&self, i: usize, prices: &[Option<Cents>]) -> Option<Cents> {
+        let item = self.menu.get(i)?;
+        match item.open_price_max {
+            None => Some(item.price),
+            Some(_) => prices.get(i).copied().flatten(),
+        }
+    }
+
+    /// The order's total and its lines: (menu item, quantity, unit price).
+    pub fn order_lines(
+        &self,
+        quantities: &[u32],
+        prices: &[Option<Cents>],
+    ) -> (Cents, Vec<(usize, u32, Cents)>) {
         let mut total = Cents::ZERO;
         let mut lines = Vec::new();
         for (i, q) in quantities.iter().enumerate() {
             if *q == 0 {
                 continue;
             }
-            if let Some(item) = self.menu.get(i) {
-                total = item
-                    .price
+            if let Some(price) = self.unit_price(i, prices) {
+                total = price
                     .checked_mul(i64::from(*q))
                     .and_then(|l| total.checked_add(l))
                     .unwrap_or(total);
-                lines.push((i, *q));
+                lines.push((i, *q, price));
             }
         }
         (total, lines)
+    }
+
+    /// Adds one of menu item `index` to the order, or, for an open price not typed yet,
+    /// asks for its price first.
+    fn pick(&self, quantities: Vec<u32>, index: usize, prices: Vec<Option<Cents>>) -> Screen {
+        let mut quantities = quantities;
+        if self.unit_price(index, &prices).is_none() {
+            return Screen::OpenPrice {
+                quantities,
+                cursor: index,
+                prices,
+                digits: String::new(),
+            };
+        }
+        add(&mut quantities, index, 1);
+        Screen::Order {
+            quantities,
+            cursor: index,
+            prices,
+        }
     }
 
     /// Closes the overlay on screen (the help), if one is open, and says whether one was: a
@@ -413,6 +474,7 @@ impl Model {
             Screen::Order {
                 mut quantities,
                 mut cursor,
+                mut prices,
             } => {
                 let mut actions = Vec::new();
                 match key {
@@ -420,11 +482,12 @@ impl Model {
                         // 1-9 pick the item and add one; 0 is the tenth.
                         let index = if d == 0 { 9 } else { usize::from(d) - 1 };
                         if index < self.menu.len() {
-                            cursor = index;
-                            add(&mut quantities, index, 1);
+                            return (self.pick(quantities, index, prices), actions);
                         }
                     }
-                    Key::Plus => add(&mut quantities, cursor, 1),
+                    Key::Plus if cursor < self.menu.len() => {
+                        return (self.pick(quantities, cursor, prices), actions);
+                    }
                     Key::Minus => add(&mut quantities, cursor, -1),
                     Key::Up => cursor = cursor.saturating_sub(1),
                     Key::Down if cursor + 1 < self.menu.len() => cursor += 1,
@@ -432,15 +495,26 @@ impl Model {
                         if let Some(q) = quantities.get_mut(cursor) {
                             *q = 0;
                         }
+                        // An open price is typed again for the next one.
+                        if let Some(p) = prices.get_mut(cursor) {
+                            *p = None;
+                        }
                     }
                     // Esc clears the order; on an empty order it logs out.
                     Key::Esc if quantities.iter().all(|q| *q == 0) => {
                         return (
-                            Screen::Order { quantities, cursor },
+                            Screen::Order {
+                                quantities,
+                                cursor,
+                                prices,
+                            },
                             vec![Action::Send(Command::Logout {})],
                         );
                     }
-                    Key::Esc => quantities.iter_mut().for_each(|q| *q = 0),
+                    Key::Esc => {
+                        quantities.iter_mut().for_each(|q| *q = 0);
+                        prices.iter_mut().for_each(|p| *p = None);
+                    }
                     Key::Star => {
                         return (
                             Screen::Present {
@@ -452,7 +526,7 @@ impl Model {
                     }
                     Key::Slash => return (Screen::ConfirmVoid, Vec::new()),
                     Key::Enter => {
-                        let (total, lines) = self.order_lines(&quantities);
+                        let (total, lines) = self.order_lines(&quantities, &prices);
                         if lines.is_empty() {
                             self.notice = Some("pick a product first (its number)".into());
                         } else if lines.len() > LINES_MAX {
@@ -460,9 +534,12 @@ impl Model {
                         } else {
                             let items = lines
                                 .iter()
-                                .map(|(i, q)| CommandItem {
+                                .map(|(i, q, price)| CommandItem {
                                     product_id: self.menu[*i].product_id.clone(),
                                     quantity: i64::from(*q),
+                                    unit_price_cents: self.menu[*i]
+                                        .open_price_max
+                                        .map(|_| price.get()),
                                 })
                                 .collect();
                             actions.push(Action::Send(Command::Order { items }));
@@ -477,11 +554,71 @@ impl Model {
                     }
                     _ => {}
                 }
-                (Screen::Order { quantities, cursor }, actions)
+                (
+                    Screen::Order {
+                        quantities,
+                        cursor,
+                        prices,
+                    },
+                    actions,
+                )
+            }
+            Screen::OpenPrice {
+                quantities,
+                cursor,
+                mut prices,
+                mut digits,
+            } => {
+                let max = self.menu.get(cursor).and_then(|m| m.open_price_max);
+                match key {
+                    Key::Digit(d)
+                        if digits.len() < AMOUNT_DIGITS_MAX && !(digits.is_empty() && d == 0) =>
+                    {
+                        digits.push(char::from(b'0' + d));
+                    }
+                    Key::Backspace => {
+                        digits.pop();
+                    }
+                    Key::Esc => {
+                        return (
+                            Screen::Order {
+                                quantities,
+                                cursor,
+                                prices,
+                            },
+                            Vec::new(),
+                        );
+                    }
+                    Key::Enter => match (digits.parse::<i64>(), max) {
+                        (Ok(cents), Some(max)) if (1..=max.get()).contains(&cents) => {
+                            if let Some(p) = prices.get_mut(cursor) {
+                                *p = Some(Cents::new(cents));
+                            }
+                            return (self.pick(quantities, cursor, prices), Vec::new());
+                        }
+                        (_, max) => {
+                            self.notice = Some(format!(
+                                "type the price in cents: at most {}",
+                                max.map_or_else(|| "0".into(), crate::tui::view::money)
+                            ));
+                        }
+                    },
+                    _ => {}
+                }
+                (
+                    Screen::OpenPrice {
+                        quantities,
+                        cursor,
+                        prices,
+                        digits,
+                    },
+                    Vec::new(),
+                )
             }
             Screen::Amount {
                 mut digits,
                 mut method,
+                mut age_flag,
             } => match key {
                 Key::Minus => {
                     // The presets, in turn: digits always type the amount itself.
@@ -491,37 +628,85 @@ impl Model {
                         .position(|p| Some(*p) == current)
                         .map_or(0, |i| (i + 1) % TOPUP_PRESETS_CENTS.len());
                     digits = TOPUP_PRESETS_CENTS[next].to_string();
-                    (Screen::Amount { digits, method }, Vec::new())
+                    (
+                        Screen::Amount {
+                            digits,
+                            method,
+                            age_flag,
+                        },
+                        Vec::new(),
+                    )
                 }
                 Key::Digit(d) => {
                     if digits.len() < AMOUNT_DIGITS_MAX && !(digits.is_empty() && d == 0) {
                         digits.push(char::from(b'0' + d));
                     }
-                    (Screen::Amount { digits, method }, Vec::new())
+                    (
+                        Screen::Amount {
+                            digits,
+                            method,
+                            age_flag,
+                        },
+                        Vec::new(),
+                    )
                 }
                 Key::Backspace => {
                     digits.pop();
-                    (Screen::Amount { digits, method }, Vec::new())
+                    (
+                        Screen::Amount {
+                            digits,
+                            method,
+                            age_flag,
+                        },
+                        Vec::new(),
+                    )
                 }
                 // Esc clears the amount; on an empty amount it logs out.
-                Key::Esc if digits.is_empty() => (
-                    Screen::Amount { digits, method },
+                Key::Esc if digits.is_empty() && age_flag.is_none() => (
+                    Screen::Amount {
+                        digits,
+                        method,
+                        age_flag,
+                    },
                     vec![Action::Send(Command::Logout {})],
                 ),
                 Key::Esc => (
                     Screen::Amount {
                         digits: String::new(),
                         method,
+                        age_flag: None,
                     },
                     Vec::new(),
                 ),
+                Key::Down => {
+                    age_flag = match age_flag {
+                        None => Some(AgeFlag::Under18),
+                        Some(AgeFlag::Under18) => Some(AgeFlag::Under16),
+                        Some(AgeFlag::Under16) => None,
+                    };
+                    (
+                        Screen::Amount {
+                            digits,
+                            method,
+                            age_flag,
+                        },
+                        Vec::new(),
+                    )
+                }
                 Key::Dot => {
                     method = match method {
                         PaymentMethod::Cash => PaymentMethod::Card,
                         PaymentMethod::Card => PaymentMethod::Cash,
                     };
                     self.method = method;
-                    (Screen::Amount { digits, method }, Vec::new())
+                    (
+                        Screen::Amount {
+                            digits,
+                            method,
+                            age_flag,
+                        },
+                        Vec::new(),
+                    )
                 }
                 Key::Star => (
                     Screen::Present {
@@ -538,20 +723,35 @@ impl Model {
                 Key::Enter => match digits.parse::<i64>() {
                     Ok(cents) if cents > 0 => (
                         Screen::Present {
-                            what: Presenting::Topup(Cents::new(cents), method),
+                            what: Presenting::Topup(Cents::new(cents), method, age_flag),
                             since_ms: now_ms,
                         },
                         vec![Action::Send(Command::Topup {
                             amount_cents: cents,
                             payment_method: method,
+                            age_flag,
                         })],
                     ),
                     _ => {
                         self.notice = Some("type an amount in cents, or - for a preset".into());
-                        (Screen::Amount { digits, method }, Vec::new())
+                        (
+                            Screen::Amount {
+                                digits,
+                                method,
+                                age_flag,
+                            },
+                            Vec::new(),
+                        )
                     }
                 },
-                _ => (Screen::Amount { digits, method }, Vec::new()),
+                _ => (
+                    Screen::Amount {
+                        digits,
+                        method,
+                        age_flag,
+                    },
+                    Vec::new(),
+                ),
             },
             Screen::Present { what, since_ms } => match key {
                 Key::Esc => (self.home(), vec![Action::Send(Command::Cancel {})]),
@@ -898,12 +1098,16 @@ mod tests {
                     name: "Beer 0.5 l".into(),
                     price: Cents::new(450),
                     tax_rate_basis_points: Some(1900),
+                    min_age: Some(MinAge::SIXTEEN),
+                    open_price_max: None,
                 },
                 MenuItem {
                     product_id: "water".into(),
                     name: "Water".into(),
                     price: Cents::new(200),
                     tax_rate_basis_points: Some(700),
+                    min_age: None,
+                    open_price_max: None,
                 },
             ],
             vec![StaffItem {
@@ -998,11 +1202,16 @@ mod tests {
             ],
         );
         assert!(actions.is_empty());
-        let Screen::Order { quantities, cursor } = &m.screen else {
+        let Screen::Order {
+            quantities,
+            cursor,
+            prices,
+        } = &m.screen
+        else {
             panic!("{:?}", m.screen)
         };
         assert_eq!((quantities.clone(), *cursor), (vec![2, 1], 1));
-        assert_eq!(m.order_lines(quantities).0, Cents::new(1100));
+        assert_eq!(m.order_lines(quantities, prices).0, Cents::new(1100));
         let actions = keys(&mut m, &[Key::Enter]);
         assert_eq!(
             actions,
@@ -1010,11 +1219,13 @@ mod tests {
                 items: vec![
                     CommandItem {
                         product_id: "beer-05".into(),
-                        quantity: 2
+                        quantity: 2,
+                        unit_price_cents: None,
                     },
                     CommandItem {
                         product_id: "water".into(),
-                        quantity: 1
+                        quantity: 1,
+                        unit_price_cents: None,
                     },
                 ]
             })]
@@ -1045,9 +1256,148 @@ mod tests {
             m.screen,
             Screen::Order {
                 quantities: vec![0, 0],
-                cursor: 0
+                cursor: 0,
+                prices: vec![None, None],
             }
         );
+    }
+
+    /// The bar's menu with a tip at an open price of at most 5.00, third.
+    fn bar_with_tip() -> Model {
+        let mut m = bar();
+        m.menu.push(MenuItem {
+            product_id: "tip".into(),
+            name: "Tip".into(),
+            price: Cents::ZERO,
+            tax_rate_basis_points: Some(0),
+            min_age: None,
+            open_price_max: Some(Cents::new(500)),
+        });
+        logged_in(m)
+    }
+
+    #[test]
+    fn an_open_price_is_typed_before_it_is_added_and_sent_with_its_line() {
+        let mut m = bar_with_tip();
+        // Its number asks for the price; Esc goes back without adding it.
+        keys(&mut m, &[Key::Digit(3)]);
+        assert!(
+            matches!(m.screen, Screen::OpenPrice { cursor: 2, .. }),
+            "{:?}",
+            m.screen
+        );
+        keys(&mut m, &[Key::Esc]);
+        let Screen::Order { quantities, .. } = &m.screen else {
+            panic!("{:?}", m.screen)
+        };
+        assert_eq!(quantities, &vec![0, 0, 0]);
+        // Beyond the maximum: a notice, and the price screen stays.
+        keys(
+            &mut m,
+            &[Key::Digit(3), Key::Digit(6), Key::Digit(0), Key::Digit(0)],
+        );
+        keys(&mut m, &[Key::Enter]);
+        assert!(
+            m.notice.as_deref().is_some_and(|n| n.contains("5.00")),
+            "{:?}",
+            m.notice
+        );
+        assert!(matches!(m.screen, Screen::OpenPrice { .. }));
+        // 1.50 is added; + adds another at the same price without asking again.
+        keys(&mut m, &[Key::Backspace, Key::Backspace, Key::Backspace]);
+        keys(
+            &mut m,
+            &[Key::Digit(1), Key::Digit(5), Key::Digit(0), Key::Enter],
+        );
+        keys(&mut m, &[Key::Plus, Key::Digit(2)]);
+        let Screen::Order {
+            quantities, prices, ..
+        } = &m.screen
+        else {
+            panic!("{:?}", m.screen)
+        };
+        assert_eq!(quantities, &vec![0, 1, 2]);
+        assert_eq!(m.order_lines(quantities, prices).0, Cents::new(200 + 300));
+        assert_eq!(
+            keys(&mut m, &[Key::Enter]),
+            vec![Action::Send(Command::Order {
+                items: vec![
+                    CommandItem {
+                        product_id: "water".into(),
+                        quantity: 1,
+                        unit_price_cents: None,
+                    },
+                    CommandItem {
+                        product_id: "tip".into(),
+                        quantity: 2,
+                        unit_price_cents: Some(150),
+                    },
+                ]
+            })]
+        );
+        // After the sale the next tip asks for its price again.
+        m.on_event(&Event::Decision(decision("approved_online")), 10);
+        m.on_tick(10 + RESULT_SHOWN_MS);
+        keys(&mut m, &[Key::Digit(3)]);
+        assert!(
+            matches!(m.screen, Screen::OpenPrice { .. }),
+            "{:?}",
+            m.screen
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_marks_a_minor_for_one_top_up() {
+        let mut m = logged_in(Model::new(
+            "cp-1".into(),
+            TerminalKind::Checkpoint,
+            vec![],
+            bar().staff,
+        ));
+        // ↓ cycles: under 18, under 16, none, under 18.
+        let actions = keys(
+            &mut m,
+            &[
+                Key::Down,
+                Key::Down,
+                Key::Down,
+                Key::Down,
+                Key::Digit(5),
+                Key::Digit(0),
+                Key::Digit(0),
+                Key::Enter,
+            ],
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Send(Command::Topup {
+                amount_cents: 500,
+                payment_method: PaymentMethod::Cash,
+                age_flag: Some(AgeFlag::Under18),
+            })]
+        );
+        assert_eq!(
+            m.screen,
+            Screen::Present {
+                what: Presenting::Topup(
+                    Cents::new(500),
+                    PaymentMethod::Cash,
+                    Some(AgeFlag::Under18)
+                ),
+                since_ms: 0,
+            }
+        );
+        // The next top-up starts unmarked: the flag was about one person.
+        m.on_event(&Event::Decision(decision("approved_online")), 10);
+        m.on_tick(10 + RESULT_SHOWN_MS);
+        assert!(
+            matches!(m.screen, Screen::Amount { age_flag: None, .. }),
+            "{:?}",
+            m.screen
+        );
+        // Esc with only a flag set clears it, and does not log out.
+        assert!(keys(&mut m, &[Key::Down, Key::Esc]).is_empty());
+        assert!(matches!(m.screen, Screen::Amount { age_flag: None, .. }));
     }
 
     #[test]
@@ -1097,7 +1447,8 @@ mod tests {
             actions,
             vec![Action::Send(Command::Topup {
                 amount_cents: TOPUP_PRESETS_CENTS[2],
-                payment_method: PaymentMethod::Card
+                payment_method: PaymentMethod::Card,
+                age_flag: None
             })]
         );
         let Screen::Present { .. } = m.screen else {
@@ -1120,7 +1471,8 @@ mod tests {
             actions,
             vec![Action::Send(Command::Topup {
                 amount_cents: 2_000,
-                payment_method: PaymentMethod::Card
+                payment_method: PaymentMethod::Card,
+                age_flag: None
             })]
         );
         keys(&mut m, &[Key::Esc, Key::Dot]);
@@ -1138,7 +1490,8 @@ mod tests {
             actions,
             vec![Action::Send(Command::Topup {
                 amount_cents: 750,
-                payment_method: PaymentMethod::Cash
+                payment_method: PaymentMethod::Cash,
+                age_flag: None
             })]
         );
     }

@@ -354,6 +354,8 @@ mod tests {
                 name: "Beer".into(),
                 price: Cents::new(450),
                 tax_rate_basis_points: Some(1900),
+                min_age: None,
+                open_price_max: None,
             }],
             vec![StaffItem {
                 staff_id: "s-1".into(),

@@ -2,7 +2,7 @@
 //! and the help overlay. Pure: the same model, size and clock always draw the same cells.
 
 use super::model::{Model, Presenting, Screen, ShiftView, TOPUP_PRESETS_CENTS};
-use crate::domain::Cents;
+use crate::domain::{AgeFlag, Cents};
 use crate::protocol::api::{PaymentMethod, TerminalKind};
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
@@ -182,8 +182,9 @@ fn hint_line(model: &Model) -> String {
         Screen::Order { .. } => {
             "1-9 add  +/- qty  Enter charge  * balance  / void last  Esc clear  ? help".into()
         }
+        Screen::OpenPrice { .. } => "digits: price in cents   Enter: add one   Esc: back".into(),
         Screen::Amount { .. } => {
-            "digits cents  - preset  . cash/card  Enter top up  + shift  * balance  ? help".into()
+            "digits cents  - preset  . cash/card  ↓ minor  Enter top up  + shift  ? help".into()
         }
         Screen::Present { .. } => "present the card   Esc: cancel".into(),
         Screen::Deciding => "deciding…".into(),
@@ -248,7 +249,17 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 area,
             );
         }
-        Screen::Order { quantities, cursor } => {
+        Screen::Order {
+            quantities,
+            cursor,
+            prices,
+        }
+        | Screen::OpenPrice {
+            quantities,
+            cursor,
+            prices,
+            ..
+        } => {
             let [menu, order] =
                 Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
                     .areas(area);
@@ -267,11 +278,15 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                     // The VAT rate next to the price, so that staff can answer "how much
                     // of that is tax?" (nothing when the ledger did not say).
                     let rate = item.tax_rate_basis_points.map(percent).unwrap_or_default();
-                    let text = format!(
-                        "{key}  {:<18} {:>8} {rate:>6}",
-                        item.name,
-                        money(item.price)
-                    );
+                    // An open price shows the one typed, or "open" until it is.
+                    let price = match (item.open_price_max, prices.get(i).copied().flatten()) {
+                        (None, _) => money(item.price),
+                        (Some(_), Some(typed)) => money(typed),
+                        (Some(_), None) => "open".into(),
+                    };
+                    // Restricted products are marked, so staff ask for ID before the tap.
+                    let age = item.min_age.map(|a| format!("{a}+")).unwrap_or_default();
+                    let text = format!("{key}  {:<18} {price:>8} {rate:>6} {age:>3}", item.name);
                     if i == *cursor {
                         Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
                     } else {
@@ -283,12 +298,12 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Menu ")),
                 menu,
             );
-            let (total, order_lines) = model.order_lines(quantities);
+            let (total, order_lines) = model.order_lines(quantities, prices);
             let mut lines: Vec<Line<'_>> = order_lines
                 .iter()
-                .map(|(i, q)| {
+                .map(|(i, q, price)| {
                     let item = &model.menu[*i];
-                    let line_total = item.price.checked_mul(i64::from(*q)).unwrap_or(Cents::ZERO);
+                    let line_total = price.checked_mul(i64::from(*q)).unwrap_or(Cents::ZERO);
                     Line::from(format!(
                         "{q:>2} × {:<14} {:>8}",
                         item.name,
@@ -302,8 +317,32 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" Order ")),
                 order,
             );
+            if let Screen::OpenPrice { cursor, digits, .. } = &model.screen
+                && let Some(item) = model.menu.get(*cursor)
+            {
+                let typed = Cents::new(digits.parse().unwrap_or(0));
+                let max = item.open_price_max.map(money).unwrap_or_default();
+                let text = vec![
+                    Line::from(format!("{}: open price", item.name)),
+                    Line::from(""),
+                    Line::from(format!("Price: {}", money(typed))).bold(),
+                    Line::from(format!("at most {max}")),
+                    Line::from(""),
+                    Line::from("Enter: add one   Esc: back"),
+                ];
+                let popup = centered(area, 36, 8);
+                frame.render_widget(Clear, popup);
+                frame.render_widget(
+                    Paragraph::new(text).block(Block::new().borders(Borders::ALL).title(" Price ")),
+                    popup,
+                );
+            }
         }
-        Screen::Amount { digits, method } => {
+        Screen::Amount {
+            digits,
+            method,
+            age_flag,
+        } => {
             let cents = Cents::new(digits.parse().unwrap_or(0));
             let method = match method {
                 PaymentMethod::Cash => "CASH",
@@ -314,9 +353,16 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 .map(|c| money(Cents::new(*c)))
                 .collect::<Vec<_>>()
                 .join("   ");
+            let age = match age_flag {
+                None => Line::from("Age: not marked   (↓ to mark a minor)"),
+                Some(flag) => Line::from(format!("Age: {}   (↓ to change)", age_flag_words(*flag)))
+                    .bold()
+                    .fg(Color::Magenta),
+            };
             let lines = vec![
                 Line::from(format!("Amount: {}", money(cents))).bold(),
                 Line::from(format!("Paid by: {method}   (. to switch)")),
+                age,
                 Line::from(""),
                 Line::from(format!("Presets (-): {presets}")),
             ];
@@ -328,13 +374,16 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         Screen::Present { what, .. } => {
             let text = match what {
                 Presenting::Order(total) => format!("{}\n\nPRESENT CARD", money(*total)),
-                Presenting::Topup(amount, method) => format!(
-                    "+{}  {}\n\nPRESENT CARD",
+                Presenting::Topup(amount, method, age_flag) => format!(
+                    "+{}  {}{}\n\nPRESENT CARD",
                     money(*amount),
                     match method {
                         PaymentMethod::Cash => "CASH",
                         PaymentMethod::Card => "CARD",
-                    }
+                    },
+                    age_flag
+                        .map(|f| format!("\nmarks the card {}", age_flag_words(f)))
+                        .unwrap_or_default()
                 ),
                 Presenting::Balance => "BALANCE\n\nPRESENT CARD".into(),
             };
@@ -342,8 +391,12 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         }
         Screen::Deciding => big(frame, area, "…", Color::Cyan, false),
         Screen::Result { decision, .. } => {
+            let age_restricted = decision.reason.as_deref() == Some(AGE_RESTRICTED);
             let (word, color) = if decision.approved() {
                 ("APPROVED", Color::Green)
+            } else if age_restricted {
+                // Its own colour: staff must not take it for an empty card and ask for money.
+                ("UNDER AGE", Color::Magenta)
             } else {
                 ("DECLINED", Color::Red)
             };
@@ -490,6 +543,17 @@ fn shift_lines(summary: &ShiftView, utc_offset_s: Option<i32>) -> Vec<Line<'stat
     ]
 }
 
+/// The code of an age decline.
+const AGE_RESTRICTED: &str = ErrorCode::AgeRestricted.as_str();
+
+/// An age flag as staff read it.
+pub fn age_flag_words(flag: AgeFlag) -> &'static str {
+    match flag {
+        AgeFlag::Under16 => "UNDER 16",
+        AgeFlag::Under18 => "UNDER 18",
+    }
+}
+
 /// A decline reason in words staff can say to the customer.
 pub fn reason_text(code: &str) -> String {
     match ErrorCode::parse(code) {
@@ -499,6 +563,9 @@ pub fn reason_text(code: &str) -> String {
         Some(ErrorCode::UnknownCardOffline) => "unknown card while offline".into(),
         Some(ErrorCode::JournalUnavailable) => "terminal storage failure: call a supervisor".into(),
         Some(ErrorCode::LimitExceeded) => "over the top-up limit".into(),
+        Some(ErrorCode::AgeRestricted) => {
+            "the card is marked as a minor:\ntake the 16+ / 18+ products off the order".into()
+        }
         _ => code.to_owned(),
     }
 }
@@ -533,8 +600,9 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
     match model.kind {
         TerminalKind::Bar => lines.extend(
             [
-                "1-9, 0   add one of product 1-9, 10",
+                "1-9, 0   add one of product 1-9, 10 (open price: type it)",
                 "+ / -    one more / one less of the selected product",
+                "16+ 18+  ask for ID: a card marked younger is refused",
                 "↑ / ↓    select a product",
                 "Bksp     remove the selected product",
                 "Enter    charge the order: then present the card",
@@ -546,6 +614,7 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 "digits   the amount, in cents (2000 is 20.00)",
                 "-        the presets, in turn",
                 ".        cash or card",
+                "↓        mark the holder under 18, under 16 (from an ID)",
                 "Enter    top up: then present the card",
                 "+        this shift's totals; Enter there closes it",
             ]
@@ -562,22 +631,24 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         .map(str::to_owned),
     );
     lines.extend(model.help_extra.iter().cloned());
-    let width = area.width.min(60);
-    let height = area
-        .height
-        .min(u16::try_from(lines.len() + 2).unwrap_or(u16::MAX));
-    let popup = Rect {
-        x: area.x + (area.width - width) / 2,
-        y: area.y + (area.height - height) / 2,
-        width,
-        height,
-    };
+    let popup = centered(area, 60, u16::try_from(lines.len() + 2).unwrap_or(u16::MAX));
     frame.render_widget(Clear, popup);
     frame.render_widget(
         Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>())
             .block(Block::new().borders(Borders::ALL).title(" Help ")),
         popup,
     );
+}
+
+/// A rectangle of at most `width` × `height` in the middle of `area`.
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let (width, height) = (area.width.min(width), area.height.min(height));
+    Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    }
 }
 
 #[cfg(test)]

@@ -396,6 +396,24 @@ impl Terminal {
     }
 }
 
+/// A fresh ledger, a proxy in front of it, and checkpoint cp-1 behind the proxy (its
+/// configuration and journal in the directory), ready and logged in as the cashier.
+pub async fn checkpoint_ready_to_top_up() -> (super::Ledger, Proxy, tempfile::TempDir, Terminal) {
+    let l = super::Ledger::start().await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start_as(
+        dir.path(),
+        &proxy.addr,
+        &l.checkpoint_token,
+        "cp-1",
+        "checkpoint",
+    )
+    .await;
+    ready_to_top_up(&mut t).await;
+    (l, proxy, dir, t)
+}
+
 /// Waits for `ready` and logs in as s-bar.
 pub async fn ready_to_sell(t: &mut Terminal) {
     t.expect("ready").await;

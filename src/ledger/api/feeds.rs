@@ -91,6 +91,7 @@ pub(super) async fn get_card<S: LedgerStore>(
             "balance_cents": card.balance_cents,
             "status": card.status,
             "updated_at": card.updated_at,
+            "age_flag": card.age_flag,
         }))
         .into_response())
     }
@@ -149,7 +150,7 @@ pub(super) async fn get_card_feed<S: LedgerStore>(
             .cards
             .iter()
             .map(|c| {
-                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version })
+                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version, "age_flag": c.age_flag })
             })
             .collect();
         Ok(axum::Json(json!({ "cards": cards, "next_cursor": page.next_version.to_string() })).into_response())

@@ -70,6 +70,7 @@ use crate::domain::{
 };
 use crate::ledger::caller::{StaffMember, Terminal};
 use crate::ledger::outcome::{Outcome, StoredAnswer};
+pub use crate::ledger::rules::CatalogEntry;
 use crate::ledger::rules::{CardState, Limits};
 use crate::protocol::api::{
     Flag, OrderRequest, PaymentMethod, RechargeRequest, ShiftCloseout, VoidRequest,
@@ -152,15 +153,6 @@ pub struct Target {
     pub amount: Cents,
     /// Its postings, in the order they were written: a void posts each reversed.
     pub postings: Vec<(String, Cents)>,
-}
-
-/// What an order reads of a product.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogEntry {
-    /// Its price now.
-    pub price: Cents,
-    /// Its VAT rate's name; `None`: the configuration's default.
-    pub tax_rate: Option<String>,
 }
 
 /// What the key of a void's target names.

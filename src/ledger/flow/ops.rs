@@ -209,7 +209,7 @@ fn order<'a, R: Reads>(
             catalog.insert(&item.product_id, entry);
         }
     }
-    let change = match rules::decide_order(r, card, |p| catalog.get(p).map(|e| e.price)) {
+    let change = match rules::decide_order(r, card, |p| catalog.get(p)) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
@@ -233,9 +233,7 @@ fn order<'a, R: Reads>(
                 .map_err(FlowError::new)?;
             let split = split_gross(line_total, tax_rate.basis_points);
             Ok(OrderLine {
-                catalog_price_differs: entry
-                    .map(|e| e.price)
-                    .filter(|c| *c != item.unit_price_cents),
+                catalog_price_differs: entry.and_then(|e| e.differs(item.unit_price_cents)),
                 line_total,
                 tax_rate,
                 net: split.net,
@@ -442,11 +440,14 @@ fn log_entry(
             Some(r.total_cents),
             json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get() }),
         ),
-        Operation::Recharge(r) => (
-            Some(r.card_uid.clone()),
-            Some(r.amount_cents),
-            json!({ "mode": r.mode.as_str(), "payment_method": r.payment_method.as_str(), "terminal_seq": r.terminal_seq.get() }),
-        ),
+        Operation::Recharge(r) => {
+            let mut details = json!({ "mode": r.mode.as_str(), "payment_method": r.payment_method.as_str(), "terminal_seq": r.terminal_seq.get() });
+            // The age flag a top-up sets is part of the audit trail, as the desk's is.
+            if let (Some(flag), Some(m)) = (r.age_flag, details.as_object_mut()) {
+                m.insert("age_flag".into(), flag.as_str().into());
+            }
+            (Some(r.card_uid.clone()), Some(r.amount_cents), details)
+        }
         Operation::Void(r) => (
             applied.and_then(|a| a.card_uid.clone()),
             applied.and_then(|a| a.amount),

@@ -43,7 +43,7 @@ pub(super) fn error_schemas() -> Vec<(String, RefOr<Schema>)> {
         .description(Some(
             "The one error shape of the API. `details` is present when there is something to \
              add: always for `INSUFFICIENT_FUNDS`, `CARD_BLOCKED`, `LIMIT_EXCEEDED`, \
-             `UNKNOWN_PRODUCT`, `PRICE_MISMATCH` and `PAYLOAD_TOO_LARGE`; for \
+             `UNKNOWN_PRODUCT`, `PRICE_MISMATCH`, `AGE_RESTRICTED` and `PAYLOAD_TOO_LARGE`; for \
              `INVALID_REQUEST` whenever a field can be named.",
         ))
         .property("error", error_body)
@@ -102,12 +102,33 @@ pub(super) fn error_schemas() -> Vec<(String, RefOr<Schema>)> {
         .required("product_id");
     let price = ObjectBuilder::new()
         .schema_type(Type::Object)
+        .description(Some(
+            "`catalog_price_cents` for a product with a fixed price; `open_price_max_cents` \
+             for one with an open price (the line must charge 1 cent to it).",
+        ))
         .property("product_id", Ref::from_schema_name(ProductId::name()))
         .required("product_id")
         .property("catalog_price_cents", int64())
-        .required("catalog_price_cents")
+        .property("open_price_max_cents", int64())
         .property("unit_price_cents", int64())
         .required("unit_price_cents");
+    let age = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "The first line whose product the card's age flag forbids.",
+        ))
+        .property("product_id", Ref::from_schema_name(ProductId::name()))
+        .required("product_id")
+        .property(
+            "min_age",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([16, 18]))
+                .description(Some("The age the product is sold from.")),
+        )
+        .required("min_age")
+        .property("age_flag", Ref::from_schema_name(AgeFlag::name()))
+        .required("age_flag");
     let too_large = ObjectBuilder::new()
         .schema_type(Type::Object)
         .property(
@@ -123,6 +144,7 @@ pub(super) fn error_schemas() -> Vec<(String, RefOr<Schema>)> {
         ("LimitExceededDetails".into(), limit.into()),
         ("UnknownProductDetails".into(), product.into()),
         ("PriceMismatchDetails".into(), price.into()),
+        ("AgeRestrictedDetails".into(), age.into()),
         ("PayloadTooLargeDetails".into(), too_large.into()),
     ]
 }
@@ -136,6 +158,7 @@ pub(super) fn details_of(code: ErrorCode) -> Option<(&'static str, bool)> {
         ErrorCode::LimitExceeded => Some(("LimitExceededDetails", true)),
         ErrorCode::UnknownProduct => Some(("UnknownProductDetails", true)),
         ErrorCode::PriceMismatch => Some(("PriceMismatchDetails", true)),
+        ErrorCode::AgeRestricted => Some(("AgeRestrictedDetails", true)),
         ErrorCode::PayloadTooLarge => Some(("PayloadTooLargeDetails", true)),
         _ => None,
     }

@@ -9,7 +9,7 @@
 //!
 //! `.ci/fuzz-api` keeps the document honest: it fuzzes the live server from it.
 
-use crate::domain::{CardUid, Cents, ProductId, StaffId};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{
     Approval, BATCH_OPERATIONS_MAX, CardStatus, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, OrderRequest,
     RechargeRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole, TerminalKind,

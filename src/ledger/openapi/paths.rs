@@ -221,17 +221,20 @@ pub(super) fn operations() -> Vec<Op> {
                  sum of the lines.\n\n\
                  `mode: \"online\"`: the terminal waits for the decision. Declined with 404 \
                  (unknown card), 423 (blocked card), 422 (product or price not in this point of \
-                 sale's catalog) or 402 (balance too low).\n\n\
+                 sale's catalog, an open price outside 1 cent to its maximum, or a product the \
+                 card's age flag forbids: `AGE_RESTRICTED`) or 402 (balance too low).\n\n\
                  `mode: \"offline\"`: the sale already happened and is applied even if the \
                  balance goes below zero (the card is then blocked for debt, flag \
                  `NEGATIVE_BALANCE`), for unknown cards too (created with balance 0, flag \
                  `CARD_CREATED`), and at the terminal's prices (a difference from the catalog \
-                 is recorded, flag `PRICE_DIFFERS_FROM_CATALOG`). Only 400, 401, 403, 422 \
+                 is recorded, flag `PRICE_DIFFERS_FROM_CATALOG`), and for a card whose age \
+                 flag forbids a product (flag `AGE_RESTRICTED`). Only 400, 401, 403, 422 \
                  `IDEMPOTENCY_KEY_REUSED` and 409 `OPERATION_VOIDED` refuse an offline order \
                  (plus the retryable 409 `DUPLICATE_REQUEST` and 5xx).\n\n\
                  Checks, in order: authentication (401), terminal kind (403), body (400/413), \
                  idempotency (replay, or 422 `IDEMPOTENCY_KEY_REUSED`), tombstone (409), staff \
-                 (403), card exists (404), card blocked (423), catalog (422), funds (402).\n\n\
+                 (403), card exists (404), card blocked (423), catalog (422), age (422), funds \
+                 (402).\n\n\
                  {IDEMPOTENCY}"
             ))
             .param(idempotency_key())
@@ -243,7 +246,7 @@ pub(super) fn operations() -> Vec<Op> {
             .answer("404", stored("`CARD_NOT_FOUND` (online only): the ledger has never seen this card. Stored under the key.", error_schema(&[C::CardNotFound])))
             .answer("409", error("`OPERATION_VOIDED`: this `client_request_id` was voided before it arrived (tombstone); `DUPLICATE_REQUEST`: the same key is being processed right now, retry later.", &[C::OperationVoided, C::DuplicateRequest]))
             .shared("413", "PayloadTooLarge")
-            .answer("422", stored("`UNKNOWN_PRODUCT` / `PRICE_MISMATCH` (online only): a product or price that is not in the current catalog of this point of sale (stored under the key); `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::UnknownProduct, C::PriceMismatch, C::IdempotencyKeyReused])))
+            .answer("422", stored("`UNKNOWN_PRODUCT` / `PRICE_MISMATCH` (online only): a product or price that is not in the current catalog of this point of sale, or an open price outside 1 cent to its maximum; `AGE_RESTRICTED` (online only): the card's age flag forbids a product of the order (stored under the key); `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::UnknownProduct, C::PriceMismatch, C::AgeRestricted, C::IdempotencyKeyReused])))
             .answer("423", stored("`CARD_BLOCKED` (online only): the card is blocked (lost, or in debt); `details.balance_cents`, `details.status`. Stored under the key.", error_schema(&[C::CardBlocked])))
             .usual(),
         Op::new(Post, "/v1/recharges", "createRecharge", "operations", "Top up a card at a checkpoint")
@@ -255,7 +258,8 @@ pub(super) fn operations() -> Vec<Op> {
                  configured per-top-up or maximum-balance limits are declined with 422 \
                  `LIMIT_EXCEEDED`; offline top-ups are applied anyway and flagged \
                  `LIMIT_EXCEEDED`. A top-up that brings a card blocked for debt back to zero or \
-                 above unblocks it.\n\n{IDEMPOTENCY}"
+                 above unblocks it. An `age_flag` (`under_16`, `under_18`) is set on the card \
+                 with the top-up.\n\n{IDEMPOTENCY}"
             ))
             .param(idempotency_key())
             .body(Ref::from_schema_name(RechargeRequest::name()), "The top-up.")

@@ -8,16 +8,19 @@ use super::*;
 #[derive(ToSchema)]
 #[schema(examples(json!({
     "card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active",
-    "updated_at": "2026-07-01T21:14:03.000Z"
+    "updated_at": "2026-07-01T21:14:03.000Z", "age_flag": null
 })))]
 pub(super) struct Card {
     card_uid: CardUid,
     /// The balance in cents; below zero after offline sales.
     balance_cents: Cents,
     status: CardStatus,
-    /// The last change of balance or status (RFC 3339, UTC).
+    /// The last change of balance, status or age flag (RFC 3339, UTC).
     #[schema(format = DateTime)]
     updated_at: String,
+    /// What staff saw on the holder's ID; null: nobody said the holder is a minor.
+    #[schema(required = true)]
+    age_flag: Option<AgeFlag>,
 }
 
 /// One card of the feed.
@@ -32,6 +35,10 @@ pub(super) struct CardFeedEntry {
     /// the entry with the highest version.
     #[schema(minimum = 1)]
     version: i64,
+    /// What staff saw on the holder's ID (`under_16` forbids products sold from 16 and 18,
+    /// `under_18` those from 18); null: nobody said the holder is a minor.
+    #[schema(required = true)]
+    age_flag: Option<AgeFlag>,
 }
 
 /// A page of the card feed (`GET /v1/cards`).
@@ -39,13 +46,15 @@ pub(super) struct CardFeedEntry {
 #[derive(ToSchema)]
 #[schema(examples(json!({
     "cards": [
-        {"card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active", "version": 1041},
-        {"card_uid": "A1B2C3D4", "balance_cents": -350, "status": "blocked", "version": 1042}
+        {"card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active", "version": 1041,
+         "age_flag": null},
+        {"card_uid": "A1B2C3D4", "balance_cents": -350, "status": "blocked", "version": 1042,
+         "age_flag": "under_18"}
     ],
     "next_cursor": "1042"
 })))]
 pub(super) struct CardFeed {
-    /// Cards whose balance or status changed after the cursor, oldest change first, each
+    /// Cards whose balance, status or age flag changed after the cursor, oldest change first, each
     /// at most once (its latest state).
     cards: Vec<CardFeedEntry>,
     /// The cursor to pass as `since` on the next call (digits). When `cards` is empty it is
@@ -62,7 +71,7 @@ pub(super) struct Product {
     /// The name on the terminal's screen.
     #[schema(example = "Beer 0.5 l")]
     name: String,
-    /// The price of one unit in cents.
+    /// The price of one unit in cents, VAT included; 0 for an open price.
     #[schema(value_type = i64, minimum = 0, example = 450)]
     price_cents: Cents,
     /// The grouping on the screen; null when the product has none.
@@ -76,6 +85,14 @@ pub(super) struct Product {
     /// That rate in basis points of the net amount (1900: 19 %).
     #[schema(minimum = 0, maximum = 10_000, example = 1900)]
     tax_rate_basis_points: u32,
+    /// The age it is sold from: 16 or 18; null: anyone. A card whose age flag says its
+    /// holder is younger is refused it (`AGE_RESTRICTED`).
+    #[schema(required = true, value_type = Option<u8>, minimum = 16, maximum = 18, example = 16)]
+    min_age: Option<MinAge>,
+    /// Null for a fixed price; for an open price, the largest unit price in cents staff may
+    /// type (an order line must charge 1 cent to this).
+    #[schema(required = true, value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
+    open_price_max_cents: Option<Cents>,
 }
 
 /// The products on sale at the calling terminal's point of sale (`GET /v1/catalog`).
@@ -84,7 +101,8 @@ pub(super) struct Product {
 #[schema(examples(json!({
     "point_of_sale": "Main Bar", "currency": "EUR",
     "products": [{"product_id": "beer-05", "name": "Beer 0.5 l", "price_cents": 450, "category": "drinks",
-                  "tax_rate": "standard", "tax_rate_basis_points": 1900}]
+                  "tax_rate": "standard", "tax_rate_basis_points": 1900, "min_age": 16,
+                  "open_price_max_cents": null}]
 })))]
 pub(super) struct Catalog {
     /// The terminal's point of sale.

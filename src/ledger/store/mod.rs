@@ -16,7 +16,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName, TaxRates};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::ledger::caller::Terminal;
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
@@ -115,6 +115,9 @@ pub struct CardView {
     pub version: i64,
     /// Last change.
     pub updated_at: String,
+    /// What staff saw on the holder's ID (`under_16`, `under_18`); `None`: nobody said the
+    /// holder is a minor.
+    pub age_flag: Option<AgeFlag>,
 }
 
 /// One page of the card feed.
@@ -139,6 +142,11 @@ pub struct Product {
     pub category: Option<String>,
     /// Its VAT rate's name; `None`: the configuration's `default_rate`.
     pub tax_rate: Option<TaxRateName>,
+    /// The age it requires, if any.
+    pub min_age: Option<MinAge>,
+    /// Set for an open price: staff type the unit price, 1 cent to this; `price_cents` is
+    /// then 0.
+    pub open_price_max_cents: Option<Cents>,
 }
 
 /// A product as the catalog feed shows it, its VAT rate resolved.
@@ -156,6 +164,11 @@ pub struct CatalogProduct {
     pub tax_rate: TaxRateName,
     /// That rate in basis points (1900: 19 %).
     pub tax_rate_basis_points: u32,
+    /// The age it requires, if any.
+    pub min_age: Option<MinAge>,
+    /// Set for an open price: staff type the unit price, 1 cent to this; `price_cents` is
+    /// then 0.
+    pub open_price_max_cents: Option<Cents>,
 }
 
 impl CatalogProduct {
@@ -178,6 +191,8 @@ impl CatalogProduct {
             category: product.category,
             tax_rate: rate.name,
             tax_rate_basis_points: rate.basis_points,
+            min_age: product.min_age,
+            open_price_max_cents: product.open_price_max_cents,
         })
     }
 }
@@ -397,6 +412,14 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         lost: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Sets a known card's age flag (`None` clears it), with the next feed version and an
+    /// audit-log row.
+    fn set_card_age_flag(
+        &self,
+        uid: CardUid,
+        age_flag: Option<AgeFlag>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Deletes the keys of declines past their retention; returns how many.
     fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -547,6 +570,7 @@ delegate!(AdminStore {
     upsert_products(products: Vec<ProductUpsert>) -> ();
     product_tax_rates() -> Vec<String>;
     set_card_lost(uid: CardUid, lost: bool) -> ();
+    set_card_age_flag(uid: CardUid, age_flag: Option<AgeFlag>) -> ();
     purge_expired_keys() -> u64;
     ping() -> ();
 });

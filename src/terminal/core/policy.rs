@@ -49,7 +49,7 @@
 //! Top-ups are not decided here: an offline top-up is always accepted by the policy (the money
 //! was received at the checkpoint); the per-top-up and maximum-balance limits are the caller's.
 
-use crate::domain::Cents;
+use crate::domain::{AgeFlag, Cents};
 use crate::protocol::codes::ErrorCode;
 
 /// The configured bounds on what a terminal approves without the ledger; they cap the money
@@ -75,6 +75,8 @@ pub struct ReplicaCard {
     pub balance: Cents,
     /// True when the ledger blocked the card (lost, or in debt); offline sales must stop.
     pub blocked: bool,
+    /// What staff saw on the holder's ID, as the ledger last said.
+    pub age_flag: Option<AgeFlag>,
 }
 
 /// Why the policy declined an offline sale; the screen and the journal need the reason.
@@ -187,6 +189,7 @@ mod tests {
         Some(ReplicaCard {
             balance: Cents::new(balance),
             blocked: false,
+            age_flag: None,
         })
     }
 
@@ -194,6 +197,7 @@ mod tests {
         Some(ReplicaCard {
             balance: Cents::new(balance),
             blocked: true,
+            age_flag: None,
         })
     }
 
@@ -327,6 +331,7 @@ mod tests {
             3 => (amount(), proptest::bool::weighted(0.2)).prop_map(|(balance, blocked)| Some(ReplicaCard {
                 balance: Cents::new(balance),
                 blocked,
+                age_flag: None,
             })),
         ]
     }
@@ -394,8 +399,8 @@ mod tests {
             let balance = local + total + d_balance;
             let card = match card_kind {
                 0 => None,
-                1 => Some(ReplicaCard { balance: Cents::new(balance), blocked: false }),
-                _ => Some(ReplicaCard { balance: Cents::new(balance), blocked: true }),
+                1 => Some(ReplicaCard { balance: Cents::new(balance), blocked: false, age_flag: None }),
+                _ => Some(ReplicaCard { balance: Cents::new(balance), blocked: true, age_flag: None }),
             };
             let got = decide_offline_order(Cents::new(total), card, Cents::new(local), &lim);
             prop_assert_eq!(got.is_ok(), allowed_exactly(total, card, local, &lim), "{:?}", got);
@@ -409,7 +414,7 @@ mod tests {
             totals in proptest::collection::vec(prop_oneof![3 => 1i64..3000, 1 => amount()], 1..40),
             card in prop_oneof![
                 1 => Just(None),
-                3 => (0i64..30_000).prop_map(|b| Some(ReplicaCard { balance: Cents::new(b), blocked: false })),
+                3 => (0i64..30_000).prop_map(|b| Some(ReplicaCard { balance: Cents::new(b), blocked: false, age_flag: None })),
             ],
             max_order in 0i64..6000,
             max_card_exposure in 0i64..12_000,

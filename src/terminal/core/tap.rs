@@ -8,7 +8,8 @@
 //! flow with simulated answers, losses and crashes.
 //!
 //! ```text
-//!  ReadCard ─online, and nothing of this card unacknowledged→ JournalAttempt
+//!  ReadCard ─the card's age flag forbids a product→ RecordDecline → Show(AGE_RESTRICTED)
+//!           ─online, and nothing of this card unacknowledged→ JournalAttempt
 //!           └otherwise→ (offline)
 //!  JournalAttempt ─ok→ Send ─approved→ RecordAnswer ─ok→ Show(approved_online)
 //!                          │                        └failed→ VoidAttempt → Show(declined)
@@ -35,13 +36,15 @@
 use super::entry::{Decision, EntryState};
 use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineLimits, ReplicaCard, decide_offline_order};
-use crate::domain::Cents;
+use crate::domain::{Cents, MinAge, age_forbids};
 use crate::protocol::codes::ErrorCode;
 
 /// The reason shown when the journal cannot record a decision.
 pub const JOURNAL_UNAVAILABLE: &str = ErrorCode::JournalUnavailable.as_str();
 /// The reason shown when an offline top-up would take the card past the balance limit.
 pub const LIMIT_EXCEEDED: &str = ErrorCode::LimitExceeded.as_str();
+/// The reason shown when the card's age flag forbids a product of the order.
+pub const AGE_RESTRICTED: &str = ErrorCode::AgeRestricted.as_str();
 /// The reason shown if the flow is fed an input it did not ask for (a bug in an adapter).
 pub const INTERNAL_ERROR: &str = ErrorCode::InternalError.as_str();
 
@@ -207,6 +210,8 @@ enum State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapFlow {
     movement: Movement,
+    /// The strictest age an order's products require.
+    min_age: Option<MinAge>,
     total: Cents,
     limits: FlowLimits,
     state: State,
@@ -224,9 +229,12 @@ fn declined(reason: &str, operation: Option<Journaled>) -> Step {
 impl TapFlow {
     /// Starts a tap for `total`, with the ledger reachable (`online`: it is asked first,
     /// unless the card has unacknowledged operations) or not; returns the flow and its first
-    /// step, which is always [`Step::ReadCard`].
+    /// step, which is always [`Step::ReadCard`]. `min_age`: the strictest age the order's
+    /// products require; a card whose replica entry carries an age flag that forbids it is
+    /// declined before anything is journaled or sent, online and offline.
     pub fn start(
         movement: Movement,
+        min_age: Option<MinAge>,
         total: Cents,
         online: bool,
         limits: FlowLimits,
@@ -234,6 +242,7 @@ impl TapFlow {
         (
             TapFlow {
                 movement,
+                min_age,
                 total,
                 limits,
                 state: State::Checking { online },
@@ -253,6 +262,19 @@ impl TapFlow {
     fn transition(&self, state: State, input: Input) -> (State, Step) {
         use Journaled::{Attempt, Offline};
         match (state, input) {
+            // Before any money moves, online and offline: the law, not the balance.
+            (State::Checking { .. } | State::ReadingCard, Input::Card { card, .. })
+                if age_forbids(card.and_then(|c| c.age_flag), self.min_age) =>
+            {
+                (
+                    State::RecordingOfflineDecline {
+                        reason: AGE_RESTRICTED,
+                    },
+                    Step::RecordDecline {
+                        reason: AGE_RESTRICTED,
+                    },
+                )
+            }
             (
                 State::Checking { online: true },
                 Input::Card {
@@ -406,6 +428,7 @@ impl TapFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::AgeFlag;
 
     fn limits() -> FlowLimits {
         FlowLimits {
@@ -423,6 +446,7 @@ mod tests {
             card: Some(ReplicaCard {
                 balance: Cents::new(balance),
                 blocked: false,
+                age_flag: None,
             }),
             local_charges: Cents::new(100),
             unacknowledged: false,
@@ -455,7 +479,8 @@ mod tests {
 
     /// Runs a flow, answering each step from `inputs` in turn; returns the steps taken.
     fn run(movement: Movement, total: i64, online: bool, inputs: Vec<Input>) -> Vec<Step> {
-        let (mut flow, mut step) = TapFlow::start(movement, Cents::new(total), online, limits());
+        let (mut flow, mut step) =
+            TapFlow::start(movement, None, Cents::new(total), online, limits());
         let mut steps = vec![step.clone()];
         for input in inputs {
             assert!(
@@ -473,6 +498,98 @@ mod tests {
             Some(Step::Show(v)) => v,
             other => panic!("the flow did not end: {other:?}"),
         }
+    }
+
+    /// A card the replica knows with `age_flag`, and plenty on it.
+    fn flagged(age_flag: Option<AgeFlag>, unacknowledged: bool) -> Input {
+        Input::Card {
+            card: Some(ReplicaCard {
+                balance: Cents::new(5_000),
+                blocked: false,
+                age_flag,
+            }),
+            local_charges: Cents::ZERO,
+            unacknowledged,
+        }
+    }
+
+    #[test]
+    fn a_product_the_cards_age_flag_forbids_is_declined_before_anything_is_journaled() {
+        use AgeFlag::{Under16, Under18};
+        let sixteen = Some(MinAge::SIXTEEN);
+        let eighteen = Some(MinAge::EIGHTEEN);
+        // (the order's strictest age, the card's flag, declined?)
+        let cases = [
+            (eighteen, Some(Under18), true),
+            (eighteen, Some(Under16), true),
+            (sixteen, Some(Under16), true),
+            (sixteen, Some(Under18), false),
+            (None, Some(Under16), false),
+            (eighteen, None, false),
+        ];
+        for (min_age, flag, declined) in cases {
+            for online in [true, false] {
+                for unacknowledged in [false, true] {
+                    let (mut flow, first) =
+                        TapFlow::start(Movement::Order, min_age, Cents::new(450), online, limits());
+                    assert_eq!(first, Step::ReadCard);
+                    let step = flow.advance(flagged(flag, unacknowledged));
+                    let what =
+                        format!("{min_age:?} {flag:?} online={online} busy={unacknowledged}");
+                    if declined {
+                        // Only the local record of a decline: no terminal_seq, nothing sent.
+                        assert_eq!(
+                            step,
+                            Step::RecordDecline {
+                                reason: AGE_RESTRICTED
+                            },
+                            "{what}"
+                        );
+                        let shown = flow.advance(Input::Done);
+                        assert_eq!(
+                            shown,
+                            Step::Show(Verdict {
+                                outcome: Outcome::Declined,
+                                reason: Some(AGE_RESTRICTED.into()),
+                                balance: None,
+                                operation: None,
+                            }),
+                            "{what}"
+                        );
+                    } else {
+                        assert!(
+                            matches!(step, Step::JournalAttempt | Step::JournalOffline),
+                            "{what}: {step:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_ledgers_age_decline_is_recorded_as_a_stored_decline() {
+        // The replica did not know the flag yet; the ledger did.
+        let steps = run(
+            Movement::Order,
+            450,
+            true,
+            vec![
+                known(1000),
+                Input::Done,
+                reply(422, Some(AGE_RESTRICTED), None),
+                Input::Done,
+            ],
+        );
+        assert_eq!(
+            steps[3],
+            Step::RecordAnswer {
+                state: EntryState::Synced,
+                decision: Decision::Declined,
+                reason: Some(AGE_RESTRICTED.into()),
+            }
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(AGE_RESTRICTED));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{
     META_CATALOG_POINT_OF_SALE, META_STAFF_FETCHED_AT, at_most, corrupt, delete_meta, get_meta,
     invalid, parse_time, set_meta, sql_limit,
 };
-use crate::domain::{Cents, ProductId, StaffId};
+use crate::domain::{Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{StaffRole, format_time};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
@@ -45,6 +45,13 @@ pub struct CatalogProduct {
     /// That rate in basis points (1900: 19 %).
     #[serde(default)]
     pub tax_rate_basis_points: Option<u32>,
+    /// The age it is sold from, if any: a card flagged younger is refused.
+    #[serde(default)]
+    pub min_age: Option<MinAge>,
+    /// Set for an open price: staff type the unit price, 1 cent to this (`price_cents` is
+    /// then 0).
+    #[serde(default)]
+    pub open_price_max_cents: Option<Cents>,
 }
 
 /// The catalog of this terminal's point of sale; deserializes from `GET /v1/catalog`.
@@ -92,8 +99,9 @@ impl Journal {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO catalog_cache (product_id, position, name, price_cents, category,
-                                            tax_rate, tax_rate_basis_points)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                            tax_rate, tax_rate_basis_points, min_age,
+                                            open_price_max_cents)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for (position, p) in catalog.products.iter().enumerate() {
                 insert.execute(params![
@@ -104,6 +112,8 @@ impl Journal {
                     p.category,
                     p.tax_rate,
                     p.tax_rate_basis_points,
+                    p.min_age.map(MinAge::years),
+                    p.open_price_max_cents.map(Cents::get),
                 ])?;
             }
         }
@@ -129,7 +139,8 @@ impl Journal {
         let point_of_sale = get_meta(&self.conn, META_CATALOG_POINT_OF_SALE)?.unwrap_or_default();
         let currency = get_meta(&self.conn, META_CATALOG_CURRENCY)?.unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT product_id, name, price_cents, category, tax_rate, tax_rate_basis_points
+            "SELECT product_id, name, price_cents, category, tax_rate, tax_rate_basis_points,
+                    min_age, open_price_max_cents
                FROM catalog_cache ORDER BY position LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(CATALOG_PRODUCTS_MAX)])?;
@@ -144,6 +155,11 @@ impl Journal {
                 category: row.get(3)?,
                 tax_rate: row.get(4)?,
                 tax_rate_basis_points: row.get(5)?,
+                min_age: row
+                    .get::<_, Option<i64>>(6)?
+                    .map(|a| MinAge::new(a).map_err(|e| corrupt(format!("product {id}: {e}"))))
+                    .transpose()?,
+                open_price_max_cents: row.get::<_, Option<i64>>(7)?.map(Cents::new),
             });
         }
         let catalog = Catalog {

@@ -69,7 +69,7 @@ pub use caches::{
 pub use counts::{Counts, StatusCounts};
 pub use declines::DeclineRecord;
 pub use entries::{Entry, NewEntry, StateChange};
-pub use replica::{CURSOR_BYTES_MAX, FEED_CARDS_MAX};
+pub use replica::{CURSOR_BYTES_MAX, FEED_CARDS_MAX, FeedRow};
 pub use scans::LoggedScan;
 pub use shifts::{ClosedShift, CloseoutState, ShiftSummary};
 
@@ -93,6 +93,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/terminal/0002_declines_and_limits.sql"),
     include_str!("../../../migrations/terminal/0003_shift_closeouts.sql"),
     include_str!("../../../migrations/terminal/0004_catalog_tax_rates.sql"),
+    include_str!("../../../migrations/terminal/0005_age_and_open_prices.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

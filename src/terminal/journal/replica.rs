@@ -12,7 +12,7 @@ use super::{
     Journal, JournalError, META_FEED_CURSOR, META_LAST_FEED_AT, META_LAST_SYNC_AT, at_most,
     corrupt, get_meta, invalid, opt_time, parse_time, set_meta,
 };
-use crate::domain::{CardUid, Cents};
+use crate::domain::{AgeFlag, CardUid, Cents};
 use crate::protocol::api::{FEED_LIMIT_MAX, format_time};
 use crate::terminal::core::charges::{self, ChargeRow};
 use crate::terminal::core::policy::ReplicaCard;
@@ -32,6 +32,34 @@ pub const CURSOR_BYTES_MAX: usize = 1024;
 const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at
      FROM journal
      WHERE card_uid = ?1 AND (state <> 'synced' OR ?2 IS NULL OR synced_at >= ?2)";
+
+/// One card of a card-feed page, as the replica keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRow {
+    /// The card.
+    pub card_uid: CardUid,
+    /// Its balance at the ledger.
+    pub balance: Cents,
+    /// Blocked (lost, or in debt).
+    pub blocked: bool,
+    /// Its feed version.
+    pub version: i64,
+    /// What staff saw on the holder's ID.
+    pub age_flag: Option<AgeFlag>,
+}
+
+impl FeedRow {
+    /// A card without an age flag.
+    pub fn new(card_uid: CardUid, balance: Cents, blocked: bool, version: i64) -> FeedRow {
+        FeedRow {
+            card_uid,
+            balance,
+            blocked,
+            version,
+            age_flag: None,
+        }
+    }
+}
 
 impl Journal {
     /// What this terminal charged `uid` that the replica's balance does not reflect yet:
@@ -62,7 +90,7 @@ impl Journal {
 
     /// Applies one page of the card feed and its `next_cursor`, in one transaction.
     ///
-    /// Each card row takes the feed's balance, status (`blocked`) and version and
+    /// Each card row takes the feed's balance, status (`blocked`), age flag and version and
     /// `fetched_at = now`, unless the replica already holds a newer version of it (a page
     /// applied twice or out of order never moves a card backwards). `now` must be the time the
     /// feed request was *sent*: every acknowledgement after it is counted by
@@ -70,7 +98,7 @@ impl Journal {
     /// than [`CURSOR_BYTES_MAX`] bytes.
     pub fn apply_card_feed(
         &mut self,
-        cards: &[(CardUid, Cents, bool, i64)],
+        cards: &[FeedRow],
         next_cursor: &str,
         now: DateTime<Utc>,
     ) -> Result<(), JournalError> {
@@ -103,23 +131,26 @@ impl Journal {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at,
+                                            age_flag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (card_uid) DO UPDATE SET
                      balance_cents = excluded.balance_cents,
                      status = excluded.status,
                      version = excluded.version,
-                     fetched_at = excluded.fetched_at
+                     fetched_at = excluded.fetched_at,
+                     age_flag = excluded.age_flag
                  WHERE excluded.version >= replica_cards.version",
             )?;
-            for (uid, balance, blocked, version) in cards {
-                let status = if *blocked { "blocked" } else { "active" };
+            for card in cards {
+                let status = if card.blocked { "blocked" } else { "active" };
                 upsert.execute(params![
-                    uid.as_str(),
-                    balance.get(),
+                    card.card_uid.as_str(),
+                    card.balance.get(),
                     status,
-                    version,
-                    now_text
+                    card.version,
+                    now_text,
+                    card.age_flag.map(AgeFlag::as_str),
                 ])?;
             }
         }
@@ -136,7 +167,8 @@ impl Journal {
         uid: &CardUid,
     ) -> Result<Option<(ReplicaCard, DateTime<Utc>)>, JournalError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT balance_cents, status, fetched_at FROM replica_cards WHERE card_uid = ?1",
+            "SELECT balance_cents, status, fetched_at, age_flag FROM replica_cards
+             WHERE card_uid = ?1",
         )?;
         let mut rows = stmt.query([uid.as_str()])?;
         let Some(row) = rows.next()? else {
@@ -152,7 +184,20 @@ impl Journal {
         let fetched_at: String = row.get(2)?;
         let fetched_at = parse_time(&fetched_at)
             .ok_or_else(|| corrupt(format!("card {uid}: fetched_at {fetched_at:?}")))?;
-        Ok(Some((ReplicaCard { balance, blocked }, fetched_at)))
+        let age_flag = row
+            .get::<_, Option<String>>(3)?
+            .map(|f| {
+                AgeFlag::parse(&f).ok_or_else(|| corrupt(format!("card {uid}: age_flag {f:?}")))
+            })
+            .transpose()?;
+        Ok(Some((
+            ReplicaCard {
+                balance,
+                blocked,
+                age_flag,
+            },
+            fetched_at,
+        )))
     }
 
     /// Where the next card-feed request starts: the last applied `next_cursor`, or `""` (the

@@ -8,7 +8,7 @@
 //! (`format_time` keeps milliseconds).
 
 use super::{PgStore, classify};
-use crate::domain::{CardUid, Cents, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
@@ -103,11 +103,12 @@ fn unless_taken(e: tokio_postgres::Error, conflict: impl FnOnce() -> String) -> 
     }
 }
 
-/// A card's state from its stored `balance_cents, status, block_reason`.
+/// A card's state from its stored `balance_cents, status, block_reason, age_flag`.
 fn card_state(
     balance_cents: i64,
     status: &str,
     block_reason: Option<&str>,
+    age_flag: Option<&str>,
 ) -> Result<CardState, StoreError> {
     let status = match status {
         "active" => CardStatus::Active,
@@ -117,11 +118,79 @@ fn card_state(
     let block_reason = block_reason
         .map(|r| BlockReason::parse(r).ok_or_else(|| internal(format!("bad block reason {r}"))))
         .transpose()?;
+    let age_flag = age_flag
+        .map(|f| AgeFlag::parse(f).ok_or_else(|| internal(format!("bad age flag {f}"))))
+        .transpose()?;
     Ok(CardState {
         balance: Cents::new(balance_cents),
         status,
         block_reason,
+        age_flag,
     })
+}
+
+impl PgStore {
+    /// Changes a known card as `change` says, with the next feed version and an audit-log
+    /// row, in one transaction.
+    async fn change_card(
+        &self,
+        uid: CardUid,
+        operation: &str,
+        details: serde_json::Value,
+        change: impl FnOnce(CardState) -> CardState,
+    ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // The card feed's writer lock comes before any row lock (the global lock order of
+        // migrations/postgres/0004_card_feed.sql), and the new version after both.
+        let stmt = tx
+            .prepare_cached("SELECT card_feed_writer()")
+            .await
+            .map_err(classify)?;
+        tx.execute(&stmt, &[]).await.map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT balance_cents, status, block_reason, age_flag FROM cards
+                 WHERE card_uid = $1 FOR NO KEY UPDATE",
+            )
+            .await
+            .map_err(classify)?;
+        let row = tx
+            .query_opt(&stmt, &[&uid.as_str()])
+            .await
+            .map_err(classify)?
+            .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
+        let card = card_state(
+            row.try_get(0).map_err(classify)?,
+            row.try_get(1).map_err(classify)?,
+            row.try_get(2).map_err(classify)?,
+            row.try_get(3).map_err(classify)?,
+        )?;
+        let next = change(card);
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
+                     age_flag = $5, version = nextval('card_version_seq'),
+                     updated_at = date_trunc('milliseconds', now())
+                 WHERE card_uid = $1",
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            &stmt,
+            &[
+                &uid.as_str(),
+                &next.balance.get(),
+                &next.status.as_str(),
+                &next.block_reason.map(BlockReason::as_str),
+                &next.age_flag.map(AgeFlag::as_str),
+            ],
+        )
+        .await
+        .map_err(classify)?;
+        log_admin(&tx, operation, Some(uid.as_str()), details).await?;
+        tx.commit().await.map_err(classify)
+    }
 }
 
 impl AdminStore for PgStore {
@@ -211,12 +280,14 @@ impl AdminStore for PgStore {
         let tx = client.transaction().await.map_err(classify)?;
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at, tax_rate)
-                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6)
+                "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
+                                       updated_at, tax_rate, min_age, open_price_max_cents)
+                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6, $7, $8)
                  ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                      name = excluded.name, price_cents = excluded.price_cents,
                      category = excluded.category, active = true, updated_at = excluded.updated_at,
-                     tax_rate = excluded.tax_rate",
+                     tax_rate = excluded.tax_rate, min_age = excluded.min_age,
+                     open_price_max_cents = excluded.open_price_max_cents",
             )
             .await
             .map_err(classify)?;
@@ -230,6 +301,8 @@ impl AdminStore for PgStore {
                     &p.product.price_cents.get(),
                     &p.product.category,
                     &p.product.tax_rate.as_ref().map(TaxRateName::as_str),
+                    &p.product.min_age.map(|a| i32::from(a.years())),
+                    &p.product.open_price_max_cents.map(Cents::get),
                 ],
             )
             .await
@@ -240,61 +313,24 @@ impl AdminStore for PgStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(classify)?;
-        // The card feed's writer lock comes before any row lock (the global lock order of
-        // migrations/postgres/0004_card_feed.sql), and the new version after both.
-        let stmt = tx
-            .prepare_cached("SELECT card_feed_writer()")
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[]).await.map_err(classify)?;
-        let stmt = tx
-            .prepare_cached(
-                "SELECT balance_cents, status, block_reason FROM cards
-                 WHERE card_uid = $1 FOR NO KEY UPDATE",
-            )
-            .await
-            .map_err(classify)?;
-        let row = tx
-            .query_opt(&stmt, &[&uid.as_str()])
-            .await
-            .map_err(classify)?
-            .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
-        let card = card_state(
-            row.try_get(0).map_err(classify)?,
-            row.try_get(1).map_err(classify)?,
-            row.try_get(2).map_err(classify)?,
-        )?;
-        let next = rules::mark_lost(card, lost);
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
-                     version = nextval('card_version_seq'),
-                     updated_at = date_trunc('milliseconds', now())
-                 WHERE card_uid = $1",
-            )
-            .await
-            .map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &uid.as_str(),
-                &next.balance.get(),
-                &next.status.as_str(),
-                &next.block_reason.map(BlockReason::as_str),
-            ],
-        )
+        let operation = if lost { "card_block" } else { "card_unblock" };
+        self.change_card(uid, operation, json!({}), |card| {
+            rules::mark_lost(card, lost)
+        })
         .await
-        .map_err(classify)?;
-        log_admin(
-            &tx,
-            if lost { "card_block" } else { "card_unblock" },
-            Some(uid.as_str()),
-            json!({}),
-        )
-        .await?;
-        tx.commit().await.map_err(classify)
+    }
+
+    async fn set_card_age_flag(
+        &self,
+        uid: CardUid,
+        age_flag: Option<AgeFlag>,
+    ) -> Result<(), StoreError> {
+        let details = json!({ "age_flag": age_flag.map(AgeFlag::as_str) });
+        self.change_card(uid, "card_age_flag", details, |card| CardState {
+            age_flag,
+            ..card
+        })
+        .await
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {

@@ -8,7 +8,7 @@
 
 use super::admin::{internal, parse_stored};
 use super::{PgStore, classify};
-use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::store::{
     CardFeedPage, CardView, CatalogProduct, FeedStore, Product, ScanReceipt, StaffRecord,
@@ -18,8 +18,10 @@ use crate::protocol::api::{Scan, StaffRole, format_time};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
-/// A row of `card_uid, balance_cents, status, version, updated_at` as the API shows it.
+/// A row of `card_uid, balance_cents, status, version, updated_at, age_flag` as the API
+/// shows it.
 fn card_view(row: &Row) -> Result<CardView, StoreError> {
+    let age_flag: Option<String> = row.try_get(5).map_err(classify)?;
     let uid: String = row.try_get(0).map_err(classify)?;
     Ok(CardView {
         card_uid: CardUid::parse(&uid).map_err(internal)?,
@@ -27,13 +29,16 @@ fn card_view(row: &Row) -> Result<CardView, StoreError> {
         status: row.try_get(2).map_err(classify)?,
         version: row.try_get(3).map_err(classify)?,
         updated_at: format_time(row.try_get::<_, DateTime<Utc>>(4).map_err(classify)?),
+        age_flag: age_flag
+            .map(|f| parse_stored(&f, AgeFlag::parse))
+            .transpose()?,
     })
 }
 
 impl FeedStore for PgStore {
     async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
         self.rows(
-            "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
+            "SELECT card_uid, balance_cents, status, version, updated_at, age_flag FROM cards
              WHERE card_uid = $1",
             &[&uid.as_str()],
         )
@@ -50,7 +55,7 @@ impl FeedStore for PgStore {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let cards = self
             .rows(
-                "SELECT card_uid, balance_cents, status, version, updated_at
+                "SELECT card_uid, balance_cents, status, version, updated_at, age_flag
                  FROM card_feed($1, $2)",
                 &[&since_version, &limit],
             )
@@ -67,7 +72,9 @@ impl FeedStore for PgStore {
 
     async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
         self.rows(
-            "SELECT product_id, name, price_cents, category, tax_rate FROM products
+            "SELECT product_id, name, price_cents, category, tax_rate, min_age,
+                    open_price_max_cents
+             FROM products
              WHERE point_of_sale = $1 AND active
              ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
             &[&point_of_sale],
@@ -77,6 +84,8 @@ impl FeedStore for PgStore {
         .map(|row| {
             let id: String = row.try_get(0).map_err(classify)?;
             let tax_rate: Option<String> = row.try_get(4).map_err(classify)?;
+            let min_age: Option<i32> = row.try_get(5).map_err(classify)?;
+            let open_max: Option<i64> = row.try_get(6).map_err(classify)?;
             let product = Product {
                 product_id: ProductId::parse(&id).map_err(internal)?,
                 name: row.try_get(1).map_err(classify)?,
@@ -86,6 +95,11 @@ impl FeedStore for PgStore {
                     .map(|t| TaxRateName::parse(&t))
                     .transpose()
                     .map_err(internal)?,
+                min_age: min_age
+                    .map(|a| MinAge::new(a.into()))
+                    .transpose()
+                    .map_err(internal)?,
+                open_price_max_cents: open_max.map(Cents::new),
             };
             CatalogProduct::resolve(product, &self.options.taxes)
         })

@@ -11,6 +11,7 @@
 
 use super::admin::TerminalKey;
 use super::{PgStore, classify};
+use crate::domain::AgeFlag;
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::request_sha256;
 use crate::ledger::flow::{Context, new_transaction_id};
@@ -33,7 +34,7 @@ fn order_sql() -> String {
 fn recharge_sql() -> String {
     format!(
         "SELECT o_status, o_body, o_replayed FROM sp_process_checkpoint_recharge({CALL}, \
-         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     )
 }
 
@@ -151,7 +152,8 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
             .arg(r.payment_method.as_str())
             .arg(millis(r.created_at))
             .arg(ctx.limits.recharge_max.get())
-            .arg(ctx.limits.balance_max.get()),
+            .arg(ctx.limits.balance_max.get())
+            .arg(r.age_flag.map(AgeFlag::as_str)),
         Operation::Void(r) => Call::new("void", void_sql(), ctx, hash, expires)
             .arg(r.client_request_id.as_uuid())
             .arg(r.terminal_seq.get())
@@ -307,12 +309,13 @@ mod tests {
     /// must name exactly the stored declines.
     #[test]
     fn the_procedures_know_every_codes_status_and_the_stored_declines() {
-        let sql = include_str!("../../../../migrations/postgres/0005_operations.sql");
+        // The latest definitions (0010 replaced those of 0005).
+        let sql = include_str!("../../../../migrations/postgres/0010_age_and_open_prices.sql");
         let table = sql
-            .split("CREATE FUNCTION ledger_http_status")
+            .split("FUNCTION ledger_http_status")
             .nth(1)
             .and_then(|rest| rest.split("END").next())
-            .expect("ledger_http_status in 0005");
+            .expect("ledger_http_status in 0010");
         let mut listed = Vec::new();
         for line in table.lines() {
             let line = line.trim();
@@ -333,10 +336,10 @@ mod tests {
         assert_eq!(listed, expected);
 
         let stored = sql
-            .split("CREATE FUNCTION ledger_is_stored_decline")
+            .split("FUNCTION ledger_is_stored_decline")
             .nth(1)
             .and_then(|rest| rest.split("$$;").next())
-            .expect("ledger_is_stored_decline in 0005");
+            .expect("ledger_is_stored_decline in 0010");
         for code in ErrorCode::api_codes() {
             assert_eq!(
                 stored.contains(&format!("'{}'", code.as_str())),

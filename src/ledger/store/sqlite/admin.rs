@@ -2,9 +2,9 @@
 //! the purge of expired keys, and the health check.
 
 use super::{SqliteStore, TerminalKey, load_card, write_card};
-use crate::domain::{CardUid, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, TaxRateName};
 use crate::ledger::caller::Terminal;
-use crate::ledger::rules;
+use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
 };
@@ -13,6 +13,26 @@ use chrono::Utc;
 use rusqlite::{Connection, params};
 use serde_json::json;
 use uuid::Uuid;
+
+impl SqliteStore {
+    /// Changes a known card as `change` says, with the next feed version and an audit-log
+    /// row, in one transaction.
+    async fn change_card(
+        &self,
+        uid: CardUid,
+        operation: &'static str,
+        details: serde_json::Value,
+        change: impl FnOnce(CardState) -> CardState + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let card = load_card(conn, &uid)?
+                .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
+            write_card(conn, &uid, false, &change(card), &format_time(Utc::now()))?;
+            log_admin(conn, operation, Some(uid.as_str()), details)
+        })
+        .await
+    }
+}
 
 fn log_admin(
     conn: &Connection,
@@ -94,12 +114,14 @@ impl AdminStore for SqliteStore {
             let now = format_time(Utc::now());
             for p in &products {
                 conn.prepare_cached(
-                    "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active, updated_at, tax_rate)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7)
+                    "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
+                                           updated_at, tax_rate, min_age, open_price_max_cents)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9)
                      ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                          name = excluded.name, price_cents = excluded.price_cents,
                          category = excluded.category, active = 1, updated_at = excluded.updated_at,
-                         tax_rate = excluded.tax_rate",
+                         tax_rate = excluded.tax_rate, min_age = excluded.min_age,
+                         open_price_max_cents = excluded.open_price_max_cents",
                 )?
                 .execute(params![
                     p.point_of_sale,
@@ -108,7 +130,9 @@ impl AdminStore for SqliteStore {
                     p.product.price_cents.get(),
                     p.product.category,
                     now,
-                    p.product.tax_rate.as_ref().map(TaxRateName::as_str)
+                    p.product.tax_rate.as_ref().map(TaxRateName::as_str),
+                    p.product.min_age.map(MinAge::years),
+                    p.product.open_price_max_cents.map(Cents::get),
                 ])?;
                 log_admin(conn, "product_upsert", None, product_log_details(p))?;
             }
@@ -118,17 +142,22 @@ impl AdminStore for SqliteStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            let card = load_card(conn, &uid)?
-                .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
-            let next = rules::mark_lost(card, lost);
-            write_card(conn, &uid, false, &next, &format_time(Utc::now()))?;
-            log_admin(
-                conn,
-                if lost { "card_block" } else { "card_unblock" },
-                Some(uid.as_str()),
-                json!({}),
-            )
+        let operation = if lost { "card_block" } else { "card_unblock" };
+        self.change_card(uid, operation, json!({}), move |card| {
+            rules::mark_lost(card, lost)
+        })
+        .await
+    }
+
+    async fn set_card_age_flag(
+        &self,
+        uid: CardUid,
+        age_flag: Option<AgeFlag>,
+    ) -> Result<(), StoreError> {
+        let details = json!({ "age_flag": age_flag.map(AgeFlag::as_str) });
+        self.change_card(uid, "card_age_flag", details, move |card| CardState {
+            age_flag,
+            ..card
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! list) and the scans they upload.
 
 use super::{SqliteStore, internal, parse_stored};
-use crate::domain::{CardUid, Cents, ProductId, StaffId, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::store::{
     CardFeedPage, CardView, CatalogProduct, FeedStore, Product, ScanReceipt, StaffRecord,
@@ -13,28 +13,46 @@ use chrono::Utc;
 use rusqlite::{OptionalExtension, params};
 use std::sync::Arc;
 
-fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, String, i64, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+/// The columns a card view reads, in [`card_view`]'s order.
+const CARD_COLUMNS: &str = "card_uid, balance_cents, status, version, updated_at, age_flag";
+
+type CardRow = (String, i64, String, i64, String, Option<String>);
+
+fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
-fn to_card_view(row: (String, i64, String, i64, String)) -> Result<CardView, StoreError> {
+fn to_card_view(row: CardRow) -> Result<CardView, StoreError> {
     Ok(CardView {
         card_uid: CardUid::parse(&row.0).map_err(internal)?,
         balance_cents: Cents::new(row.1),
         status: row.2,
         version: row.3,
         updated_at: row.4,
+        age_flag: row
+            .5
+            .map(|f| parse_stored(&f, AgeFlag::parse))
+            .transpose()?,
     })
 }
 
 impl FeedStore for SqliteStore {
     async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT card_uid, balance_cents, status, version, updated_at FROM cards WHERE card_uid = ?1")?
-                .query_row([uid.as_str()], card_view)
-                .optional()?
-                .map(to_card_view)
-                .transpose()
+            conn.prepare_cached(&format!(
+                "SELECT {CARD_COLUMNS} FROM cards WHERE card_uid = ?1"
+            ))?
+            .query_row([uid.as_str()], card_view)
+            .optional()?
+            .map(to_card_view)
+            .transpose()
         })
         .await
     }
@@ -42,10 +60,9 @@ impl FeedStore for SqliteStore {
     async fn card_feed(&self, since_version: i64, limit: u32) -> Result<CardFeedPage, StoreError> {
         self.read(move |conn| {
             let rows: Vec<_> = conn
-                .prepare_cached(
-                    "SELECT card_uid, balance_cents, status, version, updated_at FROM cards
-                     WHERE version > ?1 ORDER BY version LIMIT ?2",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {CARD_COLUMNS} FROM cards WHERE version > ?1 ORDER BY version LIMIT ?2"
+                ))?
                 .query_map(params![since_version, limit], card_view)?
                 .collect::<Result<_, _>>()?;
             let cards = rows
@@ -64,19 +81,27 @@ impl FeedStore for SqliteStore {
     async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
         let taxes = Arc::clone(&self.inner.taxes);
         self.read(move |conn| {
-            type ProductRow = (String, String, i64, Option<String>, Option<String>);
-            let rows: Vec<ProductRow> = conn
+            let rows: Vec<Product> = conn
                 .prepare_cached(
-                    "SELECT product_id, name, price_cents, category, tax_rate FROM products
+                    "SELECT product_id, name, price_cents, category, tax_rate, min_age,
+                            open_price_max_cents
+                     FROM products
                      WHERE point_of_sale = ?1 AND active = 1 ORDER BY category, product_id",
                 )?
                 .query_map([point_of_sale], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
                 })?
-                .collect::<Result<_, _>>()?;
-            rows.into_iter()
-                .map(|(id, name, price, category, tax_rate)| {
-                    let product = Product {
+                .map(|row| {
+                    let (id, name, price, category, tax_rate, min_age, open_max) = row?;
+                    Ok(Product {
                         product_id: ProductId::parse(&id).map_err(internal)?,
                         name,
                         price_cents: Cents::new(price),
@@ -85,9 +110,13 @@ impl FeedStore for SqliteStore {
                             .map(|t| TaxRateName::parse(&t))
                             .transpose()
                             .map_err(internal)?,
-                    };
-                    CatalogProduct::resolve(product, &taxes)
+                        min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
+                        open_price_max_cents: open_max.map(Cents::new),
+                    })
                 })
+                .collect::<Result<_, StoreError>>()?;
+            rows.into_iter()
+                .map(|product| CatalogProduct::resolve(product, &taxes))
                 .collect()
         })
         .await

@@ -20,7 +20,7 @@ mod stripe;
 mod writer;
 
 use super::StoreError;
-use crate::domain::{CardUid, Cents, TaxRates};
+use crate::domain::{AgeFlag, CardUid, Cents, TaxRates};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{CardState, Limits};
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0002_shifts.sql"),
     include_str!("../../../../migrations/sqlite/0003_stripe.sql"),
     include_str!("../../../../migrations/sqlite/0004_vat.sql"),
+    include_str!("../../../../migrations/sqlite/0005_age_and_open_prices.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is
@@ -234,13 +235,15 @@ pub(super) fn flags_json(flags: &[crate::protocol::api::Flag]) -> Result<String,
 }
 
 pub(super) fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardState>, StoreError> {
-    let row: Option<(i64, String, Option<String>)> = conn
+    let row: Option<(i64, String, Option<String>, Option<String>)> = conn
         .prepare_cached(
-            "SELECT balance_cents, status, block_reason FROM cards WHERE card_uid = ?1",
+            "SELECT balance_cents, status, block_reason, age_flag FROM cards WHERE card_uid = ?1",
         )?
-        .query_row([uid.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([uid.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    row.map(|(balance, status, reason)| {
+    row.map(|(balance, status, reason, age_flag)| {
         let status = match status.as_str() {
             "active" => CardStatus::Active,
             "blocked" => CardStatus::Blocked,
@@ -251,10 +254,14 @@ pub(super) fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardS
                 BlockReason::parse(&r).ok_or_else(|| internal(format!("bad block reason {r}")))
             })
             .transpose()?;
+        let age_flag = age_flag
+            .map(|f| AgeFlag::parse(&f).ok_or_else(|| internal(format!("bad age flag {f}"))))
+            .transpose()?;
         Ok(CardState {
             balance: Cents::new(balance),
             status,
             block_reason,
+            age_flag,
         })
     })
     .transpose()
@@ -271,26 +278,24 @@ pub(super) fn write_card(
     // Every change takes the next feed version. Versions only grow and cards are never
     // deleted, so the largest version in use (found through its unique index) is the last.
     let reason = next.block_reason.map(BlockReason::as_str);
-    if create {
-        conn.prepare_cached(
-            "INSERT INTO cards (card_uid, balance_cents, status, block_reason, version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(version), 0) + 1 FROM cards), ?5, ?5)",
-        )?
-        .execute(params![uid.as_str(), next.balance.get(), next.status.as_str(), reason, now])?;
+    let age_flag = next.age_flag.map(AgeFlag::as_str);
+    let sql = if create {
+        "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag, version,
+                            created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(version), 0) + 1 FROM cards), ?6, ?6)"
     } else {
-        conn.prepare_cached(
-            "UPDATE cards SET balance_cents = ?2, status = ?3, block_reason = ?4,
-                 version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?5
-             WHERE card_uid = ?1",
-        )?
-        .execute(params![
-            uid.as_str(),
-            next.balance.get(),
-            next.status.as_str(),
-            reason,
-            now
-        ])?;
-    }
+        "UPDATE cards SET balance_cents = ?2, status = ?3, block_reason = ?4, age_flag = ?5,
+             version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?6
+         WHERE card_uid = ?1"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        uid.as_str(),
+        next.balance.get(),
+        next.status.as_str(),
+        reason,
+        age_flag,
+        now
+    ])?;
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use super::{
     SqliteStore, TerminalKey, exec_cached, flags_json, internal, load_card, parse_stored, post,
     write_card,
 };
-use crate::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
+use crate::domain::{
+    AgeFlag, CardUid, Cents, ClientRequestId, MinAge, ProductId, StaffId, TerminalSeq,
+};
 use crate::ledger::caller::StaffMember;
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::decide_shift;
@@ -95,19 +97,29 @@ impl Reads for SqlReads<'_> {
         point_of_sale: &str,
         product: &ProductId,
     ) -> Result<Option<CatalogEntry>, StoreError> {
-        Ok(self
-            .0
+        self.0
             .prepare_cached(
-                "SELECT price_cents, tax_rate FROM products
+                "SELECT price_cents, tax_rate, min_age, open_price_max_cents FROM products
                  WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
             )?
             .query_row([point_of_sale, product.as_str()], |row| {
-                Ok(CatalogEntry {
-                    price: Cents::new(row.get(0)?),
-                    tax_rate: row.get(1)?,
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .optional()?
+            .map(|(price, tax_rate, min_age, open_max)| {
+                Ok::<_, StoreError>(CatalogEntry {
+                    price: Cents::new(price),
+                    tax_rate,
+                    min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
+                    open_price_max: open_max.map(Cents::new),
                 })
             })
-            .optional()?)
+            .transpose()
     }
 
     fn void_target(&self, crid: &ClientRequestId) -> Result<VoidTarget, StoreError> {
@@ -238,7 +250,7 @@ macro_rules! money_row {
             card_uid: &$r.card_uid,
             staff_id: &$r.staff_id,
             amount: $amount,
-            payment_method: $method,
+            topup: $method,
             mode: $r.mode,
             balances: $balances,
             created_at: $r.created_at,
@@ -290,7 +302,7 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             request: r,
             balances,
         } => {
-            let method = Some(r.payment_method);
+            let method = Some((r.payment_method, r.age_flag));
             let money = money_row!(r, *transaction_id, r.amount_cents, method, balances);
             insert_money_row(conn, ctx, &now, &money)?;
         }
@@ -393,7 +405,8 @@ struct MoneyRow<'r> {
     card_uid: &'r CardUid,
     staff_id: &'r StaffId,
     amount: Cents,
-    payment_method: Option<PaymentMethod>,
+    /// A top-up's payment method and the age flag it set.
+    topup: Option<(PaymentMethod, Option<AgeFlag>)>,
     mode: Mode,
     balances: &'r Balances,
     created_at: DateTime<Utc>,
@@ -421,19 +434,20 @@ fn insert_money_row(
         format_time(row.created_at).into(),
         now.to_owned().into(),
     ];
-    let sql = match row.payment_method {
+    let sql = match row.topup {
         None => {
             "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
                  card_uid, staff_id, total_cents, mode, flags, previous_balance_cents, new_balance_cents,
                  created_at, processed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         }
-        Some(method) => {
+        Some((method, age_flag)) => {
             values.insert(8, method.as_str().to_owned().into());
+            values.push(age_flag.map(|f| f.as_str().to_owned()).into());
             "INSERT INTO recharges (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
                  card_uid, staff_id, amount_cents, payment_method, mode, flags, previous_balance_cents,
-                 new_balance_cents, created_at, processed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                 new_balance_cents, created_at, processed_at, age_flag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         }
     };
     conn.prepare_cached(sql)?

@@ -156,6 +156,7 @@ fn decision(operation: &'static str, total: i64, cycle: usize) -> Event {
         total_cents: Cents::new(total),
         balance_cents: Some(Cents::new(2_350)),
         target_client_request_id: None,
+        vouchers_used: None,
     })
 }
 

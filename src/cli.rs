@@ -11,7 +11,7 @@ use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
 use crate::ledger::server;
 use crate::ledger::store::postgres::import_sqlite;
 use crate::ledger::store::{AdminStore, ReportStore, StripeStore};
-use crate::protocol::api::{StaffRole, TerminalKind};
+use crate::protocol::api::{StaffRole, TerminalKind, VOUCHER_GRANT_UNITS_MAX};
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
@@ -136,6 +136,9 @@ enum LedgerCommand {
     /// Cards.
     #[command(subcommand)]
     Card(CardCommand),
+    /// Vouchers (staff and artist drinks).
+    #[command(subcommand)]
+    Voucher(VoucherCommand),
     /// Shift close-outs sent by terminals (POST /v1/shifts).
     #[command(subcommand)]
     Shift(ShiftCommand),
@@ -207,6 +210,10 @@ enum ProductCommand {
         /// The age it is sold from: 16 or 18 (default: no restriction).
         #[arg(long)]
         min_age: Option<i64>,
+        /// Voucher units one unit costs when vouchers pay it, 1 to 100 (default: money
+        /// only).
+        #[arg(long)]
+        voucher_price: Option<i64>,
         /// Point of sale.
         #[arg(long)]
         point_of_sale: String,
@@ -255,6 +262,20 @@ enum CardCommand {
         /// Clear the card's age flag.
         #[arg(long, conflicts_with = "under")]
         none: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VoucherCommand {
+    /// Give a card voucher units (created with nothing on it if the ledger has not seen it);
+    /// products with a voucher price are paid with them first. Vouchers are never money.
+    Grant {
+        /// Card UID (uppercase hex).
+        #[arg(long)]
+        uid: String,
+        /// Voucher units to add, 1 to 1000.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=VOUCHER_GRANT_UNITS_MAX))]
+        units: i64,
     },
 }
 
@@ -587,6 +608,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             price_cents,
             open_price_max_cents,
             min_age,
+            voucher_price,
             point_of_sale,
             category,
             tax_rate,
@@ -600,6 +622,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 tax_rate,
                 min_age,
                 open_price_max_cents,
+                voucher_price,
             };
             let product = admin::check_product(&entry, &config.taxes)?;
             let price = match product.product.open_price_max_cents {
@@ -632,6 +655,11 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), false).await?;
             println!("card {uid} unblocked");
+        }
+        LedgerCommand::Voucher(VoucherCommand::Grant { uid, units }) => {
+            let uid = CardUid::parse(&uid).context("--uid")?;
+            let now = store.grant_vouchers(uid.clone(), units).await?;
+            println!("card {uid}: {units} voucher units granted, {now} on the card");
         }
         LedgerCommand::Card(CardCommand::Flag { uid, under, .. }) => {
             let uid = CardUid::parse(&uid).context("--uid")?;

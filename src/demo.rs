@@ -47,17 +47,20 @@ struct DemoCard {
     blocked: bool,
     /// What the checkpoint saw on the holder's ID, set with the top-up.
     age_flag: Option<AgeFlag>,
+    /// Voucher units granted (staff drinks).
+    vouchers: i64,
     /// For the help overlay.
     short: &'static str,
 }
 
-const CARDS: [DemoCard; 5] = [
+const CARDS: [DemoCard; 6] = [
     DemoCard {
         key: 'a',
         uid: "04A1B2C3D4E5F6",
         topup_cents: 5_000,
         blocked: false,
         age_flag: None,
+        vouchers: 0,
         short: "50.00",
     },
     DemoCard {
@@ -66,6 +69,7 @@ const CARDS: [DemoCard; 5] = [
         topup_cents: 800,
         blocked: false,
         age_flag: None,
+        vouchers: 0,
         short: "8.00",
     },
     DemoCard {
@@ -74,6 +78,7 @@ const CARDS: [DemoCard; 5] = [
         topup_cents: 0,
         blocked: false,
         age_flag: None,
+        vouchers: 0,
         short: "new",
     },
     DemoCard {
@@ -82,6 +87,7 @@ const CARDS: [DemoCard; 5] = [
         topup_cents: 2_000,
         blocked: true,
         age_flag: None,
+        vouchers: 0,
         short: "lost",
     },
     // A 15-year-old's: refused beer, wine and shots, sold a lemonade.
@@ -91,7 +97,18 @@ const CARDS: [DemoCard; 5] = [
         topup_cents: 2_000,
         blocked: false,
         age_flag: Some(AgeFlag::Under16),
+        vouchers: 0,
         short: "under 16",
+    },
+    // A bartender's own wristband: three drinks on vouchers, no money.
+    DemoCard {
+        key: 'f',
+        uid: "04F60718293A4B",
+        topup_cents: 0,
+        blocked: false,
+        age_flag: None,
+        vouchers: 3,
+        short: "3 vouchers",
     },
 ];
 
@@ -227,6 +244,11 @@ async fn top_up_cards(
             store.set_card_lost(CardUid::parse(card.uid)?, true).await?;
         }
     }
+    for card in CARDS.iter().filter(|c| c.vouchers > 0) {
+        store
+            .grant_vouchers(CardUid::parse(card.uid)?, card.vouchers)
+            .await?;
+    }
     Ok(())
 }
 
@@ -273,7 +295,7 @@ fn banner(kind: TerminalKind, network_up: bool, db: &Path) -> Vec<String> {
         .collect::<Vec<_>>()
         .join(", ");
     vec![
-        format!(" DEMO │ a-e: present card A-E │ {net} │ m: to the {other} │ Esc: leave"),
+        format!(" DEMO │ a-f: present card A-F │ {net} │ m: to the {other} │ Esc: leave"),
         format!(" PINs: {pins} │ ledger: {}", db.display()),
     ]
 }
@@ -286,7 +308,7 @@ fn help_extra() -> Vec<String> {
     // Three cards a line, so that every line fits the help overlay.
     let mut lines = vec![String::new()];
     for (i, chunk) in cards.chunks(3).enumerate() {
-        let key = if i == 0 { "a-e" } else { "" };
+        let key = if i == 0 { "a-f" } else { "" };
         lines.push(format!("{key:<9}card {}", chunk.join(", ")));
     }
     lines.push("n / m    cut or restore the network / bar or checkpoint".into());

@@ -109,6 +109,7 @@ async fn fixture(database: Database, retention_days: i64) -> Fixture {
                 tax_rate: None,
                 min_age: None,
                 open_price_max_cents: None,
+                voucher_price: None,
             },
         }])
         .await
@@ -153,6 +154,7 @@ impl Fixture {
             staff_id: staff("s-1"),
             created_at: Utc::now(),
             mode,
+            voucher_units: None,
         }
     }
 

@@ -111,6 +111,15 @@ fn min_age_of(product_id: &str) -> Option<MinAge> {
     }
 }
 
+/// Beer costs 1 voucher and a cocktail 2; the rest is money only.
+fn voucher_price_of(product_id: &str) -> Option<i64> {
+    match product_id {
+        "beer" => Some(1),
+        "cocktail" => Some(2),
+        _ => None,
+    }
+}
+
 /// The tip has an open price of 1 cent to 10.00; every other product a fixed one.
 fn open_price_max_of(product_id: &str) -> Option<Cents> {
     (product_id == "tip").then_some(Cents::new(1000))
@@ -243,6 +252,8 @@ enum Action {
     },
     /// `AdminStore::set_card_lost`.
     Lost { card: CardUid, lost: bool },
+    /// `AdminStore::grant_vouchers`.
+    Grant { card: CardUid, units: i64 },
     /// `AdminStore::upsert_products`: a price change.
     Prices(Vec<ProductUpsert>),
     /// `StripeStore::apply_stripe` of this event as Stripe sends it.
@@ -257,7 +268,7 @@ impl Action {
         match self {
             Action::Apply { ops, .. } => serde_json::to_value(ops).unwrap(),
             Action::Shift { shift, .. } => serde_json::to_value(shift).unwrap(),
-            Action::Lost { card, .. } => json!({ "card_uid": card }),
+            Action::Lost { card, .. } | Action::Grant { card, .. } => json!({ "card_uid": card }),
             Action::Prices(_) | Action::Purge => Value::Null,
             Action::Stripe(event) => event.clone(),
         }
@@ -280,6 +291,7 @@ impl Action {
                 )
             }
             Action::Lost { card, lost } => format!("set_card_lost({card}, {lost})"),
+            Action::Grant { card, units } => format!("grant_vouchers({card}, {units})"),
             Action::Prices(p) => format!("upsert_products {p:?}"),
             Action::Stripe(event) => format!("apply_stripe {}", pretty(event)),
             Action::Purge => "purge_expired_keys".to_owned(),
@@ -497,6 +509,10 @@ impl Gen {
             staff_id: self.staff_of(ORDER_STAFF),
             created_at: self.tick(),
             mode,
+            // An offline terminal says what vouchers it used, now and then more than the card
+            // has left.
+            voucher_units: (mode == Mode::Offline && self.rng.percent(30))
+                .then(|| self.rng.range(0, 3)),
         };
         order.validate().unwrap();
         Operation::Order(order)
@@ -915,10 +931,16 @@ impl Gen {
                         tax_rate: tax_rate_of(id),
                         min_age: min_age_of(id),
                         open_price_max_cents: open_price_max_of(id),
+                        voucher_price: voucher_price_of(id),
                     },
                 }])
             }
-            91..=98 => self.stripe(),
+            91..=97 => self.stripe(),
+            // Vouchers for a card, now and then one no operation names yet.
+            98 => Action::Grant {
+                card: card_uid(self.rng.below(usize::from(CARDS) + 1) as u8),
+                units: self.rng.range(1, 4),
+            },
             _ => Action::Purge,
         }
     }
@@ -991,7 +1013,9 @@ impl Gen {
                 }
                 self.note(answer);
             }
-            Action::Lost { .. } | Action::Prices(_) | Action::Purge => self.note(answer),
+            Action::Lost { .. } | Action::Grant { .. } | Action::Prices(_) | Action::Purge => {
+                self.note(answer)
+            }
         }
     }
 
@@ -1261,6 +1285,7 @@ impl Side {
                             tax_rate: tax_rate_of(id),
                             min_age: min_age_of(id),
                             open_price_max_cents: open_price_max_of(id),
+                            voucher_price: voucher_price_of(id),
                         },
                     })
                     .collect(),
@@ -1320,6 +1345,12 @@ impl Side {
             Action::Lost { card, lost } => {
                 match self.store.set_card_lost(card.clone(), *lost).await {
                     Ok(()) => json!("ok"),
+                    Err(e) => error_json(&e),
+                }
+            }
+            Action::Grant { card, units } => {
+                match self.store.grant_vouchers(card.clone(), *units).await {
+                    Ok(now) => json!({ "voucher_units": now }),
                     Err(e) => error_json(&e),
                 }
             }

@@ -250,6 +250,7 @@ fn product(pos: &str, id: &str, price: i64, category: Option<&str>) -> ProductUp
             tax_rate: None,
             min_age: None,
             open_price_max_cents: None,
+            voucher_price: None,
         },
     }
 }
@@ -753,9 +754,10 @@ async fn a_feed_that_ignores_the_writers_lock_skips_and_the_scenario_shows_it() 
     raw.batch_execute(
         "CREATE OR REPLACE FUNCTION card_feed(p_since_version bigint, p_limit integer)
          RETURNS TABLE (card_uid text, balance_cents bigint, status text, version bigint,
-                        updated_at timestamptz, age_flag text)
+                        updated_at timestamptz, age_flag text, voucher_units bigint)
          LANGUAGE sql AS $$
-             SELECT c.card_uid, c.balance_cents, c.status, c.version, c.updated_at, c.age_flag
+             SELECT c.card_uid, c.balance_cents, c.status, c.version, c.updated_at, c.age_flag,
+                    c.voucher_units
              FROM cards c
              WHERE c.version > p_since_version ORDER BY c.version LIMIT p_limit
          $$",

@@ -693,6 +693,7 @@ fn golden_script(backend: Backend) {
     for args in [
         ["--id", "shot", "--price-cents", "400", "--min-age", "18"],
         ["--id", "tip", "--open-price-max-cents", "500", "--category", "extras"],
+        ["--id", "lager", "--price-cents", "400", "--voucher-price", "1"],
     ] {
         let mut all = vec!["product", "add", "--name", "Extra", "--point-of-sale", BAR_POS];
         all.extend(args);
@@ -711,6 +712,15 @@ fn golden_script(backend: Backend) {
     let body = w.recharge(2, 500, "cash", on).set("age_flag", "under_21");
     w.post("an age flag that does not exist: refused", 400, Cp, r, &body);
     w.get("a card with its age flag", 200, Bar, &format!("/v1/cards/{}", uid(2)));
+    assert_success("voucher grant", &w.l.admin(&["voucher", "grant", "--uid", &uid(2), "--units", "2"]));
+    w.note(&format!("admin: voucher grant --uid {} --units 2", uid(2)));
+    w.sell("vouchers pay two of three lagers", 201, 2, &[("lager", 3, 400)], on);
+    let mut body = w.order(Bar, 2, &[("lager", 2, 400)], off);
+    body["voucher_units"] = json!(2);
+    w.post("offline, past the card's vouchers", 201, Bar, o, &body);
+    let body = w.order(Bar, 2, &[("lager", 1, 400)], on).set("voucher_units", 1);
+    w.post("an online order that says its vouchers: refused", 400, Bar, o, &body);
+    w.get("a card with its vouchers", 200, Bar, &format!("/v1/cards/{}", uid(2)));
 
     // A staff member deactivated: refused online, recorded offline.
     w.deactivate(SUPER_STAFF);

@@ -237,3 +237,50 @@ async fn open_prices_are_typed_within_their_maximum() {
     t.quit().await;
     l.assert_audit_ok();
 }
+
+#[tokio::test]
+async fn a_staff_card_pays_with_vouchers_and_the_decision_says_so() {
+    let l = Ledger::start().await;
+    add_product(
+        &l,
+        &[
+            "--id",
+            "staff-beer",
+            "--name",
+            "Beer",
+            "--price-cents",
+            "450",
+            "--voucher-price",
+            "1",
+        ],
+    );
+    let staff = uid(4);
+    assert_success(
+        "voucher grant",
+        &l.admin(&["voucher", "grant", "--uid", &staff, "--units", "2"]),
+    );
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    // No money on the card: the vouchers pay.
+    let d = t.sell("staff-beer", 2, &staff).await;
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["vouchers_used"].as_i64(),
+            d["balance_cents"].as_i64()
+        ),
+        (Some("approved_online"), Some(2), Some(0)),
+        "{d}"
+    );
+    // None left: money, of which there is none.
+    let d = t.sell("staff-beer", 1, &staff).await;
+    assert_eq!(
+        (d["status"].as_str(), d["reason"].as_str()),
+        (Some("declined"), Some("INSUFFICIENT_FUNDS")),
+        "{d}"
+    );
+    t.quit().await;
+    l.assert_audit_ok();
+}

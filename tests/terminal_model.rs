@@ -291,6 +291,7 @@ async fn ledger(dir: &Path) -> SimLedger {
                         tax_rate: None,
                         min_age: None,
                         open_price_max_cents: None,
+                        voucher_price: None,
                     },
                 })
                 .collect(),

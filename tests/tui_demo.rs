@@ -179,7 +179,7 @@ fn start_demo(tmux: &Tmux, dir: &Path) {
         dir.display()
     );
     tmux.keys(&[&line, "Enter"]);
-    tmux.wait_for(&["Who are you?", "DEMO", "a-e: present card"]);
+    tmux.wait_for(&["Who are you?", "DEMO", "a-f: present card"]);
 }
 
 /// After the demo: the shell got its terminal back in cooked mode, and nothing the demo

@@ -120,6 +120,7 @@ fn decision(status: &'static str, reason: Option<&str>, balance: Option<i64>) ->
         total_cents: Cents::new(1100),
         balance_cents: balance.map(Cents::new),
         target_client_request_id: None,
+        vouchers_used: None,
     })
 }
 
@@ -182,6 +183,14 @@ fn age_and_open_price_screens() {
     );
     insta::assert_snapshot!("bar_open_price", screen(&m, 80, 24));
     press(&mut m, &[Key::Enter, Key::Enter]);
+    // A staff card: vouchers paid two beers.
+    let Event::Decision(mut paid) = decision("approved_online", None, Some(0)) else {
+        unreachable!()
+    };
+    paid.vouchers_used = Some(2);
+    m.on_event(&Event::Decision(paid), 0);
+    insta::assert_snapshot!("bar_paid_with_vouchers", screen(&m, 80, 24));
+    press(&mut m, &[Key::Enter]);
     // A card marked under 18 and a cocktail (18+): its own screen, not "declined".
     m.on_event(&decision("declined", Some("AGE_RESTRICTED"), None), 0);
     insta::assert_snapshot!("bar_under_age", screen(&m, 80, 24));

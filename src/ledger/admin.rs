@@ -9,7 +9,7 @@ use super::store::{
     StoreOptions, StripeEventRecord,
 };
 use crate::domain::{Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
-use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX};
+use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
 use argon2::password_hash::{PasswordHasher, SaltString};
@@ -146,6 +146,9 @@ pub struct CatalogEntry {
     /// An open price: staff type the unit price, 1 cent to this; instead of `price_cents`.
     #[serde(default)]
     pub open_price_max_cents: Option<i64>,
+    /// Voucher units one unit costs when vouchers pay it (1 to 100); absent: money only.
+    #[serde(default)]
+    pub voucher_price: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +195,11 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
         .map(MinAge::new)
         .transpose()
         .context("min_age")?;
+    if let Some(units) = entry.voucher_price
+        && !(1..=VOUCHER_PRICE_MAX).contains(&units)
+    {
+        bail!("voucher_price must be between 1 and {VOUCHER_PRICE_MAX} voucher units, got {units}");
+    }
     let tax_rate = match &entry.tax_rate {
         None => None,
         Some(name) => {
@@ -216,6 +224,7 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
             tax_rate,
             min_age,
             open_price_max_cents,
+            voucher_price: entry.voucher_price,
         },
     })
 }

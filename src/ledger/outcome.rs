@@ -213,6 +213,8 @@ pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, Outcome
                 card_status: a.card_status,
                 processed_at: a.processed_at,
                 flags: a.flags,
+                vouchers_used: a.vouchers_used,
+                money_cents: a.money_cents,
             })
         }
         "void" => {
@@ -276,6 +278,11 @@ struct ApprovalForm {
     card_status: CardStatus,
     processed_at: String,
     flags: Vec<Flag>,
+    // Absent from approvals stored before vouchers.
+    #[serde(default)]
+    vouchers_used: Option<i64>,
+    #[serde(default)]
+    money_cents: Option<Cents>,
 }
 
 /// The stored form of a [`VoidOutcome`].

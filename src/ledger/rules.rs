@@ -24,6 +24,9 @@ pub struct CardState {
     pub block_reason: Option<BlockReason>,
     /// What staff saw on the holder's ID; `None`: nobody said the holder is a minor.
     pub age_flag: Option<AgeFlag>,
+    /// Voucher units on the card (staff and artist drinks); below zero only after offline
+    /// use beyond them.
+    pub vouchers: i64,
 }
 
 impl CardState {
@@ -33,6 +36,7 @@ impl CardState {
         status: CardStatus::Active,
         block_reason: None,
         age_flag: None,
+        vouchers: 0,
     };
 }
 
@@ -216,6 +220,8 @@ pub struct CatalogEntry {
     pub min_age: Option<MinAge>,
     /// Set for an open price: the largest unit price staff may type.
     pub open_price_max: Option<Cents>,
+    /// Voucher units one unit of it costs when paid with vouchers; `None`: money only.
+    pub voucher_price: Option<i64>,
 }
 
 impl CatalogEntry {
@@ -239,16 +245,57 @@ impl CatalogEntry {
     }
 }
 
+/// An order's decision: the card's change, and how the order was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderDecision {
+    /// The card's balances (money and vouchers) before and after.
+    pub change: BalanceChange,
+    /// Per line, in the request's order: how many of its units vouchers paid.
+    pub voucher_quantities: Vec<i64>,
+    /// Voucher units used.
+    pub vouchers_used: i64,
+    /// Money charged: the total less what vouchers paid.
+    pub money: Cents,
+}
+
+/// How vouchers pay an order, lines in order ("vouchers first"): each unit of a product
+/// with a voucher price is paid with vouchers while `units` cover it. Returns, per line,
+/// the quantity paid with vouchers, and the units used.
+pub fn voucher_split<'c>(
+    req: &OrderRequest,
+    units: i64,
+    catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry>,
+) -> (Vec<i64>, i64) {
+    let mut left = units.max(0);
+    let mut used = 0;
+    let quantities = req
+        .items
+        .iter()
+        .map(|item| {
+            let Some(price) = catalog(&item.product_id).and_then(|e| e.voucher_price) else {
+                return 0;
+            };
+            let covered = item.quantity.min(left / price.max(1));
+            left -= covered * price;
+            used += covered * price;
+            covered
+        })
+        .collect();
+    (quantities, used)
+}
+
 /// Decides an order, in the contract's order: the card (unknown, blocked), each line's
-/// product and price, the card's age flag against each product's age, the balance. Online,
-/// each check declines; offline (the terminal already sold) an unknown card is created, a
-/// product or price that differs and a product the age flag forbids are flagged, and the
-/// balance may go below zero.
+/// product and price, the card's age flag against each product's age, vouchers, the balance.
+/// Online, each check declines, and vouchers pay first, as far as the card has them;
+/// offline (the terminal already sold) an unknown card is created, a product or price that
+/// differs and a product the age flag forbids are flagged, the vouchers the terminal used
+/// (`voucher_units`) are taken even past the card's (flagged), and the balance may go below
+/// zero.
 pub fn decide_order<'c>(
     req: &OrderRequest,
     card: Option<CardState>,
-    catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry>,
-) -> Result<BalanceChange, ApiError> {
+    catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry> + Copy,
+) -> Result<OrderDecision, ApiError> {
     let mut flags = Vec::new();
     let previous = match (req.mode, card) {
         (_, Some(card)) => card,
@@ -335,7 +382,30 @@ pub fn decide_order<'c>(
         }
         flags.push(Flag::AgeRestricted);
     }
-    if online && previous.balance < req.total_cents {
+    let available = if online {
+        previous.vouchers
+    } else {
+        req.voucher_units.unwrap_or(0)
+    };
+    let (voucher_quantities, vouchers_used) = voucher_split(req, available, catalog);
+    let mut voucher_value = Cents::ZERO;
+    for (item, covered) in req.items.iter().zip(&voucher_quantities) {
+        let value = item
+            .unit_price_cents
+            .checked_mul(*covered)
+            .and_then(|v| voucher_value.checked_add(v))
+            .map_err(|_| overflow("total_cents"))?;
+        voucher_value = value;
+    }
+    let money = req
+        .total_cents
+        .checked_sub(voucher_value)
+        .map_err(|_| overflow("total_cents"))?;
+    let vouchers_left = previous.vouchers - vouchers_used;
+    if vouchers_left < 0 {
+        flags.push(Flag::VouchersOverdrawn);
+    }
+    if online && previous.balance < money {
         return Err(ApiError::with_details(
             ErrorCode::InsufficientFunds,
             "the card's balance is too low",
@@ -344,9 +414,16 @@ pub fn decide_order<'c>(
     }
     let balance = previous
         .balance
-        .checked_sub(req.total_cents)
+        .checked_sub(money)
         .map_err(|_| overflow("total_cents"))?;
-    Ok(balance_change(card.is_none(), previous, balance, flags))
+    let mut change = balance_change(card.is_none(), previous, balance, flags);
+    change.next.vouchers = vouchers_left;
+    Ok(OrderDecision {
+        change,
+        voucher_quantities,
+        vouchers_used,
+        money,
+    })
 }
 
 /// Decides a top-up. Unknown cards are created; a lost card is refused online; an offline
@@ -431,13 +508,19 @@ pub fn decide_stripe_credit(
 
 /// Reverses an applied operation: `delta` is what goes back to the card (positive for an
 /// order, negative for a top-up). A reversal may drive the card below zero (the top-up's
-/// money was spent): the card is then blocked for debt like after offline sales.
-pub fn decide_reversal(card: CardState, delta: Cents) -> Result<BalanceChange, ApiError> {
+/// money was spent): the card is then blocked for debt like after offline sales. `vouchers`
+/// go back to the card (what a voided order used).
+pub fn decide_reversal(
+    card: CardState,
+    delta: Cents,
+    vouchers: i64,
+) -> Result<BalanceChange, ApiError> {
     let balance = card
         .balance
         .checked_add(delta)
         .map_err(|_| overflow("target_client_request_id"))?;
-    let next = status_after(card, balance);
+    let mut next = status_after(card, balance);
+    next.vouchers = card.vouchers.saturating_add(vouchers);
     let flags = if balance.is_negative() {
         vec![Flag::NegativeBalance]
     } else {
@@ -503,6 +586,7 @@ mod tests {
             status,
             block_reason: reason,
             age_flag: None,
+            vouchers: 0,
         }
     }
 
@@ -536,6 +620,7 @@ mod tests {
             staff_id: StaffId::parse("s").unwrap(),
             created_at: Utc::now(),
             mode,
+            voucher_units: None,
         }
     }
 
@@ -553,7 +638,7 @@ mod tests {
         }
     }
 
-    fn beer_at(price: i64) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> {
+    fn beer_at(price: i64) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> + Copy {
         product("beer", price, None, None)
     }
 
@@ -563,12 +648,13 @@ mod tests {
         price: i64,
         min_age: Option<MinAge>,
         open_price_max: Option<i64>,
-    ) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> {
+    ) -> impl Fn(&ProductId) -> Option<&'static CatalogEntry> + Copy {
         let entry: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
             price: Cents::new(price),
             tax_rate: None,
             min_age,
             open_price_max: open_price_max.map(Cents::new),
+            voucher_price: None,
         }));
         move |p: &ProductId| (p.as_str() == id).then_some(entry)
     }
@@ -618,20 +704,95 @@ mod tests {
     }
 
     #[test]
+    fn vouchers_pay_lines_in_order_while_they_cover_a_whole_unit() {
+        let beer: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
+            price: Cents::new(450),
+            tax_rate: None,
+            min_age: None,
+            open_price_max: None,
+            voucher_price: Some(1),
+        }));
+        let cocktail: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
+            voucher_price: Some(2),
+            price: Cents::new(900),
+            ..beer.clone()
+        }));
+        let water: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
+            voucher_price: None,
+            price: Cents::new(200),
+            ..beer.clone()
+        }));
+        let catalog = move |p: &ProductId| match p.as_str() {
+            "beer" => Some(beer),
+            "cocktail" => Some(cocktail),
+            "water" => Some(water),
+            _ => None,
+        };
+        let mut req = order(450, 450, Mode::Online);
+        let line = |id: &str, quantity: i64, price: i64| OrderItem {
+            product_id: ProductId::parse(id).unwrap(),
+            quantity,
+            unit_price_cents: Cents::new(price),
+        };
+        req.items = vec![
+            line("cocktail", 1, 900),
+            line("water", 2, 200),
+            line("beer", 3, 450),
+        ];
+        // (units available, per-line quantities paid, units used)
+        let cases = [
+            (0, vec![0, 0, 0], 0),
+            (1, vec![0, 0, 1], 1),
+            (2, vec![1, 0, 0], 2),
+            (3, vec![1, 0, 1], 3),
+            (9, vec![1, 0, 3], 5),
+            (-4, vec![0, 0, 0], 0),
+        ];
+        for (units, quantities, used) in cases {
+            assert_eq!(
+                voucher_split(&req, units, catalog),
+                (quantities, used),
+                "{units}"
+            );
+        }
+        // Online the card's pay, and the balance check is on the money left.
+        req.total_cents = Cents::new(900 + 400 + 1350);
+        let mut staff = card(400, None);
+        staff.vouchers = 5;
+        let d = decide_order(&req, Some(staff), catalog).unwrap();
+        assert_eq!((d.vouchers_used, d.money), (5, Cents::new(400)));
+        assert_eq!(
+            (d.change.next.vouchers, d.change.next.balance),
+            (0, Cents::ZERO)
+        );
+        // Offline the terminal's word is taken, even past the card's: flagged.
+        req.mode = Mode::Offline;
+        req.voucher_units = Some(2);
+        staff.vouchers = 1;
+        let d = decide_order(&req, Some(staff), catalog).unwrap();
+        assert_eq!((d.vouchers_used, d.money), (2, Cents::new(400 + 1350)));
+        assert_eq!(d.change.next.vouchers, -1);
+        assert!(d.change.flags.contains(&Flag::VouchersOverdrawn));
+    }
+
+    #[test]
     fn exact_balance_is_enough_and_leaves_zero() {
         let change = decide_order(
             &order(900, 450, Mode::Online),
             Some(card(900, None)),
             beer_at(450),
         )
-        .unwrap();
+        .unwrap()
+        .change;
         assert_eq!(change.next, card(0, None));
         assert!(change.flags.is_empty());
     }
 
     #[test]
     fn offline_orders_always_apply_and_block_on_debt() {
-        let change = decide_order(&order(900, 450, Mode::Offline), None, |_| None).unwrap();
+        let change = decide_order(&order(900, 450, Mode::Offline), None, |_| None)
+            .unwrap()
+            .change;
         assert!(change.create_card);
         assert_eq!(change.next, card(-900, Some(BlockReason::Debt)));
         assert_eq!(
@@ -647,7 +808,8 @@ mod tests {
             Some(card(100, Some(BlockReason::Lost))),
             beer_at(450),
         )
-        .unwrap();
+        .unwrap()
+        .change;
         assert_eq!(lost.next, card(-800, Some(BlockReason::Lost)));
     }
 
@@ -715,13 +877,14 @@ mod tests {
 
     #[test]
     fn reversals_can_create_debt() {
-        let r = decide_reversal(card(300, None), Cents::new(-500)).unwrap();
+        let r = decide_reversal(card(300, None), Cents::new(-500), 0).unwrap();
         assert_eq!(r.next, card(-200, Some(BlockReason::Debt)));
         assert_eq!(r.flags, vec![Flag::NegativeBalance]);
-        let refund = decide_reversal(card(-200, Some(BlockReason::Debt)), Cents::new(900)).unwrap();
+        let refund =
+            decide_reversal(card(-200, Some(BlockReason::Debt)), Cents::new(900), 0).unwrap();
         assert_eq!(refund.next, card(700, None));
         assert_eq!(
-            code(decide_reversal(card(i64::MAX, None), Cents::new(1))),
+            code(decide_reversal(card(i64::MAX, None), Cents::new(1), 0)),
             Some(ErrorCode::InvalidRequest)
         );
     }

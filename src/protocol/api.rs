@@ -23,6 +23,12 @@ pub const UNIT_PRICE_CENTS_MAX: i64 = 1_000_000;
 pub const ORDER_TOTAL_CENTS_MAX: i64 = 100_000_000;
 /// The highest top-up amount accepted at all; the configured limits are lower.
 pub const RECHARGE_AMOUNT_CENTS_MAX: i64 = 10_000_000;
+/// Voucher units one unit of a product costs, at most.
+pub const VOUCHER_PRICE_MAX: i64 = 100;
+/// Voucher units one offline order says it used, at most.
+pub const ORDER_VOUCHER_UNITS_MAX: i64 = 10_000;
+/// Voucher units one grant gives, at most.
+pub const VOUCHER_GRANT_UNITS_MAX: i64 = 1_000;
 /// Operations in one batch, at most.
 pub const BATCH_OPERATIONS_MAX: usize = 500;
 /// Scans in one upload, at most.
@@ -267,7 +273,8 @@ impl BlockReason {
 /// an offline order line's product or price differs from the catalog (recorded, not refused);
 /// `CARD_CREATED` the card was unknown and has been created; `LIMIT_EXCEEDED` an offline
 /// top-up was applied beyond a configured limit; `AGE_RESTRICTED` an offline order sold a
-/// product the card's age flag forbids (the terminal did not know the flag yet).
+/// product the card's age flag forbids (the terminal did not know the flag yet);
+/// `VOUCHERS_OVERDRAWN` an offline order used more vouchers than the card had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Flag {
@@ -281,6 +288,9 @@ pub enum Flag {
     LimitExceeded,
     /// An offline order sold a product the card's age flag forbids.
     AgeRestricted,
+    /// An offline order used more vouchers than the card had: its voucher units are below
+    /// zero.
+    VouchersOverdrawn,
 }
 
 /// One line of an order.
@@ -329,6 +339,14 @@ pub struct OrderRequest {
     pub created_at: DateTime<Utc>,
     /// Online or offline.
     pub mode: Mode,
+    /// Offline orders only (400 on an online one): the voucher units the terminal used, 0
+    /// to 10,000 (`ORDER_VOUCHER_UNITS_MAX`); they pay the lines in order, each unit of a
+    /// product with a voucher price while they cover it, and `total_cents` less what they
+    /// paid is charged in money. Absent: none. Online, the ledger decides: the card's
+    /// vouchers pay first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub voucher_units: Option<i64>,
 }
 
 /// A top-up at a checkpoint (`POST /v1/recharges`).
@@ -565,6 +583,15 @@ impl OrderRequest {
                 format!("must equal the sum of the lines ({})", sum.get()),
             ));
         }
+        if let Some(units) = self.voucher_units {
+            if self.mode == Mode::Online {
+                return Err(FieldError::new(
+                    "voucher_units",
+                    "only an offline order says what vouchers it used; online, the ledger decides",
+                ));
+            }
+            check_range("voucher_units", units, 0, ORDER_VOUCHER_UNITS_MAX)?;
+        }
         Ok(())
     }
 }
@@ -728,6 +755,14 @@ pub struct Approval {
     pub processed_at: String,
     /// Remarks.
     pub flags: Vec<Flag>,
+    /// Orders only: the voucher units the order used (0 when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    pub vouchers_used: Option<i64>,
+    /// Orders only: the money charged, in cents: `total_cents` less what vouchers paid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, nullable = false, minimum = 0)]
+    pub money_cents: Option<Cents>,
 }
 
 /// The schema of [`Approval::status`]: one value.
@@ -917,6 +952,7 @@ mod tests {
             staff_id: StaffId::parse("s-1").unwrap(),
             created_at: Utc::now(),
             mode: Mode::Online,
+            voucher_units: None,
         }
     }
 

@@ -173,6 +173,10 @@ pub struct Decision {
     /// The operation a void refunds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_client_request_id: Option<ClientRequestId>,
+    /// An order the ledger approved: the voucher units it took (`total_cents` less what
+    /// they paid is the money charged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vouchers_used: Option<i64>,
 }
 
 impl Decision {
@@ -251,6 +255,7 @@ mod tests {
                 total_cents: Cents::new(900),
                 balance_cents: None,
                 target_client_request_id: None,
+                vouchers_used: None,
             })),
             json!({"event": "decision", "client_request_id": null, "operation": "order",
                    "card_uid": "04A1B2C3", "status": "declined", "reason": "INSUFFICIENT_FUNDS",

@@ -729,6 +729,7 @@ impl Session {
             total_cents: payment.total(),
             balance_cents: verdict.balance,
             target_client_request_id: None,
+            vouchers_used: verdict.vouchers_used,
         })
     }
 
@@ -782,6 +783,7 @@ impl Session {
             total_cents: refund,
             balance_cents: None,
             target_client_request_id: Some(last.client_request_id),
+            vouchers_used: None,
         }))
     }
 }

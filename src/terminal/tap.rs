@@ -104,6 +104,7 @@ impl Payment {
                 staff_id: self.staff.clone(),
                 created_at: Utc::now(),
                 mode,
+                voucher_units: None,
             }),
             PaymentKind::Topup {
                 amount,
@@ -207,6 +208,7 @@ impl<'a> Tap<'a> {
                                     answer.body["error"]["details"]["balance_cents"].as_i64()
                                 })
                                 .map(Cents::new),
+                            vouchers_used: answer.body["vouchers_used"].as_i64(),
                         };
                         self.answer = Some((answer.status, answer.body.to_string()));
                         Input::Answer(Some(reply))

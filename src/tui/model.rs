@@ -1145,6 +1145,7 @@ mod tests {
             total_cents: Cents::new(1100),
             balance_cents: Some(Cents::new(900)),
             target_client_request_id: None,
+            vouchers_used: None,
         }
     }
 

@@ -449,6 +449,7 @@ mod tests {
             total_cents: Cents::new(450),
             balance_cents: Some(Cents::new(550)),
             target_client_request_id: None,
+            vouchers_used: None,
         });
         tui.show(&decision).await.unwrap();
         assert_eq!(tui.draws(), drawn + 1);

@@ -412,6 +412,11 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 decision.operation,
                 money(decision.total_cents)
             ));
+            // Staff and artist drinks: say what vouchers paid, so nobody asks for money.
+            if let Some(units) = decision.vouchers_used.filter(|u| *u > 0) {
+                let s = if units == 1 { "" } else { "s" };
+                text.push_str(&format!("\npaid with {units} voucher{s}"));
+            }
             if let Some(b) = decision.balance_cents {
                 text.push_str(&format!("\nbalance {}", money(b)));
             }

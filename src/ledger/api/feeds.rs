@@ -92,6 +92,7 @@ pub(super) async fn get_card<S: LedgerStore>(
             "status": card.status,
             "updated_at": card.updated_at,
             "age_flag": card.age_flag,
+            "voucher_units": card.voucher_units,
         }))
         .into_response())
     }
@@ -150,7 +151,7 @@ pub(super) async fn get_card_feed<S: LedgerStore>(
             .cards
             .iter()
             .map(|c| {
-                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version, "age_flag": c.age_flag })
+                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version, "age_flag": c.age_flag, "voucher_units": c.voucher_units })
             })
             .collect();
         Ok(axum::Json(json!({ "cards": cards, "next_cursor": page.next_version.to_string() })).into_response())

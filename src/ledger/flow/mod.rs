@@ -54,7 +54,14 @@
 //! `domain::split_gross` (per line, half away from zero), and the line records rate, net
 //! and tax. A product naming a rate the configuration lacks is a `FlowError`.
 //!
-//! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −total and,
+//! **Ages, open prices, vouchers.** After the lines' products and prices (an open price: 1
+//! cent to its maximum), the card's age flag against each product's minimum age
+//! (`AGE_RESTRICTED` online; flagged offline); then vouchers pay first
+//! (`rules::voucher_split`: online the card's, offline what the terminal says it used,
+//! flagged `VOUCHERS_OVERDRAWN` past the card's), and the balance check is on the money
+//! left. What vouchers pay has no posting, no revenue and no VAT.
+//!
+//! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −money and,
 //! per rate in byte order of its name, `revenue:<point of sale>:<rate>` +net and
 //! `vat:<rate>` +tax (amounts of zero are not posted); a top-up `card:<UID>` +amount and `cash:<point of
 //! sale>` or `card_payments:<point of sale>` −amount; a void the target's postings reversed;
@@ -149,8 +156,11 @@ pub struct Target {
     pub point_of_sale: String,
     /// Its card.
     pub card_uid: CardUid,
-    /// Its total or amount.
+    /// The money it moved: an order's money charged (its total less what vouchers paid), a
+    /// top-up's amount.
     pub amount: Cents,
+    /// The voucher units an order used (0 for a top-up).
+    pub vouchers: i64,
     /// Its postings, in the order they were written: a void posts each reversed.
     pub postings: Vec<(String, Cents)>,
 }
@@ -218,7 +228,7 @@ pub fn new_transaction_id() -> Uuid {
 #[derive(Debug)]
 pub enum Plan<'a> {
     /// A replay or a refusal: nothing is written.
-    Answer(Outcome),
+    Answer(Box<Outcome>),
     /// The writes of an approval or a stored decline, and its answer.
     Write(Box<Writes<'a>>),
 }
@@ -278,6 +288,10 @@ pub struct OrderLine {
     pub net: Cents,
     /// The tax in `line_total`.
     pub tax: Cents,
+    /// How many of the line's units vouchers paid (`net + tax` is the rest's gross).
+    pub voucher_quantity: i64,
+    /// The voucher units they took.
+    pub voucher_units: i64,
 }
 
 /// The operation's own rows.
@@ -295,6 +309,10 @@ pub enum Row<'a> {
         balances: Balances,
         /// Per line, in the request's order.
         lines: Vec<OrderLine>,
+        /// Voucher units used.
+        vouchers_used: i64,
+        /// Money charged.
+        money: Cents,
     },
     /// `recharges`.
     Recharge {

@@ -82,7 +82,7 @@ pub fn decide_operation<'a, R: Reads>(
     ctx: &Context<'_>,
     op: &'a Operation,
 ) -> Result<Plan<'a>, R::Error> {
-    let refuse = |e: ApiError| Ok(Plan::Answer(Outcome::declined(e, ctx.request_id)));
+    let refuse = |e: ApiError| Ok(Plan::Answer(Box::new(Outcome::declined(e, ctx.request_id))));
     let action = action_of(op);
     if let Err(e) = rules::check_terminal_kind(ctx.terminal.kind, action) {
         return refuse(e);
@@ -90,7 +90,7 @@ pub fn decide_operation<'a, R: Reads>(
     let crid = op.client_request_id();
     let hash = request_sha256(ctx, op)?;
     if let Some(known) = known_key(ctx, reads.stored_key(&crid)?, &hash)? {
-        return Ok(Plan::Answer(known));
+        return Ok(Plan::Answer(Box::new(known)));
     }
     if reads.voided_by(&crid, ctx.terminal.terminal_id)? {
         return refuse(ApiError::new(
@@ -172,12 +172,14 @@ fn neg(c: Cents) -> Result<Cents, FlowError> {
     c.checked_neg().map_err(FlowError::new)
 }
 
+/// An approval; `vouchers` (units used, money charged) for an order.
 fn approval(
     ctx: &Context<'_>,
     transaction_id: uuid::Uuid,
     r: (&crate::domain::ClientRequestId, &CardUid),
     amounts: (Option<Cents>, Option<Cents>),
     change: &BalanceChange,
+    vouchers: Option<(i64, Cents)>,
 ) -> Answer {
     Answer::Approval(Approval {
         transaction_id,
@@ -191,6 +193,8 @@ fn approval(
         card_status: change.next.status,
         processed_at: format_time(ctx.now),
         flags: change.flags.clone(),
+        vouchers_used: vouchers.map(|v| v.0),
+        money_cents: vouchers.map(|v| v.1),
     })
 }
 
@@ -209,15 +213,17 @@ fn order<'a, R: Reads>(
             catalog.insert(&item.product_id, entry);
         }
     }
-    let change = match rules::decide_order(r, card, |p| catalog.get(p)) {
-        Ok(c) => c,
+    let decision = match rules::decide_order(r, card, |p| catalog.get(p)) {
+        Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
+    let change = &decision.change;
     let transaction_id = new_transaction_id();
     let lines = r
         .items
         .iter()
-        .map(|item| {
+        .zip(&decision.voucher_quantities)
+        .map(|(item, voucher_quantity)| {
             let entry = catalog.get(&item.product_id);
             let rate_name = entry.and_then(|e| e.tax_rate.as_deref());
             let tax_rate = ctx.taxes.resolve(rate_name).ok_or_else(|| {
@@ -231,37 +237,53 @@ fn order<'a, R: Reads>(
                 .unit_price_cents
                 .checked_mul(item.quantity)
                 .map_err(FlowError::new)?;
-            let split = split_gross(line_total, tax_rate.basis_points);
+            // Only money is split into net and tax: what vouchers paid earns nothing.
+            let money = item
+                .unit_price_cents
+                .checked_mul(item.quantity - voucher_quantity)
+                .map_err(FlowError::new)?;
+            let split = split_gross(money, tax_rate.basis_points);
+            let voucher_units = entry
+                .and_then(|e| e.voucher_price)
+                .map_or(0, |price| price * voucher_quantity);
             Ok(OrderLine {
                 catalog_price_differs: entry.and_then(|e| e.differs(item.unit_price_cents)),
                 line_total,
                 tax_rate,
                 net: split.net,
                 tax: split.tax,
+                voucher_quantity: *voucher_quantity,
+                voucher_units,
             })
         })
         .collect::<Result<Vec<_>, FlowError>>()?;
-    let mut postings = vec![(card_account(&r.card_uid), neg(r.total_cents)?)];
+    let mut postings = Vec::new();
+    if decision.money != Cents::ZERO {
+        postings.push((card_account(&r.card_uid), neg(decision.money)?));
+    }
     postings.extend(order_postings(pos, &lines)?);
     Ok(Ok(Applied {
         transaction_id,
-        card: card_write(&r.card_uid, &change),
+        card: card_write(&r.card_uid, change),
         postings,
         card_uid: Some(r.card_uid.clone()),
-        amount: Some(r.total_cents),
+        amount: Some(decision.money),
         outcome: "approved",
         answer: approval(
             ctx,
             transaction_id,
             (&r.client_request_id, &r.card_uid),
             (Some(r.total_cents), None),
-            &change,
+            change,
+            Some((decision.vouchers_used, decision.money)),
         ),
         row: Row::Order {
             transaction_id,
             request: r,
-            balances: balances(&change),
+            balances: balances(change),
             lines,
+            vouchers_used: decision.vouchers_used,
+            money: decision.money,
         },
     }))
 }
@@ -319,6 +341,7 @@ fn recharge<'a>(
             (&r.client_request_id, &r.card_uid),
             (None, Some(r.amount_cents)),
             &change,
+            None,
         ),
         row: Row::Recharge {
             transaction_id,
@@ -384,7 +407,11 @@ fn void<'a, R: Reads>(
             let card = reads.card(&t.card_uid)?.ok_or_else(|| {
                 FlowError::new(format!("card {} of an operation is missing", t.card_uid))
             })?;
-            let change = match rules::decide_reversal(card, delta) {
+            let vouchers = match t.kind {
+                TargetKind::Order => t.vouchers,
+                TargetKind::Recharge(_) => 0,
+            };
+            let change = match rules::decide_reversal(card, delta, vouchers) {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             };
@@ -435,11 +462,25 @@ fn log_entry(
     declined: Option<&ApiError>,
 ) -> LogEntry {
     let (card_uid, amount, details) = match op {
-        Operation::Order(r) => (
-            Some(r.card_uid.clone()),
-            Some(r.total_cents),
-            json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get() }),
-        ),
+        Operation::Order(r) => {
+            let mut details =
+                json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get() });
+            // The money moved is the log's amount; what vouchers paid is in its details.
+            let amount = match applied.map(|a| &a.row) {
+                Some(Row::Order {
+                    vouchers_used,
+                    money,
+                    ..
+                }) => {
+                    if let (true, Some(m)) = (*vouchers_used != 0, details.as_object_mut()) {
+                        m.insert("vouchers_used".into(), (*vouchers_used).into());
+                    }
+                    *money
+                }
+                _ => r.total_cents,
+            };
+            (Some(r.card_uid.clone()), Some(amount), details)
+        }
         Operation::Recharge(r) => {
             let mut details = json!({ "mode": r.mode.as_str(), "payment_method": r.payment_method.as_str(), "terminal_seq": r.terminal_seq.get() });
             // The age flag a top-up sets is part of the audit trail, as the desk's is.
@@ -485,11 +526,11 @@ pub fn decide_shift<'a, R: Reads>(
     let crid = shift.client_request_id;
     let hash = request_sha256(ctx, shift)?;
     if let Some(known) = known_key(ctx, reads.stored_key(&crid)?, &hash)? {
-        return Ok(Plan::Answer(known));
+        return Ok(Plan::Answer(Box::new(known)));
     }
     let staff = reads.staff(&shift.staff_id)?;
     if let Err(e) = rules::check_staff(staff.as_ref(), Action::CloseShift, Mode::Offline) {
-        return Ok(Plan::Answer(Outcome::declined(e, ctx.request_id)));
+        return Ok(Plan::Answer(Box::new(Outcome::declined(e, ctx.request_id))));
     }
     let difference = shift.difference().map_err(FlowError::new)?;
     let shift_id = new_transaction_id();

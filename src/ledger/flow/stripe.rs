@@ -383,7 +383,7 @@ fn reverse(
     if delta.get() == 0 {
         return Ok(None);
     }
-    let change = rules::decide_reversal(card, neg(delta)?)
+    let change = rules::decide_reversal(card, neg(delta)?, 0)
         .map_err(|e| FlowError::new(format!("a Stripe refund: {}", e.message)))?;
     let transaction_id = new_transaction_id();
     let uid = &credited.card_uid;

@@ -222,7 +222,9 @@ pub(super) fn operations() -> Vec<Op> {
                  `mode: \"online\"`: the terminal waits for the decision. Declined with 404 \
                  (unknown card), 423 (blocked card), 422 (product or price not in this point of \
                  sale's catalog, an open price outside 1 cent to its maximum, or a product the \
-                 card's age flag forbids: `AGE_RESTRICTED`) or 402 (balance too low).\n\n\
+                 card's age flag forbids: `AGE_RESTRICTED`) or 402 (balance too low). The \
+                 card's vouchers pay first for products with a voucher price; the approval \
+                 says how many (`vouchers_used`) and what money it took (`money_cents`).\n\n\
                  `mode: \"offline\"`: the sale already happened and is applied even if the \
                  balance goes below zero (the card is then blocked for debt, flag \
                  `NEGATIVE_BALANCE`), for unknown cards too (created with balance 0, flag \

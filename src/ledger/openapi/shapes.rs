@@ -8,7 +8,7 @@ use super::*;
 #[derive(ToSchema)]
 #[schema(examples(json!({
     "card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active",
-    "updated_at": "2026-07-01T21:14:03.000Z", "age_flag": null
+    "updated_at": "2026-07-01T21:14:03.000Z", "age_flag": null, "voucher_units": 0
 })))]
 pub(super) struct Card {
     card_uid: CardUid,
@@ -21,6 +21,9 @@ pub(super) struct Card {
     /// What staff saw on the holder's ID; null: nobody said the holder is a minor.
     #[schema(required = true)]
     age_flag: Option<AgeFlag>,
+    /// Voucher units on the card (staff and artist drinks); below zero only after offline
+    /// use beyond them.
+    voucher_units: i64,
 }
 
 /// One card of the feed.
@@ -39,6 +42,8 @@ pub(super) struct CardFeedEntry {
     /// `under_18` those from 18); null: nobody said the holder is a minor.
     #[schema(required = true)]
     age_flag: Option<AgeFlag>,
+    /// Voucher units on the card.
+    voucher_units: i64,
 }
 
 /// A page of the card feed (`GET /v1/cards`).
@@ -47,9 +52,9 @@ pub(super) struct CardFeedEntry {
 #[schema(examples(json!({
     "cards": [
         {"card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active", "version": 1041,
-         "age_flag": null},
+         "age_flag": null, "voucher_units": 0},
         {"card_uid": "A1B2C3D4", "balance_cents": -350, "status": "blocked", "version": 1042,
-         "age_flag": "under_18"}
+         "age_flag": "under_18", "voucher_units": 0}
     ],
     "next_cursor": "1042"
 })))]
@@ -93,6 +98,10 @@ pub(super) struct Product {
     /// type (an order line must charge 1 cent to this).
     #[schema(required = true, value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
     open_price_max_cents: Option<Cents>,
+    /// Null: paid in money only; else the voucher units one unit costs when vouchers pay
+    /// it (an order uses the card's vouchers first).
+    #[schema(required = true, minimum = 1, maximum = 100)]
+    voucher_price: Option<i64>,
 }
 
 /// The products on sale at the calling terminal's point of sale (`GET /v1/catalog`).
@@ -102,7 +111,7 @@ pub(super) struct Product {
     "point_of_sale": "Main Bar", "currency": "EUR",
     "products": [{"product_id": "beer-05", "name": "Beer 0.5 l", "price_cents": 450, "category": "drinks",
                   "tax_rate": "standard", "tax_rate_basis_points": 1900, "min_age": 16,
-                  "open_price_max_cents": null}]
+                  "open_price_max_cents": null, "voucher_price": 1}]
 })))]
 pub(super) struct Catalog {
     /// The terminal's point of sale.

@@ -118,6 +118,8 @@ pub struct CardView {
     /// What staff saw on the holder's ID (`under_16`, `under_18`); `None`: nobody said the
     /// holder is a minor.
     pub age_flag: Option<AgeFlag>,
+    /// Voucher units on the card.
+    pub voucher_units: i64,
 }
 
 /// One page of the card feed.
@@ -147,6 +149,8 @@ pub struct Product {
     /// Set for an open price: staff type the unit price, 1 cent to this; `price_cents` is
     /// then 0.
     pub open_price_max_cents: Option<Cents>,
+    /// Voucher units one unit costs when vouchers pay it; `None`: money only.
+    pub voucher_price: Option<i64>,
 }
 
 /// A product as the catalog feed shows it, its VAT rate resolved.
@@ -169,6 +173,8 @@ pub struct CatalogProduct {
     /// Set for an open price: staff type the unit price, 1 cent to this; `price_cents` is
     /// then 0.
     pub open_price_max_cents: Option<Cents>,
+    /// Voucher units one unit costs when vouchers pay it; `None`: money only.
+    pub voucher_price: Option<i64>,
 }
 
 impl CatalogProduct {
@@ -193,6 +199,7 @@ impl CatalogProduct {
             tax_rate_basis_points: rate.basis_points,
             min_age: product.min_age,
             open_price_max_cents: product.open_price_max_cents,
+            voucher_price: product.voucher_price,
         })
     }
 }
@@ -263,6 +270,9 @@ pub fn product_log_details(p: &ProductUpsert) -> serde_json::Value {
         "product_id": p.product.product_id.as_str(),
         "price_cents": p.product.price_cents.get(),
         "tax_rate": p.product.tax_rate.as_ref().map(TaxRateName::as_str),
+        "min_age": p.product.min_age.map(MinAge::years),
+        "open_price_max_cents": p.product.open_price_max_cents.map(Cents::get),
+        "voucher_price": p.product.voucher_price,
     })
 }
 
@@ -420,6 +430,14 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         age_flag: Option<AgeFlag>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Grants `units` vouchers to a card (created with nothing on it if unknown), with the
+    /// next feed version and an audit-log row; returns the card's voucher units after.
+    fn grant_vouchers(
+        &self,
+        uid: CardUid,
+        units: i64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// Deletes the keys of declines past their retention; returns how many.
     fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -571,6 +589,7 @@ delegate!(AdminStore {
     product_tax_rates() -> Vec<String>;
     set_card_lost(uid: CardUid, lost: bool) -> ();
     set_card_age_flag(uid: CardUid, age_flag: Option<AgeFlag>) -> ();
+    grant_vouchers(uid: CardUid, units: i64) -> i64;
     purge_expired_keys() -> u64;
     ping() -> ();
 });

@@ -76,6 +76,8 @@ pub struct Reply {
     pub code: Option<String>,
     /// `new_balance_cents` of an approval, `error.details.balance_cents` of a decline.
     pub balance: Option<Cents>,
+    /// `vouchers_used` of an order's approval.
+    pub vouchers_used: Option<i64>,
 }
 
 /// The next thing to do.
@@ -168,6 +170,8 @@ pub struct Verdict {
     /// Which journaled operation the verdict is about: the online attempt or the offline
     /// operation. `None` when nothing of this tap is in the journal.
     pub operation: Option<Journaled>,
+    /// The voucher units the ledger took for an order it approved (it decides them online).
+    pub vouchers_used: Option<i64>,
 }
 
 /// Which of the tap's journal entries a verdict refers to.
@@ -189,6 +193,7 @@ enum State {
     Sending,
     RecordingApproval {
         balance: Option<Cents>,
+        vouchers_used: Option<i64>,
     },
     RecordingDecline {
         reason: String,
@@ -223,6 +228,7 @@ fn declined(reason: &str, operation: Option<Journaled>) -> Step {
         reason: Some(reason.to_owned()),
         balance: None,
         operation,
+        vouchers_used: None,
     })
 }
 
@@ -309,10 +315,14 @@ impl TapFlow {
                         .as_ref()
                         .map(|r| (r.status, r.code.as_deref(), r.balance)),
                 );
+                let vouchers_used = reply.as_ref().and_then(|r| r.vouchers_used);
                 let balance = reply.and_then(|r| r.balance);
                 match outcome {
                     OnlineOutcome::Approved { .. } => (
-                        State::RecordingApproval { balance },
+                        State::RecordingApproval {
+                            balance,
+                            vouchers_used,
+                        },
                         Step::RecordAnswer {
                             state: EntryState::Synced,
                             decision: Decision::ApprovedOnline,
@@ -338,13 +348,20 @@ impl TapFlow {
                     OnlineOutcome::InDoubt => (State::VoidingInDoubt, Step::VoidAttempt),
                 }
             }
-            (State::RecordingApproval { balance }, Input::Done) => (
+            (
+                State::RecordingApproval {
+                    balance,
+                    vouchers_used,
+                },
+                Input::Done,
+            ) => (
                 State::Over,
                 Step::Show(Verdict {
                     outcome: Outcome::ApprovedOnline,
                     reason: None,
                     balance,
                     operation: Some(Attempt),
+                    vouchers_used,
                 }),
             ),
             // Charged at the ledger, but not recorded here: never shown as approved. Void it
@@ -364,6 +381,7 @@ impl TapFlow {
                     reason: Some(reason),
                     balance,
                     operation: Some(Attempt),
+                    vouchers_used: None,
                 }),
             ),
             (State::VoidingInDoubt, Input::Done) => (State::ReadingCard, Step::ReadCard),
@@ -377,6 +395,7 @@ impl TapFlow {
                     reason: None,
                     balance,
                     operation: Some(Offline),
+                    vouchers_used: None,
                 }),
             ),
             (State::JournalingOffline { .. }, Input::JournalFailed) => {
@@ -474,6 +493,7 @@ mod tests {
             status,
             code: code.map(str::to_owned),
             balance: balance.map(Cents::new),
+            vouchers_used: None,
         }))
     }
 
@@ -553,6 +573,7 @@ mod tests {
                                 reason: Some(AGE_RESTRICTED.into()),
                                 balance: None,
                                 operation: None,
+                                vouchers_used: None,
                             }),
                             "{what}"
                         );

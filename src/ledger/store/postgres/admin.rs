@@ -103,12 +103,14 @@ fn unless_taken(e: tokio_postgres::Error, conflict: impl FnOnce() -> String) -> 
     }
 }
 
-/// A card's state from its stored `balance_cents, status, block_reason, age_flag`.
+/// A card's state from its stored `balance_cents, status, block_reason, age_flag,
+/// voucher_units`.
 fn card_state(
     balance_cents: i64,
     status: &str,
     block_reason: Option<&str>,
     age_flag: Option<&str>,
+    vouchers: i64,
 ) -> Result<CardState, StoreError> {
     let status = match status {
         "active" => CardStatus::Active,
@@ -126,23 +128,37 @@ fn card_state(
         status,
         block_reason,
         age_flag,
+        vouchers,
     })
 }
 
+/// The refusal of a change to a card the ledger has never seen.
+fn unknown_card(uid: &CardUid) -> StoreError {
+    StoreError::NotFound(format!("card {uid} is unknown"))
+}
+
 impl PgStore {
-    /// Changes a known card as `change` says, with the next feed version and an audit-log
-    /// row, in one transaction.
-    async fn change_card(
+    /// Changes a card as `change` says (`None`: the card is unknown; `change` may then
+    /// create it, or refuse), with the next feed version and an audit-log row, in one
+    /// transaction; returns what `change` returned beside the card and the log's details.
+    async fn change_card<T>(
         &self,
         uid: CardUid,
         operation: &str,
-        details: serde_json::Value,
-        change: impl FnOnce(CardState) -> CardState,
-    ) -> Result<(), StoreError> {
+        change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
+    ) -> Result<T, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
-        // The card feed's writer lock comes before any row lock (the global lock order of
-        // migrations/postgres/0004_card_feed.sql), and the new version after both.
+        // The global lock order (migrations/postgres/0007_new_cards.sql): the creation lock
+        // of a card not yet in `cards` (holding nothing else), the card feed's writer lock,
+        // the card's row; the new version after all of them.
+        let stmt = tx
+            .prepare_cached("SELECT ledger_lock_new_card($1)")
+            .await
+            .map_err(classify)?;
+        tx.execute(&stmt, &[&uid.as_str()])
+            .await
+            .map_err(classify)?;
         let stmt = tx
             .prepare_cached("SELECT card_feed_writer()")
             .await
@@ -150,32 +166,39 @@ impl PgStore {
         tx.execute(&stmt, &[]).await.map_err(classify)?;
         let stmt = tx
             .prepare_cached(
-                "SELECT balance_cents, status, block_reason, age_flag FROM cards
+                "SELECT balance_cents, status, block_reason, age_flag, voucher_units FROM cards
                  WHERE card_uid = $1 FOR NO KEY UPDATE",
             )
             .await
             .map_err(classify)?;
-        let row = tx
+        let card = match tx
             .query_opt(&stmt, &[&uid.as_str()])
             .await
             .map_err(classify)?
-            .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
-        let card = card_state(
-            row.try_get(0).map_err(classify)?,
-            row.try_get(1).map_err(classify)?,
-            row.try_get(2).map_err(classify)?,
-            row.try_get(3).map_err(classify)?,
-        )?;
-        let next = change(card);
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
-                     age_flag = $5, version = nextval('card_version_seq'),
-                     updated_at = date_trunc('milliseconds', now())
-                 WHERE card_uid = $1",
-            )
-            .await
-            .map_err(classify)?;
+        {
+            Some(row) => Some(card_state(
+                row.try_get(0).map_err(classify)?,
+                row.try_get(1).map_err(classify)?,
+                row.try_get(2).map_err(classify)?,
+                row.try_get(3).map_err(classify)?,
+                row.try_get(4).map_err(classify)?,
+            )?),
+            None => None,
+        };
+        let create = card.is_none();
+        let (next, details, out) = change(card)?;
+        let sql = if create {
+            "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag,
+                                voucher_units, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, nextval('card_version_seq'),
+                     date_trunc('milliseconds', now()), date_trunc('milliseconds', now()))"
+        } else {
+            "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
+                 age_flag = $5, voucher_units = $6, version = nextval('card_version_seq'),
+                 updated_at = date_trunc('milliseconds', now())
+             WHERE card_uid = $1"
+        };
+        let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
         tx.execute(
             &stmt,
             &[
@@ -184,12 +207,14 @@ impl PgStore {
                 &next.status.as_str(),
                 &next.block_reason.map(BlockReason::as_str),
                 &next.age_flag.map(AgeFlag::as_str),
+                &next.vouchers,
             ],
         )
         .await
         .map_err(classify)?;
         log_admin(&tx, operation, Some(uid.as_str()), details).await?;
-        tx.commit().await.map_err(classify)
+        tx.commit().await.map_err(classify)?;
+        Ok(out)
     }
 }
 
@@ -281,13 +306,16 @@ impl AdminStore for PgStore {
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
-                                       updated_at, tax_rate, min_age, open_price_max_cents)
-                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6, $7, $8)
+                                       updated_at, tax_rate, min_age, open_price_max_cents,
+                                       voucher_price)
+                 VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6, $7, $8,
+                         $9)
                  ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                      name = excluded.name, price_cents = excluded.price_cents,
                      category = excluded.category, active = true, updated_at = excluded.updated_at,
                      tax_rate = excluded.tax_rate, min_age = excluded.min_age,
-                     open_price_max_cents = excluded.open_price_max_cents",
+                     open_price_max_cents = excluded.open_price_max_cents,
+                     voucher_price = excluded.voucher_price",
             )
             .await
             .map_err(classify)?;
@@ -303,6 +331,9 @@ impl AdminStore for PgStore {
                     &p.product.tax_rate.as_ref().map(TaxRateName::as_str),
                     &p.product.min_age.map(|a| i32::from(a.years())),
                     &p.product.open_price_max_cents.map(Cents::get),
+                    &p.product
+                        .voucher_price
+                        .map(|v| i32::try_from(v).unwrap_or(i32::MAX)),
                 ],
             )
             .await
@@ -314,8 +345,10 @@ impl AdminStore for PgStore {
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
         let operation = if lost { "card_block" } else { "card_unblock" };
-        self.change_card(uid, operation, json!({}), |card| {
-            rules::mark_lost(card, lost)
+        let unknown = uid.clone();
+        self.change_card(uid, operation, |card| {
+            let card = card.ok_or_else(|| unknown_card(&unknown))?;
+            Ok((rules::mark_lost(card, lost), json!({}), ()))
         })
         .await
     }
@@ -326,9 +359,24 @@ impl AdminStore for PgStore {
         age_flag: Option<AgeFlag>,
     ) -> Result<(), StoreError> {
         let details = json!({ "age_flag": age_flag.map(AgeFlag::as_str) });
-        self.change_card(uid, "card_age_flag", details, |card| CardState {
-            age_flag,
-            ..card
+        let unknown = uid.clone();
+        self.change_card(uid, "card_age_flag", |card| {
+            let card = card.ok_or_else(|| unknown_card(&unknown))?;
+            Ok((CardState { age_flag, ..card }, details, ()))
+        })
+        .await
+    }
+
+    async fn grant_vouchers(&self, uid: CardUid, units: i64) -> Result<i64, StoreError> {
+        self.change_card(uid, "voucher_grant", |card| {
+            let create = card.is_none();
+            let card = card.unwrap_or(CardState::NEW);
+            let vouchers = card.vouchers.checked_add(units).ok_or_else(|| {
+                StoreError::Conflict("the card's voucher units would overflow".into())
+            })?;
+            let details =
+                json!({ "units": units, "voucher_units": vouchers, "card_created": create });
+            Ok((CardState { vouchers, ..card }, details, vouchers))
         })
         .await
     }

@@ -236,14 +236,15 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
             ));
         }
     }
-    for table in [
-        "bar_orders",
-        "recharges",
-        "stripe_recharges",
-        "stripe_refunds",
+    // An order paid by vouchers alone moved no money, and has no postings.
+    for (table, moved_money) in [
+        ("bar_orders", "COALESCE(t.money_cents, t.total_cents) <> 0"),
+        ("recharges", "true"),
+        ("stripe_recharges", "true"),
+        ("stripe_refunds", "true"),
     ] {
         let sql = format!(
-            "SELECT t.transaction_id::text FROM {table} t WHERE NOT EXISTS
+            "SELECT t.transaction_id::text FROM {table} t WHERE {moved_money} AND NOT EXISTS
              (SELECT 1 FROM postings p WHERE p.transaction_id = t.transaction_id)
              ORDER BY t.transaction_id"
         );

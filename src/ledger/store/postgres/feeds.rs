@@ -18,8 +18,8 @@ use crate::protocol::api::{Scan, StaffRole, format_time};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
-/// A row of `card_uid, balance_cents, status, version, updated_at, age_flag` as the API
-/// shows it.
+/// A row of `card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units`
+/// as the API shows it.
 fn card_view(row: &Row) -> Result<CardView, StoreError> {
     let age_flag: Option<String> = row.try_get(5).map_err(classify)?;
     let uid: String = row.try_get(0).map_err(classify)?;
@@ -32,14 +32,15 @@ fn card_view(row: &Row) -> Result<CardView, StoreError> {
         age_flag: age_flag
             .map(|f| parse_stored(&f, AgeFlag::parse))
             .transpose()?,
+        voucher_units: row.try_get(6).map_err(classify)?,
     })
 }
 
 impl FeedStore for PgStore {
     async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
         self.rows(
-            "SELECT card_uid, balance_cents, status, version, updated_at, age_flag FROM cards
-             WHERE card_uid = $1",
+            "SELECT card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units
+             FROM cards WHERE card_uid = $1",
             &[&uid.as_str()],
         )
         .await?
@@ -55,7 +56,8 @@ impl FeedStore for PgStore {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let cards = self
             .rows(
-                "SELECT card_uid, balance_cents, status, version, updated_at, age_flag
+                "SELECT card_uid, balance_cents, status, version, updated_at, age_flag,
+                        voucher_units
                  FROM card_feed($1, $2)",
                 &[&since_version, &limit],
             )
@@ -73,7 +75,7 @@ impl FeedStore for PgStore {
     async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
         self.rows(
             "SELECT product_id, name, price_cents, category, tax_rate, min_age,
-                    open_price_max_cents
+                    open_price_max_cents, voucher_price
              FROM products
              WHERE point_of_sale = $1 AND active
              ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
@@ -100,6 +102,10 @@ impl FeedStore for PgStore {
                     .transpose()
                     .map_err(internal)?,
                 open_price_max_cents: open_max.map(Cents::new),
+                voucher_price: row
+                    .try_get::<_, Option<i32>>(7)
+                    .map_err(classify)?
+                    .map(i64::from),
             };
             CatalogProduct::resolve(product, &self.options.taxes)
         })

@@ -47,7 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_new_cards.sql"),
     migration!(8, "0008_lean_operations.sql"),
     migration!(9, "0009_vat.sql"),
-    migration!(10, "0010_age_and_open_prices.sql"),
+    migration!(10, "0010_what_festivals_sell.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

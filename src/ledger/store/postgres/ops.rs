@@ -27,7 +27,7 @@ const CALL: &str = "ROW($1, $2, $3, $4, $5, $6, $7)::ledger_call";
 fn order_sql() -> String {
     format!(
         "SELECT o_status, o_body, o_replayed FROM sp_process_bar_order({CALL}, \
-         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
     )
 }
 
@@ -141,6 +141,7 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
                         .collect::<Vec<i32>>(),
                 )
                 .arg(ctx.taxes.default_rate().to_string())
+                .arg(r.voucher_units)
         }
         Operation::Recharge(r) => Call::new("recharge", recharge_sql(), ctx, hash, expires)
             .arg(r.client_request_id.as_uuid())
@@ -310,7 +311,7 @@ mod tests {
     #[test]
     fn the_procedures_know_every_codes_status_and_the_stored_declines() {
         // The latest definitions (0010 replaced those of 0005).
-        let sql = include_str!("../../../../migrations/postgres/0010_age_and_open_prices.sql");
+        let sql = include_str!("../../../../migrations/postgres/0010_what_festivals_sell.sql");
         let table = sql
             .split("FUNCTION ledger_http_status")
             .nth(1)

@@ -115,13 +115,15 @@ impl AdminStore for SqliteStore {
             for p in &products {
                 conn.prepare_cached(
                     "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
-                                           updated_at, tax_rate, min_age, open_price_max_cents)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9)
+                                           updated_at, tax_rate, min_age, open_price_max_cents,
+                                           voucher_price)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                          name = excluded.name, price_cents = excluded.price_cents,
                          category = excluded.category, active = 1, updated_at = excluded.updated_at,
                          tax_rate = excluded.tax_rate, min_age = excluded.min_age,
-                         open_price_max_cents = excluded.open_price_max_cents",
+                         open_price_max_cents = excluded.open_price_max_cents,
+                         voucher_price = excluded.voucher_price",
                 )?
                 .execute(params![
                     p.point_of_sale,
@@ -133,6 +135,7 @@ impl AdminStore for SqliteStore {
                     p.product.tax_rate.as_ref().map(TaxRateName::as_str),
                     p.product.min_age.map(MinAge::years),
                     p.product.open_price_max_cents.map(Cents::get),
+                    p.product.voucher_price,
                 ])?;
                 log_admin(conn, "product_upsert", None, product_log_details(p))?;
             }
@@ -158,6 +161,28 @@ impl AdminStore for SqliteStore {
         self.change_card(uid, "card_age_flag", details, move |card| CardState {
             age_flag,
             ..card
+        })
+        .await
+    }
+
+    async fn grant_vouchers(&self, uid: CardUid, units: i64) -> Result<i64, StoreError> {
+        self.write(move |conn| {
+            let (card, create) = match load_card(conn, &uid)? {
+                Some(card) => (card, false),
+                None => (CardState::NEW, true),
+            };
+            let vouchers = card.vouchers.checked_add(units).ok_or_else(|| {
+                StoreError::Conflict("the card's voucher units would overflow".into())
+            })?;
+            let next = CardState { vouchers, ..card };
+            write_card(conn, &uid, create, &next, &format_time(Utc::now()))?;
+            log_admin(
+                conn,
+                "voucher_grant",
+                Some(uid.as_str()),
+                json!({ "units": units, "voucher_units": vouchers, "card_created": create }),
+            )?;
+            Ok(vouchers)
         })
         .await
     }

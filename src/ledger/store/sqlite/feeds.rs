@@ -14,9 +14,10 @@ use rusqlite::{OptionalExtension, params};
 use std::sync::Arc;
 
 /// The columns a card view reads, in [`card_view`]'s order.
-const CARD_COLUMNS: &str = "card_uid, balance_cents, status, version, updated_at, age_flag";
+const CARD_COLUMNS: &str =
+    "card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units";
 
-type CardRow = (String, i64, String, i64, String, Option<String>);
+type CardRow = (String, i64, String, i64, String, Option<String>, i64);
 
 fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
     Ok((
@@ -26,6 +27,7 @@ fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
     ))
 }
 
@@ -40,6 +42,7 @@ fn to_card_view(row: CardRow) -> Result<CardView, StoreError> {
             .5
             .map(|f| parse_stored(&f, AgeFlag::parse))
             .transpose()?,
+        voucher_units: row.6,
     })
 }
 
@@ -84,7 +87,7 @@ impl FeedStore for SqliteStore {
             let rows: Vec<Product> = conn
                 .prepare_cached(
                     "SELECT product_id, name, price_cents, category, tax_rate, min_age,
-                            open_price_max_cents
+                            open_price_max_cents, voucher_price
                      FROM products
                      WHERE point_of_sale = ?1 AND active = 1 ORDER BY category, product_id",
                 )?
@@ -97,10 +100,12 @@ impl FeedStore for SqliteStore {
                         r.get::<_, Option<String>>(4)?,
                         r.get::<_, Option<i64>>(5)?,
                         r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
                     ))
                 })?
                 .map(|row| {
-                    let (id, name, price, category, tax_rate, min_age, open_max) = row?;
+                    let (id, name, price, category, tax_rate, min_age, open_max, voucher_price) =
+                        row?;
                     Ok(Product {
                         product_id: ProductId::parse(&id).map_err(internal)?,
                         name,
@@ -112,6 +117,7 @@ impl FeedStore for SqliteStore {
                             .map_err(internal)?,
                         min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
                         open_price_max_cents: open_max.map(Cents::new),
+                        voucher_price,
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;

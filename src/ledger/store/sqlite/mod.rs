@@ -52,7 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0002_shifts.sql"),
     include_str!("../../../../migrations/sqlite/0003_stripe.sql"),
     include_str!("../../../../migrations/sqlite/0004_vat.sql"),
-    include_str!("../../../../migrations/sqlite/0005_age_and_open_prices.sql"),
+    include_str!("../../../../migrations/sqlite/0005_what_festivals_sell.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is
@@ -235,15 +235,17 @@ pub(super) fn flags_json(flags: &[crate::protocol::api::Flag]) -> Result<String,
 }
 
 pub(super) fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardState>, StoreError> {
-    let row: Option<(i64, String, Option<String>, Option<String>)> = conn
+    type CardRow = (i64, String, Option<String>, Option<String>, i64);
+    let row: Option<CardRow> = conn
         .prepare_cached(
-            "SELECT balance_cents, status, block_reason, age_flag FROM cards WHERE card_uid = ?1",
+            "SELECT balance_cents, status, block_reason, age_flag, voucher_units FROM cards
+             WHERE card_uid = ?1",
         )?
         .query_row([uid.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
-    row.map(|(balance, status, reason, age_flag)| {
+    row.map(|(balance, status, reason, age_flag, vouchers)| {
         let status = match status.as_str() {
             "active" => CardStatus::Active,
             "blocked" => CardStatus::Blocked,
@@ -262,6 +264,7 @@ pub(super) fn load_card(conn: &Connection, uid: &CardUid) -> Result<Option<CardS
             status,
             block_reason,
             age_flag,
+            vouchers,
         })
     })
     .transpose()
@@ -280,12 +283,12 @@ pub(super) fn write_card(
     let reason = next.block_reason.map(BlockReason::as_str);
     let age_flag = next.age_flag.map(AgeFlag::as_str);
     let sql = if create {
-        "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag, version,
-                            created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(version), 0) + 1 FROM cards), ?6, ?6)"
+        "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag, voucher_units,
+                            version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, (SELECT COALESCE(MAX(version), 0) + 1 FROM cards), ?6, ?6)"
     } else {
         "UPDATE cards SET balance_cents = ?2, status = ?3, block_reason = ?4, age_flag = ?5,
-             version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?6
+             voucher_units = ?7, version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?6
          WHERE card_uid = ?1"
     };
     conn.prepare_cached(sql)?.execute(params![
@@ -294,7 +297,8 @@ pub(super) fn write_card(
         next.status.as_str(),
         reason,
         age_flag,
-        now
+        now,
+        next.vouchers,
     ])?;
     Ok(())
 }

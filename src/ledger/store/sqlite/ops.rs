@@ -99,8 +99,8 @@ impl Reads for SqlReads<'_> {
     ) -> Result<Option<CatalogEntry>, StoreError> {
         self.0
             .prepare_cached(
-                "SELECT price_cents, tax_rate, min_age, open_price_max_cents FROM products
-                 WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
+                "SELECT price_cents, tax_rate, min_age, open_price_max_cents, voucher_price
+                 FROM products WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
             )?
             .query_row([point_of_sale, product.as_str()], |row| {
                 Ok((
@@ -108,15 +108,17 @@ impl Reads for SqlReads<'_> {
                     row.get(1)?,
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
                 ))
             })
             .optional()?
-            .map(|(price, tax_rate, min_age, open_max)| {
+            .map(|(price, tax_rate, min_age, open_max, voucher_price)| {
                 Ok::<_, StoreError>(CatalogEntry {
                     price: Cents::new(price),
                     tax_rate,
                     min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
                     open_price_max: open_max.map(Cents::new),
+                    voucher_price,
                 })
             })
             .transpose()
@@ -135,23 +137,32 @@ impl Reads for SqlReads<'_> {
             return Ok(VoidTarget::NotApplied);
         };
         let sql = match operation.as_str() {
+            // An order written before vouchers has no money_cents: it charged its total.
             "order" => {
-                "SELECT terminal_id, point_of_sale, card_uid, total_cents, NULL FROM bar_orders
-                 WHERE transaction_id = ?1"
+                "SELECT terminal_id, point_of_sale, card_uid, COALESCE(money_cents, total_cents),
+                        NULL, voucher_units
+                 FROM bar_orders WHERE transaction_id = ?1"
             }
             "recharge" => {
-                "SELECT terminal_id, point_of_sale, card_uid, amount_cents, payment_method
+                "SELECT terminal_id, point_of_sale, card_uid, amount_cents, payment_method, 0
                  FROM recharges WHERE transaction_id = ?1"
             }
             "shift" => return Ok(VoidTarget::Shift),
             _ => return Ok(VoidTarget::Void),
         };
-        type TargetRow = (String, String, String, i64, Option<String>);
-        let (terminal_id, point_of_sale, card_uid, amount, method): TargetRow = self
+        type TargetRow = (String, String, String, i64, Option<String>, Option<i64>);
+        let (terminal_id, point_of_sale, card_uid, amount, method, vouchers): TargetRow = self
             .0
             .prepare_cached(sql)?
             .query_row([&transaction_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()?
             .ok_or_else(|| {
@@ -182,6 +193,7 @@ impl Reads for SqlReads<'_> {
             point_of_sale,
             card_uid: CardUid::parse(&card_uid).map_err(internal)?,
             amount: Cents::new(amount),
+            vouchers: vouchers.unwrap_or(0),
         }))
     }
 }
@@ -193,7 +205,7 @@ pub(super) fn carry_out(
     plan: Plan<'_>,
 ) -> Result<Outcome, StoreError> {
     match plan {
-        Plan::Answer(outcome) => Ok(outcome),
+        Plan::Answer(outcome) => Ok(*outcome),
         Plan::Write(writes) => {
             write(conn, ctx, &writes)?;
             Ok(writes.outcome)
@@ -251,6 +263,7 @@ macro_rules! money_row {
             staff_id: &$r.staff_id,
             amount: $amount,
             topup: $method,
+            order: None,
             mode: $r.mode,
             balances: $balances,
             created_at: $r.created_at,
@@ -272,14 +285,17 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             request: r,
             balances,
             lines,
+            vouchers_used,
+            money,
         } => {
-            let money = money_row!(r, *transaction_id, r.total_cents, None, balances);
-            insert_money_row(conn, ctx, &now, &money)?;
+            let mut row = money_row!(r, *transaction_id, r.total_cents, None, balances);
+            row.order = Some((*vouchers_used, *money));
+            insert_money_row(conn, ctx, &now, &row)?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity, unit_price_cents,
                      catalog_price_cents, line_total_cents, tax_rate, tax_rate_basis_points,
-                     net_cents, tax_cents)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     net_cents, tax_cents, voucher_quantity, voucher_units)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for (line_no, (item, line)) in r.items.iter().zip(lines).enumerate() {
                 stmt.execute(params![
@@ -293,7 +309,9 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                     line.tax_rate.name.as_str(),
                     line.tax_rate.basis_points,
                     line.net.get(),
-                    line.tax.get()
+                    line.tax.get(),
+                    line.voucher_quantity,
+                    line.voucher_units,
                 ])?;
             }
         }
@@ -407,6 +425,8 @@ struct MoneyRow<'r> {
     amount: Cents,
     /// A top-up's payment method and the age flag it set.
     topup: Option<(PaymentMethod, Option<AgeFlag>)>,
+    /// An order's voucher units used and money charged.
+    order: Option<(i64, Cents)>,
     mode: Mode,
     balances: &'r Balances,
     created_at: DateTime<Utc>,
@@ -436,10 +456,13 @@ fn insert_money_row(
     ];
     let sql = match row.topup {
         None => {
+            let (vouchers, money) = row.order.unwrap_or((0, row.amount));
+            values.push(vouchers.into());
+            values.push(money.get().into());
             "INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq, point_of_sale,
                  card_uid, staff_id, total_cents, mode, flags, previous_balance_cents, new_balance_cents,
-                 created_at, processed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                 created_at, processed_at, voucher_units, money_cents)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         }
         Some((method, age_flag)) => {
             values.insert(8, method.as_str().to_owned().into());

@@ -1,4 +1,4 @@
--- cashless ledger schema, version 10 (PostgreSQL): age restrictions and open prices.
+-- cashless ledger schema, version 10 (PostgreSQL): age restrictions, open prices, vouchers.
 --
 -- A card may carry what staff saw on its holder's ID (`under_16`, `under_18`; NULL: nobody
 -- said the holder is a minor), set by the desk (`card flag`, in Rust) or by a top-up that
@@ -8,9 +8,13 @@
 -- applied and flagged AGE_RESTRICTED. A product may have an open price: staff type the unit
 -- price, 1 cent to `open_price_max_cents` (its `price_cents` is 0); beyond it, online, a
 -- PRICE_MISMATCH with the maximum; offline, flagged like any price that differs.
+-- Vouchers (staff and artist drinks): units on a card (granted by the desk, in Rust); a
+-- product may cost `voucher_price` units; an order uses vouchers first, lines in order
+-- (rules::voucher_split), and money for the rest; what vouchers pay earns no revenue and
+-- no VAT. A void gives an order's vouchers back.
 --
--- The order procedure is replaced whole (same arguments); the top-up procedure takes the
--- age flag as a new last argument.
+-- The order procedure takes the vouchers an offline order used as a new last argument, the
+-- top-up procedure the age flag; the void procedure is replaced whole (same arguments).
 
 ALTER TABLE cards ADD COLUMN age_flag text CHECK (age_flag IN ('under_16', 'under_18'));
 ALTER TABLE products
@@ -18,12 +22,19 @@ ALTER TABLE products
     ADD COLUMN open_price_max_cents bigint CHECK (open_price_max_cents > 0);
 -- The flag a top-up set on its card (NULL: it set none).
 ALTER TABLE recharges ADD COLUMN age_flag text CHECK (age_flag IN ('under_16', 'under_18'));
+ALTER TABLE cards ADD COLUMN voucher_units bigint NOT NULL DEFAULT 0;
+ALTER TABLE products ADD COLUMN voucher_price integer CHECK (voucher_price > 0);
+-- What an order took: voucher units and money (NULL in orders written before vouchers:
+-- none, and their total). Per line: the units vouchers paid and the voucher units taken.
+ALTER TABLE bar_orders ADD COLUMN voucher_units bigint, ADD COLUMN money_cents bigint;
+ALTER TABLE bar_order_items ADD COLUMN voucher_quantity bigint,
+                            ADD COLUMN voucher_units bigint;
 
--- The card feed of 0004 (the same horizon), with each card's age flag.
+-- The card feed of 0004 (the same horizon), with each card's age flag and voucher units.
 DROP FUNCTION card_feed(bigint, integer);
 CREATE FUNCTION card_feed(p_since_version bigint, p_limit integer)
 RETURNS TABLE (card_uid text, balance_cents bigint, status text, version bigint,
-               updated_at timestamptz, age_flag text)
+               updated_at timestamptz, age_flag text, voucher_units bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_horizon bigint;
@@ -33,7 +44,8 @@ BEGIN
       INTO v_horizon FROM card_version_seq s;
     -- A new statement: its snapshot sees every transaction that ended before the lock.
     RETURN QUERY
-        SELECT c.card_uid, c.balance_cents, c.status, c.version, c.updated_at, c.age_flag
+        SELECT c.card_uid, c.balance_cents, c.status, c.version, c.updated_at, c.age_flag,
+               c.voucher_units
           FROM cards c
          WHERE c.version > p_since_version AND c.version <= v_horizon
          ORDER BY c.version
@@ -75,12 +87,18 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
                       'UNKNOWN_PRODUCT', 'PRICE_MISMATCH', 'AGE_RESTRICTED')
 $$;
 
--- An order (POST /v1/orders, or an order of a batch).
-CREATE OR REPLACE FUNCTION sp_process_bar_order(
+DROP FUNCTION sp_process_bar_order(ledger_call, uuid, bigint, text, text, text, bigint,
+                                   timestamptz, text[], integer[], bigint[], text[], integer[],
+                                   text);
+
+-- An order (POST /v1/orders, or an order of a batch). `p_voucher_units`: the vouchers an
+-- offline order says it used (NULL: none; always NULL online, where the card's pay first).
+CREATE FUNCTION sp_process_bar_order(
     p_call ledger_call, p_client_request_id uuid, p_terminal_seq bigint, p_card_uid text,
     p_staff_id text, p_mode text, p_total_cents bigint, p_created_at timestamptz,
     p_product_ids text[], p_quantities integer[], p_unit_prices_cents bigint[],
     p_tax_rates text[], p_tax_basis_points integer[], p_default_tax_rate text,
+    p_voucher_units bigint,
     OUT o_status integer, OUT o_body text, OUT o_replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -111,6 +129,16 @@ DECLARE
     v_gross bigint;
     v_tax bigint;
     v_price_differs boolean := false;
+    v_voucher_price integer;
+    v_catalog_vouchers integer[] := '{}';
+    v_vouchers_left bigint;
+    v_covered bigint;
+    v_line_voucher_quantities bigint[] := '{}';
+    v_line_voucher_units bigint[] := '{}';
+    v_vouchers_used bigint := 0;
+    v_voucher_value bigint := 0;
+    v_vouchers_after bigint;
+    v_money bigint;
     v_log_details jsonb := jsonb_build_object('mode', p_mode, 'terminal_seq', p_terminal_seq);
     i integer;
 BEGIN
@@ -125,13 +153,15 @@ BEGIN
     -- lock (the decision below uses them in the order of rules::decide_order), so that the
     -- card is locked for less time.
     FOR i IN 1 .. coalesce(array_length(p_product_ids, 1), 0) LOOP
-        SELECT price_cents, tax_rate, open_price_max_cents, min_age
-          INTO v_price, v_product_rate, v_open_max, v_min_age FROM products
+        SELECT price_cents, tax_rate, open_price_max_cents, min_age, voucher_price
+          INTO v_price, v_product_rate, v_open_max, v_min_age, v_voucher_price FROM products
          WHERE point_of_sale = v_start.point_of_sale AND product_id = p_product_ids[i]
            AND active;
         IF NOT FOUND THEN
             v_price := NULL; v_product_rate := NULL; v_open_max := NULL; v_min_age := NULL;
+            v_voucher_price := NULL;
         END IF;
+        v_catalog_vouchers := v_catalog_vouchers || v_voucher_price;
         v_catalog := v_catalog || v_price;
         v_product_rates := v_product_rates || v_product_rate;
         v_catalog_open := v_catalog_open || v_open_max;
@@ -147,7 +177,7 @@ BEGIN
     END LOOP;
 
     -- The decision (rules::decide_order).
-    SELECT balance_cents, status, block_reason, age_flag INTO v_card
+    SELECT balance_cents, status, block_reason, age_flag, voucher_units INTO v_card
       FROM cards WHERE card_uid = p_card_uid FOR NO KEY UPDATE;
     v_found := FOUND;
     IF v_found THEN
@@ -236,7 +266,29 @@ BEGIN
             v_flags := v_flags || 'AGE_RESTRICTED'::text;
         END IF;
     END IF;
-    IF v_online AND v_previous < p_total_cents THEN
+    -- rules::voucher_split: vouchers pay first, lines in order, each unit of a product with
+    -- a voucher price while they cover it: online the card's, offline what the terminal
+    -- used. The money is the total less what they paid.
+    v_vouchers_left := greatest(CASE WHEN v_online THEN coalesce(v_card.voucher_units, 0)
+                                     ELSE coalesce(p_voucher_units, 0) END, 0);
+    FOR i IN 1 .. coalesce(array_length(p_product_ids, 1), 0) LOOP
+        v_covered := 0;
+        IF v_catalog_vouchers[i] IS NOT NULL THEN
+            v_covered := least(p_quantities[i], v_vouchers_left / v_catalog_vouchers[i]);
+            v_vouchers_left := v_vouchers_left - v_covered * v_catalog_vouchers[i];
+            v_vouchers_used := v_vouchers_used + v_covered * v_catalog_vouchers[i];
+            v_voucher_value := v_voucher_value + v_covered * p_unit_prices_cents[i];
+        END IF;
+        v_line_voucher_quantities := v_line_voucher_quantities || v_covered;
+        v_line_voucher_units := v_line_voucher_units
+            || v_covered * coalesce(v_catalog_vouchers[i], 0);
+    END LOOP;
+    v_money := p_total_cents - v_voucher_value;
+    v_vouchers_after := coalesce(v_card.voucher_units, 0) - v_vouchers_used;
+    IF v_vouchers_after < 0 THEN
+        v_flags := v_flags || 'VOUCHERS_OVERDRAWN'::text;
+    END IF;
+    IF v_online AND v_previous < v_money THEN
         SELECT * INTO o_status, o_body, o_replayed
           FROM ledger_decline(p_call, 'INSUFFICIENT_FUNDS', 'the card''s balance is too low',
                               jsonb_build_object('balance_cents', v_previous),
@@ -244,7 +296,7 @@ BEGIN
                               p_card_uid, p_total_cents, v_log_details);
         RETURN;
     END IF;
-    v_balance := ledger_add(v_previous, -p_total_cents);
+    v_balance := ledger_add(v_previous, -v_money);
     IF v_balance IS NULL THEN
         SELECT * INTO o_status, o_body, o_replayed
           FROM ledger_refuse(p_call, 'INVALID_REQUEST', 'the resulting balance is out of range',
@@ -269,7 +321,8 @@ BEGIN
             RAISE EXCEPTION 'product % names tax rate %, which [taxes] lacks',
                 p_product_ids[i], v_product_rate;
         END IF;
-        v_gross := p_unit_prices_cents[i] * p_quantities[i];
+        -- Only money is split: what vouchers paid earns nothing.
+        v_gross := p_unit_prices_cents[i] * (p_quantities[i] - v_line_voucher_quantities[i]);
         v_tax := (sign(v_gross::numeric)
                   * div(2 * abs(v_gross::numeric * p_tax_basis_points[v_rate_at])
                             + 10000 + p_tax_basis_points[v_rate_at],
@@ -283,27 +336,36 @@ BEGIN
     -- The writes.
     PERFORM ledger_write_card(p_call, p_card_uid, NOT v_found, v_balance, v_status,
                               v_block_reason);
+    IF v_vouchers_used <> 0 THEN
+        UPDATE cards SET voucher_units = v_vouchers_after WHERE card_uid = p_card_uid;
+        v_log_details := v_log_details || jsonb_build_object('vouchers_used', v_vouchers_used);
+    END IF;
     o_status := 201;
     o_replayed := false;
     o_body := ledger_approval(p_call, p_client_request_id, p_card_uid, p_total_cents, NULL,
                               v_previous, v_balance, v_status, v_flags);
+    -- An order's approval ends with what vouchers and money it took (Approval's last fields).
+    o_body := left(o_body, -1) || ',"vouchers_used":' || v_vouchers_used
+        || ',"money_cents":' || v_money || '}';
     WITH operation AS (
         INSERT INTO bar_orders (transaction_id, client_request_id, terminal_id, terminal_seq,
                                 point_of_sale, card_uid, staff_id, total_cents, mode, flags,
                                 previous_balance_cents, new_balance_cents, created_at,
-                                processed_at)
+                                processed_at, voucher_units, money_cents)
         VALUES ((p_call).transaction_id, p_client_request_id, (p_call).terminal_id,
                 p_terminal_seq, v_start.point_of_sale, p_card_uid, p_staff_id,
                 p_total_cents, p_mode, to_jsonb(v_flags), v_previous, v_balance, p_created_at,
-                (p_call).now)
+                (p_call).now, v_vouchers_used, v_money)
     ), items AS (
         INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity,
                                      unit_price_cents, catalog_price_cents, line_total_cents,
-                                     tax_rate, tax_rate_basis_points, net_cents, tax_cents)
+                                     tax_rate, tax_rate_basis_points, net_cents, tax_cents,
+                                     voucher_quantity, voucher_units)
         SELECT (p_call).transaction_id, n - 1, p_product_ids[n], p_quantities[n],
                p_unit_prices_cents[n], v_line_catalog[n],
                p_unit_prices_cents[n] * p_quantities[n], v_line_rates[n], v_line_bps[n],
-               v_line_nets[n], v_line_taxes[n]
+               v_line_nets[n], v_line_taxes[n], v_line_voucher_quantities[n],
+               v_line_voucher_units[n]
           FROM generate_subscripts(p_product_ids, 1) AS n
     ), by_rate AS (
         SELECT l.rate, sum(l.net)::bigint AS net, sum(l.tax)::bigint AS tax
@@ -314,7 +376,7 @@ BEGIN
         INSERT INTO postings (transaction_id, account, amount_cents, created_at)
         SELECT (p_call).transaction_id, p.account, p.amount, (p_call).now
           FROM (SELECT 0 AS side, ''::text AS rate, 0 AS part, 'card:' || p_card_uid AS account,
-                       -p_total_cents AS amount
+                       -v_money AS amount WHERE v_money <> 0
                 UNION ALL
                 SELECT 1, r.rate, 0, 'revenue:' || v_start.point_of_sale || ':' || r.rate, r.net
                   FROM by_rate r WHERE r.net <> 0
@@ -327,7 +389,7 @@ BEGIN
                                          amount_cents, outcome, error_code, details)
         VALUES ((p_call).now, (p_call).request_id, 'terminal:' || v_start.terminal_name, p_staff_id,
                 'order', p_client_request_id, (p_call).transaction_id, p_card_uid,
-                p_total_cents, 'approved', NULL, v_log_details)
+                v_money, 'approved', NULL, v_log_details)
     )
     INSERT INTO idempotency_keys (client_request_id, terminal_id, operation, request_sha256,
                                   status_code, response_body, transaction_id, created_at,
@@ -477,5 +539,157 @@ BEGIN
     VALUES (p_client_request_id, (p_call).terminal_id, 'recharge', (p_call).request_sha256,
             o_status, o_body, (p_call).transaction_id, (p_call).now, NULL);
     PERFORM ledger_record_seq_fast((p_call).terminal_id, p_terminal_seq, (p_call).now);
+END
+$$;
+
+-- A void (POST /v1/voids, or a void of a batch): reverses this terminal's applied order or
+-- top-up in full (an order's money and vouchers), or tombstones a key that was never applied.
+CREATE OR REPLACE FUNCTION sp_process_void(
+    p_call ledger_call, p_client_request_id uuid, p_terminal_seq bigint,
+    p_target_client_request_id uuid, p_staff_id text, p_reason text, p_created_at timestamptz,
+    OUT o_status integer, OUT o_body text, OUT o_replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_operation text;
+    v_target_tx uuid;
+    -- The applied target, if any: 'order' or 'recharge', its terminal, card and amount.
+    v_kind text;
+    v_terminal_id uuid;
+    v_card_uid text;
+    v_amount bigint;
+    v_vouchers bigint := 0;
+    v_delta bigint;
+    v_previous bigint;
+    v_block_reason text;
+    v_balance bigint;
+    v_card_status text;
+    v_next_reason text;
+    v_flags text[] := '{}';
+    v_status text;
+    v_invalid jsonb := jsonb_build_object('field', 'target_client_request_id');
+BEGIN
+    PERFORM card_feed_writer();
+    -- The void's key and its target's, so that the target cannot arrive, nor be voided
+    -- again, while this void decides.
+    PERFORM ledger_lock_keys(ARRAY[p_client_request_id, p_target_client_request_id]);
+    SELECT * INTO o_status, o_body, o_replayed
+      FROM ledger_precheck(p_call, p_client_request_id, p_staff_id, 'void', false);
+    IF o_status IS NOT NULL THEN
+        RETURN;
+    END IF;
+
+    SELECT operation, transaction_id INTO v_operation, v_target_tx FROM idempotency_keys
+     WHERE client_request_id = p_target_client_request_id AND transaction_id IS NOT NULL;
+    IF v_operation = 'void' THEN
+        SELECT * INTO o_status, o_body, o_replayed
+          FROM ledger_refuse(p_call, 'INVALID_REQUEST', 'a void cannot be voided', v_invalid);
+        RETURN;
+    ELSIF v_operation = 'shift' THEN
+        SELECT * INTO o_status, o_body, o_replayed
+          FROM ledger_refuse(p_call, 'INVALID_REQUEST', 'a shift close-out cannot be voided',
+                             v_invalid);
+        RETURN;
+    ELSIF v_operation = 'order' THEN
+        -- What the order took: its money (its total, if written before vouchers) and vouchers.
+        SELECT 'order', terminal_id, card_uid, coalesce(money_cents, total_cents),
+               coalesce(voucher_units, 0)
+          INTO v_kind, v_terminal_id, v_card_uid, v_amount, v_vouchers
+          FROM bar_orders WHERE transaction_id = v_target_tx;
+    ELSIF v_operation = 'recharge' THEN
+        SELECT 'recharge', terminal_id, card_uid, amount_cents
+          INTO v_kind, v_terminal_id, v_card_uid, v_amount
+          FROM recharges WHERE transaction_id = v_target_tx;
+    END IF;
+    IF v_operation IS NOT NULL AND v_kind IS NULL THEN
+        RAISE EXCEPTION 'key % names transaction %, which is missing',
+            p_target_client_request_id, v_target_tx;
+    END IF;
+    IF v_kind IS NOT NULL AND v_terminal_id <> (p_call).terminal_id THEN
+        SELECT * INTO o_status, o_body, o_replayed
+          FROM ledger_refuse(p_call, 'FORBIDDEN', 'a terminal may only void its own operations',
+                             NULL);
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM voids WHERE target_client_request_id = p_target_client_request_id
+                                     AND terminal_id = (p_call).terminal_id) THEN
+        SELECT * INTO o_status, o_body, o_replayed
+          FROM ledger_refuse(p_call, 'ALREADY_VOIDED', 'this operation is already voided', NULL);
+        RETURN;
+    END IF;
+
+    IF v_kind IS NOT NULL THEN
+        -- Reversed in full (rules::decide_reversal): back to the card for an order, off it
+        -- for a top-up; below zero blocks the card for debt.
+        v_delta := CASE v_kind WHEN 'order' THEN v_amount ELSE -v_amount END;
+        SELECT balance_cents, block_reason INTO v_previous, v_block_reason
+          FROM cards WHERE card_uid = v_card_uid FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'card % of an operation is missing', v_card_uid;
+        END IF;
+        v_balance := ledger_add(v_previous, v_delta);
+        IF v_balance IS NULL THEN
+            SELECT * INTO o_status, o_body, o_replayed
+              FROM ledger_refuse(p_call, 'INVALID_REQUEST',
+                                 'the resulting balance is out of range', v_invalid);
+            RETURN;
+        END IF;
+        IF v_balance < 0 THEN
+            v_flags := v_flags || 'NEGATIVE_BALANCE'::text;
+        END IF;
+        SELECT * INTO v_card_status, v_next_reason
+          FROM ledger_status_after(v_balance, v_block_reason);
+        v_status := 'voided';
+        PERFORM ledger_write_card(p_call, v_card_uid, false, v_balance, v_card_status,
+                                  v_next_reason);
+        -- rules::decide_reversal: an order's vouchers go back to the card.
+        IF v_vouchers <> 0 THEN
+            UPDATE cards SET voucher_units = voucher_units + v_vouchers
+             WHERE card_uid = v_card_uid;
+        END IF;
+        IF v_kind = 'order' THEN
+            UPDATE bar_orders SET voided_by = p_client_request_id
+             WHERE transaction_id = v_target_tx;
+        ELSE
+            UPDATE recharges SET voided_by = p_client_request_id
+             WHERE transaction_id = v_target_tx;
+        END IF;
+    ELSE
+        v_status := 'tombstoned';
+    END IF;
+    INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq,
+                       target_client_request_id, target_kind, staff_id, reason, status,
+                       card_uid, refunded_cents, previous_balance_cents, new_balance_cents, flags,
+                       created_at, processed_at)
+    VALUES ((p_call).transaction_id, p_client_request_id, (p_call).terminal_id, p_terminal_seq,
+            p_target_client_request_id, v_kind, p_staff_id, p_reason, v_status,
+            v_card_uid, v_delta, v_previous, v_balance, to_jsonb(v_flags),
+            p_created_at, (p_call).now);
+    IF v_kind IS NOT NULL THEN
+        -- The target's postings reversed, in their order (an order's split by VAT rate).
+        INSERT INTO postings (transaction_id, account, amount_cents, created_at)
+        SELECT (p_call).transaction_id, t.account, -t.amount_cents, (p_call).now
+          FROM postings t WHERE t.transaction_id = v_target_tx
+         ORDER BY t.posting_id;
+    END IF;
+    o_status := 201;
+    o_replayed := false;
+    o_body := '{"transaction_id":"' || (p_call).transaction_id
+        || '","client_request_id":"' || p_client_request_id
+        || '","status":"' || v_status
+        || '","target_client_request_id":"' || p_target_client_request_id
+        || '","card_uid":' || ledger_str(v_card_uid)
+        || ',"refunded_cents":' || ledger_num(v_delta)
+        || ',"previous_balance_cents":' || ledger_num(v_previous)
+        || ',"new_balance_cents":' || ledger_num(v_balance)
+        || ',"card_status":' || ledger_str(v_card_status)
+        || ',"processed_at":' || ledger_str((p_call).now_text)
+        || ',"flags":' || ledger_flags_json(v_flags) || '}';
+    PERFORM ledger_log(p_call, p_staff_id, 'void', p_client_request_id, (p_call).transaction_id,
+                       v_card_uid, v_delta, v_status, NULL,
+                       jsonb_build_object('reason', p_reason, 'target_client_request_id',
+                                          p_target_client_request_id));
+    PERFORM ledger_key(p_call, p_client_request_id, 'void', o_status, o_body,
+                       (p_call).transaction_id);
+    PERFORM ledger_record_seq((p_call).terminal_id, p_terminal_seq, (p_call).now);
 END
 $$;

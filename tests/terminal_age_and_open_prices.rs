@@ -284,3 +284,93 @@ async fn a_staff_card_pays_with_vouchers_and_the_decision_says_so() {
     t.quit().await;
     l.assert_audit_ok();
 }
+
+/// The card's voucher units in the terminal's replica, once they equal `expected`.
+async fn wait_for_replica_vouchers(journal: &Path, card: &str, expected: i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    wait_for(
+        "the card feed to bring the vouchers",
+        Duration::from_secs(20),
+        || {
+            conn.query_row(
+                "SELECT voucher_units FROM replica_cards WHERE card_uid = ?1",
+                [card],
+                |r| r.get::<_, i64>(0),
+            )
+            .ok()
+                == Some(expected)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn offline_the_replicas_vouchers_pay_first_and_the_ledger_takes_the_same() {
+    let l = Ledger::start().await;
+    add_product(
+        &l,
+        &[
+            "--id",
+            "staff-beer",
+            "--name",
+            "Beer",
+            "--price-cents",
+            "450",
+            "--voucher-price",
+            "1",
+        ],
+    );
+    let staff = uid(5);
+    l.fund(&staff, 1_000).await;
+    assert_success(
+        "voucher grant",
+        &l.admin(&["voucher", "grant", "--uid", &staff, "--units", "3"]),
+    );
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    wait_for_replica_vouchers(&journal, &staff, 3).await;
+
+    proxy.go_down().await;
+    // Two beers: both on vouchers, no money.
+    let d = t.sell("staff-beer", 2, &staff).await;
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["vouchers_used"].as_i64(),
+            d["balance_cents"].as_i64()
+        ),
+        (Some("approved_offline"), Some(2), Some(1_000)),
+        "{d}"
+    );
+    // Two more: the last voucher (this terminal used two since the replica's 3) and 4.50.
+    let d = t.sell("staff-beer", 2, &staff).await;
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["vouchers_used"].as_i64(),
+            d["balance_cents"].as_i64()
+        ),
+        (Some("approved_offline"), Some(1), Some(550)),
+        "{d}"
+    );
+    // Replayed: the ledger applies exactly what the terminal decided, once.
+    proxy.go_up();
+    wait_until_synced(&mut t).await;
+    let card = l.card(&staff).await;
+    assert_eq!(
+        (
+            card.body["balance_cents"].as_i64(),
+            card.body["voucher_units"].as_i64()
+        ),
+        (Some(550), Some(0)),
+        "{}",
+        card.body
+    );
+    t.quit().await;
+    l.assert_audit_ok();
+}

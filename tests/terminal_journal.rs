@@ -739,6 +739,7 @@ fn the_card_feed_fills_the_replica_and_moves_the_cursor() {
                     balance: Cents::new(balance),
                     blocked,
                     age_flag: None,
+                    vouchers: 0,
                 },
                 fetched_at
             )),
@@ -987,6 +988,87 @@ fn local_charges_through_a_sale_its_sync_and_the_next_feed() {
     assert_eq!(replica.balance, Cents::new(1500));
 }
 
+#[test]
+fn voucher_use_counts_until_the_replica_shows_it() {
+    let fx = Fixture::new();
+    let mut journal = fx.open();
+    let card = uid(CARD);
+    let mut row = FeedRow::new(card.clone(), Cents::new(2000), false, 1);
+    row.voucher_units = 3;
+    journal.apply_card_feed(&[row], "1", t(0)).unwrap();
+    assert_eq!(journal.replica_card(&card).unwrap().unwrap().0.vouchers, 3);
+    // An offline sale that said it used 2 vouchers (its request), an online approval whose
+    // answer says the ledger took 1, and a declined attempt (never counts).
+    let sale = offline_sale(450);
+    let crid = sale.client_request_id;
+    let sale = journal
+        .append(
+            sale,
+            move |seq| json!({"client_request_id": crid, "terminal_seq": seq, "voucher_units": 2}),
+            t(1),
+        )
+        .unwrap();
+    let online = append(
+        &mut journal,
+        new_entry(
+            OperationKind::Order,
+            Some(CARD),
+            -450,
+            None,
+            EntryState::Sending,
+        ),
+        t(2),
+    );
+    journal
+        .set_state(
+            online.terminal_seq,
+            EntryState::Synced,
+            Some(Decision::ApprovedOnline),
+            None,
+            Some((201, r#"{"vouchers_used":1,"money_cents":450}"#)),
+            t(2),
+        )
+        .unwrap();
+    let declined = append(
+        &mut journal,
+        new_entry(
+            OperationKind::Order,
+            Some(CARD),
+            -450,
+            None,
+            EntryState::Sending,
+        ),
+        t(3),
+    );
+    journal
+        .set_state(
+            declined.terminal_seq,
+            EntryState::Synced,
+            Some(Decision::Declined),
+            Some("INSUFFICIENT_FUNDS"),
+            Some((402, r#"{"vouchers_used":9}"#)),
+            t(3),
+        )
+        .unwrap();
+    assert_eq!(journal.local_voucher_use(&card).unwrap(), 3);
+    // The offline sale replayed: it keeps counting until a pull shows it.
+    journal
+        .set_state(
+            sale.terminal_seq,
+            EntryState::Synced,
+            None,
+            None,
+            Some((201, r#"{"vouchers_used":2}"#)),
+            t(4),
+        )
+        .unwrap();
+    assert_eq!(journal.local_voucher_use(&card).unwrap(), 3);
+    let mut row = FeedRow::new(card.clone(), Cents::new(1550), false, 2);
+    row.voucher_units = 0;
+    journal.apply_card_feed(&[row], "2", t(5)).unwrap();
+    assert_eq!(journal.local_voucher_use(&card).unwrap(), 0);
+}
+
 /// A cached product; one with a category carries a VAT rate (19 %), a minimum age and an
 /// open price, one without none of them, as from a ledger before VAT: both must come back
 /// from the cache as they went in.
@@ -1000,6 +1082,7 @@ fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogP
         tax_rate_basis_points: category.map(|_| 1900),
         min_age: category.map(|_| MinAge::EIGHTEEN),
         open_price_max_cents: category.map(|_| Cents::new(3000)),
+        voucher_price: category.map(|_| 2),
     }
 }
 

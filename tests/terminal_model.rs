@@ -20,7 +20,11 @@
 //!    refunded) is charged zero times;
 //! 4. every card's balance is its funding minus its charges, and the ledger's audit passes;
 //! 5. no order ever took a card below zero: with one terminal, the offline policy (replica
-//!    balance minus this terminal's unsynced charges) never approves money the card lacks.
+//!    balance minus this terminal's unsynced charges) never approves money the card lacks;
+//! 6. vouchers (two cards hold some, and one product costs one): each card's voucher units
+//!    are what it was granted less what its approved, unrefunded sales took, and never go
+//!    below zero, since offline the terminal spends the replica's vouchers less its own use
+//!    since; a refund gives back only the money a sale moved.
 #![allow(clippy::unwrap_used)]
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
@@ -51,6 +55,14 @@ const CARDS: usize = 4;
 /// What each card is funded with before the events: an empty card, a poor one, two rich ones.
 const FUNDING_CENTS: [i64; CARDS] = [0, 500, 2_000, 20_000];
 const PRICES_CENTS: [i64; 3] = [200, 450, 900];
+/// Voucher units granted to each card before the events (staff drinks on the poor card and
+/// on a rich one).
+const VOUCHERS: [i64; CARDS] = [0, 2, 0, 1];
+
+/// The 4.50 product costs one voucher; the others are money only.
+fn voucher_price(price: usize) -> Option<i64> {
+    (PRICES_CENTS[price] == 450).then_some(1)
+}
 const BATCH_MAX: usize = 3;
 
 /// What the simulated network does to the next online request.
@@ -221,6 +233,7 @@ impl Transport for SimLedger {
                     status: c.status,
                     version: c.version,
                     age_flag: c.age_flag,
+                    voucher_units: c.voucher_units,
                 })
                 .collect(),
             next_cursor: page.next_version.to_string(),
@@ -291,13 +304,16 @@ async fn ledger(dir: &Path) -> SimLedger {
                         tax_rate: None,
                         min_age: None,
                         open_price_max_cents: None,
-                        voucher_price: None,
+                        voucher_price: voucher_price(p),
                     },
                 })
                 .collect(),
         )
         .await
         .unwrap();
+    for (i, units) in VOUCHERS.iter().enumerate().filter(|(_, u)| **u > 0) {
+        store.grant_vouchers(card(i), *units).await.unwrap();
+    }
     let checkpoint = store
         .terminal_by_name("cp-1".into())
         .await
@@ -413,15 +429,17 @@ impl Terminal_ {
                 }],
                 total,
                 min_age: None,
+                voucher_prices: vec![voucher_price(price)],
             },
         };
-        let (mut flow, mut step) = TapFlow::start(
+        let (flow, mut step) = TapFlow::start(
             payment.movement(),
             payment.min_age(),
             total,
             self.online,
             limits(),
         );
+        let mut flow = flow.with_voucher_lines(payment.voucher_lines());
         let mut tap = Tap::new(&self.journal, &uid, &payment);
         let mut performed = 0;
         let verdict = loop {
@@ -458,7 +476,9 @@ impl Terminal_ {
                 entry.decision.is_some_and(Decision::is_approved),
                 "{entry:?}"
             );
-            self.last_approved = Some((crid, uid.clone(), total));
+            // A refund gives back the money the sale moved (vouchers paid the rest).
+            let money = Cents::ZERO.checked_sub(entry.money_effect()).unwrap();
+            self.last_approved = Some((crid, uid.clone(), money));
         }
         self.shown.push((crid, verdict.outcome));
     }
@@ -565,12 +585,27 @@ async fn run(events: Vec<Event>) {
     let entries = tap::all_unacknowledged(&t.journal.lock().unwrap()).unwrap();
     assert!(entries.is_empty(), "{entries:?}");
     let journal_db = rusqlite::Connection::open(&t.path).unwrap();
+    // Each order's money and vouchers as the ledger answered them (an offline one: what the
+    // terminal decided, which the ledger takes as it is).
     let mut stmt = journal_db
-        .prepare("SELECT client_request_id, card_uid, amount_cents, decision, state FROM journal WHERE operation = ?1")
+        .prepare(
+            "SELECT client_request_id, card_uid,
+                    COALESCE(-json_extract(ledger_body, '$.money_cents'), amount_cents),
+                    decision, state, COALESCE(json_extract(ledger_body, '$.vouchers_used'), 0)
+             FROM journal WHERE operation = ?1",
+        )
         .unwrap();
-    let orders: Vec<(String, String, i64, Option<String>, String)> = stmt
+    type OrderRow = (String, String, i64, Option<String>, String, i64);
+    let orders: Vec<OrderRow> = stmt
         .query_map([OperationKind::Order.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .unwrap()
         .map(Result::unwrap)
@@ -578,8 +613,11 @@ async fn run(events: Vec<Event>) {
     let mut expected_balance: HashMap<String, i64> = (0..CARDS)
         .map(|i| (card(i).to_string(), FUNDING_CENTS[i]))
         .collect();
+    let mut expected_vouchers: HashMap<String, i64> = (0..CARDS)
+        .map(|i| (card(i).to_string(), VOUCHERS[i]))
+        .collect();
     let mut approved = 0;
-    for (crid, uid, amount, decision, state) in &orders {
+    for (crid, uid, amount, decision, state, vouchers) in &orders {
         let crid = ClientRequestId::parse(crid).unwrap();
         let journal_approved = matches!(
             decision.as_deref(),
@@ -596,6 +634,7 @@ async fn run(events: Vec<Event>) {
             approved += 1;
         }
         *expected_balance.get_mut(uid).unwrap() += amount * expected;
+        *expected_vouchers.get_mut(uid).unwrap() -= vouchers * expected;
     }
     // Every shown approval is one of those approved entries; every shown decline is not.
     for (crid, outcome) in &t.shown {
@@ -668,8 +707,16 @@ async fn run(events: Vec<Event>) {
             .card(CardUid::parse(uid).unwrap())
             .await
             .unwrap();
-        let balance = card.map_or(0, |c| c.balance_cents.get());
+        let balance = card.as_ref().map_or(0, |c| c.balance_cents.get());
         assert_eq!(balance, *expected, "card {uid}");
+        // Vouchers: granted less what approved sales took, and never below zero with one
+        // terminal (it counts its own use, as it counts its charges).
+        let vouchers = card.as_ref().map_or(0, |c| c.voucher_units);
+        assert_eq!(vouchers, expected_vouchers[uid], "card {uid}'s vouchers");
+        assert!(
+            vouchers >= 0,
+            "card {uid}'s vouchers went below zero: {vouchers}"
+        );
     }
     let audit = ledger.store.audit().await.unwrap();
     assert!(audit.discrepancies.is_empty(), "{audit:?}");
@@ -747,6 +794,22 @@ async fn named_cases() {
             vec![NetworkDown, Sync, tap(3, None), VoidLast, NetworkUp, Sync],
         ),
         ("refund online", vec![tap(3, None), VoidLast, Sync]),
+        (
+            // Card 1 has 5.00 and two vouchers, and the 4.50 product costs one: three
+            // offline sales take both vouchers, then money; the refund of the last gives
+            // back only its money.
+            "vouchers offline, then money, then a refund",
+            vec![
+                NetworkDown,
+                Sync,
+                tap(1, None),
+                tap(1, None),
+                tap(1, None),
+                VoidLast,
+                NetworkUp,
+                Sync,
+            ],
+        ),
         (
             "empty card offline",
             vec![NetworkDown, Sync, tap(0, None), tap(0, None)],

@@ -136,6 +136,9 @@ pub struct FeedCard {
     /// What staff saw on the holder's ID (absent from ledgers before age restrictions).
     #[serde(default)]
     pub age_flag: Option<AgeFlag>,
+    /// Voucher units on the card (absent from ledgers before vouchers).
+    #[serde(default)]
+    pub voucher_units: i64,
 }
 
 /// One page of the card feed.

@@ -377,6 +377,7 @@ impl Session {
             ));
         };
         let mut lines = Vec::with_capacity(items.len());
+        let mut voucher_prices = Vec::with_capacity(items.len());
         let mut total = Cents::ZERO;
         let mut min_age = None;
         for item in items {
@@ -416,6 +417,7 @@ impl Session {
                 }
             };
             min_age = min_age.max(product.min_age);
+            voucher_prices.push(product.voucher_price);
             let Ok(line_total) = unit_price
                 .checked_mul(item.quantity)
                 .and_then(|l| total.checked_add(l))
@@ -444,6 +446,7 @@ impl Session {
                 items: lines,
                 total,
                 min_age,
+                voucher_prices,
             },
         }));
         Ok(Event::Armed {
@@ -702,6 +705,7 @@ impl Session {
             self.online.load(Ordering::Relaxed),
             self.flow_limits(),
         );
+        let flow = flow.with_voucher_lines(payment.voucher_lines());
         let online = Arc::clone(&self.online);
         let mut tap = Tap::new(&self.journal, &uid, &payment);
         self.tap_in_flight.store(true, Ordering::SeqCst);
@@ -714,10 +718,17 @@ impl Session {
         if verdict.outcome != Outcome::Declined
             && let Some(crid) = crid
         {
+            // The money the sale moved: an order paid partly with vouchers charged only its
+            // money, and its refund gives back only that.
+            let effect = self
+                .with_journal(|j| j.entry_by_request_id(crid))
+                .ok()
+                .flatten()
+                .map_or(payment.journal_kind().1, |e| e.money_effect());
             self.last_approved = Some(LastApproved {
                 client_request_id: crid,
                 card: uid.clone(),
-                effect: payment.journal_kind().1,
+                effect,
             });
         }
         Event::Decision(Decision {

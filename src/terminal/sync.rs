@@ -258,6 +258,7 @@ pub async fn pull_card_feed(
                 blocked: c.status == "blocked",
                 version: c.version,
                 age_flag: c.age_flag,
+                voucher_units: c.voucher_units,
             })
             .collect();
         updated += cards.len();

@@ -41,6 +41,8 @@ pub enum PaymentKind {
         total: Cents,
         /// The strictest age its products are sold from.
         min_age: Option<MinAge>,
+        /// Per line, the voucher units one unit costs (`None`: money only), from the catalog.
+        voucher_prices: Vec<Option<i64>>,
     },
     /// Money received at a checkpoint.
     Topup {
@@ -78,6 +80,26 @@ impl Payment {
         }
     }
 
+    /// An order's lines as vouchers see them (empty for a top-up).
+    pub fn voucher_lines(&self) -> Vec<super::core::tap::VoucherLine> {
+        match &self.kind {
+            PaymentKind::Order {
+                items,
+                voucher_prices,
+                ..
+            } => items
+                .iter()
+                .zip(voucher_prices)
+                .map(|(item, price)| super::core::tap::VoucherLine {
+                    quantity: item.quantity,
+                    unit_price: item.unit_price_cents,
+                    voucher_price: *price,
+                })
+                .collect(),
+            PaymentKind::Topup { .. } => Vec::new(),
+        }
+    }
+
     /// What the flow needs to know of it.
     pub fn movement(&self) -> super::core::tap::Movement {
         match self.kind {
@@ -93,6 +115,7 @@ impl Payment {
         crid: ClientRequestId,
         seq: TerminalSeq,
         mode: Mode,
+        voucher_units: Option<i64>,
     ) -> Operation {
         match &self.kind {
             PaymentKind::Order { items, total, .. } => Operation::Order(OrderRequest {
@@ -104,7 +127,7 @@ impl Payment {
                 staff_id: self.staff.clone(),
                 created_at: Utc::now(),
                 mode,
-                voucher_units: None,
+                voucher_units,
             }),
             PaymentKind::Topup {
                 amount,
@@ -190,7 +213,7 @@ impl<'a> Tap<'a> {
     pub async fn perform(&mut self, step: &Step, ledger: &impl Transport) -> Input {
         match step {
             Step::JournalAttempt => self
-                .journal_payment(Mode::Online, EntryState::Sending, None)
+                .journal_payment(Mode::Online, EntryState::Sending, None, None)
                 .map(|(seq, crid, op)| self.attempt = Some((seq, crid, op)))
                 .into(),
             Step::Send => {
@@ -257,12 +280,14 @@ impl<'a> Tap<'a> {
                 Ok((
                     j.replica_card(self.uid)?,
                     j.local_charges(self.uid)?,
+                    j.local_voucher_use(self.uid)?,
                     j.has_unacknowledged(self.uid)?,
                 ))
             }) {
-                Ok((card, local_charges, unacknowledged)) => Input::Card {
+                Ok((card, local_charges, local_vouchers, unacknowledged)) => Input::Card {
                     card: card.map(|(card, _)| card),
                     local_charges,
+                    local_vouchers,
                     unacknowledged,
                 },
                 Err(e) => {
@@ -270,11 +295,12 @@ impl<'a> Tap<'a> {
                     Input::JournalFailed
                 }
             },
-            Step::JournalOffline => self
+            Step::JournalOffline { money, vouchers } => self
                 .journal_payment(
                     Mode::Offline,
                     EntryState::Pending,
                     Some(Decision::ApprovedOffline),
+                    Some((*money, *vouchers)),
                 )
                 .map(|(_, crid, _)| self.offline = Some(crid))
                 .into(),
@@ -298,14 +324,22 @@ impl<'a> Tap<'a> {
     }
 
     /// Journals the payment (durably) as a new operation; returns its number, key and request.
+    /// `offline`: the money an offline decision moves and the vouchers an order used (the
+    /// entry's effect is then that money, and the request says the vouchers).
     fn journal_payment(
         &self,
         mode: Mode,
         state: EntryState,
         decision: Option<Decision>,
+        offline: Option<(Cents, i64)>,
     ) -> Result<(TerminalSeq, ClientRequestId, Operation), JournalError> {
         let crid = ClientRequestId::new_random();
-        let (operation, amount_cents) = self.payment.journal_kind();
+        let (operation, mut amount_cents) = self.payment.journal_kind();
+        let mut vouchers = None;
+        if let (Some((money, used)), OperationKind::Order) = (offline, operation) {
+            amount_cents = Cents::ZERO.checked_sub(money).unwrap_or(amount_cents);
+            vouchers = (used > 0).then_some(used);
+        }
         let entry = NewEntry {
             client_request_id: crid,
             operation,
@@ -320,7 +354,7 @@ impl<'a> Tap<'a> {
         let written = lock(self.journal)?.append(
             entry,
             |seq| {
-                let op = self.payment.request(self.uid, crid, seq, mode);
+                let op = self.payment.request(self.uid, crid, seq, mode, vouchers);
                 let body = operation_body(&op);
                 built = Some(op);
                 body

@@ -48,6 +48,9 @@ pub struct ChargeRow {
     pub amount: Cents,
     /// When it became `synced` (`Some` exactly for synced entries).
     pub synced_at: Option<DateTime<Utc>>,
+    /// The voucher units it used (an order: what the ledger said it took, else what the
+    /// terminal said it used; 0 for anything else).
+    pub vouchers: i64,
 }
 
 /// Whether `row` counts in the local charges, given when the last card-feed pull was sent
@@ -69,6 +72,29 @@ fn reflected(synced_at: Option<DateTime<Utc>>, last_feed_at: Option<DateTime<Utc
         (Some(synced), Some(pull)) => pull > synced,
         _ => false,
     }
+}
+
+/// The voucher units this terminal used on a card that the replica does not reflect yet:
+/// the vouchers of its approved entries not synced, or synced at or after the last pull
+/// (or before any), whatever their money. Vouchers given back (a void) are never counted
+/// before the replica shows them: like a credit, counting them early could spend vouchers
+/// twice. `None` on overflow.
+pub fn local_voucher_use<'a>(
+    rows: impl IntoIterator<Item = &'a ChargeRow>,
+    last_feed_at: Option<DateTime<Utc>>,
+) -> Option<i64> {
+    let mut used: i64 = 0;
+    for row in rows {
+        let approved = row.decision.is_some_and(Decision::is_approved);
+        let counted = match row.state {
+            EntryState::Synced => !reflected(row.synced_at, last_feed_at),
+            _ => true,
+        };
+        if approved && counted && row.vouchers > 0 {
+            used = used.checked_add(row.vouchers)?;
+        }
+    }
+    Some(used)
 }
 
 /// The local charges over a card's rows: minus the sum of the effects of the rows that
@@ -104,6 +130,7 @@ mod tests {
             decision,
             amount: Cents::new(amount),
             synced_at: None,
+            vouchers: 0,
         }
     }
 
@@ -114,6 +141,7 @@ mod tests {
             decision: Some(decision),
             amount: Cents::new(amount),
             synced_at: Some(t(at)),
+            vouchers: 0,
         }
     }
 

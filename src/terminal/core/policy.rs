@@ -77,6 +77,9 @@ pub struct ReplicaCard {
     pub blocked: bool,
     /// What staff saw on the holder's ID, as the ledger last said.
     pub age_flag: Option<AgeFlag>,
+    /// The card's voucher units as the ledger last said (this terminal's use since then
+    /// comes as `local_vouchers`).
+    pub vouchers: i64,
 }
 
 /// Why the policy declined an offline sale; the screen and the journal need the reason.
@@ -190,6 +193,7 @@ mod tests {
             balance: Cents::new(balance),
             blocked: false,
             age_flag: None,
+            vouchers: 0,
         })
     }
 
@@ -198,6 +202,7 @@ mod tests {
             balance: Cents::new(balance),
             blocked: true,
             age_flag: None,
+            vouchers: 0,
         })
     }
 
@@ -332,6 +337,7 @@ mod tests {
                 balance: Cents::new(balance),
                 blocked,
                 age_flag: None,
+                vouchers: 0,
             })),
         ]
     }
@@ -399,8 +405,8 @@ mod tests {
             let balance = local + total + d_balance;
             let card = match card_kind {
                 0 => None,
-                1 => Some(ReplicaCard { balance: Cents::new(balance), blocked: false, age_flag: None }),
-                _ => Some(ReplicaCard { balance: Cents::new(balance), blocked: true, age_flag: None }),
+                1 => Some(ReplicaCard { balance: Cents::new(balance), blocked: false, age_flag: None, vouchers: 0 }),
+                _ => Some(ReplicaCard { balance: Cents::new(balance), blocked: true, age_flag: None, vouchers: 0 }),
             };
             let got = decide_offline_order(Cents::new(total), card, Cents::new(local), &lim);
             prop_assert_eq!(got.is_ok(), allowed_exactly(total, card, local, &lim), "{:?}", got);
@@ -414,7 +420,7 @@ mod tests {
             totals in proptest::collection::vec(prop_oneof![3 => 1i64..3000, 1 => amount()], 1..40),
             card in prop_oneof![
                 1 => Just(None),
-                3 => (0i64..30_000).prop_map(|b| Some(ReplicaCard { balance: Cents::new(b), blocked: false, age_flag: None })),
+                3 => (0i64..30_000).prop_map(|b| Some(ReplicaCard { balance: Cents::new(b), blocked: false, age_flag: None, vouchers: 0 })),
             ],
             max_order in 0i64..6000,
             max_card_exposure in 0i64..12_000,

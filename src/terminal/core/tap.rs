@@ -15,7 +15,7 @@
 //!                          │                        └failed→ VoidAttempt → Show(declined)
 //!                          ├declined→ RecordAnswer → Show(declined, the ledger's reason)
 //!                          └in doubt→ VoidAttempt ─ok→ ReadCard → (offline)
-//!  (offline): policy approves→ JournalOffline ─ok→ Show(approved_offline)
+//!  (offline): vouchers pay first, policy approves the money→ JournalOffline ─ok→ Show(approved_offline)
 //!             policy declines→ RecordDecline → Show(declined, the policy's reason)
 //!  any journal write that fails before an approval → Show(declined, JOURNAL_UNAVAILABLE)
 //! ```
@@ -35,7 +35,7 @@
 
 use super::entry::{Decision, EntryState};
 use super::online::{self, OnlineOutcome};
-use super::policy::{OfflineLimits, ReplicaCard, decide_offline_order};
+use super::policy::{OfflineDecline, OfflineLimits, ReplicaCard, decide_offline_order};
 use crate::domain::{Cents, MinAge, age_forbids};
 use crate::protocol::codes::ErrorCode;
 
@@ -102,8 +102,15 @@ pub enum Step {
     /// Read the card's replica entry, this terminal's local charges on it, and whether it
     /// has operations on it the ledger has not acknowledged; answer with [`Input::Card`].
     ReadCard,
-    /// Append the offline approval to the journal as a new operation (state `pending`).
-    JournalOffline,
+    /// Append the offline approval to the journal as a new operation (state `pending`): an
+    /// order charges `money` and says it used `vouchers` (its total less what they paid is
+    /// `money`); a top-up its amount, with no vouchers.
+    JournalOffline {
+        /// The money charged (an order) or credited (a top-up).
+        money: Cents,
+        /// The voucher units an order used.
+        vouchers: i64,
+    },
     /// Keep a local record of an offline decline (no `terminal_seq`: the ledger never sees
     /// it).
     RecordDecline {
@@ -130,6 +137,8 @@ pub enum Input {
         card: Option<ReplicaCard>,
         /// This terminal's charges on the card since that view (signed, net of credits).
         local_charges: Cents,
+        /// The voucher units this terminal used on the card since that view.
+        local_vouchers: i64,
         /// This terminal has operations on the card that the ledger has not acknowledged
         /// (pending, being sent, or in doubt).
         unacknowledged: bool,
@@ -204,6 +213,7 @@ enum State {
     ReadingCard,
     JournalingOffline {
         balance: Option<Cents>,
+        vouchers: i64,
     },
     RecordingOfflineDecline {
         reason: &'static str,
@@ -215,6 +225,8 @@ enum State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapFlow {
     movement: Movement,
+    /// An order's lines, for what vouchers pay offline (empty: money only).
+    voucher_lines: Vec<VoucherLine>,
     /// The strictest age an order's products require.
     min_age: Option<MinAge>,
     total: Cents,
@@ -248,6 +260,7 @@ impl TapFlow {
         (
             TapFlow {
                 movement,
+                voucher_lines: Vec::new(),
                 min_age,
                 total,
                 limits,
@@ -255,6 +268,14 @@ impl TapFlow {
             },
             Step::ReadCard,
         )
+    }
+
+    /// The order's lines as vouchers see them: offline, the card's vouchers (as the replica
+    /// knows them, less this terminal's use since) pay first, lines in order, the way the
+    /// ledger's `rules::voucher_split` pays them online.
+    pub fn with_voucher_lines(mut self, lines: Vec<VoucherLine>) -> TapFlow {
+        self.voucher_lines = lines;
+        self
     }
 
     /// Feeds the result of the last step; returns the next one.
@@ -293,10 +314,14 @@ impl TapFlow {
                 Input::Card {
                     card,
                     local_charges,
+                    local_vouchers,
                     ..
                 },
-            ) => match self.decide_offline(card, local_charges) {
-                Ok(balance) => (State::JournalingOffline { balance }, Step::JournalOffline),
+            ) => match self.decide_offline(card, local_charges, local_vouchers) {
+                Ok((balance, money, vouchers)) => (
+                    State::JournalingOffline { balance, vouchers },
+                    Step::JournalOffline { money, vouchers },
+                ),
                 Err(reason) => (
                     State::RecordingOfflineDecline { reason },
                     Step::RecordDecline { reason },
@@ -388,14 +413,14 @@ impl TapFlow {
             (State::VoidingInDoubt, Input::JournalFailed) => {
                 (State::Over, declined(JOURNAL_UNAVAILABLE, Some(Attempt)))
             }
-            (State::JournalingOffline { balance }, Input::Done) => (
+            (State::JournalingOffline { balance, vouchers }, Input::Done) => (
                 State::Over,
                 Step::Show(Verdict {
                     outcome: Outcome::ApprovedOffline,
                     reason: None,
                     balance,
                     operation: Some(Offline),
-                    vouchers_used: None,
+                    vouchers_used: (vouchers > 0).then_some(vouchers),
                 }),
             ),
             (State::JournalingOffline { .. }, Input::JournalFailed) => {
@@ -410,23 +435,34 @@ impl TapFlow {
         }
     }
 
-    /// The offline decision; `Ok` carries the card's balance after the operation, when known.
+    /// The offline decision; `Ok` carries the card's balance after the operation (when
+    /// known), the money moved and the voucher units an order used.
     fn decide_offline(
         &self,
         card: Option<ReplicaCard>,
         local_charges: Cents,
-    ) -> Result<Option<Cents>, &'static str> {
-        let signed = match self.movement {
+        local_vouchers: i64,
+    ) -> Result<(Option<Cents>, Cents, i64), &'static str> {
+        let (signed, money, vouchers) = match self.movement {
             Movement::Order => {
-                decide_offline_order(self.total, card, local_charges, &self.limits.offline)
-                    .map_err(|d| d.reason())?;
-                Cents::ZERO
-                    .checked_sub(self.total)
-                    .map_err(|_| LIMIT_EXCEEDED)?
+                let available = card.map_or(0, |c| c.vouchers.saturating_sub(local_vouchers));
+                let (vouchers, paid) = voucher_split(&self.voucher_lines, available);
+                let money = self.total.checked_sub(paid).map_err(|_| LIMIT_EXCEEDED)?;
+                if money == Cents::ZERO && vouchers > 0 {
+                    // Vouchers pay it all: no money moves, but a blocked card buys nothing.
+                    if card.is_some_and(|c| c.blocked) {
+                        return Err(OfflineDecline::CardBlocked.reason());
+                    }
+                } else {
+                    decide_offline_order(money, card, local_charges, &self.limits.offline)
+                        .map_err(|d| d.reason())?;
+                }
+                let signed = Cents::ZERO.checked_sub(money).map_err(|_| LIMIT_EXCEEDED)?;
+                (signed, money, vouchers)
             }
             // Money received at the checkpoint is recorded, unless it takes a card whose
             // balance is known past the festival's maximum.
-            Movement::Topup => self.total,
+            Movement::Topup => (self.total, self.total, 0),
         };
         let after = card.and_then(|c| {
             c.balance
@@ -440,8 +476,42 @@ impl TapFlow {
         {
             return Err(LIMIT_EXCEEDED);
         }
-        Ok(after)
+        Ok((after, money, vouchers))
     }
+}
+
+/// One line of an order as vouchers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoucherLine {
+    /// Units of the product.
+    pub quantity: i64,
+    /// Their unit price.
+    pub unit_price: Cents,
+    /// The voucher units one costs; `None`: money only.
+    pub voucher_price: Option<i64>,
+}
+
+/// What `units` vouchers pay of `lines`, lines in order, each unit of a product with a
+/// voucher price while they cover it (the ledger's `rules::voucher_split`): the units used
+/// and the money they replace.
+pub fn voucher_split(lines: &[VoucherLine], units: i64) -> (i64, Cents) {
+    let mut left = units.max(0);
+    let mut used = 0;
+    let mut paid = Cents::ZERO;
+    for line in lines {
+        let Some(price) = line.voucher_price.filter(|p| *p > 0) else {
+            continue;
+        };
+        let covered = line.quantity.min(left / price);
+        left -= covered * price;
+        used += covered * price;
+        paid = line
+            .unit_price
+            .checked_mul(covered)
+            .and_then(|v| paid.checked_add(v))
+            .unwrap_or(paid);
+    }
+    (used, paid)
 }
 
 #[cfg(test)]
@@ -466,8 +536,10 @@ mod tests {
                 balance: Cents::new(balance),
                 blocked: false,
                 age_flag: None,
+                vouchers: 0,
             }),
             local_charges: Cents::new(100),
+            local_vouchers: 0,
             unacknowledged: false,
         }
     }
@@ -482,6 +554,7 @@ mod tests {
             } => Input::Card {
                 card,
                 local_charges,
+                local_vouchers: 0,
                 unacknowledged: true,
             },
             other => other,
@@ -527,8 +600,10 @@ mod tests {
                 balance: Cents::new(5_000),
                 blocked: false,
                 age_flag,
+                vouchers: 0,
             }),
             local_charges: Cents::ZERO,
+            local_vouchers: 0,
             unacknowledged,
         }
     }
@@ -579,7 +654,7 @@ mod tests {
                         );
                     } else {
                         assert!(
-                            matches!(step, Step::JournalAttempt | Step::JournalOffline),
+                            matches!(step, Step::JournalAttempt | Step::JournalOffline { .. }),
                             "{what}: {step:?}"
                         );
                     }
@@ -739,7 +814,13 @@ mod tests {
             );
             assert_eq!(steps[3], Step::VoidAttempt);
             assert_eq!(steps[4], Step::ReadCard);
-            assert_eq!(steps[5], Step::JournalOffline);
+            assert_eq!(
+                steps[5],
+                Step::JournalOffline {
+                    money: Cents::new(450),
+                    vouchers: 0
+                }
+            );
             let v = shown(&steps);
             assert_eq!(v.outcome, Outcome::ApprovedOffline);
             assert_eq!(v.operation, Some(Journaled::Offline));
@@ -781,9 +862,105 @@ mod tests {
             false,
             vec![known(1000), Input::JournalFailed],
         );
-        assert_eq!(steps[1], Step::JournalOffline);
+        assert!(matches!(steps[1], Step::JournalOffline { .. }));
         assert_eq!(shown(&steps).outcome, Outcome::Declined);
         assert_eq!(shown(&steps).reason.as_deref(), Some(JOURNAL_UNAVAILABLE));
+    }
+
+    #[test]
+    fn offline_the_replicas_vouchers_pay_first_less_this_terminals_use() {
+        let lines = vec![
+            VoucherLine {
+                quantity: 2,
+                unit_price: Cents::new(450),
+                voucher_price: Some(1),
+            },
+            VoucherLine {
+                quantity: 1,
+                unit_price: Cents::new(200),
+                voucher_price: None,
+            },
+        ];
+        // (card's vouchers, this terminal's use since, money, vouchers used, balance after)
+        let cases = [
+            (0, 0, 1100, 0, 1000 - 1100),
+            (1, 0, 650, 1, 1000 - 650),
+            (5, 0, 200, 2, 1000 - 200),
+            (5, 4, 650, 1, 1000 - 650),
+            (5, 9, 1100, 0, 1000 - 1100),
+        ];
+        for (vouchers, local_vouchers, money, used, after) in cases {
+            let (mut flow, _) =
+                TapFlow::start(Movement::Order, None, Cents::new(1100), false, limits());
+            flow = flow.with_voucher_lines(lines.clone());
+            let card = Input::Card {
+                card: Some(ReplicaCard {
+                    balance: Cents::new(1000),
+                    blocked: false,
+                    age_flag: None,
+                    vouchers,
+                }),
+                local_charges: Cents::ZERO,
+                local_vouchers,
+                unacknowledged: false,
+            };
+            let step = flow.advance(card);
+            if money > 1000 {
+                assert_eq!(
+                    step,
+                    Step::RecordDecline {
+                        reason: "INSUFFICIENT_FUNDS"
+                    },
+                    "{vouchers} {local_vouchers}"
+                );
+                continue;
+            }
+            assert_eq!(
+                step,
+                Step::JournalOffline {
+                    money: Cents::new(money),
+                    vouchers: used
+                },
+                "{vouchers} {local_vouchers}"
+            );
+            let Step::Show(v) = flow.advance(Input::Done) else {
+                panic!("not shown")
+            };
+            assert_eq!(v.balance, Some(Cents::new(after)));
+            assert_eq!(v.vouchers_used, Some(used));
+        }
+        // Vouchers that pay it all move no money, even on a card without any; not on a
+        // blocked card.
+        for (blocked, expected) in [
+            (
+                false,
+                Step::JournalOffline {
+                    money: Cents::ZERO,
+                    vouchers: 2,
+                },
+            ),
+            (
+                true,
+                Step::RecordDecline {
+                    reason: "CARD_BLOCKED",
+                },
+            ),
+        ] {
+            let (flow, _) = TapFlow::start(Movement::Order, None, Cents::new(900), false, limits());
+            let mut flow = flow.with_voucher_lines(vec![lines[0]]);
+            let step = flow.advance(Input::Card {
+                card: Some(ReplicaCard {
+                    balance: Cents::ZERO,
+                    blocked,
+                    age_flag: None,
+                    vouchers: 2,
+                }),
+                local_charges: Cents::ZERO,
+                local_vouchers: 0,
+                unacknowledged: false,
+            });
+            assert_eq!(step, expected, "blocked={blocked}");
+        }
     }
 
     #[test]
@@ -803,6 +980,7 @@ mod tests {
         let unknown = Input::Card {
             card: None,
             local_charges: Cents::ZERO,
+            local_vouchers: 0,
             unacknowledged: false,
         };
         let steps = run(Movement::Topup, 5000, false, vec![unknown, Input::Done]);
@@ -815,7 +993,7 @@ mod tests {
         // The ledger's balance lacks this terminal's pending sales on the card: asking it
         // would approve money the card may no longer have.
         let steps = run(Movement::Order, 450, true, vec![busy(1000), Input::Done]);
-        assert_eq!(steps[1], Step::JournalOffline);
+        assert!(matches!(steps[1], Step::JournalOffline { .. }));
         assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
         let steps = run(Movement::Order, 450, true, vec![busy(500), Input::Done]);
         assert_eq!(shown(&steps).reason.as_deref(), Some("INSUFFICIENT_FUNDS"));

@@ -52,6 +52,9 @@ pub struct CatalogProduct {
     /// then 0).
     #[serde(default)]
     pub open_price_max_cents: Option<Cents>,
+    /// The voucher units one unit costs when a card's vouchers pay it; `None`: money only.
+    #[serde(default)]
+    pub voucher_price: Option<i64>,
 }
 
 /// The catalog of this terminal's point of sale; deserializes from `GET /v1/catalog`.
@@ -100,8 +103,8 @@ impl Journal {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO catalog_cache (product_id, position, name, price_cents, category,
                                             tax_rate, tax_rate_basis_points, min_age,
-                                            open_price_max_cents)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                            open_price_max_cents, voucher_price)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for (position, p) in catalog.products.iter().enumerate() {
                 insert.execute(params![
@@ -114,6 +117,7 @@ impl Journal {
                     p.tax_rate_basis_points,
                     p.min_age.map(MinAge::years),
                     p.open_price_max_cents.map(Cents::get),
+                    p.voucher_price,
                 ])?;
             }
         }
@@ -140,7 +144,7 @@ impl Journal {
         let currency = get_meta(&self.conn, META_CATALOG_CURRENCY)?.unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(
             "SELECT product_id, name, price_cents, category, tax_rate, tax_rate_basis_points,
-                    min_age, open_price_max_cents
+                    min_age, open_price_max_cents, voucher_price
                FROM catalog_cache ORDER BY position LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(CATALOG_PRODUCTS_MAX)])?;
@@ -160,6 +164,7 @@ impl Journal {
                     .map(|a| MinAge::new(a).map_err(|e| corrupt(format!("product {id}: {e}"))))
                     .transpose()?,
                 open_price_max_cents: row.get::<_, Option<i64>>(7)?.map(Cents::new),
+                voucher_price: row.get(8)?,
             });
         }
         let catalog = Catalog {

@@ -98,6 +98,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The money the operation moved on the card, signed like `amount_cents`: for an order
+    /// the ledger answered, what it charged (`money_cents`: its total less what vouchers
+    /// paid), else `amount_cents`. What a refund of it gives back.
+    pub fn money_effect(&self) -> Cents {
+        let charged = self
+            .ledger_body
+            .as_deref()
+            .filter(|_| self.operation == OperationKind::Order)
+            .and_then(|body| serde_json::from_str::<Value>(body).ok())
+            .and_then(|body| body["money_cents"].as_i64());
+        match charged {
+            Some(money) => Cents::ZERO
+                .checked_sub(Cents::new(money))
+                .unwrap_or(self.amount_cents),
+            None => self.amount_cents,
+        }
+    }
+
     /// The request body parsed, for a batch.
     pub fn request(&self) -> Result<Value, JournalError> {
         serde_json::from_str(&self.request_json).map_err(|e| {

@@ -93,7 +93,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/terminal/0002_declines_and_limits.sql"),
     include_str!("../../../migrations/terminal/0003_shift_closeouts.sql"),
     include_str!("../../../migrations/terminal/0004_catalog_tax_rates.sql"),
-    include_str!("../../../migrations/terminal/0005_age_and_open_prices.sql"),
+    include_str!("../../../migrations/terminal/0005_what_festivals_sell.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

@@ -29,7 +29,9 @@ pub const CURSOR_BYTES_MAX: usize = 1024;
 /// [`Journal::local_charges`]'s candidate rows: the card's entries but those synced strictly
 /// before the last pull (`?2`, `NULL` before any; times sort as text). Declined and undecided
 /// entries are left to the rule, which [`charge_row`] feeds.
-const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at
+const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at,
+            COALESCE(json_extract(ledger_body, '$.vouchers_used'),
+                     json_extract(request_json, '$.voucher_units'), 0)
      FROM journal
      WHERE card_uid = ?1 AND (state <> 'synced' OR ?2 IS NULL OR synced_at >= ?2)";
 
@@ -46,6 +48,8 @@ pub struct FeedRow {
     pub version: i64,
     /// What staff saw on the holder's ID.
     pub age_flag: Option<AgeFlag>,
+    /// Voucher units on the card at the ledger.
+    pub voucher_units: i64,
 }
 
 impl FeedRow {
@@ -57,6 +61,7 @@ impl FeedRow {
             blocked,
             version,
             age_flag: None,
+            voucher_units: 0,
         }
     }
 }
@@ -73,19 +78,33 @@ impl Journal {
     /// recent on the card, not with its history. The rule relies on
     /// [`Journal::apply_card_feed`]'s `now` being taken before the feed request was sent.
     pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
-        let last_feed = get_meta(&self.conn, META_LAST_FEED_AT)?;
-        let last_feed_at = opt_time(META_LAST_FEED_AT, last_feed.clone())?;
-        let rows = {
-            let mut stmt = self.conn.prepare_cached(LOCAL_CHARGES_SQL)?;
-            let mut rows = stmt.query(params![uid.as_str(), last_feed])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(charge_row(row)?);
-            }
-            out
-        };
+        let (rows, last_feed_at) = self.charge_rows(uid)?;
         charges::local_charges(&rows, last_feed_at)
             .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
+    }
+
+    /// The voucher units this terminal used on `uid` that the replica does not reflect yet
+    /// ([`charges::local_voucher_use`], over the same rows as [`Journal::local_charges`]).
+    pub fn local_voucher_use(&self, uid: &CardUid) -> Result<i64, JournalError> {
+        let (rows, last_feed_at) = self.charge_rows(uid)?;
+        charges::local_voucher_use(&rows, last_feed_at)
+            .ok_or_else(|| corrupt(format!("voucher units of {uid} overflow")))
+    }
+
+    /// The card's candidate rows of the local-charges rule, and the last pull's time.
+    fn charge_rows(
+        &self,
+        uid: &CardUid,
+    ) -> Result<(Vec<ChargeRow>, Option<DateTime<Utc>>), JournalError> {
+        let last_feed = get_meta(&self.conn, META_LAST_FEED_AT)?;
+        let last_feed_at = opt_time(META_LAST_FEED_AT, last_feed.clone())?;
+        let mut stmt = self.conn.prepare_cached(LOCAL_CHARGES_SQL)?;
+        let mut rows = stmt.query(params![uid.as_str(), last_feed])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(charge_row(row)?);
+        }
+        Ok((out, last_feed_at))
     }
 
     /// Applies one page of the card feed and its `next_cursor`, in one transaction.
@@ -132,14 +151,15 @@ impl Journal {
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at,
-                                            age_flag)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                                            age_flag, voucher_units)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (card_uid) DO UPDATE SET
                      balance_cents = excluded.balance_cents,
                      status = excluded.status,
                      version = excluded.version,
                      fetched_at = excluded.fetched_at,
-                     age_flag = excluded.age_flag
+                     age_flag = excluded.age_flag,
+                     voucher_units = excluded.voucher_units
                  WHERE excluded.version >= replica_cards.version",
             )?;
             for card in cards {
@@ -151,6 +171,7 @@ impl Journal {
                     card.version,
                     now_text,
                     card.age_flag.map(AgeFlag::as_str),
+                    card.voucher_units,
                 ])?;
             }
         }
@@ -167,7 +188,7 @@ impl Journal {
         uid: &CardUid,
     ) -> Result<Option<(ReplicaCard, DateTime<Utc>)>, JournalError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT balance_cents, status, fetched_at, age_flag FROM replica_cards
+            "SELECT balance_cents, status, fetched_at, age_flag, voucher_units FROM replica_cards
              WHERE card_uid = ?1",
         )?;
         let mut rows = stmt.query([uid.as_str()])?;
@@ -195,6 +216,7 @@ impl Journal {
                 balance,
                 blocked,
                 age_flag,
+                vouchers: row.get(4)?,
             },
             fetched_at,
         )))
@@ -215,6 +237,7 @@ fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
         decision: r.decision(2)?,
         amount: Cents::new(row.get(3)?),
         synced_at: r.time(4, "synced_at")?,
+        vouchers: row.get(5)?,
     })
 }
 

@@ -277,9 +277,14 @@ async fn offline_voucher_use_is_applied_once_even_past_the_cards(backend: Backen
         (vouchers(&l, &staff).await, l.balance(&staff).await),
         (-1, 550)
     );
+    // A later order that uses no vouchers is not flagged for the card's old hole.
+    let (_, resp) = order(&l, &staff, &[("water", 1, 200)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(resp.body["flags"], json!([]), "{}", resp.body);
     // The next grant fills the hole first.
     grant(&l, &staff, 3);
     assert_eq!(vouchers(&l, &staff).await, 2);
+    assert_eq!(l.balance(&staff).await, 350);
     l.assert_audit_ok();
 }
 

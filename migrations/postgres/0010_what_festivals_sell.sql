@@ -273,7 +273,7 @@ BEGIN
                                      ELSE coalesce(p_voucher_units, 0) END, 0);
     FOR i IN 1 .. coalesce(array_length(p_product_ids, 1), 0) LOOP
         v_covered := 0;
-        IF v_catalog_vouchers[i] IS NOT NULL THEN
+        IF v_catalog_vouchers[i] > 0 THEN
             v_covered := least(p_quantities[i], v_vouchers_left / v_catalog_vouchers[i]);
             v_vouchers_left := v_vouchers_left - v_covered * v_catalog_vouchers[i];
             v_vouchers_used := v_vouchers_used + v_covered * v_catalog_vouchers[i];
@@ -285,7 +285,7 @@ BEGIN
     END LOOP;
     v_money := p_total_cents - v_voucher_value;
     v_vouchers_after := coalesce(v_card.voucher_units, 0) - v_vouchers_used;
-    IF v_vouchers_after < 0 THEN
+    IF v_vouchers_used > 0 AND v_vouchers_after < 0 THEN
         v_flags := v_flags || 'VOUCHERS_OVERDRAWN'::text;
     END IF;
     IF v_online AND v_previous < v_money THEN

@@ -272,10 +272,13 @@ pub fn voucher_split<'c>(
         .items
         .iter()
         .map(|item| {
-            let Some(price) = catalog(&item.product_id).and_then(|e| e.voucher_price) else {
+            let Some(price) = catalog(&item.product_id)
+                .and_then(|e| e.voucher_price)
+                .filter(|p| *p > 0)
+            else {
                 return 0;
             };
-            let covered = item.quantity.min(left / price.max(1));
+            let covered = item.quantity.min(left / price);
             left -= covered * price;
             used += covered * price;
             covered
@@ -402,7 +405,9 @@ pub fn decide_order<'c>(
         .checked_sub(voucher_value)
         .map_err(|_| overflow("total_cents"))?;
     let vouchers_left = previous.vouchers - vouchers_used;
-    if vouchers_left < 0 {
+    // Flagged when this order used vouchers the card did not have (not for every order of
+    // a card still below zero from an earlier one).
+    if vouchers_used > 0 && vouchers_left < 0 {
         flags.push(Flag::VouchersOverdrawn);
     }
     if online && previous.balance < money {

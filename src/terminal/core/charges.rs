@@ -43,7 +43,8 @@ pub struct ChargeRow {
     pub state: EntryState,
     /// What was shown, once decided.
     pub decision: Option<Decision>,
-    /// Its signed effect on the card (an order `-total`, a top-up `+amount`, a void `+refund`
+    /// Its signed effect on the card (an order `-total`, or `-money` offline when vouchers
+    /// paid part of it; a top-up `+amount`; a void `+refund`
     /// or `-amount`).
     pub amount: Cents,
     /// When it became `synced` (`Some` exactly for synced entries).

@@ -37,6 +37,7 @@ use super::entry::{Decision, EntryState};
 use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineDecline, OfflineLimits, ReplicaCard, decide_offline_order};
 use crate::domain::{Cents, MinAge, age_forbids};
+use crate::protocol::api::ORDER_VOUCHER_UNITS_MAX;
 use crate::protocol::codes::ErrorCode;
 
 /// The reason shown when the journal cannot record a decision.
@@ -445,7 +446,10 @@ impl TapFlow {
     ) -> Result<(Option<Cents>, Cents, i64), &'static str> {
         let (signed, money, vouchers) = match self.movement {
             Movement::Order => {
-                let available = card.map_or(0, |c| c.vouchers.saturating_sub(local_vouchers));
+                // At most what one order may say it used (the ledger refuses more).
+                let available = card
+                    .map_or(0, |c| c.vouchers.saturating_sub(local_vouchers))
+                    .min(ORDER_VOUCHER_UNITS_MAX);
                 let (vouchers, paid) = voucher_split(&self.voucher_lines, available);
                 let money = self.total.checked_sub(paid).map_err(|_| LIMIT_EXCEEDED)?;
                 if money == Cents::ZERO && vouchers > 0 {

@@ -29,7 +29,10 @@ pub struct NewEntry {
     pub mode: Mode,
     /// The card, when known.
     pub card_uid: Option<CardUid>,
-    /// Signed effect on the card as this terminal sees it: an order `-total` (never positive),
+    /// Signed effect on the card as this terminal sees it: an order `-total` (never positive;
+    /// offline, `-money` when vouchers paid part of it; online, the total even when the
+    /// ledger's vouchers paid part: an over-count until the next card feed, which errs
+    /// toward declining),
     /// a top-up `+amount` (never negative), a void `+refund` (or `-amount` for a reversed
     /// top-up), 0 when unknown. [`Journal::local_charges`] sums it.
     pub amount_cents: Cents,

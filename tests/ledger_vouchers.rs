@@ -240,6 +240,14 @@ async fn a_void_gives_back_the_vouchers_and_the_money(backend: Backend) {
         (vouchers(&l, &staff).await, l.balance(&staff).await),
         (1, 2_000)
     );
+    // The vouchers given back are in the void's audit-log row.
+    let returned = l.query_json(&format!(
+        "SELECT {} AS units FROM app_transaction_log WHERE operation = 'void'
+          AND client_request_id = '{}'",
+        l.json_text("details", "vouchers_returned"),
+        crid(&void)
+    ));
+    assert_eq!(returned[0]["units"], "1", "{returned:?}");
     l.assert_audit_ok();
 }
 

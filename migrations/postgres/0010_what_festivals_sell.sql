@@ -687,7 +687,11 @@ BEGIN
     PERFORM ledger_log(p_call, p_staff_id, 'void', p_client_request_id, (p_call).transaction_id,
                        v_card_uid, v_delta, v_status, NULL,
                        jsonb_build_object('reason', p_reason, 'target_client_request_id',
-                                          p_target_client_request_id));
+                                          p_target_client_request_id)
+                       -- Vouchers are not money: what the void gives back of them.
+                       || CASE WHEN v_vouchers <> 0
+                               THEN jsonb_build_object('vouchers_returned', v_vouchers)
+                               ELSE '{}'::jsonb END);
     PERFORM ledger_key(p_call, p_client_request_id, 'void', o_status, o_body,
                        (p_call).transaction_id);
     PERFORM ledger_record_seq((p_call).terminal_id, p_terminal_seq, (p_call).now);

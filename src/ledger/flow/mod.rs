@@ -333,6 +333,8 @@ pub enum Row<'a> {
         target: Option<(TargetKind, Uuid)>,
         /// The card, money back to it and its balances, when reversed.
         reversal: Option<(CardUid, Cents, Balances)>,
+        /// The voucher units given back to the card (a voided order's).
+        vouchers_returned: i64,
     },
     /// `shift_closeouts`.
     Shift {

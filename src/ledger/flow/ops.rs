@@ -401,17 +401,17 @@ fn void<'a, R: Reads>(
         )));
     }
     let transaction_id = new_transaction_id();
+    let vouchers_returned = match &target {
+        Some(t) if t.kind == TargetKind::Order => t.vouchers,
+        _ => 0,
+    };
     let (status, card, postings, reversal, row_target, change) = match &target {
         Some(t) => {
             let (delta, reversed) = reversal_of(t)?;
             let card = reads.card(&t.card_uid)?.ok_or_else(|| {
                 FlowError::new(format!("card {} of an operation is missing", t.card_uid))
             })?;
-            let vouchers = match t.kind {
-                TargetKind::Order => t.vouchers,
-                TargetKind::Recharge(_) => 0,
-            };
-            let change = match rules::decide_reversal(card, delta, vouchers) {
+            let change = match rules::decide_reversal(card, delta, vouchers_returned) {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             };
@@ -452,6 +452,7 @@ fn void<'a, R: Reads>(
             request: r,
             target: row_target,
             reversal,
+            vouchers_returned,
         },
     }))
 }
@@ -489,11 +490,25 @@ fn log_entry(
             }
             (Some(r.card_uid.clone()), Some(r.amount_cents), details)
         }
-        Operation::Void(r) => (
-            applied.and_then(|a| a.card_uid.clone()),
-            applied.and_then(|a| a.amount),
-            json!({ "target_client_request_id": r.target_client_request_id, "reason": r.reason.as_str() }),
-        ),
+        Operation::Void(r) => {
+            let mut details = json!({ "target_client_request_id": r.target_client_request_id, "reason": r.reason.as_str() });
+            // Vouchers are not money: what a void gives back of them is in its details.
+            if let (
+                Some(Row::Void {
+                    vouchers_returned, ..
+                }),
+                Some(m),
+            ) = (applied.map(|a| &a.row), details.as_object_mut())
+                && *vouchers_returned != 0
+            {
+                m.insert("vouchers_returned".into(), (*vouchers_returned).into());
+            }
+            (
+                applied.and_then(|a| a.card_uid.clone()),
+                applied.and_then(|a| a.amount),
+                details,
+            )
+        }
     };
     let mut details = details;
     if let (Some(extra), Some(m)) = (

@@ -329,6 +329,7 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             request: r,
             target,
             reversal,
+            ..
         } => {
             if let Some((kind, target_tx)) = target {
                 let sql = match kind {

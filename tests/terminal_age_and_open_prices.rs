@@ -10,28 +10,26 @@ mod common;
 
 use common::terminal::*;
 use common::*;
+use rusqlite::types::Value as SqlValue;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
-/// The card's age flag in the terminal's replica, once it equals `expected`.
-async fn wait_for_replica_age_flag(journal: &Path, card: &str, expected: &str) {
+/// The card's `column` in the terminal's replica, once the card feed made it `expected`
+/// (`Null`: cleared).
+async fn wait_for_replica(journal: &Path, card: &str, column: &str, expected: SqlValue) {
     let conn =
         rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    let read = || -> Option<String> {
-        conn.query_row(
-            "SELECT age_flag FROM replica_cards WHERE card_uid = ?1",
-            [card],
-            |r| r.get(0),
-        )
-        .ok()
-        .flatten()
-    };
+    let sql = format!("SELECT {column} FROM replica_cards WHERE card_uid = ?1");
     wait_for(
-        "the card feed to bring the age flag",
+        &format!("the card feed to bring {column} {expected:?}"),
         Duration::from_secs(20),
-        || read().as_deref() == Some(expected),
+        || {
+            conn.query_row(&sql, [card], |r| r.get::<_, SqlValue>(0))
+                .ok()
+                == Some(expected.clone())
+        },
     )
     .await;
 }
@@ -77,7 +75,13 @@ async fn a_flagged_card_is_refused_a_restricted_product_online_and_offline() {
     let journal = dir.path().join("journal.db");
     let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
     ready_to_sell(&mut t).await;
-    wait_for_replica_age_flag(&journal, &teen, "under_18").await;
+    wait_for_replica(
+        &journal,
+        &teen,
+        "age_flag",
+        SqlValue::Text("under_18".into()),
+    )
+    .await;
 
     // Online: refused by the terminal itself; nothing journaled, nothing sent.
     let rows = journal_rows(&journal);
@@ -125,22 +129,7 @@ async fn a_flagged_card_is_refused_a_restricted_product_online_and_offline() {
         "card flag --none",
         &l.admin(&["card", "flag", "--uid", &teen, "--none"]),
     );
-    let conn =
-        rusqlite::Connection::open_with_flags(&journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    wait_for(
-        "the cleared flag to reach the replica",
-        Duration::from_secs(20),
-        || {
-            conn.query_row(
-                "SELECT age_flag IS NULL FROM replica_cards WHERE card_uid = ?1",
-                [&teen],
-                |r| r.get::<_, bool>(0),
-            )
-            .unwrap_or(false)
-        },
-    )
-    .await;
+    wait_for_replica(&journal, &teen, "age_flag", SqlValue::Null).await;
     let d = t.sell("shot", 1, &teen).await;
     assert_eq!(d["status"], "approved_online", "{d}");
     t.quit().await;
@@ -285,27 +274,6 @@ async fn a_staff_card_pays_with_vouchers_and_the_decision_says_so() {
     l.assert_audit_ok();
 }
 
-/// The card's voucher units in the terminal's replica, once they equal `expected`.
-async fn wait_for_replica_vouchers(journal: &Path, card: &str, expected: i64) {
-    let conn =
-        rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    wait_for(
-        "the card feed to bring the vouchers",
-        Duration::from_secs(20),
-        || {
-            conn.query_row(
-                "SELECT voucher_units FROM replica_cards WHERE card_uid = ?1",
-                [card],
-                |r| r.get::<_, i64>(0),
-            )
-            .ok()
-                == Some(expected)
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn offline_the_replicas_vouchers_pay_first_and_the_ledger_takes_the_same() {
     let l = Ledger::start().await;
@@ -333,7 +301,7 @@ async fn offline_the_replicas_vouchers_pay_first_and_the_ledger_takes_the_same()
     let journal = dir.path().join("journal.db");
     let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
     ready_to_sell(&mut t).await;
-    wait_for_replica_vouchers(&journal, &staff, 3).await;
+    wait_for_replica(&journal, &staff, "voucher_units", SqlValue::Integer(3)).await;
 
     proxy.go_down().await;
     // Two beers: both on vouchers, no money.

@@ -8,6 +8,7 @@ mod card;
 mod ids;
 mod money;
 mod tax;
+mod vouchers;
 
 pub use age::{AgeFlag, MinAge, MinAgeError, age_forbids};
 pub use card::{CardUid, CardUidError};
@@ -19,3 +20,4 @@ pub use tax::{
     TAX_RATE_BASIS_POINTS_MAX, TAX_RATE_NAME_LEN_MAX, TAX_RATES_MAX, TaxRate, TaxRateName,
     TaxRateNameError, TaxRates, TaxRatesError, VatSplit, split_gross,
 };
+pub use vouchers::{VoucherLine, VoucherSplit, split_vouchers};

@@ -5,7 +5,7 @@
 //! writes what they decide. The SQLite and PostgreSQL backends share these rules, so they
 //! decide the same way.
 
-use crate::domain::{AgeFlag, Cents, MinAge, ProductId, age_forbids};
+use crate::domain::{AgeFlag, Cents, MinAge, ProductId, VoucherLine, age_forbids, split_vouchers};
 use crate::ledger::caller::StaffMember;
 use crate::protocol::api::{
     ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RechargeRequest, TerminalKind,
@@ -266,25 +266,13 @@ pub fn voucher_split<'c>(
     units: i64,
     catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry>,
 ) -> (Vec<i64>, i64) {
-    let mut left = units.max(0);
-    let mut used = 0;
-    let quantities = req
-        .items
-        .iter()
-        .map(|item| {
-            let Some(price) = catalog(&item.product_id)
-                .and_then(|e| e.voucher_price)
-                .filter(|p| *p > 0)
-            else {
-                return 0;
-            };
-            let covered = item.quantity.min(left / price);
-            left -= covered * price;
-            used += covered * price;
-            covered
-        })
-        .collect();
-    (quantities, used)
+    let lines = req.items.iter().map(|item| VoucherLine {
+        quantity: item.quantity,
+        unit_price: item.unit_price_cents,
+        voucher_price: catalog(&item.product_id).and_then(|e| e.voucher_price),
+    });
+    let split = split_vouchers(lines, units);
+    (split.quantities, split.units)
 }
 
 /// Decides an order, in the contract's order: the card (unknown, blocked), each line's

@@ -36,7 +36,8 @@
 use super::entry::{Decision, EntryState};
 use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineDecline, OfflineLimits, ReplicaCard, decide_offline_order};
-use crate::domain::{Cents, MinAge, age_forbids};
+pub use crate::domain::VoucherLine;
+use crate::domain::{Cents, MinAge, age_forbids, split_vouchers};
 use crate::protocol::api::ORDER_VOUCHER_UNITS_MAX;
 use crate::protocol::codes::ErrorCode;
 
@@ -484,38 +485,11 @@ impl TapFlow {
     }
 }
 
-/// One line of an order as vouchers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VoucherLine {
-    /// Units of the product.
-    pub quantity: i64,
-    /// Their unit price.
-    pub unit_price: Cents,
-    /// The voucher units one costs; `None`: money only.
-    pub voucher_price: Option<i64>,
-}
-
-/// What `units` vouchers pay of `lines`, lines in order, each unit of a product with a
-/// voucher price while they cover it (the ledger's `rules::voucher_split`): the units used
-/// and the money they replace.
+/// What `units` vouchers pay of `lines` (the shared rule, `domain::split_vouchers`): the
+/// units used and the money they replace.
 pub fn voucher_split(lines: &[VoucherLine], units: i64) -> (i64, Cents) {
-    let mut left = units.max(0);
-    let mut used = 0;
-    let mut paid = Cents::ZERO;
-    for line in lines {
-        let Some(price) = line.voucher_price.filter(|p| *p > 0) else {
-            continue;
-        };
-        let covered = line.quantity.min(left / price);
-        left -= covered * price;
-        used += covered * price;
-        paid = line
-            .unit_price
-            .checked_mul(covered)
-            .and_then(|v| paid.checked_add(v))
-            .unwrap_or(paid);
-    }
-    (used, paid)
+    let split = split_vouchers(lines.iter().copied(), units);
+    (split.units, split.paid.unwrap_or(Cents::ZERO))
 }
 
 #[cfg(test)]

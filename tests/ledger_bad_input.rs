@@ -670,8 +670,10 @@ async fn run_table(ledger: &Ledger, table: &str, cases: Vec<Case>) {
             ));
         }
     }
-    let health = ledger
-        .client
+    // A new connection: the shared client's may have idled past the server's
+    // header_read_timeout during the table, and the server closes such a connection just as
+    // it may be reused (hyper's IncompleteMessage), which says nothing about the server.
+    let health = fresh_client()
         .get(format!("{}/health", ledger.base_url))
         .send()
         .await;

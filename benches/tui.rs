@@ -87,6 +87,8 @@ fn menu() -> Vec<MenuItem> {
             price: p.product.price_cents,
             min_age: p.product.min_age,
             open_price_max: p.product.open_price_max_cents,
+            returnable: p.product.returnable,
+            deposit_product_id: p.product.deposit_product_id.map(|d| d.as_str().to_owned()),
         })
         .collect();
     assert!(menu.len() >= 4, "the example catalog's {POINT_OF_SALE}");

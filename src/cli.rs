@@ -147,6 +147,9 @@ enum LedgerCommand {
     Stripe(StripeCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
+    /// Deposits on returnable items (cups): per item, what went out with orders, came back
+    /// and is still out, and the deposits owed back.
+    Deposits,
     /// Apply a terminal's journal export (cashless terminal export), idempotently: exit 0 if
     /// every operation is applied, declined or was already there; exit 1 listing each refused one.
     Import {
@@ -214,6 +217,14 @@ enum ProductCommand {
         /// only).
         #[arg(long)]
         voucher_price: Option<i64>,
+        /// A returnable item (a cup): --price-cents is its deposit, owed back when it
+        /// returns.
+        #[arg(long)]
+        returnable: bool,
+        /// The returnable item it comes in (its id at the same point of sale): the terminal
+        /// adds its deposit with every unit sold.
+        #[arg(long)]
+        deposit: Option<String>,
         /// Point of sale.
         #[arg(long)]
         point_of_sale: String,
@@ -609,11 +620,15 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             open_price_max_cents,
             min_age,
             voucher_price,
+            returnable,
+            deposit,
             point_of_sale,
             category,
             tax_rate,
         }) => {
             let entry = admin::CatalogEntry {
+                returnable,
+                deposit,
                 id,
                 name,
                 price_cents,
@@ -692,6 +707,10 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             if !summary.is_clean() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        LedgerCommand::Deposits => {
+            let report = store.deposit_report().await?;
+            print!("{}", admin::format_deposits(&report));
         }
         LedgerCommand::Audit => {
             let report = store.audit().await?;

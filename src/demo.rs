@@ -100,11 +100,12 @@ const CARDS: [DemoCard; 6] = [
         vouchers: 0,
         short: "under 16",
     },
-    // A bartender's own wristband: three drinks on vouchers, no money.
+    // A bartender's own wristband: three drinks on vouchers, and 4.00 for the cups they
+    // come in (vouchers never pay a deposit).
     DemoCard {
         key: 'f',
         uid: "04F60718293A4B",
-        topup_cents: 0,
+        topup_cents: 400,
         blocked: false,
         age_flag: None,
         vouchers: 3,
@@ -282,7 +283,7 @@ fn write_terminal_config(
 fn banner(kind: TerminalKind, network_up: bool, db: &Path) -> Vec<String> {
     let other = match kind {
         TerminalKind::Bar => "checkpoint",
-        TerminalKind::Checkpoint => "bar",
+        TerminalKind::Checkpoint | TerminalKind::Return => "bar",
     };
     let net = if network_up {
         "n: cut the network"
@@ -433,8 +434,9 @@ async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
         .with_hook(hook(Arc::clone(&network), db.to_owned()));
         let mut kind = TerminalKind::Bar;
         loop {
+            // The demo's two terminals; a bar takes cups back itself (`.`).
             let path = match kind {
-                TerminalKind::Bar => &bar,
+                TerminalKind::Bar | TerminalKind::Return => &bar,
                 TerminalKind::Checkpoint => &cp,
             };
             let config = TerminalConfig::load(path, &TerminalOverrides::default())?;
@@ -451,7 +453,7 @@ async fn demo(dir: &Path, db: &Path) -> anyhow::Result<String> {
             match daemon::run(daemon, &mut tui, server::shutdown_signal(), None).await? {
                 Leave::Switch => {
                     kind = match kind {
-                        TerminalKind::Bar => TerminalKind::Checkpoint,
+                        TerminalKind::Bar | TerminalKind::Return => TerminalKind::Checkpoint,
                         TerminalKind::Checkpoint => TerminalKind::Bar,
                     }
                 }

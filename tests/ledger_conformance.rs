@@ -110,6 +110,8 @@ async fn fixture(database: Database, retention_days: i64) -> Fixture {
                 min_age: None,
                 open_price_max_cents: None,
                 voucher_price: None,
+                returnable: false,
+                deposit_product_id: None,
             },
         }])
         .await

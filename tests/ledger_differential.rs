@@ -43,8 +43,8 @@ use cashless::ledger::store::{
 };
 use cashless::ledger::stripe::parse_event;
 use cashless::protocol::api::{
-    Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, ShiftCloseout,
-    StaffRole, TerminalKind, VoidReason, VoidRequest,
+    Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, ReturnItem,
+    ReturnRequest, ShiftCloseout, StaffRole, TerminalKind, VoidReason, VoidRequest,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use common::backend::{Database, canonical_json};
@@ -61,12 +61,14 @@ const BALANCE_MAX_CENTS: i64 = 40_000;
 const CURRENCY: &str = "eur";
 
 /// The terminals: name (also its token), kind, point of sale.
-const TERMINALS: [(&str, TerminalKind, &str); 3] = [
+const TERMINALS: [(&str, TerminalKind, &str); 4] = [
     ("bar-1", TerminalKind::Bar, "Main Bar"),
     ("bar-2", TerminalKind::Bar, "Tent Bar"),
     ("cp-1", TerminalKind::Checkpoint, "Entrance"),
+    ("ret-1", TerminalKind::Return, "Main Bar"),
 ];
 const CHECKPOINT: usize = 2;
+const RETURN_STATION: usize = 3;
 
 /// Staff: one of each role, a second bar member, and a supervisor deactivated before the
 /// stream starts ([`INACTIVE_STAFF`]).
@@ -92,7 +94,9 @@ const ANY_STAFF: &[&str] = &[
 
 /// The catalogs: point of sale, product, name, first price. `cider` is deactivated before
 /// the stream starts ([`INACTIVE_PRODUCT`]) and comes back if a price change names it.
-const CATALOG: [(&str, &str, &str, i64); 7] = [
+const CATALOG: [(&str, &str, &str, i64); 9] = [
+    ("Main Bar", "cup", "Cup", 200),
+    ("Tent Bar", "cup", "Cup", 100),
     ("Main Bar", "beer", "Beer", 450),
     ("Main Bar", "water", "Water", 200),
     ("Main Bar", "cocktail", "Cocktail", 900),
@@ -118,6 +122,16 @@ fn voucher_price_of(product_id: &str) -> Option<i64> {
         "cocktail" => Some(2),
         _ => None,
     }
+}
+
+/// The cup is a returnable item (its price a deposit), and beer comes in one.
+fn returnable(product_id: &str) -> bool {
+    product_id == "cup"
+}
+
+/// The returnable item a product comes in: beer's is the cup.
+fn deposit_of(product_id: &str) -> Option<ProductId> {
+    (product_id == "beer").then(|| ProductId::parse("cup").unwrap())
 }
 
 /// The tip has an open price of 1 cent to 10.00; every other product a fixed one.
@@ -195,6 +209,8 @@ const EXPECTED_OUTCOMES: &[&str] = &[
     "stripe refused",
     "stripe ignored",
     "error not found",
+    "deposit returned",
+    "deposit return voided",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -321,8 +337,8 @@ struct Gen {
     rng: Rng,
     next_key: u128,
     /// The last `terminal_seq` used per terminal, and the numbers skipped (sent later).
-    seqs: [i64; 3],
-    skipped: [Vec<i64>; 3],
+    seqs: [i64; TERMINALS.len()],
+    skipped: [Vec<i64>; TERMINALS.len()],
     /// The requests' own times: months before the test runs, one step a few seconds on.
     clock: DateTime<Utc>,
     /// Current prices by (point of sale, product), as the price changes left them.
@@ -358,7 +374,7 @@ impl Gen {
         Gen {
             rng: Rng::new(seed),
             next_key: 0,
-            seqs: [0; 3],
+            seqs: [0; TERMINALS.len()],
             skipped: Default::default(),
             clock: Utc.with_ymd_and_hms(2026, 7, 1, 16, 0, 0).unwrap(),
             prices: CATALOG
@@ -555,6 +571,52 @@ impl Gen {
         Operation::Recharge(recharge)
     }
 
+    /// Cups handed back at `t`: mostly cups at their deposit, now and then at another
+    /// deposit, or something that is not returnable here.
+    fn deposit_return(&mut self, t: usize, mode: Mode) -> Operation {
+        let pos = TERMINALS[t].2;
+        let lines = if self.rng.percent(85) { 1 } else { 2 };
+        let items: Vec<ReturnItem> = (0..lines)
+            .map(|_| {
+                let product = match self.rng.below(100) {
+                    0..=79 => "cup",
+                    80..=89 => "beer",
+                    _ => "ghost",
+                };
+                let catalog = self
+                    .prices
+                    .get(&(pos.to_owned(), product.to_owned()))
+                    .copied();
+                let deposit = match (catalog, self.rng.below(100)) {
+                    (Some(p), 0..=89) => p,
+                    (Some(p), _) => p + self.rng.range(1, 50),
+                    (None, _) => self.rng.range(1, 3) * 100,
+                };
+                ReturnItem {
+                    product_id: ProductId::parse(product).unwrap(),
+                    quantity: self.rng.range(1, 6),
+                    unit_deposit_cents: Cents::new(deposit.max(1)),
+                }
+            })
+            .collect();
+        let amount = items
+            .iter()
+            .map(|i| i.unit_deposit_cents.get() * i.quantity)
+            .sum::<i64>();
+        let request = ReturnRequest {
+            client_request_id: self.key_for_operation(),
+            terminal_seq: self.seq(t),
+            card_uid: self.card(),
+            items,
+            amount_cents: Cents::new(amount),
+            staff_id: self.staff_of(ORDER_STAFF),
+            created_at: self.tick(),
+            mode,
+        };
+        request.validate().unwrap();
+        Operation::Return(request)
+    }
+
     fn mode(&mut self, online_percent: u64) -> Mode {
         if self.rng.percent(online_percent) {
             Mode::Online
@@ -565,8 +627,11 @@ impl Gen {
 
     /// What terminal `t` does: a bar sells, a checkpoint tops up; now and then the other.
     fn native_op(&mut self, t: usize) -> Operation {
-        let sells = (TERMINALS[t].1 == TerminalKind::Bar) != self.rng.percent(6);
         let mode = self.mode(70);
+        if TERMINALS[t].1 == TerminalKind::Return || self.rng.percent(5) {
+            return self.deposit_return(t, mode);
+        }
+        let sells = (TERMINALS[t].1 == TerminalKind::Bar) != self.rng.percent(6);
         if sells {
             self.order(t, mode)
         } else {
@@ -676,6 +741,12 @@ impl Gen {
                 }
             }
             Operation::Recharge(r) => r.amount_cents = Cents::new(r.amount_cents.get() % 9_999 + 1),
+            Operation::Return(r) => {
+                r.items.truncate(1);
+                r.items[0].quantity = r.items[0].quantity % 99 + 1;
+                r.amount_cents =
+                    Cents::new(r.items[0].unit_deposit_cents.get() * r.items[0].quantity);
+            }
             Operation::Void(v) => {
                 v.reason = match v.reason {
                     VoidReason::InDoubt => VoidReason::StaffError,
@@ -851,7 +922,21 @@ impl Gen {
                     ops: vec![self.order(t, Mode::Offline)],
                 }
             }
-            32..=49 => {
+            44..=49 => {
+                // Cups back: mostly at the return station, else at a bar, now and then at
+                // the checkpoint (refused).
+                let t = match self.rng.below(100) {
+                    0..=64 => RETURN_STATION,
+                    65..=94 => self.rng.below(2),
+                    _ => CHECKPOINT,
+                };
+                let mode = self.mode(60);
+                Action::Apply {
+                    terminal: t,
+                    ops: vec![self.deposit_return(t, mode)],
+                }
+            }
+            32..=43 => {
                 let t = if self.rng.percent(92) { CHECKPOINT } else { 0 };
                 let mode = self.mode(75);
                 Action::Apply {
@@ -905,8 +990,9 @@ impl Gen {
                 self.shift(t)
             }
             88..=89 => {
-                // Now and then a card no operation ever names: unknown to both.
-                let card = card_uid(self.rng.below(usize::from(CARDS) + 1) as u8);
+                // Now and then a card no operation ever names: unknown to both (`CARDS + 1`:
+                // not even a voucher grant names it).
+                let card = card_uid(self.rng.below(usize::from(CARDS) + 2) as u8);
                 Action::Lost {
                     card,
                     lost: self.rng.percent(40),
@@ -932,6 +1018,8 @@ impl Gen {
                         min_age: min_age_of(id),
                         open_price_max_cents: open_price_max_of(id),
                         voucher_price: voucher_price_of(id),
+                        returnable: returnable(id),
+                        deposit_product_id: deposit_of(id),
                     },
                 }])
             }
@@ -965,6 +1053,18 @@ impl Gen {
                     let decided = &outcome["decided"];
                     let code = decided["error"]["code"].as_str().map(str::to_owned);
                     let replayed = outcome["replayed"] == json!(true);
+                    if let (Operation::Return(_), None, false) = (op, &code, replayed) {
+                        self.seen.insert("deposit returned".into());
+                    }
+                    if let (Operation::Void(v), None, false) = (op, &code, replayed)
+                        && decided["status"] == json!("voided")
+                        && self.sent.iter().any(|s| {
+                            matches!(s.op, Operation::Return(_))
+                                && s.op.client_request_id() == v.target_client_request_id
+                        })
+                    {
+                        self.seen.insert("deposit return voided".into());
+                    }
                     if let (Operation::Void(v), None, false) = (op, &code, replayed) {
                         self.voided.push((*terminal, v.target_client_request_id));
                         if decided["status"] == json!("tombstoned")
@@ -1193,6 +1293,8 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("bar_order_items", None),
     ("bar_orders", None),
     ("cards", None),
+    ("deposit_return_items", None),
+    ("deposit_returns", None),
     ("idempotency_keys", None),
     ("nfc_scan_log", Some("scan_id")),
     ("postings", Some("posting_id")),
@@ -1286,6 +1388,8 @@ impl Side {
                             min_age: min_age_of(id),
                             open_price_max_cents: open_price_max_of(id),
                             voucher_price: voucher_price_of(id),
+                            returnable: returnable(id),
+                            deposit_product_id: deposit_of(id),
                         },
                     })
                     .collect(),

@@ -327,6 +327,39 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
         .await
         .assert_status(201);
 
+    // A beer with its cup's deposit, and two cups handed back.
+    assert_success(
+        "product add",
+        &l.admin(&[
+            "product",
+            "add",
+            "--id",
+            "cup",
+            "--name",
+            "Cup",
+            "--price-cents",
+            "200",
+            "--point-of-sale",
+            BAR_POS,
+            "--returnable",
+        ]),
+    );
+    let seq = l.seq(&l.bar_token);
+    let with_cup = order_body(
+        &funded,
+        seq,
+        &[("beer-05", 1, BEER_CENTS), ("cup", 1, 200)],
+        "online",
+    );
+    l.post("/v1/orders", &l.bar_token, &with_cup)
+        .await
+        .assert_status(201);
+    let seq = l.seq(&l.bar_token);
+    let cups = return_body(&funded, seq, &[("cup", 2, 200)], "online");
+    l.post("/v1/returns", &l.bar_token, &cups)
+        .await
+        .assert_status(201);
+
     // A decline: its stored answer expires.
     let seq = l.seq(&l.bar2_token);
     let broke = order_body(&declined, seq, &[("beer-05", 1, BEER_CENTS)], "online");

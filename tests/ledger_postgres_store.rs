@@ -251,6 +251,8 @@ fn product(pos: &str, id: &str, price: i64, category: Option<&str>) -> ProductUp
             min_age: None,
             open_price_max_cents: None,
             voucher_price: None,
+            returnable: false,
+            deposit_product_id: None,
         },
     }
 }

@@ -55,6 +55,7 @@ const RECHARGES: &str = "/v1/recharges";
 const VOIDS: &str = "/v1/voids";
 const BATCH: &str = "/v1/batch";
 const SHIFTS: &str = "/v1/shifts";
+const RETURNS: &str = "/v1/returns";
 /// Headers of an answer that go into the transcript (others, like `date`, vary or say nothing).
 const HEADERS: &[&str] = &[
     "content-type",
@@ -376,7 +377,7 @@ fn is_stored(path: &str, status: u16, code: Option<&str>) -> bool {
         .is_some_and(ErrorCode::is_stored_decline);
     match path {
         BATCH => status == 200,
-        ORDERS | RECHARGES | VOIDS | SHIFTS => status == 201 || decline,
+        ORDERS | RECHARGES | VOIDS | SHIFTS | RETURNS => status == 201 || decline,
         _ => false,
     }
 }
@@ -721,6 +722,37 @@ fn golden_script(backend: Backend) {
     let body = w.order(Bar, 2, &[("lager", 1, 400)], on).set("voucher_units", 1);
     w.post("an online order that says its vouchers: refused", 400, Bar, o, &body);
     w.get("a card with its vouchers", 200, Bar, &format!("/v1/cards/{}", uid(2)));
+
+    // Deposits: a draft that comes in a cup, cups handed back.
+    for args in [
+        &["--id", "cup", "--price-cents", "200", "--returnable"][..],
+        &["--id", "draft", "--price-cents", "450", "--deposit", "cup"],
+    ] {
+        let mut all = vec!["product", "add", "--name", "Extra", "--point-of-sale", BAR_POS];
+        all.extend(args);
+        assert_success("product add", &w.l.admin(&all));
+        w.note(&format!("admin: {}", all.join(" ")));
+    }
+    w.sell("a draft and its cup", 201, 6, &[("draft", 2, 450), ("cup", 2, 200)], on);
+    let cups = |w: &mut Wire, card: u32, items: Value, amount: i64, mode: &str| {
+        let seq = w.l.seq(&w.l.bar_token);
+        w.fixed(json!({"terminal_seq": seq, "card_uid": uid(card), "items": items,
+            "amount_cents": amount, "staff_id": BAR_STAFF, "mode": mode}))
+    };
+    let cup = |n: i64, cents: i64| json!([{"product_id": "cup", "quantity": n, "unit_deposit_cents": cents}]);
+    let back = cups(&mut w, 6, cup(2, 200), 400, on);
+    w.post("two cups back", 201, Bar, RETURNS, &back);
+    let body = cups(&mut w, 6, cup(1, 150), 150, on);
+    w.post("a cup at another deposit: declined", 422, Bar, RETURNS, &body);
+    let body = cups(&mut w, 6, json!([{"product_id": "draft", "quantity": 1, "unit_deposit_cents": 450}]), 450, on);
+    w.post("a draft is not returnable: declined", 422, Bar, RETURNS, &body);
+    let body = cups(&mut w, 6, cup(1, 150), 150, off);
+    w.post("offline, at the terminal's deposit", 201, Bar, RETURNS, &body);
+    let body = cups(&mut w, 6, cup(1, 200), 300, on);
+    w.post("an amount that is not the sum: refused", 400, Bar, RETURNS, &body);
+    let body = cups(&mut w, 6, cup(1, 200), 200, on);
+    w.post("cups back at a checkpoint: refused", 403, Cp, RETURNS, &body);
+    w.cancel("void of a return", 201, Bar, &back, BAR_STAFF);
 
     // A staff member deactivated: refused online, recorded offline.
     w.deactivate(SUPER_STAFF);

@@ -1070,8 +1070,8 @@ fn voucher_use_counts_until_the_replica_shows_it() {
 }
 
 /// A cached product; one with a category carries a VAT rate (19 %), a minimum age and an
-/// open price, one without none of them, as from a ledger before VAT: both must come back
-/// from the cache as they went in.
+/// open price, a voucher price and a deposit, one without none of them, as from a ledger
+/// before VAT: both must come back from the cache as they went in.
 fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogProduct {
     CatalogProduct {
         product_id: ProductId::parse(id).unwrap(),
@@ -1083,6 +1083,8 @@ fn product(id: &str, name: &str, price: i64, category: Option<&str>) -> CatalogP
         min_age: category.map(|_| MinAge::EIGHTEEN),
         open_price_max_cents: category.map(|_| Cents::new(3000)),
         voucher_price: category.map(|_| 2),
+        returnable: category.is_none() && price > 0,
+        deposit_product_id: category.map(|_| ProductId::parse("cup").unwrap()),
     }
 }
 

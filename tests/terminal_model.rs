@@ -24,7 +24,11 @@
 //! 6. vouchers (two cards hold some, and one product costs one): each card's voucher units
 //!    are what it was granted less what its approved, unrefunded sales took, and never go
 //!    below zero, since offline the terminal spends the replica's vouchers less its own use
-//!    since; a refund gives back only the money a sale moved.
+//!    since; a refund gives back only the money a sale moved;
+//! 7. deposit returns (cups handed back): every return the journal approved (and did not
+//!    refund) is credited exactly once, every other attempt zero times, like orders; the
+//!    deposit money the terminal credited offline and the ledger had not acknowledged never
+//!    exceeded `[offline] max_return_payout_cents` when it was credited.
 #![allow(clippy::unwrap_used)]
 
 use cashless::domain::{CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
@@ -36,7 +40,8 @@ use cashless::ledger::store::{
     ReportStore, Store, StoreOptions,
 };
 use cashless::protocol::api::{
-    Mode, Operation, OrderItem, PaymentMethod, RechargeRequest, StaffRole, TerminalKind, VoidReason,
+    Mode, Operation, OrderItem, PaymentMethod, RechargeRequest, ReturnItem, StaffRole,
+    TerminalKind, VoidReason,
 };
 use cashless::terminal::client::{Answer, ClientError, FeedCard, FeedPage, Transport};
 use cashless::terminal::core::policy::OfflineLimits;
@@ -58,6 +63,12 @@ const PRICES_CENTS: [i64; 3] = [200, 450, 900];
 /// Voucher units granted to each card before the events (staff drinks on the poor card and
 /// on a rich one).
 const VOUCHERS: [i64; CARDS] = [0, 2, 0, 1];
+
+/// The deposit of a cup, a returnable item of the bar's catalog.
+const CUP_CENTS: i64 = 150;
+/// The most deposit money the terminal credits that the ledger has not acknowledged: three
+/// cups, so that a few offline returns reach it.
+const RETURN_PAYOUT_MAX_CENTS: i64 = 3 * CUP_CENTS;
 
 /// The 4.50 product costs one voucher; the others are money only.
 fn voucher_price(price: usize) -> Option<i64> {
@@ -89,7 +100,13 @@ enum Event {
         price: usize,
         crash_after_steps: Option<usize>,
     },
-    /// Staff refund the last approved sale of this session.
+    /// Cups handed back and credited to a card; crashes like a tap.
+    Return {
+        card: usize,
+        cups: i64,
+        crash_after_steps: Option<usize>,
+    },
+    /// Staff refund the last approved sale (or return) of this session.
     VoidLast,
     NetworkDown,
     NetworkUp,
@@ -114,6 +131,9 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         6 => (0..CARDS, 0..PRICES_CENTS.len(), prop::option::weighted(0.25, 0usize..8)).prop_map(
             |(card, price, crash_after_steps)| Event::Tap { card, price, crash_after_steps }
+        ),
+        2 => (0..CARDS, 1..=3i64, prop::option::weighted(0.25, 0usize..8)).prop_map(
+            |(card, cups, crash_after_steps)| Event::Return { card, cups, crash_after_steps }
         ),
         1 => Just(Event::VoidLast),
         1 => Just(Event::NetworkDown),
@@ -305,8 +325,25 @@ async fn ledger(dir: &Path) -> SimLedger {
                         min_age: None,
                         open_price_max_cents: None,
                         voucher_price: voucher_price(p),
+                        returnable: false,
+                        deposit_product_id: None,
                     },
                 })
+                .chain(std::iter::once(ProductUpsert {
+                    point_of_sale: "Main Bar".into(),
+                    product: Product {
+                        product_id: cup(),
+                        name: "Cup".into(),
+                        price_cents: Cents::new(CUP_CENTS),
+                        category: None,
+                        tax_rate: None,
+                        min_age: None,
+                        open_price_max_cents: None,
+                        voucher_price: None,
+                        returnable: true,
+                        deposit_product_id: None,
+                    },
+                }))
                 .collect(),
         )
         .await
@@ -370,6 +407,44 @@ fn limits() -> FlowLimits {
             unknown_card: Cents::ZERO,
         },
         balance_max: None,
+        return_payout_max: Cents::new(RETURN_PAYOUT_MAX_CENTS),
+    }
+}
+
+fn cup() -> ProductId {
+    ProductId::parse("cup").unwrap()
+}
+
+/// A sale of one unit of product `price`.
+fn order_payment(price: usize) -> Payment {
+    let total = Cents::new(PRICES_CENTS[price]);
+    Payment {
+        staff: staff(),
+        kind: PaymentKind::Order {
+            items: vec![OrderItem {
+                product_id: product(price),
+                quantity: 1,
+                unit_price_cents: total,
+            }],
+            total,
+            min_age: None,
+            voucher_prices: vec![voucher_price(price)],
+        },
+    }
+}
+
+/// `cups` cups handed back.
+fn return_payment(cups: i64) -> Payment {
+    Payment {
+        staff: staff(),
+        kind: PaymentKind::Return {
+            items: vec![ReturnItem {
+                product_id: cup(),
+                quantity: cups,
+                unit_deposit_cents: Cents::new(CUP_CENTS),
+            }],
+            amount: Cents::new(CUP_CENTS * cups),
+        },
     }
 }
 
@@ -414,28 +489,21 @@ impl Terminal_ {
         &mut self,
         ledger: &SimLedger,
         card_index: usize,
-        price: usize,
+        payment: Payment,
         crash_after_steps: Option<usize>,
     ) {
         let uid = card(card_index);
-        let total = Cents::new(PRICES_CENTS[price]);
-        let payment = Payment {
-            staff: staff(),
-            kind: PaymentKind::Order {
-                items: vec![OrderItem {
-                    product_id: product(price),
-                    quantity: 1,
-                    unit_price_cents: total,
-                }],
-                total,
-                min_age: None,
-                voucher_prices: vec![voucher_price(price)],
-            },
-        };
+        // Invariant 7's bound: what the terminal handed out unacknowledged before this tap.
+        let returns_before = self
+            .journal
+            .lock()
+            .unwrap()
+            .unacknowledged_returns()
+            .unwrap();
         let (flow, mut step) = TapFlow::start(
             payment.movement(),
             payment.min_age(),
-            total,
+            payment.total(),
             self.online,
             limits(),
         );
@@ -476,6 +544,16 @@ impl Terminal_ {
                 entry.decision.is_some_and(Decision::is_approved),
                 "{entry:?}"
             );
+            // Invariant 7: an offline return stays within the payout limit.
+            if entry.operation == OperationKind::Return
+                && verdict.outcome == Outcome::ApprovedOffline
+            {
+                assert!(
+                    returns_before.get() + entry.amount_cents.get() <= RETURN_PAYOUT_MAX_CENTS,
+                    "{} handed out unacknowledged, then {entry:?}",
+                    returns_before.get()
+                );
+            }
             // A refund gives back the money the sale moved (vouchers paid the rest).
             let money = Cents::ZERO.checked_sub(entry.money_effect()).unwrap();
             self.last_approved = Some((crid, uid.clone(), money));
@@ -500,12 +578,13 @@ impl Terminal_ {
     }
 }
 
-/// How many times the ledger charged an order: applied, minus voided.
-fn charges(ledger_db: &rusqlite::Connection, crid: ClientRequestId) -> i64 {
+/// How many times the ledger applied an operation of `table` (an order's charge, a deposit
+/// return's credit): applied, minus voided.
+fn applications(ledger_db: &rusqlite::Connection, table: &str, crid: ClientRequestId) -> i64 {
     let key = crid.to_string();
     let applied: i64 = ledger_db
         .query_row(
-            "SELECT COUNT(*) FROM bar_orders WHERE client_request_id = ?1",
+            &format!("SELECT COUNT(*) FROM {table} WHERE client_request_id = ?1"),
             [&key],
             |r| r.get(0),
         )
@@ -546,7 +625,18 @@ async fn run(events: Vec<Event>) {
                 card,
                 price,
                 crash_after_steps,
-            } => t.tap(&ledger, card, price, crash_after_steps).await,
+            } => {
+                t.tap(&ledger, card, order_payment(price), crash_after_steps)
+                    .await
+            }
+            Event::Return {
+                card,
+                cups,
+                crash_after_steps,
+            } => {
+                t.tap(&ledger, card, return_payment(cups), crash_after_steps)
+                    .await
+            }
             Event::VoidLast => t.void_last(),
             Event::NetworkDown => ledger.network().up = false,
             Event::NetworkUp => ledger.network().up = true,
@@ -580,33 +670,42 @@ async fn run(events: Vec<Event>) {
         "{counts:?}"
     );
 
-    // Invariant 3: per order attempt, the ledger's charges are what the journal decided.
+    // Invariants 3 and 7: per order attempt, the ledger's charges are what the journal
+    // decided; per deposit return, its credits.
     let ledger_db = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
     let entries = tap::all_unacknowledged(&t.journal.lock().unwrap()).unwrap();
     assert!(entries.is_empty(), "{entries:?}");
     let journal_db = rusqlite::Connection::open(&t.path).unwrap();
     // Each order's money and vouchers as the ledger answered them (an offline one: what the
-    // terminal decided, which the ledger takes as it is).
+    // terminal decided, which the ledger takes as it is), and each return's credit.
     let mut stmt = journal_db
         .prepare(
             "SELECT client_request_id, card_uid,
                     COALESCE(-json_extract(ledger_body, '$.money_cents'), amount_cents),
-                    decision, state, COALESCE(json_extract(ledger_body, '$.vouchers_used'), 0)
-             FROM journal WHERE operation = ?1",
+                    decision, state, COALESCE(json_extract(ledger_body, '$.vouchers_used'), 0),
+                    operation
+             FROM journal WHERE operation IN (?1, ?2)",
         )
         .unwrap();
-    type OrderRow = (String, String, i64, Option<String>, String, i64);
+    type OrderRow = (String, String, i64, Option<String>, String, i64, String);
     let orders: Vec<OrderRow> = stmt
-        .query_map([OperationKind::Order.as_str()], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
+        .query_map(
+            [
+                OperationKind::Order.as_str(),
+                OperationKind::Return.as_str(),
+            ],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -617,17 +716,22 @@ async fn run(events: Vec<Event>) {
         .map(|i| (card(i).to_string(), VOUCHERS[i]))
         .collect();
     let mut approved = 0;
-    for (crid, uid, amount, decision, state, vouchers) in &orders {
+    for (crid, uid, amount, decision, state, vouchers, operation) in &orders {
         let crid = ClientRequestId::parse(crid).unwrap();
         let journal_approved = matches!(
             decision.as_deref(),
             Some("approved_online" | "approved_offline")
         );
         let expected = i64::from(journal_approved && !t.refunded.contains(&crid));
+        let table = if operation == OperationKind::Return.as_str() {
+            "deposit_returns"
+        } else {
+            "bar_orders"
+        };
         assert_eq!(
-            charges(&ledger_db, crid),
+            applications(&ledger_db, table, crid),
             expected,
-            "order {crid} (decision {decision:?}, state {state}) is charged a wrong number of times"
+            "{operation} {crid} (decision {decision:?}, state {state}) is applied a wrong number of times"
         );
         assert_eq!(state, EntryState::Synced.as_str());
         if journal_approved {

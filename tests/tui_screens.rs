@@ -5,8 +5,9 @@
 
 use cashless::domain::{CardUid, Cents, MinAge};
 use cashless::protocol::api::TerminalKind;
+use cashless::protocol::commands::{Command, ReturnCommandItem};
 use cashless::protocol::events::{Decision, Event, Status};
-use cashless::tui::model::{Key, MenuItem, Model, StaffItem};
+use cashless::tui::model::{Action, Key, MenuItem, Model, Screen, StaffItem};
 use cashless::tui::view::draw;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -45,6 +46,7 @@ fn menu() -> Vec<MenuItem> {
         ),
         ("cola", "Cola", 300, 1900, None, None),
         ("tip", "Tip", 0, 0, None, Some(2000)),
+        ("cup", "Cup", 200, 0, None, None),
     ]
     .map(|(id, name, price, rate, min_age, open_max)| MenuItem {
         product_id: id.into(),
@@ -53,6 +55,9 @@ fn menu() -> Vec<MenuItem> {
         tax_rate_basis_points: Some(rate),
         min_age,
         open_price_max: open_max.map(Cents::new),
+        // The cup is returnable; beer comes in one.
+        returnable: id == "cup",
+        deposit_product_id: (id == "beer-05").then(|| "cup".into()),
     })
     .to_vec()
 }
@@ -194,6 +199,75 @@ fn age_and_open_price_screens() {
     // A card marked under 18 and a cocktail (18+): its own screen, not "declined".
     m.on_event(&decision("declined", Some("AGE_RESTRICTED"), None), 0);
     insta::assert_snapshot!("bar_under_age", screen(&m, 80, 24));
+}
+
+#[test]
+fn deposit_and_cup_return_screens() {
+    let mut m = bar();
+    login(&mut m);
+    // Two beers: their two cups' deposit is a line of its own, in the total.
+    press(&mut m, &[Key::Digit(1), Key::Digit(1), Key::Digit(2)]);
+    insta::assert_snapshot!("bar_order_with_deposit", screen(&m, 80, 24));
+    let Screen::Order {
+        quantities, prices, ..
+    } = &m.screen
+    else {
+        panic!("{:?}", m.screen)
+    };
+    assert_eq!(
+        m.order_lines(quantities, prices).0,
+        Cents::new(2 * 450 + 200 + 2 * 200)
+    );
+    // `.`: cups back, then three of them, credited to the next card.
+    press(
+        &mut m,
+        &[Key::Esc, Key::Dot, Key::Digit(1), Key::Plus, Key::Plus],
+    );
+    insta::assert_snapshot!("bar_cups_back", screen(&m, 80, 24));
+    let actions = m.on_key(Key::Enter, 0);
+    assert_eq!(
+        actions,
+        vec![Action::Send(Command::Return {
+            items: vec![ReturnCommandItem {
+                product_id: "cup".into(),
+                quantity: 3
+            }]
+        })]
+    );
+    insta::assert_snapshot!("bar_cups_present_card", screen(&m, 80, 24));
+    let Event::Decision(mut credited) = decision("approved_offline", None, Some(1700)) else {
+        unreachable!()
+    };
+    credited.operation = "return";
+    credited.total_cents = Cents::new(600);
+    m.on_event(&Event::Decision(credited), 0);
+    insta::assert_snapshot!("bar_cups_credited", screen(&m, 80, 24));
+    // Back at the order after the result. An order being built waits while cups come
+    // back: Esc on the empty returns screen goes back to it.
+    press(
+        &mut m,
+        &[Key::Enter, Key::Digit(2), Key::Dot, Key::Digit(1), Key::Esc],
+    );
+    assert!(matches!(m.screen, Screen::Returns { .. }), "{:?}", m.screen);
+    press(&mut m, &[Key::Esc]);
+    let Screen::Order { quantities, .. } = &m.screen else {
+        panic!("{:?}", m.screen)
+    };
+    assert_eq!(
+        quantities[1], 1,
+        "the water ordered before `.` is still there"
+    );
+
+    // A return station: the returns screen is home, and Esc there logs out.
+    let mut station = Model::new("ret-1".into(), TerminalKind::Return, menu(), staff());
+    station.on_event(&status(true, 0), 0);
+    station.minute = Some(minute());
+    login(&mut station);
+    insta::assert_snapshot!("return_station_home", screen(&station, 80, 24));
+    assert_eq!(
+        station.on_key(Key::Esc, 0),
+        vec![Action::Send(Command::Logout {})]
+    );
 }
 
 #[test]

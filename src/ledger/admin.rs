@@ -5,8 +5,8 @@ use super::config::{DatabaseUrl, LedgerConfig};
 use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::{
-    AuditReport, LedgerStore, NewStaff, NewTerminal, Product, ProductUpsert, ShiftReport, Store,
-    StoreOptions, StripeEventRecord,
+    AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
+    ProductUpsert, ShiftReport, Store, StoreOptions, StripeEventRecord,
 };
 use crate::domain::{Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
@@ -149,6 +149,12 @@ pub struct CatalogEntry {
     /// Voucher units one unit costs when vouchers pay it (1 to 100); absent: money only.
     #[serde(default)]
     pub voucher_price: Option<i64>,
+    /// A returnable item (a cup): `price_cents` is its deposit.
+    #[serde(default)]
+    pub returnable: bool,
+    /// The id of the returnable item it comes in, at the same point of sale.
+    #[serde(default)]
+    pub deposit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +206,23 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
     {
         bail!("voucher_price must be between 1 and {VOUCHER_PRICE_MAX} voucher units, got {units}");
     }
+    let deposit_product_id = entry
+        .deposit
+        .as_deref()
+        .map(ProductId::parse)
+        .transpose()
+        .context("deposit")?;
+    if entry.returnable {
+        if price_cents <= Cents::ZERO {
+            bail!("a returnable item needs a fixed price_cents of at least 1: its deposit");
+        }
+        if entry.voucher_price.is_some() {
+            bail!("a returnable item has no voucher_price: vouchers never pay a deposit");
+        }
+        if deposit_product_id.is_some() {
+            bail!("a returnable item does not come in another one (deposit)");
+        }
+    }
     let tax_rate = match &entry.tax_rate {
         None => None,
         Some(name) => {
@@ -225,6 +248,8 @@ pub fn check_product(entry: &CatalogEntry, taxes: &TaxRates) -> anyhow::Result<P
             min_age,
             open_price_max_cents,
             voucher_price: entry.voucher_price,
+            returnable: entry.returnable,
+            deposit_product_id,
         },
     })
 }
@@ -524,6 +549,52 @@ pub fn format_shifts(reports: &[ShiftReport]) -> String {
         .collect();
     // The first four columns are text; the others are numbers.
     table(&SHIFT_COLUMNS, 4, &rows)
+}
+
+/// The deposit report's columns.
+const DEPOSIT_COLUMNS: [&str; 7] = [
+    "ITEM",
+    "OUT",
+    "RETURNED",
+    "OUTSTANDING",
+    "DEPOSITS OUT",
+    "DEPOSITS BACK",
+    "DEPOSITS OWED",
+];
+
+/// Prints the deposit report as an aligned table, one row per returnable item and a total,
+/// then the `deposits` account's balance (what is owed back).
+pub fn format_deposits(report: &DepositReport) -> String {
+    let mut rows: Vec<[String; 7]> = report
+        .items
+        .iter()
+        .map(|d| {
+            [
+                d.product_id.clone(),
+                d.out_quantity.to_string(),
+                d.returned_quantity.to_string(),
+                d.outstanding_quantity().to_string(),
+                d.out_cents.to_string(),
+                d.returned_cents.to_string(),
+                d.outstanding_cents().to_string(),
+            ]
+        })
+        .collect();
+    let sum = |f: &dyn Fn(&DepositLine) -> i64| report.items.iter().map(f).sum::<i64>();
+    rows.push([
+        "TOTAL".to_owned(),
+        sum(&|d| d.out_quantity).to_string(),
+        sum(&|d| d.returned_quantity).to_string(),
+        sum(&|d| d.outstanding_quantity()).to_string(),
+        Cents::new(sum(&|d| d.out_cents.get())).to_string(),
+        Cents::new(sum(&|d| d.returned_cents.get())).to_string(),
+        Cents::new(sum(&|d| d.outstanding_cents().get())).to_string(),
+    ]);
+    format!(
+        "{}deposits account: {} owed back\n",
+        table(&DEPOSIT_COLUMNS, 1, &rows),
+        report.account_cents
+    )
 }
 
 /// An aligned text table: `headers`, then `rows`; the first `text_columns` columns are

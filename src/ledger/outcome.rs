@@ -196,7 +196,7 @@ pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, Outcome
         }));
     }
     let answer = match operation {
-        "order" | "recharge" => {
+        "order" | "recharge" | "return" => {
             let a: ApprovalForm = serde_json::from_str(&stored.body).map_err(bad)?;
             if a.status != "approved" {
                 return Err(OutcomeError(format!("approval status {}", a.status)));

@@ -8,7 +8,8 @@
 use crate::domain::{AgeFlag, Cents, MinAge, ProductId, VoucherLine, age_forbids, split_vouchers};
 use crate::ledger::caller::StaffMember;
 use crate::protocol::api::{
-    ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RechargeRequest, TerminalKind,
+    ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RETURN_AMOUNT_CENTS_MAX,
+    RechargeRequest, ReturnRequest, TerminalKind,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -71,24 +72,26 @@ pub enum Action {
     Recharge,
     /// Void or refund.
     Void,
+    /// Take returnable items back and credit their deposits.
+    Return,
     /// Close out a shift (`POST /v1/shifts`): any terminal, any staff member who exists.
     CloseShift,
 }
 
-/// Only bar terminals sell and only checkpoints top up; both may void their own operations
-/// and close out shifts.
+/// Only bar terminals sell, only checkpoints top up, bars and return stations take
+/// returnable items back; every kind may void its own operations and close out shifts.
 pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), ApiError> {
-    match (kind, action) {
-        (TerminalKind::Bar, Action::Recharge) => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "a bar terminal cannot top up cards",
-        )),
-        (TerminalKind::Checkpoint, Action::Order) => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "a checkpoint terminal cannot sell",
-        )),
-        _ => Ok(()),
-    }
+    let refusal = match (kind, action) {
+        (TerminalKind::Bar, Action::Recharge) => "a bar terminal cannot top up cards",
+        (TerminalKind::Return, Action::Recharge) => "a return station cannot top up cards",
+        (TerminalKind::Checkpoint, Action::Order) => "a checkpoint terminal cannot sell",
+        (TerminalKind::Return, Action::Order) => "a return station cannot sell",
+        (TerminalKind::Checkpoint, Action::Return) => {
+            "a checkpoint terminal cannot take returnable items back"
+        }
+        _ => return Ok(()),
+    };
+    Err(ApiError::new(ErrorCode::Forbidden, refusal))
 }
 
 /// The staff member must exist and hold a role that allows the action. Online operations
@@ -110,7 +113,7 @@ pub fn check_staff(
         ));
     }
     let allowed = match action {
-        Action::Order => staff.role.may_work_at(TerminalKind::Bar),
+        Action::Order | Action::Return => staff.role.may_work_at(TerminalKind::Bar),
         Action::Recharge => staff.role.may_work_at(TerminalKind::Checkpoint),
         Action::Void | Action::CloseShift => true,
     };
@@ -222,6 +225,8 @@ pub struct CatalogEntry {
     pub open_price_max: Option<Cents>,
     /// Voucher units one unit of it costs when paid with vouchers; `None`: money only.
     pub voucher_price: Option<i64>,
+    /// A returnable item (a cup): its price is a deposit, owed back when it returns.
+    pub returnable: bool,
 }
 
 impl CatalogEntry {
@@ -432,6 +437,81 @@ pub fn decide_recharge(
         change.next.age_flag = Some(flag);
     }
     Ok(change)
+}
+
+/// A deposit return's decision: the card's change, and per line the catalog's deposit
+/// when the terminal credited another (offline only; `None` when they agree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnDecision {
+    /// The card's balance before and after.
+    pub change: BalanceChange,
+    /// Per line, in the request's order: the catalog's deposit when it differs.
+    pub catalog_deposits: Vec<Option<Cents>>,
+}
+
+/// Decides a deposit return: each line must be a returnable item at the terminal's point
+/// of sale, credited at its catalog price (the deposit); then the credit, as a top-up's
+/// (unknown cards created, a lost card refused online, the balance maximum refused online
+/// and flagged offline). There is no per-operation limit besides `RETURN_AMOUNT_CENTS_MAX`:
+/// the items are in staff's hands. Offline (the terminal already credited), an item the
+/// catalog does not take back, or takes back at another deposit, is applied at the
+/// terminal's amount and flagged `PRICE_DIFFERS_FROM_CATALOG`.
+pub fn decide_return<'c>(
+    req: &ReturnRequest,
+    card: Option<CardState>,
+    catalog: impl Fn(&ProductId) -> Option<&'c CatalogEntry>,
+    limits: Limits,
+) -> Result<ReturnDecision, ApiError> {
+    let mut catalog_deposits = Vec::with_capacity(req.items.len());
+    for item in &req.items {
+        let entry = catalog(&item.product_id).filter(|e| e.returnable);
+        let differs = match entry {
+            Some(e) if e.price == item.unit_deposit_cents => None,
+            Some(e) => Some(e.price),
+            None => Some(Cents::ZERO),
+        };
+        if req.mode == Mode::Online {
+            match (entry, differs) {
+                (None, _) => {
+                    return Err(ApiError::with_details(
+                        ErrorCode::UnknownProduct,
+                        format!("product {} is not a returnable item here", item.product_id),
+                        json!({ "product_id": item.product_id.as_str() }),
+                    ));
+                }
+                (Some(e), Some(_)) => {
+                    return Err(ApiError::with_details(
+                        ErrorCode::PriceMismatch,
+                        format!(
+                            "the deposit of {} is {} now",
+                            item.product_id,
+                            e.price.get()
+                        ),
+                        json!({
+                            "product_id": item.product_id.as_str(),
+                            "catalog_price_cents": e.price.get(),
+                            "unit_deposit_cents": item.unit_deposit_cents.get(),
+                        }),
+                    ));
+                }
+                (Some(_), None) => {}
+            }
+        }
+        catalog_deposits.push(differs);
+    }
+    let limits = Limits {
+        // The request's own bound (RETURN_AMOUNT_CENTS_MAX) is the only one per return.
+        recharge_max: Cents::new(RETURN_AMOUNT_CENTS_MAX),
+        ..limits
+    };
+    let mut change = credit(card, req.amount_cents, limits, req.mode, "amount_cents")?;
+    if catalog_deposits.iter().any(Option::is_some) {
+        change.flags.push(Flag::PriceDiffersFromCatalog);
+    }
+    Ok(ReturnDecision {
+        change,
+        catalog_deposits,
+    })
 }
 
 /// Credits `amount` to `card` (created if unknown). Online, a lost card and amounts past
@@ -648,6 +728,7 @@ mod tests {
             min_age,
             open_price_max: open_price_max.map(Cents::new),
             voucher_price: None,
+            returnable: false,
         }));
         move |p: &ProductId| (p.as_str() == id).then_some(entry)
     }
@@ -704,14 +785,17 @@ mod tests {
             min_age: None,
             open_price_max: None,
             voucher_price: Some(1),
+            returnable: false,
         }));
         let cocktail: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
             voucher_price: Some(2),
+            returnable: false,
             price: Cents::new(900),
             ..beer.clone()
         }));
         let water: &'static CatalogEntry = Box::leak(Box::new(CatalogEntry {
             voucher_price: None,
+            returnable: false,
             price: Cents::new(200),
             ..beer.clone()
         }));

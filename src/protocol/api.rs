@@ -29,6 +29,10 @@ pub const VOUCHER_PRICE_MAX: i64 = 100;
 pub const ORDER_VOUCHER_UNITS_MAX: i64 = 10_000;
 /// Voucher units one grant gives, at most.
 pub const VOUCHER_GRANT_UNITS_MAX: i64 = 1_000;
+/// Lines in one deposit return, at most.
+pub const RETURN_ITEMS_MAX: usize = 10;
+/// The highest deposit return (10,000.00): far above any handful of cups.
+pub const RETURN_AMOUNT_CENTS_MAX: i64 = 1_000_000;
 /// Operations in one batch, at most.
 pub const BATCH_OPERATIONS_MAX: usize = 500;
 /// Scans in one upload, at most.
@@ -139,7 +143,8 @@ impl VoidReason {
     }
 }
 
-/// What a terminal is for: `bar` terminals sell, `checkpoint` terminals top cards up.
+/// What a terminal is for: `bar` terminals sell (and take returnable items back),
+/// `checkpoint` terminals top cards up, `return` stations only take returnable items back.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
 )]
@@ -149,6 +154,8 @@ pub enum TerminalKind {
     Bar,
     /// Tops up cards.
     Checkpoint,
+    /// A return station: takes returnable items (cups) back and credits their deposits.
+    Return,
 }
 
 impl TerminalKind {
@@ -157,6 +164,7 @@ impl TerminalKind {
         match self {
             TerminalKind::Bar => "bar",
             TerminalKind::Checkpoint => "checkpoint",
+            TerminalKind::Return => "return",
         }
     }
 
@@ -165,6 +173,7 @@ impl TerminalKind {
         match text {
             "bar" => Some(TerminalKind::Bar),
             "checkpoint" => Some(TerminalKind::Checkpoint),
+            "return" => Some(TerminalKind::Return),
             _ => None,
         }
     }
@@ -202,7 +211,7 @@ impl StaffRole {
         matches!(
             (self, kind),
             (StaffRole::Supervisor, _)
-                | (StaffRole::Bar, TerminalKind::Bar)
+                | (StaffRole::Bar, TerminalKind::Bar | TerminalKind::Return)
                 | (StaffRole::Cashier, TerminalKind::Checkpoint)
         )
     }
@@ -383,6 +392,55 @@ pub struct RechargeRequest {
     pub age_flag: Option<AgeFlag>,
 }
 
+/// One line of a deposit return: returnable items handed back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnItem {
+    /// The returnable item's product id (a product with `returnable`).
+    pub product_id: ProductId,
+    /// Items handed back: 1 to 99 (`QUANTITY_MAX`).
+    #[schema(minimum = 1, maximum = 99, example = 2)]
+    pub quantity: i64,
+    /// The deposit the terminal credits per item, in cents: 0 to 1,000,000
+    /// (`UNIT_PRICE_CENTS_MAX`). Online it must be the catalog's price of the item.
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000, example = 200)]
+    pub unit_deposit_cents: Cents,
+}
+
+/// Returnable items (cups) handed back at a bar or a return station: their deposits are
+/// credited to the card (`POST /v1/returns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "3f6c1a2b-8d4e-4f70-b1a2-9c8d7e6f5a41", "terminal_seq": 12,
+    "card_uid": "04A1B2C3D4E5F6",
+    "items": [{"product_id": "cup", "quantity": 2, "unit_deposit_cents": 200}],
+    "amount_cents": 400, "staff_id": "s-17", "created_at": "2026-07-01T23:40:00Z",
+    "mode": "online"
+})))]
+pub struct ReturnRequest {
+    /// Idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// The terminal's gapless sequence number.
+    pub terminal_seq: TerminalSeq,
+    /// The card receiving the deposits.
+    pub card_uid: CardUid,
+    /// 1 to 10 lines (`RETURN_ITEMS_MAX`).
+    #[schema(min_items = 1, max_items = 10)]
+    pub items: Vec<ReturnItem>,
+    /// The amount credited in cents, 1 to 1,000,000 (`RETURN_AMOUNT_CENTS_MAX`): the sum of
+    /// `quantity` × `unit_deposit_cents` over the lines (400 `INVALID_REQUEST`, field
+    /// `amount_cents`, otherwise).
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000, example = 400)]
+    pub amount_cents: Cents,
+    /// Who took the items back.
+    pub staff_id: StaffId,
+    /// When the terminal recorded it (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// Online or offline.
+    pub mode: Mode,
+}
+
 /// The reversal of an order or top-up by its `client_request_id` (`POST /v1/voids`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -463,6 +521,8 @@ pub enum Operation {
     Recharge(RechargeRequest),
     /// A void or refund.
     Void(VoidRequest),
+    /// A deposit return.
+    Return(ReturnRequest),
 }
 
 impl Operation {
@@ -472,6 +532,7 @@ impl Operation {
             Operation::Order(r) => r.client_request_id,
             Operation::Recharge(r) => r.client_request_id,
             Operation::Void(r) => r.client_request_id,
+            Operation::Return(r) => r.client_request_id,
         }
     }
 
@@ -481,6 +542,7 @@ impl Operation {
             Operation::Order(r) => r.terminal_seq,
             Operation::Recharge(r) => r.terminal_seq,
             Operation::Void(r) => r.terminal_seq,
+            Operation::Return(r) => r.terminal_seq,
         }
     }
 
@@ -490,15 +552,17 @@ impl Operation {
             Operation::Order(r) => &r.staff_id,
             Operation::Recharge(r) => &r.staff_id,
             Operation::Void(r) => &r.staff_id,
+            Operation::Return(r) => &r.staff_id,
         }
     }
 
-    /// `order`, `recharge` or `void`.
+    /// `order`, `recharge`, `void` or `return`.
     pub fn kind_str(&self) -> &'static str {
         match self {
             Operation::Order(_) => "order",
             Operation::Recharge(_) => "recharge",
             Operation::Void(_) => "void",
+            Operation::Return(_) => "return",
         }
     }
 
@@ -508,6 +572,7 @@ impl Operation {
             Operation::Order(r) => r.mode,
             Operation::Recharge(r) => r.mode,
             Operation::Void(_) => Mode::Offline,
+            Operation::Return(r) => r.mode,
         }
     }
 }
@@ -541,48 +606,60 @@ fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), FieldE
     }
 }
 
+/// Checks the lines of an order or a return and their total, the one rule both follow: 1
+/// to `max_lines` lines of `(quantity, unit price)`, each quantity 1 to `QUANTITY_MAX`, each
+/// price 0 to `UNIT_PRICE_CENTS_MAX` (field `items[i].<price_field>`), and a total of 1 to
+/// `total_max` that is exactly their sum (field `total_field`).
+fn check_lines(
+    lines: &[(i64, Cents)],
+    max_lines: usize,
+    price_field: &str,
+    (total_field, total, total_max): (&str, Cents, i64),
+) -> Result<(), FieldError> {
+    if lines.is_empty() || lines.len() > max_lines {
+        return Err(FieldError::new(
+            "items",
+            format!("must hold 1 to {max_lines} lines"),
+        ));
+    }
+    let mut sum = Cents::ZERO;
+    for (i, (quantity, price)) in lines.iter().enumerate() {
+        check_range(&format!("items[{i}].quantity"), *quantity, 1, QUANTITY_MAX)?;
+        check_range(
+            &format!("items[{i}].{price_field}"),
+            price.get(),
+            0,
+            UNIT_PRICE_CENTS_MAX,
+        )?;
+        sum = price
+            .checked_mul(*quantity)
+            .and_then(|l| sum.checked_add(l))
+            .map_err(|_| FieldError::new(total_field, "the sum of the lines overflows"))?;
+    }
+    check_range(total_field, total.get(), 1, total_max)?;
+    if sum != total {
+        return Err(FieldError::new(
+            total_field,
+            format!("must equal the sum of the lines ({})", sum.get()),
+        ));
+    }
+    Ok(())
+}
+
 impl OrderRequest {
     /// Checks what the types cannot: counts, ranges, and that the total is the sum of lines.
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.items.is_empty() || self.items.len() > ORDER_ITEMS_MAX {
-            return Err(FieldError::new(
-                "items",
-                format!("must hold 1 to {ORDER_ITEMS_MAX} lines"),
-            ));
-        }
-        let mut sum = Cents::ZERO;
-        for (i, item) in self.items.iter().enumerate() {
-            check_range(
-                &format!("items[{i}].quantity"),
-                item.quantity,
-                1,
-                QUANTITY_MAX,
-            )?;
-            check_range(
-                &format!("items[{i}].unit_price_cents"),
-                item.unit_price_cents.get(),
-                0,
-                UNIT_PRICE_CENTS_MAX,
-            )?;
-            let line = item
-                .unit_price_cents
-                .checked_mul(item.quantity)
-                .and_then(|l| sum.checked_add(l))
-                .map_err(|_| FieldError::new("total_cents", "the sum of the lines overflows"))?;
-            sum = line;
-        }
-        check_range(
-            "total_cents",
-            self.total_cents.get(),
-            1,
-            ORDER_TOTAL_CENTS_MAX,
+        let lines: Vec<(i64, Cents)> = self
+            .items
+            .iter()
+            .map(|i| (i.quantity, i.unit_price_cents))
+            .collect();
+        check_lines(
+            &lines,
+            ORDER_ITEMS_MAX,
+            "unit_price_cents",
+            ("total_cents", self.total_cents, ORDER_TOTAL_CENTS_MAX),
         )?;
-        if sum != self.total_cents {
-            return Err(FieldError::new(
-                "total_cents",
-                format!("must equal the sum of the lines ({})", sum.get()),
-            ));
-        }
         if let Some(units) = self.voucher_units {
             if self.mode == Mode::Online {
                 return Err(FieldError::new(
@@ -604,6 +681,23 @@ impl RechargeRequest {
             self.amount_cents.get(),
             1,
             RECHARGE_AMOUNT_CENTS_MAX,
+        )
+    }
+}
+
+impl ReturnRequest {
+    /// Checks counts, ranges, and that the amount is the sum of the lines.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let lines: Vec<(i64, Cents)> = self
+            .items
+            .iter()
+            .map(|i| (i.quantity, i.unit_deposit_cents))
+            .collect();
+        check_lines(
+            &lines,
+            RETURN_ITEMS_MAX,
+            "unit_deposit_cents",
+            ("amount_cents", self.amount_cents, RETURN_AMOUNT_CENTS_MAX),
         )
     }
 }
@@ -740,7 +834,7 @@ pub struct Approval {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = i64, nullable = false, minimum = 1, maximum = 100_000_000)]
     pub total_cents: Option<Cents>,
-    /// Top-ups only: the amount credited, in cents.
+    /// Top-ups and deposit returns only: the amount credited, in cents.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = i64, nullable = false, minimum = 1, maximum = 10_000_000)]
     pub amount_cents: Option<Cents>,

@@ -42,6 +42,12 @@ pub enum Command {
         #[serde(default)]
         age_flag: Option<AgeFlag>,
     },
+    /// Arms a deposit return: returnable items (cups) handed back, their deposits credited
+    /// to the card presented next (bars and return stations).
+    Return {
+        /// The items.
+        items: Vec<ReturnCommandItem>,
+    },
     /// A card presented by hand (`--reader simulated`).
     Tap {
         /// Its UID.
@@ -80,6 +86,16 @@ pub struct CommandItem {
     pub unit_price_cents: Option<i64>,
 }
 
+/// One line of a `return` command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnCommandItem {
+    /// A returnable item of the catalog (a product with `returnable`).
+    pub product_id: String,
+    /// 1 to 99.
+    pub quantity: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +112,7 @@ mod tests {
             r#"{"cmd":"quit","x":1}"#,
             r#"{"cmd":"tap","uid":"04A1B2C3","x":1}"#,
             r#"{"cmd":"order","items":[{"product_id":"beer","quantity":1,"x":1}]}"#,
+            r#"{"cmd":"return","items":[{"product_id":"cup","quantity":1,"x":1}]}"#,
         ] {
             let err = serde_json::from_str::<Command>(line).expect_err(line);
             assert!(err.to_string().contains("unknown field"), "{line}: {err}");

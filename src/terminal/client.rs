@@ -279,6 +279,7 @@ impl LedgerClient {
             Operation::Order(r) => ("/v1/orders", serde_json::to_value(r)),
             Operation::Recharge(r) => ("/v1/recharges", serde_json::to_value(r)),
             Operation::Void(r) => ("/v1/voids", serde_json::to_value(r)),
+            Operation::Return(r) => ("/v1/returns", serde_json::to_value(r)),
         };
         let body =
             body.map_err(|e| ClientError::BadAnswer(format!("cannot encode the request: {e}")))?;

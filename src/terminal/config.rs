@@ -53,6 +53,7 @@ struct RawOffline {
     max_order_cents: Option<i64>,
     max_card_exposure_cents: Option<i64>,
     unknown_card_limit_cents: Option<i64>,
+    max_return_payout_cents: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +95,8 @@ pub struct TerminalConfig {
     pub offline_max_card_exposure: Cents,
     /// Offline charges for a card absent from the replica, at most.
     pub offline_unknown_card_limit: Cents,
+    /// Deposit money handed out for returns the ledger has not acknowledged, at most.
+    pub offline_max_return_payout: Cents,
     /// Pause between sync rounds while everything is acknowledged.
     pub sync_interval_ms: u64,
     /// Operations per replay batch.
@@ -127,6 +130,7 @@ impl std::fmt::Debug for TerminalConfig {
                 "offline_unknown_card_limit",
                 &self.offline_unknown_card_limit,
             )
+            .field("offline_max_return_payout", &self.offline_max_return_payout)
             .field("sync_interval_ms", &self.sync_interval_ms)
             .field("sync_batch_max", &self.sync_batch_max)
             .field("reader_backend", &self.reader_backend)
@@ -237,7 +241,7 @@ impl TerminalConfig {
             value_err(
                 f,
                 "[terminal] kind",
-                format!("bar or checkpoint, got {:?}", raw.terminal.kind),
+                format!("bar, checkpoint or return, got {:?}", raw.terminal.kind),
             )
         })?;
         if raw.terminal.journal.as_os_str().is_empty() {
@@ -340,6 +344,13 @@ impl TerminalConfig {
             0,
             OFFLINE_LIMIT_CENTS_MAX,
         )?;
+        let offline_max_return_payout = cents_in(
+            f,
+            "[offline] max_return_payout_cents",
+            o.max_return_payout_cents,
+            5000,
+            OFFLINE_LIMIT_CENTS_MAX,
+        )?;
 
         let s = &raw.sync;
         let sync_interval_ms = ms_in(f, "[sync] interval_ms", s.interval_ms, 2000, 100, 600_000)?;
@@ -407,6 +418,7 @@ impl TerminalConfig {
             offline_max_order,
             offline_max_card_exposure,
             offline_unknown_card_limit,
+            offline_max_return_payout,
             sync_interval_ms,
             sync_batch_max,
             sync_backoff_base_ms,
@@ -444,6 +456,7 @@ mod tests {
         assert_eq!(config.offline_max_order, Cents::new(5000));
         assert_eq!(config.offline_max_card_exposure, Cents::new(10_000));
         assert_eq!(config.offline_unknown_card_limit, Cents::ZERO);
+        assert_eq!(config.offline_max_return_payout, Cents::new(5000));
         assert_eq!(config.sync_batch_max, 500);
         assert_eq!(config.reader_backend, ReaderBackend::Pcsc);
     }
@@ -494,7 +507,7 @@ mod tests {
             (
                 "kind = \"bar\"",
                 "kind = \"kiosk\"",
-                "[terminal] kind: bar or checkpoint",
+                "[terminal] kind: bar, checkpoint or return",
             ),
             (
                 "url = \"http://127.0.0.1:8080\"",

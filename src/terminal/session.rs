@@ -1,5 +1,6 @@
-//! What staff do at the terminal, one command at a time: log in and out, arm an order or a
-//! top-up (checked against the catalog and the ledger's top-up limits) or a balance, present
+//! What staff do at the terminal, one command at a time: log in and out, arm an order (with
+//! its deposits), a top-up (checked against the catalog and the ledger's top-up limits), a
+//! deposit return or a balance, present
 //! a card, void the last approved operation, read the status and the shift, close the shift.
 //!
 //! A tap on an armed order or top-up runs the tap flow ([`super::core::tap`], performed by
@@ -10,6 +11,7 @@
 
 use super::client::LedgerClient;
 use super::config::{ReaderBackend, TerminalConfig};
+use super::core::deposits::order_deposits;
 use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
@@ -20,10 +22,11 @@ use super::tap::{self, Payment, PaymentKind, Tap, append_void};
 use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::protocol::api::{
     ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
-    SHIFT_TOTAL_CENTS_MAX, Scan, TerminalKind, VoidReason, format_time,
+    RETURN_AMOUNT_CENTS_MAX, RETURN_ITEMS_MAX, ReturnItem, SHIFT_TOTAL_CENTS_MAX, Scan,
+    TerminalKind, VoidReason, format_time,
 };
 use crate::protocol::codes::ErrorCode;
-use crate::protocol::commands::{Command, CommandItem};
+use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
 use crate::reader::ReaderEvent;
 use crate::reader::core::{CardType, Feedback};
@@ -285,6 +288,7 @@ impl Session {
                 Ok(Event::LoggedOut)
             }
             Command::Order { items } => self.arm_order(&items),
+            Command::Return { items } => self.arm_return(&items),
             Command::Topup {
                 amount_cents,
                 payment_method,
@@ -314,7 +318,12 @@ impl Session {
 
     /// Refuses with `refusal` unless this terminal is a `kind`.
     fn only_at(&self, kind: TerminalKind, refusal: &str) -> Result<(), Refusal> {
-        if self.config.kind == kind {
+        self.only_at_any(&[kind], refusal)
+    }
+
+    /// Refuses with `refusal` unless this terminal is one of `kinds`.
+    fn only_at_any(&self, kinds: &[TerminalKind], refusal: &str) -> Result<(), Refusal> {
+        if kinds.contains(&self.config.kind) {
             Ok(())
         } else {
             Err(refuse(ErrorCode::WrongTerminalKind, refusal))
@@ -363,7 +372,7 @@ impl Session {
 
     fn arm_order(&mut self, items: &[CommandItem]) -> Answer {
         let staff = self.logged_in()?;
-        self.only_at(TerminalKind::Bar, "a checkpoint terminal does not sell")?;
+        self.only_at(TerminalKind::Bar, "only a bar terminal sells")?;
         if items.is_empty() || items.len() > ORDER_ITEMS_MAX {
             return Err(refuse(
                 ErrorCode::InvalidCommand,
@@ -434,6 +443,45 @@ impl Session {
                 unit_price_cents: unit_price,
             });
         }
+        // Each unit of a product that comes in a returnable item adds that item's deposit,
+        // one line per item after the order's own lines.
+        let deposits = order_deposits(&lines, |id| {
+            let item = catalog
+                .products
+                .iter()
+                .find(|p| &p.product_id == id)?
+                .deposit_product_id
+                .as_ref()?;
+            // A deposit whose item is not on the menu (or no longer returnable) adds
+            // nothing: the ledger's catalog refuses such a product, an old cache may not.
+            let item = catalog
+                .products
+                .iter()
+                .find(|p| &p.product_id == item && p.returnable)?;
+            Some((item.product_id.clone(), item.price_cents))
+        });
+        if lines.len() + deposits.len() > ORDER_ITEMS_MAX {
+            return Err(refuse(
+                ErrorCode::InvalidCommand,
+                format!("an order has 1 to {ORDER_ITEMS_MAX} lines, its deposits included"),
+            ));
+        }
+        for deposit in deposits {
+            within("quantity", deposit.quantity, 1, QUANTITY_MAX)?;
+            let Ok(with_deposit) = deposit
+                .unit_price_cents
+                .checked_mul(deposit.quantity)
+                .and_then(|l| total.checked_add(l))
+            else {
+                return Err(refuse(
+                    ErrorCode::InvalidCommand,
+                    "the total is out of range",
+                ));
+            };
+            total = with_deposit;
+            voucher_prices.push(None);
+            lines.push(deposit);
+        }
         if total < Cents::new(1) {
             return Err(refuse(
                 ErrorCode::InvalidCommand,
@@ -453,6 +501,70 @@ impl Session {
             operation: "order",
             total_cents: Some(total),
             amount_cents: None,
+        })
+    }
+
+    fn arm_return(&mut self, items: &[ReturnCommandItem]) -> Answer {
+        let staff = self.logged_in()?;
+        self.only_at_any(
+            &[TerminalKind::Bar, TerminalKind::Return],
+            "a checkpoint terminal does not take returnable items back",
+        )?;
+        if items.is_empty() || items.len() > RETURN_ITEMS_MAX {
+            return Err(refuse(
+                ErrorCode::InvalidCommand,
+                format!("a return has 1 to {RETURN_ITEMS_MAX} lines"),
+            ));
+        }
+        let Some((catalog, _)) = self.read(|j| j.catalog())? else {
+            return Err(refuse(
+                ErrorCode::NoCatalog,
+                "the catalog has not been received from the ledger yet",
+            ));
+        };
+        let mut lines = Vec::with_capacity(items.len());
+        let mut amount = Cents::ZERO;
+        for item in items {
+            within("quantity", item.quantity, 1, QUANTITY_MAX)?;
+            let Some(product) = ProductId::parse(&item.product_id)
+                .ok()
+                .and_then(|id| catalog.products.iter().find(|p| p.product_id == id))
+                .filter(|p| p.returnable)
+            else {
+                return Err(refuse(
+                    ErrorCode::UnknownProduct,
+                    format!("{} is not a returnable item here", item.product_id),
+                ));
+            };
+            let Ok(sum) = product
+                .price_cents
+                .checked_mul(item.quantity)
+                .and_then(|l| amount.checked_add(l))
+            else {
+                return Err(refuse(
+                    ErrorCode::InvalidCommand,
+                    "the amount is out of range",
+                ));
+            };
+            amount = sum;
+            lines.push(ReturnItem {
+                product_id: product.product_id.clone(),
+                quantity: item.quantity,
+                unit_deposit_cents: product.price_cents,
+            });
+        }
+        within("amount_cents", amount.get(), 1, RETURN_AMOUNT_CENTS_MAX)?;
+        self.armed = Some(Armed::Pay(Payment {
+            staff,
+            kind: PaymentKind::Return {
+                items: lines,
+                amount,
+            },
+        }));
+        Ok(Event::Armed {
+            operation: "return",
+            total_cents: None,
+            amount_cents: Some(amount),
         })
     }
 
@@ -755,6 +867,7 @@ impl Session {
                 unknown_card: self.config.offline_unknown_card_limit,
             },
             balance_max: topup.map(|l| l.balance_max_cents),
+            return_payout_max: self.config.offline_max_return_payout,
         }
     }
 

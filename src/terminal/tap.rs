@@ -14,8 +14,8 @@ use super::journal::{
 };
 use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, MinAge, StaffId, TerminalSeq};
 use crate::protocol::api::{
-    Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, VoidReason,
-    VoidRequest,
+    Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, ReturnItem,
+    ReturnRequest, VoidReason, VoidRequest,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -30,7 +30,7 @@ pub struct Payment {
     pub kind: PaymentKind,
 }
 
-/// An order or a top-up.
+/// An order, a top-up or a deposit return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentKind {
     /// A sale at the bar.
@@ -53,14 +53,22 @@ pub enum PaymentKind {
         /// What staff saw on the holder's ID, set on the card with the top-up.
         age_flag: Option<AgeFlag>,
     },
+    /// Returnable items handed back: their deposits are credited to the card.
+    Return {
+        /// The items, at their deposits from the catalog.
+        items: Vec<ReturnItem>,
+        /// The deposits' total.
+        amount: Cents,
+    },
 }
 
 impl Payment {
-    /// `order` or `topup`, as events name them.
+    /// `order`, `topup` or `return`, as events name them.
     pub fn operation(&self) -> &'static str {
         match self.kind {
             PaymentKind::Order { .. } => "order",
             PaymentKind::Topup { .. } => "topup",
+            PaymentKind::Return { .. } => "return",
         }
     }
 
@@ -68,7 +76,7 @@ impl Payment {
     pub fn total(&self) -> Cents {
         match self.kind {
             PaymentKind::Order { total, .. } => total,
-            PaymentKind::Topup { amount, .. } => amount,
+            PaymentKind::Topup { amount, .. } | PaymentKind::Return { amount, .. } => amount,
         }
     }
 
@@ -76,7 +84,7 @@ impl Payment {
     pub fn min_age(&self) -> Option<MinAge> {
         match self.kind {
             PaymentKind::Order { min_age, .. } => min_age,
-            PaymentKind::Topup { .. } => None,
+            PaymentKind::Topup { .. } | PaymentKind::Return { .. } => None,
         }
     }
 
@@ -96,7 +104,7 @@ impl Payment {
                     voucher_price: *price,
                 })
                 .collect(),
-            PaymentKind::Topup { .. } => Vec::new(),
+            PaymentKind::Topup { .. } | PaymentKind::Return { .. } => Vec::new(),
         }
     }
 
@@ -105,6 +113,7 @@ impl Payment {
         match self.kind {
             PaymentKind::Order { .. } => super::core::tap::Movement::Order,
             PaymentKind::Topup { .. } => super::core::tap::Movement::Topup,
+            PaymentKind::Return { .. } => super::core::tap::Movement::Return,
         }
     }
 
@@ -144,6 +153,16 @@ impl Payment {
                 mode,
                 age_flag: *age_flag,
             }),
+            PaymentKind::Return { items, amount } => Operation::Return(ReturnRequest {
+                client_request_id: crid,
+                terminal_seq: seq,
+                card_uid: uid.clone(),
+                items: items.clone(),
+                amount_cents: *amount,
+                staff_id: self.staff.clone(),
+                created_at: Utc::now(),
+                mode,
+            }),
         }
     }
 
@@ -155,6 +174,7 @@ impl Payment {
                 Cents::ZERO.checked_sub(*total).unwrap_or(Cents::ZERO),
             ),
             PaymentKind::Topup { amount, .. } => (OperationKind::Recharge, *amount),
+            PaymentKind::Return { amount, .. } => (OperationKind::Return, *amount),
         }
     }
 }
@@ -165,6 +185,7 @@ pub fn operation_body(op: &Operation) -> Value {
         Operation::Order(r) => serde_json::to_value(r),
         Operation::Recharge(r) => serde_json::to_value(r),
         Operation::Void(r) => serde_json::to_value(r),
+        Operation::Return(r) => serde_json::to_value(r),
     };
     body.unwrap_or(Value::Null)
 }
@@ -282,13 +303,15 @@ impl<'a> Tap<'a> {
                     j.local_charges(self.uid)?,
                     j.local_voucher_use(self.uid)?,
                     j.has_unacknowledged(self.uid)?,
+                    j.unacknowledged_returns()?,
                 ))
             }) {
-                Ok((card, local_charges, local_vouchers, unacknowledged)) => Input::Card {
+                Ok((card, local_charges, local_vouchers, unacknowledged, returns)) => Input::Card {
                     card: card.map(|(card, _)| card),
                     local_charges,
                     local_vouchers,
                     unacknowledged,
+                    unacknowledged_returns: returns,
                 },
                 Err(e) => {
                     tracing::error!(error = %e, "journal read failed");

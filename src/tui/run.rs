@@ -356,6 +356,8 @@ mod tests {
                 tax_rate_basis_points: Some(1900),
                 min_age: None,
                 open_price_max: None,
+                returnable: false,
+                deposit_product_id: None,
             }],
             vec![StaffItem {
                 staff_id: "s-1".into(),

@@ -180,7 +180,10 @@ fn hint_line(model: &Model) -> String {
         Screen::Login { picked: None, .. } => "number, Enter: who you are  ?: help".into(),
         Screen::Login { .. } => "PIN, then Enter  Esc: back  ?: help".into(),
         Screen::Order { .. } => {
-            "1-9 add  +/- qty  Enter charge  * balance  / void last  Esc clear  ? help".into()
+            "1-9 add  +/- qty  Enter charge  . cups  * balance  / void  Esc clear  ? help".into()
+        }
+        Screen::Returns { .. } => {
+            "1-9 add a cup  +/- qty  Enter credit  * balance  / void  Esc clear/back  ? help".into()
         }
         Screen::OpenPrice { .. } => "digits: price in cents   Enter: add one   Esc: back".into(),
         Screen::Amount { .. } => {
@@ -299,8 +302,11 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 menu,
             );
             let (total, order_lines) = model.order_lines(quantities, prices);
+            // The deposits the daemon adds are shown as lines of their own.
+            let deposits = model.order_deposits(&order_lines);
             let mut lines: Vec<Line<'_>> = order_lines
                 .iter()
+                .chain(&deposits)
                 .map(|(i, q, price)| {
                     let item = &model.menu[*i];
                     let line_total = price.checked_mul(i64::from(*q)).unwrap_or(Cents::ZERO);
@@ -337,6 +343,44 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                     popup,
                 );
             }
+        }
+        Screen::Returns {
+            quantities, cursor, ..
+        } => {
+            let (amount, _) = model.return_lines(quantities);
+            let mut lines: Vec<Line<'_>> = model
+                .returnables()
+                .into_iter()
+                .zip(quantities)
+                .enumerate()
+                .map(|(n, (i, q))| {
+                    let key = if n < 9 {
+                        format!("{}", n + 1)
+                    } else if n == 9 {
+                        "0".into()
+                    } else {
+                        " ".into()
+                    };
+                    let item = &model.menu[i];
+                    let text = format!(
+                        "{key}  {:<18} {:>8}   × {q:>2}",
+                        item.name,
+                        money(item.price)
+                    );
+                    if n == *cursor {
+                        Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
+                    } else {
+                        Line::from(text)
+                    }
+                })
+                .collect();
+            lines.push(Line::from(""));
+            lines.push(Line::from(format!("CREDIT {:>20}", money(amount))).bold());
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::new().borders(Borders::ALL).title(" Cups back ")),
+                area,
+            );
         }
         Screen::Amount {
             digits,
@@ -385,6 +429,9 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                         .map(|f| format!("\nmarks the card {}", age_flag_words(f)))
                         .unwrap_or_default()
                 ),
+                Presenting::Return(amount) => {
+                    format!("+{}  CUPS BACK\n\nPRESENT CARD", money(*amount))
+                }
                 Presenting::Balance => "BALANCE\n\nPRESENT CARD".into(),
             };
             big(frame, area, &text, Color::Cyan, false);
@@ -606,11 +653,21 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
         TerminalKind::Bar => lines.extend(
             [
                 "1-9, 0   add one of product 1-9, 10 (open price: type it)",
+                ".        cups handed back: credit their deposit to a card",
                 "+ / -    one more / one less of the selected product",
                 "16+ 18+  ask for ID: a card marked younger is refused",
                 "↑ / ↓    select a product",
                 "Bksp     remove the selected product",
                 "Enter    charge the order: then present the card",
+            ]
+            .map(str::to_owned),
+        ),
+        TerminalKind::Return => lines.extend(
+            [
+                "1-9, 0   one more of cup kind 1-9, 10 handed back",
+                "+ / -    one more / one less of the selected kind",
+                "↑ / ↓    select a kind",
+                "Enter    credit the deposits: then present the card",
             ]
             .map(str::to_owned),
         ),

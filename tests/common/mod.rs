@@ -243,7 +243,7 @@ pub fn assert_success(what: &str, out: &Output) -> String {
 }
 
 /// The bearer token printed by `terminal add`: alone on the last non-empty stdout line.
-fn token_from(out: &Output) -> String {
+pub fn token_from(out: &Output) -> String {
     let stdout = assert_success("terminal add", out);
     let token = stdout
         .lines()
@@ -975,6 +975,25 @@ pub fn recharge_body(uid: &str, seq: i64, amount_cents: i64, method: &str, mode:
         "amount_cents": amount_cents,
         "payment_method": method,
         "staff_id": CASH_STAFF,
+        "created_at": now_rfc3339(),
+        "mode": mode,
+    })
+}
+
+/// A deposit return by staff s-bar: fresh `client_request_id`, `created_at` now, amount =
+/// sum of the lines. `items`: (product_id, quantity, unit_deposit_cents).
+pub fn return_body(uid: &str, seq: i64, items: &[(&str, i64, i64)], mode: &str) -> Value {
+    let amount: i64 = items.iter().map(|(_, q, p)| q * p).sum();
+    json!({
+        "client_request_id": new_id(),
+        "terminal_seq": seq,
+        "card_uid": uid,
+        "items": items
+            .iter()
+            .map(|(id, q, p)| json!({"product_id": id, "quantity": q, "unit_deposit_cents": p}))
+            .collect::<Vec<_>>(),
+        "amount_cents": amount,
+        "staff_id": BAR_STAFF,
         "created_at": now_rfc3339(),
         "mode": mode,
     })

@@ -165,6 +165,10 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
             ops::post_operation_route::<S>(OpKind::Recharge),
         )
         .route("/v1/voids", ops::post_operation_route::<S>(OpKind::Void))
+        .route(
+            "/v1/returns",
+            ops::post_operation_route::<S>(OpKind::Return),
+        )
         .route("/v1/shifts", post(ops::post_shift::<S>))
         .route(
             "/v1/webhooks/stripe",

@@ -156,6 +156,7 @@ pub(super) enum OpKind {
     Order,
     Recharge,
     Void,
+    Return,
 }
 
 impl OpKind {
@@ -164,6 +165,7 @@ impl OpKind {
             OpKind::Order => Action::Order,
             OpKind::Recharge => Action::Recharge,
             OpKind::Void => Action::Void,
+            OpKind::Return => Action::Return,
         }
     }
 }
@@ -183,6 +185,7 @@ pub(super) fn parse_operation(kind: OpKind, bytes: &[u8]) -> Result<Operation, A
         OpKind::Order => Operation::Order(parse_typed(bytes)?),
         OpKind::Recharge => Operation::Recharge(parse_typed(bytes)?),
         OpKind::Void => Operation::Void(parse_typed(bytes)?),
+        OpKind::Return => Operation::Return(parse_typed(bytes)?),
     };
     check_ranges(&op)?;
     Ok(op)
@@ -193,6 +196,7 @@ fn check_ranges(op: &Operation) -> Result<(), ApiError> {
         Operation::Order(r) => r.validate(),
         Operation::Recharge(r) => r.validate(),
         Operation::Void(r) => r.validate(),
+        Operation::Return(r) => r.validate(),
     }
     .map_err(ApiError::invalid_field)
 }
@@ -202,6 +206,7 @@ fn validated(kind: OpKind, value: Value) -> Result<Operation, ApiError> {
         OpKind::Order => Operation::Order(parse_value(value)?),
         OpKind::Recharge => Operation::Recharge(parse_value(value)?),
         OpKind::Void => Operation::Void(parse_value(value)?),
+        OpKind::Return => Operation::Return(parse_value(value)?),
     };
     check_ranges(&op)?;
     Ok(op)
@@ -261,7 +266,7 @@ pub(super) fn batch_operations(
 }
 
 /// Parses one operation of a batch (or of a terminal's journal export) from its JSON text:
-/// `{"type": "order" | "recharge" | "void", ...the operation's body...}`. Repeated keys,
+/// `{"type": "order" | "recharge" | "void" | "return", ...the operation's body...}`. Repeated keys,
 /// unknown fields and out-of-range values get the 400 they deserve.
 pub fn parse_batch_entry(raw: &str) -> Result<Operation, ApiError> {
     parse_json::<Value>(raw.as_bytes()).and_then(batch_entry)
@@ -279,10 +284,11 @@ fn batch_entry(value: Value) -> Result<Operation, ApiError> {
         Some(Value::String(t)) if t == "order" => OpKind::Order,
         Some(Value::String(t)) if t == "recharge" => OpKind::Recharge,
         Some(Value::String(t)) if t == "void" => OpKind::Void,
+        Some(Value::String(t)) if t == "return" => OpKind::Return,
         _ => {
             return Err(ApiError::invalid_field(FieldError {
                 field: "type".into(),
-                message: "must be order, recharge or void".into(),
+                message: "must be order, recharge, void or return".into(),
             }));
         }
     };

@@ -61,9 +61,16 @@
 //! flagged `VOUCHERS_OVERDRAWN` past the card's), and the balance check is on the money
 //! left. What vouchers pay has no posting, no revenue and no VAT.
 //!
+//! **Deposits.** A line of a returnable item (a product with `returnable`: a cup) is a
+//! deposit, not a sale: it records neither net nor tax, and its money goes to the
+//! `deposits` liability account. A deposit return (`return`) credits the items' deposits
+//! to the card (`rules::decide_return`); a void reverses it like a top-up (the terminal voids
+//! a return whose answer it never got before it decides offline).
+//!
 //! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −money and,
 //! per rate in byte order of its name, `revenue:<point of sale>:<rate>` +net and
-//! `vat:<rate>` +tax (amounts of zero are not posted); a top-up `card:<UID>` +amount and `cash:<point of
+//! `vat:<rate>` +tax (amounts of zero are not posted), then `deposits` +its deposit lines'
+//! money; a deposit return `card:<UID>` +amount and `deposits` −amount; a top-up `card:<UID>` +amount and `cash:<point of
 //! sale>` or `card_payments:<point of sale>` −amount; a void the target's postings reversed;
 //! Stripe credits and refunds post against `stripe_clearing`. Every transaction's postings
 //! sum to zero.
@@ -80,11 +87,15 @@ use crate::ledger::outcome::{Outcome, StoredAnswer};
 pub use crate::ledger::rules::CatalogEntry;
 use crate::ledger::rules::{CardState, Limits};
 use crate::protocol::api::{
-    Flag, OrderRequest, PaymentMethod, RechargeRequest, ShiftCloseout, VoidRequest,
+    Flag, OrderRequest, PaymentMethod, RechargeRequest, ReturnRequest, ShiftCloseout, VoidRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+/// The liability of deposits on returnable items out with attendees: an order's deposit
+/// lines credit it, a return debits it.
+pub const DEPOSITS: &str = "deposits";
 
 /// The account Stripe's money sits in until it is paid out: credits post against it.
 pub const STRIPE_CLEARING: &str = "stripe_clearing";
@@ -141,6 +152,8 @@ pub enum TargetKind {
     Order,
     /// A top-up paid this way.
     Recharge(PaymentMethod),
+    /// A deposit return.
+    Return,
 }
 
 /// An applied order or top-up that a void can reverse.
@@ -174,7 +187,7 @@ pub enum VoidTarget {
     Void,
     /// A shift close-out.
     Shift,
-    /// An applied order or top-up.
+    /// An applied order, top-up or deposit return.
     Applied(Target),
 }
 
@@ -292,6 +305,9 @@ pub struct OrderLine {
     pub voucher_quantity: i64,
     /// The voucher units they took.
     pub voucher_units: i64,
+    /// A returnable item's line: the money that is a deposit, not a sale (`net` and `tax`
+    /// are then 0); `None` for a sale.
+    pub deposit: Option<Cents>,
 }
 
 /// The operation's own rows.
@@ -322,6 +338,17 @@ pub enum Row<'a> {
         request: &'a RechargeRequest,
         /// Balances and flags.
         balances: Balances,
+    },
+    /// `deposit_returns` and `deposit_return_items`.
+    Return {
+        /// The transaction.
+        transaction_id: Uuid,
+        /// The request.
+        request: &'a ReturnRequest,
+        /// Balances and flags.
+        balances: Balances,
+        /// Per line: the catalog's deposit when the terminal credited another.
+        catalog_deposits: Vec<Option<Cents>>,
     },
     /// `voids`, and the target marked `voided_by` when it was applied.
     Void {

@@ -2,16 +2,16 @@
 //! checks in the contract's order, then the plan of writes (see the module above).
 
 use super::{
-    Balances, CardWrite, CatalogEntry, Context, FlowError, KeyRecord, LogEntry, OrderLine, Plan,
-    Reads, Row, StoredKey, Target, TargetKind, VoidTarget, Writes, card_account, funding_account,
-    new_transaction_id, revenue_account, vat_account,
+    Balances, CardWrite, CatalogEntry, Context, DEPOSITS, FlowError, KeyRecord, LogEntry,
+    OrderLine, Plan, Reads, Row, StoredKey, Target, TargetKind, VoidTarget, Writes, card_account,
+    funding_account, new_transaction_id, revenue_account, vat_account,
 };
 use crate::domain::{CardUid, Cents, ProductId, TaxRateName, split_gross};
 use crate::ledger::outcome::{self, Answer, Outcome};
 use crate::ledger::rules::{self, Action, BalanceChange, KeyCheck};
 use crate::protocol::api::{
-    ApiError, Approval, Mode, Operation, OrderRequest, RechargeRequest, ShiftCloseout,
-    ShiftRecorded, VoidOutcome, VoidRequest, format_time,
+    ApiError, Approval, Mode, Operation, OrderRequest, RechargeRequest, ReturnRequest,
+    ShiftCloseout, ShiftRecorded, VoidOutcome, VoidRequest, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -39,6 +39,7 @@ pub fn action_of(op: &Operation) -> Action {
         Operation::Order(_) => Action::Order,
         Operation::Recharge(_) => Action::Recharge,
         Operation::Void(_) => Action::Void,
+        Operation::Return(_) => Action::Return,
     }
 }
 
@@ -106,6 +107,7 @@ pub fn decide_operation<'a, R: Reads>(
         Operation::Order(r) => order(reads, ctx, r)?,
         Operation::Recharge(r) => recharge(ctx, r, reads.card(&r.card_uid)?)?,
         Operation::Void(r) => void(reads, ctx, r)?,
+        Operation::Return(r) => deposit_return(reads, ctx, r)?,
     };
     let (applied, declined) = match decided {
         Ok(applied) => (Some(applied), None),
@@ -200,6 +202,22 @@ fn approval(
 
 type Decided<'a> = Result<Applied<'a>, ApiError>;
 
+/// The catalog entries of `products` on sale at `point_of_sale` (a product not on sale there
+/// is absent).
+fn catalog_of<'p, R: Reads>(
+    reads: &R,
+    point_of_sale: &str,
+    products: impl Iterator<Item = &'p ProductId>,
+) -> Result<HashMap<&'p ProductId, CatalogEntry>, R::Error> {
+    let mut catalog = HashMap::new();
+    for product in products {
+        if let Some(entry) = reads.catalog_product(point_of_sale, product)? {
+            catalog.insert(product, entry);
+        }
+    }
+    Ok(catalog)
+}
+
 fn order<'a, R: Reads>(
     reads: &R,
     ctx: &Context<'_>,
@@ -207,12 +225,7 @@ fn order<'a, R: Reads>(
 ) -> Result<Decided<'a>, R::Error> {
     let card = reads.card(&r.card_uid)?;
     let pos = &ctx.terminal.point_of_sale;
-    let mut catalog: HashMap<&ProductId, CatalogEntry> = HashMap::new();
-    for item in &r.items {
-        if let Some(entry) = reads.catalog_product(pos, &item.product_id)? {
-            catalog.insert(&item.product_id, entry);
-        }
-    }
+    let catalog = catalog_of(reads, pos, r.items.iter().map(|i| &i.product_id))?;
     let decision = match rules::decide_order(r, card, |p| catalog.get(p)) {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
@@ -242,7 +255,16 @@ fn order<'a, R: Reads>(
                 .unit_price_cents
                 .checked_mul(item.quantity - voucher_quantity)
                 .map_err(FlowError::new)?;
-            let split = split_gross(money, tax_rate.basis_points);
+            // A returnable item's money is a deposit: no sale, no VAT.
+            let deposit = entry.is_some_and(|e| e.returnable).then_some(money);
+            let split = split_gross(
+                if deposit.is_some() {
+                    Cents::ZERO
+                } else {
+                    money
+                },
+                tax_rate.basis_points,
+            );
             let voucher_units = entry
                 .and_then(|e| e.voucher_price)
                 .map_or(0, |price| price * voucher_quantity);
@@ -254,6 +276,7 @@ fn order<'a, R: Reads>(
                 tax: split.tax,
                 voucher_quantity: *voucher_quantity,
                 voucher_units,
+                deposit,
             })
         })
         .collect::<Result<Vec<_>, FlowError>>()?;
@@ -289,13 +312,19 @@ fn order<'a, R: Reads>(
 }
 
 /// An order's postings besides the card's: per VAT rate, in byte order of its name, the net
-/// to `revenue:<point of sale>:<rate>` and the tax to `vat:<rate>`, amounts of zero left out.
+/// to `revenue:<point of sale>:<rate>` and the tax to `vat:<rate>`, then its deposit lines'
+/// money to `deposits`; amounts of zero left out.
 pub fn order_postings(
     point_of_sale: &str,
     lines: &[OrderLine],
 ) -> Result<Vec<(String, Cents)>, FlowError> {
     let mut by_rate: BTreeMap<&TaxRateName, (Cents, Cents)> = BTreeMap::new();
+    let mut deposits = Cents::ZERO;
     for line in lines {
+        if let Some(money) = line.deposit {
+            deposits = deposits.checked_add(money).map_err(FlowError::new)?;
+            continue;
+        }
         let sums = by_rate
             .entry(&line.tax_rate.name)
             .or_insert((Cents::ZERO, Cents::ZERO));
@@ -310,6 +339,9 @@ pub fn order_postings(
         if tax != Cents::ZERO {
             postings.push((vat_account(rate), tax));
         }
+    }
+    if deposits != Cents::ZERO {
+        postings.push((DEPOSITS.to_owned(), deposits));
     }
     Ok(postings)
 }
@@ -351,6 +383,47 @@ fn recharge<'a>(
     }))
 }
 
+fn deposit_return<'a, R: Reads>(
+    reads: &R,
+    ctx: &Context<'_>,
+    r: &'a ReturnRequest,
+) -> Result<Decided<'a>, R::Error> {
+    let pos = &ctx.terminal.point_of_sale;
+    let catalog = catalog_of(reads, pos, r.items.iter().map(|i| &i.product_id))?;
+    let card = reads.card(&r.card_uid)?;
+    let decision = match rules::decide_return(r, card, |p| catalog.get(p), ctx.limits) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let change = &decision.change;
+    let transaction_id = new_transaction_id();
+    Ok(Ok(Applied {
+        transaction_id,
+        card: card_write(&r.card_uid, change),
+        postings: vec![
+            (card_account(&r.card_uid), r.amount_cents),
+            (DEPOSITS.to_owned(), neg(r.amount_cents)?),
+        ],
+        card_uid: Some(r.card_uid.clone()),
+        amount: Some(r.amount_cents),
+        outcome: "approved",
+        answer: approval(
+            ctx,
+            transaction_id,
+            (&r.client_request_id, &r.card_uid),
+            (None, Some(r.amount_cents)),
+            change,
+            None,
+        ),
+        row: Row::Return {
+            transaction_id,
+            request: r,
+            balances: balances(change),
+            catalog_deposits: decision.catalog_deposits,
+        },
+    }))
+}
+
 fn invalid_target(message: &str) -> ApiError {
     ApiError::with_details(
         ErrorCode::InvalidRequest,
@@ -359,12 +432,13 @@ fn invalid_target(message: &str) -> ApiError {
     )
 }
 
-/// What goes back to the card when `t` is reversed (+ for an order, − for a top-up), and
+/// What goes back to the card when `t` is reversed (+ for an order, − for a top-up or a
+/// deposit return), and
 /// its postings reversed, in their order.
 fn reversal_of(t: &Target) -> Result<(Cents, Vec<(String, Cents)>), FlowError> {
     let delta = match t.kind {
         TargetKind::Order => t.amount,
-        TargetKind::Recharge(_) => neg(t.amount)?,
+        TargetKind::Recharge(_) | TargetKind::Return => neg(t.amount)?,
     };
     let postings = t
         .postings
@@ -488,6 +562,15 @@ fn log_entry(
             if let (Some(flag), Some(m)) = (r.age_flag, details.as_object_mut()) {
                 m.insert("age_flag".into(), flag.as_str().into());
             }
+            (Some(r.card_uid.clone()), Some(r.amount_cents), details)
+        }
+        Operation::Return(r) => {
+            let items: Vec<_> = r
+                .items
+                .iter()
+                .map(|i| json!({ "product_id": i.product_id.as_str(), "quantity": i.quantity }))
+                .collect();
+            let details = json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get(), "items": items });
             (Some(r.card_uid.clone()), Some(r.amount_cents), details)
         }
         Operation::Void(r) => {

@@ -12,8 +12,8 @@
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{
     Approval, BATCH_OPERATIONS_MAX, CardStatus, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, OrderRequest,
-    RechargeRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole, TerminalKind,
-    VoidOutcome, VoidRequest,
+    RechargeRequest, ReturnRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole,
+    TerminalKind, VoidOutcome, VoidRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -84,8 +84,8 @@ is refused with 413 `PAYLOAD_TOO_LARGE`.\n\n\
 `NOT_FOUND` (unknown route) or 405 `METHOD_NOT_ALLOWED` (known route, other method). \
 `DATABASE_ERROR` (503), `SERVER_ERROR` (500) and `DUPLICATE_REQUEST` (409) are retryable with \
 the same body.\n\n\
-**Idempotency.** Every POST that changes money (`/v1/orders`, `/v1/recharges`, `/v1/voids`, \
-and each operation of `/v1/batch`) and `/v1/shifts` is idempotent on its `client_request_id`; \
+**Idempotency.** Every POST that changes money (`/v1/orders`, `/v1/recharges`, `/v1/returns`, \
+`/v1/voids`, and each operation of `/v1/batch`) and `/v1/shifts` is idempotent on its `client_request_id`; \
 see those operations.";
 
 /// The whole document.
@@ -93,6 +93,7 @@ pub fn document() -> OpenApi {
     let mut schemas = Vec::new();
     add::<OrderRequest>(&mut schemas);
     add::<RechargeRequest>(&mut schemas);
+    add::<ReturnRequest>(&mut schemas);
     add::<VoidRequest>(&mut schemas);
     add::<ShiftCloseout>(&mut schemas);
     add::<ShiftRecorded>(&mut schemas);
@@ -331,6 +332,17 @@ mod tests {
                 RECHARGE_AMOUNT_CENTS_MAX,
             ),
             (
+                prop("ReturnRequest", "amount_cents"),
+                1,
+                RETURN_AMOUNT_CENTS_MAX,
+            ),
+            (prop("ReturnItem", "quantity"), 1, QUANTITY_MAX),
+            (
+                prop("ReturnItem", "unit_deposit_cents"),
+                0,
+                UNIT_PRICE_CENTS_MAX,
+            ),
+            (
                 prop("ShiftCloseout", "cash_cents"),
                 0,
                 SHIFT_TOTAL_CENTS_MAX,
@@ -373,6 +385,10 @@ mod tests {
             (Some(1), Some(ORDER_ITEMS_MAX as u64))
         );
         assert_eq!(
+            items("ReturnRequest", "items"),
+            (Some(1), Some(RETURN_ITEMS_MAX as u64))
+        );
+        assert_eq!(
             items("ScanUpload", "scans"),
             (Some(1), Some(SCANS_MAX as u64))
         );
@@ -392,6 +408,8 @@ mod tests {
         for name in [
             "OrderRequest",
             "RechargeRequest",
+            "ReturnRequest",
+            "ReturnItem",
             "VoidRequest",
             "ShiftCloseout",
             "Scan",
@@ -408,6 +426,7 @@ mod tests {
             ("BatchOrder", "OrderRequest", "order"),
             ("BatchRecharge", "RechargeRequest", "recharge"),
             ("BatchVoid", "VoidRequest", "void"),
+            ("BatchReturn", "ReturnRequest", "return"),
         ] {
             let e = &schemas[entry];
             let r = &schemas[request];
@@ -468,9 +487,11 @@ mod tests {
         recharge.validate().unwrap();
         let void: VoidRequest = serde_json::from_str(&example("VoidRequest")).unwrap();
         void.validate().unwrap();
+        let cups: ReturnRequest = serde_json::from_str(&example("ReturnRequest")).unwrap();
+        cups.validate().unwrap();
         let shift = crate::ledger::api::parse_shift_closeout(example("ShiftCloseout").as_bytes());
         assert!(shift.is_ok(), "{shift:?}");
-        for entry in ["BatchOrder", "BatchRecharge", "BatchVoid"] {
+        for entry in ["BatchOrder", "BatchRecharge", "BatchVoid", "BatchReturn"] {
             let op = crate::ledger::api::parse_batch_entry(&example(entry));
             assert!(op.is_ok(), "{entry}: {op:?}");
         }

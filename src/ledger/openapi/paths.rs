@@ -128,7 +128,8 @@ impl Op {
     }
 }
 
-/// An operation of a batch: the body of `POST /v1/orders`, `/v1/recharges` or `/v1/voids`
+/// An operation of a batch: the body of `POST /v1/orders`, `/v1/recharges`, `/v1/voids` or
+/// `/v1/returns`
 /// with a `type` naming which, derived from the request type.
 pub(super) fn batch_entry<T: ToSchema>(kind: &str) -> RefOr<Schema> {
     let mut schema = T::schema();
@@ -161,6 +162,11 @@ pub(super) fn batch_schemas() -> Vec<(String, RefOr<Schema>)> {
             batch_entry::<RechargeRequest>("recharge"),
         ),
         ("void", "BatchVoid", batch_entry::<VoidRequest>("void")),
+        (
+            "return",
+            "BatchReturn",
+            batch_entry::<ReturnRequest>("return"),
+        ),
     ];
     let mut one_of = OneOfBuilder::new()
         .description(Some("One operation of a batch, selected by `type`."))
@@ -216,7 +222,7 @@ pub(super) fn operations() -> Vec<Op> {
     vec![
         Op::new(Post, "/v1/orders", "createOrder", "operations", "Charge a card for a bar order")
             .describe(format!(
-                "Bar terminals only (a checkpoint terminal gets 403).\n\n\
+                "Bar terminals only (a checkpoint terminal or return station gets 403).\n\n\
                  `items`: 1 to 50 lines, `quantity` 1 to 99, and `total_cents` must equal the \
                  sum of the lines.\n\n\
                  `mode: \"online\"`: the terminal waits for the decision. Declined with 404 \
@@ -253,7 +259,7 @@ pub(super) fn operations() -> Vec<Op> {
             .usual(),
         Op::new(Post, "/v1/recharges", "createRecharge", "operations", "Top up a card at a checkpoint")
             .describe(format!(
-                "Checkpoint terminals only (a bar terminal gets 403). `payment_method` is \
+                "Checkpoint terminals only (a bar terminal or return station gets 403). `payment_method` is \
                  `cash` or `card`. The staff member must exist, be active (online top-ups) and \
                  have the role `cashier` or `supervisor`.\n\n\
                  An unknown card is created (flag `CARD_CREATED`). Online top-ups beyond the \
@@ -273,7 +279,33 @@ pub(super) fn operations() -> Vec<Op> {
             .answer("422", stored("`LIMIT_EXCEEDED` (online only): the amount is above the per-top-up limit or the resulting balance would be above the maximum balance; `details.limit`, `details.limit_cents` (stored under the key). `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::LimitExceeded, C::IdempotencyKeyReused])))
             .answer("423", stored("`CARD_BLOCKED` (online only): the card is blocked as lost (a card blocked for debt can be topped up). Stored under the key.", error_schema(&[C::CardBlocked])))
             .usual(),
-        Op::new(Post, "/v1/voids", "createVoid", "operations", "Reverse an order or top-up by its client_request_id")
+        Op::new(Post, "/v1/returns", "createReturn", "operations", "Credit the deposits of returnable items handed back")
+            .describe(format!(
+                "Bar terminals and return stations (a checkpoint gets 403). Returnable items \
+                 (cups) handed back: each line names a returnable item of the terminal's \
+                 point of sale, how many, and the deposit credited per item; `amount_cents` is \
+                 their sum. The staff member must exist, be active (online returns) and have \
+                 the role `bar` or `supervisor`.\n\n\
+                 An unknown card is created (flag `CARD_CREATED`). Online: an item that is not \
+                 returnable here is declined with 422 `UNKNOWN_PRODUCT`, a deposit other than \
+                 the catalog's with 422 `PRICE_MISMATCH`, a card blocked as lost with 423, a \
+                 balance past the maximum with 422 `LIMIT_EXCEEDED`. Offline (the terminal \
+                 already credited): applied as sent, a difference from the catalog flagged \
+                 `PRICE_DIFFERS_FROM_CATALOG`, a balance past the maximum `LIMIT_EXCEEDED`. \
+                 Posted `card:<UID>` +amount, `deposits` -amount; a void reverses it.\n\n\
+                 {IDEMPOTENCY}"
+            ))
+            .param(idempotency_key())
+            .body(Ref::from_schema_name(ReturnRequest::name()), "The items handed back.")
+            .answer("201", stored("Applied (or the stored approval, replayed): the approval with `amount_cents` instead of `total_cents`.", Ref::from_schema_name(Approval::name())))
+            .shared("400", "BadRequest")
+            .answer("403", error("`FORBIDDEN`: the terminal is a checkpoint, or the staff member does not exist, is inactive (online returns only) or lacks the role `bar` or `supervisor`.", &[C::Forbidden]))
+            .answer("409", error("`OPERATION_VOIDED`: this `client_request_id` was voided before it arrived (tombstone); `DUPLICATE_REQUEST`: the same key is being processed right now, retry later.", &[C::OperationVoided, C::DuplicateRequest]))
+            .shared("413", "PayloadTooLarge")
+            .answer("422", stored("`UNKNOWN_PRODUCT` / `PRICE_MISMATCH` (online only): an item that is not returnable at this point of sale, or a deposit other than its price; `LIMIT_EXCEEDED` (online only): the resulting balance would be above the maximum balance (all stored under the key). `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::UnknownProduct, C::PriceMismatch, C::LimitExceeded, C::IdempotencyKeyReused])))
+            .answer("423", stored("`CARD_BLOCKED` (online only): the card is blocked as lost. Stored under the key.", error_schema(&[C::CardBlocked])))
+            .usual(),
+        Op::new(Post, "/v1/voids", "createVoid", "operations", "Reverse an order, top-up or deposit return by its client_request_id")
             .describe(format!(
                 "Any terminal kind, but only for the terminal's own operations (403 \
                  otherwise); any staff member known to the ledger (a void settles what already \
@@ -281,7 +313,8 @@ pub(super) fn operations() -> Vec<Op> {
                  refunds, staff errors, and by a terminal to settle an *in doubt* online \
                  attempt (sent, but no answer received).\n\n\
                  Target applied: reversed in full, 201 `voided` with the new balance \
-                 (`refunded_cents` is positive for an order, negative for a top-up; a card \
+                 (`refunded_cents` is positive for an order, negative for a top-up or a \
+                 deposit return; a card \
                  going below zero is blocked for debt, a credit bringing a debt-blocked card \
                  back to zero or above unblocks it). Target unknown or declined: a tombstone is \
                  stored, 201 `tombstoned`; it refuses the target only when that arrives from \

@@ -102,6 +102,13 @@ pub(super) struct Product {
     /// it (an order uses the card's vouchers first).
     #[schema(required = true, minimum = 1, maximum = 100)]
     voucher_price: Option<i64>,
+    /// True for a returnable item (a cup): its price is a deposit, not a sale (no VAT), and
+    /// handed back (`POST /v1/returns`) it is credited to a card.
+    returnable: bool,
+    /// Null, or the returnable item this product comes in (a product id of the same point of
+    /// sale): a terminal adds one of it, at its price, per unit sold.
+    #[schema(required = true, value_type = Option<String>, example = "cup")]
+    deposit_product_id: Option<String>,
 }
 
 /// The products on sale at the calling terminal's point of sale (`GET /v1/catalog`).
@@ -111,7 +118,8 @@ pub(super) struct Product {
     "point_of_sale": "Main Bar", "currency": "EUR",
     "products": [{"product_id": "beer-05", "name": "Beer 0.5 l", "price_cents": 450, "category": "drinks",
                   "tax_rate": "standard", "tax_rate_basis_points": 1900, "min_age": 16,
-                  "open_price_max_cents": null, "voucher_price": 1}]
+                  "open_price_max_cents": null, "voucher_price": 1, "returnable": false,
+                  "deposit_product_id": "cup"}]
 })))]
 pub(super) struct Catalog {
     /// The terminal's point of sale.

@@ -151,6 +151,11 @@ pub struct Product {
     pub open_price_max_cents: Option<Cents>,
     /// Voucher units one unit costs when vouchers pay it; `None`: money only.
     pub voucher_price: Option<i64>,
+    /// A returnable item (a cup): its price is a deposit, credited back when it returns.
+    pub returnable: bool,
+    /// The returnable item it comes in (a product of the same point of sale with
+    /// `returnable`): the terminal adds one per unit sold.
+    pub deposit_product_id: Option<ProductId>,
 }
 
 /// A product as the catalog feed shows it, its VAT rate resolved.
@@ -175,6 +180,11 @@ pub struct CatalogProduct {
     pub open_price_max_cents: Option<Cents>,
     /// Voucher units one unit costs when vouchers pay it; `None`: money only.
     pub voucher_price: Option<i64>,
+    /// A returnable item (a cup): its price is a deposit, credited back when it returns.
+    pub returnable: bool,
+    /// The returnable item it comes in (a product of the same point of sale with
+    /// `returnable`): the terminal adds one per unit sold.
+    pub deposit_product_id: Option<ProductId>,
 }
 
 impl CatalogProduct {
@@ -200,6 +210,8 @@ impl CatalogProduct {
             min_age: product.min_age,
             open_price_max_cents: product.open_price_max_cents,
             voucher_price: product.voucher_price,
+            returnable: product.returnable,
+            deposit_product_id: product.deposit_product_id,
         })
     }
 }
@@ -273,6 +285,8 @@ pub fn product_log_details(p: &ProductUpsert) -> serde_json::Value {
         "min_age": p.product.min_age.map(MinAge::years),
         "open_price_max_cents": p.product.open_price_max_cents.map(Cents::get),
         "voucher_price": p.product.voucher_price,
+        "returnable": p.product.returnable,
+        "deposit_product_id": p.product.deposit_product_id.as_ref().map(ProductId::as_str),
     })
 }
 
@@ -445,6 +459,47 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// One returnable item in the deposit report: what went out with orders (not voided), what
+/// came back in deposit returns (not voided), and what is still out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DepositLine {
+    /// The returnable item's product id (the same item at every point of sale).
+    pub product_id: String,
+    /// Items sold with orders.
+    pub out_quantity: i64,
+    /// Their deposits.
+    pub out_cents: Cents,
+    /// Items handed back.
+    pub returned_quantity: i64,
+    /// The deposits credited for them.
+    pub returned_cents: Cents,
+}
+
+impl DepositLine {
+    /// Items still out with attendees (negative: more came back than went out, e.g. cups
+    /// of another festival).
+    pub fn outstanding_quantity(&self) -> i64 {
+        self.out_quantity.saturating_sub(self.returned_quantity)
+    }
+
+    /// The deposits still owed for them.
+    pub fn outstanding_cents(&self) -> Cents {
+        self.out_cents
+            .checked_sub(self.returned_cents)
+            .unwrap_or(Cents::ZERO)
+    }
+}
+
+/// The deposits on returnable items: per item, and the `deposits` account's balance, which
+/// `audit` proves equal to the lines' outstanding total.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DepositReport {
+    /// Per returnable item, by product id.
+    pub items: Vec<DepositLine>,
+    /// The sum of the `deposits` account's postings: what is owed back.
+    pub account_cents: Cents,
+}
+
 /// What headquarters reads: the books' audit and the shift reports.
 pub trait ReportStore: Clone + Send + Sync + 'static {
     /// Proves the books balance, or lists every discrepancy.
@@ -456,6 +511,9 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
         &self,
         terminal_name: Option<String>,
     ) -> impl Future<Output = Result<Vec<ShiftReport>, StoreError>> + Send;
+
+    /// The deposits on returnable items: out, returned and outstanding per item.
+    fn deposit_report(&self) -> impl Future<Output = Result<DepositReport, StoreError>> + Send;
 }
 
 /// Stripe webhook events.
@@ -597,6 +655,7 @@ delegate!(AdminStore {
 delegate!(ReportStore {
     audit() -> AuditReport;
     shift_reports(terminal_name: Option<String>) -> Vec<ShiftReport>;
+    deposit_report() -> DepositReport;
 });
 
 delegate!(StripeStore {

@@ -55,6 +55,8 @@ db_enum!(
         Recharge => "recharge",
         /// A void or refund of an earlier operation (`POST /v1/voids`).
         Void => "void",
+        /// Returnable items handed back, their deposits credited (`POST /v1/returns`).
+        Return => "return",
     }
 );
 

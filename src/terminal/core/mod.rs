@@ -6,6 +6,7 @@
 //! unit tests.
 
 pub mod charges;
+pub mod deposits;
 pub mod entry;
 pub mod login;
 pub mod online;

@@ -45,6 +45,9 @@ use crate::protocol::codes::ErrorCode;
 pub const JOURNAL_UNAVAILABLE: &str = ErrorCode::JournalUnavailable.as_str();
 /// The reason shown when an offline top-up would take the card past the balance limit.
 pub const LIMIT_EXCEEDED: &str = ErrorCode::LimitExceeded.as_str();
+/// The reason shown when an offline deposit return would take this terminal's unacknowledged
+/// returns past `[offline] max_return_payout_cents`.
+pub const OFFLINE_LIMIT: &str = ErrorCode::OfflineLimit.as_str();
 /// The reason shown when the card's age flag forbids a product of the order.
 pub const AGE_RESTRICTED: &str = ErrorCode::AgeRestricted.as_str();
 /// The reason shown if the flow is fed an input it did not ask for (a bug in an adapter).
@@ -57,6 +60,8 @@ pub enum Movement {
     Order,
     /// A top-up of `total`: the card is credited.
     Topup,
+    /// A deposit return of `total`: returnable items handed back, the card is credited.
+    Return,
 }
 
 /// What the flow needs to decide offline.
@@ -64,9 +69,12 @@ pub enum Movement {
 pub struct FlowLimits {
     /// The offline policy's limits for orders.
     pub offline: OfflineLimits,
-    /// The ledger's maximum card balance, when known: an offline top-up that would pass it
-    /// on a card whose balance the replica knows is declined.
+    /// The ledger's maximum card balance, when known: an offline top-up or deposit return
+    /// that would pass it on a card whose balance the replica knows is declined.
     pub balance_max: Option<Cents>,
+    /// The most deposit money this terminal hands out that the ledger has not acknowledged
+    /// (`[offline] max_return_payout_cents`): a return offline is declined past it.
+    pub return_payout_max: Cents,
 }
 
 /// The ledger's answer to the online attempt, as far as the flow needs it.
@@ -144,6 +152,9 @@ pub enum Input {
         /// This terminal has operations on the card that the ledger has not acknowledged
         /// (pending, being sent, or in doubt).
         unacknowledged: bool,
+        /// The deposit money this terminal credited, on any card, that the ledger has not
+        /// acknowledged (its returns pending, being sent or in doubt).
+        unacknowledged_returns: Cents,
     },
 }
 
@@ -317,9 +328,15 @@ impl TapFlow {
                     card,
                     local_charges,
                     local_vouchers,
+                    unacknowledged_returns,
                     ..
                 },
-            ) => match self.decide_offline(card, local_charges, local_vouchers) {
+            ) => match self.decide_offline(
+                card,
+                local_charges,
+                local_vouchers,
+                unacknowledged_returns,
+            ) {
                 Ok((balance, money, vouchers)) => (
                     State::JournalingOffline { balance, vouchers },
                     Step::JournalOffline { money, vouchers },
@@ -444,6 +461,7 @@ impl TapFlow {
         card: Option<ReplicaCard>,
         local_charges: Cents,
         local_vouchers: i64,
+        unacknowledged_returns: Cents,
     ) -> Result<(Option<Cents>, Cents, i64), &'static str> {
         let (signed, money, vouchers) = match self.movement {
             Movement::Order => {
@@ -468,6 +486,18 @@ impl TapFlow {
             // Money received at the checkpoint is recorded, unless it takes a card whose
             // balance is known past the festival's maximum.
             Movement::Topup => (self.total, self.total, 0),
+            // Deposit money handed out offline is bounded per terminal: the items are in
+            // staff's hands, but the ledger has not seen them, so a fraud or a mistake costs
+            // at most the limit until the next sync.
+            Movement::Return => {
+                let handed_out = unacknowledged_returns
+                    .checked_add(self.total)
+                    .map_err(|_| OFFLINE_LIMIT)?;
+                if handed_out > self.limits.return_payout_max {
+                    return Err(OFFLINE_LIMIT);
+                }
+                (self.total, self.total, 0)
+            }
         };
         let after = card.and_then(|c| {
             c.balance
@@ -475,7 +505,7 @@ impl TapFlow {
                 .and_then(|b| b.checked_add(signed))
                 .ok()
         });
-        if self.movement == Movement::Topup
+        if matches!(self.movement, Movement::Topup | Movement::Return)
             && let (Some(after), Some(max)) = (after, self.limits.balance_max)
             && after > max
         {
@@ -505,6 +535,7 @@ mod tests {
                 unknown_card: Cents::ZERO,
             },
             balance_max: Some(Cents::new(20_000)),
+            return_payout_max: Cents::new(1_000),
         }
     }
 
@@ -519,6 +550,7 @@ mod tests {
             local_charges: Cents::new(100),
             local_vouchers: 0,
             unacknowledged: false,
+            unacknowledged_returns: Cents::ZERO,
         }
     }
 
@@ -534,6 +566,7 @@ mod tests {
                 local_charges,
                 local_vouchers: 0,
                 unacknowledged: true,
+                unacknowledged_returns: Cents::ZERO,
             },
             other => other,
         }
@@ -583,6 +616,7 @@ mod tests {
             local_charges: Cents::ZERO,
             local_vouchers: 0,
             unacknowledged,
+            unacknowledged_returns: Cents::ZERO,
         }
     }
 
@@ -881,6 +915,7 @@ mod tests {
                 local_charges: Cents::ZERO,
                 local_vouchers,
                 unacknowledged: false,
+                unacknowledged_returns: Cents::ZERO,
             };
             let step = flow.advance(card);
             if money > 1000 {
@@ -936,6 +971,7 @@ mod tests {
                 local_charges: Cents::ZERO,
                 local_vouchers: 0,
                 unacknowledged: false,
+                unacknowledged_returns: Cents::ZERO,
             });
             assert_eq!(step, expected, "blocked={blocked}");
         }
@@ -960,10 +996,78 @@ mod tests {
             local_charges: Cents::ZERO,
             local_vouchers: 0,
             unacknowledged: false,
+            unacknowledged_returns: Cents::ZERO,
         };
         let steps = run(Movement::Topup, 5000, false, vec![unknown, Input::Done]);
         assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
         assert_eq!(shown(&steps).balance, None);
+    }
+
+    /// A card the replica knows, and `returned` cents of this terminal's deposit returns
+    /// the ledger has not acknowledged.
+    fn after_returns(balance: i64, returned: i64) -> Input {
+        match known(balance) {
+            Input::Card {
+                card,
+                local_charges,
+                local_vouchers,
+                unacknowledged,
+                ..
+            } => Input::Card {
+                card,
+                local_charges,
+                local_vouchers,
+                unacknowledged,
+                unacknowledged_returns: Cents::new(returned),
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn offline_deposit_returns_are_bounded_by_the_terminals_payout_limit() {
+        // 600 handed out and unacknowledged, 400 more: exactly the limit of 1,000.
+        let steps = run(
+            Movement::Return,
+            400,
+            false,
+            vec![after_returns(1000, 600), Input::Done],
+        );
+        assert_eq!(
+            steps[1],
+            Step::JournalOffline {
+                money: Cents::new(400),
+                vouchers: 0
+            }
+        );
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        assert_eq!(shown(&steps).balance, Some(Cents::new(1000 - 100 + 400)));
+        // One cent more is declined before anything is journaled, with the limit's reason.
+        let steps = run(
+            Movement::Return,
+            401,
+            false,
+            vec![after_returns(1000, 600), Input::Done],
+        );
+        assert_eq!(
+            steps[1],
+            Step::RecordDecline {
+                reason: OFFLINE_LIMIT
+            }
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(OFFLINE_LIMIT));
+        // The card's balance limit holds as for a top-up.
+        let steps = run(
+            Movement::Return,
+            400,
+            false,
+            vec![after_returns(19_800, 0), Input::Done],
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(LIMIT_EXCEEDED));
+        // Online, and nothing of the card unacknowledged: the ledger is asked, whatever the
+        // terminal handed out offline.
+        let steps = run(Movement::Return, 400, true, vec![after_returns(1000, 1000)]);
+        assert_eq!(steps[1], Step::JournalAttempt);
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub struct CatalogProduct {
     /// The voucher units one unit costs when a card's vouchers pay it; `None`: money only.
     #[serde(default)]
     pub voucher_price: Option<i64>,
+    /// A returnable item (a cup): its price is a deposit, credited back when it returns.
+    #[serde(default)]
+    pub returnable: bool,
+    /// The returnable item it comes in: an order adds one of it per unit sold.
+    #[serde(default)]
+    pub deposit_product_id: Option<ProductId>,
 }
 
 /// The catalog of this terminal's point of sale; deserializes from `GET /v1/catalog`.
@@ -103,8 +109,9 @@ impl Journal {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO catalog_cache (product_id, position, name, price_cents, category,
                                             tax_rate, tax_rate_basis_points, min_age,
-                                            open_price_max_cents, voucher_price)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                            open_price_max_cents, voucher_price, returnable,
+                                            deposit_product_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for (position, p) in catalog.products.iter().enumerate() {
                 insert.execute(params![
@@ -118,6 +125,8 @@ impl Journal {
                     p.min_age.map(MinAge::years),
                     p.open_price_max_cents.map(Cents::get),
                     p.voucher_price,
+                    p.returnable,
+                    p.deposit_product_id.as_ref().map(ProductId::as_str),
                 ])?;
             }
         }
@@ -144,7 +153,7 @@ impl Journal {
         let currency = get_meta(&self.conn, META_CATALOG_CURRENCY)?.unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(
             "SELECT product_id, name, price_cents, category, tax_rate, tax_rate_basis_points,
-                    min_age, open_price_max_cents, voucher_price
+                    min_age, open_price_max_cents, voucher_price, returnable, deposit_product_id
                FROM catalog_cache ORDER BY position LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(CATALOG_PRODUCTS_MAX)])?;
@@ -165,6 +174,14 @@ impl Journal {
                     .transpose()?,
                 open_price_max_cents: row.get::<_, Option<i64>>(7)?.map(Cents::new),
                 voucher_price: row.get(8)?,
+                returnable: row.get(9)?,
+                deposit_product_id: row
+                    .get::<_, Option<String>>(10)?
+                    .map(|d| {
+                        ProductId::parse(&d)
+                            .map_err(|e| corrupt(format!("product {id}: deposit {d:?}: {e}")))
+                    })
+                    .transpose()?,
             });
         }
         let catalog = Catalog {

@@ -35,9 +35,11 @@ impl Journal {
     ) -> Result<(), JournalError> {
         if !matches!(
             record.operation,
-            OperationKind::Order | OperationKind::Recharge
+            OperationKind::Order | OperationKind::Recharge | OperationKind::Return
         ) {
-            return Err(invalid("only orders and top-ups are declined offline"));
+            return Err(invalid(
+                "only orders, top-ups and deposit returns are declined offline",
+            ));
         }
         check_amount(record.operation, record.amount_cents)?;
         self.conn

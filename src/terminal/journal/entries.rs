@@ -452,6 +452,23 @@ impl Journal {
             .query_row(params![uid.as_str()], |r| r.get(0))
             .map_err(JournalError::from)
     }
+
+    /// The deposit money this terminal credited that the ledger has not acknowledged: its
+    /// approved deposit returns still `pending`, `sending` or `in_doubt`, on any card. An
+    /// online attempt without a decision does not count: it is being decided, or it is in
+    /// doubt and its void is journaled, so it never credits anything net (as in
+    /// `core::charges`). The offline limit `[offline] max_return_payout_cents` bounds it.
+    pub fn unacknowledged_returns(&self) -> Result<Cents, JournalError> {
+        self.conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(amount_cents), 0) FROM journal
+                 WHERE operation = 'return' AND state IN ('pending', 'sending', 'in_doubt')
+                   AND decision IN ('approved_online', 'approved_offline')",
+            )?
+            .query_row([], |r| r.get(0))
+            .map(Cents::new)
+            .map_err(JournalError::from)
+    }
 }
 
 /// Inserts a new entry inside `tx` (see [`Journal::append`]): the next `terminal_seq`, the
@@ -528,11 +545,12 @@ fn check_batch_len(len: usize) -> Result<(), JournalError> {
     at_most(len, BATCH_OPERATIONS_MAX, "entries in one call")
 }
 
-/// An order never credits the card and a top-up never debits it; `local_charges` relies on it.
+/// An order never credits the card and a top-up or deposit return never debits it;
+/// `local_charges` relies on it.
 pub(super) fn check_amount(operation: OperationKind, amount: Cents) -> Result<(), JournalError> {
     let ok = match operation {
         OperationKind::Order => amount <= Cents::ZERO,
-        OperationKind::Recharge => amount >= Cents::ZERO,
+        OperationKind::Recharge | OperationKind::Return => amount >= Cents::ZERO,
         OperationKind::Void => true,
     };
     if ok {

@@ -4,6 +4,101 @@
 use super::*;
 
 impl Model {
+    /// A key on the returns screen: digits add one of the returnable item with that
+    /// number, `+`/`-` change the selected one, Enter credits them to the next card, Esc
+    /// clears, and on an empty screen goes back to the order being built (a bar) or logs out
+    /// (a return station).
+    fn returns_key(
+        &mut self,
+        (mut quantities, mut cursor, order): (Vec<u32>, usize, Option<OrderDraft>),
+        key: Key,
+        now_ms: u64,
+    ) -> (Screen, Vec<Action>) {
+        let count = quantities.len();
+        match key {
+            Key::Digit(d) => {
+                let index = if d == 0 { 9 } else { usize::from(d) - 1 };
+                if index < count {
+                    add(&mut quantities, index, 1);
+                    cursor = index;
+                }
+            }
+            Key::Plus => add(&mut quantities, cursor, 1),
+            Key::Minus => add(&mut quantities, cursor, -1),
+            Key::Up => cursor = cursor.saturating_sub(1),
+            Key::Down if cursor + 1 < count => cursor += 1,
+            Key::Backspace => {
+                if let Some(q) = quantities.get_mut(cursor) {
+                    *q = 0;
+                }
+            }
+            Key::Esc if quantities.iter().any(|q| *q > 0) => {
+                quantities.iter_mut().for_each(|q| *q = 0);
+            }
+            Key::Esc if self.kind == TerminalKind::Return => {
+                return (
+                    Screen::Returns {
+                        quantities,
+                        cursor,
+                        order,
+                    },
+                    vec![Action::Send(Command::Logout {})],
+                );
+            }
+            Key::Esc => {
+                let back = match order {
+                    Some(draft) => Screen::Order {
+                        quantities: draft.quantities,
+                        cursor: 0,
+                        prices: draft.prices,
+                    },
+                    None => self.home(),
+                };
+                return (back, Vec::new());
+            }
+            Key::Star => {
+                return (
+                    Screen::Present {
+                        what: Presenting::Balance,
+                        since_ms: now_ms,
+                    },
+                    vec![Action::Send(Command::Balance {})],
+                );
+            }
+            Key::Slash => return (Screen::ConfirmVoid, Vec::new()),
+            Key::Enter => {
+                let (amount, lines) = self.return_lines(&quantities);
+                if lines.is_empty() {
+                    self.notice = Some("pick the cups handed back first (their number)".into());
+                } else {
+                    let items = lines
+                        .iter()
+                        .map(|(i, q, _)| ReturnCommandItem {
+                            product_id: self.menu[*i].product_id.clone(),
+                            quantity: i64::from(*q),
+                        })
+                        .collect();
+                    return (
+                        Screen::Present {
+                            what: Presenting::Return(amount),
+                            since_ms: now_ms,
+                        },
+                        vec![Action::Send(Command::Return { items })],
+                    );
+                }
+            }
+            _ => {}
+        }
+        (
+            Screen::Returns {
+                quantities,
+                cursor,
+                order,
+            },
+            Vec::new(),
+        )
+    }
+
     /// Adds one of menu item `index` to the order, or, for an open price not typed yet,
     /// asks for its price first.
     pub(super) fn pick(
@@ -96,12 +191,21 @@ impl Model {
                         );
                     }
                     Key::Slash => return (Screen::ConfirmVoid, Vec::new()),
+                    // Cups handed back: the order being built waits (Esc there clears it).
+                    Key::Dot if !self.returnables().is_empty() => {
+                        // The order being built waits: Esc there comes back to it.
+                        let draft = OrderDraft { quantities, prices };
+                        return (self.returns_screen(Some(draft)), actions);
+                    }
+                    Key::Dot => self.notice = Some("nothing on this menu is returnable".into()),
                     Key::Enter => {
                         let (total, lines) = self.order_lines(&quantities, &prices);
                         if lines.is_empty() {
                             self.notice = Some("pick a product first (its number)".into());
-                        } else if lines.len() > LINES_MAX {
-                            self.notice = Some(format!("an order has at most {LINES_MAX} lines"));
+                        } else if lines.len() + self.order_deposits(&lines).len() > LINES_MAX {
+                            self.notice = Some(format!(
+                                "an order has at most {LINES_MAX} lines, its cups included"
+                            ));
                         } else {
                             let items = lines
                                 .iter()
@@ -186,6 +290,11 @@ impl Model {
                     Vec::new(),
                 )
             }
+            Screen::Returns {
+                quantities,
+                cursor,
+                order,
+            } => self.returns_key((quantities, cursor, order), key, now_ms),
             Screen::Amount {
                 mut digits,
                 mut method,

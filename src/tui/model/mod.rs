@@ -3,12 +3,14 @@
 //!
 //! Keys are chosen for a numeric keypad plus Enter, Esc and Backspace: digits pick staff,
 //! products and amounts, `+`/`-` change quantities, `*` checks a balance, `/` voids the last
-//! sale, `.` switches the payment method, Enter confirms, Esc goes back, `?` shows the help.
+//! sale, `.` switches the payment method (checkpoint) or opens the cup returns (bar), Enter
+//! confirms, Esc goes back, `?` shows the help.
 
-use crate::domain::{AgeFlag, Cents, MinAge};
-use crate::protocol::api::{PaymentMethod, TerminalKind};
-use crate::protocol::commands::{Command, CommandItem};
+use crate::domain::{AgeFlag, Cents, MinAge, ProductId};
+use crate::protocol::api::{OrderItem, PaymentMethod, TerminalKind};
+use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
+use crate::terminal::core::deposits::order_deposits;
 use crate::terminal::frontend::TerminalInfo;
 
 mod keys;
@@ -77,6 +79,10 @@ pub struct MenuItem {
     pub min_age: Option<MinAge>,
     /// Set for an open price: staff type the unit price, 1 cent to this.
     pub open_price_max: Option<Cents>,
+    /// A returnable item (a cup): its price is a deposit, credited back when it returns.
+    pub returnable: bool,
+    /// The returnable item it comes in (its product id): the order adds its deposit.
+    pub deposit_product_id: Option<String>,
 }
 
 /// A staff member who may log in here.
@@ -122,6 +128,16 @@ pub enum Screen {
         prices: Vec<Option<Cents>>,
         /// Digits typed, as cents.
         digits: String,
+    },
+    /// Bar (`.`) or return station: returnable items handed back, before the card that
+    /// receives their deposits.
+    Returns {
+        /// Quantity per returnable item, in the order of [`Model::returnables`].
+        quantities: Vec<u32>,
+        /// The item `+`/`-` act on (an index into the returnables).
+        cursor: usize,
+        /// A bar's order being built when `.` opened this screen: Esc goes back to it.
+        order: Option<OrderDraft>,
     },
     /// Checkpoint: type an amount (in cents, as digits) or pick a preset.
     Amount {
@@ -196,6 +212,15 @@ pub enum Screen {
     },
 }
 
+/// An order being built, kept while the bar takes cups back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderDraft {
+    /// Quantity per menu item.
+    pub quantities: Vec<u32>,
+    /// The unit price typed per menu item with an open price.
+    pub prices: Vec<Option<Cents>>,
+}
+
 /// A shift's totals, as shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShiftView {
@@ -218,6 +243,8 @@ pub enum Presenting {
     Order(Cents),
     /// A top-up of this amount, marking the card's holder as a minor when flagged.
     Topup(Cents, PaymentMethod, Option<AgeFlag>),
+    /// A deposit return crediting this amount.
+    Return(Cents),
     /// A balance check.
     Balance,
 }
@@ -324,12 +351,15 @@ impl Model {
                 tax_rate_basis_points: p.tax_rate_basis_points,
                 min_age: p.min_age,
                 open_price_max: p.open_price_max_cents,
+                returnable: p.returnable,
+                deposit_product_id: p.deposit_product_id.as_ref().map(|d| d.as_str().to_owned()),
             })
             .collect();
         if menu != self.menu {
             self.menu = menu;
-            if let Screen::Order { quantities, .. } | Screen::OpenPrice { quantities, .. } =
-                &self.screen
+            if let Screen::Order { quantities, .. }
+            | Screen::OpenPrice { quantities, .. }
+            | Screen::Returns { quantities, .. } = &self.screen
             {
                 if quantities.iter().any(|q| *q > 0) {
                     self.notice = Some("the menu changed: order cleared".into());
@@ -378,6 +408,7 @@ impl Model {
                 cursor: 0,
                 prices: vec![None; self.menu.len()],
             },
+            TerminalKind::Return => self.returns_screen(None),
             // The method chosen last stays: a queue of card payers is not rebooked as cash.
             // The age flag does not: it is about one person.
             TerminalKind::Checkpoint => Screen::Amount {
@@ -398,7 +429,8 @@ impl Model {
         }
     }
 
-    /// The order's total and its lines: (menu item, quantity, unit price).
+    /// The order's total, its deposits included, and its lines: (menu item, quantity, unit
+    /// price).
     pub fn order_lines(
         &self,
         quantities: &[u32],
@@ -411,14 +443,77 @@ impl Model {
                 continue;
             }
             if let Some(price) = self.unit_price(i, prices) {
-                total = price
-                    .checked_mul(i64::from(*q))
-                    .and_then(|l| total.checked_add(l))
-                    .unwrap_or(total);
+                total = add_line(total, price, *q);
                 lines.push((i, *q, price));
             }
         }
+        for (_, q, deposit) in self.order_deposits(&lines) {
+            total = add_line(total, deposit, q);
+        }
         (total, lines)
+    }
+
+    /// The deposit lines the daemon adds to an order of `lines` (the terminal's one rule,
+    /// `terminal::core::deposits`): (returnable menu item, quantity, deposit).
+    pub fn order_deposits(&self, lines: &[(usize, u32, Cents)]) -> Vec<(usize, u32, Cents)> {
+        let items: Vec<OrderItem> = lines
+            .iter()
+            .filter_map(|(i, q, price)| {
+                Some(OrderItem {
+                    product_id: ProductId::parse(&self.menu.get(*i)?.product_id).ok()?,
+                    quantity: i64::from(*q),
+                    unit_price_cents: *price,
+                })
+            })
+            .collect();
+        let index_of = |id: &str| self.menu.iter().position(|m| m.product_id == id);
+        order_deposits(&items, |id| {
+            let item = self.menu.get(index_of(id.as_str())?)?;
+            let cup = self
+                .menu
+                .get(index_of(item.deposit_product_id.as_deref()?)?)?;
+            cup.returnable
+                .then(|| Some((ProductId::parse(&cup.product_id).ok()?, cup.price)))
+                .flatten()
+        })
+        .into_iter()
+        .filter_map(|d| {
+            Some((
+                index_of(d.product_id.as_str())?,
+                u32::try_from(d.quantity).ok()?,
+                d.unit_price_cents,
+            ))
+        })
+        .collect()
+    }
+
+    /// The menu's returnable items (cups), as indexes into the menu.
+    pub fn returnables(&self) -> Vec<usize> {
+        (0..self.menu.len())
+            .filter(|i| self.menu[*i].returnable)
+            .collect()
+    }
+
+    /// An empty returns screen, keeping `order` to go back to.
+    pub(super) fn returns_screen(&self, order: Option<OrderDraft>) -> Screen {
+        Screen::Returns {
+            quantities: vec![0; self.returnables().len()],
+            cursor: 0,
+            order,
+        }
+    }
+
+    /// A return's amount and its lines: (menu item, quantity, deposit).
+    pub fn return_lines(&self, quantities: &[u32]) -> (Cents, Vec<(usize, u32, Cents)>) {
+        let mut amount = Cents::ZERO;
+        let mut lines = Vec::new();
+        for (i, q) in self.returnables().into_iter().zip(quantities) {
+            if *q > 0 {
+                amount = add_line(amount, self.menu[i].price, *q);
+                lines.push((i, *q, self.menu[i].price));
+            }
+        }
+        (amount, lines)
     }
 
     /// Closes the overlay on screen (the help), if one is open, and says whether one was: a
@@ -614,6 +709,14 @@ impl Model {
             _ => Vec::new(),
         }
     }
+}
+
+/// `total` plus `quantity` × `price` (unchanged on an overflow the daemon refuses anyway).
+fn add_line(total: Cents, price: Cents, quantity: u32) -> Cents {
+    price
+        .checked_mul(i64::from(quantity))
+        .and_then(|l| total.checked_add(l))
+        .unwrap_or(total)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ fn bar() -> Model {
                 tax_rate_basis_points: Some(1900),
                 min_age: Some(MinAge::SIXTEEN),
                 open_price_max: None,
+                returnable: false,
+                deposit_product_id: None,
             },
             MenuItem {
                 product_id: "water".into(),
@@ -23,6 +25,8 @@ fn bar() -> Model {
                 tax_rate_basis_points: Some(700),
                 min_age: None,
                 open_price_max: None,
+                returnable: false,
+                deposit_product_id: None,
             },
         ],
         vec![StaffItem {
@@ -186,6 +190,8 @@ fn bar_with_tip() -> Model {
         tax_rate_basis_points: Some(0),
         min_age: None,
         open_price_max: Some(Cents::new(500)),
+        returnable: false,
+        deposit_product_id: None,
     });
     logged_in(m)
 }

@@ -8,7 +8,7 @@
 //! (`format_time` keeps milliseconds).
 
 use super::{PgStore, classify};
-use crate::domain::{AgeFlag, CardUid, Cents, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
@@ -307,15 +307,17 @@ impl AdminStore for PgStore {
             .prepare_cached(
                 "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
                                        updated_at, tax_rate, min_age, open_price_max_cents,
-                                       voucher_price)
+                                       voucher_price, returnable, deposit_product_id)
                  VALUES ($1, $2, $3, $4, $5, true, date_trunc('milliseconds', now()), $6, $7, $8,
-                         $9)
+                         $9, $10, $11)
                  ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                      name = excluded.name, price_cents = excluded.price_cents,
                      category = excluded.category, active = true, updated_at = excluded.updated_at,
                      tax_rate = excluded.tax_rate, min_age = excluded.min_age,
                      open_price_max_cents = excluded.open_price_max_cents,
-                     voucher_price = excluded.voucher_price",
+                     voucher_price = excluded.voucher_price,
+                     returnable = excluded.returnable,
+                     deposit_product_id = excluded.deposit_product_id",
             )
             .await
             .map_err(classify)?;
@@ -334,11 +336,36 @@ impl AdminStore for PgStore {
                     &p.product
                         .voucher_price
                         .map(|v| i32::try_from(v).unwrap_or(i32::MAX)),
+                    &p.product.returnable,
+                    &p.product.deposit_product_id.as_ref().map(ProductId::as_str),
                 ],
             )
             .await
             .map_err(classify)?;
             log_admin(&tx, "product_upsert", None, product_log_details(p)).await?;
+        }
+        // Every deposit names a returnable item on sale at its point of sale, whichever of
+        // the two this change touched (nothing is committed otherwise).
+        let broken = tx
+            .query_opt(
+                "SELECT p.point_of_sale, p.product_id, p.deposit_product_id FROM products p
+                 WHERE p.active AND p.deposit_product_id IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM products d
+                     WHERE d.point_of_sale = p.point_of_sale
+                       AND d.product_id = p.deposit_product_id AND d.active AND d.returnable)
+                 ORDER BY p.point_of_sale COLLATE \"C\", p.product_id COLLATE \"C\"
+                 LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        if let Some(row) = broken {
+            let (pos, product, deposit): (String, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            return Err(StoreError::Conflict(format!(
+                "product {product} at {pos} comes in {deposit} (deposit), which is not a \
+                 returnable item on sale there: add {deposit} with returnable first"
+            )));
         }
         tx.commit().await.map_err(classify)
     }

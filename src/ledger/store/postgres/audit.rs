@@ -9,7 +9,9 @@
 use super::admin::internal;
 use super::{PgStore, classify};
 use crate::domain::Cents;
-use crate::ledger::store::{AuditReport, ReportStore, ShiftReport, StoreError};
+use crate::ledger::store::{
+    AuditReport, DepositLine, DepositReport, ReportStore, ShiftReport, StoreError,
+};
 use crate::protocol::api::format_time;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -97,6 +99,59 @@ impl ReportStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn deposit_report(&self) -> Result<DepositReport, StoreError> {
+        let mut client = self.pool.get().await?;
+        // One snapshot for the items and the account.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        let items = rows(
+            &tx,
+            "SELECT product_id, SUM(out_quantity)::bigint, SUM(out_cents)::bigint,
+                SUM(returned_quantity)::bigint, SUM(returned_cents)::bigint
+         FROM (SELECT i.product_id, i.quantity AS out_quantity,
+                      i.line_total_cents AS out_cents, 0 AS returned_quantity,
+                      0::bigint AS returned_cents
+               FROM bar_order_items i
+               JOIN bar_orders o ON o.transaction_id = i.transaction_id
+               WHERE i.deposit AND o.voided_by IS NULL
+               UNION ALL
+               SELECT i.product_id, 0, 0, i.quantity, i.line_total_cents
+               FROM deposit_return_items i
+               JOIN deposit_returns r ON r.transaction_id = i.transaction_id
+               WHERE r.voided_by IS NULL) AS d
+         GROUP BY product_id
+         ORDER BY product_id COLLATE \"C\"",
+            |r| {
+                Ok(DepositLine {
+                    product_id: r.try_get(0)?,
+                    out_quantity: r.try_get(1)?,
+                    out_cents: Cents::new(r.try_get(2)?),
+                    returned_quantity: r.try_get(3)?,
+                    returned_cents: Cents::new(r.try_get(4)?),
+                })
+            },
+        )
+        .await?;
+        let account_cents = Cents::new(
+            one(
+                &tx,
+                "SELECT COALESCE(sum(amount_cents), 0)::bigint FROM postings
+                 WHERE account = 'deposits'",
+            )
+            .await?,
+        );
+        tx.commit().await.map_err(classify)?;
+        Ok(DepositReport {
+            items,
+            account_cents,
+        })
     }
 }
 
@@ -219,9 +274,46 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
         },
     )
     .await?;
+    mismatches(
+        tx,
+        d,
+        "SELECT r.transaction_id::text, r.amount_cents,
+                COALESCE(sum(i.line_total_cents), 0)::bigint
+         FROM deposit_returns r
+         LEFT JOIN deposit_return_items i ON i.transaction_id = r.transaction_id
+         GROUP BY r.transaction_id
+         HAVING r.amount_cents <> COALESCE(sum(i.line_total_cents), 0)
+         ORDER BY r.transaction_id",
+        |tx_id, amount, lines| {
+            format!("deposit return {tx_id}: amount_cents {amount} but its lines sum to {lines}")
+        },
+    )
+    .await?;
+    // The deposits liability is the deposit lines of orders still standing less the returns.
+    mismatches(
+        tx,
+        d,
+        "SELECT 'deposits', p.posted, o.lines - r.returned
+         FROM (SELECT COALESCE(sum(amount_cents), 0)::bigint AS posted FROM postings
+               WHERE account = 'deposits') p,
+              (SELECT COALESCE(sum(i.line_total_cents), 0)::bigint AS lines
+               FROM bar_order_items i JOIN bar_orders o ON o.transaction_id = i.transaction_id
+               WHERE i.deposit AND o.voided_by IS NULL) o,
+              (SELECT COALESCE(sum(amount_cents), 0)::bigint AS returned
+               FROM deposit_returns WHERE voided_by IS NULL) r
+         WHERE p.posted <> o.lines - r.returned",
+        |account, posted, expected| {
+            format!(
+                "account {account}: postings sum to {posted} but deposit lines sold less \
+                 returns (voided ones left out) are {expected}"
+            )
+        },
+    )
+    .await?;
     for (table, id) in [
         ("bar_orders", "transaction_id"),
         ("recharges", "transaction_id"),
+        ("deposit_returns", "transaction_id"),
         ("voids", "transaction_id"),
         ("shift_closeouts", "shift_id"),
     ] {
@@ -240,6 +332,7 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
     for (table, moved_money) in [
         ("bar_orders", "COALESCE(t.money_cents, t.total_cents) <> 0"),
         ("recharges", "true"),
+        ("deposit_returns", "true"),
         ("stripe_recharges", "true"),
         ("stripe_refunds", "true"),
     ] {

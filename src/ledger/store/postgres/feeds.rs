@@ -75,7 +75,7 @@ impl FeedStore for PgStore {
     async fn catalog(&self, point_of_sale: String) -> Result<Vec<CatalogProduct>, StoreError> {
         self.rows(
             "SELECT product_id, name, price_cents, category, tax_rate, min_age,
-                    open_price_max_cents, voucher_price
+                    open_price_max_cents, voucher_price, returnable, deposit_product_id
              FROM products
              WHERE point_of_sale = $1 AND active
              ORDER BY category COLLATE \"C\" NULLS FIRST, product_id COLLATE \"C\"",
@@ -106,6 +106,13 @@ impl FeedStore for PgStore {
                     .try_get::<_, Option<i32>>(7)
                     .map_err(classify)?
                     .map(i64::from),
+                returnable: row.try_get(8).map_err(classify)?,
+                deposit_product_id: row
+                    .try_get::<_, Option<String>>(9)
+                    .map_err(classify)?
+                    .map(|d| ProductId::parse(&d))
+                    .transpose()
+                    .map_err(internal)?,
             };
             CatalogProduct::resolve(product, &self.options.taxes)
         })

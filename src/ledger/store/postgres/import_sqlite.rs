@@ -70,6 +70,8 @@ pub const TABLES: &[&str] = &[
     "bar_orders",
     "bar_order_items",
     "recharges",
+    "deposit_returns",
+    "deposit_return_items",
     "voids",
     "postings",
     "idempotency_keys",

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_lean_operations.sql"),
     migration!(9, "0009_vat.sql"),
     migration!(10, "0010_what_festivals_sell.sql"),
+    migration!(11, "0011_deposits.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -11,7 +11,7 @@
 
 use super::admin::TerminalKey;
 use super::{PgStore, classify};
-use crate::domain::AgeFlag;
+use crate::domain::{AgeFlag, Cents, ProductId};
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::ops::request_sha256;
 use crate::ledger::flow::{Context, new_transaction_id};
@@ -42,6 +42,13 @@ fn void_sql() -> String {
     format!(
         "SELECT o_status, o_body, o_replayed FROM sp_process_void({CALL}, \
          $8, $9, $10, $11, $12, $13)"
+    )
+}
+
+fn return_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_process_deposit_return({CALL}, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     )
 }
 
@@ -95,18 +102,37 @@ impl Call {
     }
 }
 
+/// Product ids, quantities and unit prices: an order's or a return's lines as the procedures
+/// take them, three arrays in line order.
+type LineArrays = (Vec<String>, Vec<i32>, Vec<i64>);
+
+/// The [`LineArrays`] of `lines`.
+fn line_arrays<'a>(
+    lines: impl Iterator<Item = (&'a ProductId, i64, Cents)>,
+) -> Result<LineArrays, StoreError> {
+    let mut arrays = (Vec::new(), Vec::new(), Vec::new());
+    for (product, quantity, price) in lines {
+        arrays.0.push(product.as_str().to_owned());
+        arrays.1.push(
+            i32::try_from(quantity)
+                .map_err(|e| StoreError::Internal(format!("quantity out of range: {e}")))?,
+        );
+        arrays.2.push(price.get());
+    }
+    Ok(arrays)
+}
+
 /// The call of one operation.
 fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError> {
     let hash = request_sha256(ctx, op)?;
     let expires = ctx.now + chrono::Duration::days(ctx.retention_days);
     Ok(match op {
         Operation::Order(r) => {
-            let quantities = r
-                .items
-                .iter()
-                .map(|i| i32::try_from(i.quantity))
-                .collect::<Result<Vec<i32>, _>>()
-                .map_err(|e| StoreError::Internal(format!("quantity out of range: {e}")))?;
+            let (products, quantities, prices) = line_arrays(
+                r.items
+                    .iter()
+                    .map(|i| (&i.product_id, i.quantity, i.unit_price_cents)),
+            )?;
             Call::new("order", order_sql(), ctx, hash, expires)
                 .arg(r.client_request_id.as_uuid())
                 .arg(r.terminal_seq.get())
@@ -115,19 +141,9 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
                 .arg(r.mode.as_str())
                 .arg(r.total_cents.get())
                 .arg(millis(r.created_at))
-                .arg(
-                    r.items
-                        .iter()
-                        .map(|i| i.product_id.as_str().to_owned())
-                        .collect::<Vec<String>>(),
-                )
+                .arg(products)
                 .arg(quantities)
-                .arg(
-                    r.items
-                        .iter()
-                        .map(|i| i.unit_price_cents.get())
-                        .collect::<Vec<i64>>(),
-                )
+                .arg(prices)
                 .arg(
                     ctx.taxes
                         .iter()
@@ -162,6 +178,25 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
             .arg(r.staff_id.as_str().to_owned())
             .arg(r.reason.as_str())
             .arg(millis(r.created_at)),
+        Operation::Return(r) => {
+            let (products, quantities, deposits) = line_arrays(
+                r.items
+                    .iter()
+                    .map(|i| (&i.product_id, i.quantity, i.unit_deposit_cents)),
+            )?;
+            Call::new("return", return_sql(), ctx, hash, expires)
+                .arg(r.client_request_id.as_uuid())
+                .arg(r.terminal_seq.get())
+                .arg(r.card_uid.as_str().to_owned())
+                .arg(r.staff_id.as_str().to_owned())
+                .arg(r.mode.as_str())
+                .arg(r.amount_cents.get())
+                .arg(millis(r.created_at))
+                .arg(products)
+                .arg(quantities)
+                .arg(deposits)
+                .arg(ctx.limits.balance_max.get())
+        }
     })
 }
 

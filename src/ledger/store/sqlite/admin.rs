@@ -2,7 +2,7 @@
 //! the purge of expired keys, and the health check.
 
 use super::{SqliteStore, TerminalKey, load_card, write_card};
-use crate::domain::{AgeFlag, CardUid, Cents, MinAge, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
@@ -10,7 +10,7 @@ use crate::ledger::store::{
 };
 use crate::protocol::api::format_time;
 use chrono::Utc;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -116,14 +116,16 @@ impl AdminStore for SqliteStore {
                 conn.prepare_cached(
                     "INSERT INTO products (point_of_sale, product_id, name, price_cents, category, active,
                                            updated_at, tax_rate, min_age, open_price_max_cents,
-                                           voucher_price)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)
+                                           voucher_price, returnable, deposit_product_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      ON CONFLICT (point_of_sale, product_id) DO UPDATE SET
                          name = excluded.name, price_cents = excluded.price_cents,
                          category = excluded.category, active = 1, updated_at = excluded.updated_at,
                          tax_rate = excluded.tax_rate, min_age = excluded.min_age,
                          open_price_max_cents = excluded.open_price_max_cents,
-                         voucher_price = excluded.voucher_price",
+                         voucher_price = excluded.voucher_price,
+                         returnable = excluded.returnable,
+                         deposit_product_id = excluded.deposit_product_id",
                 )?
                 .execute(params![
                     p.point_of_sale,
@@ -136,8 +138,31 @@ impl AdminStore for SqliteStore {
                     p.product.min_age.map(MinAge::years),
                     p.product.open_price_max_cents.map(Cents::get),
                     p.product.voucher_price,
+                    p.product.returnable,
+                    p.product.deposit_product_id.as_ref().map(ProductId::as_str),
                 ])?;
                 log_admin(conn, "product_upsert", None, product_log_details(p))?;
+            }
+            // Every deposit names a returnable item on sale at its point of sale, whichever
+            // of the two this change touched (the job rolls back on an error).
+            let broken: Option<(String, String, String)> = conn
+                .query_row(
+                    "SELECT p.point_of_sale, p.product_id, p.deposit_product_id FROM products p
+                     WHERE p.active = 1 AND p.deposit_product_id IS NOT NULL AND NOT EXISTS (
+                         SELECT 1 FROM products d
+                         WHERE d.point_of_sale = p.point_of_sale
+                           AND d.product_id = p.deposit_product_id
+                           AND d.active = 1 AND d.returnable = 1)
+                     ORDER BY 1, 2 LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((pos, product, deposit)) = broken {
+                return Err(StoreError::Conflict(format!(
+                    "product {product} at {pos} comes in {deposit} (deposit), which is not a \
+                     returnable item on sale there: add {deposit} with returnable first"
+                )));
             }
             Ok(())
         })

@@ -3,13 +3,61 @@
 
 use super::{SqliteStore, internal};
 use crate::domain::Cents;
-use crate::ledger::store::{AuditReport, ReportStore, ShiftReport, StoreError};
+use crate::ledger::store::{
+    AuditReport, DepositLine, DepositReport, ReportStore, ShiftReport, StoreError,
+};
 use rusqlite::Connection;
 use uuid::Uuid;
 
 impl ReportStore for SqliteStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
         self.read(audit_books).await
+    }
+
+    async fn deposit_report(&self) -> Result<DepositReport, StoreError> {
+        self.read(|conn| {
+            // One snapshot for the items and the account.
+            let tx = conn.unchecked_transaction()?;
+            let items = tx
+                .prepare(
+                    "SELECT product_id, SUM(out_quantity), SUM(out_cents), SUM(returned_quantity),
+                        SUM(returned_cents)
+                 FROM (SELECT i.product_id, i.quantity AS out_quantity,
+                              i.line_total_cents AS out_cents, 0 AS returned_quantity,
+                              0 AS returned_cents
+                       FROM bar_order_items i
+                       JOIN bar_orders o ON o.transaction_id = i.transaction_id
+                       WHERE i.deposit = 1 AND o.voided_by IS NULL
+                       UNION ALL
+                       SELECT i.product_id, 0, 0, i.quantity, i.line_total_cents
+                       FROM deposit_return_items i
+                       JOIN deposit_returns r ON r.transaction_id = i.transaction_id
+                       WHERE r.voided_by IS NULL) AS d
+                 GROUP BY product_id
+                 ORDER BY product_id",
+                )?
+                .query_map([], |r| {
+                    Ok(DepositLine {
+                        product_id: r.get(0)?,
+                        out_quantity: r.get(1)?,
+                        out_cents: Cents::new(r.get(2)?),
+                        returned_quantity: r.get(3)?,
+                        returned_cents: Cents::new(r.get(4)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let account_cents = Cents::new(tx.query_row(
+                "SELECT COALESCE(SUM(amount_cents), 0) FROM postings WHERE account = 'deposits'",
+                [],
+                |r| r.get(0),
+            )?);
+            tx.finish()?;
+            Ok(DepositReport {
+                items,
+                account_cents,
+            })
+        })
+        .await
     }
     async fn shift_reports(
         &self,
@@ -168,9 +216,45 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 format!("order {tx_id}: total_cents {total} but its lines sum to {lines}")
             },
         )?;
+        mismatches(
+            &tx,
+            d,
+            "SELECT r.transaction_id, r.amount_cents, COALESCE(SUM(i.line_total_cents), 0)
+             FROM deposit_returns r
+             LEFT JOIN deposit_return_items i ON i.transaction_id = r.transaction_id
+             GROUP BY r.transaction_id HAVING r.amount_cents != COALESCE(SUM(i.line_total_cents), 0)
+             ORDER BY r.transaction_id",
+            |tx_id, amount, lines| {
+                format!(
+                    "deposit return {tx_id}: amount_cents {amount} but its lines sum to {lines}"
+                )
+            },
+        )?;
+        // The deposits liability is the deposit lines of orders still standing less the
+        // returns.
+        mismatches(
+            &tx,
+            d,
+            "SELECT 'deposits', p.posted, o.lines - r.returned
+             FROM (SELECT COALESCE(SUM(amount_cents), 0) AS posted FROM postings
+                   WHERE account = 'deposits') p,
+                  (SELECT COALESCE(SUM(i.line_total_cents), 0) AS lines
+                   FROM bar_order_items i JOIN bar_orders o ON o.transaction_id = i.transaction_id
+                   WHERE i.deposit = 1 AND o.voided_by IS NULL) o,
+                  (SELECT COALESCE(SUM(amount_cents), 0) AS returned FROM deposit_returns
+                   WHERE voided_by IS NULL) r
+             WHERE p.posted != o.lines - r.returned",
+            |account, posted, expected| {
+                format!(
+                    "account {account}: postings sum to {posted} but deposit lines sold less \
+                     returns (voided ones left out) are {expected}"
+                )
+            },
+        )?;
         for (table, id) in [
             ("bar_orders", "transaction_id"),
             ("recharges", "transaction_id"),
+            ("deposit_returns", "transaction_id"),
             ("voids", "transaction_id"),
             ("shift_closeouts", "shift_id"),
         ] {
@@ -190,6 +274,7 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
         for (table, moved_money) in [
             ("bar_orders", "COALESCE(t.money_cents, t.total_cents) <> 0"),
             ("recharges", "1 = 1"),
+            ("deposit_returns", "1 = 1"),
             ("stripe_recharges", "1 = 1"),
             ("stripe_refunds", "1 = 1"),
         ] {

@@ -87,25 +87,33 @@ impl FeedStore for SqliteStore {
             let rows: Vec<Product> = conn
                 .prepare_cached(
                     "SELECT product_id, name, price_cents, category, tax_rate, min_age,
-                            open_price_max_cents, voucher_price
+                            open_price_max_cents, voucher_price, returnable, deposit_product_id
                      FROM products
                      WHERE point_of_sale = ?1 AND active = 1 ORDER BY category, product_id",
                 )?
                 .query_map([point_of_sale], |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        r.get::<_, Option<i64>>(7)?,
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ),
+                        (
+                            r.get::<_, Option<i64>>(5)?,
+                            r.get::<_, Option<i64>>(6)?,
+                            r.get::<_, Option<i64>>(7)?,
+                            r.get::<_, bool>(8)?,
+                            r.get::<_, Option<String>>(9)?,
+                        ),
                     ))
                 })?
                 .map(|row| {
-                    let (id, name, price, category, tax_rate, min_age, open_max, voucher_price) =
-                        row?;
+                    let (
+                        (id, name, price, category, tax_rate),
+                        (min_age, open_max, voucher_price, returnable, deposit),
+                    ) = row?;
                     Ok(Product {
                         product_id: ProductId::parse(&id).map_err(internal)?,
                         name,
@@ -118,6 +126,11 @@ impl FeedStore for SqliteStore {
                         min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
                         open_price_max_cents: open_max.map(Cents::new),
                         voucher_price,
+                        returnable,
+                        deposit_product_id: deposit
+                            .map(|d| ProductId::parse(&d))
+                            .transpose()
+                            .map_err(internal)?,
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;

@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0003_stripe.sql"),
     include_str!("../../../../migrations/sqlite/0004_vat.sql"),
     include_str!("../../../../migrations/sqlite/0005_what_festivals_sell.sql"),
+    include_str!("../../../../migrations/sqlite/0006_deposits.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is
@@ -172,20 +173,38 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
             known,
         });
     }
-    for (index, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(current).map_err(internal)?)
-    {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(index + 1).map_err(internal)?,
-        )?;
-        tx.commit()?;
-    }
+    // A migration may rebuild a table that others reference (SQLite cannot change a
+    // constraint in place): foreign keys are off while migrations run (the pragma has no
+    // effect inside a transaction), and each migration checks them all before it commits.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let migrated = (|| {
+        for (index, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(current).map_err(internal)?)
+        {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            let broken: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()?;
+            if let Some(table) = broken {
+                return Err(internal(format!(
+                    "migration {} leaves a broken foreign key in {table}",
+                    index + 1
+                )));
+            }
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(index + 1).map_err(internal)?,
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrated?;
     Ok(known)
 }
 
@@ -401,6 +420,67 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, 99, "a refused database is left as it was");
+    }
+
+    #[test]
+    fn the_deposits_migration_rebuilds_terminals_and_voids_with_their_rows_and_references() {
+        let (_dir, mut conn) = fresh();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute_batch(
+            "INSERT INTO terminals (terminal_id, name, kind, point_of_sale, token_sha256,
+                                    created_at, highest_contiguous_seq, highest_seen_seq)
+             VALUES ('t1', 'bar-1', 'bar', 'Main Bar', 'h1', 'now', 7, 9);
+             INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq,
+                                target_client_request_id, target_kind, staff_id, reason,
+                                status, flags, created_at, processed_at)
+             VALUES ('v1', 'k1', 't1', 3, 'k0', NULL, 's', 'in_doubt', 'tombstoned', '[]',
+                     'now', 'now');",
+        )
+        .unwrap();
+        let row = |conn: &Connection| -> (String, i64, i64, String) {
+            conn.query_row(
+                "SELECT t.name, t.highest_contiguous_seq, t.highest_seen_seq, v.status
+                   FROM terminals t JOIN voids v ON v.terminal_id = t.terminal_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+        };
+        let before = row(&conn);
+        assert_eq!(migrate(&mut conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(row(&conn), before);
+        let on: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(on, 1, "foreign keys are on again after the migrations");
+        // The new kind and void target are taken; the rebuilt voids still refer to terminals.
+        conn.execute_batch(
+            "INSERT INTO terminals (terminal_id, name, kind, point_of_sale, token_sha256,
+                                    created_at)
+             VALUES ('t2', 'ret-1', 'return', 'Main Bar', 'h2', 'now')",
+        )
+        .unwrap();
+        let orphan = conn.execute_batch(
+            "INSERT INTO voids (transaction_id, client_request_id, terminal_id, terminal_seq,
+                                target_client_request_id, target_kind, staff_id, reason,
+                                status, flags, created_at, processed_at)
+             VALUES ('v2', 'k2', 'nobody', 1, 'k3', 'return', 's', 'in_doubt', 'tombstoned',
+                     '[]', 'now', 'now')",
+        );
+        assert!(orphan.is_err(), "a void of an unknown terminal: {orphan:?}");
+        for gone in ["terminals_new", "voids_v5", "idempotency_keys_v2"] {
+            assert!(
+                conn.query_row(&format!("SELECT count(*) FROM {gone}"), [], |r| r
+                    .get::<_, i64>(0))
+                    .is_err(),
+                "{gone} is left behind"
+            );
+        }
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Reads for SqlReads<'_> {
     ) -> Result<Option<CatalogEntry>, StoreError> {
         self.0
             .prepare_cached(
-                "SELECT price_cents, tax_rate, min_age, open_price_max_cents, voucher_price
+                "SELECT price_cents, tax_rate, min_age, open_price_max_cents, voucher_price,
+                        returnable
                  FROM products WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
             )?
             .query_row([point_of_sale, product.as_str()], |row| {
@@ -109,18 +110,22 @@ impl Reads for SqlReads<'_> {
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, bool>(5)?,
                 ))
             })
             .optional()?
-            .map(|(price, tax_rate, min_age, open_max, voucher_price)| {
-                Ok::<_, StoreError>(CatalogEntry {
-                    price: Cents::new(price),
-                    tax_rate,
-                    min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
-                    open_price_max: open_max.map(Cents::new),
-                    voucher_price,
-                })
-            })
+            .map(
+                |(price, tax_rate, min_age, open_max, voucher_price, returnable)| {
+                    Ok::<_, StoreError>(CatalogEntry {
+                        price: Cents::new(price),
+                        tax_rate,
+                        min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
+                        open_price_max: open_max.map(Cents::new),
+                        voucher_price,
+                        returnable,
+                    })
+                },
+            )
             .transpose()
     }
 
@@ -140,18 +145,22 @@ impl Reads for SqlReads<'_> {
             // An order written before vouchers has no money_cents: it charged its total.
             "order" => {
                 "SELECT terminal_id, point_of_sale, card_uid, COALESCE(money_cents, total_cents),
-                        NULL, voucher_units
+                        'order', voucher_units
                  FROM bar_orders WHERE transaction_id = ?1"
             }
             "recharge" => {
                 "SELECT terminal_id, point_of_sale, card_uid, amount_cents, payment_method, 0
                  FROM recharges WHERE transaction_id = ?1"
             }
+            "return" => {
+                "SELECT terminal_id, point_of_sale, card_uid, amount_cents, 'return', 0
+                 FROM deposit_returns WHERE transaction_id = ?1"
+            }
             "shift" => return Ok(VoidTarget::Shift),
             _ => return Ok(VoidTarget::Void),
         };
-        type TargetRow = (String, String, String, i64, Option<String>, Option<i64>);
-        let (terminal_id, point_of_sale, card_uid, amount, method, vouchers): TargetRow = self
+        type TargetRow = (String, String, String, i64, String, Option<i64>);
+        let (terminal_id, point_of_sale, card_uid, amount, kind, vouchers): TargetRow = self
             .0
             .prepare_cached(sql)?
             .query_row([&transaction_id], |r| {
@@ -170,10 +179,11 @@ impl Reads for SqlReads<'_> {
                     "key {crid} names transaction {transaction_id}, which is missing"
                 ))
             })?;
-        let kind = match method.as_deref() {
-            None => TargetKind::Order,
-            Some("card") => TargetKind::Recharge(PaymentMethod::Card),
-            Some(_) => TargetKind::Recharge(PaymentMethod::Cash),
+        let kind = match kind.as_str() {
+            "order" => TargetKind::Order,
+            "return" => TargetKind::Return,
+            "card" => TargetKind::Recharge(PaymentMethod::Card),
+            _ => TargetKind::Recharge(PaymentMethod::Cash),
         };
         let postings = self
             .0
@@ -294,8 +304,8 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO bar_order_items (transaction_id, line_no, product_id, quantity, unit_price_cents,
                      catalog_price_cents, line_total_cents, tax_rate, tax_rate_basis_points,
-                     net_cents, tax_cents, voucher_quantity, voucher_units)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     net_cents, tax_cents, voucher_quantity, voucher_units, deposit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for (line_no, (item, line)) in r.items.iter().zip(lines).enumerate() {
                 stmt.execute(params![
@@ -312,6 +322,55 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                     line.tax.get(),
                     line.voucher_quantity,
                     line.voucher_units,
+                    line.deposit.is_some(),
+                ])?;
+            }
+        }
+        Row::Return {
+            transaction_id,
+            request: r,
+            balances,
+            catalog_deposits,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO deposit_returns (transaction_id, client_request_id, terminal_id, terminal_seq,
+                     point_of_sale, card_uid, staff_id, amount_cents, mode, flags,
+                     previous_balance_cents, new_balance_cents, created_at, processed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                transaction_id.to_string(),
+                r.client_request_id.to_string(),
+                terminal_id,
+                r.terminal_seq.get(),
+                ctx.terminal.point_of_sale,
+                r.card_uid.as_str(),
+                r.staff_id.as_str(),
+                r.amount_cents.get(),
+                r.mode.as_str(),
+                flags_json(&balances.flags)?,
+                balances.previous.get(),
+                balances.next.get(),
+                format_time(r.created_at),
+                now
+            ])?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO deposit_return_items (transaction_id, line_no, product_id, quantity,
+                     unit_deposit_cents, catalog_deposit_cents, line_total_cents)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (line_no, (item, differs)) in r.items.iter().zip(catalog_deposits).enumerate() {
+                stmt.execute(params![
+                    transaction_id.to_string(),
+                    i64::try_from(line_no).map_err(internal)?,
+                    item.product_id.as_str(),
+                    item.quantity,
+                    item.unit_deposit_cents.get(),
+                    differs.map(Cents::get),
+                    item.unit_deposit_cents
+                        .checked_mul(item.quantity)
+                        .map_err(internal)?
+                        .get(),
                 ])?;
             }
         }
@@ -339,6 +398,9 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                     TargetKind::Recharge(_) => {
                         "UPDATE recharges SET voided_by = ?2 WHERE transaction_id = ?1"
                     }
+                    TargetKind::Return => {
+                        "UPDATE deposit_returns SET voided_by = ?2 WHERE transaction_id = ?1"
+                    }
                 };
                 conn.prepare_cached(sql)?.execute(params![
                     target_tx.to_string(),
@@ -348,6 +410,7 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
             let target_kind = target.map(|(k, _)| match k {
                 TargetKind::Order => "order",
                 TargetKind::Recharge(_) => "recharge",
+                TargetKind::Return => "return",
             });
             let balances = reversal.as_ref().map(|x| &x.2);
             let flags = balances.map(|b| b.flags.as_slice()).unwrap_or_default();

@@ -159,6 +159,7 @@ fn decision(operation: &'static str, total: i64, cycle: usize) -> Event {
         balance_cents: Some(Cents::new(2_350)),
         target_client_request_id: None,
         vouchers_used: None,
+        vouchers_granted: None,
     })
 }
 

@@ -427,7 +427,7 @@ async fn bad_deposit_input_is_refused_and_changes_nothing(backend: Backend) {
         .await;
     assert_eq!(
         batch.body["results"][0]["body"]["error"]["message"],
-        "type: must be order, recharge, void or return"
+        "type: must be order, recharge, void, return or voucher_grant"
     );
     // The catalog: a returnable item with a voucher price, a deposit naming something that
     // is not returnable, or a returnable item without a price are refused.

@@ -44,7 +44,8 @@ use cashless::ledger::store::{
 use cashless::ledger::stripe::parse_event;
 use cashless::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, ReturnItem,
-    ReturnRequest, ShiftCloseout, StaffRole, TerminalKind, VoidReason, VoidRequest,
+    ReturnRequest, ShiftCloseout, StaffRole, TerminalKind, VOUCHER_GRANT_UNITS_MAX, VoidReason,
+    VoidRequest, VoucherGrantRequest,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use common::backend::{Database, canonical_json};
@@ -88,6 +89,7 @@ const ORDER_STAFF: &[&str] = &[
 const RECHARGE_STAFF: &[&str] = &[
     "s-cash", "s-cash", "s-cash", "s-sup", "s-sup", "s-bar", "s-gone", "s-nobody",
 ];
+const GRANT_STAFF: &[&str] = &["s-sup", "s-sup", "s-sup", "s-cash", "s-gone", "s-nobody"];
 const ANY_STAFF: &[&str] = &[
     "s-sup", "s-bar", "s-bar2", "s-cash", "s-gone", "s-sup", "s-bar", "s-nobody",
 ];
@@ -617,6 +619,27 @@ impl Gen {
         Operation::Return(request)
     }
 
+    /// Voucher units given at `t`: mostly a few, now and then the most one grant gives, so
+    /// that cards meet their maximum.
+    fn voucher_grant(&mut self, t: usize, mode: Mode) -> Operation {
+        let units = if self.rng.percent(85) {
+            self.rng.range(1, 6)
+        } else {
+            VOUCHER_GRANT_UNITS_MAX
+        };
+        let request = VoucherGrantRequest {
+            client_request_id: self.key_for_operation(),
+            terminal_seq: self.seq(t),
+            card_uid: self.card(),
+            units,
+            staff_id: self.staff_of(GRANT_STAFF),
+            created_at: self.tick(),
+            mode,
+        };
+        request.validate().unwrap();
+        Operation::VoucherGrant(request)
+    }
+
     fn mode(&mut self, online_percent: u64) -> Mode {
         if self.rng.percent(online_percent) {
             Mode::Online
@@ -630,6 +653,15 @@ impl Gen {
         let mode = self.mode(70);
         if TERMINALS[t].1 == TerminalKind::Return || self.rng.percent(5) {
             return self.deposit_return(t, mode);
+        }
+        // Checkpoints grant vouchers now and then; elsewhere it is refused.
+        let grants = if TERMINALS[t].1 == TerminalKind::Checkpoint {
+            12
+        } else {
+            2
+        };
+        if self.rng.percent(grants) {
+            return self.voucher_grant(t, mode);
         }
         let sells = (TERMINALS[t].1 == TerminalKind::Bar) != self.rng.percent(6);
         if sells {
@@ -747,6 +779,7 @@ impl Gen {
                 r.amount_cents =
                     Cents::new(r.items[0].unit_deposit_cents.get() * r.items[0].quantity);
             }
+            Operation::VoucherGrant(g) => g.units = g.units % VOUCHER_GRANT_UNITS_MAX + 1,
             Operation::Void(v) => {
                 v.reason = match v.reason {
                     VoidReason::InDoubt => VoidReason::StaffError,
@@ -1308,6 +1341,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("terminal_seqs", None),
     ("terminals", None),
     ("voids", None),
+    ("voucher_grants", None),
 ];
 
 /// What a side holds, by section (a table, or a report), each as comparable lines.

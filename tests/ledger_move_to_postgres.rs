@@ -359,6 +359,12 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/returns", &l.bar_token, &cups)
         .await
         .assert_status(201);
+    // Vouchers given at the checkpoint.
+    let seq = l.seq(&l.checkpoint_token);
+    let grant = voucher_grant_body(&funded, seq, 2, "online");
+    l.post("/v1/voucher-grants", &l.checkpoint_token, &grant)
+        .await
+        .assert_status(201);
 
     // A decline: its stored answer expires.
     let seq = l.seq(&l.bar2_token);

@@ -375,7 +375,226 @@ async fn grants_are_audited_and_reach_the_card_feed(backend: Backend) {
     assert_eq!(logged, 2);
 }
 
+async fn give(l: &Ledger, card: &str, units: i64, mode: &str) -> (Value, Resp) {
+    let body = voucher_grant_body(card, l.seq(&l.checkpoint_token), units, mode);
+    let resp = l
+        .post("/v1/voucher-grants", &l.checkpoint_token, &body)
+        .await;
+    (body, resp)
+}
+
+async fn a_checkpoint_supervisor_grants_vouchers_once(backend: Backend) {
+    let l = festival(backend).await;
+    let artist = uid(7);
+    // An attendee the ledger has never seen: created with the vouchers and no money.
+    let (body, first) = give(&l, &artist, 3, "online").await;
+    first.assert_status(201);
+    assert_eq!(
+        (
+            &first.body["vouchers_granted"],
+            &first.body["voucher_units"],
+            &first.body["previous_balance_cents"],
+            &first.body["new_balance_cents"],
+            &first.body["flags"],
+        ),
+        (
+            &json!(3),
+            &json!(3),
+            &json!(0),
+            &json!(0),
+            &json!(["CARD_CREATED"])
+        ),
+        "{}",
+        first.body
+    );
+    assert!(first.body.get("amount_cents").is_none(), "{}", first.body);
+    // Sent again (a lost answer, a sync): the same answer, granted once.
+    let again = l
+        .post("/v1/voucher-grants", &l.checkpoint_token, &body)
+        .await;
+    again.assert_status(201);
+    assert!(again.replayed());
+    assert_eq!(again.raw, first.raw);
+    // And once more inside a batch: still once.
+    let mut entry = body.clone();
+    entry["type"] = json!("voucher_grant");
+    let batch = l
+        .post(
+            "/v1/batch",
+            &l.checkpoint_token,
+            &json!({ "operations": [entry] }),
+        )
+        .await;
+    batch.assert_status(200);
+    assert_eq!(batch.body["results"][0]["status"], 201, "{}", batch.body);
+    assert_eq!(vouchers(&l, &artist).await, 3);
+    // Vouchers are never money: the grant has no posting.
+    let postings = l.query_i64(&format!(
+        "SELECT COUNT(*) FROM postings p JOIN voucher_grants g
+           ON g.transaction_id = p.transaction_id WHERE g.client_request_id = '{}'",
+        crid(&body)
+    ));
+    assert_eq!(postings, 0);
+    assert_eq!(l.count("voucher_grants"), 1);
+    // The artist drinks on them: two beers, no money on the card.
+    let (_, resp) = order(&l, &artist, &[("beer", 2, 450)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(
+        (&resp.body["vouchers_used"], &resp.body["money_cents"]),
+        (&json!(2), &json!(0))
+    );
+    assert_eq!(vouchers(&l, &artist).await, 1);
+    // An offline grant is applied as the checkpoint recorded it.
+    let (_, offline) = give(&l, &artist, 2, "offline").await;
+    offline.assert_status(201);
+    assert_eq!(offline.body["voucher_units"], 3, "{}", offline.body);
+    l.assert_audit_ok();
+}
+
+async fn only_a_checkpoint_supervisor_grants(backend: Backend) {
+    let l = festival(backend).await;
+    let card = uid(8);
+    let before = l.db_fingerprint();
+    // A bar does not grant, whoever asks.
+    let body = voucher_grant_body(&card, l.seq(&l.bar_token), 2, "online");
+    let resp = l.post("/v1/voucher-grants", &l.bar_token, &body).await;
+    resp.assert_error(403, "FORBIDDEN");
+    assert_eq!(
+        resp.body["error"]["message"], "a bar terminal cannot grant vouchers",
+        "{}",
+        resp.body
+    );
+    // A cashier does not either: free drinks are a supervisor's decision.
+    for mode in ["online", "offline"] {
+        let mut body = voucher_grant_body(&card, l.seq(&l.checkpoint_token), 2, mode);
+        body["staff_id"] = json!(CASH_STAFF);
+        l.post("/v1/voucher-grants", &l.checkpoint_token, &body)
+            .await
+            .assert_error(403, "FORBIDDEN");
+    }
+    assert_eq!(l.db_fingerprint(), before);
+}
+
+async fn online_grants_stop_at_the_card_limit_and_a_lost_card(backend: Backend) {
+    let l = festival(backend).await;
+    let card = uid(9);
+    for _ in 0..10 {
+        give(&l, &card, 1_000, "online").await.1.assert_status(201);
+    }
+    assert_eq!(vouchers(&l, &card).await, 10_000);
+    // Online, one more is refused (a stored decline) and changes nothing on the card.
+    let (_, over) = give(&l, &card, 1, "online").await;
+    let details = over.assert_error(422, "LIMIT_EXCEEDED");
+    assert_eq!(
+        details,
+        json!({"limit": "voucher_units_max", "limit_units": 10_000, "voucher_units": 10_000})
+    );
+    assert_eq!(vouchers(&l, &card).await, 10_000);
+    // The desk keeps to the same maximum.
+    let out = l.admin(&["voucher", "grant", "--uid", &card, "--units", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the maximum of 10000"),
+        "{out:?}"
+    );
+    assert_eq!(vouchers(&l, &card).await, 10_000);
+    // Offline the supervisor already told the holder: applied, and flagged.
+    let (_, offline) = give(&l, &card, 1, "offline").await;
+    offline.assert_status(201);
+    assert_eq!(offline.body["flags"], json!(["LIMIT_EXCEEDED"]));
+    assert_eq!(vouchers(&l, &card).await, 10_001);
+
+    let lost = uid(10);
+    l.fund(&lost, 500).await;
+    assert_success("card block", &l.admin(&["card", "block", "--uid", &lost]));
+    give(&l, &lost, 2, "online")
+        .await
+        .1
+        .assert_error(423, "CARD_BLOCKED");
+    assert_eq!(vouchers(&l, &lost).await, 0);
+    let (_, offline) = give(&l, &lost, 2, "offline").await;
+    offline.assert_status(201);
+    assert_eq!(offline.body["card_status"], "blocked");
+    assert_eq!(vouchers(&l, &lost).await, 2);
+    l.assert_audit_ok();
+}
+
+async fn a_void_takes_a_grant_back(backend: Backend) {
+    let l = festival(backend).await;
+    let artist = uid(11);
+    let (grant_body, resp) = give(&l, &artist, 3, "online").await;
+    resp.assert_status(201);
+    let (_, resp) = order(&l, &artist, &[("beer", 2, 450)], "online").await;
+    resp.assert_status(201);
+    // The grant was a mistake: the checkpoint voids it. Two of its units were drunk
+    // already, so the card's voucher units go below zero; no money moves.
+    let void = void_body(
+        &crid(&grant_body),
+        l.seq(&l.checkpoint_token),
+        "staff_error",
+        SUPER_STAFF,
+    );
+    let answer = l.post("/v1/voids", &l.checkpoint_token, &void).await;
+    answer.assert_status(201);
+    assert_eq!(
+        (
+            &answer.body["status"],
+            &answer.body["refunded_cents"],
+            &answer.body["vouchers_returned"],
+            &answer.body["new_balance_cents"],
+        ),
+        (&json!("voided"), &json!(0), &json!(-3), &json!(0)),
+        "{}",
+        answer.body
+    );
+    assert_eq!(vouchers(&l, &artist).await, -2);
+    // The order sells no more beer on vouchers: the card has none.
+    l.fund(&artist, 1_000).await;
+    let (_, resp) = order(&l, &artist, &[("beer", 1, 450)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(resp.body["vouchers_used"], 0);
+    l.assert_audit_ok();
+    // The audit proves every card's voucher units from its grants and orders.
+    l.tamper(&format!(
+        "UPDATE cards SET voucher_units = voucher_units + 5 WHERE card_uid = '{artist}'"
+    ));
+    let out = l.audit();
+    assert_eq!(out.status.code(), Some(1), "audit must fail: {out:?}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("card {artist}: voucher_units 3 but grants")),
+        "{report}"
+    );
+}
+
+async fn bad_grants_are_refused_and_change_nothing(backend: Backend) {
+    let l = festival(backend).await;
+    let card = uid(12);
+    let before = l.db_fingerprint();
+    for units in [json!(0), json!(1_001), json!(-2), json!("3")] {
+        let mut body = voucher_grant_body(&card, l.seq(&l.checkpoint_token), 1, "online");
+        body["units"] = units.clone();
+        let details = l
+            .post("/v1/voucher-grants", &l.checkpoint_token, &body)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+        assert_eq!(details["field"], "units", "{units}");
+    }
+    let mut body = voucher_grant_body(&card, l.seq(&l.checkpoint_token), 1, "online");
+    body["amount_cents"] = json!(100);
+    l.post("/v1/voucher-grants", &l.checkpoint_token, &body)
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    assert_eq!(l.db_fingerprint(), before);
+}
+
 on_both_backends! {
+    a_checkpoint_supervisor_grants_vouchers_once,
+    only_a_checkpoint_supervisor_grants,
+    online_grants_stop_at_the_card_limit_and_a_lost_card,
+    a_void_takes_a_grant_back,
+    bad_grants_are_refused_and_change_nothing,
+
     vouchers_pay_first_and_money_the_rest,
     an_order_paid_by_vouchers_alone_moves_no_money,
     a_void_gives_back_the_vouchers_and_the_money,

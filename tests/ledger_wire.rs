@@ -56,6 +56,7 @@ const VOIDS: &str = "/v1/voids";
 const BATCH: &str = "/v1/batch";
 const SHIFTS: &str = "/v1/shifts";
 const RETURNS: &str = "/v1/returns";
+const GRANTS: &str = "/v1/voucher-grants";
 /// Headers of an answer that go into the transcript (others, like `date`, vary or say nothing).
 const HEADERS: &[&str] = &[
     "content-type",
@@ -753,6 +754,25 @@ fn golden_script(backend: Backend) {
     let body = cups(&mut w, 6, cup(1, 200), 200, on);
     w.post("cups back at a checkpoint: refused", 403, Cp, RETURNS, &body);
     w.cancel("void of a return", 201, Bar, &back, BAR_STAFF);
+
+    // Vouchers given at the checkpoint by its supervisor; a void takes them back.
+    let grant = |w: &mut Wire, who: T, units: i64, staff: &str, mode: &str| {
+        let seq = w.l.seq(&w.token(who).unwrap());
+        w.fixed(json!({"terminal_seq": seq, "card_uid": uid(31), "units": units,
+            "staff_id": staff, "mode": mode}))
+    };
+    let given = grant(&mut w, Cp, 3, SUPER_STAFF, on);
+    w.post("three vouchers for an artist never seen", 201, Cp, GRANTS, &given);
+    let body = grant(&mut w, Cp, 3, CASH_STAFF, on);
+    w.post("a cashier's grant: refused", 403, Cp, GRANTS, &body);
+    let body = grant(&mut w, Bar, 3, SUPER_STAFF, on);
+    w.post("a grant at a bar: refused", 403, Bar, GRANTS, &body);
+    let body = grant(&mut w, Cp, 0, SUPER_STAFF, on);
+    w.post("no units: refused", 400, Cp, GRANTS, &body);
+    let body = grant(&mut w, Cp, 2, SUPER_STAFF, off);
+    w.post("offline grant", 201, Cp, GRANTS, &body);
+    w.cancel("void of a grant", 201, Cp, &given, SUPER_STAFF);
+    w.get("a card with granted vouchers", 200, Bar, &format!("/v1/cards/{}", uid(31)));
 
     // A staff member deactivated: refused online, recorded offline.
     w.deactivate(SUPER_STAFF);

@@ -5,6 +5,7 @@
 
 use cashless::domain::{CardUid, Cents, MinAge};
 use cashless::protocol::api::TerminalKind;
+use cashless::protocol::codes::ErrorCode;
 use cashless::protocol::commands::{Command, ReturnCommandItem};
 use cashless::protocol::events::{Decision, Event, Status};
 use cashless::tui::model::{Action, Key, MenuItem, Model, Screen, StaffItem};
@@ -126,6 +127,7 @@ fn decision(status: &'static str, reason: Option<&str>, balance: Option<i64>) ->
         balance_cents: balance.map(Cents::new),
         target_client_request_id: None,
         vouchers_used: None,
+        vouchers_granted: None,
     })
 }
 
@@ -347,6 +349,53 @@ fn checkpoint_screens() {
     insta::assert_snapshot!("checkpoint_approved", screen(&m, 80, 24));
     press(&mut m, &[Key::Enter, Key::Help]);
     insta::assert_snapshot!("checkpoint_help", screen(&m, 80, 24));
+}
+
+#[test]
+fn checkpoint_voucher_grant_screens() {
+    let mut m = Model::new("cp-1".into(), TerminalKind::Checkpoint, Vec::new(), staff());
+    m.minute = Some(minute());
+    m.on_event(&status(true, 0), 0);
+    login(&mut m);
+    press(&mut m, &[Key::Up, Key::Digit(0), Key::Digit(3)]);
+    insta::assert_snapshot!("checkpoint_vouchers", screen(&m, 80, 24));
+    let sent = m.on_key(Key::Enter, 0);
+    assert_eq!(
+        sent,
+        vec![Action::Send(Command::GrantVouchers { units: 3 })],
+        "a leading 0 types nothing"
+    );
+    insta::assert_snapshot!("checkpoint_vouchers_present_card", screen(&m, 80, 24));
+    m.on_event(
+        &Event::Card {
+            uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
+            reader: "ACS ACR122U PICC Interface 00 00".into(),
+            card_type: Some("mifare_ultralight"),
+        },
+        0,
+    );
+    let Event::Decision(mut grant) = decision("approved_online", None, Some(0)) else {
+        unreachable!()
+    };
+    grant.operation = "voucher_grant";
+    grant.total_cents = Cents::ZERO;
+    grant.vouchers_granted = Some(3);
+    m.on_event(&Event::Decision(grant), 0);
+    insta::assert_snapshot!("checkpoint_vouchers_granted", screen(&m, 80, 24));
+    // A cashier's grant: the daemon refuses it, the notice says why, and the amount is back.
+    press(&mut m, &[Key::Enter, Key::Up, Key::Digit(2), Key::Enter]);
+    m.on_event(
+        &Event::Error {
+            code: ErrorCode::Forbidden,
+            message: "only a supervisor grants vouchers".into(),
+        },
+        0,
+    );
+    assert!(matches!(m.screen, Screen::Amount { .. }), "{:?}", m.screen);
+    assert_eq!(
+        m.notice.as_deref(),
+        Some("only a supervisor grants vouchers")
+    );
 }
 
 #[test]

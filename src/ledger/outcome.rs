@@ -178,7 +178,7 @@ pub fn encode(decided: &Decided) -> Result<StoredAnswer, OutcomeError> {
 }
 
 /// Reads a stored answer back; `operation` is the key's operation (`order`, `recharge`,
-/// `void`, `shift`), which says what an approval's answer is.
+/// `void`, `shift`, `return`, `voucher_grant`), which says what an approval's answer is.
 pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, OutcomeError> {
     let bad = |e: serde_json::Error| OutcomeError(format!("{operation}: {e}"));
     if stored.status_code != 201 {
@@ -196,7 +196,7 @@ pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, Outcome
         }));
     }
     let answer = match operation {
-        "order" | "recharge" | "return" => {
+        "order" | "recharge" | "return" | "voucher_grant" => {
             let a: ApprovalForm = serde_json::from_str(&stored.body).map_err(bad)?;
             if a.status != "approved" {
                 return Err(OutcomeError(format!("approval status {}", a.status)));
@@ -215,6 +215,8 @@ pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, Outcome
                 flags: a.flags,
                 vouchers_used: a.vouchers_used,
                 money_cents: a.money_cents,
+                vouchers_granted: a.vouchers_granted,
+                voucher_units: a.voucher_units,
             })
         }
         "void" => {
@@ -236,6 +238,7 @@ pub fn decode(operation: &str, stored: &StoredAnswer) -> Result<Decided, Outcome
                 card_status: v.card_status,
                 processed_at: v.processed_at,
                 flags: v.flags,
+                vouchers_returned: v.vouchers_returned,
             })
         }
         "shift" => Answer::Shift(serde_json::from_str(&stored.body).map_err(bad)?),
@@ -283,6 +286,10 @@ struct ApprovalForm {
     vouchers_used: Option<i64>,
     #[serde(default)]
     money_cents: Option<Cents>,
+    #[serde(default)]
+    vouchers_granted: Option<i64>,
+    #[serde(default)]
+    voucher_units: Option<i64>,
 }
 
 /// The stored form of a [`VoidOutcome`].
@@ -300,6 +307,9 @@ struct VoidForm {
     card_status: Option<CardStatus>,
     processed_at: String,
     flags: Vec<Flag>,
+    // Absent from voids stored before voucher grants, and when no vouchers moved.
+    #[serde(default)]
+    vouchers_returned: Option<i64>,
 }
 
 #[cfg(test)]
@@ -317,6 +327,8 @@ mod tests {
             ("recharge", 201, format!(r#"{{"transaction_id":"{tx}","client_request_id":"{crid}","status":"approved","card_uid":"04A1B2C3D4E5F6","amount_cents":500,"previous_balance_cents":-100,"new_balance_cents":400,"card_status":"active","processed_at":"2026-07-01T21:14:03.412Z","flags":["CARD_CREATED","LIMIT_EXCEEDED"]}}"#)),
             ("void", 201, format!(r#"{{"transaction_id":"{tx}","client_request_id":"{crid}","status":"tombstoned","target_client_request_id":"{crid}","card_uid":null,"refunded_cents":null,"previous_balance_cents":null,"new_balance_cents":null,"card_status":null,"processed_at":"2026-07-01T21:14:03.412Z","flags":[]}}"#)),
             ("void", 201, format!(r#"{{"transaction_id":"{tx}","client_request_id":"{crid}","status":"voided","target_client_request_id":"{crid}","card_uid":"04A1B2C3","refunded_cents":-500,"previous_balance_cents":100,"new_balance_cents":-400,"card_status":"blocked","processed_at":"2026-07-01T21:14:03.412Z","flags":["NEGATIVE_BALANCE"]}}"#)),
+            ("void", 201, format!(r#"{{"transaction_id":"{tx}","client_request_id":"{crid}","status":"voided","target_client_request_id":"{crid}","card_uid":"04A1B2C3","refunded_cents":0,"previous_balance_cents":100,"new_balance_cents":100,"card_status":"active","processed_at":"2026-07-01T21:14:03.412Z","flags":[],"vouchers_returned":-4}}"#)),
+            ("voucher_grant", 201, format!(r#"{{"transaction_id":"{tx}","client_request_id":"{crid}","status":"approved","card_uid":"04A1B2C3","previous_balance_cents":0,"new_balance_cents":0,"card_status":"active","processed_at":"2026-07-01T21:14:03.412Z","flags":["CARD_CREATED"],"vouchers_granted":4,"voucher_units":4}}"#)),
             ("shift", 201, format!(r#"{{"shift_id":"{tx}","client_request_id":"{crid}","terminal":"cp-1","staff_id":"s-3","cash_cents":42000,"card_cents":15000,"count":37,"counted_cash_cents":41500,"difference_cents":-500,"recorded_at":"2026-07-02T02:00:03.412Z"}}"#)),
             ("order", 402, json!({"error": {"code": "INSUFFICIENT_FUNDS", "message": "the card's balance is too low", "request_id": "req-1", "details": {"balance_cents": 300}}}).to_string()),
             ("recharge", 422, json!({"error": {"code": "LIMIT_EXCEEDED", "message": "the top-up is larger than allowed", "request_id": "r\u{e9}q \"2\"", "details": {"limit": "recharge_max_cents", "limit_cents": 50000, "amount_cents": 60000}}}).to_string()),

@@ -8,8 +8,9 @@
 use crate::domain::{AgeFlag, Cents, MinAge, ProductId, VoucherLine, age_forbids, split_vouchers};
 use crate::ledger::caller::StaffMember;
 use crate::protocol::api::{
-    ApiError, BlockReason, CardStatus, Flag, Mode, OrderRequest, RETURN_AMOUNT_CENTS_MAX,
-    RechargeRequest, ReturnRequest, TerminalKind,
+    ApiError, BlockReason, CARD_VOUCHER_UNITS_MAX, CardStatus, Flag, Mode, OrderRequest,
+    RETURN_AMOUNT_CENTS_MAX, RechargeRequest, ReturnRequest, StaffRole, TerminalKind,
+    VoucherGrantRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -74,12 +75,15 @@ pub enum Action {
     Void,
     /// Take returnable items back and credit their deposits.
     Return,
+    /// Give a card voucher units (staff and artist drinks).
+    GrantVouchers,
     /// Close out a shift (`POST /v1/shifts`): any terminal, any staff member who exists.
     CloseShift,
 }
 
-/// Only bar terminals sell, only checkpoints top up, bars and return stations take
-/// returnable items back; every kind may void its own operations and close out shifts.
+/// Only bar terminals sell, only checkpoints top up and grant vouchers, bars and return
+/// stations take returnable items back; every kind may void its own operations and close
+/// out shifts.
 pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), ApiError> {
     let refusal = match (kind, action) {
         (TerminalKind::Bar, Action::Recharge) => "a bar terminal cannot top up cards",
@@ -89,6 +93,8 @@ pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), Api
         (TerminalKind::Checkpoint, Action::Return) => {
             "a checkpoint terminal cannot take returnable items back"
         }
+        (TerminalKind::Bar, Action::GrantVouchers) => "a bar terminal cannot grant vouchers",
+        (TerminalKind::Return, Action::GrantVouchers) => "a return station cannot grant vouchers",
         _ => return Ok(()),
     };
     Err(ApiError::new(ErrorCode::Forbidden, refusal))
@@ -115,6 +121,8 @@ pub fn check_staff(
     let allowed = match action {
         Action::Order | Action::Return => staff.role.may_work_at(TerminalKind::Bar),
         Action::Recharge => staff.role.may_work_at(TerminalKind::Checkpoint),
+        // Free drinks are a supervisor's decision, never a cashier's.
+        Action::GrantVouchers => staff.role == StaffRole::Supervisor,
         Action::Void | Action::CloseShift => true,
     };
     if allowed {
@@ -512,6 +520,68 @@ pub fn decide_return<'c>(
         change,
         catalog_deposits,
     })
+}
+
+/// Decides a voucher grant: the units go onto the card (created if unknown). Online, a lost
+/// card is refused (`CARD_BLOCKED`), and so is a card that would hold more than
+/// `CARD_VOUCHER_UNITS_MAX` (`LIMIT_EXCEEDED`); offline (the supervisor already told the
+/// holder) it is applied and flagged `LIMIT_EXCEEDED`. The balance does not change: vouchers
+/// are never money.
+pub fn decide_voucher_grant(
+    req: &VoucherGrantRequest,
+    card: Option<CardState>,
+) -> Result<BalanceChange, ApiError> {
+    let mut flags = Vec::new();
+    let previous = card.unwrap_or_else(|| {
+        flags.push(Flag::CardCreated);
+        CardState::NEW
+    });
+    let vouchers = previous
+        .vouchers
+        .checked_add(req.units)
+        .ok_or_else(|| overflow("units"))?;
+    let over = vouchers > CARD_VOUCHER_UNITS_MAX;
+    match req.mode {
+        Mode::Online => {
+            if previous.block_reason == Some(BlockReason::Lost) {
+                return Err(blocked(&previous));
+            }
+            if over {
+                return Err(ApiError::with_details(
+                    ErrorCode::LimitExceeded,
+                    "the card would hold more voucher units than allowed",
+                    json!({ "limit": "voucher_units_max", "limit_units": CARD_VOUCHER_UNITS_MAX,
+                            "voucher_units": previous.vouchers }),
+                ));
+            }
+        }
+        Mode::Offline if over => flags.push(Flag::LimitExceeded),
+        Mode::Offline => {}
+    }
+    Ok(BalanceChange {
+        create_card: card.is_none(),
+        previous,
+        next: CardState {
+            vouchers,
+            ..previous
+        },
+        flags,
+    })
+}
+
+/// The desk's grant (`cashless ledger voucher grant`): the card's voucher units after it, or
+/// why not: a card holds at most `CARD_VOUCHER_UNITS_MAX`, as after an online grant.
+pub fn desk_voucher_grant(card: CardState, units: i64) -> Result<i64, String> {
+    card.vouchers
+        .checked_add(units)
+        .filter(|v| *v <= CARD_VOUCHER_UNITS_MAX)
+        .ok_or_else(|| {
+            format!(
+                "the card holds {} voucher units; {units} more would pass the maximum of \
+                 {CARD_VOUCHER_UNITS_MAX}",
+                card.vouchers
+            )
+        })
 }
 
 /// Credits `amount` to `card` (created if unknown). Online, a lost card and amounts past

@@ -29,6 +29,8 @@ pub const VOUCHER_PRICE_MAX: i64 = 100;
 pub const ORDER_VOUCHER_UNITS_MAX: i64 = 10_000;
 /// Voucher units one grant gives, at most.
 pub const VOUCHER_GRANT_UNITS_MAX: i64 = 1_000;
+/// Voucher units a card holds after an online grant, at most (`LIMIT_EXCEEDED` beyond).
+pub const CARD_VOUCHER_UNITS_MAX: i64 = 10_000;
 /// Lines in one deposit return, at most.
 pub const RETURN_ITEMS_MAX: usize = 10;
 /// The highest deposit return (10,000.00): far above any handful of cups.
@@ -281,7 +283,8 @@ impl BlockReason {
 /// (offline sale, or a reversed top-up) and is blocked for debt; `PRICE_DIFFERS_FROM_CATALOG`
 /// an offline order line's product or price differs from the catalog (recorded, not refused);
 /// `CARD_CREATED` the card was unknown and has been created; `LIMIT_EXCEEDED` an offline
-/// top-up was applied beyond a configured limit; `AGE_RESTRICTED` an offline order sold a
+/// top-up or deposit return was applied beyond a configured limit, or an offline voucher
+/// grant beyond `CARD_VOUCHER_UNITS_MAX`; `AGE_RESTRICTED` an offline order sold a
 /// product the card's age flag forbids (the terminal did not know the flag yet);
 /// `VOUCHERS_OVERDRAWN` an offline order used more vouchers than the card had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -293,7 +296,8 @@ pub enum Flag {
     PriceDiffersFromCatalog,
     /// The card was unknown and has been created.
     CardCreated,
-    /// An offline top-up went past a configured limit.
+    /// An offline top-up or deposit return went past a configured limit, or an offline
+    /// voucher grant past `CARD_VOUCHER_UNITS_MAX`.
     LimitExceeded,
     /// An offline order sold a product the card's age flag forbids.
     AgeRestricted,
@@ -441,6 +445,33 @@ pub struct ReturnRequest {
     pub mode: Mode,
 }
 
+/// Voucher units given to a card at a checkpoint (`POST /v1/voucher-grants`): staff and
+/// artist drinks, granted by a supervisor. Vouchers are never money: no posting, no balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "client_request_id": "9e1d2c3b-4a59-4b68-8c7d-6e5f4a3b2c1d", "terminal_seq": 8,
+    "card_uid": "04A1B2C3D4E5F6", "units": 4, "staff_id": "s-1",
+    "created_at": "2026-07-01T17:05:00Z", "mode": "online"
+})))]
+pub struct VoucherGrantRequest {
+    /// Idempotency key.
+    pub client_request_id: ClientRequestId,
+    /// The terminal's gapless sequence number.
+    pub terminal_seq: TerminalSeq,
+    /// The card receiving the vouchers.
+    pub card_uid: CardUid,
+    /// Voucher units to give, 1 to 1,000 (`VOUCHER_GRANT_UNITS_MAX`).
+    #[schema(minimum = 1, maximum = 1000, example = 4)]
+    pub units: i64,
+    /// The supervisor who granted them.
+    pub staff_id: StaffId,
+    /// When the terminal recorded it (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// Online or offline.
+    pub mode: Mode,
+}
+
 /// The reversal of an order or top-up by its `client_request_id` (`POST /v1/voids`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -523,6 +554,9 @@ pub enum Operation {
     Void(VoidRequest),
     /// A deposit return.
     Return(ReturnRequest),
+    /// Voucher units granted at a checkpoint.
+    #[serde(rename = "voucher_grant")]
+    VoucherGrant(VoucherGrantRequest),
 }
 
 impl Operation {
@@ -533,6 +567,7 @@ impl Operation {
             Operation::Recharge(r) => r.client_request_id,
             Operation::Void(r) => r.client_request_id,
             Operation::Return(r) => r.client_request_id,
+            Operation::VoucherGrant(r) => r.client_request_id,
         }
     }
 
@@ -543,6 +578,7 @@ impl Operation {
             Operation::Recharge(r) => r.terminal_seq,
             Operation::Void(r) => r.terminal_seq,
             Operation::Return(r) => r.terminal_seq,
+            Operation::VoucherGrant(r) => r.terminal_seq,
         }
     }
 
@@ -553,16 +589,18 @@ impl Operation {
             Operation::Recharge(r) => &r.staff_id,
             Operation::Void(r) => &r.staff_id,
             Operation::Return(r) => &r.staff_id,
+            Operation::VoucherGrant(r) => &r.staff_id,
         }
     }
 
-    /// `order`, `recharge`, `void` or `return`.
+    /// `order`, `recharge`, `void`, `return` or `voucher_grant`.
     pub fn kind_str(&self) -> &'static str {
         match self {
             Operation::Order(_) => "order",
             Operation::Recharge(_) => "recharge",
             Operation::Void(_) => "void",
             Operation::Return(_) => "return",
+            Operation::VoucherGrant(_) => "voucher_grant",
         }
     }
 
@@ -573,6 +611,7 @@ impl Operation {
             Operation::Recharge(r) => r.mode,
             Operation::Void(_) => Mode::Offline,
             Operation::Return(r) => r.mode,
+            Operation::VoucherGrant(r) => r.mode,
         }
     }
 }
@@ -699,6 +738,13 @@ impl ReturnRequest {
             "unit_deposit_cents",
             ("amount_cents", self.amount_cents, RETURN_AMOUNT_CENTS_MAX),
         )
+    }
+}
+
+impl VoucherGrantRequest {
+    /// Checks the units' range.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_range("units", self.units, 1, VOUCHER_GRANT_UNITS_MAX)
     }
 }
 
@@ -857,6 +903,14 @@ pub struct Approval {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = i64, nullable = false, minimum = 0)]
     pub money_cents: Option<Cents>,
+    /// Voucher grants only: the units granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    pub vouchers_granted: Option<i64>,
+    /// Voucher grants only: the card's voucher units after the grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub voucher_units: Option<i64>,
 }
 
 /// The schema of [`Approval::status`]: one value.
@@ -923,6 +977,11 @@ pub struct VoidOutcome {
     pub processed_at: String,
     /// Remarks.
     pub flags: Vec<Flag>,
+    /// Voucher units given back to the card: what a voided order used (positive), or what a
+    /// voided voucher grant gave (negative). Absent when no vouchers moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub vouchers_returned: Option<i64>,
 }
 
 /// The 201 answer to a recorded shift close-out (also the stored answer, replayed).

@@ -48,6 +48,12 @@ pub enum Command {
         /// The items.
         items: Vec<ReturnCommandItem>,
     },
+    /// Arms a voucher grant: `units` voucher units (staff and artist drinks) for the card
+    /// presented next (checkpoints; a supervisor only).
+    GrantVouchers {
+        /// 1 to 1,000.
+        units: i64,
+    },
     /// A card presented by hand (`--reader simulated`).
     Tap {
         /// Its UID.
@@ -113,6 +119,7 @@ mod tests {
             r#"{"cmd":"tap","uid":"04A1B2C3","x":1}"#,
             r#"{"cmd":"order","items":[{"product_id":"beer","quantity":1,"x":1}]}"#,
             r#"{"cmd":"return","items":[{"product_id":"cup","quantity":1,"x":1}]}"#,
+            r#"{"cmd":"grant_vouchers","units":1,"x":1}"#,
         ] {
             let err = serde_json::from_str::<Command>(line).expect_err(line);
             assert!(err.to_string().contains("unknown field"), "{line}: {err}");

@@ -43,14 +43,17 @@ pub enum Event {
     LoggedOut,
     /// An operation is armed: the next card pays for it, receives it, or shows its balance.
     Armed {
-        /// `order`, `topup` or `balance`.
+        /// `order`, `topup`, `return`, `voucher_grant` or `balance`.
         operation: &'static str,
         /// An order's total.
         #[serde(skip_serializing_if = "Option::is_none")]
         total_cents: Option<Cents>,
-        /// A top-up's amount.
+        /// A top-up's or a deposit return's amount.
         #[serde(skip_serializing_if = "Option::is_none")]
         amount_cents: Option<Cents>,
+        /// A voucher grant's units.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        units: Option<i64>,
     },
     /// `cancel` disarmed the terminal.
     Cancelled,
@@ -158,7 +161,7 @@ pub enum Event {
 pub struct Decision {
     /// The journaled operation it is about; `null` when nothing was journaled.
     pub client_request_id: Option<ClientRequestId>,
-    /// `order`, `topup` or `void`.
+    /// `order`, `topup`, `return`, `voucher_grant` or `void`.
     pub operation: &'static str,
     /// The card.
     pub card_uid: CardUid,
@@ -177,6 +180,10 @@ pub struct Decision {
     /// they paid is the money charged).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vouchers_used: Option<i64>,
+    /// An approved voucher grant: the units given (`total_cents` is 0: vouchers are not
+    /// money).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vouchers_granted: Option<i64>,
 }
 
 impl Decision {
@@ -256,6 +263,7 @@ mod tests {
                 balance_cents: None,
                 target_client_request_id: None,
                 vouchers_used: None,
+                vouchers_granted: None,
             })),
             json!({"event": "decision", "client_request_id": null, "operation": "order",
                    "card_uid": "04A1B2C3", "status": "declined", "reason": "INSUFFICIENT_FUNDS",
@@ -265,7 +273,8 @@ mod tests {
             json_of(&Event::Armed {
                 operation: "order",
                 total_cents: Some(Cents::new(900)),
-                amount_cents: None
+                amount_cents: None,
+                units: None,
             }),
             json!({"event": "armed", "operation": "order", "total_cents": 900})
         );

@@ -280,6 +280,7 @@ impl LedgerClient {
             Operation::Recharge(r) => ("/v1/recharges", serde_json::to_value(r)),
             Operation::Void(r) => ("/v1/voids", serde_json::to_value(r)),
             Operation::Return(r) => ("/v1/returns", serde_json::to_value(r)),
+            Operation::VoucherGrant(r) => ("/v1/voucher-grants", serde_json::to_value(r)),
         };
         let body =
             body.map_err(|e| ClientError::BadAnswer(format!("cannot encode the request: {e}")))?;

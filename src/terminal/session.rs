@@ -22,8 +22,8 @@ use super::tap::{self, Payment, PaymentKind, Tap, append_void};
 use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
 use crate::protocol::api::{
     ORDER_ITEMS_MAX, OrderItem, PaymentMethod, QUANTITY_MAX, RECHARGE_AMOUNT_CENTS_MAX,
-    RETURN_AMOUNT_CENTS_MAX, RETURN_ITEMS_MAX, ReturnItem, SHIFT_TOTAL_CENTS_MAX, Scan,
-    TerminalKind, VoidReason, format_time,
+    RETURN_AMOUNT_CENTS_MAX, RETURN_ITEMS_MAX, ReturnItem, SHIFT_TOTAL_CENTS_MAX, Scan, StaffRole,
+    TerminalKind, VOUCHER_GRANT_UNITS_MAX, VoidReason, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
@@ -289,6 +289,7 @@ impl Session {
             }
             Command::Order { items } => self.arm_order(&items),
             Command::Return { items } => self.arm_return(&items),
+            Command::GrantVouchers { units } => self.arm_voucher_grant(units),
             Command::Topup {
                 amount_cents,
                 payment_method,
@@ -303,6 +304,7 @@ impl Session {
                     operation: "balance",
                     total_cents: None,
                     amount_cents: None,
+                    units: None,
                 })
             }
         };
@@ -360,7 +362,11 @@ impl Session {
         if !matched {
             return Err(Refusal::Login("wrong PIN".into()));
         }
+        // A new login starts afresh: what the previous staff member armed is not paid in
+        // their name, and their last operation is not voided by someone else.
         self.staff = Some(id.clone());
+        self.armed = None;
+        self.last_approved = None;
         Ok(Event::Login {
             ok: true,
             staff_id: Some(id.as_str().to_owned()),
@@ -501,6 +507,7 @@ impl Session {
             operation: "order",
             total_cents: Some(total),
             amount_cents: None,
+            units: None,
         })
     }
 
@@ -565,6 +572,34 @@ impl Session {
             operation: "return",
             total_cents: None,
             amount_cents: Some(amount),
+            units: None,
+        })
+    }
+
+    fn arm_voucher_grant(&mut self, units: i64) -> Answer {
+        let staff = self.logged_in()?;
+        self.only_at(
+            TerminalKind::Checkpoint,
+            "vouchers are granted at checkpoints",
+        )?;
+        // Free drinks are a supervisor's decision; the ledger refuses anyone else's grant.
+        let role = self.read(|j| j.staff_member(&staff))?.map(|m| m.role);
+        if role != Some(StaffRole::Supervisor) {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "only a supervisor grants vouchers",
+            ));
+        }
+        within("units", units, 1, VOUCHER_GRANT_UNITS_MAX)?;
+        self.armed = Some(Armed::Pay(Payment {
+            staff,
+            kind: PaymentKind::VoucherGrant { units },
+        }));
+        Ok(Event::Armed {
+            operation: "voucher_grant",
+            total_cents: None,
+            amount_cents: None,
+            units: Some(units),
         })
     }
 
@@ -643,6 +678,7 @@ impl Session {
             operation: "topup",
             total_cents: None,
             amount_cents: Some(Cents::new(amount_cents)),
+            units: None,
         })
     }
 
@@ -853,6 +889,9 @@ impl Session {
             balance_cents: verdict.balance,
             target_client_request_id: None,
             vouchers_used: verdict.vouchers_used,
+            vouchers_granted: payment
+                .vouchers_granted()
+                .filter(|_| verdict.outcome != Outcome::Declined),
         })
     }
 
@@ -908,6 +947,7 @@ impl Session {
             balance_cents: None,
             target_client_request_id: Some(last.client_request_id),
             vouchers_used: None,
+            vouchers_granted: None,
         }))
     }
 }

@@ -15,7 +15,7 @@ use super::journal::{
 use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, MinAge, StaffId, TerminalSeq};
 use crate::protocol::api::{
     Mode, Operation, OrderItem, OrderRequest, PaymentMethod, RechargeRequest, ReturnItem,
-    ReturnRequest, VoidReason, VoidRequest,
+    ReturnRequest, VoidReason, VoidRequest, VoucherGrantRequest,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -30,7 +30,7 @@ pub struct Payment {
     pub kind: PaymentKind,
 }
 
-/// An order, a top-up or a deposit return.
+/// An order, a top-up, a deposit return or a voucher grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentKind {
     /// A sale at the bar.
@@ -60,23 +60,38 @@ pub enum PaymentKind {
         /// The deposits' total.
         amount: Cents,
     },
+    /// Voucher units given at a checkpoint by a supervisor: no money moves.
+    VoucherGrant {
+        /// 1 to `VOUCHER_GRANT_UNITS_MAX`.
+        units: i64,
+    },
 }
 
 impl Payment {
-    /// `order`, `topup` or `return`, as events name them.
+    /// `order`, `topup`, `return` or `voucher_grant`, as events name them.
     pub fn operation(&self) -> &'static str {
         match self.kind {
             PaymentKind::Order { .. } => "order",
             PaymentKind::Topup { .. } => "topup",
             PaymentKind::Return { .. } => "return",
+            PaymentKind::VoucherGrant { .. } => "voucher_grant",
         }
     }
 
-    /// The money moved.
+    /// The money moved (none for a voucher grant).
     pub fn total(&self) -> Cents {
         match self.kind {
             PaymentKind::Order { total, .. } => total,
             PaymentKind::Topup { amount, .. } | PaymentKind::Return { amount, .. } => amount,
+            PaymentKind::VoucherGrant { .. } => Cents::ZERO,
+        }
+    }
+
+    /// The voucher units a grant gives.
+    pub fn vouchers_granted(&self) -> Option<i64> {
+        match self.kind {
+            PaymentKind::VoucherGrant { units } => Some(units),
+            _ => None,
         }
     }
 
@@ -84,7 +99,9 @@ impl Payment {
     pub fn min_age(&self) -> Option<MinAge> {
         match self.kind {
             PaymentKind::Order { min_age, .. } => min_age,
-            PaymentKind::Topup { .. } | PaymentKind::Return { .. } => None,
+            PaymentKind::Topup { .. }
+            | PaymentKind::Return { .. }
+            | PaymentKind::VoucherGrant { .. } => None,
         }
     }
 
@@ -104,7 +121,9 @@ impl Payment {
                     voucher_price: *price,
                 })
                 .collect(),
-            PaymentKind::Topup { .. } | PaymentKind::Return { .. } => Vec::new(),
+            PaymentKind::Topup { .. }
+            | PaymentKind::Return { .. }
+            | PaymentKind::VoucherGrant { .. } => Vec::new(),
         }
     }
 
@@ -114,6 +133,9 @@ impl Payment {
             PaymentKind::Order { .. } => super::core::tap::Movement::Order,
             PaymentKind::Topup { .. } => super::core::tap::Movement::Topup,
             PaymentKind::Return { .. } => super::core::tap::Movement::Return,
+            PaymentKind::VoucherGrant { units } => {
+                super::core::tap::Movement::VoucherGrant { units }
+            }
         }
     }
 
@@ -163,6 +185,15 @@ impl Payment {
                 created_at: Utc::now(),
                 mode,
             }),
+            PaymentKind::VoucherGrant { units } => Operation::VoucherGrant(VoucherGrantRequest {
+                client_request_id: crid,
+                terminal_seq: seq,
+                card_uid: uid.clone(),
+                units: *units,
+                staff_id: self.staff.clone(),
+                created_at: Utc::now(),
+                mode,
+            }),
         }
     }
 
@@ -175,6 +206,7 @@ impl Payment {
             ),
             PaymentKind::Topup { amount, .. } => (OperationKind::Recharge, *amount),
             PaymentKind::Return { amount, .. } => (OperationKind::Return, *amount),
+            PaymentKind::VoucherGrant { .. } => (OperationKind::VoucherGrant, Cents::ZERO),
         }
     }
 }
@@ -186,6 +218,7 @@ pub fn operation_body(op: &Operation) -> Value {
         Operation::Recharge(r) => serde_json::to_value(r),
         Operation::Void(r) => serde_json::to_value(r),
         Operation::Return(r) => serde_json::to_value(r),
+        Operation::VoucherGrant(r) => serde_json::to_value(r),
     };
     body.unwrap_or(Value::Null)
 }

@@ -452,6 +452,7 @@ mod tests {
             balance_cents: Some(Cents::new(550)),
             target_client_request_id: None,
             vouchers_used: None,
+            vouchers_granted: None,
         });
         tui.show(&decision).await.unwrap();
         assert_eq!(tui.draws(), drawn + 1);

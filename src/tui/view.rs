@@ -187,8 +187,9 @@ fn hint_line(model: &Model) -> String {
         }
         Screen::OpenPrice { .. } => "digits: price in cents   Enter: add one   Esc: back".into(),
         Screen::Amount { .. } => {
-            "digits cents  - preset  . cash/card  ↓ minor  Enter top up  + shift  ? help".into()
+            "- preset  . cash/card  ↓ minor  ↑ vouchers  + shift  Enter top up  ? help".into()
         }
+        Screen::Vouchers { .. } => "digits: voucher units   Enter: grant   Esc: back".into(),
         Screen::Present { .. } => "present the card   Esc: cancel".into(),
         Screen::Deciding => "deciding…".into(),
         Screen::Result { .. } | Screen::Balance { .. } => "any key: next".into(),
@@ -415,6 +416,20 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 area,
             );
         }
+        Screen::Vouchers { digits } => {
+            let units = digits.parse::<i64>().unwrap_or(0);
+            let lines = vec![
+                Line::from(format!("Vouchers: {units}")).bold(),
+                Line::from(""),
+                Line::from("Staff and artist drinks: a supervisor's grant."),
+                Line::from("Vouchers pay drinks that take them, never money."),
+            ];
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::new().borders(Borders::ALL).title(" Grant vouchers ")),
+                area,
+            );
+        }
         Screen::Present { what, .. } => {
             let text = match what {
                 Presenting::Order(total) => format!("{}\n\nPRESENT CARD", money(*total)),
@@ -431,6 +446,12 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 ),
                 Presenting::Return(amount) => {
                     format!("+{}  CUPS BACK\n\nPRESENT CARD", money(*amount))
+                }
+                Presenting::Vouchers(units) => {
+                    format!(
+                        "+{units} {}\n\nPRESENT CARD",
+                        vouchers_word(*units).to_uppercase()
+                    )
                 }
                 Presenting::Balance => "BALANCE\n\nPRESENT CARD".into(),
             };
@@ -454,15 +475,20 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             if let Some(reason) = &decision.reason {
                 text.push_str(&format!("\n\n{}", reason_text(reason)));
             }
-            text.push_str(&format!(
-                "\n\n{} {}",
-                decision.operation,
-                money(decision.total_cents)
-            ));
+            match decision.vouchers_granted {
+                // A grant moves no money: say what it gave.
+                Some(units) => {
+                    text.push_str(&format!("\n\n{units} {} granted", vouchers_word(units)))
+                }
+                None => text.push_str(&format!(
+                    "\n\n{} {}",
+                    decision.operation,
+                    money(decision.total_cents)
+                )),
+            }
             // Staff and artist drinks: say what vouchers paid, so nobody asks for money.
             if let Some(units) = decision.vouchers_used.filter(|u| *u > 0) {
-                let s = if units == 1 { "" } else { "s" };
-                text.push_str(&format!("\npaid with {units} voucher{s}"));
+                text.push_str(&format!("\npaid with {units} {}", vouchers_word(units)));
             }
             if let Some(b) = decision.balance_cents {
                 text.push_str(&format!("\nbalance {}", money(b)));
@@ -677,6 +703,7 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
                 "-        the presets, in turn",
                 ".        cash or card",
                 "↓        mark the holder under 18, under 16 (from an ID)",
+                "↑        grant vouchers (supervisors only)",
                 "Enter    top up: then present the card",
                 "+        this shift's totals; Enter there closes it",
             ]
@@ -700,6 +727,11 @@ fn draw_help(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             .block(Block::new().borders(Borders::ALL).title(" Help ")),
         popup,
     );
+}
+
+/// "voucher" or "vouchers".
+fn vouchers_word(units: i64) -> &'static str {
+    if units == 1 { "voucher" } else { "vouchers" }
 }
 
 /// A rectangle of at most `width` × `height` in the middle of `area`.

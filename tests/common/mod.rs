@@ -999,6 +999,19 @@ pub fn return_body(uid: &str, seq: i64, items: &[(&str, i64, i64)], mode: &str) 
     })
 }
 
+/// A voucher grant of `units` by the supervisor s-super, with a fresh `client_request_id`.
+pub fn voucher_grant_body(uid: &str, seq: i64, units: i64, mode: &str) -> Value {
+    json!({
+        "client_request_id": new_id(),
+        "terminal_seq": seq,
+        "card_uid": uid,
+        "units": units,
+        "staff_id": SUPER_STAFF,
+        "created_at": now_rfc3339(),
+        "mode": mode,
+    })
+}
+
 /// A void of `target` (a `client_request_id`) with a fresh `client_request_id`.
 pub fn void_body(target: &str, seq: i64, reason: &str, staff: &str) -> Value {
     json!({

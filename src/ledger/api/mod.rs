@@ -169,6 +169,10 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
             "/v1/returns",
             ops::post_operation_route::<S>(OpKind::Return),
         )
+        .route(
+            "/v1/voucher-grants",
+            ops::post_operation_route::<S>(OpKind::VoucherGrant),
+        )
         .route("/v1/shifts", post(ops::post_shift::<S>))
         .route(
             "/v1/webhooks/stripe",

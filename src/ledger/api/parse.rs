@@ -157,6 +157,7 @@ pub(super) enum OpKind {
     Recharge,
     Void,
     Return,
+    VoucherGrant,
 }
 
 impl OpKind {
@@ -166,6 +167,7 @@ impl OpKind {
             OpKind::Recharge => Action::Recharge,
             OpKind::Void => Action::Void,
             OpKind::Return => Action::Return,
+            OpKind::VoucherGrant => Action::GrantVouchers,
         }
     }
 }
@@ -186,6 +188,7 @@ pub(super) fn parse_operation(kind: OpKind, bytes: &[u8]) -> Result<Operation, A
         OpKind::Recharge => Operation::Recharge(parse_typed(bytes)?),
         OpKind::Void => Operation::Void(parse_typed(bytes)?),
         OpKind::Return => Operation::Return(parse_typed(bytes)?),
+        OpKind::VoucherGrant => Operation::VoucherGrant(parse_typed(bytes)?),
     };
     check_ranges(&op)?;
     Ok(op)
@@ -197,6 +200,7 @@ fn check_ranges(op: &Operation) -> Result<(), ApiError> {
         Operation::Recharge(r) => r.validate(),
         Operation::Void(r) => r.validate(),
         Operation::Return(r) => r.validate(),
+        Operation::VoucherGrant(r) => r.validate(),
     }
     .map_err(ApiError::invalid_field)
 }
@@ -207,6 +211,7 @@ fn validated(kind: OpKind, value: Value) -> Result<Operation, ApiError> {
         OpKind::Recharge => Operation::Recharge(parse_value(value)?),
         OpKind::Void => Operation::Void(parse_value(value)?),
         OpKind::Return => Operation::Return(parse_value(value)?),
+        OpKind::VoucherGrant => Operation::VoucherGrant(parse_value(value)?),
     };
     check_ranges(&op)?;
     Ok(op)
@@ -266,8 +271,8 @@ pub(super) fn batch_operations(
 }
 
 /// Parses one operation of a batch (or of a terminal's journal export) from its JSON text:
-/// `{"type": "order" | "recharge" | "void" | "return", ...the operation's body...}`. Repeated keys,
-/// unknown fields and out-of-range values get the 400 they deserve.
+/// `{"type": "order" | "recharge" | "void" | "return" | "voucher_grant", ...the operation's
+/// body...}`. Repeated keys, unknown fields and out-of-range values get the 400 they deserve.
 pub fn parse_batch_entry(raw: &str) -> Result<Operation, ApiError> {
     parse_json::<Value>(raw.as_bytes()).and_then(batch_entry)
 }
@@ -285,10 +290,11 @@ fn batch_entry(value: Value) -> Result<Operation, ApiError> {
         Some(Value::String(t)) if t == "recharge" => OpKind::Recharge,
         Some(Value::String(t)) if t == "void" => OpKind::Void,
         Some(Value::String(t)) if t == "return" => OpKind::Return,
+        Some(Value::String(t)) if t == "voucher_grant" => OpKind::VoucherGrant,
         _ => {
             return Err(ApiError::invalid_field(FieldError {
                 field: "type".into(),
-                message: "must be order, recharge, void or return".into(),
+                message: "must be order, recharge, void, return or voucher_grant".into(),
             }));
         }
     };

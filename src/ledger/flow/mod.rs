@@ -67,6 +67,12 @@
 //! to the card (`rules::decide_return`); a void reverses it like a top-up (the terminal voids
 //! a return whose answer it never got before it decides offline).
 //!
+//! **Voucher grants.** A checkpoint's supervisor gives a card voucher units
+//! (`voucher_grant`, `rules::decide_voucher_grant`): the card is created if unknown, a lost
+//! card and more than `CARD_VOUCHER_UNITS_MAX` units are refused online and applied offline
+//! (flagged `LIMIT_EXCEEDED`). A grant has no posting: vouchers are never money. A void takes
+//! the units back (the card's units may go below zero when they were already used).
+//!
 //! **Accounts.** A card's account is `card:<UID>`; an order posts `card:<UID>` −money and,
 //! per rate in byte order of its name, `revenue:<point of sale>:<rate>` +net and
 //! `vat:<rate>` +tax (amounts of zero are not posted), then `deposits` +its deposit lines'
@@ -88,6 +94,7 @@ pub use crate::ledger::rules::CatalogEntry;
 use crate::ledger::rules::{CardState, Limits};
 use crate::protocol::api::{
     Flag, OrderRequest, PaymentMethod, RechargeRequest, ReturnRequest, ShiftCloseout, VoidRequest,
+    VoucherGrantRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use chrono::{DateTime, Utc};
@@ -139,7 +146,7 @@ impl FlowError {
 pub struct StoredKey {
     /// The fingerprint of the request that wrote it ([`ops::request_sha256`]).
     pub request_sha256: String,
-    /// `order`, `recharge`, `void` or `shift`.
+    /// `order`, `recharge`, `return`, `voucher_grant`, `void` or `shift`.
     pub operation: String,
     /// The stored outcome.
     pub answer: StoredAnswer,
@@ -154,6 +161,20 @@ pub enum TargetKind {
     Recharge(PaymentMethod),
     /// A deposit return.
     Return,
+    /// A voucher grant.
+    VoucherGrant,
+}
+
+impl TargetKind {
+    /// The spelling of `voids.target_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Order => "order",
+            TargetKind::Recharge(_) => "recharge",
+            TargetKind::Return => "return",
+            TargetKind::VoucherGrant => "voucher_grant",
+        }
+    }
 }
 
 /// An applied order or top-up that a void can reverse.
@@ -170,9 +191,9 @@ pub struct Target {
     /// Its card.
     pub card_uid: CardUid,
     /// The money it moved: an order's money charged (its total less what vouchers paid), a
-    /// top-up's amount.
+    /// top-up's or a deposit return's amount; 0 for a voucher grant.
     pub amount: Cents,
-    /// The voucher units an order used (0 for a top-up).
+    /// The voucher units an order used, or a voucher grant gave (0 otherwise).
     pub vouchers: i64,
     /// Its postings, in the order they were written: a void posts each reversed.
     pub postings: Vec<(String, Cents)>,
@@ -350,6 +371,17 @@ pub enum Row<'a> {
         /// Per line: the catalog's deposit when the terminal credited another.
         catalog_deposits: Vec<Option<Cents>>,
     },
+    /// `voucher_grants`.
+    VoucherGrant {
+        /// The transaction.
+        transaction_id: Uuid,
+        /// The request.
+        request: &'a VoucherGrantRequest,
+        /// The card's voucher units before and after.
+        voucher_units: (i64, i64),
+        /// Remarks.
+        flags: Vec<Flag>,
+    },
     /// `voids`, and the target marked `voided_by` when it was applied.
     Void {
         /// The void's transaction.
@@ -360,7 +392,8 @@ pub enum Row<'a> {
         target: Option<(TargetKind, Uuid)>,
         /// The card, money back to it and its balances, when reversed.
         reversal: Option<(CardUid, Cents, Balances)>,
-        /// The voucher units given back to the card (a voided order's).
+        /// The voucher units given back to the card: a voided order's (positive), a voided
+        /// grant's (negative).
         vouchers_returned: i64,
     },
     /// `shift_closeouts`.
@@ -379,7 +412,7 @@ pub enum Row<'a> {
 pub struct LogEntry {
     /// Who.
     pub staff_id: StaffId,
-    /// `order`, `recharge`, `void` or `shift`.
+    /// `order`, `recharge`, `return`, `voucher_grant`, `void` or `shift`.
     pub operation: &'static str,
     /// The key.
     pub client_request_id: ClientRequestId,
@@ -402,7 +435,7 @@ pub struct LogEntry {
 pub struct KeyRecord {
     /// The key.
     pub client_request_id: ClientRequestId,
-    /// `order`, `recharge`, `void` or `shift`.
+    /// `order`, `recharge`, `return`, `voucher_grant`, `void` or `shift`.
     pub operation: &'static str,
     /// The request's fingerprint.
     pub request_sha256: String,

@@ -11,7 +11,7 @@ use crate::ledger::outcome::{self, Answer, Outcome};
 use crate::ledger::rules::{self, Action, BalanceChange, KeyCheck};
 use crate::protocol::api::{
     ApiError, Approval, Mode, Operation, OrderRequest, RechargeRequest, ReturnRequest,
-    ShiftCloseout, ShiftRecorded, VoidOutcome, VoidRequest, format_time,
+    ShiftCloseout, ShiftRecorded, VoidOutcome, VoidRequest, VoucherGrantRequest, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -40,6 +40,7 @@ pub fn action_of(op: &Operation) -> Action {
         Operation::Recharge(_) => Action::Recharge,
         Operation::Void(_) => Action::Void,
         Operation::Return(_) => Action::Return,
+        Operation::VoucherGrant(_) => Action::GrantVouchers,
     }
 }
 
@@ -108,6 +109,7 @@ pub fn decide_operation<'a, R: Reads>(
         Operation::Recharge(r) => recharge(ctx, r, reads.card(&r.card_uid)?)?,
         Operation::Void(r) => void(reads, ctx, r)?,
         Operation::Return(r) => deposit_return(reads, ctx, r)?,
+        Operation::VoucherGrant(r) => voucher_grant(ctx, r, reads.card(&r.card_uid)?),
     };
     let (applied, declined) = match decided {
         Ok(applied) => (Some(applied), None),
@@ -197,6 +199,8 @@ fn approval(
         flags: change.flags.clone(),
         vouchers_used: vouchers.map(|v| v.0),
         money_cents: vouchers.map(|v| v.1),
+        vouchers_granted: None,
+        voucher_units: None,
     })
 }
 
@@ -424,6 +428,43 @@ fn deposit_return<'a, R: Reads>(
     }))
 }
 
+fn voucher_grant<'a>(
+    ctx: &Context<'_>,
+    r: &'a VoucherGrantRequest,
+    card: Option<rules::CardState>,
+) -> Decided<'a> {
+    let change = rules::decide_voucher_grant(r, card)?;
+    let transaction_id = new_transaction_id();
+    let mut answer = approval(
+        ctx,
+        transaction_id,
+        (&r.client_request_id, &r.card_uid),
+        (None, None),
+        &change,
+        None,
+    );
+    if let Answer::Approval(a) = &mut answer {
+        a.vouchers_granted = Some(r.units);
+        a.voucher_units = Some(change.next.vouchers);
+    }
+    Ok(Applied {
+        transaction_id,
+        card: card_write(&r.card_uid, &change),
+        // Vouchers are never money: nothing to post.
+        postings: Vec::new(),
+        card_uid: Some(r.card_uid.clone()),
+        amount: None,
+        outcome: "approved",
+        answer,
+        row: Row::VoucherGrant {
+            transaction_id,
+            request: r,
+            voucher_units: (change.previous.vouchers, change.next.vouchers),
+            flags: change.flags,
+        },
+    })
+}
+
 fn invalid_target(message: &str) -> ApiError {
     ApiError::with_details(
         ErrorCode::InvalidRequest,
@@ -439,6 +480,7 @@ fn reversal_of(t: &Target) -> Result<(Cents, Vec<(String, Cents)>), FlowError> {
     let delta = match t.kind {
         TargetKind::Order => t.amount,
         TargetKind::Recharge(_) | TargetKind::Return => neg(t.amount)?,
+        TargetKind::VoucherGrant => Cents::ZERO,
     };
     let postings = t
         .postings
@@ -477,6 +519,7 @@ fn void<'a, R: Reads>(
     let transaction_id = new_transaction_id();
     let vouchers_returned = match &target {
         Some(t) if t.kind == TargetKind::Order => t.vouchers,
+        Some(t) if t.kind == TargetKind::VoucherGrant => -t.vouchers,
         _ => 0,
     };
     let (status, card, postings, reversal, row_target, change) = match &target {
@@ -512,6 +555,7 @@ fn void<'a, R: Reads>(
         card_status: change.as_ref().map(|c| c.next.status),
         processed_at: format_time(ctx.now),
         flags: change.as_ref().map(|c| c.flags.clone()).unwrap_or_default(),
+        vouchers_returned: (vouchers_returned != 0).then_some(vouchers_returned),
     });
     Ok(Ok(Applied {
         transaction_id,
@@ -572,6 +616,10 @@ fn log_entry(
                 .collect();
             let details = json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get(), "items": items });
             (Some(r.card_uid.clone()), Some(r.amount_cents), details)
+        }
+        Operation::VoucherGrant(r) => {
+            let details = json!({ "mode": r.mode.as_str(), "terminal_seq": r.terminal_seq.get(), "units": r.units });
+            (Some(r.card_uid.clone()), None, details)
         }
         Operation::Void(r) => {
             let mut details = json!({ "target_client_request_id": r.target_client_request_id, "reason": r.reason.as_str() });

@@ -13,7 +13,7 @@ use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{
     Approval, BATCH_OPERATIONS_MAX, CardStatus, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, OrderRequest,
     RechargeRequest, ReturnRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole,
-    TerminalKind, VoidOutcome, VoidRequest,
+    TerminalKind, VoidOutcome, VoidRequest, VoucherGrantRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -84,8 +84,8 @@ is refused with 413 `PAYLOAD_TOO_LARGE`.\n\n\
 `NOT_FOUND` (unknown route) or 405 `METHOD_NOT_ALLOWED` (known route, other method). \
 `DATABASE_ERROR` (503), `SERVER_ERROR` (500) and `DUPLICATE_REQUEST` (409) are retryable with \
 the same body.\n\n\
-**Idempotency.** Every POST that changes money (`/v1/orders`, `/v1/recharges`, `/v1/returns`, \
-`/v1/voids`, and each operation of `/v1/batch`) and `/v1/shifts` is idempotent on its `client_request_id`; \
+**Idempotency.** Every POST that changes money or vouchers (`/v1/orders`, `/v1/recharges`, \
+`/v1/returns`, `/v1/voucher-grants`, `/v1/voids`, and each operation of `/v1/batch`) and `/v1/shifts` is idempotent on its `client_request_id`; \
 see those operations.";
 
 /// The whole document.
@@ -94,6 +94,7 @@ pub fn document() -> OpenApi {
     add::<OrderRequest>(&mut schemas);
     add::<RechargeRequest>(&mut schemas);
     add::<ReturnRequest>(&mut schemas);
+    add::<VoucherGrantRequest>(&mut schemas);
     add::<VoidRequest>(&mut schemas);
     add::<ShiftCloseout>(&mut schemas);
     add::<ShiftRecorded>(&mut schemas);
@@ -338,6 +339,11 @@ mod tests {
             ),
             (prop("ReturnItem", "quantity"), 1, QUANTITY_MAX),
             (
+                prop("VoucherGrantRequest", "units"),
+                1,
+                VOUCHER_GRANT_UNITS_MAX,
+            ),
+            (
                 prop("ReturnItem", "unit_deposit_cents"),
                 0,
                 UNIT_PRICE_CENTS_MAX,
@@ -410,6 +416,7 @@ mod tests {
             "RechargeRequest",
             "ReturnRequest",
             "ReturnItem",
+            "VoucherGrantRequest",
             "VoidRequest",
             "ShiftCloseout",
             "Scan",
@@ -427,6 +434,7 @@ mod tests {
             ("BatchRecharge", "RechargeRequest", "recharge"),
             ("BatchVoid", "VoidRequest", "void"),
             ("BatchReturn", "ReturnRequest", "return"),
+            ("BatchVoucherGrant", "VoucherGrantRequest", "voucher_grant"),
         ] {
             let e = &schemas[entry];
             let r = &schemas[request];
@@ -489,9 +497,18 @@ mod tests {
         void.validate().unwrap();
         let cups: ReturnRequest = serde_json::from_str(&example("ReturnRequest")).unwrap();
         cups.validate().unwrap();
+        let grant: VoucherGrantRequest =
+            serde_json::from_str(&example("VoucherGrantRequest")).unwrap();
+        grant.validate().unwrap();
         let shift = crate::ledger::api::parse_shift_closeout(example("ShiftCloseout").as_bytes());
         assert!(shift.is_ok(), "{shift:?}");
-        for entry in ["BatchOrder", "BatchRecharge", "BatchVoid", "BatchReturn"] {
+        for entry in [
+            "BatchOrder",
+            "BatchRecharge",
+            "BatchVoid",
+            "BatchReturn",
+            "BatchVoucherGrant",
+        ] {
             let op = crate::ledger::api::parse_batch_entry(&example(entry));
             assert!(op.is_ok(), "{entry}: {op:?}");
         }

@@ -128,9 +128,9 @@ impl Op {
     }
 }
 
-/// An operation of a batch: the body of `POST /v1/orders`, `/v1/recharges`, `/v1/voids` or
-/// `/v1/returns`
-/// with a `type` naming which, derived from the request type.
+/// An operation of a batch: the body of `POST /v1/orders`, `/v1/recharges`, `/v1/voids`,
+/// `/v1/returns` or `/v1/voucher-grants` with a `type` naming which, derived from the
+/// request type.
 pub(super) fn batch_entry<T: ToSchema>(kind: &str) -> RefOr<Schema> {
     let mut schema = T::schema();
     if let RefOr::T(Schema::Object(object)) = &mut schema {
@@ -166,6 +166,11 @@ pub(super) fn batch_schemas() -> Vec<(String, RefOr<Schema>)> {
             "return",
             "BatchReturn",
             batch_entry::<ReturnRequest>("return"),
+        ),
+        (
+            "voucher_grant",
+            "BatchVoucherGrant",
+            batch_entry::<VoucherGrantRequest>("voucher_grant"),
         ),
     ];
     let mut one_of = OneOfBuilder::new()
@@ -305,7 +310,33 @@ pub(super) fn operations() -> Vec<Op> {
             .answer("422", stored("`UNKNOWN_PRODUCT` / `PRICE_MISMATCH` (online only): an item that is not returnable at this point of sale, or a deposit other than its price; `LIMIT_EXCEEDED` (online only): the resulting balance would be above the maximum balance (all stored under the key). `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::UnknownProduct, C::PriceMismatch, C::LimitExceeded, C::IdempotencyKeyReused])))
             .answer("423", stored("`CARD_BLOCKED` (online only): the card is blocked as lost. Stored under the key.", error_schema(&[C::CardBlocked])))
             .usual(),
-        Op::new(Post, "/v1/voids", "createVoid", "operations", "Reverse an order, top-up or deposit return by its client_request_id")
+        Op::new(Post, "/v1/voucher-grants", "createVoucherGrant", "operations", "Give a card voucher units at a checkpoint")
+            .describe(format!(
+                "Checkpoint terminals only (a bar or return station gets 403), and only a \
+                 staff member with the role `supervisor` (free drinks are a supervisor's \
+                 decision). Gives the card `units` voucher units (staff and artist drinks): \
+                 products with a voucher price are paid with them first. Vouchers are never \
+                 money: the grant changes no balance and has no posting.\n\n\
+                 An unknown card is created (flag `CARD_CREATED`). Online: a card blocked as \
+                 lost is declined with 423 `CARD_BLOCKED`, and a card that would hold more than \
+                 10,000 units (`CARD_VOUCHER_UNITS_MAX`) with 422 `LIMIT_EXCEEDED` \
+                 (`details.limit` = `voucher_units_max`, `details.limit_units`, \
+                 `details.voucher_units`). Offline (the supervisor already told the holder): \
+                 applied, past the maximum flagged `LIMIT_EXCEEDED`. A void takes the units \
+                 back (the card's units may go below zero when some were used).\n\n\
+                 {IDEMPOTENCY}"
+            ))
+            .param(idempotency_key())
+            .body(Ref::from_schema_name(VoucherGrantRequest::name()), "The grant.")
+            .answer("201", stored("Applied (or the stored approval, replayed): the approval, its balances unchanged, with `vouchers_granted` and the card's `voucher_units` after.", Ref::from_schema_name(Approval::name())))
+            .shared("400", "BadRequest")
+            .answer("403", error("`FORBIDDEN`: the terminal is not a checkpoint, or the staff member does not exist, is inactive (online grants only) or is not a supervisor.", &[C::Forbidden]))
+            .answer("409", error("`OPERATION_VOIDED`: this `client_request_id` was voided before it arrived (tombstone); `DUPLICATE_REQUEST`: the same key is being processed right now, retry later.", &[C::OperationVoided, C::DuplicateRequest]))
+            .shared("413", "PayloadTooLarge")
+            .answer("422", stored("`LIMIT_EXCEEDED` (online only): the card would hold more than 10,000 voucher units (stored under the key). `IDEMPOTENCY_KEY_REUSED`: the key was used for a different request.", error_schema(&[C::LimitExceeded, C::IdempotencyKeyReused])))
+            .answer("423", stored("`CARD_BLOCKED` (online only): the card is blocked as lost. Stored under the key.", error_schema(&[C::CardBlocked])))
+            .usual(),
+        Op::new(Post, "/v1/voids", "createVoid", "operations", "Reverse an order, top-up, deposit return or voucher grant by its client_request_id")
             .describe(format!(
                 "Any terminal kind, but only for the terminal's own operations (403 \
                  otherwise); any staff member known to the ledger (a void settles what already \
@@ -314,7 +345,9 @@ pub(super) fn operations() -> Vec<Op> {
                  attempt (sent, but no answer received).\n\n\
                  Target applied: reversed in full, 201 `voided` with the new balance \
                  (`refunded_cents` is positive for an order, negative for a top-up or a \
-                 deposit return; a card \
+                 deposit return, 0 for a voucher grant; `vouchers_returned`, when vouchers \
+                 moved, is what went back to the card: a voided order's vouchers, or minus a \
+                 voided grant's units; a card \
                  going below zero is blocked for debt, a credit bringing a debt-blocked card \
                  back to zero or above unblocks it). Target unknown or declined: a tombstone is \
                  stored, 201 `tombstoned`; it refuses the target only when that arrives from \

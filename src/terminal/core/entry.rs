@@ -57,6 +57,8 @@ db_enum!(
         Void => "void",
         /// Returnable items handed back, their deposits credited (`POST /v1/returns`).
         Return => "return",
+        /// Voucher units given at a checkpoint (`POST /v1/voucher-grants`); no money.
+        VoucherGrant => "voucher_grant",
     }
 );
 

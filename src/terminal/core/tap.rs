@@ -38,7 +38,7 @@ use super::online::{self, OnlineOutcome};
 use super::policy::{OfflineDecline, OfflineLimits, ReplicaCard, decide_offline_order};
 pub use crate::domain::VoucherLine;
 use crate::domain::{Cents, MinAge, age_forbids, split_vouchers};
-use crate::protocol::api::ORDER_VOUCHER_UNITS_MAX;
+use crate::protocol::api::{CARD_VOUCHER_UNITS_MAX, ORDER_VOUCHER_UNITS_MAX};
 use crate::protocol::codes::ErrorCode;
 
 /// The reason shown when the journal cannot record a decision.
@@ -62,6 +62,11 @@ pub enum Movement {
     Topup,
     /// A deposit return of `total`: returnable items handed back, the card is credited.
     Return,
+    /// A voucher grant of `units`: no money moves (`total` is 0), the card gets them.
+    VoucherGrant {
+        /// The units granted.
+        units: i64,
+    },
 }
 
 /// What the flow needs to decide offline.
@@ -497,6 +502,15 @@ impl TapFlow {
                     return Err(OFFLINE_LIMIT);
                 }
                 (self.total, self.total, 0)
+            }
+            // A supervisor's grant moves no money: the ledger applies it as recorded. A card
+            // the replica knows would pass the maximum an online grant may reach is declined,
+            // as the ledger would online.
+            Movement::VoucherGrant { units } => {
+                if card.is_some_and(|c| c.vouchers.saturating_add(units) > CARD_VOUCHER_UNITS_MAX) {
+                    return Err(LIMIT_EXCEEDED);
+                }
+                (Cents::ZERO, Cents::ZERO, 0)
             }
         };
         let after = card.and_then(|c| {
@@ -991,13 +1005,7 @@ mod tests {
         );
         assert_eq!(shown(&steps).reason.as_deref(), Some(LIMIT_EXCEEDED));
         // Unknown card: the balance is unknown, the money was received.
-        let unknown = Input::Card {
-            card: None,
-            local_charges: Cents::ZERO,
-            local_vouchers: 0,
-            unacknowledged: false,
-            unacknowledged_returns: Cents::ZERO,
-        };
+        let unknown = unknown_card();
         let steps = run(Movement::Topup, 5000, false, vec![unknown, Input::Done]);
         assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
         assert_eq!(shown(&steps).balance, None);
@@ -1022,6 +1030,65 @@ mod tests {
             },
             other => other,
         }
+    }
+
+    /// A card the replica has never seen, with nothing of this terminal's on it.
+    fn unknown_card() -> Input {
+        Input::Card {
+            card: None,
+            local_charges: Cents::ZERO,
+            local_vouchers: 0,
+            unacknowledged: false,
+            unacknowledged_returns: Cents::ZERO,
+        }
+    }
+
+    /// A card the replica knows with `vouchers` voucher units.
+    fn with_vouchers(vouchers: i64) -> Input {
+        match known(0) {
+            Input::Card {
+                card: Some(card),
+                local_charges,
+                local_vouchers,
+                unacknowledged,
+                unacknowledged_returns,
+            } => Input::Card {
+                card: Some(ReplicaCard { vouchers, ..card }),
+                local_charges,
+                local_vouchers,
+                unacknowledged,
+                unacknowledged_returns,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn offline_voucher_grants_stop_where_an_online_one_would() {
+        let grant = Movement::VoucherGrant { units: 2 };
+        // Up to the card's maximum: approved, journaled with no money.
+        let steps = run(grant, 0, false, vec![with_vouchers(9_998), Input::Done]);
+        assert_eq!(
+            steps[1],
+            Step::JournalOffline {
+                money: Cents::ZERO,
+                vouchers: 0
+            }
+        );
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        // One past it: declined before anything is journaled.
+        let steps = run(grant, 0, false, vec![with_vouchers(9_999), Input::Done]);
+        assert_eq!(
+            steps[1],
+            Step::RecordDecline {
+                reason: LIMIT_EXCEEDED
+            }
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(LIMIT_EXCEEDED));
+        // A card the replica does not know: the ledger decides when it replays.
+        let unknown = unknown_card();
+        let steps = run(grant, 0, false, vec![unknown, Input::Done]);
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
     }
 
     #[test]

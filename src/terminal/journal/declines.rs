@@ -35,10 +35,13 @@ impl Journal {
     ) -> Result<(), JournalError> {
         if !matches!(
             record.operation,
-            OperationKind::Order | OperationKind::Recharge | OperationKind::Return
+            OperationKind::Order
+                | OperationKind::Recharge
+                | OperationKind::Return
+                | OperationKind::VoucherGrant
         ) {
             return Err(invalid(
-                "only orders, top-ups and deposit returns are declined offline",
+                "only orders, top-ups, deposit returns and voucher grants are declined offline",
             ));
         }
         check_amount(record.operation, record.amount_cents)?;

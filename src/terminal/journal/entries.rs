@@ -545,12 +545,13 @@ fn check_batch_len(len: usize) -> Result<(), JournalError> {
     at_most(len, BATCH_OPERATIONS_MAX, "entries in one call")
 }
 
-/// An order never credits the card and a top-up or deposit return never debits it;
-/// `local_charges` relies on it.
+/// An order never credits the card, a top-up or deposit return never debits it, and a
+/// voucher grant moves no money; `local_charges` relies on it.
 pub(super) fn check_amount(operation: OperationKind, amount: Cents) -> Result<(), JournalError> {
     let ok = match operation {
         OperationKind::Order => amount <= Cents::ZERO,
         OperationKind::Recharge | OperationKind::Return => amount >= Cents::ZERO,
+        OperationKind::VoucherGrant => amount == Cents::ZERO,
         OperationKind::Void => true,
     };
     if ok {

@@ -400,6 +400,14 @@ impl Model {
                     Screen::Shift { summary: None },
                     vec![Action::Send(Command::Shift {})],
                 ),
+                // Staff and artist drinks: a supervisor's grant (the daemon refuses anyone
+                // else's, and the notice says so).
+                Key::Up => (
+                    Screen::Vouchers {
+                        digits: String::new(),
+                    },
+                    Vec::new(),
+                ),
                 Key::Enter => match digits.parse::<i64>() {
                     Ok(cents) if cents > 0 => (
                         Screen::Present {
@@ -432,6 +440,35 @@ impl Model {
                     },
                     Vec::new(),
                 ),
+            },
+            Screen::Vouchers { mut digits } => match key {
+                Key::Digit(d) => {
+                    if digits.len() < VOUCHER_DIGITS_MAX && !(digits.is_empty() && d == 0) {
+                        digits.push(char::from(b'0' + d));
+                    }
+                    (Screen::Vouchers { digits }, Vec::new())
+                }
+                Key::Backspace => {
+                    digits.pop();
+                    (Screen::Vouchers { digits }, Vec::new())
+                }
+                Key::Esc => (self.home(), Vec::new()),
+                Key::Enter => match digits.parse::<i64>() {
+                    Ok(units) if (1..=VOUCHER_GRANT_UNITS_MAX).contains(&units) => (
+                        Screen::Present {
+                            what: Presenting::Vouchers(units),
+                            since_ms: now_ms,
+                        },
+                        vec![Action::Send(Command::GrantVouchers { units })],
+                    ),
+                    _ => {
+                        self.notice = Some(format!(
+                            "type how many vouchers to grant: 1 to {VOUCHER_GRANT_UNITS_MAX}"
+                        ));
+                        (Screen::Vouchers { digits }, Vec::new())
+                    }
+                },
+                _ => (Screen::Vouchers { digits }, Vec::new()),
             },
             Screen::Present { what, since_ms } => match key {
                 Key::Esc => (self.home(), vec![Action::Send(Command::Cancel {})]),

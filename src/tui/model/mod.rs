@@ -7,7 +7,7 @@
 //! confirms, Esc goes back, `?` shows the help.
 
 use crate::domain::{AgeFlag, Cents, MinAge, ProductId};
-use crate::protocol::api::{OrderItem, PaymentMethod, TerminalKind};
+use crate::protocol::api::{OrderItem, PaymentMethod, TerminalKind, VOUCHER_GRANT_UNITS_MAX};
 use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
 use crate::terminal::core::deposits::order_deposits;
@@ -21,6 +21,8 @@ pub const PRESENT_TIMEOUT_MS: u64 = 30_000;
 pub const RESULT_SHOWN_MS: u64 = 4_000;
 /// Digits of an amount typed at a checkpoint (999999.99 at most).
 const AMOUNT_DIGITS_MAX: usize = 8;
+/// Digits of voucher units typed, at most (the daemon refuses more than 1,000).
+const VOUCHER_DIGITS_MAX: usize = 4;
 /// Digits of a staff member's number at the login screen, at most.
 const STAFF_NUMBER_DIGITS_MAX: usize = 3;
 /// Digits of a PIN, at most.
@@ -149,6 +151,11 @@ pub enum Screen {
         /// none, under 18, under 16).
         age_flag: Option<AgeFlag>,
     },
+    /// Checkpoint (`↑` from the amount): type the voucher units a supervisor grants.
+    Vouchers {
+        /// Digits typed, as units.
+        digits: String,
+    },
     /// Waiting for a card.
     Present {
         /// What the card pays or checks.
@@ -245,6 +252,8 @@ pub enum Presenting {
     Topup(Cents, PaymentMethod, Option<AgeFlag>),
     /// A deposit return crediting this amount.
     Return(Cents),
+    /// A voucher grant of this many units.
+    Vouchers(i64),
     /// A balance check.
     Balance,
 }

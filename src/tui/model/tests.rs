@@ -65,6 +65,7 @@ fn decision(status: &'static str) -> Decision {
         balance_cents: Some(Cents::new(900)),
         target_client_request_id: None,
         vouchers_used: None,
+        vouchers_granted: None,
     }
 }
 

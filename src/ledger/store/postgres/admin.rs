@@ -398,9 +398,7 @@ impl AdminStore for PgStore {
         self.change_card(uid, "voucher_grant", |card| {
             let create = card.is_none();
             let card = card.unwrap_or(CardState::NEW);
-            let vouchers = card.vouchers.checked_add(units).ok_or_else(|| {
-                StoreError::Conflict("the card's voucher units would overflow".into())
-            })?;
+            let vouchers = rules::desk_voucher_grant(card, units).map_err(StoreError::Conflict)?;
             let details =
                 json!({ "units": units, "voucher_units": vouchers, "card_created": create });
             Ok((CardState { vouchers, ..card }, details, vouchers))

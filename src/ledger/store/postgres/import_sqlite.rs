@@ -72,6 +72,7 @@ pub const TABLES: &[&str] = &[
     "recharges",
     "deposit_returns",
     "deposit_return_items",
+    "voucher_grants",
     "voids",
     "postings",
     "idempotency_keys",

@@ -17,7 +17,7 @@ use crate::ledger::flow::ops::request_sha256;
 use crate::ledger::flow::{Context, new_transaction_id};
 use crate::ledger::outcome::{self, Outcome, StoredAnswer};
 use crate::ledger::store::{OperationStore, StoreError, not_stored, token_sha256};
-use crate::protocol::api::{Operation, ShiftCloseout, format_time};
+use crate::protocol::api::{CARD_VOUCHER_UNITS_MAX, Operation, ShiftCloseout, format_time};
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::types::ToSql;
 
@@ -52,6 +52,13 @@ fn return_sql() -> String {
     )
 }
 
+fn voucher_grant_sql() -> String {
+    format!(
+        "SELECT o_status, o_body, o_replayed FROM sp_process_voucher_grant({CALL}, \
+         $8, $9, $10, $11, $12, $13, $14, $15)"
+    )
+}
+
 fn shift_sql() -> String {
     format!(
         "SELECT o_status, o_body, o_replayed FROM sp_record_shift({CALL}, \
@@ -66,7 +73,8 @@ fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The arguments of one procedure call, owned, so that a batch's calls can be pipelined.
 struct Call {
-    /// Which procedure (`order`, `recharge`, `void`, `shift`), for messages.
+    /// Which procedure (`order`, `recharge`, `return`, `voucher_grant`, `void`, `shift`),
+    /// for messages.
     operation: &'static str,
     sql: String,
     args: Vec<Box<dyn ToSql + Sync + Send>>,
@@ -196,6 +204,17 @@ fn operation_call(ctx: &Context<'_>, op: &Operation) -> Result<Call, StoreError>
                 .arg(quantities)
                 .arg(deposits)
                 .arg(ctx.limits.balance_max.get())
+        }
+        Operation::VoucherGrant(r) => {
+            Call::new("voucher_grant", voucher_grant_sql(), ctx, hash, expires)
+                .arg(r.client_request_id.as_uuid())
+                .arg(r.terminal_seq.get())
+                .arg(r.card_uid.as_str().to_owned())
+                .arg(r.staff_id.as_str().to_owned())
+                .arg(r.mode.as_str())
+                .arg(r.units)
+                .arg(millis(r.created_at))
+                .arg(CARD_VOUCHER_UNITS_MAX)
         }
     })
 }

@@ -196,9 +196,7 @@ impl AdminStore for SqliteStore {
                 Some(card) => (card, false),
                 None => (CardState::NEW, true),
             };
-            let vouchers = card.vouchers.checked_add(units).ok_or_else(|| {
-                StoreError::Conflict("the card's voucher units would overflow".into())
-            })?;
+            let vouchers = rules::desk_voucher_grant(card, units).map_err(StoreError::Conflict)?;
             let next = CardState { vouchers, ..card };
             write_card(conn, &uid, create, &next, &format_time(Utc::now()))?;
             log_admin(

@@ -251,10 +251,36 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 )
             },
         )?;
+        // A card's voucher units are what the desk and the checkpoints granted (voided grants
+        // left out) less what orders still standing used.
+        mismatches(
+            &tx,
+            d,
+            "WITH moves AS (
+                 SELECT card_uid, json_extract(details, '$.units') AS units
+                 FROM app_transaction_log WHERE actor = 'admin' AND operation = 'voucher_grant'
+                 UNION ALL
+                 SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
+                 UNION ALL
+                 SELECT card_uid, -voucher_units FROM bar_orders
+                 WHERE voided_by IS NULL AND voucher_units IS NOT NULL
+             ), sums AS (SELECT card_uid, SUM(units) AS units FROM moves GROUP BY card_uid)
+             SELECT c.card_uid, c.voucher_units, COALESCE(s.units, 0)
+             FROM cards c LEFT JOIN sums s ON s.card_uid = c.card_uid
+             WHERE c.voucher_units != COALESCE(s.units, 0)
+             ORDER BY c.card_uid",
+            |uid, units, expected| {
+                format!(
+                    "card {uid}: voucher_units {units} but grants less the vouchers its orders \
+                     used (voided ones left out) are {expected}"
+                )
+            },
+        )?;
         for (table, id) in [
             ("bar_orders", "transaction_id"),
             ("recharges", "transaction_id"),
             ("deposit_returns", "transaction_id"),
+            ("voucher_grants", "transaction_id"),
             ("voids", "transaction_id"),
             ("shift_closeouts", "shift_id"),
         ] {

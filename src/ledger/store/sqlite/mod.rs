@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0004_vat.sql"),
     include_str!("../../../../migrations/sqlite/0005_what_festivals_sell.sql"),
     include_str!("../../../../migrations/sqlite/0006_deposits.sql"),
+    include_str!("../../../../migrations/sqlite/0007_voucher_grants.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

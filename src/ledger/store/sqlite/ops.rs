@@ -156,6 +156,11 @@ impl Reads for SqlReads<'_> {
                 "SELECT terminal_id, point_of_sale, card_uid, amount_cents, 'return', 0
                  FROM deposit_returns WHERE transaction_id = ?1"
             }
+            // A grant moved no money: only its units, which the void takes back.
+            "voucher_grant" => {
+                "SELECT terminal_id, point_of_sale, card_uid, 0, 'voucher_grant', units
+                 FROM voucher_grants WHERE transaction_id = ?1"
+            }
             "shift" => return Ok(VoidTarget::Shift),
             _ => return Ok(VoidTarget::Void),
         };
@@ -182,6 +187,7 @@ impl Reads for SqlReads<'_> {
         let kind = match kind.as_str() {
             "order" => TargetKind::Order,
             "return" => TargetKind::Return,
+            "voucher_grant" => TargetKind::VoucherGrant,
             "card" => TargetKind::Recharge(PaymentMethod::Card),
             _ => TargetKind::Recharge(PaymentMethod::Cash),
         };
@@ -374,6 +380,35 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                 ])?;
             }
         }
+        Row::VoucherGrant {
+            transaction_id,
+            request: r,
+            voucher_units,
+            flags,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO voucher_grants (transaction_id, client_request_id, terminal_id, terminal_seq,
+                     point_of_sale, card_uid, staff_id, units, mode, flags, previous_voucher_units,
+                     new_voucher_units, created_at, processed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                transaction_id.to_string(),
+                r.client_request_id.to_string(),
+                terminal_id,
+                r.terminal_seq.get(),
+                ctx.terminal.point_of_sale,
+                r.card_uid.as_str(),
+                r.staff_id.as_str(),
+                r.units,
+                r.mode.as_str(),
+                flags_json(flags)?,
+                voucher_units.0,
+                voucher_units.1,
+                format_time(r.created_at),
+                now
+            ])?;
+        }
         Row::Recharge {
             transaction_id,
             request: r,
@@ -401,17 +436,16 @@ fn write(conn: &Connection, ctx: &Context<'_>, w: &Writes<'_>) -> Result<(), Sto
                     TargetKind::Return => {
                         "UPDATE deposit_returns SET voided_by = ?2 WHERE transaction_id = ?1"
                     }
+                    TargetKind::VoucherGrant => {
+                        "UPDATE voucher_grants SET voided_by = ?2 WHERE transaction_id = ?1"
+                    }
                 };
                 conn.prepare_cached(sql)?.execute(params![
                     target_tx.to_string(),
                     r.client_request_id.to_string()
                 ])?;
             }
-            let target_kind = target.map(|(k, _)| match k {
-                TargetKind::Order => "order",
-                TargetKind::Recharge(_) => "recharge",
-                TargetKind::Return => "return",
-            });
+            let target_kind = target.map(|(k, _)| k.as_str());
             let balances = reversal.as_ref().map(|x| &x.2);
             let flags = balances.map(|b| b.flags.as_slice()).unwrap_or_default();
             conn.prepare_cached(

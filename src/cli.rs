@@ -288,6 +288,24 @@ enum VoucherCommand {
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=VOUCHER_GRANT_UNITS_MAX))]
         units: i64,
     },
+    /// Give a card a daily allowance (staff drinks per day): it holds exactly this many
+    /// units from now and from the start of every festival day ([festival] day_starts_at);
+    /// what is left at the day's end is not saved up. 0 ends the allowance.
+    Daily {
+        /// Card UID (uppercase hex).
+        #[arg(long)]
+        uid: String,
+        /// Voucher units per day, 0 to 1000 (0: no allowance any more).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..=VOUCHER_GRANT_UNITS_MAX))]
+        units: i64,
+    },
+    /// Renew the daily allowances for a festival day now (`serve` does it by itself when a
+    /// day starts): every card with an allowance not yet given for that day gets it.
+    StartDay {
+        /// The festival day, YYYY-MM-DD (default: today's, by [festival] day_starts_at).
+        #[arg(long)]
+        day: Option<chrono::NaiveDate>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -675,6 +693,21 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             let now = store.grant_vouchers(uid.clone(), units).await?;
             println!("card {uid}: {units} voucher units granted, {now} on the card");
+        }
+        LedgerCommand::Voucher(VoucherCommand::Daily { uid, units }) => {
+            let uid = CardUid::parse(&uid).context("--uid")?;
+            let today = config.festival_day.day_of(chrono::Utc::now());
+            let now = store.set_daily_vouchers(uid.clone(), units, today).await?;
+            if units > 0 {
+                println!("card {uid}: {units} voucher units a day from {today}, {now} on the card");
+            } else {
+                println!("card {uid}: no daily allowance any more, {now} on the card");
+            }
+        }
+        LedgerCommand::Voucher(VoucherCommand::StartDay { day }) => {
+            let day = day.unwrap_or_else(|| config.festival_day.day_of(chrono::Utc::now()));
+            let n = store.start_voucher_day(day).await?;
+            println!("festival day {day}: {n} daily allowances renewed");
         }
         LedgerCommand::Card(CardCommand::Flag { uid, under, .. }) => {
             let uid = CardUid::parse(&uid).context("--uid")?;

@@ -365,6 +365,11 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/voucher-grants", &l.checkpoint_token, &grant)
         .await
         .assert_status(201);
+    // A daily allowance (the cards' allowance and day columns).
+    assert_success(
+        "voucher daily",
+        &l.admin(&["voucher", "daily", "--uid", &funded, "--units", "2"]),
+    );
 
     // A decline: its stored answer expires.
     let seq = l.seq(&l.bar2_token);

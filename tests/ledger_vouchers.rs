@@ -588,12 +588,98 @@ async fn bad_grants_are_refused_and_change_nothing(backend: Backend) {
     assert_eq!(l.db_fingerprint(), before);
 }
 
+/// `cashless ledger voucher start-day --day DAY`: how many allowances it renewed.
+fn start_day(l: &Ledger, day: chrono::NaiveDate) -> String {
+    assert_success(
+        "voucher start-day",
+        &l.admin(&["voucher", "start-day", "--day", &day.to_string()]),
+    )
+}
+
+async fn a_daily_allowance_is_renewed_each_festival_day_and_not_saved_up(backend: Backend) {
+    let mut l = festival(backend).await;
+    let crew = uid(13);
+    l.fund(&crew, 1_000).await;
+    let out = assert_success(
+        "voucher daily",
+        &l.admin(&["voucher", "daily", "--uid", &crew, "--units", "2"]),
+    );
+    assert!(out.contains("2 voucher units a day"), "{out}");
+    assert_eq!(vouchers(&l, &crew).await, 2);
+    // Two of three beers on the day's vouchers, the third in money.
+    let (_, resp) = order(&l, &crew, &[("beer", 3, 450)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(
+        (&resp.body["vouchers_used"], &resp.body["money_cents"]),
+        (&json!(2), &json!(450))
+    );
+    // The allowance was given for today's festival day when it was set: starting a day not
+    // after it renews nothing.
+    let today = chrono::Utc::now().date_naive();
+    assert!(start_day(&l, today - chrono::Duration::days(1)).contains(": 0 daily"));
+    assert_eq!(vouchers(&l, &crew).await, 0);
+    // The next festival day starts: exactly the allowance again.
+    let day = |n: i64| today + chrono::Duration::days(n);
+    assert!(start_day(&l, day(2)).contains(": 1 daily allowances renewed"));
+    assert_eq!(vouchers(&l, &crew).await, 2);
+    // What is left is not saved up: one used, the next day gives 2, not 3; and a day is
+    // given once, however often it is started.
+    let (_, resp) = order(&l, &crew, &[("beer", 1, 450)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(vouchers(&l, &crew).await, 1);
+    start_day(&l, day(3));
+    assert!(start_day(&l, day(3)).contains(": 0 daily"));
+    assert_eq!(vouchers(&l, &crew).await, 2);
+    // An extra grant counts for the day it is given, and ends with it.
+    grant(&l, &crew, 5);
+    assert_eq!(vouchers(&l, &crew).await, 7);
+    start_day(&l, day(4));
+    assert_eq!(vouchers(&l, &crew).await, 2);
+    // The audit proves every renewal from its audit-log row.
+    l.assert_audit_ok();
+    // Ended: the card keeps what it holds, and no day renews it.
+    assert_success(
+        "voucher daily",
+        &l.admin(&["voucher", "daily", "--uid", &crew, "--units", "0"]),
+    );
+    assert!(start_day(&l, day(5)).contains(": 0 daily"));
+    assert_eq!(vouchers(&l, &crew).await, 2);
+
+    // `serve` renews by itself when a festival day starts (here: on start, for a card last
+    // given an allowance years ago).
+    let other = uid(14);
+    assert_success(
+        "voucher daily",
+        &l.admin(&["voucher", "daily", "--uid", &other, "--units", "3"]),
+    );
+    let (_, resp) = order(&l, &other, &[("beer", 3, 450)], "online").await;
+    resp.assert_status(201);
+    assert_eq!(vouchers(&l, &other).await, 0);
+    l.execute(&format!(
+        "UPDATE cards SET vouchers_day = '2000-01-01' WHERE card_uid = '{other}'"
+    ));
+    l.restart().await;
+    wait_for_async("the new day's vouchers", REQUEST_TIMEOUT, || async {
+        vouchers(&l, &other).await == 3
+    })
+    .await;
+    l.assert_audit_ok();
+    // Out of range: refused by the command line, nothing changed.
+    for units in ["-1", "1001"] {
+        let out = l.admin(&["voucher", "daily", "--uid", &crew, "--units", units]);
+        assert_eq!(out.status.code(), Some(2), "{units}");
+    }
+    let out = l.admin(&["voucher", "start-day", "--day", "2026-13-01"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
 on_both_backends! {
     a_checkpoint_supervisor_grants_vouchers_once,
     only_a_checkpoint_supervisor_grants,
     online_grants_stop_at_the_card_limit_and_a_lost_card,
     a_void_takes_a_grant_back,
     bad_grants_are_refused_and_change_nothing,
+    a_daily_allowance_is_renewed_each_festival_day_and_not_saved_up,
 
     vouchers_pay_first_and_money_the_rest,
     an_order_paid_by_vouchers_alone_moves_no_money,

@@ -5,6 +5,7 @@
 
 mod age;
 mod card;
+mod day;
 mod ids;
 mod money;
 mod tax;
@@ -12,6 +13,7 @@ mod vouchers;
 
 pub use age::{AgeFlag, MinAge, MinAgeError, age_forbids};
 pub use card::{CardUid, CardUidError};
+pub use day::FestivalDay;
 pub use ids::{
     ClientRequestId, IDENT_LEN_MAX, IdentError, ProductId, StaffId, TerminalSeq, TerminalSeqError,
 };

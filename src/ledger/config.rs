@@ -5,7 +5,8 @@
 pub use crate::config_error::ConfigError;
 use crate::config_error::value_err;
 use crate::domain::{
-    Cents, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates, TaxRatesError,
+    Cents, FestivalDay, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates,
+    TaxRatesError,
 };
 use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
 use serde::Deserialize;
@@ -104,6 +105,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawFestival {
     currency: Option<String>,
+    day_starts_at: Option<String>,
+    utc_offset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +206,9 @@ pub struct LedgerConfig {
     pub postgres: PostgresSettings,
     /// The VAT rates (`[taxes]`): every sale is split by its product's rate.
     pub taxes: TaxRates,
+    /// When a festival day starts (`[festival] day_starts_at`, `utc_offset`): daily voucher
+    /// allowances are renewed then.
+    pub festival_day: FestivalDay,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -225,6 +231,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("max_connections", &self.max_connections)
             .field("postgres", &self.postgres)
             .field("taxes", &self.taxes)
+            .field("festival_day", &self.festival_day)
             .finish()
     }
 }
@@ -311,6 +318,24 @@ impl LedgerConfig {
                 format!("a three-letter ISO 4217 code like EUR, got {currency:?}"),
             ));
         }
+
+        let starts_at = raw.festival.day_starts_at.as_deref().unwrap_or("06:00");
+        let starts_at = chrono::NaiveTime::parse_from_str(starts_at, "%H:%M").map_err(|_| {
+            value_err(
+                f,
+                "[festival] day_starts_at",
+                format!("a local time of day like \"06:00\" (HH:MM), got {starts_at:?}"),
+            )
+        })?;
+        let utc_offset = raw.festival.utc_offset.as_deref().unwrap_or("+00:00");
+        let utc_offset = utc_offset.parse::<chrono::FixedOffset>().map_err(|_| {
+            value_err(
+                f,
+                "[festival] utc_offset",
+                format!("an offset from UTC like \"+02:00\", got {utc_offset:?}"),
+            )
+        })?;
+        let festival_day = FestivalDay::new(starts_at, utc_offset);
 
         let recharge_max = raw.limits.recharge_max_cents.unwrap_or(50_000);
         if !(1..=RECHARGE_AMOUNT_CENTS_MAX).contains(&recharge_max) {
@@ -413,6 +438,7 @@ impl LedgerConfig {
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             postgres,
             taxes,
+            festival_day,
         })
     }
 }
@@ -657,6 +683,14 @@ mod tests {
                 "unknown field `lisen`",
             ),
             ("[festival]\ncurrency = \"euro\"\n", "[festival] currency"),
+            (
+                "[festival]\nday_starts_at = \"25:00\"\n",
+                "[festival] day_starts_at: a local time of day like \"06:00\" (HH:MM), got \"25:00\"",
+            ),
+            (
+                "[festival]\nutc_offset = \"CEST\"\n",
+                "[festival] utc_offset: an offset from UTC like \"+02:00\", got \"CEST\"",
+            ),
             (
                 "[idempotency]\nretention_days = -1\n",
                 "[idempotency] retention_days",

@@ -584,6 +584,24 @@ pub fn desk_voucher_grant(card: CardState, units: i64) -> Result<i64, String> {
         })
 }
 
+/// The desk sets a card's daily allowance (`cashless ledger voucher daily`): with `units`,
+/// the card holds exactly them for the rest of the day, as if the day had just started
+/// (what it had left is not added: an allowance is not saved up); 0 ends the allowance and
+/// leaves the card's units as they are.
+pub fn daily_vouchers_set(card: CardState, units: i64) -> CardState {
+    if units > 0 {
+        CardState {
+            vouchers: units,
+            ..card
+        }
+    } else {
+        card
+    }
+}
+
+/// Cards a new festival day renews in one transaction, at most.
+pub const VOUCHER_DAY_BATCH: u32 = 1_000;
+
 /// Credits `amount` to `card` (created if unknown). Online, a lost card and amounts past
 /// the limits are refused; otherwise (the money was already taken) it is applied past the
 /// limits and flagged. An overflow is a 400 on `field`.

@@ -26,6 +26,8 @@ use tower_http::map_request_body::MapRequestBodyLayer;
 
 /// How often expired idempotency keys are purged.
 pub const KEY_PURGE_INTERVAL_S: u64 = 3600;
+/// How often `serve` checks whether a festival day started (daily voucher allowances).
+pub const VOUCHER_DAY_CHECK_S: u64 = 60;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -107,6 +109,25 @@ pub async fn serve<S: LedgerStore>(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
                     Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                }
+            }
+        })
+    };
+
+    // Daily voucher allowances: renewed when a festival day starts (checked every minute,
+    // and at once on start; idempotent, so several ledger processes may all check).
+    let voucher_days = {
+        let store = store.clone();
+        let festival_day = config.festival_day;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(VOUCHER_DAY_CHECK_S));
+            loop {
+                tick.tick().await;
+                let day = festival_day.day_of(chrono::Utc::now());
+                match store.start_voucher_day(day).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(%day, cards = n, "daily voucher allowances renewed"),
+                    Err(e) => tracing::warn!(error = %e, "renewing daily vouchers failed"),
                 }
             }
         })
@@ -208,6 +229,7 @@ pub async fn serve<S: LedgerStore>(
         );
     }
     purger.abort();
+    voucher_days.abort();
     tracing::info!("ledger stopped");
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use chrono::NaiveDate;
 use postgres::PgStore;
 use sqlite::{SqliteOptions, SqliteStore};
 use std::future::Future;
@@ -452,6 +453,27 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         units: i64,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// Sets a card's daily voucher allowance (created with nothing on it if unknown), with
+    /// the next feed version and an audit-log row (`voucher_daily`): `units` (1 to
+    /// `VOUCHER_GRANT_UNITS_MAX`) for the rest of festival day `day` and every day after
+    /// (`rules::daily_vouchers_set`); 0 ends the allowance. Returns the card's voucher units
+    /// after.
+    fn set_daily_vouchers(
+        &self,
+        uid: CardUid,
+        units: i64,
+        day: NaiveDate,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Starts festival day `day`: every card with a daily allowance last given for an
+    /// earlier day gets exactly its allowance, with the next feed version and an audit-log
+    /// row each (`voucher_day`). Idempotent (a card already given `day` is left alone);
+    /// returns how many cards it renewed.
+    fn start_voucher_day(
+        &self,
+        day: NaiveDate,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Deletes the keys of declines past their retention; returns how many.
     fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -648,6 +670,8 @@ delegate!(AdminStore {
     set_card_lost(uid: CardUid, lost: bool) -> ();
     set_card_age_flag(uid: CardUid, age_flag: Option<AgeFlag>) -> ();
     grant_vouchers(uid: CardUid, units: i64) -> i64;
+    set_daily_vouchers(uid: CardUid, units: i64, day: NaiveDate) -> i64;
+    start_voucher_day(day: NaiveDate) -> u64;
     purge_expired_keys() -> u64;
     ping() -> ();
 });

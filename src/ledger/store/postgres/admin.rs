@@ -15,6 +15,7 @@ use crate::ledger::store::{
     AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
+use chrono::NaiveDate;
 use deadpool_postgres::GenericClient;
 use serde_json::json;
 use tokio_postgres::error::SqlState;
@@ -147,6 +148,18 @@ impl PgStore {
         operation: &str,
         change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
     ) -> Result<T, StoreError> {
+        self.change_card_daily(uid, operation, None, change).await
+    }
+
+    /// [`PgStore::change_card`], also setting the card's daily voucher allowance and the day
+    /// it was last given for, when `daily` says so.
+    async fn change_card_daily<T>(
+        &self,
+        uid: CardUid,
+        operation: &str,
+        daily: Option<(i64, Option<String>)>,
+        change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
+    ) -> Result<T, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
         // The global lock order (migrations/postgres/0007_new_cards.sql): the creation lock
@@ -212,6 +225,18 @@ impl PgStore {
         )
         .await
         .map_err(classify)?;
+        if let Some((units, day)) = &daily {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE cards SET daily_voucher_units = $2, vouchers_day = $3
+                     WHERE card_uid = $1",
+                )
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&uid.as_str(), units, day])
+                .await
+                .map_err(classify)?;
+        }
         log_admin(&tx, operation, Some(uid.as_str()), details).await?;
         tx.commit().await.map_err(classify)?;
         Ok(out)
@@ -404,6 +429,72 @@ impl AdminStore for PgStore {
             Ok((CardState { vouchers, ..card }, details, vouchers))
         })
         .await
+    }
+
+    async fn set_daily_vouchers(
+        &self,
+        uid: CardUid,
+        units: i64,
+        day: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        let day = day.to_string();
+        let daily = Some((units, (units > 0).then(|| day.clone())));
+        self.change_card_daily(uid, "voucher_daily", daily, |card| {
+            let create = card.is_none();
+            let card = card.unwrap_or(CardState::NEW);
+            let next = rules::daily_vouchers_set(card, units);
+            let details = json!({ "daily_voucher_units": units, "day": day,
+                                  "units_before": card.vouchers, "voucher_units": next.vouchers,
+                                  "card_created": create });
+            Ok((next, details, next.vouchers))
+        })
+        .await
+    }
+
+    async fn start_voucher_day(&self, day: NaiveDate) -> Result<u64, StoreError> {
+        let day = day.to_string();
+        let batch = i64::from(rules::VOUCHER_DAY_BATCH);
+        let mut renewed = 0;
+        loop {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await.map_err(classify)?;
+            // The lock order of every card change: the feed's writer lock, then the rows.
+            let stmt = tx
+                .prepare_cached("SELECT card_feed_writer()")
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[]).await.map_err(classify)?;
+            let stmt = tx
+                .prepare_cached(
+                    "WITH due AS (
+                         SELECT card_uid, voucher_units FROM cards
+                          WHERE daily_voucher_units > 0
+                            AND (vouchers_day IS NULL OR vouchers_day < $1)
+                          ORDER BY card_uid COLLATE \"C\" LIMIT $2
+                            FOR NO KEY UPDATE
+                     ), renewed AS (
+                         UPDATE cards c SET voucher_units = c.daily_voucher_units,
+                                vouchers_day = $1, version = nextval('card_version_seq'),
+                                updated_at = date_trunc('milliseconds', now())
+                           FROM due WHERE c.card_uid = due.card_uid
+                         RETURNING c.card_uid, due.voucher_units AS before, c.voucher_units AS after
+                     )
+                     INSERT INTO app_transaction_log
+                         (occurred_at, actor, operation, card_uid, outcome, details)
+                     SELECT date_trunc('milliseconds', now()), 'admin', 'voucher_day', card_uid,
+                            'done', jsonb_build_object('day', $1::text, 'units_before', before,
+                                                       'voucher_units', after)
+                       FROM renewed",
+                )
+                .await
+                .map_err(classify)?;
+            let n = tx.execute(&stmt, &[&day, &batch]).await.map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
+            renewed += n;
+            if n < u64::from(rules::VOUCHER_DAY_BATCH) {
+                return Ok(renewed);
+            }
+        }
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {

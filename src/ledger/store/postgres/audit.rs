@@ -311,13 +311,19 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
     )
     .await?;
     // A card's voucher units are what the desk and the checkpoints granted (voided grants
-    // left out) less what orders still standing used.
+    // left out), and what its daily allowance set them to, less what orders still standing
+    // used.
     mismatches(
         tx,
         d,
         "WITH moves AS (
              SELECT card_uid, (details ->> 'units')::bigint AS units
              FROM app_transaction_log WHERE actor = 'admin' AND operation = 'voucher_grant'
+             UNION ALL
+             SELECT card_uid, (details ->> 'voucher_units')::bigint
+                              - (details ->> 'units_before')::bigint
+             FROM app_transaction_log
+             WHERE actor = 'admin' AND operation IN ('voucher_daily', 'voucher_day')
              UNION ALL
              SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
              UNION ALL

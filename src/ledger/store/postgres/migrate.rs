@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_what_festivals_sell.sql"),
     migration!(11, "0011_deposits.sql"),
     migration!(12, "0012_voucher_grants.sql"),
+    migration!(13, "0013_daily_vouchers.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -9,7 +9,7 @@ use crate::ledger::store::{
     AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
 };
 use crate::protocol::api::format_time;
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use uuid::Uuid;
@@ -208,6 +208,80 @@ impl AdminStore for SqliteStore {
             Ok(vouchers)
         })
         .await
+    }
+
+    async fn set_daily_vouchers(
+        &self,
+        uid: CardUid,
+        units: i64,
+        day: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        self.write(move |conn| {
+            let (card, create) = match load_card(conn, &uid)? {
+                Some(card) => (card, false),
+                None => (CardState::NEW, true),
+            };
+            let next = rules::daily_vouchers_set(card, units);
+            write_card(conn, &uid, create, &next, &format_time(Utc::now()))?;
+            let day = day.to_string();
+            conn.prepare_cached(
+                "UPDATE cards SET daily_voucher_units = ?2, vouchers_day = ?3 WHERE card_uid = ?1",
+            )?
+            .execute(params![uid.as_str(), units, (units > 0).then_some(&day)])?;
+            log_admin(
+                conn,
+                "voucher_daily",
+                Some(uid.as_str()),
+                json!({ "daily_voucher_units": units, "day": day, "units_before": card.vouchers,
+                        "voucher_units": next.vouchers, "card_created": create }),
+            )?;
+            Ok(next.vouchers)
+        })
+        .await
+    }
+
+    async fn start_voucher_day(&self, day: NaiveDate) -> Result<u64, StoreError> {
+        let day = day.to_string();
+        let mut renewed = 0;
+        loop {
+            let day = day.clone();
+            let n = self
+                .write(move |conn| {
+                    type Due = (String, i64, i64);
+                    let due: Vec<Due> = conn
+                        .prepare_cached(
+                            "SELECT card_uid, voucher_units, daily_voucher_units FROM cards
+                             WHERE daily_voucher_units > 0
+                               AND (vouchers_day IS NULL OR vouchers_day < ?1)
+                             ORDER BY card_uid LIMIT ?2",
+                        )?
+                        .query_map(params![day, rules::VOUCHER_DAY_BATCH], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    let now = format_time(Utc::now());
+                    for (uid, before, daily) in &due {
+                        conn.prepare_cached(
+                            "UPDATE cards SET voucher_units = ?2, vouchers_day = ?3,
+                                 version = (SELECT MAX(version) FROM cards) + 1, updated_at = ?4
+                             WHERE card_uid = ?1",
+                        )?
+                        .execute(params![uid, daily, day, now])?;
+                        log_admin(
+                            conn,
+                            "voucher_day",
+                            Some(uid),
+                            json!({ "day": day, "units_before": before, "voucher_units": daily }),
+                        )?;
+                    }
+                    Ok(due.len())
+                })
+                .await?;
+            renewed += n as u64;
+            if n < rules::VOUCHER_DAY_BATCH as usize {
+                return Ok(renewed);
+            }
+        }
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {

@@ -252,13 +252,19 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
             },
         )?;
         // A card's voucher units are what the desk and the checkpoints granted (voided grants
-        // left out) less what orders still standing used.
+        // left out), and what its daily allowance set them to, less what orders still
+        // standing used.
         mismatches(
             &tx,
             d,
             "WITH moves AS (
                  SELECT card_uid, json_extract(details, '$.units') AS units
                  FROM app_transaction_log WHERE actor = 'admin' AND operation = 'voucher_grant'
+                 UNION ALL
+                 SELECT card_uid, json_extract(details, '$.voucher_units')
+                                  - json_extract(details, '$.units_before')
+                 FROM app_transaction_log
+                 WHERE actor = 'admin' AND operation IN ('voucher_daily', 'voucher_day')
                  UNION ALL
                  SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
                  UNION ALL

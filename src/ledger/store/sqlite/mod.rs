@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0005_what_festivals_sell.sql"),
     include_str!("../../../../migrations/sqlite/0006_deposits.sql"),
     include_str!("../../../../migrations/sqlite/0007_voucher_grants.sql"),
+    include_str!("../../../../migrations/sqlite/0008_daily_vouchers.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

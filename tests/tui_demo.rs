@@ -335,6 +335,95 @@ fn a_person_sells_online_and_offline_in_the_demo_and_leaves_it_cleanly() {
     assert!(audit.status.success(), "{audit:?}");
 }
 
+/// The number the menu shows next to the product named `name` (`5  Lemonade 0.4 l ...`).
+fn menu_number(screen: &str, name: &str) -> String {
+    screen
+        .lines()
+        .find_map(|l| {
+            let line = l.trim_start_matches(['│', ' ']);
+            let (n, rest) = line.split_once("  ")?;
+            (n.chars().all(|c| c.is_ascii_digit()) && rest.trim_start().starts_with(name))
+                .then(|| n.to_owned())
+        })
+        .unwrap_or_else(|| panic!("{name} is not on the menu:\n{screen}"))
+}
+
+#[test]
+fn the_demo_shows_cups_a_minor_and_a_staff_voucher() {
+    let tmux = Tmux::start("sell-more");
+    let (_base, dir) = demo_dir("what-festivals-sell");
+    start_demo(&tmux, &dir);
+    let screen = tmux.wait_until("Sam on the login screen", |screen| {
+        screen.contains("Sam 1111") && find_staff_number(screen, "Sam").is_some()
+    });
+    let sam = staff_number(&screen, "Sam");
+    tmux.keys(&[&sam, "1", "1", "1", "1", "Enter"]);
+    let screen = tmux.wait_for(&[" Menu ", "│ Sam │", "ONLINE", "Lemonade"]);
+    let lemonade = menu_number(&screen, "Lemonade");
+    let beer = menu_number(&screen, "Beer 0.5 l");
+
+    // A lemonade (3.00) comes in a cup: the order adds its 2.00 deposit. Card A had 50.00.
+    tmux.keys(&[&lemonade, "Enter"]);
+    tmux.wait_for(&["5.00", "PRESENT CARD"]);
+    tmux.keys(&["a"]);
+    tmux.wait_for(&["APPROVED", "balance 45.00"]);
+    tmux.keys(&["Enter"]);
+
+    // The cup comes back: its deposit goes onto the card.
+    tmux.keys(&["."]);
+    tmux.wait_for(&[" Cups back "]);
+    tmux.keys(&["1", "Enter"]);
+    tmux.wait_for(&["+2.00  CUPS BACK", "PRESENT CARD"]);
+    tmux.keys(&["a"]);
+    tmux.wait_for(&["APPROVED", "balance 47.00"]);
+    tmux.keys(&["Enter"]);
+
+    // Card E's holder is 15: a beer (16+) is refused before any money moves.
+    tmux.keys(&[&beer, "Enter"]);
+    tmux.wait_for(&["PRESENT CARD"]);
+    tmux.keys(&["e"]);
+    tmux.wait_for(&["UNDER AGE"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&[" Menu "]);
+
+    // Card F is a bartender's: the lemonade is paid with a voucher, the cup with money.
+    tmux.keys(&[&lemonade, "Enter"]);
+    tmux.wait_for(&["PRESENT CARD"]);
+    tmux.keys(&["f"]);
+    tmux.wait_for(&["APPROVED", "paid with 1 voucher"]);
+    tmux.keys(&["Enter"]);
+
+    tmux.keys(&["Escape"]);
+    tmux.wait_for(&["Who are you?"]);
+    tmux.keys(&["Escape"]);
+    let screen = assert_left_cleanly(&tmux, &dir);
+    assert!(
+        screen.contains("Ledger audit: the books balance"),
+        "{screen}"
+    );
+    let db = dir.join("ledger.db");
+    let returns = sqlite_query(&db, "SELECT card_uid, amount_cents FROM deposit_returns");
+    assert_eq!(
+        returns,
+        vec![vec!["04A1B2C3D4E5F6".to_owned(), "200".to_owned()]]
+    );
+    let declines = sqlite_query(
+        &db,
+        "SELECT error_code FROM app_transaction_log WHERE outcome = 'declined'",
+    );
+    assert_eq!(
+        declines,
+        Vec::<Vec<String>>::new(),
+        "the minor was refused at the terminal"
+    );
+    let vouchers = sqlite_query(
+        &db,
+        "SELECT o.voucher_units, o.money_cents FROM bar_orders o
+          WHERE o.voucher_units > 0",
+    );
+    assert_eq!(vouchers, vec![vec!["1".to_owned(), "200".to_owned()]]);
+}
+
 #[test]
 fn sigterm_restores_the_terminal_and_stops_everything() {
     let tmux = Tmux::start("term");

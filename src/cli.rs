@@ -302,9 +302,14 @@ enum VoucherCommand {
     /// Renew the daily allowances for a festival day now (`serve` does it by itself when a
     /// day starts): every card with an allowance not yet given for that day gets it.
     StartDay {
-        /// The festival day, YYYY-MM-DD (default: today's, by [festival] day_starts_at).
+        /// The festival day, YYYY-MM-DD (default: today's, by [festival] day_starts_at of
+        /// the configuration given: the same as serve's).
         #[arg(long)]
         day: Option<chrono::NaiveDate>,
+        /// Allow a day after today's: allowances given for it are not renewed again until it
+        /// comes (for rehearsals and tests).
+        #[arg(long)]
+        allow_future: bool,
     },
 }
 
@@ -704,8 +709,16 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 println!("card {uid}: no daily allowance any more, {now} on the card");
             }
         }
-        LedgerCommand::Voucher(VoucherCommand::StartDay { day }) => {
-            let day = day.unwrap_or_else(|| config.festival_day.day_of(chrono::Utc::now()));
+        LedgerCommand::Voucher(VoucherCommand::StartDay { day, allow_future }) => {
+            let today = config.festival_day.day_of(chrono::Utc::now());
+            let day = day.unwrap_or(today);
+            if day > today && !allow_future {
+                anyhow::bail!(
+                    "--day {day} is after today's festival day ({today}): the allowances given \
+                     for it would not be renewed again until it comes (--allow-future to do it \
+                     anyway)"
+                );
+            }
             let n = store.start_voucher_day(day).await?;
             println!("festival day {day}: {n} daily allowances renewed");
         }

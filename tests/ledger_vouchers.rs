@@ -592,7 +592,13 @@ async fn bad_grants_are_refused_and_change_nothing(backend: Backend) {
 fn start_day(l: &Ledger, day: chrono::NaiveDate) -> String {
     assert_success(
         "voucher start-day",
-        &l.admin(&["voucher", "start-day", "--day", &day.to_string()]),
+        &l.admin(&[
+            "voucher",
+            "start-day",
+            "--allow-future",
+            "--day",
+            &day.to_string(),
+        ]),
     )
 }
 
@@ -671,6 +677,16 @@ async fn a_daily_allowance_is_renewed_each_festival_day_and_not_saved_up(backend
     }
     let out = l.admin(&["voucher", "start-day", "--day", "2026-13-01"]);
     assert_eq!(out.status.code(), Some(2));
+    // A day after today's, by mistake: refused, nothing renewed.
+    let later = (chrono::Utc::now() + chrono::Duration::days(30)).date_naive();
+    let before = l.db_fingerprint();
+    let out = l.admin(&["voucher", "start-day", "--day", &later.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("after today's festival day"),
+        "{out:?}"
+    );
+    assert_eq!(l.db_fingerprint(), before);
 }
 
 on_both_backends! {

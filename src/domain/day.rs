@@ -31,6 +31,26 @@ impl FestivalDay {
         }
     }
 
+    /// An offset from UTC written exactly `+HH:MM` or `-HH:MM` (hours at most 14, as the
+    /// world's time zones); anything else is `None`.
+    pub fn parse_utc_offset(text: &str) -> Option<FixedOffset> {
+        let (sign, rest) = match text.as_bytes().first()? {
+            b'+' => (1, &text[1..]),
+            b'-' => (-1, &text[1..]),
+            _ => return None,
+        };
+        let (hours, minutes) = rest.split_once(':')?;
+        let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+        if !two_digits(hours) || !two_digits(minutes) {
+            return None;
+        }
+        let (hours, minutes): (i32, i32) = (hours.parse().ok()?, minutes.parse().ok()?);
+        if hours > 14 || minutes > 59 {
+            return None;
+        }
+        FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
+    }
+
     /// The festival day `t` belongs to: the local date, less a day before `starts_at`.
     pub fn day_of(&self, t: DateTime<Utc>) -> NaiveDate {
         let local = t.with_timezone(&self.utc_offset).naive_local();
@@ -74,6 +94,30 @@ mod tests {
             assert_eq!(day.day_of(at(t)), date(expected), "{t}");
         }
         assert_eq!(day.start_of(date("2026-07-10")), at("2026-07-10T04:00:00Z"));
+    }
+
+    #[test]
+    fn offsets_are_written_exactly() {
+        assert_eq!(
+            FestivalDay::parse_utc_offset("+02:00"),
+            FixedOffset::east_opt(7200)
+        );
+        assert_eq!(
+            FestivalDay::parse_utc_offset("-04:30"),
+            FixedOffset::west_opt(4 * 3600 + 1800)
+        );
+        for bad in [
+            "+02:00 CEST",
+            "+0200",
+            "02:00",
+            "+2:00",
+            "+15:00",
+            "+02:60",
+            "",
+            "+",
+        ] {
+            assert_eq!(FestivalDay::parse_utc_offset(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -328,11 +328,13 @@ impl LedgerConfig {
             )
         })?;
         let utc_offset = raw.festival.utc_offset.as_deref().unwrap_or("+00:00");
-        let utc_offset = utc_offset.parse::<chrono::FixedOffset>().map_err(|_| {
+        let utc_offset = FestivalDay::parse_utc_offset(utc_offset).ok_or_else(|| {
             value_err(
                 f,
                 "[festival] utc_offset",
-                format!("an offset from UTC like \"+02:00\", got {utc_offset:?}"),
+                format!(
+                    "an offset from UTC like \"+02:00\" (+HH:MM or -HH:MM), got {utc_offset:?}"
+                ),
             )
         })?;
         let festival_day = FestivalDay::new(starts_at, utc_offset);
@@ -689,7 +691,7 @@ mod tests {
             ),
             (
                 "[festival]\nutc_offset = \"CEST\"\n",
-                "[festival] utc_offset: an offset from UTC like \"+02:00\", got \"CEST\"",
+                "[festival] utc_offset: an offset from UTC like \"+02:00\" (+HH:MM or -HH:MM), got \"CEST\"",
             ),
             (
                 "[idempotency]\nretention_days = -1\n",

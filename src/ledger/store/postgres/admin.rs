@@ -454,46 +454,22 @@ impl AdminStore for PgStore {
     async fn start_voucher_day(&self, day: NaiveDate) -> Result<u64, StoreError> {
         let day = day.to_string();
         let batch = i64::from(rules::VOUCHER_DAY_BATCH);
-        let mut renewed = 0;
+        let mut renewed = 0u64;
+        // Until a round renews nothing: a round may renew fewer than a batch while cards
+        // are still due (one changed under it at that moment is left for the next round).
         loop {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await.map_err(classify)?;
-            // The lock order of every card change: the feed's writer lock, then the rows.
-            let stmt = tx
-                .prepare_cached("SELECT card_feed_writer()")
-                .await
+            let rows = self
+                .rows("SELECT ledger_start_voucher_day($1, $2)", &[&day, &batch])
+                .await?;
+            let n: i64 = rows
+                .first()
+                .ok_or_else(|| internal("no answer from ledger_start_voucher_day"))?
+                .try_get(0)
                 .map_err(classify)?;
-            tx.execute(&stmt, &[]).await.map_err(classify)?;
-            let stmt = tx
-                .prepare_cached(
-                    "WITH due AS (
-                         SELECT card_uid, voucher_units FROM cards
-                          WHERE daily_voucher_units > 0
-                            AND (vouchers_day IS NULL OR vouchers_day < $1)
-                          ORDER BY card_uid COLLATE \"C\" LIMIT $2
-                            FOR NO KEY UPDATE
-                     ), renewed AS (
-                         UPDATE cards c SET voucher_units = c.daily_voucher_units,
-                                vouchers_day = $1, version = nextval('card_version_seq'),
-                                updated_at = date_trunc('milliseconds', now())
-                           FROM due WHERE c.card_uid = due.card_uid
-                         RETURNING c.card_uid, due.voucher_units AS before, c.voucher_units AS after
-                     )
-                     INSERT INTO app_transaction_log
-                         (occurred_at, actor, operation, card_uid, outcome, details)
-                     SELECT date_trunc('milliseconds', now()), 'admin', 'voucher_day', card_uid,
-                            'done', jsonb_build_object('day', $1::text, 'units_before', before,
-                                                       'voucher_units', after)
-                       FROM renewed",
-                )
-                .await
-                .map_err(classify)?;
-            let n = tx.execute(&stmt, &[&day, &batch]).await.map_err(classify)?;
-            tx.commit().await.map_err(classify)?;
-            renewed += n;
-            if n < u64::from(rules::VOUCHER_DAY_BATCH) {
+            if n == 0 {
                 return Ok(renewed);
             }
+            renewed += n.unsigned_abs();
         }
     }
 

@@ -336,7 +336,7 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
          ORDER BY c.card_uid COLLATE \"C\"",
         |uid, units, expected| {
             format!(
-                "card {uid}: voucher_units {units} but grants less the vouchers its orders \
+                "card {uid}: voucher_units {units} but grants and daily allowances less the vouchers its orders \
                  used (voided ones left out) are {expected}"
             )
         },

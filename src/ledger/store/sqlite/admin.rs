@@ -277,10 +277,10 @@ impl AdminStore for SqliteStore {
                     Ok(due.len())
                 })
                 .await?;
-            renewed += n as u64;
-            if n < rules::VOUCHER_DAY_BATCH as usize {
+            if n == 0 {
                 return Ok(renewed);
             }
+            renewed += n as u64;
         }
     }
 

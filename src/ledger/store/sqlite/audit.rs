@@ -277,7 +277,7 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
              ORDER BY c.card_uid",
             |uid, units, expected| {
                 format!(
-                    "card {uid}: voucher_units {units} but grants less the vouchers its orders \
+                    "card {uid}: voucher_units {units} but grants and daily allowances less the vouchers its orders \
                      used (voided ones left out) are {expected}"
                 )
             },

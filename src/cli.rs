@@ -30,6 +30,16 @@ const READER_EVENTS_MAX: usize = 64;
 #[derive(Debug, Parser)]
 #[command(name = "cashless", version, about)]
 pub struct Cli {
+    /// Log lines as text (for people) or as JSON objects (for a log collector); every line
+    /// the ledger writes while serving a request carries its request id.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CASHLESS_LOG_FORMAT"
+    )]
+    log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -414,6 +424,7 @@ fn run_terminal(
     config_path: &Path,
     ui: TerminalUi,
     reader: Option<ReaderBackend>,
+    log_format: crate::logging::LogFormat,
 ) -> anyhow::Result<ExitCode> {
     let config = TerminalConfig::load(config_path, &TerminalOverrides::from_env(reader))?;
     // The TUI draws on the terminal: when stderr is that terminal too, logs go next to the
@@ -421,7 +432,7 @@ fn run_terminal(
     let stderr_is_screen = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_file =
         (ui == TerminalUi::Tui && stderr_is_screen).then(|| config.journal.with_extension("log"));
-    crate::logging::init_tracing(log_file.as_deref())?;
+    crate::logging::init_tracing(log_file.as_deref(), log_format)?;
     let options = ReaderOptions {
         name_filter: config.reader_name_filter.clone(),
         debounce_ms: config.reader_debounce_ms,
@@ -504,13 +515,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Terminal(TerminalArgs { command: None, .. }) | Command::Demo(_)
     );
     if !logs_chosen_later {
-        crate::logging::init_tracing(None)?;
+        crate::logging::init_tracing(None, cli.log_format)?;
     }
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Terminal(args) => match args.command {
-            None => run_terminal(&args.config, args.ui, args.reader),
+            None => run_terminal(&args.config, args.ui, args.reader, cli.log_format),
             Some(TerminalCommandLine::Export { out }) => {
                 let config =
                     TerminalConfig::load(&args.config, &TerminalOverrides::from_env(None))?;

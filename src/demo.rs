@@ -360,7 +360,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     crate::tui::run::check_terminal()?;
     let dir = make_dir(args.dir.as_deref())?;
     let log = dir.join("demo.log");
-    crate::logging::init_tracing(Some(&log))?;
+    crate::logging::init_tracing(Some(&log), crate::logging::LogFormat::Text)?;
     let db = dir.join("ledger.db");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

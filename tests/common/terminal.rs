@@ -282,6 +282,11 @@ impl Terminal {
 
     /// Runs `cashless terminal --config CONFIG`; stderr (the logs) goes to the test's.
     pub fn spawn(config: &Path) -> Terminal {
+        Terminal::spawn_with(config, &[], Stdio::inherit())
+    }
+
+    /// [`Terminal::spawn`] with environment variables, and stderr (the logs) to `stderr`.
+    pub fn spawn_with(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Terminal {
         let mut child = Command::new(BIN)
             .args([
                 "terminal",
@@ -292,9 +297,10 @@ impl Terminal {
             ])
             .env_remove("CASHLESS_LEDGER_URL")
             .env_remove("CASHLESS_LEDGER_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();

@@ -40,6 +40,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Largest request body, except batches and scan uploads.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -199,7 +200,8 @@ fn valid_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= REQUEST_ID_LEN_MAX && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Gives every request an id, echoes it, and logs one line per request.
+/// Gives every request an id, echoes it, and logs one line per request; the request runs in
+/// a span that carries the id, so that every line logged while serving it has it.
 async fn request_context(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id: Arc<str> = req
@@ -214,7 +216,10 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(Arc::clone(&id)));
-    let mut response = next.run(req).await;
+    // Every line logged while serving the request carries its id (the span's field).
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let _serving = span.enter();
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

@@ -522,6 +522,15 @@ pub fn decide_return<'c>(
     })
 }
 
+/// `card`, or a new one (flagged `CARD_CREATED`) when the ledger has never seen it: what a
+/// credit (a top-up, a deposit return, a Stripe credit) and a voucher grant start from.
+fn card_or_new(card: Option<CardState>, flags: &mut Vec<Flag>) -> CardState {
+    card.unwrap_or_else(|| {
+        flags.push(Flag::CardCreated);
+        CardState::NEW
+    })
+}
+
 /// Decides a voucher grant: the units go onto the card (created if unknown). Online, a lost
 /// card is refused (`CARD_BLOCKED`), and so is a card that would hold more than
 /// `CARD_VOUCHER_UNITS_MAX` (`LIMIT_EXCEEDED`); offline (the supervisor already told the
@@ -532,10 +541,7 @@ pub fn decide_voucher_grant(
     card: Option<CardState>,
 ) -> Result<BalanceChange, ApiError> {
     let mut flags = Vec::new();
-    let previous = card.unwrap_or_else(|| {
-        flags.push(Flag::CardCreated);
-        CardState::NEW
-    });
+    let previous = card_or_new(card, &mut flags);
     let vouchers = previous
         .vouchers
         .checked_add(req.units)
@@ -613,10 +619,7 @@ fn credit(
     field: &str,
 ) -> Result<BalanceChange, ApiError> {
     let mut flags = Vec::new();
-    let previous = card.unwrap_or_else(|| {
-        flags.push(Flag::CardCreated);
-        CardState::NEW
-    });
+    let previous = card_or_new(card, &mut flags);
     let balance = previous
         .balance
         .checked_add(amount)

@@ -176,7 +176,8 @@ fn neg(c: Cents) -> Result<Cents, FlowError> {
     c.checked_neg().map_err(FlowError::new)
 }
 
-/// An approval; `vouchers` (units used, money charged) for an order.
+/// An approval; `vouchers` (units used, money charged) for an order. A voucher grant adds
+/// its own two fields to it.
 fn approval(
     ctx: &Context<'_>,
     transaction_id: uuid::Uuid,
@@ -184,8 +185,8 @@ fn approval(
     amounts: (Option<Cents>, Option<Cents>),
     change: &BalanceChange,
     vouchers: Option<(i64, Cents)>,
-) -> Answer {
-    Answer::Approval(Approval {
+) -> Approval {
+    Approval {
         transaction_id,
         client_request_id: *r.0,
         status: "approved",
@@ -201,7 +202,7 @@ fn approval(
         money_cents: vouchers.map(|v| v.1),
         vouchers_granted: None,
         voucher_units: None,
-    })
+    }
 }
 
 type Decided<'a> = Result<Applied<'a>, ApiError>;
@@ -296,14 +297,14 @@ fn order<'a, R: Reads>(
         card_uid: Some(r.card_uid.clone()),
         amount: Some(decision.money),
         outcome: "approved",
-        answer: approval(
+        answer: Answer::Approval(approval(
             ctx,
             transaction_id,
             (&r.client_request_id, &r.card_uid),
             (Some(r.total_cents), None),
             change,
             Some((decision.vouchers_used, decision.money)),
-        ),
+        )),
         row: Row::Order {
             transaction_id,
             request: r,
@@ -371,14 +372,14 @@ fn recharge<'a>(
         card_uid: Some(r.card_uid.clone()),
         amount: Some(r.amount_cents),
         outcome: "approved",
-        answer: approval(
+        answer: Answer::Approval(approval(
             ctx,
             transaction_id,
             (&r.client_request_id, &r.card_uid),
             (None, Some(r.amount_cents)),
             &change,
             None,
-        ),
+        )),
         row: Row::Recharge {
             transaction_id,
             request: r,
@@ -411,14 +412,14 @@ fn deposit_return<'a, R: Reads>(
         card_uid: Some(r.card_uid.clone()),
         amount: Some(r.amount_cents),
         outcome: "approved",
-        answer: approval(
+        answer: Answer::Approval(approval(
             ctx,
             transaction_id,
             (&r.client_request_id, &r.card_uid),
             (None, Some(r.amount_cents)),
             change,
             None,
-        ),
+        )),
         row: Row::Return {
             transaction_id,
             request: r,
@@ -435,18 +436,18 @@ fn voucher_grant<'a>(
 ) -> Decided<'a> {
     let change = rules::decide_voucher_grant(r, card)?;
     let transaction_id = new_transaction_id();
-    let mut answer = approval(
-        ctx,
-        transaction_id,
-        (&r.client_request_id, &r.card_uid),
-        (None, None),
-        &change,
-        None,
-    );
-    if let Answer::Approval(a) = &mut answer {
-        a.vouchers_granted = Some(r.units);
-        a.voucher_units = Some(change.next.vouchers);
-    }
+    let answer = Answer::Approval(Approval {
+        vouchers_granted: Some(r.units),
+        voucher_units: Some(change.next.vouchers),
+        ..approval(
+            ctx,
+            transaction_id,
+            (&r.client_request_id, &r.card_uid),
+            (None, None),
+            &change,
+            None,
+        )
+    });
     Ok(Applied {
         transaction_id,
         card: card_write(&r.card_uid, &change),

@@ -11,6 +11,7 @@
 //! - [`terminal`]: the terminal daemon: journal, tap flow, offline policy, replay.
 //! - [`reader`]: card readers through PC/SC: one clean event per presentation.
 //! - [`tui`]: the staff-facing terminal UI (model and view).
+//! - [`service`]: readiness and watchdog for the service manager (systemd `Type=notify`).
 //! - [`bench`]: load generators operators can run.
 //! - [`cli`]: the command line; the only place that prints errors for people.
 
@@ -23,5 +24,6 @@ pub mod ledger;
 pub mod logging;
 pub mod protocol;
 pub mod reader;
+pub mod service;
 pub mod terminal;
 pub mod tui;

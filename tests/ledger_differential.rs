@@ -19,7 +19,7 @@
 //! The stream must reach every outcome it is meant to ([`EXPECTED_OUTCOMES`]): a generator
 //! that stopped producing some case would otherwise pass without testing it.
 //!
-//! PostgreSQL is the real server of `../shared/testing.md` (`CASHLESS_TEST_PG`); each run
+//! PostgreSQL is the real server at 127.0.0.1:5432 (`CASHLESS_TEST_PG`); each run
 //! has a database of its own, dropped afterwards (`tests/common/backend.rs`).
 #![allow(clippy::unwrap_used)]
 

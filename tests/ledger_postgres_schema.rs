@@ -1,5 +1,5 @@
 //! The PostgreSQL backend's first stage, black-box: `cashless ledger migrate --database
-//! postgres://...` (the real binary) against the real PostgreSQL of `../shared/testing.md`
+//! postgres://...` (the real binary) against the real PostgreSQL (127.0.0.1:5432)
 //! (`CASHLESS_TEST_PG`, default `postgres://postgres@127.0.0.1:5432/postgres`, a superuser),
 //! and against small fake servers for the failures (no TLS, silence, nobody listening).
 //!

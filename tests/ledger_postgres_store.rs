@@ -1,5 +1,5 @@
 //! The PostgreSQL store's feeds, admin commands and reports (issue 12), against the real
-//! PostgreSQL of `../shared/testing.md`, opened as the ledger opens it (`Store::open` with a
+//! PostgreSQL at 127.0.0.1:5432, opened as the ledger opens it (`Store::open` with a
 //! `postgres://` URL). Each test has its own database, dropped afterwards (`common/pg.rs`).
 //!
 //! - The SQLite store is the reference: the same calls on both stores (and the same rows

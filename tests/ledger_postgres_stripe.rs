@@ -9,7 +9,7 @@
 //! credit waiting for an order that creates the same card; and
 //! a credit waits for a page of the card feed in flight (the feed's lock comes first).
 //!
-//! PostgreSQL is the real server of `../shared/testing.md` (`CASHLESS_TEST_PG`, default
+//! PostgreSQL is the real server at 127.0.0.1:5432 (`CASHLESS_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, a superuser); each test creates its own
 //! database and drops it afterwards ([`TestDb`]). Without PostgreSQL these tests fail, saying
 //! how to start it.

@@ -98,6 +98,11 @@ pub async fn serve<S: LedgerStore>(
         "ledger serving"
     );
     warn_if_descriptors_are_short(config.max_connections);
+    crate::service::ready(&format!("serving on {addr}"));
+    let watchdog = crate::service::watchdog_interval().map(|every| {
+        let store = store.clone();
+        tokio::spawn(feed_watchdog_while_the_database_answers(store, every))
+    });
 
     let purger = {
         let store = store.clone();
@@ -217,6 +222,7 @@ pub async fn serve<S: LedgerStore>(
     }
     // Stop accepting: connections that arrive now are refused instead of waiting.
     drop(listener);
+    crate::service::stopping();
 
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -230,8 +236,32 @@ pub async fn serve<S: LedgerStore>(
     }
     purger.abort();
     voucher_days.abort();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     tracing::info!("ledger stopped");
     Ok(())
+}
+
+/// Feeds the service manager's watchdog every `every` while the database answers a query
+/// within that time: a ledger whose database stopped answering is restarted by systemd
+/// (and `serve` waits at start until it answers again, restarted by `Restart=`).
+async fn feed_watchdog_while_the_database_answers<S: LedgerStore>(store: S, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(every, store.ping()).await {
+            Ok(Ok(())) => crate::service::feed_watchdog(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the database does not answer: the watchdog is not fed")
+            }
+            Err(_) => tracing::warn!(
+                timeout_ms = every.as_millis(),
+                "the database did not answer in time: the watchdog is not fed"
+            ),
+        }
+    }
 }
 
 /// How long the accept loop pauses after an accept error that is not about one connection.

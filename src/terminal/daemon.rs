@@ -161,6 +161,7 @@ async fn start<F: Front>(
     }
     let (mut task, mut reports) = sync.spawn();
     let outcome = serve(session, front, shutdown, reader, &mut task, &mut reports).await;
+    crate::service::stopping();
     task.stop().await;
     outcome
 }
@@ -178,6 +179,12 @@ async fn serve<F: Front>(
         front.describe(session.info());
     }
     front.show(&session.ready_event()).await?;
+    crate::service::ready("ready for staff");
+    let mut watchdog_tick = crate::service::watchdog_interval().map(|every| {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
     let mut status_tick = front.status_every().map(|every| {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,6 +248,16 @@ async fn serve<F: Front>(
                     }
                     front.show(&status).await?;
                     last_status = Some(status);
+                }
+            }
+            // The loop turns, and the journal answers (a read through the lock the sync
+            // task shares): the service manager's watchdog is fed. A loop stuck in a call,
+            // or a journal that no longer answers, starves it and systemd restarts the
+            // terminal.
+            _ = next_tick(&mut watchdog_tick) => {
+                match with_journal(session.journal(), |j| j.status_counts()).await {
+                    Ok(_) => crate::service::feed_watchdog(),
+                    Err(e) => tracing::warn!(error = %e, "the journal does not answer: the watchdog is not fed"),
                 }
             }
             () = &mut shutdown => break Leave::Signal,

@@ -574,7 +574,7 @@ async fn pg_admin() -> Result<Client, String> {
              The postgres:: variants of the ledger tests need a PostgreSQL server with a \
              superuser. On Debian: `apt-get install postgresql`, then start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-             (see ../shared/testing.md); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
+             (see the README); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
              to another server's superuser."
         )
     })

@@ -289,6 +289,15 @@ impl Ledger {
         Self::start_inner(Origin::Server(server_url.to_owned()), Some(toml), &[]).await
     }
 
+    /// [`Ledger::start_on_postgres_server`] with environment variables for `serve`.
+    pub async fn start_on_postgres_server_with_env(
+        server_url: &str,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Ledger {
+        Self::start_inner(Origin::Server(server_url.to_owned()), Some(toml), env).await
+    }
+
     /// Like [`Ledger::start_with_config_on`], with environment variables for `serve` (e.g.
     /// `CASHLESS_STRIPE_WEBHOOK_SECRETS`).
     pub async fn start_with_config_and_env_on(

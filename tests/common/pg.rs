@@ -1,4 +1,4 @@
-//! A fresh PostgreSQL database per test, on the real server of `../shared/testing.md`
+//! A fresh PostgreSQL database per test, on the real server at 127.0.0.1:5432
 //! (`CASHLESS_TEST_PG`, default `postgres://postgres@127.0.0.1:5432/postgres`, a superuser).
 //!
 //! [`TestDb`] creates a database with a random name (and, when asked, its own role) and drops
@@ -60,7 +60,7 @@ pub async fn admin() -> tokio_postgres::Client {
              These tests need a PostgreSQL server with a superuser. On Debian: \
              `apt-get install postgresql`, then start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-             (see ../shared/testing.md); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
+             (see the README); or set CASHLESS_TEST_PG=postgres://USER@HOST:PORT/DB \
              to another server's superuser."
         )
     })

@@ -51,7 +51,7 @@ impl PgServer {
             panic!(
                 "no PostgreSQL server binaries under {DEBIAN_PG_LIB}/*/bin: this test starts \
                  (and stops) a PostgreSQL server of its own; install them with \
-                 `apt-get install postgresql` (see ../shared/testing.md)"
+                 `apt-get install postgresql` (see the README)"
             )
         });
         let dir = tempfile::Builder::new()

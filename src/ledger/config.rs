@@ -8,6 +8,7 @@ use crate::domain::{
     Cents, FestivalDay, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates,
     TaxRatesError,
 };
+use crate::ledger::tls::TlsFiles;
 use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -99,6 +100,8 @@ struct RawServer {
     header_read_timeout_ms: Option<i64>,
     body_read_timeout_ms: Option<i64>,
     max_connections: Option<i64>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +212,8 @@ pub struct LedgerConfig {
     /// When a festival day starts (`[festival] day_starts_at`, `utc_offset`): daily voucher
     /// allowances are renewed then.
     pub festival_day: FestivalDay,
+    /// HTTPS (`[server] tls_cert_file`, `tls_key_file`); plain HTTP without.
+    pub tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -232,6 +237,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("postgres", &self.postgres)
             .field("taxes", &self.taxes)
             .field("festival_day", &self.festival_day)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -424,6 +430,7 @@ impl LedgerConfig {
         )?;
         let postgres = postgres_settings(f, &raw.postgres)?;
         let taxes = tax_rates(f, &raw.taxes)?;
+        let tls = tls_files(f, file, server)?;
 
         Ok(LedgerConfig {
             listen,
@@ -441,7 +448,39 @@ impl LedgerConfig {
             postgres,
             taxes,
             festival_day,
+            tls,
         })
+    }
+}
+
+/// `[server] tls_cert_file` and `tls_key_file`: both or neither; a relative path is taken
+/// from the configuration file's directory. The files are read when `serve` starts.
+fn tls_files(
+    f: &str,
+    file: Option<&Path>,
+    server: &RawServer,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let resolve = |p: &PathBuf| match file.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.clone(),
+    };
+    match (&server.tls_cert_file, &server.tls_key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            source_name: f.to_owned(),
+            cert_file: resolve(cert),
+            key_file: resolve(key),
+        })),
+        (Some(_), None) => Err(value_err(
+            f,
+            "[server] tls_key_file",
+            "the PEM file of the certificate's private key, with tls_cert_file",
+        )),
+        (None, Some(_)) => Err(value_err(
+            f,
+            "[server] tls_cert_file",
+            "the PEM file of the server's certificate (and its chain), with tls_key_file",
+        )),
     }
 }
 

@@ -26,3 +26,4 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod stripe;
+pub mod tls;

@@ -85,6 +85,10 @@ pub async fn serve<S: LedgerStore>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     check_tax_rates(config, &store).await?;
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.server_config()?)),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     if announce == Announce::Stdout {
         let mut out = std::io::stdout().lock();
@@ -93,6 +97,7 @@ pub async fn serve<S: LedgerStore>(
     }
     tracing::info!(
         %addr,
+        tls = tls.is_some(),
         database = %config.database,
         max_connections = config.max_connections,
         "ledger serving"
@@ -155,9 +160,10 @@ pub async fn serve<S: LedgerStore>(
 
     // HTTP/1.1 only: the terminals and Stripe speak it, and its header timeout is what
     // bounds a connection that never finishes a request.
+    let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms));
+        .header_read_timeout(header_timeout);
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -210,10 +216,37 @@ pub async fn serve<S: LedgerStore>(
                 }
             },
         };
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let watcher = graceful.watcher();
+        let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                // The handshake is bounded like a request head: a client that opens a
+                // connection and says nothing holds its permit no longer.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            // A client that does not trust the certificate, or speaks plain HTTP.
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake did not complete in time");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 // A header or body timeout, a client gone mid-request: the client's business.
                 tracing::debug!(error = %e, "connection ended with an error");
             }

@@ -188,12 +188,51 @@ impl std::fmt::Debug for LedgerClient {
 
 fn classify(e: &reqwest::Error) -> ClientError {
     if e.is_connect() {
-        ClientError::Unreachable(e.to_string())
+        ClientError::Unreachable(explain(e))
     } else if e.is_timeout() {
         ClientError::Timeout
     } else {
-        ClientError::Broken(e.to_string())
+        ClientError::Broken(explain(e))
     }
+}
+
+/// The error and its causes, one after the other: reqwest's own message names only the URL,
+/// the cause says why (refused, a certificate not trusted or expired, ...). A certificate
+/// problem gets what to check.
+fn explain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    if text.contains("invalid peer certificate") {
+        text.push_str(
+            " (the ledger's TLS certificate is not trusted: check [ledger] ca_file and pin_ca \
+             of the terminal's configuration, and the certificate's dates and names)",
+        );
+    }
+    text
+}
+
+/// Whom the terminal trusts for the ledger's HTTPS certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerTls {
+    /// `[ledger] ca_file`, for messages.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Its PEM text: a festival's private CA, trusted besides the system's roots.
+    pub ca_pem: Vec<u8>,
+    /// `[ledger] pin_ca`: trust only `ca_file`'s certificates, not the system's roots.
+    pub pin_ca: bool,
+}
+
+/// How many certificates a PEM text holds; an error when one is not well formed.
+pub fn ca_certificates_in(pem: &[u8]) -> Result<usize, reqwest::Error> {
+    Ok(reqwest::Certificate::from_pem_bundle(pem)?.len())
 }
 
 /// How long an idle connection to the ledger is kept for the next request. Below the
@@ -206,11 +245,33 @@ pub const POOL_IDLE_TIMEOUT_MS: u64 = 5_000;
 impl LedgerClient {
     /// A client; `timeout_ms` bounds an online decision.
     pub fn new(base_url: &str, token: &str, timeout_ms: u64) -> Result<LedgerClient, ClientError> {
-        let http = reqwest::Client::builder()
+        LedgerClient::with_tls(base_url, token, timeout_ms, &LedgerTls::default())
+    }
+
+    /// A client that trusts `tls` for an `https://` ledger: the system's roots, plus a
+    /// festival's CA, or that CA alone when pinned.
+    pub fn with_tls(
+        base_url: &str,
+        token: &str,
+        timeout_ms: u64,
+        tls: &LedgerTls,
+    ) -> Result<LedgerClient, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS));
+        if !tls.ca_pem.is_empty() {
+            for ca in reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
+                .map_err(|e| ClientError::Unreachable(explain(&e)))?
+            {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        if tls.pin_ca {
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        let http = builder
             .build()
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            .map_err(|e| ClientError::Unreachable(explain(&e)))?;
         Ok(LedgerClient {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),

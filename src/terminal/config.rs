@@ -3,6 +3,7 @@
 //! then checked into [`TerminalConfig`]; every error names the file, the key and what was
 //! expected.
 
+use super::client::{LedgerTls, ca_certificates_in};
 use crate::domain::Cents;
 use crate::protocol::api::{BATCH_OPERATIONS_MAX, TerminalKind};
 use serde::Deserialize;
@@ -45,6 +46,8 @@ struct RawLedger {
     token_file: Option<PathBuf>,
     token: Option<String>,
     timeout_ms: Option<u64>,
+    ca_file: Option<PathBuf>,
+    pin_ca: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +92,8 @@ pub struct TerminalConfig {
     pub token: String,
     /// Longer than this for an online decision: decide offline.
     pub timeout_ms: u64,
+    /// Whom to trust for the ledger's HTTPS certificate (`[ledger] ca_file`, `pin_ca`).
+    pub ledger_tls: LedgerTls,
     /// An offline sale above this is declined.
     pub offline_max_order: Cents,
     /// Offline charges per card since its last known balance, at most.
@@ -322,6 +327,8 @@ impl TerminalConfig {
             60_000,
         )?;
 
+        let ledger_tls = ledger_tls(f, &url, &raw.ledger)?;
+
         let o = &raw.offline;
         let offline_max_order = cents_in(
             f,
@@ -415,6 +422,7 @@ impl TerminalConfig {
             ledger_url: url,
             token,
             timeout_ms,
+            ledger_tls,
             offline_max_order,
             offline_max_card_exposure,
             offline_unknown_card_limit,
@@ -429,6 +437,64 @@ impl TerminalConfig {
             reader_feedback: raw.reader.feedback.unwrap_or(true),
         })
     }
+}
+
+/// `[ledger] ca_file` and `pin_ca`: the festival CA's certificates, read and checked now so
+/// that a bad file stops the terminal at start, naming it.
+fn ledger_tls(f: &str, url: &str, raw: &RawLedger) -> Result<LedgerTls, TerminalConfigError> {
+    let pin_ca = raw.pin_ca.unwrap_or(false);
+    let Some(path) = &raw.ca_file else {
+        if pin_ca {
+            return Err(value_err(
+                f,
+                "[ledger] ca_file",
+                "the PEM file of the CA to pin, with pin_ca = true",
+            ));
+        }
+        return Ok(LedgerTls::default());
+    };
+    if !url.starts_with("https://") {
+        return Err(value_err(
+            f,
+            "[ledger] ca_file",
+            format!("an https:// [ledger] url to check the CA against, got {url:?}"),
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        value_err(
+            f,
+            "[ledger] ca_file",
+            format!(
+                "a readable PEM file of CA certificates: {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let count = ca_certificates_in(&pem).map_err(|e| {
+        value_err(
+            f,
+            "[ledger] ca_file",
+            format!(
+                "PEM CA certificates (-----BEGIN CERTIFICATE-----): {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    if count == 0 {
+        return Err(value_err(
+            f,
+            "[ledger] ca_file",
+            format!(
+                "PEM CA certificates (-----BEGIN CERTIFICATE-----): {} has none",
+                path.display()
+            ),
+        ));
+    }
+    Ok(LedgerTls {
+        ca_file: Some(path.clone()),
+        ca_pem: pem,
+        pin_ca,
+    })
 }
 
 #[cfg(test)]
@@ -526,6 +592,26 @@ mod tests {
                 "[ledger] timeout_ms: milliseconds between 50",
             ),
             ("name = \"bar-1\"", "nme = \"bar-1\"", "unknown field `nme`"),
+            (
+                "token = \"clt_abc\"",
+                "token = \"clt_abc\"\npin_ca = true",
+                "[ledger] ca_file: the PEM file of the CA to pin",
+            ),
+            (
+                "token = \"clt_abc\"",
+                "token = \"clt_abc\"\nca_file = \"/etc/hosts\"",
+                "[ledger] ca_file: an https:// [ledger] url",
+            ),
+            (
+                "url = \"http://127.0.0.1:8080\"\ntoken = \"clt_abc\"",
+                "url = \"https://127.0.0.1:8080\"\ntoken = \"clt_abc\"\nca_file = \"/nonexistent/ca.pem\"",
+                "[ledger] ca_file: a readable PEM file of CA certificates: /nonexistent/ca.pem",
+            ),
+            (
+                "url = \"http://127.0.0.1:8080\"\ntoken = \"clt_abc\"",
+                "url = \"https://127.0.0.1:8080\"\ntoken = \"clt_abc\"\nca_file = \"/etc/passwd\"",
+                "has none",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = MINIMAL.replace(from, to);

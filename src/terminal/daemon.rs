@@ -49,8 +49,15 @@ impl Daemon {
         mut journal: Journal,
     ) -> anyhow::Result<Daemon> {
         recover(&mut journal)?;
-        let client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
-        let sync_client = LedgerClient::new(&config.ledger_url, &config.token, config.timeout_ms)?;
+        let client = || {
+            LedgerClient::with_tls(
+                &config.ledger_url,
+                &config.token,
+                config.timeout_ms,
+                &config.ledger_tls,
+            )
+        };
+        let (client, sync_client) = (client()?, client()?);
         let journal: SharedJournal = Arc::new(Mutex::new(journal));
         let online = Arc::new(AtomicBool::new(true));
         let tap_in_flight = Arc::new(AtomicBool::new(false));

@@ -160,6 +160,19 @@ enum LedgerCommand {
     /// Deposits on returnable items (cups): per item, what went out with orders, came back
     /// and is still out, and the deposits owed back.
     Deposits,
+    /// Delete expired decline keys, then archive scan-log and audit-log rows older than
+    /// [housekeeping] archive_after_days to a compressed JSON-lines file (fsynced before the
+    /// rows are removed). Safe while the ledger serves; systemd's cashless-housekeeping.timer
+    /// runs it daily.
+    Housekeeping {
+        /// Where archive files go (overrides [housekeeping] archive_dir).
+        #[arg(long, value_name = "DIR")]
+        archive_dir: Option<PathBuf>,
+        /// Archive rows older than this many days, 0-3650 (overrides [housekeeping]
+        /// archive_after_days; default 30).
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=3650))]
+        archive_after_days: Option<u32>,
+    },
     /// Apply a terminal's journal export (cashless terminal export), idempotently: exit 0 if
     /// every operation is applied, declined or was already there; exit 1 listing each refused one.
     Import {
@@ -764,6 +777,18 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             if !summary.is_clean() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        LedgerCommand::Housekeeping {
+            archive_dir,
+            archive_after_days,
+        } => {
+            let settings = config
+                .housekeeping(archive_dir, archive_after_days)
+                .context("housekeeping")?;
+            let report = crate::ledger::housekeeping::run(&store, &settings, chrono::Utc::now())
+                .await
+                .context("housekeeping")?;
+            print!("{}", admin::format_housekeeping(&report));
         }
         LedgerCommand::Deposits => {
             let report = store.deposit_report().await?;

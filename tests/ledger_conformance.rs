@@ -482,7 +482,7 @@ async fn decline_keys_expire_and_applied_keys_stay(backend: Backend) {
         let applied = f.order(&card, 1, Mode::Online);
         f.sell(&f.bar, "r2", applied.clone()).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        assert_eq!(f.store.purge_expired_keys().await.unwrap(), 1);
+        assert_eq!(f.store.purge_expired_keys(1000).await.unwrap(), 1);
         // The declined request is decided afresh (the card exists now); the applied one is
         // still a replay.
         let o = f.sell(&f.bar, "r3", declined).await;
@@ -490,7 +490,7 @@ async fn decline_keys_expire_and_applied_keys_stay(backend: Backend) {
         assert_eq!(code(&o), None);
         let o = f.sell(&f.bar, "r4", applied).await;
         assert!(o.replayed);
-        assert_eq!(f.store.purge_expired_keys().await.unwrap(), 0);
+        assert_eq!(f.store.purge_expired_keys(1000).await.unwrap(), 0);
     })
     .await;
 }

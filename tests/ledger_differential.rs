@@ -1323,6 +1323,7 @@ fn error_json(e: &StoreError) -> Value {
 /// id itself left out: two correct backends may number differently).
 const TABLES: &[(&str, Option<&str>)] = &[
     ("app_transaction_log", Some("log_id")),
+    ("archived_voucher_moves", None),
     ("bar_order_items", None),
     ("bar_orders", None),
     ("cards", None),
@@ -1504,7 +1505,7 @@ impl Side {
                     Err(e) => error_json(&e),
                 }
             }
-            Action::Purge => match self.store.purge_expired_keys().await {
+            Action::Purge => match self.store.purge_expired_keys(1000).await {
                 Ok(n) => json!({ "purged": n }),
                 Err(e) => error_json(&e),
             },

@@ -326,6 +326,47 @@ async fn postings_and_the_audit_log_cannot_be_changed_by_the_ledgers_own_user() 
     assert_eq!(counts.get::<_, i64>(0), 2);
     assert_eq!(counts.get::<_, i64>(1), 900);
     assert_eq!(counts.get::<_, i64>(2), 1);
+
+    // Housekeeping's removal of archived rows is the one way out of the audit log, and it
+    // leaves no door open behind it, not even in its own transaction.
+    let id: i64 = ledger_user
+        .query_one("SELECT max(log_id) FROM app_transaction_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let removed: i64 = ledger_user
+        .query_one("SELECT ledger_remove_archived_audit_log($1)", &[&vec![id]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(removed, 1);
+    ledger_user
+        .batch_execute(
+            "INSERT INTO app_transaction_log (occurred_at, actor, operation, outcome)
+                 VALUES (now(), 'admin', 'card_block', 'done')",
+        )
+        .await
+        .unwrap();
+    let err = ledger_user
+        .batch_execute(
+            "BEGIN;
+             SELECT ledger_remove_archived_audit_log(ARRAY[]::bigint[]);
+             DELETE FROM app_transaction_log;",
+        )
+        .await
+        .expect_err("a DELETE after the removal");
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().contains("is append-only")),
+        "{err}"
+    );
+    ledger_user.batch_execute("ROLLBACK").await.unwrap();
+    let left: i64 = ledger_user
+        .query_one("SELECT count(*) FROM app_transaction_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
 }
 
 /// A fake server on a free port of 127.0.0.1 that answers every connection's first message

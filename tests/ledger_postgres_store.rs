@@ -409,8 +409,8 @@ async fn registrations_answer_as_on_sqlite() {
             )
             .await;
         let purged = vec![
-            s.purge_expired_keys().await.unwrap(),
-            s.purge_expired_keys().await.unwrap(),
+            s.purge_expired_keys(1000).await.unwrap(),
+            s.purge_expired_keys(1000).await.unwrap(),
         ];
 
         // The terminals' ids are random: each must be the one add_terminal returned.

@@ -27,6 +27,7 @@ use tokio::net::UnixDatagram;
 /// The highest exposure score `systemd-analyze security --offline=true` may give each unit.
 const EXPOSURE_MAX: &[(&str, f64)] = &[
     ("cashless-ledger.service", 2.0),
+    ("cashless-housekeeping.service", 2.0),
     ("cashless-terminal.service", 4.0),
 ];
 
@@ -89,7 +90,11 @@ fn every_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let units = units_in(dir.path());
     let names: Vec<&str> = units.iter().map(|p| file_name(p)).collect();
-    for expected in EXPOSURE_MAX.iter().map(|(n, _)| *n) {
+    for expected in EXPOSURE_MAX
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["cashless-housekeeping.timer"])
+    {
         assert!(
             names.contains(&expected),
             "{expected} missing from systemd/: {names:?}"
@@ -144,6 +149,33 @@ fn every_service_is_hardened_to_its_exposure_score() {
             "{name}: exposure {score} above {max}:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn the_timer_runs_housekeeping_daily_and_catches_up_after_downtime() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cashless-housekeeping.timer");
+    let text = std::fs::read_to_string(path).unwrap();
+    let settings: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(settings.contains(&"Persistent=true"), "{text}");
+    let calendar = settings
+        .iter()
+        .find_map(|l| l.strip_prefix("OnCalendar="))
+        .expect("OnCalendar=");
+    // systemd's own parser accepts it and finds its next elapse.
+    let out = Command::new("systemd-analyze")
+        .args(["calendar", calendar])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{calendar}: {stdout}");
+    assert!(stdout.contains("Next elapse:"), "{stdout}");
+    let service =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cashless-housekeeping.service");
+    let service = std::fs::read_to_string(service).unwrap();
+    assert!(
+        service.contains("Type=oneshot") && service.contains(" housekeeping "),
+        "{service}"
+    );
 }
 
 #[test]

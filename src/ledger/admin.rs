@@ -564,6 +564,22 @@ const DEPOSIT_COLUMNS: [&str; 7] = [
 
 /// Prints the deposit report as an aligned table, one row per returnable item and a total,
 /// then the `deposits` account's balance (what is owed back).
+/// What a housekeeping run did, for people: one line each.
+pub fn format_housekeeping(report: &crate::ledger::housekeeping::HousekeepingReport) -> String {
+    let mut out = format!(
+        "decline keys purged: {}\nscan-log rows archived: {}\naudit-log rows archived: {}\n",
+        report.keys_purged, report.scans_archived, report.audit_rows_archived
+    );
+    match &report.archive_file {
+        Some(path) => out.push_str(&format!("archive file: {}\n", path.display())),
+        None => out.push_str("archive file: none (nothing old enough)\n"),
+    }
+    if report.more_left {
+        out.push_str("more rows are old enough: run it again\n");
+    }
+    out
+}
+
 pub fn format_deposits(report: &DepositReport) -> String {
     let mut rows: Vec<[String; 7]> = report
         .items

@@ -8,6 +8,7 @@ use crate::domain::{
     Cents, FestivalDay, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates,
     TaxRatesError,
 };
+use crate::ledger::housekeeping::{ARCHIVE_AFTER_DAYS_MAX, HousekeepingSettings};
 use crate::ledger::tls::TlsFiles;
 use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
 use serde::Deserialize;
@@ -80,6 +81,16 @@ struct RawConfig {
     postgres: RawPostgres,
     #[serde(default)]
     taxes: RawTaxes,
+    #[serde(default)]
+    housekeeping: RawHousekeeping,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHousekeeping {
+    archive_dir: Option<PathBuf>,
+    // Signed, so that a negative value gets the range message rather than a type error.
+    archive_after_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +225,43 @@ pub struct LedgerConfig {
     pub festival_day: FestivalDay,
     /// HTTPS (`[server] tls_cert_file`, `tls_key_file`); plain HTTP without.
     pub tls: Option<TlsFiles>,
+    /// `[housekeeping]`.
+    pub housekeeping: HousekeepingConfig,
+}
+
+/// `[housekeeping]`: where `cashless ledger housekeeping` archives, and from what age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HousekeepingConfig {
+    /// The configuration file (for messages).
+    pub source_name: String,
+    /// `archive_dir`, relative to the configuration file's directory; none by default.
+    pub archive_dir: Option<PathBuf>,
+    /// `archive_after_days`: 30 by default.
+    pub archive_after_days: u32,
+}
+
+impl LedgerConfig {
+    /// The settings of a housekeeping run: the command's flags over `[housekeeping]`.
+    pub fn housekeeping(
+        &self,
+        archive_dir: Option<PathBuf>,
+        archive_after_days: Option<u32>,
+    ) -> Result<HousekeepingSettings, ConfigError> {
+        let h = &self.housekeeping;
+        let archive_dir = archive_dir
+            .or_else(|| h.archive_dir.clone())
+            .ok_or_else(|| {
+                value_err(
+                    &h.source_name,
+                    "[housekeeping] archive_dir",
+                    "the directory archive files go to (or --archive-dir)",
+                )
+            })?;
+        Ok(HousekeepingSettings {
+            archive_dir,
+            archive_after_days: archive_after_days.unwrap_or(h.archive_after_days),
+        })
+    }
 }
 
 impl std::fmt::Debug for LedgerConfig {
@@ -238,6 +286,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("taxes", &self.taxes)
             .field("festival_day", &self.festival_day)
             .field("tls", &self.tls)
+            .field("housekeeping", &self.housekeeping)
             .finish()
     }
 }
@@ -431,6 +480,23 @@ impl LedgerConfig {
         let postgres = postgres_settings(f, &raw.postgres)?;
         let taxes = tax_rates(f, &raw.taxes)?;
         let tls = tls_files(f, file, server)?;
+        let archive_after_days = whole_in(
+            f,
+            "[housekeeping] archive_after_days",
+            raw.housekeeping.archive_after_days,
+            30,
+            0..=u64::from(ARCHIVE_AFTER_DAYS_MAX),
+            "days",
+        )?;
+        let housekeeping = HousekeepingConfig {
+            source_name: f.to_owned(),
+            archive_dir: raw
+                .housekeeping
+                .archive_dir
+                .as_ref()
+                .map(|dir| relative_to_file(file, dir)),
+            archive_after_days: u32::try_from(archive_after_days).unwrap_or(ARCHIVE_AFTER_DAYS_MAX),
+        };
 
         Ok(LedgerConfig {
             listen,
@@ -449,7 +515,17 @@ impl LedgerConfig {
             taxes,
             festival_day,
             tls,
+            housekeeping,
         })
+    }
+}
+
+/// `path` as given when absolute (or without a configuration file), else from the
+/// configuration file's directory.
+fn relative_to_file(file: Option<&Path>, path: &Path) -> PathBuf {
+    match file.and_then(Path::parent) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
     }
 }
 
@@ -460,10 +536,7 @@ fn tls_files(
     file: Option<&Path>,
     server: &RawServer,
 ) -> Result<Option<TlsFiles>, ConfigError> {
-    let resolve = |p: &PathBuf| match file.and_then(Path::parent) {
-        Some(dir) if p.is_relative() => dir.join(p),
-        _ => p.clone(),
-    };
+    let resolve = |p: &PathBuf| relative_to_file(file, p);
     match (&server.tls_cert_file, &server.tls_key_file) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => Ok(Some(TlsFiles {

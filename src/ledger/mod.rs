@@ -20,6 +20,7 @@ pub mod api;
 pub mod caller;
 pub mod config;
 pub mod flow;
+pub mod housekeeping;
 pub mod openapi;
 pub mod outcome;
 pub mod rules;

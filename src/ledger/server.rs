@@ -115,10 +115,24 @@ pub async fn serve<S: LedgerStore>(
             let mut tick = tokio::time::interval(Duration::from_secs(KEY_PURGE_INTERVAL_S));
             loop {
                 tick.tick().await;
-                match store.purge_expired_keys().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
-                    Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                let mut purged = 0;
+                loop {
+                    let batch = crate::ledger::housekeeping::KEY_PURGE_BATCH;
+                    match store.purge_expired_keys(batch).await {
+                        Ok(n) => {
+                            purged += n;
+                            if n < u64::from(batch) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging idempotency keys failed");
+                            break;
+                        }
+                    }
+                }
+                if purged > 0 {
+                    tracing::info!(purged, "expired idempotency keys purged");
                 }
             }
         })

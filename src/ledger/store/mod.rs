@@ -23,7 +23,7 @@ use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use postgres::PgStore;
 use sqlite::{SqliteOptions, SqliteStore};
 use std::future::Future;
@@ -474,8 +474,32 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         day: NaiveDate,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Deletes the keys of declines past their retention; returns how many.
-    fn purge_expired_keys(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Deletes the keys of declines past their retention, at most `limit` of them (one short
+    /// transaction: call again until it returns less); returns how many. Applied
+    /// operations' keys are kept for ever, so that a late replay is always recognised.
+    fn purge_expired_keys(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Rows of `log` written before `before` with ids above `after_id`, in id order, at most
+    /// `limit`: what housekeeping archives next.
+    fn archive_candidates(
+        &self,
+        log: ArchivedLog,
+        before: DateTime<Utc>,
+        after_id: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ArchivedRow>, StoreError>> + Send;
+
+    /// Removes exactly the rows `ids` of `log`, which an archive file holds durably, in one
+    /// transaction; for the audit log, what they proved of cards' voucher units is carried
+    /// to `archived_voucher_moves` in the same transaction. Returns how many it removed.
+    fn remove_archived(
+        &self,
+        log: ArchivedLog,
+        ids: Vec<i64>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Answers when the database does.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -603,6 +627,38 @@ pub enum OpenError {
     },
 }
 
+/// The logs `cashless ledger housekeeping` archives to files and removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchivedLog {
+    /// `nfc_scan_log`, by when the ledger received each scan (`received_at`: the ledger's
+    /// clock, not the terminal's).
+    Scans,
+    /// `app_transaction_log`, by `occurred_at`.
+    Audit,
+}
+
+impl ArchivedLog {
+    /// Both, in the order housekeeping archives them.
+    pub const ALL: [ArchivedLog; 2] = [ArchivedLog::Scans, ArchivedLog::Audit];
+
+    /// The table.
+    pub fn table(self) -> &'static str {
+        match self {
+            ArchivedLog::Scans => "nfc_scan_log",
+            ArchivedLog::Audit => "app_transaction_log",
+        }
+    }
+}
+
+/// One log row bound for an archive file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedRow {
+    /// Its id in its table (`scan_id`, `log_id`).
+    pub id: i64,
+    /// The whole row as a JSON object, columns by name.
+    pub json: String,
+}
+
 /// Whichever backend `--database` names; every caller opens the store through
 /// [`Store::open`]. Cheap to clone.
 #[derive(Clone)]
@@ -672,7 +728,9 @@ delegate!(AdminStore {
     grant_vouchers(uid: CardUid, units: i64) -> i64;
     set_daily_vouchers(uid: CardUid, units: i64, day: NaiveDate) -> i64;
     start_voucher_day(day: NaiveDate) -> u64;
-    purge_expired_keys() -> u64;
+    purge_expired_keys(limit: u32) -> u64;
+    archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
+    remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
     ping() -> ();
 });
 

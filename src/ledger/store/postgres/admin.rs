@@ -12,10 +12,11 @@ use crate::domain::{AgeFlag, CardUid, Cents, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
+    AdminStore, ArchivedLog, ArchivedRow, NewStaff, NewTerminal, ProductUpsert, StoreError,
+    product_log_details,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::json;
 use tokio_postgres::error::SqlState;
@@ -458,31 +459,69 @@ impl AdminStore for PgStore {
         // Until a round renews nothing: a round may renew fewer than a batch while cards
         // are still due (one changed under it at that moment is left for the next round).
         loop {
-            let rows = self
-                .rows("SELECT ledger_start_voucher_day($1, $2)", &[&day, &batch])
+            let n = self
+                .count("SELECT ledger_start_voucher_day($1, $2)", &[&day, &batch])
                 .await?;
-            let n: i64 = rows
-                .first()
-                .ok_or_else(|| internal("no answer from ledger_start_voucher_day"))?
-                .try_get(0)
-                .map_err(classify)?;
             if n == 0 {
                 return Ok(renewed);
             }
-            renewed += n.unsigned_abs();
+            renewed += n;
         }
     }
 
-    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "DELETE FROM idempotency_keys
-                 WHERE transaction_id IS NULL AND expires_at < date_trunc('milliseconds', now())",
-            )
-            .await
-            .map_err(classify)?;
-        client.execute(&stmt, &[]).await.map_err(classify)
+    async fn purge_expired_keys(&self, limit: u32) -> Result<u64, StoreError> {
+        self.count(
+            "WITH gone AS (
+                     DELETE FROM idempotency_keys WHERE client_request_id IN
+                         (SELECT client_request_id FROM idempotency_keys
+                          WHERE transaction_id IS NULL
+                            AND expires_at < date_trunc('milliseconds', now())
+                          LIMIT $1)
+                     RETURNING 1)
+                 SELECT count(*) FROM gone",
+            &[&i64::from(limit)],
+        )
+        .await
+    }
+
+    async fn archive_candidates(
+        &self,
+        log: ArchivedLog,
+        before: DateTime<Utc>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchivedRow>, StoreError> {
+        let sql = match log {
+            ArchivedLog::Audit => {
+                "SELECT log_id, row_to_json(t)::text FROM app_transaction_log t
+                 WHERE log_id > $1 AND occurred_at < $2 ORDER BY log_id LIMIT $3"
+            }
+            ArchivedLog::Scans => {
+                "SELECT scan_id, row_to_json(t)::text FROM nfc_scan_log t
+                 WHERE scan_id > $1 AND received_at < $2 ORDER BY scan_id LIMIT $3"
+            }
+        };
+        self.rows(sql, &[&after_id, &before, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ArchivedRow {
+                    id: r.try_get(0).map_err(classify)?,
+                    json: r.try_get(1).map_err(classify)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_archived(&self, log: ArchivedLog, ids: Vec<i64>) -> Result<u64, StoreError> {
+        let sql = match log {
+            ArchivedLog::Audit => "SELECT ledger_remove_archived_audit_log($1)",
+            ArchivedLog::Scans => {
+                "WITH gone AS (DELETE FROM nfc_scan_log WHERE scan_id = ANY ($1) RETURNING 1)
+                 SELECT count(*) FROM gone"
+            }
+        };
+        self.count(sql, &[&ids]).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

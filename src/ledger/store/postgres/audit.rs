@@ -325,6 +325,8 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
              FROM app_transaction_log
              WHERE actor = 'admin' AND operation IN ('voucher_daily', 'voucher_day')
              UNION ALL
+             SELECT card_uid, voucher_units FROM archived_voucher_moves
+             UNION ALL
              SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
              UNION ALL
              SELECT card_uid, -voucher_units FROM bar_orders

@@ -78,6 +78,7 @@ pub const TABLES: &[&str] = &[
     "idempotency_keys",
     "app_transaction_log",
     "nfc_scan_log",
+    "archived_voucher_moves",
     "shift_closeouts",
     "stripe_events",
     "stripe_recharges",

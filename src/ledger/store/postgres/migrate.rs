@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_deposits.sql"),
     migration!(12, "0012_voucher_grants.sql"),
     migration!(13, "0013_daily_vouchers.sql"),
+    migration!(14, "0014_housekeeping.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -451,6 +451,22 @@ impl PgStore {
         }
     }
 
+    /// The one non-negative integer `sql` answers (a count), within the same bounds as
+    /// [`PgStore::rows`].
+    pub(super) async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let rows = self.rows(sql, params).await?;
+        let n: i64 = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal(format!("no answer from {sql}")))?
+            .try_get(0)
+            .map_err(classify)?;
+        u64::try_from(n).map_err(|_| StoreError::Internal(format!("{sql} answered {n}")))
+    }
+
     /// How long a call may take: `statement_timeout_ms` plus [`DEADLINE_MARGIN_MS`].
     fn deadline(&self) -> Duration {
         Duration::from_millis(self.options.postgres.statement_timeout_ms + DEADLINE_MARGIN_MS)

@@ -6,10 +6,11 @@ use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, NewStaff, NewTerminal, ProductUpsert, StoreError, product_log_details,
+    AdminStore, ArchivedLog, ArchivedRow, NewStaff, NewTerminal, ProductUpsert, StoreError,
+    product_log_details,
 };
 use crate::protocol::api::format_time;
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use uuid::Uuid;
@@ -284,13 +285,100 @@ impl AdminStore for SqliteStore {
         }
     }
 
-    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        self.write(|conn| {
+    async fn purge_expired_keys(&self, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "DELETE FROM idempotency_keys WHERE transaction_id IS NULL AND expires_at < ?1",
+                    "DELETE FROM idempotency_keys WHERE rowid IN
+                         (SELECT rowid FROM idempotency_keys
+                          WHERE transaction_id IS NULL AND expires_at < ?1 LIMIT ?2)",
                 )?
-                .execute([format_time(Utc::now())])?;
+                .execute(params![format_time(Utc::now()), limit])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn archive_candidates(
+        &self,
+        log: ArchivedLog,
+        before: DateTime<Utc>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchivedRow>, StoreError> {
+        let before = format_time(before);
+        self.read(move |conn| {
+            let sql = match log {
+                ArchivedLog::Audit => {
+                    "SELECT log_id, json_object('log_id', log_id, 'occurred_at', occurred_at,
+                         'request_id', request_id, 'actor', actor, 'staff_id', staff_id,
+                         'operation', operation, 'client_request_id', client_request_id,
+                         'transaction_id', transaction_id, 'card_uid', card_uid,
+                         'amount_cents', amount_cents, 'outcome', outcome,
+                         'error_code', error_code,
+                         'details', CASE WHEN json_valid(details) THEN json(details) ELSE details END)
+                     FROM app_transaction_log WHERE log_id > ?1 AND occurred_at < ?2
+                     ORDER BY log_id LIMIT ?3"
+                }
+                ArchivedLog::Scans => {
+                    "SELECT scan_id, json_object('scan_id', scan_id, 'terminal_id', terminal_id,
+                         'card_uid', card_uid, 'result', result, 'reader', reader,
+                         'scanned_at', scanned_at, 'terminal_seq', terminal_seq,
+                         'received_at', received_at)
+                     FROM nfc_scan_log WHERE scan_id > ?1 AND received_at < ?2
+                     ORDER BY scan_id LIMIT ?3"
+                }
+            };
+            let rows = conn
+                .prepare_cached(sql)?
+                .query_map(params![after_id, before, limit], |r| {
+                    Ok(ArchivedRow {
+                        id: r.get(0)?,
+                        json: r.get(1)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn remove_archived(&self, log: ArchivedLog, ids: Vec<i64>) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.write(move |conn| {
+            let n = match log {
+                ArchivedLog::Scans => conn
+                    .prepare_cached(
+                        "DELETE FROM nfc_scan_log WHERE scan_id IN (SELECT value FROM json_each(?1))",
+                    )?
+                    .execute([&ids])?,
+                ArchivedLog::Audit => {
+                    // What the rows proved of cards' voucher units stays for the audit.
+                    conn.prepare_cached(
+                        "INSERT INTO archived_voucher_moves (card_uid, voucher_units)
+                         SELECT card_uid, SUM(units) FROM (
+                             SELECT card_uid, json_extract(details, '$.units') AS units
+                             FROM app_transaction_log
+                             WHERE log_id IN (SELECT value FROM json_each(?1))
+                               AND actor = 'admin' AND operation = 'voucher_grant'
+                             UNION ALL
+                             SELECT card_uid, json_extract(details, '$.voucher_units')
+                                              - json_extract(details, '$.units_before')
+                             FROM app_transaction_log
+                             WHERE log_id IN (SELECT value FROM json_each(?1))
+                               AND actor = 'admin' AND operation IN ('voucher_daily', 'voucher_day'))
+                         WHERE card_uid IS NOT NULL
+                         GROUP BY card_uid
+                         ON CONFLICT (card_uid)
+                         DO UPDATE SET voucher_units = voucher_units + excluded.voucher_units",
+                    )?
+                    .execute([&ids])?;
+                    conn.prepare_cached(
+                        "DELETE FROM app_transaction_log WHERE log_id IN (SELECT value FROM json_each(?1))",
+                    )?
+                    .execute([&ids])?
+                }
+            };
             Ok(n as u64)
         })
         .await

@@ -143,9 +143,12 @@ async fn old_log_rows_are_archived_once_then_removed_and_the_audit_still_holds(b
     l.post("/v1/scans", &l.bar_token, &scans)
         .await
         .assert_status(200);
-    let audit_before = ids(&l, "app_transaction_log", "log_id");
-    let scans_before = ids(&l, "nfc_scan_log", "scan_id");
+    let mut audit_before = ids(&l, "app_transaction_log", "log_id");
+    let mut scans_before = ids(&l, "nfc_scan_log", "scan_id");
     assert!(audit_before.len() >= 5 && scans_before.len() == 3);
+    // Each log's newest row stays (SQLite would hand its id out again otherwise).
+    let audit_newest = audit_before.pop_last().unwrap();
+    let scan_newest = scans_before.pop_last().unwrap();
     let vouchers_before = l.query_i64("SELECT SUM(voucher_units) FROM cards");
 
     let out = housekeeping(&l, dir.path(), "0");
@@ -157,7 +160,7 @@ async fn old_log_rows_are_archived_once_then_removed_and_the_audit_still_holds(b
             )),
         "{out}"
     );
-    // Each row is in the file once, whole, and gone from its table.
+    // Each row is in the file once, whole, and gone from its table; the newest stay.
     let lines = archived(dir.path());
     let mut in_file: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for line in &lines {
@@ -185,8 +188,14 @@ async fn old_log_rows_are_archived_once_then_removed_and_the_audit_still_holds(b
             .any(|l| l["row"]["operation"] == "voucher_grant"
                 && l["row"]["details"]["units"] == json!(5))
     );
-    assert_eq!(l.count("app_transaction_log"), 0);
-    assert_eq!(l.count("nfc_scan_log"), 0);
+    assert_eq!(
+        ids(&l, "app_transaction_log", "log_id"),
+        BTreeSet::from([audit_newest])
+    );
+    assert_eq!(
+        ids(&l, "nfc_scan_log", "scan_id"),
+        BTreeSet::from([scan_newest])
+    );
     // The cards did not change, and the audit still proves their voucher units.
     assert_eq!(
         l.query_i64("SELECT SUM(voucher_units) FROM cards"),
@@ -198,11 +207,17 @@ async fn old_log_rows_are_archived_once_then_removed_and_the_audit_still_holds(b
     let again = housekeeping(&l, dir.path(), "0");
     assert!(again.contains("archive file: none"), "{again}");
     assert_eq!(files_in(dir.path()), 1);
-    // Later rows join the carried ones in the proof.
+    // Later rows join the carried ones in the proof, with ids never handed out before; and
+    // the row that was newest goes at the next run.
     assert_success(
         "voucher",
         &l.admin(&["voucher", "grant", "--uid", &uid(1), "--units", "3"]),
     );
+    assert!(ids(&l, "app_transaction_log", "log_id").last() > Some(&audit_newest));
+    l.assert_audit_ok();
+    let third = housekeeping(&l, dir.path(), "0");
+    assert!(third.contains("audit-log rows archived: 1\n"), "{third}");
+    assert_eq!(files_in(dir.path()), 2);
     l.assert_audit_ok();
     // A card tampered with after the archive is still named.
     l.tamper(&format!(
@@ -285,6 +300,73 @@ async fn housekeeping_runs_safely_while_the_ledger_serves_under_load(backend: Ba
     l.assert_audit_ok();
 }
 
+/// Audit-log rows of desk voucher grants made directly in the database, this many.
+const GRANT_ROWS: i64 = 5_000;
+
+/// The number after `label: ` in a run's output.
+fn reported(out: &str, label: &str) -> i64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label)?.strip_prefix(": ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {label} in {out}"))
+}
+
+async fn two_runs_at_once_remove_each_row_once_and_carry_it_once(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    assert_success(
+        "voucher",
+        &l.admin(&["voucher", "grant", "--uid", &uid(1), "--units", "1"]),
+    );
+    // Many more grants, as years of a festival's desk would leave (several chunks each run).
+    let insert = match l.backend() {
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {GRANT_ROWS})
+             INSERT INTO app_transaction_log (occurred_at, actor, operation, card_uid, outcome, details)
+             SELECT '2026-01-01T00:00:00.000Z', 'admin', 'voucher_grant', '{}', 'done', '{{\"units\":1}}' FROM n",
+            uid(1)
+        ),
+        Backend::Postgres => format!(
+            "INSERT INTO app_transaction_log (occurred_at, actor, operation, card_uid, outcome, details)
+             SELECT now() - interval '1 day', 'admin', 'voucher_grant', '{}', 'done', '{{\"units\":1}}'::jsonb
+             FROM generate_series(1, {GRANT_ROWS})",
+            uid(1)
+        ),
+    };
+    assert_eq!(l.tamper(&insert), GRANT_ROWS as u64);
+    l.tamper(&format!(
+        "UPDATE cards SET voucher_units = voucher_units + {GRANT_ROWS} WHERE card_uid = '{}'",
+        uid(1)
+    ));
+    l.assert_audit_ok();
+    let rows = l.count("app_transaction_log");
+
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let runs: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = [a.path(), b.path()]
+            .into_iter()
+            .map(|dir| s.spawn(|| housekeeping(&l, dir, "0")))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    // Between them, every row but the newest was removed once, and carried once.
+    let removed: i64 = runs
+        .iter()
+        .map(|o| reported(o, "audit-log rows archived"))
+        .sum();
+    assert_eq!(removed, rows - 1, "{runs:?}");
+    assert_eq!(l.count("app_transaction_log"), 1);
+    l.assert_audit_ok();
+    // And each removed row is in one file at least.
+    let mut in_files = BTreeSet::new();
+    for dir in [a.path(), b.path()] {
+        if files_in(dir) > 0 {
+            for line in archived(dir) {
+                in_files.insert(line["id"].as_i64().unwrap());
+            }
+        }
+    }
+    assert_eq!(in_files.len() as i64, rows - 1);
+}
+
 async fn bad_housekeeping_arguments_change_nothing(backend: Backend) {
     let l = Ledger::start_on(backend).await;
     let declined = order_body(&uid(2), l.seq(&l.bar_token), &[("water", 1, 200)], "online");
@@ -349,5 +431,6 @@ on_both_backends! {
     decline_keys_expire_and_applied_ones_stay_for_a_late_replay,
     old_log_rows_are_archived_once_then_removed_and_the_audit_still_holds,
     housekeeping_runs_safely_while_the_ledger_serves_under_load,
+    two_runs_at_once_remove_each_row_once_and_carry_it_once,
     bad_housekeeping_arguments_change_nothing,
 }

@@ -266,26 +266,8 @@ async fn pg_fingerprint(client: &tokio_postgres::Client) -> String {
 // A festival on SQLite
 // ---------------------------------------------------------------------------------------
 
-/// A `Stripe-Signature` for `body`, signed now.
-fn stripe_signature(body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let t = chrono::Utc::now().timestamp();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 async fn stripe(l: &Ledger, event: Value) {
-    let body = serde_json::to_vec(&event).unwrap();
-    let signature = stripe_signature(&body);
-    let headers = [
-        ("content-type", "application/json"),
-        ("stripe-signature", signature.as_str()),
-    ];
-    l.post_raw("/v1/webhooks/stripe", None, body, &headers)
-        .await
-        .assert_status(200);
+    deliver_stripe_event(l, STRIPE_SECRET, &event).await;
 }
 
 /// A ledger on SQLite with a row in every table, stopped; the audit passes. Also the
@@ -370,6 +352,12 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
         "voucher daily",
         &l.admin(&["voucher", "daily", "--uid", &funded, "--units", "2"]),
     );
+    // A decline: its stored answer expires.
+    let seq = l.seq(&l.bar2_token);
+    let broke = order_body(&declined, seq, &[("beer-05", 1, BEER_CENTS)], "online");
+    let decline = l.post("/v1/orders", &l.bar2_token, &broke).await;
+    assert!(decline.status >= 400, "{}", text(&decline.raw));
+
     // Housekeeping so far: the audit-log rows until now go to an archive file, and what
     // they proved of voucher units stays in archived_voucher_moves (moved like the rest).
     let archive = l.dir.path().join("archive");
@@ -384,12 +372,6 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
             "0",
         ]),
     );
-
-    // A decline: its stored answer expires.
-    let seq = l.seq(&l.bar2_token);
-    let broke = order_body(&declined, seq, &[("beer-05", 1, BEER_CENTS)], "online");
-    let decline = l.post("/v1/orders", &l.bar2_token, &broke).await;
-    assert!(decline.status >= 400, "{}", text(&decline.raw));
 
     // An offline order on a card never topped up: debt, and a debt block.
     let seq = l.seq(&l.bar2_token);

@@ -361,6 +361,22 @@ async fn postings_and_the_audit_log_cannot_be_changed_by_the_ledgers_own_user() 
         "{err}"
     );
     ledger_user.batch_execute("ROLLBACK").await.unwrap();
+    // Nor does a setting a session (or a role, or a database) carries by mistake.
+    for set in [
+        "SET cashless.archiving = 'on'",
+        "SET cashless.archiving = '1'",
+    ] {
+        let statement = format!("{set}; DELETE FROM app_transaction_log");
+        let err = ledger_user
+            .batch_execute(&statement)
+            .await
+            .expect_err(&statement);
+        assert!(
+            err.as_db_error()
+                .is_some_and(|e| e.message().contains("is append-only")),
+            "{statement}: {err}"
+        );
+    }
     let left: i64 = ledger_user
         .query_one("SELECT count(*) FROM app_transaction_log", &[])
         .await

@@ -675,7 +675,7 @@ fn golden_script(backend: Backend) {
     let req = Req::get("/v1/terminals/me", Nobody).header("x-request-id", "not valid");
     w.send("no token, request id generated", 401, req);
     w.get("unknown token", 401, Forged, "/v1/terminals/me");
-    w.get("no such route", 404, Bar, "/metrics");
+    w.get("no such route", 404, Bar, "/v1/no-such-route");
     w.get("wrong method", 405, Bar, o);
 
     // Bad input.

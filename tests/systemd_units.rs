@@ -161,14 +161,30 @@ fn the_timer_runs_housekeeping_daily_and_catches_up_after_downtime() {
         .iter()
         .find_map(|l| l.strip_prefix("OnCalendar="))
         .expect("OnCalendar=");
-    // systemd's own parser accepts it and finds its next elapse.
+    // systemd's own parser: its next two elapses are a day apart.
     let out = Command::new("systemd-analyze")
-        .args(["calendar", calendar])
+        .args(["calendar", "--iterations=2", calendar])
+        .env("TZ", "UTC")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{calendar}: {stdout}");
-    assert!(stdout.contains("Next elapse:"), "{stdout}");
+    // "    Next elapse: Fri 2026-12-04 10:30:00 UTC", "       Iter. #2: Sat 2026-12-05 ...".
+    let elapses: Vec<i64> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Next elapse:") || l.starts_with("Iter. #"))
+        .map(|l| {
+            let (_, when) = l.split_once(": ").unwrap();
+            let (_weekday, when) = when.split_once(' ').unwrap();
+            chrono::NaiveDateTime::parse_from_str(when, "%Y-%m-%d %H:%M:%S UTC")
+                .unwrap_or_else(|e| panic!("{when}: {e}"))
+                .and_utc()
+                .timestamp()
+        })
+        .collect();
+    assert_eq!(elapses.len(), 2, "{stdout}");
+    assert_eq!(elapses[1] - elapses[0], 24 * 3600, "{stdout}");
     let service =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cashless-housekeeping.service");
     let service = std::fs::read_to_string(service).unwrap();
@@ -316,19 +332,57 @@ async fn the_ledger_on_sqlite_is_ready_when_it_serves_and_feeds_its_watchdog() {
     notify.until("STOPPING=1").await;
 }
 
-#[tokio::test]
-async fn the_terminal_is_ready_when_staff_can_sell_and_feeds_its_watchdog() {
-    let l = Ledger::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &dir.path().join("journal.db"),
+/// The configuration of terminal bar-1 of `l` in `dir`, deciding online within `timeout_ms`.
+fn bar_config(l: &Ledger, dir: &Path, timeout_ms: u64) -> PathBuf {
+    write_config(
+        dir,
+        &dir.join("journal.db"),
         l.base_url.trim_start_matches("http://"),
         &l.bar_token,
         "bar-1",
         "bar",
-        1000,
+        timeout_ms,
+    )
+}
+
+#[tokio::test]
+async fn a_terminal_whose_online_decision_could_starve_its_watchdog_refuses_to_start() {
+    let l = Ledger::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A tap may hold the loop 2 x 1000 ms; the watchdog wants a feed every 200 ms.
+    let config = bar_config(&l, dir.path(), 1000);
+    let notify = NotifySocket::bind();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "terminal",
+            "--config",
+            config.to_str().unwrap(),
+            "--ui",
+            "jsonl",
+        ])
+        .envs(notify.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[ledger] timeout_ms = 1000 is too long for the service's watchdog")
+            && stderr.contains("at most 100"),
+        "{stderr}"
     );
+    // It never said it was ready.
+    assert_eq!(notify.count("READY=1", Duration::from_millis(200)).await, 0);
+}
+
+#[tokio::test]
+async fn the_terminal_is_ready_when_staff_can_sell_and_feeds_its_watchdog() {
+    let l = Ledger::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A tap may hold the loop twice 100 ms: within the watchdog's feeding interval (200 ms
+    // here), or the terminal refuses to start.
+    let config = bar_config(&l, dir.path(), 100);
     let notify = NotifySocket::bind();
     let mut t = Terminal::spawn_with(&config, &notify.env(), std::process::Stdio::inherit());
     t.expect("ready").await;

@@ -5,13 +5,16 @@
 //!    Applied operations keep theirs for ever: a late replay is always recognised and
 //!    answered as before, never applied twice.
 //! 2. Scan-log and audit-log rows older than `archive_after_days` are archived to a new file
-//!    in `archive_dir`, `cashless-archive-<UTC time>.jsonl.gz`: one JSON line per row,
+//!    in `archive_dir`, `cashless-archive-<UTC time>.jsonl.gz` (each log's newest row always
+//!    stays, so that SQLite never hands its id out again): one JSON line per row,
 //!    `{"table": ..., "id": ..., "row": {...}}`, in gzip members of at most
 //!    [`ARCHIVE_CHUNK_ROWS`] rows. Each member is written and the file fsynced (the
 //!    directory too, once the file exists) *before* the rows it holds are removed, by
 //!    their exact ids, in one transaction. A run cut short leaves a valid file (whole
-//!    members) and rows not yet removed, which the next run archives again into its own
-//!    file: a row may then be in two files, never in none. `zcat` reads the files, and so
+//!    members: a failed append is cut back) and rows not yet removed, which the next run
+//!    archives again into its own file: a row may then be in two files, never in none (ids
+//!    are never reused, so `(table, id)` names a row across files). Runs may overlap (two
+//!    timers, a run by hand): a row removed by one is carried by that one alone. `zcat` reads the files, and so
 //!    does any gzip reader that reads every member.
 //!
 //! A run archives at most [`ARCHIVE_ROWS_PER_RUN_MAX`] rows; memory stays at one chunk.
@@ -137,8 +140,19 @@ impl ArchiveFile {
                     .append(true)
                     .open(&path)?,
             };
-            file.write_all(&member)?;
-            file.sync_all()?;
+            let whole = file.metadata()?.len();
+            let appended = file.write_all(&member).and_then(|()| file.sync_all());
+            if let Err(e) = appended {
+                // A member cut short (a full disk) would make the whole file unreadable to
+                // gzip readers: cut the file back to its last whole member (or remove it,
+                // when it holds none), then fail; nothing was removed from the database.
+                if created {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    let _ = file.set_len(whole).and_then(|()| file.sync_all());
+                }
+                return Err(e);
+            }
             if created && let Some(dir) = path.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
             }
@@ -156,6 +170,16 @@ impl ArchiveFile {
         self.file = Some(file);
         Ok(())
     }
+}
+
+/// How many of a chunk's rows to archive, and whether the log is done for this run: the
+/// rows before the first one not due (ids grow with time, so the rest are newer too; one
+/// that committed late, older than its neighbours, waits for the next run), and done when
+/// a row was not due or the chunk was not full.
+fn chunk_plan(rows: &[ArchivedRow], limit: u32) -> (usize, bool) {
+    let due = rows.iter().take_while(|r| r.due).count();
+    let done = due < rows.len() || rows.len() < limit as usize;
+    (due, done)
 }
 
 /// Runs housekeeping once (see the module's text); `now` sets the archive's cut-off.
@@ -183,29 +207,34 @@ pub async fn run<S: AdminStore>(
     'logs: for log in ArchivedLog::ALL {
         let mut after_id = 0;
         loop {
-            if archived_total >= ARCHIVE_ROWS_PER_RUN_MAX {
-                report.more_left = true;
-                break 'logs;
-            }
             let rows = store
                 .archive_candidates(log, before, after_id, ARCHIVE_CHUNK_ROWS)
                 .await?;
-            let Some(last) = rows.last() else { break };
-            after_id = last.id;
-            let member = gzip_member(log, &rows).map_err(|source| HousekeepingError::Archive {
-                path: archive.path.clone(),
-                source,
-            })?;
-            archive.append_durably(member).await?;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let removed = store.remove_archived(log, ids).await?;
-            archived_total += removed;
-            match log {
-                ArchivedLog::Scans => report.scans_archived += removed,
-                ArchivedLog::Audit => report.audit_rows_archived += removed,
+            let (due, done) = chunk_plan(&rows, ARCHIVE_CHUNK_ROWS);
+            if due > 0 {
+                if archived_total >= ARCHIVE_ROWS_PER_RUN_MAX {
+                    report.more_left = true;
+                    break 'logs;
+                }
+                let rows = &rows[..due];
+                let member =
+                    gzip_member(log, rows).map_err(|source| HousekeepingError::Archive {
+                        path: archive.path.clone(),
+                        source,
+                    })?;
+                archive.append_durably(member).await?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let removed = store.remove_archived(log, ids).await?;
+                archived_total += removed;
+                match log {
+                    ArchivedLog::Scans => report.scans_archived += removed,
+                    ArchivedLog::Audit => report.audit_rows_archived += removed,
+                }
             }
-            if rows.len() < ARCHIVE_CHUNK_ROWS as usize {
-                break;
+            // Not done: the whole (full) chunk was due and archived; go on after it.
+            match rows.last() {
+                Some(last) if !done => after_id = last.id,
+                _ => break,
             }
         }
     }
@@ -226,6 +255,7 @@ mod tests {
             ArchivedLog::Scans,
             &[ArchivedRow {
                 id: 7,
+                due: true,
                 json: r#"{"scan_id":7,"card_uid":"04AA"}"#.into(),
             }],
         )
@@ -234,6 +264,7 @@ mod tests {
             ArchivedLog::Audit,
             &[ArchivedRow {
                 id: 9,
+                due: true,
                 json: r#"{"log_id":9,"details":{"units":3}}"#.into(),
             }],
         )
@@ -252,6 +283,23 @@ mod tests {
         assert_eq!(lines[0]["row"]["card_uid"], "04AA");
         assert_eq!(lines[1]["id"], 9);
         assert_eq!(lines[1]["row"]["details"]["units"], 3);
+    }
+
+    #[test]
+    fn a_chunk_is_archived_up_to_its_first_row_not_due() {
+        let row = |id, due| ArchivedRow {
+            id,
+            due,
+            json: "{}".into(),
+        };
+        // A full chunk of due rows: archive it all, and go on.
+        assert_eq!(chunk_plan(&[row(1, true), row(2, true)], 2), (2, false));
+        // A short chunk: the log is done.
+        assert_eq!(chunk_plan(&[row(1, true)], 2), (1, true));
+        assert_eq!(chunk_plan(&[], 2), (0, true));
+        // A row not due: those before it, and done (a late straggler after it waits).
+        assert_eq!(chunk_plan(&[row(1, true), row(2, false)], 2), (1, true));
+        assert_eq!(chunk_plan(&[row(1, false), row(2, true)], 2), (0, true));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod caller;
 pub mod config;
 pub mod flow;
 pub mod housekeeping;
+pub mod metrics;
 pub mod openapi;
 pub mod outcome;
 pub mod rules;

@@ -290,23 +290,21 @@ pub async fn serve<S: LedgerStore>(
     Ok(())
 }
 
-/// Feeds the service manager's watchdog every `every` while the database answers a query
-/// within that time: a ledger whose database stopped answering is restarted by systemd
-/// (and `serve` waits at start until it answers again, restarted by `Restart=`).
+/// Feeds the service manager's watchdog every `every` while the database takes writes (a
+/// check bounded by the store's own timeouts: SQLite's writer, PostgreSQL's statement
+/// deadline): a ledger whose database stopped answering for a whole watchdog period is
+/// restarted by systemd (and `serve` exits at start until it answers again, restarted by
+/// `Restart=`). One failed check is not enough: the period holds three.
 async fn feed_watchdog_while_the_database_answers<S: LedgerStore>(store: S, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match tokio::time::timeout(every, store.ping()).await {
-            Ok(Ok(())) => crate::service::feed_watchdog(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the database does not answer: the watchdog is not fed")
+        match store.ping_writer().await {
+            Ok(()) => crate::service::feed_watchdog(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the database does not answer: the watchdog is not fed");
             }
-            Err(_) => tracing::warn!(
-                timeout_ms = every.as_millis(),
-                "the database did not answer in time: the watchdog is not fed"
-            ),
         }
     }
 }

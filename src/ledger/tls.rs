@@ -74,12 +74,17 @@ impl TlsFiles {
             .map_err(|e| self.err(CERT, &self.cert_file, e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| {
-                self.err(
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => self.err(
                     KEY,
                     &self.key_file,
                     format!("does not go with the certificate of tls_cert_file: {e}"),
-                )
+                ),
+                other => self.err(
+                    CERT,
+                    &self.cert_file,
+                    format!("cannot be served with the key of tls_key_file: {other}"),
+                ),
             })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))

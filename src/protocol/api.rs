@@ -604,6 +604,17 @@ impl Operation {
         }
     }
 
+    /// When the terminal made it (its clock).
+    pub fn created_at(&self) -> DateTime<Utc> {
+        match self {
+            Operation::Order(r) => r.created_at,
+            Operation::Recharge(r) => r.created_at,
+            Operation::Void(r) => r.created_at,
+            Operation::Return(r) => r.created_at,
+            Operation::VoucherGrant(r) => r.created_at,
+        }
+    }
+
     /// Online or offline; a void is always applied, like an offline operation.
     pub fn mode(&self) -> Mode {
         match self {

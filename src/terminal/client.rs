@@ -230,9 +230,17 @@ pub struct LedgerTls {
     pub pin_ca: bool,
 }
 
-/// How many certificates a PEM text holds; an error when one is not well formed.
+/// How many certificates a PEM text holds; an error when one is not a certificate a TLS
+/// client can trust (each is handed to a client as it will be when the terminal runs).
 pub fn ca_certificates_in(pem: &[u8]) -> Result<usize, reqwest::Error> {
-    Ok(reqwest::Certificate::from_pem_bundle(pem)?.len())
+    let certificates = reqwest::Certificate::from_pem_bundle(pem)?;
+    let count = certificates.len();
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+    for c in certificates {
+        builder = builder.add_root_certificate(c);
+    }
+    builder.build()?;
+    Ok(count)
 }
 
 /// How long an idle connection to the ledger is kept for the next request. Below the

@@ -29,6 +29,14 @@ struct RawConfig {
     sync: RawSync,
     #[serde(default)]
     reader: RawReader,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +126,8 @@ pub struct TerminalConfig {
     pub reader_debounce_ms: u64,
     /// LED and buzzer feedback on ACR122U-compatible readers.
     pub reader_feedback: bool,
+    /// Where `GET /metrics` is served (`[metrics] listen`); nowhere without.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for TerminalConfig {
@@ -327,7 +337,17 @@ impl TerminalConfig {
             60_000,
         )?;
 
-        let ledger_tls = ledger_tls(f, &url, &raw.ledger)?;
+        let ledger_tls = ledger_tls(f, path, &url, &raw.ledger)?;
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                value_err(
+                    f,
+                    "[metrics] listen",
+                    format!("an address like 127.0.0.1:9464, got {text:?}"),
+                )
+            })?),
+        };
 
         let o = &raw.offline;
         let offline_max_order = cents_in(
@@ -435,15 +455,21 @@ impl TerminalConfig {
             reader_name_filter,
             reader_debounce_ms,
             reader_feedback: raw.reader.feedback.unwrap_or(true),
+            metrics_listen,
         })
     }
 }
 
 /// `[ledger] ca_file` and `pin_ca`: the festival CA's certificates, read and checked now so
 /// that a bad file stops the terminal at start, naming it.
-fn ledger_tls(f: &str, url: &str, raw: &RawLedger) -> Result<LedgerTls, TerminalConfigError> {
+fn ledger_tls(
+    f: &str,
+    config_path: &Path,
+    url: &str,
+    raw: &RawLedger,
+) -> Result<LedgerTls, TerminalConfigError> {
     let pin_ca = raw.pin_ca.unwrap_or(false);
-    let Some(path) = &raw.ca_file else {
+    let Some(given) = &raw.ca_file else {
         if pin_ca {
             return Err(value_err(
                 f,
@@ -452,6 +478,11 @@ fn ledger_tls(f: &str, url: &str, raw: &RawLedger) -> Result<LedgerTls, Terminal
             ));
         }
         return Ok(LedgerTls::default());
+    };
+    // Relative to the configuration file, as the ledger's TLS files are.
+    let path = &match config_path.parent() {
+        Some(dir) if given.is_relative() => dir.join(given),
+        _ => given.clone(),
     };
     if !url.starts_with("https://") {
         return Err(value_err(

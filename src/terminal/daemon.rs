@@ -134,10 +134,30 @@ pub async fn run<F: Front>(
     reader: Option<ReaderLink>,
 ) -> anyhow::Result<Leave> {
     let Daemon { mut session, sync } = daemon;
+    check_watchdog_allows(
+        session.config().timeout_ms,
+        crate::service::watchdog_interval(),
+    )?;
     // Pinned before the first round, so that a signal during it is heard too.
     let shutdown = std::pin::pin!(shutdown);
+    let metrics = match session.config().metrics_listen {
+        Some(addr) => {
+            let listener = super::metrics::bind(addr).await?;
+            tracing::info!(%addr, "metrics served");
+            Some(tokio::spawn(super::metrics::serve(
+                listener,
+                session.metrics_probe(),
+            )))
+        }
+        None => None,
+    };
     // Every way out, errors included, goes through the cleanup below.
     let outcome = start(&mut session, sync, front, shutdown, reader).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        // Its journal handle goes with it, before the journal is closed.
+        let _ = metrics.await;
+    }
     close_journal(session.journal()).await;
     outcome
 }
@@ -277,6 +297,25 @@ async fn serve<F: Front>(
     })
 }
 
+/// Refuses a watchdog the loop could starve by doing its job: a tap waits for the ledger up
+/// to `[ledger] timeout_ms`, and a void of an attempt left in doubt may follow, so the loop
+/// may be busy twice that long between two feeds.
+fn check_watchdog_allows(timeout_ms: u64, feed_every: Option<Duration>) -> anyhow::Result<()> {
+    let Some(every) = feed_every else {
+        return Ok(());
+    };
+    let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    if timeout_ms.saturating_mul(2) > every_ms {
+        anyhow::bail!(
+            "[ledger] timeout_ms = {timeout_ms} is too long for the service's watchdog, fed every \
+             {every_ms} ms (a third of WatchdogSec): a tap may hold the terminal twice \
+             timeout_ms; keep timeout_ms at most {} or raise WatchdogSec",
+            every_ms / 2
+        );
+    }
+    Ok(())
+}
+
 /// Waits until no one else holds the journal (journal calls a sync round started on the
 /// blocking pool finish after the round is dropped; bounded: they are single transactions),
 /// then checkpoints it on the blocking pool, so that dropping the daemon closes it cleanly.
@@ -298,5 +337,23 @@ async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
             t.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watchdog_shorter_than_two_online_decisions_is_refused() {
+        assert!(check_watchdog_allows(60_000, None).is_ok());
+        assert!(check_watchdog_allows(1_500, Some(Duration::from_secs(10))).is_ok());
+        assert!(check_watchdog_allows(5_000, Some(Duration::from_secs(10))).is_ok());
+        let err = check_watchdog_allows(5_001, Some(Duration::from_secs(10))).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("[ledger] timeout_ms = 5001") && text.contains("at most 5000"),
+            "{text}"
+        );
     }
 }

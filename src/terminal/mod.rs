@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod export;
 pub mod frontend;
 pub mod journal;
+pub mod metrics;
 pub mod session;
 pub mod sync;
 pub mod tap;

@@ -17,6 +17,7 @@ use super::core::policy::OfflineLimits;
 use super::core::tap::{FlowLimits, Outcome, TapFlow};
 use super::frontend::TerminalInfo;
 use super::journal::{Journal, JournalError};
+use super::metrics::{ReaderGauge, TerminalProbe};
 use super::sync::SharedJournal;
 use super::tap::{self, Payment, PaymentKind, Tap, append_void};
 use crate::domain::{AgeFlag, CardUid, Cents, ClientRequestId, ProductId, StaffId, TerminalSeq};
@@ -131,6 +132,8 @@ pub struct Session {
     started: Instant,
     /// The reader in use (its name), or `simulated`, `waiting`, `disconnected`.
     reader_state: String,
+    /// The reader's state for the metrics.
+    reader_gauge: ReaderGauge,
 }
 
 impl Session {
@@ -147,6 +150,11 @@ impl Session {
             ReaderBackend::Simulated => SIMULATED_READER.to_owned(),
             ReaderBackend::Pcsc => "waiting".to_owned(),
         };
+        let reader_gauge = ReaderGauge::default();
+        reader_gauge.set(match config.reader_backend {
+            ReaderBackend::Simulated => "simulated",
+            ReaderBackend::Pcsc => "waiting",
+        });
         Session {
             config,
             journal,
@@ -159,6 +167,22 @@ impl Session {
             guard: LoginGuard::default(),
             started: Instant::now(),
             reader_state,
+            reader_gauge,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &TerminalConfig {
+        &self.config
+    }
+
+    /// What the metrics server reads (`[metrics] listen`).
+    pub fn metrics_probe(&self) -> TerminalProbe {
+        TerminalProbe {
+            journal: Arc::clone(&self.journal),
+            journal_path: self.config.journal.clone(),
+            online: Arc::clone(&self.online),
+            reader: self.reader_gauge.clone(),
         }
     }
 
@@ -738,6 +762,7 @@ impl Session {
         match event {
             ReaderEvent::Connected { name } => {
                 self.reader_state = name.clone();
+                self.reader_gauge.set("connected");
                 (
                     vec![Event::Reader {
                         state: "connected",
@@ -749,6 +774,7 @@ impl Session {
             }
             ReaderEvent::Waiting { filter } => {
                 self.reader_state = "waiting".into();
+                self.reader_gauge.set("waiting");
                 (
                     vec![Event::Reader {
                         state: "waiting",
@@ -764,6 +790,7 @@ impl Session {
             }
             ReaderEvent::Disconnected { name, reason } => {
                 self.reader_state = "disconnected".into();
+                self.reader_gauge.set("disconnected");
                 (
                     vec![Event::Reader {
                         state: "disconnected",

@@ -1079,3 +1079,30 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `Stripe-Signature` header for `body`, signed now with the endpoint secret `secret`.
+pub fn stripe_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let t = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Delivers the Stripe `event`, signed with `secret`, and asserts it was handled (200).
+pub async fn deliver_stripe_event(l: &Ledger, secret: &str, event: &Value) {
+    let body = serde_json::to_vec(event).expect("serialize the event");
+    let signature = stripe_signature(secret, &body);
+    l.post_raw(
+        "/v1/webhooks/stripe",
+        None,
+        body,
+        &[
+            ("content-type", "application/json"),
+            ("stripe-signature", signature.as_str()),
+        ],
+    )
+    .await
+    .assert_status(200);
+}

@@ -47,6 +47,133 @@ impl PgServer {
     /// A new cluster (`initdb`), started; panics saying what to install when the binaries
     /// are missing.
     pub fn start() -> PgServer {
+        PgServer::start_with("")
+    }
+
+    /// A server whose every commit waits until a synchronous standby has it
+    /// (`synchronous_standby_names = '*'`): it hangs until [`PgServer::standby_of`] it runs.
+    pub fn start_primary_of_sync_standby() -> PgServer {
+        PgServer::start_with(
+            "wal_level = replica\nmax_wal_senders = 4\nsynchronous_standby_names = '*'\n\
+             synchronous_commit = on\n",
+        )
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`: a copy of its data directory
+    /// that follows its WAL), started on a port of its own; [`PgServer::promote`] makes it
+    /// a primary. Once promoted it waits for no standby of its own.
+    pub fn standby_of(primary: &PgServer) -> PgServer {
+        let server = PgServer::new_dir(primary.bin.clone());
+        server.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &server.data().to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        server.append_conf(&format!(
+            "\nport = {}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\n",
+            server.port,
+            server.dir.path().display()
+        ));
+        server.start_again();
+        server
+    }
+
+    /// Waits until a standby streams from this server synchronously.
+    pub fn wait_for_sync_standby(&self) {
+        for _ in 0..600 {
+            let out = self
+                .command("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args(["-At", "-c", "SELECT sync_state FROM pg_stat_replication"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run psql");
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == "sync")
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no synchronous standby within 60 s:\n{}", self.log());
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it takes writes).
+    pub fn promote(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "promote",
+            ],
+        );
+    }
+
+    /// Kills the postmaster and every backend with `SIGKILL`: the machine dying, as far
+    /// as its clients can tell.
+    pub fn kill9(&self) {
+        let postmaster = self.postmaster_pid();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("run pgrep");
+        // The postmaster first (else it notices a child die and ends the others itself);
+        // a child already gone by the time its turn comes is fine.
+        let _ = Command::new("kill")
+            .args(["-KILL", &postmaster])
+            .args(String::from_utf8_lossy(&children.stdout).split_whitespace())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..600 {
+            if !std::path::Path::new(&format!("/proc/{postmaster}")).exists()
+                || std::fs::read_to_string(format!("/proc/{postmaster}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the postmaster {postmaster} survived SIGKILL");
+    }
+
+    /// The postmaster's pid, from `postmaster.pid`.
+    fn postmaster_pid(&self) -> String {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid of a running server");
+        pid_file
+            .lines()
+            .next()
+            .expect("the postmaster's pid")
+            .trim()
+            .to_owned()
+    }
+
+    /// A server with `extra_conf` appended to its `postgresql.conf`, started.
+    fn start_with(extra_conf: &str) -> PgServer {
         let bin = server_bin().unwrap_or_else(|| {
             panic!(
                 "no PostgreSQL server binaries under {DEBIAN_PG_LIB}/*/bin: this test starts \
@@ -54,18 +181,7 @@ impl PgServer {
                  `apt-get install postgresql` (see the README)"
             )
         });
-        let dir = tempfile::Builder::new()
-            .prefix("cashless-pg-")
-            .tempdir_in("/tmp")
-            .expect("create the server's temporary directory");
-        if running_as_root() {
-            run_checked(Command::new("chown").arg("postgres:").arg(dir.path()));
-        }
-        let server = PgServer {
-            dir,
-            bin,
-            port: free_port(),
-        };
+        let server = PgServer::new_dir(bin);
         server.run(
             "initdb",
             &[
@@ -84,16 +200,40 @@ impl PgServer {
         // Settings in the cluster's own file, so that every start has them.
         let conf = format!(
             "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nfull_page_writes = off\nmax_connections = 200\n",
+             fsync = off\nfull_page_writes = off\nmax_connections = 200\n{extra_conf}",
             server.port,
             server.dir.path().display()
         );
-        let conf_path = server.data().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
-        text.push_str(&conf);
-        std::fs::write(&conf_path, text).expect("write postgresql.conf");
+        server.append_conf(&conf);
         server.start_again();
         server
+    }
+
+    /// A server value over a new temporary directory (its `data/` not made yet) and a free
+    /// port.
+    fn new_dir(bin: PathBuf) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("cashless-pg-")
+            .tempdir_in("/tmp")
+            .expect("create the server's temporary directory");
+        if running_as_root() {
+            run_checked(Command::new("chown").arg("postgres:").arg(dir.path()));
+        }
+        PgServer {
+            dir,
+            bin,
+            port: free_port(),
+        }
+    }
+
+    /// Settings in the cluster's own file, so that every start has them (the last of a
+    /// setting wins).
+    fn append_conf(&self, conf: &str) {
+        let conf_path = self.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        text.push_str(conf);
+        // Written as the server's user would (runs as root: the file keeps its owner).
+        std::fs::write(&conf_path, text).expect("write postgresql.conf");
     }
 
     /// The superuser's URL of the maintenance database.

@@ -24,6 +24,7 @@ mod stripe;
 pub use errors::outcome_status;
 pub use parse::{parse_batch_entry, parse_shift_closeout};
 
+use super::metrics::LedgerMetrics;
 use super::store::LedgerStore;
 use crate::ledger::caller::Terminal;
 use crate::protocol::api::ApiError;
@@ -98,6 +99,8 @@ pub struct AppState<S> {
     pub limits: crate::ledger::rules::Limits,
     /// Stripe's webhook secrets and timestamp tolerance.
     pub stripe: Arc<StripeSettings>,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<LedgerMetrics>,
 }
 
 /// How Stripe's webhook deliveries are verified.
@@ -132,6 +135,7 @@ impl<S: LedgerStore> AppState<S> {
             auth_cache: Arc::default(),
             limits,
             stripe: Arc::new(stripe),
+            metrics: Arc::new(LedgerMetrics::new()),
         }
     }
 }
@@ -144,6 +148,7 @@ impl<S: Clone> Clone for AppState<S> {
             auth_cache: Arc::clone(&self.auth_cache),
             limits: self.limits,
             stripe: Arc::clone(&self.stripe),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -189,10 +194,14 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/v1/openapi.json", get(get_openapi))
         .route("/health", get(get_health))
         .route("/ready", get(get_ready::<S>))
+        .route("/metrics", get(get_metrics::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -202,7 +211,11 @@ fn valid_request_id(v: &str) -> bool {
 
 /// Gives every request an id, echoes it, and logs one line per request; the request runs in
 /// a span that carries the id, so that every line logged while serving it has it.
-async fn request_context(mut req: Request, next: Next) -> Response {
+async fn request_context(
+    State(metrics): State<Arc<LedgerMetrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id: Arc<str> = req
         .headers()
@@ -228,7 +241,9 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .get::<OutcomeTag>()
         .map_or("", |t| t.0);
     let status = response.status().as_u16();
-    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let took = started.elapsed();
+    metrics.request(&route, status, took);
+    let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: "cashless::ledger::request",
         request_id = %id, %method, route, status, outcome, duration_us,
@@ -286,6 +301,31 @@ async fn get_ready<S: LedgerStore>(
         Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(e) => error_response(&store_error(e), &rid),
     }
+}
+
+/// `GET /metrics`: the Prometheus text format; the fleet's gauges are read from the
+/// database now (bounded like every read; a failed read keeps their last values and counts
+/// `cashless_metrics_scrape_errors_total`).
+async fn get_metrics<S: LedgerStore>(State(state): State<AppState<S>>) -> Response {
+    let fleet = match state
+        .store
+        .fleet(crate::ledger::metrics::FLEET_TERMINALS_MAX)
+        .await
+    {
+        Ok(fleet) => Some(fleet),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the fleet's state could not be read");
+            None
+        }
+    };
+    let text = state
+        .metrics
+        .render(fleet.as_ref(), &state.store.pool_status());
+    (
+        [(header::CONTENT_TYPE, crate::ledger::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 async fn not_found(Extension(rid): Extension<RequestId>) -> Response {

@@ -9,6 +9,7 @@ use super::parse::{
 use super::{
     AppState, BATCH_BODY_LIMIT_BYTES, BODY_LIMIT_BYTES, OutcomeTag, RequestId, authenticate,
 };
+use crate::ledger::metrics::SeenOperation;
 use crate::ledger::rules;
 use crate::ledger::store::LedgerStore;
 use crate::protocol::api::ApiError;
@@ -33,12 +34,18 @@ async fn post_operation<S: LedgerStore>(
     let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
     let op = parse_operation(kind, &bytes)?;
     check_idempotency_header(headers, op.client_request_id())?;
-    let outcome = state
+    let seen = [SeenOperation::of(&op)];
+    let outcomes = state
         .store
         .apply(terminal, request_id.0.to_string(), vec![op])
         .await
-        .map_err(store_error)?
-        .pop()
+        .map_err(store_error)?;
+    state
+        .metrics
+        .operations(&seen, &outcomes, chrono::Utc::now());
+    let outcome = outcomes
+        .into_iter()
+        .next()
         .ok_or_else(|| ApiError::new(ErrorCode::ServerError, "no outcome"))?;
     outcome_response(outcome)
 }
@@ -114,11 +121,16 @@ async fn batch<S: LedgerStore>(
     let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
-        state
+        let seen: Vec<SeenOperation> = valid.iter().map(SeenOperation::of).collect();
+        let outcomes = state
             .store
             .apply(terminal, request_id.0.to_string(), valid)
             .await
-            .map_err(store_error)?
+            .map_err(store_error)?;
+        state
+            .metrics
+            .operations(&seen, &outcomes, chrono::Utc::now());
+        outcomes
     };
     // The store answers the valid entries in order.
     let mut outcomes = outcomes.into_iter();

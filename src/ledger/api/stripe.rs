@@ -65,6 +65,7 @@ async fn stripe_webhook<S: LedgerStore>(
         .apply_stripe(request_id.0.to_string(), event)
         .await
         .map_err(store_error)?;
+    state.metrics.stripe_event(outcome.outcome);
     let mut body = serde_json::to_value(&outcome).map_err(|e| {
         tracing::error!(error = %e, "cannot write a webhook answer");
         ApiError::new(ErrorCode::ServerError, "internal error; retry later")

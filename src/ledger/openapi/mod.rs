@@ -287,7 +287,7 @@ mod tests {
             for (method, op) in item.as_object().unwrap() {
                 let public = matches!(
                     path.as_str(),
-                    "/v1/webhooks/stripe" | "/health" | "/ready" | "/v1/openapi.json"
+                    "/v1/webhooks/stripe" | "/health" | "/ready" | "/metrics" | "/v1/openapi.json"
                 );
                 let expected = if public {
                     serde_json::json!([])

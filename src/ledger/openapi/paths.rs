@@ -556,6 +556,19 @@ pub(super) fn operations() -> Vec<Op> {
             .answer("200", response("The database answers; the ledger can take traffic (`status: \"ready\"`).", Ref::from_schema_name(Health::name())))
             .shared("500", "ServerError")
             .shared("503", "DatabaseUnavailable"),
+        Op::new(Get, "/metrics", "metrics", "system", "Prometheus metrics")
+            .public()
+            .describe("The ledger process's metrics in the Prometheus text format 0.0.4 \
+                       (`Content-Type: text/plain; version=0.0.4; charset=utf-8`), all named \
+                       `cashless_...`: requests by route and status and their latency, operations \
+                       by type, mode and outcome, idempotent replays, offline operations' age at \
+                       arrival, Stripe events by outcome, and, read from the database at each \
+                       scrape, cards blocked for debt and every terminal's last contact, highest \
+                       contiguous `terminal_seq` and missing ones; the database connections. \
+                       Always 200: a failed database read keeps the last values and counts \
+                       `cashless_metrics_scrape_errors_total`. No authentication: keep it on the \
+                       festival's network.")
+            .answer("200", text_response("The metrics.", ObjectBuilder::new().schema_type(Type::String))),
     ]
 }
 

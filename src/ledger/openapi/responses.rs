@@ -36,6 +36,17 @@ pub(super) fn response(description: &str, schema: impl Into<RefOr<Schema>>) -> R
         .content("application/json", Content::new(Some(schema)))
 }
 
+/// A plain-text response (`text/plain`, with `schema`).
+pub(super) fn text_response(
+    description: &str,
+    schema: impl Into<RefOr<Schema>>,
+) -> ResponseBuilder {
+    ResponseBuilder::new()
+        .description(description)
+        .header("X-Request-Id", request_id_header())
+        .content("text/plain", Content::new(Some(schema)))
+}
+
 /// A response that may be the stored answer of an earlier request.
 pub(super) fn stored(description: &str, schema: impl Into<RefOr<Schema>>) -> ResponseBuilder {
     response(description, schema).header("Idempotent-Replayed", replayed_header())

@@ -482,8 +482,10 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Rows of `log` written before `before` with ids above `after_id`, in id order, at most
-    /// `limit`: what housekeeping archives next.
+    /// Rows of `log` with ids above `after_id`, in id order, at most `limit`, each saying
+    /// whether it was written before `before` (`due`): what housekeeping archives next. The
+    /// log's newest row is never among them: it stays, so that SQLite never hands its id out
+    /// again (an emptied table would start again at 1).
     fn archive_candidates(
         &self,
         log: ArchivedLog,
@@ -503,6 +505,11 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
 
     /// Answers when the database does.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Answers when the database takes writes: SQLite's writer thread runs an empty job
+    /// (no fsync: nothing changes), PostgreSQL answers a query as for [`AdminStore::ping`].
+    /// What feeds the service manager's watchdog.
+    fn ping_writer(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// One returnable item in the deposit report: what went out with orders (not voided), what
@@ -560,6 +567,53 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
 
     /// The deposits on returnable items: out, returned and outstanding per item.
     fn deposit_report(&self) -> impl Future<Output = Result<DepositReport, StoreError>> + Send;
+
+    /// The fleet's sync state and the cards blocked for debt, for `/metrics` (at most
+    /// `terminals_max` terminals, by name).
+    fn fleet(
+        &self,
+        terminals_max: u32,
+    ) -> impl Future<Output = Result<FleetSnapshot, StoreError>> + Send;
+
+    /// The database connections of this process, now.
+    fn pool_status(&self) -> PoolStatus;
+}
+
+/// What `/metrics` reads from the database at a scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetSnapshot {
+    /// Cards blocked because offline sales took them below zero.
+    pub cards_blocked_for_debt: i64,
+    /// Every terminal's sync state, by name.
+    pub terminals: Vec<TerminalSync>,
+}
+
+/// One terminal's sync state as the ledger sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalSync {
+    /// Its registered name.
+    pub name: String,
+    /// When its last operation arrived.
+    pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Every `terminal_seq` up to this one has arrived.
+    pub highest_contiguous_seq: i64,
+    /// The highest `terminal_seq` that has arrived.
+    pub highest_seen_seq: i64,
+    /// `terminal_seq` values below the highest seen that have not arrived.
+    pub missing_seqs: i64,
+}
+
+/// The database connections of one ledger process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// At most this many.
+    pub max_connections: usize,
+    /// Open now.
+    pub open_connections: usize,
+    /// Open and unused now (PostgreSQL's pool; unknown for SQLite's fixed connections).
+    pub idle_connections: Option<usize>,
+    /// Requests waiting for a connection (PostgreSQL) or jobs queued for the writer (SQLite).
+    pub waiting: usize,
 }
 
 /// Stripe webhook events.
@@ -655,6 +709,8 @@ impl ArchivedLog {
 pub struct ArchivedRow {
     /// Its id in its table (`scan_id`, `log_id`).
     pub id: i64,
+    /// Written before the cut-off: to be archived.
+    pub due: bool,
     /// The whole row as a JSON object, columns by name.
     pub json: String,
 }
@@ -732,13 +788,48 @@ delegate!(AdminStore {
     archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
     remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
     ping() -> ();
+    ping_writer() -> ();
 });
 
-delegate!(ReportStore {
-    audit() -> AuditReport;
-    shift_reports(terminal_name: Option<String>) -> Vec<ShiftReport>;
-    deposit_report() -> DepositReport;
-});
+impl ReportStore for Store {
+    async fn audit(&self) -> Result<AuditReport, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit().await,
+            Store::Postgres(s) => s.audit().await,
+        }
+    }
+
+    async fn shift_reports(
+        &self,
+        terminal_name: Option<String>,
+    ) -> Result<Vec<ShiftReport>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.shift_reports(terminal_name).await,
+            Store::Postgres(s) => s.shift_reports(terminal_name).await,
+        }
+    }
+
+    async fn deposit_report(&self) -> Result<DepositReport, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.deposit_report().await,
+            Store::Postgres(s) => s.deposit_report().await,
+        }
+    }
+
+    async fn fleet(&self, terminals_max: u32) -> Result<FleetSnapshot, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.fleet(terminals_max).await,
+            Store::Postgres(s) => s.fleet(terminals_max).await,
+        }
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        match self {
+            Store::Sqlite(s) => s.pool_status(),
+            Store::Postgres(s) => s.pool_status(),
+        }
+    }
+}
 
 delegate!(StripeStore {
     apply_stripe(request_id: String, event: crate::ledger::stripe::StripeEvent) -> StripeOutcome;

@@ -493,12 +493,14 @@ impl AdminStore for PgStore {
     ) -> Result<Vec<ArchivedRow>, StoreError> {
         let sql = match log {
             ArchivedLog::Audit => {
-                "SELECT log_id, row_to_json(t)::text FROM app_transaction_log t
-                 WHERE log_id > $1 AND occurred_at < $2 ORDER BY log_id LIMIT $3"
+                "SELECT log_id, occurred_at < $2, row_to_json(t)::text FROM app_transaction_log t
+                 WHERE log_id > $1 AND log_id < (SELECT max(log_id) FROM app_transaction_log)
+                 ORDER BY log_id LIMIT $3"
             }
             ArchivedLog::Scans => {
-                "SELECT scan_id, row_to_json(t)::text FROM nfc_scan_log t
-                 WHERE scan_id > $1 AND received_at < $2 ORDER BY scan_id LIMIT $3"
+                "SELECT scan_id, received_at < $2, row_to_json(t)::text FROM nfc_scan_log t
+                 WHERE scan_id > $1 AND scan_id < (SELECT max(scan_id) FROM nfc_scan_log)
+                 ORDER BY scan_id LIMIT $3"
             }
         };
         self.rows(sql, &[&after_id, &before, &i64::from(limit)])
@@ -507,7 +509,8 @@ impl AdminStore for PgStore {
             .map(|r| {
                 Ok(ArchivedRow {
                     id: r.try_get(0).map_err(classify)?,
-                    json: r.try_get(1).map_err(classify)?,
+                    due: r.try_get(1).map_err(classify)?,
+                    json: r.try_get(2).map_err(classify)?,
                 })
             })
             .collect()
@@ -522,6 +525,10 @@ impl AdminStore for PgStore {
             }
         };
         self.count(sql, &[&ids]).await
+    }
+
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        self.ping().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

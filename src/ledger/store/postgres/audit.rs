@@ -10,7 +10,8 @@ use super::admin::internal;
 use super::{PgStore, classify};
 use crate::domain::Cents;
 use crate::ledger::store::{
-    AuditReport, DepositLine, DepositReport, ReportStore, ShiftReport, StoreError,
+    AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
+    StoreError, TerminalSync,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, Utc};
@@ -99,6 +100,45 @@ impl ReportStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn fleet(&self, terminals_max: u32) -> Result<FleetSnapshot, StoreError> {
+        let cards_blocked_for_debt = self
+            .count(
+                "SELECT count(*) FROM cards WHERE block_reason = 'debt'",
+                &[],
+            )
+            .await?;
+        let terminals = self
+            .rows(
+                "SELECT t.name, t.last_seen_at, t.highest_contiguous_seq, t.highest_seen_seq,
+                        t.highest_seen_seq - t.highest_contiguous_seq
+                        - (SELECT count(*) FROM terminal_seqs s
+                           WHERE s.terminal_id = t.terminal_id
+                             AND s.terminal_seq > t.highest_contiguous_seq)
+                 FROM terminals t ORDER BY t.name COLLATE \"C\" LIMIT $1",
+                &[&i64::from(terminals_max)],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TerminalSync {
+                    name: r.try_get(0).map_err(classify)?,
+                    last_seen_at: r.try_get(1).map_err(classify)?,
+                    highest_contiguous_seq: r.try_get(2).map_err(classify)?,
+                    highest_seen_seq: r.try_get(3).map_err(classify)?,
+                    missing_seqs: r.try_get(4).map_err(classify)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(FleetSnapshot {
+            cards_blocked_for_debt: i64::try_from(cards_blocked_for_debt).unwrap_or(i64::MAX),
+            terminals,
+        })
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        self.pool.status()
     }
 
     async fn deposit_report(&self) -> Result<DepositReport, StoreError> {

@@ -382,6 +382,17 @@ impl PgPool {
             .map_err(|e| pool_error(e, &self.target, &self.settings))
     }
 
+    /// How many connections are open, idle, and awaited now.
+    pub fn status(&self) -> crate::ledger::store::PoolStatus {
+        let s = self.pool.status();
+        crate::ledger::store::PoolStatus {
+            max_connections: s.max_size,
+            open_connections: s.size,
+            idle_connections: Some(s.available),
+            waiting: s.waiting,
+        }
+    }
+
     /// Where the pool connects, and how.
     pub fn target(&self) -> &PgTarget {
         &self.target

@@ -310,22 +310,25 @@ impl AdminStore for SqliteStore {
         self.read(move |conn| {
             let sql = match log {
                 ArchivedLog::Audit => {
-                    "SELECT log_id, json_object('log_id', log_id, 'occurred_at', occurred_at,
+                    "SELECT log_id, occurred_at < ?2, json_object('log_id', log_id, 'occurred_at', occurred_at,
                          'request_id', request_id, 'actor', actor, 'staff_id', staff_id,
                          'operation', operation, 'client_request_id', client_request_id,
                          'transaction_id', transaction_id, 'card_uid', card_uid,
                          'amount_cents', amount_cents, 'outcome', outcome,
                          'error_code', error_code,
                          'details', CASE WHEN json_valid(details) THEN json(details) ELSE details END)
-                     FROM app_transaction_log WHERE log_id > ?1 AND occurred_at < ?2
+                     FROM app_transaction_log
+                     WHERE log_id > ?1
+                       AND log_id < (SELECT MAX(log_id) FROM app_transaction_log)
                      ORDER BY log_id LIMIT ?3"
                 }
                 ArchivedLog::Scans => {
-                    "SELECT scan_id, json_object('scan_id', scan_id, 'terminal_id', terminal_id,
+                    "SELECT scan_id, received_at < ?2, json_object('scan_id', scan_id, 'terminal_id', terminal_id,
                          'card_uid', card_uid, 'result', result, 'reader', reader,
                          'scanned_at', scanned_at, 'terminal_seq', terminal_seq,
                          'received_at', received_at)
-                     FROM nfc_scan_log WHERE scan_id > ?1 AND received_at < ?2
+                     FROM nfc_scan_log
+                     WHERE scan_id > ?1 AND scan_id < (SELECT MAX(scan_id) FROM nfc_scan_log)
                      ORDER BY scan_id LIMIT ?3"
                 }
             };
@@ -334,7 +337,8 @@ impl AdminStore for SqliteStore {
                 .query_map(params![after_id, before, limit], |r| {
                     Ok(ArchivedRow {
                         id: r.get(0)?,
-                        json: r.get(1)?,
+                        due: r.get(1)?,
+                        json: r.get(2)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -382,6 +386,10 @@ impl AdminStore for SqliteStore {
             Ok(n as u64)
         })
         .await
+    }
+
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(())).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -4,7 +4,8 @@
 use super::{SqliteStore, internal};
 use crate::domain::Cents;
 use crate::ledger::store::{
-    AuditReport, DepositLine, DepositReport, ReportStore, ShiftReport, StoreError,
+    AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
+    StoreError, TerminalSync,
 };
 use rusqlite::Connection;
 use uuid::Uuid;
@@ -12,6 +13,61 @@ use uuid::Uuid;
 impl ReportStore for SqliteStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
         self.read(audit_books).await
+    }
+
+    async fn fleet(&self, terminals_max: u32) -> Result<FleetSnapshot, StoreError> {
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let cards_blocked_for_debt = tx.query_row(
+                "SELECT COUNT(*) FROM cards WHERE block_reason = 'debt'",
+                [],
+                |r| r.get(0),
+            )?;
+            let terminals = tx
+                .prepare_cached(
+                    "SELECT t.name, t.last_seen_at, t.highest_contiguous_seq, t.highest_seen_seq,
+                        t.highest_seen_seq - t.highest_contiguous_seq
+                        - (SELECT COUNT(*) FROM terminal_seqs s
+                           WHERE s.terminal_id = t.terminal_id
+                             AND s.terminal_seq > t.highest_contiguous_seq)
+                 FROM terminals t ORDER BY t.name LIMIT ?1",
+                )?
+                .query_map([terminals_max], |r| {
+                    let seen: Option<String> = r.get(1)?;
+                    Ok(TerminalSync {
+                        name: r.get(0)?,
+                        last_seen_at: seen
+                            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc)),
+                        highest_contiguous_seq: r.get(2)?,
+                        highest_seen_seq: r.get(3)?,
+                        missing_seqs: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(FleetSnapshot {
+                cards_blocked_for_debt,
+                terminals,
+            })
+        })
+        .await
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        let waiting = self
+            .inner
+            .writer
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|tx| tx.max_capacity() - tx.capacity()))
+            .unwrap_or(0);
+        // The writer, and the readers: opened with the store, for good.
+        PoolStatus {
+            max_connections: super::READERS + 1,
+            open_connections: super::READERS + 1,
+            idle_connections: None,
+            waiting,
+        }
     }
 
     async fn deposit_report(&self) -> Result<DepositReport, StoreError> {

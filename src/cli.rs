@@ -278,11 +278,25 @@ enum CardCommand {
         #[arg(long)]
         uid: String,
     },
-    /// Lift a lost-card block (a debt block stays until the card is topped up).
+    /// Lift a lost-card block (a debt block stays until the card is topped up). A replaced
+    /// card stays blocked.
     Unblock {
         /// Card UID (uppercase hex).
         #[arg(long)]
         uid: String,
+    },
+    /// Replace a lost or broken card: its balance (with postings), voucher units and daily
+    /// allowance move to the new card (created if unknown), and it stays blocked for good.
+    /// Offline sales made on it before terminals learned of the block still land on it; the
+    /// ledger moves what they leave to the new card within a minute (serve), or at once when
+    /// this is run again for the same cards.
+    Replace {
+        /// The lost or broken card's UID.
+        #[arg(long)]
+        old: String,
+        /// The new card's UID.
+        #[arg(long)]
+        new: String,
     },
     /// Record what the holder's ID says: younger than 16 or 18 (terminals then refuse the
     /// products sold from that age), or clear it with --none.
@@ -712,6 +726,15 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             let uid = CardUid::parse(&uid).context("--uid")?;
             store.set_card_lost(uid.clone(), true).await?;
             println!("card {uid} blocked");
+        }
+        LedgerCommand::Card(CardCommand::Replace { old, new }) => {
+            let old = CardUid::parse(&old).context("--old")?;
+            let new = CardUid::parse(&new).context("--new")?;
+            let r = store.replace_card(old.clone(), new.clone()).await?;
+            print!(
+                "{}",
+                admin::format_card_replaced(&old, &new, &r, &config.currency)
+            );
         }
         LedgerCommand::Card(CardCommand::Unblock { uid }) => {
             let uid = CardUid::parse(&uid).context("--uid")?;

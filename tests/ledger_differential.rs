@@ -1326,6 +1326,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("archived_voucher_moves", None),
     ("bar_order_items", None),
     ("bar_orders", None),
+    ("card_replacements", None),
     ("cards", None),
     ("deposit_return_items", None),
     ("deposit_returns", None),

@@ -430,8 +430,12 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     )
     .await;
 
-    // A lost card.
+    // A lost card, and a broken one replaced.
     assert_success("card block", &l.admin(&["card", "block", "--uid", &online]));
+    assert_success(
+        "card replace",
+        &l.admin(&["card", "replace", "--old", &funded, "--new", &uid(9)]),
+    );
 
     l.assert_audit_ok();
     let stopped = l.terminate(STOP_DEADLINE).await;

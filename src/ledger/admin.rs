@@ -8,7 +8,7 @@ use super::store::{
     AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
     ProductUpsert, ShiftReport, Store, StoreOptions, StripeEventRecord,
 };
-use crate::domain::{Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
+use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
@@ -564,6 +564,64 @@ const DEPOSIT_COLUMNS: [&str; 7] = [
 
 /// Prints the deposit report as an aligned table, one row per returnable item and a total,
 /// then the `deposits` account's balance (what is owed back).
+/// Replaced cards settled per round of [`settle_replaced_cards`].
+pub const SETTLE_BATCH: u32 = 1_000;
+/// Rounds of [`settle_replaced_cards`] per call, at most.
+pub const SETTLE_ROUNDS_MAX: u32 = 100;
+
+/// Moves what reached replaced cards since their replacement (offline sales that arrived
+/// late) to their replacements; returns how many were settled. A pair that cannot be (its
+/// replacement was itself replaced, or lost) is logged and left for a person.
+pub async fn settle_replaced_cards<S: crate::ledger::store::AdminStore>(
+    store: &S,
+) -> Result<u64, crate::ledger::store::StoreError> {
+    let mut settled = 0;
+    for _ in 0..SETTLE_ROUNDS_MAX {
+        let pairs = store.replaced_cards_to_settle(SETTLE_BATCH).await?;
+        let full = pairs.len() == SETTLE_BATCH as usize;
+        for (old, new) in pairs {
+            match store.replace_card(old.clone(), new.clone()).await {
+                Ok(r) if r.transaction_id.is_some() => settled += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%old, %new, error = %e, "a replaced card could not be settled");
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(settled)
+}
+
+/// What `card replace` did, for people.
+pub fn format_card_replaced(
+    old: &CardUid,
+    new: &CardUid,
+    r: &crate::ledger::store::CardReplaced,
+    currency: &str,
+) -> String {
+    let Some(tx) = r.transaction_id else {
+        return format!("card {old} was replaced by {new} before; nothing to settle\n");
+    };
+    let what = if r.first {
+        "replaced by"
+    } else {
+        "settled again to"
+    };
+    let created = if r.new_card_created {
+        " (new card created)"
+    } else {
+        ""
+    };
+    format!(
+        "card {old} {what} {new}{created}: {} {currency} and {} voucher units moved\n\
+         transaction_id: {tx}\n",
+        r.amount_cents, r.voucher_units
+    )
+}
+
 /// What a housekeeping run did, for people: one line each.
 pub fn format_housekeeping(report: &crate::ledger::housekeeping::HousekeepingReport) -> String {
     let mut out = format!(

@@ -726,6 +726,85 @@ pub fn key_reused() -> ApiError {
     )
 }
 
+/// What a card replacement moves, and the two cards after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardMove {
+    /// The replaced card: nothing left on it, blocked as lost for good.
+    pub old: CardState,
+    /// The replacement, with the old card's balance and voucher units added.
+    pub new: CardState,
+    /// The balance moved (below zero: a debt moved onto the replacement).
+    pub amount: Cents,
+    /// The voucher units moved (below zero only after offline use beyond them).
+    pub vouchers: i64,
+}
+
+/// Whether replacing card `old` by `new` is the first replacement (`true`) or a settling of
+/// one made before (`false`), given what each card was replaced by, if anything; or why it
+/// cannot be done.
+pub fn replacement_kind(
+    old: &str,
+    new: &str,
+    old_replaced_by: Option<&str>,
+    new_replaced_by: Option<&str>,
+) -> Result<bool, String> {
+    if old == new {
+        return Err(format!(
+            "card {old} cannot replace itself: name the new card"
+        ));
+    }
+    if let Some(by) = new_replaced_by {
+        return Err(format!(
+            "card {new} was itself replaced by {by}: replace {old} by {by}"
+        ));
+    }
+    match old_replaced_by {
+        None => Ok(true),
+        Some(by) if by == new => Ok(false),
+        Some(by) => Err(format!("card {old} was already replaced by {by}")),
+    }
+}
+
+/// A lost or broken card replaced by `new` (`cashless ledger card replace`), or settled
+/// again later when offline sales made on it before terminals learned of the block arrive:
+/// its balance and voucher units move to the replacement (a debt too, which then blocks the
+/// replacement for debt as any debt does); the old card ends at zero, blocked as lost. The
+/// replacement keeps its own age flag, or takes the old card's. A replacement itself
+/// blocked as lost cannot take a card over.
+pub fn move_to_replacement(old: CardState, new: CardState) -> Result<CardMove, String> {
+    if new.block_reason == Some(BlockReason::Lost) {
+        return Err("the new card is blocked as lost: replace it with a card in use".into());
+    }
+    let amount = old.balance;
+    let balance = new
+        .balance
+        .checked_add(amount)
+        .map_err(|_| "the new card's balance would be out of range".to_owned())?;
+    let vouchers = new
+        .vouchers
+        .checked_add(old.vouchers)
+        .ok_or_else(|| "the new card's voucher units would be out of range".to_owned())?;
+    Ok(CardMove {
+        old: CardState {
+            balance: Cents::ZERO,
+            status: CardStatus::Blocked,
+            block_reason: Some(BlockReason::Lost),
+            vouchers: 0,
+            ..old
+        },
+        new: status_after(
+            CardState {
+                vouchers,
+                age_flag: new.age_flag.or(old.age_flag),
+                ..new
+            },
+            balance,
+        ),
+        amount,
+        vouchers: old.vouchers,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1097,5 +1176,76 @@ mod tests {
         assert_eq!(check_key(None, "a"), KeyCheck::Fresh);
         assert_eq!(check_key(Some("a"), "a"), KeyCheck::Replay);
         assert_eq!(check_key(Some("a"), "b"), KeyCheck::Reused);
+    }
+
+    #[test]
+    fn a_replacement_takes_the_balance_the_vouchers_and_a_debt() {
+        let old = CardState {
+            vouchers: 3,
+            age_flag: Some(AgeFlag::Under16),
+            ..card(1_250, None)
+        };
+        let m = move_to_replacement(old, CardState::NEW).unwrap();
+        assert_eq!((m.amount, m.vouchers), (Cents::new(1_250), 3));
+        assert_eq!(
+            m.old,
+            CardState {
+                vouchers: 0,
+                age_flag: Some(AgeFlag::Under16),
+                ..card(0, Some(BlockReason::Lost))
+            }
+        );
+        assert_eq!(
+            m.new,
+            CardState {
+                vouchers: 3,
+                age_flag: Some(AgeFlag::Under16),
+                ..card(1_250, None)
+            }
+        );
+
+        // Later, an offline sale made on the old card arrives: its debt follows.
+        let late = CardState {
+            balance: Cents::new(-400),
+            ..m.old
+        };
+        let settled = move_to_replacement(late, m.new).unwrap();
+        assert_eq!(settled.amount, Cents::new(-400));
+        assert_eq!(settled.new.balance, Cents::new(850));
+        assert_eq!(settled.old.balance, Cents::ZERO);
+        // A debt larger than the replacement's balance blocks it for debt.
+        let big = CardState {
+            balance: Cents::new(-2_000),
+            ..m.old
+        };
+        let settled = move_to_replacement(big, m.new).unwrap();
+        assert_eq!(
+            settled.new,
+            CardState {
+                vouchers: 3,
+                age_flag: Some(AgeFlag::Under16),
+                ..card(-750, Some(BlockReason::Debt))
+            }
+        );
+        // A replacement lost itself takes nothing over.
+        assert!(move_to_replacement(old, card(0, Some(BlockReason::Lost))).is_err());
+    }
+
+    #[test]
+    fn a_card_is_replaced_once_then_only_settled_to_the_same_card() {
+        assert_eq!(replacement_kind("A", "B", None, None), Ok(true));
+        assert_eq!(replacement_kind("A", "B", Some("B"), None), Ok(false));
+        for (old_by, new_by, why) in [
+            (Some("C"), None, "already replaced by C"),
+            (None, Some("C"), "itself replaced by C"),
+        ] {
+            let err = replacement_kind("A", "B", old_by, new_by).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        assert!(
+            replacement_kind("A", "A", None, None)
+                .unwrap_err()
+                .contains("itself")
+        );
     }
 }

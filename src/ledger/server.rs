@@ -28,6 +28,8 @@ use tower_http::map_request_body::MapRequestBodyLayer;
 pub const KEY_PURGE_INTERVAL_S: u64 = 3600;
 /// How often `serve` checks whether a festival day started (daily voucher allowances).
 pub const VOUCHER_DAY_CHECK_S: u64 = 60;
+/// How often `serve` settles replaced cards (offline sales that reached them late).
+pub const SETTLE_CHECK_S: u64 = 60;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -152,6 +154,23 @@ pub async fn serve<S: LedgerStore>(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(%day, cards = n, "daily voucher allowances renewed"),
                     Err(e) => tracing::warn!(error = %e, "renewing daily vouchers failed"),
+                }
+            }
+        })
+    };
+
+    // Replaced cards: what offline sales left on them since moves to their replacements
+    // (checked every minute, and at once on start; idempotent across ledger processes).
+    let settler = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(SETTLE_CHECK_S));
+            loop {
+                tick.tick().await;
+                match crate::ledger::admin::settle_replaced_cards(&store).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(cards = n, "replaced cards settled"),
+                    Err(e) => tracing::warn!(error = %e, "settling replaced cards failed"),
                 }
             }
         })
@@ -283,6 +302,7 @@ pub async fn serve<S: LedgerStore>(
     }
     purger.abort();
     voucher_days.abort();
+    settler.abort();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }

@@ -503,6 +503,24 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         ids: Vec<i64>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Replaces card `old` by `new` (created if unknown): `old`'s balance (with postings)
+    /// and voucher units move to `new`, and its daily allowance when `new` has none; `old`
+    /// is blocked as lost for good. Run again for the same pair, it settles what reached
+    /// `old` since (offline sales made before terminals learned of the block), moving
+    /// nothing when nothing did. One transaction, audited.
+    fn replace_card(
+        &self,
+        old: CardUid,
+        new: CardUid,
+    ) -> impl Future<Output = Result<CardReplaced, StoreError>> + Send;
+
+    /// Replaced cards that hold a balance or voucher units again (offline sales that
+    /// arrived after the replacement), with their replacements: at most `limit`.
+    fn replaced_cards_to_settle(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(CardUid, CardUid)>, StoreError>> + Send;
+
     /// Answers when the database does.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -681,6 +699,40 @@ pub enum OpenError {
     },
 }
 
+/// The refusal to unblock a replaced card.
+pub fn replaced_stays_blocked(uid: &CardUid, by: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "card {uid} was replaced by {by}: it stays blocked for good (its balance is on {by})"
+    ))
+}
+
+/// What a card replacement (or a later settling of it) did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CardReplaced {
+    /// The move's transaction (its postings, its `card_replacements` row); `None` when a
+    /// run again found nothing to move.
+    pub transaction_id: Option<Uuid>,
+    /// The balance moved to the new card (below zero: a debt).
+    pub amount_cents: Cents,
+    /// The voucher units moved.
+    pub voucher_units: i64,
+    /// The new card did not exist and was created.
+    pub new_card_created: bool,
+    /// The replacement was made now (not by an earlier run).
+    pub first: bool,
+}
+
+impl CardReplaced {
+    /// A settling run that found nothing to move.
+    pub const NOTHING: CardReplaced = CardReplaced {
+        transaction_id: None,
+        amount_cents: Cents::ZERO,
+        voucher_units: 0,
+        new_card_created: false,
+        first: false,
+    };
+}
+
 /// The logs `cashless ledger housekeeping` archives to files and removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchivedLog {
@@ -787,6 +839,8 @@ delegate!(AdminStore {
     purge_expired_keys(limit: u32) -> u64;
     archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
     remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
+    replace_card(old: CardUid, new: CardUid) -> CardReplaced;
+    replaced_cards_to_settle(limit: u32) -> Vec<(CardUid, CardUid)>;
     ping() -> ();
     ping_writer() -> ();
 });

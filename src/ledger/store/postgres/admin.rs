@@ -10,10 +10,11 @@
 use super::{PgStore, classify};
 use crate::domain::{AgeFlag, CardUid, Cents, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
+use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, NewStaff, NewTerminal, ProductUpsert, StoreError,
-    product_log_details,
+    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
+    StoreError, product_log_details, replaced_stays_blocked,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -75,6 +76,41 @@ impl PgStore {
 }
 
 /// Appends an admin action to the audit log.
+/// Writes card `uid` as `card` (a new row when `create`), with the next feed version.
+async fn write_card(
+    tx: &impl GenericClient,
+    uid: &CardUid,
+    create: bool,
+    card: &CardState,
+) -> Result<(), StoreError> {
+    let sql = if create {
+        "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag,
+                            voucher_units, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, nextval('card_version_seq'),
+                 date_trunc('milliseconds', now()), date_trunc('milliseconds', now()))"
+    } else {
+        "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
+             age_flag = $5, voucher_units = $6, version = nextval('card_version_seq'),
+             updated_at = date_trunc('milliseconds', now())
+         WHERE card_uid = $1"
+    };
+    let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
+    tx.execute(
+        &stmt,
+        &[
+            &uid.as_str(),
+            &card.balance.get(),
+            &card.status.as_str(),
+            &card.block_reason.map(BlockReason::as_str),
+            &card.age_flag.map(AgeFlag::as_str),
+            &card.vouchers,
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
 async fn log_admin(
     client: &impl GenericClient,
     operation: &str,
@@ -201,31 +237,7 @@ impl PgStore {
         };
         let create = card.is_none();
         let (next, details, out) = change(card)?;
-        let sql = if create {
-            "INSERT INTO cards (card_uid, balance_cents, status, block_reason, age_flag,
-                                voucher_units, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, nextval('card_version_seq'),
-                     date_trunc('milliseconds', now()), date_trunc('milliseconds', now()))"
-        } else {
-            "UPDATE cards SET balance_cents = $2, status = $3, block_reason = $4,
-                 age_flag = $5, voucher_units = $6, version = nextval('card_version_seq'),
-                 updated_at = date_trunc('milliseconds', now())
-             WHERE card_uid = $1"
-        };
-        let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &uid.as_str(),
-                &next.balance.get(),
-                &next.status.as_str(),
-                &next.block_reason.map(BlockReason::as_str),
-                &next.age_flag.map(AgeFlag::as_str),
-                &next.vouchers,
-            ],
-        )
-        .await
-        .map_err(classify)?;
+        write_card(&tx, &uid, create, &next).await?;
         if let Some((units, day)) = &daily {
             let stmt = tx
                 .prepare_cached(
@@ -397,6 +409,18 @@ impl AdminStore for PgStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+        if !lost {
+            let rows = self
+                .rows(
+                    "SELECT replaced_by FROM cards WHERE card_uid = $1 AND replaced_by IS NOT NULL",
+                    &[&uid.as_str()],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                let by: String = row.try_get(0).map_err(classify)?;
+                return Err(replaced_stays_blocked(&uid, &by));
+            }
+        }
         let operation = if lost { "card_block" } else { "card_unblock" };
         let unknown = uid.clone();
         self.change_card(uid, operation, |card| {
@@ -525,6 +549,162 @@ impl AdminStore for PgStore {
             }
         };
         self.count(sql, &[&ids]).await
+    }
+
+    async fn replace_card(&self, old: CardUid, new: CardUid) -> Result<CardReplaced, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // The global lock order (migrations/postgres/0007_new_cards.sql): the creation lock
+        // of the new card (it may not exist yet), the card feed's writer lock, the cards'
+        // rows (two here: in one order, so that two replacements never wait on each other).
+        tx.execute("SELECT ledger_lock_new_card($1)", &[&new.as_str()])
+            .await
+            .map_err(classify)?;
+        tx.execute("SELECT card_feed_writer()", &[])
+            .await
+            .map_err(classify)?;
+        let rows = tx
+            .query(
+                "SELECT card_uid, balance_cents, status, block_reason, age_flag, voucher_units,
+                        replaced_by
+                 FROM cards WHERE card_uid IN ($1, $2)
+                 ORDER BY card_uid COLLATE \"C\" FOR NO KEY UPDATE",
+                &[&old.as_str(), &new.as_str()],
+            )
+            .await
+            .map_err(classify)?;
+        let mut old_row = None;
+        let mut new_row = None;
+        for row in &rows {
+            let uid: String = row.try_get(0).map_err(classify)?;
+            let card = card_state(
+                row.try_get(1).map_err(classify)?,
+                row.try_get(2).map_err(classify)?,
+                row.try_get(3).map_err(classify)?,
+                row.try_get(4).map_err(classify)?,
+                row.try_get(5).map_err(classify)?,
+            )?;
+            let by: Option<String> = row.try_get(6).map_err(classify)?;
+            if uid == old.as_str() {
+                old_row = Some((card, by));
+            } else {
+                new_row = Some((card, by));
+            }
+        }
+        let (old_card, old_by) =
+            old_row.ok_or_else(|| StoreError::NotFound(format!("card {old} is unknown")))?;
+        let first = rules::replacement_kind(
+            old.as_str(),
+            new.as_str(),
+            old_by.as_deref(),
+            new_row.as_ref().and_then(|(_, by)| by.as_deref()),
+        )
+        .map_err(StoreError::Conflict)?;
+        let (new_card, create) = match new_row {
+            Some((card, _)) => (card, false),
+            None => (CardState::NEW, true),
+        };
+        let m = rules::move_to_replacement(old_card, new_card).map_err(StoreError::Conflict)?;
+        if !first && m.amount.get() == 0 && m.vouchers == 0 {
+            return Ok(CardReplaced::NOTHING);
+        }
+        write_card(&tx, &new, create, &m.new).await?;
+        write_card(&tx, &old, false, &m.old).await?;
+        if first {
+            // The daily allowance goes with the card, unless the new one has its own.
+            tx.execute(
+                "UPDATE cards n SET daily_voucher_units = o.daily_voucher_units,
+                                    vouchers_day = o.vouchers_day
+                 FROM cards o
+                 WHERE o.card_uid = $1 AND n.card_uid = $2 AND n.daily_voucher_units = 0",
+                &[&old.as_str(), &new.as_str()],
+            )
+            .await
+            .map_err(classify)?;
+            tx.execute(
+                "UPDATE cards SET replaced_by = $2, daily_voucher_units = 0, vouchers_day = NULL
+                 WHERE card_uid = $1",
+                &[&old.as_str(), &new.as_str()],
+            )
+            .await
+            .map_err(classify)?;
+        }
+        let transaction_id = new_transaction_id();
+        if m.amount.get() != 0 {
+            tx.execute(
+                "INSERT INTO postings (transaction_id, account, amount_cents, created_at)
+                 VALUES ($1, $2, $3, date_trunc('milliseconds', now())),
+                        ($1, $4, $5, date_trunc('milliseconds', now()))",
+                &[
+                    &transaction_id,
+                    &card_account(&old),
+                    &-m.amount.get(),
+                    &card_account(&new),
+                    &m.amount.get(),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        }
+        tx.execute(
+            "INSERT INTO card_replacements (transaction_id, old_card_uid, new_card_uid,
+                                            amount_cents, voucher_units, created_at)
+             VALUES ($1, $2, $3, $4, $5, date_trunc('milliseconds', now()))",
+            &[
+                &transaction_id,
+                &old.as_str(),
+                &new.as_str(),
+                &m.amount.get(),
+                &m.vouchers,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+        log_admin(
+            &tx,
+            if first {
+                "card_replace"
+            } else {
+                "card_replace_settle"
+            },
+            Some(old.as_str()),
+            json!({ "new_card_uid": new.as_str(), "transaction_id": transaction_id.to_string(),
+                    "amount_cents": m.amount.get(), "voucher_units": m.vouchers,
+                    "card_created": create }),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(CardReplaced {
+            transaction_id: Some(transaction_id),
+            amount_cents: m.amount,
+            voucher_units: m.vouchers,
+            new_card_created: create,
+            first,
+        })
+    }
+
+    async fn replaced_cards_to_settle(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(CardUid, CardUid)>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT card_uid, replaced_by FROM cards
+                 WHERE replaced_by IS NOT NULL AND (balance_cents <> 0 OR voucher_units <> 0)
+                 ORDER BY card_uid COLLATE \"C\" LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let parse =
+                    |t: String| CardUid::parse(&t).map_err(|e| internal(format!("{t}: {e}")));
+                Ok((
+                    parse(r.try_get(0).map_err(classify)?)?,
+                    parse(r.try_get(1).map_err(classify)?)?,
+                ))
+            })
+            .collect()
     }
 
     async fn ping_writer(&self) -> Result<(), StoreError> {

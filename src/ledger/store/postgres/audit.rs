@@ -367,6 +367,10 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
              UNION ALL
              SELECT card_uid, voucher_units FROM archived_voucher_moves
              UNION ALL
+             SELECT old_card_uid, -voucher_units FROM card_replacements
+             UNION ALL
+             SELECT new_card_uid, voucher_units FROM card_replacements
+             UNION ALL
              SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
              UNION ALL
              SELECT card_uid, -voucher_units FROM bar_orders
@@ -410,6 +414,7 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
         ("deposit_returns", "true"),
         ("stripe_recharges", "true"),
         ("stripe_refunds", "true"),
+        ("card_replacements", "t.amount_cents <> 0"),
     ] {
         let sql = format!(
             "SELECT t.transaction_id::text FROM {table} t WHERE {moved_money} AND NOT EXISTS
@@ -437,6 +442,20 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
         },
     )
     .await?;
+    // A replaced card stays blocked as lost for good.
+    for (uid, by) in rows(
+        tx,
+        "SELECT card_uid, replaced_by FROM cards
+         WHERE replaced_by IS NOT NULL AND (status <> 'blocked' OR block_reason <> 'lost')
+         ORDER BY card_uid COLLATE \"C\"",
+        |r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)),
+    )
+    .await?
+    {
+        d.push(format!(
+            "card {uid}: replaced by {by} but not blocked as lost"
+        ));
+    }
     for (uid, balance, status) in rows(
         tx,
         "SELECT card_uid, balance_cents, status FROM cards

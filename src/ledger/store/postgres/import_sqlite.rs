@@ -67,6 +67,7 @@ pub const TABLES: &[&str] = &[
     "staff",
     "products",
     "cards",
+    "card_replacements",
     "bar_orders",
     "bar_order_items",
     "recharges",

@@ -52,6 +52,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_voucher_grants.sql"),
     migration!(13, "0013_daily_vouchers.sql"),
     migration!(14, "0014_housekeeping.sql"),
+    migration!(15, "0015_card_replacement.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -1,13 +1,14 @@
 //! Registrations and upkeep in the SQLite store: terminals, staff, products, lost cards,
 //! the purge of expired keys, and the health check.
 
-use super::{SqliteStore, TerminalKey, load_card, write_card};
+use super::{SqliteStore, TerminalKey, internal, load_card, post, write_card};
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, TaxRateName};
 use crate::ledger::caller::Terminal;
+use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, NewStaff, NewTerminal, ProductUpsert, StoreError,
-    product_log_details,
+    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
+    StoreError, product_log_details,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -33,6 +34,102 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// The replacement's card, and the one that replaced it, if any.
+fn replaced_by(conn: &Connection, uid: &CardUid) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT replaced_by FROM cards WHERE card_uid = ?1")?
+        .query_row([uid.as_str()], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// [`AdminStore::replace_card`] inside the writer's transaction.
+fn replace_card(
+    conn: &Connection,
+    old: &CardUid,
+    new: &CardUid,
+) -> Result<CardReplaced, StoreError> {
+    let old_card = load_card(conn, old)?
+        .ok_or_else(|| StoreError::NotFound(format!("card {old} is unknown")))?;
+    let first = rules::replacement_kind(
+        old.as_str(),
+        new.as_str(),
+        replaced_by(conn, old)?.as_deref(),
+        replaced_by(conn, new)?.as_deref(),
+    )
+    .map_err(StoreError::Conflict)?;
+    let (new_card, create) = match load_card(conn, new)? {
+        Some(card) => (card, false),
+        None => (CardState::NEW, true),
+    };
+    let m = rules::move_to_replacement(old_card, new_card).map_err(StoreError::Conflict)?;
+    if !first && m.amount.get() == 0 && m.vouchers == 0 {
+        return Ok(CardReplaced::NOTHING);
+    }
+    let now = format_time(Utc::now());
+    write_card(conn, new, create, &m.new, &now)?;
+    write_card(conn, old, false, &m.old, &now)?;
+    if first {
+        // The daily allowance goes with the card, unless the new one has its own.
+        conn.prepare_cached(
+            "UPDATE cards SET
+                 daily_voucher_units = (SELECT daily_voucher_units FROM cards WHERE card_uid = ?1),
+                 vouchers_day = (SELECT vouchers_day FROM cards WHERE card_uid = ?1)
+             WHERE card_uid = ?2 AND daily_voucher_units = 0",
+        )?
+        .execute(params![old.as_str(), new.as_str()])?;
+        conn.prepare_cached(
+            "UPDATE cards SET replaced_by = ?2, daily_voucher_units = 0, vouchers_day = NULL
+             WHERE card_uid = ?1",
+        )?
+        .execute(params![old.as_str(), new.as_str()])?;
+    }
+    let tx = new_transaction_id();
+    if m.amount.get() != 0 {
+        post(
+            conn,
+            &tx,
+            &[
+                (card_account(old), Cents::new(-m.amount.get())),
+                (card_account(new), m.amount),
+            ],
+            &now,
+        )?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO card_replacements (transaction_id, old_card_uid, new_card_uid, amount_cents,
+                                        voucher_units, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        tx.to_string(),
+        old.as_str(),
+        new.as_str(),
+        m.amount.get(),
+        m.vouchers,
+        now
+    ])?;
+    log_admin(
+        conn,
+        if first {
+            "card_replace"
+        } else {
+            "card_replace_settle"
+        },
+        Some(old.as_str()),
+        json!({ "new_card_uid": new.as_str(), "transaction_id": tx.to_string(),
+                "amount_cents": m.amount.get(), "voucher_units": m.vouchers,
+                "card_created": create }),
+    )?;
+    Ok(CardReplaced {
+        transaction_id: Some(tx),
+        amount_cents: m.amount,
+        voucher_units: m.vouchers,
+        new_card_created: create,
+        first,
+    })
 }
 
 fn log_admin(
@@ -171,6 +268,12 @@ impl AdminStore for SqliteStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+        if !lost {
+            let card = uid.clone();
+            if let Some(by) = self.read(move |conn| replaced_by(conn, &card)).await? {
+                return Err(crate::ledger::store::replaced_stays_blocked(&uid, &by));
+            }
+        }
         let operation = if lost { "card_block" } else { "card_unblock" };
         self.change_card(uid, operation, json!({}), move |card| {
             rules::mark_lost(card, lost)
@@ -384,6 +487,34 @@ impl AdminStore for SqliteStore {
                 }
             };
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn replace_card(&self, old: CardUid, new: CardUid) -> Result<CardReplaced, StoreError> {
+        self.write(move |conn| replace_card(conn, &old, &new)).await
+    }
+
+    async fn replaced_cards_to_settle(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(CardUid, CardUid)>, StoreError> {
+        self.read(move |conn| {
+            let rows: Vec<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT card_uid, replaced_by FROM cards
+                     WHERE replaced_by IS NOT NULL AND (balance_cents != 0 OR voucher_units != 0)
+                     ORDER BY card_uid LIMIT ?1",
+                )?
+                .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(old, new)| {
+                    let parse =
+                        |t: &str| CardUid::parse(t).map_err(|e| internal(format!("{t}: {e}")));
+                    Ok((parse(&old)?, parse(&new)?))
+                })
+                .collect()
         })
         .await
     }

@@ -324,6 +324,10 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                  UNION ALL
                  SELECT card_uid, voucher_units FROM archived_voucher_moves
                  UNION ALL
+                 SELECT old_card_uid, -voucher_units FROM card_replacements
+                 UNION ALL
+                 SELECT new_card_uid, voucher_units FROM card_replacements
+                 UNION ALL
                  SELECT card_uid, units FROM voucher_grants WHERE voided_by IS NULL
                  UNION ALL
                  SELECT card_uid, -voucher_units FROM bar_orders
@@ -367,6 +371,7 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
             ("deposit_returns", "1 = 1"),
             ("stripe_recharges", "1 = 1"),
             ("stripe_refunds", "1 = 1"),
+            ("card_replacements", "t.amount_cents != 0"),
         ] {
             let sql = format!(
                 "SELECT t.transaction_id FROM {table} t WHERE {moved_money} AND NOT EXISTS
@@ -392,6 +397,17 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 )
             },
         )?;
+        // A replaced card stays blocked as lost for good.
+        let mut stmt = tx.prepare(
+            "SELECT card_uid, replaced_by FROM cards
+             WHERE replaced_by IS NOT NULL AND (status != 'blocked' OR block_reason != 'lost')",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (uid, by) = row?;
+            d.push(format!(
+                "card {uid}: replaced by {by} but not blocked as lost"
+            ));
+        }
         let mut stmt = tx.prepare(
             "SELECT card_uid, balance_cents, status FROM cards WHERE balance_cents < 0 AND status != 'blocked'",
         )?;

@@ -141,6 +141,14 @@ async fn a_replacement_moves_the_balance_and_vouchers_and_blocks_the_old_card_fo
             "stays blocked for good",
         ),
         (
+            vec!["voucher", "grant", "--uid", old.as_str(), "--units", "1"],
+            "give the vouchers to",
+        ),
+        (
+            vec!["voucher", "daily", "--uid", old.as_str(), "--units", "1"],
+            "give the vouchers to",
+        ),
+        (
             vec![
                 "card",
                 "replace",
@@ -190,7 +198,8 @@ async fn a_replacement_moves_the_balance_and_vouchers_and_blocks_the_old_card_fo
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
-    // A card that replaced another can be replaced in turn, but not replaced by the old.
+    assert_eq!(l.db_fingerprint(), before, "a refusal changed the database");
+    // A known card cannot be replaced by one that was itself replaced.
     l.fund(&third, 100).await;
     let out = replace(&l, &third, &old);
     assert_eq!(out.status.code(), Some(1));
@@ -200,7 +209,6 @@ async fn a_replacement_moves_the_balance_and_vouchers_and_blocks_the_old_card_fo
     let again = assert_success("again", &replace(&l, &old, &new));
     assert!(again.contains("nothing to settle"), "{again}");
     assert_eq!(l.db_fingerprint(), before_again);
-    assert_ne!(before, before_again, "the top-up of the third card");
     l.assert_audit_ok();
 }
 
@@ -249,7 +257,41 @@ async fn an_offline_sale_on_the_old_card_lands_on_it_and_is_settled_to_the_new_o
     l.assert_audit_ok();
 }
 
+async fn a_chain_of_replacements_settles_onto_its_last_card(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    let (a, b, c) = (uid(1), uid(2), uid(3));
+    l.fund(&a, 1_000).await;
+    assert_success("A by B", &replace(&l, &a, &b));
+    // B is lost too: C takes it over.
+    assert_success("B by C", &replace(&l, &b, &c));
+    assert_eq!(l.balance(&c).await, 1_000);
+    // A bar that never heard of either sold on A offline: it lands on A, and goes to C,
+    // whether the desk names B or C.
+    for named in [&b, &c] {
+        let late = order_body(&a, l.seq(&l.bar_token), &[("water", 1, 200)], "offline");
+        l.post("/v1/orders", &l.bar_token, &late)
+            .await
+            .assert_status(201);
+        let out = assert_success("settle", &replace(&l, &a, named));
+        assert!(
+            out.contains(&format!("card {a} settled again to {c}: -2.00 EUR")),
+            "{out}"
+        );
+    }
+    assert_eq!(l.balance(&c).await, 600);
+    assert_eq!(card(&l, &a).await["balance_cents"], 0);
+    assert_eq!(card(&l, &b).await["balance_cents"], 0);
+    // Another card cannot take A over.
+    let out = replace(&l, &a, &uid(4));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("(its balance now goes to {c})"))
+    );
+    l.assert_audit_ok();
+}
+
 on_both_backends! {
+    a_chain_of_replacements_settles_onto_its_last_card,
     a_replacement_moves_the_balance_and_vouchers_and_blocks_the_old_card_for_good,
     an_offline_sale_on_the_old_card_lands_on_it_and_is_settled_to_the_new_one,
 }

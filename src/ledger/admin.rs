@@ -562,8 +562,6 @@ const DEPOSIT_COLUMNS: [&str; 7] = [
     "DEPOSITS OWED",
 ];
 
-/// Prints the deposit report as an aligned table, one row per returnable item and a total,
-/// then the `deposits` account's balance (what is owed back).
 /// Replaced cards settled per round of [`settle_replaced_cards`].
 pub const SETTLE_BATCH: u32 = 1_000;
 /// Rounds of [`settle_replaced_cards`] per call, at most.
@@ -576,9 +574,15 @@ pub async fn settle_replaced_cards<S: crate::ledger::store::AdminStore>(
     store: &S,
 ) -> Result<u64, crate::ledger::store::StoreError> {
     let mut settled = 0;
+    let mut after = String::new();
     for _ in 0..SETTLE_ROUNDS_MAX {
-        let pairs = store.replaced_cards_to_settle(SETTLE_BATCH).await?;
+        let pairs = store
+            .replaced_cards_to_settle(after.clone(), SETTLE_BATCH)
+            .await?;
         let full = pairs.len() == SETTLE_BATCH as usize;
+        if let Some((last, _)) = pairs.last() {
+            after = last.as_str().to_owned();
+        }
         for (old, new) in pairs {
             match store.replace_card(old.clone(), new.clone()).await {
                 Ok(r) if r.transaction_id.is_some() => settled += 1,
@@ -605,6 +609,7 @@ pub fn format_card_replaced(
     let Some(tx) = r.transaction_id else {
         return format!("card {old} was replaced by {new} before; nothing to settle\n");
     };
+    let new = &r.to_card_uid;
     let what = if r.first {
         "replaced by"
     } else {
@@ -638,6 +643,8 @@ pub fn format_housekeeping(report: &crate::ledger::housekeeping::HousekeepingRep
     out
 }
 
+/// Prints the deposit report as an aligned table, one row per returnable item and a total,
+/// then the `deposits` account's balance (what is owed back).
 pub fn format_deposits(report: &DepositReport) -> String {
     let mut rows: Vec<[String; 7]> = report
         .items

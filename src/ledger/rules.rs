@@ -739,29 +739,53 @@ pub struct CardMove {
     pub vouchers: i64,
 }
 
-/// Whether replacing card `old` by `new` is the first replacement (`true`) or a settling of
-/// one made before (`false`), given what each card was replaced by, if anything; or why it
-/// cannot be done.
-pub fn replacement_kind(
+/// How many replacements in a row are followed, at most: a chain longer than that (or a
+/// loop, which the rules never make) is refused for a person to look at.
+pub const REPLACEMENT_CHAIN_MAX: usize = 32;
+
+/// What replacing card `old` by `new` is: the first replacement of `old` (`true`, onto
+/// `new`), or a settling of one made before (`false`) onto the card at the end of `old`'s
+/// chain of replacements (`old_chain`: the card that replaced `old`, the one that replaced
+/// that, ...), which `new` must be on. A replacement made onto a card that was itself
+/// replaced later (A by B, then B by C) settles onto C: what lands on A late is never
+/// stranded. Returns the card the move goes to, or why it cannot be done.
+pub fn replacement_target(
     old: &str,
     new: &str,
-    old_replaced_by: Option<&str>,
+    old_chain: &[String],
     new_replaced_by: Option<&str>,
-) -> Result<bool, String> {
+) -> Result<(bool, String), String> {
     if old == new {
         return Err(format!(
             "card {old} cannot replace itself: name the new card"
         ));
     }
-    if let Some(by) = new_replaced_by {
-        return Err(format!(
-            "card {new} was itself replaced by {by}: replace {old} by {by}"
-        ));
+    match old_chain {
+        [] => match new_replaced_by {
+            None => Ok((true, new.to_owned())),
+            Some(by) => Err(format!(
+                "card {new} was itself replaced by {by}: replace {old} by {by}"
+            )),
+        },
+        [first, ..] => match old_chain.last() {
+            Some(end) if old_chain.iter().any(|c| c == new) => Ok((false, end.clone())),
+            _ => Err(format!(
+                "card {old} was already replaced by {first}{}",
+                match old_chain.last() {
+                    Some(end) if end != first => format!(" (its balance now goes to {end})"),
+                    _ => String::new(),
+                }
+            )),
+        },
     }
-    match old_replaced_by {
-        None => Ok(true),
-        Some(by) if by == new => Ok(false),
-        Some(by) => Err(format!("card {old} was already replaced by {by}")),
+}
+
+/// The stricter of two age flags (the one that refuses more products).
+fn stricter_age(a: Option<AgeFlag>, b: Option<AgeFlag>) -> Option<AgeFlag> {
+    match (a, b) {
+        (Some(AgeFlag::Under16), _) | (_, Some(AgeFlag::Under16)) => Some(AgeFlag::Under16),
+        (Some(x), _) | (None, Some(x)) => Some(x),
+        (None, None) => None,
     }
 }
 
@@ -769,8 +793,8 @@ pub fn replacement_kind(
 /// again later when offline sales made on it before terminals learned of the block arrive:
 /// its balance and voucher units move to the replacement (a debt too, which then blocks the
 /// replacement for debt as any debt does); the old card ends at zero, blocked as lost. The
-/// replacement keeps its own age flag, or takes the old card's. A replacement itself
-/// blocked as lost cannot take a card over.
+/// replacement takes the stricter of the two age flags. A replacement itself blocked as
+/// lost cannot take a card over.
 pub fn move_to_replacement(old: CardState, new: CardState) -> Result<CardMove, String> {
     if new.block_reason == Some(BlockReason::Lost) {
         return Err("the new card is blocked as lost: replace it with a card in use".into());
@@ -795,7 +819,7 @@ pub fn move_to_replacement(old: CardState, new: CardState) -> Result<CardMove, S
         new: status_after(
             CardState {
                 vouchers,
-                age_flag: new.age_flag.or(old.age_flag),
+                age_flag: stricter_age(new.age_flag, old.age_flag),
                 ..new
             },
             balance,
@@ -1232,20 +1256,43 @@ mod tests {
     }
 
     #[test]
-    fn a_card_is_replaced_once_then_only_settled_to_the_same_card() {
-        assert_eq!(replacement_kind("A", "B", None, None), Ok(true));
-        assert_eq!(replacement_kind("A", "B", Some("B"), None), Ok(false));
-        for (old_by, new_by, why) in [
-            (Some("C"), None, "already replaced by C"),
-            (None, Some("C"), "itself replaced by C"),
-        ] {
-            let err = replacement_kind("A", "B", old_by, new_by).unwrap_err();
-            assert!(err.contains(why), "{err}");
+    fn a_card_is_replaced_once_then_settled_to_the_end_of_its_chain() {
+        let chain = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            replacement_target("A", "B", &[], None),
+            Ok((true, "B".into()))
+        );
+        assert_eq!(
+            replacement_target("A", "B", &chain(&["B"]), None),
+            Ok((false, "B".into()))
+        );
+        // A by B, then B by C: A's late sales go to C, named as B or as C.
+        for named in ["B", "C"] {
+            assert_eq!(
+                replacement_target("A", named, &chain(&["B", "C"]), None),
+                Ok((false, "C".into()))
+            );
         }
+        let err = replacement_target("A", "D", &chain(&["B", "C"]), None).unwrap_err();
         assert!(
-            replacement_kind("A", "A", None, None)
+            err.contains("already replaced by B (its balance now goes to C)"),
+            "{err}"
+        );
+        let err = replacement_target("A", "B", &[], Some("C")).unwrap_err();
+        assert!(err.contains("itself replaced by C"), "{err}");
+        assert!(
+            replacement_target("A", "A", &[], None)
                 .unwrap_err()
                 .contains("itself")
         );
+    }
+
+    #[test]
+    fn the_stricter_age_flag_wins() {
+        use AgeFlag::{Under16, Under18};
+        assert_eq!(stricter_age(Some(Under18), Some(Under16)), Some(Under16));
+        assert_eq!(stricter_age(Some(Under16), Some(Under18)), Some(Under16));
+        assert_eq!(stricter_age(None, Some(Under18)), Some(Under18));
+        assert_eq!(stricter_age(None, None), None);
     }
 }

@@ -514,10 +514,12 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         new: CardUid,
     ) -> impl Future<Output = Result<CardReplaced, StoreError>> + Send;
 
-    /// Replaced cards that hold a balance or voucher units again (offline sales that
-    /// arrived after the replacement), with their replacements: at most `limit`.
+    /// Replaced cards after `after` (by UID) that hold a balance or voucher units again
+    /// (offline sales that arrived after the replacement), with their replacements: at
+    /// most `limit`, by UID.
     fn replaced_cards_to_settle(
         &self,
+        after: String,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(CardUid, CardUid)>, StoreError>> + Send;
 
@@ -706,12 +708,22 @@ pub fn replaced_stays_blocked(uid: &CardUid, by: &str) -> StoreError {
     ))
 }
 
+/// The refusal to give a replaced card vouchers.
+pub fn replaced_takes_no_vouchers(uid: &CardUid, by: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "card {uid} was replaced by {by}: give the vouchers to {by}"
+    ))
+}
+
 /// What a card replacement (or a later settling of it) did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CardReplaced {
     /// The move's transaction (its postings, its `card_replacements` row); `None` when a
     /// run again found nothing to move.
     pub transaction_id: Option<Uuid>,
+    /// The card the move went to: the new card, or, settling a card whose replacement was
+    /// itself replaced later, the last card of that chain.
+    pub to_card_uid: CardUid,
     /// The balance moved to the new card (below zero: a debt).
     pub amount_cents: Cents,
     /// The voucher units moved.
@@ -723,14 +735,17 @@ pub struct CardReplaced {
 }
 
 impl CardReplaced {
-    /// A settling run that found nothing to move.
-    pub const NOTHING: CardReplaced = CardReplaced {
-        transaction_id: None,
-        amount_cents: Cents::ZERO,
-        voucher_units: 0,
-        new_card_created: false,
-        first: false,
-    };
+    /// A settling run onto `to` that found nothing to move.
+    pub fn nothing(to: CardUid) -> CardReplaced {
+        CardReplaced {
+            transaction_id: None,
+            to_card_uid: to,
+            amount_cents: Cents::ZERO,
+            voucher_units: 0,
+            new_card_created: false,
+            first: false,
+        }
+    }
 }
 
 /// The logs `cashless ledger housekeeping` archives to files and removes.
@@ -840,7 +855,7 @@ delegate!(AdminStore {
     archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
     remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
     replace_card(old: CardUid, new: CardUid) -> CardReplaced;
-    replaced_cards_to_settle(limit: u32) -> Vec<(CardUid, CardUid)>;
+    replaced_cards_to_settle(after: String, limit: u32) -> Vec<(CardUid, CardUid)>;
     ping() -> ();
     ping_writer() -> ();
 });

@@ -14,7 +14,7 @@ use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StoreError, product_log_details, replaced_stays_blocked,
+    StoreError, product_log_details, replaced_stays_blocked, replaced_takes_no_vouchers,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -75,7 +75,38 @@ impl PgStore {
     }
 }
 
-/// Appends an admin action to the audit log.
+/// The card that replaced card `uid`, if it was replaced.
+async fn replaced_by(tx: &impl GenericClient, uid: &str) -> Result<Option<String>, StoreError> {
+    let row = tx
+        .query_opt("SELECT replaced_by FROM cards WHERE card_uid = $1", &[&uid])
+        .await
+        .map_err(classify)?;
+    match row {
+        Some(row) => row.try_get(0).map_err(classify),
+        None => Ok(None),
+    }
+}
+
+/// The cards that replaced `start`, one after the other.
+async fn replacement_chain(
+    tx: &impl GenericClient,
+    start: &CardUid,
+) -> Result<Vec<String>, StoreError> {
+    let mut chain: Vec<String> = Vec::new();
+    let mut current = start.as_str().to_owned();
+    while let Some(by) = replaced_by(tx, &current).await? {
+        if chain.len() >= rules::REPLACEMENT_CHAIN_MAX || by == start.as_str() {
+            return Err(StoreError::Conflict(format!(
+                "card {start}: more than {} replacements in a row",
+                rules::REPLACEMENT_CHAIN_MAX
+            )));
+        }
+        chain.push(by.clone());
+        current = by;
+    }
+    Ok(chain)
+}
+
 /// Writes card `uid` as `card` (a new row when `create`), with the next feed version.
 async fn write_card(
     tx: &impl GenericClient,
@@ -111,6 +142,7 @@ async fn write_card(
     Ok(())
 }
 
+/// Appends an admin action to the audit log.
 async fn log_admin(
     client: &impl GenericClient,
     operation: &str,
@@ -170,6 +202,9 @@ fn card_state(
     })
 }
 
+/// Why a change to a replaced card is refused (card, the card that replaced it).
+type Refusal = fn(&CardUid, &str) -> StoreError;
+
 /// The refusal of a change to a card the ledger has never seen.
 fn unknown_card(uid: &CardUid) -> StoreError {
     StoreError::NotFound(format!("card {uid} is unknown"))
@@ -183,18 +218,22 @@ impl PgStore {
         &self,
         uid: CardUid,
         operation: &str,
+        refuse_replaced: Option<Refusal>,
         change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
     ) -> Result<T, StoreError> {
-        self.change_card_daily(uid, operation, None, change).await
+        self.change_card_daily(uid, operation, None, refuse_replaced, change)
+            .await
     }
 
     /// [`PgStore::change_card`], also setting the card's daily voucher allowance and the day
-    /// it was last given for, when `daily` says so.
+    /// it was last given for, when `daily` says so. With `refuse_replaced`, a replaced card
+    /// is refused (checked under the row's lock, so a replacement cannot slip in between).
     async fn change_card_daily<T>(
         &self,
         uid: CardUid,
         operation: &str,
         daily: Option<(i64, Option<String>)>,
+        refuse_replaced: Option<Refusal>,
         change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
     ) -> Result<T, StoreError> {
         let mut client = self.pool.get().await?;
@@ -216,8 +255,8 @@ impl PgStore {
         tx.execute(&stmt, &[]).await.map_err(classify)?;
         let stmt = tx
             .prepare_cached(
-                "SELECT balance_cents, status, block_reason, age_flag, voucher_units FROM cards
-                 WHERE card_uid = $1 FOR NO KEY UPDATE",
+                "SELECT balance_cents, status, block_reason, age_flag, voucher_units, replaced_by
+                 FROM cards WHERE card_uid = $1 FOR NO KEY UPDATE",
             )
             .await
             .map_err(classify)?;
@@ -226,13 +265,19 @@ impl PgStore {
             .await
             .map_err(classify)?
         {
-            Some(row) => Some(card_state(
-                row.try_get(0).map_err(classify)?,
-                row.try_get(1).map_err(classify)?,
-                row.try_get(2).map_err(classify)?,
-                row.try_get(3).map_err(classify)?,
-                row.try_get(4).map_err(classify)?,
-            )?),
+            Some(row) => {
+                let by: Option<String> = row.try_get(5).map_err(classify)?;
+                if let (Some(refusal), Some(by)) = (refuse_replaced, by) {
+                    return Err(refusal(&uid, &by));
+                }
+                Some(card_state(
+                    row.try_get(0).map_err(classify)?,
+                    row.try_get(1).map_err(classify)?,
+                    row.try_get(2).map_err(classify)?,
+                    row.try_get(3).map_err(classify)?,
+                    row.try_get(4).map_err(classify)?,
+                )?)
+            }
             None => None,
         };
         let create = card.is_none();
@@ -409,21 +454,10 @@ impl AdminStore for PgStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
-        if !lost {
-            let rows = self
-                .rows(
-                    "SELECT replaced_by FROM cards WHERE card_uid = $1 AND replaced_by IS NOT NULL",
-                    &[&uid.as_str()],
-                )
-                .await?;
-            if let Some(row) = rows.first() {
-                let by: String = row.try_get(0).map_err(classify)?;
-                return Err(replaced_stays_blocked(&uid, &by));
-            }
-        }
         let operation = if lost { "card_block" } else { "card_unblock" };
+        let refusal: Option<Refusal> = (!lost).then_some(replaced_stays_blocked);
         let unknown = uid.clone();
-        self.change_card(uid, operation, |card| {
+        self.change_card(uid, operation, refusal, |card| {
             let card = card.ok_or_else(|| unknown_card(&unknown))?;
             Ok((rules::mark_lost(card, lost), json!({}), ()))
         })
@@ -437,7 +471,7 @@ impl AdminStore for PgStore {
     ) -> Result<(), StoreError> {
         let details = json!({ "age_flag": age_flag.map(AgeFlag::as_str) });
         let unknown = uid.clone();
-        self.change_card(uid, "card_age_flag", |card| {
+        self.change_card(uid, "card_age_flag", None, |card| {
             let card = card.ok_or_else(|| unknown_card(&unknown))?;
             Ok((CardState { age_flag, ..card }, details, ()))
         })
@@ -445,14 +479,20 @@ impl AdminStore for PgStore {
     }
 
     async fn grant_vouchers(&self, uid: CardUid, units: i64) -> Result<i64, StoreError> {
-        self.change_card(uid, "voucher_grant", |card| {
-            let create = card.is_none();
-            let card = card.unwrap_or(CardState::NEW);
-            let vouchers = rules::desk_voucher_grant(card, units).map_err(StoreError::Conflict)?;
-            let details =
-                json!({ "units": units, "voucher_units": vouchers, "card_created": create });
-            Ok((CardState { vouchers, ..card }, details, vouchers))
-        })
+        self.change_card(
+            uid,
+            "voucher_grant",
+            Some(replaced_takes_no_vouchers),
+            |card| {
+                let create = card.is_none();
+                let card = card.unwrap_or(CardState::NEW);
+                let vouchers =
+                    rules::desk_voucher_grant(card, units).map_err(StoreError::Conflict)?;
+                let details =
+                    json!({ "units": units, "voucher_units": vouchers, "card_created": create });
+                Ok((CardState { vouchers, ..card }, details, vouchers))
+            },
+        )
         .await
     }
 
@@ -464,15 +504,21 @@ impl AdminStore for PgStore {
     ) -> Result<i64, StoreError> {
         let day = day.to_string();
         let daily = Some((units, (units > 0).then(|| day.clone())));
-        self.change_card_daily(uid, "voucher_daily", daily, |card| {
-            let create = card.is_none();
-            let card = card.unwrap_or(CardState::NEW);
-            let next = rules::daily_vouchers_set(card, units);
-            let details = json!({ "daily_voucher_units": units, "day": day,
+        self.change_card_daily(
+            uid,
+            "voucher_daily",
+            daily,
+            Some(replaced_takes_no_vouchers),
+            |card| {
+                let create = card.is_none();
+                let card = card.unwrap_or(CardState::NEW);
+                let next = rules::daily_vouchers_set(card, units);
+                let details = json!({ "daily_voucher_units": units, "day": day,
                                   "units_before": card.vouchers, "voucher_units": next.vouchers,
                                   "card_created": create });
-            Ok((next, details, next.vouchers))
-        })
+                Ok((next, details, next.vouchers))
+            },
+        )
         .await
     }
 
@@ -554,6 +600,20 @@ impl AdminStore for PgStore {
     async fn replace_card(&self, old: CardUid, new: CardUid) -> Result<CardReplaced, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
+        // Where the move goes (read first, checked again under the locks below).
+        let known = tx
+            .query_opt("SELECT 1 FROM cards WHERE card_uid = $1", &[&old.as_str()])
+            .await
+            .map_err(classify)?;
+        if known.is_none() {
+            return Err(unknown_card(&old));
+        }
+        let chain = replacement_chain(&tx, &old).await?;
+        let new_by = replaced_by(&tx, new.as_str()).await?;
+        let (first, target) =
+            rules::replacement_target(old.as_str(), new.as_str(), &chain, new_by.as_deref())
+                .map_err(StoreError::Conflict)?;
+        let new = CardUid::parse(&target).map_err(|e| internal(format!("{target}: {e}")))?;
         // The global lock order (migrations/postgres/0007_new_cards.sql): the creation lock
         // of the new card (it may not exist yet), the card feed's writer lock, the cards'
         // rows (two here: in one order, so that two replacements never wait on each other).
@@ -593,20 +653,21 @@ impl AdminStore for PgStore {
         }
         let (old_card, old_by) =
             old_row.ok_or_else(|| StoreError::NotFound(format!("card {old} is unknown")))?;
-        let first = rules::replacement_kind(
-            old.as_str(),
-            new.as_str(),
-            old_by.as_deref(),
-            new_row.as_ref().and_then(|(_, by)| by.as_deref()),
-        )
-        .map_err(StoreError::Conflict)?;
+        // What was read before the locks still holds.
+        let changed = old_by.as_ref() != chain.first()
+            || new_row.as_ref().is_some_and(|(_, by)| by.is_some());
+        if changed {
+            return Err(StoreError::Conflict(format!(
+                "card {old} or {new} changed meanwhile: run the command again"
+            )));
+        }
         let (new_card, create) = match new_row {
             Some((card, _)) => (card, false),
             None => (CardState::NEW, true),
         };
         let m = rules::move_to_replacement(old_card, new_card).map_err(StoreError::Conflict)?;
         if !first && m.amount.get() == 0 && m.vouchers == 0 {
-            return Ok(CardReplaced::NOTHING);
+            return Ok(CardReplaced::nothing(new));
         }
         write_card(&tx, &new, create, &m.new).await?;
         write_card(&tx, &old, false, &m.old).await?;
@@ -676,6 +737,7 @@ impl AdminStore for PgStore {
         tx.commit().await.map_err(classify)?;
         Ok(CardReplaced {
             transaction_id: Some(transaction_id),
+            to_card_uid: new,
             amount_cents: m.amount,
             voucher_units: m.vouchers,
             new_card_created: create,
@@ -685,14 +747,16 @@ impl AdminStore for PgStore {
 
     async fn replaced_cards_to_settle(
         &self,
+        after: String,
         limit: u32,
     ) -> Result<Vec<(CardUid, CardUid)>, StoreError> {
         let rows = self
             .rows(
                 "SELECT card_uid, replaced_by FROM cards
                  WHERE replaced_by IS NOT NULL AND (balance_cents <> 0 OR voucher_units <> 0)
-                 ORDER BY card_uid COLLATE \"C\" LIMIT $1",
-                &[&i64::from(limit)],
+                   AND card_uid COLLATE \"C\" > $1
+                 ORDER BY card_uid COLLATE \"C\" LIMIT $2",
+                &[&after, &i64::from(limit)],
             )
             .await?;
         rows.iter()

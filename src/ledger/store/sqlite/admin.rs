@@ -8,7 +8,7 @@ use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StoreError, product_log_details,
+    StoreError, product_log_details, replaced_stays_blocked, replaced_takes_no_vouchers,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -36,13 +36,31 @@ impl SqliteStore {
     }
 }
 
-/// The replacement's card, and the one that replaced it, if any.
-fn replaced_by(conn: &Connection, uid: &CardUid) -> Result<Option<String>, StoreError> {
+/// The card that replaced card `uid`, if it was replaced.
+fn replaced_by(conn: &Connection, uid: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT replaced_by FROM cards WHERE card_uid = ?1")?
-        .query_row([uid.as_str()], |r| r.get(0))
+        .query_row([uid], |r| r.get(0))
         .optional()?
         .flatten())
+}
+
+/// The cards that replaced `start`, one after the other: the one that replaced it, the one
+/// that replaced that, ...
+fn replacement_chain(conn: &Connection, start: &CardUid) -> Result<Vec<String>, StoreError> {
+    let mut chain: Vec<String> = Vec::new();
+    let mut current = start.as_str().to_owned();
+    while let Some(by) = replaced_by(conn, &current)? {
+        if chain.len() >= rules::REPLACEMENT_CHAIN_MAX || by == start.as_str() {
+            return Err(StoreError::Conflict(format!(
+                "card {start}: more than {} replacements in a row",
+                rules::REPLACEMENT_CHAIN_MAX
+            )));
+        }
+        chain.push(by.clone());
+        current = by;
+    }
+    Ok(chain)
 }
 
 /// [`AdminStore::replace_card`] inside the writer's transaction.
@@ -53,20 +71,21 @@ fn replace_card(
 ) -> Result<CardReplaced, StoreError> {
     let old_card = load_card(conn, old)?
         .ok_or_else(|| StoreError::NotFound(format!("card {old} is unknown")))?;
-    let first = rules::replacement_kind(
+    let (first, target) = rules::replacement_target(
         old.as_str(),
         new.as_str(),
-        replaced_by(conn, old)?.as_deref(),
-        replaced_by(conn, new)?.as_deref(),
+        &replacement_chain(conn, old)?,
+        replaced_by(conn, new.as_str())?.as_deref(),
     )
     .map_err(StoreError::Conflict)?;
+    let new = &CardUid::parse(&target).map_err(|e| internal(format!("{target}: {e}")))?;
     let (new_card, create) = match load_card(conn, new)? {
         Some(card) => (card, false),
         None => (CardState::NEW, true),
     };
     let m = rules::move_to_replacement(old_card, new_card).map_err(StoreError::Conflict)?;
     if !first && m.amount.get() == 0 && m.vouchers == 0 {
-        return Ok(CardReplaced::NOTHING);
+        return Ok(CardReplaced::nothing(new.clone()));
     }
     let now = format_time(Utc::now());
     write_card(conn, new, create, &m.new, &now)?;
@@ -125,6 +144,7 @@ fn replace_card(
     )?;
     Ok(CardReplaced {
         transaction_id: Some(tx),
+        to_card_uid: new.clone(),
         amount_cents: m.amount,
         voucher_units: m.vouchers,
         new_card_created: create,
@@ -268,15 +288,22 @@ impl AdminStore for SqliteStore {
     }
 
     async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
-        if !lost {
-            let card = uid.clone();
-            if let Some(by) = self.read(move |conn| replaced_by(conn, &card)).await? {
-                return Err(crate::ledger::store::replaced_stays_blocked(&uid, &by));
-            }
-        }
         let operation = if lost { "card_block" } else { "card_unblock" };
-        self.change_card(uid, operation, json!({}), move |card| {
-            rules::mark_lost(card, lost)
+        self.write(move |conn| {
+            // In the same transaction as the change: a replacement cannot slip in between.
+            if !lost && let Some(by) = replaced_by(conn, uid.as_str())? {
+                return Err(replaced_stays_blocked(&uid, &by));
+            }
+            let card = load_card(conn, &uid)?
+                .ok_or_else(|| StoreError::NotFound(format!("card {uid} is unknown")))?;
+            write_card(
+                conn,
+                &uid,
+                false,
+                &rules::mark_lost(card, lost),
+                &format_time(Utc::now()),
+            )?;
+            log_admin(conn, operation, Some(uid.as_str()), json!({}))
         })
         .await
     }
@@ -296,6 +323,9 @@ impl AdminStore for SqliteStore {
 
     async fn grant_vouchers(&self, uid: CardUid, units: i64) -> Result<i64, StoreError> {
         self.write(move |conn| {
+            if let Some(by) = replaced_by(conn, uid.as_str())? {
+                return Err(replaced_takes_no_vouchers(&uid, &by));
+            }
             let (card, create) = match load_card(conn, &uid)? {
                 Some(card) => (card, false),
                 None => (CardState::NEW, true),
@@ -321,6 +351,9 @@ impl AdminStore for SqliteStore {
         day: NaiveDate,
     ) -> Result<i64, StoreError> {
         self.write(move |conn| {
+            if let Some(by) = replaced_by(conn, uid.as_str())? {
+                return Err(replaced_takes_no_vouchers(&uid, &by));
+            }
             let (card, create) = match load_card(conn, &uid)? {
                 Some(card) => (card, false),
                 None => (CardState::NEW, true),
@@ -497,6 +530,7 @@ impl AdminStore for SqliteStore {
 
     async fn replaced_cards_to_settle(
         &self,
+        after: String,
         limit: u32,
     ) -> Result<Vec<(CardUid, CardUid)>, StoreError> {
         self.read(move |conn| {
@@ -504,9 +538,10 @@ impl AdminStore for SqliteStore {
                 .prepare_cached(
                     "SELECT card_uid, replaced_by FROM cards
                      WHERE replaced_by IS NOT NULL AND (balance_cents != 0 OR voucher_units != 0)
-                     ORDER BY card_uid LIMIT ?1",
+                       AND card_uid > ?1
+                     ORDER BY card_uid LIMIT ?2",
                 )?
-                .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
                 .map(|(old, new)| {

@@ -297,6 +297,11 @@ enum CardCommand {
         /// The new card's UID.
         #[arg(long)]
         new: String,
+        /// The new card already holds money or vouchers and is the same attendee's: add the
+        /// old card's to it (without it, such a card is refused: a mistyped UID could be
+        /// another attendee's card).
+        #[arg(long)]
+        merge: bool,
     },
     /// Record what the holder's ID says: younger than 16 or 18 (terminals then refuse the
     /// products sold from that age), or clear it with --none.
@@ -727,10 +732,10 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             store.set_card_lost(uid.clone(), true).await?;
             println!("card {uid} blocked");
         }
-        LedgerCommand::Card(CardCommand::Replace { old, new }) => {
+        LedgerCommand::Card(CardCommand::Replace { old, new, merge }) => {
             let old = CardUid::parse(&old).context("--old")?;
             let new = CardUid::parse(&new).context("--new")?;
-            let r = store.replace_card(old.clone(), new.clone()).await?;
+            let r = store.replace_card(old.clone(), new.clone(), merge).await?;
             print!(
                 "{}",
                 admin::format_card_replaced(&old, &new, &r, &config.currency)

@@ -290,7 +290,33 @@ async fn a_chain_of_replacements_settles_onto_its_last_card(backend: Backend) {
     l.assert_audit_ok();
 }
 
+async fn a_card_with_money_on_it_takes_another_over_only_with_merge(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    let (old, other) = (uid(1), uid(2));
+    l.fund(&old, 1_000).await;
+    l.fund(&other, 300).await;
+    // A mistyped UID that is someone else's card: refused, nothing changed.
+    let before = l.db_fingerprint();
+    let out = replace(&l, &old, &other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the new card already holds 3.00 and 0 voucher units")
+            && stderr.contains("--merge"),
+        "{stderr}"
+    );
+    assert_eq!(l.db_fingerprint(), before);
+    // The same attendee's second card: merged on purpose.
+    assert_success(
+        "merge",
+        &l.admin(&["card", "replace", "--old", &old, "--new", &other, "--merge"]),
+    );
+    assert_eq!(l.balance(&other).await, 1_300);
+    l.assert_audit_ok();
+}
+
 on_both_backends! {
+    a_card_with_money_on_it_takes_another_over_only_with_merge,
     a_chain_of_replacements_settles_onto_its_last_card,
     a_replacement_moves_the_balance_and_vouchers_and_blocks_the_old_card_for_good,
     an_offline_sale_on_the_old_card_lands_on_it_and_is_settled_to_the_new_one,

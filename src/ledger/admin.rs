@@ -584,7 +584,8 @@ pub async fn settle_replaced_cards<S: crate::ledger::store::AdminStore>(
             after = last.as_str().to_owned();
         }
         for (old, new) in pairs {
-            match store.replace_card(old.clone(), new.clone()).await {
+            // Settling: onto the card chosen when the replacement was made.
+            match store.replace_card(old.clone(), new.clone(), true).await {
                 Ok(r) if r.transaction_id.is_some() => settled += 1,
                 Ok(_) => {}
                 Err(e) => {

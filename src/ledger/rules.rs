@@ -780,6 +780,22 @@ pub fn replacement_target(
     }
 }
 
+/// Refuses a first replacement onto a card that already holds money or voucher units
+/// unless `merge` says so: a new card from the desk's stock is empty, and one that is not is
+/// most likely another attendee's card, typed by mistake (the move cannot be undone).
+pub fn merge_refusal(first: bool, new: Option<&CardState>, merge: bool) -> Result<(), String> {
+    match new {
+        Some(card) if first && !merge && (card.balance.get() != 0 || card.vouchers != 0) => {
+            Err(format!(
+                "the new card already holds {} and {} voucher units: if it is the same \
+                 attendee's, pass --merge to add the old card's to it",
+                card.balance, card.vouchers
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The stricter of two age flags (the one that refuses more products).
 fn stricter_age(a: Option<AgeFlag>, b: Option<AgeFlag>) -> Option<AgeFlag> {
     match (a, b) {
@@ -1294,5 +1310,20 @@ mod tests {
         assert_eq!(stricter_age(Some(Under16), Some(Under18)), Some(Under16));
         assert_eq!(stricter_age(None, Some(Under18)), Some(Under18));
         assert_eq!(stricter_age(None, None), None);
+    }
+
+    #[test]
+    fn a_card_with_money_on_it_takes_another_over_only_with_merge() {
+        let full = card(500, None);
+        assert!(
+            merge_refusal(true, Some(&full), false)
+                .unwrap_err()
+                .contains("--merge")
+        );
+        assert_eq!(merge_refusal(true, Some(&full), true), Ok(()));
+        assert_eq!(merge_refusal(true, Some(&CardState::NEW), false), Ok(()));
+        assert_eq!(merge_refusal(true, None, false), Ok(()));
+        // Settling moves onto the card chosen before.
+        assert_eq!(merge_refusal(false, Some(&full), false), Ok(()));
     }
 }

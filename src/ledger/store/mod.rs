@@ -508,10 +508,13 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
     /// is blocked as lost for good. Run again for the same pair, it settles what reached
     /// `old` since (offline sales made before terminals learned of the block), moving
     /// nothing when nothing did. One transaction, audited.
+    /// A first replacement onto a card that already holds money or units is refused unless
+    /// `merge` (see [`rules::merge_refusal`](crate::ledger::rules::merge_refusal)).
     fn replace_card(
         &self,
         old: CardUid,
         new: CardUid,
+        merge: bool,
     ) -> impl Future<Output = Result<CardReplaced, StoreError>> + Send;
 
     /// Replaced cards after `after` (by UID) that hold a balance or voucher units again
@@ -854,7 +857,7 @@ delegate!(AdminStore {
     purge_expired_keys(limit: u32) -> u64;
     archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
     remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
-    replace_card(old: CardUid, new: CardUid) -> CardReplaced;
+    replace_card(old: CardUid, new: CardUid, merge: bool) -> CardReplaced;
     replaced_cards_to_settle(after: String, limit: u32) -> Vec<(CardUid, CardUid)>;
     ping() -> ();
     ping_writer() -> ();

@@ -597,7 +597,12 @@ impl AdminStore for PgStore {
         self.count(sql, &[&ids]).await
     }
 
-    async fn replace_card(&self, old: CardUid, new: CardUid) -> Result<CardReplaced, StoreError> {
+    async fn replace_card(
+        &self,
+        old: CardUid,
+        new: CardUid,
+        merge: bool,
+    ) -> Result<CardReplaced, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
         // Where the move goes (read first, checked again under the locks below).
@@ -661,6 +666,8 @@ impl AdminStore for PgStore {
                 "card {old} or {new} changed meanwhile: run the command again"
             )));
         }
+        rules::merge_refusal(first, new_row.as_ref().map(|(card, _)| card), merge)
+            .map_err(StoreError::Conflict)?;
         let (new_card, create) = match new_row {
             Some((card, _)) => (card, false),
             None => (CardState::NEW, true),

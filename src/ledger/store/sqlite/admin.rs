@@ -68,6 +68,7 @@ fn replace_card(
     conn: &Connection,
     old: &CardUid,
     new: &CardUid,
+    merge: bool,
 ) -> Result<CardReplaced, StoreError> {
     let old_card = load_card(conn, old)?
         .ok_or_else(|| StoreError::NotFound(format!("card {old} is unknown")))?;
@@ -79,7 +80,9 @@ fn replace_card(
     )
     .map_err(StoreError::Conflict)?;
     let new = &CardUid::parse(&target).map_err(|e| internal(format!("{target}: {e}")))?;
-    let (new_card, create) = match load_card(conn, new)? {
+    let existing = load_card(conn, new)?;
+    rules::merge_refusal(first, existing.as_ref(), merge).map_err(StoreError::Conflict)?;
+    let (new_card, create) = match existing {
         Some(card) => (card, false),
         None => (CardState::NEW, true),
     };
@@ -524,8 +527,14 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn replace_card(&self, old: CardUid, new: CardUid) -> Result<CardReplaced, StoreError> {
-        self.write(move |conn| replace_card(conn, &old, &new)).await
+    async fn replace_card(
+        &self,
+        old: CardUid,
+        new: CardUid,
+        merge: bool,
+    ) -> Result<CardReplaced, StoreError> {
+        self.write(move |conn| replace_card(conn, &old, &new, merge))
+            .await
     }
 
     async fn replaced_cards_to_settle(

@@ -10,7 +10,7 @@ use crate::ledger::admin;
 use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
 use crate::ledger::server;
 use crate::ledger::store::postgres::import_sqlite;
-use crate::ledger::store::{AdminStore, ReportStore, StripeStore};
+use crate::ledger::store::{AdminStore, FeedStore, ReportStore, StripeStore};
 use crate::protocol::api::{StaffRole, TerminalKind, VOUCHER_GRANT_UNITS_MAX};
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;
@@ -211,6 +211,30 @@ enum StaffCommand {
         #[arg(long, value_enum)]
         role: StaffRole,
         /// PIN, 4 to 12 digits (stored as an argon2 hash).
+        #[arg(long)]
+        pin: String,
+    },
+    /// Every staff member: id, role, active, name.
+    List,
+    /// Stop a staff member logging in (a leaver): terminals refuse the login once they have
+    /// synced; offline sales made before still land as they were made.
+    Disable {
+        /// Staff id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Let a disabled staff member log in again.
+    Enable {
+        /// Staff id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Give a staff member a new PIN (4 to 12 digits; stored as an argon2 hash).
+    SetPin {
+        /// Staff id.
+        #[arg(long)]
+        id: String,
+        /// The new PIN.
         #[arg(long)]
         pin: String,
     },
@@ -678,6 +702,21 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }) => {
             admin::staff_add(&store, &id, &name, role, &pin).await?;
             println!("staff member {id} added");
+        }
+        LedgerCommand::Staff(StaffCommand::List) => {
+            print!("{}", admin::format_staff(&store.staff().await?));
+        }
+        LedgerCommand::Staff(StaffCommand::Disable { id }) => {
+            admin::staff_change(&store, &id, admin::StaffCommandChange::Active(false)).await?;
+            println!("staff member {id} disabled");
+        }
+        LedgerCommand::Staff(StaffCommand::Enable { id }) => {
+            admin::staff_change(&store, &id, admin::StaffCommandChange::Active(true)).await?;
+            println!("staff member {id} enabled");
+        }
+        LedgerCommand::Staff(StaffCommand::SetPin { id, pin }) => {
+            admin::staff_change(&store, &id, admin::StaffCommandChange::Pin(&pin)).await?;
+            println!("staff member {id}: new PIN set");
         }
         LedgerCommand::Product(ProductCommand::Add {
             id,

@@ -6,7 +6,7 @@ use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::{
     AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
-    ProductUpsert, ShiftReport, Store, StoreOptions, StripeEventRecord,
+    ProductUpsert, ShiftReport, StaffChange, Store, StoreOptions, StripeEventRecord,
 };
 use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
@@ -119,6 +119,48 @@ pub async fn staff_add(
         })
         .await?;
     Ok(())
+}
+
+/// `staff disable | enable | set-pin`.
+pub async fn staff_change(
+    store: &impl LedgerStore,
+    id: &str,
+    change: StaffCommandChange<'_>,
+) -> anyhow::Result<()> {
+    let staff_id = StaffId::parse(id).context("--id")?;
+    let change = match change {
+        StaffCommandChange::Active(active) => StaffChange::Active(active),
+        StaffCommandChange::Pin(pin) => StaffChange::PinHash(hash_pin(pin)?),
+    };
+    store.change_staff(staff_id, change).await?;
+    Ok(())
+}
+
+/// What a staff command changes (the PIN in clear, hashed before it reaches the store).
+#[derive(Debug, Clone, Copy)]
+pub enum StaffCommandChange<'a> {
+    /// Enable (`true`) or disable.
+    Active(bool),
+    /// A new PIN.
+    Pin(&'a str),
+}
+
+/// The staff list for people: id, role, active, name.
+pub fn format_staff(staff: &[crate::ledger::store::StaffRecord]) -> String {
+    let mut out = format!(
+        "{:<16} {:<10} {:<8} {}\n",
+        "STAFF", "ROLE", "ACTIVE", "NAME"
+    );
+    for s in staff {
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<8} {}\n",
+            s.staff_id.as_str(),
+            s.role.as_str(),
+            if s.active { "yes" } else { "no" },
+            s.name
+        ));
+    }
+    out
 }
 
 /// One product line of a catalog file.

@@ -232,6 +232,27 @@ pub struct StaffRecord {
     pub pin_hash: String,
 }
 
+/// A change to a staff member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaffChange {
+    /// May log in and work online again (`true`), or no more (`false`). Offline operations
+    /// made before a terminal learned of it are applied as they were made.
+    Active(bool),
+    /// A new PIN (argon2 PHC string); never logged.
+    PinHash(String),
+}
+
+impl StaffChange {
+    /// The audit log's operation.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            StaffChange::Active(true) => "staff_enable",
+            StaffChange::Active(false) => "staff_disable",
+            StaffChange::PinHash(_) => "staff_set_pin",
+        }
+    }
+}
+
 /// What an upload of scans did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ScanReceipt {
@@ -419,6 +440,14 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
 
     /// Registers a staff member.
     fn add_staff(&self, s: NewStaff) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Changes a staff member (disabled, enabled, a new PIN), audited; terminals learn it
+    /// from the staff list at their next sync.
+    fn change_staff(
+        &self,
+        staff_id: StaffId,
+        change: StaffChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Creates or updates a product.
     fn upsert_products(
@@ -847,6 +876,7 @@ delegate!(AdminStore {
     terminal_by_name(name: String) -> Option<Terminal>;
     add_terminal(t: NewTerminal) -> Uuid;
     add_staff(s: NewStaff) -> ();
+    change_staff(staff_id: StaffId, change: StaffChange) -> ();
     upsert_products(products: Vec<ProductUpsert>) -> ();
     product_tax_rates() -> Vec<String>;
     set_card_lost(uid: CardUid, lost: bool) -> ();

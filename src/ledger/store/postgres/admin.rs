@@ -8,13 +8,14 @@
 //! (`format_time` keeps milliseconds).
 
 use super::{PgStore, classify};
-use crate::domain::{AgeFlag, CardUid, Cents, ProductId, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StoreError, product_log_details, replaced_stays_blocked, replaced_takes_no_vouchers,
+    StaffChange, StoreError, product_log_details, replaced_stays_blocked,
+    replaced_takes_no_vouchers,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -342,6 +343,42 @@ impl AdminStore for PgStore {
         .await?;
         tx.commit().await.map_err(classify)?;
         Ok(id)
+    }
+
+    async fn change_staff(&self, staff_id: StaffId, change: StaffChange) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let n = match &change {
+            StaffChange::Active(active) => tx
+                .execute(
+                    "UPDATE staff SET active = $2, updated_at = date_trunc('milliseconds', now())
+                     WHERE staff_id = $1",
+                    &[&staff_id.as_str(), active],
+                )
+                .await
+                .map_err(classify)?,
+            StaffChange::PinHash(hash) => tx
+                .execute(
+                    "UPDATE staff SET pin_hash = $2, updated_at = date_trunc('milliseconds', now())
+                     WHERE staff_id = $1",
+                    &[&staff_id.as_str(), hash],
+                )
+                .await
+                .map_err(classify)?,
+        };
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "staff member {staff_id} is unknown"
+            )));
+        }
+        log_admin(
+            &tx,
+            change.operation(),
+            None,
+            json!({ "staff_id": staff_id.as_str() }),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)
     }
 
     async fn add_staff(&self, s: NewStaff) -> Result<(), StoreError> {

@@ -2,13 +2,14 @@
 //! the purge of expired keys, and the health check.
 
 use super::{SqliteStore, TerminalKey, internal, load_card, post, write_card};
-use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, TaxRateName};
+use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName};
 use crate::ledger::caller::Terminal;
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StoreError, product_log_details, replaced_stays_blocked, replaced_takes_no_vouchers,
+    StaffChange, StoreError, product_log_details, replaced_stays_blocked,
+    replaced_takes_no_vouchers,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -213,6 +214,36 @@ impl AdminStore for SqliteStore {
                 r => r?,
             };
             log_admin(conn, "staff_add", None, json!({ "staff_id": s.staff_id.as_str(), "role": s.role.as_str() }))
+        })
+        .await
+    }
+
+    async fn change_staff(&self, staff_id: StaffId, change: StaffChange) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = format_time(Utc::now());
+            let n = match &change {
+                StaffChange::Active(active) => conn
+                    .prepare_cached(
+                        "UPDATE staff SET active = ?2, updated_at = ?3 WHERE staff_id = ?1",
+                    )?
+                    .execute(params![staff_id.as_str(), active, now])?,
+                StaffChange::PinHash(hash) => conn
+                    .prepare_cached(
+                        "UPDATE staff SET pin_hash = ?2, updated_at = ?3 WHERE staff_id = ?1",
+                    )?
+                    .execute(params![staff_id.as_str(), hash, now])?,
+            };
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "staff member {staff_id} is unknown"
+                )));
+            }
+            log_admin(
+                conn,
+                change.operation(),
+                None,
+                json!({ "staff_id": staff_id.as_str() }),
+            )
         })
         .await
     }

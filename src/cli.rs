@@ -10,7 +10,8 @@ use crate::ledger::admin;
 use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
 use crate::ledger::server;
 use crate::ledger::store::postgres::import_sqlite;
-use crate::ledger::store::{AdminStore, FeedStore, ReportStore, StripeStore};
+use crate::ledger::store::{AdminStore, FeedStore, ProductChange, ReportStore, StripeStore};
+use crate::protocol::api::UNIT_PRICE_CENTS_MAX;
 use crate::protocol::api::{StaffRole, TerminalKind, VOUCHER_GRANT_UNITS_MAX};
 use crate::reader::ReaderOptions;
 use crate::reader::pcsc::PcscReader;
@@ -282,6 +283,40 @@ enum ProductCommand {
         /// default_rate).
         #[arg(long)]
         tax_rate: Option<String>,
+    },
+    /// Every product at every point of sale: price, on sale or not.
+    List,
+    /// A new price, VAT included (happy hour): online sales at the old price are refused
+    /// (PRICE_MISMATCH) once a terminal has the new catalog; offline sales made before land
+    /// as sold. Not for an open-price product.
+    SetPrice {
+        /// Product id.
+        #[arg(long)]
+        id: String,
+        /// Its point of sale.
+        #[arg(long)]
+        point_of_sale: String,
+        /// The new price in cents, VAT included.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..=UNIT_PRICE_CENTS_MAX))]
+        price_cents: i64,
+    },
+    /// Take a product off sale at a point of sale (off the catalog; refused online).
+    Disable {
+        /// Product id.
+        #[arg(long)]
+        id: String,
+        /// Its point of sale.
+        #[arg(long)]
+        point_of_sale: String,
+    },
+    /// Put a product back on sale.
+    Enable {
+        /// Product id.
+        #[arg(long)]
+        id: String,
+        /// Its point of sale.
+        #[arg(long)]
+        point_of_sale: String,
     },
 }
 
@@ -702,6 +737,41 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }) => {
             admin::staff_add(&store, &id, &name, role, &pin).await?;
             println!("staff member {id} added");
+        }
+        LedgerCommand::Product(ProductCommand::List) => {
+            print!(
+                "{}",
+                admin::format_products(&store.product_list(admin::PRODUCT_LIST_MAX).await?)
+            );
+        }
+        LedgerCommand::Product(ProductCommand::SetPrice {
+            id,
+            point_of_sale,
+            price_cents,
+        }) => {
+            let product = ProductId::parse(&id).context("--id")?;
+            let price = crate::domain::Cents::new(price_cents);
+            store
+                .change_product(point_of_sale.clone(), product, ProductChange::Price(price))
+                .await?;
+            println!(
+                "product {id} at {point_of_sale}: {price} {}",
+                config.currency
+            );
+        }
+        LedgerCommand::Product(ProductCommand::Disable { id, point_of_sale }) => {
+            let product = ProductId::parse(&id).context("--id")?;
+            store
+                .change_product(point_of_sale.clone(), product, ProductChange::Active(false))
+                .await?;
+            println!("product {id} at {point_of_sale}: off sale");
+        }
+        LedgerCommand::Product(ProductCommand::Enable { id, point_of_sale }) => {
+            let product = ProductId::parse(&id).context("--id")?;
+            store
+                .change_product(point_of_sale.clone(), product, ProductChange::Active(true))
+                .await?;
+            println!("product {id} at {point_of_sale}: on sale");
         }
         LedgerCommand::Staff(StaffCommand::List) => {
             print!("{}", admin::format_staff(&store.staff().await?));

@@ -145,6 +145,32 @@ pub enum StaffCommandChange<'a> {
     Pin(&'a str),
 }
 
+/// Products `product list` shows, at most.
+pub const PRODUCT_LIST_MAX: u32 = 100_000;
+
+/// The product list for people.
+pub fn format_products(products: &[crate::ledger::store::ProductListing]) -> String {
+    let mut out = format!(
+        "{:<20} {:<16} {:>12} {:<8} {}\n",
+        "POINT OF SALE", "PRODUCT", "PRICE", "ON SALE", "NAME"
+    );
+    for p in products {
+        let price = match p.open_price_max_cents {
+            Some(max) => format!("open<={}", Cents::new(max)),
+            None => Cents::new(p.price_cents).to_string(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<16} {:>12} {:<8} {}\n",
+            p.point_of_sale,
+            p.product_id,
+            price,
+            if p.active { "yes" } else { "no" },
+            p.name
+        ));
+    }
+    out
+}
+
 /// The staff list for people: id, role, active, name.
 pub fn format_staff(staff: &[crate::ledger::store::StaffRecord]) -> String {
     let mut out = format!(

@@ -1106,3 +1106,21 @@ pub async fn deliver_stripe_event(l: &Ledger, secret: &str, event: &Value) {
     .await
     .assert_status(200);
 }
+
+/// Runs each admin command of `cases` and asserts that it fails with its exit code and a
+/// message containing its text, and that none of them changed the database.
+#[track_caller]
+pub fn assert_refused_without_change(l: &Ledger, cases: &[(Vec<&str>, i32, &str)]) {
+    let before = l.db_fingerprint();
+    for (args, code, message) in cases {
+        let out = l.admin(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        l.db_fingerprint(),
+        before,
+        "a refused command changed the database"
+    );
+}

@@ -232,6 +232,83 @@ pub struct StaffRecord {
     pub pin_hash: String,
 }
 
+/// A change to a product at a point of sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductChange {
+    /// A new price, VAT included (happy hour); not for an open-price product. Offline
+    /// sales made at the old price land as sold (flagged).
+    Price(Cents),
+    /// On sale again (`true`), or no more: off the catalog, refused online; offline sales
+    /// made before a terminal learned of it land as sold.
+    Active(bool),
+}
+
+impl ProductChange {
+    /// The audit log's operation.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            ProductChange::Price(_) => "product_set_price",
+            ProductChange::Active(true) => "product_enable",
+            ProductChange::Active(false) => "product_disable",
+        }
+    }
+}
+
+/// The refusal of a change to a product the point of sale does not have.
+pub fn unknown_product(product_id: &ProductId, point_of_sale: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "product {product_id} is unknown at point of sale {point_of_sale:?}"
+    ))
+}
+
+/// Refuses a price for an open-price product (`open`: its maximum), whose price staff type.
+pub fn check_product_change(
+    product_id: &ProductId,
+    open: Option<i64>,
+    change: ProductChange,
+) -> Result<(), StoreError> {
+    match (change, open) {
+        (ProductChange::Price(_), Some(max)) => Err(StoreError::Conflict(format!(
+            "product {product_id} has an open price (staff type it, up to {max} cents): \
+             change its maximum with `product add --open-price-max-cents`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The audit log's details of a product change.
+pub fn product_change_details(
+    point_of_sale: &str,
+    product_id: &ProductId,
+    change: ProductChange,
+) -> serde_json::Value {
+    let mut details = serde_json::json!({
+        "point_of_sale": point_of_sale,
+        "product_id": product_id.as_str(),
+    });
+    if let ProductChange::Price(price) = change {
+        details["price_cents"] = serde_json::json!(price.get());
+    }
+    details
+}
+
+/// One product as `product list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductListing {
+    /// Where it is sold.
+    pub point_of_sale: String,
+    /// Its id.
+    pub product_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its price (for an open price, the most staff may type).
+    pub price_cents: i64,
+    /// An open price's maximum.
+    pub open_price_max_cents: Option<i64>,
+    /// On sale.
+    pub active: bool,
+}
+
 /// A change to a staff member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaffChange {
@@ -440,6 +517,21 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
 
     /// Registers a staff member.
     fn add_staff(&self, s: NewStaff) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Changes a product at a point of sale (a new price, off or back on sale), audited;
+    /// terminals learn it with the catalog at their next sync.
+    fn change_product(
+        &self,
+        point_of_sale: String,
+        product_id: ProductId,
+        change: ProductChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every product at every point of sale, on sale or not (at most `limit`).
+    fn product_list(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ProductListing>, StoreError>> + Send;
 
     /// Changes a staff member (disabled, enabled, a new PIN), audited; terminals learn it
     /// from the staff list at their next sync.
@@ -877,6 +969,8 @@ delegate!(AdminStore {
     add_terminal(t: NewTerminal) -> Uuid;
     add_staff(s: NewStaff) -> ();
     change_staff(staff_id: StaffId, change: StaffChange) -> ();
+    change_product(point_of_sale: String, product_id: ProductId, change: ProductChange) -> ();
+    product_list(limit: u32) -> Vec<ProductListing>;
     upsert_products(products: Vec<ProductUpsert>) -> ();
     product_tax_rates() -> Vec<String>;
     set_card_lost(uid: CardUid, lost: bool) -> ();

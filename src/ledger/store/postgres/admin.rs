@@ -13,9 +13,10 @@ use crate::ledger::caller::Terminal;
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StaffChange, StoreError, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers,
+    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
+    ProductListing, ProductUpsert, StaffChange, StoreError, check_product_change,
+    product_change_details, product_log_details, replaced_stays_blocked,
+    replaced_takes_no_vouchers, unknown_product,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -343,6 +344,77 @@ impl AdminStore for PgStore {
         .await?;
         tx.commit().await.map_err(classify)?;
         Ok(id)
+    }
+
+    async fn change_product(
+        &self,
+        point_of_sale: String,
+        product_id: ProductId,
+        change: ProductChange,
+    ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let row = tx
+            .query_opt(
+                "SELECT open_price_max_cents FROM products
+                 WHERE point_of_sale = $1 AND product_id = $2 FOR UPDATE",
+                &[&point_of_sale, &product_id.as_str()],
+            )
+            .await
+            .map_err(classify)?
+            .ok_or_else(|| unknown_product(&product_id, &point_of_sale))?;
+        let open: Option<i64> = row.try_get(0).map_err(classify)?;
+        check_product_change(&product_id, open, change)?;
+        match change {
+            ProductChange::Price(price) => tx
+                .execute(
+                    "UPDATE products SET price_cents = $3,
+                         updated_at = date_trunc('milliseconds', now())
+                     WHERE point_of_sale = $1 AND product_id = $2",
+                    &[&point_of_sale, &product_id.as_str(), &price.get()],
+                )
+                .await
+                .map_err(classify)?,
+            ProductChange::Active(active) => tx
+                .execute(
+                    "UPDATE products SET active = $3,
+                         updated_at = date_trunc('milliseconds', now())
+                     WHERE point_of_sale = $1 AND product_id = $2",
+                    &[&point_of_sale, &product_id.as_str(), &active],
+                )
+                .await
+                .map_err(classify)?,
+        };
+        log_admin(
+            &tx,
+            change.operation(),
+            None,
+            product_change_details(&point_of_sale, &product_id, change),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn product_list(&self, limit: u32) -> Result<Vec<ProductListing>, StoreError> {
+        self.rows(
+            "SELECT point_of_sale, product_id, name, price_cents, open_price_max_cents, active
+             FROM products ORDER BY point_of_sale COLLATE \"C\", product_id COLLATE \"C\"
+             LIMIT $1",
+            &[&i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ProductListing {
+                point_of_sale: r.try_get(0).map_err(classify)?,
+                product_id: r.try_get(1).map_err(classify)?,
+                name: r.try_get(2).map_err(classify)?,
+                price_cents: r.try_get(3).map_err(classify)?,
+                open_price_max_cents: r.try_get(4).map_err(classify)?,
+                active: r.try_get(5).map_err(classify)?,
+            })
+        })
+        .collect()
     }
 
     async fn change_staff(&self, staff_id: StaffId, change: StaffChange) -> Result<(), StoreError> {

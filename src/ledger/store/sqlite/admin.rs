@@ -7,9 +7,10 @@ use crate::ledger::caller::Terminal;
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductUpsert,
-    StaffChange, StoreError, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers,
+    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
+    ProductListing, ProductUpsert, StaffChange, StoreError, check_product_change,
+    product_change_details, product_log_details, replaced_stays_blocked,
+    replaced_takes_no_vouchers, unknown_product,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -244,6 +245,74 @@ impl AdminStore for SqliteStore {
                 None,
                 json!({ "staff_id": staff_id.as_str() }),
             )
+        })
+        .await
+    }
+
+    async fn change_product(
+        &self,
+        point_of_sale: String,
+        product_id: ProductId,
+        change: ProductChange,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let open: Option<Option<i64>> = conn
+                .prepare_cached(
+                    "SELECT open_price_max_cents FROM products
+                     WHERE point_of_sale = ?1 AND product_id = ?2",
+                )?
+                .query_row(params![point_of_sale, product_id.as_str()], |r| r.get(0))
+                .optional()?;
+            let open = open.ok_or_else(|| unknown_product(&product_id, &point_of_sale))?;
+            check_product_change(&product_id, open, change)?;
+            let now = format_time(Utc::now());
+            match change {
+                ProductChange::Price(price) => conn
+                    .prepare_cached(
+                        "UPDATE products SET price_cents = ?3, updated_at = ?4
+                         WHERE point_of_sale = ?1 AND product_id = ?2",
+                    )?
+                    .execute(params![
+                        point_of_sale,
+                        product_id.as_str(),
+                        price.get(),
+                        now
+                    ])?,
+                ProductChange::Active(active) => conn
+                    .prepare_cached(
+                        "UPDATE products SET active = ?3, updated_at = ?4
+                         WHERE point_of_sale = ?1 AND product_id = ?2",
+                    )?
+                    .execute(params![point_of_sale, product_id.as_str(), active, now])?,
+            };
+            log_admin(
+                conn,
+                change.operation(),
+                None,
+                product_change_details(&point_of_sale, &product_id, change),
+            )
+        })
+        .await
+    }
+
+    async fn product_list(&self, limit: u32) -> Result<Vec<ProductListing>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT point_of_sale, product_id, name, price_cents, open_price_max_cents, active
+                     FROM products ORDER BY point_of_sale, product_id LIMIT ?1",
+                )?
+                .query_map([limit], |r| {
+                    Ok(ProductListing {
+                        point_of_sale: r.get(0)?,
+                        product_id: r.get(1)?,
+                        name: r.get(2)?,
+                        price_cents: r.get(3)?,
+                        open_price_max_cents: r.get(4)?,
+                        active: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -1044,3 +1044,35 @@ async fn a_refund_synced_at_the_time_of_a_feed_pull_is_not_counted_twice() {
     ])
     .await;
 }
+
+/// Found by the property test: a deposit return sent online, applied by the ledger, and left
+/// in doubt by a crash is voided; the first sync after the restart replays only one batch of
+/// the backlog, so the card-feed pull brings the card *with* the returned deposit while the
+/// void that takes it back is still waiting. The void counted for nothing on the card, so an
+/// offline sale spent the deposit and, once the void was replayed, left the card below zero.
+#[tokio::test]
+async fn the_void_of_an_in_doubt_return_counts_against_the_card_until_the_replica_shows_it() {
+    use Event::*;
+    let small_sale = |card| Tap {
+        card,
+        price: 0,
+        crash_after_steps: None,
+    };
+    let mut events = vec![NetworkDown, Sync];
+    // A backlog longer than one replay batch, on another card.
+    events.extend((0..2 * BATCH_MAX).map(|_| small_sale(3)));
+    events.extend([
+        NetworkUp,
+        Sync,
+        // Card 0 is empty: two cups back online, and the terminal dies before recording the
+        // ledger's answer (after reading the card, journaling the attempt and sending it).
+        Return {
+            card: 0,
+            cups: 2,
+            crash_after_steps: Some(3),
+        },
+        small_sale(0),
+        small_sale(0),
+    ]);
+    run(events).await;
+}

@@ -7,6 +7,7 @@
 //! anywhere, which is what a crash between two steps is.
 
 use super::client::{ClientError, Transport};
+use super::core::charges;
 use super::core::tap::{Input, Journaled, Reply, Step, TapFlow, Verdict};
 use super::journal::{
     Decision, DeclineRecord, Entry, EntryState, Journal, JournalError, LIST_LIMIT_MAX, NewEntry,
@@ -337,15 +338,19 @@ impl<'a> Tap<'a> {
                     j.local_voucher_use(self.uid)?,
                     j.has_unacknowledged(self.uid)?,
                     j.unacknowledged_returns()?,
+                    j.voided_credits(self.uid)?,
                 ))
             }) {
-                Ok((card, local_charges, local_vouchers, unacknowledged, returns)) => Input::Card {
-                    card: card.map(|(card, _)| card),
-                    local_charges,
-                    local_vouchers,
-                    unacknowledged,
-                    unacknowledged_returns: returns,
-                },
+                Ok((card, local_charges, local_vouchers, unacknowledged, returns, voided)) => {
+                    Input::Card {
+                        card: card.map(|(card, _)| card),
+                        local_charges,
+                        local_vouchers,
+                        unacknowledged,
+                        unacknowledged_returns: returns,
+                        voided_credits: voided,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "journal read failed");
                     Input::JournalFailed
@@ -466,8 +471,17 @@ pub fn void_in_doubt(
     target: ClientRequestId,
     staff: &StaffId,
 ) -> Result<(), JournalError> {
-    // The attempt never counted as a local charge, so its void carries no amount.
-    let (entry, request) = void_entry(target, staff, VoidReason::InDoubt, None);
+    // The attempt never counted as a local charge; its void counts on the attempt's card
+    // only when the attempt was a credit the ledger may have applied (the rule's).
+    let counted = j.entry(seq)?.and_then(|attempt| {
+        let card = attempt.card_uid?;
+        charges::in_doubt_void_effect(attempt.amount_cents).map(|effect| (card, effect))
+    });
+    let (mut entry, request) = void_entry(target, staff, VoidReason::InDoubt, None);
+    if let Some((card, effect)) = counted {
+        entry.card_uid = Some(card);
+        entry.amount_cents = effect;
+    }
     j.void_in_doubt(seq, entry, request, Utc::now())?;
     Ok(())
 }

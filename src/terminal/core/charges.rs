@@ -23,8 +23,16 @@
 //! forever, as the row is only refreshed when the card changes again.)
 //!
 //! Entries without a decision (an online attempt in flight or in doubt) and declined entries
-//! never count; so a void of an in-doubt attempt should carry 0 (or no decision), since the
-//! attempt it cancels never counted either. Ties count (`>=`): when in doubt, the rule counts
+//! never count, with one exception: the void of an in-doubt *credit*. An attempt in doubt may
+//! or may not have been applied by the ledger; a charge in doubt that was applied only makes
+//! the replica poorer than the card will be once its void is replayed, which is safe, but a
+//! credit in doubt (a top-up, a deposit return) that was applied shows up in the replica's
+//! balance at the next pull, and its void takes it back only when it is replayed. So the void
+//! of an in-doubt credit carries minus the credit ([`in_doubt_void_effect`]) and counts as a
+//! charge, like an approved one, until the replica reflects it (the model test found a card
+//! sold below zero that way: a return applied, left in doubt by a crash, pulled into the
+//! replica while its void waited behind a backlog). If the ledger never applied the credit,
+//! the card only looks poorer until the pull after the void is replayed. Ties count (`>=`): when in doubt, the rule counts
 //! a charge twice rather than not at all, so it errs toward declining. This relies on the
 //! journal recording a feed pull at the time its request was sent, and on a clock that does
 //! not step backwards between a feed pull and a later acknowledgement.
@@ -52,13 +60,29 @@ pub struct ChargeRow {
     /// The voucher units it used (an order: what the ledger said it took, else what the
     /// terminal said it used; 0 for anything else).
     pub vouchers: i64,
+    /// A void of an attempt left in doubt (a void without a decision): its `amount` is what
+    /// [`in_doubt_void_effect`] gave it.
+    pub voids_in_doubt: bool,
+}
+
+/// What the void of an in-doubt attempt counts on the attempt's card, given the attempt's
+/// signed effect: minus a credit (the ledger may have applied it, and the replica may show it
+/// before the void is replayed), nothing for a charge (counting its refund early could spend
+/// money the card does not have). `None` when it counts nothing.
+pub fn in_doubt_void_effect(attempt: Cents) -> Option<Cents> {
+    if attempt > Cents::ZERO {
+        attempt.checked_neg().ok()
+    } else {
+        None
+    }
 }
 
 /// Whether `row` counts in the local charges, given when the last card-feed pull was sent
 /// (`None` before any pull). See the module's rule.
 pub fn counts(row: &ChargeRow, last_feed_at: Option<DateTime<Utc>>) -> bool {
-    let approved = row.decision.is_some_and(Decision::is_approved);
     let charge = row.amount < Cents::ZERO;
+    let approved = row.decision.is_some_and(Decision::is_approved)
+        || (row.voids_in_doubt && row.decision.is_none() && charge);
     approved
         && match row.state {
             EntryState::Sending | EntryState::Pending | EntryState::InDoubt => true,
@@ -98,6 +122,22 @@ pub fn local_voucher_use<'a>(
     Some(used)
 }
 
+/// Of the local charges, what the voids of in-doubt credits count (a positive amount, or 0):
+/// the card's balance is at least the replica's less the local charges, and at most that plus
+/// this, as the credits may or may not have been applied. `None` on overflow.
+pub fn in_doubt_voided_credits<'a>(
+    rows: impl IntoIterator<Item = &'a ChargeRow>,
+    last_feed_at: Option<DateTime<Utc>>,
+) -> Option<Cents> {
+    let mut voided = Cents::ZERO;
+    for row in rows {
+        if row.voids_in_doubt && counts(row, last_feed_at) {
+            voided = voided.checked_sub(row.amount).ok()?;
+        }
+    }
+    Some(voided)
+}
+
 /// The local charges over a card's rows: minus the sum of the effects of the rows that
 /// [`counts`]. `None` when the sum overflows (amounts no journal writes).
 pub fn local_charges<'a>(
@@ -132,6 +172,7 @@ mod tests {
             amount: Cents::new(amount),
             synced_at: None,
             vouchers: 0,
+            voids_in_doubt: false,
         }
     }
 
@@ -143,6 +184,20 @@ mod tests {
             amount: Cents::new(amount),
             synced_at: Some(t(at)),
             vouchers: 0,
+            voids_in_doubt: false,
+        }
+    }
+
+    /// The void of an in-doubt attempt whose effect was `attempt`, in `state`, synced at
+    /// `at` seconds when synced.
+    fn in_doubt_void(attempt: i64, state: EntryState, at: Option<i64>) -> ChargeRow {
+        ChargeRow {
+            state,
+            decision: None,
+            amount: in_doubt_void_effect(Cents::new(attempt)).unwrap_or(Cents::ZERO),
+            synced_at: at.map(t),
+            vouchers: 0,
+            voids_in_doubt: true,
         }
     }
 
@@ -198,6 +253,36 @@ mod tests {
                 vec![row(InDoubt, None, -500), row(Pending, Some(Off), 0)],
                 None,
                 0,
+            ),
+            (
+                "the void of an in-doubt sale counts nothing (its refund may not be due)",
+                vec![row(InDoubt, None, -500), in_doubt_void(-500, Pending, None)],
+                Some(10),
+                0,
+            ),
+            (
+                "the void of an in-doubt return counts as a charge until replayed",
+                vec![row(InDoubt, None, 300), in_doubt_void(300, Pending, None)],
+                Some(10),
+                300,
+            ),
+            (
+                "... and once replayed, until a pull after it",
+                vec![row(Synced, None, 300), in_doubt_void(300, Synced, Some(20))],
+                Some(10),
+                300,
+            ),
+            (
+                "... which the replica then reflects",
+                vec![in_doubt_void(300, Synced, Some(5))],
+                Some(10),
+                0,
+            ),
+            (
+                "... and refused by the ledger, it keeps counting",
+                vec![in_doubt_void(1000, Rejected, None)],
+                Some(10),
+                1000,
             ),
             (
                 "a sale and its refund net out",

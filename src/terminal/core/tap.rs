@@ -160,6 +160,11 @@ pub enum Input {
         /// The deposit money this terminal credited, on any card, that the ledger has not
         /// acknowledged (its returns pending, being sent or in doubt).
         unacknowledged_returns: Cents,
+        /// What the voids of this terminal's in-doubt credits on the card count in
+        /// `local_charges` (`charges::in_doubt_voided_credits`): the ledger may or may not
+        /// have applied those credits, so the card holds at least `balance - local_charges`
+        /// and at most that plus this, which is what the balance limit is checked against.
+        voided_credits: Cents,
     },
 }
 
@@ -334,6 +339,7 @@ impl TapFlow {
                     local_charges,
                     local_vouchers,
                     unacknowledged_returns,
+                    voided_credits,
                     ..
                 },
             ) => match self.decide_offline(
@@ -341,6 +347,7 @@ impl TapFlow {
                 local_charges,
                 local_vouchers,
                 unacknowledged_returns,
+                voided_credits,
             ) {
                 Ok((balance, money, vouchers)) => (
                     State::JournalingOffline { balance, vouchers },
@@ -467,6 +474,7 @@ impl TapFlow {
         local_charges: Cents,
         local_vouchers: i64,
         unacknowledged_returns: Cents,
+        voided_credits: Cents,
     ) -> Result<(Option<Cents>, Cents, i64), &'static str> {
         let (signed, money, vouchers) = match self.movement {
             Movement::Order => {
@@ -519,9 +527,13 @@ impl TapFlow {
                 .and_then(|b| b.checked_add(signed))
                 .ok()
         });
+        // The balance limit holds against the most the card may hold: with the credits in
+        // doubt that the ledger may have applied and the replica may show.
         if matches!(self.movement, Movement::Topup | Movement::Return)
             && let (Some(after), Some(max)) = (after, self.limits.balance_max)
-            && after > max
+            && after
+                .checked_add(voided_credits)
+                .map_or(true, |most| most > max)
         {
             return Err(LIMIT_EXCEEDED);
         }
@@ -565,6 +577,7 @@ mod tests {
             local_vouchers: 0,
             unacknowledged: false,
             unacknowledged_returns: Cents::ZERO,
+            voided_credits: Cents::ZERO,
         }
     }
 
@@ -581,6 +594,7 @@ mod tests {
                 local_vouchers: 0,
                 unacknowledged: true,
                 unacknowledged_returns: Cents::ZERO,
+                voided_credits: Cents::ZERO,
             },
             other => other,
         }
@@ -631,6 +645,7 @@ mod tests {
             local_vouchers: 0,
             unacknowledged,
             unacknowledged_returns: Cents::ZERO,
+            voided_credits: Cents::ZERO,
         }
     }
 
@@ -930,6 +945,7 @@ mod tests {
                 local_vouchers,
                 unacknowledged: false,
                 unacknowledged_returns: Cents::ZERO,
+                voided_credits: Cents::ZERO,
             };
             let step = flow.advance(card);
             if money > 1000 {
@@ -986,6 +1002,7 @@ mod tests {
                 local_vouchers: 0,
                 unacknowledged: false,
                 unacknowledged_returns: Cents::ZERO,
+                voided_credits: Cents::ZERO,
             });
             assert_eq!(step, expected, "blocked={blocked}");
         }
@@ -1011,6 +1028,57 @@ mod tests {
         assert_eq!(shown(&steps).balance, None);
     }
 
+    #[test]
+    fn the_balance_limit_counts_a_credit_in_doubt_as_possibly_applied() {
+        // The replica shows 15,000; a top-up of 4,000 is in doubt and its void counts as a
+        // local charge, but the ledger may have applied it (and the replica may not show it
+        // yet): the card may hold 15,000, or 19,000 minus what the void takes back.
+        let in_doubt = |voided: i64| match known(15_000) {
+            Input::Card {
+                card,
+                local_vouchers,
+                unacknowledged_returns,
+                ..
+            } => Input::Card {
+                card,
+                local_charges: Cents::new(voided),
+                local_vouchers,
+                unacknowledged: true,
+                unacknowledged_returns,
+                voided_credits: Cents::new(voided),
+            },
+            other => other,
+        };
+        // 15,000 + 5,000 fits the 20,000 limit, with the void counted or not.
+        let steps = run(
+            Movement::Topup,
+            5000,
+            false,
+            vec![in_doubt(4000), Input::Done],
+        );
+        assert_eq!(shown(&steps).outcome, Outcome::ApprovedOffline);
+        assert_eq!(
+            shown(&steps).balance,
+            Some(Cents::new(15_000 - 4000 + 5000))
+        );
+        // 15,000 + 5,001 does not, although the void makes the card look 4,000 poorer.
+        let steps = run(
+            Movement::Topup,
+            5001,
+            false,
+            vec![in_doubt(4000), Input::Done],
+        );
+        assert_eq!(shown(&steps).reason.as_deref(), Some(LIMIT_EXCEEDED));
+        // Spending is decided on the poorer view: 11,000 left, not 15,000.
+        let steps = run(Movement::Order, 4500, false, vec![in_doubt(11_000)]);
+        assert_eq!(
+            steps.last(),
+            Some(&Step::RecordDecline {
+                reason: "INSUFFICIENT_FUNDS"
+            })
+        );
+    }
+
     /// A card the replica knows, and `returned` cents of this terminal's deposit returns
     /// the ledger has not acknowledged.
     fn after_returns(balance: i64, returned: i64) -> Input {
@@ -1027,6 +1095,7 @@ mod tests {
                 local_vouchers,
                 unacknowledged,
                 unacknowledged_returns: Cents::new(returned),
+                voided_credits: Cents::ZERO,
             },
             other => other,
         }
@@ -1040,6 +1109,7 @@ mod tests {
             local_vouchers: 0,
             unacknowledged: false,
             unacknowledged_returns: Cents::ZERO,
+            voided_credits: Cents::ZERO,
         }
     }
 
@@ -1052,12 +1122,14 @@ mod tests {
                 local_vouchers,
                 unacknowledged,
                 unacknowledged_returns,
+                voided_credits,
             } => Input::Card {
                 card: Some(ReplicaCard { vouchers, ..card }),
                 local_charges,
                 local_vouchers,
                 unacknowledged,
                 unacknowledged_returns,
+                voided_credits,
             },
             other => other,
         }

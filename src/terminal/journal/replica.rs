@@ -31,7 +31,8 @@ pub const CURSOR_BYTES_MAX: usize = 1024;
 /// entries are left to the rule, which [`charge_row`] feeds.
 const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at,
             COALESCE(json_extract(ledger_body, '$.vouchers_used'),
-                     json_extract(request_json, '$.voucher_units'), 0)
+                     json_extract(request_json, '$.voucher_units'), 0),
+            operation = 'void' AND decision IS NULL
      FROM journal
      WHERE card_uid = ?1 AND (state <> 'synced' OR ?2 IS NULL OR synced_at >= ?2)";
 
@@ -80,6 +81,14 @@ impl Journal {
     pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
         let (rows, last_feed_at) = self.charge_rows(uid)?;
         charges::local_charges(&rows, last_feed_at)
+            .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
+    }
+
+    /// Of [`Journal::local_charges`], what the voids of in-doubt credits on `uid` count
+    /// ([`charges::in_doubt_voided_credits`]).
+    pub fn voided_credits(&self, uid: &CardUid) -> Result<Cents, JournalError> {
+        let (rows, last_feed_at) = self.charge_rows(uid)?;
+        charges::in_doubt_voided_credits(&rows, last_feed_at)
             .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
     }
 
@@ -238,6 +247,7 @@ fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
         amount: Cents::new(row.get(3)?),
         synced_at: r.time(4, "synced_at")?,
         vouchers: row.get(5)?,
+        voids_in_doubt: row.get(6)?,
     })
 }
 

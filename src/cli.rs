@@ -196,6 +196,25 @@ enum TerminalCommand {
         #[arg(long)]
         point_of_sale: String,
     },
+    /// Every terminal: kind, point of sale, active or revoked, last seen, highest contiguous
+    /// and highest seen terminal_seq, and the sequence numbers missing between them.
+    List,
+    /// Shut a terminal out for good (a stolen or lost device): every ledger process refuses
+    /// its token in every request after this returns. What it journaled can still be brought
+    /// in with `ledger import` of its `terminal export`.
+    Revoke {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Give a terminal a new bearer token, printed alone on the last line; the old one is
+    /// refused in every request after this returns. Put the new one in the terminal's
+    /// [ledger] token.
+    RotateToken {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -727,6 +746,19 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }) => {
             let (id, token) = admin::terminal_add(&store, &name, kind, &point_of_sale).await?;
             println!("terminal_id: {id}");
+            println!("{token}");
+        }
+        LedgerCommand::Terminal(TerminalCommand::List) => {
+            let fleet = store.fleet(admin::TERMINAL_LIST_MAX).await?;
+            print!("{}", admin::format_terminals(&fleet.terminals));
+        }
+        LedgerCommand::Terminal(TerminalCommand::Revoke { name }) => {
+            admin::terminal_revoke(&store, &name).await?;
+            println!("terminal {name} revoked: its token is refused");
+        }
+        LedgerCommand::Terminal(TerminalCommand::RotateToken { name }) => {
+            let token = admin::terminal_rotate_token(&store, &name).await?;
+            println!("terminal {name}: new token (the old one is refused)");
             println!("{token}");
         }
         LedgerCommand::Staff(StaffCommand::Add {

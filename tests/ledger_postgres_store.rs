@@ -437,11 +437,13 @@ async fn registrations_answer_as_on_sqlite() {
         seen.terminals[0],
         Some(("bar-1".into(), TerminalKind::Bar, "Main Bar".into()))
     );
+    // A revoked terminal is still found by name (an operator imports what it journaled).
     assert_eq!(
-        seen.terminals[1..],
-        [None, None, None],
-        "inactive, refused, unknown"
+        seen.terminals[1],
+        Some(("cp-1".into(), TerminalKind::Checkpoint, "Entrance".into())),
+        "revoked"
     );
+    assert_eq!(seen.terminals[2..], [None, None], "refused, unknown");
     assert_eq!(
         seen.refusals,
         [

@@ -244,6 +244,37 @@ async fn the_ledger_reports_what_it_did(backend: Backend) {
     assert!(value(&s, "cashless_db_connections", &[("state", "open")]) >= 1.0);
     assert!(value(&s, "cashless_db_waiting", &[]) >= 0.0);
     assert_eq!(value(&s, "cashless_metrics_scrape_errors_total", &[]), 0.0);
+
+    // A revoked terminal leaves the per-terminal gauges (it is not a terminal gone quiet).
+    assert!(
+        !samples(
+            &s,
+            "cashless_terminal_missing_seqs",
+            &[("terminal", "bar-2")]
+        )
+        .is_empty()
+    );
+    assert_success(
+        "revoke",
+        &l.admin(&["terminal", "revoke", "--name", "bar-2"]),
+    );
+    let s = scrape(&url).await;
+    assert!(
+        samples(
+            &s,
+            "cashless_terminal_missing_seqs",
+            &[("terminal", "bar-2")]
+        )
+        .is_empty()
+    );
+    assert!(
+        !samples(
+            &s,
+            "cashless_terminal_missing_seqs",
+            &[("terminal", "bar-1")]
+        )
+        .is_empty()
+    );
 }
 
 on_both_backends! {

@@ -7,6 +7,7 @@ use super::rules::Limits;
 use super::store::{
     AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
     ProductUpsert, ShiftReport, StaffChange, Store, StoreOptions, StripeEventRecord,
+    TerminalChange, TerminalSync,
 };
 use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
@@ -82,6 +83,56 @@ pub async fn terminal_add(
         })
         .await?;
     Ok((id, token))
+}
+
+/// The most terminals `terminal list` shows.
+pub const TERMINAL_LIST_MAX: u32 = 10_000;
+
+/// Gives a terminal a new bearer token (shown once, stored hashed); the old one is refused
+/// in every request that arrives after this returns, on every ledger process.
+pub async fn terminal_rotate_token(store: &impl LedgerStore, name: &str) -> anyhow::Result<String> {
+    check_name("--name", name)?;
+    let token = new_token();
+    store
+        .change_terminal(
+            name.to_owned(),
+            TerminalChange::TokenSha256(token_sha256(&token)),
+        )
+        .await?;
+    Ok(token)
+}
+
+/// Revokes a terminal for good: its token is refused in every request that arrives after this
+/// returns, on every ledger process. Revoking a revoked terminal changes nothing and succeeds.
+pub async fn terminal_revoke(store: &impl LedgerStore, name: &str) -> anyhow::Result<()> {
+    check_name("--name", name)?;
+    store
+        .change_terminal(name.to_owned(), TerminalChange::Revoke)
+        .await?;
+    Ok(())
+}
+
+/// `terminal list`: every terminal with its sync state, one per line.
+pub fn format_terminals(terminals: &[TerminalSync]) -> String {
+    let mut out = format!(
+        "{:<16} {:<10} {:<20} {:<8} {:<24} {:>10} {:>10} {:>8}\n",
+        "TERMINAL", "KIND", "POINT_OF_SALE", "ACTIVE", "LAST_SEEN", "CONTIGUOUS", "SEEN", "MISSING"
+    );
+    for t in terminals {
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<20} {:<8} {:<24} {:>10} {:>10} {:>8}\n",
+            t.name,
+            t.kind.as_str(),
+            t.point_of_sale,
+            if t.active { "yes" } else { "revoked" },
+            t.last_seen_at
+                .map_or_else(|| "never".to_owned(), crate::protocol::api::format_time),
+            t.highest_contiguous_seq,
+            t.highest_seen_seq,
+            t.missing_seqs
+        ));
+    }
+    out
 }
 
 /// Hashes a PIN with argon2 (PHC string), after checking it is 4 to 12 digits.
@@ -431,7 +482,7 @@ pub async fn import(store: &impl LedgerStore, path: &Path) -> anyhow::Result<Imp
         .await?
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "{file}: terminal {:?} is not registered (or not active) in this ledger",
+                "{file}: terminal {:?} is not registered in this ledger",
                 export.terminal
             )
         })?;

@@ -288,11 +288,12 @@ impl LedgerMetrics {
             Some(fleet) => {
                 self.cards_blocked_for_debt
                     .set(fleet.cards_blocked_for_debt);
-                // Terminals removed since the last scrape go away.
+                // Terminals revoked since the last scrape go away: a stolen device that is
+                // never seen again is not a terminal gone quiet.
                 self.terminal_last_seen.clear();
                 self.terminal_contiguous_seq.clear();
                 self.terminal_missing_seqs.clear();
-                for t in &fleet.terminals {
+                for t in fleet.terminals.iter().filter(|t| t.active) {
                     let labels = TerminalLabels {
                         terminal: t.name.clone(),
                     };

@@ -38,7 +38,6 @@ use axum::routing::{get, post};
 use errors::{error_response, store_error, unauthorized};
 use parse::OpKind;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -52,49 +51,12 @@ pub const REQUEST_ID_LEN_MAX: usize = 128;
 /// Longest bearer token looked up at all.
 pub const TOKEN_LEN_MAX: usize = 256;
 
-/// How long an authenticated token is trusted without asking the database again. A revoked
-/// terminal is refused at most this long after the revocation.
-pub const AUTH_CACHE_TTL_MS: u64 = 5_000;
-/// Tokens remembered at most; the cache is emptied when full.
-pub const AUTH_CACHE_ENTRIES_MAX: usize = 4096;
-
-/// Recently authenticated tokens, keyed by their SHA-256, so that a busy terminal costs one
-/// database read per [`AUTH_CACHE_TTL_MS`] instead of one per request.
-#[derive(Default)]
-pub struct AuthCache {
-    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Terminal, Instant)>>,
-}
-
-impl AuthCache {
-    fn key(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
-    }
-
-    fn get(&self, token: &str, now: Instant) -> Option<Terminal> {
-        let entries = self.entries.lock().ok()?;
-        let (terminal, at) = entries.get(&Self::key(token))?;
-        (now.duration_since(*at).as_millis() < u128::from(AUTH_CACHE_TTL_MS))
-            .then(|| terminal.clone())
-    }
-
-    fn put(&self, token: &str, terminal: Terminal, now: Instant) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= AUTH_CACHE_ENTRIES_MAX {
-                entries.clear();
-            }
-            entries.insert(Self::key(token), (terminal, now));
-        }
-    }
-}
-
 /// What every handler shares.
 pub struct AppState<S> {
     /// The database.
     pub store: S,
     /// The festival's currency, for the catalog.
     pub currency: Arc<str>,
-    /// Recently seen terminal tokens.
-    pub auth_cache: Arc<AuthCache>,
     /// The top-up limits, which checkpoints also check offline (`GET /v1/terminals/me`).
     pub limits: crate::ledger::rules::Limits,
     /// Stripe's webhook secrets and timestamp tolerance.
@@ -132,7 +94,6 @@ impl<S: LedgerStore> AppState<S> {
         AppState {
             store,
             currency: Arc::from(currency),
-            auth_cache: Arc::default(),
             limits,
             stripe: Arc::new(stripe),
             metrics: Arc::new(LedgerMetrics::new()),
@@ -145,7 +106,6 @@ impl<S: Clone> Clone for AppState<S> {
         AppState {
             store: self.store.clone(),
             currency: Arc::clone(&self.currency),
-            auth_cache: Arc::clone(&self.auth_cache),
             limits: self.limits,
             stripe: Arc::clone(&self.stripe),
             metrics: Arc::clone(&self.metrics),
@@ -270,18 +230,16 @@ async fn authenticate<S: LedgerStore>(
         .ok_or_else(|| {
             unauthorized("malformed Authorization header; expected Bearer <terminal token>")
         })?;
-    let now = Instant::now();
-    if let Some(terminal) = state.auth_cache.get(token, now) {
-        return Ok(terminal);
-    }
-    let terminal = state
+    // Read on every request, never cached: a token revoked or rotated (`ledger terminal
+    // revoke | rotate-token`) is refused by every ledger process from the moment the change
+    // commits. One indexed read, on SQLite's reader connections or one round trip to
+    // PostgreSQL.
+    state
         .store
         .authenticate(token)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| unauthorized("unknown or revoked terminal token"))?;
-    state.auth_cache.put(token, terminal.clone(), now);
-    Ok(terminal)
+        .ok_or_else(|| unauthorized("unknown or revoked terminal token"))
 }
 
 async fn get_openapi() -> Response {

@@ -309,6 +309,48 @@ pub struct ProductListing {
     pub active: bool,
 }
 
+/// A change to a terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalChange {
+    /// Its token is refused from now on, for good (a stolen or lost device). What it
+    /// journaled can still be brought in with `ledger import`.
+    Revoke,
+    /// A new token (its SHA-256): the old one is refused from now on. Refused for a revoked
+    /// terminal.
+    TokenSha256(String),
+}
+
+impl TerminalChange {
+    /// The audit log's operation.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            TerminalChange::Revoke => "terminal_revoke",
+            TerminalChange::TokenSha256(_) => "terminal_rotate_token",
+        }
+    }
+}
+
+/// Whether `change` writes anything to the terminal `name`, found `active` (`None`: no such
+/// terminal): revoking a revoked terminal changes nothing; a revoked terminal gets no new
+/// token (a stolen device stays out; the replacement is registered under a new name).
+pub fn terminal_change_applies(
+    name: &str,
+    active: Option<bool>,
+    change: &TerminalChange,
+) -> Result<bool, StoreError> {
+    match (active, change) {
+        (None, _) => Err(StoreError::NotFound(format!(
+            "terminal {name:?} is unknown"
+        ))),
+        (Some(false), TerminalChange::TokenSha256(_)) => Err(StoreError::Conflict(format!(
+            "terminal {name:?} is revoked for good; register the device again under a new name \
+             (terminal add)"
+        ))),
+        (Some(false), TerminalChange::Revoke) => Ok(false),
+        (Some(true), _) => Ok(true),
+    }
+}
+
 /// A change to a staff member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaffChange {
@@ -505,7 +547,8 @@ pub trait FeedStore: Clone + Send + Sync + 'static {
 
 /// Registrations and upkeep: terminals, staff, products, cards, keys, health.
 pub trait AdminStore: Clone + Send + Sync + 'static {
-    /// The active terminal with this name, if any (for imports of a terminal's journal).
+    /// The terminal with this name, active or revoked, if any (for imports of a terminal's
+    /// journal: what a revoked terminal journaled is still brought in by an operator).
     fn terminal_by_name(
         &self,
         name: String,
@@ -517,6 +560,15 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
 
     /// Registers a staff member.
     fn add_staff(&self, s: NewStaff) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Revokes a terminal (again: nothing changes) or gives it a new token, audited; every
+    /// ledger process refuses the old token in every request that arrives after this returns
+    /// (authentication reads the database on every request).
+    fn change_terminal(
+        &self,
+        name: String,
+        change: TerminalChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Changes a product at a point of sale (a new price, off or back on sale), audited;
     /// terminals learn it with the catalog at their next sync.
@@ -737,6 +789,12 @@ pub struct FleetSnapshot {
 pub struct TerminalSync {
     /// Its registered name.
     pub name: String,
+    /// Bar or checkpoint.
+    pub kind: TerminalKind,
+    /// Its point of sale.
+    pub point_of_sale: String,
+    /// Its token is accepted (`false` once revoked).
+    pub active: bool,
     /// When its last operation arrived.
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Every `terminal_seq` up to this one has arrived.
@@ -968,6 +1026,7 @@ delegate!(AdminStore {
     terminal_by_name(name: String) -> Option<Terminal>;
     add_terminal(t: NewTerminal) -> Uuid;
     add_staff(s: NewStaff) -> ();
+    change_terminal(name: String, change: TerminalChange) -> ();
     change_staff(staff_id: StaffId, change: StaffChange) -> ();
     change_product(point_of_sale: String, product_id: ProductId, change: ProductChange) -> ();
     product_list(limit: u32) -> Vec<ProductListing>;

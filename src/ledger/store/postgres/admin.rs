@@ -14,9 +14,9 @@ use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
-    ProductListing, ProductUpsert, StaffChange, StoreError, check_product_change,
+    ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange, check_product_change,
     product_change_details, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers, unknown_product,
+    replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -60,7 +60,7 @@ impl PgStore {
             }
             TerminalKey::Name => {
                 "SELECT terminal_id, name, kind, point_of_sale FROM terminals
-                 WHERE name = $1 AND active"
+                 WHERE name = $1"
             }
         };
         let rows = self.rows(sql, &[&key]).await?;
@@ -415,6 +415,54 @@ impl AdminStore for PgStore {
             })
         })
         .collect()
+    }
+
+    async fn change_terminal(
+        &self,
+        name: String,
+        change: TerminalChange,
+    ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // The row lock orders a revocation and a rotation of the same terminal.
+        let active: Option<bool> = tx
+            .query_opt(
+                "SELECT active FROM terminals WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(classify)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(classify)?;
+        if !terminal_change_applies(&name, active, &change)? {
+            return Ok(());
+        }
+        let row = match &change {
+            TerminalChange::Revoke => tx
+                .query_one(
+                    "UPDATE terminals SET active = false WHERE name = $1 RETURNING terminal_id",
+                    &[&name],
+                )
+                .await
+                .map_err(classify)?,
+            TerminalChange::TokenSha256(hash) => tx
+                .query_one(
+                    "UPDATE terminals SET token_sha256 = $2 WHERE name = $1 RETURNING terminal_id",
+                    &[&name, hash],
+                )
+                .await
+                .map_err(classify)?,
+        };
+        let terminal_id: Uuid = row.try_get(0).map_err(classify)?;
+        log_admin(
+            &tx,
+            change.operation(),
+            None,
+            json!({ "terminal_id": terminal_id, "name": name }),
+        )
+        .await?;
+        tx.commit().await.map_err(classify)
     }
 
     async fn change_staff(&self, staff_id: StaffId, change: StaffChange) -> Result<(), StoreError> {

@@ -13,7 +13,7 @@ use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
 };
-use crate::protocol::api::format_time;
+use crate::protocol::api::{TerminalKind, format_time};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::IsolationLevel;
@@ -115,15 +115,22 @@ impl ReportStore for PgStore {
                         t.highest_seen_seq - t.highest_contiguous_seq
                         - (SELECT count(*) FROM terminal_seqs s
                            WHERE s.terminal_id = t.terminal_id
-                             AND s.terminal_seq > t.highest_contiguous_seq)
+                             AND s.terminal_seq > t.highest_contiguous_seq),
+                        t.kind, t.point_of_sale, t.active
                  FROM terminals t ORDER BY t.name COLLATE \"C\" LIMIT $1",
                 &[&i64::from(terminals_max)],
             )
             .await?
             .iter()
             .map(|r| {
+                let kind: &str = r.try_get(5).map_err(classify)?;
                 Ok(TerminalSync {
                     name: r.try_get(0).map_err(classify)?,
+                    kind: TerminalKind::parse(kind).ok_or_else(|| {
+                        StoreError::Internal(format!("terminal kind {kind:?} in the database"))
+                    })?,
+                    point_of_sale: r.try_get(6).map_err(classify)?,
+                    active: r.try_get(7).map_err(classify)?,
                     last_seen_at: r.try_get(1).map_err(classify)?,
                     highest_contiguous_seq: r.try_get(2).map_err(classify)?,
                     highest_seen_seq: r.try_get(3).map_err(classify)?,

@@ -8,9 +8,9 @@ use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
     AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
-    ProductListing, ProductUpsert, StaffChange, StoreError, check_product_change,
+    ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange, check_product_change,
     product_change_details, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers, unknown_product,
+    replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -215,6 +215,42 @@ impl AdminStore for SqliteStore {
                 r => r?,
             };
             log_admin(conn, "staff_add", None, json!({ "staff_id": s.staff_id.as_str(), "role": s.role.as_str() }))
+        })
+        .await
+    }
+
+    async fn change_terminal(
+        &self,
+        name: String,
+        change: TerminalChange,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let active: Option<bool> = conn
+                .prepare_cached("SELECT active FROM terminals WHERE name = ?1")?
+                .query_row([&name], |r| r.get(0))
+                .optional()?;
+            if !terminal_change_applies(&name, active, &change)? {
+                return Ok(());
+            }
+            let terminal_id: String = match &change {
+                TerminalChange::Revoke => conn
+                    .prepare_cached(
+                        "UPDATE terminals SET active = 0 WHERE name = ?1 RETURNING terminal_id",
+                    )?
+                    .query_row([&name], |r| r.get(0))?,
+                TerminalChange::TokenSha256(hash) => conn
+                    .prepare_cached(
+                        "UPDATE terminals SET token_sha256 = ?2 WHERE name = ?1
+                         RETURNING terminal_id",
+                    )?
+                    .query_row(params![&name, hash], |r| r.get(0))?,
+            };
+            log_admin(
+                conn,
+                change.operation(),
+                None,
+                json!({ "terminal_id": terminal_id, "name": name }),
+            )
         })
         .await
     }

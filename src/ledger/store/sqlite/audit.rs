@@ -7,6 +7,7 @@ use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
 };
+use crate::protocol::api::TerminalKind;
 use rusqlite::Connection;
 use uuid::Uuid;
 
@@ -29,13 +30,24 @@ impl ReportStore for SqliteStore {
                         t.highest_seen_seq - t.highest_contiguous_seq
                         - (SELECT COUNT(*) FROM terminal_seqs s
                            WHERE s.terminal_id = t.terminal_id
-                             AND s.terminal_seq > t.highest_contiguous_seq)
+                             AND s.terminal_seq > t.highest_contiguous_seq),
+                        t.kind, t.point_of_sale, t.active
                  FROM terminals t ORDER BY t.name LIMIT ?1",
                 )?
                 .query_map([terminals_max], |r| {
                     let seen: Option<String> = r.get(1)?;
+                    let kind: String = r.get(5)?;
                     Ok(TerminalSync {
                         name: r.get(0)?,
+                        kind: TerminalKind::parse(&kind).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                5,
+                                rusqlite::types::Type::Text,
+                                format!("terminal kind {kind:?}").into(),
+                            )
+                        })?,
+                        point_of_sale: r.get(6)?,
+                        active: r.get(7)?,
                         last_seen_at: seen
                             .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
                             .map(|t| t.with_timezone(&chrono::Utc)),

@@ -360,7 +360,8 @@ pub(super) enum TerminalKey {
 }
 
 impl SqliteStore {
-    /// The active terminal with this token hash or name.
+    /// The active terminal with this token hash, or the terminal with this name (active or
+    /// revoked).
     pub(super) async fn terminal_by(
         &self,
         by: TerminalKey,
@@ -371,9 +372,9 @@ impl SqliteStore {
                 "SELECT terminal_id, name, kind, point_of_sale FROM terminals
                  WHERE token_sha256 = ?1 AND active = 1"
             }
+            // Revoked ones too: an operator imports what a revoked terminal journaled.
             TerminalKey::Name => {
-                "SELECT terminal_id, name, kind, point_of_sale FROM terminals
-                 WHERE name = ?1 AND active = 1"
+                "SELECT terminal_id, name, kind, point_of_sale FROM terminals WHERE name = ?1"
             }
         };
         self.read(move |conn| {

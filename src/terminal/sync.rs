@@ -244,9 +244,13 @@ pub async fn pull_card_feed(
     now: fn() -> DateTime<Utc>,
 ) -> Result<usize, SyncError> {
     let mut updated = 0;
+    // The pull is recorded as of its first page's request, once a page says the feed has
+    // nothing more (a round cut short records nothing, so acknowledged charges keep counting).
+    let mut pull_started = None;
     for _ in 0..FEED_PAGES_PER_ROUND_MAX {
         let cursor = with_journal(journal, |j| j.feed_cursor()).await?;
         let asked_at = now();
+        let started = *pull_started.get_or_insert(asked_at);
         let page = client.card_feed(&cursor, FEED_PAGE_CARDS).await?;
         let done = page.cards.is_empty();
         let cards: Vec<FeedRow> = page
@@ -263,10 +267,14 @@ pub async fn pull_card_feed(
             .collect();
         updated += cards.len();
         let next = page.next_cursor;
-        with_journal(journal, move |j| j.apply_card_feed(&cards, &next, asked_at)).await?;
         if done {
+            with_journal(journal, move |j| j.apply_card_feed(&cards, &next, started)).await?;
             break;
         }
+        with_journal(journal, move |j| {
+            j.apply_card_feed_page(&cards, &next, asked_at)
+        })
+        .await?;
     }
     Ok(updated)
 }
@@ -592,4 +600,119 @@ async fn send_closeouts(journal: &SharedJournal, client: &LedgerClient) -> anyho
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CardUid, Cents, ClientRequestId};
+    use crate::protocol::api::{Mode, Operation};
+    use crate::terminal::client::{Answer, FeedCard, FeedPage};
+    use crate::terminal::journal::{Decision, EntryState, FeedRow, NewEntry, OperationKind};
+    use serde_json::json;
+    use std::collections::VecDeque;
+
+    /// A ledger whose card feed answers the scripted pages, then is unreachable.
+    struct ScriptedFeed(Mutex<VecDeque<FeedPage>>);
+
+    impl Transport for ScriptedFeed {
+        async fn post_operation(&self, _: &Operation) -> Result<Answer, ClientError> {
+            Err(ClientError::Unreachable("not in this test".into()))
+        }
+        async fn post_batch(&self, _: &[Value]) -> Result<Vec<Answer>, ClientError> {
+            Err(ClientError::Unreachable("not in this test".into()))
+        }
+        async fn card_feed(&self, _: &str, _: u32) -> Result<FeedPage, ClientError> {
+            self.0
+                .lock()
+                .expect("the script")
+                .pop_front()
+                .ok_or_else(|| ClientError::Unreachable("the network went down".into()))
+        }
+    }
+
+    fn page(cards: &[(&CardUid, i64, i64)], next: &str) -> FeedPage {
+        FeedPage {
+            cards: cards
+                .iter()
+                .map(|(uid, balance, version)| FeedCard {
+                    card_uid: (*uid).clone(),
+                    balance_cents: Cents::new(*balance),
+                    status: "active".into(),
+                    version: *version,
+                    age_flag: None,
+                    voucher_units: 0,
+                })
+                .collect(),
+            next_cursor: next.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_cut_after_its_first_page_leaves_acknowledged_charges_counting() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut j = Journal::open(&dir.path().join("j.db")).expect("a journal");
+        let card = CardUid::parse("04A1B2C3D4E5F6").expect("a UID");
+        let other = CardUid::parse("04A1B2C3D4E5F7").expect("a UID");
+        let long_ago = Utc::now() - chrono::Duration::seconds(60);
+        j.apply_card_feed(
+            &[FeedRow::new(card.clone(), Cents::new(1_000), false, 1)],
+            "1",
+            long_ago,
+        )
+        .expect("the first pull");
+        // An online sale of 4.00 on the card, acknowledged after that pull.
+        let crid = ClientRequestId::new_random();
+        j.append(
+            NewEntry {
+                client_request_id: crid,
+                operation: OperationKind::Order,
+                mode: Mode::Online,
+                decision: Some(Decision::ApprovedOnline),
+                card_uid: Some(card.clone()),
+                amount_cents: Cents::new(-400),
+                decline_reason: None,
+                state: EntryState::Synced,
+            },
+            |seq| json!({"client_request_id": crid, "terminal_seq": seq}),
+            Utc::now() - chrono::Duration::seconds(5),
+        )
+        .expect("the sale");
+        assert_eq!(j.local_charges(&card).expect("charges"), Cents::new(400));
+        let journal: SharedJournal = Arc::new(Mutex::new(j));
+
+        // The first page holds another card's older change; the network goes down before the
+        // page with this card's.
+        let ledger = ScriptedFeed(Mutex::new(VecDeque::from([page(&[(&other, 50, 2)], "2")])));
+        assert!(pull_card_feed(&journal, &ledger, Utc::now).await.is_err());
+        {
+            let j = journal.lock().expect("the journal");
+            assert_eq!(
+                j.local_charges(&card).expect("charges"),
+                Cents::new(400),
+                "the replica still says 10.00: the sale must keep counting"
+            );
+            assert_eq!(
+                j.feed_cursor().expect("the cursor"),
+                "2",
+                "the page was applied"
+            );
+        }
+
+        // The pull completes: the replica shows the sale, which stops counting.
+        let ledger = ScriptedFeed(Mutex::new(VecDeque::from([
+            page(&[(&card, 600, 3)], "3"),
+            page(&[], "3"),
+        ])));
+        assert_eq!(
+            pull_card_feed(&journal, &ledger, Utc::now)
+                .await
+                .expect("a pull"),
+            1
+        );
+        let j = journal.lock().expect("the journal");
+        assert_eq!(j.local_charges(&card).expect("charges"), Cents::ZERO);
+        let (replica, _) = j.replica_card(&card).expect("a read").expect("the card");
+        assert_eq!(replica.balance, Cents::new(600));
+    }
 }

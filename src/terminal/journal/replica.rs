@@ -3,9 +3,10 @@
 //! card that the replica does not reflect yet ([`Journal::local_charges`], the rule being
 //! [`charges`]'s). The offline policy decides from the two.
 //!
-//! Invariant between them: a pull is recorded with the time its request was *sent*, so an
-//! entry synced strictly before it is in the replica's balances, and one synced at or after it
-//! keeps counting as a local charge until a later pull is recorded.
+//! Invariant between them: a pull is recorded once it is complete (a page says the feed has
+//! nothing more), with the time its *first* page was requested, so an entry synced strictly
+//! before it is in the replica's balances, and one synced at or after it keeps counting as a
+//! local charge until a later pull is recorded. A pull cut short records nothing.
 
 use super::entries::EntryRow;
 use super::{
@@ -116,27 +117,23 @@ impl Journal {
         Ok((out, last_feed_at))
     }
 
-    /// Applies one page of the card feed and its `next_cursor`, in one transaction.
+    /// Applies the page of the card feed that completes a pull (the feed has nothing after
+    /// it) and its `next_cursor`, in one transaction, and records the pull as of `now`.
     ///
     /// Each card row takes the feed's balance, status (`blocked`), age flag and version and
     /// `fetched_at = now`, unless the replica already holds a newer version of it (a page
-    /// applied twice or out of order never moves a card backwards). `now` must be the time the
-    /// feed request was *sent*: every acknowledgement after it is counted by
-    /// [`Journal::local_charges`]. Refused above [`FEED_CARDS_MAX`] cards or a cursor longer
-    /// than [`CURSOR_BYTES_MAX`] bytes.
+    /// applied twice or out of order never moves a card backwards). `now` must be the time
+    /// the pull's *first* page was requested: every acknowledgement after it is counted by
+    /// [`Journal::local_charges`], and every change before it is in the pages applied since
+    /// (the earlier ones with [`Journal::apply_card_feed_page`]). Refused above
+    /// [`FEED_CARDS_MAX`] cards or a cursor longer than [`CURSOR_BYTES_MAX`] bytes.
     pub fn apply_card_feed(
         &mut self,
         cards: &[FeedRow],
         next_cursor: &str,
         now: DateTime<Utc>,
     ) -> Result<(), JournalError> {
-        at_most(cards.len(), FEED_CARDS_MAX, "cards in one feed page")?;
-        if next_cursor.len() > CURSOR_BYTES_MAX {
-            return Err(invalid(format!(
-                "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
-                next_cursor.len()
-            )));
-        }
+        check_feed_page(cards, next_cursor)?;
         // An empty page that moves nothing (an idle terminal, every sync round) is recorded
         // at most once a minute, each write being an fsync, unless an entry became synced
         // since (or at) the last recorded pull: `local_charges` counts such an entry until
@@ -153,6 +150,33 @@ impl Journal {
         {
             return Ok(());
         }
+        self.write_feed_page(cards, next_cursor, now, true)
+    }
+
+    /// Applies a page of the card feed that does not complete a pull (more may follow): its
+    /// cards (`fetched_at = now`, the time this page was requested) and its `next_cursor`,
+    /// but not the pull's time. A page holds the oldest changes after the cursor, not every
+    /// card changed since, so until the pull is complete an acknowledged charge on a card of
+    /// a later page must keep counting (found in review: a pull cut after its first page
+    /// would have let an offline sale spend money the replica had not yet lost).
+    pub fn apply_card_feed_page(
+        &mut self,
+        cards: &[FeedRow],
+        next_cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        check_feed_page(cards, next_cursor)?;
+        self.write_feed_page(cards, next_cursor, now, false)
+    }
+
+    /// One transaction: the cards, the cursor and, with `completes`, the pull's time.
+    fn write_feed_page(
+        &mut self,
+        cards: &[FeedRow],
+        next_cursor: &str,
+        now: DateTime<Utc>,
+        completes: bool,
+    ) -> Result<(), JournalError> {
         let now_text = format_time(now);
         let tx = self
             .conn
@@ -185,7 +209,9 @@ impl Journal {
             }
         }
         set_meta(&tx, META_FEED_CURSOR, next_cursor)?;
-        set_meta(&tx, META_LAST_FEED_AT, &now_text)?;
+        if completes {
+            set_meta(&tx, META_LAST_FEED_AT, &now_text)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -239,6 +265,19 @@ impl Journal {
 }
 
 /// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
+/// A feed page's bounds: at most [`FEED_CARDS_MAX`] cards, a cursor of at most
+/// [`CURSOR_BYTES_MAX`] bytes.
+fn check_feed_page(cards: &[FeedRow], next_cursor: &str) -> Result<(), JournalError> {
+    at_most(cards.len(), FEED_CARDS_MAX, "cards in one feed page")?;
+    if next_cursor.len() > CURSOR_BYTES_MAX {
+        return Err(invalid(format!(
+            "a feed cursor of {} bytes, at most {CURSOR_BYTES_MAX}",
+            next_cursor.len()
+        )));
+    }
+    Ok(())
+}
+
 fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
     let r = EntryRow::new(row)?;
     Ok(ChargeRow {

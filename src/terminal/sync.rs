@@ -268,7 +268,13 @@ pub async fn pull_card_feed(
         updated += cards.len();
         let next = page.next_cursor;
         if done {
-            with_journal(journal, move |j| j.apply_card_feed(&cards, &next, started)).await?;
+            // A pull that brought cards is always recorded; an idle one is written at most
+            // once a minute (`apply_card_feed`'s rule for empty pages).
+            if updated > 0 {
+                with_journal(journal, move |j| j.complete_card_feed_pull(&next, started)).await?;
+            } else {
+                with_journal(journal, move |j| j.apply_card_feed(&cards, &next, started)).await?;
+            }
             break;
         }
         with_journal(journal, move |j| {

@@ -169,6 +169,18 @@ impl Journal {
         self.write_feed_page(cards, next_cursor, now, false)
     }
 
+    /// Records a pull whose pages all came through [`Journal::apply_card_feed_page`] and
+    /// brought cards, as of `started` (its first page's request), with the cursor of its
+    /// last, empty page. Unlike [`Journal::apply_card_feed`] of an empty page, always written.
+    pub fn complete_card_feed_pull(
+        &mut self,
+        next_cursor: &str,
+        started: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        check_feed_page(&[], next_cursor)?;
+        self.write_feed_page(&[], next_cursor, started, true)
+    }
+
     /// One transaction: the cards, the cursor and, with `completes`, the pull's time.
     fn write_feed_page(
         &mut self,

@@ -8,6 +8,7 @@ use crate::bench;
 use crate::domain::{AgeFlag, CardUid, ProductId};
 use crate::ledger::admin;
 use crate::ledger::config::{DatabaseUrl, LedgerConfig, Overrides};
+use crate::ledger::report;
 use crate::ledger::server;
 use crate::ledger::store::postgres::import_sqlite;
 use crate::ledger::store::{AdminStore, FeedStore, ProductChange, ReportStore, StripeStore};
@@ -18,7 +19,7 @@ use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
 use crate::terminal::daemon::{self, Daemon, ReaderLink, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -158,6 +159,20 @@ enum LedgerCommand {
     Stripe(StripeCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
+    /// Sales of standing orders by point of sale, terminal, product, staff member and hour,
+    /// each split by VAT rate (net, tax, gross), by the time the terminal made them.
+    Report {
+        /// From this time (RFC 3339, e.g. 2026-07-01T18:00:00+02:00) or the start of this
+        /// festival day (2026-07-01, at [festival] day_starts_at), inclusive.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// To this time or the start of this festival day, exclusive.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// table (aligned, amounts in the currency), csv or json (amounts in cents).
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::ledger::report::ReportFormat,
+    },
     /// Deposits on returnable items (cups): per item, what went out with orders, came back
     /// and is still out, and the deposits owed back.
     Deposits,
@@ -720,6 +735,19 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         // A move names both of its databases: the configured one is not opened.
         return move_to_postgres(&config, from, to).await;
     }
+    // A report's range is checked before anything is opened: a usage error changes nothing.
+    let report_range = match &args.command {
+        LedgerCommand::Report { from, to, .. } => {
+            match report::range(from.as_deref(), to.as_deref(), &config.festival_day) {
+                Ok(range) => Some(range),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        _ => None,
+    };
     // Opening the store applies the migrations it lacks (`migrate` does nothing more).
     let store = admin::open_store(&config).await?;
     match args.command {
@@ -962,6 +990,37 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         LedgerCommand::Deposits => {
             let report = store.deposit_report().await?;
             print!("{}", admin::format_deposits(&report));
+        }
+        LedgerCommand::Report { format, .. } => {
+            let range = report_range.context("the report's range")?;
+            let mut sections = Vec::with_capacity(report::SalesDimension::ALL.len());
+            for dimension in report::SalesDimension::ALL {
+                let rows = store
+                    .sales(report::SalesQuery {
+                        dimension,
+                        from: range.from,
+                        to: range.to,
+                        utc_offset_s: config.festival_day.utc_offset().local_minus_utc(),
+                        limit: report::REPORT_ROWS_MAX,
+                    })
+                    .await?;
+                if rows.len() > report::REPORT_ROWS_MAX as usize {
+                    bail!(
+                        "{} has more than {} rows; report a shorter range (--from, --to)",
+                        dimension.section(),
+                        report::REPORT_ROWS_MAX
+                    );
+                }
+                sections.push((dimension, rows));
+            }
+            let report = report::SalesReport {
+                range,
+                utc_offset: config.festival_day.utc_offset(),
+                currency: config.currency.clone(),
+                sections,
+            };
+            let mut out = std::io::stdout().lock();
+            report::write(&report, format, &mut out).context("writing the report")?;
         }
         LedgerCommand::Audit => {
             let report = store.audit().await?;

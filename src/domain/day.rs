@@ -51,6 +51,11 @@ impl FestivalDay {
         FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
     }
 
+    /// The festival's offset from UTC.
+    pub fn utc_offset(&self) -> FixedOffset {
+        self.utc_offset
+    }
+
     /// The festival day `t` belongs to: the local date, less a day before `starts_at`.
     pub fn day_of(&self, t: DateTime<Utc>) -> NaiveDate {
         let local = t.with_timezone(&self.utc_offset).naive_local();

@@ -800,7 +800,13 @@ pub fn format_deposits(report: &DepositReport) -> String {
 
 /// An aligned text table: `headers`, then `rows`; the first `text_columns` columns are
 /// aligned left, the others (numbers) right.
-fn table<R: AsRef<[String]>>(headers: &[&str], text_columns: usize, rows: &[R]) -> String {
+/// Aligned columns under `headers`: the first `text_columns` left-aligned, the rest (numbers)
+/// right-aligned.
+pub(crate) fn table<R: AsRef<[String]>>(
+    headers: &[&str],
+    text_columns: usize,
+    rows: &[R],
+) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row.as_ref()) {

@@ -24,6 +24,7 @@ pub mod housekeeping;
 pub mod metrics;
 pub mod openapi;
 pub mod outcome;
+pub mod report;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -3,11 +3,12 @@
 
 use super::{SqliteStore, internal};
 use crate::domain::Cents;
+use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
 };
-use crate::protocol::api::TerminalKind;
+use crate::protocol::api::{TerminalKind, format_time};
 use rusqlite::Connection;
 use uuid::Uuid;
 
@@ -80,6 +81,46 @@ impl ReportStore for SqliteStore {
             idle_connections: None,
             waiting,
         }
+    }
+
+    async fn sales(&self, query: SalesQuery) -> Result<Vec<SalesRow>, StoreError> {
+        let key = match query.dimension {
+            SalesDimension::PointOfSale => "o.point_of_sale",
+            SalesDimension::Terminal => "t.name",
+            SalesDimension::Product => "i.product_id",
+            SalesDimension::Staff => "o.staff_id",
+            // Times are stored as RFC 3339 text, which SQLite's date functions read.
+            SalesDimension::Hour => "strftime('%Y-%m-%dT%H:00', o.created_at, ?3)",
+        };
+        // Times compare as text: every stored time is `format_time`'s, as are the bounds.
+        let sql = format!(
+            "SELECT {key}, COALESCE(i.tax_rate, ''), SUM(i.quantity),
+                    SUM(COALESCE(i.net_cents, i.line_total_cents)), SUM(COALESCE(i.tax_cents, 0))
+             FROM bar_orders o
+             JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+             JOIN terminals t ON t.terminal_id = o.terminal_id
+             WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
+               AND (?1 IS NULL OR o.created_at >= ?1) AND (?2 IS NULL OR o.created_at < ?2)
+             GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ?4"
+        );
+        let from = query.from.map(format_time);
+        let to = query.to.map(format_time);
+        let offset = format!("{:+} seconds", query.utc_offset_s);
+        let limit = i64::from(query.limit) + 1;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params![from, to, offset, limit], |r| {
+                Ok(SalesRow {
+                    key: r.get(0)?,
+                    tax_rate: r.get(1)?,
+                    quantity: r.get(2)?,
+                    net_cents: r.get(3)?,
+                    tax_cents: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn deposit_report(&self) -> Result<DepositReport, StoreError> {

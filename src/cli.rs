@@ -993,17 +993,15 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }
         LedgerCommand::Report { format, .. } => {
             let range = report_range.context("the report's range")?;
-            let mut sections = Vec::with_capacity(report::SalesDimension::ALL.len());
-            for dimension in report::SalesDimension::ALL {
-                let rows = store
-                    .sales(report::SalesQuery {
-                        dimension,
-                        from: range.from,
-                        to: range.to,
-                        utc_offset_s: config.festival_day.utc_offset().local_minus_utc(),
-                        limit: report::REPORT_ROWS_MAX,
-                    })
-                    .await?;
+            let sections = store
+                .sales(report::SalesQuery {
+                    from: range.from,
+                    to: range.to,
+                    utc_offset_s: config.festival_day.utc_offset().local_minus_utc(),
+                    limit: report::REPORT_ROWS_MAX,
+                })
+                .await?;
+            for (dimension, rows) in &sections {
                 if rows.len() > report::REPORT_ROWS_MAX as usize {
                     bail!(
                         "{} has more than {} rows; report a shorter range (--from, --to)",
@@ -1011,7 +1009,6 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                         report::REPORT_ROWS_MAX
                     );
                 }
-                sections.push((dimension, rows));
             }
             let report = report::SalesReport {
                 range,
@@ -1020,7 +1017,11 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                 sections,
             };
             let mut out = std::io::stdout().lock();
-            report::write(&report, format, &mut out).context("writing the report")?;
+            match report::write(&report, format, &mut out) {
+                // A reader that stopped early (`| head`) has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written.context("writing the report")?,
+            }
         }
         LedgerCommand::Audit => {
             let report = store.audit().await?;

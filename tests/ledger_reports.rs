@@ -7,13 +7,14 @@
 //! - against the test's own record of what it sold: quantities per terminal, product, staff
 //!   member and local hour, and the net of each range asked with `--from` and `--to`.
 //!
-//! CSV and the table carry the same sums as JSON; an empty range reports zeros; bad
-//! arguments are refused with exit code 2 and change nothing.
+//! CSV and the table carry the same sums as JSON. Units paid with vouchers count without
+//! money; an offline sale at an old price is reported at the price it was sold at; an empty
+//! range reports zeros; bad arguments are refused with exit code 2 and change nothing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -163,13 +164,15 @@ async fn sell_a_night(l: &Ledger, stage: &str, seed: u64) -> Vec<Sold> {
                 items.push(json!({"product_id": "cup", "quantity": quantity, "unit_price_cents": CUP_CENTS}));
             }
         }
-        // Offline sales were made up to ten hours ago, replayed now.
+        // Offline sales were made up to ten hours ago, replayed now. Times are sent, stored
+        // and compared to the millisecond.
         let offline = rng.random_bool(0.5);
         let created_at = if offline {
             now - Duration::seconds(rng.random_range(60..36_000))
         } else {
             now
-        };
+        }
+        .trunc_subsecs(3);
         let total: i64 = items
             .iter()
             .map(|i| i["quantity"].as_i64().unwrap() * i["unit_price_cents"].as_i64().unwrap())
@@ -389,12 +392,10 @@ async fn a_random_night_ties_out_with_the_postings_and_with_what_was_sold(backen
     assert_eq!(by_key(&by_pos), all(|s, _| s.point_of_sale.to_owned()));
 
     // A range: the hours from five to two hours ago.
-    let now = Utc::now();
+    let now = Utc::now().trunc_subsecs(3);
     let (from, to) = (now - Duration::hours(5), now - Duration::hours(2));
-    let ranged = report(
-        &l,
-        &["--from", &from.to_rfc3339(), "--to", &to.to_rfc3339()],
-    );
+    let bound = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ranged = report(&l, &["--from", &bound(from), "--to", &bound(to)]);
     assert_eq!(
         by_key(&section(&ranged, "sales_by_terminal")),
         expected(&sold, Some(from), Some(to), |s, _| s.terminal.to_owned())
@@ -435,28 +436,88 @@ async fn a_random_night_ties_out_with_the_postings_and_with_what_was_sold(backen
     );
 }
 
-async fn an_empty_range_reports_zeros_and_bad_arguments_change_nothing(backend: Backend) {
+async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Backend) {
     let l = Ledger::start_with_config_on(backend, CONFIG).await;
     l.fund(&uid(1), 1_000).await;
+    // Water costs one voucher (or 2.00) at the default rate; the card holds one voucher.
+    assert_success(
+        "water",
+        &l.admin(&[
+            "product",
+            "add",
+            "--id",
+            "water",
+            "--name",
+            "Water",
+            "--price-cents",
+            "200",
+            "--point-of-sale",
+            BAR_POS,
+            "--voucher-price",
+            "1",
+        ]),
+    );
+    assert_success(
+        "grant",
+        &l.admin(&["voucher", "grant", "--uid", &uid(1), "--units", "1"]),
+    );
+    // Two waters online: the voucher pays one, money the other.
     let body = order_body(&uid(1), l.seq(&l.bar_token), &[("water", 2, 200)], "online");
     l.post("/v1/orders", &l.bar_token, &body)
         .await
         .assert_status(201);
+    // Happy hour is over: 2.50. A terminal that had not heard sold one more at 2.00 offline,
+    // which lands as sold (flagged) and is reported at the price it was sold at.
+    assert_success(
+        "set-price",
+        &l.admin(&[
+            "product",
+            "set-price",
+            "--id",
+            "water",
+            "--point-of-sale",
+            BAR_POS,
+            "--price-cents",
+            "250",
+        ]),
+    );
+    let body = order_body(
+        &uid(1),
+        l.seq(&l.bar_token),
+        &[("water", 1, 200)],
+        "offline",
+    );
+    let sold = l.post("/v1/orders", &l.bar_token, &body).await;
+    sold.assert_status(201);
+    assert!(
+        sold.body.to_string().contains("PRICE_DIFFERS_FROM_CATALOG"),
+        "{}",
+        sold.body
+    );
+    assert_eq!(l.balance(&uid(1)).await, 600);
     // Long ago: nothing.
     let empty = report(&l, &["--from", "2020-01-01", "--to", "2020-01-02"]);
     for s in empty["sections"].as_array().unwrap() {
         assert_eq!(s["rows"], json!([]), "{s}");
         assert_eq!(s["total"]["gross_cents"], 0);
     }
-    // Today, from a festival date: the two waters (standard rate, the default).
-    let today = (Utc::now() - Duration::days(1))
+    // From the start of this festival day (06:00 at +02:00): three waters (one paid with the
+    // voucher: no money, no VAT), 4.00 at the standard rate, the default, as posted.
+    let festival_day = (Utc::now() + Duration::hours(2) - Duration::hours(6))
         .format("%Y-%m-%d")
         .to_string();
-    let r = report(&l, &["--from", &today]);
+    let r = report(&l, &["--from", &festival_day]);
     let rows = section(&r, "sales_by_product");
     assert_eq!(
         rows[&("water".to_owned(), "standard".to_owned())],
-        (2, 336, 64, 400)
+        (3, 336, 64, 400)
+    );
+    assert_eq!(
+        l.query_i64(
+            "SELECT CAST(SUM(amount_cents) AS BIGINT) FROM postings
+             WHERE account LIKE 'revenue:%' OR account LIKE 'vat:%'"
+        ),
+        400
     );
 
     assert_refused_without_change(
@@ -481,5 +542,5 @@ async fn an_empty_range_reports_zeros_and_bad_arguments_change_nothing(backend: 
 
 on_both_backends! {
     a_random_night_ties_out_with_the_postings_and_with_what_was_sold,
-    an_empty_range_reports_zeros_and_bad_arguments_change_nothing,
+    vouchers_old_prices_and_empty_ranges_are_reported_as_sold,
 }

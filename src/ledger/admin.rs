@@ -800,8 +800,6 @@ pub fn format_deposits(report: &DepositReport) -> String {
 
 /// An aligned text table: `headers`, then `rows`; the first `text_columns` columns are
 /// aligned left, the others (numbers) right.
-/// Aligned columns under `headers`: the first `text_columns` left-aligned, the rest (numbers)
-/// right-aligned.
 pub(crate) fn table<R: AsRef<[String]>>(
     headers: &[&str],
     text_columns: usize,

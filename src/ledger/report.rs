@@ -8,8 +8,9 @@
 //! Net plus tax is gross, the money the cards paid for the goods; summed over any one
 //! dimension it is what the order postings credit to `revenue:*` and `vat:*`.
 //!
-//! Each dimension is one `GROUP BY` in the database ([`crate::ledger::store::ReportStore::
-//! sales`]), so what the report holds grows with the number of points of sale, terminals,
+//! Each dimension is one `GROUP BY` in the database, all of them in one snapshot
+//! ([`crate::ledger::store::ReportStore::sales`]), so every section sums to the same while
+//! orders keep arriving, and what the report holds grows with the number of points of sale, terminals,
 //! products, staff and hours, never with the number of orders; a dimension with more than
 //! [`REPORT_ROWS_MAX`] rows is refused rather than cut.
 
@@ -46,6 +47,19 @@ impl SalesDimension {
         SalesDimension::Hour,
     ];
 
+    /// The column the dimension groups by, the same on both backends (orders `o`, their lines
+    /// `i`, their terminal `t`); `None` for the hour, which each backend computes with its
+    /// own date functions.
+    pub fn key_column(self) -> Option<&'static str> {
+        match self {
+            SalesDimension::PointOfSale => Some("o.point_of_sale"),
+            SalesDimension::Terminal => Some("t.name"),
+            SalesDimension::Product => Some("i.product_id"),
+            SalesDimension::Staff => Some("o.staff_id"),
+            SalesDimension::Hour => None,
+        }
+    }
+
     /// The section's name in CSV and JSON.
     pub fn section(self) -> &'static str {
         match self {
@@ -69,20 +83,21 @@ impl SalesDimension {
     }
 }
 
-/// What one dimension of the sales asks the database.
+/// What the sales report asks the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SalesQuery {
-    /// The grouping.
-    pub dimension: SalesDimension,
     /// Sales made at or after this time.
     pub from: Option<DateTime<Utc>>,
     /// Sales made before this time.
     pub to: Option<DateTime<Utc>>,
     /// The festival's offset from UTC, in seconds, for [`SalesDimension::Hour`].
     pub utc_offset_s: i32,
-    /// At most this many rows; one more means the report is refused.
+    /// At most this many rows per dimension; one more means the report is refused.
     pub limit: u32,
 }
+
+/// Each dimension (in [`SalesDimension::ALL`]'s order) and its rows, read in one snapshot.
+pub type SalesSections = Vec<(SalesDimension, Vec<SalesRow>)>;
 
 /// One row of a dimension: a key and a VAT rate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,7 +212,7 @@ pub struct SalesReport {
     /// The currency, for the table.
     pub currency: String,
     /// Each dimension and its rows.
-    pub sections: Vec<(SalesDimension, Vec<SalesRow>)>,
+    pub sections: SalesSections,
 }
 
 #[derive(Serialize)]

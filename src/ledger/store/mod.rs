@@ -21,7 +21,7 @@ use crate::ledger::caller::Terminal;
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
-use crate::ledger::report::{SalesQuery, SalesRow};
+use crate::ledger::report::{SalesQuery, SalesSections};
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -775,13 +775,14 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// The database connections of this process, now.
     fn pool_status(&self) -> PoolStatus;
 
-    /// One dimension of the sales report (`ledger::report`): standing orders' lines (not
-    /// deposits) made in the range, grouped by the dimension's key and the VAT rate, in byte
-    /// order, at most `query.limit + 1` rows (one more than the limit says there are more).
+    /// The sales report (`ledger::report`), every dimension in one snapshot: standing orders'
+    /// lines (not deposits) made in the range, grouped by each dimension's key and the VAT
+    /// rate, in byte order, at most `query.limit + 1` rows per dimension (one more than the
+    /// limit says there are more).
     fn sales(
         &self,
         query: SalesQuery,
-    ) -> impl Future<Output = Result<Vec<SalesRow>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<SalesSections, StoreError>> + Send;
 }
 
 /// What `/metrics` reads from the database at a scrape.
@@ -1094,7 +1095,7 @@ impl ReportStore for Store {
         }
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<Vec<SalesRow>, StoreError> {
+    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
         match self {
             Store::Sqlite(s) => s.sales(query).await,
             Store::Postgres(s) => s.sales(query).await,

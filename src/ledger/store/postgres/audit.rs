@@ -9,7 +9,7 @@
 use super::admin::internal;
 use super::{PgStore, classify};
 use crate::domain::Cents;
-use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow};
+use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow, SalesSections};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
@@ -143,63 +143,47 @@ impl ReportStore for PgStore {
         self.pool.status()
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<Vec<SalesRow>, StoreError> {
-        let key = match query.dimension {
-            SalesDimension::PointOfSale => "o.point_of_sale",
-            SalesDimension::Terminal => "t.name",
-            SalesDimension::Product => "i.product_id",
-            SalesDimension::Staff => "o.staff_id",
-            SalesDimension::Hour => {
-                "to_char((o.created_at AT TIME ZONE 'UTC') + make_interval(secs => $4),
-                         'YYYY-MM-DD\"T\"HH24:00')"
-            }
-        };
-        // Byte order, as SQLite sorts, whatever the database's collation.
-        let sql = format!(
-            "SELECT k, rate, quantity, net, tax FROM (
-                 SELECT {key} AS k, COALESCE(i.tax_rate, '') AS rate,
-                        SUM(i.quantity)::bigint AS quantity,
-                        SUM(COALESCE(i.net_cents, i.line_total_cents))::bigint AS net,
-                        SUM(COALESCE(i.tax_cents, 0))::bigint AS tax
-                 FROM bar_orders o
-                 JOIN bar_order_items i ON i.transaction_id = o.transaction_id
-                 JOIN terminals t ON t.terminal_id = o.terminal_id
-                 WHERE o.voided_by IS NULL AND NOT COALESCE(i.deposit, false)
-                   AND ($1::timestamptz IS NULL OR o.created_at >= $1)
-                   AND ($2::timestamptz IS NULL OR o.created_at < $2)
-                 GROUP BY 1, 2) s
-             ORDER BY k COLLATE \"C\", rate COLLATE \"C\" LIMIT $3"
-        );
+    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
         let offset = f64::from(query.utc_offset_s);
         let limit = i64::from(query.limit) + 1;
         let mut client = self.pool.get().await?;
-        // A read-only snapshot with a timeout of its own: a report over a whole festival may
-        // take longer than `[postgres] statement_timeout_ms` gives a sale.
+        // One read-only snapshot, so that every section sums to the same while orders keep
+        // arriving, with a timeout of its own: a report over a whole festival may take longer
+        // than `[postgres] statement_timeout_ms` gives a sale.
         let tx = snapshot(&mut client).await?;
         tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = {REPORT_STATEMENT_TIMEOUT_MS}"
         ))
         .await
         .map_err(classify)?;
-        let stmt = tx.prepare(&sql).await.map_err(classify)?;
-        // The offset is a parameter of the hours' query only (PostgreSQL types every one).
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&query.from, &query.to, &limit];
-        if query.dimension == SalesDimension::Hour {
-            params.push(&offset);
-        }
-        let rows = tx.query(&stmt, &params).await.map_err(classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SalesRow {
-                    key: r.try_get(0).map_err(classify)?,
-                    tax_rate: r.try_get(1).map_err(classify)?,
-                    quantity: r.try_get(2).map_err(classify)?,
-                    net_cents: r.try_get(3).map_err(classify)?,
-                    tax_cents: r.try_get(4).map_err(classify)?,
+        let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
+        for dimension in SalesDimension::ALL {
+            let stmt = tx.prepare(&sales_sql(dimension)).await.map_err(classify)?;
+            // The offset is a parameter of the hours' query only (PostgreSQL types each).
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                vec![&query.from, &query.to, &limit];
+            if dimension == SalesDimension::Hour {
+                params.push(&offset);
+            }
+            let rows = tx
+                .query(&stmt, &params)
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|r| {
+                    Ok(SalesRow {
+                        key: r.try_get(0).map_err(classify)?,
+                        tax_rate: r.try_get(1).map_err(classify)?,
+                        quantity: r.try_get(2).map_err(classify)?,
+                        net_cents: r.try_get(3).map_err(classify)?,
+                        tax_cents: r.try_get(4).map_err(classify)?,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<_, StoreError>>()?;
+            sections.push((dimension, rows));
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(sections)
     }
 
     async fn deposit_report(&self) -> Result<DepositReport, StoreError> {
@@ -259,6 +243,31 @@ async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<Transaction<
         .start()
         .await
         .map_err(classify)
+}
+
+/// One dimension's query of the sales report: `$1`, `$2` the bounds, `$3` the row limit,
+/// `$4` the hours' offset in seconds (the hours' query only). Sorted in byte order, as SQLite
+/// sorts, whatever the database's collation.
+fn sales_sql(dimension: SalesDimension) -> String {
+    let key = dimension.key_column().unwrap_or(
+        "to_char((o.created_at AT TIME ZONE 'UTC') + make_interval(secs => $4),
+                 'YYYY-MM-DD\"T\"HH24:00')",
+    );
+    format!(
+        "SELECT k, rate, quantity, net, tax FROM (
+             SELECT {key} AS k, COALESCE(i.tax_rate, '') AS rate,
+                    SUM(i.quantity)::bigint AS quantity,
+                    SUM(COALESCE(i.net_cents, i.line_total_cents))::bigint AS net,
+                    SUM(COALESCE(i.tax_cents, 0))::bigint AS tax
+             FROM bar_orders o
+             JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+             JOIN terminals t ON t.terminal_id = o.terminal_id
+             WHERE o.voided_by IS NULL AND NOT COALESCE(i.deposit, false)
+               AND ($1::timestamptz IS NULL OR o.created_at >= $1)
+               AND ($2::timestamptz IS NULL OR o.created_at < $2)
+             GROUP BY 1, 2) s
+         ORDER BY k COLLATE \"C\", rate COLLATE \"C\" LIMIT $3"
+    )
 }
 
 /// How long one query of `ledger report` may run on PostgreSQL.

@@ -3,7 +3,7 @@
 
 use super::{SqliteStore, internal};
 use crate::domain::Cents;
-use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow};
+use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow, SalesSections};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
@@ -11,6 +11,26 @@ use crate::ledger::store::{
 use crate::protocol::api::{TerminalKind, format_time};
 use rusqlite::Connection;
 use uuid::Uuid;
+
+/// One dimension's query of the sales report: `?1`, `?2` the bounds (`format_time` text, as
+/// every stored time is, so they compare as text), `?3` the hours' offset (a `strftime`
+/// modifier), `?4` the row limit.
+fn sales_sql(dimension: SalesDimension) -> String {
+    // Times are stored as RFC 3339 text, which SQLite's date functions read.
+    let key = dimension
+        .key_column()
+        .unwrap_or("strftime('%Y-%m-%dT%H:00', o.created_at, ?3)");
+    format!(
+        "SELECT {key}, COALESCE(i.tax_rate, ''), SUM(i.quantity),
+                SUM(COALESCE(i.net_cents, i.line_total_cents)), SUM(COALESCE(i.tax_cents, 0))
+         FROM bar_orders o
+         JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+         JOIN terminals t ON t.terminal_id = o.terminal_id
+         WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
+           AND (?1 IS NULL OR o.created_at >= ?1) AND (?2 IS NULL OR o.created_at < ?2)
+         GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ?4"
+    )
+}
 
 impl ReportStore for SqliteStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
@@ -83,42 +103,31 @@ impl ReportStore for SqliteStore {
         }
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<Vec<SalesRow>, StoreError> {
-        let key = match query.dimension {
-            SalesDimension::PointOfSale => "o.point_of_sale",
-            SalesDimension::Terminal => "t.name",
-            SalesDimension::Product => "i.product_id",
-            SalesDimension::Staff => "o.staff_id",
-            // Times are stored as RFC 3339 text, which SQLite's date functions read.
-            SalesDimension::Hour => "strftime('%Y-%m-%dT%H:00', o.created_at, ?3)",
-        };
-        // Times compare as text: every stored time is `format_time`'s, as are the bounds.
-        let sql = format!(
-            "SELECT {key}, COALESCE(i.tax_rate, ''), SUM(i.quantity),
-                    SUM(COALESCE(i.net_cents, i.line_total_cents)), SUM(COALESCE(i.tax_cents, 0))
-             FROM bar_orders o
-             JOIN bar_order_items i ON i.transaction_id = o.transaction_id
-             JOIN terminals t ON t.terminal_id = o.terminal_id
-             WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
-               AND (?1 IS NULL OR o.created_at >= ?1) AND (?2 IS NULL OR o.created_at < ?2)
-             GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ?4"
-        );
+    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
         let from = query.from.map(format_time);
         let to = query.to.map(format_time);
         let offset = format!("{:+} seconds", query.utc_offset_s);
         let limit = i64::from(query.limit) + 1;
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params![from, to, offset, limit], |r| {
-                Ok(SalesRow {
-                    key: r.get(0)?,
-                    tax_rate: r.get(1)?,
-                    quantity: r.get(2)?,
-                    net_cents: r.get(3)?,
-                    tax_cents: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            // One snapshot: every section sums to the same while orders keep arriving.
+            let tx = conn.unchecked_transaction()?;
+            let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
+            for dimension in SalesDimension::ALL {
+                let mut stmt = tx.prepare(&sales_sql(dimension))?;
+                let rows = stmt
+                    .query_map(rusqlite::params![from, to, offset, limit], |r| {
+                        Ok(SalesRow {
+                            key: r.get(0)?,
+                            tax_rate: r.get(1)?,
+                            quantity: r.get(2)?,
+                            net_cents: r.get(3)?,
+                            tax_cents: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                sections.push((dimension, rows));
+            }
+            Ok(sections)
         })
         .await
     }

@@ -19,7 +19,7 @@ use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
 use crate::terminal::daemon::{self, Daemon, ReaderLink, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -993,29 +993,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }
         LedgerCommand::Report { format, .. } => {
             let range = report_range.context("the report's range")?;
-            let sections = store
-                .sales(report::SalesQuery {
-                    from: range.from,
-                    to: range.to,
-                    utc_offset_s: config.festival_day.utc_offset().local_minus_utc(),
-                    limit: report::REPORT_ROWS_MAX,
-                })
-                .await?;
-            for (dimension, rows) in &sections {
-                if rows.len() > report::REPORT_ROWS_MAX as usize {
-                    bail!(
-                        "{} has more than {} rows; report a shorter range (--from, --to)",
-                        dimension.section(),
-                        report::REPORT_ROWS_MAX
-                    );
-                }
-            }
-            let report = report::SalesReport {
-                range,
-                utc_offset: config.festival_day.utc_offset(),
-                currency: config.currency.clone(),
-                sections,
-            };
+            let report = report::sales(&store, range, &config).await?;
             let mut out = std::io::stdout().lock();
             match report::write(&report, format, &mut out) {
                 // A reader that stopped early (`| head`) has what it wanted.

@@ -114,25 +114,36 @@ pub async fn terminal_revoke(store: &impl LedgerStore, name: &str) -> anyhow::Re
 
 /// `terminal list`: every terminal with its sync state, one per line.
 pub fn format_terminals(terminals: &[TerminalSync]) -> String {
-    let mut out = format!(
-        "{:<16} {:<10} {:<20} {:<8} {:<24} {:>10} {:>10} {:>8}\n",
-        "TERMINAL", "KIND", "POINT_OF_SALE", "ACTIVE", "LAST_SEEN", "CONTIGUOUS", "SEEN", "MISSING"
-    );
-    for t in terminals {
-        out.push_str(&format!(
-            "{:<16} {:<10} {:<20} {:<8} {:<24} {:>10} {:>10} {:>8}\n",
-            t.name,
-            t.kind.as_str(),
-            t.point_of_sale,
-            if t.active { "yes" } else { "revoked" },
-            t.last_seen_at
-                .map_or_else(|| "never".to_owned(), crate::protocol::api::format_time),
-            t.highest_contiguous_seq,
-            t.highest_seen_seq,
-            t.missing_seqs
-        ));
-    }
-    out
+    let rows: Vec<[String; 8]> = terminals
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.kind.as_str().to_owned(),
+                t.point_of_sale.clone(),
+                if t.active { "yes" } else { "revoked" }.to_owned(),
+                t.last_seen_at
+                    .map_or_else(|| "never".to_owned(), crate::protocol::api::format_time),
+                t.highest_contiguous_seq.to_string(),
+                t.highest_seen_seq.to_string(),
+                t.missing_seqs.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TERMINAL",
+            "KIND",
+            "POINT_OF_SALE",
+            "ACTIVE",
+            "LAST_SEEN",
+            "CONTIGUOUS",
+            "SEEN",
+            "MISSING",
+        ],
+        5,
+        &rows,
+    )
 }
 
 /// Hashes a PIN with argon2 (PHC string), after checking it is 4 to 12 digits.

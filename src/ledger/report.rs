@@ -15,6 +15,8 @@
 //! [`REPORT_ROWS_MAX`] rows is refused rather than cut.
 
 use crate::domain::{Cents, FestivalDay};
+use crate::ledger::config::LedgerConfig;
+use crate::ledger::store::ReportStore;
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde::Serialize;
 use std::io::Write;
@@ -224,11 +226,8 @@ struct JsonSection<'a> {
 
 #[derive(Serialize)]
 struct JsonRow<'a> {
-    key: &'a str,
-    tax_rate: &'a str,
-    quantity: i64,
-    net_cents: i64,
-    tax_cents: i64,
+    #[serde(flatten)]
+    row: &'a SalesRow,
     gross_cents: i64,
 }
 
@@ -239,6 +238,38 @@ struct JsonReport<'a> {
     utc_offset: String,
     currency: &'a str,
     sections: Vec<JsonSection<'a>>,
+}
+
+/// Reads the sales in `range` (one snapshot), refusing a dimension of more than
+/// [`REPORT_ROWS_MAX`] rows rather than cutting it.
+pub async fn sales(
+    store: &impl ReportStore,
+    range: ReportRange,
+    config: &LedgerConfig,
+) -> anyhow::Result<SalesReport> {
+    let utc_offset = config.festival_day.utc_offset();
+    let sections = store
+        .sales(SalesQuery {
+            from: range.from,
+            to: range.to,
+            utc_offset_s: utc_offset.local_minus_utc(),
+            limit: REPORT_ROWS_MAX,
+        })
+        .await?;
+    for (dimension, rows) in &sections {
+        if rows.len() > REPORT_ROWS_MAX as usize {
+            anyhow::bail!(
+                "{} has more than {REPORT_ROWS_MAX} rows; report a shorter range (--from, --to)",
+                dimension.section()
+            );
+        }
+    }
+    Ok(SalesReport {
+        range,
+        utc_offset,
+        currency: config.currency.clone(),
+        sections,
+    })
 }
 
 /// Writes `report` to `out` in `format`.
@@ -263,13 +294,9 @@ pub fn write(
                         name: dimension.section(),
                         rows: rows
                             .iter()
-                            .map(|r| JsonRow {
-                                key: &r.key,
-                                tax_rate: &r.tax_rate,
-                                quantity: r.quantity,
-                                net_cents: r.net_cents,
-                                tax_cents: r.tax_cents,
-                                gross_cents: r.gross_cents(),
+                            .map(|row| JsonRow {
+                                row,
+                                gross_cents: row.gross_cents(),
                             })
                             .collect(),
                         total: total(rows),

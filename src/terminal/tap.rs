@@ -334,14 +334,12 @@ impl<'a> Tap<'a> {
             Step::ReadCard => match lock(self.journal).and_then(|j| {
                 Ok((
                     j.replica_card(self.uid)?,
-                    j.local_charges(self.uid)?,
-                    j.local_voucher_use(self.uid)?,
+                    j.local_effects(self.uid)?,
                     j.has_unacknowledged(self.uid)?,
                     j.unacknowledged_returns()?,
-                    j.voided_credits(self.uid)?,
                 ))
             }) {
-                Ok((card, local_charges, local_vouchers, unacknowledged, returns, voided)) => {
+                Ok((card, (local_charges, local_vouchers, voided), unacknowledged, returns)) => {
                     Input::Card {
                         card: card.map(|(card, _)| card),
                         local_charges,
@@ -472,16 +470,13 @@ pub fn void_in_doubt(
     staff: &StaffId,
 ) -> Result<(), JournalError> {
     // The attempt never counted as a local charge; its void counts on the attempt's card
-    // only when the attempt was a credit the ledger may have applied (the rule's).
+    // only when the attempt was a credit the ledger may have applied (the rule's). Nothing
+    // was shown, so the void has no decision.
     let counted = j.entry(seq)?.and_then(|attempt| {
         let card = attempt.card_uid?;
         charges::in_doubt_void_effect(attempt.amount_cents).map(|effect| (card, effect))
     });
-    let (mut entry, request) = void_entry(target, staff, VoidReason::InDoubt, None);
-    if let Some((card, effect)) = counted {
-        entry.card_uid = Some(card);
-        entry.amount_cents = effect;
-    }
+    let (entry, request) = void_entry(target, staff, VoidReason::InDoubt, counted, None);
     j.void_in_doubt(seq, entry, request, Utc::now())?;
     Ok(())
 }
@@ -496,25 +491,29 @@ pub fn append_void(
     reason: VoidReason,
     effect: Option<(CardUid, Cents)>,
 ) -> Result<ClientRequestId, JournalError> {
-    let (entry, request) = void_entry(target, staff, reason, effect);
+    let decision = effect.as_ref().map(|_| Decision::ApprovedOffline);
+    let (entry, request) = void_entry(target, staff, reason, effect, decision);
     let crid = entry.client_request_id;
     j.append(entry, request, Utc::now())?;
     Ok(crid)
 }
 
 /// A void of `target`: the journal entry, and the request body for its `terminal_seq`.
+/// `effect` is the card and the signed amount this terminal counts for it; `decision` what
+/// was shown (none for the void of an attempt in doubt).
 fn void_entry<'a>(
     target: ClientRequestId,
     staff: &'a StaffId,
     reason: VoidReason,
     effect: Option<(CardUid, Cents)>,
+    decision: Option<Decision>,
 ) -> (NewEntry, impl FnOnce(TerminalSeq) -> Value + 'a) {
     let crid = ClientRequestId::new_random();
     let entry = NewEntry {
         client_request_id: crid,
         operation: OperationKind::Void,
         mode: Mode::Offline,
-        decision: effect.as_ref().map(|_| Decision::ApprovedOffline),
+        decision,
         card_uid: effect.as_ref().map(|(card, _)| card.clone()),
         amount_cents: effect.map_or(Cents::ZERO, |(_, amount)| amount),
         decline_reason: None,

@@ -32,10 +32,12 @@
 //! charge, like an approved one, until the replica reflects it (the model test found a card
 //! sold below zero that way: a return applied, left in doubt by a crash, pulled into the
 //! replica while its void waited behind a backlog). If the ledger never applied the credit,
-//! the card only looks poorer until the pull after the void is replayed. Ties count (`>=`): when in doubt, the rule counts
-//! a charge twice rather than not at all, so it errs toward declining. This relies on the
-//! journal recording a feed pull at the time its request was sent, and on a clock that does
-//! not step backwards between a feed pull and a later acknowledgement.
+//! the card only looks poorer until the pull after the void is replayed.
+//!
+//! Ties count (`>=`): when in doubt, the rule counts a charge twice rather than not at all,
+//! so it errs toward declining. This relies on the journal recording a feed pull once it is
+//! complete, at the time its first page was requested, and on a clock that does not step
+//! backwards between a feed pull and a later acknowledgement.
 //!
 //! Pure: the journal loads the card's candidate rows ([`ChargeRow`]) and the time of the last
 //! pull, and asks [`local_charges`].
@@ -81,8 +83,8 @@ pub fn in_doubt_void_effect(attempt: Cents) -> Option<Cents> {
 /// (`None` before any pull). See the module's rule.
 pub fn counts(row: &ChargeRow, last_feed_at: Option<DateTime<Utc>>) -> bool {
     let charge = row.amount < Cents::ZERO;
-    let approved = row.decision.is_some_and(Decision::is_approved)
-        || (row.voids_in_doubt && row.decision.is_none() && charge);
+    let approved =
+        row.decision.is_some_and(Decision::is_approved) || (row.voids_in_doubt && charge);
     approved
         && match row.state {
             EntryState::Sending | EntryState::Pending | EntryState::InDoubt => true,

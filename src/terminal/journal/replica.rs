@@ -85,12 +85,18 @@ impl Journal {
             .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
     }
 
-    /// Of [`Journal::local_charges`], what the voids of in-doubt credits on `uid` count
+    /// Everything the offline policy needs of this terminal's own entries on `uid`, from one
+    /// read of the card's rows: [`Journal::local_charges`], [`Journal::local_voucher_use`],
+    /// and what the voids of in-doubt credits count in the charges
     /// ([`charges::in_doubt_voided_credits`]).
-    pub fn voided_credits(&self, uid: &CardUid) -> Result<Cents, JournalError> {
+    pub fn local_effects(&self, uid: &CardUid) -> Result<(Cents, i64, Cents), JournalError> {
         let (rows, last_feed_at) = self.charge_rows(uid)?;
-        charges::in_doubt_voided_credits(&rows, last_feed_at)
-            .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
+        let overflow = || corrupt(format!("amounts of {uid} overflow"));
+        Ok((
+            charges::local_charges(&rows, last_feed_at).ok_or_else(overflow)?,
+            charges::local_voucher_use(&rows, last_feed_at).ok_or_else(overflow)?,
+            charges::in_doubt_voided_credits(&rows, last_feed_at).ok_or_else(overflow)?,
+        ))
     }
 
     /// The voucher units this terminal used on `uid` that the replica does not reflect yet
@@ -276,7 +282,6 @@ impl Journal {
     }
 }
 
-/// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
 /// A feed page's bounds: at most [`FEED_CARDS_MAX`] cards, a cursor of at most
 /// [`CURSOR_BYTES_MAX`] bytes.
 fn check_feed_page(cards: &[FeedRow], next_cursor: &str) -> Result<(), JournalError> {
@@ -290,6 +295,7 @@ fn check_feed_page(cards: &[FeedRow], next_cursor: &str) -> Result<(), JournalEr
     Ok(())
 }
 
+/// Reads one of [`LOCAL_CHARGES_SQL`]'s rows.
 fn charge_row(row: &Row<'_>) -> Result<ChargeRow, JournalError> {
     let r = EntryRow::new(row)?;
     Ok(ChargeRow {

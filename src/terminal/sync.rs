@@ -248,8 +248,11 @@ pub async fn pull_card_feed(
     // nothing more (a round cut short records nothing, so acknowledged charges keep counting).
     let mut pull_started = None;
     for _ in 0..FEED_PAGES_PER_ROUND_MAX {
-        let cursor = with_journal(journal, |j| j.feed_cursor()).await?;
-        let asked_at = now();
+        let (cursor, acknowledged) = with_journal(journal, |j| {
+            Ok((j.feed_cursor()?, j.last_acknowledged_at()?))
+        })
+        .await?;
+        let asked_at = after_acknowledgements(acknowledged, now).await;
         let started = *pull_started.get_or_insert(asked_at);
         let page = client.card_feed(&cursor, FEED_PAGE_CARDS).await?;
         let done = page.cards.is_empty();
@@ -283,6 +286,29 @@ pub async fn pull_card_feed(
         .await?;
     }
     Ok(updated)
+}
+
+/// How many milliseconds [`after_acknowledgements`] waits at most.
+const TIE_WAIT_MS_MAX: u32 = 5;
+
+/// `now()`, once it is past the millisecond of the last acknowledgement (`acknowledged`).
+/// Times are recorded to the millisecond and a tie counts an acknowledged charge as not yet
+/// in the replica, so a page requested in the very millisecond of the replay just before it
+/// (the usual case on a fast machine) would leave the charge counted twice, and the card
+/// shown poorer than it is, until the next pull. Waits at most [`TIE_WAIT_MS_MAX`] (a clock
+/// stepped back leaves the tie, which errs toward declining).
+async fn after_acknowledgements(
+    acknowledged: Option<DateTime<Utc>>,
+    now: fn() -> DateTime<Utc>,
+) -> DateTime<Utc> {
+    for _ in 0..TIE_WAIT_MS_MAX {
+        let t = now();
+        if acknowledged.is_none_or(|a| t.timestamp_millis() > a.timestamp_millis()) {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    now()
 }
 
 /// Batches replayed per round at most, before the feeds get their turn.
@@ -654,38 +680,62 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pull_cut_after_its_first_page_leaves_acknowledged_charges_counting() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut j = Journal::open(&dir.path().join("j.db")).expect("a journal");
-        let card = CardUid::parse("04A1B2C3D4E5F6").expect("a UID");
-        let other = CardUid::parse("04A1B2C3D4E5F7").expect("a UID");
-        let long_ago = Utc::now() - chrono::Duration::seconds(60);
+    /// A journal (in `dir`) whose replica got `card` at `balance` from a pull a minute
+    /// before `acknowledged_at`, and one entry on the card (`operation`, approved online,
+    /// `amount`) that became synced at `acknowledged_at`.
+    fn journal_with_acknowledged(
+        dir: &std::path::Path,
+        card: &CardUid,
+        balance: i64,
+        operation: OperationKind,
+        amount: i64,
+        acknowledged_at: DateTime<Utc>,
+    ) -> SharedJournal {
+        let mut j = Journal::open(&dir.join("j.db")).expect("a journal");
         j.apply_card_feed(
-            &[FeedRow::new(card.clone(), Cents::new(1_000), false, 1)],
+            &[FeedRow::new(card.clone(), Cents::new(balance), false, 1)],
             "1",
-            long_ago,
+            acknowledged_at - chrono::Duration::seconds(60),
         )
         .expect("the first pull");
-        // An online sale of 4.00 on the card, acknowledged after that pull.
         let crid = ClientRequestId::new_random();
         j.append(
             NewEntry {
                 client_request_id: crid,
-                operation: OperationKind::Order,
+                operation,
                 mode: Mode::Online,
                 decision: Some(Decision::ApprovedOnline),
                 card_uid: Some(card.clone()),
-                amount_cents: Cents::new(-400),
+                amount_cents: Cents::new(amount),
                 decline_reason: None,
                 state: EntryState::Synced,
             },
             |seq| json!({"client_request_id": crid, "terminal_seq": seq}),
-            Utc::now() - chrono::Duration::seconds(5),
+            acknowledged_at,
         )
-        .expect("the sale");
-        assert_eq!(j.local_charges(&card).expect("charges"), Cents::new(400));
-        let journal: SharedJournal = Arc::new(Mutex::new(j));
+        .expect("the entry");
+        assert_eq!(
+            j.local_charges(card).expect("charges"),
+            Cents::new(-amount),
+            "acknowledged after the last pull, it counts"
+        );
+        Arc::new(Mutex::new(j))
+    }
+
+    #[tokio::test]
+    async fn a_pull_cut_after_its_first_page_leaves_acknowledged_charges_counting() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let card = CardUid::parse("04A1B2C3D4E5F6").expect("a UID");
+        let other = CardUid::parse("04A1B2C3D4E5F7").expect("a UID");
+        // An online sale of 4.00 on the card, acknowledged after the last pull.
+        let journal = journal_with_acknowledged(
+            dir.path(),
+            &card,
+            1_000,
+            OperationKind::Order,
+            -400,
+            Utc::now() - chrono::Duration::seconds(5),
+        );
 
         // The first page holds another card's older change; the network goes down before the
         // page with this card's.
@@ -720,5 +770,65 @@ mod tests {
         assert_eq!(j.local_charges(&card).expect("charges"), Cents::ZERO);
         let (replica, _) = j.replica_card(&card).expect("a read").expect("the card");
         assert_eq!(replica.balance, Cents::new(600));
+    }
+
+    /// A clock that moves one millisecond each time it is read, from [`TICK_START_MS`].
+    static TICKS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    const TICK_START_MS: i64 = 1_800_000_000_000;
+
+    fn ticking() -> DateTime<Utc> {
+        let n = TICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DateTime::from_timestamp_millis(TICK_START_MS + n).expect("a time")
+    }
+
+    #[tokio::test]
+    async fn a_pull_asked_in_the_millisecond_of_the_last_acknowledgement_waits_for_the_next() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let card = CardUid::parse("04A1B2C3D4E5F6").expect("a UID");
+        // A void of a 50.00 top-up, acknowledged in the millisecond the clock reads first.
+        let start = DateTime::from_timestamp_millis(TICK_START_MS).expect("a time");
+        let journal =
+            journal_with_acknowledged(dir.path(), &card, 5_000, OperationKind::Void, -5_000, start);
+        let ledger = ScriptedFeed(Mutex::new(VecDeque::from([
+            page(&[(&card, 0, 2)], "2"),
+            page(&[], "2"),
+        ])));
+        pull_card_feed(&journal, &ledger, ticking)
+            .await
+            .expect("a pull");
+        let j = journal.lock().expect("the journal");
+        assert_eq!(
+            j.local_charges(&card).expect("charges"),
+            Cents::ZERO,
+            "the pull was asked after the void's millisecond: the replica's 0 holds it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pull_cut_after_the_page_with_the_card_counts_its_acknowledged_charges_once() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let card = CardUid::parse("04A1B2C3D4E5F6").expect("a UID");
+        // A void of a 50.00 top-up, acknowledged after the last pull.
+        let journal = journal_with_acknowledged(
+            dir.path(),
+            &card,
+            5_000,
+            OperationKind::Void,
+            -5_000,
+            Utc::now() - chrono::Duration::seconds(5),
+        );
+
+        // The first page carries the card at 0, read after the void; the network goes down
+        // before the page that would complete the pull.
+        let ledger = ScriptedFeed(Mutex::new(VecDeque::from([page(&[(&card, 0, 2)], "2")])));
+        assert!(pull_card_feed(&journal, &ledger, Utc::now).await.is_err());
+        let j = journal.lock().expect("the journal");
+        let (replica, _) = j.replica_card(&card).expect("a read").expect("the card");
+        assert_eq!(replica.balance, Cents::ZERO);
+        assert_eq!(
+            j.local_charges(&card).expect("charges"),
+            Cents::ZERO,
+            "the card's row already holds the void: counting it again would show -50.00"
+        );
     }
 }

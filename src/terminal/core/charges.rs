@@ -11,16 +11,23 @@
 //!   served but will never reach the ledger's balance, so it keeps counting; a rejected
 //!   credit, a top-up or refund the ledger refused, never counts, since counting it would give
 //!   the card spending room that exists nowhere), or
-//! - a charge `synced` at or after the last completed card-feed pull (the time its request
-//!   was sent), or `synced` before any pull. A synced credit (a top-up, a refund) never
-//!   counts: at a tie the replica may already hold it, and counting it twice would give the
-//!   card money it does not have (the model test found a card sold below zero that way); not
-//!   counting it only makes the card look poorer until the next pull.
+//! - a charge `synced` at or after the time the card's replica row is known to reflect
+//!   (`reflected_as_of`), or `synced` before any pull. A synced credit (a top-up, a refund)
+//!   never counts: at a tie the replica may already hold it, and counting it twice would give
+//!   the card money it does not have (the model test found a card sold below zero that way);
+//!   not counting it only makes the card look poorer until the next pull.
 //!
-//! An entry synced strictly before the last pull is taken as reflected in the replica's
-//! balance: a pull returns every card changed since the cursor, so a card it did not return
-//! has not changed since. (Comparing with the card row's own fetch time would count a tie
-//! forever, as the row is only refreshed when the card changes again.)
+//! `reflected_as_of` is the later of two times, each taken before a request was sent:
+//! - the last completed card-feed pull's (its first page's request): a pull returns every
+//!   card changed since the cursor, so a card it did not return has not changed since;
+//! - the request of the page that last carried this card (the row's `fetched_at`): the
+//!   ledger read that page after every acknowledgement before it, so the row holds them
+//!   even when the rest of its pull was cut short.
+//!
+//! Either alone falls short: the row's fetch time alone would count a tie forever, as the row
+//! is only refreshed when the card changes again; the last pull alone counts, after a pull
+//! cut short, an acknowledged charge that the page it did apply already took off the card
+//! (a card at 0 was shown at -50.00 that way).
 //!
 //! Entries without a decision (an online attempt in flight or in doubt) and declined entries
 //! never count, with one exception: the void of an in-doubt *credit*. An attempt in doubt may
@@ -36,11 +43,12 @@
 //!
 //! Ties count (`>=`): when in doubt, the rule counts a charge twice rather than not at all,
 //! so it errs toward declining. This relies on the journal recording a feed pull once it is
-//! complete, at the time its first page was requested, and on a clock that does not step
+//! complete, at the time its first page was requested, each card row with its page's request
+//! time, and on a clock that does not step
 //! backwards between a feed pull and a later acknowledgement.
 //!
-//! Pure: the journal loads the card's candidate rows ([`ChargeRow`]) and the time of the last
-//! pull, and asks [`local_charges`].
+//! Pure: the journal loads the card's candidate rows ([`ChargeRow`]) and `reflected_as_of`,
+//! and asks [`local_charges`].
 
 use super::entry::{Decision, EntryState};
 use crate::domain::Cents;
@@ -79,9 +87,9 @@ pub fn in_doubt_void_effect(attempt: Cents) -> Option<Cents> {
     }
 }
 
-/// Whether `row` counts in the local charges, given when the last card-feed pull was sent
-/// (`None` before any pull). See the module's rule.
-pub fn counts(row: &ChargeRow, last_feed_at: Option<DateTime<Utc>>) -> bool {
+/// Whether `row` counts in the local charges, given the time the card's replica row is
+/// known to reflect (`None` before any pull). See the module's rule.
+pub fn counts(row: &ChargeRow, reflected_as_of: Option<DateTime<Utc>>) -> bool {
     let charge = row.amount < Cents::ZERO;
     let approved =
         row.decision.is_some_and(Decision::is_approved) || (row.voids_in_doubt && charge);
@@ -89,32 +97,32 @@ pub fn counts(row: &ChargeRow, last_feed_at: Option<DateTime<Utc>>) -> bool {
         && match row.state {
             EntryState::Sending | EntryState::Pending | EntryState::InDoubt => true,
             EntryState::Rejected => charge,
-            EntryState::Synced => charge && !reflected(row.synced_at, last_feed_at),
+            EntryState::Synced => charge && !reflected(row.synced_at, reflected_as_of),
         }
 }
 
-/// An entry synced strictly before the last pull is in the replica's balance.
-fn reflected(synced_at: Option<DateTime<Utc>>, last_feed_at: Option<DateTime<Utc>>) -> bool {
-    match (synced_at, last_feed_at) {
+/// An entry synced strictly before `reflected_as_of` is in the replica's balance.
+fn reflected(synced_at: Option<DateTime<Utc>>, reflected_as_of: Option<DateTime<Utc>>) -> bool {
+    match (synced_at, reflected_as_of) {
         (Some(synced), Some(pull)) => pull > synced,
         _ => false,
     }
 }
 
 /// The voucher units this terminal used on a card that the replica does not reflect yet:
-/// the vouchers of its approved entries not synced, or synced at or after the last pull
+/// the vouchers of its approved entries not synced, or synced at or after `reflected_as_of`
 /// (or before any), whatever their money. Vouchers given back (a void) are never counted
 /// before the replica shows them: like a credit, counting them early could spend vouchers
 /// twice. `None` on overflow.
 pub fn local_voucher_use<'a>(
     rows: impl IntoIterator<Item = &'a ChargeRow>,
-    last_feed_at: Option<DateTime<Utc>>,
+    reflected_as_of: Option<DateTime<Utc>>,
 ) -> Option<i64> {
     let mut used: i64 = 0;
     for row in rows {
         let approved = row.decision.is_some_and(Decision::is_approved);
         let counted = match row.state {
-            EntryState::Synced => !reflected(row.synced_at, last_feed_at),
+            EntryState::Synced => !reflected(row.synced_at, reflected_as_of),
             _ => true,
         };
         if approved && counted && row.vouchers > 0 {
@@ -129,11 +137,11 @@ pub fn local_voucher_use<'a>(
 /// this, as the credits may or may not have been applied. `None` on overflow.
 pub fn in_doubt_voided_credits<'a>(
     rows: impl IntoIterator<Item = &'a ChargeRow>,
-    last_feed_at: Option<DateTime<Utc>>,
+    reflected_as_of: Option<DateTime<Utc>>,
 ) -> Option<Cents> {
     let mut voided = Cents::ZERO;
     for row in rows {
-        if row.voids_in_doubt && counts(row, last_feed_at) {
+        if row.voids_in_doubt && counts(row, reflected_as_of) {
             voided = voided.checked_sub(row.amount).ok()?;
         }
     }
@@ -144,11 +152,11 @@ pub fn in_doubt_voided_credits<'a>(
 /// [`counts`]. `None` when the sum overflows (amounts no journal writes).
 pub fn local_charges<'a>(
     rows: impl IntoIterator<Item = &'a ChargeRow>,
-    last_feed_at: Option<DateTime<Utc>>,
+    reflected_as_of: Option<DateTime<Utc>>,
 ) -> Option<Cents> {
     let mut effect = Cents::ZERO;
     for row in rows {
-        if counts(row, last_feed_at) {
+        if counts(row, reflected_as_of) {
             effect = effect.checked_add(row.amount).ok()?;
         }
     }
@@ -388,9 +396,9 @@ mod tests {
                 100,
             ),
         ];
-        for (name, rows, last_feed_at, expected) in cases {
+        for (name, rows, reflected_as_of, expected) in cases {
             assert_eq!(
-                local_charges(&rows, last_feed_at.map(t)),
+                local_charges(&rows, reflected_as_of.map(t)),
                 Some(Cents::new(expected)),
                 "{name}"
             );

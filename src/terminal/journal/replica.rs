@@ -6,7 +6,9 @@
 //! Invariant between them: a pull is recorded once it is complete (a page says the feed has
 //! nothing more), with the time its *first* page was requested, so an entry synced strictly
 //! before it is in the replica's balances, and one synced at or after it keeps counting as a
-//! local charge until a later pull is recorded. A pull cut short records nothing.
+//! local charge until a later pull is recorded. A pull cut short records nothing; the pages it
+//! applied still count for the cards they carried (each row's `fetched_at` is its page's
+//! request time, and an entry synced strictly before it is in that row's balance).
 
 use super::entries::EntryRow;
 use super::{
@@ -18,7 +20,7 @@ use crate::protocol::api::{FEED_LIMIT_MAX, format_time};
 use crate::terminal::core::charges::{self, ChargeRow};
 use crate::terminal::core::policy::ReplicaCard;
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
 /// How often an empty card-feed page is recorded (the replica's age), at most.
 const EMPTY_FEED_RECORD_MS: i64 = 60_000;
@@ -28,7 +30,8 @@ pub const FEED_CARDS_MAX: usize = FEED_LIMIT_MAX as usize;
 pub const CURSOR_BYTES_MAX: usize = 1024;
 
 /// [`Journal::local_charges`]'s candidate rows: the card's entries but those synced strictly
-/// before the last pull (`?2`, `NULL` before any; times sort as text). Declined and undecided
+/// before its replica row is known to reflect (`?2`: the later of the last complete pull and
+/// the row's own fetch, `NULL` before either; times sort as text). Declined and undecided
 /// entries are left to the rule, which [`charge_row`] feeds.
 const LOCAL_CHARGES_SQL: &str = "SELECT terminal_seq, state, decision, amount_cents, synced_at,
             COALESCE(json_extract(ledger_body, '$.vouchers_used'),
@@ -80,8 +83,8 @@ impl Journal {
     /// recent on the card, not with its history. The rule relies on
     /// [`Journal::apply_card_feed`]'s `now` being taken before the feed request was sent.
     pub fn local_charges(&self, uid: &CardUid) -> Result<Cents, JournalError> {
-        let (rows, last_feed_at) = self.charge_rows(uid)?;
-        charges::local_charges(&rows, last_feed_at)
+        let (rows, reflected_as_of) = self.charge_rows(uid)?;
+        charges::local_charges(&rows, reflected_as_of)
             .ok_or_else(|| corrupt(format!("amounts of {uid} overflow")))
     }
 
@@ -90,37 +93,51 @@ impl Journal {
     /// and what the voids of in-doubt credits count in the charges
     /// ([`charges::in_doubt_voided_credits`]).
     pub fn local_effects(&self, uid: &CardUid) -> Result<(Cents, i64, Cents), JournalError> {
-        let (rows, last_feed_at) = self.charge_rows(uid)?;
+        let (rows, reflected_as_of) = self.charge_rows(uid)?;
         let overflow = || corrupt(format!("amounts of {uid} overflow"));
         Ok((
-            charges::local_charges(&rows, last_feed_at).ok_or_else(overflow)?,
-            charges::local_voucher_use(&rows, last_feed_at).ok_or_else(overflow)?,
-            charges::in_doubt_voided_credits(&rows, last_feed_at).ok_or_else(overflow)?,
+            charges::local_charges(&rows, reflected_as_of).ok_or_else(overflow)?,
+            charges::local_voucher_use(&rows, reflected_as_of).ok_or_else(overflow)?,
+            charges::in_doubt_voided_credits(&rows, reflected_as_of).ok_or_else(overflow)?,
         ))
     }
 
     /// The voucher units this terminal used on `uid` that the replica does not reflect yet
     /// ([`charges::local_voucher_use`], over the same rows as [`Journal::local_charges`]).
     pub fn local_voucher_use(&self, uid: &CardUid) -> Result<i64, JournalError> {
-        let (rows, last_feed_at) = self.charge_rows(uid)?;
-        charges::local_voucher_use(&rows, last_feed_at)
+        let (rows, reflected_as_of) = self.charge_rows(uid)?;
+        charges::local_voucher_use(&rows, reflected_as_of)
             .ok_or_else(|| corrupt(format!("voucher units of {uid} overflow")))
     }
 
     /// The card's candidate rows of the local-charges rule, and the last pull's time.
+    ///
+    /// The time is the later of the last complete pull and the request of the page that last
+    /// carried this card (`replica_cards.fetched_at`): the ledger read that page after every
+    /// acknowledgement before its request, so the card's row reflects them even when the pull
+    /// it belonged to was cut short (a pull cut after the page with the card's change would
+    /// otherwise count an acknowledged void or sale twice, and show the card poorer than it
+    /// is: the JSON-lines checkpoint test caught a card at 0 shown at -50.00).
     fn charge_rows(
         &self,
         uid: &CardUid,
     ) -> Result<(Vec<ChargeRow>, Option<DateTime<Utc>>), JournalError> {
-        let last_feed = get_meta(&self.conn, META_LAST_FEED_AT)?;
-        let last_feed_at = opt_time(META_LAST_FEED_AT, last_feed.clone())?;
+        let last_feed_at = opt_time(META_LAST_FEED_AT, get_meta(&self.conn, META_LAST_FEED_AT)?)?;
+        let fetched = self
+            .conn
+            .prepare_cached("SELECT fetched_at FROM replica_cards WHERE card_uid = ?1")?
+            .query_row([uid.as_str()], |r| r.get::<_, String>(0))
+            .optional()?;
+        let fetched_at = opt_time("replica_cards.fetched_at", fetched)?;
+        // `None` (never) sorts before any time.
+        let reflected_as_of = last_feed_at.max(fetched_at);
         let mut stmt = self.conn.prepare_cached(LOCAL_CHARGES_SQL)?;
-        let mut rows = stmt.query(params![uid.as_str(), last_feed])?;
+        let mut rows = stmt.query(params![uid.as_str(), reflected_as_of.map(format_time)])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             out.push(charge_row(row)?);
         }
-        Ok((out, last_feed_at))
+        Ok((out, reflected_as_of))
     }
 
     /// Applies the page of the card feed that completes a pull (the feed has nothing after
@@ -279,6 +296,11 @@ impl Journal {
     /// beginning) before the first page.
     pub fn feed_cursor(&self) -> Result<String, JournalError> {
         Ok(get_meta(&self.conn, META_FEED_CURSOR)?.unwrap_or_default())
+    }
+
+    /// When an entry last became `synced` (`None` before any).
+    pub fn last_acknowledged_at(&self) -> Result<Option<DateTime<Utc>>, JournalError> {
+        opt_time(META_LAST_SYNC_AT, get_meta(&self.conn, META_LAST_SYNC_AT)?)
     }
 }
 

@@ -54,23 +54,33 @@ async fn a_leaver_works_online_no_more_and_their_offline_sales_still_land(backen
     l.post("/v1/orders", &l.bar_token, &online)
         .await
         .assert_error(403, "FORBIDDEN");
-    // Offline, sold before the bar heard: applied as it was sold.
+    // Offline, sold before the bar heard: applied as it was sold, flagged for the report.
     let offline = order_body(
         &uid(1),
         l.seq(&l.bar_token),
         &[("water", 1, 200)],
         "offline",
     );
-    l.post("/v1/orders", &l.bar_token, &offline)
-        .await
-        .assert_status(201);
+    let landed = l.post("/v1/orders", &l.bar_token, &offline).await;
+    landed.assert_status(201);
+    assert_eq!(
+        landed.body["flags"],
+        json!(["STAFF_INACTIVE"]),
+        "{}",
+        landed.body
+    );
     assert_eq!(l.balance(&uid(1)).await, 1_800);
 
     assert_success("enable", &l.admin(&["staff", "enable", "--id", BAR_STAFF]));
     let again = order_body(&uid(1), l.seq(&l.bar_token), &[("water", 1, 200)], "online");
-    l.post("/v1/orders", &l.bar_token, &again)
-        .await
-        .assert_status(201);
+    let landed = l.post("/v1/orders", &l.bar_token, &again).await;
+    landed.assert_status(201);
+    assert_eq!(
+        landed.body["flags"],
+        json!([]),
+        "active again: {}",
+        landed.body
+    );
     // Audited, in order.
     let ops: Vec<String> = l
         .query_json(

@@ -286,7 +286,9 @@ impl BlockReason {
 /// top-up or deposit return was applied beyond a configured limit, or an offline voucher
 /// grant beyond `CARD_VOUCHER_UNITS_MAX`; `AGE_RESTRICTED` an offline order sold a
 /// product the card's age flag forbids (the terminal did not know the flag yet);
-/// `VOUCHERS_OVERDRAWN` an offline order used more vouchers than the card had.
+/// `VOUCHERS_OVERDRAWN` an offline order used more vouchers than the card had;
+/// `STAFF_INACTIVE` an offline order was made by a staff member disabled by the time it
+/// arrived (it stands: the goods were served).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Flag {
@@ -304,6 +306,8 @@ pub enum Flag {
     /// An offline order used more vouchers than the card had: its voucher units are below
     /// zero.
     VouchersOverdrawn,
+    /// An offline order made by a staff member who was disabled by the time it arrived.
+    StaffInactive,
 }
 
 /// One line of an order.

@@ -10,7 +10,7 @@ use crate::domain::{CardUid, Cents, ProductId, TaxRateName, split_gross};
 use crate::ledger::outcome::{self, Answer, Outcome};
 use crate::ledger::rules::{self, Action, BalanceChange, KeyCheck};
 use crate::protocol::api::{
-    ApiError, Approval, Mode, Operation, OrderRequest, RechargeRequest, ReturnRequest,
+    ApiError, Approval, Flag, Mode, Operation, OrderRequest, RechargeRequest, ReturnRequest,
     ShiftCloseout, ShiftRecorded, VoidOutcome, VoidRequest, VoucherGrantRequest, format_time,
 };
 use crate::protocol::codes::ErrorCode;
@@ -105,7 +105,7 @@ pub fn decide_operation<'a, R: Reads>(
         return refuse(e);
     }
     let decided = match op {
-        Operation::Order(r) => order(reads, ctx, r)?,
+        Operation::Order(r) => order(reads, ctx, r, staff.as_ref().is_some_and(|s| !s.active))?,
         Operation::Recharge(r) => recharge(ctx, r, reads.card(&r.card_uid)?)?,
         Operation::Void(r) => void(reads, ctx, r)?,
         Operation::Return(r) => deposit_return(reads, ctx, r)?,
@@ -223,18 +223,24 @@ fn catalog_of<'p, R: Reads>(
     Ok(catalog)
 }
 
+/// An order; `staff_inactive` when its staff member is disabled (then it is an offline
+/// order, [`rules::check_staff`] having refused an online one), which is flagged, last.
 fn order<'a, R: Reads>(
     reads: &R,
     ctx: &Context<'_>,
     r: &'a OrderRequest,
+    staff_inactive: bool,
 ) -> Result<Decided<'a>, R::Error> {
     let card = reads.card(&r.card_uid)?;
     let pos = &ctx.terminal.point_of_sale;
     let catalog = catalog_of(reads, pos, r.items.iter().map(|i| &i.product_id))?;
-    let decision = match rules::decide_order(r, card, |p| catalog.get(p)) {
+    let mut decision = match rules::decide_order(r, card, |p| catalog.get(p)) {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
+    if staff_inactive {
+        decision.change.flags.push(Flag::StaffInactive);
+    }
     let change = &decision.change;
     let transaction_id = new_transaction_id();
     let lines = r

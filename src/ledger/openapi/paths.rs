@@ -241,7 +241,8 @@ pub(super) fn operations() -> Vec<Op> {
                  `NEGATIVE_BALANCE`), for unknown cards too (created with balance 0, flag \
                  `CARD_CREATED`), and at the terminal's prices (a difference from the catalog \
                  is recorded, flag `PRICE_DIFFERS_FROM_CATALOG`), and for a card whose age \
-                 flag forbids a product (flag `AGE_RESTRICTED`). Only 400, 401, 403, 422 \
+                 flag forbids a product (flag `AGE_RESTRICTED`), and by a staff member \
+                 disabled since (flag `STAFF_INACTIVE`). Only 400, 401, 403, 422 \
                  `IDEMPOTENCY_KEY_REUSED` and 409 `OPERATION_VOIDED` refuse an offline order \
                  (plus the retryable 409 `DUPLICATE_REQUEST` and 5xx).\n\n\
                  Checks, in order: authentication (401), terminal kind (403), body (400/413), \

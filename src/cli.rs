@@ -159,8 +159,11 @@ enum LedgerCommand {
     Stripe(StripeCommand),
     /// Prove the books balance: exit 0 with a summary, or exit 1 listing every discrepancy.
     Audit,
-    /// Sales of standing orders by point of sale, terminal, product, staff member and hour,
-    /// each split by VAT rate (net, tax, gross), by the time the terminal made them.
+    /// The books of a range: sales of standing orders by point of sale, terminal, product,
+    /// staff member and hour, each split by VAT rate (net, tax, gross), by the time the
+    /// terminal made them; deposits out, returned and outstanding; vouchers granted and used;
+    /// top-ups by checkpoint, staff member and method, with Stripe's; the cashier close-outs;
+    /// the terminals' sync state; cards in debt or blocked; flagged sales.
     Report {
         /// From this time (RFC 3339, e.g. 2026-07-01T18:00:00+02:00) or the start of this
         /// festival day (2026-07-01, at [festival] day_starts_at), inclusive.
@@ -172,6 +175,12 @@ enum LedgerCommand {
         /// table (aligned, amounts in the currency), csv or json (amounts in cents).
         #[arg(long, value_enum, default_value = "table")]
         format: crate::ledger::report::ReportFormat,
+        /// Only this section (csv: its own columns; without it, csv holds the sales
+        /// sections): sales_by_point_of_sale, sales_by_terminal, sales_by_product,
+        /// sales_by_staff, sales_by_hour, deposits, vouchers, top_ups, cashier,
+        /// terminal_sync, cards, flagged_sales.
+        #[arg(long, value_name = "NAME")]
+        section: Option<String>,
     },
     /// Deposits on returnable items (cups): per item, what went out with orders, came back
     /// and is still out, and the deposits owed back.
@@ -737,10 +746,16 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     }
     // A report's range is checked before anything is opened: a usage error changes nothing.
     let report_range = match &args.command {
-        LedgerCommand::Report { from, to, .. } => {
-            match report::range(from.as_deref(), to.as_deref(), &config.festival_day) {
-                Ok(range) => Some(range),
-                Err(e) => {
+        LedgerCommand::Report {
+            from, to, section, ..
+        } => {
+            let only = section.as_deref().map(report::check_section).transpose();
+            match (
+                report::range(from.as_deref(), to.as_deref(), &config.festival_day),
+                only,
+            ) {
+                (Ok(range), Ok(only)) => Some((range, only)),
+                (Err(e), _) | (_, Err(e)) => {
                     eprintln!("error: {e}");
                     return Ok(ExitCode::from(2));
                 }
@@ -992,8 +1007,8 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             print!("{}", admin::format_deposits(&report));
         }
         LedgerCommand::Report { format, .. } => {
-            let range = report_range.context("the report's range")?;
-            let report = report::sales(&store, range, &config).await?;
+            let (range, only) = report_range.context("the report's range")?;
+            let report = report::report(&store, range, only, &config).await?;
             let mut out = std::io::stdout().lock();
             match report::write(&report, format, &mut out) {
                 // A reader that stopped early (`| head`) has what it wanted.

@@ -56,6 +56,7 @@ struct Sold {
     /// (product, quantity, unit price, VAT basis points).
     lines: Vec<(&'static str, i64, i64, i64)>,
     voided: bool,
+    offline: bool,
 }
 
 fn basis_points(rate: &str) -> i64 {
@@ -74,7 +75,12 @@ fn net_of(gross: i64, bp: i64) -> i64 {
 
 /// The festival: products at both points of sale, a terminal at the stage, funded cards.
 async fn festival(backend: Backend) -> (Ledger, String) {
-    let l = Ledger::start_with_config_on(backend, CONFIG).await;
+    festival_with_env(backend, &[]).await
+}
+
+/// [`festival`], the ledger started with `env`.
+async fn festival_with_env(backend: Backend, env: &[(&str, &str)]) -> (Ledger, String) {
+    let l = Ledger::start_with_config_and_env_on(backend, CONFIG, env).await;
     for pos in [BAR_POS, STAGE_POS] {
         assert_success(
             "cup",
@@ -200,6 +206,7 @@ async fn sell_a_night(l: &Ledger, stage: &str, seed: u64) -> Vec<Sold> {
             created_at,
             lines,
             voided,
+            offline,
         });
     }
     sold
@@ -436,10 +443,8 @@ async fn a_random_night_ties_out_with_the_postings_and_with_what_was_sold(backen
     );
 }
 
-async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Backend) {
-    let l = Ledger::start_with_config_on(backend, CONFIG).await;
-    l.fund(&uid(1), 1_000).await;
-    // Water costs one voucher (or 2.00) at the default rate; the card holds one voucher.
+/// Water at the main bar: 2.00, or one voucher, at the default VAT rate.
+fn add_water(l: &Ledger) {
     assert_success(
         "water",
         &l.admin(&[
@@ -457,6 +462,13 @@ async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Back
             "1",
         ]),
     );
+}
+
+async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Backend) {
+    let l = Ledger::start_with_config_on(backend, CONFIG).await;
+    l.fund(&uid(1), 1_000).await;
+    // Water costs one voucher (or 2.00) at the default rate; the card holds one voucher.
+    add_water(&l);
     assert_success(
         "grant",
         &l.admin(&["voucher", "grant", "--uid", &uid(1), "--units", "1"]),
@@ -495,11 +507,27 @@ async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Back
         sold.body
     );
     assert_eq!(l.balance(&uid(1)).await, 600);
-    // Long ago: nothing.
+    // Long ago: nothing was done. The terminals and the cards are as they are now.
     let empty = report(&l, &["--from", "2020-01-01", "--to", "2020-01-02"]);
-    for s in empty["sections"].as_array().unwrap() {
-        assert_eq!(s["rows"], json!([]), "{s}");
-        assert_eq!(s["total"]["gross_cents"], 0);
+    let sections = empty["sections"].as_array().unwrap();
+    assert_eq!(sections.len(), 12, "{empty}");
+    for s in sections {
+        match s["name"].as_str().unwrap() {
+            "terminal_sync" => {
+                assert_eq!(s["rows"].as_array().unwrap().len(), 3, "{s}");
+                assert_eq!(
+                    s["total"],
+                    json!({"offline_received": 0, "declined": 0}),
+                    "{s}"
+                );
+            }
+            "cards" => assert_eq!(s["rows"], json!([]), "none in debt or blocked: {s}"),
+            _ => {
+                assert_eq!(s["rows"], json!([]), "{s}");
+                let total = s["total"].as_object().unwrap();
+                assert!(!total.is_empty() && total.values().all(|v| v == 0), "{s}");
+            }
+        }
     }
     // From the start of this festival day (06:00 at +02:00): three waters (one paid with the
     // voucher: no money, no VAT), 4.00 at the standard rate, the default, as posted.
@@ -540,7 +568,516 @@ async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Back
     );
 }
 
+const STRIPE_SECRET: &str = "whsec_reports_test_1";
+
+/// A section's rows as JSON objects, and its total.
+fn rows_of(report: &Value, name: &str) -> (Vec<Value>, Value) {
+    let s = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"));
+    (s["rows"].as_array().unwrap().clone(), s["total"].clone())
+}
+
+/// `rows` keyed by the text of `keys`, each the integers of `values`.
+fn keyed(rows: &[Value], keys: &[&str], values: &[&str]) -> BTreeMap<Vec<String>, Vec<i64>> {
+    rows.iter()
+        .map(|r| {
+            (
+                keys.iter()
+                    .map(|k| r[*k].as_str().unwrap().to_owned())
+                    .collect(),
+                values.iter().map(|v| r[*v].as_i64().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A sum of postings: `SUM(amount_cents)` over `sql_from_where` (joined as `p`).
+fn posted(l: &Ledger, sql_from_where: &str) -> i64 {
+    l.query_i64(&format!(
+        "SELECT CAST(COALESCE(SUM(p.amount_cents), 0) AS BIGINT) {sql_from_where}"
+    ))
+}
+
+async fn the_other_sections_tie_out_with_the_books_and_with_what_was_done(backend: Backend) {
+    let (l, stage) = festival_with_env(
+        backend,
+        &[("CASHLESS_STRIPE_WEBHOOK_SECRETS", STRIPE_SECRET)],
+    )
+    .await;
+    let seed: u64 = std::env::var("CASHLESS_REPORT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("seed {seed} (CASHLESS_REPORT_SEED={seed} repeats it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sold = sell_a_night(&l, &stage, seed).await;
+    let now = Utc::now().trunc_subsecs(3);
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let cp = l.checkpoint_token.clone();
+
+    // Deposit returns at the bar, one of them voided.
+    let mut cups_returned = 0;
+    for n in 0..5 {
+        let quantity = rng.random_range(1..=2);
+        let mode = if n % 2 == 0 { "online" } else { "offline" };
+        let body = return_body(
+            &uid(n),
+            l.seq(&l.bar_token),
+            &[("cup", quantity, CUP_CENTS)],
+            mode,
+        );
+        l.post("/v1/returns", &l.bar_token, &body)
+            .await
+            .assert_status(201);
+        if n == 4 {
+            let void = void_body(
+                &crid(&body),
+                l.seq(&l.bar_token),
+                "staff_error",
+                SUPER_STAFF,
+            );
+            l.post("/v1/voids", &l.bar_token, &void)
+                .await
+                .assert_status(201);
+        } else {
+            cups_returned += quantity;
+        }
+    }
+
+    // Top-ups at the checkpoint over the night, by two staff members, cash and card, some
+    // made offline hours ago; one voided. Then a close-out of the whole shift that counted
+    // 1.50 more cash than the ledger recorded.
+    // The festival funded each card with 50.00 in cash at cp-1; one more card gets 1.00 below.
+    let mut top_ups: BTreeMap<Vec<String>, Vec<i64>> = BTreeMap::from([(
+        vec!["cp-1".to_owned(), CASH_STAFF.to_owned(), "cash".to_owned()],
+        vec![i64::from(CARDS) + 1, i64::from(CARDS) * 50_000 + 100, 0],
+    )]);
+    let mut ranged_top_ups: BTreeMap<Vec<String>, Vec<i64>> = BTreeMap::new();
+    let (from, to) = (now - Duration::hours(5), now - Duration::hours(2));
+    let mut recorded_cash = 0;
+    let mut offline_top_ups = 0;
+    let first_seq = l.seq(&cp);
+    let mut last_seq = first_seq;
+    for n in 0..16 {
+        let seq = if n == 0 { first_seq } else { l.seq(&cp) };
+        last_seq = seq;
+        let method = if rng.random_bool(0.6) { "cash" } else { "card" };
+        let offline = rng.random_bool(0.5);
+        let amount = rng.random_range(1..=40) * 250;
+        let mut body = recharge_body(
+            &uid(20 + n % 4),
+            seq,
+            amount,
+            method,
+            if offline { "offline" } else { "online" },
+        );
+        let staff = if n % 3 == 0 { SUPER_STAFF } else { CASH_STAFF };
+        body["staff_id"] = json!(staff);
+        let created_at = if offline {
+            now - Duration::seconds(rng.random_range(60..36_000))
+        } else {
+            now
+        };
+        body["created_at"] = json!(at(created_at));
+        l.post("/v1/recharges", &cp, &body).await.assert_status(201);
+        offline_top_ups += i64::from(offline);
+        if n == 7 {
+            let void = void_body(&crid(&body), l.seq(&cp), "staff_error", SUPER_STAFF);
+            l.post("/v1/voids", &cp, &void).await.assert_status(201);
+            continue;
+        }
+        let key = vec!["cp-1".to_owned(), staff.to_owned(), method.to_owned()];
+        for (map, counted) in [
+            (&mut top_ups, true),
+            (&mut ranged_top_ups, created_at >= from && created_at < to),
+        ] {
+            if counted {
+                let e = map.entry(key.clone()).or_insert_with(|| vec![0, 0, 0]);
+                e[0] += 1;
+                e[1] += amount;
+            }
+        }
+        if method == "cash" {
+            recorded_cash += amount;
+        }
+    }
+    let shift = json!({
+        "client_request_id": new_id(),
+        "staff_id": CASH_STAFF,
+        "opened_at": at(now - Duration::hours(11)),
+        "closed_at": at(now),
+        "cash_cents": recorded_cash,
+        "card_cents": 0,
+        "count": 15,
+        "counted_cash_cents": recorded_cash + 150,
+        "first_seq": first_seq,
+        "last_seq": last_seq,
+    });
+    l.post("/v1/shifts", &cp, &shift).await.assert_status(201);
+
+    // Stripe: 25.00 paid online, 10.00 of it refunded.
+    deliver_stripe_event(
+        &l,
+        STRIPE_SECRET,
+        &json!({"id": "evt_report_1", "type": "checkout.session.completed", "data": {"object": {
+            "id": "cs_report_1", "payment_status": "paid", "currency": "eur",
+            "amount_total": 2_500, "payment_intent": "pi_report_1",
+            "metadata": {"card_uid": uid(30)}, "created": 1_780_000_000}}}),
+    )
+    .await;
+    deliver_stripe_event(
+        &l,
+        STRIPE_SECRET,
+        &json!({"id": "evt_report_2", "type": "charge.refunded", "data": {"object": {
+            "id": "ch_report_1", "object": "charge", "amount": 2_500,
+            "amount_captured": 2_500, "amount_refunded": 1_000, "captured": true,
+            "currency": "eur", "paid": true, "payment_intent": "pi_report_1",
+            "refunded": false, "status": "succeeded"}}}),
+    )
+    .await;
+    assert_eq!(l.balance(&uid(30)).await, 1_500);
+    top_ups.insert(
+        vec!["stripe".into(), String::new(), "online".into()],
+        vec![1, 2_500, 1_000],
+    );
+
+    // Vouchers: three from the desk, two from the checkpoint's supervisor; water costs one
+    // at the bar, and two are drunk.
+    add_water(&l);
+    assert_success(
+        "desk",
+        &l.admin(&["voucher", "grant", "--uid", &uid(40), "--units", "3"]),
+    );
+    let grant = voucher_grant_body(&uid(40), l.seq(&cp), 2, "online");
+    l.post("/v1/voucher-grants", &cp, &grant)
+        .await
+        .assert_status(201);
+    let drinks = order_body(
+        &uid(40),
+        l.seq(&l.bar_token),
+        &[("water", 2, 200)],
+        "online",
+    );
+    let drunk = l.post("/v1/orders", &l.bar_token, &drinks).await;
+    drunk.assert_status(201);
+    assert_eq!(drunk.body["vouchers_used"], 2, "{}", drunk.body);
+
+    // Cards: one sold into debt offline; one replaced (the old UID blocked for good); one
+    // declined online for funds at bar-1.
+    let debt = order_body(
+        &uid(50),
+        l.seq(&l.bar_token),
+        &[("juice", 1, 300)],
+        "offline",
+    );
+    l.post("/v1/orders", &l.bar_token, &debt)
+        .await
+        .assert_status(201);
+    assert_success(
+        "replace",
+        &l.admin(&["card", "replace", "--old", &uid(1), "--new", &uid(51)]),
+    );
+    l.fund(&uid(52), 100).await;
+    let poor = order_body(
+        &uid(52),
+        l.seq(&l.bar_token),
+        &[("juice", 1, 300)],
+        "online",
+    );
+    l.post("/v1/orders", &l.bar_token, &poor)
+        .await
+        .assert_error(402, "INSUFFICIENT_FUNDS");
+
+    // Flagged sales: happy hour's old price offline, and a staff member disabled before
+    // the offline sale they made arrived. Both stand.
+    let old_price = order_body(
+        &uid(2),
+        l.seq(&l.bar_token),
+        &[("juice", 1, 250)],
+        "offline",
+    );
+    l.post("/v1/orders", &l.bar_token, &old_price)
+        .await
+        .assert_status(201);
+    assert_success(
+        "disable",
+        &l.admin(&["staff", "disable", "--id", SUPER_STAFF]),
+    );
+    let mut late = order_body(&uid(3), l.seq(&l.bar2_token), &[("tea", 2, 250)], "offline");
+    late["staff_id"] = json!(SUPER_STAFF);
+    let landed = l.post("/v1/orders", &l.bar2_token, &late).await;
+    landed.assert_status(201);
+    assert_eq!(
+        landed.body["flags"],
+        json!(["STAFF_INACTIVE"]),
+        "{}",
+        landed.body
+    );
+    let online_by_disabled = {
+        let mut b = order_body(&uid(3), l.seq(&l.bar2_token), &[("tea", 1, 250)], "online");
+        b["staff_id"] = json!(SUPER_STAFF);
+        b
+    };
+    l.post("/v1/orders", &l.bar2_token, &online_by_disabled)
+        .await
+        .assert_error(403, "FORBIDDEN");
+    l.assert_audit_ok();
+
+    let r = report(&l, &[]);
+
+    // Deposits: what the night's standing orders took for cups, less the returns; the
+    // outstanding amount is the `deposits` account.
+    let cups_out: i64 = sold
+        .iter()
+        .filter(|s| !s.voided)
+        .flat_map(|s| &s.lines)
+        .filter(|(product, ..)| *product == "beer-05")
+        .map(|(_, quantity, ..)| quantity)
+        .sum();
+    let (rows, total) = rows_of(&r, "deposits");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["product_id"],
+            &["out_quantity", "returned_quantity", "outstanding_quantity"]
+        ),
+        BTreeMap::from([(
+            vec!["cup".to_owned()],
+            vec![cups_out, cups_returned, cups_out - cups_returned]
+        )])
+    );
+    assert_eq!(
+        total["outstanding_cents"],
+        (cups_out - cups_returned) * CUP_CENTS
+    );
+    assert_eq!(
+        total["outstanding_cents"].as_i64().unwrap(),
+        posted(&l, "FROM postings p WHERE p.account = 'deposits'")
+    );
+
+    // Top-ups: as made, and against the cash and card postings of the standing ones and
+    // Stripe's clearing account.
+    let (rows, total) = rows_of(&r, "top_ups");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["checkpoint", "staff_id", "payment_method"],
+            &["top_ups", "amount_cents", "refunded_cents"]
+        ),
+        top_ups
+    );
+    let method_total = |method: &str| -> i64 {
+        rows.iter()
+            .filter(|r| r["payment_method"] == method)
+            .map(|r| r["amount_cents"].as_i64().unwrap() - r["refunded_cents"].as_i64().unwrap())
+            .sum()
+    };
+    let standing =
+        "JOIN recharges r ON r.transaction_id = p.transaction_id WHERE r.voided_by IS NULL";
+    assert_eq!(
+        method_total("cash"),
+        -posted(
+            &l,
+            &format!("FROM postings p {standing} AND p.account LIKE 'cash:%'")
+        )
+    );
+    assert_eq!(
+        method_total("card"),
+        -posted(
+            &l,
+            &format!("FROM postings p {standing} AND p.account LIKE 'card_payments:%'")
+        )
+    );
+    assert_eq!(
+        method_total("online"),
+        -posted(&l, "FROM postings p WHERE p.account = 'stripe_clearing'")
+    );
+    assert_eq!(total["refunded_cents"], 1_000);
+    let ranged = report(&l, &["--from", &at(from), "--to", &at(to)]);
+    let (rows, _) = rows_of(&ranged, "top_ups");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["checkpoint", "staff_id", "payment_method"],
+            &["top_ups", "amount_cents", "refunded_cents"]
+        ),
+        ranged_top_ups,
+        "top-ups made from five to two hours ago"
+    );
+
+    // The cashier: the ledger's cash against the count.
+    let (rows, _) = rows_of(&r, "cashier");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["checkpoint", "staff_id"],
+            &[
+                "recorded_cash_cents",
+                "counted_cash_cents",
+                "difference_cents",
+                "terminal_cash_cents"
+            ]
+        ),
+        BTreeMap::from([(
+            vec!["cp-1".to_owned(), CASH_STAFF.to_owned()],
+            vec![recorded_cash, recorded_cash + 150, 150, recorded_cash]
+        )])
+    );
+
+    // Vouchers: granted less used is what the cards hold.
+    let (rows, total) = rows_of(&r, "vouchers");
+    assert_eq!(
+        keyed(&rows, &["source"], &["granted_units", "used_units"]),
+        BTreeMap::from([
+            (vec![format!("bar {BAR_POS}")], vec![0, 2]),
+            (vec![format!("checkpoint {CHECKPOINT_POS}")], vec![2, 0]),
+            (vec!["desk".to_owned()], vec![3, 0]),
+        ])
+    );
+    assert_eq!(
+        total["granted_units"].as_i64().unwrap() - total["used_units"].as_i64().unwrap(),
+        l.query_i64("SELECT CAST(SUM(voucher_units) AS BIGINT) FROM cards")
+    );
+
+    // Terminals: the offline operations each sent, what the ledger declined, no gaps.
+    let (rows, _) = rows_of(&r, "terminal_sync");
+    let offline_orders =
+        |t: &str| sold.iter().filter(|s| s.terminal == t && s.offline).count() as i64;
+    let expected = BTreeMap::from([
+        // Sales, returns (two offline), the debt and the old price.
+        (
+            vec!["bar-1".to_owned(), "active".to_owned()],
+            vec![offline_orders("bar-1") + 2 + 2, 1, 0],
+        ),
+        (
+            vec!["bar-2".to_owned(), "active".to_owned()],
+            vec![offline_orders("bar-2") + 1, 0, 0],
+        ),
+        (
+            vec!["cp-1".to_owned(), "active".to_owned()],
+            vec![offline_top_ups, 0, 0],
+        ),
+        (
+            vec!["stage-1".to_owned(), "active".to_owned()],
+            vec![offline_orders("stage-1"), 0, 0],
+        ),
+    ]);
+    assert_eq!(
+        keyed(
+            &rows,
+            &["terminal", "token"],
+            &["offline_received", "declined", "missing_seqs"]
+        ),
+        expected
+    );
+    for row in &rows {
+        assert!(row["last_seen_at"].is_string(), "{row}");
+    }
+
+    // Cards in debt and blocked: the debt is what the cards owe.
+    let (rows, total) = rows_of(&r, "cards");
+    let ours: Vec<Value> = rows
+        .iter()
+        .filter(|r| r["card_uid"] == uid(1) || r["card_uid"] == uid(50))
+        .cloned()
+        .collect();
+    assert_eq!(
+        keyed(
+            &ours,
+            &["card_uid", "status", "block_reason", "replaced_by"],
+            &["debt_cents"]
+        ),
+        BTreeMap::from([
+            (
+                vec![uid(1), "blocked".into(), "lost".into(), uid(51)],
+                vec![0]
+            ),
+            (
+                vec![uid(50), "blocked".into(), "debt".into(), String::new()],
+                vec![300]
+            ),
+        ])
+    );
+    assert_eq!(
+        total["debt_cents"].as_i64().unwrap(),
+        -l.query_i64("SELECT CAST(COALESCE(SUM(balance_cents), 0) AS BIGINT) FROM cards WHERE balance_cents < 0")
+    );
+
+    // Flagged sales: each as sold.
+    let (rows, _) = rows_of(&r, "flagged_sales");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["terminal", "flag", "staff_id", "card_uid"],
+            &["total_cents", "terminal_seq"]
+        ),
+        BTreeMap::from([
+            (
+                vec![
+                    "bar-1".into(),
+                    "PRICE_DIFFERS_FROM_CATALOG".into(),
+                    BAR_STAFF.into(),
+                    uid(2)
+                ],
+                vec![250, old_price["terminal_seq"].as_i64().unwrap()]
+            ),
+            (
+                vec![
+                    "bar-2".into(),
+                    "STAFF_INACTIVE".into(),
+                    SUPER_STAFF.into(),
+                    uid(3)
+                ],
+                vec![500, late["terminal_seq"].as_i64().unwrap()]
+            ),
+        ])
+    );
+
+    // One section as CSV, with its own columns; a section that does not exist is a usage
+    // error that changes nothing.
+    let csv = assert_success(
+        "csv",
+        &l.admin(&["report", "--format", "csv", "--section", "cashier"]),
+    );
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "checkpoint",
+            "staff_id",
+            "opened_at",
+            "closed_at",
+            "recorded_cash_cents",
+            "counted_cash_cents",
+            "difference_cents",
+            "terminal_cash_cents"
+        ]
+    );
+    let records: Vec<_> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(&records[0][6], "150");
+    let table = assert_success("table", &l.admin(&["report", "--section", "cards"]));
+    assert!(
+        table.contains("Cards in debt or blocked") && table.contains("3.00"),
+        "{table}"
+    );
+    assert!(!table.contains("Sales by"), "{table}");
+    assert_refused_without_change(
+        &l,
+        &[(
+            vec!["report", "--section", "bogus"],
+            2,
+            "no section \"bogus\"",
+        )],
+    );
+}
+
 on_both_backends! {
     a_random_night_ties_out_with_the_postings_and_with_what_was_sold,
     vouchers_old_prices_and_empty_ranges_are_reported_as_sold,
+    the_other_sections_tie_out_with_the_books_and_with_what_was_done,
 }

@@ -21,7 +21,7 @@ use crate::ledger::caller::Terminal;
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
-use crate::ledger::report::{SalesQuery, SalesSections};
+use crate::ledger::report::{ReportData, ReportQuery};
 use crate::ledger::rules::Limits;
 use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -775,14 +775,14 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// The database connections of this process, now.
     fn pool_status(&self) -> PoolStatus;
 
-    /// The sales report (`ledger::report`), every dimension in one snapshot: standing orders'
-    /// lines (not deposits) made in the range, grouped by each dimension's key and the VAT
-    /// rate, in byte order, at most `query.limit + 1` rows per dimension (one more than the
-    /// limit says there are more).
-    fn sales(
+    /// The report (`ledger::report`), every section in one snapshot: the sales (standing
+    /// orders' lines, not deposits, made in the range, grouped by each dimension's key and
+    /// the VAT rate, in byte order), then each of `report::sections::specs`, at most
+    /// `query.limit + 1` rows per section (one more than the limit says there are more).
+    fn report(
         &self,
-        query: SalesQuery,
-    ) -> impl Future<Output = Result<SalesSections, StoreError>> + Send;
+        query: ReportQuery,
+    ) -> impl Future<Output = Result<ReportData, StoreError>> + Send;
 }
 
 /// What `/metrics` reads from the database at a scrape.
@@ -1095,10 +1095,10 @@ impl ReportStore for Store {
         }
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
+    async fn report(&self, query: ReportQuery) -> Result<ReportData, StoreError> {
         match self {
-            Store::Sqlite(s) => s.sales(query).await,
-            Store::Postgres(s) => s.sales(query).await,
+            Store::Sqlite(s) => s.report(query).await,
+            Store::Postgres(s) => s.report(query).await,
         }
     }
 }

@@ -9,7 +9,8 @@
 use super::admin::internal;
 use super::{PgStore, classify};
 use crate::domain::Cents;
-use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow, SalesSections};
+use crate::ledger::report::sections::{self, ColumnKind, Param};
+use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
@@ -143,7 +144,7 @@ impl ReportStore for PgStore {
         self.pool.status()
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
+    async fn report(&self, query: ReportQuery) -> Result<ReportData, StoreError> {
         let offset = f64::from(query.utc_offset_s);
         let limit = i64::from(query.limit) + 1;
         let mut client = self.pool.get().await?;
@@ -182,8 +183,40 @@ impl ReportStore for PgStore {
                 .collect::<Result<_, StoreError>>()?;
             sections.push((dimension, rows));
         }
+        let mut others = Vec::new();
+        for spec in sections::specs() {
+            let (sql, params) = sections::postgres_sql(&spec.sql);
+            let stmt = tx.prepare(&sql).await.map_err(classify)?;
+            let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
+                    match p {
+                        Param::From => &query.from,
+                        Param::To => &query.to,
+                        Param::Limit => &limit,
+                    }
+                })
+                .collect();
+            let rows = tx
+                .query(&stmt, &values)
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|r| {
+                    spec.columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| cell(r, i, c.kind))
+                        .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            others.push(Section::of(&spec, rows));
+        }
         tx.commit().await.map_err(classify)?;
-        Ok(sections)
+        Ok(ReportData {
+            sales: sections,
+            sections: others,
+        })
     }
 
     async fn deposit_report(&self) -> Result<DepositReport, StoreError> {
@@ -232,6 +265,23 @@ impl ReportStore for PgStore {
             account_cents,
         })
     }
+}
+
+/// Column `i` of a report section's row, as its kind says.
+fn cell(row: &tokio_postgres::Row, i: usize, kind: ColumnKind) -> Result<Cell, StoreError> {
+    Ok(match kind {
+        ColumnKind::Text => Cell::Text(
+            row.try_get::<_, Option<String>>(i)
+                .map_err(classify)?
+                .unwrap_or_default(),
+        ),
+        ColumnKind::Count | ColumnKind::Cents | ColumnKind::Number => Cell::Int(
+            row.try_get::<_, Option<i64>>(i)
+                .map_err(classify)?
+                .unwrap_or(0),
+        ),
+        ColumnKind::Time => Cell::Time(row.try_get(i).map_err(classify)?),
+    })
 }
 
 /// A read-only, repeatable-read transaction: one consistent snapshot for several reads.

@@ -3,7 +3,8 @@
 
 use super::{SqliteStore, internal};
 use crate::domain::Cents;
-use crate::ledger::report::{SalesDimension, SalesQuery, SalesRow, SalesSections};
+use crate::ledger::report::sections::{self, ColumnKind};
+use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
     StoreError, TerminalSync,
@@ -103,7 +104,7 @@ impl ReportStore for SqliteStore {
         }
     }
 
-    async fn sales(&self, query: SalesQuery) -> Result<SalesSections, StoreError> {
+    async fn report(&self, query: ReportQuery) -> Result<ReportData, StoreError> {
         let from = query.from.map(format_time);
         let to = query.to.map(format_time);
         let offset = format!("{:+} seconds", query.utc_offset_s);
@@ -127,7 +128,34 @@ impl ReportStore for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 sections.push((dimension, rows));
             }
-            Ok(sections)
+            let mut others = Vec::new();
+            for spec in sections::specs() {
+                let mut stmt = tx.prepare(&spec.sql)?;
+                // Each query names the parameters it uses, and only those are bound.
+                let values: [(&str, &dyn rusqlite::ToSql); 3] =
+                    [(":from", &from), (":to", &to), (":limit", &limit)];
+                for (name, value) in values {
+                    if let Some(i) = stmt.parameter_index(name)? {
+                        stmt.raw_bind_parameter(i, value)?;
+                    }
+                }
+                let mut rows = stmt.raw_query();
+                let mut read = Vec::new();
+                while let Some(row) = rows.next()? {
+                    read.push(
+                        spec.columns
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| cell(row, i, c.kind))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    );
+                }
+                others.push(Section::of(&spec, read));
+            }
+            Ok(ReportData {
+                sales: sections,
+                sections: others,
+            })
         })
         .await
     }
@@ -244,6 +272,31 @@ impl ReportStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Column `i` of a report section's row, as its kind says: times are RFC 3339 text here.
+fn cell(row: &rusqlite::Row<'_>, i: usize, kind: ColumnKind) -> rusqlite::Result<Cell> {
+    Ok(match kind {
+        ColumnKind::Text => Cell::Text(row.get::<_, Option<String>>(i)?.unwrap_or_default()),
+        ColumnKind::Count | ColumnKind::Cents | ColumnKind::Number => {
+            Cell::Int(row.get::<_, Option<i64>>(i)?.unwrap_or(0))
+        }
+        ColumnKind::Time => Cell::Time(
+            row.get::<_, Option<String>>(i)?
+                .map(|text| {
+                    chrono::DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                i,
+                                rusqlite::types::Type::Text,
+                                format!("time {text:?}: {e}").into(),
+                            )
+                        })
+                })
+                .transpose()?,
+        ),
+    })
 }
 
 /// Adds `message(name, a, b)` to `d` for every row of `sql`, a query of discrepancies with

@@ -7,6 +7,11 @@
 //! - against the test's own record of what it sold: quantities per terminal, product, staff
 //!   member and local hour, and the net of each range asked with `--from` and `--to`.
 //!
+//! The other sections (deposits, vouchers, top-ups with Stripe's, the cashier, the terminals,
+//! cards in debt or blocked, flagged sales) are checked against a second seeded day that
+//! does each of those things, and against the postings and the cards; a real terminal's
+//! offline sale at an old price by a staff member disabled meanwhile is reported as sold.
+//!
 //! CSV and the table carry the same sums as JSON. Units paid with vouchers count without
 //! money; an offline sale at an old price is reported at the price it was sold at; an empty
 //! range reports zeros; bad arguments are refused with exit code 2 and change nothing.
@@ -15,6 +20,7 @@
 mod common;
 
 use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
+use common::terminal::{Proxy, Terminal, ready_to_sell, wait_until_synced};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -464,6 +470,23 @@ fn add_water(l: &Ledger) {
     );
 }
 
+/// Happy hour is over: water costs 2.50 at the main bar.
+fn end_happy_hour(l: &Ledger) {
+    assert_success(
+        "set-price",
+        &l.admin(&[
+            "product",
+            "set-price",
+            "--id",
+            "water",
+            "--point-of-sale",
+            BAR_POS,
+            "--price-cents",
+            "250",
+        ]),
+    );
+}
+
 async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Backend) {
     let l = Ledger::start_with_config_on(backend, CONFIG).await;
     l.fund(&uid(1), 1_000).await;
@@ -480,19 +503,7 @@ async fn vouchers_old_prices_and_empty_ranges_are_reported_as_sold(backend: Back
         .assert_status(201);
     // Happy hour is over: 2.50. A terminal that had not heard sold one more at 2.00 offline,
     // which lands as sold (flagged) and is reported at the price it was sold at.
-    assert_success(
-        "set-price",
-        &l.admin(&[
-            "product",
-            "set-price",
-            "--id",
-            "water",
-            "--point-of-sale",
-            BAR_POS,
-            "--price-cents",
-            "250",
-        ]),
-    );
+    end_happy_hour(&l);
     let body = order_body(
         &uid(1),
         l.seq(&l.bar_token),
@@ -934,7 +945,7 @@ async fn the_other_sections_tie_out_with_the_books_and_with_what_was_done(backen
         keyed(&rows, &["source"], &["granted_units", "used_units"]),
         BTreeMap::from([
             (vec![format!("bar {BAR_POS}")], vec![0, 2]),
-            (vec![format!("checkpoint {CHECKPOINT_POS}")], vec![2, 0]),
+            (vec!["checkpoint cp-1".to_owned()], vec![2, 0]),
             (vec!["desk".to_owned()], vec![3, 0]),
         ])
     );
@@ -1012,7 +1023,7 @@ async fn the_other_sections_tie_out_with_the_books_and_with_what_was_done(backen
     assert_eq!(
         keyed(
             &rows,
-            &["terminal", "flag", "staff_id", "card_uid"],
+            &["terminal", "flags", "staff_id", "card_uid"],
             &["total_cents", "terminal_seq"]
         ),
         BTreeMap::from([
@@ -1080,4 +1091,69 @@ on_both_backends! {
     a_random_night_ties_out_with_the_postings_and_with_what_was_sold,
     vouchers_old_prices_and_empty_ranges_are_reported_as_sold,
     the_other_sections_tie_out_with_the_books_and_with_what_was_done,
+}
+
+/// End to end with a real terminal: a bar goes offline; meanwhile happy hour ends and the
+/// staff member logged in there is disabled; the sale it makes at the old price lands as
+/// sold when the network returns, and the report lists it under both flags.
+#[tokio::test]
+async fn a_real_terminals_offline_sale_at_an_old_price_by_a_leaver_is_reported_as_sold() {
+    let l = Ledger::start().await;
+    l.fund(&uid(1), 5_000).await;
+    let proxy = Proxy::start(&l.base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Terminal::start(dir.path(), &proxy.addr, &l.bar_token).await;
+    ready_to_sell(&mut t).await;
+    wait_until_synced(&mut t).await;
+
+    proxy.go_down().await;
+    end_happy_hour(&l);
+    assert_success(
+        "disable",
+        &l.admin(&["staff", "disable", "--id", BAR_STAFF]),
+    );
+    let d = t.sell("water", 1, &uid(1)).await;
+    assert_eq!(
+        (d["status"].as_str(), d["total_cents"].as_i64()),
+        (Some("approved_offline"), Some(200)),
+        "{d}"
+    );
+    proxy.go_up();
+    wait_until_synced(&mut t).await;
+    t.quit().await;
+
+    assert_eq!(
+        l.balance(&uid(1)).await,
+        4_800,
+        "sold at the price it was sold at"
+    );
+    let r = report(&l, &[]);
+    let (rows, total) = rows_of(&r, "flagged_sales");
+    assert_eq!(
+        keyed(
+            &rows,
+            &["terminal", "flags", "staff_id", "card_uid"],
+            &["total_cents"]
+        ),
+        BTreeMap::from([(
+            vec![
+                "bar-1".to_owned(),
+                "PRICE_DIFFERS_FROM_CATALOG STAFF_INACTIVE".to_owned(),
+                BAR_STAFF.to_owned(),
+                uid(1)
+            ],
+            vec![200]
+        )])
+    );
+    assert_eq!(
+        total,
+        json!({"total_cents": 200}),
+        "one order, counted once"
+    );
+    let (rows, _) = rows_of(&r, "sales_by_staff");
+    assert_eq!(
+        keyed(&rows, &["key"], &["quantity", "gross_cents"]),
+        BTreeMap::from([(vec![BAR_STAFF.to_owned()], vec![1, 200])])
+    );
+    l.assert_audit_ok();
 }

@@ -11,7 +11,7 @@
 //! dimension it is what the order postings credit to `revenue:*` and `vat:*`.
 //!
 //! Each dimension is one `GROUP BY` in the database, all of them in one snapshot
-//! ([`crate::ledger::store::ReportStore::sales`]), so every section sums to the same while
+//! ([`crate::ledger::store::ReportStore::report`]), so every section sums to the same while
 //! orders keep arriving, and what the report holds grows with the number of points of sale, terminals,
 //! products, staff and hours, never with the number of orders; a dimension with more than
 //! [`REPORT_ROWS_MAX`] rows is refused rather than cut.

@@ -131,14 +131,14 @@ const CARDS: &[Column] = &[
     col("status", "STATUS", Text),
     col("block_reason", "REASON", Text),
     col("replaced_by", "REPLACED_BY", Text),
-    col("since", "SINCE", Time),
+    col("updated_at", "LAST_CHANGE", Time),
     col("debt_cents", "DEBT", Cents),
     col("held_cents", "HELD", Cents),
 ];
 
 const FLAGGED_SALES: &[Column] = &[
     col("terminal", "TERMINAL", Text),
-    col("flag", "FLAG", Text),
+    col("flags", "FLAGS", Text),
     col("staff_id", "STAFF", Text),
     col("card_uid", "CARD", Text),
     col("created_at", "MADE", Time),
@@ -183,16 +183,18 @@ pub fn specs() -> Vec<SectionSpec> {
             name: "vouchers",
             title: "Voucher units granted and used",
             columns: VOUCHERS,
-            // Granted: standing checkpoint grants (by the checkpoint's point of sale), the
-            // desk's grants and what the daily allowances changed (from the audit log), and,
-            // in a report without `--from`, what housekeeping folded out of an archived audit
-            // log. Used: standing orders, by point of sale. Over the whole festival, granted
-            // less used is what the cards hold, which `audit` proves card by card.
+            // Granted: standing checkpoint grants (by the checkpoint terminal), the desk's
+            // grants and what the daily allowances changed (from the audit log), and, in a
+            // report of the whole festival (neither `--from` nor `--to`), what housekeeping
+            // folded out of archived audit-log rows, whose times are gone. Used: standing
+            // orders, by point of sale. Over the whole festival, granted less used is what
+            // the cards hold, which `audit` proves card by card (a card replacement moves
+            // units between cards and changes no total).
             sql: format!(
                 "SELECT source, CAST(SUM(granted) AS BIGINT), CAST(SUM(used) AS BIGINT)
-                 FROM (SELECT 'checkpoint ' || g.point_of_sale AS source, g.units AS granted,
-                              0 AS used
-                       FROM voucher_grants g WHERE g.voided_by IS NULL AND {g}
+                 FROM (SELECT 'checkpoint ' || t.name AS source, g.units AS granted, 0 AS used
+                       FROM voucher_grants g JOIN terminals t ON t.terminal_id = g.terminal_id
+                       WHERE g.voided_by IS NULL AND {g}
                        UNION ALL
                        SELECT 'desk', CAST(l.details ->> 'units' AS BIGINT), 0
                        FROM app_transaction_log l
@@ -206,7 +208,7 @@ pub fn specs() -> Vec<SectionSpec> {
                          AND {l}
                        UNION ALL
                        SELECT 'archived desk and daily moves', a.voucher_units, 0
-                       FROM archived_voucher_moves a WHERE :from IS NULL
+                       FROM archived_voucher_moves a WHERE :from IS NULL AND :to IS NULL
                        UNION ALL
                        SELECT 'bar ' || o.point_of_sale, 0, o.voucher_units
                        FROM bar_orders o
@@ -340,22 +342,23 @@ pub fn specs() -> Vec<SectionSpec> {
             columns: FLAGGED_SALES,
             // Standing orders the ledger applied as sold although they differed from what
             // it knew: a price or product other than the catalog's, or a staff member
-            // disabled by the time the order arrived. One row per order and flag.
+            // disabled by the time the order arrived. One row per order, with those of
+            // `REPORTED_FLAGS` it carries, space-separated in that order.
             sql: {
-                let one = |flag: &str| {
-                    format!(
-                        "SELECT t.name, '{flag}', o.staff_id, o.card_uid, o.created_at,
-                                CAST(o.terminal_seq AS BIGINT), CAST(o.total_cents AS BIGINT)
-                         FROM bar_orders o JOIN terminals t ON t.terminal_id = o.terminal_id
-                         WHERE o.voided_by IS NULL
-                           AND CAST(o.flags AS TEXT) LIKE '%\"{flag}\"%' AND {range}",
-                        range = in_range("o.created_at"),
-                    )
-                };
+                let has = |flag: &str| format!("CAST(o.flags AS TEXT) LIKE '%\"{flag}\"%'");
+                let [a, b] = REPORTED_FLAGS;
                 format!(
-                    "SELECT * FROM ({} UNION ALL {}) AS f LIMIT :limit",
-                    one(REPORTED_FLAGS[0]),
-                    one(REPORTED_FLAGS[1])
+                    "SELECT t.name,
+                            TRIM(CASE WHEN {has_a} THEN '{a}' ELSE '' END || ' '
+                                 || CASE WHEN {has_b} THEN '{b}' ELSE '' END),
+                            o.staff_id, o.card_uid, o.created_at,
+                            CAST(o.terminal_seq AS BIGINT), CAST(o.total_cents AS BIGINT)
+                     FROM bar_orders o JOIN terminals t ON t.terminal_id = o.terminal_id
+                     WHERE o.voided_by IS NULL AND ({has_a} OR {has_b}) AND {range}
+                     LIMIT :limit",
+                    has_a = has(a),
+                    has_b = has(b),
+                    range = in_range("o.created_at"),
                 )
             },
         },
@@ -385,9 +388,17 @@ pub fn postgres_sql(sql: &str) -> (String, Vec<Param>) {
     let mut out = String::with_capacity(sql.len());
     let mut order: Vec<Param> = Vec::new();
     let mut rest = sql;
-    while let Some(at) = rest.find(':') {
+    while let Some(at) = rest.find([':', '\'']) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
+        if let Some(literal) = tail.strip_prefix('\'') {
+            // A string literal is copied as it is, up to its closing quote (a doubled quote
+            // inside it closes and reopens it, which comes to the same).
+            let end = literal.find('\'').map_or(tail.len(), |i| i + 2);
+            out.push_str(&tail[..end]);
+            rest = &tail[end..];
+            continue;
+        }
         let named = NAMES.iter().find(|(name, ..)| {
             tail.starts_with(name)
                 && !tail[name.len()..]
@@ -423,12 +434,13 @@ mod tests {
 
     #[test]
     fn postgres_numbers_only_the_parameters_used() {
-        let (sql, params) =
-            postgres_sql("SELECT 1 WHERE x < :to AND (:to IS NULL) AND ':fromage' LIMIT :limit");
+        let (sql, params) = postgres_sql(
+            "SELECT 1 WHERE x < :to AND (:to IS NULL) AND ':from' || 'it''s :to' LIMIT :limit",
+        );
         assert_eq!(
             sql,
-            "SELECT 1 WHERE x < $1::timestamptz AND ($1::timestamptz IS NULL) AND ':fromage' \
-             LIMIT $2::bigint"
+            "SELECT 1 WHERE x < $1::timestamptz AND ($1::timestamptz IS NULL) AND ':from' || \
+             'it''s :to' LIMIT $2::bigint"
         );
         assert_eq!(params, [Param::To, Param::Limit]);
     }

@@ -330,8 +330,22 @@ async fn a_checkpoint_tops_up_shows_the_balance_and_voids_the_last_top_up() {
         "NOTHING_TO_VOID",
         "a top-up is voided once"
     );
-    wait_until_synced(&mut t).await;
+    let synced = wait_until_synced(&mut t).await;
     assert_eq!(l.balance(&card).await, 0);
+    // The replica holds the card once a pull after the void's acknowledgement is recorded
+    // (the round that replayed the void may still be pulling when `status` says synced).
+    let acknowledged = synced["last_sync_at"].as_str().unwrap().to_owned();
+    wait_for_status(
+        &mut t,
+        "a card-feed pull after the void",
+        (EVENT_DEADLINE, Duration::from_millis(50)),
+        |s| {
+            s["last_feed_at"]
+                .as_str()
+                .is_some_and(|pulled| pulled > acknowledged.as_str())
+        },
+    )
+    .await;
 
     // A tap at the idle screen shows the balance, from the replica when the ledger is away.
     proxy.set_mode(FORWARD).await;

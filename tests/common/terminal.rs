@@ -436,6 +436,28 @@ pub async fn ready_to_top_up(t: &mut Terminal) {
     assert_eq!(t.expect("login").await["ok"], true);
 }
 
+/// Polls `status` every `every` until `done` says so, within `within`; returns that status.
+pub async fn wait_for_status(
+    t: &mut Terminal,
+    what: &str,
+    (within, every): (Duration, Duration),
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        t.send(json!({"cmd": "status"})).await;
+        let s = t.expect("status").await;
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not yet in {s}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Polls `status` until nothing is pending or in doubt and the terminal is online.
 pub async fn wait_until_synced(t: &mut Terminal) -> Value {
     wait_until_synced_within(t, EVENT_DEADLINE).await
@@ -443,14 +465,8 @@ pub async fn wait_until_synced(t: &mut Terminal) -> Value {
 
 /// [`wait_until_synced`] with a deadline of its own (a large drain on a loaded machine).
 pub async fn wait_until_synced_within(t: &mut Terminal, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        t.send(json!({"cmd": "status"})).await;
-        let s = t.expect("status").await;
-        if s["pending"] == 0 && s["in_doubt"] == 0 && s["online"] == true {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not synced: {s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_status(t, "synced", (within, Duration::from_millis(200)), |s| {
+        s["pending"] == 0 && s["in_doubt"] == 0 && s["online"] == true
+    })
+    .await
 }

@@ -1087,7 +1087,66 @@ async fn the_other_sections_tie_out_with_the_books_and_with_what_was_done(backen
     );
 }
 
+/// A bar that had not heard that juice and cups were taken off sale sold both offline: the
+/// order stands, flagged, and is booked as sold: the juice at its own reduced rate, the cup
+/// as a deposit, not at the default rate as an unknown product.
+async fn a_product_taken_off_sale_is_booked_at_its_own_rate_and_deposit(backend: Backend) {
+    let (l, _) = festival(backend).await;
+    for product in ["juice", "cup"] {
+        assert_success(
+            "disable",
+            &l.admin(&[
+                "product",
+                "disable",
+                "--id",
+                product,
+                "--point-of-sale",
+                BAR_POS,
+            ]),
+        );
+    }
+    let online = order_body(&uid(1), l.seq(&l.bar_token), &[("juice", 1, 300)], "online");
+    l.post("/v1/orders", &l.bar_token, &online)
+        .await
+        .assert_error(422, "UNKNOWN_PRODUCT");
+    let body = order_body(
+        &uid(1),
+        l.seq(&l.bar_token),
+        &[
+            ("juice", 1, 300),
+            ("beer-05", 1, 450),
+            ("cup", 1, CUP_CENTS),
+        ],
+        "offline",
+    );
+    let sold = l.post("/v1/orders", &l.bar_token, &body).await;
+    sold.assert_status(201);
+    assert_eq!(
+        sold.body["flags"],
+        json!(["PRICE_DIFFERS_FROM_CATALOG"]),
+        "{}",
+        sold.body
+    );
+    let account = |name: &str| posted(&l, &format!("FROM postings p WHERE p.account = '{name}'"));
+    let juice_net = net_of(300, basis_points("reduced"));
+    assert_eq!(account(&format!("revenue:{BAR_POS}:reduced")), juice_net);
+    assert_eq!(account("vat:reduced"), 300 - juice_net);
+    assert_eq!(account("deposits"), CUP_CENTS);
+    let r = report(&l, &[]);
+    assert_eq!(
+        section(&r, "sales_by_product")[&("juice".to_owned(), "reduced".to_owned())],
+        (1, juice_net, 300 - juice_net, 300)
+    );
+    let (rows, _) = rows_of(&r, "deposits");
+    assert_eq!(
+        keyed(&rows, &["product_id"], &["out_quantity", "out_cents"]),
+        BTreeMap::from([(vec!["cup".to_owned()], vec![1, CUP_CENTS])])
+    );
+    l.assert_audit_ok();
+}
+
 on_both_backends! {
+    a_product_taken_off_sale_is_booked_at_its_own_rate_and_deposit,
     a_random_night_ties_out_with_the_postings_and_with_what_was_sold,
     vouchers_old_prices_and_empty_ranges_are_reported_as_sold,
     the_other_sections_tie_out_with_the_books_and_with_what_was_done,

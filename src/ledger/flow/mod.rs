@@ -224,13 +224,14 @@ pub trait Reads {
     fn staff(&self, id: &StaffId) -> Result<Option<StaffMember>, Self::Error>;
     /// A card.
     fn card(&self, uid: &CardUid) -> Result<Option<CardState>, Self::Error>;
-    /// An active product at a point of sale: its price and its rate's name (`None`: the
-    /// default rate).
+    /// A product at a point of sale, and whether it is on sale (`false`: disabled). A
+    /// disabled product is no catalog entry for deciding a sale, but an offline sale of it
+    /// is still booked at its VAT rate, and its money as a deposit if it is returnable.
     fn catalog_product(
         &self,
         point_of_sale: &str,
         product: &ProductId,
-    ) -> Result<Option<CatalogEntry>, Self::Error>;
+    ) -> Result<Option<(CatalogEntry, bool)>, Self::Error>;
     /// What a void's target key names.
     fn void_target(&self, crid: &ClientRequestId) -> Result<VoidTarget, Self::Error>;
 }

@@ -207,13 +207,13 @@ fn approval(
 
 type Decided<'a> = Result<Applied<'a>, ApiError>;
 
-/// The catalog entries of `products` on sale at `point_of_sale` (a product not on sale there
-/// is absent).
+/// The catalog entries of `products` at `point_of_sale`, each with whether it is on sale (a
+/// product unknown there is absent).
 fn catalog_of<'p, R: Reads>(
     reads: &R,
     point_of_sale: &str,
     products: impl Iterator<Item = &'p ProductId>,
-) -> Result<HashMap<&'p ProductId, CatalogEntry>, R::Error> {
+) -> Result<HashMap<&'p ProductId, (CatalogEntry, bool)>, R::Error> {
     let mut catalog = HashMap::new();
     for product in products {
         if let Some(entry) = reads.catalog_product(point_of_sale, product)? {
@@ -221,6 +221,17 @@ fn catalog_of<'p, R: Reads>(
         }
     }
     Ok(catalog)
+}
+
+/// The entry of `product` if it is on sale.
+fn on_sale<'c>(
+    catalog: &'c HashMap<&ProductId, (CatalogEntry, bool)>,
+    product: &ProductId,
+) -> Option<&'c CatalogEntry> {
+    catalog
+        .get(product)
+        .filter(|(_, on_sale)| *on_sale)
+        .map(|(e, _)| e)
 }
 
 /// An order; `staff_inactive` when its staff member is disabled (then it is an offline
@@ -234,7 +245,8 @@ fn order<'a, R: Reads>(
     let card = reads.card(&r.card_uid)?;
     let pos = &ctx.terminal.point_of_sale;
     let catalog = catalog_of(reads, pos, r.items.iter().map(|i| &i.product_id))?;
-    let mut decision = match rules::decide_order(r, card, |p| catalog.get(p)) {
+    let on_sale = |p: &ProductId| on_sale(&catalog, p);
+    let mut decision = match rules::decide_order(r, card, on_sale) {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
@@ -248,7 +260,9 @@ fn order<'a, R: Reads>(
         .iter()
         .zip(&decision.voucher_quantities)
         .map(|(item, voucher_quantity)| {
-            let entry = catalog.get(&item.product_id);
+            // A product taken off sale since the terminal sold it offline is booked at its
+            // own rate, and as a deposit if returnable; only its price is not the catalog's.
+            let entry = catalog.get(&item.product_id).map(|(e, _)| e);
             let rate_name = entry.and_then(|e| e.tax_rate.as_deref());
             let tax_rate = ctx.taxes.resolve(rate_name).ok_or_else(|| {
                 FlowError::new(format!(
@@ -276,11 +290,12 @@ fn order<'a, R: Reads>(
                 },
                 tax_rate.basis_points,
             );
-            let voucher_units = entry
+            let sold = on_sale(&item.product_id);
+            let voucher_units = sold
                 .and_then(|e| e.voucher_price)
                 .map_or(0, |price| price * voucher_quantity);
             Ok(OrderLine {
-                catalog_price_differs: entry.and_then(|e| e.differs(item.unit_price_cents)),
+                catalog_price_differs: sold.and_then(|e| e.differs(item.unit_price_cents)),
                 line_total,
                 tax_rate,
                 net: split.net,
@@ -402,7 +417,7 @@ fn deposit_return<'a, R: Reads>(
     let pos = &ctx.terminal.point_of_sale;
     let catalog = catalog_of(reads, pos, r.items.iter().map(|i| &i.product_id))?;
     let card = reads.card(&r.card_uid)?;
-    let decision = match rules::decide_return(r, card, |p| catalog.get(p), ctx.limits) {
+    let decision = match rules::decide_return(r, card, |p| on_sale(&catalog, p), ctx.limits) {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };

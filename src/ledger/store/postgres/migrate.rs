@@ -53,7 +53,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(13, "0013_daily_vouchers.sql"),
     migration!(14, "0014_housekeeping.sql"),
     migration!(15, "0015_card_replacement.sql"),
-    migration!(16, "0016_staff_inactive_flag.sql"),
+    migration!(16, "0016_offline_orders_as_sold.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -96,12 +96,12 @@ impl Reads for SqlReads<'_> {
         &self,
         point_of_sale: &str,
         product: &ProductId,
-    ) -> Result<Option<CatalogEntry>, StoreError> {
+    ) -> Result<Option<(CatalogEntry, bool)>, StoreError> {
         self.0
             .prepare_cached(
                 "SELECT price_cents, tax_rate, min_age, open_price_max_cents, voucher_price,
-                        returnable
-                 FROM products WHERE point_of_sale = ?1 AND product_id = ?2 AND active = 1",
+                        returnable, active
+                 FROM products WHERE point_of_sale = ?1 AND product_id = ?2",
             )?
             .query_row([point_of_sale, product.as_str()], |row| {
                 Ok((
@@ -111,19 +111,23 @@ impl Reads for SqlReads<'_> {
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<i64>>(4)?,
                     row.get::<_, bool>(5)?,
+                    row.get::<_, bool>(6)?,
                 ))
             })
             .optional()?
             .map(
-                |(price, tax_rate, min_age, open_max, voucher_price, returnable)| {
-                    Ok::<_, StoreError>(CatalogEntry {
-                        price: Cents::new(price),
-                        tax_rate,
-                        min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
-                        open_price_max: open_max.map(Cents::new),
-                        voucher_price,
-                        returnable,
-                    })
+                |(price, tax_rate, min_age, open_max, voucher_price, returnable, active)| {
+                    Ok::<_, StoreError>((
+                        CatalogEntry {
+                            price: Cents::new(price),
+                            tax_rate,
+                            min_age: min_age.map(MinAge::new).transpose().map_err(internal)?,
+                            open_price_max: open_max.map(Cents::new),
+                            voucher_price,
+                            returnable,
+                        },
+                        active,
+                    ))
                 },
             )
             .transpose()

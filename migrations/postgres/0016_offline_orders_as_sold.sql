@@ -1,11 +1,14 @@
--- cashless ledger schema, version 16 (PostgreSQL): an offline order by a disabled staff
--- member is flagged.
+-- cashless ledger schema, version 16 (PostgreSQL): offline orders booked as they were sold.
 --
--- A terminal that had not yet heard that a staff member was disabled (`cashless ledger staff
--- disable`) may still sell under their login while offline. The order stands when it
--- arrives (the goods were served) and is now flagged `STAFF_INACTIVE`, so that `cashless
--- ledger report` can list it. No table changes: 0011's sp_process_bar_order with that one
--- check added before the writes (the SQLite store flags it in the program).
+-- A terminal that had not yet heard of a change may still sell offline what the ledger no
+-- longer allows. The order stands when it arrives (the goods were served), and now:
+-- - made by a staff member disabled since (`cashless ledger staff disable`), it is flagged
+--   `STAFF_INACTIVE`, so that `cashless ledger report` can list it;
+-- - a product taken off sale since (`cashless ledger product disable`) is booked at its own
+--   VAT rate, and as a deposit if it is returnable, instead of at the default rate as an
+--   unknown product (it is still flagged `PRICE_DIFFERS_FROM_CATALOG`).
+-- No table changes: 0011's sp_process_bar_order with those two changes (the SQLite store
+-- makes them in the program).
 
 CREATE OR REPLACE FUNCTION sp_process_bar_order(
     p_call ledger_call, p_client_request_id uuid, p_terminal_seq bigint, p_card_uid text,
@@ -54,6 +57,7 @@ DECLARE
     v_vouchers_after bigint;
     v_money bigint;
     v_returnable boolean;
+    v_active boolean;
     v_catalog_returnable boolean[] := '{}';
     v_line_deposits boolean[] := '{}';
     v_deposits bigint := 0;
@@ -71,14 +75,19 @@ BEGIN
     -- lock (the decision below uses them in the order of rules::decide_order), so that the
     -- card is locked for less time.
     FOR i IN 1 .. coalesce(array_length(p_product_ids, 1), 0) LOOP
-        SELECT price_cents, tax_rate, open_price_max_cents, min_age, voucher_price, returnable
-          INTO v_price, v_product_rate, v_open_max, v_min_age, v_voucher_price, v_returnable
+        SELECT price_cents, tax_rate, open_price_max_cents, min_age, voucher_price, returnable,
+               active
+          INTO v_price, v_product_rate, v_open_max, v_min_age, v_voucher_price, v_returnable,
+               v_active
           FROM products
-         WHERE point_of_sale = v_start.point_of_sale AND product_id = p_product_ids[i]
-           AND active;
+         WHERE point_of_sale = v_start.point_of_sale AND product_id = p_product_ids[i];
         IF NOT FOUND THEN
             v_price := NULL; v_product_rate := NULL; v_open_max := NULL; v_min_age := NULL;
             v_voucher_price := NULL; v_returnable := false;
+        ELSIF NOT v_active THEN
+            -- Off sale: no catalog entry for the decision, but what was sold offline is
+            -- booked at the product's own rate, and as a deposit if it is returnable.
+            v_price := NULL; v_open_max := NULL; v_min_age := NULL; v_voucher_price := NULL;
         END IF;
         v_catalog_returnable := v_catalog_returnable || v_returnable;
         v_catalog_vouchers := v_catalog_vouchers || v_voucher_price;

@@ -21,29 +21,24 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::FromSqlOwned;
 
-/// The ledger's top-ups of the terminal in each shift, voided ones left out like the
-/// terminal's totals: those in the close-out's range of the terminal's own sequence numbers,
-/// or (a close-out without one) those the terminal made between `opened_at` and
-/// `closed_at`; none for an empty shift, whatever the terminal's clock says. The same rule
-/// as SQLite's, and likewise without an index on recharges (terminal_id, terminal_seq).
-const SHIFT_REPORTS: &str = "
-    SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
-           s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
-           s.recorded_at, count(r.transaction_id),
-           COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'cash'), 0)::bigint,
-           COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'card'), 0)::bigint
-    FROM shift_closeouts s
-    JOIN terminals t ON t.terminal_id = s.terminal_id
-    LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
-         AND CASE WHEN s.first_seq IS NOT NULL
-                  THEN r.terminal_seq BETWEEN s.first_seq AND s.last_seq
-                  WHEN s.count = 0 AND s.cash_cents = 0 AND s.card_cents = 0
-                  THEN false
-                  ELSE r.created_at >= s.opened_at AND r.created_at <= s.closed_at
-             END
-    WHERE $1::text IS NULL OR t.name = $1
-    GROUP BY s.shift_id, t.name
-    ORDER BY s.closed_at, t.name COLLATE \"C\", s.shift_id";
+/// Every shift close-out (of terminal `$1`, if given) with the ledger's own top-ups of the
+/// shift ([`sections::SHIFT_TOP_UPS`], the rule SQLite's `shift list` reads too).
+fn shift_reports_sql() -> String {
+    format!(
+        "SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
+                s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
+                s.recorded_at, count(r.transaction_id),
+                COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'cash'), 0)::bigint,
+                COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'card'), 0)::bigint
+         FROM shift_closeouts s
+         JOIN terminals t ON t.terminal_id = s.terminal_id
+         {}
+         WHERE $1::text IS NULL OR t.name = $1
+         GROUP BY s.shift_id, t.name
+         ORDER BY s.closed_at, t.name COLLATE \"C\", s.shift_id",
+        sections::SHIFT_TOP_UPS
+    )
+}
 
 impl ReportStore for PgStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
@@ -61,7 +56,7 @@ impl ReportStore for PgStore {
     ) -> Result<Vec<ShiftReport>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(SHIFT_REPORTS)
+            .prepare_cached(&shift_reports_sql())
             .await
             .map_err(classify)?;
         let rows = client

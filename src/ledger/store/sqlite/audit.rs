@@ -210,16 +210,8 @@ impl ReportStore for SqliteStore {
         terminal_name: Option<String>,
     ) -> Result<Vec<ShiftReport>, StoreError> {
         self.read(move |conn| {
-            // The ledger's top-ups of the terminal in the shift, voided ones left out like
-            // the terminal's totals. The shift is the close-out's range of the terminal's own
-            // sequence numbers (an offline top-up replayed after the close still belongs to
-            // it, and a terminal clock step moves nothing out of it); a close-out without
-            // one (an empty shift) falls back to the terminal's times between `opened_at`
-            // and `closed_at`. Without an index on recharges (terminal_id, terminal_seq),
-            // which every top-up would pay for, this scans the top-ups once per close-out:
-            // about a second for 300 close-outs over 20,000 top-ups, acceptable for an admin
-            // report.
-            let mut stmt = conn.prepare(
+            // The ledger's top-ups of each shift: `sections::SHIFT_TOP_UPS`.
+            let mut stmt = conn.prepare(&format!(
                 "SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,
                         s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
                         s.recorded_at, COUNT(r.transaction_id),
@@ -227,19 +219,12 @@ impl ReportStore for SqliteStore {
                         COALESCE(SUM(CASE WHEN r.payment_method = 'card' THEN r.amount_cents END), 0)
                  FROM shift_closeouts s
                  JOIN terminals t ON t.terminal_id = s.terminal_id
-                 LEFT JOIN recharges r ON r.terminal_id = s.terminal_id AND r.voided_by IS NULL
-                      AND CASE WHEN s.first_seq IS NOT NULL
-                               THEN r.terminal_seq BETWEEN s.first_seq AND s.last_seq
-                               -- A terminal's empty shift (no range, nothing taken) holds no
-                               -- top-up, whatever its clock says.
-                               WHEN s.count = 0 AND s.cash_cents = 0 AND s.card_cents = 0
-                               THEN 0
-                               ELSE r.created_at >= s.opened_at AND r.created_at <= s.closed_at
-                          END
+                 {}
                  WHERE ?1 IS NULL OR t.name = ?1
                  GROUP BY s.shift_id
                  ORDER BY s.closed_at, t.name, s.shift_id",
-            )?;
+                sections::SHIFT_TOP_UPS
+            ))?;
             let rows = stmt.query_map([terminal_name], |r| {
                 Ok((
                     r.get::<_, String>(0)?,

@@ -793,7 +793,10 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }
         LedgerCommand::Terminal(TerminalCommand::List) => {
             let fleet = store.fleet(admin::TERMINAL_LIST_MAX).await?;
-            print!("{}", admin::format_terminals(&fleet.terminals));
+            print!(
+                "{}",
+                admin::format_terminals(&fleet.terminals, chrono::Utc::now(), config.fleet)
+            );
         }
         LedgerCommand::Terminal(TerminalCommand::Revoke { name }) => {
             admin::terminal_revoke(&store, &name).await?;

@@ -1341,6 +1341,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("stripe_recharges", None),
     ("stripe_refunds", None),
     ("terminal_seqs", None),
+    ("terminal_status", None),
     ("terminals", None),
     ("voids", None),
     ("voucher_grants", None),

@@ -397,6 +397,15 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/scans", &l.bar_token, &scans)
         .await
         .assert_status(200);
+    // A terminal's last status report (its clock a little ahead, a null age).
+    let status = json!({
+        "reported_at": "2026-07-01T21:15:00.500Z", "waiting": 2, "in_doubt": 1,
+        "rejected": 0, "oldest_unsent_age_s": null, "card_feed_cursor": "17",
+        "reader_state": "disconnected", "software_version": "0.1.0 (test)"
+    });
+    l.post("/v1/terminals/me/status", &l.bar_token, &status)
+        .await
+        .assert_status(200);
     let shift = json!({
         "client_request_id": new_id(),
         "staff_id": CASH_STAFF,

@@ -2,11 +2,12 @@
 //! database through the same [`LedgerStore`] as the server, so they work while it runs.
 
 use super::config::{DatabaseUrl, LedgerConfig};
+use super::fleet::{self, Attention, FleetRules};
 use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::{
     AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
-    ProductUpsert, ShiftReport, StaffChange, Store, StoreOptions, StripeEventRecord,
+    ProductUpsert, ShiftReport, StaffChange, StatusSeen, Store, StoreOptions, StripeEventRecord,
     TerminalChange, TerminalSync,
 };
 use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
@@ -113,10 +114,21 @@ pub async fn terminal_revoke(store: &impl LedgerStore, name: &str) -> anyhow::Re
 }
 
 /// `terminal list`: every terminal with its sync state, one per line.
-pub fn format_terminals(terminals: &[TerminalSync]) -> String {
-    let rows: Vec<[String; 8]> = terminals
+pub fn format_terminals(
+    terminals: &[TerminalSync],
+    now: chrono::DateTime<chrono::Utc>,
+    rules: FleetRules,
+) -> String {
+    let rows: Vec<[String; 14]> = terminals
         .iter()
         .map(|t| {
+            let status = t.status.as_ref();
+            let count =
+                |f: fn(&StatusSeen) -> i64| status.map_or("-".to_owned(), |s| f(s).to_string());
+            let attention: Vec<&str> = fleet::attention(t, now, rules)
+                .into_iter()
+                .map(Attention::tag)
+                .collect();
             [
                 t.name.clone(),
                 t.kind.as_str().to_owned(),
@@ -127,6 +139,17 @@ pub fn format_terminals(terminals: &[TerminalSync]) -> String {
                 t.highest_contiguous_seq.to_string(),
                 t.highest_seen_seq.to_string(),
                 t.missing_seqs.to_string(),
+                fleet::last_contact(t)
+                    .map_or_else(|| "never".to_owned(), crate::protocol::api::format_time),
+                count(|s| s.waiting),
+                count(|s| s.rejected),
+                status.map_or("-", |s| s.reader_state.as_str()).to_owned(),
+                status.map_or("-".to_owned(), |s| s.clock_offset_ms().to_string()),
+                if attention.is_empty() {
+                    "-".to_owned()
+                } else {
+                    attention.join(",")
+                },
             ]
         })
         .collect();
@@ -140,6 +163,12 @@ pub fn format_terminals(terminals: &[TerminalSync]) -> String {
             "CONTIGUOUS",
             "SEEN",
             "MISSING",
+            "LAST_CONTACT",
+            "WAITING",
+            "REJECTED",
+            "READER",
+            "CLOCK_MS",
+            "ATTENTION",
         ],
         5,
         &rows,

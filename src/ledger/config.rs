@@ -8,6 +8,7 @@ use crate::domain::{
     Cents, FestivalDay, TAX_RATE_BASIS_POINTS_MAX, TAX_RATES_MAX, TaxRateName, TaxRates,
     TaxRatesError,
 };
+use crate::ledger::fleet::{FLEET_THRESHOLD_S_MAX, FleetRules};
 use crate::ledger::housekeeping::{ARCHIVE_AFTER_DAYS_MAX, HousekeepingSettings};
 use crate::ledger::tls::TlsFiles;
 use crate::protocol::api::RECHARGE_AMOUNT_CENTS_MAX;
@@ -83,6 +84,15 @@ struct RawConfig {
     taxes: RawTaxes,
     #[serde(default)]
     housekeeping: RawHousekeeping,
+    #[serde(default)]
+    hq: RawHq,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHq {
+    silent_after_s: Option<i64>,
+    unsent_age_max_s: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +237,8 @@ pub struct LedgerConfig {
     pub tls: Option<TlsFiles>,
     /// `[housekeeping]`.
     pub housekeeping: HousekeepingConfig,
+    /// `[hq]`: when a terminal needs a person.
+    pub fleet: FleetRules,
 }
 
 /// `[housekeeping]`: where `cashless ledger housekeeping` archives, and from what age.
@@ -287,6 +299,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("festival_day", &self.festival_day)
             .field("tls", &self.tls)
             .field("housekeeping", &self.housekeeping)
+            .field("fleet", &self.fleet)
             .finish()
     }
 }
@@ -498,6 +511,24 @@ impl LedgerConfig {
             archive_after_days: u32::try_from(archive_after_days).unwrap_or(ARCHIVE_AFTER_DAYS_MAX),
         };
 
+        let defaults = FleetRules::default();
+        let threshold = |key: &str, value: Option<i64>, default: i64| {
+            whole_in(f, key, value, default, 1..=FLEET_THRESHOLD_S_MAX, "seconds")
+                .map(|s| i64::try_from(s).unwrap_or(default))
+        };
+        let fleet = FleetRules {
+            silent_after_s: threshold(
+                "[hq] silent_after_s",
+                raw.hq.silent_after_s,
+                defaults.silent_after_s,
+            )?,
+            unsent_age_max_s: threshold(
+                "[hq] unsent_age_max_s",
+                raw.hq.unsent_age_max_s,
+                defaults.unsent_age_max_s,
+            )?,
+        };
+
         Ok(LedgerConfig {
             listen,
             database,
@@ -516,6 +547,7 @@ impl LedgerConfig {
             festival_day,
             tls,
             housekeeping,
+            fleet,
         })
     }
 }
@@ -716,6 +748,8 @@ mod tests {
         assert_eq!(limits(&config), limits(&defaults));
         assert_eq!(config.postgres, defaults.postgres);
         assert_eq!(defaults.postgres, PostgresSettings::default());
+        assert_eq!(config.fleet, defaults.fleet);
+        assert_eq!(defaults.fleet, FleetRules::default());
     }
 
     #[test]
@@ -751,6 +785,15 @@ mod tests {
     #[test]
     fn errors_name_the_file_key_and_expectation() {
         let cases = [
+            (
+                "[hq]\nsilent_after_s = 0\n",
+                "[hq] silent_after_s: seconds between 1 and 86400, got 0",
+            ),
+            (
+                "[hq]\nunsent_age_max_s = 86401\n",
+                "[hq] unsent_age_max_s: seconds between 1 and 86400, got 86401",
+            ),
+            ("[hq]\nquiet_after_s = 5\n", "quiet_after_s"),
             (
                 "[limits]\nrecharge_max_cents = 0\n",
                 "[limits] recharge_max_cents: cents between 1",

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod api;
 pub mod caller;
 pub mod config;
+pub mod fleet;
 pub mod flow;
 pub mod housekeeping;
 pub mod metrics;

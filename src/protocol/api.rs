@@ -1099,6 +1099,151 @@ impl Scan {
     }
 }
 
+/// Entries one status report counts in each state, at most (a journal holds far fewer
+/// unsettled entries; a larger number is a broken terminal).
+pub const STATUS_COUNT_MAX: u64 = 100_000_000;
+/// The longest card-feed cursor a status report carries.
+pub const STATUS_CURSOR_LEN_MAX: usize = 128;
+/// The longest software version a status report carries.
+pub const STATUS_VERSION_LEN_MAX: usize = 64;
+/// The oldest unsent operation's age a status report may give, at most (a year).
+pub const STATUS_UNSENT_AGE_S_MAX: u64 = 366 * 24 * 3600;
+
+/// The card reader's state, as a terminal reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderState {
+    /// A reader is connected and waiting for cards.
+    Connected,
+    /// No reader is plugged in (or none matches the configured name).
+    Waiting,
+    /// The reader went away, or PC/SC failed.
+    Disconnected,
+    /// No hardware: cards are typed in (`tap` on the JSON-lines interface).
+    Simulated,
+}
+
+impl ReaderState {
+    /// Its name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderState::Connected => "connected",
+            ReaderState::Waiting => "waiting",
+            ReaderState::Disconnected => "disconnected",
+            ReaderState::Simulated => "simulated",
+        }
+    }
+
+    /// The state with this name.
+    pub fn parse(s: &str) -> Option<ReaderState> {
+        [
+            ReaderState::Connected,
+            ReaderState::Waiting,
+            ReaderState::Disconnected,
+            ReaderState::Simulated,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A terminal's state as it reports it (`POST /v1/terminals/me/status`), each sync round
+/// that finds it changed and at least every `[sync] status_interval_ms`. A report replaces
+/// the terminal's previous one: sending the same report again changes nothing but the time
+/// the ledger last heard from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalStatusReport {
+    /// The terminal's own clock when it sent the report (RFC 3339). The ledger compares it
+    /// with its own clock: a terminal that booted with a wrong clock dates every operation
+    /// wrongly.
+    pub reported_at: DateTime<Utc>,
+    /// Operations journaled and not yet acknowledged by the ledger (to send or to replay).
+    #[schema(maximum = 100_000_000)]
+    pub waiting: u64,
+    /// Online attempts whose answer never came (they are replayed).
+    #[schema(maximum = 100_000_000)]
+    pub in_doubt: u64,
+    /// Operations the ledger refused for good, kept on the terminal for a person.
+    #[schema(maximum = 100_000_000)]
+    pub rejected: u64,
+    /// Age in seconds of the oldest operation not yet acknowledged, by the terminal's clock;
+    /// null when everything is acknowledged.
+    #[schema(maximum = 31_622_400)]
+    pub oldest_unsent_age_s: Option<u64>,
+    /// The last card-feed cursor the terminal applied (empty before its first page).
+    #[schema(max_length = 128)]
+    pub card_feed_cursor: String,
+    /// The card reader's state.
+    pub reader_state: ReaderState,
+    /// The terminal's software version: 1 to 64 printable ASCII characters.
+    #[schema(
+        pattern = "^[ -~]{1,64}$",
+        min_length = 1,
+        max_length = 64,
+        example = "0.1.0"
+    )]
+    pub software_version: String,
+}
+
+impl TerminalStatusReport {
+    /// Field checks beyond the types.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        for (field, n) in [
+            ("waiting", self.waiting),
+            ("in_doubt", self.in_doubt),
+            ("rejected", self.rejected),
+        ] {
+            if n > STATUS_COUNT_MAX {
+                return Err(FieldError::new(
+                    field,
+                    format!("at most {STATUS_COUNT_MAX}"),
+                ));
+            }
+        }
+        if self
+            .oldest_unsent_age_s
+            .is_some_and(|s| s > STATUS_UNSENT_AGE_S_MAX)
+        {
+            return Err(FieldError::new(
+                "oldest_unsent_age_s",
+                format!("at most {STATUS_UNSENT_AGE_S_MAX} seconds"),
+            ));
+        }
+        if self.card_feed_cursor.len() > STATUS_CURSOR_LEN_MAX
+            || !self.card_feed_cursor.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(FieldError::new(
+                "card_feed_cursor",
+                format!("at most {STATUS_CURSOR_LEN_MAX} visible ASCII characters"),
+            ));
+        }
+        let version_ok = !self.software_version.is_empty()
+            && self.software_version.len() <= STATUS_VERSION_LEN_MAX
+            && self
+                .software_version
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b));
+        if !version_ok {
+            return Err(FieldError::new(
+                "software_version",
+                format!("1 to {STATUS_VERSION_LEN_MAX} printable ASCII characters"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The ledger's answer to a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusReceipt {
+    /// The ledger's clock when it stored the report.
+    pub received_at: DateTime<Utc>,
+    /// The terminal's clock minus the ledger's, in milliseconds (the report's
+    /// `reported_at` against `received_at`; network delay counts against the terminal).
+    pub clock_offset_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 
 use super::core::replay::{Settlement, settle};
 use crate::domain::{AgeFlag, CardUid, Cents};
-use crate::protocol::api::{Operation, ShiftCloseout, ShiftRecorded};
+use crate::protocol::api::{Operation, ShiftCloseout, ShiftRecorded, TerminalStatusReport};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -469,6 +469,17 @@ impl LedgerClient {
     /// The staff feed (`{"staff": [...]}`), for offline login.
     pub async fn staff(&self) -> Result<Value, ClientError> {
         self.get_json("/v1/staff").await
+    }
+
+    /// Reports this terminal's state (`POST /v1/terminals/me/status`).
+    pub async fn post_status(&self, report: &TerminalStatusReport) -> Result<Answer, ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/v1/terminals/me/status"))
+                .json(report),
+            self.timeout,
+        )
+        .await
     }
 
     /// Uploads scans (`{"scans": [...]}`).

@@ -74,6 +74,7 @@ struct RawSync {
     batch_max: Option<usize>,
     backoff_base_ms: Option<u64>,
     backoff_cap_ms: Option<u64>,
+    status_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +119,9 @@ pub struct TerminalConfig {
     pub sync_backoff_base_ms: u64,
     /// Longest retry delay.
     pub sync_backoff_cap_ms: u64,
+    /// The terminal's state is reported to the ledger at least this often (and at once when
+    /// it changes).
+    pub sync_status_interval_ms: u64,
     /// The card reader.
     pub reader_backend: ReaderBackend,
     /// Substring of the reader's name; empty: the first contactless reader.
@@ -148,6 +152,7 @@ impl std::fmt::Debug for TerminalConfig {
             .field("offline_max_return_payout", &self.offline_max_return_payout)
             .field("sync_interval_ms", &self.sync_interval_ms)
             .field("sync_batch_max", &self.sync_batch_max)
+            .field("sync_status_interval_ms", &self.sync_status_interval_ms)
             .field("reader_backend", &self.reader_backend)
             .field("reader_name_filter", &self.reader_name_filter)
             .field("reader_debounce_ms", &self.reader_debounce_ms)
@@ -405,6 +410,14 @@ impl TerminalConfig {
             sync_backoff_base_ms,
             3_600_000,
         )?;
+        let sync_status_interval_ms = ms_in(
+            f,
+            "[sync] status_interval_ms",
+            s.status_interval_ms,
+            30_000,
+            1000,
+            600_000,
+        )?;
 
         let reader_backend = match (overrides.reader_backend, raw.reader.backend.as_deref()) {
             (Some(b), _) => b,
@@ -451,6 +464,7 @@ impl TerminalConfig {
             sync_batch_max,
             sync_backoff_base_ms,
             sync_backoff_cap_ms,
+            sync_status_interval_ms,
             reader_backend,
             reader_name_filter,
             reader_debounce_ms,

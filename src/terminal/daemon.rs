@@ -9,6 +9,7 @@ use super::client::LedgerClient;
 use super::config::TerminalConfig;
 use super::frontend::{Front, Input, JsonlFrontend, Leave, TerminalInfo};
 use super::journal::Journal;
+use super::metrics::ReaderGauge;
 use super::session::{Session, card_event};
 use super::sync::{SharedJournal, SyncHandle, SyncTask, with_journal};
 use super::tap::recover;
@@ -61,6 +62,8 @@ impl Daemon {
         let journal: SharedJournal = Arc::new(Mutex::new(journal));
         let online = Arc::new(AtomicBool::new(true));
         let tap_in_flight = Arc::new(AtomicBool::new(false));
+        // The reader's state: set by the session, read by the metrics and the status reports.
+        let reader = ReaderGauge::default();
         Ok(Daemon {
             sync: SyncTask::new(
                 Arc::clone(&journal),
@@ -68,8 +71,9 @@ impl Daemon {
                 config.clone(),
                 Arc::clone(&online),
                 Arc::clone(&tap_in_flight),
+                reader.clone(),
             ),
-            session: Session::new(config, journal, client, online, tap_in_flight),
+            session: Session::new(config, journal, client, online, tap_in_flight, reader),
         })
     }
 

@@ -138,19 +138,19 @@ pub struct Session {
 
 impl Session {
     /// A session with nobody logged in, over `journal`, asking the ledger through `client`;
-    /// `online` and `tap_in_flight` are shared with the sync task.
+    /// `online`, `tap_in_flight` and the reader's state are shared with the sync task.
     pub fn new(
         config: TerminalConfig,
         journal: SharedJournal,
         client: LedgerClient,
         online: Arc<AtomicBool>,
         tap_in_flight: Arc<AtomicBool>,
+        reader_gauge: ReaderGauge,
     ) -> Session {
         let reader_state = match config.reader_backend {
             ReaderBackend::Simulated => SIMULATED_READER.to_owned(),
             ReaderBackend::Pcsc => "waiting".to_owned(),
         };
-        let reader_gauge = ReaderGauge::default();
         reader_gauge.set(match config.reader_backend {
             ReaderBackend::Simulated => "simulated",
             ReaderBackend::Pcsc => "waiting",

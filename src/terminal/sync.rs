@@ -4,7 +4,8 @@
 //! A round ([`SyncTask::first_round`] before the terminal is ready, then forever on a task of
 //! its own, [`SyncTask::spawn`]) repairs what a journal failure left behind, checks who the
 //! ledger says this terminal is, replays the journal, pulls the card feed, the catalog, the
-//! staff list and the top-up limits, uploads the scan log and sends the shift close-outs.
+//! staff list and the top-up limits, uploads the scan log, sends the shift close-outs and
+//! reports the terminal's state ([`status_due`]).
 //! After a round that failed it waits with backoff and jitter; it reports settled entries to
 //! the main loop through a channel and says whether the ledger was reached through the
 //! shared `online` flag.
@@ -27,8 +28,13 @@ use super::journal::{
     CachedStaff, Catalog, CloseoutState, Entry, EntryState, FeedRow, Journal, JournalError,
     LoggedScan, OperationKind, StateChange,
 };
+use super::metrics::ReaderGauge;
 use super::tap::recover;
 use crate::domain::TerminalSeq;
+use crate::protocol::api::{
+    ReaderState, STATUS_COUNT_MAX, STATUS_CURSOR_LEN_MAX, STATUS_UNSENT_AGE_S_MAX,
+    TerminalStatusReport,
+};
 use crate::protocol::events::Event;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -353,6 +359,10 @@ pub struct SyncTask {
     /// True while a tap runs: its online attempt may be `sending`, which the sync task must
     /// then leave alone (it voids `sending` attempts only when no tap runs).
     tap_in_flight: Arc<AtomicBool>,
+    /// The reader's state, as the session last set it (for the status report).
+    reader: ReaderGauge,
+    /// The last status report the ledger took.
+    status_sent: Mutex<Option<StatusSent>>,
 }
 
 /// The running sync task, as the main loop holds it.
@@ -393,6 +403,7 @@ impl SyncTask {
         config: TerminalConfig,
         online: Arc<AtomicBool>,
         tap_in_flight: Arc<AtomicBool>,
+        reader: ReaderGauge,
     ) -> SyncTask {
         SyncTask {
             journal,
@@ -400,6 +411,8 @@ impl SyncTask {
             config,
             online,
             tap_in_flight,
+            reader,
+            status_sent: Mutex::new(None),
         }
     }
 
@@ -523,7 +536,73 @@ impl SyncTask {
         .await?;
         upload_scans(journal, client, scans).await?;
         send_closeouts(journal, client).await?;
+        self.report_status().await?;
         Ok(Round { settled, more })
+    }
+
+    /// Tells the ledger this terminal's state (`POST /v1/terminals/me/status`) when it
+    /// changed since the last report the ledger took, or [`TerminalConfig`]'s
+    /// `sync_status_interval_ms` has passed. A report the ledger did not take is logged and
+    /// sent again next round: it never fails the round (a failed round takes the terminal
+    /// offline, and taps would be decided offline for a report's sake). Only journal
+    /// failures are errors.
+    async fn report_status(&self) -> anyhow::Result<()> {
+        let (counts, oldest, cursor) = with_journal(&self.journal, |j| {
+            Ok((
+                j.status_counts()?,
+                j.oldest_unsettled_at()?,
+                j.feed_cursor()?,
+            ))
+        })
+        .await?;
+        let state = StatusState {
+            waiting: counts.pending,
+            in_doubt: counts.in_doubt,
+            rejected: counts.rejected,
+            oldest_unsettled_at: oldest,
+            card_feed_cursor: cursor,
+            reader_state: ReaderState::parse(self.reader.get()).unwrap_or(ReaderState::Waiting),
+        };
+        let now = Utc::now();
+        let due = {
+            let sent = self
+                .status_sent
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            status_due(
+                sent.as_ref(),
+                &state,
+                now,
+                self.config.sync_status_interval_ms,
+            )
+        };
+        if !due {
+            return Ok(());
+        }
+        let report = state.report(now);
+        match self.client.post_status(&report).await {
+            Ok(answer) if answer.status == 200 => {
+                let offset_ms = answer.body["clock_offset_ms"].as_i64().unwrap_or(0);
+                if offset_ms.abs() > CLOCK_OFFSET_WARN_MS {
+                    tracing::warn!(
+                        clock_offset_ms = offset_ms,
+                        "this terminal's clock is off from the ledger's by more than a minute; \
+                         every operation it records is dated by it"
+                    );
+                }
+                if let Ok(mut sent) = self.status_sent.lock() {
+                    *sent = Some(StatusSent { state, at: now });
+                }
+            }
+            Ok(answer) => {
+                tracing::warn!(status = answer.status, body = %answer.body,
+                    "the ledger did not take the status report; sent again next round");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the status report got no answer; sent again next round");
+            }
+        }
+        Ok(())
     }
 
     /// Repairs what a journal failure left behind while the daemon runs, before each round:
@@ -565,6 +644,74 @@ impl SyncTask {
         }
         Ok(())
     }
+}
+
+/// A terminal clock further than this from the ledger's is logged as a warning at each
+/// status report (and marked on the fleet page).
+pub const CLOCK_OFFSET_WARN_MS: i64 = 60_000;
+
+/// What a status report says, but its time: two rounds with equal states need no second
+/// report until the interval has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusState {
+    /// Entries waiting to be sent or replayed.
+    pub waiting: u64,
+    /// Online attempts without an answer.
+    pub in_doubt: u64,
+    /// Entries the ledger refused for good.
+    pub rejected: u64,
+    /// When the oldest unacknowledged entry was journaled.
+    pub oldest_unsettled_at: Option<DateTime<Utc>>,
+    /// The card-feed cursor applied.
+    pub card_feed_cursor: String,
+    /// The reader's state.
+    pub reader_state: ReaderState,
+}
+
+impl StatusState {
+    /// The report to send at `now`: the oldest entry's age by this terminal's clock (0 for an
+    /// entry dated in the future, after the clock was set back), within the API's bounds.
+    pub fn report(&self, now: DateTime<Utc>) -> TerminalStatusReport {
+        let age_s = |at: DateTime<Utc>| {
+            u64::try_from((now - at).num_seconds())
+                .unwrap_or(0)
+                .min(STATUS_UNSENT_AGE_S_MAX)
+        };
+        let mut cursor = self.card_feed_cursor.clone();
+        cursor.truncate(STATUS_CURSOR_LEN_MAX);
+        TerminalStatusReport {
+            reported_at: now,
+            waiting: self.waiting.min(STATUS_COUNT_MAX),
+            in_doubt: self.in_doubt.min(STATUS_COUNT_MAX),
+            rejected: self.rejected.min(STATUS_COUNT_MAX),
+            oldest_unsent_age_s: self.oldest_unsettled_at.map(age_s),
+            card_feed_cursor: cursor,
+            reader_state: self.reader_state,
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// A status report the ledger took, and when (this terminal's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSent {
+    /// What it said.
+    pub state: StatusState,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+}
+
+/// Whether to report `state` at `now`: nothing taken yet, a change since the last report
+/// taken, `interval_ms` passed since, or the clock set back past it.
+pub fn status_due(
+    last: Option<&StatusSent>,
+    state: &StatusState,
+    now: DateTime<Utc>,
+    interval_ms: u64,
+) -> bool {
+    let Some(last) = last else { return true };
+    let since_ms = (now - last.at).num_milliseconds();
+    last.state != *state || since_ms < 0 || since_ms.unsigned_abs() >= interval_ms
 }
 
 /// Uploads scans to the ledger's `nfc_scan_log` and marks them uploaded (the ledger ignores
@@ -830,5 +977,68 @@ mod tests {
             Cents::ZERO,
             "the card's row already holds the void: counting it again would show -50.00"
         );
+    }
+
+    fn state(waiting: u64) -> StatusState {
+        StatusState {
+            waiting,
+            in_doubt: 0,
+            rejected: 0,
+            oldest_unsettled_at: None,
+            card_feed_cursor: "7".into(),
+            reader_state: ReaderState::Connected,
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_status_is_reported_when_it_changed_or_the_interval_passed() {
+        let t0 = at("2026-07-01T22:00:00Z");
+        let sent = StatusSent {
+            state: state(0),
+            at: t0,
+        };
+        let after = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        assert!(status_due(None, &state(0), t0, 30_000), "never reported");
+        assert!(!status_due(Some(&sent), &state(0), after(29_999), 30_000));
+        assert!(status_due(Some(&sent), &state(0), after(30_000), 30_000));
+        assert!(
+            status_due(Some(&sent), &state(1), after(1), 30_000),
+            "changed"
+        );
+        let mut reader = state(0);
+        reader.reader_state = ReaderState::Disconnected;
+        assert!(status_due(Some(&sent), &reader, after(1), 30_000));
+        assert!(
+            status_due(Some(&sent), &state(0), after(-1), 30_000),
+            "the clock was set back"
+        );
+    }
+
+    #[test]
+    fn a_report_gives_the_oldest_entry_s_age_within_the_api_s_bounds() {
+        let now = at("2026-07-01T22:00:00Z");
+        let mut s = state(3);
+        s.oldest_unsettled_at = Some(now - chrono::Duration::seconds(95));
+        let r = s.report(now);
+        assert_eq!(r.oldest_unsent_age_s, Some(95));
+        assert_eq!(r.reported_at, now);
+        assert_eq!(r.waiting, 3);
+        assert_eq!(r.software_version, env!("CARGO_PKG_VERSION"));
+        assert!(r.validate().is_ok());
+        // Journaled "in the future" (the clock was set back since): age 0, not refused.
+        s.oldest_unsettled_at = Some(now + chrono::Duration::seconds(60));
+        assert_eq!(s.report(now).oldest_unsent_age_s, Some(0));
+        // Beyond every bound: clamped, so the ledger still takes the report.
+        s.oldest_unsettled_at = Some(now - chrono::Duration::days(400));
+        s.waiting = u64::MAX;
+        s.card_feed_cursor = "9".repeat(500);
+        let r = s.report(now);
+        assert_eq!(r.oldest_unsent_age_s, Some(STATUS_UNSENT_AGE_S_MAX));
+        assert_eq!(r.waiting, STATUS_COUNT_MAX);
+        assert!(r.validate().is_ok(), "{r:?}");
     }
 }

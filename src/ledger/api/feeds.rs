@@ -3,11 +3,12 @@
 
 use super::errors::{json_text_response, respond, store_error};
 use super::parse::{body_bytes, parse_json};
-use super::{AppState, BATCH_BODY_LIMIT_BYTES, RequestId, authenticate};
+use super::{AppState, BATCH_BODY_LIMIT_BYTES, BODY_LIMIT_BYTES, RequestId, authenticate};
 use crate::domain::CardUid;
 use crate::ledger::store::LedgerStore;
 use crate::protocol::api::{
-    ApiError, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError, SCANS_MAX, Scan, format_time,
+    ApiError, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError, SCANS_MAX, Scan, StatusReceipt,
+    TerminalStatusReport, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use axum::body::Bytes;
@@ -15,6 +16,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -50,6 +52,35 @@ pub(super) async fn post_scans<S: LedgerStore>(
             .await
             .map_err(store_error)?;
         Ok(axum::Json(receipt).into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+/// `POST /v1/terminals/me/status`: the terminal's state, kept for the fleet page.
+pub(super) async fn post_status<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let terminal = authenticate(&state, &headers).await?;
+        let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
+        let report: TerminalStatusReport = parse_json(&bytes)?;
+        report.validate().map_err(ApiError::invalid_field)?;
+        let received_at = Utc::now();
+        let clock_offset_ms = (report.reported_at - received_at).num_milliseconds();
+        state
+            .store
+            .record_status(terminal, report, received_at)
+            .await
+            .map_err(store_error)?;
+        Ok(axum::Json(StatusReceipt {
+            received_at,
+            clock_offset_ms,
+        })
+        .into_response())
     }
     .await;
     respond(&rid, result)

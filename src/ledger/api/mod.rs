@@ -151,6 +151,7 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/v1/catalog", get(feeds::get_catalog::<S>))
         .route("/v1/staff", get(feeds::get_staff::<S>))
         .route("/v1/terminals/me", get(feeds::get_me::<S>))
+        .route("/v1/terminals/me/status", post(feeds::post_status::<S>))
         .route("/v1/openapi.json", get(get_openapi))
         .route("/health", get(get_health))
         .route("/ready", get(get_ready::<S>))
@@ -328,6 +329,7 @@ mod tests {
             "/v1/staff",
             "/v1/scans",
             "/v1/terminals/me",
+            "/v1/terminals/me/status",
             "/v1/webhooks/stripe",
             "/v1/openapi.json",
             "/health",

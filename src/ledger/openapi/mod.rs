@@ -13,7 +13,8 @@ use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{
     Approval, BATCH_OPERATIONS_MAX, CardStatus, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, OrderRequest,
     RechargeRequest, ReturnRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole,
-    TerminalKind, VoidOutcome, VoidRequest, VoucherGrantRequest,
+    StatusReceipt, TerminalKind, TerminalStatusReport, VoidOutcome, VoidRequest,
+    VoucherGrantRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -107,6 +108,8 @@ pub fn document() -> OpenApi {
     add::<Catalog>(&mut schemas);
     add::<StaffFeed>(&mut schemas);
     add::<TerminalMe>(&mut schemas);
+    add::<TerminalStatusReport>(&mut schemas);
+    add::<StatusReceipt>(&mut schemas);
     add::<BatchResponse>(&mut schemas);
     add::<StripeEvent>(&mut schemas);
     add::<WebhookAck>(&mut schemas);
@@ -421,6 +424,7 @@ mod tests {
             "ShiftCloseout",
             "Scan",
             "ScanUpload",
+            "TerminalStatusReport",
             "OrderItem",
             "BatchRequest",
         ] {

@@ -503,6 +503,22 @@ pub(super) fn operations() -> Vec<Op> {
             )
             .answer("200", response("The calling terminal.", Ref::from_schema_name(TerminalMe::name())))
             .usual(),
+        Op::new(Post, "/v1/terminals/me/status", "postTerminalStatus", "terminals", "Report the terminal's state")
+            .describe(
+                "The calling terminal's state, for headquarters' fleet page: its operations \
+                 waiting, in doubt and rejected, the age of the oldest one not yet \
+                 acknowledged, the card-feed cursor it applied, its reader's state, its \
+                 software version and its clock (`reported_at`, compared with the ledger's: \
+                 the answer's `clock_offset_ms`). A terminal sends it each sync round that \
+                 finds something changed, and at least every status interval. A report \
+                 replaces the terminal's previous one, so sending it again is harmless: only \
+                 the time of last contact moves. Any terminal kind; changes no money.",
+            )
+            .body(Ref::from_schema_name(TerminalStatusReport::name()), "The terminal's state.")
+            .answer("200", response("Stored; the ledger's clock and the terminal clock's offset from it.", Ref::from_schema_name(StatusReceipt::name())))
+            .shared("400", "BadRequest")
+            .shared("413", "PayloadTooLarge")
+            .usual(),
         Op::new(Post, "/v1/webhooks/stripe", "stripeWebhook", "webhooks", "Stripe events: online top-ups and their refunds")
             .public()
             .describe(

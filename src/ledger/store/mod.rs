@@ -23,7 +23,9 @@ use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
 use crate::ledger::report::{ReportData, ReportQuery};
 use crate::ledger::rules::Limits;
-use crate::protocol::api::{Operation, Scan, ShiftCloseout, StaffRole, TerminalKind};
+use crate::protocol::api::{
+    Operation, ReaderState, Scan, ShiftCloseout, StaffRole, TerminalKind, TerminalStatusReport,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::PgStore;
 use sqlite::{SqliteOptions, SqliteStore};
@@ -544,6 +546,15 @@ pub trait FeedStore: Clone + Send + Sync + 'static {
         terminal: Terminal,
         scans: Vec<Scan>,
     ) -> impl Future<Output = Result<ScanReceipt, StoreError>> + Send;
+
+    /// Keeps a terminal's status report, replacing its previous one; `received_at` is the
+    /// ledger's clock (the last contact). Durable when it returns.
+    fn record_status(
+        &self,
+        terminal: Terminal,
+        report: TerminalStatusReport,
+        received_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Registrations and upkeep: terminals, staff, products, cards, keys, health.
@@ -813,6 +824,38 @@ pub struct TerminalSync {
     pub highest_seen_seq: i64,
     /// `terminal_seq` values below the highest seen that have not arrived.
     pub missing_seqs: i64,
+    /// Its last status report, if it ever sent one.
+    pub status: Option<StatusSeen>,
+}
+
+/// A terminal's last status report, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSeen {
+    /// The ledger's clock when it arrived.
+    pub received_at: DateTime<Utc>,
+    /// The terminal's clock when it was sent.
+    pub reported_at: DateTime<Utc>,
+    /// Operations not yet acknowledged.
+    pub waiting: i64,
+    /// Online attempts without an answer.
+    pub in_doubt: i64,
+    /// Operations refused for good.
+    pub rejected: i64,
+    /// Age of the oldest unacknowledged operation when it was sent, in seconds.
+    pub oldest_unsent_age_s: Option<i64>,
+    /// The last card-feed cursor it applied.
+    pub card_feed_cursor: String,
+    /// Its reader's state.
+    pub reader_state: ReaderState,
+    /// Its software version.
+    pub software_version: String,
+}
+
+impl StatusSeen {
+    /// The terminal's clock minus the ledger's, in milliseconds, when the report arrived.
+    pub fn clock_offset_ms(&self) -> i64 {
+        (self.reported_at - self.received_at).num_milliseconds()
+    }
 }
 
 /// The database connections of one ledger process.
@@ -1030,6 +1073,7 @@ delegate!(FeedStore {
     catalog(point_of_sale: String) -> Vec<CatalogProduct>;
     staff() -> Vec<StaffRecord>;
     record_scans(terminal: Terminal, scans: Vec<Scan>) -> ScanReceipt;
+    record_status(terminal: Terminal, report: TerminalStatusReport, received_at: DateTime<Utc>) -> ();
 });
 
 delegate!(AdminStore {

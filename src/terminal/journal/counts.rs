@@ -128,6 +128,22 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// When the oldest entry the ledger has not acknowledged (pending, in doubt or being
+    /// sent) was journaled; `None` when there is none. Reads only the unsettled entries
+    /// (the `journal_state` index).
+    pub fn oldest_unsettled_at(&self) -> Result<Option<DateTime<Utc>>, JournalError> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(created_at) FROM journal
+                 WHERE state IN ('pending', 'in_doubt', 'sending')",
+            )?
+            .query_row([], |r| r.get(0))?;
+        opt_time("created_at", text)
+    }
+}
+
 /// Column `i` of `row`, a `COUNT(*)`.
 fn count_at(row: &Row<'_>, i: usize) -> Result<u64, JournalError> {
     let n: i64 = row.get(i)?;

@@ -13,12 +13,13 @@ use crate::ledger::report::sections::{self, ColumnKind, Param};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
-    StoreError, TerminalSync,
+    StatusSeen, StoreError, TerminalSync,
 };
-use crate::protocol::api::{TerminalKind, format_time};
+use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::IsolationLevel;
+use tokio_postgres::Row;
 use tokio_postgres::types::FromSqlOwned;
 
 /// Every shift close-out (of terminal `$1`, if given) with the ledger's own top-ups of the
@@ -38,6 +39,27 @@ fn shift_reports_sql() -> String {
          ORDER BY s.closed_at, t.name COLLATE \"C\", s.shift_id",
         sections::SHIFT_TOP_UPS
     )
+}
+
+/// The status report in columns `first..first + 9` of a fleet row (all null: none yet).
+fn status_seen(r: &Row, first: usize) -> Result<Option<StatusSeen>, StoreError> {
+    let Some(received_at) = r.try_get(first).map_err(classify)? else {
+        return Ok(None);
+    };
+    let reader: &str = r.try_get(first + 7).map_err(classify)?;
+    Ok(Some(StatusSeen {
+        received_at,
+        reported_at: r.try_get(first + 1).map_err(classify)?,
+        waiting: r.try_get(first + 2).map_err(classify)?,
+        in_doubt: r.try_get(first + 3).map_err(classify)?,
+        rejected: r.try_get(first + 4).map_err(classify)?,
+        oldest_unsent_age_s: r.try_get(first + 5).map_err(classify)?,
+        card_feed_cursor: r.try_get(first + 6).map_err(classify)?,
+        reader_state: ReaderState::parse(reader).ok_or_else(|| {
+            StoreError::Internal(format!("reader state {reader:?} in the database"))
+        })?,
+        software_version: r.try_get(first + 8).map_err(classify)?,
+    }))
 }
 
 impl ReportStore for PgStore {
@@ -107,8 +129,12 @@ impl ReportStore for PgStore {
                         - (SELECT count(*) FROM terminal_seqs s
                            WHERE s.terminal_id = t.terminal_id
                              AND s.terminal_seq > t.highest_contiguous_seq),
-                        t.kind, t.point_of_sale, t.active
-                 FROM terminals t ORDER BY t.name COLLATE \"C\" LIMIT $1",
+                        t.kind, t.point_of_sale, t.active,
+                        st.received_at, st.reported_at, st.waiting, st.in_doubt, st.rejected,
+                        st.oldest_unsent_age_s, st.card_feed_cursor, st.reader_state,
+                        st.software_version
+                 FROM terminals t LEFT JOIN terminal_status st USING (terminal_id)
+                 ORDER BY t.name COLLATE \"C\" LIMIT $1",
                 &[&i64::from(terminals_max)],
             )
             .await?
@@ -126,6 +152,7 @@ impl ReportStore for PgStore {
                     highest_contiguous_seq: r.try_get(2).map_err(classify)?,
                     highest_seen_seq: r.try_get(3).map_err(classify)?,
                     missing_seqs: r.try_get(4).map_err(classify)?,
+                    status: status_seen(r, 8)?,
                 })
             })
             .collect::<Result<_, StoreError>>()?;

@@ -14,7 +14,7 @@ use crate::ledger::store::{
     CardFeedPage, CardView, CatalogProduct, FeedStore, Product, ScanReceipt, StaffRecord,
     StoreError,
 };
-use crate::protocol::api::{Scan, StaffRole, format_time};
+use crate::protocol::api::{Scan, StaffRole, TerminalStatusReport, format_time};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
@@ -186,5 +186,45 @@ impl FeedStore for PgStore {
             accepted,
             duplicates: scans.len().saturating_sub(accepted),
         })
+    }
+
+    async fn record_status(
+        &self,
+        terminal: Terminal,
+        report: TerminalStatusReport,
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let count = |n: u64| i64::try_from(n).map_err(|_| internal(format!("a count of {n}")));
+        let oldest = report.oldest_unsent_age_s.map(count).transpose()?;
+        // Times to the millisecond, as SQLite keeps them.
+        self.rows(
+            "INSERT INTO terminal_status (terminal_id, received_at, reported_at, waiting,
+                 in_doubt, rejected, oldest_unsent_age_s, card_feed_cursor, reader_state,
+                 software_version)
+             VALUES ($1, date_trunc('milliseconds', $2::timestamptz),
+                     date_trunc('milliseconds', $3::timestamptz), $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (terminal_id) DO UPDATE SET
+                 received_at = excluded.received_at, reported_at = excluded.reported_at,
+                 waiting = excluded.waiting, in_doubt = excluded.in_doubt,
+                 rejected = excluded.rejected,
+                 oldest_unsent_age_s = excluded.oldest_unsent_age_s,
+                 card_feed_cursor = excluded.card_feed_cursor,
+                 reader_state = excluded.reader_state,
+                 software_version = excluded.software_version",
+            &[
+                &terminal.terminal_id,
+                &received_at,
+                &report.reported_at,
+                &count(report.waiting)?,
+                &count(report.in_doubt)?,
+                &count(report.rejected)?,
+                &oldest,
+                &report.card_feed_cursor,
+                &report.reader_state.as_str(),
+                &report.software_version,
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -64,6 +64,7 @@ use uuid::Uuid;
 pub const TABLES: &[&str] = &[
     "terminals",
     "terminal_seqs",
+    "terminal_status",
     "staff",
     "products",
     "cards",

@@ -7,9 +7,10 @@ use crate::ledger::report::sections::{self, ColumnKind};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
     AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
-    StoreError, TerminalSync,
+    StatusSeen, StoreError, TerminalSync,
 };
-use crate::protocol::api::{TerminalKind, format_time};
+use crate::protocol::api::{ReaderState, TerminalKind, format_time};
+use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use uuid::Uuid;
 
@@ -33,6 +34,41 @@ fn sales_sql(dimension: SalesDimension) -> String {
     )
 }
 
+/// A time the store wrote (RFC 3339), read back.
+fn stored_time(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = r.get(i)?;
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        })
+}
+
+/// The status report in columns `first..first + 9` of a fleet row (all null: none yet).
+fn status_seen(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<StatusSeen>> {
+    if r.get::<_, Option<String>>(first)?.is_none() {
+        return Ok(None);
+    }
+    let reader: String = r.get(first + 7)?;
+    Ok(Some(StatusSeen {
+        received_at: stored_time(r, first)?,
+        reported_at: stored_time(r, first + 1)?,
+        waiting: r.get(first + 2)?,
+        in_doubt: r.get(first + 3)?,
+        rejected: r.get(first + 4)?,
+        oldest_unsent_age_s: r.get(first + 5)?,
+        card_feed_cursor: r.get(first + 6)?,
+        reader_state: ReaderState::parse(&reader).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                first + 7,
+                rusqlite::types::Type::Text,
+                format!("reader state {reader:?}").into(),
+            )
+        })?,
+        software_version: r.get(first + 8)?,
+    }))
+}
+
 impl ReportStore for SqliteStore {
     async fn audit(&self) -> Result<AuditReport, StoreError> {
         self.read(audit_books).await
@@ -53,8 +89,12 @@ impl ReportStore for SqliteStore {
                         - (SELECT COUNT(*) FROM terminal_seqs s
                            WHERE s.terminal_id = t.terminal_id
                              AND s.terminal_seq > t.highest_contiguous_seq),
-                        t.kind, t.point_of_sale, t.active
-                 FROM terminals t ORDER BY t.name LIMIT ?1",
+                        t.kind, t.point_of_sale, t.active,
+                        st.received_at, st.reported_at, st.waiting, st.in_doubt, st.rejected,
+                        st.oldest_unsent_age_s, st.card_feed_cursor, st.reader_state,
+                        st.software_version
+                 FROM terminals t LEFT JOIN terminal_status st USING (terminal_id)
+                 ORDER BY t.name LIMIT ?1",
                 )?
                 .query_map([terminals_max], |r| {
                     let seen: Option<String> = r.get(1)?;
@@ -76,6 +116,7 @@ impl ReportStore for SqliteStore {
                         highest_contiguous_seq: r.get(2)?,
                         highest_seen_seq: r.get(3)?,
                         missing_seqs: r.get(4)?,
+                        status: status_seen(r, 8)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;

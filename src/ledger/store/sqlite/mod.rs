@@ -58,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0008_daily_vouchers.sql"),
     include_str!("../../../../migrations/sqlite/0009_housekeeping.sql"),
     include_str!("../../../../migrations/sqlite/0010_card_replacement.sql"),
+    include_str!("../../../../migrations/sqlite/0011_terminal_status.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

@@ -136,6 +136,9 @@ enum LedgerCommand {
     /// Terminals.
     #[command(subcommand)]
     Terminal(TerminalCommand),
+    /// Headquarters operators: the people who log in to the /hq/ pages.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Staff members.
     #[command(subcommand)]
     Staff(StaffCommand),
@@ -203,6 +206,61 @@ enum LedgerCommand {
     Import {
         /// The export file.
         file: PathBuf,
+    },
+}
+
+/// An operator's role on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// Sees every page.
+    Viewer,
+    /// Also blocks, unblocks and replaces cards (the info desk).
+    Desk,
+    /// Also manages operators.
+    Admin,
+}
+
+impl From<RoleArg> for crate::ledger::caller::OperatorRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Self::Viewer,
+            RoleArg::Desk => Self::Desk,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Create an operator. The password (10 to 128 characters) is asked on the terminal
+    /// without echo, or read as the first line of stdin when stdin is not a terminal.
+    Add {
+        /// Unique name: 1 to 64 of a-z, 0-9, '.', '_' and '-'.
+        #[arg(long)]
+        name: String,
+        /// viewer, desk or admin.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Every operator: role, active, wrong passwords in a row, locked until.
+    List,
+    /// Disable an operator: their sessions end at once and they cannot log in.
+    Disable {
+        /// Their name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Enable a disabled operator again.
+    Enable {
+        /// Their name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Set a new password (read as for `add`); lifts a lock and ends their sessions.
+    Password {
+        /// Their name.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -807,6 +865,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             println!("terminal {name}: new token (the old one is refused)");
             println!("{token}");
         }
+        LedgerCommand::Operator(command) => operator_command(&store, command).await?,
         LedgerCommand::Staff(StaffCommand::Add {
             id,
             name,
@@ -1029,4 +1088,65 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = ProductId::parse;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cashless ledger operator ...`.
+async fn operator_command(
+    store: &crate::ledger::store::Store,
+    command: OperatorCommand,
+) -> anyhow::Result<()> {
+    use crate::ledger::caller::Actor;
+    use crate::ledger::hq::auth;
+    use crate::ledger::store::{NewOperator, OperatorChange, OperatorStore};
+    let password = || -> anyhow::Result<String> {
+        let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            rpassword::prompt_password("password: ")?
+        } else {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        };
+        auth::hash_password(&password).map_err(|e| anyhow::anyhow!("the password: {e}"))
+    };
+    match command {
+        OperatorCommand::Add { name, role } => {
+            auth::check_operator_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let password_hash = password()?;
+            store
+                .add_operator(
+                    Actor::Cli,
+                    NewOperator {
+                        name: name.clone(),
+                        role: role.into(),
+                        password_hash,
+                    },
+                )
+                .await?;
+            println!("operator {name} added");
+        }
+        OperatorCommand::List => {
+            let operators = store.operators(auth::OPERATORS_MAX).await?;
+            print!("{}", admin::format_operators(&operators));
+        }
+        OperatorCommand::Disable { name } => {
+            store
+                .change_operator(Actor::Cli, name.clone(), OperatorChange::Active(false))
+                .await?;
+            println!("operator {name} disabled");
+        }
+        OperatorCommand::Enable { name } => {
+            store
+                .change_operator(Actor::Cli, name.clone(), OperatorChange::Active(true))
+                .await?;
+            println!("operator {name} enabled");
+        }
+        OperatorCommand::Password { name } => {
+            let hash = password()?;
+            store
+                .change_operator(Actor::Cli, name.clone(), OperatorChange::Password(hash))
+                .await?;
+            println!("operator {name}: password changed");
+        }
+    }
+    Ok(())
 }

@@ -1332,6 +1332,8 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("deposit_returns", None),
     ("idempotency_keys", None),
     ("nfc_scan_log", Some("scan_id")),
+    ("operator_sessions", None),
+    ("operators", None),
     ("postings", Some("posting_id")),
     ("products", None),
     ("recharges", None),

@@ -406,6 +406,9 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/terminals/me/status", &l.bar_token, &status)
         .await
         .assert_status(200);
+    // A headquarters operator, logged in.
+    l.add_operator("ana", "desk", "a long password");
+    l.hq_session("ana", "a long password").await;
     let shift = json!({
         "client_request_id": new_id(),
         "staff_id": CASH_STAFF,

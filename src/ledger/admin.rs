@@ -6,9 +6,9 @@ use super::fleet::{self, Attention, FleetRules};
 use super::outcome::Decided;
 use super::rules::Limits;
 use super::store::{
-    AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, Product,
-    ProductUpsert, ShiftReport, StaffChange, StatusSeen, Store, StoreOptions, StripeEventRecord,
-    TerminalChange, TerminalSync,
+    AuditReport, DepositLine, DepositReport, LedgerStore, NewStaff, NewTerminal, OperatorListing,
+    Product, ProductUpsert, ShiftReport, StaffChange, StatusSeen, Store, StoreOptions,
+    StripeEventRecord, TerminalChange, TerminalSync,
 };
 use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
@@ -171,6 +171,36 @@ pub fn format_terminals(
             "ATTENTION",
         ],
         5,
+        &rows,
+    )
+}
+
+/// `operator list`: `OPERATOR ROLE ACTIVE FAILED LOCKED_UNTIL CREATED`.
+pub fn format_operators(operators: &[OperatorListing]) -> String {
+    let rows: Vec<[String; 6]> = operators
+        .iter()
+        .map(|o| {
+            [
+                o.name.clone(),
+                o.role.as_str().to_owned(),
+                if o.active { "yes" } else { "disabled" }.to_owned(),
+                o.failed_logins.to_string(),
+                o.locked_until
+                    .map_or_else(|| "-".to_owned(), crate::protocol::api::format_time),
+                crate::protocol::api::format_time(o.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "OPERATOR",
+            "ROLE",
+            "ACTIVE",
+            "FAILED",
+            "LOCKED_UNTIL",
+            "CREATED",
+        ],
+        3,
         &rows,
     )
 }

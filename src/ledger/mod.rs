@@ -22,6 +22,7 @@ pub mod config;
 pub mod fleet;
 pub mod flow;
 pub mod housekeeping;
+pub mod hq;
 pub mod metrics;
 pub mod openapi;
 pub mod outcome;

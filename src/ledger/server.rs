@@ -184,7 +184,12 @@ pub async fn serve<S: LedgerStore>(
         secrets: config.stripe_webhook_secrets.clone(),
         tolerance_s: config.stripe_tolerance_s,
     };
-    let state = AppState::new(store, &config.currency, limits, stripe);
+    let state = AppState::new(store, &config.currency, limits, stripe).with_hq(
+        crate::ledger::hq::HqSettings {
+            fleet: config.fleet,
+            secure_cookies: config.tls.is_some(),
+        },
+    );
     let body_timeout = Duration::from_millis(config.body_read_timeout_ms);
     let app = router(state).layer(MapRequestBodyLayer::new(move |body| {
         Body::new(DeadlineBody::new(body, body_timeout))

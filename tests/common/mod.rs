@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod browser;
 pub mod pcsc;
 pub mod pg_server;
 pub mod terminal;
@@ -215,6 +216,15 @@ impl Resp {
 /// Runs an admin command and returns its output, with the database (its `--database`
 /// value) and config given.
 fn run_admin(database: &str, config_path: Option<&Path>, args: &[&str]) -> Output {
+    run_admin_with_stdin(database, config_path, args, None)
+}
+
+fn run_admin_with_stdin(
+    database: &str,
+    config_path: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("ledger").args(args);
     cmd.arg("--database").arg(database);
@@ -224,8 +234,24 @@ fn run_admin(database: &str, config_path: Option<&Path>, args: &[&str]) -> Outpu
     cmd.env_remove("CASHLESS_DATABASE")
         .env_remove("CASHLESS_LISTEN")
         .env_remove("CASHLESS_STRIPE_WEBHOOK_SECRETS")
-        .stdin(Stdio::null());
-    cmd.output()
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN} ledger {args:?}: {e}"));
+    if let Some(text) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(text.as_bytes())
+            .expect("cannot write the command's stdin");
+    }
+    child
+        .wait_with_output()
         .unwrap_or_else(|e| panic!("cannot run {BIN} ledger {args:?}: {e}"))
 }
 
@@ -521,6 +547,33 @@ impl Ledger {
     /// Runs `cashless ledger <args> --database DB` (plus `--config` if any).
     pub fn admin(&self, args: &[&str]) -> Output {
         run_admin(&self.database.url(), self.config_path.as_deref(), args)
+    }
+
+    /// Runs `cashless ledger <args>` as [`Ledger::admin`] does, with `stdin` on its stdin.
+    pub fn admin_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_admin_with_stdin(
+            &self.database.url(),
+            self.config_path.as_deref(),
+            args,
+            Some(stdin),
+        )
+    }
+
+    /// Creates operator `name` with `role` and `password` (`ledger operator add`).
+    pub fn add_operator(&self, name: &str, role: &str, password: &str) {
+        let out = self.admin_with_stdin(
+            &["operator", "add", "--name", name, "--role", role],
+            &format!("{password}\n"),
+        );
+        assert_success("operator add", &out);
+    }
+
+    /// Logs operator `name` in to the headquarters pages (the login form, its CSRF cookie);
+    /// returns the session cookie's value.
+    pub async fn hq_session(&self, name: &str, password: &str) -> String {
+        let resp = hq_login(&self.base_url, name, password).await;
+        assert_eq!(resp.status(), 303, "{name} could not log in");
+        set_cookie_value(&resp, "cashless_hq").expect("the session cookie is set")
     }
 
     /// `cashless ledger audit`.
@@ -1123,4 +1176,44 @@ pub fn assert_refused_without_change(l: &Ledger, cases: &[(Vec<&str>, i32, &str)
         before,
         "a refused command changed the database"
     );
+}
+
+/// The value of cookie `name` among a response's `Set-Cookie` headers.
+pub fn set_cookie_value(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.split(';').next()?.strip_prefix(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// Submits the headquarters login form of the ledger at `base` as a browser would (the
+/// page first, for its CSRF token and cookie); the answer, redirects not followed.
+pub async fn hq_login(base: &str, name: &str, password: &str) -> reqwest::Response {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client");
+    let page = http
+        .get(format!("{base}/hq/login"))
+        .send()
+        .await
+        .expect("the login page");
+    let token = set_cookie_value(&page, "cashless_hq_login").expect("the login cookie");
+    let html = page.text().await.expect("the login page's HTML");
+    assert!(html.contains(&format!("name=\"csrf\" value=\"{token}\"")));
+    http.post(format!("{base}/hq/login"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("cashless_hq_login={token}"),
+        )
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", name),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .expect("the login form's answer")
 }

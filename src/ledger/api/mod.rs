@@ -63,6 +63,8 @@ pub struct AppState<S> {
     pub stripe: Arc<StripeSettings>,
     /// What `GET /metrics` reports.
     pub metrics: Arc<LedgerMetrics>,
+    /// The headquarters pages' settings.
+    pub hq: crate::ledger::hq::HqSettings,
 }
 
 /// How Stripe's webhook deliveries are verified.
@@ -97,7 +99,13 @@ impl<S: LedgerStore> AppState<S> {
             limits,
             stripe: Arc::new(stripe),
             metrics: Arc::new(LedgerMetrics::new()),
+            hq: crate::ledger::hq::HqSettings::default(),
         }
+    }
+
+    /// The same state with these headquarters settings.
+    pub fn with_hq(self, hq: crate::ledger::hq::HqSettings) -> AppState<S> {
+        AppState { hq, ..self }
     }
 }
 
@@ -109,6 +117,7 @@ impl<S: Clone> Clone for AppState<S> {
             limits: self.limits,
             stripe: Arc::clone(&self.stripe),
             metrics: Arc::clone(&self.metrics),
+            hq: self.hq,
         }
     }
 }
@@ -156,6 +165,7 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/health", get(get_health))
         .route("/ready", get(get_ready::<S>))
         .route("/metrics", get(get_metrics::<S>))
+        .merge(crate::ledger::hq::router::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

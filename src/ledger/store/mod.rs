@@ -17,7 +17,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
-use crate::ledger::caller::Terminal;
+use crate::ledger::caller::{Actor, Operator, OperatorRole, Terminal};
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
@@ -615,9 +615,20 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
     /// in the configuration's `[taxes]`.
     fn product_tax_rates(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
-    /// Blocks a card as lost (`true`) or lifts that block (`false`).
+    /// Blocks a card as lost (`true`) or lifts that block (`false`), audited as the command
+    /// line's change.
     fn set_card_lost(
         &self,
+        uid: CardUid,
+        lost: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.set_card_lost_by(Actor::Cli, uid, lost)
+    }
+
+    /// [`AdminStore::set_card_lost`], audited as `actor`'s change.
+    fn set_card_lost_by(
+        &self,
+        actor: Actor,
         uid: CardUid,
         lost: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -894,11 +905,188 @@ pub trait StripeStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StripeEventRecord>, StoreError>> + Send;
 }
 
+/// A new headquarters operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOperator {
+    /// Unique name.
+    pub name: String,
+    /// What they may do.
+    pub role: OperatorRole,
+    /// The password's argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// An operator as the login page needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorLogin {
+    /// Who.
+    pub operator: Operator,
+    /// The password's argon2id PHC string.
+    pub password_hash: String,
+    /// `false`: disabled, never logs in.
+    pub active: bool,
+    /// Wrong passwords since the last good one.
+    pub failed_logins: i64,
+    /// Refused until then, whatever the password.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// An operator as the operators page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorListing {
+    /// Unique name.
+    pub name: String,
+    /// What they may do.
+    pub role: OperatorRole,
+    /// `false`: disabled.
+    pub active: bool,
+    /// Wrong passwords since the last good one.
+    pub failed_logins: i64,
+    /// Locked until then.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A session being opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The SHA-256 (hex) of the cookie's value; the value itself is never stored.
+    pub session_sha256: String,
+    /// The token every form of the session carries.
+    pub csrf_token: String,
+    /// When it opens.
+    pub created_at: DateTime<Utc>,
+    /// When it ends, whatever happens.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSession {
+    /// Whose.
+    pub operator: Operator,
+    /// The token every form of the session carries.
+    pub csrf_token: String,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What a wrong password did to the operator's account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailure {
+    /// Wrong passwords in a row now.
+    pub failed_logins: i64,
+    /// Locked until then, if this one locked it (or it was already).
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// A change to an operator, from `ledger operator` or the operators page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// Disabled (`false`: its sessions end at once) or enabled again.
+    Active(bool),
+    /// Another role.
+    Role(OperatorRole),
+    /// A new password (an argon2id PHC string); lifts a lock.
+    Password(String),
+}
+
+impl OperatorChange {
+    /// The audit log's `operation` and `details` for this change to operator `name`.
+    pub fn audit(&self, name: &str) -> (&'static str, serde_json::Value) {
+        let who = serde_json::json!({ "operator": name });
+        match self {
+            OperatorChange::Active(true) => ("operator_enable", who),
+            OperatorChange::Active(false) => ("operator_disable", who),
+            OperatorChange::Role(role) => (
+                "operator_role",
+                serde_json::json!({ "operator": name, "role": role.as_str() }),
+            ),
+            OperatorChange::Password(_) => ("operator_password", who),
+        }
+    }
+
+    /// Whether the change ends the operator's sessions: all but enabling one.
+    pub fn ends_sessions(&self) -> bool {
+        *self != OperatorChange::Active(true)
+    }
+}
+
+/// Headquarters' operators and their sessions.
+pub trait OperatorStore: Clone + Send + Sync + 'static {
+    /// Creates an operator (audited); a name already taken is `Conflict`.
+    fn add_operator(
+        &self,
+        actor: Actor,
+        operator: NewOperator,
+    ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
+
+    /// Changes an operator (audited); an unknown name is `NotFound`. Disabling one, or
+    /// changing its role or password, ends its sessions.
+    fn change_operator(
+        &self,
+        actor: Actor,
+        name: String,
+        change: OperatorChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every operator, by name, at most `limit`.
+    fn operators(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OperatorListing>, StoreError>> + Send;
+
+    /// The operator with this name, for a login.
+    fn operator_login(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<OperatorLogin>, StoreError>> + Send;
+
+    /// Counts a wrong password, in one statement (two at once both count): the
+    /// `lock_after`th in a row locks the account until `now + lock_for_s`.
+    fn login_failed(
+        &self,
+        operator_id: Uuid,
+        now: DateTime<Utc>,
+        lock_after: i64,
+        lock_for_s: i64,
+    ) -> impl Future<Output = Result<LoginFailure, StoreError>> + Send;
+
+    /// A good password: clears the failures and opens `session`; deletes a few expired
+    /// sessions on the way.
+    fn open_session(
+        &self,
+        operator_id: Uuid,
+        session: NewSession,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The live session whose cookie hashes to `session_sha256` at `now`, of an active
+    /// operator.
+    fn session(
+        &self,
+        session_sha256: String,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<OperatorSession>, StoreError>> + Send;
+
+    /// Ends a session (logging out); ending one already gone is no error.
+    fn close_session(
+        &self,
+        session_sha256: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
 /// Everything the ledger needs from a database: every job's trait. Implemented for every
 /// type that implements them all.
-pub trait LedgerStore: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore {}
+pub trait LedgerStore:
+    OperationStore + FeedStore + AdminStore + ReportStore + StripeStore + OperatorStore
+{
+}
 
-impl<T: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore> LedgerStore for T {}
+impl<T: OperationStore + FeedStore + AdminStore + ReportStore + StripeStore + OperatorStore>
+    LedgerStore for T
+{
+}
 
 /// What opening a store needs besides the database's name.
 #[derive(Debug, Clone)]
@@ -1076,6 +1264,17 @@ delegate!(FeedStore {
     record_status(terminal: Terminal, report: TerminalStatusReport, received_at: DateTime<Utc>) -> ();
 });
 
+delegate!(OperatorStore {
+    add_operator(actor: Actor, operator: NewOperator) -> Uuid;
+    change_operator(actor: Actor, name: String, change: OperatorChange) -> ();
+    operators(limit: u32) -> Vec<OperatorListing>;
+    operator_login(name: String) -> Option<OperatorLogin>;
+    login_failed(operator_id: Uuid, now: DateTime<Utc>, lock_after: i64, lock_for_s: i64) -> LoginFailure;
+    open_session(operator_id: Uuid, session: NewSession) -> ();
+    session(session_sha256: String, now: DateTime<Utc>) -> Option<OperatorSession>;
+    close_session(session_sha256: String) -> ();
+});
+
 delegate!(AdminStore {
     terminal_by_name(name: String) -> Option<Terminal>;
     add_terminal(t: NewTerminal) -> Uuid;
@@ -1086,7 +1285,7 @@ delegate!(AdminStore {
     product_list(limit: u32) -> Vec<ProductListing>;
     upsert_products(products: Vec<ProductUpsert>) -> ();
     product_tax_rates() -> Vec<String>;
-    set_card_lost(uid: CardUid, lost: bool) -> ();
+    set_card_lost_by(actor: Actor, uid: CardUid, lost: bool) -> ();
     set_card_age_flag(uid: CardUid, age_flag: Option<AgeFlag>) -> ();
     grant_vouchers(uid: CardUid, units: i64) -> i64;
     set_daily_vouchers(uid: CardUid, units: i64, day: NaiveDate) -> i64;

@@ -9,7 +9,7 @@
 
 use super::{PgStore, classify};
 use crate::domain::{AgeFlag, CardUid, Cents, ProductId, StaffId, TaxRateName};
-use crate::ledger::caller::Terminal;
+use crate::ledger::caller::{Actor, Terminal};
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
@@ -151,23 +151,40 @@ async fn log_admin(
     card_uid: Option<&str>,
     details: serde_json::Value,
 ) -> Result<(), StoreError> {
+    log_change(client, &Actor::Cli, operation, card_uid, details).await
+}
+
+/// Appends an administrative change by `actor` to the audit log.
+pub(super) async fn log_change(
+    client: &impl GenericClient,
+    actor: &Actor,
+    operation: &str,
+    card_uid: Option<&str>,
+    details: serde_json::Value,
+) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
             "INSERT INTO app_transaction_log
                  (occurred_at, actor, operation, card_uid, outcome, details)
-             VALUES (date_trunc('milliseconds', now()), 'admin', $1, $2, 'done', $3)",
+             VALUES (date_trunc('milliseconds', now()), $1, $2, $3, 'done', $4)",
         )
         .await
         .map_err(classify)?;
     client
-        .execute(&stmt, &[&operation, &card_uid, &Json(details)])
+        .execute(
+            &stmt,
+            &[&actor.audit_name(), &operation, &card_uid, &Json(details)],
+        )
         .await
         .map_err(classify)?;
     Ok(())
 }
 
 /// An insert's error: `conflict()` for a unique key already taken, else as classified.
-fn unless_taken(e: tokio_postgres::Error, conflict: impl FnOnce() -> String) -> StoreError {
+pub(super) fn unless_taken(
+    e: tokio_postgres::Error,
+    conflict: impl FnOnce() -> String,
+) -> StoreError {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         StoreError::Conflict(conflict())
     } else {
@@ -223,7 +240,20 @@ impl PgStore {
         refuse_replaced: Option<Refusal>,
         change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
     ) -> Result<T, StoreError> {
-        self.change_card_daily(uid, operation, None, refuse_replaced, change)
+        self.change_card_as(&Actor::Cli, uid, operation, refuse_replaced, change)
+            .await
+    }
+
+    /// [`PgStore::change_card`], audited as `actor`'s change.
+    async fn change_card_as<T>(
+        &self,
+        actor: &Actor,
+        uid: CardUid,
+        operation: &str,
+        refuse_replaced: Option<Refusal>,
+        change: impl FnOnce(Option<CardState>) -> Result<(CardState, serde_json::Value, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        self.change_card_daily(actor, uid, operation, None, refuse_replaced, change)
             .await
     }
 
@@ -232,6 +262,7 @@ impl PgStore {
     /// is refused (checked under the row's lock, so a replacement cannot slip in between).
     async fn change_card_daily<T>(
         &self,
+        actor: &Actor,
         uid: CardUid,
         operation: &str,
         daily: Option<(i64, Option<String>)>,
@@ -297,7 +328,7 @@ impl PgStore {
                 .await
                 .map_err(classify)?;
         }
-        log_admin(&tx, operation, Some(uid.as_str()), details).await?;
+        log_change(&tx, actor, operation, Some(uid.as_str()), details).await?;
         tx.commit().await.map_err(classify)?;
         Ok(out)
     }
@@ -610,11 +641,16 @@ impl AdminStore for PgStore {
         tx.commit().await.map_err(classify)
     }
 
-    async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+    async fn set_card_lost_by(
+        &self,
+        actor: Actor,
+        uid: CardUid,
+        lost: bool,
+    ) -> Result<(), StoreError> {
         let operation = if lost { "card_block" } else { "card_unblock" };
         let refusal: Option<Refusal> = (!lost).then_some(replaced_stays_blocked);
         let unknown = uid.clone();
-        self.change_card(uid, operation, refusal, |card| {
+        self.change_card_as(&actor, uid, operation, refusal, |card| {
             let card = card.ok_or_else(|| unknown_card(&unknown))?;
             Ok((rules::mark_lost(card, lost), json!({}), ()))
         })
@@ -662,6 +698,7 @@ impl AdminStore for PgStore {
         let day = day.to_string();
         let daily = Some((units, (units > 0).then(|| day.clone())));
         self.change_card_daily(
+            &Actor::Cli,
             uid,
             "voucher_daily",
             daily,

@@ -85,6 +85,8 @@ pub const TABLES: &[&str] = &[
     "stripe_events",
     "stripe_recharges",
     "stripe_refunds",
+    "operators",
+    "operator_sessions",
 ];
 
 /// The card feed's version sequence (`migrations/postgres/0004_card_feed.sql`).

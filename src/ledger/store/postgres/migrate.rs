@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_card_replacement.sql"),
     migration!(16, "0016_offline_orders_as_sold.sql"),
     migration!(17, "0017_terminal_status.sql"),
+    migration!(18, "0018_operators.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

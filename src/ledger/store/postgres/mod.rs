@@ -37,6 +37,7 @@ mod audit;
 mod feeds;
 pub mod import_sqlite;
 mod migrate;
+mod operators;
 mod ops;
 mod stripe;
 

@@ -3,7 +3,7 @@
 
 use super::{SqliteStore, TerminalKey, internal, load_card, post, write_card};
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName};
-use crate::ledger::caller::Terminal;
+use crate::ledger::caller::{Actor, Terminal};
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
@@ -163,15 +163,32 @@ fn log_admin(
     card_uid: Option<&str>,
     details: serde_json::Value,
 ) -> Result<(), StoreError> {
+    log_change(conn, &Actor::Cli, operation, card_uid, details)
+}
+
+/// An audit-log row for an administrative change by `actor`.
+pub(super) fn log_change(
+    conn: &Connection,
+    actor: &Actor,
+    operation: &str,
+    card_uid: Option<&str>,
+    details: serde_json::Value,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO app_transaction_log (occurred_at, actor, operation, card_uid, outcome, details)
-         VALUES (?1, 'admin', ?2, ?3, 'done', ?4)",
+         VALUES (?1, ?2, ?3, ?4, 'done', ?5)",
     )?
-    .execute(params![format_time(Utc::now()), operation, card_uid, details.to_string()])?;
+    .execute(params![
+        format_time(Utc::now()),
+        actor.audit_name(),
+        operation,
+        card_uid,
+        details.to_string()
+    ])?;
     Ok(())
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
+pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
@@ -426,7 +443,12 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn set_card_lost(&self, uid: CardUid, lost: bool) -> Result<(), StoreError> {
+    async fn set_card_lost_by(
+        &self,
+        actor: Actor,
+        uid: CardUid,
+        lost: bool,
+    ) -> Result<(), StoreError> {
         let operation = if lost { "card_block" } else { "card_unblock" };
         self.write(move |conn| {
             // In the same transaction as the change: a replacement cannot slip in between.
@@ -442,7 +464,7 @@ impl AdminStore for SqliteStore {
                 &rules::mark_lost(card, lost),
                 &format_time(Utc::now()),
             )?;
-            log_admin(conn, operation, Some(uid.as_str()), json!({}))
+            log_change(conn, &actor, operation, Some(uid.as_str()), json!({}))
         })
         .await
     }

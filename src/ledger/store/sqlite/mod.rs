@@ -15,6 +15,7 @@
 mod admin;
 mod audit;
 mod feeds;
+mod operators;
 mod ops;
 mod stripe;
 mod writer;
@@ -59,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0009_housekeeping.sql"),
     include_str!("../../../../migrations/sqlite/0010_card_replacement.sql"),
     include_str!("../../../../migrations/sqlite/0011_terminal_status.sql"),
+    include_str!("../../../../migrations/sqlite/0012_operators.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

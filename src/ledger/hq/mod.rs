@@ -1,0 +1,70 @@
+//! Headquarters in a browser: server-rendered pages under `/hq/`, served by the ledger
+//! itself with everything they need (the style sheet is embedded in the binary; nothing
+//! comes from a CDN).
+//!
+//! Templates are askama's: compiled into the binary and checked against their data at
+//! build time (a misspelt field does not build), escaped for HTML by default.
+//!
+//! Every page needs a session ([`auth`]): a random cookie (`HttpOnly`, `SameSite=Strict`,
+//! `Secure` under TLS) whose SHA-256 the database keeps, so sessions survive a restart and
+//! work across ledger processes. Every form carries the session's CSRF token (the login
+//! form a token of its own, in a cookie); a POST without it changes nothing. Each response
+//! carries a Content-Security-Policy that allows no inline script or style.
+//!
+//! Pages:
+//! - `GET /hq/login`, `POST /hq/login`, `POST /hq/logout`;
+//! - `GET /hq/` goes to the fleet;
+//! - `GET /hq/fleet`: every terminal, marked when it needs a person ([`super::fleet`]);
+//! - `GET /hq/cards?uid=`, `GET /hq/cards/{uid}`; `POST .../block`, `.../unblock` (desk
+//!   and admin);
+//! - `GET /hq/operators`, `POST /hq/operators`, `POST /hq/operators/{name}/disable|enable`
+//!   (admin).
+
+pub mod auth;
+mod pages;
+
+use super::api::AppState;
+use super::fleet::FleetRules;
+use super::store::LedgerStore;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+/// Largest form body a page takes.
+pub const FORM_BODY_LIMIT_BYTES: usize = 8 * 1024;
+
+/// What the pages need beyond the API's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HqSettings {
+    /// When a terminal needs a person.
+    pub fleet: FleetRules,
+    /// Cookies get `Secure` (the ledger serves HTTPS).
+    pub secure_cookies: bool,
+}
+
+/// The `/hq` routes.
+pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/hq", get(pages::home))
+        .route("/hq/", get(pages::home))
+        .route(
+            "/hq/login",
+            get(pages::login_page::<S>).post(pages::login::<S>),
+        )
+        .route("/hq/logout", post(pages::logout::<S>))
+        .route("/hq/fleet", get(pages::fleet::<S>))
+        .route("/hq/cards", get(pages::card_search::<S>))
+        .route("/hq/cards/{uid}", get(pages::card::<S>))
+        .route("/hq/cards/{uid}/{action}", post(pages::card_action::<S>))
+        .route(
+            "/hq/operators",
+            get(pages::operators::<S>).post(pages::add_operator::<S>),
+        )
+        .route(
+            "/hq/operators/{name}/{action}",
+            post(pages::operator_action::<S>),
+        )
+        .route("/hq/assets/{file}", get(pages::asset))
+        .route("/hq/{*rest}", get(pages::not_found).post(pages::not_found))
+        .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT_BYTES))
+}

@@ -1,0 +1,198 @@
+//! The headquarters pages in a real browser (issue 15): Debian's headless chromium driven
+//! over WebDriver against a real ledger, on both backends.
+//!
+//! A desk operator logs in, sees a terminal that stopped reporting marked as silent, looks
+//! up a card and sees an order made through the API a moment before, blocks the card and
+//! the block is in the card feed; a form without its CSRF token is refused; they log out.
+//! A viewer is refused a block. Bad input on each form and query parameter gets a message
+//! on the page and changes nothing. Every page is checked at 1280x800 and 390x844: no
+//! console errors, no sideways scroll; screenshots go to
+//! `target/tmp/hq-screenshots/<test>/`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::browser::Browser;
+use common::*;
+use serde_json::json;
+
+const DESK_PASSWORD: &str = "desk password 1";
+const VIEWER_PASSWORD: &str = "viewer password 1";
+const ADMIN_PASSWORD: &str = "admin password 1";
+
+async fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
+    b.open(&format!("{base}/hq/login")).await;
+    b.fill("#name", name).await;
+    b.fill("#password", password).await;
+    b.submit("#login").await;
+    assert_eq!(b.path().await, "/hq/fleet", "{name} did not get in");
+    assert!(b.text("#who").await.starts_with(name));
+}
+
+/// A terminal status report, sent now.
+async fn report_status(l: &Ledger, token: &str) {
+    l.post(
+        "/v1/terminals/me/status",
+        token,
+        &json!({
+            "reported_at": now_rfc3339(), "waiting": 0, "in_doubt": 0, "rejected": 0,
+            "oldest_unsent_age_s": null, "card_feed_cursor": "1",
+            "reader_state": "connected", "software_version": "0.1.0"
+        }),
+    )
+    .await
+    .assert_status(200);
+}
+
+async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    l.add_operator("dora", "desk", DESK_PASSWORD);
+    l.add_operator("vic", "viewer", VIEWER_PASSWORD);
+    l.add_operator("ada", "admin", ADMIN_PASSWORD);
+    let base = l.base_url.clone();
+    // bar-1 reported ten minutes ago and then went quiet; bar-2 reports now.
+    report_status(&l, &l.bar_token).await;
+    let ten_minutes_ago = (chrono::Utc::now() - chrono::Duration::minutes(10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    l.execute(&format!(
+        "UPDATE terminal_status SET received_at = '{ten_minutes_ago}',
+             reported_at = '{ten_minutes_ago}'
+         WHERE terminal_id = (SELECT terminal_id FROM terminals WHERE name = 'bar-1')"
+    ));
+    let bar2 = l.bar2_token.clone();
+    report_status(&l, &bar2).await;
+    let b = Browser::start(&format!("desk_{backend:?}")).await;
+
+    // Without a session, every page leads to the login page.
+    b.open(&format!("{base}/hq/fleet")).await;
+    assert_eq!(b.path().await, "/hq/login");
+    b.check_page("login").await;
+    // A wrong password: a message, still logged out.
+    b.fill("#name", "dora").await;
+    b.fill("#password", "not her password").await;
+    b.submit("#login").await;
+    assert_eq!(b.text("#message").await, "Wrong name or password.");
+    assert!(!b.has("#who").await);
+
+    log_in(&b, &base, "dora", DESK_PASSWORD).await;
+    let attention = |name: &str| format!("tr[data-terminal='{name}']");
+    let silent = b.attr(&attention("bar-1"), "data-attention").await.unwrap();
+    assert_eq!(silent, "silent", "bar-1");
+    assert!(
+        b.text(&attention("bar-1"))
+            .await
+            .contains("silent for 10 min")
+    );
+    // The checkpoint was never heard from.
+    let never = b.attr(&attention("cp-1"), "data-attention").await.unwrap();
+    assert_eq!(never, "silent");
+    let fresh = b.attr(&attention("bar-2"), "data-attention").await.unwrap();
+    assert_eq!(fresh, "", "bar-2 reported just now");
+    b.check_page("fleet").await;
+
+    // An order made through the API a moment before shows in the card's balance.
+    let card = uid(7);
+    l.fund(&card, 2_000).await;
+    let order = order_body(
+        &card,
+        l.seq(&l.bar_token),
+        &[("beer-05", 1, BEER_CENTS)],
+        "online",
+    );
+    l.post("/v1/orders", &l.bar_token, &order)
+        .await
+        .assert_status(201);
+    b.open(&format!("{base}/hq/cards")).await;
+    b.check_page("cards").await;
+    // Bad input in the search: a message on the page.
+    b.fill("#uid", "not a uid").await;
+    b.submit("#find").await;
+    assert!(b.text("#message").await.starts_with("Not a card UID"));
+    b.fill("#uid", &card.to_lowercase()).await;
+    b.submit("#find").await;
+    assert_eq!(b.path().await, format!("/hq/cards/{card}"));
+    assert_eq!(b.text("#balance").await, "15.50 EUR");
+    assert_eq!(b.text("#status").await, "active");
+    b.check_page("card").await;
+
+    // A form without its CSRF token changes nothing.
+    b.run(
+        "document.querySelector('#block').form.querySelector('[name=csrf]').remove(); \
+         return true",
+    )
+    .await;
+    b.submit("#block").await;
+    assert!(b.text("#message").await.contains("Nothing was changed"));
+    b.check_page("csrf_refused").await;
+    assert_eq!(l.card(&card).await.body["status"], "active");
+
+    // Blocked from the page: in the card feed, and in the audit log under her name.
+    b.open(&format!("{base}/hq/cards/{card}")).await;
+    b.submit("#block").await;
+    assert_eq!(b.text("#status").await, "blocked");
+    let feed = l
+        .get("/v1/cards?since=0&limit=1000", Some(&l.bar_token))
+        .await;
+    let in_feed = feed.body["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["card_uid"] == card.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(in_feed["status"], "blocked");
+    assert_eq!(
+        l.query_i64(&format!(
+            "SELECT COUNT(*) FROM app_transaction_log
+             WHERE actor = 'operator:dora' AND operation = 'card_block' AND card_uid = '{card}'"
+        )),
+        1
+    );
+    b.check_page("card_blocked").await;
+
+    // The desk may not manage operators.
+    b.open(&format!("{base}/hq/operators")).await;
+    assert!(b.text("#message").await.contains("may not"));
+    b.check_page("forbidden").await;
+
+    b.submit("#logout").await;
+    assert_eq!(b.path().await, "/hq/login");
+    b.open(&format!("{base}/hq/fleet")).await;
+    assert_eq!(b.path().await, "/hq/login", "the session ended");
+
+    // A viewer sees the card but has no block button, and a block they forge is refused.
+    log_in(&b, &base, "vic", VIEWER_PASSWORD).await;
+    b.open(&format!("{base}/hq/cards/{card}")).await;
+    assert!(!b.has("#unblock").await && !b.has("#block").await);
+    b.submit_by_script(&format!(
+        "const f = document.createElement('form'); f.method = 'post';
+         f.action = '/hq/cards/{card}/unblock';
+         f.appendChild(document.querySelector('.logout [name=csrf]').cloneNode());
+         document.body.appendChild(f); f.submit(); return true"
+    ))
+    .await;
+    assert!(b.text("#message").await.contains("may not"));
+    assert_eq!(l.card(&card).await.body["status"], "blocked");
+    b.submit("#logout").await;
+
+    // The admin manages operators; a bad name is refused with a message.
+    log_in(&b, &base, "ada", ADMIN_PASSWORD).await;
+    b.open(&format!("{base}/hq/operators")).await;
+    b.check_page("operators").await;
+    let before = l.count("operators");
+    b.fill("#op_name", "Bad Name").await;
+    b.fill("#op_password", "long enough password").await;
+    b.submit("#add_operator").await;
+    assert!(b.text("#message").await.starts_with("Name:"));
+    assert_eq!(l.count("operators"), before);
+    b.fill("#op_name", "eve").await;
+    b.fill("#op_password", "long enough password").await;
+    b.submit("#add_operator").await;
+    assert!(b.has("tr[data-operator='eve']").await);
+    assert_eq!(l.count("operators"), before + 1);
+    b.close().await;
+}
+
+on_both_backends! {
+    the_desk_finds_blocks_and_logs_out,
+}

@@ -71,7 +71,11 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     b.fill("#name", "dora").await;
     b.fill("#password", "not her password").await;
     b.submit("#login").await;
-    assert_eq!(b.text("#message").await, "Wrong name or password.");
+    assert!(
+        b.text("#message")
+            .await
+            .starts_with("Wrong name or password.")
+    );
     assert!(!b.has("#who").await);
 
     log_in(&b, &base, "dora", DESK_PASSWORD).await;
@@ -102,6 +106,15 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     l.post("/v1/orders", &l.bar_token, &order)
         .await
         .assert_status(201);
+    l.post(
+        "/v1/scans",
+        &l.bar_token,
+        &json!({"scans": [{"card_uid": card, "result": "approved",
+                           "reader": "ACS ACR122U PICC Interface 00 00",
+                           "scanned_at": now_rfc3339()}]}),
+    )
+    .await
+    .assert_status(200);
     b.open(&format!("{base}/hq/cards")).await;
     b.check_page("cards").await;
     // Bad input in the search: a message on the page.
@@ -113,6 +126,22 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     assert_eq!(b.path().await, format!("/hq/cards/{card}"));
     assert_eq!(b.text("#balance").await, "15.50 EUR");
     assert_eq!(b.text("#status").await, "active");
+    // Its history, newest first: the order with its terminal and staff member, then the
+    // top-up; the scan with its reader.
+    let newest = b.text("#operations tbody tr:first-child").await;
+    for part in ["terminal:bar-1", "s-bar", "order", "4.50", "approved"] {
+        assert!(newest.contains(part), "{part} not in {newest:?}");
+    }
+    let top_up = b.text("#operations tbody tr:nth-child(2)").await;
+    assert!(
+        top_up.contains("terminal:cp-1") && top_up.contains("recharge"),
+        "{top_up:?}"
+    );
+    let scan = b.text("#scans tbody tr:first-child").await;
+    assert!(
+        scan.contains("bar-1") && scan.contains("ACS ACR122U"),
+        "{scan:?}"
+    );
     b.check_page("card").await;
 
     // A form without its CSRF token changes nothing.
@@ -149,6 +178,27 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
         1
     );
     b.check_page("card_blocked").await;
+
+    // The lost card is replaced: a bad new UID changes nothing; a good one moves the money.
+    b.fill("#new_uid", "not a card").await;
+    b.submit("#replace").await;
+    assert!(b.text("#message").await.contains("Nothing was changed"));
+    assert_eq!(l.card(&card).await.body["balance_cents"], 1550);
+    b.open(&format!("{base}/hq/cards/{card}")).await;
+    let new_card = uid(8);
+    b.fill("#new_uid", &new_card).await;
+    b.submit("#replace").await;
+    assert_eq!(b.path().await, format!("/hq/cards/{new_card}"));
+    assert_eq!(b.text("#balance").await, "15.50 EUR");
+    assert_eq!(l.card(&card).await.body["balance_cents"], 0);
+    assert_eq!(
+        l.query_i64(&format!(
+            "SELECT COUNT(*) FROM app_transaction_log
+             WHERE actor = 'operator:dora' AND operation = 'card_replace' AND card_uid = '{card}'"
+        )),
+        1
+    );
+    b.check_page("card_replaced").await;
 
     // The desk may not manage operators.
     b.open(&format!("{base}/hq/operators")).await;

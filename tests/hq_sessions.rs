@@ -65,34 +65,41 @@ fn is_login_redirect(resp: &reqwest::Response) -> bool {
     resp.status() == 303 && resp.headers()[LOCATION] == "/hq/login"
 }
 
+/// `operator list`'s `FAILED` and `LOCKED_UNTIL` for `name`.
+fn failures(l: &Ledger, name: &str) -> (String, String) {
+    let list = assert_success("list", &l.admin(&["operator", "list"]));
+    let row = list
+        .lines()
+        .find(|r| r.split_whitespace().next() == Some(name))
+        .unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    (cells[3].to_owned(), cells[4].to_owned())
+}
+
 async fn five_wrong_passwords_lock_the_operator(backend: Backend) {
     let l = Ledger::start_on(backend).await;
     l.add_operator("dora", "desk", PASSWORD);
     let hq = Hq::new(&l.base_url);
-    for attempt in 1..=4 {
+    let refused = |body: &str| body.contains("Wrong name or password. After five wrong passwords");
+    for attempt in 1..=5 {
         let resp = hq.login("dora", "wrong password").await;
         assert_eq!(resp.status(), 401, "attempt {attempt}");
-        assert!(
-            resp.text()
-                .await
-                .unwrap()
-                .contains("Wrong name or password.")
-        );
+        assert!(refused(&resp.text().await.unwrap()));
     }
-    let fifth = hq.login("dora", "wrong password").await;
-    assert_eq!(fifth.status(), 429);
-    assert!(fifth.text().await.unwrap().contains("locked until"));
-    // Locked: even the right password is refused, and no session is opened.
+    // Locked: even the right password is refused, with the same answer as a wrong one (it
+    // does not tell which names exist), and no session is opened.
     let right = hq.login("dora", PASSWORD).await;
-    assert_eq!(right.status(), 429);
+    assert_eq!(right.status(), 401);
     assert!(set_cookie(&right, "cashless_hq").is_none());
+    assert!(refused(&right.text().await.unwrap()));
     assert_eq!(l.count("operator_sessions"), 0);
-    let list = assert_success("list", &l.admin(&["operator", "list"]));
-    let row = list.lines().find(|r| r.starts_with("dora")).unwrap();
-    assert!(row.contains(" 5 "), "{row}");
-    // An unknown name answers like a wrong password (and locks nothing).
+    let (failed, locked_until) = failures(&l, "dora");
+    assert_eq!(failed, "5");
+    assert_ne!(locked_until, "-");
+    // An unknown name answers like a wrong password.
     let unknown = hq.login("nobody", PASSWORD).await;
     assert_eq!(unknown.status(), 401);
+    assert!(refused(&unknown.text().await.unwrap()));
     // A new password lifts the lock.
     assert_success(
         "password",
@@ -102,9 +109,42 @@ async fn five_wrong_passwords_lock_the_operator(backend: Backend) {
         ),
     );
     hq.session("dora", "another long password").await;
-    let list = assert_success("list", &l.admin(&["operator", "list"]));
-    let row = list.lines().find(|r| r.starts_with("dora")).unwrap();
-    assert!(row.contains(" 0 ") && row.contains(" - "), "{row}");
+    assert_eq!(failures(&l, "dora"), ("0".to_owned(), "-".to_owned()));
+}
+
+async fn guesses_at_once_check_at_most_five_passwords(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    l.add_operator("dora", "desk", PASSWORD);
+    let hq = Hq::new(&l.base_url);
+    let guesses = (0..12).map(|i| {
+        let hq = &hq;
+        async move {
+            hq.login("dora", &format!("guess number {i}"))
+                .await
+                .status()
+        }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    // Refused, or (at most four password checks run at once) told to come back: 503.
+    assert!(
+        answers.iter().all(|s| *s == 401 || *s == 503),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().filter(|s| **s == 401).count() >= 5,
+        "{answers:?}"
+    );
+    // Counted one by one: the fifth locked the operator, the rest were not even checked.
+    let (failed, locked_until) = failures(&l, "dora");
+    assert_eq!(failed, "5");
+    assert_ne!(locked_until, "-");
+    assert_eq!(hq.login("dora", PASSWORD).await.status(), 401);
+
+    // A lock that has ended starts the count again: one wrong password does not lock.
+    l.execute("UPDATE operators SET locked_until = '2020-01-01T00:00:00.000Z' WHERE name = 'dora'");
+    assert_eq!(hq.login("dora", "wrong again").await.status(), 401);
+    assert_eq!(failures(&l, "dora"), ("1".to_owned(), "-".to_owned()));
+    hq.session("dora", PASSWORD).await;
 }
 
 async fn sessions_live_in_the_database(backend: Backend) {
@@ -228,7 +268,93 @@ async fn operator_commands_refuse_bad_input_and_change_nothing(backend: Backend)
     );
 }
 
+async fn reports_are_pages_and_the_same_csv_as_the_command(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    l.add_operator("vic", "viewer", PASSWORD);
+    let card = uid(3);
+    l.fund(&card, 2_000).await;
+    let order = order_body(
+        &card,
+        l.seq(&l.bar_token),
+        &[("beer-05", 2, BEER_CENTS)],
+        "online",
+    );
+    l.post("/v1/orders", &l.bar_token, &order)
+        .await
+        .assert_status(201);
+    let session = l.hq_session("vic", PASSWORD).await;
+    let hq = Hq::new(&l.base_url);
+    let page = hq
+        .get("/hq/reports?section=sales_by_point_of_sale", &session)
+        .await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Sales by point of sale") && html.contains("Main Bar"));
+    assert!(html.contains("9.00"), "two beers: {html}");
+    // Every section is a page.
+    for section in [
+        "deposits",
+        "vouchers",
+        "top_ups",
+        "cashier",
+        "terminal_sync",
+        "cards",
+    ] {
+        let page = hq
+            .get(&format!("/hq/reports?section={section}"), &session)
+            .await;
+        assert_eq!(page.status(), 200, "{section}");
+    }
+    // The CSV is the command's, byte for byte.
+    for section in ["sales_by_point_of_sale", "top_ups"] {
+        let csv = hq
+            .get(
+                &format!("/hq/reports?section={section}&format=csv"),
+                &session,
+            )
+            .await;
+        assert_eq!(csv.status(), 200);
+        assert!(
+            csv.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
+        assert_eq!(
+            csv.headers()["content-disposition"],
+            format!("attachment; filename=\"cashless-{section}.csv\"").as_str()
+        );
+        let body = csv.text().await.unwrap();
+        let command = assert_success(
+            "report",
+            &l.admin(&["report", "--format", "csv", "--section", section]),
+        );
+        assert_eq!(body, command, "{section}");
+    }
+    // Bad parameters: a message on the page, status 400.
+    for (query, says) in [
+        ("section=nope", "There is no report"),
+        ("section=cards&from=yesterday", "From:"),
+        (
+            "section=cards&from=2026-07-02&to=2026-07-01",
+            "must be before",
+        ),
+        ("section=cards&format=pdf", "No format"),
+    ] {
+        let page = hq.get(&format!("/hq/reports?{query}"), &session).await;
+        assert_eq!(page.status(), 400, "{query}");
+        let html = page.text().await.unwrap();
+        assert!(html.contains(says), "{query}: {html}");
+    }
+    // Without a session: the login page.
+    assert!(is_login_redirect(
+        &hq.get("/hq/reports?section=cards", "").await
+    ));
+}
+
 on_both_backends! {
+    guesses_at_once_check_at_most_five_passwords,
+    reports_are_pages_and_the_same_csv_as_the_command,
     five_wrong_passwords_lock_the_operator,
     sessions_live_in_the_database,
     operator_commands_refuse_bad_input_and_change_nothing,

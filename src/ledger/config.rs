@@ -93,6 +93,7 @@ struct RawConfig {
 struct RawHq {
     silent_after_s: Option<i64>,
     unsent_age_max_s: Option<i64>,
+    secure_cookies: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +240,9 @@ pub struct LedgerConfig {
     pub housekeeping: HousekeepingConfig,
     /// `[hq]`: when a terminal needs a person.
     pub fleet: FleetRules,
+    /// `[hq] secure_cookies`: the pages' cookies are `Secure`; by default when the ledger
+    /// serves HTTPS itself (set it behind a proxy that does).
+    pub hq_secure_cookies: bool,
 }
 
 /// `[housekeeping]`: where `cashless ledger housekeeping` archives, and from what age.
@@ -300,6 +304,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("tls", &self.tls)
             .field("housekeeping", &self.housekeeping)
             .field("fleet", &self.fleet)
+            .field("hq_secure_cookies", &self.hq_secure_cookies)
             .finish()
     }
 }
@@ -545,6 +550,7 @@ impl LedgerConfig {
             postgres,
             taxes,
             festival_day,
+            hq_secure_cookies: raw.hq.secure_cookies.unwrap_or(tls.is_some()),
             tls,
             housekeeping,
             fleet,
@@ -765,6 +771,9 @@ mod tests {
         assert_eq!(config.header_read_timeout_ms, 10_000);
         assert_eq!(config.body_read_timeout_ms, 30_000);
         assert_eq!(config.max_connections, 4096);
+        assert!(!config.hq_secure_cookies, "plain HTTP: no Secure cookies");
+        let proxied = load("[hq]\nsecure_cookies = true\n", Overrides::default()).unwrap();
+        assert!(proxied.hq_secure_cookies);
     }
 
     #[test]

@@ -187,7 +187,8 @@ pub async fn serve<S: LedgerStore>(
     let state = AppState::new(store, &config.currency, limits, stripe).with_hq(
         crate::ledger::hq::HqSettings {
             fleet: config.fleet,
-            secure_cookies: config.tls.is_some(),
+            secure_cookies: config.hq_secure_cookies,
+            festival_day: config.festival_day,
         },
     );
     let body_timeout = Duration::from_millis(config.body_read_timeout_ms);

@@ -1147,8 +1147,8 @@ impl ReaderState {
     }
 }
 
-/// A terminal's state as it reports it (`POST /v1/terminals/me/status`), each sync round
-/// that finds it changed and at least every `[sync] status_interval_ms`. A report replaces
+/// A terminal's state as it reports it (`POST /v1/terminals/me/status`), every
+/// `[sync] status_interval_ms` and at once on a change headquarters must learn. A report replaces
 /// the terminal's previous one: sending the same report again changes nothing but the time
 /// the ledger last heard from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -1171,8 +1171,9 @@ pub struct TerminalStatusReport {
     /// null when everything is acknowledged.
     #[schema(maximum = 31_622_400)]
     pub oldest_unsent_age_s: Option<u64>,
-    /// The last card-feed cursor the terminal applied (empty before its first page).
-    #[schema(max_length = 128)]
+    /// The last card-feed cursor the terminal applied: at most 128 visible ASCII
+    /// characters (empty before its first page).
+    #[schema(pattern = "^[!-~]{0,128}$", max_length = 128, example = "1042")]
     pub card_feed_cursor: String,
     /// The card reader's state.
     pub reader_state: ReaderState,

@@ -540,10 +540,9 @@ impl SyncTask {
         Ok(Round { settled, more })
     }
 
-    /// Tells the ledger this terminal's state (`POST /v1/terminals/me/status`) when it
-    /// changed since the last report the ledger took, or [`TerminalConfig`]'s
-    /// `sync_status_interval_ms` has passed. A report the ledger did not take is logged and
-    /// sent again next round: it never fails the round (a failed round takes the terminal
+    /// Tells the ledger this terminal's state (`POST /v1/terminals/me/status`) when
+    /// [`status_due`] says so. A report the ledger did not take is logged and sent again at
+    /// the next interval: it never fails the round (a failed round takes the terminal
     /// offline, and taps would be decided offline for a report's sake). Only journal
     /// failures are errors.
     async fn report_status(&self) -> anyhow::Result<()> {
@@ -580,6 +579,9 @@ impl SyncTask {
             return Ok(());
         }
         let report = state.report(now);
+        if let Ok(mut sent) = self.status_sent.lock() {
+            *sent = Some(StatusSent { state, at: now });
+        }
         match self.client.post_status(&report).await {
             Ok(answer) if answer.status == 200 => {
                 let offset_ms = answer.body["clock_offset_ms"].as_i64().unwrap_or(0);
@@ -590,16 +592,14 @@ impl SyncTask {
                          every operation it records is dated by it"
                     );
                 }
-                if let Ok(mut sent) = self.status_sent.lock() {
-                    *sent = Some(StatusSent { state, at: now });
-                }
             }
             Ok(answer) => {
                 tracing::warn!(status = answer.status, body = %answer.body,
-                    "the ledger did not take the status report; sent again next round");
+                    "the ledger did not take the status report; sent again at the next interval");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the status report got no answer; sent again next round");
+                tracing::warn!(error = %e,
+                    "the status report got no answer; sent again at the next interval");
             }
         }
         Ok(())
@@ -650,8 +650,7 @@ impl SyncTask {
 /// status report (and marked on the fleet page).
 pub const CLOCK_OFFSET_WARN_MS: i64 = 60_000;
 
-/// What a status report says, but its time: two rounds with equal states need no second
-/// report until the interval has passed.
+/// What a status report says, but its time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusState {
     /// Entries waiting to be sent or replayed.
@@ -692,7 +691,8 @@ impl StatusState {
     }
 }
 
-/// A status report the ledger took, and when (this terminal's clock).
+/// The last status report sent (taken by the ledger or not), and when (this terminal's
+/// clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSent {
     /// What it said.
@@ -701,8 +701,24 @@ pub struct StatusSent {
     pub at: DateTime<Utc>,
 }
 
-/// Whether to report `state` at `now`: nothing taken yet, a change since the last report
-/// taken, `interval_ms` passed since, or the clock set back past it.
+impl StatusState {
+    /// What headquarters must learn at once: the reader's state, the rejected operations,
+    /// whether anything waits or is in doubt. The counts and the feed cursor move with every
+    /// sale and every card change in the festival; they wait for the interval.
+    fn significant(&self) -> (ReaderState, u64, bool, bool) {
+        (
+            self.reader_state,
+            self.rejected,
+            self.waiting > 0,
+            self.in_doubt > 0,
+        )
+    }
+}
+
+/// Whether to report `state` at `now`: nothing sent yet, a significant change since the
+/// last report sent ([`StatusState::significant`]), `interval_ms` passed since it, or the
+/// clock set back past it. A report the ledger did not take counts as sent: it is sent
+/// again at the next interval (or change), not every round.
 pub fn status_due(
     last: Option<&StatusSent>,
     state: &StatusState,
@@ -711,7 +727,9 @@ pub fn status_due(
 ) -> bool {
     let Some(last) = last else { return true };
     let since_ms = (now - last.at).num_milliseconds();
-    last.state != *state || since_ms < 0 || since_ms.unsigned_abs() >= interval_ms
+    last.state.significant() != state.significant()
+        || since_ms < 0
+        || since_ms.unsigned_abs() >= interval_ms
 }
 
 /// Uploads scans to the ledger's `nfc_scan_log` and marks them uploaded (the ledger ignores
@@ -1007,8 +1025,23 @@ mod tests {
         assert!(status_due(Some(&sent), &state(0), after(30_000), 30_000));
         assert!(
             status_due(Some(&sent), &state(1), after(1), 30_000),
-            "changed"
+            "something waits now"
         );
+        // More waiting, another feed cursor: every sale and card change moves them; they
+        // wait for the interval.
+        let busy = StatusSent {
+            state: state(1),
+            at: t0,
+        };
+        let mut moved = state(7);
+        moved.card_feed_cursor = "99".into();
+        assert!(!status_due(Some(&busy), &moved, after(1), 30_000));
+        let mut rejected = state(1);
+        rejected.rejected = 1;
+        assert!(status_due(Some(&busy), &rejected, after(1), 30_000));
+        let mut doubt = state(1);
+        doubt.in_doubt = 1;
+        assert!(status_due(Some(&busy), &doubt, after(1), 30_000));
         let mut reader = state(0);
         reader.reader_state = ReaderState::Disconnected;
         assert!(status_due(Some(&sent), &reader, after(1), 30_000));

@@ -48,18 +48,19 @@ pub fn may(role: OperatorRole, action: Action) -> bool {
     role >= needed
 }
 
-/// An operator's name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`.
+/// An operator's name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`, starting with a letter
+/// or a digit (a name is part of a page's path: `.` and `..` would not be).
 pub fn check_operator_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= OPERATOR_NAME_LEN_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = name.len() <= OPERATOR_NAME_LEN_MAX
+        && name.bytes().next().is_some_and(plain)
+        && name.bytes().all(|b| plain(b) || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "a name is 1 to {OPERATOR_NAME_LEN_MAX} of a-z, 0-9, '.', '_' and '-'"
+            "a name is 1 to {OPERATOR_NAME_LEN_MAX} of a-z, 0-9, '.', '_' and '-', starting \
+             with a letter or a digit"
         ))
     }
 }
@@ -150,11 +151,15 @@ pub enum LoginGate {
     Refuse,
     /// Locked after wrong passwords, until then.
     Locked(DateTime<Utc>),
-    /// Check the password.
+    /// Count the attempt ([`OperatorStore::begin_login`]), then check the password.
+    ///
+    /// [`OperatorStore::begin_login`]: crate::ledger::store::OperatorStore::begin_login
     CheckPassword,
 }
 
-/// The gate for `operator` at `now`.
+/// The gate for `operator` at `now`. Only a hint: the attempt is counted, and a lock
+/// checked again, in one statement before the password is checked, so that attempts made
+/// at once cannot get past the lock together.
 pub fn login_gate(operator: Option<&OperatorLogin>, now: DateTime<Utc>) -> LoginGate {
     match operator {
         None => LoginGate::Refuse,
@@ -165,6 +170,11 @@ pub fn login_gate(operator: Option<&OperatorLogin>, now: DateTime<Utc>) -> Login
         },
     }
 }
+
+/// The one answer to every refused login (no such name, disabled, wrong password,
+/// locked): it does not tell which names exist.
+pub const LOGIN_REFUSED: &str = "Wrong name or password. After five wrong passwords in a row \
+    an operator is locked for 15 minutes.";
 
 #[cfg(test)]
 mod tests {
@@ -241,7 +251,16 @@ mod tests {
         assert!(!verify_password(decoy_hash(), "not-a-password-of-anyone "));
         assert!(hash_password("short").is_err());
         assert!(check_operator_name("ana.desk-2").is_ok());
-        for bad in ["", "Ana", "ana desk", &"a".repeat(65), "ana;"] {
+        for bad in [
+            "",
+            "Ana",
+            "ana desk",
+            &"a".repeat(65),
+            "ana;",
+            ".",
+            "..",
+            "-ana",
+        ] {
             assert!(check_operator_name(bad).is_err(), "{bad:?}");
         }
         let t = new_token();

@@ -17,6 +17,8 @@
 //! - `GET /hq/fleet`: every terminal, marked when it needs a person ([`super::fleet`]);
 //! - `GET /hq/cards?uid=`, `GET /hq/cards/{uid}`; `POST .../block`, `.../unblock` (desk
 //!   and admin);
+//! - `GET /hq/reports?section=&from=&to=[&format=csv]`: each section of `ledger report` as
+//!   a page, or its CSV;
 //! - `GET /hq/operators`, `POST /hq/operators`, `POST /hq/operators/{name}/disable|enable`
 //!   (admin).
 
@@ -40,6 +42,8 @@ pub struct HqSettings {
     pub fleet: FleetRules,
     /// Cookies get `Secure` (the ledger serves HTTPS).
     pub secure_cookies: bool,
+    /// When a festival day starts, and the festival's offset (the reports' dates and hours).
+    pub festival_day: crate::domain::FestivalDay,
 }
 
 /// The `/hq` routes.
@@ -53,6 +57,7 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
         )
         .route("/hq/logout", post(pages::logout::<S>))
         .route("/hq/fleet", get(pages::fleet::<S>))
+        .route("/hq/reports", get(pages::reports::<S>))
         .route("/hq/cards", get(pages::card_search::<S>))
         .route("/hq/cards/{uid}", get(pages::card::<S>))
         .route("/hq/cards/{uid}/{action}", post(pages::card_action::<S>))

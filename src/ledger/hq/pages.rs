@@ -1,10 +1,11 @@
 //! The handlers of the headquarters pages and the data their templates show.
 
 use super::auth::{self, Action, LoginGate};
-use crate::domain::CardUid;
+use crate::domain::{CardUid, Cents};
 use crate::ledger::api::AppState;
 use crate::ledger::caller::{Actor, OperatorRole};
 use crate::ledger::fleet::{self, Attention};
+use crate::ledger::report;
 use crate::ledger::store::{
     LedgerStore, NewOperator, NewSession, OperatorChange, OperatorSession, StoreError,
 };
@@ -26,6 +27,8 @@ const FAVICON: &str = include_str!("assets/favicon.svg");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
+/// Operations and scans a card page lists, at most (newest first).
+pub const CARD_HISTORY_MAX: u32 = 100;
 /// Fields a form may have, at most.
 const FORM_FIELDS_MAX: usize = 16;
 
@@ -100,6 +103,26 @@ struct CardShown {
     voucher_units: i64,
     age: &'static str,
     updated_at: String,
+    events: Vec<EventRow>,
+    more_events: bool,
+    scans: Vec<ScanRow>,
+    more_scans: bool,
+}
+
+struct EventRow {
+    at: String,
+    actor: String,
+    staff: String,
+    operation: String,
+    amount: String,
+    outcome: String,
+}
+
+struct ScanRow {
+    at: String,
+    terminal: String,
+    reader: String,
+    result: String,
 }
 
 #[derive(Template)]
@@ -112,6 +135,37 @@ struct CardPage {
     card: Option<CardShown>,
     currency: String,
     may_change: bool,
+}
+
+struct SectionChoice {
+    name: &'static str,
+    label: String,
+    selected: bool,
+}
+
+struct Shown {
+    text: String,
+    numeric: bool,
+}
+
+struct ReportTable {
+    title: &'static str,
+    headers: Vec<Shown>,
+    rows: Vec<Vec<Shown>>,
+    total: Vec<Shown>,
+}
+
+#[derive(Template)]
+#[template(path = "reports.html", config = "src/ledger/hq/askama.toml")]
+struct ReportsPage {
+    who: Option<Who>,
+    sections: Vec<SectionChoice>,
+    from: String,
+    to: String,
+    error: Option<String>,
+    table: Option<ReportTable>,
+    currency: String,
+    utc_offset: String,
 }
 
 struct OperatorRow {
@@ -420,27 +474,68 @@ pub(super) async fn login<S: LedgerStore>(
             StatusCode::FORBIDDEN,
         );
     }
-    let retry = |error: String, status| login_form(secure, name.clone(), Some(error), status);
+    let refused = || {
+        login_form(
+            secure,
+            name.clone(),
+            Some(auth::LOGIN_REFUSED.into()),
+            StatusCode::UNAUTHORIZED,
+        )
+    };
     if auth::check_operator_name(&name).is_err() || password.is_empty() || password.len() > 512 {
-        return retry("Wrong name or password.".into(), StatusCode::UNAUTHORIZED);
+        return refused();
     }
+    // A bounded number of password checks at once: each is tens of milliseconds of CPU and
+    // some megabytes, on the blocking pool SQLite's reads share with the terminals.
+    let Ok(Ok(_permit)) = tokio::time::timeout(
+        std::time::Duration::from_millis(PASSWORD_CHECK_WAIT_MS),
+        password_checks().acquire(),
+    )
+    .await
+    else {
+        return login_form(
+            secure,
+            name,
+            Some("Too many logins at once; try again in a moment.".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    };
     let now = Utc::now();
     let operator = match state.store.operator_login(name.clone()).await {
         Ok(o) => o,
         Err(e) => return store_failed(None, &e),
     };
-    let gate = auth::login_gate(operator.as_ref(), now);
-    let hash = match (&gate, &operator) {
-        (LoginGate::CheckPassword, Some(o)) => o.password_hash.clone(),
+    // The attempt is counted before its password is checked, in one statement that refuses
+    // a locked operator: attempts made at once cannot get past the lock together.
+    let counted = match &operator {
+        Some(o) if auth::login_gate(Some(o), now) == LoginGate::CheckPassword => {
+            match state
+                .store
+                .begin_login(
+                    o.operator.operator_id,
+                    now,
+                    auth::LOCK_AFTER_FAILURES,
+                    auth::LOCK_FOR_S,
+                )
+                .await
+            {
+                Ok(counted) => counted,
+                Err(e) => return store_failed(None, &e),
+            }
+        }
+        _ => None,
+    };
+    let hash = match (&operator, &counted) {
+        (Some(o), Some(_)) => o.password_hash.clone(),
         _ => auth::decoy_hash().to_owned(),
     };
-    // Argon2 takes tens of milliseconds of CPU: off the async workers.
+    // Argon2 off the async workers; unknown names, disabled and locked operators are
+    // checked against a decoy, so that every refusal takes as long.
     let good = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
         .await
         .unwrap_or(false);
-    match (gate, operator) {
-        (LoginGate::Locked(until), _) => retry(locked_text(until), StatusCode::TOO_MANY_REQUESTS),
-        (LoginGate::CheckPassword, Some(o)) if good => {
+    match (operator, counted) {
+        (Some(o), Some(_)) if good => {
             let token = auth::new_token();
             let session = NewSession {
                 session_sha256: auth::token_sha256(&token),
@@ -467,40 +562,27 @@ pub(super) async fn login<S: LedgerStore>(
             }
             response
         }
-        (LoginGate::CheckPassword, Some(o)) => {
-            match state
-                .store
-                .login_failed(
-                    o.operator.operator_id,
-                    now,
-                    auth::LOCK_AFTER_FAILURES,
-                    auth::LOCK_FOR_S,
-                )
-                .await
-            {
-                Ok(failure) => {
-                    tracing::warn!(operator = %o.operator.name, failed = failure.failed_logins,
-                        "wrong password for an operator");
-                    match failure.locked_until {
-                        Some(until) if until > now => {
-                            retry(locked_text(until), StatusCode::TOO_MANY_REQUESTS)
-                        }
-                        _ => retry("Wrong name or password.".into(), StatusCode::UNAUTHORIZED),
-                    }
-                }
-                Err(e) => store_failed(None, &e),
-            }
+        (Some(o), Some(attempt)) => {
+            tracing::warn!(operator = %o.operator.name, in_a_row = attempt.failed_logins,
+                locked = attempt.locked_until.is_some(), "wrong password for an operator");
+            refused()
         }
-        _ => retry("Wrong name or password.".into(), StatusCode::UNAUTHORIZED),
+        (Some(o), None) if o.active => {
+            tracing::warn!(operator = %o.operator.name, "login attempt for a locked operator");
+            refused()
+        }
+        _ => refused(),
     }
 }
 
-fn locked_text(until: DateTime<Utc>) -> String {
-    format!(
-        "Too many wrong passwords: this operator is locked until {} UTC. An admin can set a \
-         new password to lift the lock.",
-        until.format("%H:%M")
-    )
+/// Password checks (argon2) running at once, at most.
+pub const PASSWORD_CHECKS_MAX: usize = 4;
+/// How long a login waits for a password check before it is answered 503.
+pub const PASSWORD_CHECK_WAIT_MS: u64 = 2000;
+
+fn password_checks() -> &'static tokio::sync::Semaphore {
+    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(|| tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX))
 }
 
 pub(super) async fn logout<S: LedgerStore>(
@@ -688,8 +770,23 @@ pub(super) async fn card<S: LedgerStore>(
             );
         }
     };
-    match state.store.card(uid.clone()).await {
-        Ok(Some(card)) => {
+    let found = state.store.card(uid.clone()).await;
+    let history = match &found {
+        Ok(Some(_)) => {
+            state
+                .store
+                .card_history(uid.clone(), CARD_HISTORY_MAX)
+                .await
+        }
+        _ => Ok(Default::default()),
+    };
+    match (found, history) {
+        (Ok(Some(card)), Ok(mut history)) => {
+            let max = usize::try_from(CARD_HISTORY_MAX).unwrap_or(usize::MAX);
+            let (more_events, more_scans) = (history.events.len() > max, history.scans.len() > max);
+            history.events.truncate(max);
+            history.scans.truncate(max);
+            let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
             let shown = CardShown {
                 uid: card.card_uid.to_string(),
                 balance: card.balance_cents.to_string(),
@@ -697,13 +794,40 @@ pub(super) async fn card<S: LedgerStore>(
                 voucher_units: card.voucher_units,
                 age: card.age_flag.map_or("adult (no flag)", |a| a.as_str()),
                 updated_at: card.updated_at.clone(),
+                events: history
+                    .events
+                    .into_iter()
+                    .map(|e| EventRow {
+                        at: time(e.occurred_at),
+                        actor: e.actor,
+                        staff: e.staff_id.unwrap_or_default(),
+                        operation: e.operation,
+                        amount: e.amount_cents.map(|a| a.to_string()).unwrap_or_default(),
+                        outcome: match e.error_code {
+                            Some(code) => format!("{} ({code})", e.outcome),
+                            None => e.outcome,
+                        },
+                    })
+                    .collect(),
+                more_events,
+                scans: history
+                    .scans
+                    .into_iter()
+                    .map(|s| ScanRow {
+                        at: time(s.scanned_at),
+                        terminal: s.terminal,
+                        reader: s.reader,
+                        result: s.result,
+                    })
+                    .collect(),
+                more_scans,
             };
             html(
                 StatusCode::OK,
                 &card_page(&state, &session, uid.to_string(), None, Some(shown)),
             )
         }
-        Ok(None) => html(
+        (Ok(None), _) => html(
             StatusCode::NOT_FOUND,
             &card_page(
                 &state,
@@ -713,7 +837,7 @@ pub(super) async fn card<S: LedgerStore>(
                 None,
             ),
         ),
-        Err(e) => store_failed(Some(Who::of(&session)), &e),
+        (Err(e), _) | (_, Err(e)) => store_failed(Some(Who::of(&session)), &e),
     }
 }
 
@@ -723,14 +847,15 @@ pub(super) async fn card_action<S: LedgerStore>(
     Path((uid, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (session, _) = match posted(&state, &headers, body, Action::ChangeCards).await {
+    let (session, fields) = match posted(&state, &headers, body, Action::ChangeCards).await {
         Ok(s) => s,
         Err(response) => return response,
     };
     let who = || Some(Who::of(&session));
     let lost = match action.as_str() {
-        "block" => true,
-        "unblock" => false,
+        "block" => Some(true),
+        "unblock" => Some(false),
+        "replace" => None,
         _ => return not_found().await,
     };
     let uid = match CardUid::parse(&uid) {
@@ -746,6 +871,47 @@ pub(super) async fn card_action<S: LedgerStore>(
         }
     };
     let actor = Actor::Operator(session.operator.name.clone());
+    let Some(lost) = lost else {
+        let new = fields
+            .get("new_uid")
+            .map_or("", |v| v.trim())
+            .to_uppercase();
+        let new = match CardUid::parse(&new) {
+            Ok(new) if new != uid => new,
+            Ok(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    who(),
+                    "Bad request",
+                    "A card cannot replace itself. Nothing was changed.",
+                    Some(format!("/hq/cards/{uid}")),
+                );
+            }
+            Err(e) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    who(),
+                    "Bad request",
+                    format!("The new card: not a card UID: {e}. Nothing was changed."),
+                    Some(format!("/hq/cards/{uid}")),
+                );
+            }
+        };
+        let merge = fields.get("merge").is_some_and(|v| v == "yes");
+        return match state
+            .store
+            .replace_card_by(actor, uid.clone(), new.clone(), merge)
+            .await
+        {
+            Ok(r) => {
+                tracing::info!(operator = %session.operator.name, card_uid = %uid,
+                    new_card_uid = %new, amount_cents = r.amount_cents.get(),
+                    "card replaced from headquarters");
+                redirect(&format!("/hq/cards/{new}"))
+            }
+            Err(e) => store_failed(who(), &e),
+        };
+    };
     match state.store.set_card_lost_by(actor, uid.clone(), lost).await {
         Ok(()) => {
             tracing::info!(operator = %session.operator.name, card_uid = %uid, lost,
@@ -900,6 +1066,180 @@ pub(super) async fn operator_action<S: LedgerStore>(
         Ok(()) => redirect("/hq/operators"),
         Err(e) => store_failed(Some(Who::of(&session)), &e),
     }
+}
+
+/// The report's query parameters, each at most this long.
+const REPORT_PARAM_LEN_MAX: usize = 64;
+
+/// A section's table as the page shows it: amounts in the currency, times in the
+/// festival's offset, a total row for the summed columns.
+fn report_table(section: &report::Section, offset: chrono::FixedOffset) -> ReportTable {
+    use report::ColumnKind;
+    let show = |kind: ColumnKind, cell: &report::Cell| {
+        let text = match cell {
+            report::Cell::Text(t) if t.is_empty() => "-".to_owned(),
+            report::Cell::Text(t) => t.clone(),
+            report::Cell::Int(n) if kind == ColumnKind::Cents => Cents::new(*n).to_string(),
+            report::Cell::Int(n) => n.to_string(),
+            report::Cell::Time(t) => t.map_or_else(
+                || "-".to_owned(),
+                |t| {
+                    t.with_timezone(&offset)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                },
+            ),
+        };
+        Shown {
+            text,
+            numeric: !matches!(kind, ColumnKind::Text | ColumnKind::Time),
+        }
+    };
+    let totals = section.totals();
+    ReportTable {
+        title: section.title,
+        headers: section
+            .columns
+            .iter()
+            .map(|c| Shown {
+                text: c.header.to_owned(),
+                numeric: !matches!(c.kind, ColumnKind::Text | ColumnKind::Time),
+            })
+            .collect(),
+        rows: section
+            .rows
+            .iter()
+            .map(|row| {
+                section
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(c, cell)| show(c.kind, cell))
+                    .collect()
+            })
+            .collect(),
+        total: section
+            .columns
+            .iter()
+            .zip(totals)
+            .enumerate()
+            .map(|(i, (c, total))| match total {
+                Some(n) => show(c.kind, &report::Cell::Int(n)),
+                None => Shown {
+                    text: if i == 0 {
+                        "Total".into()
+                    } else {
+                        String::new()
+                    },
+                    numeric: false,
+                },
+            })
+            .collect(),
+    }
+}
+
+pub(super) async fn reports<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let session = match require(&state, &headers, Action::View).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let params: HashMap<String, String> = query
+        .as_deref()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .take(FORM_FIELDS_MAX)
+                .map(|(k, v)| {
+                    (
+                        k.into_owned(),
+                        v.trim().chars().take(REPORT_PARAM_LEN_MAX).collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
+    let names = report::section_names();
+    let asked = param("section").unwrap_or_else(|| names[0].to_owned());
+    let (from, to) = (param("from"), param("to"));
+    let day = state.hq.festival_day;
+    let mut page = ReportsPage {
+        who: Some(Who::of(&session)),
+        sections: names
+            .iter()
+            .map(|n| SectionChoice {
+                name: n,
+                label: n.replace('_', " "),
+                selected: *n == asked,
+            })
+            .collect(),
+        from: from.clone().unwrap_or_default(),
+        to: to.clone().unwrap_or_default(),
+        error: None,
+        table: None,
+        currency: state.currency.to_string(),
+        utc_offset: day.utc_offset().to_string(),
+    };
+    let checked = report::check_section(&asked)
+        .map_err(|_| format!("There is no report {asked:?}."))
+        .and_then(|only| {
+            report::range(from.as_deref(), to.as_deref(), &day)
+                .map(|range| (only, range))
+                .map_err(|e| e.replace("--from", "From").replace("--to", "To"))
+        })
+        .and_then(|(only, range)| match param("format").as_deref() {
+            None => Ok((only, range, false)),
+            Some("csv") => Ok((only, range, true)),
+            Some(other) => Err(format!("No format {other:?}: leave it out, or csv.")),
+        });
+    let (only, range, csv) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            page.error = Some(e);
+            return html(StatusCode::BAD_REQUEST, &page);
+        }
+    };
+    let report =
+        match report::report_of_festival(&state.store, range, Some(only), &day, &state.currency)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => match e.downcast::<StoreError>() {
+                Ok(e) => return store_failed(Some(Who::of(&session)), &e),
+                Err(e) => {
+                    page.error = Some(e.to_string());
+                    return html(StatusCode::BAD_REQUEST, &page);
+                }
+            },
+        };
+    if csv {
+        let mut body = Vec::new();
+        if let Err(e) = report::write(&report, report::ReportFormat::Csv, &mut body) {
+            return store_failed(
+                Some(Who::of(&session)),
+                &StoreError::Internal(e.to_string()),
+            );
+        }
+        let disposition = format!("attachment; filename=\"cashless-{only}.csv\"");
+        let mut response =
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, v);
+        }
+        return with_headers(response);
+    }
+    let offset = day.utc_offset();
+    page.table = report
+        .sections
+        .iter()
+        .find(|s| s.name == only)
+        .map(|s| report_table(s, offset));
+    html(StatusCode::OK, &page)
 }
 
 #[cfg(test)]

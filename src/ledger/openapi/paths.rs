@@ -509,8 +509,9 @@ pub(super) fn operations() -> Vec<Op> {
                  waiting, in doubt and rejected, the age of the oldest one not yet \
                  acknowledged, the card-feed cursor it applied, its reader's state, its \
                  software version and its clock (`reported_at`, compared with the ledger's: \
-                 the answer's `clock_offset_ms`). A terminal sends it each sync round that \
-                 finds something changed, and at least every status interval. A report \
+                 the answer's `clock_offset_ms`). A terminal sends it every status interval, \
+                 and at once when its reader, its rejected operations, or whether \
+                 operations wait or are in doubt changed. A report \
                  replaces the terminal's previous one, so sending it again is harmless: only \
                  the time of last contact moves. Any terminal kind; changes no money.",
             )

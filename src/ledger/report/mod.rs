@@ -368,7 +368,18 @@ pub async fn report(
     only: Option<&'static str>,
     config: &LedgerConfig,
 ) -> anyhow::Result<Report> {
-    let utc_offset = config.festival_day.utc_offset();
+    report_of_festival(store, range, only, &config.festival_day, &config.currency).await
+}
+
+/// [`report`] for a festival whose days start as `day` says, in `currency`.
+pub async fn report_of_festival(
+    store: &impl ReportStore,
+    range: ReportRange,
+    only: Option<&'static str>,
+    day: &FestivalDay,
+    currency: &str,
+) -> anyhow::Result<Report> {
+    let utc_offset = day.utc_offset();
     let data = store
         .report(ReportQuery {
             from: range.from,
@@ -394,7 +405,7 @@ pub async fn report(
     Ok(Report {
         range,
         utc_offset,
-        currency: config.currency.clone(),
+        currency: currency.to_owned(),
         sections,
         only,
     })

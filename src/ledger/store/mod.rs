@@ -706,8 +706,20 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
     /// nothing when nothing did. One transaction, audited.
     /// A first replacement onto a card that already holds money or units is refused unless
     /// `merge` (see [`rules::merge_refusal`](crate::ledger::rules::merge_refusal)).
+    /// Audited as the command line's change.
     fn replace_card(
         &self,
+        old: CardUid,
+        new: CardUid,
+        merge: bool,
+    ) -> impl Future<Output = Result<CardReplaced, StoreError>> + Send {
+        self.replace_card_by(Actor::Cli, old, new, merge)
+    }
+
+    /// [`AdminStore::replace_card`], audited as `actor`'s change.
+    fn replace_card_by(
+        &self,
+        actor: Actor,
         old: CardUid,
         new: CardUid,
         merge: bool,
@@ -797,6 +809,15 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// The database connections of this process, now.
     fn pool_status(&self) -> PoolStatus;
 
+    /// A card's history, newest first: at most `limit` audit-log rows naming it (every
+    /// operation, approved or declined, Stripe's, the desk's) and at most `limit` scans;
+    /// each list one longer when there are more. Two index range reads.
+    fn card_history(
+        &self,
+        uid: CardUid,
+        limit: u32,
+    ) -> impl Future<Output = Result<CardHistory, StoreError>> + Send;
+
     /// The report (`ledger::report`), every section in one snapshot: the sales (standing
     /// orders' lines, not deposits, made in the range, grouped by each dimension's key and
     /// the VAT rate, in byte order), then each of `report::sections::specs`, at most
@@ -805,6 +826,47 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
         &self,
         query: ReportQuery,
     ) -> impl Future<Output = Result<ReportData, StoreError>> + Send;
+}
+
+/// One audit-log row naming a card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardEvent {
+    /// When the ledger wrote it.
+    pub occurred_at: DateTime<Utc>,
+    /// Who: `terminal:NAME`, `stripe`, `admin` (the command line), `operator:NAME`.
+    pub actor: String,
+    /// The staff member the operation named, if any.
+    pub staff_id: Option<String>,
+    /// `order`, `recharge`, `void`, `card_block`, ...
+    pub operation: String,
+    /// The amount the operation moved, if any.
+    pub amount_cents: Option<Cents>,
+    /// `approved`, `declined`, `done`, ...
+    pub outcome: String,
+    /// A decline's code.
+    pub error_code: Option<String>,
+}
+
+/// One presentation of a card at a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardScan {
+    /// When the terminal saw it.
+    pub scanned_at: DateTime<Utc>,
+    /// The terminal's name.
+    pub terminal: String,
+    /// The reader's name.
+    pub reader: String,
+    /// What came of it.
+    pub result: String,
+}
+
+/// A card's history, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardHistory {
+    /// Audit-log rows naming the card.
+    pub events: Vec<CardEvent>,
+    /// Its scans.
+    pub scans: Vec<CardScan>,
 }
 
 /// What `/metrics` reads from the database at a scrape.
@@ -972,12 +1034,12 @@ pub struct OperatorSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What a wrong password did to the operator's account.
+/// A login attempt counted: what it will have done if its password is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginFailure {
-    /// Wrong passwords in a row now.
+    /// Attempts in a row now, this one included.
     pub failed_logins: i64,
-    /// Locked until then, if this one locked it (or it was already).
+    /// Locked until then, if this attempt locked it.
     pub locked_until: Option<DateTime<Utc>>,
 }
 
@@ -1043,15 +1105,19 @@ pub trait OperatorStore: Clone + Send + Sync + 'static {
         name: String,
     ) -> impl Future<Output = Result<Option<OperatorLogin>, StoreError>> + Send;
 
-    /// Counts a wrong password, in one statement (two at once both count): the
-    /// `lock_after`th in a row locks the account until `now + lock_for_s`.
-    fn login_failed(
+    /// Counts a login attempt before its password is checked, in one statement, unless the
+    /// operator is locked at `now`: a lock that has ended starts the count again at 1, and
+    /// the `lock_after`th attempt in a row locks until `now + lock_for_s` (a good password
+    /// then clears it in [`OperatorStore::open_session`]). `None` when locked (or gone):
+    /// check no password. Attempts made at once are counted one by one, so no more than
+    /// `lock_after` passwords are ever checked per lock.
+    fn begin_login(
         &self,
         operator_id: Uuid,
         now: DateTime<Utc>,
         lock_after: i64,
         lock_for_s: i64,
-    ) -> impl Future<Output = Result<LoginFailure, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<LoginFailure>, StoreError>> + Send;
 
     /// A good password: clears the failures and opens `session`; deletes a few expired
     /// sessions on the way.
@@ -1269,7 +1335,7 @@ delegate!(OperatorStore {
     change_operator(actor: Actor, name: String, change: OperatorChange) -> ();
     operators(limit: u32) -> Vec<OperatorListing>;
     operator_login(name: String) -> Option<OperatorLogin>;
-    login_failed(operator_id: Uuid, now: DateTime<Utc>, lock_after: i64, lock_for_s: i64) -> LoginFailure;
+    begin_login(operator_id: Uuid, now: DateTime<Utc>, lock_after: i64, lock_for_s: i64) -> Option<LoginFailure>;
     open_session(operator_id: Uuid, session: NewSession) -> ();
     session(session_sha256: String, now: DateTime<Utc>) -> Option<OperatorSession>;
     close_session(session_sha256: String) -> ();
@@ -1293,7 +1359,7 @@ delegate!(AdminStore {
     purge_expired_keys(limit: u32) -> u64;
     archive_candidates(log: ArchivedLog, before: DateTime<Utc>, after_id: i64, limit: u32) -> Vec<ArchivedRow>;
     remove_archived(log: ArchivedLog, ids: Vec<i64>) -> u64;
-    replace_card(old: CardUid, new: CardUid, merge: bool) -> CardReplaced;
+    replace_card_by(actor: Actor, old: CardUid, new: CardUid, merge: bool) -> CardReplaced;
     replaced_cards_to_settle(after: String, limit: u32) -> Vec<(CardUid, CardUid)>;
     ping() -> ();
     ping_writer() -> ();
@@ -1342,6 +1408,13 @@ impl ReportStore for Store {
         match self {
             Store::Sqlite(s) => s.report(query).await,
             Store::Postgres(s) => s.report(query).await,
+        }
+    }
+
+    async fn card_history(&self, uid: CardUid, limit: u32) -> Result<CardHistory, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.card_history(uid, limit).await,
+            Store::Postgres(s) => s.card_history(uid, limit).await,
         }
     }
 }

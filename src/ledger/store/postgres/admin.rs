@@ -791,8 +791,9 @@ impl AdminStore for PgStore {
         self.count(sql, &[&ids]).await
     }
 
-    async fn replace_card(
+    async fn replace_card_by(
         &self,
+        actor: Actor,
         old: CardUid,
         new: CardUid,
         merge: bool,
@@ -922,8 +923,9 @@ impl AdminStore for PgStore {
         )
         .await
         .map_err(classify)?;
-        log_admin(
+        log_change(
             &tx,
+            &actor,
             if first {
                 "card_replace"
             } else {

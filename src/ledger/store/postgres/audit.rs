@@ -8,12 +8,13 @@
 
 use super::admin::internal;
 use super::{PgStore, classify};
+use crate::domain::CardUid;
 use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind, Param};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
-    AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
-    StatusSeen, StoreError, TerminalSync,
+    AuditReport, CardEvent, CardHistory, CardScan, DepositLine, DepositReport, FleetSnapshot,
+    PoolStatus, ReportStore, ShiftReport, StatusSeen, StoreError, TerminalSync,
 };
 use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
@@ -160,6 +161,54 @@ impl ReportStore for PgStore {
             cards_blocked_for_debt: i64::try_from(cards_blocked_for_debt).unwrap_or(i64::MAX),
             terminals,
         })
+    }
+
+    async fn card_history(&self, uid: CardUid, limit: u32) -> Result<CardHistory, StoreError> {
+        let n = i64::from(limit) + 1;
+        let events = self
+            .rows(
+                "SELECT occurred_at, actor, staff_id, operation, amount_cents, outcome,
+                        error_code
+                 FROM app_transaction_log WHERE card_uid = $1
+                 ORDER BY log_id DESC LIMIT $2",
+                &[&uid.as_str(), &n],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(CardEvent {
+                    occurred_at: r.try_get(0).map_err(classify)?,
+                    actor: r.try_get(1).map_err(classify)?,
+                    staff_id: r.try_get(2).map_err(classify)?,
+                    operation: r.try_get(3).map_err(classify)?,
+                    amount_cents: r
+                        .try_get::<_, Option<i64>>(4)
+                        .map_err(classify)?
+                        .map(Cents::new),
+                    outcome: r.try_get(5).map_err(classify)?,
+                    error_code: r.try_get(6).map_err(classify)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let scans = self
+            .rows(
+                "SELECT s.scanned_at, t.name, s.reader, s.result
+                 FROM nfc_scan_log s JOIN terminals t ON t.terminal_id = s.terminal_id
+                 WHERE s.card_uid = $1 ORDER BY s.scanned_at DESC LIMIT $2",
+                &[&uid.as_str(), &n],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(CardScan {
+                    scanned_at: r.try_get(0).map_err(classify)?,
+                    terminal: r.try_get(1).map_err(classify)?,
+                    reader: r.try_get(2).map_err(classify)?,
+                    result: r.try_get(3).map_err(classify)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(CardHistory { events, scans })
     }
 
     fn pool_status(&self) -> PoolStatus {

@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_offline_orders_as_sold.sql"),
     migration!(17, "0017_terminal_status.sql"),
     migration!(18, "0018_operators.sql"),
+    migration!(19, "0019_card_history.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

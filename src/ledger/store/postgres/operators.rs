@@ -162,32 +162,38 @@ impl OperatorStore for PgStore {
         }))
     }
 
-    async fn login_failed(
+    async fn begin_login(
         &self,
         operator_id: Uuid,
         now: DateTime<Utc>,
         lock_after: i64,
         lock_for_s: i64,
-    ) -> Result<LoginFailure, StoreError> {
+    ) -> Result<Option<LoginFailure>, StoreError> {
         let until = now + chrono::Duration::seconds(lock_for_s);
+        // SET reads the row as it was: a lock still set here has ended (the WHERE), and the
+        // count starts again (as in SQLite).
         let rows = self
             .rows(
-                "UPDATE operators SET failed_logins = failed_logins + 1,
-                     locked_until = CASE WHEN failed_logins + 1 >= $2
-                                         THEN date_trunc('milliseconds', $3::timestamptz)
-                                         ELSE locked_until END
+                "UPDATE operators SET
+                     failed_logins = CASE WHEN locked_until IS NOT NULL THEN 1
+                                          ELSE failed_logins + 1 END,
+                     locked_until = CASE WHEN (CASE WHEN locked_until IS NOT NULL THEN 1
+                                                    ELSE failed_logins + 1 END) >= $2
+                                         THEN date_trunc('milliseconds', $3::timestamptz) END
                  WHERE operator_id = $1
+                   AND (locked_until IS NULL OR locked_until <= $4::timestamptz)
                  RETURNING failed_logins, locked_until",
-                &[&operator_id, &lock_after, &until],
+                &[&operator_id, &lock_after, &until, &now],
             )
             .await?;
-        let r = rows
-            .first()
-            .ok_or_else(|| StoreError::NotFound(format!("operator {operator_id} is gone")))?;
-        Ok(LoginFailure {
-            failed_logins: r.try_get(0).map_err(classify)?,
-            locked_until: r.try_get(1).map_err(classify)?,
-        })
+        rows.first()
+            .map(|r| {
+                Ok(LoginFailure {
+                    failed_logins: r.try_get(0).map_err(classify)?,
+                    locked_until: r.try_get(1).map_err(classify)?,
+                })
+            })
+            .transpose()
     }
 
     async fn open_session(&self, operator_id: Uuid, session: NewSession) -> Result<(), StoreError> {

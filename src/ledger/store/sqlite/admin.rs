@@ -68,6 +68,7 @@ fn replacement_chain(conn: &Connection, start: &CardUid) -> Result<Vec<String>, 
 /// [`AdminStore::replace_card`] inside the writer's transaction.
 fn replace_card(
     conn: &Connection,
+    actor: &Actor,
     old: &CardUid,
     new: &CardUid,
     merge: bool,
@@ -135,8 +136,9 @@ fn replace_card(
         m.vouchers,
         now
     ])?;
-    log_admin(
+    log_change(
         conn,
+        actor,
         if first {
             "card_replace"
         } else {
@@ -685,13 +687,14 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn replace_card(
+    async fn replace_card_by(
         &self,
+        actor: Actor,
         old: CardUid,
         new: CardUid,
         merge: bool,
     ) -> Result<CardReplaced, StoreError> {
-        self.write(move |conn| replace_card(conn, &old, &new, merge))
+        self.write(move |conn| replace_card(conn, &actor, &old, &new, merge))
             .await
     }
 

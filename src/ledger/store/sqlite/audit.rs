@@ -2,16 +2,18 @@
 //! reports.
 
 use super::{SqliteStore, internal};
+use crate::domain::CardUid;
 use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
-    AuditReport, DepositLine, DepositReport, FleetSnapshot, PoolStatus, ReportStore, ShiftReport,
-    StatusSeen, StoreError, TerminalSync,
+    AuditReport, CardEvent, CardHistory, CardScan, DepositLine, DepositReport, FleetSnapshot,
+    PoolStatus, ReportStore, ShiftReport, StatusSeen, StoreError, TerminalSync,
 };
 use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
+use rusqlite::params;
 use uuid::Uuid;
 
 /// One dimension's query of the sales report: `?1`, `?2` the bounds (`format_time` text, as
@@ -124,6 +126,47 @@ impl ReportStore for SqliteStore {
                 cards_blocked_for_debt,
                 terminals,
             })
+        })
+        .await
+    }
+
+    async fn card_history(&self, uid: CardUid, limit: u32) -> Result<CardHistory, StoreError> {
+        self.read(move |conn| {
+            let events = conn
+                .prepare_cached(
+                    "SELECT occurred_at, actor, staff_id, operation, amount_cents, outcome,
+                            error_code
+                     FROM app_transaction_log WHERE card_uid = ?1
+                     ORDER BY log_id DESC LIMIT ?2",
+                )?
+                .query_map(params![uid.as_str(), i64::from(limit) + 1], |r| {
+                    Ok(CardEvent {
+                        occurred_at: stored_time(r, 0)?,
+                        actor: r.get(1)?,
+                        staff_id: r.get(2)?,
+                        operation: r.get(3)?,
+                        amount_cents: r.get::<_, Option<i64>>(4)?.map(Cents::new),
+                        outcome: r.get(5)?,
+                        error_code: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let scans = conn
+                .prepare_cached(
+                    "SELECT s.scanned_at, t.name, s.reader, s.result
+                     FROM nfc_scan_log s JOIN terminals t ON t.terminal_id = s.terminal_id
+                     WHERE s.card_uid = ?1 ORDER BY s.scanned_at DESC LIMIT ?2",
+                )?
+                .query_map(params![uid.as_str(), i64::from(limit) + 1], |r| {
+                    Ok(CardScan {
+                        scanned_at: stored_time(r, 0)?,
+                        terminal: r.get(1)?,
+                        reader: r.get(2)?,
+                        result: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(CardHistory { events, scans })
         })
         .await
     }

@@ -181,30 +181,41 @@ impl OperatorStore for SqliteStore {
         .await
     }
 
-    async fn login_failed(
+    async fn begin_login(
         &self,
         operator_id: Uuid,
         now: DateTime<Utc>,
         lock_after: i64,
         lock_for_s: i64,
-    ) -> Result<LoginFailure, StoreError> {
+    ) -> Result<Option<LoginFailure>, StoreError> {
         let until = format_time(now + chrono::Duration::seconds(lock_for_s));
+        let now = format_time(now);
         self.write(move |conn| {
-            let (failed_logins, locked): (i64, Option<String>) = conn
+            // SET reads the row as it was: a lock still set here has ended (the WHERE), and
+            // the count starts again.
+            let row: Option<(i64, Option<String>)> = conn
                 .prepare_cached(
-                    "UPDATE operators SET failed_logins = failed_logins + 1,
-                         locked_until = CASE WHEN failed_logins + 1 >= ?2 THEN ?3
-                                             ELSE locked_until END
-                     WHERE operator_id = ?1
+                    "UPDATE operators SET
+                         failed_logins = CASE WHEN locked_until IS NOT NULL THEN 1
+                                              ELSE failed_logins + 1 END,
+                         locked_until = CASE WHEN (CASE WHEN locked_until IS NOT NULL THEN 1
+                                                        ELSE failed_logins + 1 END) >= ?2
+                                             THEN ?3 END
+                     WHERE operator_id = ?1 AND (locked_until IS NULL OR locked_until <= ?4)
                      RETURNING failed_logins, locked_until",
                 )?
-                .query_row(params![operator_id.to_string(), lock_after, until], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            Ok(LoginFailure {
-                failed_logins,
-                locked_until: locked.as_deref().map(time).transpose()?,
+                .query_row(
+                    params![operator_id.to_string(), lock_after, until, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(failed_logins, locked)| {
+                Ok(LoginFailure {
+                    failed_logins,
+                    locked_until: locked.as_deref().map(time).transpose()?,
+                })
             })
+            .transpose()
         })
         .await
     }

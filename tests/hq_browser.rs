@@ -200,6 +200,17 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     );
     b.check_page("card_replaced").await;
 
+    // The other pages a desk sees.
+    for page in ["shifts", "stripe", "reports"] {
+        b.open(&format!("{base}/hq/{page}")).await;
+        assert!(b.has("h1").await);
+        b.check_page(page).await;
+    }
+    b.open(&format!("{base}/hq/reports?section=sales_by_point_of_sale"))
+        .await;
+    assert!(b.text("#report").await.contains("Main Bar"));
+    b.check_page("report_sales").await;
+
     // The desk may not manage operators.
     b.open(&format!("{base}/hq/operators")).await;
     assert!(b.text("#message").await.contains("may not"));

@@ -352,7 +352,63 @@ async fn reports_are_pages_and_the_same_csv_as_the_command(backend: Backend) {
     ));
 }
 
+async fn shifts_and_stripe_events_needing_a_person_are_marked(backend: Backend) {
+    const SECRET: &str = "whsec_hq_test";
+    let l = Ledger::start_with_config_on(
+        backend,
+        &format!("[stripe]\nwebhook_secrets = [\"{SECRET}\"]\n"),
+    )
+    .await;
+    l.add_operator("vic", "viewer", PASSWORD);
+    let session = l.hq_session("vic", PASSWORD).await;
+    let hq = Hq::new(&l.base_url);
+    let page = |html: &str, what: &str| assert!(html.contains(what), "{what} not in {html}");
+
+    let empty = hq.get("/hq/shifts", &session).await.text().await.unwrap();
+    page(&empty, "No shift has been closed yet.");
+    // A drawer 10.00 short: the close-out is marked.
+    l.topup(&uid(4), 5_000).await.assert_status(201);
+    let closeout = serde_json::json!({
+        "client_request_id": new_id(), "staff_id": CASH_STAFF,
+        "opened_at": "2020-01-01T00:00:00Z", "closed_at": now_rfc3339(),
+        "cash_cents": 5_000, "card_cents": 0, "count": 1, "counted_cash_cents": 4_000
+    });
+    l.post("/v1/shifts", &l.checkpoint_token, &closeout)
+        .await
+        .assert_status(201);
+    let shifts = hq.get("/hq/shifts", &session).await;
+    assert_eq!(shifts.status(), 200);
+    let html = shifts.text().await.unwrap();
+    page(&html, "1 close-outs, 1 with a difference");
+    page(&html, "-10.00");
+    page(&html, "class=\"attention\"");
+
+    // A refund whose credit never arrived needs a person.
+    let stripe = hq.get("/hq/stripe", &session).await.text().await.unwrap();
+    page(&stripe, "id=\"none\"");
+    let refund = serde_json::json!({
+        "id": "evt_hq_refund", "object": "event", "api_version": "2024-06-20",
+        "created": chrono::Utc::now().timestamp(), "livemode": false, "pending_webhooks": 1,
+        "type": "charge.refunded",
+        "data": {"object": {
+            "id": "ch_hq", "object": "charge", "amount": 2000, "amount_captured": 2000,
+            "amount_refunded": 2000, "captured": true, "currency": "eur", "paid": true,
+            "payment_intent": "pi_hq_unknown", "refunded": true, "status": "succeeded"
+        }}
+    });
+    deliver_stripe_event(&l, SECRET, &refund).await;
+    let stripe = hq.get("/hq/stripe", &session).await.text().await.unwrap();
+    page(&stripe, "evt_hq_refund");
+    page(&stripe, "refund_waiting");
+    let all = hq.get("/hq/stripe?all=yes", &session).await;
+    assert_eq!(all.status(), 200);
+    page(&all.text().await.unwrap(), "evt_hq_refund");
+    let bad = hq.get("/hq/stripe?all=maybe", &session).await;
+    assert_eq!(bad.status(), 400);
+}
+
 on_both_backends! {
+    shifts_and_stripe_events_needing_a_person_are_marked,
     guesses_at_once_check_at_most_five_passwords,
     reports_are_pages_and_the_same_csv_as_the_command,
     five_wrong_passwords_lock_the_operator,

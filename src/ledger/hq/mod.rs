@@ -17,6 +17,8 @@
 //! - `GET /hq/fleet`: every terminal, marked when it needs a person ([`super::fleet`]);
 //! - `GET /hq/cards?uid=`, `GET /hq/cards/{uid}`; `POST .../block`, `.../unblock` (desk
 //!   and admin);
+//! - `GET /hq/shifts`: every shift close-out with its differences;
+//! - `GET /hq/stripe[?all=yes]`: Stripe events needing a person (or the newest);
 //! - `GET /hq/reports?section=&from=&to=[&format=csv]`: each section of `ledger report` as
 //!   a page, or its CSV;
 //! - `GET /hq/operators`, `POST /hq/operators`, `POST /hq/operators/{name}/disable|enable`
@@ -58,6 +60,8 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
         .route("/hq/logout", post(pages::logout::<S>))
         .route("/hq/fleet", get(pages::fleet::<S>))
         .route("/hq/reports", get(pages::reports::<S>))
+        .route("/hq/shifts", get(pages::shifts::<S>))
+        .route("/hq/stripe", get(pages::stripe::<S>))
         .route("/hq/cards", get(pages::card_search::<S>))
         .route("/hq/cards/{uid}", get(pages::card::<S>))
         .route("/hq/cards/{uid}/{action}", post(pages::card_action::<S>))

@@ -168,6 +168,51 @@ struct ReportsPage {
     utc_offset: String,
 }
 
+struct ShiftRow {
+    id: String,
+    closed_at: String,
+    terminal: String,
+    staff: String,
+    count: i64,
+    cash: String,
+    counted: String,
+    difference: String,
+    card: String,
+    ledger_count: i64,
+    ledger_cash: String,
+    ledger_card: String,
+    attention: bool,
+}
+
+#[derive(Template)]
+#[template(path = "shifts.html", config = "src/ledger/hq/askama.toml")]
+struct ShiftsPage {
+    who: Option<Who>,
+    shifts: Vec<ShiftRow>,
+    differing: usize,
+    currency: String,
+}
+
+struct StripeRow {
+    received_at: String,
+    event_id: String,
+    event_type: String,
+    outcome: String,
+    card: String,
+    amount: String,
+    reason: String,
+    session: String,
+    attention: bool,
+}
+
+#[derive(Template)]
+#[template(path = "stripe.html", config = "src/ledger/hq/askama.toml")]
+struct StripePage {
+    who: Option<Who>,
+    attention: bool,
+    events: Vec<StripeRow>,
+}
+
 struct OperatorRow {
     name: String,
     role: &'static str,
@@ -1066,6 +1111,118 @@ pub(super) async fn operator_action<S: LedgerStore>(
         Ok(()) => redirect("/hq/operators"),
         Err(e) => store_failed(Some(Who::of(&session)), &e),
     }
+}
+
+/// Stripe events a page lists, at most.
+pub const STRIPE_EVENTS_MAX: u32 = 200;
+
+/// A stored time (RFC 3339) as the pages show it, in UTC to the second.
+fn stored_time(text: &str) -> String {
+    DateTime::parse_from_rfc3339(text).map_or_else(
+        |_| text.to_owned(),
+        |t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        },
+    )
+}
+
+pub(super) async fn shifts<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+) -> Response {
+    let session = match require(&state, &headers, Action::View).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let reports = match state.store.shift_reports(None).await {
+        Ok(r) => r,
+        Err(e) => return store_failed(Some(Who::of(&session)), &e),
+    };
+    // Newest first: the shift just closed is the one a cashier asks about.
+    let shifts: Vec<ShiftRow> = reports
+        .into_iter()
+        .rev()
+        .map(|s| ShiftRow {
+            id: s.shift_id.to_string(),
+            closed_at: stored_time(&s.closed_at),
+            terminal: s.terminal,
+            staff: s.staff_id,
+            count: s.count,
+            cash: s.cash_cents.to_string(),
+            counted: s.counted_cash_cents.to_string(),
+            difference: s.difference_cents.to_string(),
+            card: s.card_cents.to_string(),
+            ledger_count: s.ledger_count,
+            ledger_cash: s.ledger_cash_cents.to_string(),
+            ledger_card: s.ledger_card_cents.to_string(),
+            attention: s.difference_cents.get() != 0
+                || s.ledger_count != s.count
+                || s.ledger_cash_cents != s.cash_cents
+                || s.ledger_card_cents != s.card_cents,
+        })
+        .collect();
+    let differing = shifts.iter().filter(|s| s.attention).count();
+    html(
+        StatusCode::OK,
+        &ShiftsPage {
+            who: Some(Who::of(&session)),
+            shifts,
+            differing,
+            currency: state.currency.to_string(),
+        },
+    )
+}
+
+pub(super) async fn stripe<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let session = match require(&state, &headers, Action::View).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let all = match query.as_deref() {
+        None | Some("") => false,
+        Some("all=yes") => true,
+        Some(_) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                Some(Who::of(&session)),
+                "Bad request",
+                "This page takes no parameter but all=yes.",
+                Some("/hq/stripe".into()),
+            );
+        }
+    };
+    let events = match state.store.stripe_events(!all, STRIPE_EVENTS_MAX).await {
+        Ok(e) => e,
+        Err(e) => return store_failed(Some(Who::of(&session)), &e),
+    };
+    let events = events
+        .into_iter()
+        .map(|e| StripeRow {
+            received_at: stored_time(&e.received_at),
+            attention: e.outcome == "refused" || e.outcome == "refund_waiting",
+            event_id: e.event_id,
+            event_type: e.event_type,
+            outcome: e.outcome,
+            card: e.card_uid.unwrap_or_default(),
+            amount: e.amount_cents.map(|a| a.to_string()).unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            session: e.checkout_session_id.unwrap_or_default(),
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        &StripePage {
+            who: Some(Who::of(&session)),
+            attention: !all,
+            events,
+        },
+    )
 }
 
 /// The report's query parameters, each at most this long.

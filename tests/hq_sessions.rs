@@ -407,7 +407,87 @@ async fn shifts_and_stripe_events_needing_a_person_are_marked(backend: Backend) 
     assert_eq!(bad.status(), 400);
 }
 
+async fn forms_without_their_token_or_role_change_nothing(backend: Backend) {
+    let l = Ledger::start_on(backend).await;
+    l.add_operator("dora", "desk", PASSWORD);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |cookie: String, csrf: String| {
+        http.post(format!("{}/hq/login", l.base_url))
+            .header(COOKIE, cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("name", "dora"),
+                ("password", PASSWORD),
+            ])
+            .send()
+    };
+    // The login form's token: missing from the cookie, or not the cookie's.
+    let token = "ab".repeat(32);
+    for (cookie, csrf) in [
+        (String::new(), token.clone()),
+        (format!("cashless_hq_login={token}"), "cd".repeat(32)),
+        (format!("cashless_hq_login={token}"), String::new()),
+    ] {
+        let resp = login(cookie, csrf).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(set_cookie(&resp, "cashless_hq").is_none());
+    }
+    assert_eq!(l.count("operator_sessions"), 0);
+
+    // A desk operator's valid session and token still may not manage operators.
+    let session = l.hq_session("dora", PASSWORD).await;
+    let page = Hq::new(&l.base_url).get("/hq/fleet", &session).await;
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    l.fund(&uid(5), 100).await;
+    let before = l.db_fingerprint_of(&["operators", "operator_sessions", "app_transaction_log"]);
+    for (path, form) in [
+        (
+            "/hq/operators",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("name", "eve"),
+                ("role", "admin"),
+                ("password", PASSWORD),
+            ],
+        ),
+        ("/hq/operators/dora/disable", vec![("csrf", csrf.as_str())]),
+    ] {
+        let resp = http
+            .post(format!("{}{path}", l.base_url))
+            .header(COOKIE, format!("cashless_hq={session}"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    // A block without the session's token.
+    let resp = http
+        .post(format!("{}/hq/cards/{}/block", l.base_url, uid(5)))
+        .header(COOKIE, format!("cashless_hq={session}"))
+        .form(&[("csrf", "ef".repeat(32))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(l.card(&uid(5)).await.body["status"], "active");
+    assert_eq!(
+        l.db_fingerprint_of(&["operators", "operator_sessions", "app_transaction_log"]),
+        before
+    );
+}
+
 on_both_backends! {
+    forms_without_their_token_or_role_change_nothing,
     shifts_and_stripe_events_needing_a_person_are_marked,
     guesses_at_once_check_at_most_five_passwords,
     reports_are_pages_and_the_same_csv_as_the_command,

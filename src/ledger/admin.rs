@@ -14,7 +14,6 @@ use crate::domain::{CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, Tax
 use crate::protocol::api::{StaffRole, TerminalKind, UNIT_PRICE_CENTS_MAX, VOUCHER_PRICE_MAX};
 use crate::protocol::export::{EXPORT_CLOSEOUTS_MAX, EXPORT_FORMAT, EXPORT_VERSION};
 use anyhow::{Context, bail};
-use argon2::password_hash::{PasswordHasher, SaltString};
 use rand::RngCore;
 use serde::Deserialize;
 use std::path::Path;
@@ -210,14 +209,8 @@ pub fn hash_pin(pin: &str) -> anyhow::Result<String> {
     if !(4..=12).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
         bail!("--pin must be 4 to 12 digits");
     }
-    let mut salt_bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut salt_bytes);
-    let salt = SaltString::encode_b64(&salt_bytes)
-        .map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
-    let hash = argon2::Argon2::default()
-        .hash_password(pin.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("cannot hash the PIN: {e}"))?;
-    Ok(hash.to_string())
+    crate::ledger::hq::auth::argon2_phc(pin.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot hash the PIN: {e}"))
 }
 
 /// Registers a staff member.

@@ -81,11 +81,17 @@ pub fn check_password(password: &str) -> Result<(), String> {
 /// The password's argon2id PHC string (a random salt, the crate's default cost).
 pub fn hash_password(password: &str) -> Result<String, String> {
     check_password(password)?;
+    argon2_phc(password.as_bytes())
+}
+
+/// A secret's argon2id PHC string with a random salt and the crate's default cost: how
+/// operators' passwords and staff PINs are stored.
+pub fn argon2_phc(secret: &[u8]) -> Result<String, String> {
     let mut salt_bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut salt_bytes);
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
     argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(secret, &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
 }

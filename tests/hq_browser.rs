@@ -25,7 +25,7 @@ async fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
     b.fill("#name", name).await;
     b.fill("#password", password).await;
     b.submit("#login").await;
-    assert_eq!(b.path().await, "/hq/fleet", "{name} did not get in");
+    assert_eq!(b.path().await, "/hq/overview", "{name} did not get in");
     assert!(b.text("#who").await.starts_with(name));
 }
 
@@ -79,6 +79,7 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     assert!(!b.has("#who").await);
 
     log_in(&b, &base, "dora", DESK_PASSWORD).await;
+    b.open(&format!("{base}/hq/fleet")).await;
     let attention = |name: &str| format!("tr[data-terminal='{name}']");
     let silent = b.attr(&attention("bar-1"), "data-attention").await.unwrap();
     assert_eq!(silent, "silent", "bar-1");
@@ -115,6 +116,47 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     )
     .await
     .assert_status(200);
+    // The overview: the top-up and the order, the money left on the card, the charts drawn.
+    b.open(&format!("{base}/hq/overview")).await;
+    assert_eq!(b.text("#sales").await, "4.50 EUR");
+    assert_eq!(b.text("#top-ups").await, "20.00 EUR");
+    assert_eq!(b.text("#on-cards").await, "15.50 EUR");
+    assert_eq!(b.text("#offline-share").await, "0.0%");
+    assert!(b.text("tr[data-point='Main Bar']").await.contains("4.50"));
+    assert_eq!(b.attr("#charts", "data-drawn").await.as_deref(), Some("3"));
+    b.check_page("overview").await;
+    // It updates itself: an offline order replayed now shows without a reload, charts
+    // drawn again.
+    let offline = order_body(
+        &card,
+        l.seq(&l.bar_token),
+        &[("beer-05", 1, BEER_CENTS)],
+        "offline",
+    );
+    l.post("/v1/orders", &l.bar_token, &offline)
+        .await
+        .assert_status(201);
+    b.run("document.getElementById('charts').removeAttribute('data-drawn'); return true")
+        .await;
+    let waited = b
+        .wait_for_text("#sales", "9.00 EUR", std::time::Duration::from_secs(25))
+        .await;
+    assert!(waited, "the overview did not update itself");
+    assert_eq!(b.text("#offline-share").await, "33.3%");
+    assert_eq!(b.text("#on-cards").await, "11.00 EUR");
+    assert!(
+        b.wait_for("#charts[data-drawn='3']", std::time::Duration::from_secs(5))
+            .await,
+        "the charts were not drawn again"
+    );
+    assert_eq!(b.path().await, "/hq/overview");
+    b.check_page("overview_updated").await;
+    // A bad day: a message, and a day to come is refused too.
+    b.open(&format!("{base}/hq/overview?day=yesterday")).await;
+    assert!(b.text("#message").await.contains("is not a day"));
+    b.open(&format!("{base}/hq/overview?day=2999-01-01")).await;
+    assert!(b.text("#message").await.contains("has not started yet"));
+
     b.open(&format!("{base}/hq/cards")).await;
     b.check_page("cards").await;
     // Bad input in the search: a message on the page.
@@ -124,15 +166,19 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     b.fill("#uid", &card.to_lowercase()).await;
     b.submit("#find").await;
     assert_eq!(b.path().await, format!("/hq/cards/{card}"));
-    assert_eq!(b.text("#balance").await, "15.50 EUR");
+    assert_eq!(b.text("#balance").await, "11.00 EUR");
     assert_eq!(b.text("#status").await, "active");
-    // Its history, newest first: the order with its terminal and staff member, then the
-    // top-up; the scan with its reader.
-    let newest = b.text("#operations tbody tr:first-child").await;
-    for part in ["terminal:bar-1", "s-bar", "order", "4.50", "approved"] {
-        assert!(newest.contains(part), "{part} not in {newest:?}");
+    // Its history, newest first: the two orders with their terminal and staff member,
+    // then the top-up; the scan with its reader.
+    for row in 1..=2 {
+        let order = b
+            .text(&format!("#operations tbody tr:nth-child({row})"))
+            .await;
+        for part in ["terminal:bar-1", "s-bar", "order", "4.50", "approved"] {
+            assert!(order.contains(part), "{part} not in {order:?}");
+        }
     }
-    let top_up = b.text("#operations tbody tr:nth-child(2)").await;
+    let top_up = b.text("#operations tbody tr:nth-child(3)").await;
     assert!(
         top_up.contains("terminal:cp-1") && top_up.contains("recharge"),
         "{top_up:?}"
@@ -183,13 +229,13 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     b.fill("#new_uid", "not a card").await;
     b.submit("#replace").await;
     assert!(b.text("#message").await.contains("Nothing was changed"));
-    assert_eq!(l.card(&card).await.body["balance_cents"], 1550);
+    assert_eq!(l.card(&card).await.body["balance_cents"], 1100);
     b.open(&format!("{base}/hq/cards/{card}")).await;
     let new_card = uid(8);
     b.fill("#new_uid", &new_card).await;
     b.submit("#replace").await;
     assert_eq!(b.path().await, format!("/hq/cards/{new_card}"));
-    assert_eq!(b.text("#balance").await, "15.50 EUR");
+    assert_eq!(b.text("#balance").await, "11.00 EUR");
     assert_eq!(l.card(&card).await.body["balance_cents"], 0);
     assert_eq!(
         l.query_i64(&format!(

@@ -26,6 +26,7 @@ pub mod hq;
 pub mod metrics;
 pub mod openapi;
 pub mod outcome;
+pub mod overview;
 pub mod report;
 pub mod rules;
 pub mod server;

@@ -135,13 +135,22 @@ impl Browser {
         }
     }
 
-    /// Sets the page's viewport to exactly `width` x `height` CSS pixels.
+    /// Sets the page's viewport to exactly `width` x `height` CSS pixels, and waits two
+    /// frames: what lays itself out again on a resize (the overview's charts) has done so.
     pub async fn viewport(&self, width: u32, height: u32) {
         self.client
             .issue_cmd(DevTools(
                 "Emulation.setDeviceMetricsOverride",
                 json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
             ))
+            .await
+            .unwrap();
+        self.client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+                vec![],
+            )
             .await
             .unwrap();
     }
@@ -227,6 +236,34 @@ impl Browser {
             .unwrap();
     }
 
+    /// Waits until the text of `css` is `text` (the page may change it by itself); whether
+    /// it came within `timeout`.
+    pub async fn wait_for_text(&self, css: &str, text: &str, timeout: Duration) -> bool {
+        let check = format!(
+            "const e = document.querySelector({}); return e !== null && e.textContent.trim() === {}",
+            json!(css),
+            json!(text)
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.run(&check).await == Value::Bool(true) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// Waits until `css` selects something; whether it did within `timeout`.
+    pub async fn wait_for(&self, css: &str, timeout: Duration) -> bool {
+        self.client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+            .is_ok()
+    }
+
     /// Runs `script` in the page; returns what it returns.
     pub async fn run(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
@@ -272,11 +309,18 @@ impl Browser {
             let fits = self
                 .run("return document.documentElement.scrollWidth <= window.innerWidth")
                 .await;
-            assert_eq!(
-                fits,
-                Value::Bool(true),
-                "{name} scrolls sideways at {width}x{height}"
-            );
+            if fits != Value::Bool(true) {
+                let wide = self
+                    .run(
+                        "return Array.from(document.querySelectorAll('body *'))
+                           .filter(e => e.getBoundingClientRect().right > window.innerWidth && !e.closest('.scroll'))
+                           .slice(0, 5)
+                           .map(e => e.tagName + '#' + e.id + '.' + e.className + ' '
+                                     + Math.round(e.getBoundingClientRect().right))",
+                    )
+                    .await;
+                panic!("{name} scrolls sideways at {width}x{height}: {wide}");
+            }
             let styled = self
                 .run("return getComputedStyle(document.body).margin === '0px'")
                 .await;

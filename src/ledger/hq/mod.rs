@@ -2,6 +2,10 @@
 //! itself with everything they need (the style sheet is embedded in the binary; nothing
 //! comes from a CDN).
 //!
+//! The overview and the fleet update themselves (htmx polls the page every
+//! [`LIVE_UPDATE_S`] seconds and swaps its `#live` part); without script they are ordinary
+//! pages. htmx and Chart.js are vendored in `assets/vendor/` and served from the binary.
+//!
 //! Templates are askama's: compiled into the binary and checked against their data at
 //! build time (a misspelt field does not build), escaped for HTML by default.
 //!
@@ -13,7 +17,10 @@
 //!
 //! Pages:
 //! - `GET /hq/login`, `POST /hq/login`, `POST /hq/logout`;
-//! - `GET /hq/` goes to the fleet;
+//! - `GET /hq/` goes to the overview;
+//! - `GET /hq/overview[?day=YYYY-MM-DD]`: a festival day's sales and top-ups per hour and
+//!   per point of sale (tables, and Chart.js charts over them), online against offline, the
+//!   money on cards and the cards deepest in debt ([`super::overview`]);
 //! - `GET /hq/fleet`: every terminal, marked when it needs a person ([`super::fleet`]);
 //! - `GET /hq/cards?uid=`, `GET /hq/cards/{uid}`; `POST .../block`, `.../unblock` (desk
 //!   and admin);
@@ -33,6 +40,9 @@ use super::store::LedgerStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+
+/// How often the live pages ask again, in seconds.
+pub const LIVE_UPDATE_S: u32 = 10;
 
 /// Largest form body a page takes.
 pub const FORM_BODY_LIMIT_BYTES: usize = 8 * 1024;
@@ -58,6 +68,7 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
             get(pages::login_page::<S>).post(pages::login::<S>),
         )
         .route("/hq/logout", post(pages::logout::<S>))
+        .route("/hq/overview", get(pages::overview::<S>))
         .route("/hq/fleet", get(pages::fleet::<S>))
         .route("/hq/reports", get(pages::reports::<S>))
         .route("/hq/shifts", get(pages::shifts::<S>))

@@ -5,6 +5,7 @@ use crate::domain::{CardUid, Cents};
 use crate::ledger::api::AppState;
 use crate::ledger::caller::{Actor, OperatorRole};
 use crate::ledger::fleet::{self, Attention};
+use crate::ledger::overview;
 use crate::ledger::report;
 use crate::ledger::store::{
     LedgerStore, NewOperator, NewSession, OperatorChange, OperatorSession, StoreError,
@@ -15,13 +16,20 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 
 /// The style sheet, embedded in the binary.
 const STYLE_SHEET: &str = include_str!("assets/hq.css");
 /// The pages' icon.
 const FAVICON: &str = include_str!("assets/favicon.svg");
+/// htmx (0BSD), for the live updates; see `assets/vendor/README.md`.
+const HTMX: &str = include_str!("assets/vendor/htmx.min.js");
+/// Chart.js (MIT), for the overview's charts; see `assets/vendor/README.md`.
+const CHART_JS: &str = include_str!("assets/vendor/chart.umd.min.js");
+/// The pages' own script: draws the overview's charts with Chart.js from the data the page
+/// carries, again after each live update.
+const HQ_SCRIPT: &str = include_str!("assets/hq.js");
 /// What a page may load: its own style sheet and nothing inline; forms post to the ledger
 /// only; no frame may hold it.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -49,6 +57,66 @@ impl Who {
             admin: auth::may(session.operator.role, Action::ManageOperators),
         }
     }
+}
+
+/// One hour's row of the overview.
+struct HourRow {
+    label: String,
+    sales: String,
+    sales_cents: i64,
+    orders: i64,
+    top_ups: String,
+    top_ups_cents: i64,
+    top_up_count: i64,
+}
+
+/// One point of sale's row of the overview.
+struct PointRow {
+    name: String,
+    sales: String,
+    sales_cents: i64,
+    orders: i64,
+    top_ups: String,
+    top_ups_cents: i64,
+    top_up_count: i64,
+    offline: i64,
+}
+
+/// One card in debt.
+struct DebtorRow {
+    uid: String,
+    balance: String,
+    blocked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html", config = "src/ledger/hq/askama.toml")]
+struct OverviewPage {
+    who: Option<Who>,
+    currency: String,
+    day: String,
+    previous_day: String,
+    next_day: Option<String>,
+    today: bool,
+    live_s: u32,
+    as_of: String,
+    sales: String,
+    orders: i64,
+    top_ups: String,
+    top_up_count: i64,
+    online: i64,
+    offline: i64,
+    offline_share: String,
+    offline_amount: String,
+    on_cards: String,
+    cards: i64,
+    in_debt: i64,
+    debt: String,
+    hours: Vec<HourRow>,
+    points: Vec<PointRow>,
+    debtors: Vec<DebtorRow>,
+    truncated: bool,
+    chart_data: String,
 }
 
 #[derive(Template)]
@@ -94,6 +162,7 @@ struct FleetPage {
     terminals: Vec<FleetRow>,
     needing: usize,
     as_of: String,
+    live_s: u32,
 }
 
 struct CardShown {
@@ -368,9 +437,35 @@ async fn require<S: LedgerStore>(
             ),
             None,
         )),
+        Ok(None) if headers.contains_key("hx-request") => {
+            // A live update whose session ended: htmx loads the login page as a whole.
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response
+                .headers_mut()
+                .insert("hx-redirect", HeaderValue::from_static("/hq/login"));
+            Err(with_headers(response))
+        }
         Ok(None) => Err(redirect("/hq/login")),
         Err(e) => Err(store_failed(None, &e)),
     }
+}
+
+/// A query string's parameters, bounded: at most [`FORM_FIELDS_MAX`], each value trimmed and
+/// cut to [`REPORT_PARAM_LEN_MAX`] characters.
+fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .take(FORM_FIELDS_MAX)
+                .map(|(k, v)| {
+                    (
+                        k.into_owned(),
+                        v.trim().chars().take(REPORT_PARAM_LEN_MAX).collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A form's fields (the first of each name), bounded.
@@ -421,7 +516,7 @@ async fn posted<S: LedgerStore>(
 }
 
 pub(super) async fn home() -> Response {
-    redirect("/hq/fleet")
+    redirect("/hq/overview")
 }
 
 pub(super) async fn not_found() -> Response {
@@ -446,6 +541,9 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
             )
                 .into_response(),
         ),
+        "htmx.min.js" => script(HTMX),
+        "chart.umd.min.js" => script(CHART_JS),
+        "hq.js" => script(HQ_SCRIPT),
         "favicon.svg" => with_headers(
             (
                 [
@@ -458,6 +556,20 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
         ),
         _ => not_found().await,
     }
+}
+
+/// One of the embedded scripts.
+fn script(body: &'static str) -> Response {
+    with_headers(
+        (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            body,
+        )
+            .into_response(),
+    )
 }
 
 /// The login form with a new CSRF token, set in its cookie too (`Secure` under TLS).
@@ -484,7 +596,7 @@ pub(super) async fn login_page<S: LedgerStore>(
     headers: HeaderMap,
 ) -> Response {
     if let Ok(Some(_)) = session(&state, &headers).await {
-        return redirect("/hq/fleet");
+        return redirect("/hq/overview");
     }
     login_form(state.hq.secure_cookies, String::new(), None, StatusCode::OK)
 }
@@ -596,7 +708,7 @@ pub(super) async fn login<S: LedgerStore>(
                 return store_failed(None, &e);
             }
             tracing::info!(operator = %o.operator.name, "operator logged in");
-            let mut response = redirect("/hq/fleet");
+            let mut response = redirect("/hq/overview");
             for cookie in [
                 auth::set_cookie(auth::SESSION_COOKIE, &token, auth::SESSION_TTL_S, secure),
                 auth::set_cookie(auth::LOGIN_COOKIE, "", 0, secure),
@@ -673,6 +785,145 @@ fn ago(now: DateTime<Utc>, at: Option<DateTime<Utc>>) -> String {
     }
 }
 
+pub(super) async fn overview<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let session = match require(&state, &headers, Action::View).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let festival = state.hq.festival_day;
+    let now = Utc::now();
+    let today = festival.day_of(now);
+    let params = query_params(query.as_deref());
+    let day = match params.get("day").filter(|d| !d.is_empty()) {
+        None => today,
+        Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            Ok(d) if d <= today => d,
+            Ok(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    Some(Who::of(&session)),
+                    "No such day",
+                    format!("The festival day {text} has not started yet."),
+                    Some("/hq/overview".into()),
+                );
+            }
+            Err(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    Some(Who::of(&session)),
+                    "No such day",
+                    format!("{text:?} is not a day: write it as YYYY-MM-DD, such as 2026-07-03."),
+                    Some("/hq/overview".into()),
+                );
+            }
+        },
+    };
+    let (from, to) = overview::day_range(festival, day);
+    let data = match state
+        .store
+        .overview(
+            from,
+            to,
+            overview::OVERVIEW_ROWS_MAX,
+            overview::DEBTORS_SHOWN,
+        )
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return store_failed(Some(Who::of(&session)), &e),
+    };
+    let o = overview::summarize(festival, day, data, overview::OVERVIEW_ROWS_MAX);
+    let offset = festival.utc_offset();
+    let hours: Vec<HourRow> = o
+        .hours
+        .iter()
+        .map(|h| HourRow {
+            label: h.start.with_timezone(&offset).format("%H:%M").to_string(),
+            sales: h.sales.amount.to_string(),
+            sales_cents: h.sales.amount.get(),
+            orders: h.sales.operations,
+            top_ups: h.top_ups.amount.to_string(),
+            top_ups_cents: h.top_ups.amount.get(),
+            top_up_count: h.top_ups.operations,
+        })
+        .collect();
+    let points: Vec<PointRow> = o
+        .points_of_sale
+        .iter()
+        .map(|p| PointRow {
+            name: if p.name.is_empty() {
+                "Stripe (online top-ups)".to_owned()
+            } else {
+                p.name.clone()
+            },
+            sales: p.sales.amount.to_string(),
+            sales_cents: p.sales.amount.get(),
+            orders: p.sales.operations,
+            top_ups: p.top_ups.amount.to_string(),
+            top_ups_cents: p.top_ups.amount.get(),
+            top_up_count: p.top_ups.operations,
+            offline: p.offline.operations,
+        })
+        .collect();
+    let chart_data = serde_json::json!({
+        "currency": state.currency.to_string(),
+        "hours": hours.iter().map(|h| &h.label).collect::<Vec<_>>(),
+        "hour_sales_cents": hours.iter().map(|h| h.sales_cents).collect::<Vec<_>>(),
+        "hour_top_ups_cents": hours.iter().map(|h| h.top_ups_cents).collect::<Vec<_>>(),
+        "points": points.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        "point_sales_cents": points.iter().map(|p| p.sales_cents).collect::<Vec<_>>(),
+        "point_top_ups_cents": points.iter().map(|p| p.top_ups_cents).collect::<Vec<_>>(),
+        "online": o.online.operations,
+        "offline": o.offline.operations,
+    })
+    .to_string();
+    let per_mille = o.offline_per_mille();
+    let page = OverviewPage {
+        who: Some(Who::of(&session)),
+        currency: state.currency.to_string(),
+        day: day.to_string(),
+        previous_day: day.pred_opt().unwrap_or(day).to_string(),
+        next_day: day
+            .succ_opt()
+            .filter(|d| *d <= today)
+            .map(|d| d.to_string()),
+        today: day == today,
+        live_s: super::LIVE_UPDATE_S,
+        as_of: now.with_timezone(&offset).format("%H:%M:%S").to_string(),
+        sales: o.sales.amount.to_string(),
+        orders: o.sales.operations,
+        top_ups: o.top_ups.amount.to_string(),
+        top_up_count: o.top_ups.operations,
+        online: o.online.operations,
+        offline: o.offline.operations,
+        offline_share: format!("{}.{}%", per_mille / 10, per_mille % 10),
+        offline_amount: o.offline.amount.to_string(),
+        on_cards: o.cards.on_cards.to_string(),
+        cards: o.cards.cards,
+        in_debt: o.cards.in_debt,
+        debt: o.cards.debt.to_string(),
+        hours,
+        points,
+        debtors: o
+            .cards
+            .deepest
+            .iter()
+            .map(|(uid, balance, blocked)| DebtorRow {
+                uid: uid.to_string(),
+                balance: balance.to_string(),
+                blocked: *blocked,
+            })
+            .collect(),
+        truncated: o.truncated,
+        chart_data,
+    };
+    html(StatusCode::OK, &page)
+}
+
 pub(super) async fn fleet<S: LedgerStore>(
     State(state): State<AppState<S>>,
     headers: HeaderMap,
@@ -730,6 +981,7 @@ pub(super) async fn fleet<S: LedgerStore>(
             terminals,
             needing,
             as_of: crate::protocol::api::format_time(now),
+            live_s: super::LIVE_UPDATE_S,
         },
     )
 }
@@ -1304,20 +1556,7 @@ pub(super) async fn reports<S: LedgerStore>(
         Ok(s) => s,
         Err(response) => return response,
     };
-    let params: HashMap<String, String> = query
-        .as_deref()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .take(FORM_FIELDS_MAX)
-                .map(|(k, v)| {
-                    (
-                        k.into_owned(),
-                        v.trim().chars().take(REPORT_PARAM_LEN_MAX).collect(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let params = query_params(query.as_deref());
     let param = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
     let names = report::section_names();
     let asked = param("section").unwrap_or_else(|| names[0].to_owned());

@@ -818,6 +818,19 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<CardHistory, StoreError>> + Send;
 
+    /// Headquarters' overview: the sums of `quarter_totals` for the quarter hours starting
+    /// in `[from, to)` per quarter, point of sale, kind and mode (at most `rows_max`; one more
+    /// says there are more), and the money on cards with the `debtors_max` cards deepest in
+    /// debt. One index range read of the sums, one scan of `cards`, one index read of the
+    /// cards in debt; nothing that grows with the number of operations.
+    fn overview(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        rows_max: u32,
+        debtors_max: u32,
+    ) -> impl Future<Output = Result<OverviewData, StoreError>> + Send;
+
     /// The report (`ledger::report`), every section in one snapshot: the sales (standing
     /// orders' lines, not deposits, made in the range, grouped by each dimension's key and
     /// the VAT rate, in byte order), then each of `report::sections::specs`, at most
@@ -826,6 +839,75 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
         &self,
         query: ReportQuery,
     ) -> impl Future<Output = Result<ReportData, StoreError>> + Send;
+}
+
+/// What a quarter hour's sum counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TakingKind {
+    /// Orders: the net plus tax of their lines that are not deposits.
+    Sale,
+    /// Top-ups: a checkpoint's, or a Stripe credit less its refunds.
+    TopUp,
+}
+
+impl TakingKind {
+    /// As stored in `quarter_totals.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TakingKind::Sale => "sale",
+            TakingKind::TopUp => "top_up",
+        }
+    }
+
+    /// From `quarter_totals.kind`.
+    pub fn parse(text: &str) -> Option<TakingKind> {
+        match text {
+            "sale" => Some(TakingKind::Sale),
+            "top_up" => Some(TakingKind::TopUp),
+            _ => None,
+        }
+    }
+}
+
+/// The operations of one kind and mode at one point of sale in one quarter hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarterTotal {
+    /// When the quarter hour starts (the terminal's time of the operations).
+    pub quarter_start: DateTime<Utc>,
+    /// The point of sale; empty for Stripe's online top-ups.
+    pub point_of_sale: String,
+    /// Sales or top-ups.
+    pub kind: TakingKind,
+    /// Made online (the terminal asked the ledger), or offline (replayed later).
+    pub online: bool,
+    /// How many operations (voided ones taken out).
+    pub operations: i64,
+    /// Their sum.
+    pub amount: Cents,
+}
+
+/// The money on cards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardMoney {
+    /// Cards the ledger knows.
+    pub cards: i64,
+    /// The sum of the positive balances: what the festival owes its attendees.
+    pub on_cards: Cents,
+    /// Cards with a negative balance.
+    pub in_debt: i64,
+    /// The sum of the negative balances (negative).
+    pub debt: Cents,
+    /// The cards deepest in debt, deepest first: UID, balance, blocked.
+    pub deepest: Vec<(CardUid, Cents, bool)>,
+}
+
+/// What the overview reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverviewData {
+    /// The quarter hours' sums, by quarter, point of sale, kind, mode.
+    pub quarters: Vec<QuarterTotal>,
+    /// The money on cards.
+    pub cards: CardMoney,
 }
 
 /// One audit-log row naming a card.
@@ -1415,6 +1497,19 @@ impl ReportStore for Store {
         match self {
             Store::Sqlite(s) => s.card_history(uid, limit).await,
             Store::Postgres(s) => s.card_history(uid, limit).await,
+        }
+    }
+
+    async fn overview(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        rows_max: u32,
+        debtors_max: u32,
+    ) -> Result<OverviewData, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.overview(from, to, rows_max, debtors_max).await,
+            Store::Postgres(s) => s.overview(from, to, rows_max, debtors_max).await,
         }
     }
 }

@@ -13,8 +13,9 @@ use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind, Param};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
-    AuditReport, CardEvent, CardHistory, CardScan, DepositLine, DepositReport, FleetSnapshot,
-    PoolStatus, ReportStore, ShiftReport, StatusSeen, StoreError, TerminalSync,
+    AuditReport, CardEvent, CardHistory, CardMoney, CardScan, DepositLine, DepositReport,
+    FleetSnapshot, OverviewData, PoolStatus, QuarterTotal, ReportStore, ShiftReport, StatusSeen,
+    StoreError, TakingKind, TerminalSync,
 };
 use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
@@ -160,6 +161,87 @@ impl ReportStore for PgStore {
         Ok(FleetSnapshot {
             cards_blocked_for_debt: i64::try_from(cards_blocked_for_debt).unwrap_or(i64::MAX),
             terminals,
+        })
+    }
+
+    async fn overview(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        rows_max: u32,
+        debtors_max: u32,
+    ) -> Result<OverviewData, StoreError> {
+        let mut client = self.pool.get().await?;
+        // One snapshot: the sums and the cards agree with each other.
+        let tx = snapshot(&mut client).await?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT quarter_start, point_of_sale, kind, mode, sum(operations)::bigint,
+                        sum(amount_cents)::bigint
+                 FROM quarter_totals WHERE quarter_start >= $1 AND quarter_start < $2
+                 GROUP BY 1, 2, 3, 4 LIMIT $3",
+            )
+            .await
+            .map_err(classify)?;
+        let quarters = tx
+            .query(&stmt, &[&from, &to, &(i64::from(rows_max) + 1)])
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| {
+                let kind: String = r.try_get(2).map_err(classify)?;
+                Ok(QuarterTotal {
+                    quarter_start: r.try_get(0).map_err(classify)?,
+                    point_of_sale: r.try_get(1).map_err(classify)?,
+                    kind: TakingKind::parse(&kind)
+                        .ok_or_else(|| internal(format!("quarter_totals.kind {kind:?}")))?,
+                    online: r.try_get::<_, String>(3).map_err(classify)? == "online",
+                    operations: r.try_get(4).map_err(classify)?,
+                    amount: Cents::new(r.try_get(5).map_err(classify)?),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let totals = tx
+            .query_one(
+                "SELECT count(*), COALESCE(sum(balance_cents) FILTER (WHERE balance_cents > 0), 0)::bigint,
+                        count(*) FILTER (WHERE balance_cents < 0),
+                        COALESCE(sum(balance_cents) FILTER (WHERE balance_cents < 0), 0)::bigint
+                 FROM cards",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT card_uid, balance_cents, status = 'blocked' FROM cards
+                 WHERE balance_cents < 0 ORDER BY balance_cents, card_uid COLLATE \"C\" LIMIT $1",
+            )
+            .await
+            .map_err(classify)?;
+        let deepest = tx
+            .query(&stmt, &[&i64::from(debtors_max)])
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| {
+                let uid: String = r.try_get(0).map_err(classify)?;
+                Ok((
+                    CardUid::parse(&uid).map_err(|e| internal(format!("cards.card_uid: {e}")))?,
+                    Cents::new(r.try_get(1).map_err(classify)?),
+                    r.try_get(2).map_err(classify)?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        tx.commit().await.map_err(classify)?;
+        Ok(OverviewData {
+            quarters,
+            cards: CardMoney {
+                cards: totals.try_get(0).map_err(classify)?,
+                on_cards: Cents::new(totals.try_get(1).map_err(classify)?),
+                in_debt: totals.try_get(2).map_err(classify)?,
+                debt: Cents::new(totals.try_get(3).map_err(classify)?),
+                deepest,
+            },
         })
     }
 

@@ -19,8 +19,9 @@
 //! Every table of `migrations/sqlite/` ([`TABLES`], parents before children, so every
 //! foreign key holds at every row), every column, the identity ids (`posting_id`,
 //! `log_id`, `scan_id`) as they are. Deliberately not copied: the target's
-//! `schema_migrations` (its own migrations write it) and SQLite's `user_version` (checked in
-//! step 1). The columns are the target's, from its catalog, and must be exactly the
+//! `schema_migrations` (its own migrations write it), SQLite's `user_version` (checked in
+//! step 1) and the [`DERIVED`] sums (`quarter_totals`), which the target's triggers build
+//! from the rows copied and the [`Totals`] compare. The columns are the target's, from its catalog, and must be exactly the
 //! source's: a drift between the two schemas is refused rather than half copied.
 //!
 //! # Types
@@ -88,6 +89,10 @@ pub const TABLES: &[&str] = &[
     "operators",
     "operator_sessions",
 ];
+
+/// Tables the target derives from the rows it is given, not copied: its triggers build them
+/// as the copy goes, and the [`Totals`] compare them with the source's.
+pub const DERIVED: &[&str] = &["quarter_totals"];
 
 /// The card feed's version sequence (`migrations/postgres/0004_card_feed.sql`).
 pub const CARD_VERSION_SEQUENCE: &str = "card_version_seq";
@@ -421,7 +426,7 @@ pub async fn move_festival(
     let sequences = set_sequences(&tx)
         .await
         .map_err(target.at("setting the sequences"))?;
-    let target_totals = Totals::postgres(&*tx, TABLES)
+    let target_totals = Totals::postgres(&*tx, &counted_tables())
         .await
         .map_err(target.at("adding up the target"))?;
     let differences = totals::differences(&source_totals, &target_totals);
@@ -461,6 +466,7 @@ async fn lock_empty_tables(
 ) -> Result<(), MoveError> {
     let all = TABLES
         .iter()
+        .chain(DERIVED)
         .map(|t| quote(t))
         .collect::<Vec<_>>()
         .join(", ");
@@ -468,7 +474,7 @@ async fn lock_empty_tables(
         .await
         .map_err(target.at("locking the target's tables"))?;
     let mut occupied = Vec::new();
-    for table in TABLES {
+    for table in TABLES.iter().chain(DERIVED) {
         let has_rows: bool = tx
             .query_one(
                 &format!("SELECT EXISTS (SELECT 1 FROM {})", quote(table)),
@@ -594,6 +600,9 @@ fn source_columns(conn: &Connection) -> Result<Vec<(String, Vec<String>)>, Strin
     .map_err(|e: rusqlite::Error| e.to_string())?;
     let mut out = Vec::with_capacity(tables.len());
     for table in tables {
+        if DERIVED.contains(&table.as_str()) {
+            continue;
+        }
         if !TABLES.contains(&table.as_str()) {
             return Err(format!(
                 "its table {table} is not one this program moves (a newer or foreign schema)"
@@ -616,6 +625,11 @@ fn source_columns(conn: &Connection) -> Result<Vec<(String, Vec<String>)>, Strin
 /// A string literal for SQL.
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The tables whose rows the [`Totals`] count: [`TABLES`], then [`DERIVED`].
+fn counted_tables() -> Vec<&'static str> {
+    TABLES.iter().chain(DERIVED).copied().collect()
 }
 
 /// [`TABLES`] as owned strings, a query parameter.
@@ -687,7 +701,8 @@ fn read_source(conn: &Connection, path: &Path, plans: &[TablePlan], feed: &mpsc:
             let read = read_table(conn, path, plan, &send)?;
             send(Feed::TableDone(read))?;
         }
-        let totals = Totals::sqlite(conn, TABLES).map_err(|e| Some(source_error(path, e)))?;
+        let totals =
+            Totals::sqlite(conn, &counted_tables()).map_err(|e| Some(source_error(path, e)))?;
         send(Feed::Totals(totals))
     })();
     if let Err(Some(e)) = result {

@@ -57,6 +57,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(17, "0017_terminal_status.sql"),
     migration!(18, "0018_operators.sql"),
     migration!(19, "0019_card_history.sql"),
+    migration!(20, "0020_quarter_totals.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

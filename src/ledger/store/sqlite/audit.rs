@@ -7,8 +7,9 @@ use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind};
 use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
 use crate::ledger::store::{
-    AuditReport, CardEvent, CardHistory, CardScan, DepositLine, DepositReport, FleetSnapshot,
-    PoolStatus, ReportStore, ShiftReport, StatusSeen, StoreError, TerminalSync,
+    AuditReport, CardEvent, CardHistory, CardMoney, CardScan, DepositLine, DepositReport,
+    FleetSnapshot, OverviewData, PoolStatus, QuarterTotal, ReportStore, ShiftReport, StatusSeen,
+    StoreError, TakingKind, TerminalSync,
 };
 use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
@@ -125,6 +126,85 @@ impl ReportStore for SqliteStore {
             Ok(FleetSnapshot {
                 cards_blocked_for_debt,
                 terminals,
+            })
+        })
+        .await
+    }
+
+    async fn overview(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        rows_max: u32,
+        debtors_max: u32,
+    ) -> Result<OverviewData, StoreError> {
+        // Quarters are stored as the time they start, like every time (migration 0014).
+        let (from, to) = (format_time(from), format_time(to));
+        self.read(move |conn| {
+            // One snapshot: the sums and the cards agree with each other.
+            let tx = conn.unchecked_transaction()?;
+            let quarters = tx
+                .prepare_cached(
+                    "SELECT quarter_start, point_of_sale, kind, mode, SUM(operations),
+                            SUM(amount_cents)
+                     FROM quarter_totals WHERE quarter_start >= ?1 AND quarter_start < ?2
+                     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 LIMIT ?3",
+                )?
+                .query_map(params![from, to, i64::from(rows_max) + 1], |r| {
+                    let kind: String = r.get(2)?;
+                    Ok(QuarterTotal {
+                        quarter_start: stored_time(r, 0)?,
+                        point_of_sale: r.get(1)?,
+                        kind: TakingKind::parse(&kind).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                2,
+                                rusqlite::types::Type::Text,
+                                format!("kind {kind:?}").into(),
+                            )
+                        })?,
+                        online: r.get::<_, String>(3)? == "online",
+                        operations: r.get(4)?,
+                        amount: Cents::new(r.get(5)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let (cards, on_cards, in_debt, debt) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN balance_cents > 0 THEN balance_cents END), 0),
+                        COUNT(CASE WHEN balance_cents < 0 THEN 1 END),
+                        COALESCE(SUM(CASE WHEN balance_cents < 0 THEN balance_cents END), 0)
+                 FROM cards",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            let deepest = tx
+                .prepare_cached(
+                    "SELECT card_uid, balance_cents, status = 'blocked' FROM cards
+                     WHERE balance_cents < 0 ORDER BY balance_cents, card_uid LIMIT ?1",
+                )?
+                .query_map(params![i64::from(debtors_max)], |r| {
+                    let uid: String = r.get(0)?;
+                    Ok((
+                        CardUid::parse(&uid).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                0,
+                                rusqlite::types::Type::Text,
+                                e.to_string().into(),
+                            )
+                        })?,
+                        Cents::new(r.get(1)?),
+                        r.get(2)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(OverviewData {
+                quarters,
+                cards: CardMoney {
+                    cards,
+                    on_cards: Cents::new(on_cards),
+                    in_debt,
+                    debt: Cents::new(debt),
+                    deepest,
+                },
             })
         })
         .await

@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0011_terminal_status.sql"),
     include_str!("../../../../migrations/sqlite/0012_operators.sql"),
     include_str!("../../../../migrations/sqlite/0013_card_history.sql"),
+    include_str!("../../../../migrations/sqlite/0014_quarter_totals.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

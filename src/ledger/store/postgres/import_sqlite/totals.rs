@@ -10,6 +10,10 @@ const BALANCE_SQL: &str = "SELECT COALESCE(CAST(sum(balance_cents) AS bigint), 0
 /// Each account's postings: how many, their sum.
 const ACCOUNTS_SQL: &str =
     "SELECT account, count(*), CAST(sum(amount_cents) AS bigint) FROM postings GROUP BY account";
+/// The headquarters overview's sums (`quarter_totals`, which each side's triggers build from
+/// the operations it holds) per kind and mode: operations, cents.
+const TAKINGS_SQL: &str = "SELECT kind || ' ' || mode, CAST(sum(operations) AS bigint), \
+     CAST(sum(amount_cents) AS bigint) FROM quarter_totals GROUP BY kind, mode";
 /// Accounts shown one by one in a summary when they are not cards (cards are summed up:
 /// a festival has tens of thousands).
 const CARD_ACCOUNT_PREFIX: &str = "card:";
@@ -34,6 +38,8 @@ pub struct Totals {
     pub card_balance_total_cents: i64,
     /// Every account's postings.
     pub accounts: BTreeMap<String, AccountTotal>,
+    /// The overview's sums per kind and mode (`sale online`, ...): operations, cents.
+    pub takings: BTreeMap<String, AccountTotal>,
 }
 
 fn count_sql(table: &str) -> String {
@@ -49,19 +55,20 @@ impl Totals {
             totals.rows.push(((*table).to_owned(), n));
         }
         totals.card_balance_total_cents = conn.query_row(BALANCE_SQL, [], |r| r.get(0))?;
-        let mut stmt = conn.prepare(ACCOUNTS_SQL)?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                AccountTotal {
-                    postings: r.get(1)?,
-                    sum_cents: r.get(2)?,
-                },
-            ))
-        })? {
-            let (account, total) = row?;
-            totals.accounts.insert(account, total);
-        }
+        // Rows of (name, count, sum).
+        let named = |sql: &str| -> rusqlite::Result<BTreeMap<String, AccountTotal>> {
+            conn.prepare(sql)?
+                .query_map([], |r| {
+                    let total = AccountTotal {
+                        postings: r.get(1)?,
+                        sum_cents: r.get(2)?,
+                    };
+                    Ok((r.get(0)?, total))
+                })?
+                .collect()
+        };
+        totals.accounts = named(ACCOUNTS_SQL)?;
+        totals.takings = named(TAKINGS_SQL)?;
         Ok(totals)
     }
 
@@ -76,12 +83,17 @@ impl Totals {
             totals.rows.push(((*table).to_owned(), n));
         }
         totals.card_balance_total_cents = client.query_one(BALANCE_SQL, &[]).await?.get(0);
-        for row in client.query(ACCOUNTS_SQL, &[]).await? {
-            let total = AccountTotal {
-                postings: row.get(1),
-                sum_cents: row.get(2),
-            };
-            totals.accounts.insert(row.get(0), total);
+        for (sql, into) in [
+            (ACCOUNTS_SQL, &mut totals.accounts),
+            (TAKINGS_SQL, &mut totals.takings),
+        ] {
+            for row in client.query(sql, &[]).await? {
+                let total = AccountTotal {
+                    postings: row.get(1),
+                    sum_cents: row.get(2),
+                };
+                into.insert(row.get(0), total);
+            }
         }
         Ok(totals)
     }
@@ -137,6 +149,15 @@ pub fn differences(source: &Totals, target: &Totals) -> Vec<String> {
             ));
         }
     }
+    let takings = source.takings.keys().chain(target.takings.keys());
+    for what in takings.collect::<std::collections::BTreeSet<_>>() {
+        let (a, b) = (source.takings.get(what), target.takings.get(what));
+        if a != b {
+            out.push(format!(
+                "takings ({what}): {a:?} in the source, {b:?} in the target"
+            ));
+        }
+    }
     if out.len() > DIFFERENCES_MAX {
         let more = out.len() - DIFFERENCES_MAX;
         out.truncate(DIFFERENCES_MAX);
@@ -182,6 +203,13 @@ pub fn side_by_side(source: &Totals, target: &Totals) -> String {
                 postings(target.accounts.get(account)),
             ));
         }
+    }
+    for (what, total) in &source.takings {
+        lines.push((
+            format!("takings {what}"),
+            postings(Some(total)),
+            postings(target.takings.get(what)),
+        ));
     }
     let ((n_a, cards_a), (n_b, cards_b)) = (source.cards(), target.cards());
     lines.push(("card accounts".to_owned(), n_a.to_string(), n_b.to_string()));

@@ -216,6 +216,8 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
         .cloned()
         .unwrap();
     assert_eq!(in_feed["status"], "blocked");
+    assert_eq!(b.text("#block-reason").await, "reported lost at the desk");
+    assert!(b.has("#unblock").await);
     assert_eq!(
         l.query_i64(&format!(
             "SELECT COUNT(*) FROM app_transaction_log
@@ -237,6 +239,11 @@ async fn the_desk_finds_blocks_and_logs_out(backend: Backend) {
     assert_eq!(b.path().await, format!("/hq/cards/{new_card}"));
     assert_eq!(b.text("#balance").await, "11.00 EUR");
     assert_eq!(l.card(&card).await.body["balance_cents"], 0);
+    // The old card says where its money went, and can be neither unblocked nor replaced.
+    b.open(&format!("{base}/hq/cards/{card}")).await;
+    assert_eq!(b.text("#replaced-by").await, new_card);
+    assert!(!b.has("#unblock").await && !b.has("#replace").await);
+    b.open(&format!("{base}/hq/cards/{new_card}")).await;
     assert_eq!(
         l.query_i64(&format!(
             "SELECT COUNT(*) FROM app_transaction_log

@@ -152,6 +152,19 @@ async fn the_overview_adds_up_the_day(backend: Backend) {
     assert_eq!(chart["offline"], 1);
     assert_eq!(chart["online"], 3);
 
+    // The card in debt: blocked for it, and the desk is not offered to unblock it (a top-up
+    // that covers the debt does).
+    l.add_operator("dora", "desk", PASSWORD);
+    let desk = l.hq_session("dora", PASSWORD).await;
+    let page = get(&l, &format!("/hq/cards/{b}"), &desk, false)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("in debt after offline sales"), "{page}");
+    assert!(!page.contains("id=\"unblock\""));
+    assert!(page.contains("id=\"block-reason\""));
+
     // The same sales as the report's for the day.
     let report: Value = serde_json::from_str(&assert_success(
         "report",

@@ -169,6 +169,11 @@ struct CardShown {
     uid: String,
     balance: String,
     status: String,
+    /// Why it is blocked, for people; empty when it is not.
+    blocked_because: &'static str,
+    /// Blocked as lost and not replaced: the desk may unblock it.
+    may_unblock: bool,
+    replaced_by: Option<String>,
     voucher_units: i64,
     age: &'static str,
     updated_at: String,
@@ -1088,6 +1093,18 @@ pub(super) async fn card<S: LedgerStore>(
                 uid: card.card_uid.to_string(),
                 balance: card.balance_cents.to_string(),
                 status: card.status.clone(),
+                blocked_because: match (history.block_reason.as_deref(), &history.replaced_by) {
+                    (_, Some(_)) => "replaced by another card (its money moved there)",
+                    (Some("lost"), None) => "reported lost at the desk",
+                    (Some("debt"), None) => {
+                        "in debt after offline sales; it unblocks itself when a top-up covers the debt"
+                    }
+                    (Some(_), None) => "blocked",
+                    (None, None) => "",
+                },
+                may_unblock: history.block_reason.as_deref() == Some("lost")
+                    && history.replaced_by.is_none(),
+                replaced_by: history.replaced_by.clone(),
                 voucher_units: card.voucher_units,
                 age: card.age_flag.map_or("adult (no flag)", |a| a.as_str()),
                 updated_at: card.updated_at.clone(),

@@ -949,6 +949,10 @@ pub struct CardHistory {
     pub events: Vec<CardEvent>,
     /// Its scans.
     pub scans: Vec<CardScan>,
+    /// Why it is blocked (`lost`, `debt`), if it is.
+    pub block_reason: Option<String>,
+    /// The card that replaced it, if one did.
+    pub replaced_by: Option<String>,
 }
 
 /// What `/metrics` reads from the database at a scrape.

@@ -290,7 +290,27 @@ impl ReportStore for PgStore {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(CardHistory { events, scans })
+        let (block_reason, replaced_by) = self
+            .rows(
+                "SELECT block_reason, replaced_by FROM cards WHERE card_uid = $1",
+                &[&uid.as_str()],
+            )
+            .await?
+            .first()
+            .map(|r| {
+                Ok::<_, StoreError>((
+                    r.try_get(0).map_err(classify)?,
+                    r.try_get(1).map_err(classify)?,
+                ))
+            })
+            .transpose()?
+            .unwrap_or((None, None));
+        Ok(CardHistory {
+            events,
+            scans,
+            block_reason,
+            replaced_by,
+        })
     }
 
     fn pool_status(&self) -> PoolStatus {

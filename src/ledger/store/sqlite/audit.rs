@@ -14,7 +14,7 @@ use crate::ledger::store::{
 use crate::protocol::api::{ReaderState, TerminalKind, format_time};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
 /// One dimension's query of the sales report: `?1`, `?2` the bounds (`format_time` text, as
@@ -246,7 +246,17 @@ impl ReportStore for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(CardHistory { events, scans })
+            let (block_reason, replaced_by) = conn
+                .prepare_cached("SELECT block_reason, replaced_by FROM cards WHERE card_uid = ?1")?
+                .query_row(params![uid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((None, None));
+            Ok(CardHistory {
+                events,
+                scans,
+                block_reason,
+                replaced_by,
+            })
         })
         .await
     }

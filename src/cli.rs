@@ -1042,7 +1042,7 @@ async fn run_ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             print!("{}", admin::format_stripe_events(&events));
         }
         LedgerCommand::Shift(ShiftCommand::List { terminal }) => {
-            let reports = store.shift_reports(terminal).await?;
+            let reports = store.shift_reports(terminal, admin::SHIFT_LIST_MAX).await?;
             print!("{}", admin::format_shifts(&reports));
         }
         LedgerCommand::Import { file } => {

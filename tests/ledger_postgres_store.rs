@@ -976,16 +976,25 @@ async fn audit_and_shift_reports_answer_as_on_sqlite() {
     let (empty, audit, all, one, none) = on_both(async |b: &Backend| {
         let s = &b.store;
         let empty = s.audit().await.unwrap();
-        assert!(s.shift_reports(None).await.unwrap().is_empty());
+        assert!(s.shift_reports(None, 1_000_000).await.unwrap().is_empty());
         b.seed(BOOKS).await;
         let audit = s.audit().await.unwrap();
         let mut shifts = Vec::new();
         for name in [None, Some("cp-b"), Some("nobody")] {
-            shifts.push(s.shift_reports(name.map(Into::into)).await.unwrap());
+            shifts.push(
+                s.shift_reports(name.map(Into::into), 1_000_000)
+                    .await
+                    .unwrap(),
+            );
         }
         let none = shifts.pop().unwrap();
         let one = shifts.pop().unwrap();
         let all = shifts.pop().unwrap();
+        // Asked for the newest only: the last of all, alone.
+        let newest = s.shift_reports(None, 1).await.unwrap();
+        assert!(all.len() > 1, "the books have several close-outs");
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].shift_id, all[all.len() - 1].shift_id);
         (empty, audit, all, one, none)
     })
     .await;

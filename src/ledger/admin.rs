@@ -87,6 +87,8 @@ pub async fn terminal_add(
 
 /// The most terminals `terminal list` shows.
 pub const TERMINAL_LIST_MAX: u32 = 10_000;
+/// Close-outs `shift list` prints, at most (the newest; a festival has hundreds).
+pub const SHIFT_LIST_MAX: u32 = 100_000;
 
 /// Gives a terminal a new bearer token (shown once, stored hashed); the old one is refused
 /// in every request that arrives after this returns, on every ledger process.

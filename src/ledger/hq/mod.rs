@@ -6,6 +6,10 @@
 //! [`LIVE_UPDATE_S`] seconds and swaps its `#live` part); without script they are ordinary
 //! pages. htmx and Chart.js are vendored in `assets/vendor/` and served from the binary.
 //!
+//! Pages take turns: at most [`pages::PAGES_AT_ONCE`] are served at once (the rest wait,
+//! then 503), so a dashboard hammered by many browsers cannot take the ledger's threads and
+//! database connections from the payments.
+//!
 //! Templates are askama's: compiled into the binary and checked against their data at
 //! build time (a misspelt field does not build), escaped for HTML by default.
 //!
@@ -86,5 +90,6 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
         )
         .route("/hq/assets/{file}", get(pages::asset))
         .route("/hq/{*rest}", get(pages::not_found).post(pages::not_found))
+        .layer(axum::middleware::from_fn(pages::take_turn))
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT_BYTES))
 }

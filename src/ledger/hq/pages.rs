@@ -35,6 +35,8 @@ const HQ_SCRIPT: &str = include_str!("assets/hq.js");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
+/// Close-outs the shifts page lists, at most (the newest).
+pub const SHIFTS_SHOWN: u32 = 200;
 /// Operations and scans a card page lists, at most (newest first).
 pub const CARD_HISTORY_MAX: u32 = 100;
 /// Fields a form may have, at most.
@@ -265,6 +267,7 @@ struct ShiftsPage {
     shifts: Vec<ShiftRow>,
     differing: usize,
     currency: String,
+    shown_max: u32,
 }
 
 struct StripeRow {
@@ -741,6 +744,60 @@ pub(super) async fn login<S: LedgerStore>(
 pub const PASSWORD_CHECKS_MAX: usize = 4;
 /// How long a login waits for a password check before it is answered 503.
 pub const PASSWORD_CHECK_WAIT_MS: u64 = 2000;
+
+/// Pages served at once, at most (the style sheet, scripts and the login aside, which have
+/// their own bounds); the rest wait their turn.
+pub const PAGES_AT_ONCE: usize = 1;
+/// The share of the time pages may take, in percent: after a page that took `t`, the next
+/// turn comes `t * (100 / PAGE_TIME_SHARE_PCT - 1)` later. However many browsers hammer the
+/// dashboard, it then takes at most this share of one core (and of one database connection)
+/// from the payments; cheap pages come often, expensive ones less often.
+pub const PAGE_TIME_SHARE_PCT: u32 = 25;
+/// How long a page waits for its turn before it is answered 503.
+pub const PAGE_WAIT_MS: u64 = 5000;
+
+/// Serves a page when its turn comes ([`PAGES_AT_ONCE`], [`PAGE_TIME_SHARE_PCT`]); 503 after
+/// [`PAGE_WAIT_MS`] of waiting.
+pub(super) async fn take_turn(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/hq/assets/") || path == "/hq/login" {
+        return next.run(request).await;
+    }
+    static TURNS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    let turns =
+        TURNS.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)));
+    let wait = std::time::Duration::from_millis(PAGE_WAIT_MS);
+    match tokio::time::timeout(wait, std::sync::Arc::clone(turns).acquire_owned()).await {
+        Ok(Ok(turn)) => {
+            let started = std::time::Instant::now();
+            let response = next.run(request).await;
+            // The turn passes on only after the page's share of the time.
+            let rest = started.elapsed() * (100 / PAGE_TIME_SHARE_PCT - 1);
+            tokio::spawn(async move {
+                tokio::time::sleep(rest).await;
+                drop(turn);
+            });
+            response
+        }
+        _ => {
+            let mut response = message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "Busy",
+                "Headquarters' pages are busy; try again in a moment. Payments are not affected.",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+    }
+}
 
 fn password_checks() -> &'static tokio::sync::Semaphore {
     static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
@@ -1405,7 +1462,7 @@ pub(super) async fn shifts<S: LedgerStore>(
         Ok(s) => s,
         Err(response) => return response,
     };
-    let reports = match state.store.shift_reports(None).await {
+    let reports = match state.store.shift_reports(None, SHIFTS_SHOWN).await {
         Ok(r) => r,
         Err(e) => return store_failed(Some(Who::of(&session)), &e),
     };
@@ -1440,6 +1497,7 @@ pub(super) async fn shifts<S: LedgerStore>(
             shifts,
             differing,
             currency: state.currency.to_string(),
+            shown_max: SHIFTS_SHOWN,
         },
     )
 }

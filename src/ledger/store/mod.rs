@@ -789,11 +789,13 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// Proves the books balance, or lists every discrepancy.
     fn audit(&self) -> impl Future<Output = Result<AuditReport, StoreError>> + Send;
 
-    /// Every shift close-out (of the terminal with this name, if given), oldest close first,
-    /// with the ledger's own top-up totals for each.
+    /// The `newest` shift close-outs (of the terminal with this name, if given), by their
+    /// close, oldest close first, with the ledger's own top-up totals for each (read through
+    /// the top-ups' index by terminal and sequence number).
     fn shift_reports(
         &self,
         terminal_name: Option<String>,
+        newest: u32,
     ) -> impl Future<Output = Result<Vec<ShiftReport>, StoreError>> + Send;
 
     /// The deposits on returnable items: out, returned and outstanding per item.
@@ -1462,10 +1464,11 @@ impl ReportStore for Store {
     async fn shift_reports(
         &self,
         terminal_name: Option<String>,
+        newest: u32,
     ) -> Result<Vec<ShiftReport>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.shift_reports(terminal_name).await,
-            Store::Postgres(s) => s.shift_reports(terminal_name).await,
+            Store::Sqlite(s) => s.shift_reports(terminal_name, newest).await,
+            Store::Postgres(s) => s.shift_reports(terminal_name, newest).await,
         }
     }
 

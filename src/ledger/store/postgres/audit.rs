@@ -33,11 +33,15 @@ fn shift_reports_sql() -> String {
                 s.recorded_at, count(r.transaction_id),
                 COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'cash'), 0)::bigint,
                 COALESCE(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'card'), 0)::bigint
-         FROM shift_closeouts s
+         FROM (SELECT c.* FROM shift_closeouts c
+                 JOIN terminals ct ON ct.terminal_id = c.terminal_id
+                WHERE $1::text IS NULL OR ct.name = $1
+                ORDER BY c.closed_at DESC, c.shift_id DESC LIMIT $2) s
          JOIN terminals t ON t.terminal_id = s.terminal_id
          {}
-         WHERE $1::text IS NULL OR t.name = $1
-         GROUP BY s.shift_id, t.name
+         GROUP BY s.shift_id, s.terminal_id, s.staff_id, s.opened_at, s.closed_at, s.count,
+                  s.cash_cents, s.card_cents, s.counted_cash_cents, s.difference_cents,
+                  s.recorded_at, t.name
          ORDER BY s.closed_at, t.name COLLATE \"C\", s.shift_id",
         sections::SHIFT_TOP_UPS
     )
@@ -77,6 +81,7 @@ impl ReportStore for PgStore {
     async fn shift_reports(
         &self,
         terminal_name: Option<String>,
+        newest: u32,
     ) -> Result<Vec<ShiftReport>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
@@ -84,7 +89,7 @@ impl ReportStore for PgStore {
             .await
             .map_err(classify)?;
         let rows = client
-            .query(&stmt, &[&terminal_name])
+            .query(&stmt, &[&terminal_name, &i64::from(newest)])
             .await
             .map_err(classify)?;
         rows.iter()

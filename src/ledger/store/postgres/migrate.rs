@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_operators.sql"),
     migration!(19, "0019_card_history.sql"),
     migration!(20, "0020_quarter_totals.sql"),
+    migration!(21, "0021_shift_top_ups.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

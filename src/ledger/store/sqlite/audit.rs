@@ -382,6 +382,7 @@ impl ReportStore for SqliteStore {
     async fn shift_reports(
         &self,
         terminal_name: Option<String>,
+        newest: u32,
     ) -> Result<Vec<ShiftReport>, StoreError> {
         self.read(move |conn| {
             // The ledger's top-ups of each shift: `sections::SHIFT_TOP_UPS`.
@@ -391,15 +392,17 @@ impl ReportStore for SqliteStore {
                         s.recorded_at, COUNT(r.transaction_id),
                         COALESCE(SUM(CASE WHEN r.payment_method = 'cash' THEN r.amount_cents END), 0),
                         COALESCE(SUM(CASE WHEN r.payment_method = 'card' THEN r.amount_cents END), 0)
-                 FROM shift_closeouts s
+                 FROM (SELECT c.* FROM shift_closeouts c
+                         JOIN terminals ct ON ct.terminal_id = c.terminal_id
+                        WHERE ?1 IS NULL OR ct.name = ?1
+                        ORDER BY c.closed_at DESC, c.shift_id DESC LIMIT ?2) s
                  JOIN terminals t ON t.terminal_id = s.terminal_id
                  {}
-                 WHERE ?1 IS NULL OR t.name = ?1
                  GROUP BY s.shift_id
                  ORDER BY s.closed_at, t.name, s.shift_id",
                 sections::SHIFT_TOP_UPS
             ))?;
-            let rows = stmt.query_map([terminal_name], |r| {
+            let rows = stmt.query_map(params![terminal_name, i64::from(newest)], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     ShiftReport {

@@ -7,6 +7,7 @@
 //! when pinned (`pin_ca`). The right CA is accepted; a wrong CA, the system's roots alone,
 //! and an expired certificate are refused with a message that says what to check; the real
 //! terminal sells online through HTTPS, and with the wrong CA sells offline and logs why.
+//! Headquarters' cookies are `Secure` over HTTPS (issue 15), and not over plain HTTP.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -194,6 +195,66 @@ async fn the_festival_ca_is_trusted_and_a_wrong_ca_or_an_expired_certificate_ref
         "certificate expired",
     );
     assert!(message.contains("invalid peer certificate"), "{message}");
+}
+
+/// The `Set-Cookie` header that sets `name`, whole.
+fn set_cookie_header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no cookie {name}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn headquarters_cookies_are_secure_over_https() {
+    let l = Ledger::start().await;
+    l.add_operator("ana", "viewer", "a long password");
+    let dir = tempfile::tempdir().unwrap();
+    let festival = new_ca("Festival CA");
+    let (cert, key) = server_cert(dir.path(), "ledger", &festival, false);
+    let https = serve_https(&l, &cert, &key);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(festival.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    // The login form's cookie, then the session's: both Secure, HttpOnly, SameSite=Strict.
+    let page = http
+        .get(format!("{}/hq/login", https.url))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = set_cookie_header(&page, "cashless_hq_login");
+    let login = hq_login_with(&http, &https.url, "ana", "a long password").await;
+    assert_eq!(login.status(), 303);
+    let session_cookie = set_cookie_header(&login, "cashless_hq");
+    for cookie in [&login_cookie, &session_cookie] {
+        for flag in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/hq"] {
+            assert!(cookie.contains(flag), "{flag} missing in {cookie}");
+        }
+    }
+    // The session works over HTTPS.
+    let value = session_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("cashless_hq=")
+        .to_owned();
+    let overview = http
+        .get(format!("{}/hq/overview", https.url))
+        .header(reqwest::header::COOKIE, format!("cashless_hq={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+
+    // The same ledger over plain HTTP: cookies without Secure (they would never be sent).
+    let plain = hq_login(&l.base_url, "ana", "a long password").await;
+    let cookie = set_cookie_header(&plain, "cashless_hq");
+    assert!(!cookie.contains("Secure"), "{cookie}");
 }
 
 #[tokio::test]

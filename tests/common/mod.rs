@@ -1195,6 +1195,17 @@ pub async fn hq_login(base: &str, name: &str, password: &str) -> reqwest::Respon
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client");
+    hq_login_with(&http, base, name, password).await
+}
+
+/// [`hq_login`] through `http` (a client that trusts a festival CA, say), which must not
+/// follow redirects.
+pub async fn hq_login_with(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    password: &str,
+) -> reqwest::Response {
     let page = http
         .get(format!("{base}/hq/login"))
         .send()

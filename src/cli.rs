@@ -556,6 +556,10 @@ enum BenchCommand {
     SqliteCommit(bench::SqliteCommitBenchArgs),
     /// Tap-to-decision latency of the terminal daemon, through its JSON-lines interface.
     TerminalTap(bench::TerminalTapBenchArgs),
+    /// Fills a migrated SQLite ledger with a festival of a given size (the HQ benchmark).
+    HqSeed(bench::HqSeedArgs),
+    /// Headquarters' pages: time to first byte per page, or hammered (--hammer).
+    Hq(bench::HqBenchArgs),
 }
 
 fn age(at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> String {
@@ -746,6 +750,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::TerminalTap(args)) => {
             bench::run_terminal_tap(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::HqSeed(args)) => {
+            bench::run_hq_seed(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Hq(args)) => {
+            runtime()?.block_on(bench::run_hq(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -28,7 +28,7 @@ const BROWSERS: usize = 8;
 const ROUNDS: usize = 3;
 const ROUND_S: u64 = 6;
 /// Cards the orders spread over, each funded with this much.
-const CARDS: usize = 60;
+const CARDS: usize = 100;
 const FUND_CENTS: i64 = 50_000;
 /// The most the hammered p99 may exceed the quiet one, in percent.
 const P99_RISE_MAX_PCT: u128 = 20;

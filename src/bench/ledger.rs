@@ -93,6 +93,10 @@ pub struct LedgerBenchArgs {
     /// Amount of the funding top-up per card, in cents (must fit the ledger's [limits])
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
     pub fund_cents: i64,
+    /// Each client sends at most one order per this many milliseconds (a steady pace, as
+    /// tills sell, rather than as fast as the ledger answers); 0: as fast as answered
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub pace_ms: u64,
     /// Print a machine-readable JSON summary as the last line
     #[arg(long)]
     pub json: bool,
@@ -283,6 +287,8 @@ struct LoadPlan {
     staff: String,
     measure_start: Instant,
     deadline: Instant,
+    /// At most one order per this long, per client (zero: no pause).
+    pace: Duration,
 }
 
 async fn run_client(
@@ -367,6 +373,9 @@ async fn run_client(
                 );
                 tokio::time::sleep(ERROR_BACKOFF).await;
             }
+        }
+        if !plan.pace.is_zero() {
+            tokio::time::sleep_until((started + plan.pace).into()).await;
         }
     }
     Ok(stats)
@@ -568,6 +577,7 @@ pub async fn run_ledger(args: LedgerBenchArgs) -> Result<()> {
         staff: args.staff.clone(),
         measure_start,
         deadline,
+        pace: Duration::from_millis(args.pace_ms),
     });
     let seqs: Vec<Arc<AtomicI64>> = args
         .tokens

@@ -7,15 +7,19 @@
 //!   pragmas (WAL, synchronous=FULL), one `BEGIN IMMEDIATE; INSERT; COMMIT` after another:
 //!   the disk's reference for the ledger's throughput.
 //! - [`terminal`]: `cashless bench terminal-tap`: the terminal daemon's tap to decision.
+//! - [`hq`]: `cashless bench hq-seed` fills a SQLite ledger with a festival of a given size;
+//!   `cashless bench hq` measures headquarters' pages' time to first byte, or hammers them.
 //!
 //! This module holds what they share: latency statistics, the bench's card UIDs, CPU time
 //! from `/proc`. Everything is bounded: clients (1..=1024), duration (1..=3600 s),
 //! per-request timeout (5 s), cards (1..=1,000,000), error samples kept (a few).
 
+pub mod hq;
 pub mod ledger;
 pub mod sqlite;
 pub mod terminal;
 
+pub use hq::{HqBenchArgs, HqSeedArgs, run_hq, run_hq_seed};
 pub use ledger::{LedgerBenchArgs, LedgerBenchSummary, run_ledger};
 pub use sqlite::{SqliteCommitBenchArgs, run_sqlite_commit};
 pub use terminal::{TerminalTapBenchArgs, run_terminal_tap};

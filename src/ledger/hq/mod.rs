@@ -6,8 +6,8 @@
 //! [`LIVE_UPDATE_S`] seconds and swaps its `#live` part); without script they are ordinary
 //! pages. htmx and Chart.js are vendored in `assets/vendor/` and served from the binary.
 //!
-//! Pages take turns: at most [`pages::PAGES_AT_ONCE`] are served at once (the rest wait,
-//! then 503), so a dashboard hammered by many browsers cannot take the ledger's threads and
+//! Pages take turns: at most [`PAGES_AT_ONCE`] are served at once, each followed by a pause
+//! that keeps them to [`PAGE_TIME_SHARE_PCT`] of the time (the rest wait, then 503), so a dashboard hammered by many browsers cannot take the ledger's threads and
 //! database connections from the payments.
 //!
 //! Templates are askama's: compiled into the binary and checked against their data at
@@ -37,6 +37,8 @@
 
 pub mod auth;
 mod pages;
+
+pub use pages::{PAGE_TIME_SHARE_PCT, PAGE_WAIT_MS, PAGES_AT_ONCE};
 
 use super::api::AppState;
 use super::fleet::FleetRules;

@@ -752,7 +752,7 @@ pub const PAGES_AT_ONCE: usize = 1;
 /// turn comes `t * (100 / PAGE_TIME_SHARE_PCT - 1)` later. However many browsers hammer the
 /// dashboard, it then takes at most this share of one core (and of one database connection)
 /// from the payments; cheap pages come often, expensive ones less often.
-pub const PAGE_TIME_SHARE_PCT: u32 = 25;
+pub const PAGE_TIME_SHARE_PCT: u32 = 10;
 /// How long a page waits for its turn before it is answered 503.
 pub const PAGE_WAIT_MS: u64 = 5000;
 

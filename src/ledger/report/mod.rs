@@ -103,6 +103,15 @@ pub struct ReportQuery {
     pub utc_offset_s: i32,
     /// At most this many rows per section; one more means the report is refused.
     pub limit: u32,
+    /// Only this section (its name), or every one.
+    pub only: Option<&'static str>,
+}
+
+impl ReportQuery {
+    /// Whether the section named `section` is asked for.
+    pub fn wants(&self, section: &str) -> bool {
+        self.only.is_none_or(|only| only == section)
+    }
 }
 
 /// Everything a report reads, in one snapshot: the sales by each dimension, then the
@@ -386,6 +395,7 @@ pub async fn report_of_festival(
             to: range.to,
             utc_offset_s: utc_offset.local_minus_utc(),
             limit: REPORT_ROWS_MAX,
+            only,
         })
         .await?;
     let sections: Vec<Section> = data

@@ -836,7 +836,8 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// The report (`ledger::report`), every section in one snapshot: the sales (standing
     /// orders' lines, not deposits, made in the range, grouped by each dimension's key and
     /// the VAT rate, in byte order), then each of `report::sections::specs`, at most
-    /// `query.limit + 1` rows per section (one more than the limit says there are more).
+    /// `query.limit + 1` rows per section (one more than the limit says there are more);
+    /// with `query.only`, that section alone.
     fn report(
         &self,
         query: ReportQuery,

@@ -336,7 +336,10 @@ impl ReportStore for PgStore {
         .await
         .map_err(classify)?;
         let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
-        for dimension in SalesDimension::ALL {
+        for dimension in SalesDimension::ALL
+            .into_iter()
+            .filter(|d| query.wants(d.section()))
+        {
             let stmt = tx.prepare(&sales_sql(dimension)).await.map_err(classify)?;
             // The offset is a parameter of the hours' query only (PostgreSQL types each).
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -362,7 +365,10 @@ impl ReportStore for PgStore {
             sections.push((dimension, rows));
         }
         let mut others = Vec::new();
-        for spec in sections::specs() {
+        for spec in sections::specs()
+            .into_iter()
+            .filter(|s| query.wants(s.name))
+        {
             let (sql, params) = sections::postgres_sql(&spec.sql);
             let stmt = tx.prepare(&sql).await.map_err(classify)?;
             let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params

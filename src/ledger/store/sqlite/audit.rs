@@ -287,7 +287,10 @@ impl ReportStore for SqliteStore {
             // One snapshot: every section sums to the same while orders keep arriving.
             let tx = conn.unchecked_transaction()?;
             let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
-            for dimension in SalesDimension::ALL {
+            for dimension in SalesDimension::ALL
+                .into_iter()
+                .filter(|d| query.wants(d.section()))
+            {
                 let mut stmt = tx.prepare(&sales_sql(dimension))?;
                 let rows = stmt
                     .query_map(rusqlite::params![from, to, offset, limit], |r| {
@@ -303,7 +306,10 @@ impl ReportStore for SqliteStore {
                 sections.push((dimension, rows));
             }
             let mut others = Vec::new();
-            for spec in sections::specs() {
+            for spec in sections::specs()
+                .into_iter()
+                .filter(|s| query.wants(s.name))
+            {
                 let mut stmt = tx.prepare(&spec.sql)?;
                 // Each query names the parameters it uses, and only those are bound.
                 let values: [(&str, &dyn rusqlite::ToSql); 3] =

@@ -90,8 +90,16 @@ impl SqliteStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            let conn = inner.readers[i].lock().map_err(internal)?;
+            // The first free reader from the next in turn; only when all are busy, wait for
+            // that one. A long read (a headquarters page, a report) then never holds up a
+            // short one (a terminal's) while another reader is free.
+            let n = inner.readers.len();
+            let first = inner.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+            let free = (0..n).find_map(|k| inner.readers[(first + k) % n].try_lock().ok());
+            let conn = match free {
+                Some(conn) => conn,
+                None => inner.readers[first].lock().map_err(internal)?,
+            };
             f(&conn)
         })
         .await

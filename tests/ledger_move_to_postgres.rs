@@ -142,7 +142,7 @@ async fn pg_tables(client: &tokio_postgres::Client) -> BTreeMap<String, Table> {
             .map(|r| r.get(0))
             .collect();
         let rows = client
-            .query(&format!("SELECT * FROM {name}"), &[])
+            .query(&format!("SELECT * FROM {name}{}", held(&name)), &[])
             .await
             .unwrap()
             .iter()
@@ -151,6 +151,17 @@ async fn pg_tables(client: &tokio_postgres::Client) -> BTreeMap<String, Table> {
         out.insert(name, (columns, sorted(rows)));
     }
     out
+}
+
+/// The rows of `table` a move carries: all, but the overview's sums that hold nothing (every
+/// operation of their quarter voided after it was booked; the target, given the operations
+/// voided already, never makes them).
+fn held(table: &str) -> &'static str {
+    if table == "quarter_totals" {
+        " WHERE operations <> 0 OR amount_cents <> 0"
+    } else {
+        ""
+    }
 }
 
 /// The JSON columns of the PostgreSQL schema, `(table, column)`.
@@ -212,7 +223,11 @@ fn sqlite_tables(
             .map(|c| json.iter().any(|(t, jc)| *t == name && jc == c))
             .collect();
         let mut stmt = conn
-            .prepare(&format!("SELECT {} FROM {name}", columns.join(", ")))
+            .prepare(&format!(
+                "SELECT {} FROM {name}{}",
+                columns.join(", "),
+                held(&name)
+            ))
             .unwrap();
         let rows = stmt
             .query_map([], |row| {
@@ -292,8 +307,14 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/orders", &l.bar_token, &order)
         .await
         .assert_status(201);
+    // The voided one was made offline three hours before: alone in its quarter hour, whose
+    // sums the void brings to nothing on SQLite (a row of zeros the move does not make).
     let seq = l.seq(&l.bar_token);
-    let voided = order_body(&funded, seq, &[("cocktail", 1, COCKTAIL_CENTS)], "online");
+    let mut voided = order_body(&funded, seq, &[("cocktail", 1, COCKTAIL_CENTS)], "offline");
+    voided["created_at"] = serde_json::json!(
+        (chrono::Utc::now() - chrono::Duration::hours(3))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
     l.post("/v1/orders", &l.bar_token, &voided)
         .await
         .assert_status(201);
@@ -302,6 +323,13 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/voids", &l.bar_token, &void)
         .await
         .assert_status(201);
+    assert_eq!(
+        l.query_i64(
+            "SELECT COUNT(*) FROM quarter_totals WHERE operations = 0 AND amount_cents = 0"
+        ),
+        1,
+        "the voided order's quarter sums to nothing"
+    );
     // A void of an operation the ledger never saw: a tombstone.
     let seq = l.seq(&l.bar_token);
     let tombstone = void_body(&new_id(), seq, "in_doubt", BAR_STAFF);

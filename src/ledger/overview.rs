@@ -6,7 +6,8 @@
 //! The sums follow `ledger report`: a sale is an order's lines that are not deposits, net
 //! plus tax, by the time the terminal made it; a voided operation is not counted. Quarter
 //! hours are whole UTC quarters, so a day that starts at a time that is not a quarter hour
-//! (in an offset that is not one) counts from the quarter it starts in.
+//! (in an offset that is not one) counts from the first whole quarter after its start; the
+//! quarter it starts in counts for the day before.
 
 use crate::domain::{Cents, FestivalDay};
 use crate::ledger::store::{CardMoney, OverviewData, TakingKind};

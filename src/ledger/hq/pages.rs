@@ -35,6 +35,8 @@ const HQ_SCRIPT: &str = include_str!("assets/hq.js");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
+/// The earliest day the overview shows.
+const OVERVIEW_FIRST_DAY: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date");
 /// Close-outs the shifts page lists, at most (the newest).
 pub const SHIFTS_SHOWN: u32 = 200;
 /// Operations and scans a card page lists, at most (newest first).
@@ -755,6 +757,9 @@ pub const PAGES_AT_ONCE: usize = 1;
 pub const PAGE_TIME_SHARE_PCT: u32 = 10;
 /// How long a page waits for its turn before it is answered 503.
 pub const PAGE_WAIT_MS: u64 = 5000;
+/// The pause after a page, at most: one slow page (a long report, a password hashed) does
+/// not hold every other page up for long.
+pub const PAGE_PAUSE_MAX_MS: u64 = 1000;
 
 /// Serves a page when its turn comes ([`PAGES_AT_ONCE`], [`PAGE_TIME_SHARE_PCT`]); 503 after
 /// [`PAGE_WAIT_MS`] of waiting.
@@ -762,8 +767,16 @@ pub(super) async fn take_turn(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Not in the queue: the assets and the login (bounded on their own), the desk's and
+    // admins' changes (a block is urgent, and rare), and requests without a session cookie
+    // (they are sent to the login page at once; they must not fill the queue).
     let path = request.uri().path();
-    if path.starts_with("/hq/assets/") || path == "/hq/login" {
+    let no_session = cookie_of(request.headers(), auth::SESSION_COOKIE).is_none();
+    if path.starts_with("/hq/assets/")
+        || path == "/hq/login"
+        || request.method() == axum::http::Method::POST
+        || no_session
+    {
         return next.run(request).await;
     }
     static TURNS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
@@ -776,7 +789,8 @@ pub(super) async fn take_turn(
             let started = std::time::Instant::now();
             let response = next.run(request).await;
             // The turn passes on only after the page's share of the time.
-            let rest = started.elapsed() * (100 / PAGE_TIME_SHARE_PCT - 1);
+            let rest = (started.elapsed() * (100 / PAGE_TIME_SHARE_PCT - 1))
+                .min(std::time::Duration::from_millis(PAGE_PAUSE_MAX_MS));
             tokio::spawn(async move {
                 tokio::time::sleep(rest).await;
                 drop(turn);
@@ -863,7 +877,16 @@ pub(super) async fn overview<S: LedgerStore>(
     let day = match params.get("day").filter(|d| !d.is_empty()) {
         None => today,
         Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            Ok(d) if d <= today => d,
+            Ok(d) if d <= today && d >= OVERVIEW_FIRST_DAY => d,
+            Ok(d) if d < OVERVIEW_FIRST_DAY => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    Some(Who::of(&session)),
+                    "No such day",
+                    format!("{text}: the overview goes back to {OVERVIEW_FIRST_DAY} at most."),
+                    Some("/hq/overview".into()),
+                );
+            }
             Ok(_) => {
                 return message(
                     StatusCode::BAD_REQUEST,

@@ -9,14 +9,14 @@
 
   function money(cents) {
     var sign = cents < 0 ? "-" : "";
-    var abs = Math.abs(cents);
+    var abs = Math.abs(Math.round(cents));
     var units = Math.floor(abs / 100);
     var rest = abs % 100;
     return sign + units + "." + (rest < 10 ? "0" : "") + rest;
   }
 
   function moneyAxis() {
-    return { beginAtZero: true, ticks: { callback: function (v) { return money(v); } } };
+    return { beginAtZero: true, ticks: { precision: 0, callback: function (v) { return money(v); } } };
   }
 
   // `axis`: the value axis ("y" for upright bars, "x" for lying ones).

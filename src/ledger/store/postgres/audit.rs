@@ -184,7 +184,7 @@ impl ReportStore for PgStore {
                 "SELECT quarter_start, point_of_sale, kind, mode, sum(operations)::bigint,
                         sum(amount_cents)::bigint
                  FROM quarter_totals WHERE quarter_start >= $1 AND quarter_start < $2
-                 GROUP BY 1, 2, 3, 4 LIMIT $3",
+                 GROUP BY 1, 2, 3, 4 ORDER BY 1, point_of_sale COLLATE \"C\", 3, 4 LIMIT $3",
             )
             .await
             .map_err(classify)?;

@@ -36,9 +36,11 @@
 //!   (admin).
 
 pub mod auth;
+mod overview_page;
 mod pages;
+mod turns;
 
-pub use pages::{PAGE_TIME_SHARE_PCT, PAGE_WAIT_MS, PAGES_AT_ONCE};
+pub use turns::{PAGE_PAUSE_MAX_MS, PAGE_TIME_SHARE_PCT, PAGE_WAIT_MS, PAGES_AT_ONCE};
 
 use super::api::AppState;
 use super::fleet::FleetRules;
@@ -74,7 +76,7 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
             get(pages::login_page::<S>).post(pages::login::<S>),
         )
         .route("/hq/logout", post(pages::logout::<S>))
-        .route("/hq/overview", get(pages::overview::<S>))
+        .route("/hq/overview", get(overview_page::overview::<S>))
         .route("/hq/fleet", get(pages::fleet::<S>))
         .route("/hq/reports", get(pages::reports::<S>))
         .route("/hq/shifts", get(pages::shifts::<S>))
@@ -92,6 +94,6 @@ pub fn router<S: LedgerStore>() -> Router<AppState<S>> {
         )
         .route("/hq/assets/{file}", get(pages::asset))
         .route("/hq/{*rest}", get(pages::not_found).post(pages::not_found))
-        .layer(axum::middleware::from_fn(pages::take_turn))
+        .layer(axum::middleware::from_fn(turns::take_turn))
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT_BYTES))
 }

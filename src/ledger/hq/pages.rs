@@ -5,7 +5,6 @@ use crate::domain::{CardUid, Cents};
 use crate::ledger::api::AppState;
 use crate::ledger::caller::{Actor, OperatorRole};
 use crate::ledger::fleet::{self, Attention};
-use crate::ledger::overview;
 use crate::ledger::report;
 use crate::ledger::store::{
     LedgerStore, NewOperator, NewSession, OperatorChange, OperatorSession, StoreError,
@@ -16,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 /// The style sheet, embedded in the binary.
@@ -35,8 +34,6 @@ const HQ_SCRIPT: &str = include_str!("assets/hq.js");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
-/// The earliest day the overview shows.
-const OVERVIEW_FIRST_DAY: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date");
 /// Close-outs the shifts page lists, at most (the newest).
 pub const SHIFTS_SHOWN: u32 = 200;
 /// Operations and scans a card page lists, at most (newest first).
@@ -46,14 +43,14 @@ const FORM_FIELDS_MAX: usize = 16;
 
 /// The logged-in operator, as the page's header shows them.
 pub(super) struct Who {
-    name: String,
-    role: &'static str,
-    csrf: String,
-    admin: bool,
+    pub(super) name: String,
+    pub(super) role: &'static str,
+    pub(super) csrf: String,
+    pub(super) admin: bool,
 }
 
 impl Who {
-    fn of(session: &OperatorSession) -> Who {
+    pub(super) fn of(session: &OperatorSession) -> Who {
         Who {
             name: session.operator.name.clone(),
             role: session.operator.role.as_str(),
@@ -61,66 +58,6 @@ impl Who {
             admin: auth::may(session.operator.role, Action::ManageOperators),
         }
     }
-}
-
-/// One hour's row of the overview.
-struct HourRow {
-    label: String,
-    sales: String,
-    sales_cents: i64,
-    orders: i64,
-    top_ups: String,
-    top_ups_cents: i64,
-    top_up_count: i64,
-}
-
-/// One point of sale's row of the overview.
-struct PointRow {
-    name: String,
-    sales: String,
-    sales_cents: i64,
-    orders: i64,
-    top_ups: String,
-    top_ups_cents: i64,
-    top_up_count: i64,
-    offline: i64,
-}
-
-/// One card in debt.
-struct DebtorRow {
-    uid: String,
-    balance: String,
-    blocked: bool,
-}
-
-#[derive(Template)]
-#[template(path = "overview.html", config = "src/ledger/hq/askama.toml")]
-struct OverviewPage {
-    who: Option<Who>,
-    currency: String,
-    day: String,
-    previous_day: String,
-    next_day: Option<String>,
-    today: bool,
-    live_s: u32,
-    as_of: String,
-    sales: String,
-    orders: i64,
-    top_ups: String,
-    top_up_count: i64,
-    online: i64,
-    offline: i64,
-    offline_share: String,
-    offline_amount: String,
-    on_cards: String,
-    cards: i64,
-    in_debt: i64,
-    debt: String,
-    hours: Vec<HourRow>,
-    points: Vec<PointRow>,
-    debtors: Vec<DebtorRow>,
-    truncated: bool,
-    chart_data: String,
 }
 
 #[derive(Template)]
@@ -311,7 +248,7 @@ struct OperatorsPage {
 }
 
 /// An HTML response with the pages' security headers.
-fn html(status: StatusCode, page: &impl Template) -> Response {
+pub(super) fn html(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(body) => with_headers(
             (
@@ -349,7 +286,7 @@ fn with_headers(mut response: Response) -> Response {
     response
 }
 
-fn message(
+pub(super) fn message(
     status: StatusCode,
     who: Option<Who>,
     heading: &'static str,
@@ -370,7 +307,7 @@ fn message(
 }
 
 /// A failed read or write: the page says so; nothing more was changed.
-fn store_failed(who: Option<Who>, e: &StoreError) -> Response {
+pub(super) fn store_failed(who: Option<Who>, e: &StoreError) -> Response {
     match e {
         StoreError::NotFound(m) => message(StatusCode::NOT_FOUND, who, "Not found", m, None),
         StoreError::Conflict(m) => message(StatusCode::CONFLICT, who, "Refused", m, None),
@@ -405,7 +342,7 @@ fn redirect(to: &str) -> Response {
     with_headers(response)
 }
 
-fn cookie_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -430,7 +367,7 @@ async fn session<S: LedgerStore>(
 }
 
 /// The session, or the response to give instead (to the login page; an error page).
-async fn require<S: LedgerStore>(
+pub(super) async fn require<S: LedgerStore>(
     state: &AppState<S>,
     headers: &HeaderMap,
     action: Action,
@@ -462,7 +399,7 @@ async fn require<S: LedgerStore>(
 
 /// A query string's parameters, bounded: at most [`FORM_FIELDS_MAX`], each value trimmed and
 /// cut to [`REPORT_PARAM_LEN_MAX`] characters.
-fn query_params(query: Option<&str>) -> HashMap<String, String> {
+pub(super) fn query_params(query: Option<&str>) -> HashMap<String, String> {
     query
         .map(|q| {
             form_urlencoded::parse(q.as_bytes())
@@ -747,72 +684,6 @@ pub const PASSWORD_CHECKS_MAX: usize = 4;
 /// How long a login waits for a password check before it is answered 503.
 pub const PASSWORD_CHECK_WAIT_MS: u64 = 2000;
 
-/// Pages served at once, at most (the style sheet, scripts and the login aside, which have
-/// their own bounds); the rest wait their turn.
-pub const PAGES_AT_ONCE: usize = 1;
-/// The share of the time pages may take, in percent: after a page that took `t`, the next
-/// turn comes `t * (100 / PAGE_TIME_SHARE_PCT - 1)` later. However many browsers hammer the
-/// dashboard, it then takes at most this share of one core (and of one database connection)
-/// from the payments; cheap pages come often, expensive ones less often.
-pub const PAGE_TIME_SHARE_PCT: u32 = 10;
-/// How long a page waits for its turn before it is answered 503.
-pub const PAGE_WAIT_MS: u64 = 5000;
-/// The pause after a page, at most: one slow page (a long report, a password hashed) does
-/// not hold every other page up for long.
-pub const PAGE_PAUSE_MAX_MS: u64 = 1000;
-
-/// Serves a page when its turn comes ([`PAGES_AT_ONCE`], [`PAGE_TIME_SHARE_PCT`]); 503 after
-/// [`PAGE_WAIT_MS`] of waiting.
-pub(super) async fn take_turn(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    // Not in the queue: the assets and the login (bounded on their own), the desk's and
-    // admins' changes (a block is urgent, and rare), and requests without a session cookie
-    // (they are sent to the login page at once; they must not fill the queue).
-    let path = request.uri().path();
-    let no_session = cookie_of(request.headers(), auth::SESSION_COOKIE).is_none();
-    if path.starts_with("/hq/assets/")
-        || path == "/hq/login"
-        || request.method() == axum::http::Method::POST
-        || no_session
-    {
-        return next.run(request).await;
-    }
-    static TURNS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
-        std::sync::OnceLock::new();
-    let turns =
-        TURNS.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)));
-    let wait = std::time::Duration::from_millis(PAGE_WAIT_MS);
-    match tokio::time::timeout(wait, std::sync::Arc::clone(turns).acquire_owned()).await {
-        Ok(Ok(turn)) => {
-            let started = std::time::Instant::now();
-            let response = next.run(request).await;
-            // The turn passes on only after the page's share of the time.
-            let rest = (started.elapsed() * (100 / PAGE_TIME_SHARE_PCT - 1))
-                .min(std::time::Duration::from_millis(PAGE_PAUSE_MAX_MS));
-            tokio::spawn(async move {
-                tokio::time::sleep(rest).await;
-                drop(turn);
-            });
-            response
-        }
-        _ => {
-            let mut response = message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "Busy",
-                "Headquarters' pages are busy; try again in a moment. Payments are not affected.",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            response
-        }
-    }
-}
-
 fn password_checks() -> &'static tokio::sync::Semaphore {
     static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     CHECKS.get_or_init(|| tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX))
@@ -859,154 +730,6 @@ fn ago(now: DateTime<Utc>, at: Option<DateTime<Utc>>) -> String {
         None => "never".into(),
         Some(at) => format!("{} ago", fleet::duration((now - at).num_seconds())),
     }
-}
-
-pub(super) async fn overview<S: LedgerStore>(
-    State(state): State<AppState<S>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let session = match require(&state, &headers, Action::View).await {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
-    let festival = state.hq.festival_day;
-    let now = Utc::now();
-    let today = festival.day_of(now);
-    let params = query_params(query.as_deref());
-    let day = match params.get("day").filter(|d| !d.is_empty()) {
-        None => today,
-        Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            Ok(d) if d <= today && d >= OVERVIEW_FIRST_DAY => d,
-            Ok(d) if d < OVERVIEW_FIRST_DAY => {
-                return message(
-                    StatusCode::BAD_REQUEST,
-                    Some(Who::of(&session)),
-                    "No such day",
-                    format!("{text}: the overview goes back to {OVERVIEW_FIRST_DAY} at most."),
-                    Some("/hq/overview".into()),
-                );
-            }
-            Ok(_) => {
-                return message(
-                    StatusCode::BAD_REQUEST,
-                    Some(Who::of(&session)),
-                    "No such day",
-                    format!("The festival day {text} has not started yet."),
-                    Some("/hq/overview".into()),
-                );
-            }
-            Err(_) => {
-                return message(
-                    StatusCode::BAD_REQUEST,
-                    Some(Who::of(&session)),
-                    "No such day",
-                    format!("{text:?} is not a day: write it as YYYY-MM-DD, such as 2026-07-03."),
-                    Some("/hq/overview".into()),
-                );
-            }
-        },
-    };
-    let (from, to) = overview::day_range(festival, day);
-    let data = match state
-        .store
-        .overview(
-            from,
-            to,
-            overview::OVERVIEW_ROWS_MAX,
-            overview::DEBTORS_SHOWN,
-        )
-        .await
-    {
-        Ok(d) => d,
-        Err(e) => return store_failed(Some(Who::of(&session)), &e),
-    };
-    let o = overview::summarize(festival, day, data, overview::OVERVIEW_ROWS_MAX);
-    let offset = festival.utc_offset();
-    let hours: Vec<HourRow> = o
-        .hours
-        .iter()
-        .map(|h| HourRow {
-            label: h.start.with_timezone(&offset).format("%H:%M").to_string(),
-            sales: h.sales.amount.to_string(),
-            sales_cents: h.sales.amount.get(),
-            orders: h.sales.operations,
-            top_ups: h.top_ups.amount.to_string(),
-            top_ups_cents: h.top_ups.amount.get(),
-            top_up_count: h.top_ups.operations,
-        })
-        .collect();
-    let points: Vec<PointRow> = o
-        .points_of_sale
-        .iter()
-        .map(|p| PointRow {
-            name: if p.name.is_empty() {
-                "Stripe (online top-ups)".to_owned()
-            } else {
-                p.name.clone()
-            },
-            sales: p.sales.amount.to_string(),
-            sales_cents: p.sales.amount.get(),
-            orders: p.sales.operations,
-            top_ups: p.top_ups.amount.to_string(),
-            top_ups_cents: p.top_ups.amount.get(),
-            top_up_count: p.top_ups.operations,
-            offline: p.offline.operations,
-        })
-        .collect();
-    let chart_data = serde_json::json!({
-        "currency": state.currency.to_string(),
-        "hours": hours.iter().map(|h| &h.label).collect::<Vec<_>>(),
-        "hour_sales_cents": hours.iter().map(|h| h.sales_cents).collect::<Vec<_>>(),
-        "hour_top_ups_cents": hours.iter().map(|h| h.top_ups_cents).collect::<Vec<_>>(),
-        "points": points.iter().map(|p| &p.name).collect::<Vec<_>>(),
-        "point_sales_cents": points.iter().map(|p| p.sales_cents).collect::<Vec<_>>(),
-        "point_top_ups_cents": points.iter().map(|p| p.top_ups_cents).collect::<Vec<_>>(),
-        "online": o.online.operations,
-        "offline": o.offline.operations,
-    })
-    .to_string();
-    let per_mille = o.offline_per_mille();
-    let page = OverviewPage {
-        who: Some(Who::of(&session)),
-        currency: state.currency.to_string(),
-        day: day.to_string(),
-        previous_day: day.pred_opt().unwrap_or(day).to_string(),
-        next_day: day
-            .succ_opt()
-            .filter(|d| *d <= today)
-            .map(|d| d.to_string()),
-        today: day == today,
-        live_s: super::LIVE_UPDATE_S,
-        as_of: now.with_timezone(&offset).format("%H:%M:%S").to_string(),
-        sales: o.sales.amount.to_string(),
-        orders: o.sales.operations,
-        top_ups: o.top_ups.amount.to_string(),
-        top_up_count: o.top_ups.operations,
-        online: o.online.operations,
-        offline: o.offline.operations,
-        offline_share: format!("{}.{}%", per_mille / 10, per_mille % 10),
-        offline_amount: o.offline.amount.to_string(),
-        on_cards: o.cards.on_cards.to_string(),
-        cards: o.cards.cards,
-        in_debt: o.cards.in_debt,
-        debt: o.cards.debt.to_string(),
-        hours,
-        points,
-        debtors: o
-            .cards
-            .deepest
-            .iter()
-            .map(|(uid, balance, blocked)| DebtorRow {
-                uid: uid.to_string(),
-                balance: balance.to_string(),
-                blocked: *blocked,
-            })
-            .collect(),
-        truncated: o.truncated,
-        chart_data,
-    };
-    html(StatusCode::OK, &page)
 }
 
 pub(super) async fn fleet<S: LedgerStore>(

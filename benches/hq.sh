@@ -6,8 +6,8 @@
 # A SQLite ledger is filled with OPERATIONS operations over CARDS cards (cashless bench
 # hq-seed: four festival days, 40 bars at 10 points of sale, 10 checkpoints with close-outs),
 # then moved to a new PostgreSQL database (cashless ledger migrate --from --to). On each:
-#   (1) each page's time to first byte, REQUESTS requests per page (REPORT_REQUESTS for the
-#       report page), one at a time;
+#   (1) each page's time to first byte, REQUESTS requests per page (REPORT_REQUESTS for each
+#       section of the report, over today), one at a time;
 #   (2) online orders alone: CLIENTS clients for DURATION s, each at most one order per
 #       PACE_MS ms (tills sell at a pace, not as fast as the ledger answers), their p99 (the
 #       reference);
@@ -81,7 +81,13 @@ BAR=$(new_token bench-bar bar)
 CHK=$(new_token bench-checkpoint checkpoint)
 TODAY=$(date -u +%Y-%m-%d)
 PAGES="/hq/overview,/hq/fleet,/hq/cards/050000000004D2,/hq/shifts,/hq/stripe"
-REPORT_PAGE="/hq/reports?section=sales_by_point_of_sale&from=$TODAY"
+# Every section of the report, over today (from the start of today's festival day).
+SECTIONS="sales_by_point_of_sale sales_by_terminal sales_by_product sales_by_staff sales_by_hour
+deposits vouchers top_ups cashier terminal_sync cards flagged_sales"
+REPORT_PAGES=""
+for section in $SECTIONS; do
+    REPORT_PAGES="$REPORT_PAGES${REPORT_PAGES:+,}/hq/reports?section=$section&from=$TODAY"
+done
 
 # One backend: the pages, the orders alone, the orders with the dashboard hammered.
 measure() { # label
@@ -91,8 +97,8 @@ measure() { # label
     say "($label) ledger at $url: pages, $REQUESTS requests each"
     taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$PAGES,/hq/login" \
         --requests "$REQUESTS" --json >"$TMP/pages-$label.out"
-    say "($label) the report page, $REPORT_REQUESTS requests"
-    taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$REPORT_PAGE" \
+    say "($label) the report pages, $REPORT_REQUESTS requests each"
+    taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$REPORT_PAGES" \
         --requests "$REPORT_REQUESTS" --json >>"$TMP/pages-$label.out"
     cat "$TMP/pages-$label.out" >&2
     say "($label) orders alone: $CLIENTS clients, ${DURATION} s"
@@ -143,7 +149,7 @@ row() { # file page -> "p50 p99 max"
 }
 printf '\n%s operations, %s cards (%s); machine: %s\n' "$OPERATIONS" "$CARDS" "$SIZE" "$MACHINE"
 printf '\n%-52s %24s %24s\n' "time to first byte, ms (p50 / p99 / max)" "SQLite" "PostgreSQL"
-for page in ${PAGES//,/ } /hq/login "$REPORT_PAGE"; do
+for page in ${PAGES//,/ } /hq/login ${REPORT_PAGES//,/ }; do
     a=$(row "$TMP/pages-1.out" "$page")
     b=$([ "$SKIP_PG" != 1 ] && row "$TMP/pages-2.out" "$page" || echo "- - -")
     printf '%-52s %24s %24s\n' "$page" "$(echo "$a" | awk '{printf "%.1f / %.1f / %.1f", $1, $2, $3}')" \

@@ -1352,7 +1352,11 @@ const TABLES: &[(&str, Option<&str>)] = &[
 /// Tables each backend derives from the others (its triggers keep them), compared through
 /// the store's reader of them rather than row by row: their keys are stored in each
 /// database's own type (a quarter hour as text in SQLite, as `timestamptz` in PostgreSQL).
-const DERIVED: &[&str] = &["quarter_totals"];
+const DERIVED: &[&str] = &[
+    "quarter_totals",
+    "till_quarter_sales",
+    "product_quarter_sales",
+];
 
 /// What a side holds, by section (a table, or a report), each as comparable lines.
 type State = BTreeMap<String, Vec<String>>;
@@ -1707,6 +1711,48 @@ impl Side {
             "overview cards".into(),
             vec![format!("{:?}", overview.cards)],
         );
+
+        // The report (its sales from the quarter-hour sums and the orders of the ragged
+        // ends), over everything and over ranges that start and end inside quarter hours of
+        // the stream's clock (from 2026-07-01T16:00Z).
+        let at = |t: &str| Some(t.parse::<DateTime<Utc>>().unwrap());
+        for (from, to) in [
+            (None, None),
+            (at("2026-07-01T16:37:13.5Z"), at("2026-07-01T19:02:41.25Z")),
+            (at("2026-07-01T16:20:00Z"), at("2026-07-01T16:29:59.999Z")),
+        ] {
+            let report = self
+                .store
+                .report(cashless::ledger::report::ReportQuery {
+                    from,
+                    to,
+                    utc_offset_s: 7200,
+                    limit: 100_000,
+                    only: None,
+                })
+                .await
+                .unwrap();
+            let mut lines: Vec<String> = report
+                .sales
+                .iter()
+                .flat_map(|(dimension, rows)| {
+                    rows.iter().map(move |r| format!("{dimension:?} {r:?}"))
+                })
+                .collect();
+            // `cards` and `terminal_sync` show the state now, with times each side's clock
+            // wrote (a card's last change, a terminal's last contact): those are left out.
+            lines.extend(report.sections.into_iter().map(|mut s| {
+                if matches!(s.name, "cards" | "terminal_sync") {
+                    for cell in s.rows.iter_mut().flatten() {
+                        if let cashless::ledger::report::Cell::Time(t) = cell {
+                            *t = None;
+                        }
+                    }
+                }
+                format!("{s:?}")
+            }));
+            state.insert(format!("report {from:?}..{to:?}"), lines);
+        }
 
         let mut feed = Vec::new();
         let mut since = 0;

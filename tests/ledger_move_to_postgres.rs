@@ -153,14 +153,14 @@ async fn pg_tables(client: &tokio_postgres::Client) -> BTreeMap<String, Table> {
     out
 }
 
-/// The rows of `table` a move carries: all, but the overview's sums that hold nothing (every
-/// operation of their quarter voided after it was booked; the target, given the operations
-/// voided already, never makes them).
+/// The rows of `table` a move carries: all, but the overview's and the report's sums that
+/// hold nothing (every operation of their quarter voided after it was booked; the target,
+/// given the operations voided already, never makes them).
 fn held(table: &str) -> &'static str {
-    if table == "quarter_totals" {
-        " WHERE operations <> 0 OR amount_cents <> 0"
-    } else {
-        ""
+    match table {
+        "quarter_totals" => " WHERE operations <> 0 OR amount_cents <> 0",
+        "till_quarter_sales" | "product_quarter_sales" => " WHERE lines <> 0",
+        _ => "",
     }
 }
 
@@ -330,6 +330,13 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
         1,
         "the voided order's quarter sums to nothing"
     );
+    for table in ["till_quarter_sales", "product_quarter_sales"] {
+        assert_eq!(
+            l.query_i64(&format!("SELECT COUNT(*) FROM {table} WHERE lines = 0")),
+            1,
+            "the voided order's lines sum to nothing in {table}"
+        );
+    }
     // A void of an operation the ledger never saw: a tombstone.
     let seq = l.seq(&l.bar_token);
     let tombstone = void_body(&new_id(), seq, "in_doubt", BAR_STAFF);

@@ -282,6 +282,9 @@ fn by_key(rows: &BTreeMap<(String, String), (i64, i64, i64, i64)>) -> BTreeMap<S
     out
 }
 
+/// A sales section's key of a line (its sale, its product).
+type KeyOf = fn(&Sold, &str) -> String;
+
 /// What the test sold, standing, in `[from, to)`, summed by `key` (quantity, net).
 fn expected(
     sold: &[Sold],
@@ -404,14 +407,87 @@ async fn a_random_night_ties_out_with_the_postings_and_with_what_was_sold(backen
     );
     assert_eq!(by_key(&by_pos), all(|s, _| s.point_of_sale.to_owned()));
 
-    // A range: the hours from five to two hours ago.
+    // Ranges: the ledger reads whole quarter hours from its sums and the ragged ends from
+    // the orders. From five to two hours ago, to the millisecond; the same on quarter hours;
+    // open at either end; an hour that starts with one sale (in its ragged start), one that
+    // ends just after it (in its ragged end); and a few minutes around it, in one quarter
+    // hour or across two.
     let now = Utc::now().trunc_subsecs(3);
-    let (from, to) = (now - Duration::hours(5), now - Duration::hours(2));
+    let quarter = |t: DateTime<Utc>| {
+        DateTime::from_timestamp(t.timestamp().div_euclid(900) * 900, 0).unwrap()
+    };
     let bound = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let ranged = report(&l, &["--from", &bound(from), "--to", &bound(to)]);
+    let (from, to) = (now - Duration::hours(5), now - Duration::hours(2));
+    let one_sale = sold
+        .iter()
+        .find(|s| !s.voided && s.created_at < now - Duration::hours(1))
+        .unwrap();
+    let just_after = one_sale.created_at + Duration::milliseconds(1);
+    let ranges = [
+        (
+            Some(one_sale.created_at),
+            Some(one_sale.created_at + Duration::hours(1)),
+        ),
+        (Some(just_after - Duration::hours(1)), Some(just_after)),
+        (Some(from), Some(to)),
+        (Some(quarter(from)), Some(quarter(to))),
+        (Some(from), None),
+        (None, Some(to)),
+        (
+            Some(one_sale.created_at),
+            Some(one_sale.created_at + Duration::milliseconds(1)),
+        ),
+        (
+            Some(one_sale.created_at - Duration::minutes(4)),
+            Some(one_sale.created_at + Duration::minutes(4)),
+        ),
+    ];
+    for (from, to) in ranges {
+        let mut args = Vec::new();
+        for (flag, t) in [("--from", from), ("--to", to)] {
+            if let Some(t) = t {
+                args.extend([flag.to_owned(), bound(t)]);
+            }
+        }
+        let ranged = report(&l, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let keys: [(&str, KeyOf); 5] = [
+            ("sales_by_point_of_sale", |s, _| s.point_of_sale.to_owned()),
+            ("sales_by_terminal", |s, _| s.terminal.to_owned()),
+            ("sales_by_product", |_, p| p.to_owned()),
+            ("sales_by_staff", |s, _| s.staff.to_owned()),
+            ("sales_by_hour", |s, _| hour(s.created_at)),
+        ];
+        let sold_in_range = expected(&sold, from, to, |s, _| s.terminal.to_owned());
+        if from == Some(one_sale.created_at) || to == Some(just_after) {
+            assert!(sold_in_range.contains_key(one_sale.terminal));
+        }
+        for (name, key) in keys {
+            assert_eq!(
+                by_key(&section(&ranged, name)),
+                expected(&sold, from, to, key),
+                "{name} from {from:?} to {to:?}"
+            );
+        }
+    }
+
+    // A festival whose offset cuts quarter hours (+00:20, no time zone's but allowed): its
+    // hours come from the orders themselves, and still tie out.
+    let config = l.config_path.clone().unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let odd = original.replace("utc_offset = \"+02:00\"", "utc_offset = \"+00:20\"");
+    assert_ne!(odd, original);
+    std::fs::write(&config, odd).unwrap();
+    let at_odd_offset = report(&l, &["--from", &bound(from), "--to", &bound(to)]);
+    std::fs::write(&config, &original).unwrap();
+    assert_eq!(at_odd_offset["utc_offset"], "+00:20");
+    let odd_hour = |t: DateTime<Utc>| {
+        t.with_timezone(&FixedOffset::east_opt(1200).unwrap())
+            .format("%Y-%m-%dT%H:00")
+            .to_string()
+    };
     assert_eq!(
-        by_key(&section(&ranged, "sales_by_terminal")),
-        expected(&sold, Some(from), Some(to), |s, _| s.terminal.to_owned())
+        by_key(&section(&at_odd_offset, "sales_by_hour")),
+        expected(&sold, Some(from), Some(to), |s, _| odd_hour(s.created_at))
     );
 
     // CSV carries the same rows; the table the same totals.
@@ -447,6 +523,33 @@ async fn a_random_night_ties_out_with_the_postings_and_with_what_was_sold(backen
         sections.len(),
         "{table}"
     );
+
+    // The sums are the orders' own: the audit recounts them, and says which one a hand
+    // changed behind the ledger's back.
+    l.assert_audit_ok();
+    for (table, changed) in [
+        ("till_quarter_sales", "net_cents"),
+        ("product_quarter_sales", "quantity"),
+    ] {
+        let changed_rows = l.tamper(&format!(
+            "UPDATE {table} SET {changed} = {changed} + 1 WHERE quarter_start =
+             (SELECT MAX(quarter_start) FROM {table} WHERE lines > 0)"
+        ));
+        assert!(changed_rows > 0, "{table}");
+        let audit = l.audit();
+        assert!(!audit.status.success(), "{table}");
+        let said = String::from_utf8_lossy(&audit.stdout).into_owned()
+            + &String::from_utf8_lossy(&audit.stderr);
+        assert!(
+            said.contains(&format!("{table} ")) && said.contains(&format!(" {changed}: kept as ")),
+            "{said}"
+        );
+        l.tamper(&format!(
+            "UPDATE {table} SET {changed} = {changed} - 1 WHERE quarter_start =
+             (SELECT MAX(quarter_start) FROM {table} WHERE lines > 0)"
+        ));
+    }
+    l.assert_audit_ok();
 }
 
 /// Water at the main bar: 2.00, or one voucher, at the default VAT rate.

@@ -44,6 +44,10 @@ const BARS_PER_POINT: u32 = 4;
 /// Checkpoints (top-ups), each with close-outs every [`SHIFT_HOURS`] hours.
 const CHECKPOINTS: u32 = 10;
 const SHIFT_HOURS: u32 = 6;
+/// Products the bars sell (one line of one, at 4.50, each).
+const PRODUCTS: u32 = 23;
+/// Staff members at each bar, each working shifts of [`SHIFT_HOURS`] in turn.
+const BAR_STAFF: u32 = 3;
 /// Rows inserted per statement while seeding, at most (memory stays flat).
 const SEED_BATCH_ROWS: u32 = 100_000;
 
@@ -186,6 +190,7 @@ fn seed_operations_sql(
     span_s: i64,
 ) -> String {
     let bars = POINTS_OF_SALE * BARS_PER_POINT;
+    let shift_s = SHIFT_HOURS * 3600;
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS seed_ops (i INTEGER PRIMARY KEY, tx TEXT, crid TEXT,
              at TEXT, card TEXT, top_up INTEGER, terminal TEXT, pos TEXT, seq INTEGER);
@@ -214,7 +219,10 @@ fn seed_operations_sql(
                                  point_of_sale, card_uid, staff_id, total_cents, mode, flags,
                                  previous_balance_cents, new_balance_cents, created_at,
                                  processed_at, voucher_units, money_cents)
-         SELECT tx, crid, terminal, seq, pos, card, 's-seed', 450,
+         SELECT tx, crid, terminal, seq, pos, card,
+                -- Each bar's staff take turns, a shift of SHIFT_HOURS each.
+                printf('s-bar-%02d-%d', ((i / 10 * 9 + i % 10 - 1) % {bars}),
+                       (i * {span_s} / {ops}) / {shift_s} % {BAR_STAFF}), 450,
                 CASE WHEN i % 50 = 1 THEN 'offline' ELSE 'online' END, '[]', 1000, 550, at, at,
                 0, 450
            FROM seed_ops WHERE NOT top_up;
@@ -222,7 +230,8 @@ fn seed_operations_sql(
                                       unit_price_cents, line_total_cents, tax_rate,
                                       tax_rate_basis_points, net_cents, tax_cents,
                                       voucher_quantity, voucher_units, deposit)
-         SELECT tx, 0, 'beer-05', 1, 450, 450, 'standard', 1900, 378, 72, 0, 0, 0
+         SELECT tx, 0, printf('seed-%02d', i * 31 % {PRODUCTS}), 1, 450, 450, 'standard', 1900,
+                378, 72, 0, 0, 0
            FROM seed_ops WHERE NOT top_up;
          INSERT INTO recharges (transaction_id, client_request_id, terminal_id, terminal_seq,
                                 point_of_sale, card_uid, staff_id, amount_cents, payment_method,

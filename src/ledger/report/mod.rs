@@ -69,6 +69,27 @@ impl SalesDimension {
         }
     }
 
+    /// The table of quarter-hour sums the dimension reads (`s`), and its key column there,
+    /// the same on both backends (`t` is the terminal, joined for [`Self::Terminal`]);
+    /// `None` for the hour, which each backend computes with its own date functions.
+    pub fn sums(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            SalesDimension::PointOfSale => ("till_quarter_sales", Some("s.point_of_sale")),
+            SalesDimension::Terminal => ("till_quarter_sales", Some("t.name")),
+            SalesDimension::Product => ("product_quarter_sales", Some("s.product_id")),
+            SalesDimension::Staff => ("till_quarter_sales", Some("s.staff_id")),
+            SalesDimension::Hour => ("till_quarter_sales", None),
+        }
+    }
+
+    /// The join of the sums to their terminal, where the key needs it.
+    pub fn sums_join(self) -> &'static str {
+        match self {
+            SalesDimension::Terminal => "JOIN terminals t ON t.terminal_id = s.terminal_id",
+            _ => "",
+        }
+    }
+
     /// The section's name in CSV and JSON.
     pub fn section(self) -> &'static str {
         match self {
@@ -276,6 +297,69 @@ impl SalesRow {
     pub fn gross_cents(&self) -> i64 {
         self.net_cents.saturating_add(self.tax_cents)
     }
+}
+
+/// The length of the periods the sales are kept summed in (`till_quarter_sales`,
+/// `product_quarter_sales`): a quarter hour.
+pub const SUMS_PERIOD_S: i64 = 900;
+
+/// How a report's range is read: the whole quarter hours in it from the sums, the ragged
+/// ends (a range that starts or ends inside a quarter hour) from the orders themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SumsSplit {
+    /// The first whole quarter hour's start, or none for no lower bound.
+    pub sums_from: Option<DateTime<Utc>>,
+    /// The end of the last whole quarter hour, or none for no upper bound. When it is not
+    /// after `sums_from`, the sums give nothing.
+    pub sums_to: Option<DateTime<Utc>>,
+    /// At most two stretches, each from (inclusive) to (exclusive), read from the orders.
+    pub edges: [Option<(DateTime<Utc>, DateTime<Utc>)>; 2],
+}
+
+/// The start of the quarter hour `t` is in.
+fn quarter_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    let s = t.timestamp().div_euclid(SUMS_PERIOD_S) * SUMS_PERIOD_S;
+    DateTime::from_timestamp(s, 0).unwrap_or(t)
+}
+
+/// `t` if a quarter hour starts at `t`, else the start of the next one.
+fn quarter_ceil(t: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = quarter_floor(t);
+    if floor == t {
+        t
+    } else {
+        floor + chrono::Duration::seconds(SUMS_PERIOD_S)
+    }
+}
+
+/// Splits `from..to` into the whole quarter hours the sums answer and the ragged ends the
+/// orders answer; together they cover the range exactly, each instant once.
+pub fn split_at_quarters(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> SumsSplit {
+    let sums_from = from.map(quarter_ceil);
+    let sums_to = to.map(quarter_floor);
+    if let (Some(f), Some(t), Some(sf), Some(st)) = (from, to, sums_from, sums_to)
+        && sf >= st
+    {
+        // No whole quarter hour inside: all of it from the orders.
+        return SumsSplit {
+            sums_from: Some(sf),
+            sums_to: Some(sf),
+            edges: [Some((f, t)), None],
+        };
+    }
+    let lower = from.zip(sums_from).filter(|(f, sf)| f < sf);
+    let upper = sums_to.zip(to).filter(|(st, t)| st < t);
+    SumsSplit {
+        sums_from,
+        sums_to,
+        edges: [lower, upper],
+    }
+}
+
+/// Whether the hours in the festival's offset are made of whole quarter hours (every offset
+/// of the world's time zones), so that the sums can give the sales by hour.
+pub fn hours_from_sums(utc_offset_s: i32) -> bool {
+    i64::from(utc_offset_s) % SUMS_PERIOD_S == 0
 }
 
 /// How the report is written.
@@ -592,6 +676,78 @@ mod tests {
             NaiveTime::from_hms_opt(6, 0, 0).expect("a time"),
             FixedOffset::east_opt(2 * 3600).expect("an offset"),
         )
+    }
+
+    /// Whether `t` is read by `split`: from the sums (its quarter hour is whole in the
+    /// range), from the orders (an edge), or both (which must never be).
+    fn read_by(split: &SumsSplit, t: DateTime<Utc>) -> (bool, usize) {
+        let q = quarter_floor(t);
+        let in_sums = split.sums_from.is_none_or(|f| q >= f)
+            && split.sums_to.is_none_or(|to| q < to)
+            && split
+                .sums_from
+                .zip(split.sums_to)
+                .is_none_or(|(f, to)| f < to);
+        let edges = split
+            .edges
+            .iter()
+            .flatten()
+            .filter(|(f, to)| *f <= t && t < *to)
+            .count();
+        (in_sums, edges)
+    }
+
+    #[test]
+    fn sums_and_edges_cover_the_range_each_instant_once() {
+        let base = DateTime::parse_from_rfc3339("2026-07-03T20:00:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let at = |ms: i64| base + chrono::Duration::milliseconds(ms);
+        // Bounds on quarter hours, inside them, a millisecond either side, in one quarter.
+        let bounds: Vec<Option<DateTime<Utc>>> = [
+            0, 1, 899_999, 900_000, 900_001, 1_234_567, 1_800_000, 3_599_999, 7_200_000,
+        ]
+        .into_iter()
+        .map(|ms| Some(at(ms)))
+        .chain([None])
+        .collect();
+        for from in &bounds {
+            for to in &bounds {
+                if let (Some(f), Some(t)) = (from, to)
+                    && f >= t
+                {
+                    continue;
+                }
+                let split = split_at_quarters(*from, *to);
+                for ms in (-1_000_000..9_000_000)
+                    .step_by(4_999)
+                    .chain([0, 899_999, 900_000])
+                {
+                    let t = at(ms);
+                    let inside = from.is_none_or(|f| t >= f) && to.is_none_or(|to| t < to);
+                    let (in_sums, edges) = read_by(&split, t);
+                    assert_eq!(
+                        usize::from(in_sums) + edges,
+                        usize::from(inside),
+                        "{from:?}..{to:?} at {t}: {split:?}"
+                    );
+                    if in_sums {
+                        // The sums give whole quarters only: all of t's quarter is inside.
+                        let q = quarter_floor(t);
+                        assert!(from.is_none_or(|f| q >= f), "{from:?} {t}");
+                        assert!(
+                            to.is_none_or(|to| q + chrono::Duration::seconds(SUMS_PERIOD_S) <= to),
+                            "{to:?} {t}"
+                        );
+                    }
+                }
+            }
+        }
+        // A festival day from 06:00 local (+02:00) is whole quarters: no edge at all.
+        let split = split_at_quarters(Some(at(0)), Some(at(86_400_000)));
+        assert_eq!(split.edges, [None, None]);
+        assert!(hours_from_sums(2 * 3600) && hours_from_sums(5 * 3600 + 45 * 60));
+        assert!(hours_from_sums(-(9 * 3600 + 30 * 60)) && !hours_from_sums(20 * 60));
     }
 
     #[test]

@@ -67,9 +67,11 @@ pub struct SectionSpec {
     pub sql: String,
 }
 
-/// `column` within the range: at or after `:from`, before `:to`.
+/// `column` within the range: at or after `:since`, before `:until`, which are `:from` and
+/// `:to` with no bound made the earliest and latest of times (each backend binds or writes
+/// them so), a range an index on `column` answers (`:from IS NULL OR ...` is not, on SQLite).
 fn in_range(column: &str) -> String {
-    format!("(:from IS NULL OR {column} >= :from) AND (:to IS NULL OR {column} < :to)")
+    format!("{column} >= :since AND {column} < :until")
 }
 
 /// The ledger's top-ups `r` of each shift close-out `s`, written once for `shift list` on
@@ -370,7 +372,8 @@ pub fn specs() -> Vec<SectionSpec> {
                             o.staff_id, o.card_uid, o.created_at,
                             CAST(o.terminal_seq AS BIGINT), CAST(o.total_cents AS BIGINT)
                      FROM bar_orders o JOIN terminals t ON t.terminal_id = o.terminal_id
-                     WHERE o.voided_by IS NULL AND ({has_a} OR {has_b}) AND {range}
+                     WHERE o.voided_by IS NULL AND o.flags <> '[]' AND ({has_a} OR {has_b})
+                       AND {range}
                      LIMIT :limit",
                     has_a = has(a),
                     has_b = has(b),
@@ -396,10 +399,16 @@ pub enum Param {
 /// (PostgreSQL refuses a parameter it cannot type, so only those used are numbered), typed;
 /// returns the statement and the parameters in `$n` order.
 pub fn postgres_sql(sql: &str) -> (String, Vec<Param>) {
-    const NAMES: [(&str, Param, &str); 3] = [
-        (":from", Param::From, "timestamptz"),
-        (":to", Param::To, "timestamptz"),
-        (":limit", Param::Limit, "bigint"),
+    const NAMES: [(&str, Param, &str); 5] = [
+        (":from", Param::From, "$N::timestamptz"),
+        (":to", Param::To, "$N::timestamptz"),
+        (
+            ":since",
+            Param::From,
+            "COALESCE($N::timestamptz, '-infinity')",
+        ),
+        (":until", Param::To, "COALESCE($N::timestamptz, 'infinity')"),
+        (":limit", Param::Limit, "$N::bigint"),
     ];
     let mut out = String::with_capacity(sql.len());
     let mut order: Vec<Param> = Vec::new();
@@ -431,7 +440,7 @@ pub fn postgres_sql(sql: &str) -> (String, Vec<Param>) {
                         order.len()
                     }
                 };
-                out.push_str(&format!("${n}::{ty}"));
+                out.push_str(&ty.replace("$N", &format!("${n}")));
                 rest = &tail[name.len()..];
             }
             None => {
@@ -451,14 +460,16 @@ mod tests {
     #[test]
     fn postgres_numbers_only_the_parameters_used() {
         let (sql, params) = postgres_sql(
-            "SELECT 1 WHERE x < :to AND (:to IS NULL) AND ':from' || 'it''s :to' LIMIT :limit",
+            "SELECT 1 WHERE x < :to AND (:to IS NULL) AND ':from' || 'it''s :to' LIMIT :limit \
+             AND y >= :since AND y < :until",
         );
         assert_eq!(
             sql,
             "SELECT 1 WHERE x < $1::timestamptz AND ($1::timestamptz IS NULL) AND ':from' || \
-             'it''s :to' LIMIT $2::bigint"
+             'it''s :to' LIMIT $2::bigint AND y >= COALESCE($3::timestamptz, '-infinity') \
+             AND y < COALESCE($1::timestamptz, 'infinity')"
         );
-        assert_eq!(params, [Param::To, Param::Limit]);
+        assert_eq!(params, [Param::To, Param::Limit, Param::From]);
     }
 
     #[test]

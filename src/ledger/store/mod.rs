@@ -454,6 +454,84 @@ pub struct AuditReport {
     pub discrepancies: Vec<String>,
 }
 
+/// `ledger audit`'s recount of the report's quarter-hour sums (`table`:
+/// `till_quarter_sales` or `product_quarter_sales`) from the standing orders' lines, in the
+/// SQL of SQLite or of PostgreSQL: one row per group and measure that disagree, with what it
+/// is about, the sum kept and the sum recounted.
+pub(crate) fn report_sums_recount_sql(table: &str, postgres: bool) -> String {
+    let (quarter, start, not_deposit, id, order) = if postgres {
+        (
+            "to_char(quarter_of(o.created_at) AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            "to_char(s.quarter_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            "NOT COALESCE(i.deposit, false)",
+            "::text",
+            " COLLATE \"C\"",
+        )
+    } else {
+        (
+            "substr(o.created_at, 1, 14) || printf('%02d', substr(o.created_at, 15, 2) / 15 * 15) \
+             || ':00.000Z'",
+            "s.quarter_start",
+            "COALESCE(i.deposit, 0) = 0",
+            "",
+            "",
+        )
+    };
+    let (kept, counted) = if table == "product_quarter_sales" {
+        (
+            "s.product_id || ' ' || s.tax_rate".to_owned(),
+            "i.product_id || ' ' || COALESCE(i.tax_rate, '')".to_owned(),
+        )
+    } else {
+        (
+            format!(
+                "s.terminal_id{id} || ' ' || s.point_of_sale || ' ' || s.staff_id || ' ' || s.tax_rate"
+            ),
+            format!(
+                "o.terminal_id{id} || ' ' || o.point_of_sale || ' ' || o.staff_id || ' ' \
+                 || COALESCE(i.tax_rate, '')"
+            ),
+        )
+    };
+    let measure = |prefix: &str| {
+        format!(
+            "CASE m.name WHEN 'lines' THEN {prefix}lines WHEN 'quantity' THEN {prefix}quantity \
+             WHEN 'net_cents' THEN {prefix}net ELSE {prefix}tax END"
+        )
+    };
+    format!(
+        "WITH g AS (
+             SELECT k, SUM(kl) AS k_lines, SUM(kq) AS k_quantity, SUM(kn) AS k_net,
+                    SUM(kt) AS k_tax, SUM(cl) AS c_lines, SUM(cq) AS c_quantity,
+                    SUM(cn) AS c_net, SUM(ct) AS c_tax
+             FROM (SELECT {start} || ' ' || {kept} AS k, s.lines AS kl, s.quantity AS kq,
+                          s.net_cents AS kn, s.tax_cents AS kt, 0 AS cl, 0 AS cq, 0 AS cn,
+                          0 AS ct
+                   FROM {table} s
+                   UNION ALL
+                   SELECT {quarter} || ' ' || {counted}, 0, 0, 0, 0, 1, i.quantity,
+                          COALESCE(i.net_cents, i.line_total_cents), COALESCE(i.tax_cents, 0)
+                   FROM bar_orders o JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+                   WHERE o.voided_by IS NULL AND {not_deposit}) AS x
+             GROUP BY k)
+         SELECT what, kept, counted FROM (
+             SELECT '{table} ' || g.k || ' ' || m.name AS what,
+                    CAST({kept_v} AS BIGINT) AS kept, CAST({counted_v} AS BIGINT) AS counted
+             FROM g CROSS JOIN (SELECT 'lines' AS name UNION ALL SELECT 'quantity'
+                                UNION ALL SELECT 'net_cents' UNION ALL SELECT 'tax_cents') AS m
+             WHERE {kept_v} <> {counted_v}) AS d
+         ORDER BY what{order}",
+        kept_v = measure("k_"),
+        counted_v = measure("c_"),
+    )
+}
+
+/// The audit's sentence for a sum of the report's that its recount contradicts.
+pub(crate) fn sums_recounted(what: String, kept: i64, counted: i64) -> String {
+    format!("{what}: kept as {kept} but the standing orders' lines give {counted}")
+}
+
 /// One shift close-out as headquarters sees it: the terminal's totals and count, and the
 /// ledger's own totals of that terminal's top-ups in the shift: those with the close-out's
 /// `first_seq..=last_seq` of the terminal's sequence numbers, or (a close-out without them)

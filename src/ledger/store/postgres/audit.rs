@@ -11,7 +11,9 @@ use super::{PgStore, classify};
 use crate::domain::CardUid;
 use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind, Param};
-use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
+use crate::ledger::report::{
+    self, Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section,
+};
 use crate::ledger::store::{
     AuditReport, CardEvent, CardHistory, CardMoney, CardScan, DepositLine, DepositReport,
     FleetSnapshot, OverviewData, PoolStatus, QuarterTotal, ReportStore, ShiftReport, StatusSeen,
@@ -336,14 +338,36 @@ impl ReportStore for PgStore {
         .await
         .map_err(classify)?;
         let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
+        let split = report::split_at_quarters(query.from, query.to);
+        let [lower, upper] = split.edges;
+        let (lower, upper) = (lower.unzip(), upper.unzip());
         for dimension in SalesDimension::ALL
             .into_iter()
             .filter(|d| query.wants(d.section()))
         {
-            let stmt = tx.prepare(&sales_sql(dimension)).await.map_err(classify)?;
+            let from_sums =
+                dimension != SalesDimension::Hour || report::hours_from_sums(query.utc_offset_s);
+            let (sql, mut params): (_, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>) =
+                if from_sums {
+                    (
+                        sales_sums_sql(dimension),
+                        vec![
+                            &split.sums_from,
+                            &split.sums_to,
+                            &limit,
+                            &lower.0,
+                            &lower.1,
+                            &upper.0,
+                            &upper.1,
+                        ],
+                    )
+                } else {
+                    // Hours that cut quarter hours (an offset of 20 minutes) come from the
+                    // orders themselves.
+                    (sales_sql(dimension), vec![&query.from, &query.to, &limit])
+                };
+            let stmt = tx.prepare(&sql).await.map_err(classify)?;
             // The offset is a parameter of the hours' query only (PostgreSQL types each).
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                vec![&query.from, &query.to, &limit];
             if dimension == SalesDimension::Hour {
                 params.push(&offset);
             }
@@ -501,6 +525,52 @@ fn sales_sql(dimension: SalesDimension) -> String {
                AND ($2::timestamptz IS NULL OR o.created_at < $2)
              GROUP BY 1, 2) s
          ORDER BY k COLLATE \"C\", rate COLLATE \"C\" LIMIT $3"
+    )
+}
+
+/// One dimension's query of the sales report from the quarter-hour sums
+/// ([`crate::ledger::report::split_at_quarters`]): `$1`..`$2` the whole quarter hours (null
+/// for no bound), `$3` the row limit, `$4`..`$5` and `$6`..`$7` the ragged ends read from the
+/// orders (null for none), `$8` the hours' offset (the hour's query only: PostgreSQL types
+/// each parameter from its use).
+fn sales_sums_sql(dimension: SalesDimension) -> String {
+    let hour = |t: &str| {
+        format!(
+            "to_char(({t} AT TIME ZONE 'UTC') + make_interval(secs => $8),
+                     'YYYY-MM-DD\"T\"HH24:00')"
+        )
+    };
+    let (table, key) = dimension.sums();
+    let key = key.map_or_else(|| hour("s.quarter_start"), str::to_owned);
+    let order_key = dimension
+        .key_column()
+        .map_or_else(|| hour("o.created_at"), str::to_owned);
+    let edge = |from: u8, to: u8| {
+        format!(
+            "SELECT {order_key}, COALESCE(i.tax_rate, ''), 1::bigint, i.quantity::bigint,
+                    COALESCE(i.net_cents, i.line_total_cents)::bigint,
+                    COALESCE(i.tax_cents, 0)::bigint
+             FROM bar_orders o
+             JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+             JOIN terminals t ON t.terminal_id = o.terminal_id
+             WHERE o.voided_by IS NULL AND NOT COALESCE(i.deposit, false)
+               AND o.created_at >= ${from}::timestamptz AND o.created_at < ${to}::timestamptz"
+        )
+    };
+    format!(
+        "SELECT k, rate, sum(quantity)::bigint, sum(net)::bigint, sum(tax)::bigint FROM (
+             SELECT {key} AS k, s.tax_rate AS rate, s.lines AS lines, s.quantity AS quantity,
+                    s.net_cents AS net, s.tax_cents AS tax
+             FROM {table} s {join}
+             WHERE s.quarter_start >= COALESCE($1::timestamptz, '-infinity')
+               AND s.quarter_start < COALESCE($2::timestamptz, 'infinity')
+             UNION ALL {lower}
+             UNION ALL {upper}) x
+         GROUP BY k, rate HAVING sum(lines) > 0
+         ORDER BY k COLLATE \"C\", rate COLLATE \"C\" LIMIT $3",
+        join = dimension.sums_join(),
+        lower = edge(4, 5),
+        upper = edge(6, 7),
     )
 }
 
@@ -700,6 +770,15 @@ async fn audit_books(tx: &Transaction<'_>) -> Result<AuditReport, StoreError> {
         },
     )
     .await?;
+    for table in ["till_quarter_sales", "product_quarter_sales"] {
+        mismatches(
+            tx,
+            d,
+            &crate::ledger::store::report_sums_recount_sql(table, true),
+            crate::ledger::store::sums_recounted,
+        )
+        .await?;
+    }
     for (table, id) in [
         ("bar_orders", "transaction_id"),
         ("recharges", "transaction_id"),

@@ -20,9 +20,10 @@
 //! foreign key holds at every row), every column, the identity ids (`posting_id`,
 //! `log_id`, `scan_id`) as they are. Deliberately not copied: the target's
 //! `schema_migrations` (its own migrations write it), SQLite's `user_version` (checked in
-//! step 1) and the [`DERIVED`] sums (`quarter_totals`), which the target's triggers build
-//! from the rows copied and the [`Totals`] compare. The columns are the target's, from its catalog, and must be exactly the
-//! source's: a drift between the two schemas is refused rather than half copied.
+//! step 1) and the [`DERIVED`] sums (`quarter_totals`, `till_quarter_sales`,
+//! `product_quarter_sales`), which the target's triggers build from the rows copied and the
+//! [`Totals`] compare. The columns are the target's, from its catalog, and must be exactly
+//! the source's: a drift between the two schemas is refused rather than half copied.
 //!
 //! # Types
 //! Each value is converted for its PostgreSQL column, strictly (anything else is refused,
@@ -92,7 +93,11 @@ pub const TABLES: &[&str] = &[
 
 /// Tables the target derives from the rows it is given, not copied: its triggers build them
 /// as the copy goes, and the [`Totals`] compare them with the source's.
-pub const DERIVED: &[&str] = &["quarter_totals"];
+pub const DERIVED: &[&str] = &[
+    "quarter_totals",
+    "till_quarter_sales",
+    "product_quarter_sales",
+];
 
 /// The card feed's version sequence (`migrations/postgres/0004_card_feed.sql`).
 pub const CARD_VERSION_SEQUENCE: &str = "card_version_seq";

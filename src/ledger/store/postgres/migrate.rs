@@ -59,6 +59,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(19, "0019_card_history.sql"),
     migration!(20, "0020_quarter_totals.sql"),
     migration!(21, "0021_shift_top_ups.sql"),
+    migration!(22, "0022_report_sums.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

@@ -5,7 +5,9 @@ use super::{SqliteStore, internal};
 use crate::domain::CardUid;
 use crate::domain::Cents;
 use crate::ledger::report::sections::{self, ColumnKind};
-use crate::ledger::report::{Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section};
+use crate::ledger::report::{
+    self, Cell, ReportData, ReportQuery, SalesDimension, SalesRow, Section,
+};
 use crate::ledger::store::{
     AuditReport, CardEvent, CardHistory, CardMoney, CardScan, DepositLine, DepositReport,
     FleetSnapshot, OverviewData, PoolStatus, QuarterTotal, ReportStore, ShiftReport, StatusSeen,
@@ -34,6 +36,43 @@ fn sales_sql(dimension: SalesDimension) -> String {
          WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
            AND (?1 IS NULL OR o.created_at >= ?1) AND (?2 IS NULL OR o.created_at < ?2)
          GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ?4"
+    )
+}
+
+/// One dimension's query of the sales report from the quarter-hour sums
+/// ([`crate::ledger::report::split_at_quarters`]): `?1`..`?2` the whole quarter hours (`''`
+/// and `'~'` for no bound: every stored time sorts between them), `?3` the hours' offset,
+/// `?4` the row limit, `?5`..`?6` and `?7`..`?8` the ragged ends read from the orders (null
+/// for none).
+fn sales_sums_sql(dimension: SalesDimension) -> String {
+    let (table, key) = dimension.sums();
+    let key = key.unwrap_or("strftime('%Y-%m-%dT%H:00', s.quarter_start, ?3)");
+    let order_key = dimension
+        .key_column()
+        .unwrap_or("strftime('%Y-%m-%dT%H:00', o.created_at, ?3)");
+    let edge = |from: u8, to: u8| {
+        format!(
+            "SELECT {order_key}, COALESCE(i.tax_rate, ''), 1, i.quantity,
+                    COALESCE(i.net_cents, i.line_total_cents), COALESCE(i.tax_cents, 0)
+             FROM bar_orders o
+             JOIN bar_order_items i ON i.transaction_id = o.transaction_id
+             JOIN terminals t ON t.terminal_id = o.terminal_id
+             WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
+               AND o.created_at >= ?{from} AND o.created_at < ?{to}"
+        )
+    };
+    format!(
+        "SELECT k, rate, SUM(quantity), SUM(net), SUM(tax) FROM (
+             SELECT {key} AS k, s.tax_rate AS rate, s.lines AS lines, s.quantity AS quantity,
+                    s.net_cents AS net, s.tax_cents AS tax
+             FROM {table} s {join}
+             WHERE s.quarter_start >= ?1 AND s.quarter_start < ?2
+             UNION ALL {lower}
+             UNION ALL {upper})
+         GROUP BY 1, 2 HAVING SUM(lines) > 0 ORDER BY 1, 2 LIMIT ?4",
+        join = dimension.sums_join(),
+        lower = edge(5, 6),
+        upper = edge(7, 8),
     )
 }
 
@@ -283,26 +322,51 @@ impl ReportStore for SqliteStore {
         let to = query.to.map(format_time);
         let offset = format!("{:+} seconds", query.utc_offset_s);
         let limit = i64::from(query.limit) + 1;
+        let split = report::split_at_quarters(query.from, query.to);
+        let sums_from = split.sums_from.map_or_else(String::new, format_time);
+        let sums_to = split.sums_to.map_or_else(|| "~".to_owned(), format_time);
+        let edge = |i: usize| split.edges[i].map(|(f, t)| (format_time(f), format_time(t)));
+        let (lower, upper) = (edge(0).unzip(), edge(1).unzip());
+        // The range of the other sections, no bound made the earliest and latest of texts:
+        // every stored time sorts between '' and '~'.
+        let since = from.clone().unwrap_or_default();
+        let until = to.clone().unwrap_or_else(|| "~".to_owned());
         self.read(move |conn| {
             // One snapshot: every section sums to the same while orders keep arriving.
             let tx = conn.unchecked_transaction()?;
             let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
+            let read = |r: &rusqlite::Row<'_>| {
+                Ok(SalesRow {
+                    key: r.get(0)?,
+                    tax_rate: r.get(1)?,
+                    quantity: r.get(2)?,
+                    net_cents: r.get(3)?,
+                    tax_cents: r.get(4)?,
+                })
+            };
             for dimension in SalesDimension::ALL
                 .into_iter()
                 .filter(|d| query.wants(d.section()))
             {
-                let mut stmt = tx.prepare(&sales_sql(dimension))?;
-                let rows = stmt
-                    .query_map(rusqlite::params![from, to, offset, limit], |r| {
-                        Ok(SalesRow {
-                            key: r.get(0)?,
-                            tax_rate: r.get(1)?,
-                            quantity: r.get(2)?,
-                            net_cents: r.get(3)?,
-                            tax_cents: r.get(4)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
+                let rows = if dimension != SalesDimension::Hour
+                    || report::hours_from_sums(query.utc_offset_s)
+                {
+                    tx.prepare(&sales_sums_sql(dimension))?
+                        .query_map(
+                            rusqlite::params![
+                                sums_from, sums_to, offset, limit, lower.0, lower.1, upper.0,
+                                upper.1
+                            ],
+                            read,
+                        )?
+                        .collect::<Result<_, _>>()?
+                } else {
+                    // Hours that cut quarter hours (an offset of 20 minutes) come from the
+                    // orders themselves.
+                    tx.prepare(&sales_sql(dimension))?
+                        .query_map(rusqlite::params![from, to, offset, limit], read)?
+                        .collect::<Result<_, _>>()?
+                };
                 sections.push((dimension, rows));
             }
             let mut others = Vec::new();
@@ -312,8 +376,13 @@ impl ReportStore for SqliteStore {
             {
                 let mut stmt = tx.prepare(&spec.sql)?;
                 // Each query names the parameters it uses, and only those are bound.
-                let values: [(&str, &dyn rusqlite::ToSql); 3] =
-                    [(":from", &from), (":to", &to), (":limit", &limit)];
+                let values: [(&str, &dyn rusqlite::ToSql); 5] = [
+                    (":from", &from),
+                    (":to", &to),
+                    (":since", &since),
+                    (":until", &until),
+                    (":limit", &limit),
+                ];
                 for (name, value) in values {
                     if let Some(i) = stmt.parameter_index(name)? {
                         stmt.raw_bind_parameter(i, value)?;
@@ -627,6 +696,14 @@ fn audit_books(conn: &Connection) -> Result<AuditReport, StoreError> {
                 )
             },
         )?;
+        for table in ["till_quarter_sales", "product_quarter_sales"] {
+            mismatches(
+                &tx,
+                d,
+                &crate::ledger::store::report_sums_recount_sql(table, false),
+                crate::ledger::store::sums_recounted,
+            )?;
+        }
         for (table, id) in [
             ("bar_orders", "transaction_id"),
             ("recharges", "transaction_id"),

@@ -12,13 +12,14 @@
 #       PACE_MS ms (tills sell at a pace, not as fast as the ledger answers), their p99 (the
 #       reference);
 #   (3) the same orders while BROWSERS clients hammer the dashboard's pages as fast as they
-#       are answered, their p99.
+#       are answered, their p99;
+#   (2) and (3) alternate ROUNDS times; each round's p99 is printed, and their median.
 # The ledger runs on core SERVER_CPU (PostgreSQL's server too, when PG_PINNED=1), the load
 # generators on core GEN_CPU. Everything is created in a temporary directory and removed at
 # the end; the PostgreSQL database is created with a random name and dropped.
 #
 # Environment (defaults): OPERATIONS=1000000 CARDS=100000 REQUESTS=100 REPORT_REQUESTS=10
-# DURATION=20 WARMUP=3 CLIENTS=16 PACE_MS=20 (0: as fast as answered) BROWSERS=8 SERVER_CPU=0 GEN_CPU=1 BENCH_DIR=${TMPDIR:-/tmp}
+# DURATION=10 ROUNDS=3 WARMUP=3 CLIENTS=16 PACE_MS=20 (0: as fast as answered) BROWSERS=8 SERVER_CPU=0 GEN_CPU=1 BENCH_DIR=${TMPDIR:-/tmp}
 # PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres SKIP_PG=0 SKIP_BUILD=0
 # CASHLESS_BIN=<installed binary> (skips the build)
 set -euo pipefail
@@ -28,7 +29,8 @@ OPERATIONS=${OPERATIONS:-1000000}
 CARDS=${CARDS:-100000}
 REQUESTS=${REQUESTS:-100}
 REPORT_REQUESTS=${REPORT_REQUESTS:-10}
-DURATION=${DURATION:-20}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-3}
 CLIENTS=${CLIENTS:-16}
 PACE_MS=${PACE_MS:-20}
@@ -101,21 +103,27 @@ measure() { # label
     taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$REPORT_PAGES" \
         --requests "$REPORT_REQUESTS" --json >>"$TMP/pages-$label.out"
     cat "$TMP/pages-$label.out" >&2
-    say "($label) orders alone: $CLIENTS clients, ${DURATION} s"
-    CASHLESS_LEDGER_TOKEN=$BAR CASHLESS_FUNDING_TOKEN=$CHK \
-        taskset -c "$GEN_CPU" "$BIN" bench ledger --url "$url" --clients "$CLIENTS" \
-        --duration "$DURATION" --warmup "$WARMUP" --cards 1000 --card-prefix "A$label" \
-        --fund --fund-cents 1000000 --pace-ms "$PACE_MS" --json >"$TMP/quiet-$label.out"
-    say "($label) orders with the dashboard hammered by $BROWSERS clients"
-    taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$PAGES" \
-        --hammer $((DURATION + WARMUP + 10)) --browsers "$BROWSERS" --json >"$TMP/hammer-$label.out" &
-    local hammer=$!
-    CASHLESS_LEDGER_TOKEN=$BAR CASHLESS_FUNDING_TOKEN=$CHK \
-        taskset -c "$GEN_CPU" "$BIN" bench ledger --url "$url" --clients "$CLIENTS" \
-        --duration "$DURATION" --warmup "$WARMUP" --cards 1000 --card-prefix "B$label" \
-        --fund --fund-cents 1000000 --pace-ms "$PACE_MS" --json >"$TMP/hammered-$label.out"
-    wait "$hammer" || die "the hammer failed"
-    cat "$TMP/quiet-$label.out" "$TMP/hammered-$label.out" "$TMP/hammer-$label.out" >&2
+    # Alone and hammered alternate, ROUNDS times, so that whatever else the machine does
+    # drifts into both alike.
+    local r
+    for r in $(seq "$ROUNDS"); do
+        say "($label) round $r: orders alone, $CLIENTS clients, ${DURATION} s"
+        CASHLESS_LEDGER_TOKEN=$BAR CASHLESS_FUNDING_TOKEN=$CHK \
+            taskset -c "$GEN_CPU" "$BIN" bench ledger --url "$url" --clients "$CLIENTS" \
+            --duration "$DURATION" --warmup "$WARMUP" --cards 1000 --card-prefix "A$label$r" \
+            --fund --fund-cents 1000000 --pace-ms "$PACE_MS" --json >"$TMP/quiet-$label-$r.out"
+        say "($label) round $r: orders with the dashboard hammered by $BROWSERS clients"
+        taskset -c "$GEN_CPU" "$BIN" bench hq --url "$url" --operator bench --page "$PAGES" \
+            --hammer $((DURATION + WARMUP + 10)) --browsers "$BROWSERS" --json \
+            >"$TMP/hammer-$label-$r.out" &
+        local hammer=$!
+        CASHLESS_LEDGER_TOKEN=$BAR CASHLESS_FUNDING_TOKEN=$CHK \
+            taskset -c "$GEN_CPU" "$BIN" bench ledger --url "$url" --clients "$CLIENTS" \
+            --duration "$DURATION" --warmup "$WARMUP" --cards 1000 --card-prefix "B$label$r" \
+            --fund --fund-cents 1000000 --pace-ms "$PACE_MS" --json >"$TMP/hammered-$label-$r.out"
+        wait "$hammer" || die "the hammer failed"
+        cat "$TMP/quiet-$label-$r.out" "$TMP/hammered-$label-$r.out" "$TMP/hammer-$label-$r.out" >&2
+    done
     kill -TERM "$LEDGER_PID"
     wait "$LEDGER_PID" 2>/dev/null || true
     LEDGER_PID=""
@@ -155,14 +163,30 @@ for page in ${PAGES//,/ } /hq/login ${REPORT_PAGES//,/ }; do
     printf '%-52s %24s %24s\n' "$page" "$(echo "$a" | awk '{printf "%.1f / %.1f / %.1f", $1, $2, $3}')" \
         "$(echo "$b" | awk '{ if ($1 == "-") print "skipped"; else printf "%.1f / %.1f / %.1f", $1, $2, $3}')"
 done
-orders() { # file -> "orders/s p99"
-    printf '%s/s, p99 %s ms' "$(fmt0 "$(jnum approvals_per_s "$1")")" "$(fmt1 "$(jnum p99 "$1")")"
+orders() { # condition label -> "orders/s, p99 of each round (their median)"
+    local r rates="" p99s=""
+    for r in $(seq "$ROUNDS"); do
+        rates="$rates $(jnum approvals_per_s "$TMP/$1-$2-$r.out")"
+        p99s="$p99s $(jnum p99 "$TMP/$1-$2-$r.out")"
+    done
+    printf '%s/s, p99 %s ms (median %s)' \
+        "$(echo "$rates" | awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", s / NF }')" \
+        "$(echo "$p99s" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.1f", (i > 1 ? " / " : ""), $i }')" \
+        "$(echo "$p99s" | tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] }')"
 }
 printf '\n%-52s %24s %24s\n' "orders ($CLIENTS clients, one per ${PACE_MS} ms each)" "SQLite" "PostgreSQL"
-printf '%-52s %24s %24s\n' "alone" "$(orders "$TMP/quiet-1.out")" \
-    "$([ "$SKIP_PG" != 1 ] && orders "$TMP/quiet-2.out" || echo skipped)"
-printf '%-52s %24s %24s\n' "with the dashboard hammered ($BROWSERS clients)" "$(orders "$TMP/hammered-1.out")" \
-    "$([ "$SKIP_PG" != 1 ] && orders "$TMP/hammered-2.out" || echo skipped)"
-hammered() { printf '%s pages, %s busy' "$(jnum answered "$1")" "$(jnum busy "$1")"; }
-printf '%-52s %24s %24s\n' "dashboard pages answered while hammered" "$(hammered "$TMP/hammer-1.out")" \
-    "$([ "$SKIP_PG" != 1 ] && hammered "$TMP/hammer-2.out" || echo skipped)"
+printf '%-52s %s\n%-52s %s\n' "alone, SQLite" "$(orders quiet 1)" \
+    "alone, PostgreSQL" "$([ "$SKIP_PG" != 1 ] && orders quiet 2 || echo skipped)"
+printf '%-52s %s\n%-52s %s\n' "hammered by $BROWSERS clients, SQLite" "$(orders hammered 1)" \
+    "hammered by $BROWSERS clients, PostgreSQL" \
+    "$([ "$SKIP_PG" != 1 ] && orders hammered 2 || echo skipped)"
+hammered() { # label -> pages answered and busy over the rounds
+    local r answered=0 busy=0
+    for r in $(seq "$ROUNDS"); do
+        answered=$((answered + $(jnum answered "$TMP/hammer-$1-$r.out")))
+        busy=$((busy + $(jnum busy "$TMP/hammer-$1-$r.out")))
+    done
+    printf '%s pages, %s busy' "$answered" "$busy"
+}
+printf '%-52s %24s %24s\n' "dashboard pages answered while hammered" "$(hammered 1)" \
+    "$([ "$SKIP_PG" != 1 ] && hammered 2 || echo skipped)"

@@ -19,6 +19,55 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "dashboard password";
+
+/// The tests of this file run one after the other: the measurement must not share the
+/// machine with another ledger.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The `nice` of each of `pid`'s threads, by thread name (`/proc/PID/task/TID/stat`: the
+/// nineteenth field, counted after the name's closing parenthesis).
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        // Fields from the third (state) on; nice is the nineteenth.
+        let nice = after_name.split(' ').nth(19 - 3).unwrap().parse().unwrap();
+        out.push((name.trim().to_owned(), nice));
+    }
+    out
+}
+
+/// On SQLite, headquarters' reads run on the background reader (`ledger-hq-reads`), a thread
+/// of the lowest CPU priority; the writer keeps the one the ledger was started with.
+#[tokio::test]
+async fn headquarters_reads_run_at_the_lowest_cpu_priority() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let l = Ledger::start_on(Backend::Sqlite).await;
+    l.add_operator("viewer", "viewer", PASSWORD);
+    let session = l.hq_session("viewer", PASSWORD).await;
+    let overview = reqwest::Client::new()
+        .get(format!("{}/hq/overview", l.base_url))
+        .header(COOKIE, format!("cashless_hq={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    let nices = thread_nices(l.server_pid().unwrap());
+    let of = |name: &str| {
+        nices
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name}: {nices:?}"))
+            .1
+    };
+    assert_eq!(of("ledger-hq-reads"), 19, "{nices:?}");
+    // The writer keeps the priority the ledger was started with (this test's own).
+    let own = thread_nices(std::process::id())[0].1;
+    assert_eq!(of("ledger-writer"), own, "{nices:?}");
+}
 /// Clients sending orders, each one order at a time.
 const ORDER_CLIENTS: usize = 4;
 /// Each order client sends at most one order per this many milliseconds.
@@ -193,6 +242,7 @@ async fn payments_keep_their_pace(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hammered_dashboard_does_not_slow_payments() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     payments_keep_their_pace(Backend::Sqlite).await;
     payments_keep_their_pace(Backend::Postgres).await;
 }

@@ -10,7 +10,10 @@
 --
 -- - `till_quarter_sales`, per terminal, point of sale, staff member and VAT rate: the point of
 --   sale, terminal, staff and hour sections read it (a few rows per terminal and quarter);
--- - `product_quarter_sales`, per product and VAT rate: the product section reads it.
+-- - `product_quarter_sales`, per terminal, product and VAT rate: the product section reads
+--   it. Each row is one terminal's, as in `till_quarter_sales` (and `quarter_totals`): a
+--   terminal's order never waits for another terminal's to commit to add to a popular
+--   product's sum.
 --
 -- A sale is what the report counts: an order line that is not a deposit, of an order that
 -- stands; `lines` counts them (a group whose lines were all voided is left out), `quantity`
@@ -21,7 +24,9 @@
 -- two ragged quarters themselves, through `bar_orders_created_at`. The other sections read
 -- through the partial indexes below.
 --
--- The triggers are per statement over the statement's rows, as `quarter_totals`' (0020).
+-- The triggers are per statement over the statement's rows, as `quarter_totals`' (0020);
+-- each statement's rows are upserted in key order, so that two statements never take the
+-- same rows' locks in opposite orders.
 CREATE TABLE till_quarter_sales (
     quarter_start timestamptz NOT NULL,
     terminal_id   uuid NOT NULL,
@@ -37,13 +42,14 @@ CREATE TABLE till_quarter_sales (
 
 CREATE TABLE product_quarter_sales (
     quarter_start timestamptz NOT NULL,
+    terminal_id   uuid NOT NULL,
     product_id    text NOT NULL,
     tax_rate      text NOT NULL,
     lines         bigint NOT NULL,
     quantity      bigint NOT NULL,
     net_cents     bigint NOT NULL,
     tax_cents     bigint NOT NULL,
-    PRIMARY KEY (quarter_start, product_id, tax_rate)
+    PRIMARY KEY (quarter_start, terminal_id, product_id, tax_rate)
 );
 
 CREATE INDEX bar_orders_created_at ON bar_orders (created_at);
@@ -76,18 +82,20 @@ BEGIN
           FROM added n JOIN bar_orders o ON o.transaction_id = n.transaction_id
          WHERE o.voided_by IS NULL AND NOT COALESCE(n.deposit, false)
          GROUP BY 1, 2, 3, 4, 5
+         ORDER BY 1, 2, 3, 4, 5
         ON CONFLICT ON CONSTRAINT till_quarter_sales_pkey DO UPDATE
            SET lines = till_quarter_sales.lines + excluded.lines,
                quantity = till_quarter_sales.quantity + excluded.quantity,
                net_cents = till_quarter_sales.net_cents + excluded.net_cents,
                tax_cents = till_quarter_sales.tax_cents + excluded.tax_cents;
         INSERT INTO product_quarter_sales
-        SELECT quarter_of(o.created_at), n.product_id, COALESCE(n.tax_rate, ''), count(*),
-               sum(n.quantity), sum(COALESCE(n.net_cents, n.line_total_cents)),
+        SELECT quarter_of(o.created_at), o.terminal_id, n.product_id, COALESCE(n.tax_rate, ''),
+               count(*), sum(n.quantity), sum(COALESCE(n.net_cents, n.line_total_cents)),
                sum(COALESCE(n.tax_cents, 0))
           FROM added n JOIN bar_orders o ON o.transaction_id = n.transaction_id
          WHERE o.voided_by IS NULL AND NOT COALESCE(n.deposit, false)
-         GROUP BY 1, 2, 3
+         GROUP BY 1, 2, 3, 4
+         ORDER BY 1, 2, 3, 4
         ON CONFLICT ON CONSTRAINT product_quarter_sales_pkey DO UPDATE
            SET lines = product_quarter_sales.lines + excluded.lines,
                quantity = product_quarter_sales.quantity + excluded.quantity,
@@ -104,20 +112,22 @@ BEGIN
          WHERE b.voided_by IS NULL AND n.voided_by IS NOT NULL
            AND NOT COALESCE(i.deposit, false)
          GROUP BY 1, 2, 3, 4, 5
+         ORDER BY 1, 2, 3, 4, 5
         ON CONFLICT ON CONSTRAINT till_quarter_sales_pkey DO UPDATE
            SET lines = till_quarter_sales.lines + excluded.lines,
                quantity = till_quarter_sales.quantity + excluded.quantity,
                net_cents = till_quarter_sales.net_cents + excluded.net_cents,
                tax_cents = till_quarter_sales.tax_cents + excluded.tax_cents;
         INSERT INTO product_quarter_sales
-        SELECT quarter_of(n.created_at), i.product_id, COALESCE(i.tax_rate, ''), -count(*),
-               -sum(i.quantity), -sum(COALESCE(i.net_cents, i.line_total_cents)),
+        SELECT quarter_of(n.created_at), n.terminal_id, i.product_id, COALESCE(i.tax_rate, ''),
+               -count(*), -sum(i.quantity), -sum(COALESCE(i.net_cents, i.line_total_cents)),
                -sum(COALESCE(i.tax_cents, 0))
           FROM after_rows n JOIN before_rows b ON b.transaction_id = n.transaction_id
           JOIN bar_order_items i ON i.transaction_id = n.transaction_id
          WHERE b.voided_by IS NULL AND n.voided_by IS NOT NULL
            AND NOT COALESCE(i.deposit, false)
-         GROUP BY 1, 2, 3
+         GROUP BY 1, 2, 3, 4
+         ORDER BY 1, 2, 3, 4
         ON CONFLICT ON CONSTRAINT product_quarter_sales_pkey DO UPDATE
            SET lines = product_quarter_sales.lines + excluded.lines,
                quantity = product_quarter_sales.quantity + excluded.quantity,
@@ -144,9 +154,9 @@ SELECT quarter_of(o.created_at), o.terminal_id, o.point_of_sale, o.staff_id,
  GROUP BY 1, 2, 3, 4, 5;
 
 INSERT INTO product_quarter_sales
-SELECT quarter_of(o.created_at), i.product_id, COALESCE(i.tax_rate, ''), count(*),
-       sum(i.quantity), sum(COALESCE(i.net_cents, i.line_total_cents)),
+SELECT quarter_of(o.created_at), o.terminal_id, i.product_id, COALESCE(i.tax_rate, ''),
+       count(*), sum(i.quantity), sum(COALESCE(i.net_cents, i.line_total_cents)),
        sum(COALESCE(i.tax_cents, 0))
   FROM bar_orders o JOIN bar_order_items i ON i.transaction_id = o.transaction_id
  WHERE o.voided_by IS NULL AND NOT COALESCE(i.deposit, false)
- GROUP BY 1, 2, 3;
+ GROUP BY 1, 2, 3, 4;

@@ -9,7 +9,10 @@
 --
 -- - `till_quarter_sales`, per terminal, point of sale, staff member and VAT rate: the point of
 --   sale, terminal, staff and hour sections read it (a few rows per terminal and quarter);
--- - `product_quarter_sales`, per product and VAT rate: the product section reads it.
+-- - `product_quarter_sales`, per terminal, product and VAT rate: the product section reads
+--   it. Each row is one terminal's, as in `till_quarter_sales` (and `quarter_totals`): on
+--   PostgreSQL, where orders of several terminals commit at once, a terminal's order never
+--   waits for another terminal's to commit to add to a popular product's sum.
 --
 -- A sale is what the report counts: an order line that is not a deposit, of an order that
 -- stands; `lines` counts them (a group whose lines were all voided is left out), `quantity`
@@ -34,13 +37,14 @@ CREATE TABLE till_quarter_sales (
 
 CREATE TABLE product_quarter_sales (
     quarter_start TEXT NOT NULL,
+    terminal_id   TEXT NOT NULL,
     product_id    TEXT NOT NULL,
     tax_rate      TEXT NOT NULL,
     lines         INTEGER NOT NULL,
     quantity      INTEGER NOT NULL,
     net_cents     INTEGER NOT NULL,
     tax_cents     INTEGER NOT NULL,
-    PRIMARY KEY (quarter_start, product_id, tax_rate)
+    PRIMARY KEY (quarter_start, terminal_id, product_id, tax_rate)
 ) WITHOUT ROWID;
 
 CREATE INDEX bar_orders_created_at ON bar_orders (created_at);
@@ -79,7 +83,7 @@ BEGIN
     INSERT INTO product_quarter_sales
     SELECT substr(o.created_at, 1, 14) || printf('%02d', substr(o.created_at, 15, 2) / 15 * 15)
                || ':00.000Z',
-           NEW.product_id, COALESCE(NEW.tax_rate, ''), 1, NEW.quantity,
+           o.terminal_id, NEW.product_id, COALESCE(NEW.tax_rate, ''), 1, NEW.quantity,
            COALESCE(NEW.net_cents, NEW.line_total_cents), COALESCE(NEW.tax_cents, 0)
       FROM bar_orders o
      WHERE o.transaction_id = NEW.transaction_id AND o.voided_by IS NULL
@@ -107,7 +111,7 @@ BEGIN
     INSERT INTO product_quarter_sales
     SELECT substr(NEW.created_at, 1, 14)
                || printf('%02d', substr(NEW.created_at, 15, 2) / 15 * 15) || ':00.000Z',
-           i.product_id, COALESCE(i.tax_rate, ''), -COUNT(*), -SUM(i.quantity),
+           NEW.terminal_id, i.product_id, COALESCE(i.tax_rate, ''), -COUNT(*), -SUM(i.quantity),
            -SUM(COALESCE(i.net_cents, i.line_total_cents)), -SUM(COALESCE(i.tax_cents, 0))
       FROM bar_order_items i
      WHERE i.transaction_id = NEW.transaction_id AND COALESCE(i.deposit, 0) = 0
@@ -132,8 +136,8 @@ SELECT substr(o.created_at, 1, 14) || printf('%02d', substr(o.created_at, 15, 2)
 INSERT INTO product_quarter_sales
 SELECT substr(o.created_at, 1, 14) || printf('%02d', substr(o.created_at, 15, 2) / 15 * 15)
            || ':00.000Z',
-       i.product_id, COALESCE(i.tax_rate, ''), COUNT(*), SUM(i.quantity),
+       o.terminal_id, i.product_id, COALESCE(i.tax_rate, ''), COUNT(*), SUM(i.quantity),
        SUM(COALESCE(i.net_cents, i.line_total_cents)), SUM(COALESCE(i.tax_cents, 0))
   FROM bar_orders o JOIN bar_order_items i ON i.transaction_id = o.transaction_id
  WHERE o.voided_by IS NULL AND COALESCE(i.deposit, 0) = 0
- GROUP BY 1, 2, 3;
+ GROUP BY 1, 2, 3, 4;

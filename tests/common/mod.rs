@@ -599,6 +599,11 @@ impl Ledger {
         }
     }
 
+    /// The process id of the running server, if any.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits up to `deadline` for the server to exit;
     /// returns its exit status. Panics if it is still running after the deadline.
     pub async fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {

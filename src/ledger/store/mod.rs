@@ -480,8 +480,8 @@ pub(crate) fn report_sums_recount_sql(table: &str, postgres: bool) -> String {
     };
     let (kept, counted) = if table == "product_quarter_sales" {
         (
-            "s.product_id || ' ' || s.tax_rate".to_owned(),
-            "i.product_id || ' ' || COALESCE(i.tax_rate, '')".to_owned(),
+            format!("s.terminal_id{id} || ' ' || s.product_id || ' ' || s.tax_rate"),
+            format!("o.terminal_id{id} || ' ' || i.product_id || ' ' || COALESCE(i.tax_rate, '')"),
         )
     } else {
         (

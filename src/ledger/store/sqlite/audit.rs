@@ -117,6 +117,7 @@ impl ReportStore for SqliteStore {
     }
 
     async fn fleet(&self, terminals_max: u32) -> Result<FleetSnapshot, StoreError> {
+        // On the usual readers: `/metrics` reads it too, and must not wait behind a report.
         self.read(move |conn| {
             let tx = conn.unchecked_transaction()?;
             let cards_blocked_for_debt = tx.query_row(
@@ -179,7 +180,7 @@ impl ReportStore for SqliteStore {
     ) -> Result<OverviewData, StoreError> {
         // Quarters are stored as the time they start, like every time (migration 0014).
         let (from, to) = (format_time(from), format_time(to));
-        self.read(move |conn| {
+        self.read_in_background(move |conn| {
             // One snapshot: the sums and the cards agree with each other.
             let tx = conn.unchecked_transaction()?;
             let quarters = tx
@@ -250,7 +251,7 @@ impl ReportStore for SqliteStore {
     }
 
     async fn card_history(&self, uid: CardUid, limit: u32) -> Result<CardHistory, StoreError> {
-        self.read(move |conn| {
+        self.read_in_background(move |conn| {
             let events = conn
                 .prepare_cached(
                     "SELECT occurred_at, actor, staff_id, operation, amount_cents, outcome,
@@ -308,10 +309,10 @@ impl ReportStore for SqliteStore {
             .ok()
             .and_then(|w| w.as_ref().map(|tx| tx.max_capacity() - tx.capacity()))
             .unwrap_or(0);
-        // The writer, and the readers: opened with the store, for good.
+        // The writer, the readers and the background reader: opened with the store, for good.
         PoolStatus {
-            max_connections: super::READERS + 1,
-            open_connections: super::READERS + 1,
+            max_connections: super::READERS + 2,
+            open_connections: super::READERS + 2,
             idle_connections: None,
             waiting,
         }
@@ -331,7 +332,7 @@ impl ReportStore for SqliteStore {
         // every stored time sorts between '' and '~'.
         let since = from.clone().unwrap_or_default();
         let until = to.clone().unwrap_or_else(|| "~".to_owned());
-        self.read(move |conn| {
+        self.read_in_background(move |conn| {
             // One snapshot: every section sums to the same while orders keep arriving.
             let tx = conn.unchecked_transaction()?;
             let mut sections = Vec::with_capacity(SalesDimension::ALL.len());
@@ -459,7 +460,7 @@ impl ReportStore for SqliteStore {
         terminal_name: Option<String>,
         newest: u32,
     ) -> Result<Vec<ShiftReport>, StoreError> {
-        self.read(move |conn| {
+        self.read_in_background(move |conn| {
             // The ledger's top-ups of each shift: `sections::SHIFT_TOP_UPS`.
             let mut stmt = conn.prepare(&format!(
                 "SELECT s.shift_id, t.name, s.staff_id, s.opened_at, s.closed_at, s.count,

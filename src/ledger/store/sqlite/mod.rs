@@ -40,6 +40,12 @@ pub const GROUP_JOBS_MAX: usize = 128;
 pub const WRITE_QUEUE_MAX: usize = 4096;
 /// Read connections.
 pub const READERS: usize = 4;
+
+/// Headquarters' reads waiting for the background reader, at most; more wait for room.
+const BACKGROUND_QUEUE_MAX: usize = 16;
+
+/// A read for the background reader: it runs with its connection.
+type BackgroundJob = Box<dyn FnOnce(&Connection) + Send>;
 /// How long a connection waits for a lock held by another process (an admin command).
 pub const BUSY_TIMEOUT_MS: u64 = 5000;
 /// How often the checkpointer copies the write-ahead log into the database file.
@@ -92,6 +98,11 @@ struct Inner {
     checkpointer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Headquarters' reads (pages, reports), run one at a time on a connection of their
+    /// own by a thread of the lowest CPU priority ([`writer::background_loop`]). Taking it
+    /// stops the thread once the reads queued are done.
+    background: Mutex<Option<mpsc::Sender<BackgroundJob>>>,
+    background_thread: Mutex<Option<JoinHandle<()>>>,
     limits: Limits,
     retention_days: i64,
     taxes: Arc<TaxRates>,
@@ -105,6 +116,14 @@ impl Drop for Inner {
             w.take();
         }
         if let Ok(mut t) = self.writer_thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
+        }
+        if let Ok(mut b) = self.background.lock() {
+            b.take();
+        }
+        if let Ok(mut t) = self.background_thread.lock()
             && let Some(handle) = t.take()
         {
             let _ = handle.join();
@@ -236,6 +255,12 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_connection(&options.path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let background_conn = open_connection(&options.path)?;
+        let (background_tx, background_rx) = mpsc::channel::<BackgroundJob>(BACKGROUND_QUEUE_MAX);
+        let background_thread = std::thread::Builder::new()
+            .name("ledger-hq-reads".into())
+            .spawn(move || writer::background_loop(&background_conn, background_rx))
+            .map_err(internal)?;
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE_MAX);
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -249,6 +274,8 @@ impl SqliteStore {
                 checkpointer_thread: Mutex::new(Some(checkpointer)),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                background: Mutex::new(Some(background_tx)),
+                background_thread: Mutex::new(Some(background_thread)),
                 limits: options.limits,
                 retention_days: options.retention_days,
                 taxes: Arc::new(options.taxes),

@@ -272,6 +272,7 @@ impl StripeStore for SqliteStore {
         attention: bool,
         limit: u32,
     ) -> Result<Vec<StripeEventRecord>, StoreError> {
-        self.read(move |conn| events(conn, attention, limit)).await
+        self.read_in_background(move |conn| events(conn, attention, limit))
+            .await
     }
 }

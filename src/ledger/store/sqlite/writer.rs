@@ -105,37 +105,7 @@ impl SqliteStore {
         .await
         .map_err(internal)?
     }
-}
 
-/// The CPU priority of the background reader's thread: the lowest (`nice` 19). When the
-/// ledger's core is busy with payments, the scheduler gives this thread a sliver of it
-/// (about 1.5% against a thread at the default priority), so a headquarters page never
-/// makes an order wait for the core; when the core is idle, the page runs at full speed.
-pub(super) const BACKGROUND_NICE: i32 = 19;
-
-/// Runs the background reads one after another, at [`BACKGROUND_NICE`]. A read that panics
-/// fails alone (its caller gets an error) and the thread goes on with the next.
-pub(super) fn background_loop(conn: &Connection, mut rx: mpsc::Receiver<super::BackgroundJob>) {
-    lower_this_threads_priority();
-    while let Some(job) = rx.blocking_recv() {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))).is_err() {
-            tracing::error!("a headquarters read panicked; the next ones go on");
-        }
-    }
-}
-
-/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (on Linux, `nice` is a
-/// thread's own); where that fails, the reads go on at the usual priority, said in the log.
-fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE)
-    {
-        tracing::warn!(error = %e, "headquarters' reads run at the usual CPU priority");
-    }
-}
-
-impl SqliteStore {
     /// Runs `f` on the background reader's connection, at the lowest CPU priority, after the
     /// reads queued before it: for headquarters' pages and reports, which must never take the
     /// core from a payment (the terminals' reads and the writer keep theirs).
@@ -168,6 +138,34 @@ impl SqliteStore {
                 "a headquarters read failed without an answer (see the log)".into(),
             )
         })?
+    }
+}
+
+/// The CPU priority of the background reader's thread: the lowest (`nice` 19). When the
+/// ledger's core is busy with payments, the scheduler gives this thread a sliver of it
+/// (about 1.5% against a thread at the default priority), so a headquarters page never
+/// makes an order wait for the core; when the core is idle, the page runs at full speed.
+pub(super) const BACKGROUND_NICE: i32 = 19;
+
+/// Runs the background reads one after another, at [`BACKGROUND_NICE`]. A read that panics
+/// fails alone (its caller gets an error) and the thread goes on with the next.
+pub(super) fn background_loop(conn: &Connection, mut rx: mpsc::Receiver<super::BackgroundJob>) {
+    lower_this_threads_priority();
+    while let Some(job) = rx.blocking_recv() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))).is_err() {
+            tracing::error!("a headquarters read panicked; the next ones go on");
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (on Linux, `nice` is a
+/// thread's own); where that fails, the reads go on at the usual priority, said in the log.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE)
+    {
+        tracing::warn!(error = %e, "headquarters' reads run at the usual CPU priority");
     }
 }
 

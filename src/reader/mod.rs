@@ -4,7 +4,9 @@
 //! The reader layer turns a wobbly physical world into exactly one clean event per
 //! presentation; the daemon decides what a tap means.
 
+pub mod card_auth;
 pub mod core;
+pub mod ntag424;
 pub mod pcsc;
 
 use crate::domain::CardUid;

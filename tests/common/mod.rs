@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod browser;
+pub mod ntag424;
 pub mod pcsc;
 pub mod pg_server;
 pub mod terminal;

@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 
 use pcsc::{Context, Protocols, ReaderState, Scope, ShareMode, State};
 
+use super::ntag424::Ntag424Chip;
+
 /// The variable libpcsclite reads (once per process) to find pcscd's socket.
 pub const SOCKET_ENV: &str = "PCSCLITE_CSOCK_NAME";
 /// Set in the child process to the name of the test it runs.
@@ -82,6 +84,8 @@ pub const ATR_CLASSIC_1K: [u8; 20] = [
     0x3B, 0x8F, 0x80, 0x01, 0x80, 0x4F, 0x0C, 0xA0, 0x00, 0x00, 0x03, 0x06, 0x03, 0x00, 0x01, 0x00,
     0x00, 0x00, 0x00, 0x6A,
 ];
+/// The ATR of an ISO 14443-4 card (an NTAG 424 DNA, a DESFire) behind an ACR122U.
+pub const ATR_ISO14443_4: [u8; 6] = [0x3B, 0x81, 0x80, 0x01, 0x80, 0x80];
 
 // ---------------------------------------------------------------------------------------------
 // One process per test
@@ -764,6 +768,11 @@ pub struct CardSpec {
     /// Status word of GET DATA; when not `90 00`, the answer is the status word alone.
     pub get_data_sw: [u8; 2],
     pub vanish: Option<Vanish>,
+    /// The APDU (0-based, in this insertion) the card vanishes at.
+    pub vanish_at: usize,
+    /// An NTAG 424 DNA chip that answers every APDU instead (shared, so that a test can put
+    /// the same card back on the reader, and look at what it holds).
+    pub chip: Option<Arc<Mutex<Ntag424Chip>>>,
 }
 
 impl CardSpec {
@@ -774,7 +783,26 @@ impl CardSpec {
             atr: ATR_CLASSIC_1K.to_vec(),
             get_data_sw: SW_OK,
             vanish: None,
+            vanish_at: 0,
+            chip: None,
         }
+    }
+
+    /// An NTAG 424 DNA (ATR of an ISO 14443-4 card) played by `chip`.
+    pub fn ntag424(chip: &Arc<Mutex<Ntag424Chip>>) -> CardSpec {
+        let uid = chip.lock().unwrap().uid().to_vec();
+        CardSpec {
+            chip: Some(Arc::clone(chip)),
+            ..CardSpec::new(&uid).with_atr(&ATR_ISO14443_4)
+        }
+    }
+
+    /// The card leaves in the middle of APDU `index` of this insertion (the chip executed
+    /// it: only the answer is lost), and does not come back.
+    pub fn vanishing_at(mut self, index: usize, how: Vanish) -> CardSpec {
+        self.vanish = Some(how);
+        self.vanish_at = index;
+        self
     }
 
     /// GET DATA fails with `sw` (e.g. `63 00`).
@@ -796,6 +824,9 @@ impl CardSpec {
 
     /// The answer to `apdu`.
     fn answer(&self, apdu: &[u8]) -> Vec<u8> {
+        if let Some(chip) = &self.chip {
+            return chip.lock().unwrap().answer(apdu);
+        }
         if apdu.len() >= 4 && apdu[..4] == GET_UID[..4] {
             if self.get_data_sw == SW_OK {
                 [self.uid.as_slice(), &SW_OK].concat()
@@ -1037,6 +1068,9 @@ fn serve(s: &CardShared, mut stream: TcpStream) -> std::io::Result<Ended> {
                 None
             }
             [0x01] => {
+                if let Some(chip) = &s.spec.chip {
+                    chip.lock().unwrap().power_on();
+                }
                 s.update(|l| {
                     l.power_on += 1;
                     if let Some(n) = l.power_on_per_connection.last_mut() {
@@ -1046,6 +1080,9 @@ fn serve(s: &CardShared, mut stream: TcpStream) -> std::io::Result<Ended> {
                 None
             }
             [0x02] => {
+                if let Some(chip) = &s.spec.chip {
+                    chip.lock().unwrap().power_on();
+                }
                 s.update(|l| l.resets += 1);
                 None
             }
@@ -1059,12 +1096,14 @@ fn serve(s: &CardShared, mut stream: TcpStream) -> std::io::Result<Ended> {
             }
             apdu => {
                 let at = Instant::now();
+                let mut index = 0;
                 s.update(|l| {
                     l.apdus.push(apdu.to_vec());
                     l.apdu_at.push(at);
+                    index = l.apdus.len() - 1;
                 });
                 let answer = s.spec.answer(apdu);
-                match s.spec.vanish {
+                match s.spec.vanish.filter(|_| index == s.spec.vanish_at) {
                     Some(Vanish::BeforeAnswer) => {
                         let _ = stream.shutdown(Shutdown::Both);
                         return Ok(Ended::Vanished);

@@ -139,6 +139,7 @@ fn card() -> Event {
         uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
         reader: "ACS ACR122U PICC Interface 00 00".into(),
         card_type: Some("MIFARE Ultralight"),
+        key_version: None,
     }
 }
 

@@ -633,6 +633,8 @@ fn run_terminal(
         name_filter: config.reader_name_filter.clone(),
         debounce_ms: config.reader_debounce_ms,
         feedback: config.reader_feedback,
+        keys: config.cards.keys.clone(),
+        accept_uid_cards: config.cards.accept_uid_cards,
     };
     let backend = config.reader_backend;
     let daemon = Daemon::open(config)?;

@@ -145,8 +145,16 @@ fn forged_answers_are_not_genuine_and_bad_cards_are_named() {
         tap(&mut Ntag424Chip::blank(&UID), &keys),
         Err(AuthError::NotIssued)
     );
-    let (mut flow, _) = TapAuth::start(&keys, &UID, [[0; 16]; 2]);
-    assert_eq!(flow.next(&[0x6D, 0x00]), Err(AuthError::NotAesCard));
+    for sw in [[0x6D, 0x00], [0x6A, 0x82], [0x63, 0x00]] {
+        let (mut flow, _) = TapAuth::start(&keys, &UID, [[0; 16]; 2]);
+        assert_eq!(flow.next(&sw), Err(AuthError::NotAesCard));
+    }
+    // An empty answer (the card left), or another status, is a read to try again.
+    for answer in [&[][..], &[0x90][..], &[0x64, 0x00][..]] {
+        let (mut flow, _) = TapAuth::start(&keys, &UID, [[0; 16]; 2]);
+        let err = flow.next(answer).unwrap_err();
+        assert!(!err.refuses_card(), "{answer:02X?}: {err:?}");
+    }
 }
 
 #[test]

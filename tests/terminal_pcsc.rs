@@ -25,14 +25,6 @@ const OTHER_UID: &str = "04519E0A334481";
 const APPROVED_FEEDBACK: [u8; 9] = [0xFF, 0x00, 0x40, 0xA8, 0x04, 0x02, 0x01, 0x01, 0x01];
 const DECLINED_FEEDBACK: [u8; 9] = [0xFF, 0x00, 0x40, 0x54, 0x04, 0x08, 0x01, 0x01, 0x01];
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A bar terminal's config reading cards through PC/SC, on the reader whose name contains
 /// `filter`, with a short debounce.
 fn pcsc_config(dir: &Path, l: &Ledger, filter: &str) -> PathBuf {
@@ -68,13 +60,6 @@ async fn ready_with_reader(t: &mut Terminal) -> Value {
         .await;
     assert_eq!(t.expect("login").await["ok"], true);
     r
-}
-
-/// Arms an order of one beer.
-async fn arm_beer(t: &mut Terminal) {
-    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
-        .await;
-    t.expect("armed").await;
 }
 
 /// Waits until pcscd has polled the card `polls` more times (it asks for the ATR on each

@@ -173,6 +173,57 @@ fn bar_screens() {
     insta::assert_snapshot!("bar_help", screen(&m, 80, 24));
 }
 
+/// AES mode: a clone is refused on a screen of its own; the order waits for the right card.
+#[test]
+fn a_card_that_fails_its_authentication_gets_its_own_screen() {
+    let mut m = bar();
+    login(&mut m);
+    press(&mut m, &[Key::Digit(1), Key::Enter]);
+    let waiting = m.screen.clone();
+    assert!(matches!(waiting, Screen::Present { .. }));
+    m.on_event(
+        &Event::CardError {
+            reader: "ACS ACR122U PICC Interface 00 00".into(),
+            code: "not_genuine",
+            message: "card not genuine: the card refused the key".into(),
+        },
+        1_000,
+    );
+    insta::assert_snapshot!("bar_card_not_genuine", screen(&m, 80, 24));
+    // A blank card after it: its own words, the same way back.
+    m.on_event(
+        &Event::CardError {
+            reader: "ACS ACR122U PICC Interface 00 00".into(),
+            code: "not_issued",
+            message: "a blank card: it was never issued".into(),
+        },
+        1_500,
+    );
+    assert!(screen(&m, 80, 24).contains("CARD NOT ISSUED"));
+    // Any key, or the timeout, goes back to waiting for a card, with the order still armed.
+    m.on_key(Key::Enter, 2_000);
+    assert_eq!(
+        m.screen,
+        Screen::Present {
+            what: match &waiting {
+                Screen::Present { what, .. } => what.clone(),
+                _ => unreachable!(),
+            },
+            since_ms: 2_000
+        }
+    );
+    // A read to try again is only a notice.
+    m.on_event(
+        &Event::CardError {
+            reader: "r".into(),
+            code: "reader_error",
+            message: "the card could not be read".into(),
+        },
+        2_100,
+    );
+    assert!(matches!(m.screen, Screen::Present { .. }));
+}
+
 #[test]
 fn age_and_open_price_screens() {
     let mut m = bar();
@@ -336,6 +387,7 @@ fn checkpoint_screens() {
             uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
             reader: "ACS ACR122U PICC Interface 00 00".into(),
             card_type: Some("mifare_ultralight"),
+            key_version: None,
         },
         0,
     );
@@ -371,6 +423,7 @@ fn checkpoint_voucher_grant_screens() {
             uid: CardUid::parse("04A1B2C3D4E5F6").unwrap(),
             reader: "ACS ACR122U PICC Interface 00 00".into(),
             card_type: Some("mifare_ultralight"),
+            key_version: None,
         },
         0,
     );

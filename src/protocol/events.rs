@@ -66,12 +66,18 @@ pub enum Event {
         /// The card type from the ATR, when read through PC/SC.
         #[serde(skip_serializing_if = "Option::is_none")]
         card_type: Option<&'static str>,
+        /// `[cards] mode = "aes"`: the master key version the card proved it holds (absent:
+        /// identified by its UID alone).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_version: Option<u8>,
     },
     /// A presentation that could not be read.
     CardError {
         /// The reader.
         reader: String,
-        /// `status_word`, `truncated`, `uid_length`, `random_uid`, `reader_error`.
+        /// `status_word`, `truncated`, `uid_length`, `random_uid`, `reader_error`; in AES
+        /// mode, a card refused: `not_genuine` (a clone, or a forged answer), `not_aes_card`,
+        /// `not_issued` (a blank card), `unknown_key_version`.
         code: &'static str,
         /// For staff.
         message: String,

@@ -39,7 +39,7 @@ pub const KEY_COUNT: u8 = 5;
 pub const MASTER_KEYS_MAX: usize = 32;
 
 /// The festival's master keys by version (1 to 255; 0 is the factory's).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct MasterKeys {
     keys: BTreeMap<u8, AesKey>,
 }
@@ -211,6 +211,39 @@ impl Authenticating {
     }
 }
 
+/// Status words that say "no such application or command here": a card without NTAG 424 DNA
+/// (`6A 82` file not found, `6A 81` function not supported, `6A 86` wrong parameters, `6D 00`
+/// / `6E 00` instruction or class not supported, `91 1C` illegal command code, and `63 00`,
+/// the ACR122U's answer for a memory card that cannot take an ISO command at all).
+const NO_APPLICATION: [[u8; 2]; 7] = [
+    [0x6A, 0x82],
+    [0x6A, 0x81],
+    [0x6A, 0x86],
+    [0x6D, 0x00],
+    [0x6E, 0x00],
+    [0x91, 0x1C],
+    [0x63, 0x00],
+];
+
+/// The answer to `ISOSelectFile` of the application: selected, a card without it, or an
+/// exchange to try again (an empty or cut answer, another status).
+fn selected(answer: &[u8]) -> Result<(), AuthError> {
+    match ntag424::split_answer(answer).map_err(AuthError::Unreadable)? {
+        (_, SW_ISO_OK) => Ok(()),
+        (_, sw) if NO_APPLICATION.contains(&sw) => Err(AuthError::NotAesCard),
+        (_, [a, b]) => Err(AuthError::Unreadable(ChannelError::Status(a, b))),
+    }
+}
+
+/// The answer to `GetKeyVersion`: the version, a card without the command, or an exchange to
+/// try again.
+fn key_version(answer: &[u8]) -> Result<u8, AuthError> {
+    ntag424::parse_key_version(answer).map_err(|e| match e {
+        ChannelError::Status(a, b) if NO_APPLICATION.contains(&[a, b]) => AuthError::NotAesCard,
+        e => AuthError::Unreadable(e),
+    })
+}
+
 /// The real UID in a `GetCardUID` answer (7 bytes for NTAG 424 DNA; 4 or 10 for others).
 fn parse_card_uid(data: &[u8]) -> Result<Vec<u8>, ChannelError> {
     if matches!(data.len(), 4 | 7 | 10) {
@@ -283,18 +316,12 @@ impl<'k> TapAuth<'k> {
     pub fn next(&mut self, answer: &[u8]) -> Result<Step<Genuine>, AuthError> {
         match std::mem::replace(&mut self.state, TapState::Over) {
             TapState::Select => {
-                if ntag424::split_answer(answer).map(|(_, sw)| sw) != Ok(SW_ISO_OK) {
-                    return Err(AuthError::NotAesCard);
-                }
+                selected(answer)?;
                 self.state = TapState::KeyVersion;
                 Ok(Step::Send(ntag424::get_key_version(APP_KEY)))
             }
             TapState::KeyVersion => {
-                let version = ntag424::parse_key_version(answer).map_err(|e| match e {
-                    // An ISO card that took the SELECT but has no such command.
-                    ChannelError::Status(..) => AuthError::NotAesCard,
-                    e => AuthError::Unreadable(e),
-                })?;
+                let version = key_version(answer)?;
                 if version == 0 {
                     return Err(AuthError::NotIssued);
                 }
@@ -553,16 +580,17 @@ impl<'k> IssueFlow<'k> {
                 Ok(Step::Send(SELECT_APPLICATION.to_vec()))
             }
             IssueState::Select => {
-                if ntag424::split_answer(answer).map(|(_, sw)| sw) != Ok(SW_ISO_OK) {
-                    return Err(IssueError::NotAesCard);
-                }
+                selected(answer).map_err(|e| match e {
+                    AuthError::NotAesCard => IssueError::NotAesCard,
+                    e => IssueError::Card(e),
+                })?;
                 self.state = IssueState::Versions;
                 Ok(Step::Send(ntag424::get_key_version(0)))
             }
             IssueState::Versions => {
-                let version = ntag424::parse_key_version(answer).map_err(|e| match e {
-                    ChannelError::Status(..) => IssueError::NotAesCard,
-                    e => Self::card(e),
+                let version = key_version(answer).map_err(|e| match e {
+                    AuthError::NotAesCard => IssueError::NotAesCard,
+                    e => IssueError::Card(e),
                 })?;
                 let key_no = u8::try_from(self.versions.len()).unwrap_or(u8::MAX);
                 if version != 0 && version != self.version {

@@ -2,6 +2,7 @@
 //! whether a presentation is a new tap, and the feedback commands. No IO, no clock: time
 //! comes in as milliseconds from the caller, so every debounce case is a unit test.
 
+use super::card_auth::{self, AuthError, Genuine};
 use crate::domain::CardUid;
 use std::collections::HashMap;
 
@@ -32,6 +33,15 @@ pub enum ReadError {
     /// The card left before it could be read, or the reader failed.
     #[error("the card could not be read: {0}")]
     Reader(String),
+    /// AES mode: the card did not prove its key (a clone, a blank or foreign card, a card
+    /// without AES).
+    #[error("{error}")]
+    NotGenuine {
+        /// The UID it showed (none for a random ID).
+        shown_uid: Option<String>,
+        /// Why.
+        error: AuthError,
+    },
 }
 
 impl ReadError {
@@ -43,6 +53,7 @@ impl ReadError {
             ReadError::UidLength(_) => "uid_length",
             ReadError::RandomUid(_) => "random_uid",
             ReadError::Reader(_) => "reader_error",
+            ReadError::NotGenuine { error, .. } => error.code(),
         }
     }
 
@@ -50,6 +61,10 @@ impl ReadError {
     pub fn uid(&self) -> Option<CardUid> {
         match self {
             ReadError::RandomUid(uid) => CardUid::parse(uid).ok(),
+            ReadError::NotGenuine {
+                shown_uid: Some(uid),
+                ..
+            } => CardUid::parse(uid).ok(),
             _ => None,
         }
     }
@@ -57,6 +72,17 @@ impl ReadError {
 
 /// The card's UID from its answer to [`GET_DATA_UID`]: UID bytes then `90 00`.
 pub fn parse_uid(answer: &[u8]) -> Result<CardUid, ReadError> {
+    let uid = shown_uid(answer)?;
+    let text = hex::encode_upper(uid);
+    if card_auth::is_random_id(uid) {
+        return Err(ReadError::RandomUid(text));
+    }
+    CardUid::parse(&text).map_err(|e| ReadError::Reader(e.to_string()))
+}
+
+/// The UID bytes a card showed to [`GET_DATA_UID`], random IDs included (AES mode asks such
+/// a card for its real UID).
+pub fn shown_uid(answer: &[u8]) -> Result<&[u8], ReadError> {
     let Some((uid, sw)) = answer.split_last_chunk::<2>() else {
         return Err(ReadError::Truncated);
     };
@@ -66,11 +92,41 @@ pub fn parse_uid(answer: &[u8]) -> Result<CardUid, ReadError> {
     if !matches!(uid.len(), 4 | 7 | 10) {
         return Err(ReadError::UidLength(uid.len()));
     }
-    let text = hex::encode_upper(uid);
-    if uid.len() == 4 && uid[0] == 0x08 {
-        return Err(ReadError::RandomUid(text));
+    Ok(uid)
+}
+
+/// A card as the reader layer reports it: its UID, and the key version it proved (AES mode;
+/// `None`: identified by its UID alone).
+pub type ReadCard = (CardUid, Option<u8>);
+
+/// What an AES-mode authentication of the card that showed `shown` means for the tap:
+/// a genuine card is its real UID and key version; a card without AES is its UID alone when
+/// `accept_uid_cards` (the session still refuses one the ledger knows as keyed); anything else
+/// is not genuine, or a read to try again.
+pub fn auth_outcome(
+    shown: &[u8],
+    result: Result<Genuine, AuthError>,
+    accept_uid_cards: bool,
+) -> Result<ReadCard, ReadError> {
+    let shown_text = (!card_auth::is_random_id(shown)).then(|| hex::encode_upper(shown));
+    match result {
+        Ok(genuine) => CardUid::from_bytes(&genuine.uid)
+            .map(|uid| (uid, Some(genuine.key_version)))
+            .map_err(|e| ReadError::Reader(e.to_string())),
+        Err(AuthError::NotAesCard) if accept_uid_cards => match shown_text {
+            Some(text) => CardUid::parse(&text)
+                .map(|uid| (uid, None))
+                .map_err(|e| ReadError::Reader(e.to_string())),
+            None => Err(ReadError::RandomUid(hex::encode_upper(shown))),
+        },
+        Err(AuthError::Unreadable(e)) => Err(ReadError::Reader(format!(
+            "{e}; present the card again and hold it still"
+        ))),
+        Err(error) => Err(ReadError::NotGenuine {
+            shown_uid: shown_text,
+            error,
+        }),
     }
-    CardUid::parse(&text).map_err(|e| ReadError::Reader(e.to_string()))
 }
 
 /// The card's type from its ATR, for information only (vendors disagree on the name bytes).
@@ -135,6 +191,8 @@ pub enum Feedback {
     Approved,
     /// Red, long beep.
     Declined,
+    /// Red, three short beeps: the card failed its authentication (not genuine).
+    NotGenuine,
 }
 
 impl Feedback {
@@ -149,6 +207,10 @@ impl Feedback {
             Feedback::Approved => (0b1010_1000, 2),
             // Red blinks, ends off: 800 ms with the beep.
             Feedback::Declined => (0b0101_0100, 8),
+            // Red, three times 200 ms on and 200 ms off, a beep each time.
+            Feedback::NotGenuine => {
+                return [0xFF, 0x00, 0x40, 0b0101_0100, 0x04, 0x02, 0x02, 0x03, 0x01];
+            }
         };
         [0xFF, 0x00, 0x40, p2, 0x04, t1, 0x01, 0x01, 0x01]
     }
@@ -313,6 +375,10 @@ mod tests {
         assert_eq!(
             Feedback::Declined.apdu(),
             [0xFF, 0x00, 0x40, 0x54, 0x04, 0x08, 0x01, 0x01, 0x01]
+        );
+        assert_eq!(
+            Feedback::NotGenuine.apdu(),
+            [0xFF, 0x00, 0x40, 0x54, 0x04, 0x02, 0x02, 0x03, 0x01]
         );
     }
 

@@ -1,5 +1,7 @@
 //! Card readers: the PC/SC backend ([`pcsc`]) and the pure decisions it relies on
-//! ([`core`]: UID and ATR parsing, reader choice, tap debounce, feedback commands).
+//! ([`core`]: UID and ATR parsing, reader choice, tap debounce, feedback commands;
+//! [`ntag424`]: NXP's AES secure channel and key diversification; [`card_auth`]: the tap's
+//! authentication and card issuing, as state machines fed the card's answers).
 //!
 //! The reader layer turns a wobbly physical world into exactly one clean event per
 //! presentation; the daemon decides what a tap means.
@@ -10,7 +12,9 @@ pub mod ntag424;
 pub mod pcsc;
 
 use crate::domain::CardUid;
+use card_auth::MasterKeys;
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 
 /// How the PC/SC backend behaves ([reader] in the terminal's configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +25,12 @@ pub struct ReaderOptions {
     pub debounce_ms: u64,
     /// LED and buzzer feedback on ACR122U-compatible readers.
     pub feedback: bool,
+    /// AES mode: the festival's master keys; every card proves its key before it is a tap.
+    /// `None`: the UID alone identifies a card.
+    pub keys: Option<Arc<MasterKeys>>,
+    /// AES mode: a card without AES is reported by its UID alone (`key_version: None`)
+    /// instead of as not genuine.
+    pub accept_uid_cards: bool,
 }
 
 /// What the reader layer reports.
@@ -51,6 +61,9 @@ pub enum ReaderEvent {
         uid: CardUid,
         /// Its type from the ATR (informational).
         card_type: core::CardType,
+        /// AES mode: the master key version the card proved; `None`: identified by its UID
+        /// alone.
+        key_version: Option<u8>,
         /// The same presentation seen again (the card flickered at the edge of the field):
         /// logged, not a tap.
         repeat: bool,

@@ -10,9 +10,10 @@
 //! two readers (the name filter picks one). [`PcscReader::stop`] cancels the blocking call and
 //! joins the threads.
 
+use super::card_auth::{MasterKeys, Step, TAP_EXCHANGES_MAX, TapAuth};
 use super::core::{
-    BUZZER_ON_DETECT_OFF, Debouncer, Feedback, GET_DATA_UID, ReadError, card_type, choose_reader,
-    parse_uid,
+    BUZZER_ON_DETECT_OFF, Debouncer, Feedback, GET_DATA_UID, ReadCard, ReadError, auth_outcome,
+    card_type, choose_reader, parse_uid, shown_uid,
 };
 use super::{ReaderEvent, ReaderOptions};
 use chrono::Utc;
@@ -378,8 +379,9 @@ impl Watcher<'_> {
     /// Reads the card on `reader` and reports the tap, a repeat, or the failed read.
     fn read(&mut self, ctx: &Context, reader: &str, atr: &[u8], now_ms: u64) {
         let at = Utc::now();
-        match read_uid(ctx, reader) {
-            Ok(uid) => {
+        let keys = self.options.keys.as_deref();
+        match read_card(ctx, reader, keys, self.options.accept_uid_cards) {
+            Ok((uid, key_version)) => {
                 let tap = self.debouncer.presented(reader, &uid, now_ms);
                 send(
                     self.events,
@@ -387,6 +389,7 @@ impl Watcher<'_> {
                         reader: reader.to_owned(),
                         uid,
                         card_type: card_type(atr),
+                        key_version,
                         repeat: !tap,
                         at,
                     },
@@ -426,8 +429,14 @@ fn detect_beep_off(reader: &str) {
     }
 }
 
-/// Connects to the card on `reader` and reads its UID with GET DATA.
-fn read_uid(ctx: &Context, reader: &str) -> Result<crate::domain::CardUid, ReadError> {
+/// Connects to the card on `reader`, reads its UID with GET DATA and, in AES mode (`keys`),
+/// has it prove its key.
+fn read_card(
+    ctx: &Context,
+    reader: &str,
+    keys: Option<&MasterKeys>,
+    accept_uid_cards: bool,
+) -> Result<ReadCard, ReadError> {
     let name = CString::new(reader).map_err(|e| ReadError::Reader(e.to_string()))?;
     let card = ctx
         .connect(&name, ShareMode::Shared, Protocols::ANY)
@@ -435,10 +444,46 @@ fn read_uid(ctx: &Context, reader: &str) -> Result<crate::domain::CardUid, ReadE
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
     let answer = card
         .transmit(&GET_DATA_UID, &mut buf)
+        .map(<[u8]>::to_vec)
         .map_err(|e| ReadError::Reader(e.to_string()));
-    let uid = answer.and_then(parse_uid);
+    let read = match keys {
+        None => answer.and_then(|a| parse_uid(&a)).map(|uid| (uid, None)),
+        Some(keys) => answer.and_then(|a| {
+            let shown = shown_uid(&a)?.to_vec();
+            let result = authenticate(&card, keys, &shown)?;
+            auth_outcome(&shown, result, accept_uid_cards)
+        }),
+    };
+    // Left as it is: an authenticated session ends when the card leaves the field (and a
+    // reset of a card that already left confuses vpcd's presence tracking).
     let _ = card.disconnect(Disposition::LeaveCard);
-    uid
+    read
+}
+
+/// Runs [`TapAuth`] over the card: the state machine decides, this carries the bytes. A
+/// transmit failure (the card went away) is a read to try again, never a verdict.
+fn authenticate(
+    card: &pcsc::Card,
+    keys: &MasterKeys,
+    shown: &[u8],
+) -> Result<Result<super::card_auth::Genuine, super::card_auth::AuthError>, ReadError> {
+    let (mut flow, mut apdu) = TapAuth::start(keys, shown, [rand::random(), rand::random()]);
+    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+    for _ in 0..TAP_EXCHANGES_MAX {
+        let answer = card.transmit(&apdu, &mut buf).map_err(|e| {
+            ReadError::Reader(format!(
+                "{e} during the card's authentication; present it again"
+            ))
+        })?;
+        match flow.next(answer) {
+            Ok(Step::Send(next)) => apdu = next,
+            Ok(Step::Done(genuine)) => return Ok(Ok(genuine)),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Err(ReadError::Reader(format!(
+        "the card's authentication did not finish within {TAP_EXCHANGES_MAX} exchanges"
+    )))
 }
 
 /// The feedback thread: one request at a time, on a context of its own; every failure is

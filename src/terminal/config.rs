@@ -6,8 +6,10 @@
 use super::client::{LedgerTls, ca_certificates_in};
 use crate::domain::Cents;
 use crate::protocol::api::{BATCH_OPERATIONS_MAX, TerminalKind};
+use crate::reader::card_auth::MasterKeys;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which card reader the daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -31,6 +33,60 @@ struct RawConfig {
     reader: RawReader,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    cards: RawCards,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCards {
+    mode: Option<String>,
+    master_key_file: Option<PathBuf>,
+    accept_uid_cards: Option<bool>,
+    random_id: Option<bool>,
+    issue_other_keys: Option<bool>,
+}
+
+/// How a card proves what it is (`[cards] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardMode {
+    /// The UID alone identifies a card (cheap cards; a clone with the same UID passes).
+    Uid,
+    /// Every tap proves the card holds its AES key (NTAG 424 DNA), diversified from the
+    /// festival's master key.
+    Aes,
+}
+
+/// `[cards]`: how cards are authenticated and issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardsConfig {
+    /// UID or AES.
+    pub mode: CardMode,
+    /// The festival's master keys (AES mode; loaded and checked at startup).
+    pub keys: Option<Arc<MasterKeys>>,
+    /// Where they were read from.
+    pub master_key_file: Option<PathBuf>,
+    /// AES mode: a card without AES (a UID-only card) is accepted, unless the ledger
+    /// recorded that card as issued with a key.
+    pub accept_uid_cards: bool,
+    /// `card issue`: turn the card's random ID on.
+    pub random_id: bool,
+    /// `card issue`: change keys 1 to 4 from the factory's too, not only key 0.
+    pub issue_other_keys: bool,
+}
+
+impl CardsConfig {
+    /// UID mode, as a terminal without `[cards]` runs.
+    pub fn uid_only() -> CardsConfig {
+        CardsConfig {
+            mode: CardMode::Uid,
+            keys: None,
+            master_key_file: None,
+            accept_uid_cards: true,
+            random_id: false,
+            issue_other_keys: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +188,8 @@ pub struct TerminalConfig {
     pub reader_feedback: bool,
     /// Where `GET /metrics` is served (`[metrics] listen`); nowhere without.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How cards are authenticated and issued.
+    pub cards: CardsConfig,
 }
 
 impl std::fmt::Debug for TerminalConfig {
@@ -157,6 +215,7 @@ impl std::fmt::Debug for TerminalConfig {
             .field("reader_name_filter", &self.reader_name_filter)
             .field("reader_debounce_ms", &self.reader_debounce_ms)
             .field("reader_feedback", &self.reader_feedback)
+            .field("cards", &self.cards)
             .finish()
     }
 }
@@ -448,6 +507,8 @@ impl TerminalConfig {
             10_000,
         )?;
 
+        let cards = cards_config(f, &raw.cards, reader_backend)?;
+
         Ok(TerminalConfig {
             name,
             kind,
@@ -470,8 +531,59 @@ impl TerminalConfig {
             reader_debounce_ms,
             reader_feedback: raw.reader.feedback.unwrap_or(true),
             metrics_listen,
+            cards,
         })
     }
+}
+
+/// `[cards]`: the mode, and in AES mode the master key file, read and checked now (a file
+/// open to others, missing or malformed stops the terminal at start, naming it).
+fn cards_config(
+    f: &str,
+    raw: &RawCards,
+    reader_backend: ReaderBackend,
+) -> Result<CardsConfig, TerminalConfigError> {
+    let mode = match raw.mode.as_deref() {
+        None | Some("uid") => CardMode::Uid,
+        Some("aes") => CardMode::Aes,
+        Some(other) => {
+            return Err(value_err(
+                f,
+                "[cards] mode",
+                format!("aes or uid, got {other:?}"),
+            ));
+        }
+    };
+    let mut cards = CardsConfig {
+        mode,
+        accept_uid_cards: raw.accept_uid_cards.unwrap_or(false),
+        random_id: raw.random_id.unwrap_or(false),
+        issue_other_keys: raw.issue_other_keys.unwrap_or(true),
+        ..CardsConfig::uid_only()
+    };
+    if mode == CardMode::Uid {
+        cards.accept_uid_cards = true;
+        return Ok(cards);
+    }
+    if reader_backend == ReaderBackend::Simulated {
+        return Err(value_err(
+            f,
+            "[cards] mode",
+            "uid with a simulated reader (a simulated card has no key to prove)",
+        ));
+    }
+    let Some(path) = &raw.master_key_file else {
+        return Err(value_err(
+            f,
+            "[cards] master_key_file",
+            "the file of the festival's card master keys (`cashless card new-key` makes one)",
+        ));
+    };
+    let keys = super::card_keys::load(path)
+        .map_err(|e| value_err(f, "[cards] master_key_file", e.to_string()))?;
+    cards.keys = Some(Arc::new(keys));
+    cards.master_key_file = Some(path.clone());
+    Ok(cards)
 }
 
 /// `[ledger] ca_file` and `pin_ca`: the festival CA's certificates, read and checked now so
@@ -557,12 +669,23 @@ mod tests {
 
     #[test]
     fn the_example_file_loads_with_its_token_file_overridden() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/terminal.example.toml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/terminal.example.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        super::super::card_keys::add_new_key(&keys).unwrap();
+        let text = std::fs::read_to_string(example)
+            .unwrap()
+            .replace("/etc/cashless/card-master-keys", keys.to_str().unwrap());
+        let path = dir.path().join("terminal.toml");
+        std::fs::write(&path, text).unwrap();
         let overrides = TerminalOverrides {
             token: Some("clt_x".into()),
             ..TerminalOverrides::default()
         };
         let config = TerminalConfig::load(&path, &overrides).unwrap();
+        assert_eq!(config.cards.mode, CardMode::Aes);
+        assert_eq!(config.cards.keys.as_ref().unwrap().versions(), [1]);
+        assert!(!config.cards.accept_uid_cards);
         assert_eq!(config.timeout_ms, 1500);
         assert_eq!(config.offline_max_order, Cents::new(5000));
         assert_eq!(config.offline_max_card_exposure, Cents::new(10_000));
@@ -589,6 +712,67 @@ mod tests {
         assert_eq!(config.ledger_url, "https://ledger.example");
         assert_eq!(config.token, "clt_env");
         assert_eq!(config.reader_backend, ReaderBackend::Simulated);
+    }
+
+    #[test]
+    fn a_master_key_file_open_to_others_missing_or_malformed_stops_the_terminal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("card-keys");
+        let with_keys = format!(
+            "{MINIMAL}\n[cards]\nmode = \"aes\"\nmaster_key_file = \"{}\"\n",
+            keys.display()
+        );
+        let missing = load(&with_keys, TerminalOverrides::default()).unwrap_err();
+        assert!(missing.contains("[cards] master_key_file"), "{missing}");
+        assert!(missing.contains(&keys.display().to_string()), "{missing}");
+        assert!(missing.contains("No such file"), "{missing}");
+
+        assert_eq!(super::super::card_keys::add_new_key(&keys).unwrap(), 1);
+        assert_eq!(super::super::card_keys::add_new_key(&keys).unwrap(), 2);
+        let config = load(&with_keys, TerminalOverrides::default()).unwrap();
+        assert_eq!(config.cards.keys.as_ref().unwrap().versions(), [1, 2]);
+        let text = std::fs::read_to_string(&keys).unwrap();
+        assert!(
+            !format!("{config:?}")
+                .contains(text.lines().last().unwrap().split(' ').nth(1).unwrap()),
+            "a key must never be printed"
+        );
+
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let open = load(&with_keys, TerminalOverrides::default()).unwrap_err();
+        assert!(
+            open.contains("mode 640") && open.contains("chmod 600"),
+            "{open}"
+        );
+        assert!(open.contains(&keys.display().to_string()), "{open}");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(load(&with_keys, TerminalOverrides::default()).is_err());
+
+        std::fs::write(&keys, "1 00112233445566778899AABBCCDDEE\n").unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let short = load(&with_keys, TerminalOverrides::default()).unwrap_err();
+        assert!(
+            short.contains("line 1") && short.contains("a key of 15 bytes"),
+            "{short}"
+        );
+
+        let no_file = format!("{MINIMAL}\n[cards]\nmode = \"aes\"\n");
+        let err = load(&no_file, TerminalOverrides::default()).unwrap_err();
+        assert!(err.contains("[cards] master_key_file"), "{err}");
+        let simulated = TerminalOverrides {
+            reader_backend: Some(ReaderBackend::Simulated),
+            ..TerminalOverrides::default()
+        };
+        std::fs::write(&keys, "1 00112233445566778899AABBCCDDEEFF\n").unwrap();
+        let err = load(&with_keys, simulated).unwrap_err();
+        assert!(err.contains("[cards] mode"), "{err}");
+        let bad_mode = format!("{MINIMAL}\n[cards]\nmode = \"magic\"\n");
+        let err = load(&bad_mode, TerminalOverrides::default()).unwrap_err();
+        assert!(err.contains("aes or uid"), "{err}");
+        // Without [cards], the UID identifies the card.
+        let config = load(MINIMAL, TerminalOverrides::default()).unwrap();
+        assert_eq!(config.cards.mode, CardMode::Uid);
     }
 
     #[test]

@@ -248,8 +248,8 @@ async fn serve<F: Front>(
                     _ => String::new(),
                 };
                 // The card is shown as soon as it is read, before the ledger is asked.
-                if let ReaderEvent::Card { uid, reader: r, card_type, repeat: false, .. } = &event {
-                    front.show(&card_event(uid, r, Some(*card_type))).await?;
+                if let ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } = &event {
+                    front.show(&card_event(uid, r, Some(*card_type), *key_version)).await?;
                 }
                 let (events, feedback) = session.on_reader(event).await;
                 // Feedback first: the light should not wait for the screen.

@@ -1,6 +1,7 @@
 //! The terminal daemon: journal first, then the network; online or offline within limits;
 //! replay until the ledger acknowledged everything.
 //!
+//! - [`card_keys`]: the festival's card master key file: checked, parsed, extended.
 //! - [`client`]: the HTTP client for the ledger; says whether a failure leaves an attempt in doubt.
 //! - [`config`]: the terminal's configuration file.
 //! - [`core`]: pure decisions (tap flow, offline policy, replay rules, login lockout).
@@ -12,6 +13,7 @@
 //! - [`sync`]: the background sync task: replay, feeds, scan log, close-outs; backoff.
 //! - [`tap`]: performs the tap flow's steps on the journal and the ledger; crash recovery.
 
+pub mod card_keys;
 pub mod client;
 pub mod config;
 pub mod core;

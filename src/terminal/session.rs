@@ -30,18 +30,24 @@ use crate::protocol::codes::ErrorCode;
 use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
 use crate::reader::ReaderEvent;
-use crate::reader::core::{CardType, Feedback};
+use crate::reader::core::{CardType, Feedback, ReadError};
 use chrono::Utc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The `card` event of a presentation.
-pub fn card_event(uid: &CardUid, reader: &str, card_type: Option<CardType>) -> Event {
+pub fn card_event(
+    uid: &CardUid,
+    reader: &str,
+    card_type: Option<CardType>,
+    key_version: Option<u8>,
+) -> Event {
     Event::Card {
         uid: uid.clone(),
         reader: reader.to_owned(),
         card_type: card_type.map(CardType::as_str),
+        key_version,
     }
 }
 
@@ -714,7 +720,7 @@ impl Session {
         reader: &str,
         card_type: Option<CardType>,
     ) -> Vec<Event> {
-        let card = card_event(&uid, reader, card_type);
+        let card = card_event(&uid, reader, card_type, None);
         vec![card, self.outcome(uid, reader).await]
     }
 
@@ -823,13 +829,19 @@ impl Session {
                 if let Some(uid) = error.uid() {
                     self.log_scan(&uid, error.code(), &reader, None);
                 }
+                let feedback = if matches!(error, ReadError::NotGenuine { .. }) {
+                    tracing::warn!(reader, code = error.code(), %error, "card refused");
+                    Feedback::NotGenuine
+                } else {
+                    Feedback::Declined
+                };
                 (
                     vec![Event::CardError {
                         reader,
                         code: error.code(),
                         message: error.to_string(),
                     }],
-                    Some(Feedback::Declined),
+                    Some(feedback),
                 )
             }
         }

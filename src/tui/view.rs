@@ -193,6 +193,7 @@ fn hint_line(model: &Model) -> String {
         Screen::Present { .. } => "present the card   Esc: cancel".into(),
         Screen::Deciding => "deciding…".into(),
         Screen::Result { .. } | Screen::Balance { .. } => "any key: next".into(),
+        Screen::CardRefused { .. } => "any key: back".into(),
         Screen::ConfirmVoid => "Enter: void the last sale   Esc: keep it".into(),
         Screen::Shift { .. } => "Enter: close the shift (count the drawer)   Esc: back".into(),
         Screen::CloseOut { .. } => {
@@ -458,6 +459,28 @@ fn draw_screen(frame: &mut Frame<'_>, model: &Model, area: Rect) {
             big(frame, area, &text, Color::Cyan, false);
         }
         Screen::Deciding => big(frame, area, "…", Color::Cyan, false),
+        Screen::CardRefused { code, message, .. } => {
+            let (title, advice) = match code.as_str() {
+                "not_issued" => ("CARD NOT ISSUED", "a blank card: issue it at a checkpoint"),
+                "unknown_key_version" => (
+                    "UNKNOWN CARD KEY",
+                    "this terminal lacks the key of that card: call a supervisor",
+                ),
+                "not_aes_card" => ("NOT A FESTIVAL CARD", "nothing was charged"),
+                _ => (
+                    "CARD NOT GENUINE",
+                    "nothing was charged: keep the card and call a supervisor",
+                ),
+            };
+            // Its own colour and words: not a decline for money, a card that is not ours.
+            big(
+                frame,
+                area,
+                &format!("{title}\n\n{message}\n\n{advice}"),
+                Color::Yellow,
+                true,
+            );
+        }
         Screen::Result { decision, .. } => {
             let age_restricted = decision.reason.as_deref() == Some(AGE_RESTRICTED);
             let (word, color) = if decision.approved() {

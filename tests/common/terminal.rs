@@ -470,3 +470,20 @@ pub async fn wait_until_synced_within(t: &mut Terminal, within: Duration) -> Val
     })
     .await
 }
+
+/// A two-thread runtime for a test that runs in a process of its own (PC/SC tests: the
+/// virtual cards play on std threads, the terminal and ledger clients on this runtime).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Arms an order of one beer.
+pub async fn arm_beer(t: &mut Terminal) {
+    t.send(json!({"cmd": "order", "items": [{"product_id": "beer-05", "quantity": 1}]}))
+        .await;
+    t.expect("armed").await;
+}

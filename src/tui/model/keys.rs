@@ -476,6 +476,7 @@ impl Model {
             },
             Screen::Deciding => (Screen::Deciding, Vec::new()),
             Screen::Result { .. } | Screen::Balance { .. } => (self.home(), Vec::new()),
+            refused @ Screen::CardRefused { .. } => (refused.leave_refused(now_ms), Vec::new()),
             Screen::ConfirmVoid => match key {
                 Key::Enter => (Screen::Deciding, vec![Action::Send(Command::VoidLast {})]),
                 _ => (self.home(), Vec::new()),

@@ -96,6 +96,14 @@ pub struct StaffItem {
     pub name: String,
 }
 
+/// The `card_error` codes of a card refused in AES mode: they get a screen of their own.
+pub const REFUSED_CARD_CODES: [&str; 4] = [
+    "not_genuine",
+    "not_aes_card",
+    "not_issued",
+    "unknown_key_version",
+];
+
 /// What the screen shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Screen {
@@ -165,6 +173,18 @@ pub enum Screen {
     },
     /// Waiting for the daemon's decision after a card was read.
     Deciding,
+    /// AES mode: the card presented failed its authentication (a clone, a blank or foreign
+    /// card), until a key or the timeout; then back to `back` (still waiting for a card).
+    CardRefused {
+        /// `not_genuine`, `not_aes_card`, `not_issued`, `unknown_key_version`.
+        code: String,
+        /// The daemon's reason.
+        message: String,
+        /// The screen it interrupted.
+        back: Box<Screen>,
+        /// When it was shown.
+        since_ms: u64,
+    },
     /// The outcome, until a key or the timeout.
     Result {
         /// The decision.
@@ -217,6 +237,23 @@ pub enum Screen {
         /// Counted minus expected.
         difference: Cents,
     },
+}
+
+impl Screen {
+    /// Leaves a [`Screen::CardRefused`] for the screen it interrupted; a wait for a card
+    /// starts again (staff may present the right card).
+    pub fn leave_refused(self, now_ms: u64) -> Screen {
+        match self {
+            Screen::CardRefused { back, .. } => match *back {
+                Screen::Present { what, .. } => Screen::Present {
+                    what,
+                    since_ms: now_ms,
+                },
+                other => other,
+            },
+            other => other,
+        }
+    }
 }
 
 /// An order being built, kept while the bar takes cups back.
@@ -628,6 +665,19 @@ impl Model {
                     self.screen = self.home();
                 }
             }
+            Event::CardError { code, message, .. } if REFUSED_CARD_CODES.contains(code) => {
+                let back = match std::mem::replace(&mut self.screen, Screen::Deciding) {
+                    // Two refused cards in a row: back to what was there before the first.
+                    Screen::CardRefused { back, .. } => back,
+                    other => Box::new(other),
+                };
+                self.screen = Screen::CardRefused {
+                    code: (*code).to_owned(),
+                    message: message.clone(),
+                    back,
+                    since_ms: now_ms,
+                };
+            }
             Event::CardError { message, .. } => self.notice = Some(message.clone()),
             Event::Synced { pending, .. } => {
                 if let (Some(status), Some(p)) = (&mut self.status, pending) {
@@ -713,6 +763,13 @@ impl Model {
                 if now_ms.saturating_sub(*since_ms) >= RESULT_SHOWN_MS =>
             {
                 self.screen = self.home();
+                Vec::new()
+            }
+            Screen::CardRefused { since_ms, .. }
+                if now_ms.saturating_sub(*since_ms) >= RESULT_SHOWN_MS =>
+            {
+                let screen = std::mem::replace(&mut self.screen, Screen::Deciding);
+                self.screen = screen.leave_refused(now_ms);
                 Vec::new()
             }
             _ => Vec::new(),

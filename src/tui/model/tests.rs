@@ -162,6 +162,7 @@ fn an_order_is_built_with_digits_and_quantities_and_charged_with_enter() {
             uid: CardUid::parse("04A1B2C3").unwrap(),
             reader: "simulated".into(),
             card_type: None,
+            key_version: None,
         },
         10,
     );

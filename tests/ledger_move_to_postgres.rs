@@ -382,6 +382,14 @@ async fn festival() -> (Ledger, String, Vec<u8>) {
     l.post("/v1/voucher-grants", &l.checkpoint_token, &grant)
         .await
         .assert_status(201);
+    // The card was issued with an AES key (the cards' key_version column).
+    l.put(
+        &format!("/v1/cards/{funded}/key"),
+        &l.checkpoint_token,
+        &json!({"key_version": 2}),
+    )
+    .await
+    .assert_status(200);
     // A daily allowance (the cards' allowance and day columns).
     assert_success(
         "voucher daily",

@@ -78,6 +78,9 @@ pub enum Actor {
     Cli,
     /// A headquarters operator, from a page: `operator:NAME`.
     Operator(String),
+    /// A terminal, for what it records outside operations (a card it issued):
+    /// `terminal:NAME`.
+    Terminal(String),
 }
 
 impl Actor {
@@ -86,6 +89,7 @@ impl Actor {
         match self {
             Actor::Cli => "admin".to_owned(),
             Actor::Operator(name) => format!("operator:{name}"),
+            Actor::Terminal(name) => format!("terminal:{name}"),
         }
     }
 }

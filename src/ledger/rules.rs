@@ -79,6 +79,9 @@ pub enum Action {
     GrantVouchers,
     /// Close out a shift (`POST /v1/shifts`): any terminal, any staff member who exists.
     CloseShift,
+    /// Record the key a card was issued with (`PUT /v1/cards/{uid}/key`): checkpoints, where
+    /// cards are issued.
+    IssueCard,
 }
 
 /// Only bar terminals sell, only checkpoints top up and grant vouchers, bars and return
@@ -95,6 +98,8 @@ pub fn check_terminal_kind(kind: TerminalKind, action: Action) -> Result<(), Api
         }
         (TerminalKind::Bar, Action::GrantVouchers) => "a bar terminal cannot grant vouchers",
         (TerminalKind::Return, Action::GrantVouchers) => "a return station cannot grant vouchers",
+        (TerminalKind::Bar, Action::IssueCard) => "a bar terminal cannot issue cards",
+        (TerminalKind::Return, Action::IssueCard) => "a return station cannot issue cards",
         _ => return Ok(()),
     };
     Err(ApiError::new(ErrorCode::Forbidden, refusal))
@@ -120,7 +125,7 @@ pub fn check_staff(
     }
     let allowed = match action {
         Action::Order | Action::Return => staff.role.may_work_at(TerminalKind::Bar),
-        Action::Recharge => staff.role.may_work_at(TerminalKind::Checkpoint),
+        Action::Recharge | Action::IssueCard => staff.role.may_work_at(TerminalKind::Checkpoint),
         // Free drinks are a supervisor's decision, never a cashier's.
         Action::GrantVouchers => staff.role == StaffRole::Supervisor,
         Action::Void | Action::CloseShift => true,
@@ -575,6 +580,31 @@ pub fn decide_voucher_grant(
     })
 }
 
+/// Whether recording master key version `new` for a card changes its record: `recorded` is
+/// the version it holds (`None`: a UID-only card, or a card not seen yet), `replaced_by` the
+/// card that replaced it. The same version again changes nothing (issuing is repeated
+/// safely); a newer one replaces it (a card re-issued under a newer master key); an older
+/// one, or a replaced card, is refused with the reason.
+pub fn card_key_change(
+    recorded: Option<u8>,
+    replaced_by: Option<&str>,
+    new: u8,
+) -> Result<bool, String> {
+    if let Some(by) = replaced_by {
+        return Err(format!(
+            "the card was replaced by card {by}: issue and use the new card"
+        ));
+    }
+    match recorded {
+        Some(v) if v > new => Err(format!(
+            "the card is recorded as issued with key version {v}, newer than {new}: a card is \
+             never issued back to an older key"
+        )),
+        Some(v) => Ok(v != new),
+        None => Ok(true),
+    }
+}
+
 /// The desk's grant (`cashless ledger voucher grant`): the card's voucher units after it, or
 /// why not: a card holds at most `CARD_VOUCHER_UNITS_MAX`, as after an online grant.
 pub fn desk_voucher_grant(card: CardState, units: i64) -> Result<i64, String> {
@@ -873,6 +903,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn card_keys_move_up_only_and_repeat_safely() {
+        assert_eq!(card_key_change(None, None, 1), Ok(true));
+        assert_eq!(card_key_change(Some(1), None, 1), Ok(false));
+        assert_eq!(card_key_change(Some(1), None, 2), Ok(true));
+        let older = card_key_change(Some(3), None, 2).unwrap_err();
+        assert!(older.contains("key version 3"), "{older}");
+        let replaced = card_key_change(None, Some("04AA"), 1).unwrap_err();
+        assert!(replaced.contains("replaced by card 04AA"), "{replaced}");
+        assert!(check_terminal_kind(TerminalKind::Checkpoint, Action::IssueCard).is_ok());
+        assert!(check_terminal_kind(TerminalKind::Bar, Action::IssueCard).is_err());
+        assert!(check_terminal_kind(TerminalKind::Return, Action::IssueCard).is_err());
+    }
     #[test]
     fn marking_lost_blocks_and_lifting_it_keeps_a_debt_block() {
         use BlockReason::{Debt, Lost};

@@ -1245,6 +1245,40 @@ pub struct StatusReceipt {
     pub clock_offset_ms: i64,
 }
 
+/// `PUT /v1/cards/{uid}/key`: the festival master key version a card was issued with
+/// (`cashless card issue`). The key itself never leaves the terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardKeyRequest {
+    /// The master key version (1 to 255) whose diversified key the card now holds.
+    #[schema(minimum = 1, maximum = 255, example = 1)]
+    pub key_version: i64,
+}
+
+impl CardKeyRequest {
+    /// The version, checked.
+    pub fn validate(&self) -> Result<u8, FieldError> {
+        check_range("key_version", self.key_version, 1, 255)?;
+        u8::try_from(self.key_version)
+            .map_err(|_| FieldError::new("key_version", "must be between 1 and 255"))
+    }
+}
+
+/// The ledger's answer to [`CardKeyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CardKeyReceipt {
+    /// The card.
+    pub card_uid: CardUid,
+    /// The version the card is recorded with now.
+    #[schema(minimum = 1, maximum = 255)]
+    pub key_version: u8,
+    /// False when the card already held this version: nothing was written (issuing again is
+    /// safe).
+    pub changed: bool,
+    /// The ledger had not seen the card: it now exists, with nothing on it.
+    pub card_created: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

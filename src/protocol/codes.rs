@@ -71,6 +71,9 @@ codes! {
     AlreadyVoided = "ALREADY_VOIDED", Some(409);
     /// The operation was voided before it arrived (a tombstone).
     OperationVoided = "OPERATION_VOIDED", Some(409);
+    /// A card key registration the card's record refuses: it holds a newer key version, or
+    /// the card was replaced.
+    CardKeyConflict = "CARD_KEY_CONFLICT", Some(409);
     /// A body over its limit.
     PayloadTooLarge = "PAYLOAD_TOO_LARGE", Some(413);
     /// The database is unavailable: retry later.

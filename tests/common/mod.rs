@@ -713,6 +713,25 @@ impl Ledger {
         req
     }
 
+    /// PUTs the bytes `body` (as JSON) to `path`, with the bearer `token` if given.
+    pub async fn put_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut req = self
+            .client
+            .put(self.url(path))
+            .body(body)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read_resp(req.send().await.expect("PUT request failed")).await
+    }
+
+    /// PUTs `body` to `path` with the bearer `token`.
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Resp {
+        self.put_raw(path, Some(token), serde_json::to_vec(body).expect("JSON"))
+            .await
+    }
+
     /// GETs `path`, with the bearer `token` if given.
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.get_with(path, token, &[]).await

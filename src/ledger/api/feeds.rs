@@ -5,10 +5,11 @@ use super::errors::{json_text_response, respond, store_error};
 use super::parse::{body_bytes, parse_json};
 use super::{AppState, BATCH_BODY_LIMIT_BYTES, BODY_LIMIT_BYTES, RequestId, authenticate};
 use crate::domain::CardUid;
-use crate::ledger::store::LedgerStore;
+use crate::ledger::rules;
+use crate::ledger::store::{LedgerStore, StoreError};
 use crate::protocol::api::{
-    ApiError, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError, SCANS_MAX, Scan, StatusReceipt,
-    TerminalStatusReport, format_time,
+    ApiError, CardKeyReceipt, CardKeyRequest, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, FieldError,
+    SCANS_MAX, Scan, StatusReceipt, TerminalStatusReport, format_time,
 };
 use crate::protocol::codes::ErrorCode;
 use axum::body::Bytes;
@@ -94,18 +95,7 @@ pub(super) async fn get_card<S: LedgerStore>(
 ) -> Response {
     let result = async {
         authenticate(&state, &headers).await?;
-        let Path(uid) = uid.map_err(|e| {
-            ApiError::invalid_field(FieldError {
-                field: "uid".into(),
-                message: e.body_text(),
-            })
-        })?;
-        let uid = CardUid::parse(&uid).map_err(|e| {
-            ApiError::invalid_field(FieldError {
-                field: "uid".into(),
-                message: e.to_string(),
-            })
-        })?;
+        let uid = path_uid(uid)?;
         let card = state
             .store
             .card(uid)
@@ -124,7 +114,61 @@ pub(super) async fn get_card<S: LedgerStore>(
             "updated_at": card.updated_at,
             "age_flag": card.age_flag,
             "voucher_units": card.voucher_units,
+            "key_version": card.key_version,
         }))
+        .into_response())
+    }
+    .await;
+    respond(&rid, result)
+}
+
+/// The card UID of a `/v1/cards/{uid}` path, or 400 naming `uid`.
+fn path_uid(uid: Result<Path<String>, PathRejection>) -> Result<CardUid, ApiError> {
+    let Path(uid) = uid.map_err(|e| {
+        ApiError::invalid_field(FieldError {
+            field: "uid".into(),
+            message: e.body_text(),
+        })
+    })?;
+    CardUid::parse(&uid).map_err(|e| {
+        ApiError::invalid_field(FieldError {
+            field: "uid".into(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// `PUT /v1/cards/{uid}/key`: records the master key version a checkpoint issued the card
+/// with (`rules::card_key_change`). Idempotent: the same version again answers the same,
+/// with `changed: false`.
+pub(super) async fn put_card_key<S: LedgerStore>(
+    State(state): State<AppState<S>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    uid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let terminal = authenticate(&state, &headers).await?;
+        rules::check_terminal_kind(terminal.kind, rules::Action::IssueCard)?;
+        let uid = path_uid(uid)?;
+        let bytes = body_bytes(body, BODY_LIMIT_BYTES)?;
+        let request: CardKeyRequest = parse_json(&bytes)?;
+        let key_version = request.validate().map_err(ApiError::invalid_field)?;
+        let record = state
+            .store
+            .record_card_key(terminal, uid.clone(), key_version)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(why) => ApiError::new(ErrorCode::CardKeyConflict, why),
+                e => store_error(e),
+            })?;
+        Ok(axum::Json(CardKeyReceipt {
+            card_uid: uid,
+            key_version: record.key_version,
+            changed: record.changed,
+            card_created: record.card_created,
+        })
         .into_response())
     }
     .await;
@@ -182,7 +226,7 @@ pub(super) async fn get_card_feed<S: LedgerStore>(
             .cards
             .iter()
             .map(|c| {
-                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version, "age_flag": c.age_flag, "voucher_units": c.voucher_units })
+                json!({ "card_uid": c.card_uid, "balance_cents": c.balance_cents, "status": c.status, "version": c.version, "age_flag": c.age_flag, "voucher_units": c.voucher_units, "key_version": c.key_version })
             })
             .collect();
         Ok(axum::Json(json!({ "cards": cards, "next_cursor": page.next_version.to_string() })).into_response())

@@ -34,7 +34,7 @@ use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use errors::{error_response, store_error, unauthorized};
 use parse::OpKind;
 use serde_json::json;
@@ -157,6 +157,7 @@ pub fn router<S: LedgerStore>(state: AppState<S>) -> Router {
         .route("/v1/scans", post(feeds::post_scans::<S>).layer(large))
         .route("/v1/cards", get(feeds::get_card_feed::<S>))
         .route("/v1/cards/{uid}", get(feeds::get_card::<S>))
+        .route("/v1/cards/{uid}/key", put(feeds::put_card_key::<S>))
         .route("/v1/catalog", get(feeds::get_catalog::<S>))
         .route("/v1/staff", get(feeds::get_staff::<S>))
         .route("/v1/terminals/me", get(feeds::get_me::<S>))

@@ -11,10 +11,10 @@
 
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId};
 use crate::protocol::api::{
-    Approval, BATCH_OPERATIONS_MAX, CardStatus, FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX, OrderRequest,
-    RechargeRequest, ReturnRequest, SCANS_MAX, Scan, ShiftCloseout, ShiftRecorded, StaffRole,
-    StatusReceipt, TerminalKind, TerminalStatusReport, VoidOutcome, VoidRequest,
-    VoucherGrantRequest,
+    Approval, BATCH_OPERATIONS_MAX, CardKeyReceipt, CardKeyRequest, CardStatus, FEED_LIMIT_DEFAULT,
+    FEED_LIMIT_MAX, OrderRequest, RechargeRequest, ReturnRequest, SCANS_MAX, Scan, ShiftCloseout,
+    ShiftRecorded, StaffRole, StatusReceipt, TerminalKind, TerminalStatusReport, VoidOutcome,
+    VoidRequest, VoucherGrantRequest,
 };
 use crate::protocol::codes::ErrorCode;
 use serde_json::json;
@@ -104,6 +104,8 @@ pub fn document() -> OpenApi {
     add::<ScanUpload>(&mut schemas);
     add::<ScanReceipt>(&mut schemas);
     add::<Card>(&mut schemas);
+    add::<CardKeyRequest>(&mut schemas);
+    add::<CardKeyReceipt>(&mut schemas);
     add::<CardFeed>(&mut schemas);
     add::<Catalog>(&mut schemas);
     add::<StaffFeed>(&mut schemas);

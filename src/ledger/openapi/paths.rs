@@ -209,9 +209,22 @@ pub(super) fn batch_schemas() -> Vec<(String, RefOr<Schema>)> {
     out
 }
 
+/// The `{uid}` of the `/v1/cards/{uid}` routes.
+fn uid_param() -> Parameter {
+    let mut p = Parameter::new("uid");
+    p.parameter_in = ParameterIn::Path;
+    p.required = Required::True;
+    p.description = Some(
+        "The card's UID: uppercase hex, 8, 14 or 20 characters (lowercase is refused with 400)."
+            .into(),
+    );
+    p.schema = Some(Ref::from_schema_name(CardUid::name()).into());
+    p
+}
+
 pub(super) fn operations() -> Vec<Op> {
     use ErrorCode as C;
-    use HttpMethod::{Get, Post};
+    use HttpMethod::{Get, Post, Put};
     let since = ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some("^[0-9]{0,19}$"))
@@ -459,17 +472,30 @@ pub(super) fn operations() -> Vec<Op> {
             .usual(),
         Op::new(Get, "/v1/cards/{uid}", "getCard", "cards", "Balance and status of one card")
             .describe("Any terminal kind.")
-            .param({
-                let mut p = Parameter::new("uid");
-                p.parameter_in = ParameterIn::Path;
-                p.required = Required::True;
-                p.description = Some("The card's UID: uppercase hex, 8, 14 or 20 characters (lowercase is refused with 400).".into());
-                p.schema = Some(Ref::from_schema_name(CardUid::name()).into());
-                p
-            })
+            .param(uid_param())
             .answer("200", response("The card's current balance and status.", Ref::from_schema_name(Card::name())))
             .answer("400", error("`INVALID_REQUEST`: the UID is not 8, 14 or 20 uppercase hex characters (`details.field` = `uid`).", &[C::InvalidRequest]))
             .answer("404", error("`CARD_NOT_FOUND`: the ledger has never seen this card.", &[C::CardNotFound]))
+            .usual(),
+        Op::new(Put, "/v1/cards/{uid}/key", "putCardKey", "cards", "Record the key a card was issued with")
+            .describe(
+                "Checkpoint terminals only (a bar or return station gets 403): `cashless card \
+                 issue` calls it once the card holds its new AES key. Records the festival \
+                 master key version the card's key was diversified from (never a key); every \
+                 terminal learns it from the card feed (`key_version`) and, in AES mode, \
+                 refuses a UID-only card that claims to be this one. A card the ledger has not \
+                 seen is created with nothing on it. Idempotent: the same version again \
+                 answers 200 with `changed: false` and writes nothing; a newer version \
+                 replaces the old one (a card re-issued under a newer master key). Changes no \
+                 money; audited (`card_key`).",
+            )
+            .param(uid_param())
+            .body(Ref::from_schema_name(CardKeyRequest::name()), "The master key version.")
+            .answer("200", response("Recorded (or recorded already: `changed: false`).", Ref::from_schema_name(CardKeyReceipt::name())))
+            .shared("400", "BadRequest")
+            .answer("403", error("`FORBIDDEN`: the terminal is not a checkpoint.", &[C::Forbidden]))
+            .answer("409", error("`CARD_KEY_CONFLICT`: the card is recorded with a newer key version (cards are never issued back to an older key), or it was replaced by another card.", &[C::CardKeyConflict]))
+            .shared("413", "PayloadTooLarge")
             .usual(),
         Op::new(Get, "/v1/catalog", "getCatalog", "catalog", "Products on sale at this terminal's point of sale")
             .describe(

@@ -8,7 +8,8 @@ use super::*;
 #[derive(ToSchema)]
 #[schema(examples(json!({
     "card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active",
-    "updated_at": "2026-07-01T21:14:03.000Z", "age_flag": null, "voucher_units": 0
+    "updated_at": "2026-07-01T21:14:03.000Z", "age_flag": null, "voucher_units": 0,
+    "key_version": 1
 })))]
 pub(super) struct Card {
     card_uid: CardUid,
@@ -24,6 +25,10 @@ pub(super) struct Card {
     /// Voucher units on the card (staff and artist drinks); below zero only after offline
     /// use beyond them.
     voucher_units: i64,
+    /// The festival master key version the card was issued with (`PUT
+    /// /v1/cards/{uid}/key`); null: a UID-only card.
+    #[schema(required = true, minimum = 1, maximum = 255)]
+    key_version: Option<u8>,
 }
 
 /// One card of the feed.
@@ -44,6 +49,10 @@ pub(super) struct CardFeedEntry {
     age_flag: Option<AgeFlag>,
     /// Voucher units on the card.
     voucher_units: i64,
+    /// The master key version the card was issued with; null: a UID-only card. A terminal
+    /// in AES mode refuses a card without AES that claims to be one issued with a key.
+    #[schema(required = true, minimum = 1, maximum = 255)]
+    key_version: Option<u8>,
 }
 
 /// A page of the card feed (`GET /v1/cards`).
@@ -52,9 +61,9 @@ pub(super) struct CardFeedEntry {
 #[schema(examples(json!({
     "cards": [
         {"card_uid": "04A1B2C3D4E5F6", "balance_cents": 1100, "status": "active", "version": 1041,
-         "age_flag": null, "voucher_units": 0},
+         "age_flag": null, "voucher_units": 0, "key_version": 1},
         {"card_uid": "A1B2C3D4", "balance_cents": -350, "status": "blocked", "version": 1042,
-         "age_flag": "under_18", "voucher_units": 0}
+         "age_flag": "under_18", "voucher_units": 0, "key_version": null}
     ],
     "next_cursor": "1042"
 })))]

@@ -129,6 +129,33 @@ pub struct CardView {
     pub age_flag: Option<AgeFlag>,
     /// Voucher units on the card.
     pub voucher_units: i64,
+    /// The master key version the card was issued with (`cashless card issue`); `None`: a
+    /// UID-only card.
+    pub key_version: Option<u8>,
+}
+
+/// What recording a card's key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardKeyRecord {
+    /// The version the card is now recorded with.
+    pub key_version: u8,
+    /// False when the card already held this version (nothing was written).
+    pub changed: bool,
+    /// The ledger had not seen the card: it was created with nothing on it.
+    pub card_created: bool,
+}
+
+/// The audit log's details of a card key recorded (`card_key`), on both backends.
+pub fn card_key_details(
+    key_version: u8,
+    previous: Option<u8>,
+    card_created: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "key_version": key_version,
+        "previous_key_version": previous,
+        "card_created": card_created,
+    })
 }
 
 /// One page of the card feed.
@@ -715,6 +742,19 @@ pub trait AdminStore: Clone + Send + Sync + 'static {
         uid: CardUid,
         lost: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records that card `uid` was issued with master key version `key_version` by
+    /// `terminal` (a card the ledger has not seen is created with nothing on it), with the
+    /// next feed version and an audit-log row (`card_key`), so that every terminal learns it
+    /// from the card feed. The same version again writes nothing; an older one than recorded,
+    /// or a replaced card, is a [`StoreError::Conflict`] that writes nothing
+    /// (`rules::card_key_change`).
+    fn record_card_key(
+        &self,
+        terminal: Terminal,
+        uid: CardUid,
+        key_version: u8,
+    ) -> impl Future<Output = Result<CardKeyRecord, StoreError>> + Send;
 
     /// Sets a known card's age flag (`None` clears it), with the next feed version and an
     /// audit-log row.
@@ -1411,6 +1451,7 @@ delegate!(AdminStore {
     product_tax_rates() -> Vec<String>;
     set_card_lost_by(actor: Actor, uid: CardUid, lost: bool) -> ();
     set_card_age_flag(uid: CardUid, age_flag: Option<AgeFlag>) -> ();
+    record_card_key(terminal: Terminal, uid: CardUid, key_version: u8) -> CardKeyRecord;
     grant_vouchers(uid: CardUid, units: i64) -> i64;
     set_daily_vouchers(uid: CardUid, units: i64, day: NaiveDate) -> i64;
     start_voucher_day(day: NaiveDate) -> u64;

@@ -13,10 +13,10 @@ use crate::ledger::caller::{Actor, Terminal};
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
-    ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange, check_product_change,
-    product_change_details, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
+    AdminStore, ArchivedLog, ArchivedRow, CardKeyRecord, CardReplaced, NewStaff, NewTerminal,
+    ProductChange, ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange,
+    card_key_details, check_product_change, product_change_details, product_log_details,
+    replaced_stays_blocked, replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
 };
 use crate::protocol::api::{BlockReason, CardStatus, TerminalKind};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -271,45 +271,13 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(classify)?;
-        // The global lock order (migrations/postgres/0007_new_cards.sql): the creation lock
-        // of a card not yet in `cards` (holding nothing else), the card feed's writer lock,
-        // the card's row; the new version after all of them.
-        let stmt = tx
-            .prepare_cached("SELECT ledger_lock_new_card($1)")
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[&uid.as_str()])
-            .await
-            .map_err(classify)?;
-        let stmt = tx
-            .prepare_cached("SELECT card_feed_writer()")
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[]).await.map_err(classify)?;
-        let stmt = tx
-            .prepare_cached(
-                "SELECT balance_cents, status, block_reason, age_flag, voucher_units, replaced_by
-                 FROM cards WHERE card_uid = $1 FOR NO KEY UPDATE",
-            )
-            .await
-            .map_err(classify)?;
-        let card = match tx
-            .query_opt(&stmt, &[&uid.as_str()])
-            .await
-            .map_err(classify)?
-        {
-            Some(row) => {
-                let by: Option<String> = row.try_get(5).map_err(classify)?;
-                if let (Some(refusal), Some(by)) = (refuse_replaced, by) {
-                    return Err(refusal(&uid, &by));
+        let locked = lock_card(&tx, &uid).await?;
+        let card = match locked {
+            Some(locked) => {
+                if let (Some(refusal), Some(by)) = (refuse_replaced, &locked.replaced_by) {
+                    return Err(refusal(&uid, by));
                 }
-                Some(card_state(
-                    row.try_get(0).map_err(classify)?,
-                    row.try_get(1).map_err(classify)?,
-                    row.try_get(2).map_err(classify)?,
-                    row.try_get(3).map_err(classify)?,
-                    row.try_get(4).map_err(classify)?,
-                )?)
+                Some(locked.state)
             }
             None => None,
         };
@@ -332,6 +300,61 @@ impl PgStore {
         tx.commit().await.map_err(classify)?;
         Ok(out)
     }
+}
+
+/// A card read under its row lock ([`lock_card`]).
+struct LockedCard {
+    state: CardState,
+    replaced_by: Option<String>,
+    key_version: Option<i32>,
+}
+
+/// Takes the locks a change of card `uid` needs, in the global lock order
+/// (migrations/postgres/0007_new_cards.sql): the creation lock of a card not yet in `cards`
+/// (holding nothing else), the card feed's writer lock, the card's row; the new version
+/// comes after all of them. Returns the card as it stands, `None` if unknown.
+async fn lock_card(
+    tx: &deadpool_postgres::Transaction<'_>,
+    uid: &CardUid,
+) -> Result<Option<LockedCard>, StoreError> {
+    let stmt = tx
+        .prepare_cached("SELECT ledger_lock_new_card($1)")
+        .await
+        .map_err(classify)?;
+    tx.execute(&stmt, &[&uid.as_str()])
+        .await
+        .map_err(classify)?;
+    let stmt = tx
+        .prepare_cached("SELECT card_feed_writer()")
+        .await
+        .map_err(classify)?;
+    tx.execute(&stmt, &[]).await.map_err(classify)?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT balance_cents, status, block_reason, age_flag, voucher_units, replaced_by,
+                    key_version
+             FROM cards WHERE card_uid = $1 FOR NO KEY UPDATE",
+        )
+        .await
+        .map_err(classify)?;
+    let Some(row) = tx
+        .query_opt(&stmt, &[&uid.as_str()])
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LockedCard {
+        state: card_state(
+            row.try_get(0).map_err(classify)?,
+            row.try_get(1).map_err(classify)?,
+            row.try_get(2).map_err(classify)?,
+            row.try_get(3).map_err(classify)?,
+            row.try_get(4).map_err(classify)?,
+        )?,
+        replaced_by: row.try_get(5).map_err(classify)?,
+        key_version: row.try_get(6).map_err(classify)?,
+    }))
 }
 
 impl AdminStore for PgStore {
@@ -669,6 +692,51 @@ impl AdminStore for PgStore {
             Ok((CardState { age_flag, ..card }, details, ()))
         })
         .await
+    }
+
+    async fn record_card_key(
+        &self,
+        terminal: Terminal,
+        uid: CardUid,
+        key_version: u8,
+    ) -> Result<CardKeyRecord, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let locked = lock_card(&tx, &uid).await?;
+        let previous = locked
+            .as_ref()
+            .and_then(|c| c.key_version)
+            .map(|v| u8::try_from(v).map_err(internal))
+            .transpose()?;
+        let replaced_by = locked.as_ref().and_then(|c| c.replaced_by.as_deref());
+        let changed = rules::card_key_change(previous, replaced_by, key_version)
+            .map_err(|why| StoreError::Conflict(format!("card {uid}: {why}")))?;
+        let card_created = locked.is_none();
+        if changed {
+            let card = locked.map_or(CardState::NEW, |c| c.state);
+            write_card(&tx, &uid, card_created, &card).await?;
+            let stmt = tx
+                .prepare_cached("UPDATE cards SET key_version = $2 WHERE card_uid = $1")
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&uid.as_str(), &i32::from(key_version)])
+                .await
+                .map_err(classify)?;
+            log_change(
+                &tx,
+                &Actor::Terminal(terminal.name),
+                "card_key",
+                Some(uid.as_str()),
+                card_key_details(key_version, previous, card_created),
+            )
+            .await?;
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(CardKeyRecord {
+            key_version,
+            changed,
+            card_created,
+        })
     }
 
     async fn grant_vouchers(&self, uid: CardUid, units: i64) -> Result<i64, StoreError> {

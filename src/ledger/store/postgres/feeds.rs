@@ -18,8 +18,8 @@ use crate::protocol::api::{Scan, StaffRole, TerminalStatusReport, format_time};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
-/// A row of `card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units`
-/// as the API shows it.
+/// A row of `card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units,
+/// key_version` as the API shows it.
 fn card_view(row: &Row) -> Result<CardView, StoreError> {
     let age_flag: Option<String> = row.try_get(5).map_err(classify)?;
     let uid: String = row.try_get(0).map_err(classify)?;
@@ -33,13 +33,19 @@ fn card_view(row: &Row) -> Result<CardView, StoreError> {
             .map(|f| parse_stored(&f, AgeFlag::parse))
             .transpose()?,
         voucher_units: row.try_get(6).map_err(classify)?,
+        key_version: row
+            .try_get::<_, Option<i32>>(7)
+            .map_err(classify)?
+            .map(|v| u8::try_from(v).map_err(internal))
+            .transpose()?,
     })
 }
 
 impl FeedStore for PgStore {
     async fn card(&self, uid: CardUid) -> Result<Option<CardView>, StoreError> {
         self.rows(
-            "SELECT card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units
+            "SELECT card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units,
+                    key_version
              FROM cards WHERE card_uid = $1",
             &[&uid.as_str()],
         )
@@ -57,7 +63,7 @@ impl FeedStore for PgStore {
         let cards = self
             .rows(
                 "SELECT card_uid, balance_cents, status, version, updated_at, age_flag,
-                        voucher_units
+                        voucher_units, key_version
                  FROM card_feed($1, $2)",
                 &[&since_version, &limit],
             )

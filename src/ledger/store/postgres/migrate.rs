@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(20, "0020_quarter_totals.sql"),
     migration!(21, "0021_shift_top_ups.sql"),
     migration!(22, "0022_report_sums.sql"),
+    migration!(23, "0023_card_keys.sql"),
 ];
 
 /// The advisory lock that serializes migrations across processes: "cashless" in ASCII.

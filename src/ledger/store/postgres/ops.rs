@@ -364,13 +364,14 @@ mod tests {
     /// must name exactly the stored declines.
     #[test]
     fn the_procedures_know_every_codes_status_and_the_stored_declines() {
-        // The latest definitions (0010 replaced those of 0005).
+        // The latest definitions: ledger_http_status of 0023, ledger_is_stored_decline of 0010
+        // (which replaced those of 0005).
         let sql = include_str!("../../../../migrations/postgres/0010_what_festivals_sell.sql");
-        let table = sql
+        let table = include_str!("../../../../migrations/postgres/0023_card_keys.sql")
             .split("FUNCTION ledger_http_status")
             .nth(1)
             .and_then(|rest| rest.split("END").next())
-            .expect("ledger_http_status in 0010");
+            .expect("ledger_http_status in 0023");
         let mut listed = Vec::new();
         for line in table.lines() {
             let line = line.trim();

@@ -7,10 +7,10 @@ use crate::ledger::caller::{Actor, Terminal};
 use crate::ledger::flow::{card_account, new_transaction_id};
 use crate::ledger::rules::{self, CardState};
 use crate::ledger::store::{
-    AdminStore, ArchivedLog, ArchivedRow, CardReplaced, NewStaff, NewTerminal, ProductChange,
-    ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange, check_product_change,
-    product_change_details, product_log_details, replaced_stays_blocked,
-    replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
+    AdminStore, ArchivedLog, ArchivedRow, CardKeyRecord, CardReplaced, NewStaff, NewTerminal,
+    ProductChange, ProductListing, ProductUpsert, StaffChange, StoreError, TerminalChange,
+    card_key_details, check_product_change, product_change_details, product_log_details,
+    replaced_stays_blocked, replaced_takes_no_vouchers, terminal_change_applies, unknown_product,
 };
 use crate::protocol::api::format_time;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -480,6 +480,43 @@ impl AdminStore for SqliteStore {
         self.change_card(uid, "card_age_flag", details, move |card| CardState {
             age_flag,
             ..card
+        })
+        .await
+    }
+
+    async fn record_card_key(
+        &self,
+        terminal: Terminal,
+        uid: CardUid,
+        key_version: u8,
+    ) -> Result<CardKeyRecord, StoreError> {
+        self.write(move |conn| {
+            let recorded: Option<(Option<u8>, Option<String>)> = conn
+                .prepare_cached("SELECT key_version, replaced_by FROM cards WHERE card_uid = ?1")?
+                .query_row([uid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (previous, replaced_by) = recorded.clone().unwrap_or_default();
+            let changed = rules::card_key_change(previous, replaced_by.as_deref(), key_version)
+                .map_err(|why| StoreError::Conflict(format!("card {uid}: {why}")))?;
+            let card_created = recorded.is_none();
+            if changed {
+                let card = load_card(conn, &uid)?.unwrap_or(CardState::NEW);
+                write_card(conn, &uid, card_created, &card, &format_time(Utc::now()))?;
+                conn.prepare_cached("UPDATE cards SET key_version = ?2 WHERE card_uid = ?1")?
+                    .execute(params![uid.as_str(), key_version])?;
+                log_change(
+                    conn,
+                    &Actor::Terminal(terminal.name),
+                    "card_key",
+                    Some(uid.as_str()),
+                    card_key_details(key_version, previous, card_created),
+                )?;
+            }
+            Ok(CardKeyRecord {
+                key_version,
+                changed,
+                card_created,
+            })
         })
         .await
     }

@@ -15,9 +15,18 @@ use std::sync::Arc;
 
 /// The columns a card view reads, in [`card_view`]'s order.
 const CARD_COLUMNS: &str =
-    "card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units";
+    "card_uid, balance_cents, status, version, updated_at, age_flag, voucher_units, key_version";
 
-type CardRow = (String, i64, String, i64, String, Option<String>, i64);
+type CardRow = (
+    String,
+    i64,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    Option<u8>,
+);
 
 fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
     Ok((
@@ -28,6 +37,7 @@ fn card_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CardRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
@@ -43,6 +53,7 @@ fn to_card_view(row: CardRow) -> Result<CardView, StoreError> {
             .map(|f| parse_stored(&f, AgeFlag::parse))
             .transpose()?,
         voucher_units: row.6,
+        key_version: row.7,
     })
 }
 

@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/sqlite/0014_quarter_totals.sql"),
     include_str!("../../../../migrations/sqlite/0015_shift_top_ups.sql"),
     include_str!("../../../../migrations/sqlite/0016_report_sums.sql"),
+    include_str!("../../../../migrations/sqlite/0017_card_keys.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

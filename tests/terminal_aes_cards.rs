@@ -281,3 +281,92 @@ fn offline_a_clone_is_declined_and_the_genuine_card_sells() {
         },
     );
 }
+
+#[test]
+fn a_uid_only_copy_of_a_card_the_ledger_knows_as_keyed_is_refused() {
+    in_own_process(
+        "a_uid_only_copy_of_a_card_the_ledger_knows_as_keyed_is_refused",
+        || {
+            runtime().block_on(async {
+                let pcscd = Pcscd::start();
+                let l = Ledger::start().await;
+                l.fund(CARD_UID, 5000).await;
+                l.fund(OTHER_UID, 5000).await;
+                // CARD was issued with key version 1 at a checkpoint; OTHER is a cheap card.
+                let r = l
+                    .put(
+                        &format!("/v1/cards/{CARD_UID}/key"),
+                        &l.checkpoint_token,
+                        &json!({"key_version": 1}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let dir = tempfile::tempdir().unwrap();
+                let url = l.base_url.trim_start_matches("http://").to_owned();
+                let config =
+                    aes_config(dir.path(), &url, &l.bar_token, "accept_uid_cards = true\n");
+                let mut t = Terminal::spawn(&config);
+                ready_to_sell(&mut t).await;
+                // The replica hears of the key from the card feed.
+                wait_for_status(
+                    &mut t,
+                    "a card-feed pull",
+                    (EVENT_DEADLINE, Duration::from_millis(200)),
+                    |s| !s["last_feed_at"].is_null(),
+                )
+                .await;
+
+                // A UID-only card showing CARD's UID: the ledger says CARD has a key.
+                arm_beer(&mut t).await;
+                let card = VirtualCard::insert(pcscd.port(0), CardSpec::new(&CARD));
+                let c = t.expect("card").await;
+                assert_eq!(c["key_version"], Value::Null, "{c}");
+                let e = t.expect("card_error").await;
+                assert_eq!(e["code"], "not_genuine", "{e}");
+                assert!(
+                    e["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("issued with key version 1, it proved no key"),
+                    "{e}"
+                );
+                card.wait_until("the not-genuine feedback", EVENT_DEADLINE, |log| {
+                    log.apdus.iter().any(|a| a[..] == NOT_GENUINE_FEEDBACK)
+                });
+                let log = card.remove();
+                assert!(!log.apdus.iter().any(|a| a[..] == APPROVED_FEEDBACK));
+                let ctx = pcscd.context();
+                wait_for_state(&ctx, &pcscd.reader(0), "EMPTY", EVENT_DEADLINE, is_empty);
+
+                // The order stayed armed: the cheap UID-only card pays for it, and the
+                // genuine keyed card pays for the next.
+                let card = VirtualCard::insert(pcscd.port(0), CardSpec::new(&OTHER));
+                assert_eq!(t.expect("decision").await["status"], "approved_online");
+                card.remove();
+                wait_for_state(&ctx, &pcscd.reader(0), "EMPTY", EVENT_DEADLINE, is_empty);
+                arm_beer(&mut t).await;
+                let genuine = chip(Ntag424Chip::issued(&CARD, &master_keys(), false));
+                let card = VirtualCard::insert(pcscd.port(0), CardSpec::ntag424(&genuine));
+                assert_eq!(t.expect("decision").await["status"], "approved_online");
+                wait_until_synced(&mut t).await;
+                wait_for("the scan log upload", Duration::from_secs(20), || {
+                    scan_results(&l, CARD_UID).len() >= 2
+                })
+                .await;
+                t.quit().await;
+                drop(card);
+                let reader = READERS[0].to_owned();
+                assert_eq!(
+                    scan_results(&l, CARD_UID),
+                    [
+                        ("not_genuine".to_owned(), reader.clone()),
+                        ("approved_online".to_owned(), reader),
+                    ]
+                );
+                assert_eq!(l.balance(CARD_UID).await, 5000 - BEER_CENTS);
+                assert_eq!(l.balance(OTHER_UID).await, 5000 - BEER_CENTS);
+                l.assert_audit_ok();
+            });
+        },
+    );
+}

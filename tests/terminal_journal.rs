@@ -751,6 +751,36 @@ fn the_card_feed_fills_the_replica_and_moves_the_cursor() {
 }
 
 #[test]
+fn the_replica_keeps_the_key_version_the_feed_carries() {
+    let fx = Fixture::new();
+    let mut journal = fx.open();
+    let keyed = |version, key_version| FeedRow {
+        key_version,
+        ..FeedRow::new(uid(CARD), Cents::new(2000), false, version)
+    };
+    journal
+        .apply_card_feed(&[keyed(10, None)], "10", t(0))
+        .unwrap();
+    assert_eq!(journal.replica_key_version(&uid(CARD)).unwrap(), None);
+    // Issued at a checkpoint with key version 2, then re-keyed with version 3.
+    journal
+        .apply_card_feed(&[keyed(11, Some(2))], "11", t(10))
+        .unwrap();
+    assert_eq!(journal.replica_key_version(&uid(CARD)).unwrap(), Some(2));
+    journal
+        .apply_card_feed(&[keyed(12, Some(3))], "12", t(20))
+        .unwrap();
+    // An old page again does not take the card back to an older key.
+    journal
+        .apply_card_feed(&[keyed(11, Some(2))], "12", t(30))
+        .unwrap();
+    drop(journal);
+    let journal = fx.open();
+    assert_eq!(journal.replica_key_version(&uid(CARD)).unwrap(), Some(3));
+    assert_eq!(journal.replica_key_version(&uid(OTHER_CARD)).unwrap(), None);
+}
+
+#[test]
 fn oversized_feeds_are_refused() {
     let fx = Fixture::new();
     let mut journal = fx.open();

@@ -254,6 +254,7 @@ impl Transport for SimLedger {
                     version: c.version,
                     age_flag: c.age_flag,
                     voucher_units: c.voucher_units,
+                    key_version: c.key_version,
                 })
                 .collect(),
             next_cursor: page.next_version.to_string(),

@@ -148,6 +148,33 @@ pub enum AuthError {
     /// The exchange broke (the card moved away, a status that is no proof either way).
     #[error("the card could not be read: {0}")]
     Unreadable(ChannelError),
+    /// The ledger recorded the card as issued with a key, and what answered did not prove
+    /// that key (a UID-only copy of a keyed card, or one keyed with an older master key).
+    #[error(
+        "card not genuine: the ledger recorded it as issued with key version {recorded}, \
+         it proved {}", presented.map_or("no key".to_owned(), |v| format!("key version {v}"))
+    )]
+    ContradictsRecord {
+        /// The key version the card proved (`None`: none, a UID-only read).
+        presented: Option<u8>,
+        /// The key version the ledger recorded at issue.
+        recorded: u8,
+    },
+}
+
+/// Whether a card that proved `presented` (or no key) may be the card the ledger recorded as
+/// issued with `recorded`. A card is issued before it is recorded and keys only go up, so a
+/// genuine card proves the recorded version or a later one; a card the ledger never saw
+/// issued is whatever it proved.
+pub fn check_record(presented: Option<u8>, recorded: Option<u8>) -> Result<(), AuthError> {
+    match (presented, recorded) {
+        (_, None) => Ok(()),
+        (Some(p), Some(r)) if p >= r => Ok(()),
+        (presented, Some(recorded)) => Err(AuthError::ContradictsRecord {
+            presented,
+            recorded,
+        }),
+    }
 }
 
 impl AuthError {
@@ -165,7 +192,9 @@ impl AuthError {
             AuthError::NotAesCard => "not_aes_card",
             AuthError::NotIssued => "not_issued",
             AuthError::UnknownKeyVersion(_) => "unknown_key_version",
-            AuthError::NotGenuine(_) | AuthError::UidMismatch => "not_genuine",
+            AuthError::NotGenuine(_)
+            | AuthError::UidMismatch
+            | AuthError::ContradictsRecord { .. } => "not_genuine",
             AuthError::Unreadable(_) => "unreadable",
         }
     }
@@ -726,5 +755,30 @@ impl<'k> IssueFlow<'k> {
             random_id: self.options.random_id || is_random_id(&self.shown_uid),
             changed_keys: self.changed.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_proves_at_least_the_key_the_ledger_recorded() {
+        assert_eq!(check_record(None, None), Ok(()));
+        assert_eq!(check_record(Some(1), None), Ok(()));
+        assert_eq!(check_record(Some(2), Some(2)), Ok(()));
+        assert_eq!(check_record(Some(3), Some(2)), Ok(()));
+        let uid_only = check_record(None, Some(2)).unwrap_err();
+        assert_eq!(uid_only.code(), "not_genuine");
+        assert!(uid_only.refuses_card());
+        assert_eq!(
+            uid_only.to_string(),
+            "card not genuine: the ledger recorded it as issued with key version 2, it proved no key"
+        );
+        let older = check_record(Some(1), Some(2)).unwrap_err();
+        assert!(
+            older.to_string().ends_with("it proved key version 1"),
+            "{older}"
+        );
     }
 }

@@ -139,6 +139,9 @@ pub struct FeedCard {
     /// Voucher units on the card (absent from ledgers before vouchers).
     #[serde(default)]
     pub voucher_units: i64,
+    /// The master key version the card was issued with; `null` or absent: UID only.
+    #[serde(default)]
+    pub key_version: Option<u8>,
 }
 
 /// One page of the card feed.

@@ -10,7 +10,7 @@
 //! task, one at a time, each a single statement or transaction.
 
 use super::client::LedgerClient;
-use super::config::{ReaderBackend, TerminalConfig};
+use super::config::{CardMode, ReaderBackend, TerminalConfig};
 use super::core::deposits::order_deposits;
 use super::core::login::LoginGuard;
 use super::core::policy::OfflineLimits;
@@ -30,6 +30,7 @@ use crate::protocol::codes::ErrorCode;
 use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
 use crate::reader::ReaderEvent;
+use crate::reader::card_auth::{self, AuthError};
 use crate::reader::core::{CardType, Feedback, ReadError};
 use chrono::Utc;
 use std::sync::Arc;
@@ -816,7 +817,15 @@ impl Session {
                 self.log_scan(&uid, "repeat", &reader, None);
                 (Vec::new(), None)
             }
-            ReaderEvent::Card { reader, uid, .. } => {
+            ReaderEvent::Card {
+                reader,
+                uid,
+                key_version,
+                ..
+            } => {
+                if let Err(error) = self.check_card_record(&uid, key_version) {
+                    return self.refuse(&reader, Some(&uid), error.code(), error.to_string());
+                }
                 let outcome = self.outcome(uid, &reader).await;
                 let feedback = match &outcome {
                     Event::Decision(d) if d.approved() => Feedback::Approved,
@@ -826,25 +835,68 @@ impl Session {
                 (vec![outcome], Some(feedback))
             }
             ReaderEvent::Failed { reader, error, .. } => {
+                if matches!(error, ReadError::NotGenuine { .. }) {
+                    return self.refuse(
+                        &reader,
+                        error.uid().as_ref(),
+                        error.code(),
+                        error.to_string(),
+                    );
+                }
                 if let Some(uid) = error.uid() {
                     self.log_scan(&uid, error.code(), &reader, None);
                 }
-                let feedback = if matches!(error, ReadError::NotGenuine { .. }) {
-                    tracing::warn!(reader, code = error.code(), %error, "card refused");
-                    Feedback::NotGenuine
-                } else {
-                    Feedback::Declined
-                };
                 (
                     vec![Event::CardError {
                         reader,
                         code: error.code(),
                         message: error.to_string(),
                     }],
-                    Some(feedback),
+                    Some(Feedback::Declined),
                 )
             }
         }
+    }
+
+    /// AES mode: whether a card that proved `key_version` (or no key) may be the card the
+    /// ledger recorded, as the replica last heard it. UID mode checks nothing: it proves
+    /// nothing either.
+    fn check_card_record(&self, uid: &CardUid, key_version: Option<u8>) -> Result<(), AuthError> {
+        if self.config.cards.mode != CardMode::Aes {
+            return Ok(());
+        }
+        match self.with_journal(|j| j.replica_key_version(uid)) {
+            Ok(recorded) => card_auth::check_record(key_version, recorded),
+            Err(e) => {
+                // The check is the replica's (a window until the next feed pull anyway); a
+                // journal that cannot be read stops the sale in the tap flow that follows.
+                tracing::warn!(error = %e, %uid, "key version of the card not read");
+                Ok(())
+            }
+        }
+    }
+
+    /// A card refused as not genuine: nothing armed is touched (the order waits for a genuine
+    /// card), the scan log and the service log say so, the reader signals it.
+    fn refuse(
+        &self,
+        reader: &str,
+        uid: Option<&CardUid>,
+        code: &'static str,
+        message: String,
+    ) -> (Vec<Event>, Option<Feedback>) {
+        if let Some(uid) = uid {
+            self.log_scan(uid, code, reader, None);
+        }
+        tracing::warn!(reader, code, card_uid = ?uid.map(CardUid::as_str), %message, "card refused");
+        (
+            vec![Event::CardError {
+                reader: reader.to_owned(),
+                code,
+                message,
+            }],
+            Some(Feedback::NotGenuine),
+        )
     }
 
     async fn balance(&self, uid: &CardUid) -> Event {

@@ -272,6 +272,7 @@ pub async fn pull_card_feed(
                 version: c.version,
                 age_flag: c.age_flag,
                 voucher_units: c.voucher_units,
+                key_version: c.key_version,
             })
             .collect();
         updated += cards.len();
@@ -839,6 +840,7 @@ mod tests {
                     version: *version,
                     age_flag: None,
                     voucher_units: 0,
+                    key_version: None,
                 })
                 .collect(),
             next_cursor: next.into(),

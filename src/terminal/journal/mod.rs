@@ -96,6 +96,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/terminal/0005_what_festivals_sell.sql"),
     include_str!("../../../migrations/terminal/0006_deposits.sql"),
     include_str!("../../../migrations/terminal/0007_voucher_grants.sql"),
+    include_str!("../../../migrations/terminal/0008_card_keys.sql"),
 ];
 
 /// The schema version this program writes: `PRAGMA user_version` once every migration is

@@ -55,6 +55,8 @@ pub struct FeedRow {
     pub age_flag: Option<AgeFlag>,
     /// Voucher units on the card at the ledger.
     pub voucher_units: i64,
+    /// The master key version the card was issued with (`None`: UID only).
+    pub key_version: Option<u8>,
 }
 
 impl FeedRow {
@@ -67,6 +69,7 @@ impl FeedRow {
             version,
             age_flag: None,
             voucher_units: 0,
+            key_version: None,
         }
     }
 }
@@ -219,15 +222,16 @@ impl Journal {
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at,
-                                            age_flag, voucher_units)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                            age_flag, voucher_units, key_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (card_uid) DO UPDATE SET
                      balance_cents = excluded.balance_cents,
                      status = excluded.status,
                      version = excluded.version,
                      fetched_at = excluded.fetched_at,
                      age_flag = excluded.age_flag,
-                     voucher_units = excluded.voucher_units
+                     voucher_units = excluded.voucher_units,
+                     key_version = excluded.key_version
                  WHERE excluded.version >= replica_cards.version",
             )?;
             for card in cards {
@@ -240,6 +244,7 @@ impl Journal {
                     now_text,
                     card.age_flag.map(AgeFlag::as_str),
                     card.voucher_units,
+                    card.key_version,
                 ])?;
             }
         }
@@ -290,6 +295,20 @@ impl Journal {
             },
             fetched_at,
         )))
+    }
+
+    /// The master key version the ledger recorded for `uid` as of the last feed page that
+    /// carried it; `None` for a card issued without a key or unknown to the replica.
+    pub fn replica_key_version(&self, uid: &CardUid) -> Result<Option<u8>, JournalError> {
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT key_version FROM replica_cards WHERE card_uid = ?1")?
+            .query_row([uid.as_str()], |r| r.get(0))
+            .optional()?
+            .flatten();
+        version
+            .map(|v| u8::try_from(v).map_err(|_| corrupt(format!("card {uid}: key_version {v}"))))
+            .transpose()
     }
 
     /// Where the next card-feed request starts: the last applied `next_cursor`, or `""` (the

@@ -19,6 +19,7 @@ use crate::reader::pcsc::PcscReader;
 use crate::terminal::config::{ReaderBackend, TerminalConfig, TerminalOverrides};
 use crate::terminal::daemon::{self, Daemon, ReaderLink, run_jsonl};
 use crate::terminal::journal::{Counts, Journal};
+use crate::terminal::{card_keys, card_station};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ enum Command {
     Terminal(TerminalArgs),
     /// A ledger and a bar terminal in one command, with simulated cards and a network switch.
     Demo(crate::demo::DemoArgs),
+    /// NTAG 424 DNA cards: issue them, check them, and add master keys.
+    Card(CardArgs),
     /// Load generators and reference measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -99,6 +102,56 @@ enum TerminalCommandLine {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct CardArgs {
+    /// The terminal's configuration file: its [reader], [cards] and ledger are used.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "/etc/cashless/terminal.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: CardStationCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CardStationCommand {
+    /// Personalise the card on the reader and register it with the ledger.
+    ///
+    /// The factory-fresh card gets keys diversified from the newest master key; the ledger
+    /// records it (a checkpoint's token). Safe to run again on the same card:
+    /// a card pulled away halfway is issued from where it stopped. Exit codes: 0 issued and
+    /// registered; 1 not issued; 3 issued but not registered (run it again).
+    Issue(StationArgs),
+    /// What the card on the reader is, and whether it proves its key.
+    ///
+    /// Also shows what the ledger recorded for it. Exit codes: 0 the card would pay; 1 it would not, or it could not
+    /// be read.
+    Check(StationArgs),
+    /// Add a fresh random master key to a master key file.
+    ///
+    /// One version above the newest; the file is created readable by this user only. The
+    /// key is never printed.
+    NewKey {
+        /// The master key file ([cards] master_key_file).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StationArgs {
+    /// Substring of the reader's name; default: [reader] name_filter of the configuration.
+    #[arg(long, value_name = "NAME")]
+    reader_name: Option<String>,
+    /// How long to wait for a card.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    wait_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -615,6 +668,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `cashless card ...`.
+fn run_card(args: CardArgs) -> anyhow::Result<ExitCode> {
+    let station_run = |station: StationArgs, issue: bool| -> anyhow::Result<ExitCode> {
+        let config = TerminalConfig::load(
+            &args.config,
+            &TerminalOverrides::from_env(Some(ReaderBackend::Pcsc)),
+        )?;
+        let station = card_station::Station {
+            reader_filter: station
+                .reader_name
+                .unwrap_or_else(|| config.reader_name_filter.clone()),
+            wait_ms: station.wait_secs.saturating_mul(1000),
+        };
+        let rt = runtime()?;
+        if issue {
+            card_station::issue(&config, &station, &rt)
+        } else {
+            card_station::check(&config, &station, &rt)
+        }
+    };
+    match args.command {
+        CardStationCommand::NewKey { file } => {
+            let version = card_keys::add_new_key(&file)?;
+            println!(
+                "master key version {version} added to {}: new cards are issued with it; copy                  the file to every terminal (mode 0600, owned by the terminal's user)",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CardStationCommand::Issue(station) => station_run(station, true),
+        CardStationCommand::Check(station) => station_run(station, false),
+    }
+}
+
 /// `cashless terminal`: the daemon with its front end, until quit or a signal.
 fn run_terminal(
     config_path: &Path,
@@ -718,6 +805,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ledger(args) => runtime()?.block_on(run_ledger(args)),
         Command::Demo(args) => crate::demo::run(&args),
+        Command::Card(args) => run_card(args),
         Command::Terminal(args) => match args.command {
             None => run_terminal(&args.config, args.ui, args.reader, cli.log_format),
             Some(TerminalCommandLine::Export { out }) => {

@@ -479,7 +479,7 @@ pub enum IssueError {
     #[error("no master key: the master key file holds none")]
     NoMasterKey,
     /// GET DATA failed.
-    #[error("the card's UID could not be read ({0:02X} {1:02X}); present it again")]
+    #[error("the card's UID could not be read ({0:02X} {1:02X})")]
     UidUnreadable(u8, u8),
     /// Not an NTAG 424 DNA.
     #[error("not an NTAG 424 DNA card: it has no such application")]

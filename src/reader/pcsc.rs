@@ -268,14 +268,7 @@ impl Watcher<'_> {
         let mut waiting_told = false;
         loop {
             // Which reader to use, each time the set of readers may have changed.
-            let names: Vec<String> = match ctx.list_readers_owned() {
-                Ok(names) => names
-                    .into_iter()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect(),
-                Err(pcsc::Error::NoReadersAvailable) => Vec::new(),
-                Err(e) => return Err(e),
-            };
+            let names = reader_names(ctx)?;
             let chosen = choose_reader(&names, &self.options.name_filter).map(str::to_owned);
             if chosen != self.connected {
                 if let Some(old) = self.connected.take() {
@@ -410,6 +403,18 @@ impl Watcher<'_> {
     }
 }
 
+/// The readers pcscd knows now (none is not an error).
+fn reader_names(ctx: &Context) -> Result<Vec<String>, pcsc::Error> {
+    match ctx.list_readers_owned() {
+        Ok(names) => Ok(names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()),
+        Err(pcsc::Error::NoReadersAvailable) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Turns the reader's own beep on card detection off (the terminal beeps for decisions);
 /// best effort, on a context of its own.
 fn detect_beep_off(reader: &str) {
@@ -467,23 +472,148 @@ fn authenticate(
     keys: &MasterKeys,
     shown: &[u8],
 ) -> Result<Result<super::card_auth::Genuine, super::card_auth::AuthError>, ReadError> {
-    let (mut flow, mut apdu) = TapAuth::start(keys, shown, [rand::random(), rand::random()]);
+    let (mut flow, apdu) = TapAuth::start(keys, shown, [rand::random(), rand::random()]);
+    drive(card, apdu, TAP_EXCHANGES_MAX, |answer| flow.next(answer)).map_err(|e| {
+        ReadError::Reader(format!(
+            "{e} during the card's authentication; present it again"
+        ))
+    })
+}
+
+/// Why [`drive`] stopped before the flow decided.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The card went away, or the reader failed.
+    #[error("{0}")]
+    Transmit(pcsc::Error),
+    /// The flow wanted more exchanges than its limit.
+    #[error("no verdict within {0} exchanges")]
+    TooMany(usize),
+}
+
+/// Carries a sans-IO flow's commands to `card` and its answers back, starting with `first`,
+/// for at most `exchanges_max` exchanges: the flow decides, this only moves bytes.
+pub fn drive<T, E>(
+    card: &pcsc::Card,
+    first: Vec<u8>,
+    exchanges_max: usize,
+    mut next: impl FnMut(&[u8]) -> Result<Step<T>, E>,
+) -> Result<Result<T, E>, ExchangeError> {
+    let mut apdu = first;
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    for _ in 0..TAP_EXCHANGES_MAX {
-        let answer = card.transmit(&apdu, &mut buf).map_err(|e| {
-            ReadError::Reader(format!(
-                "{e} during the card's authentication; present it again"
-            ))
-        })?;
-        match flow.next(answer) {
-            Ok(Step::Send(next)) => apdu = next,
-            Ok(Step::Done(genuine)) => return Ok(Ok(genuine)),
+    for _ in 0..exchanges_max {
+        let answer = card
+            .transmit(&apdu, &mut buf)
+            .map_err(ExchangeError::Transmit)?;
+        match next(answer) {
+            Ok(Step::Send(command)) => apdu = command,
+            Ok(Step::Done(done)) => return Ok(Ok(done)),
             Err(e) => return Ok(Err(e)),
         }
     }
-    Err(ReadError::Reader(format!(
-        "the card's authentication did not finish within {TAP_EXCHANGES_MAX} exchanges"
-    )))
+    Err(ExchangeError::TooMany(exchanges_max))
+}
+
+/// Why no card could be had for a card-station command.
+#[derive(Debug, thiserror::Error)]
+pub enum StationError {
+    /// pcscd could not be reached.
+    #[error("cannot reach pcscd ({0}); is it running? (systemctl start pcscd)")]
+    NoService(pcsc::Error),
+    /// No matching reader, or no card on it, in time.
+    #[error("{what} within {wait_ms} ms")]
+    NoCard {
+        /// What was missing.
+        what: String,
+        /// How long it was waited for.
+        wait_ms: u64,
+    },
+    /// The reader failed.
+    #[error("the reader failed: {0}")]
+    Reader(pcsc::Error),
+}
+
+/// A card on a reader, connected (shared) for a card-station command.
+pub struct PresentedCard {
+    /// The reader's name.
+    pub reader: String,
+    /// The card's ATR.
+    pub atr: Vec<u8>,
+    /// The connection (left as it is when dropped: the card keeps its state).
+    pub card: pcsc::Card,
+}
+
+impl PresentedCard {
+    /// Lets the card go, as it is (an authenticated session ends when it leaves the field;
+    /// a reset of a card that already left confuses vpcd's presence tracking).
+    pub fn release(self) {
+        let _ = self.card.disconnect(Disposition::LeaveCard);
+    }
+}
+
+/// Waits up to `wait_ms` for a card on the first reader whose name contains `name_filter`
+/// (empty: the first contactless reader), and connects to it. A card already on the reader
+/// counts. For `cashless card check` and `card issue`, which hold a card, not a stream of taps.
+pub fn wait_for_card(name_filter: &str, wait_ms: u64) -> Result<PresentedCard, StationError> {
+    let ctx = Context::establish(Scope::User).map_err(StationError::NoService)?;
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let mut states = vec![ReaderState::new(pcsc::PNP_NOTIFICATION(), State::UNAWARE)];
+    loop {
+        let names = reader_names(&ctx).map_err(StationError::Reader)?;
+        let chosen = choose_reader(&names, name_filter).map(str::to_owned);
+        let watched = states
+            .get(1)
+            .map(|s| s.name().to_string_lossy().into_owned());
+        if chosen != watched {
+            states.truncate(1);
+            if let Some(name) = &chosen {
+                let c_name = CString::new(name.as_str())
+                    .map_err(|_| StationError::Reader(pcsc::Error::UnknownReader))?;
+                states.push(ReaderState::new(c_name, State::UNAWARE));
+            }
+        }
+        if let (Some(name), Some(state)) = (&chosen, states.get(1)) {
+            let event = state.event_state();
+            if event.contains(State::PRESENT) && !event.contains(State::MUTE) {
+                let atr = state.atr().to_vec();
+                let c_name = CString::new(name.as_str())
+                    .map_err(|_| StationError::Reader(pcsc::Error::UnknownReader))?;
+                match ctx.connect(&c_name, ShareMode::Shared, Protocols::ANY) {
+                    Ok(card) => {
+                        return Ok(PresentedCard {
+                            reader: name.clone(),
+                            atr,
+                            card,
+                        });
+                    }
+                    // Gone between the look and the connection: wait for the next.
+                    Err(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard) => {}
+                    Err(e) => return Err(StationError::Reader(e)),
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StationError::NoCard {
+                what: match &chosen {
+                    None if name_filter.is_empty() => "no contactless reader".to_owned(),
+                    None => format!("no reader whose name contains {name_filter:?}"),
+                    Some(name) => format!("no card on {name}"),
+                },
+                wait_ms,
+            });
+        }
+        match ctx.get_status_change(left, &mut states) {
+            Ok(()) | Err(pcsc::Error::Timeout) => {}
+            Err(pcsc::Error::UnknownReader | pcsc::Error::ReaderUnavailable) => {
+                states.truncate(1);
+            }
+            Err(e) => return Err(StationError::Reader(e)),
+        }
+        for state in &mut states {
+            state.sync_current_state();
+        }
+    }
 }
 
 /// The feedback thread: one request at a time, on a context of its own; every failure is

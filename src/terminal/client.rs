@@ -485,6 +485,23 @@ impl LedgerClient {
         .await
     }
 
+    /// `PUT /v1/cards/{uid}/key`: records that the card was issued with `key_version` (a
+    /// checkpoint's token). The answer as it is; sending it again changes nothing.
+    pub async fn record_card_key(
+        &self,
+        uid: &CardUid,
+        key_version: u8,
+    ) -> Result<Answer, ClientError> {
+        let body = serde_json::json!({ "key_version": key_version });
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/cards/{uid}/key")))
+                .json(&body),
+            self.timeout,
+        )
+        .await
+    }
+
     /// Uploads scans (`{"scans": [...]}`).
     pub async fn upload_scans(&self, scans: &[Value]) -> Result<Answer, ClientError> {
         let body = serde_json::json!({ "scans": scans });

@@ -14,6 +14,7 @@
 //! - [`tap`]: performs the tap flow's steps on the journal and the ledger; crash recovery.
 
 pub mod card_keys;
+pub mod card_station;
 pub mod client;
 pub mod config;
 pub mod core;

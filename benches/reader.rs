@@ -1,6 +1,8 @@
 //! The reader benchmark of issue 4, against the real stack: "From the card appearing in pcscd
 //! to the `card` event: at most 50 ms beyond pcscd's own polling. Idle with no card: under 1%
-//! of a core." See BENCHMARKS.md, "Reader (PC/SC)".
+//! of a core." And of issue 16: "Card appearing to authenticated UID through pcscd and vpcd:
+//! p99 at most 40 ms beyond today's UID-only read, next to the UID-only read in the same run;
+//! report CPU time per authentication." See BENCHMARKS.md, "Reader (PC/SC)".
 //!
 //! ```sh
 //! cargo bench --bench reader     # about 5 minutes; appends to $BENCH_DIR/cashless-reader-bench-results.txt
@@ -28,7 +30,14 @@
 //! - (a) `PRESENTATIONS` cards at the idle screen (nothing armed: a balance check each);
 //! - (b) `ARMED` cards, each paying an order of one beer armed before it comes;
 //! - (c) `DELAYED` cards at the idle screen, with every answer of the ledger held
-//!   `LEDGER_DELAY_MS` by the proxy (a ledger farther away).
+//!   `LEDGER_DELAY_MS` by the proxy (a ledger farther away);
+//! - (d) `AES_ROUNDS` rounds of `AES_PER_ROUND` cards at the idle screen, alternately UID-only
+//!   cards to the terminal above and NTAG 424 DNA chips (issued with the bench's master key,
+//!   played by `common::ntag424`) to a second release terminal, bar-2, in `[cards] mode =
+//!   "aes"` on reader `00 01`: the authenticated read next to the UID-only read, in the same
+//!   run and under the same load. Then the terminal's own share of an authentication: the
+//!   thread CPU time of `TapAuth`'s steps over `AUTHENTICATIONS` authentications against an
+//!   in-memory chip (the chip's side not counted).
 //!
 //! Idle. The observer stops; after `IDLE_SETTLE` s, for `IDLE_S` s with no card: the
 //! terminal's CPU (utime + stime of all threads, `/proc/PID/stat`), its context switches
@@ -36,7 +45,8 @@
 //! (the reference).
 //!
 //! Environment (defaults): PRESENTATIONS=200 ARMED=50 DELAYED=30 LEDGER_DELAY_MS=100
-//! WARMUP=10 INSERT_JITTER_MS=500 IDLE_S=30 IDLE_SETTLE=5 BENCH_DIR=${TMPDIR:-/tmp}
+//! AES_ROUNDS=4 AES_PER_ROUND=50 (0: no (d)) WARMUP=10 (at most 3 per round of (d))
+//! INSERT_JITTER_MS=500 IDLE_S=30 IDLE_SETTLE=5 BENCH_DIR=${TMPDIR:-/tmp}
 //! QUIET_WAIT=0 (wait up to this many seconds for other load on the machine to stay under
 //! 10%).
 #![allow(clippy::unwrap_used)]
@@ -45,7 +55,10 @@
 mod common;
 mod machine;
 
+use cashless::reader::card_auth::{MasterKeys, Step, TapAuth};
+use cashless::reader::ntag424::AesKey;
 use common::Ledger;
+use common::ntag424::Ntag424Chip;
 use common::pcsc::{
     CardSpec, EVENT_DEADLINE, GET_UID, Pcscd, READERS, VirtualCard, main_in_own_process,
 };
@@ -57,11 +70,12 @@ use std::ffi::CString;
 use std::io::Read;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -525,6 +539,11 @@ struct Presenter<'a> {
     t: &'a mut Terminal,
     observer: &'a Observer,
     pcscd: &'a Pcscd,
+    /// The reader the terminal uses.
+    reader: usize,
+    /// AES mode: the cards are NTAG 424 DNA chips issued with these keys; `None`: UID-only
+    /// cards.
+    keys: Option<&'a MasterKeys>,
     terminal_pid: u32,
     pcscd_pid: u32,
     tck: f64,
@@ -536,19 +555,7 @@ impl Presenter<'_> {
     /// not measured): at the idle screen, or each paying an order of one beer armed before the
     /// card comes.
     fn present(&mut self, first: usize, warmup: usize, count: usize, armed: bool) -> Run {
-        let mut run = Run {
-            to_card: Vec::new(),
-            to_outcome: Vec::new(),
-            polling: Vec::new(),
-            to_get_data: Vec::new(),
-            get_data_to_card: Vec::new(),
-            to_feedback: Vec::new(),
-            errors: Vec::new(),
-            missing_feedback: 0,
-            terminal_cpu_ms: 0.0,
-            pcscd_cpu_ms: 0.0,
-            seconds: 0.0,
-        };
+        let mut run = Run::empty();
         if count == 0 {
             return run;
         }
@@ -578,7 +585,13 @@ impl Presenter<'_> {
             let bytes = card_uid(first + i);
             let uid = hex::encode_upper(bytes);
             let inserted = Instant::now();
-            let card = VirtualCard::insert(self.pcscd.port(READER), CardSpec::new(&bytes));
+            let spec = match self.keys {
+                None => CardSpec::new(&bytes),
+                Some(keys) => CardSpec::ntag424(&Arc::new(Mutex::new(Ntag424Chip::issued(
+                    &bytes, keys, false,
+                )))),
+            };
+            let card = VirtualCard::insert(self.pcscd.port(self.reader), spec);
             let present = self
                 .observer
                 .wait("PRESENT", |s| s.contains(State::PRESENT));
@@ -655,6 +668,163 @@ impl Presenter<'_> {
     }
 }
 
+impl Run {
+    fn empty() -> Run {
+        Run {
+            to_card: Vec::new(),
+            to_outcome: Vec::new(),
+            polling: Vec::new(),
+            to_get_data: Vec::new(),
+            get_data_to_card: Vec::new(),
+            to_feedback: Vec::new(),
+            errors: Vec::new(),
+            missing_feedback: 0,
+            terminal_cpu_ms: 0.0,
+            pcscd_cpu_ms: 0.0,
+            seconds: 0.0,
+        }
+    }
+
+    /// CPU per presentation, errors and missing feedback, in words.
+    fn costs(&self) -> String {
+        format!(
+            "terminal CPU {:.2} ms and pcscd CPU {:.2} ms per presentation; errors: {}{}; \
+             feedback not seen by the card: {}",
+            self.terminal_cpu_ms,
+            self.pcscd_cpu_ms,
+            self.errors.len(),
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", self.errors)
+            },
+            self.missing_feedback
+        )
+    }
+
+    /// One run of several rounds: the samples together, the CPU per presentation averaged
+    /// over the rounds (equal in size).
+    fn merge(runs: Vec<Run>) -> Run {
+        let n = runs.len().max(1) as f64;
+        let mut all = Run::empty();
+        for r in runs {
+            all.to_card.extend(r.to_card);
+            all.to_outcome.extend(r.to_outcome);
+            all.polling.extend(r.polling);
+            all.to_get_data.extend(r.to_get_data);
+            all.get_data_to_card.extend(r.get_data_to_card);
+            all.to_feedback.extend(r.to_feedback);
+            all.errors.extend(r.errors);
+            all.missing_feedback += r.missing_feedback;
+            all.terminal_cpu_ms += r.terminal_cpu_ms / n;
+            all.pcscd_cpu_ms += r.pcscd_cpu_ms / n;
+            all.seconds += r.seconds;
+        }
+        all
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AES: the second terminal, and the software's own share of an authentication
+// ---------------------------------------------------------------------------------------------
+
+/// The reader of the AES-mode terminal in (d).
+const AES_READER: usize = 1;
+/// The master key of the bench's NTAG 424 DNA cards (version 1).
+const BENCH_MASTER_KEY: [u8; 16] = [0x5C; 16];
+/// (d)'s target: an authenticated read at most this much beyond the UID-only read (p99).
+const AES_EXTRA_TARGET_MS: f64 = 40.0;
+/// Warm-up presentations per round of (d), at most.
+const AES_ROUND_WARMUP_MAX: usize = 3;
+/// Authentications timed in-process for the software's own share.
+const AUTHENTICATIONS: usize = 2_000;
+
+/// `[cards] mode = "aes"` terminal bar-2 on reader 00 01, its master key file beside it.
+fn aes_terminal_config(dir: &Path, ledger: SocketAddr, token: &str) -> PathBuf {
+    let keys = dir.join("card-master-keys");
+    std::fs::write(
+        &keys,
+        format!("1 {}\n", hex::encode_upper(BENCH_MASTER_KEY)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("terminal-aes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[terminal]\nname = \"bar-2\"\nkind = \"bar\"\njournal = {:?}\n\n\
+             [ledger]\nurl = \"http://{ledger}\"\ntoken = \"{token}\"\ntimeout_ms = 1500\n\n\
+             [sync]\ninterval_ms = 2000\nbatch_max = 500\nbackoff_base_ms = 500\n\
+             backoff_cap_ms = 30000\n\n\
+             [reader]\nbackend = \"pcsc\"\nname_filter = \"00 01\"\ndebounce_ms = 800\n\
+             feedback = true\n\n[cards]\nmode = \"aes\"\nmaster_key_file = {:?}\n",
+            dir.join("journal-aes.db").display().to_string(),
+            keys.display().to_string(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits for the terminal's `ready` and its reader `reader`, and logs the bar staff in.
+fn log_in(t: &mut Terminal, reader: usize) {
+    t.expect(&["ready"]);
+    let (_, r) = t.expect(&["reader"]);
+    assert_eq!(
+        (r["state"].as_str(), r["name"].as_str()),
+        (Some("connected"), Some(READERS[reader])),
+        "{r}"
+    );
+    t.send(&json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}));
+    let (_, login) = t.expect(&["login"]);
+    assert_eq!(login["ok"], true, "{login}");
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap(),
+        u32::try_from(t.tv_nsec).unwrap(),
+    )
+}
+
+/// The terminal's own share of an authentication: the CPU time of [`TapAuth`]'s steps (key
+/// diversification, AES, CMAC, the session keys, the secure-messaging check of the answers)
+/// over `count` authentications against an in-memory chip, whose side is not counted.
+/// Returns (mean, p99) in microseconds.
+fn software_share(count: usize) -> (f64, f64) {
+    let keys = MasterKeys::new([(1, AesKey::new(BENCH_MASTER_KEY))]);
+    let uid = card_uid(0);
+    let mut chip = Ntag424Chip::issued(&uid, &keys, false);
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        chip.power_on();
+        let mut spent = Duration::ZERO;
+        let t0 = thread_cpu();
+        let (mut flow, mut apdu) = TapAuth::start(&keys, &uid, [rand::random(), rand::random()]);
+        spent += thread_cpu() - t0;
+        loop {
+            let answer = chip.answer(&apdu);
+            let t0 = thread_cpu();
+            let step = flow.next(&answer);
+            spent += thread_cpu() - t0;
+            match step {
+                Ok(Step::Send(next)) => apdu = next,
+                Ok(Step::Done(genuine)) => {
+                    assert_eq!(genuine.uid, uid);
+                    break;
+                }
+                Err(e) => panic!("the in-memory chip did not authenticate: {e}"),
+            }
+        }
+        samples.push(spent.as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    (mean, percentile(&samples, 99.0))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The benchmark
 // ---------------------------------------------------------------------------------------------
@@ -669,11 +839,15 @@ fn run() {
     let idle_s = knob("IDLE_S", 30);
     let idle_settle = knob("IDLE_SETTLE", 5);
     let quiet_wait = knob("QUIET_WAIT", 0);
+    let aes_rounds = usize::try_from(knob("AES_ROUNDS", 4)).unwrap();
+    let aes_per_round = usize::try_from(knob("AES_PER_ROUND", 50)).unwrap();
+    let aes_warmup = warmup.min(AES_ROUND_WARMUP_MAX);
+    let aes_cards = 2 * aes_rounds * (aes_warmup + aes_per_round);
     let bench_dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     assert!(
-        3 * warmup + presentations + armed + delayed <= usize::from(u16::MAX),
+        3 * warmup + presentations + armed + delayed + aes_cards <= usize::from(u16::MAX),
         "at most 65535 presentations"
     );
     let tck = clk_tck();
@@ -720,7 +894,7 @@ fn run() {
         .enable_all()
         .build()
         .unwrap();
-    let total = 3 * warmup + presentations + armed + delayed;
+    let total = 3 * warmup + presentations + armed + delayed + aes_cards;
     let ledger = rt.block_on(async {
         let l = Ledger::start().await;
         for i in 0..total {
@@ -762,16 +936,7 @@ fn run() {
     .unwrap();
     let mut t = Terminal::spawn(&config, &dir.path().join("terminal.log"), &pcscd);
     let terminal_pid = t.child.id();
-    t.expect(&["ready"]);
-    let (_, r) = t.expect(&["reader"]);
-    assert_eq!(
-        (r["state"].as_str(), r["name"].as_str()),
-        (Some("connected"), Some(READERS[READER])),
-        "{r}"
-    );
-    t.send(&json!({"cmd": "login", "staff_id": "s-bar", "pin": "1234"}));
-    let (_, login) = t.expect(&["login"]);
-    assert_eq!(login["ok"], true, "{login}");
+    log_in(&mut t, READER);
     say(&format!(
         "terminal (pid {terminal_pid}) logged in, reader {} connected; pcscd pid {pcscd_pid}",
         READERS[READER]
@@ -782,6 +947,8 @@ fn run() {
         t: &mut t,
         observer: &observer,
         pcscd: &pcscd,
+        reader: READER,
+        keys: None,
         terminal_pid,
         pcscd_pid,
         tck,
@@ -803,6 +970,46 @@ fn run() {
     proxy.set_delay_ms(ledger_delay_ms);
     let far = bench.present(2 * warmup + presentations + armed, warmup, delayed, false);
     proxy.set_delay_ms(0);
+
+    // (d): the same, UID-only against AES, on two terminals in alternating rounds.
+    let comparison = (aes_rounds > 0 && aes_per_round > 0).then(|| {
+        say(&format!(
+            "(d) {aes_rounds} rounds of {aes_per_round} presentations (+{aes_warmup} warm-up) \
+             at the idle screen, alternately UID-only cards on {} and NTAG 424 DNA cards on {} \
+             (a second terminal, in AES mode)",
+            READERS[READER], READERS[AES_READER]
+        ));
+        let keys = MasterKeys::new([(1, AesKey::new(BENCH_MASTER_KEY))]);
+        let config = aes_terminal_config(dir.path(), proxy.addr, &ledger.bar2_token);
+        let mut t2 = Terminal::spawn(&config, &dir.path().join("terminal-aes.log"), &pcscd);
+        let aes_pid = t2.child.id();
+        log_in(&mut t2, AES_READER);
+        let observer2 = Observer::start(pcscd.context(), pcscd.reader(AES_READER));
+        observer2.wait("EMPTY", |s| s.contains(State::EMPTY));
+        let mut aes = Presenter {
+            t: &mut t2,
+            observer: &observer2,
+            pcscd: &pcscd,
+            reader: AES_READER,
+            keys: Some(&keys),
+            terminal_pid: aes_pid,
+            pcscd_pid,
+            tck,
+            jitter_ms,
+        };
+        let mut next = 2 * warmup + presentations + armed + delayed + warmup;
+        let (mut uid_runs, mut aes_runs) = (Vec::new(), Vec::new());
+        for _ in 0..aes_rounds {
+            uid_runs.push(bench.present(next, aes_warmup, aes_per_round, false));
+            next += aes_warmup + aes_per_round;
+            aes_runs.push(aes.present(next, aes_warmup, aes_per_round, false));
+            next += aes_warmup + aes_per_round;
+        }
+        let quit = t2.quit();
+        observer2.stop();
+        let per_auth = software_share(AUTHENTICATIONS);
+        (Run::merge(uid_runs), Run::merge(aes_runs), per_auth, quit)
+    });
     observer.stop();
 
     // --- idle ------------------------------------------------------------------------------
@@ -922,20 +1129,45 @@ fn run() {
     ));
     series(&far, "balance").into_iter().for_each(&mut line);
     for (name, run) in [("(a)", &at_rest), ("(b)", &paying), ("(c)", &far)] {
+        line(format!("{name} over {:.1} s: {}", run.seconds, run.costs()));
+    }
+    let mut aes_verdict = String::new();
+    if let Some((uid_run, aes_run, (auth_mean_us, auth_p99_us), aes_quit)) = &comparison {
         line(format!(
-            "{name} over {:.1} s: terminal CPU {:.2} ms and pcscd CPU {:.2} ms per presentation; \
-             errors: {}{}; feedback not seen by the card: {}",
-            run.seconds,
-            run.terminal_cpu_ms,
-            run.pcscd_cpu_ms,
-            run.errors.len(),
-            if run.errors.is_empty() {
-                String::new()
-            } else {
-                format!(" {:?}", run.errors)
-            },
-            run.missing_feedback
+            "(d) at the idle screen, alternating {aes_rounds} rounds of {aes_per_round}: \
+             UID-only cards to bar-1 on {:?}, NTAG 424 DNA cards to bar-2 ([cards] mode = \
+             \"aes\") on {:?}",
+            READERS[READER], READERS[AES_READER]
         ));
+        line("  UID only (the reference)".into());
+        series(uid_run, "balance")
+            .into_iter()
+            .take(3)
+            .for_each(&mut line);
+        line(
+            "  AES: GET DATA, then AuthenticateEV2First and GetCardUID in secure messaging".into(),
+        );
+        series(aes_run, "balance")
+            .into_iter()
+            .take(3)
+            .for_each(&mut line);
+        for (name, run) in [("UID only", uid_run), ("AES", aes_run)] {
+            line(format!("  {name}: {}", run.costs()));
+        }
+        line(format!(
+            "  the terminal's own protocol work per authentication (TapAuth's steps, CPU time \
+             of one thread over {AUTHENTICATIONS} authentications against an in-memory chip): \
+             mean {auth_mean_us:.1} µs, p99 {auth_p99_us:.1} µs"
+        ));
+        line(format!("  AES terminal: {aes_quit}"));
+        let (uid_p99, _) = p99_and_max(&uid_run.to_card);
+        let (aes_p99, _) = p99_and_max(&aes_run.to_card);
+        let extra = aes_p99 - uid_p99;
+        aes_verdict = format!(
+            "; AES PRESENT -> card p99 {aes_p99:.2} ms, {extra:+.2} ms beyond UID-only \
+             {uid_p99:.2} ms (target at most +{AES_EXTRA_TARGET_MS} ms): {}",
+            verdict(extra <= AES_EXTRA_TARGET_MS)
+        );
     }
     line(String::new());
     line(format!(
@@ -973,7 +1205,7 @@ fn run() {
         .collect();
     line(format!(
         "targets: PRESENT -> card at most {LATENCY_TARGET_MS} ms: {}; idle terminal CPU < \
-         {IDLE_TARGET_PCT}%: {idle_term_pct:.2}% {}",
+         {IDLE_TARGET_PCT}%: {idle_term_pct:.2}% {}{aes_verdict}",
         latency_verdicts.join("; "),
         verdict(idle_term_pct < IDLE_TARGET_PCT)
     ));
@@ -986,8 +1218,14 @@ fn run() {
         .and_then(|mut f| f.write_all(out.as_bytes()))
         .unwrap_or_else(|e| panic!("cannot append to {}: {e}", results.display()));
     say(&format!("results also in {}", results.display()));
+    let comparison_errors = comparison
+        .as_ref()
+        .map_or(0, |(u, a, _, _)| u.errors.len() + a.errors.len());
     assert!(
-        at_rest.errors.is_empty() && paying.errors.is_empty() && far.errors.is_empty(),
+        at_rest.errors.is_empty()
+            && paying.errors.is_empty()
+            && far.errors.is_empty()
+            && comparison_errors == 0,
         "some presentations were not read, or not as expected: see above"
     );
 }

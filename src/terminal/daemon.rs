@@ -247,8 +247,11 @@ async fn serve<F: Front>(
                     ReaderEvent::Card { reader, .. } | ReaderEvent::Failed { reader, .. } => reader.clone(),
                     _ => String::new(),
                 };
-                // The card is shown as soon as it is read, before the ledger is asked.
-                if let ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } = &event {
+                // The card is shown as soon as it is read, before the ledger is asked; a card
+                // the session will refuse is not shown as a card at all.
+                if let ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } = &event
+                    && session.check_card_record(uid, *key_version).is_ok()
+                {
                     front.show(&card_event(uid, r, Some(*card_type), *key_version)).await?;
                 }
                 let (events, feedback) = session.on_reader(event).await;

@@ -764,7 +764,8 @@ impl Session {
 
     /// What the reader layer reported: events for the front end, and the feedback to give.
     /// For a card, the `card` event is not among them: the caller shows it at once with
-    /// [`card_event`], before the ledger is asked.
+    /// [`card_event`], before the ledger is asked, unless [`Session::check_card_record`]
+    /// refuses the card (then only its `card_error` is shown).
     pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Event>, Option<Feedback>) {
         match event {
             ReaderEvent::Connected { name } => {
@@ -861,7 +862,11 @@ impl Session {
     /// AES mode: whether a card that proved `key_version` (or no key) may be the card the
     /// ledger recorded, as the replica last heard it. UID mode checks nothing: it proves
     /// nothing either.
-    fn check_card_record(&self, uid: &CardUid, key_version: Option<u8>) -> Result<(), AuthError> {
+    pub fn check_card_record(
+        &self,
+        uid: &CardUid,
+        key_version: Option<u8>,
+    ) -> Result<(), AuthError> {
         if self.config.cards.mode != CardMode::Aes {
             return Ok(());
         }

@@ -692,7 +692,8 @@ fn run_card(args: CardArgs) -> anyhow::Result<ExitCode> {
         CardStationCommand::NewKey { file } => {
             let version = card_keys::add_new_key(&file)?;
             println!(
-                "master key version {version} added to {}: new cards are issued with it; copy                  the file to every terminal (mode 0600, owned by the terminal's user)",
+                "master key version {version} added to {}: new cards are issued with it; copy \
+                 the file to every terminal (mode 0600, owned by the terminal's user)",
                 file.display()
             );
             Ok(ExitCode::SUCCESS)

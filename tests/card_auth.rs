@@ -196,6 +196,68 @@ fn issuing_only_key_0_leaves_the_others_at_the_factory_key() {
     assert!(tap(&mut chip, &keys).is_ok());
 }
 
+#[test]
+fn a_card_whose_random_id_is_on_gets_the_uid_key_even_when_only_key_0_is_asked_for() {
+    let keys = master_keys(&[(1, 0x11)]);
+    let mut chip = Ntag424Chip::blank_with_random_id(&UID);
+    let options = IssueOptions {
+        random_id: false,
+        other_keys: false,
+    };
+    let issued = issue(&mut chip, &keys, options, None).unwrap().unwrap();
+    assert_eq!((issued.uid.as_slice(), issued.random_id), (&UID[..], true));
+    assert_eq!(issued.changed_keys, [2, 0]);
+    assert_eq!(chip.versions(), [1, 0, 1, 0, 0]);
+    // Without key 2 a terminal could not learn the real UID, and every tap would fail.
+    let genuine = tap(&mut chip, &keys).unwrap();
+    assert_eq!((genuine.uid.as_slice(), genuine.key_version), (&UID[..], 1));
+}
+
+#[test]
+fn a_card_cut_halfway_is_finished_with_its_version_after_the_master_key_was_rotated() {
+    let old = master_keys(&[(1, 0x11)]);
+    let mut chip = Ntag424Chip::blank(&UID);
+    // Cut after the first key change (GET DATA, select, 5 versions, 2 authentication
+    // frames, ChangeKey 1): key 1 is at version 1, key 0 still the factory's.
+    assert!(issue(&mut chip, &old, ALL_KEYS, Some(10)).is_none());
+    assert_eq!(chip.versions(), [0, 1, 0, 0, 0]);
+    // The station's file gained version 2 meanwhile: the card is finished under version 1.
+    let rotated = master_keys(&[(1, 0x11), (2, 0x22)]);
+    let issued = issue(&mut chip, &rotated, ALL_KEYS, None).unwrap().unwrap();
+    assert_eq!(issued.key_version, 1);
+    assert_eq!(chip.versions(), [1; 5]);
+    assert_eq!(tap(&mut chip, &rotated).unwrap().key_version, 1);
+    // A finished card of version 1 is not re-keyed to version 2.
+    let again = issue(&mut chip, &rotated, ALL_KEYS, None).unwrap();
+    assert!(
+        matches!(
+            again,
+            Err(IssueError::OtherVersion {
+                key_no: 0,
+                version: 1,
+                target: 2
+            })
+        ),
+        "{again:?}"
+    );
+    // A station without version 1 refuses the half-issued card rather than guess.
+    let mut half = Ntag424Chip::blank(&UID);
+    assert!(issue(&mut half, &old, ALL_KEYS, Some(10)).is_none());
+    let only_new = master_keys(&[(2, 0x22)]);
+    let refused = issue(&mut half, &only_new, ALL_KEYS, None).unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(IssueError::OtherVersion {
+                key_no: 1,
+                version: 1,
+                target: 2
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
 /// The card pulled away after each command it executed (its answer lost), at every step of
 /// issuing, with and without the random ID: issuing again finishes it, and it authenticates.
 #[test]

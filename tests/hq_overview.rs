@@ -185,8 +185,11 @@ async fn the_overview_adds_up_the_day(backend: Backend) {
         .unwrap();
     assert_eq!(section["total"]["gross_cents"], 2_700, "{section}");
 
-    // Another day: nothing on it; bad days get a message.
-    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+    // Another day: nothing on it; bad days get a message. The day before the festival day
+    // of now (festival days start at 06:00 by default: before then, the calendar's yesterday
+    // is today's festival day).
+    let festival_day = cashless::domain::FestivalDay::default();
+    let yesterday = (festival_day.day_of(chrono::Utc::now()) - chrono::Duration::days(1))
         .format("%Y-%m-%d")
         .to_string();
     let html = get(

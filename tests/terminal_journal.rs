@@ -2238,3 +2238,50 @@ fn a_journal_of_schema_version_2_is_migrated_and_its_top_ups_open_the_first_shif
     drop(j);
     assert_eq!(f.open().last_closeout().unwrap().unwrap().0, closed);
 }
+
+#[test]
+fn a_journal_of_schema_version_7_pulls_the_card_feed_again_for_the_key_versions() {
+    let f = Fixture::new();
+    {
+        // Version 7 as it shipped, with a card pulled from the feed (no key version then).
+        let conn = rusqlite::Connection::open(&f.path).unwrap();
+        for sql in [
+            include_str!("../migrations/terminal/0001_journal.sql"),
+            include_str!("../migrations/terminal/0002_declines_and_limits.sql"),
+            include_str!("../migrations/terminal/0003_shift_closeouts.sql"),
+            include_str!("../migrations/terminal/0004_catalog_tax_rates.sql"),
+            include_str!("../migrations/terminal/0005_what_festivals_sell.sql"),
+            include_str!("../migrations/terminal/0006_deposits.sql"),
+            include_str!("../migrations/terminal/0007_voucher_grants.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+    }
+    {
+        // Written by version 7's code path: a card and the cursor after it.
+        let conn = rusqlite::Connection::open(&f.path).unwrap();
+        conn.execute(
+            "INSERT INTO replica_cards (card_uid, balance_cents, status, version, fetched_at)
+             VALUES (?1, 2000, 'active', 41, '2026-07-01T10:00:00.000000Z')",
+            [CARD],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO replica_meta (key, value) VALUES ('feed_cursor', '41')",
+            [],
+        )
+        .unwrap();
+    }
+    let mut journal = f.open();
+    // The next pull starts from the beginning, and brings the card's key version.
+    assert_eq!(journal.feed_cursor().unwrap(), "");
+    assert_eq!(journal.replica_key_version(&uid(CARD)).unwrap(), None);
+    let keyed = FeedRow {
+        key_version: Some(1),
+        ..FeedRow::new(uid(CARD), Cents::new(2000), false, 41)
+    };
+    journal.apply_card_feed(&[keyed], "41", t(0)).unwrap();
+    assert_eq!(journal.replica_key_version(&uid(CARD)).unwrap(), Some(1));
+    assert_eq!(journal.feed_cursor().unwrap(), "41");
+}

@@ -530,6 +530,7 @@ enum IssueState {
 /// proves the new key 0. Every step is decided from what the card says now, so a card pulled
 /// away at any point is issued again from where it stands.
 pub struct IssueFlow<'k> {
+    keys: &'k MasterKeys,
     master: &'k AesKey,
     version: u8,
     options: IssueOptions,
@@ -561,6 +562,7 @@ impl<'k> IssueFlow<'k> {
         let (version, master) = keys.newest().ok_or(IssueError::NoMasterKey)?;
         Ok((
             IssueFlow {
+                keys,
                 master,
                 version,
                 options,
@@ -580,7 +582,9 @@ impl<'k> IssueFlow<'k> {
     fn wants(&self, key_no: u8) -> bool {
         key_no == APP_KEY
             || self.options.other_keys
-            || (key_no == UID_KEY && self.options.random_id)
+            // A random-ID card (asked for now, or turned on by an earlier run or elsewhere)
+            // needs the UID key: terminals learn its real UID through it.
+            || (key_no == UID_KEY && (self.options.random_id || is_random_id(&self.shown_uid)))
     }
 
     /// The key `key_no` holds now, from its version.
@@ -623,11 +627,26 @@ impl<'k> IssueFlow<'k> {
                 })?;
                 let key_no = u8::try_from(self.versions.len()).unwrap_or(u8::MAX);
                 if version != 0 && version != self.version {
-                    return Err(IssueError::OtherVersion {
-                        key_no,
-                        version,
-                        target: self.version,
-                    });
+                    // A run cut halfway under an older master key (the file gained a version
+                    // since): key 0 still at the factory's, the keys changed so far all of
+                    // that version. The card is finished with it, if this terminal holds it;
+                    // an issued card (key 0 changed) is never re-keyed.
+                    let half_issued = key_no != APP_KEY
+                        && self.versions.iter().all(|&v| v == 0)
+                        && self.keys.get(version).is_some();
+                    match self.keys.get(version) {
+                        Some(master) if half_issued => {
+                            self.version = version;
+                            self.master = master;
+                        }
+                        _ => {
+                            return Err(IssueError::OtherVersion {
+                                key_no,
+                                version,
+                                target: self.version,
+                            });
+                        }
+                    }
                 }
                 self.versions.push(version);
                 if self.versions.len() < usize::from(KEY_COUNT) {

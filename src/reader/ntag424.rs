@@ -359,7 +359,10 @@ impl AuthFirst {
             .try_into()
             .map_err(|_| ChannelError::Malformed(data.len()))?;
         cbc_decrypt(&self.key, &[0; 16], &mut plain);
-        let proof_ok = plain[4..20] == rotate_left(&self.rnd_a);
+        let proof_ok = bool::from(subtle::ConstantTimeEq::ct_eq(
+            &plain[4..20],
+            &rotate_left(&self.rnd_a)[..],
+        ));
         let ti = [plain[0], plain[1], plain[2], plain[3]];
         plain.zeroize();
         if !proof_ok {

@@ -34,6 +34,8 @@ const FEEDBACK_QUEUE_MAX: usize = 8;
 /// Cancels sent to the watcher at exit, at most, and how far apart.
 const STOP_CANCELS_MAX: u32 = 300;
 const STOP_CANCEL_INTERVAL_MS: u64 = 10;
+/// How long `wait_for_card` waits before connecting again to a card another program holds.
+const SHARING_RETRY_MS: u64 = 50;
 /// IOCTL_CCID_ESCAPE: how libccid passes a reader command without a card.
 const IOCTL_CCID_ESCAPE: pcsc::ffi::DWORD = 3500;
 
@@ -578,7 +580,9 @@ pub fn wait_for_card(name_filter: &str, wait_ms: u64) -> Result<PresentedCard, S
                 let atr = state.atr().to_vec();
                 let c_name = CString::new(name.as_str())
                     .map_err(|_| StationError::Reader(pcsc::Error::UnknownReader))?;
-                match ctx.connect(&c_name, ShareMode::Shared, Protocols::ANY) {
+                // Exclusive: a terminal daemon on the same reader cannot slip a tap's commands
+                // between issuing's (its reads fail while the card is held).
+                match ctx.connect(&c_name, ShareMode::Exclusive, Protocols::ANY) {
                     Ok(card) => {
                         return Ok(PresentedCard {
                             reader: name.clone(),
@@ -588,6 +592,20 @@ pub fn wait_for_card(name_filter: &str, wait_ms: u64) -> Result<PresentedCard, S
                     }
                     // Gone between the look and the connection: wait for the next.
                     Err(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard) => {}
+                    // Another program is talking to it (a daemon reading it): in a moment.
+                    Err(pcsc::Error::SharingViolation) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(SHARING_RETRY_MS));
+                        continue;
+                    }
+                    Err(pcsc::Error::SharingViolation) => {
+                        return Err(StationError::NoCard {
+                            what: format!(
+                                "the card on {name} stayed in use by another program (a \
+                                 terminal daemon on the same reader?)"
+                            ),
+                            wait_ms,
+                        });
+                    }
                     Err(e) => return Err(StationError::Reader(e)),
                 }
             }

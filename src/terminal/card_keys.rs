@@ -86,7 +86,11 @@ fn parse(text: &str) -> Result<MasterKeys, (usize, String)> {
         let version = match version.parse::<u8>() {
             Ok(v) if v >= 1 => v,
             _ => {
-                return Err((n, format!("the version must be 1 to 255, got {version:?}")));
+                // The word is not echoed: a line written the wrong way round holds a key there.
+                return Err((
+                    n,
+                    "the first word must be the version, a number from 1 to 255".to_owned(),
+                ));
             }
         };
         let mut bytes = hex::decode(hex_key).map_err(|_| {
@@ -131,8 +135,15 @@ pub fn add_new_key(path: &Path) -> Result<u8, KeyFileError> {
         1
     };
     let mut key: [u8; 16] = rand::random();
-    let mut line = format!("{version} {}\n", hex::encode_upper(key));
+    let mut key_hex = hex::encode_upper(key);
     key.zeroize();
+    // A hand-edited file may lack its last newline: the new key goes on a line of its own.
+    let newline_first = std::fs::read(path).is_ok_and(|b| !b.is_empty() && !b.ends_with(b"\n"));
+    let mut line = format!(
+        "{}{version} {key_hex}\n",
+        if newline_first { "\n" } else { "" }
+    );
+    key_hex.zeroize();
     let header = if version == 1 {
         "# cashless card master keys: \"<version> <32 hex digits>\" per line. The highest version\n\
          # issues new cards; keep the older ones to read earlier cards. Readable by the\n\
@@ -173,6 +184,27 @@ mod tests {
             0xFF,
             "lowercase hex is taken"
         );
+    }
+
+    #[test]
+    fn a_line_written_the_wrong_way_round_does_not_put_the_key_in_the_error() {
+        let (line, why) = parse("00112233445566778899AABBCCDDEEFF 1").err().unwrap();
+        assert_eq!(line, 1);
+        assert!(why.contains("1 to 255"), "{why}");
+        assert!(!why.contains("00112233"), "{why}");
+    }
+
+    #[test]
+    fn a_new_key_goes_on_a_line_of_its_own_after_a_hand_edited_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "1 00112233445566778899AABBCCDDEEFF").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(add_new_key(&path).unwrap(), 2);
+        assert_eq!(load(&path).unwrap().versions(), [1, 2]);
+        assert_eq!(add_new_key(&path).unwrap(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{}", text.len());
     }
 
     #[test]

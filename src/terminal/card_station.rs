@@ -16,6 +16,7 @@ use crate::reader::card_auth::{
     TAP_EXCHANGES_MAX, TapAuth,
 };
 use crate::reader::core::{GET_DATA_UID, card_type, shown_uid};
+use crate::reader::ntag424::ChannelError;
 use crate::reader::pcsc::{PresentedCard, drive, wait_for_card};
 use std::process::ExitCode;
 
@@ -59,8 +60,23 @@ fn hold(station: &Station) -> anyhow::Result<PresentedCard> {
     Ok(wait_for_card(&station.reader_filter, station.wait_ms)?)
 }
 
-/// What the ledger's record of a card says, in words, and the key version it recorded.
-fn ledger_view(answer: Result<Answer, ClientError>) -> (String, Option<u8>) {
+/// What the ledger's record of a card says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LedgerView {
+    /// In words, for the `ledger:` line.
+    text: String,
+    /// The key version the ledger recorded (`None`: none, or not known).
+    recorded: Option<u8>,
+    /// The card is blocked (lost, replaced, or in debt): it does not pay.
+    blocked: bool,
+}
+
+fn ledger_view(answer: Result<Answer, ClientError>) -> LedgerView {
+    let view = |text: String| LedgerView {
+        text,
+        recorded: None,
+        blocked: false,
+    };
     match answer {
         Ok(a) if a.status == 200 => {
             let recorded = a.body["key_version"]
@@ -72,18 +88,21 @@ fn ledger_view(answer: Result<Answer, ClientError>) -> (String, Option<u8>) {
                 format!("issued with key version {v}")
             });
             let balance = balance.map_or("?".to_owned(), |b| b.to_string());
-            (format!("{status}, balance {balance}, {key}"), recorded)
+            LedgerView {
+                text: format!("{status}, balance {balance}, {key}"),
+                recorded,
+                blocked: status == "blocked",
+            }
         }
-        Ok(a) if a.status == 404 => ("not known (nothing was ever put on it)".to_owned(), None),
-        Ok(a) => (
-            format!(
-                "answered {} {}",
-                a.status,
-                a.error_code().unwrap_or("(no error code)")
-            ),
-            None,
-        ),
-        Err(e) => (format!("not reachable ({e})"), None),
+        Ok(a) if a.status == 404 => view("not known (nothing was ever put on it)".to_owned()),
+        Ok(a) => view(format!(
+            "answered {} {}",
+            a.status,
+            a.error_code().unwrap_or("(no error code)")
+        )),
+        Err(e) => view(format!(
+            "not reachable ({e}); the verdict is this terminal's alone"
+        )),
     }
 }
 
@@ -106,12 +125,18 @@ pub fn check(
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };
-    let (ledger, recorded) = ledger_view(rt.block_on(client(config)?.card(&uid)));
-    println!("ledger:        {ledger}");
+    let ledger = ledger_view(rt.block_on(client(config)?.card(&uid)));
+    println!("ledger:        {}", ledger.text);
     if config.cards.keys.is_some()
-        && let Err(e) = card_auth::check_record(key_version, recorded)
+        && let Err(e) = card_auth::check_record(key_version, ledger.recorded)
     {
-        println!("verdict:       refused: {e}");
+        println!("verdict:       refused ({}): {e}", e.code());
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if ledger.blocked {
+        println!(
+            "verdict:       blocked at the ledger: it does not pay (see `cashless ledger card`)"
+        );
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     println!(
@@ -169,6 +194,10 @@ fn check_card(
             println!("authenticated: no (a UID-only card)");
             Ok(Ok((CardUid::from_bytes(&shown)?, None)))
         }
+        // The event's code for a read to try again.
+        Ok(Err(e @ AuthError::Unreadable(_))) => Ok(Err(format!(
+            "could not be read (reader_error): {e}; hold it still and check again"
+        ))),
         Ok(Err(e)) => Ok(Err(format!("refused ({}): {e}", e.code()))),
     }
 }
@@ -205,9 +234,14 @@ pub fn issue(
     let issued = match result {
         Ok(Ok(issued)) => issued,
         // A read cut short is the card leaving, as much as a transmit failure is.
-        Ok(Err(IssueError::Card(AuthError::Unreadable(e)))) => {
+        Ok(Err(IssueError::Card(AuthError::Unreadable(e @ ChannelError::Malformed(_))))) => {
             anyhow::bail!("the card left the reader while it was being issued ({e}); {again}")
         }
+        // A status the card will answer every time: running again will not help.
+        Ok(Err(IssueError::Card(AuthError::Unreadable(e)))) => anyhow::bail!(
+            "card not issued: {e} (the card refuses the command; it is not a card this station \
+             can issue)"
+        ),
         Ok(Err(e @ IssueError::UidUnreadable(..))) => {
             anyhow::bail!("card not issued: {e}; {again}")
         }
@@ -268,15 +302,25 @@ fn registration(answer: Result<Answer, ClientError>, key_version: u8) -> (String
             ),
             EXIT_NOT_REGISTERED,
         ),
-        Ok(a) => (
-            format!(
-                "refused ({} {}): {}; {retry}",
+        Ok(a) => {
+            // 409 is for good: the card is recorded with a newer key, or was replaced (and is
+            // blocked). Anything else may pass.
+            let (then, code) = if a.status == 409 {
+                (
+                    "running the command again will not change that",
+                    EXIT_FAILED,
+                )
+            } else {
+                (retry, EXIT_NOT_REGISTERED)
+            };
+            let line = format!(
+                "refused ({} {}): {}; {then}",
                 a.status,
                 a.error_code().unwrap_or("(no error code)"),
                 a.body["error"]["message"].as_str().unwrap_or("")
-            ),
-            EXIT_NOT_REGISTERED,
-        ),
+            );
+            (line, code)
+        }
         Err(e) => (
             format!("not reachable ({e}); {retry} once the ledger can be reached"),
             EXIT_NOT_REGISTERED,
@@ -310,11 +354,13 @@ mod tests {
         assert!(line.contains("already"), "{line}");
         let conflict = json!({"error": {"code": "CARD_KEY_CONFLICT", "message": "recorded 3"}});
         let (line, code) = registration(answer(409, conflict), 2);
-        assert_eq!(code, EXIT_NOT_REGISTERED);
+        assert_eq!(code, EXIT_FAILED);
         assert!(
             line.contains("409 CARD_KEY_CONFLICT): recorded 3"),
             "{line}"
         );
+        let (_, code) = registration(answer(503, json!({"error": {"code": "DATABASE_ERROR"}})), 2);
+        assert_eq!(code, EXIT_NOT_REGISTERED);
         let (line, code) = registration(answer(403, json!({"error": {"code": "FORBIDDEN"}})), 1);
         assert_eq!(code, EXIT_NOT_REGISTERED);
         assert!(line.contains("checkpoint"), "{line}");
@@ -346,11 +392,18 @@ mod tests {
     #[test]
     fn the_ledger_record_in_words() {
         let body = json!({"status": "active", "balance_cents": 1250, "key_version": 2});
-        let (line, recorded) = ledger_view(answer(200, body));
-        assert_eq!(recorded, Some(2));
-        assert!(line.contains("issued with key version 2"), "{line}");
-        let (line, recorded) = ledger_view(answer(404, json!({})));
-        assert_eq!(recorded, None);
-        assert!(line.starts_with("not known"), "{line}");
+        let view = ledger_view(answer(200, body));
+        assert_eq!((view.recorded, view.blocked), (Some(2), false));
+        assert_eq!(
+            view.text,
+            "active, balance 12.50, issued with key version 2"
+        );
+        let body = json!({"status": "blocked", "balance_cents": -300, "key_version": null});
+        let view = ledger_view(answer(200, body));
+        assert_eq!((view.recorded, view.blocked), (None, true));
+        assert!(view.text.contains("issued without a key"), "{view:?}");
+        let view = ledger_view(answer(404, json!({})));
+        assert_eq!((view.recorded, view.blocked), (None, false));
+        assert!(view.text.starts_with("not known"), "{view:?}");
     }
 }

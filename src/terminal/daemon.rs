@@ -250,7 +250,7 @@ async fn serve<F: Front>(
                 // The card is shown as soon as it is read, before the ledger is asked; a card
                 // the session will refuse is not shown as a card at all.
                 if let ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } = &event
-                    && session.check_card_record(uid, *key_version).is_ok()
+                    && matches!(session.check_card_record(uid, *key_version), Ok(Ok(())))
                 {
                     front.show(&card_event(uid, r, Some(*card_type), *key_version)).await?;
                 }

@@ -824,8 +824,18 @@ impl Session {
                 key_version,
                 ..
             } => {
-                if let Err(error) = self.check_card_record(&uid, key_version) {
-                    return self.refuse(&reader, Some(&uid), error.code(), error.to_string());
+                match self.check_card_record(&uid, key_version) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        return self.refuse(&reader, Some(&uid), error.code(), error.to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %uid, "the card's key version not read");
+                        return (
+                            vec![journal_unavailable(e).event()],
+                            Some(Feedback::Declined),
+                        );
+                    }
                 }
                 let outcome = self.outcome(uid, &reader).await;
                 let feedback = match &outcome {
@@ -860,25 +870,19 @@ impl Session {
     }
 
     /// AES mode: whether a card that proved `key_version` (or no key) may be the card the
-    /// ledger recorded, as the replica last heard it. UID mode checks nothing: it proves
-    /// nothing either.
+    /// ledger recorded, as the replica last heard it (`Ok(Err(_))`: refused). UID mode checks
+    /// nothing: it proves nothing either. A journal that cannot be read is an error: the card
+    /// is not taken unchecked.
     pub fn check_card_record(
         &self,
         uid: &CardUid,
         key_version: Option<u8>,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Result<(), AuthError>, JournalError> {
         if self.config.cards.mode != CardMode::Aes {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        match self.with_journal(|j| j.replica_key_version(uid)) {
-            Ok(recorded) => card_auth::check_record(key_version, recorded),
-            Err(e) => {
-                // The check is the replica's (a window until the next feed pull anyway); a
-                // journal that cannot be read stops the sale in the tap flow that follows.
-                tracing::warn!(error = %e, %uid, "key version of the card not read");
-                Ok(())
-            }
-        }
+        let recorded = self.with_journal(|j| j.replica_key_version(uid))?;
+        Ok(card_auth::check_record(key_version, recorded))
     }
 
     /// A card refused as not genuine: nothing armed is touched (the order waits for a genuine

@@ -111,6 +111,14 @@ impl Ntag424Chip {
         chip.powered_on()
     }
 
+    /// A factory-fresh card whose random ID was turned on elsewhere (another tool), its keys
+    /// still the factory's.
+    pub fn blank_with_random_id(uid: &[u8]) -> Ntag424Chip {
+        let mut chip = Ntag424Chip::blank(uid);
+        chip.random_id = true;
+        chip.powered_on()
+    }
+
     /// The same card with key 0 under another master key: a clone that copied the UID and
     /// the key version, but not the key.
     pub fn clone_with_wrong_key(uid: &[u8], version: u8) -> Ntag424Chip {

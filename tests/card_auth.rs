@@ -48,7 +48,12 @@ fn issue(
     let (mut flow, mut apdu) = IssueFlow::start(
         keys,
         options,
-        [rand::random(), rand::random(), rand::random()],
+        [
+            rand::random(),
+            rand::random(),
+            rand::random(),
+            rand::random(),
+        ],
     )
     .unwrap();
     for sent in 1..=ISSUE_EXCHANGES_MAX {
@@ -240,6 +245,21 @@ fn a_card_cut_halfway_is_finished_with_its_version_after_the_master_key_was_rota
         ),
         "{again:?}"
     );
+    // Version bytes are the card's word: a blank card whose key 1 claims version 1 without
+    // holding its key (something else wrote it) is refused, not finished under version 1.
+    let mut forged = Ntag424Chip::blank(&UID).with_key(1, AesKey::new([0x77; 16]), 1);
+    let refused = issue(&mut forged, &rotated, ALL_KEYS, None).unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(IssueError::ForeignKey {
+                key_no: 1,
+                version: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(forged.versions(), [0, 1, 0, 0, 0], "nothing changed on it");
     // A station without version 1 refuses the half-issued card rather than guess.
     let mut half = Ntag424Chip::blank(&UID);
     assert!(issue(&mut half, &old, ALL_KEYS, Some(10)).is_none());

@@ -497,13 +497,25 @@ pub enum IssueError {
         /// The version issuing uses.
         target: u8,
     },
+    /// A key says it holds an older master key version but does not hold that version's
+    /// key: something else changed the card.
+    #[error(
+        "key {key_no} claims key version {version} but does not hold that version's key: \
+         something other than cashless changed this card"
+    )]
+    ForeignKey {
+        /// The key.
+        key_no: u8,
+        /// The version it claims.
+        version: u8,
+    },
     /// The card refused or broke an exchange.
     #[error("{0}")]
     Card(AuthError),
 }
 
 /// Most APDUs issuing sends: GET DATA, select, 5 versions, 2 × 2 authentications, UID,
-/// 4 key changes, configuration, key 0, 2 verification.
+/// 2 proving an older key, 4 key changes, configuration, key 0, 2 verification (22).
 pub const ISSUE_EXCHANGES_MAX: usize = 24;
 
 enum IssueState {
@@ -513,6 +525,8 @@ enum IssueState {
     /// Authenticating with the UID key to learn the real UID of a random-ID card.
     UidAuth(Authenticating),
     ReadUid(Session),
+    /// Proving a key of an older version (`to_prove`) before finishing the card with it.
+    Proving(Authenticating),
     AppAuth(Authenticating),
     /// A planned `CommMode.Full` command sent; its answer carries only a MAC.
     Changing {
@@ -534,7 +548,7 @@ pub struct IssueFlow<'k> {
     master: &'k AesKey,
     version: u8,
     options: IssueOptions,
-    rnd_a: [[u8; 16]; 3],
+    rnd_a: [[u8; 16]; 4],
     shown_uid: Vec<u8>,
     uid: Vec<u8>,
     versions: Vec<u8>,
@@ -542,6 +556,10 @@ pub struct IssueFlow<'k> {
     plan: Vec<Planned>,
     /// The planned command sent last, counted once the card answers it.
     in_flight: Option<Planned>,
+    /// A key the card says holds an older master key version (a run cut halfway before the
+    /// file gained a newer one): proved with that version's key before the card is finished
+    /// with it, since version bytes are the card's word.
+    to_prove: Option<u8>,
     changed: Vec<u8>,
     state: IssueState,
 }
@@ -557,7 +575,7 @@ impl<'k> IssueFlow<'k> {
     pub fn start(
         keys: &'k MasterKeys,
         options: IssueOptions,
-        rnd_a: [[u8; 16]; 3],
+        rnd_a: [[u8; 16]; 4],
     ) -> Result<(IssueFlow<'k>, Vec<u8>), IssueError> {
         let (version, master) = keys.newest().ok_or(IssueError::NoMasterKey)?;
         Ok((
@@ -572,6 +590,7 @@ impl<'k> IssueFlow<'k> {
                 versions: Vec::new(),
                 plan: Vec::new(),
                 in_flight: None,
+                to_prove: None,
                 changed: Vec::new(),
                 state: IssueState::GetData,
             },
@@ -638,6 +657,7 @@ impl<'k> IssueFlow<'k> {
                         Some(master) if half_issued => {
                             self.version = version;
                             self.master = master;
+                            self.to_prove = Some(key_no);
                         }
                         _ => {
                             return Err(IssueError::OtherVersion {
@@ -666,7 +686,7 @@ impl<'k> IssueFlow<'k> {
                     Ok(Step::Send(apdu))
                 } else {
                     self.uid = self.shown_uid.clone();
-                    Ok(Step::Send(self.authenticate_app_key()))
+                    Ok(Step::Send(self.prove_or_authenticate()))
                 }
             }
             IssueState::UidAuth(auth) => match auth.feed(answer).map_err(Self::card)? {
@@ -683,7 +703,29 @@ impl<'k> IssueFlow<'k> {
             IssueState::ReadUid(mut session) => {
                 let data = session.answer_full(answer).map_err(Self::card)?;
                 self.uid = parse_card_uid(&data).map_err(Self::card)?;
-                Ok(Step::Send(self.authenticate_app_key()))
+                // The UID key just proved itself: nothing more to prove if it was the one.
+                if self.to_prove == Some(UID_KEY) {
+                    self.to_prove = None;
+                }
+                Ok(Step::Send(self.prove_or_authenticate()))
+            }
+            IssueState::Proving(auth) => {
+                let key_no = self.to_prove.unwrap_or(APP_KEY);
+                match auth.feed(answer) {
+                    Ok(AuthProgress::Send(apdu, auth)) => {
+                        self.state = IssueState::Proving(auth);
+                        Ok(Step::Send(apdu))
+                    }
+                    Ok(AuthProgress::Session(_)) => {
+                        self.to_prove = None;
+                        Ok(Step::Send(self.authenticate_app_key()))
+                    }
+                    Err(e) if e.means_not_genuine() => Err(IssueError::ForeignKey {
+                        key_no,
+                        version: self.version,
+                    }),
+                    Err(e) => Err(Self::card(e)),
+                }
             }
             IssueState::AppAuth(auth) => match auth.feed(answer).map_err(Self::card)? {
                 AuthProgress::Send(apdu, auth) => {
@@ -723,6 +765,19 @@ impl<'k> IssueFlow<'k> {
                 AuthProgress::Session(_) => Ok(Step::Done(self.issued())),
             },
             IssueState::Over => Err(Self::card(ChannelError::Malformed(0))),
+        }
+    }
+
+    /// Proves the key in `to_prove` with the older version's key, or goes on to key 0.
+    fn prove_or_authenticate(&mut self) -> Vec<u8> {
+        match self.to_prove {
+            Some(key_no) => {
+                let key = issued_key(self.master, &self.uid, key_no);
+                let (auth, apdu) = Authenticating::start(key_no, key, self.rnd_a[3]);
+                self.state = IssueState::Proving(auth);
+                apdu
+            }
+            None => self.authenticate_app_key(),
         }
     }
 

@@ -535,7 +535,7 @@ pub enum StationError {
     Reader(pcsc::Error),
 }
 
-/// A card on a reader, connected (shared) for a card-station command.
+/// A card on a reader, connected exclusively for a card-station command.
 pub struct PresentedCard {
     /// The reader's name.
     pub reader: String,

@@ -138,7 +138,9 @@ pub fn add_new_key(path: &Path) -> Result<u8, KeyFileError> {
     let mut key_hex = hex::encode_upper(key);
     key.zeroize();
     // A hand-edited file may lack its last newline: the new key goes on a line of its own.
-    let newline_first = std::fs::read(path).is_ok_and(|b| !b.is_empty() && !b.ends_with(b"\n"));
+    let newline_first = std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .is_ok_and(|b| !b.is_empty() && !b.ends_with(b"\n"));
     let mut line = format!(
         "{}{version} {key_hex}\n",
         if newline_first { "\n" } else { "" }

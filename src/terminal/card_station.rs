@@ -221,7 +221,12 @@ pub fn issue(
     let (mut flow, first) = IssueFlow::start(
         keys,
         options,
-        [rand::random(), rand::random(), rand::random()],
+        [
+            rand::random(),
+            rand::random(),
+            rand::random(),
+            rand::random(),
+        ],
     )?;
     let presented = hold(station)?;
     println!("reader:        {}", presented.reader);
@@ -233,15 +238,18 @@ pub fn issue(
                  where it stopped";
     let issued = match result {
         Ok(Ok(issued)) => issued,
-        // A read cut short is the card leaving, as much as a transmit failure is.
-        Ok(Err(IssueError::Card(AuthError::Unreadable(e @ ChannelError::Malformed(_))))) => {
-            anyhow::bail!("the card left the reader while it was being issued ({e}); {again}")
-        }
-        // A status the card will answer every time: running again will not help.
-        Ok(Err(IssueError::Card(AuthError::Unreadable(e)))) => anyhow::bail!(
+        // A status the card answers every time (permission denied, parameter, no such key,
+        // length, illegal command): running again will not help.
+        Ok(Err(IssueError::Card(AuthError::Unreadable(
+            e @ ChannelError::Status(0x91, 0x9D | 0x9E | 0x40 | 0x7E | 0x1C),
+        )))) => anyhow::bail!(
             "card not issued: {e} (the card refuses the command; it is not a card this station \
              can issue)"
         ),
+        // A read cut short, or a status that may pass (the card moving in the field).
+        Ok(Err(IssueError::Card(AuthError::Unreadable(e)))) => {
+            anyhow::bail!("the card left the reader while it was being issued ({e}); {again}")
+        }
         Ok(Err(e @ IssueError::UidUnreadable(..))) => {
             anyhow::bail!("card not issued: {e}; {again}")
         }
@@ -305,7 +313,7 @@ fn registration(answer: Result<Answer, ClientError>, key_version: u8) -> (String
         Ok(a) => {
             // 409 is for good: the card is recorded with a newer key, or was replaced (and is
             // blocked). Anything else may pass.
-            let (then, code) = if a.status == 409 {
+            let (then, code) = if a.error_code() == Some("CARD_KEY_CONFLICT") {
                 (
                     "running the command again will not change that",
                     EXIT_FAILED,

@@ -675,7 +675,7 @@ mod tests {
         super::super::card_keys::add_new_key(&keys).unwrap();
         let text = std::fs::read_to_string(example)
             .unwrap()
-            .replace("/etc/cashless/card-master-keys", keys.to_str().unwrap());
+            .replace("/etc/cashless/cards/master-keys", keys.to_str().unwrap());
         let path = dir.path().join("terminal.toml");
         std::fs::write(&path, text).unwrap();
         let overrides = TerminalOverrides {

@@ -119,6 +119,14 @@ impl Ntag424Chip {
         chip.powered_on()
     }
 
+    /// The card with key `key_no` set to `key` and `version` by something else (another
+    /// tool, or a forger preparing blank stock).
+    pub fn with_key(mut self, key_no: u8, key: AesKey, version: u8) -> Ntag424Chip {
+        self.keys[usize::from(key_no)] = key;
+        self.versions[usize::from(key_no)] = version;
+        self.powered_on()
+    }
+
     /// The same card with key 0 under another master key: a clone that copied the UID and
     /// the key version, but not the key.
     pub fn clone_with_wrong_key(uid: &[u8], version: u8) -> Ntag424Chip {

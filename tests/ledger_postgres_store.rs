@@ -758,10 +758,11 @@ async fn a_feed_that_ignores_the_writers_lock_skips_and_the_scenario_shows_it() 
     raw.batch_execute(
         "CREATE OR REPLACE FUNCTION card_feed(p_since_version bigint, p_limit integer)
          RETURNS TABLE (card_uid text, balance_cents bigint, status text, version bigint,
-                        updated_at timestamptz, age_flag text, voucher_units bigint)
+                        updated_at timestamptz, age_flag text, voucher_units bigint,
+                        key_version integer)
          LANGUAGE sql AS $$
              SELECT c.card_uid, c.balance_cents, c.status, c.version, c.updated_at, c.age_flag,
-                    c.voucher_units
+                    c.voucher_units, c.key_version
              FROM cards c
              WHERE c.version > p_since_version ORDER BY c.version LIMIT p_limit
          $$",

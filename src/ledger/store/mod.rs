@@ -17,7 +17,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::domain::{AgeFlag, CardUid, Cents, MinAge, ProductId, StaffId, TaxRateName, TaxRates};
-use crate::ledger::caller::{Actor, Operator, OperatorRole, Terminal};
+use crate::ledger::caller::{Actor, Terminal};
 use crate::ledger::config::{DatabaseUrl, PostgresSettings};
 use crate::ledger::outcome::Outcome;
 pub use crate::ledger::outcome::StripeOutcome;
@@ -32,6 +32,16 @@ use sqlite::{SqliteOptions, SqliteStore};
 use std::future::Future;
 use uuid::Uuid;
 
+mod cards;
+pub use cards::{
+    CardFeedPage, CardKeyRecord, CardReplaced, CardView, card_key_details, replaced_stays_blocked,
+    replaced_takes_no_vouchers,
+};
+mod operators;
+pub use operators::{
+    LoginFailure, NewOperator, NewSession, OperatorChange, OperatorListing, OperatorLogin,
+    OperatorSession, OperatorStore,
+};
 mod pages_read;
 pub use pages_read::{
     CardEvent, CardHistory, CardMoney, CardScan, OverviewData, QuarterTotal, TakingKind,
@@ -109,62 +119,6 @@ pub(crate) fn not_stored(e: &StoreError, op: &Operation, request_id: &str) -> Ou
         crate::protocol::api::ApiError::new(code, "the operation could not be stored; retry"),
         request_id,
     )
-}
-
-/// A card as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CardView {
-    /// The card.
-    pub card_uid: CardUid,
-    /// Balance.
-    pub balance_cents: Cents,
-    /// `active` or `blocked`.
-    pub status: String,
-    /// Position in the card feed.
-    pub version: i64,
-    /// Last change.
-    pub updated_at: String,
-    /// What staff saw on the holder's ID (`under_16`, `under_18`); `None`: nobody said the
-    /// holder is a minor.
-    pub age_flag: Option<AgeFlag>,
-    /// Voucher units on the card.
-    pub voucher_units: i64,
-    /// The master key version the card was issued with (`cashless card issue`); `None`: a
-    /// UID-only card.
-    pub key_version: Option<u8>,
-}
-
-/// What recording a card's key did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CardKeyRecord {
-    /// The version the card is now recorded with.
-    pub key_version: u8,
-    /// False when the card already held this version (nothing was written).
-    pub changed: bool,
-    /// The ledger had not seen the card: it was created with nothing on it.
-    pub card_created: bool,
-}
-
-/// The audit log's details of a card key recorded (`card_key`), on both backends.
-pub fn card_key_details(
-    key_version: u8,
-    previous: Option<u8>,
-    card_created: bool,
-) -> serde_json::Value {
-    serde_json::json!({
-        "key_version": key_version,
-        "previous_key_version": previous,
-        "card_created": card_created,
-    })
-}
-
-/// One page of the card feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CardFeedPage {
-    /// Changed cards, oldest change first.
-    pub cards: Vec<CardView>,
-    /// Where the next page starts.
-    pub next_version: i64,
 }
 
 /// A product on sale.
@@ -1065,181 +1019,6 @@ pub trait StripeStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StripeEventRecord>, StoreError>> + Send;
 }
 
-/// A new headquarters operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOperator {
-    /// Unique name.
-    pub name: String,
-    /// What they may do.
-    pub role: OperatorRole,
-    /// The password's argon2id PHC string.
-    pub password_hash: String,
-}
-
-/// An operator as the login page needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorLogin {
-    /// Who.
-    pub operator: Operator,
-    /// The password's argon2id PHC string.
-    pub password_hash: String,
-    /// `false`: disabled, never logs in.
-    pub active: bool,
-    /// Wrong passwords since the last good one.
-    pub failed_logins: i64,
-    /// Refused until then, whatever the password.
-    pub locked_until: Option<DateTime<Utc>>,
-}
-
-/// An operator as the operators page lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorListing {
-    /// Unique name.
-    pub name: String,
-    /// What they may do.
-    pub role: OperatorRole,
-    /// `false`: disabled.
-    pub active: bool,
-    /// Wrong passwords since the last good one.
-    pub failed_logins: i64,
-    /// Locked until then.
-    pub locked_until: Option<DateTime<Utc>>,
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-}
-
-/// A session being opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewSession {
-    /// The SHA-256 (hex) of the cookie's value; the value itself is never stored.
-    pub session_sha256: String,
-    /// The token every form of the session carries.
-    pub csrf_token: String,
-    /// When it opens.
-    pub created_at: DateTime<Utc>,
-    /// When it ends, whatever happens.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// A live session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorSession {
-    /// Whose.
-    pub operator: Operator,
-    /// The token every form of the session carries.
-    pub csrf_token: String,
-    /// When it ends.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// A login attempt counted: what it will have done if its password is wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginFailure {
-    /// Attempts in a row now, this one included.
-    pub failed_logins: i64,
-    /// Locked until then, if this attempt locked it.
-    pub locked_until: Option<DateTime<Utc>>,
-}
-
-/// A change to an operator, from `ledger operator` or the operators page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OperatorChange {
-    /// Disabled (`false`: its sessions end at once) or enabled again.
-    Active(bool),
-    /// Another role.
-    Role(OperatorRole),
-    /// A new password (an argon2id PHC string); lifts a lock.
-    Password(String),
-}
-
-impl OperatorChange {
-    /// The audit log's `operation` and `details` for this change to operator `name`.
-    pub fn audit(&self, name: &str) -> (&'static str, serde_json::Value) {
-        let who = serde_json::json!({ "operator": name });
-        match self {
-            OperatorChange::Active(true) => ("operator_enable", who),
-            OperatorChange::Active(false) => ("operator_disable", who),
-            OperatorChange::Role(role) => (
-                "operator_role",
-                serde_json::json!({ "operator": name, "role": role.as_str() }),
-            ),
-            OperatorChange::Password(_) => ("operator_password", who),
-        }
-    }
-
-    /// Whether the change ends the operator's sessions: all but enabling one.
-    pub fn ends_sessions(&self) -> bool {
-        *self != OperatorChange::Active(true)
-    }
-}
-
-/// Headquarters' operators and their sessions.
-pub trait OperatorStore: Clone + Send + Sync + 'static {
-    /// Creates an operator (audited); a name already taken is `Conflict`.
-    fn add_operator(
-        &self,
-        actor: Actor,
-        operator: NewOperator,
-    ) -> impl Future<Output = Result<Uuid, StoreError>> + Send;
-
-    /// Changes an operator (audited); an unknown name is `NotFound`. Disabling one, or
-    /// changing its role or password, ends its sessions.
-    fn change_operator(
-        &self,
-        actor: Actor,
-        name: String,
-        change: OperatorChange,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Every operator, by name, at most `limit`.
-    fn operators(
-        &self,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<OperatorListing>, StoreError>> + Send;
-
-    /// The operator with this name, for a login.
-    fn operator_login(
-        &self,
-        name: String,
-    ) -> impl Future<Output = Result<Option<OperatorLogin>, StoreError>> + Send;
-
-    /// Counts a login attempt before its password is checked, in one statement, unless the
-    /// operator is locked at `now`: a lock that has ended starts the count again at 1, and
-    /// the `lock_after`th attempt in a row locks until `now + lock_for_s` (a good password
-    /// then clears it in [`OperatorStore::open_session`]). `None` when locked (or gone):
-    /// check no password. Attempts made at once are counted one by one, so no more than
-    /// `lock_after` passwords are ever checked per lock.
-    fn begin_login(
-        &self,
-        operator_id: Uuid,
-        now: DateTime<Utc>,
-        lock_after: i64,
-        lock_for_s: i64,
-    ) -> impl Future<Output = Result<Option<LoginFailure>, StoreError>> + Send;
-
-    /// A good password: clears the failures and opens `session`; deletes a few expired
-    /// sessions on the way.
-    fn open_session(
-        &self,
-        operator_id: Uuid,
-        session: NewSession,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The live session whose cookie hashes to `session_sha256` at `now`, of an active
-    /// operator.
-    fn session(
-        &self,
-        session_sha256: String,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Option<OperatorSession>, StoreError>> + Send;
-
-    /// Ends a session (logging out); ending one already gone is no error.
-    fn close_session(
-        &self,
-        session_sha256: String,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
 /// Everything the ledger needs from a database: every job's trait. Implemented for every
 /// type that implements them all.
 pub trait LedgerStore:
@@ -1286,53 +1065,6 @@ pub enum OpenError {
         #[source]
         source: StoreError,
     },
-}
-
-/// The refusal to unblock a replaced card.
-pub fn replaced_stays_blocked(uid: &CardUid, by: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "card {uid} was replaced by {by}: it stays blocked for good (its balance is on {by})"
-    ))
-}
-
-/// The refusal to give a replaced card vouchers.
-pub fn replaced_takes_no_vouchers(uid: &CardUid, by: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "card {uid} was replaced by {by}: give the vouchers to {by}"
-    ))
-}
-
-/// What a card replacement (or a later settling of it) did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CardReplaced {
-    /// The move's transaction (its postings, its `card_replacements` row); `None` when a
-    /// run again found nothing to move.
-    pub transaction_id: Option<Uuid>,
-    /// The card the move went to: the new card, or, settling a card whose replacement was
-    /// itself replaced later, the last card of that chain.
-    pub to_card_uid: CardUid,
-    /// The balance moved to the new card (below zero: a debt).
-    pub amount_cents: Cents,
-    /// The voucher units moved.
-    pub voucher_units: i64,
-    /// The new card did not exist and was created.
-    pub new_card_created: bool,
-    /// The replacement was made now (not by an earlier run).
-    pub first: bool,
-}
-
-impl CardReplaced {
-    /// A settling run onto `to` that found nothing to move.
-    pub fn nothing(to: CardUid) -> CardReplaced {
-        CardReplaced {
-            transaction_id: None,
-            to_card_uid: to,
-            amount_cents: Cents::ZERO,
-            voucher_units: 0,
-            new_card_created: false,
-            first: false,
-        }
-    }
 }
 
 /// The logs `cashless ledger housekeeping` archives to files and removes.

@@ -802,7 +802,7 @@ fn software_share(count: usize) -> (f64, f64) {
         chip.power_on();
         let mut spent = Duration::ZERO;
         let t0 = thread_cpu();
-        let (mut flow, mut apdu) = TapAuth::start(&keys, &uid, [rand::random(), rand::random()]);
+        let (mut flow, mut apdu) = TapAuth::start(&keys, &uid, rand::random());
         spent += thread_cpu() - t0;
         loop {
             let answer = chip.answer(&apdu);

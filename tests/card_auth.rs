@@ -25,7 +25,7 @@ fn tap(chip: &mut Ntag424Chip, keys: &MasterKeys) -> Result<Genuine, AuthError> 
     chip.power_on();
     let answer = chip.answer(&[0xFF, 0xCA, 0x00, 0x00, 0x00]);
     let shown = &answer[..answer.len() - 2];
-    let (mut flow, mut apdu) = TapAuth::start(keys, shown, [rand::random(), rand::random()]);
+    let (mut flow, mut apdu) = TapAuth::start(keys, shown, rand::random());
     for _ in 0..TAP_EXCHANGES_MAX {
         let answer = chip.answer(&apdu);
         match flow.next(&answer)? {
@@ -45,17 +45,7 @@ fn issue(
     cut_after: Option<usize>,
 ) -> Option<Result<Issued, IssueError>> {
     chip.power_on();
-    let (mut flow, mut apdu) = IssueFlow::start(
-        keys,
-        options,
-        [
-            rand::random(),
-            rand::random(),
-            rand::random(),
-            rand::random(),
-        ],
-    )
-    .unwrap();
+    let (mut flow, mut apdu) = IssueFlow::start(keys, options, rand::random()).unwrap();
     for sent in 1..=ISSUE_EXCHANGES_MAX {
         let answer = chip.answer(&apdu);
         if cut_after == Some(sent) {

@@ -209,7 +209,6 @@ impl AuthError {
 /// its second answer the session.
 struct Authenticating {
     auth: AuthFirst,
-    challenged: bool,
 }
 
 enum AuthProgress {
@@ -220,21 +219,14 @@ enum AuthProgress {
 impl Authenticating {
     fn start(key_no: u8, key: AesKey, rnd_a: [u8; 16]) -> (Authenticating, Vec<u8>) {
         let (auth, apdu) = AuthFirst::start(key_no, key, rnd_a);
-        (
-            Authenticating {
-                auth,
-                challenged: false,
-            },
-            apdu,
-        )
+        (Authenticating { auth }, apdu)
     }
 
     fn feed(mut self, answer: &[u8]) -> Result<AuthProgress, ChannelError> {
-        if self.challenged {
+        if self.auth.challenged() {
             Ok(AuthProgress::Session(self.auth.finish(answer)?))
         } else {
             let apdu = self.auth.challenge(answer)?;
-            self.challenged = true;
             Ok(AuthProgress::Send(apdu, self))
         }
     }
@@ -286,24 +278,25 @@ fn parse_card_uid(data: &[u8]) -> Result<Vec<u8>, ChannelError> {
 pub const TAP_EXCHANGES_MAX: usize = 8;
 
 /// Which key an authentication in a tap is for.
-enum TapKey {
-    /// The UID key: the real UID comes next.
-    Uid,
+enum TapKey<'k> {
+    /// The UID key (diversified from `master`): the real UID comes next.
+    Uid { master: &'k AesKey },
     /// Key 0 of `uid`.
     App { uid: Vec<u8> },
 }
 
-enum TapState {
+enum TapState<'k> {
     Select,
     KeyVersion,
     Auth {
         auth: Authenticating,
-        key: TapKey,
+        key: TapKey<'k>,
     },
-    /// `GetCardUID` sent; `then_app_key`: a random-ID card, whose key 0 is proved next.
+    /// `GetCardUID` sent; `app_key_of`: a random-ID card, whose key 0, diversified from this
+    /// master key, is proved next.
     ReadUid {
         session: Session,
-        then_app_key: bool,
+        app_key_of: Option<&'k AesKey>,
     },
     Over,
 }
@@ -318,7 +311,7 @@ pub struct TapAuth<'k> {
     shown_uid: Vec<u8>,
     rnd_a: [[u8; 16]; 2],
     version: u8,
-    state: TapState,
+    state: TapState<'k>,
 }
 
 impl<'k> TapAuth<'k> {
@@ -362,7 +355,7 @@ impl<'k> TapAuth<'k> {
                 let (auth, apdu, key) = if is_random_id(&self.shown_uid) {
                     let (auth, apdu) =
                         Authenticating::start(UID_KEY, uid_key(master), self.rnd_a[1]);
-                    (auth, apdu, TapKey::Uid)
+                    (auth, apdu, TapKey::Uid { master })
                 } else {
                     let uid = self.shown_uid.clone();
                     let (auth, apdu) = Authenticating::start(
@@ -382,11 +375,11 @@ impl<'k> TapAuth<'k> {
                         Ok(Step::Send(apdu))
                     }
                     AuthProgress::Session(session) => match key {
-                        TapKey::Uid => {
+                        TapKey::Uid { master } => {
                             let apdu = session.get_card_uid();
                             self.state = TapState::ReadUid {
                                 session,
-                                then_app_key: true,
+                                app_key_of: Some(master),
                             };
                             Ok(Step::Send(apdu))
                         }
@@ -401,7 +394,7 @@ impl<'k> TapAuth<'k> {
                             let apdu = session.get_card_uid();
                             self.state = TapState::ReadUid {
                                 session,
-                                then_app_key: false,
+                                app_key_of: None,
                             };
                             Ok(Step::Send(apdu))
                         }
@@ -410,17 +403,13 @@ impl<'k> TapAuth<'k> {
             }
             TapState::ReadUid {
                 mut session,
-                then_app_key,
+                app_key_of,
             } => {
                 let data = session
                     .answer_full(answer)
                     .map_err(AuthError::from_channel)?;
                 let uid = parse_card_uid(&data).map_err(AuthError::Unreadable)?;
-                if then_app_key {
-                    let master = self
-                        .keys
-                        .get(self.version)
-                        .ok_or(AuthError::UnknownKeyVersion(self.version))?;
+                if let Some(master) = app_key_of {
                     let (auth, apdu) = Authenticating::start(
                         APP_KEY,
                         card_key(master, &uid, APP_KEY),
@@ -515,7 +504,8 @@ pub enum IssueError {
 }
 
 /// Most APDUs issuing sends: GET DATA, select, 5 versions, 2 × 2 authentications, UID,
-/// 2 proving an older key, 4 key changes, configuration, key 0, 2 verification (22).
+/// 2 proving an older key, 4 key changes, configuration, key 0, 2 verification: 22, and
+/// two to spare.
 pub const ISSUE_EXCHANGES_MAX: usize = 24;
 
 enum IssueState {
@@ -650,9 +640,7 @@ impl<'k> IssueFlow<'k> {
                     // since): key 0 still at the factory's, the keys changed so far all of
                     // that version. The card is finished with it, if this terminal holds it;
                     // an issued card (key 0 changed) is never re-keyed.
-                    let half_issued = key_no != APP_KEY
-                        && self.versions.iter().all(|&v| v == 0)
-                        && self.keys.get(version).is_some();
+                    let half_issued = key_no != APP_KEY && self.versions.iter().all(|&v| v == 0);
                     match self.keys.get(version) {
                         Some(master) if half_issued => {
                             self.version = version;
@@ -675,12 +663,8 @@ impl<'k> IssueFlow<'k> {
                 }
                 if is_random_id(&self.shown_uid) {
                     // Random ID already on (an earlier run got that far): the UID key tells
-                    // the real UID.
-                    let key = if self.versions[usize::from(UID_KEY)] == 0 {
-                        AesKey::FACTORY
-                    } else {
-                        uid_key(self.master)
-                    };
+                    // the real UID (its key is the same for every card: no UID needed yet).
+                    let key = self.current_key(UID_KEY);
                     let (auth, apdu) = Authenticating::start(UID_KEY, key, self.rnd_a[1]);
                     self.state = IssueState::UidAuth(auth);
                     Ok(Step::Send(apdu))

@@ -114,7 +114,7 @@ pub fn auth_outcome(
             .map(|uid| (uid, Some(genuine.key_version)))
             .map_err(|e| ReadError::Reader(e.to_string())),
         Err(AuthError::NotAesCard) if accept_uid_cards => match shown_text {
-            Some(text) => CardUid::parse(&text)
+            Some(_) => CardUid::from_bytes(shown)
                 .map(|uid| (uid, None))
                 .map_err(|e| ReadError::Reader(e.to_string())),
             None => Err(ReadError::RandomUid(hex::encode_upper(shown))),

@@ -333,6 +333,11 @@ impl AuthFirst {
         )
     }
 
+    /// Whether the card's challenge was answered: its next answer finishes.
+    pub fn challenged(&self) -> bool {
+        self.rnd_b.is_some()
+    }
+
     /// The card's `E(Kx, RndB) 91 AF`: returns `90 AF 00 00 20 E(Kx, RndA || RndB') 00`.
     pub fn challenge(&mut self, answer: &[u8]) -> Result<Vec<u8>, ChannelError> {
         let data = expect_status(answer, SW_MORE)?;

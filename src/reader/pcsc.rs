@@ -10,7 +10,7 @@
 //! two readers (the name filter picks one). [`PcscReader::stop`] cancels the blocking call and
 //! joins the threads.
 
-use super::card_auth::{MasterKeys, Step, TAP_EXCHANGES_MAX, TapAuth};
+use super::card_auth::{AuthError, Genuine, MasterKeys, Step, TAP_EXCHANGES_MAX, TapAuth};
 use super::core::{
     BUZZER_ON_DETECT_OFF, Debouncer, Feedback, GET_DATA_UID, ReadCard, ReadError, auth_outcome,
     card_type, choose_reader, parse_uid, shown_uid,
@@ -451,14 +451,13 @@ fn read_card(
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
     let answer = card
         .transmit(&GET_DATA_UID, &mut buf)
-        .map(<[u8]>::to_vec)
         .map_err(|e| ReadError::Reader(e.to_string()));
     let read = match keys {
-        None => answer.and_then(|a| parse_uid(&a)).map(|uid| (uid, None)),
+        None => answer.and_then(parse_uid).map(|uid| (uid, None)),
         Some(keys) => answer.and_then(|a| {
-            let shown = shown_uid(&a)?.to_vec();
-            let result = authenticate(&card, keys, &shown)?;
-            auth_outcome(&shown, result, accept_uid_cards)
+            let shown = shown_uid(a)?;
+            let result = authenticate(&card, keys, shown)?;
+            auth_outcome(shown, result, accept_uid_cards)
         }),
     };
     // Left as it is: an authenticated session ends when the card leaves the field (and a
@@ -467,15 +466,25 @@ fn read_card(
     read
 }
 
-/// Runs [`TapAuth`] over the card: the state machine decides, this carries the bytes. A
-/// transmit failure (the card went away) is a read to try again, never a verdict.
+/// Runs [`TapAuth`] over the card that showed `shown` (fresh random challenges): the state
+/// machine decides, this carries the bytes. A failed exchange (the card went away) is no
+/// verdict.
+pub fn authenticate_card(
+    card: &pcsc::Card,
+    keys: &MasterKeys,
+    shown: &[u8],
+) -> Result<Result<Genuine, AuthError>, ExchangeError> {
+    let (mut flow, apdu) = TapAuth::start(keys, shown, rand::random());
+    drive(card, apdu, TAP_EXCHANGES_MAX, |answer| flow.next(answer))
+}
+
+/// [`authenticate_card`] for a tap: a failed exchange is a read to try again.
 fn authenticate(
     card: &pcsc::Card,
     keys: &MasterKeys,
     shown: &[u8],
-) -> Result<Result<super::card_auth::Genuine, super::card_auth::AuthError>, ReadError> {
-    let (mut flow, apdu) = TapAuth::start(keys, shown, [rand::random(), rand::random()]);
-    drive(card, apdu, TAP_EXCHANGES_MAX, |answer| flow.next(answer)).map_err(|e| {
+) -> Result<Result<Genuine, AuthError>, ReadError> {
+    authenticate_card(card, keys, shown).map_err(|e| {
         ReadError::Reader(format!(
             "{e} during the card's authentication; present it again"
         ))
@@ -578,11 +587,9 @@ pub fn wait_for_card(name_filter: &str, wait_ms: u64) -> Result<PresentedCard, S
             let event = state.event_state();
             if event.contains(State::PRESENT) && !event.contains(State::MUTE) {
                 let atr = state.atr().to_vec();
-                let c_name = CString::new(name.as_str())
-                    .map_err(|_| StationError::Reader(pcsc::Error::UnknownReader))?;
                 // Exclusive: a terminal daemon on the same reader cannot slip a tap's commands
                 // between issuing's (its reads fail while the card is held).
-                match ctx.connect(&c_name, ShareMode::Exclusive, Protocols::ANY) {
+                match ctx.connect(state.name(), ShareMode::Exclusive, Protocols::ANY) {
                     Ok(card) => {
                         return Ok(PresentedCard {
                             reader: name.clone(),

@@ -13,11 +13,10 @@ use super::config::TerminalConfig;
 use crate::domain::{CardUid, Cents};
 use crate::reader::card_auth::{
     self, AuthError, ISSUE_EXCHANGES_MAX, IssueError, IssueFlow, IssueOptions, Issued,
-    TAP_EXCHANGES_MAX, TapAuth,
 };
 use crate::reader::core::{GET_DATA_UID, card_type, shown_uid};
 use crate::reader::ntag424::ChannelError;
-use crate::reader::pcsc::{PresentedCard, drive, wait_for_card};
+use crate::reader::pcsc::{PresentedCard, authenticate_card, drive, wait_for_card};
 use std::process::ExitCode;
 
 /// `card check`: the card proved its key (or, in UID mode, was read).
@@ -36,15 +35,6 @@ pub struct Station {
     pub reader_filter: String,
     /// How long to wait for a card.
     pub wait_ms: u64,
-}
-
-fn client(config: &TerminalConfig) -> anyhow::Result<LedgerClient> {
-    Ok(LedgerClient::with_tls(
-        &config.ledger_url,
-        &config.token,
-        config.timeout_ms,
-        &config.ledger_tls,
-    )?)
 }
 
 fn hold(station: &Station) -> anyhow::Result<PresentedCard> {
@@ -125,7 +115,7 @@ pub fn check(
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };
-    let ledger = ledger_view(rt.block_on(client(config)?.card(&uid)));
+    let ledger = ledger_view(rt.block_on(LedgerClient::for_terminal(config)?.card(&uid)));
     println!("ledger:        {}", ledger.text);
     if config.cards.keys.is_some()
         && let Err(e) = card_auth::check_record(key_version, ledger.recorded)
@@ -179,8 +169,7 @@ fn check_card(
         return Ok(Ok((CardUid::from_bytes(&shown)?, None)));
     };
     println!("mode:          aes (key versions {:?})", keys.versions());
-    let (mut flow, first) = TapAuth::start(keys, &shown, [rand::random(), rand::random()]);
-    match drive(&presented.card, first, TAP_EXCHANGES_MAX, |a| flow.next(a)) {
+    match authenticate_card(&presented.card, keys, &shown) {
         Err(e) => Ok(Err(format!(
             "the card could not be read ({e}); hold it still and check again"
         ))),
@@ -218,16 +207,7 @@ pub fn issue(
         random_id: config.cards.random_id,
         other_keys: config.cards.issue_other_keys,
     };
-    let (mut flow, first) = IssueFlow::start(
-        keys,
-        options,
-        [
-            rand::random(),
-            rand::random(),
-            rand::random(),
-            rand::random(),
-        ],
-    )?;
+    let (mut flow, first) = IssueFlow::start(keys, options, rand::random())?;
     let presented = hold(station)?;
     println!("reader:        {}", presented.reader);
     let result = drive(&presented.card, first, ISSUE_EXCHANGES_MAX, |a| {
@@ -261,7 +241,8 @@ pub fn issue(
     let uid = CardUid::from_bytes(&issued.uid)?;
     println!("UID:           {uid}");
     println!("card:          {}", describe_issued(&issued));
-    let answer = rt.block_on(client(config)?.record_card_key(&uid, issued.key_version));
+    let answer =
+        rt.block_on(LedgerClient::for_terminal(config)?.record_card_key(&uid, issued.key_version));
     let (line, code) = registration(answer, issued.key_version);
     println!("ledger:        {line}");
     Ok(ExitCode::from(code))

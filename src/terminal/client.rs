@@ -7,6 +7,7 @@
 //! must void it by its `client_request_id` before deciding again. A connection that could
 //! not be opened never carried the request.
 
+use super::config::TerminalConfig;
 use super::core::replay::{Settlement, settle};
 use crate::domain::{AgeFlag, CardUid, Cents};
 use crate::protocol::api::{Operation, ShiftCloseout, ShiftRecorded, TerminalStatusReport};
@@ -257,6 +258,17 @@ impl LedgerClient {
     /// A client; `timeout_ms` bounds an online decision.
     pub fn new(base_url: &str, token: &str, timeout_ms: u64) -> Result<LedgerClient, ClientError> {
         LedgerClient::with_tls(base_url, token, timeout_ms, &LedgerTls::default())
+    }
+
+    /// The client a terminal's configuration describes: its ledger, token, online timeout
+    /// and TLS trust.
+    pub fn for_terminal(config: &TerminalConfig) -> Result<LedgerClient, ClientError> {
+        LedgerClient::with_tls(
+            &config.ledger_url,
+            &config.token,
+            config.timeout_ms,
+            &config.ledger_tls,
+        )
     }
 
     /// A client that trusts `tls` for an `https://` ledger: the system's roots, plus a

@@ -64,8 +64,6 @@ pub struct CardsConfig {
     pub mode: CardMode,
     /// The festival's master keys (AES mode; loaded and checked at startup).
     pub keys: Option<Arc<MasterKeys>>,
-    /// Where they were read from.
-    pub master_key_file: Option<PathBuf>,
     /// AES mode: a card without AES (a UID-only card) is accepted, unless the ledger
     /// recorded that card as issued with a key.
     pub accept_uid_cards: bool,
@@ -81,7 +79,6 @@ impl CardsConfig {
         CardsConfig {
             mode: CardMode::Uid,
             keys: None,
-            master_key_file: None,
             accept_uid_cards: true,
             random_id: false,
             issue_other_keys: true,
@@ -582,7 +579,6 @@ fn cards_config(
     let keys = super::card_keys::load(path)
         .map_err(|e| value_err(f, "[cards] master_key_file", e.to_string()))?;
     cards.keys = Some(Arc::new(keys));
-    cards.master_key_file = Some(path.clone());
     Ok(cards)
 }
 

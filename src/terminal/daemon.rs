@@ -50,15 +50,10 @@ impl Daemon {
         mut journal: Journal,
     ) -> anyhow::Result<Daemon> {
         recover(&mut journal)?;
-        let client = || {
-            LedgerClient::with_tls(
-                &config.ledger_url,
-                &config.token,
-                config.timeout_ms,
-                &config.ledger_tls,
-            )
-        };
-        let (client, sync_client) = (client()?, client()?);
+        let (client, sync_client) = (
+            LedgerClient::for_terminal(&config)?,
+            LedgerClient::for_terminal(&config)?,
+        );
         let journal: SharedJournal = Arc::new(Mutex::new(journal));
         let online = Arc::new(AtomicBool::new(true));
         let tap_in_flight = Arc::new(AtomicBool::new(false));
@@ -248,13 +243,21 @@ async fn serve<F: Front>(
                     _ => String::new(),
                 };
                 // The card is shown as soon as it is read, before the ledger is asked; a card
-                // the session will refuse is not shown as a card at all.
-                if let ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } = &event
-                    && matches!(session.check_card_record(uid, *key_version), Ok(Ok(())))
-                {
-                    front.show(&card_event(uid, r, Some(*card_type), *key_version)).await?;
-                }
-                let (events, feedback) = session.on_reader(event).await;
+                // the session refuses is not shown as a card at all.
+                let refusal = match &event {
+                    ReaderEvent::Card { uid, reader: r, card_type, key_version, repeat: false, .. } => {
+                        let refusal = session.refusal(uid, *key_version, r);
+                        if refusal.is_none() {
+                            front.show(&card_event(uid, r, Some(*card_type), *key_version)).await?;
+                        }
+                        refusal
+                    }
+                    _ => None,
+                };
+                let (events, feedback) = match refusal {
+                    Some(refused) => refused,
+                    None => session.on_reader(event).await,
+                };
                 // Feedback first: the light should not wait for the screen.
                 if let (Some(feedback), Some(link)) = (feedback, &reader) {
                     (link.feedback)(&name, feedback);

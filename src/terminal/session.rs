@@ -30,7 +30,7 @@ use crate::protocol::codes::ErrorCode;
 use crate::protocol::commands::{Command, CommandItem, ReturnCommandItem};
 use crate::protocol::events::{Decision, Event, Status};
 use crate::reader::ReaderEvent;
-use crate::reader::card_auth::{self, AuthError};
+use crate::reader::card_auth;
 use crate::reader::core::{CardType, Feedback, ReadError};
 use chrono::Utc;
 use std::sync::Arc;
@@ -763,9 +763,8 @@ impl Session {
     }
 
     /// What the reader layer reported: events for the front end, and the feedback to give.
-    /// For a card, the `card` event is not among them: the caller shows it at once with
-    /// [`card_event`], before the ledger is asked, unless [`Session::check_card_record`]
-    /// refuses the card (then only its `card_error` is shown).
+    /// A card must have passed [`Session::refusal`] first (the caller shows it then, with
+    /// [`card_event`], before the ledger is asked): its `card` event is not among these.
     pub async fn on_reader(&mut self, event: ReaderEvent) -> (Vec<Event>, Option<Feedback>) {
         match event {
             ReaderEvent::Connected { name } => {
@@ -818,25 +817,7 @@ impl Session {
                 self.log_scan(&uid, "repeat", &reader, None);
                 (Vec::new(), None)
             }
-            ReaderEvent::Card {
-                reader,
-                uid,
-                key_version,
-                ..
-            } => {
-                match self.check_card_record(&uid, key_version) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        return self.refuse(&reader, Some(&uid), error.code(), error.to_string());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %uid, "the card's key version not read");
-                        return (
-                            vec![journal_unavailable(e).event()],
-                            Some(Feedback::Declined),
-                        );
-                    }
-                }
+            ReaderEvent::Card { reader, uid, .. } => {
                 let outcome = self.outcome(uid, &reader).await;
                 let feedback = match &outcome {
                     Event::Decision(d) if d.approved() => Feedback::Approved,
@@ -846,65 +827,81 @@ impl Session {
                 (vec![outcome], Some(feedback))
             }
             ReaderEvent::Failed { reader, error, .. } => {
-                if matches!(error, ReadError::NotGenuine { .. }) {
-                    return self.refuse(
-                        &reader,
-                        error.uid().as_ref(),
-                        error.code(),
-                        error.to_string(),
-                    );
-                }
-                if let Some(uid) = error.uid() {
-                    self.log_scan(&uid, error.code(), &reader, None);
-                }
-                (
-                    vec![Event::CardError {
-                        reader,
-                        code: error.code(),
-                        message: error.to_string(),
-                    }],
-                    Some(Feedback::Declined),
+                let feedback = match error {
+                    ReadError::NotGenuine { .. } => Feedback::NotGenuine,
+                    _ => Feedback::Declined,
+                };
+                self.card_failed(
+                    &reader,
+                    error.uid().as_ref(),
+                    error.code(),
+                    error.to_string(),
+                    feedback,
                 )
             }
         }
     }
 
-    /// AES mode: whether a card that proved `key_version` (or no key) may be the card the
-    /// ledger recorded, as the replica last heard it (`Ok(Err(_))`: refused). UID mode checks
-    /// nothing: it proves nothing either. A journal that cannot be read is an error: the card
-    /// is not taken unchecked.
-    pub fn check_card_record(
+    /// A card read that is not a tap at all, answered without touching the ledger (`None`:
+    /// go on with [`Session::on_reader`]). In AES mode: a card that proved `key_version` (or
+    /// no key) but is not what the ledger recorded, as the replica last heard it, is refused
+    /// as not genuine; a journal that cannot be read refuses the card too, rather than take
+    /// it unchecked. UID mode checks nothing: it proves nothing either.
+    pub fn refusal(
         &self,
         uid: &CardUid,
         key_version: Option<u8>,
-    ) -> Result<Result<(), AuthError>, JournalError> {
+        reader: &str,
+    ) -> Option<(Vec<Event>, Option<Feedback>)> {
         if self.config.cards.mode != CardMode::Aes {
-            return Ok(Ok(()));
+            return None;
         }
-        let recorded = self.with_journal(|j| j.replica_key_version(uid))?;
-        Ok(card_auth::check_record(key_version, recorded))
+        match self.with_journal(|j| j.replica_key_version(uid)) {
+            Ok(recorded) => card_auth::check_record(key_version, recorded)
+                .err()
+                .map(|error| {
+                    self.card_failed(
+                        reader,
+                        Some(uid),
+                        error.code(),
+                        error.to_string(),
+                        Feedback::NotGenuine,
+                    )
+                }),
+            Err(e) => {
+                tracing::warn!(error = %e, %uid, "the card's key version not read");
+                Some((
+                    vec![journal_unavailable(e).event()],
+                    Some(Feedback::Declined),
+                ))
+            }
+        }
     }
 
-    /// A card refused as not genuine: nothing armed is touched (the order waits for a genuine
-    /// card), the scan log and the service log say so, the reader signals it.
-    fn refuse(
+    /// A card that is no tap: nothing armed is touched (an order waits for a good card),
+    /// the scan log says so when the card's UID is known, the reader signals `feedback`; a
+    /// card refused as not genuine is also told to the service log.
+    fn card_failed(
         &self,
         reader: &str,
         uid: Option<&CardUid>,
         code: &'static str,
         message: String,
+        feedback: Feedback,
     ) -> (Vec<Event>, Option<Feedback>) {
         if let Some(uid) = uid {
             self.log_scan(uid, code, reader, None);
         }
-        tracing::warn!(reader, code, card_uid = ?uid.map(CardUid::as_str), %message, "card refused");
+        if feedback == Feedback::NotGenuine {
+            tracing::warn!(reader, code, card_uid = ?uid.map(CardUid::as_str), %message, "card refused");
+        }
         (
             vec![Event::CardError {
                 reader: reader.to_owned(),
                 code,
                 message,
             }],
-            Some(Feedback::NotGenuine),
+            Some(feedback),
         )
     }
 

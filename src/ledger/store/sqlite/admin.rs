@@ -495,10 +495,10 @@ impl AdminStore for SqliteStore {
                 .prepare_cached("SELECT key_version, replaced_by FROM cards WHERE card_uid = ?1")?
                 .query_row([uid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let (previous, replaced_by) = recorded.clone().unwrap_or_default();
+            let card_created = recorded.is_none();
+            let (previous, replaced_by) = recorded.unwrap_or_default();
             let changed = rules::card_key_change(previous, replaced_by.as_deref(), key_version)
                 .map_err(|why| StoreError::Conflict(format!("card {uid}: {why}")))?;
-            let card_created = recorded.is_none();
             if changed {
                 let card = load_card(conn, &uid)?.unwrap_or(CardState::NEW);
                 write_card(conn, &uid, card_created, &card, &format_time(Utc::now()))?;
